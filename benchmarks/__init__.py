@@ -1,0 +1,1 @@
+"""Reproducible performance and quality measurements. `make bench` runs them all."""

@@ -1,0 +1,119 @@
+"""The `nacelle` command line. Every subcommand has --help."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from shared.errors import NacelleError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _parse_hp(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise NacelleError(f"--hp takes key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def cmd_data_generate(args: argparse.Namespace) -> int:
+    from nacelle.simulator.generate import generate_dataset
+
+    start = datetime.fromisoformat(args.start.replace("Z", "+00:00")) if args.start else None
+    result = generate_dataset(Path(args.out), args.turbines, args.hours, args.faults, args.seed, start)
+    print(f"wrote {len(result.files)} file(s), {result.rows} rows, {len(result.episodes)} fault episode(s) "
+          f"to {args.out} (labels: {result.labels})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from nacelle.console import metrics_table
+    from nacelle.jobs import run_training_job
+
+    out = Path(args.out)
+    job_name = args.job_name or f"local-{datetime.now():%Y%m%dT%H%M%S}"
+    result = run_training_job(out, job_name, {"train": Path(args.data)}, _parse_hp(args.hp),
+                              spec_file=Path(args.spec) if args.spec else None)
+    if not result.ok:
+        print(f"training failed: {result.failure_reason} (log: {result.log_file})", file=sys.stderr)
+        return 1
+    evaluation = json.loads((out / "output" / "data" / "evaluation.json").read_text())
+    print()
+    print(f"held-out slice of the training data ({evaluation['data']['labels']} faults):")
+    print(metrics_table(evaluation["candidate"]))
+    print(f"model:  {result.model_archive}")
+    print(f"report: {out / 'output' / 'data' / 'report.png'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training_jobs.evaluation import evaluate_model_on
+
+    print(json.dumps(evaluate_model_on(Path(args.model), Path(args.data)), indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from nacelle.demo import run_demo
+
+    return run_demo(Path(args.workdir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nacelle", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="generate and upload sensor data").add_subparsers(
+        dest="data_command", required=True, metavar="ACTION")
+    gen = data.add_parser("generate", help="write simulated turbine data with labelled faults")
+    gen.add_argument("--turbines", type=int, default=3, help="number of turbines (default 3)")
+    gen.add_argument("--hours", type=float, default=1.0, help="hours per turbine (default 1)")
+    gen.add_argument("--faults", default="default",
+                     help="none | default | comma-separated fault names (default: default)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")
+    gen.add_argument("--start", help="ISO start time, UTC (default 2026-01-01T00:00:00Z)")
+    gen.add_argument("--out", required=True, help="output directory")
+    gen.set_defaults(func=cmd_data_generate)
+
+    tr = sub.add_parser("train", help="train a model locally under the SageMaker training contract")
+    tr.add_argument("--data", required=True, help="directory of sensor CSV files (and labels.json)")
+    tr.add_argument("--out", required=True, help="job directory (laid out like /opt/ml)")
+    tr.add_argument("--spec", help="feature spec YAML/JSON (default: the mini-turbine spec)")
+    tr.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="hyperparameters")
+    tr.add_argument("--job-name", help="job name recorded in the lineage")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="score a model on a labelled data directory; prints JSON")
+    ev.add_argument("--model", required=True, help="model.tar.gz or model directory")
+    ev.add_argument("--data", required=True, help="directory of sensor CSV files and labels.json")
+    ev.set_defaults(func=cmd_evaluate)
+
+    demo = sub.add_parser("demo", help="the main job on the local stack (what `make run` runs)")
+    demo.add_argument("--workdir", default=".nacelle/demo", help="where the demo writes (default .nacelle/demo)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.func
+    try:
+        return handler(args)
+    except NacelleError as exc:
+        print(f"nacelle: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry() -> Any:
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Code shared by every Lambda, the local stack, the training job and the edge detector."""

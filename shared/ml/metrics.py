@@ -1,0 +1,152 @@
+"""Event-level detection metrics (primary) and point-wise metrics (secondary). Never point-adjusted.
+
+A labelled fault counts as detected when an episode of its turbine OPENS within
+[start, end + tolerance]. An episode that opens inside no such interval is a false alarm.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.errors import DataError
+from shared.ml.episodes import Episode
+
+DETECTION_TOLERANCE_S = 60.0
+SECONDS_PER_DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class Fault:
+    turbine_id: str
+    fault: str
+    severity: str
+    start: float  # epoch seconds
+    end: float
+
+
+def parse_time(value: str | float) -> float:
+    if isinstance(value, int | float):
+        return float(value)
+    text = value.replace("Z", "+00:00")
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        raise ValueError(f"time {value!r} has no UTC offset")
+    return parsed.timestamp()
+
+
+def load_labels(path: Path) -> list[Fault]:
+    """Fault episodes from a labels.json: {"episodes": [{turbine_id, fault, severity, start, end}]}."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        episodes = raw["episodes"] if isinstance(raw, dict) else raw
+        return [Fault(turbine_id=str(e["turbine_id"]), fault=str(e.get("fault", "unknown")),
+                      severity=str(e.get("severity", "unknown")), start=parse_time(e["start"]),
+                      end=parse_time(e["end"])) for e in episodes]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a valid labels file ({type(exc).__name__}: {exc})") from exc
+
+
+def faults_from_label_column(turbine_id: str, t: np.ndarray, labels: np.ndarray) -> list[Fault]:
+    """Runs of label 1 in a per-row label column become fault episodes."""
+    on = np.nan_to_num(labels) > 0.5
+    if not on.any():
+        return []
+    edges = np.diff(np.concatenate([[0], on.astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
+    return [Fault(turbine_id, "labelled", "unknown", float(t[a]), float(t[b]))
+            for a, b in zip(starts, stops, strict=True)]
+
+
+def _prf(tp: float, fp: float, fn: float) -> dict[str, float]:
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def evaluate_episodes(episodes: list[Episode], faults: list[Fault], coverage: dict[str, tuple[np.ndarray, float]],
+                      tolerance_s: float = DETECTION_TOLERANCE_S) -> dict[str, Any]:
+    """The metrics object of `nacelle evaluate` and evaluation.json.
+
+    `coverage` maps each scored turbine to (its sample timestamps, scored duration in seconds);
+    faults that do not start inside a scored turbine's time range are ignored.
+    """
+    faults = [f for f in faults if f.turbine_id in coverage and len(coverage[f.turbine_id][0])
+              and coverage[f.turbine_id][0][0] <= f.start <= coverage[f.turbine_id][0][-1]]
+    turbine_days = sum(duration for _, duration in coverage.values()) / SECONDS_PER_DAY
+    by_turbine: dict[str, list[Fault]] = defaultdict(list)
+    for f in faults:
+        by_turbine[f.turbine_id].append(f)
+
+    true_alarms = 0
+    for ep in episodes:
+        if any(f.start <= ep.opened_at <= f.end + tolerance_s for f in by_turbine[ep.turbine_id]):
+            true_alarms += 1
+    false_alarms = len(episodes) - true_alarms
+    result: dict[str, Any] = {
+        "event": None, "point": None,
+        "false_alarms_per_turbine_day": false_alarms / turbine_days if turbine_days else None,
+        "counts": {"episodes": len(episodes), "false_alarms": false_alarms, "faults": len(faults),
+                   "turbine_days": turbine_days},
+    }
+    if not faults:
+        return result
+
+    delays: dict[Fault, float] = {}
+    for f in faults:
+        opened = [ep.opened_at for ep in episodes if ep.turbine_id == f.turbine_id
+                  and f.start <= ep.opened_at <= f.end + tolerance_s]
+        if opened:
+            delays[f] = min(opened) - f.start
+    precision = true_alarms / len(episodes) if episodes else 0.0
+    recall = len(delays) / len(faults)  # a fault is recalled once, however many episodes it opened
+    event: dict[str, Any] = {
+        "precision": precision, "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "mean_delay_s": float(np.mean(list(delays.values()))) if delays else None,
+        "per_fault": _group(faults, delays, lambda f: f.fault),
+        "per_severity": _group(faults, delays, lambda f: f.severity),
+    }
+    result["event"] = event
+    result["point"] = _pointwise(episodes, faults, coverage)
+    return result
+
+
+def _group(faults: list[Fault], delays: dict[Fault, float], key: Any) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[Fault]] = defaultdict(list)
+    for f in faults:
+        groups[key(f)].append(f)
+    out = {}
+    for name, members in sorted(groups.items()):
+        hit = [delays[f] for f in members if f in delays]
+        out[name] = {"count": len(members), "detected": len(hit), "recall": len(hit) / len(members),
+                     "mean_delay_s": float(np.mean(hit)) if hit else None}
+    return out
+
+
+def _pointwise(episodes: list[Episode], faults: list[Fault],
+               coverage: dict[str, tuple[np.ndarray, float]]) -> dict[str, float]:
+    """Per sample: predicted = inside an episode [opened_at, closed_at]; true = inside a fault."""
+    tp = fp = fn = 0
+    for turbine, (t, _) in coverage.items():
+        predicted = _inside(t, [(e.opened_at, e.closed_at or e.last_flagged_at)
+                                for e in episodes if e.turbine_id == turbine])
+        actual = _inside(t, [(f.start, f.end) for f in faults if f.turbine_id == turbine])
+        tp += int(np.sum(predicted & actual))
+        fp += int(np.sum(predicted & ~actual))
+        fn += int(np.sum(~predicted & actual))
+    return _prf(tp, fp, fn)
+
+
+def _inside(t: np.ndarray, intervals: list[tuple[float, float]]) -> np.ndarray:
+    mask = np.zeros(len(t), dtype=bool)
+    for a, b in intervals:
+        mask[np.searchsorted(t, a, "left"):np.searchsorted(t, b, "right")] = True
+    return mask

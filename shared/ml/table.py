@@ -1,0 +1,375 @@
+"""Reading raw sensor files: bytes -> text -> CSV rows -> numbers and epoch seconds.
+
+Nothing here raises on bad data: problems go to a ``ProblemLog`` so a single pass lists all of them.
+numpy and the standard library only (runs in a Lambda, in training and at the edge).
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import gzip
+import io
+import math
+import warnings
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from shared.ml.spec import FeatureSpec
+    from shared.ml.validation import ValidationReport
+
+GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"
+MAX_REPEATS = 10  # messages kept per (code, column); the rest become one summary message
+_EPOCH_US = np.datetime64(0, "us")
+
+
+@dataclass(frozen=True)
+class Problem:
+    code: str  # stable machine code, e.g. "missing_column"
+    message: str  # names the file, the line or column, and the reason
+    column: str | None = None
+    row: int | None = None  # 1-based line number in the file
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ProblemLog:
+    """Collects errors and warnings for one file; every message starts with the file name."""
+
+    source: str
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    _seen: Counter[tuple[bool, str, str | None]] = field(default_factory=Counter, init=False, repr=False)
+
+    def error(self, code: str, reason: str, column: str | None = None, row: int | None = None,
+              turbine: str | None = None) -> None:
+        self._add(True, code, reason, column, row, turbine)
+
+    def warning(self, code: str, reason: str, column: str | None = None, row: int | None = None,
+                turbine: str | None = None) -> None:
+        self._add(False, code, reason, column, row, turbine)
+
+    def where(self, column: str | None = None, row: int | None = None, turbine: str | None = None) -> str:
+        parts = [self.source]
+        if turbine is not None:
+            parts.append(f"turbine {turbine!r}")
+        if row is not None:
+            parts.append(f"line {row}")
+        if column is not None:
+            parts.append(f"column {column!r}")
+        return ", ".join(parts)
+
+    def _add(self, is_error: bool, code: str, reason: str, column: str | None, row: int | None,
+             turbine: str | None) -> None:
+        key = (is_error, code, column)
+        self._seen[key] += 1
+        if self._seen[key] <= MAX_REPEATS:
+            target = self.errors if is_error else self.warnings
+            target.append(Problem(code, f"{self.where(column, row, turbine)}: {reason}", column, row))
+
+    def rows(self, code: str, column: str | None, idx: np.ndarray, lines: np.ndarray,
+             reason: Callable[[int], str], turbine: str | None = None, warning: bool = False) -> None:
+        """One problem per index in ``idx`` (at line ``lines[i]``, saying ``reason(i)``), capped cheaply."""
+        key = (not warning, code, column)
+        room = max(0, MAX_REPEATS - self._seen[key])
+        for i in idx[:room].tolist():
+            self._add(not warning, code, reason(i), column, int(lines[i]), turbine)
+        self._seen[key] += max(0, len(idx) - room)
+
+    def finish(self) -> None:
+        """Append one summary message per (code, column) that went over the cap. Call once."""
+        for (is_error, code, column), n in self._seen.items():
+            if n > MAX_REPEATS:
+                target = self.errors if is_error else self.warnings
+                more = n - MAX_REPEATS
+                target.append(Problem(code, f"{self.where(column)}: {more} more {code} problem(s) not listed "
+                                            f"({n} in all)", column))
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One turbine's validated series from one file."""
+
+    source: str
+    turbine_id: str
+    t: np.ndarray  # float64 epoch seconds, strictly increasing
+    values: dict[str, np.ndarray]  # spec.input_columns -> float64 (NaN allowed)
+    labels: np.ndarray | None  # spec.label_column as 0.0 / 1.0, else None
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+def load_frames(data: bytes, source: str, spec: FeatureSpec,
+                turbine_hint: str | None = None) -> tuple[list[Frame], ValidationReport]:
+    """Validate and split into one Frame per turbine; see ``shared.ml.validation.load_frames``."""
+    from shared.ml import validation  # validation builds on this module: import it late, not at the top
+
+    return validation.load_frames(data, source, spec, turbine_hint)
+
+
+def load_file(path: Path, spec: FeatureSpec,
+              turbine_hint: str | None = None) -> tuple[list[Frame], ValidationReport]:
+    """``load_frames`` on a local file; raises DataError if it cannot be read."""
+    from shared.ml import validation
+
+    return validation.load_file(path, spec, turbine_hint)
+
+
+# -- bytes -> text ------------------------------------------------------------------------------------
+
+
+def decode_text(data: bytes, log: ProblemLog) -> str | None:
+    """Gunzip (detected by magic bytes) and decode UTF-8 (optional BOM). None after an error."""
+    if not data:
+        log.error("empty_file", "the file is empty (0 bytes)")
+        return None
+    raw, what = data, "file"
+    if data[:2] == GZIP_MAGIC:
+        what = "decompressed data"
+        try:
+            raw = gzip.decompress(data)
+        except EOFError:
+            log.error("truncated_gzip", f"gzip data is truncated ({len(data)} bytes read; "
+                                        "the end-of-stream marker is missing)")
+            return None
+        except (OSError, zlib.error) as exc:  # BadGzipFile is an OSError
+            log.error("corrupt_gzip", f"gzip data is corrupt: {exc}")
+            return None
+    skip = len(UTF8_BOM) if raw.startswith(UTF8_BOM) else 0
+    try:
+        text = raw[skip:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = exc.start + skip
+        line = raw.count(b"\n", 0, offset) + 1
+        log.error("bad_encoding", f"not UTF-8: byte 0x{raw[offset]:02x} at byte offset {offset} of the "
+                                  f"{what} (line {line}) cannot be decoded", row=line)
+        return None
+    if not text.strip():
+        log.error("empty_file", f"the {what} holds no text")
+        return None
+    return text
+
+
+# -- text -> rows -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Table:
+    """The header and the well-formed data rows of a CSV file, as strings."""
+
+    header: tuple[str, ...]
+    rows: list[list[str]]
+    lines: np.ndarray  # int64: 1-based line in the file where each row starts
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def index(self, name: str) -> int | None:
+        """Position of the first header field called ``name``."""
+        return self.header.index(name) if name in self.header else None
+
+    def column(self, name: str) -> list[str]:
+        i = self.header.index(name)
+        return [row[i] for row in self.rows]
+
+
+def read_table(text: str, delimiter: str, log: ProblemLog) -> Table | None:
+    """Parse CSV text. Rows with the wrong number of fields are reported and left out.
+
+    Blank lines are skipped; the first non-blank record is the header. None when there is no header.
+    """
+    with _gc_paused():
+        records, starts = _records(text, delimiter, log)
+    lines = np.arange(1, len(records) + 1) if starts is None else np.asarray(starts, dtype=np.int64)
+    lengths = np.fromiter(map(len, records), np.int64, len(records))
+    blank = lengths == 0
+    for k in np.flatnonzero(lengths == 1).tolist():
+        blank[k] = not records[k][0].strip()
+    content = np.flatnonzero(~blank)
+    if not content.size:
+        log.error("empty_file", "the file holds no header row")
+        return None
+    header = tuple(name.strip() for name in records[content[0]])
+    data = content[1:]
+    wrong = data[lengths[data] != len(header)]
+    log.rows("wrong_field_count", None, wrong, lines,
+             lambda k: f"{lengths[k]} field(s) where the header has {len(header)} "
+                       f"(delimiter {delimiter!r}); the row is skipped")
+    if len(data) == len(records) - content[0] - 1 and not wrong.size:
+        rows = records[content[0] + 1:]  # the usual case: no blank or malformed lines
+    else:
+        data = data[lengths[data] == len(header)]
+        rows = [records[k] for k in data.tolist()]
+    return Table(header, rows, lines[data])
+
+
+def _records(text: str, delimiter: str, log: ProblemLog) -> tuple[list[list[str]], list[int] | None]:
+    """All CSV records, and the line where each starts (None: record k is line k + 1)."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        records = list(reader)
+        if reader.line_num == len(records):
+            return records, None
+    except csv.Error:
+        pass
+    # Quoted line breaks or a CSV error: read again, noting where each record starts.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    records, starts = [], []
+    end = 0  # last line consumed
+    try:
+        for record in reader:
+            starts.append(end + 1)
+            records.append(record)
+            end = reader.line_num
+    except csv.Error as exc:
+        log.error("unparseable_csv", f"cannot parse CSV: {exc}; the rest of the file is not read",
+                  row=end + 1)
+    return records, starts
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cycle collector: building ~10^5 row lists triggers it often, and they hold no cycles."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+# -- strings -> numbers ---------------------------------------------------------------------------------
+
+
+def parse_numbers(cells: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """float64 values and the indices of cells that are not numbers.
+
+    Empty cells, 'nan' and 'NaN' are NaN; 'inf' is infinite; unparseable cells become NaN and are
+    returned as bad. Vectorised; falls back to one float() per cell only to locate bad cells.
+    """
+    no_bad = np.empty(0, dtype=np.int64)
+    try:  # every cell a number
+        return np.fromiter(map(float, cells), np.float64, len(cells)), no_bad
+    except ValueError:
+        pass
+    try:  # numbers and empty cells
+        arr = np.asarray(cells, dtype=str)
+        return np.where(arr == "", "nan", arr).astype(np.float64), no_bad
+    except ValueError:
+        pass
+    values = np.empty(len(cells), dtype=np.float64)
+    bad: list[int] = []
+    for i, cell in enumerate(cells):
+        try:
+            values[i] = float(cell) if cell.strip() else math.nan
+        except ValueError:
+            values[i] = math.nan
+            bad.append(i)
+    return values, np.asarray(bad, dtype=np.int64)
+
+
+def parse_times(cells: Sequence[str], time_format: str) -> tuple[np.ndarray, np.ndarray]:
+    """float64 epoch seconds and the indices of cells that are not valid times (NaN there).
+
+    ``time_format`` is one of spec.TIME_FORMATS. ISO-8601 without an offset is UTC.
+    """
+    if time_format == "iso8601":
+        return _parse_iso(cells)
+    values, bad = parse_numbers(cells)
+    if time_format == "epoch_ms":
+        values = values / 1000.0
+    invalid = ~np.isfinite(values)
+    invalid[bad] = True
+    values[invalid] = np.nan
+    return values, np.flatnonzero(invalid)
+
+
+def _parse_iso(cells: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    # Fast path: strip the UTC offsets in Python, parse the naive rest with numpy in one call.
+    split = _split_offsets(cells)
+    if split is None:
+        return _parse_iso_slow(cells)
+    bases, offsets = split
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # an offset numpy still sees (e.g. "+0100") -> slow path
+            stamps = np.asarray(bases, dtype="datetime64[us]") if bases else np.empty(0, "datetime64[us]")
+    except (ValueError, Warning):
+        return _parse_iso_slow(cells)
+    invalid = np.isnat(stamps)
+    values = (stamps - _EPOCH_US).astype(np.int64).astype(np.float64) / 1e6 - offsets
+    values[invalid] = np.nan
+    return values, np.flatnonzero(invalid)
+
+
+def _split_offsets(cells: Sequence[str]) -> tuple[list[str], np.ndarray | float] | None:
+    """Naive timestamps and UTC offsets in seconds; unparseable cells become "NaT".
+
+    None when an offset looks malformed (the slow path then judges every cell).
+    """
+    tails = {c[-6:] for c in cells}
+    if len(tails) == 1:  # the usual case: one offset in the whole file
+        offset = _offset_seconds(tails.pop())
+        if offset is not None:
+            bases = [c[:-6] for c in cells]
+            if all(b[:4].isdigit() for b in bases):  # numpy would also accept "NaT", "now", "today"
+                return bases, offset
+    bases = []
+    offsets = np.zeros(len(cells), dtype=np.float64)
+    for i, cell in enumerate(cells):
+        s = cell.strip()
+        if s[-1:] in ("Z", "z"):
+            s = s[:-1]
+        elif len(s) > 6 and s[-6] in "+-" and s[-3] == ":":
+            offset = _offset_seconds(s[-6:])
+            if offset is None:
+                return None
+            offsets[i], s = offset, s[:-6]
+        bases.append(s if s[:4].isdigit() else "NaT")
+    return bases, offsets
+
+
+def _offset_seconds(tail: str) -> float | None:
+    """'+HH:MM' / '-HH:MM' -> seconds east of UTC; None if ``tail`` is not such an offset."""
+    if len(tail) != 6 or tail[0] not in "+-" or tail[3] != ":" or not (tail[1:3] + tail[4:]).isdigit():
+        return None
+    seconds = int(tail[1:3]) * 3600 + int(tail[4:]) * 60
+    return float(seconds if tail[0] == "+" else -seconds)
+
+
+def _parse_iso_slow(cells: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    values = np.empty(len(cells), dtype=np.float64)
+    bad: list[int] = []
+    for i, cell in enumerate(cells):
+        try:
+            stamp = datetime.fromisoformat(cell.strip())
+        except ValueError:
+            values[i] = math.nan
+            bad.append(i)
+            continue
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=UTC)
+        values[i] = stamp.timestamp()
+    return values, np.asarray(bad, dtype=np.int64)
+
+
+def iso_utc(t: float) -> str:
+    """Epoch seconds -> ISO-8601 UTC, e.g. 2026-01-01T00:00:00.050000+00:00 (out of range: the number)."""
+    try:
+        return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds")
+    except (OverflowError, OSError, ValueError):
+        return f"{t!r} s since 1970"

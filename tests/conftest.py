@@ -1,0 +1,30 @@
+"""Shared fixtures. One small dataset and one small trained model serve every test that needs them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from nacelle.simulator.generate import generate_dataset
+
+from nacelle.jobs import JobResult, run_training_job
+
+SMALL_MODEL_HPS = {"epochs": 4, "max_train_windows": 6000, "patience": 2, "seed": 1}
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 turbines x 1 h with the default labelled faults (seed 3)."""
+    out = tmp_path_factory.mktemp("data") / "small"
+    generate_dataset(out, 2, 1.0, "default", 3)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> JobResult:
+    """A small model trained once per session through the real SageMaker-contract job."""
+    job_dir = tmp_path_factory.mktemp("job") / "small-model"
+    result = run_training_job(job_dir, "nacelle-test-small", {"train": small_dataset},
+                              {**SMALL_MODEL_HPS, "dataset_hash": "f" * 64}, echo=None)
+    assert result.ok, result.log_file.read_text()
+    return result

@@ -1,0 +1,72 @@
+"""Golden vectors pin the feature pipeline; the edge detector is tested against the same file."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from shared.ml.features import compute_features, make_windows, quaternion_to_euler, window_starts
+from shared.ml.spec import default_spec
+
+GOLDEN = Path(__file__).parent / "golden" / "features.json"
+
+
+def golden_input():
+    rng = np.random.default_rng(42)
+    n = 200
+    angle = np.linspace(0, 6 * np.pi, n)
+    w, x, y, z = np.cos(angle / 2), 0.01 * rng.standard_normal(n), 0.01 * rng.standard_normal(n), np.sin(angle / 2)
+    norm = np.sqrt(w * w + x * x + y * y + z * z)
+    values = {"qw": w / norm, "qx": x / norm, "qy": y / norm, "qz": z / norm,
+              "wind_speed_rps": 2.5 + 0.0625 * np.floor(np.arange(n) / 20),
+              "rps": 2.0 + 0.0625 * np.floor(np.arange(n) / 20), "voltage": 70.0 + np.arange(n) % 7}
+    t = 1_767_225_600.0 + 0.05 * np.arange(n)
+    t[60:] += 2.0  # a gap longer than windows.max_gap_s (1 s) between samples 59 and 60
+    return t, values
+
+
+def test_quaternion_to_euler_known_rotations():
+    c, s = np.cos(np.pi / 12), np.sin(np.pi / 12)  # half of a 30 degree turn about one axis
+    roll, pitch, yaw = quaternion_to_euler(np.array([1.0, c, c, c]), np.array([0.0, s, 0, 0]),
+                                           np.array([0.0, 0, s, 0]), np.array([0.0, 0, 0, s]))
+    np.testing.assert_allclose(roll, [0, np.pi / 6, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(pitch, [0, 0, np.pi / 6, 0], atol=1e-12)
+    np.testing.assert_allclose(yaw, [0, 0, 0, np.pi / 6], atol=1e-12)
+
+
+def test_windows_never_cross_a_gap_and_follow_the_stride():
+    t, _ = golden_input()
+    spec = default_spec()
+    starts = window_starts(t, spec)
+    # run 1 = samples 0..59 is too short for a 100-sample window; run 2 = 60..199
+    assert starts.tolist() == [60, 70, 80, 90, 100]
+    t2 = 0.05 * np.arange(250)
+    assert window_starts(t2, spec).tolist() == list(range(0, 151, 10))
+
+
+def test_window_layout_is_feature_by_time():
+    feats = np.arange(300, dtype=np.float32).reshape(150, 2)
+    w = make_windows(feats, np.array([0, 10]), 100)
+    assert w.shape == (2, 2, 100)
+    assert w[1, 0, 0] == feats[10, 0] and w[1, 1, 99] == feats[109, 1]
+
+
+def test_golden_vectors():
+    t, values = golden_input()
+    spec = default_spec()
+    feats = compute_features(values, spec)
+    golden = json.loads(GOLDEN.read_text())
+    np.testing.assert_allclose(feats, np.array(golden["features"], dtype=np.float32), rtol=0, atol=1e-6)
+    assert window_starts(t, spec).tolist() == golden["starts"]
+
+
+def test_missing_samples_stay_missing():
+    _, values = golden_input()
+    values = dict(values)
+    values["voltage"] = values["voltage"].copy()
+    values["voltage"][5] = np.nan
+    values["qx"] = values["qx"].copy()
+    values["qx"][7] = np.nan
+    feats = compute_features(values, default_spec())
+    assert np.isnan(feats[5, 5]) and np.isnan(feats[7, :3]).all()
+    assert np.isfinite(np.delete(feats, [5, 7], axis=0)).all()
