@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -69,11 +70,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nacelle.commands import add_stack_commands, cmd_data_put
+
     parser = argparse.ArgumentParser(prog="nacelle", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--data-dir", default=None,
+                        help="the local stack's data directory (default $NACELLE_HOME or ./.nacelle)")
+    # --data-dir is accepted after the subcommand too
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = sub.add_parser("data", help="generate and upload sensor data").add_subparsers(
+    data = sub.add_parser("data", parents=[common], help="generate and upload sensor data").add_subparsers(
         dest="data_command", required=True, metavar="ACTION")
+    put = data.add_parser("put", parents=[common],
+                          help="upload files or directories to raw/ (labels.json to labels/)")
+    put.add_argument("paths", nargs="+", help="files or directories; keys are relative to each one's parent")
+    put.set_defaults(func=cmd_data_put)
     gen = data.add_parser("generate", help="write simulated turbine data with labelled faults")
     gen.add_argument("--turbines", type=int, default=3, help="number of turbines (default 3)")
     gen.add_argument("--hours", type=float, default=1.0, help="hours per turbine (default 1)")
@@ -100,10 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job on the local stack (what `make run` runs)")
     demo.add_argument("--workdir", default=".nacelle/demo", help="where the demo writes (default .nacelle/demo)")
     demo.set_defaults(func=cmd_demo)
+    add_stack_commands(sub, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "nacelle-local")
     args = build_parser().parse_args(argv)
     handler: Handler = args.func
     try:
@@ -117,3 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> Any:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -33,3 +33,31 @@ class BundleError(NacelleError):
 
 class TrainingError(NacelleError):
     """Training could not produce a model (too little data, diverged loss...)."""
+
+
+class NotFound(NacelleError):
+    """A requested resource does not exist."""
+
+
+class ObjectNotFound(NotFound):
+    """No object under that key."""
+
+
+class JobNotFound(NotFound):
+    """No training or compile job with that name."""
+
+
+class ModelVersionNotFound(NotFound):
+    """No model package with that group and version."""
+
+
+class Conflict(NacelleError):
+    """The request conflicts with the current state (e.g. an immutable object with other content)."""
+
+
+class JobAlreadyExists(Conflict):
+    """A job with that name was already started (the name is the idempotency key)."""
+
+
+class AdapterError(NacelleError):
+    """A backing service failed in a way the caller cannot fix (wraps botocore ClientError)."""

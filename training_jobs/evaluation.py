@@ -46,6 +46,7 @@ class Scored:
     t_end: np.ndarray  # window end times
     errors: np.ndarray
     missing: np.ndarray
+    operating: np.ndarray
 
 
 def score_series(series: list[TurbineSeries], spec: FeatureSpec, scorer: Scorer) -> list[Scored]:
@@ -53,14 +54,15 @@ def score_series(series: list[TurbineSeries], spec: FeatureSpec, scorer: Scorer)
     for s in series:
         w = series_windows(s, spec)
         errors, missing = scorer(w.x)
-        out.append(Scored(s.turbine_id, s.t, s.duration_s, w.t_end, errors, missing))
+        out.append(Scored(s.turbine_id, s.t, s.duration_s, w.t_end, errors, missing, w.operating))
     return out
 
 
 def detect(scored: list[Scored], thresholds: np.ndarray, rule: EpisodeRule,
            feature_names: list[str]) -> list[Episode]:
     return [ep for s in scored
-            for ep in run_episodes(s.turbine_id, rule, thresholds, feature_names, s.t_end, s.errors, s.missing)]
+            for ep in run_episodes(s.turbine_id, rule, thresholds, feature_names, s.t_end, s.errors, s.missing,
+                                   s.operating)]
 
 
 def metrics_for(scored: list[Scored], thresholds: np.ndarray, rule: EpisodeRule,

@@ -25,10 +25,10 @@ class Hyperparameters:
     test_fraction: float = 0.15
     label_margin_s: float = 60.0  # windows this close to a labelled fault never count as normal
     threshold_quantile: float = 0.999
-    threshold_margin: float = 1.0  # threshold = quantile x margin
-    k: int = 3
-    n: int = 5
-    m: int = 10
+    threshold_margin: float = 1.4  # threshold = quantile x margin (headroom above the normal tail)
+    k: int = 16  # open: >= k flagged of the last n windows (8 s of 10 s at the default stride)
+    n: int = 20
+    m: int = 20  # close: m consecutive clean windows
     missing_tolerance: float = 0.2
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0: torch's default
@@ -38,6 +38,8 @@ class Hyperparameters:
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> Hyperparameters:
         known = {f.name: f for f in fields(cls)}
+        # script mode adds its own keys (sagemaker_program, sagemaker_submit_directory, ...)
+        raw = {k: v for k, v in raw.items() if not k.startswith("sagemaker_")}
         unknown = sorted(set(raw) - set(known))
         if unknown:
             raise ConfigurationError(f"unknown hyperparameter(s) {unknown}; known: {sorted(known)}")

@@ -20,7 +20,7 @@ import numpy as np
 from shared.errors import NacelleError, TrainingError
 from shared.ml.bundle import EVALUATION_FILE
 from shared.ml.dataset import TurbineSeries, load_all_labels, load_dataset, overlaps_fault, series_windows
-from shared.ml.metrics import Fault
+from shared.ml.metrics import Fault, headline
 from shared.ml.spec import FeatureSpec, default_spec, load_spec
 from shared.version import code_version
 from training_jobs.bundle_io import load_model, save_model_dir
@@ -65,11 +65,11 @@ def chronological_split(series: list[TurbineSeries], hp: Hyperparameters, gap_s:
 
 def normal_windows(parts: list[TurbineSeries], spec: FeatureSpec, faults: list[Fault], margin_s: float,
                    stride: int | None = None) -> np.ndarray:
-    """Windows that touch no labelled fault (labels decide what is normal, never a threshold value)."""
+    """Operating windows that touch no labelled fault (labels decide what is normal, never a threshold)."""
     chunks = []
     for s in parts:
         w = series_windows(s, spec, stride)
-        chunks.append(w.x[~overlaps_fault(w, faults, margin_s)])
+        chunks.append(w.x[w.operating & ~overlaps_fault(w, faults, margin_s)])
     x = np.concatenate(chunks) if chunks else np.zeros((0, spec.n_features, spec.windows.length), np.float32)
     return x
 
@@ -78,21 +78,6 @@ def subsample(x: np.ndarray, limit: int) -> np.ndarray:
     if len(x) <= limit:
         return x
     return x[np.linspace(0, len(x) - 1, limit).astype(np.int64)]
-
-
-def headline(metrics: dict[str, Any]) -> dict[str, float | None]:
-    event = metrics.get("event") or {}
-    severities = (event.get("per_severity") or {})
-    mh = [severities[s] for s in ("medium", "high") if s in severities]
-    count = sum(g["count"] for g in mh)
-    return {
-        "event_f1": event.get("f1"), "event_precision": event.get("precision"),
-        "event_recall": event.get("recall"),
-        "recall_medium_high": sum(g["detected"] for g in mh) / count if count else None,
-        "mean_delay_s": event.get("mean_delay_s"),
-        "point_f1": (metrics.get("point") or {}).get("f1"),
-        "false_alarms_per_turbine_day": metrics.get("false_alarms_per_turbine_day"),
-    }
 
 
 def train(env: JobEnvironment) -> dict[str, Any]:

@@ -45,11 +45,29 @@ G = 9.80665
 INT_COUNTERS = ("arduino_timestamp", "nanoFreemem", "ax", "ay", "az")  # int64; every other number is float64
 
 # Wind at the anemometer (rotations/s): OU processes (time constant s, std) for turbulence, eddies and
-# slow drift, plus gusts and lulls: Poisson shot noise (rate 1/s, mean peak, rise time s) through two
-# first-order stages. Lulls occasionally drop the wind below cut-in and stop the rotor.
-WIND_OU = ((1.0, 0.205), (4.0, 0.335), (1800.0, 0.012))
-SHOTS = ((1 / 90, 0.37, 2.5), (1 / 3600, -1.2, 5.0))
+# slow drift, plus gusts: Poisson shot noise (rate 1/s, mean peak, rise time s) through two first-order
+# stages. Brief turbulent dips below cut-in are frequent; the rotor coasts through them (below).
+WIND_OU = ((1.0, 0.205), (4.0, 0.340), (1800.0, 0.012))
+SHOTS = ((1 / 90, 0.37, 2.5),)
 SHOT_MEAN = tuple(rate * peak * math.e * tau for rate, peak, tau in SHOTS)  # removed from the mean wind
+# Calm spells: rare (Poisson, one per LULL_EVERY_S on average, none in a series' first LULL_LEAD_S) and
+# long. The whole wind, turbulence included, is scaled down by a depth drawn from LULL_DEPTH over a
+# raised-cosine ramp of LULL_RAMP_S, held for a plateau drawn from LULL_PLATEAU_S, and ramped back up:
+# the rotor stops for minutes, a rare and clearly separated stop / start.
+LULL_EVERY_S = 5 * 86400.0
+LULL_LEAD_S = 3600.0
+LULL_RAMP_S = 45.0
+LULL_PLATEAU_S = (180.0, 600.0)
+LULL_DEPTH = (0.8, 0.95)
+# The rotor is driven towards the power curve with its aerodynamic time constant (TurbineParams.rotor_tau)
+# while the wind is above cut-in. Below cut-in it free-wheels on bearing friction (viscous, time constant
+# COAST_TAU, plus a constant drag that brings it to rest): it loses little speed in a dip of a few seconds
+# and stops only when the wind stays low for tens of seconds. Cut-in has hysteresis: a stopped rotor
+# restarts only after the wind has been above cut-in for RESTART_S without a break.
+COAST_TAU = 40.0  # s
+COAST_DRAG = 0.002  # rps/s
+RESTART_S = 3.0
+RESTART_STEPS = round(RESTART_S / DT)
 VIB_AR = 0.6  # per-sample correlation of the hub vibration
 ENV_OU = ((3 * 3600.0, 0.8), (3600.0, 2.0), (6 * 3600.0, 1.5), (1800.0, 0.08))  # ambtemp, RH, hPa, ln gas
 
@@ -143,8 +161,11 @@ class _State:
     block: int  # index of the next block
     next_us: int  # time of the next sample, us since the series start
     wind: np.ndarray  # OU components
-    shots: np.ndarray  # (gusts / lulls, filter stage)
+    shots: np.ndarray  # (gusts, filter stage)
+    lull: tuple[float, float, float] | None  # calm spell: (s since it began, at the block start), plateau, depth
     rotor: float  # true rotor speed without faults, rps
+    stopped: bool  # the rotor has come to rest and waits for the restart (a coasting rotor is not stopped)
+    calm: int  # while stopped: grid steps the wind has been above cut-in without a break
     rotor_phase: float  # rotations (with faults)
     anemo_phase: float  # rotations
     rps_reading: float
@@ -198,7 +219,8 @@ class TurbineModel:
         rotor = float(p.rotor_target(np.array([w0]))[0])
         env = np.array([sd * rng.standard_normal() for _tau, sd in ENV_OU])
         return _State(rng=rng, block=0, next_us=int(rng.integers(45_000, 55_001)), wind=wind,
-                      shots=np.repeat(np.array(SHOT_MEAN)[:, None], 2, axis=1), rotor=rotor,
+                      shots=np.repeat(np.array(SHOT_MEAN)[:, None], 2, axis=1), lull=None, rotor=rotor,
+                      stopped=w0 < p.cut_in, calm=0,
                       rotor_phase=float(rng.random()), anemo_phase=float(rng.random()),
                       rps_reading=round(rotor * EDGES) / EDGES, wind_reading=round(w0 * EDGES) / EDGES,
                       vib=rng.standard_normal(2),
@@ -261,11 +283,9 @@ class TurbineModel:
         n = int(np.searchsorted(t, t0 + BLOCK_US))
         t, st.next_us = t[:n], int(t[n])
 
-        # rotor: first-order lag towards the power curve; speed faults add to the true speed
+        # rotor: driven towards the power curve, coasting below cut-in; speed faults add to the true speed
         wind = self._wind()
-        a = math.exp(-DT / p.rotor_tau)
-        rotor = _ar1(st.rotor, a, (1 - a) * p.rotor_target(wind[:-1]))
-        st.rotor = float(rotor[-1])
+        rotor = self._rotor(wind)
         rotor = np.maximum(rotor + rotor_delta(windows, t0 + GRID_US * np.arange(GRID_N + 1)), 0.0)
 
         # rotating things: phases on the grid (exact for piecewise-linear speed), 1 Hz edge counters
@@ -338,7 +358,54 @@ class TurbineModel:
             s2 = _ar1(float(st.shots[i, 1]), a, (1 - a) * s1[:-1])
             st.shots[i] = s1[-1], s2[-1]
             comps.append(s2 - SHOT_MEAN[i])
-        return np.maximum(self.params.wind_mean + np.sum(comps, axis=0), 0.0)
+        return np.maximum((self.params.wind_mean + np.sum(comps, axis=0)) * self._lull(), 0.0)
+
+    def _lull(self) -> np.ndarray | float:
+        """The calm-spell factor on the block's grid (1 outside calm spells)."""
+        st = self._st
+        u = st.rng.random(4)  # drawn in every block: the random stream does not depend on the calm spells
+        if st.lull is None and st.block * BLOCK_S >= LULL_LEAD_S and u[0] < BLOCK_S / LULL_EVERY_S:
+            lo, hi = LULL_PLATEAU_S
+            depth_lo, depth_hi = LULL_DEPTH
+            st.lull = (-DT * int(u[1] * GRID_N), lo + (hi - lo) * u[2], depth_lo + (depth_hi - depth_lo) * u[3])
+        if st.lull is None:
+            return 1.0
+        since, plateau, depth = st.lull
+        total = 2 * LULL_RAMP_S + plateau
+        t = since + DT * np.arange(GRID_N + 1)
+        ramp = np.clip(np.minimum(t, total - t) / LULL_RAMP_S, 0.0, 1.0)
+        st.lull = None if since + BLOCK_S >= total else (since + BLOCK_S, plateau, depth)
+        return 1.0 - depth * (0.5 - 0.5 * np.cos(np.pi * ramp))
+
+    def _rotor(self, wind: np.ndarray) -> np.ndarray:
+        """The true rotor speed (rps) without faults on the block's grid, both ends included, from the wind
+        there: a first-order lag towards the power curve above cut-in, coasting below it, and a restart
+        after RESTART_S of wind above cut-in once it has come to rest."""
+        st, p = self._st, self.params
+        a = math.exp(-DT / p.rotor_tau)
+        target = p.rotor_target(wind[:-1])
+        low = wind[:-1] < p.cut_in
+        if not st.stopped and not low.any():  # the usual block: driven by the wind throughout
+            rotor = _ar1(st.rotor, a, (1 - a) * target)
+        else:
+            b, drag = math.exp(-DT / COAST_TAU), COAST_DRAG * COAST_TAU
+            r, stopped, calm = st.rotor, st.stopped, st.calm
+            values = [r]
+            for below, goal in zip(low.tolist(), target.tolist(), strict=True):
+                if stopped:
+                    calm = 0 if below else calm + 1
+                    stopped = calm < RESTART_STEPS
+                elif below:  # free-wheeling: exact solution of r' = -r / COAST_TAU - COAST_DRAG
+                    r = (r + drag) * b - drag
+                    if r <= 0.0:
+                        r, stopped, calm = 0.0, True, 0
+                else:
+                    r = a * r + (1 - a) * goal
+                values.append(r)
+            rotor = np.array(values)
+            st.stopped, st.calm = stopped, calm
+        st.rotor = float(rotor[-1])
+        return rotor
 
     def _environment(self, rotor: np.ndarray, j: np.ndarray) -> dict[str, np.ndarray]:
         """Gearbox (IMU die) temperature lagging the rotor load; the BME680, read once per block."""

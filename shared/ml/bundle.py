@@ -82,3 +82,24 @@ def read_manifest(model_dir: Path) -> Manifest:
     except (OSError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: cannot read the bundle manifest: {exc}") from exc
     return Manifest.from_dict(raw, str(path))
+
+
+def read_tar_documents(archive: bytes, names: tuple[str, ...] = (MANIFEST_FILE, EVALUATION_FILE),
+                       source: str = "model.tar.gz") -> dict[str, dict[str, Any]]:
+    """JSON documents from a model.tar.gz held in memory (no torch needed: Lambdas read metrics this way)."""
+    import io
+    import tarfile
+
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            for name in names:
+                member = tar.extractfile(name)
+                if member is None:
+                    raise BundleError(f"{source}: {name} is not a file")
+                out[name] = json.loads(member.read().decode("utf-8"))
+    except KeyError as exc:
+        raise BundleError(f"{source}: {exc.args[0] if exc.args else 'a document'} is missing") from exc
+    except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{source}: unreadable model archive: {exc}") from exc
+    return out

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.errors import DataError
-from shared.ml.features import compute_features, make_windows, window_starts
+from shared.ml.features import compute_features, make_windows, operating_mask, window_starts
 from shared.ml.metrics import Fault, faults_from_label_column, load_labels
 from shared.ml.spec import FeatureSpec
 from shared.ml.table import Frame, load_file
@@ -47,6 +47,7 @@ class Windows:
     x: np.ndarray
     t_end: np.ndarray
     t_start: np.ndarray
+    operating: np.ndarray  # (W,) bool: inside the spec's operating regime
 
 
 def data_files(root: Path) -> list[Path]:
@@ -101,9 +102,10 @@ def load_all_labels(roots: list[Path], series: list[TurbineSeries]) -> list[Faul
 def series_windows(series: TurbineSeries, spec: FeatureSpec, stride: int | None = None) -> Windows:
     starts = window_starts(series.t, spec, stride)
     length = spec.windows.length
-    return Windows(series.turbine_id, make_windows(series.features, starts, length),
+    x = make_windows(series.features, starts, length)
+    return Windows(series.turbine_id, x,
                    series.t[starts + length - 1] if len(starts) else np.zeros(0),
-                   series.t[starts] if len(starts) else np.zeros(0))
+                   series.t[starts] if len(starts) else np.zeros(0), operating_mask(x, spec))
 
 
 def overlaps_fault(w: Windows, faults: list[Fault], margin_s: float) -> np.ndarray:

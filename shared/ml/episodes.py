@@ -87,7 +87,9 @@ class EpisodeTracker:
         """Per-feature flags of one window (vectorised over leading axes too)."""
         return (np.asarray(errors) > self.thresholds) | (np.asarray(missing) > self.rule.missing_tolerance)
 
-    def step(self, t_end: float, errors: np.ndarray, missing: np.ndarray) -> list[EpisodeEvent]:
+    def step(self, t_end: float, errors: np.ndarray, missing: np.ndarray, operating: bool = True
+             ) -> list[EpisodeEvent]:
+        """One scored window; a window outside the operating regime counts as clean."""
         events: list[EpisodeEvent] = []
         if self._last_t is not None and t_end - self._last_t > self.rule.max_silence_s:
             events += self._close(self._last_t)
@@ -96,8 +98,8 @@ class EpisodeTracker:
         ratios = np.asarray(errors, dtype=np.float64) / self.thresholds
         over = ratios > 1.0
         lacking = np.asarray(missing) > self.rule.missing_tolerance
-        hit = {self.feature_names[i]: float(ratios[i]) for i in np.flatnonzero(over)}
-        gone = [self.feature_names[i] for i in np.flatnonzero(lacking)]
+        hit = {self.feature_names[i]: float(ratios[i]) for i in np.flatnonzero(over)} if operating else {}
+        gone = [self.feature_names[i] for i in np.flatnonzero(lacking)] if operating else []
         flagged = bool(hit or gone)
         self._recent.append((t_end, hit, gone))
         if self.current is None:
@@ -165,10 +167,11 @@ class EpisodeTracker:
 
 
 def run_episodes(turbine_id: str, rule: EpisodeRule, thresholds: np.ndarray, feature_names: list[str],
-                 t_end: np.ndarray, errors: np.ndarray, missing: np.ndarray) -> list[Episode]:
+                 t_end: np.ndarray, errors: np.ndarray, missing: np.ndarray,
+                 operating: np.ndarray | None = None) -> list[Episode]:
     """Every episode of one turbine's scored windows (in time order), the last one closed at the end."""
     tracker = EpisodeTracker(turbine_id, rule, thresholds, feature_names)
     for i in range(len(t_end)):
-        tracker.step(float(t_end[i]), errors[i], missing[i])
+        tracker.step(float(t_end[i]), errors[i], missing[i], True if operating is None else bool(operating[i]))
     tracker.flush()
     return tracker.closed

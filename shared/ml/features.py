@@ -74,3 +74,14 @@ def make_windows(features: np.ndarray, starts: np.ndarray, length: int) -> np.nd
         return np.zeros((0, features.shape[1], length), dtype=np.float32)
     view = np.lib.stride_tricks.sliding_window_view(features, length, axis=0)  # (N-L+1, F, L)
     return np.ascontiguousarray(view[starts], dtype=np.float32)
+
+
+def operating_mask(windows: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """(W,) True for windows the model should score (see FeatureSpec.operating)."""
+    if spec.operating is None or len(windows) == 0:
+        return np.ones(len(windows), dtype=bool)
+    column = windows[:, spec.features.index(spec.operating.feature), :]
+    present = ~np.isnan(column).all(axis=1)
+    median = np.full(len(windows), np.inf)
+    median[present] = np.nanmedian(column[present], axis=1)
+    return np.asarray(median >= spec.operating.min)

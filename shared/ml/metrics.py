@@ -150,3 +150,19 @@ def _inside(t: np.ndarray, intervals: list[tuple[float, float]]) -> np.ndarray:
     for a, b in intervals:
         mask[np.searchsorted(t, a, "left"):np.searchsorted(t, b, "right")] = True
     return mask
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, float | None]:
+    """The figures the quality gate and the registry use, from a full metrics object."""
+    event = metrics.get("event") or {}
+    severities = (event.get("per_severity") or {})
+    mh = [severities[s] for s in ("medium", "high") if s in severities]
+    count = sum(g["count"] for g in mh)
+    return {
+        "event_f1": event.get("f1"), "event_precision": event.get("precision"),
+        "event_recall": event.get("recall"),
+        "recall_medium_high": sum(g["detected"] for g in mh) / count if count else None,
+        "mean_delay_s": event.get("mean_delay_s"),
+        "point_f1": (metrics.get("point") or {}).get("f1"),
+        "false_alarms_per_turbine_day": metrics.get("false_alarms_per_turbine_day"),
+    }

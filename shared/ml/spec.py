@@ -47,6 +47,18 @@ class Windows:
 
 
 @dataclass(frozen=True)
+class Operating:
+    """Score a window only while the turbine should be producing: median of `feature` >= `min`.
+
+    Like the status filters of SCADA normal-behaviour models: calm spells (rotor stopped for lack of
+    wind) are a normal regime, not an anomaly. A window whose feature is entirely missing is scored.
+    """
+
+    feature: str
+    min: float
+
+
+@dataclass(frozen=True)
 class Tolerances:
     max_nan_fraction: float = 0.02
     max_gap_s: float = 30.0
@@ -69,6 +81,7 @@ class FeatureSpec:
     delimiter: str = ","
     text_columns: tuple[str, ...] = ()
     derived: tuple[DerivedFeature, ...] = ()
+    operating: Operating | None = None
     spec_version: int = SPEC_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -108,6 +121,7 @@ class FeatureSpec:
         for key in ("columns", "features", "text_columns"):
             out[key] = list(out[key])
         out["derived"] = [asdict(d) for d in self.derived]
+        out["operating"] = asdict(self.operating) if self.operating else None
         return out
 
     @classmethod
@@ -138,6 +152,7 @@ class FeatureSpec:
                 delimiter=str(raw.get("delimiter", ",")),
                 text_columns=tuple(str(c) for c in raw.get("text_columns") or ()),
                 derived=tuple(_derived(d, source) for d in raw.get("derived") or ()),
+                operating=_operating(raw.get("operating"), source),
                 spec_version=int(raw.get("spec_version", SPEC_FORMAT_VERSION)),
             )
         except (TypeError, ValueError) as exc:
@@ -180,6 +195,8 @@ class FeatureSpec:
                     raise SpecError(f"{where}: feature {name!r} needs column {col!r}, which is not listed")
                 if col in non_numeric:
                     raise SpecError(f"{where}: feature {name!r} uses non-numeric column {col!r}")
+        if self.operating is not None and self.operating.feature not in self.features:
+            raise SpecError(f"{where}: operating.feature {self.operating.feature!r} is not one of the features")
         s, w, v = self.sampling, self.windows, self.validation
         if s.rate_hz <= 0 or not 0 < s.tolerance < 1:
             raise SpecError(f"{where}: sampling needs rate_hz > 0 and 0 < tolerance < 1")
@@ -211,6 +228,14 @@ def _derived(raw: Any, source: str) -> DerivedFeature:
         raise SpecError(f"{source}: each derived feature needs exactly name, kind and inputs")
     return DerivedFeature(name=str(raw["name"]), kind=str(raw["kind"]),
                           inputs={str(k): str(v) for k, v in dict(raw["inputs"]).items()})
+
+
+def _operating(raw: Any, source: str) -> Operating | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"feature", "min"}:
+        raise SpecError(f"{source}: operating needs exactly feature and min")
+    return Operating(feature=str(raw["feature"]), min=float(raw["min"]))
 
 
 def _opt_str(value: Any) -> str | None:

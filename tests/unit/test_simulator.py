@@ -77,6 +77,68 @@ def test_calibrated_to_the_seed_statistics(turbine: str) -> None:
         assert abs(np.mean(f) - SEED_RAW_MEAN_ESTIMATE[name]) <= 0.3 * s, (name, np.mean(f))
 
 
+def per_second(d: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """A 1 Hz reading (rps, wind_speed_rps) by whole second since START: [s] is the count over [s-1, s)."""
+    sec = np.floor(d["ts"] - START.timestamp()).astype(int)
+    first = np.concatenate(([True], np.diff(sec) > 0))
+    assert np.array_equal(sec[first], np.arange(len(sec[first])))
+    return d[name][first]
+
+
+def runs(mask: np.ndarray) -> np.ndarray:
+    edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
+    return np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+
+
+def test_the_rotor_coasts_through_turbulent_dips_below_cut_in() -> None:
+    """Fault-free operation: about two 1 s wind readings below cut-in per turbine-hour, no rotor stop."""
+    dips = 0
+    for k in range(1, 13):
+        model = TurbineModel(f"wt-{k:02d}", 17, START)
+        d = model.step(3600)
+        dips += len(runs(per_second(d, "wind_speed_rps") < model.params.cut_in))
+        assert d["rps"].min() > 0, model.turbine_id
+    assert dips >= 12
+
+
+def test_rotor_inertia_coast_down_and_cut_in_hysteresis() -> None:
+    """On a prescribed wind: a 3 s dip below cut-in barely slows the rotor; a calm stops it only after it
+    has coasted for a long time; it restarts after 3 s of wind above cut-in, not after shorter gusts."""
+    model = TurbineModel("wt-01", 3, START)
+    p = model.params
+    pieces = [(30, 2.54), (3, 0.8), (27, 2.54), (200, 0.5)] + [(2, 2.54), (1, 0.5)] * 10 + [(41, 2.54)]
+    wind = np.concatenate([np.full(10 * s, w) for s, w in pieces])
+    model._wind = lambda: wind[100 * model._st.block: 100 * model._st.block + 101]  # type: ignore[method-assign]
+    d = model.step(330)
+    rps, volt = per_second(d, "rps"), per_second(d, "voltage")
+    steady = float(p.rotor_target(np.array([2.54]))[0])
+    assert np.abs(rps[15:31] - steady).max() <= 0.1
+    assert rps[31:40].min() >= 0.85 * steady and volt[31:40].min() > 0.8 * volt[20]  # the 3 s dip
+    assert rps[75:81].min() > 0.5 and np.flatnonzero(rps == 0)[0] > 150  # the calm: a long coast-down
+    assert rps[220:294].max() == 0  # at rest; the 2 s gusts from 260 s on do not restart it
+    assert rps[294] > 0 and np.abs(rps[315:] - steady).max() <= 0.15  # restarted at 293 s, spun up
+
+
+def test_a_calm_spell_is_one_long_stop_and_start() -> None:
+    """A (rare) calm spell: the rotor coasts to rest, stays stopped for minutes and restarts once; the
+    samples do not depend on the chunking."""
+    def calm_model() -> TurbineModel:
+        model = TurbineModel("wt-02", 5, START)
+        model._st.lull = (-30.0, 240.0, 0.9)  # a spell beginning 30 s after the start, 240 s at 10 %
+        return model
+
+    whole = calm_model().step(600)
+    rps = per_second(whole, "rps")
+    zeros = np.flatnonzero(rps == 0)
+    assert rps[:30].min() > 0 and rps[380:].min() > 0  # running before and after
+    assert zeros[0] > 60 and zeros[-1] < 380 and runs(rps == 0).max() >= 180
+    assert rps[zeros[0]: zeros[-1]].max() <= 0.25  # one stop, one start
+    chunked = calm_model()
+    parts = [chunked.step(s) for s in [7.3, 0.0, 0.01, 292.69, 123.0, 177.0]]
+    for name in [*RAW_COLUMNS, "ts"]:
+        assert equal(whole[name], np.concatenate([q[name] for q in parts])), name
+
+
 def test_sensor_formats() -> None:
     d = TurbineModel("wt-01", 2, START).step(600)
     t = d["ts"] - START.timestamp()

@@ -1,0 +1,248 @@
+"""Subcommands that work on the local stack's data directory, whether or not `nacelle up` runs."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from nacelle.console import table
+from shared.errors import Conflict, NacelleError
+
+
+def _stack(args: argparse.Namespace) -> Any:
+    from nacelle.local.stack import Stack, home_from
+
+    return Stack(home_from(args.data_dir))
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+# -- up ------------------------------------------------------------------------------------------
+def cmd_up(args: argparse.Namespace) -> int:
+    from nacelle.local.stack import home_from
+    from nacelle.local.up import run_up
+
+    return run_up(home_from(args.data_dir))
+
+
+# -- data put ------------------------------------------------------------------------------------
+def upload_keys(paths: list[Path]) -> list[tuple[Path, str]]:
+    """(file, key): raw/<path relative to the argument's parent>; labels.json files go to labels/."""
+    out = []
+    for arg in paths:
+        if not arg.exists():
+            raise NacelleError(f"{arg}: no such file or directory")
+        base = arg.resolve().parent
+        files = sorted(p for p in arg.resolve().rglob("*") if p.is_file()) if arg.is_dir() else [arg.resolve()]
+        for f in files:
+            rel = f.relative_to(base).as_posix()
+            out.append((f, f"labels/{rel}" if f.name == "labels.json" else f"raw/{rel}"))
+    return out
+
+
+def cmd_data_put(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    uploaded = skipped = 0
+    for path, key in upload_keys([Path(p) for p in args.paths]):
+        data = path.read_bytes()
+        if stack.store.put_if_absent(key, data):
+            uploaded += 1
+            print(f"uploaded {key}")
+        elif stack.store.get(key) == data:
+            skipped += 1
+        else:
+            raise Conflict(f"{key} already exists with different content; raw data is immutable "
+                           f"(upload it under another name)")
+    print(f"{uploaded} uploaded, {skipped} already present (identical)")
+    return 0
+
+
+# -- models --------------------------------------------------------------------------------------
+def _version_dict(v: Any, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    out = {"version": v.version, "status": v.status, "group": v.group, "model_data_key": v.model_data_key,
+           "failed": v.failed, "description": v.description, "created_at": v.created_at,
+           "metadata": dict(v.metadata), "arn": v.arn}
+    if history is not None:
+        out["history"] = history
+    return out
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    versions = stack.registry.list(stack.settings.group)
+    if args.json:
+        _print_json([_version_dict(v) for v in versions])
+        return 0
+    rows = [[v.version, v.status + (" (failed)" if v.failed else ""), v.metadata.get("metric:event_f1"),
+             v.metadata.get("metric:false_alarms_per_turbine_day"), v.metadata.get("nacelle:job"),
+             str(v.created_at)[:19]] for v in versions]
+    print(table(["version", "status", "event_f1", "FA/day", "job", "created"], rows))
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    v = stack.registry.get(stack.settings.group, args.version)
+    doc = _version_dict(v, stack.registry.history(stack.settings.group, args.version))
+    if args.json:
+        _print_json(doc)
+    else:
+        for key, value in doc.items():
+            if key not in ("metadata", "history"):
+                print(f"{key:16s} {value}")
+        print("metadata:")
+        for key, value in sorted(v.metadata.items()):
+            print(f"  {key:34s} {value}")
+        print("history:")
+        for h in doc["history"]:
+            print(f"  {h['at']}  {h['status']:22s} by {h['actor']}: {h['reason']}")
+    return 0
+
+
+def _set_status(args: argparse.Namespace, status: str) -> int:
+    stack = _stack(args)
+    v = stack.registry.set_status(stack.settings.group, args.version, status, args.reason or status.lower(),
+                                  args.by or getpass.getuser())
+    print(f"{v.group} version {v.version} is now {v.status}")
+    return 0
+
+
+def cmd_models_approve(args: argparse.Namespace) -> int:
+    return _set_status(args, "Approved")
+
+
+def cmd_models_reject(args: argparse.Namespace) -> int:
+    return _set_status(args, "Rejected")
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    jobs = _stack(args).jobs.list()
+    if args.json:
+        _print_json([j.to_dict() for j in jobs])
+        return 0
+    print(table(["job", "kind", "status", "created", "ended", "reason"],
+                [[j.name, j.kind, j.status, j.created_at[:19], (j.ended_at or "")[:19],
+                  (j.failure_reason or "")[:60]] for j in jobs]))
+    return 0
+
+
+def cmd_jobs_show(args: argparse.Namespace) -> int:
+    job = _stack(args).jobs.get(args.job)
+    _print_json(job.to_dict()) if args.json else [print(f"{k:16s} {v}") for k, v in job.to_dict().items()]
+    return 0
+
+
+def cmd_jobs_logs(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    job = stack.jobs.get(args.job)
+    logs = [job.job_dir / "runner.log", job.job_dir / "output" / "train.log"]
+    path = next((p for p in reversed(logs) if p.is_file()), logs[0])
+    if not path.is_file():
+        raise NacelleError(f"{args.job} has no log yet")
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        while True:
+            line = fh.readline()
+            if line:
+                sys.stdout.write(line)
+            elif not args.follow or stack.jobs.get(args.job).status != "InProgress":
+                return 0
+            else:
+                time.sleep(0.5)
+
+
+def cmd_jobs_retry(args: argparse.Namespace) -> int:
+    from shared.usecases.retraining import retry_training
+
+    outcome = retry_training(_stack(args).arrival_deps(), args.job)
+    print(f"{outcome.action}: {outcome.detail}")
+    return 0
+
+
+# -- events --------------------------------------------------------------------------------------
+def cmd_events_dlq(args: argparse.Namespace) -> int:
+    dead = _stack(args).bus.dlq()
+    if args.json:
+        _print_json([d.__dict__ if hasattr(d, "__dict__") else d for d in dead])
+        return 0
+    print(table(["id", "target", "event", "attempts", "last error"],
+                [[d.id, d.target, d.event_id, d.attempts, (d.last_error or "")[:70]] for d in dead]))
+    return 0
+
+
+def cmd_events_redrive(args: argparse.Namespace) -> int:
+    count = _stack(args).bus.redrive(args.ids or None)
+    print(f"{count} dead letter(s) queued for delivery again")
+    return 0
+
+
+# -- alerts --------------------------------------------------------------------------------------
+def cmd_alerts_tail(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    for entry in stack.notifier.tail(follow=args.follow):
+        if args.json:
+            print(json.dumps(entry), flush=True)
+        else:
+            print(f"[{entry['time']}] {entry['topic']}: {entry['subject']}", flush=True)
+    return 0
+
+
+def add_stack_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    up = sub.add_parser("up", parents=[common], help="run the local stack in the foreground (Ctrl-C stops it)")
+    up.set_defaults(func=cmd_up)
+
+    models = sub.add_parser("models", parents=[common], help="the model registry").add_subparsers(
+        dest="models_command", required=True, metavar="ACTION")
+    ls = models.add_parser("list", parents=[common], help="every version of the group")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(func=cmd_models_list)
+    show = models.add_parser("show", parents=[common], help="one version with metrics, lineage and history")
+    show.add_argument("version", type=int)
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=cmd_models_show)
+    for name, func in (("approve", cmd_models_approve), ("reject", cmd_models_reject)):
+        p = models.add_parser(name, parents=[common], help=f"{name} a version (recorded with who, when, why)")
+        p.add_argument("version", type=int)
+        p.add_argument("--reason", help="why (recorded in the approval history)")
+        p.add_argument("--by", help="who (default: the current user)")
+        p.set_defaults(func=func)
+
+    jobs = sub.add_parser("jobs", parents=[common], help="training and compile jobs").add_subparsers(
+        dest="jobs_command", required=True, metavar="ACTION")
+    jl = jobs.add_parser("list", parents=[common], help="every job with its status")
+    jl.add_argument("--json", action="store_true", help="print JSON")
+    jl.set_defaults(func=cmd_jobs_list)
+    js = jobs.add_parser("show", parents=[common], help="one job")
+    js.add_argument("job")
+    js.add_argument("--json", action="store_true", help="print JSON")
+    js.set_defaults(func=cmd_jobs_show)
+    jg = jobs.add_parser("logs", parents=[common], help="a job's log")
+    jg.add_argument("job")
+    jg.add_argument("--follow", "-f", action="store_true", help="keep printing while the job runs")
+    jg.set_defaults(func=cmd_jobs_logs)
+    jr = jobs.add_parser("retry", parents=[common], help="run a failed job again (next attempt)")
+    jr.add_argument("job")
+    jr.set_defaults(func=cmd_jobs_retry)
+
+    events = sub.add_parser("events", parents=[common], help="the local event bus").add_subparsers(
+        dest="events_command", required=True, metavar="ACTION")
+    dl = events.add_parser("dlq", parents=[common], help="dead letters: deliveries that kept failing")
+    dl.add_argument("--json", action="store_true", help="print JSON")
+    dl.set_defaults(func=cmd_events_dlq)
+    rd = events.add_parser("redrive", parents=[common], help="deliver dead letters again")
+    rd.add_argument("ids", nargs="*", type=int, help="delivery ids (default: all)")
+    rd.set_defaults(func=cmd_events_redrive)
+
+    alerts = sub.add_parser("alerts", parents=[common], help="notifications (SNS stand-in)").add_subparsers(
+        dest="alerts_command", required=True, metavar="ACTION")
+    at = alerts.add_parser("tail", parents=[common], help="print notifications; --follow keeps waiting")
+    at.add_argument("--follow", "-f", action="store_true", help="wait for new notifications")
+    at.add_argument("--json", action="store_true", help="one JSON object per line")
+    at.set_defaults(func=cmd_alerts_tail)

@@ -1,0 +1,43 @@
+"""AWS-shaped events the local stand-ins emit (S3 -> EventBridge, SageMaker job state changes)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote_plus
+
+from nacelle.local.paths import ACCOUNT, REGION
+from shared.events import OBJECT_CREATED, TRAINING_STATE_CHANGE
+
+
+def object_created(bucket: str, key: str, size: int, etag: str, reason: str = "PutObject") -> dict[str, Any]:
+    return {
+        "version": "0", "detail-type": OBJECT_CREATED, "source": "aws.s3", "account": ACCOUNT,
+        "region": REGION, "resources": [f"arn:aws:s3:::{bucket}"],
+        "detail": {"version": "0", "bucket": {"name": bucket},
+                   "object": {"key": quote_plus(key, safe="/"), "size": size, "etag": etag,
+                              "sequencer": f"{int(datetime.now(UTC).timestamp() * 1e6):016X}"},
+                   "request-id": "local", "requester": ACCOUNT, "source-ip-address": "127.0.0.1",
+                   "reason": reason},
+    }
+
+
+def training_state_change(job: str, status: str, bucket: str, hyperparameters: dict[str, str],
+                          created_at: datetime, failure_reason: str | None = None,
+                          model_key: str | None = None) -> dict[str, Any]:
+    ms = lambda t: int(t.timestamp() * 1000)  # noqa: E731 - SageMaker reports epoch milliseconds
+    detail: dict[str, Any] = {
+        "TrainingJobName": job,
+        "TrainingJobArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:training-job/{job}",
+        "TrainingJobStatus": status, "SecondaryStatus": status,
+        "HyperParameters": hyperparameters,
+        "OutputDataConfig": {"S3OutputPath": f"s3://{bucket}/jobs"},
+        "CreationTime": ms(created_at), "LastModifiedTime": ms(datetime.now(UTC)),
+        "TrainingEndTime": ms(datetime.now(UTC)),
+    }
+    if failure_reason:
+        detail["FailureReason"] = failure_reason
+    if model_key:
+        detail["ModelArtifacts"] = {"S3ModelArtifacts": f"s3://{bucket}/{model_key}"}
+    return {"version": "0", "detail-type": TRAINING_STATE_CHANGE, "source": "aws.sagemaker", "account": ACCOUNT,
+            "region": REGION, "resources": [detail["TrainingJobArn"]], "detail": detail}

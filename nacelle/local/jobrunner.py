@@ -1,0 +1,84 @@
+"""`python -m nacelle.local.jobrunner HOME JOB`: run one local training job to its end.
+
+Materialises the channels from the object store exactly as SageMaker would (the train channel from
+the dataset's S3 ManifestFile), runs the training contract, uploads model.tar.gz to
+jobs/<job>/output/, records the status and puts the state-change event on the bus.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import traceback
+from datetime import datetime
+from pathlib import Path
+
+from nacelle.jobs import run_training_job
+from nacelle.local.awsevents import training_state_change
+from nacelle.local.jobs import JobTable
+from nacelle.local.paths import BUCKET, StackPaths
+from nacelle.local.stack import build_bus, build_store
+from shared.errors import DataError
+from shared.ports import ObjectStore
+
+
+def materialise(store: ObjectStore, manifest_key: str, dest: Path) -> int:
+    """Copy every object a ManifestFile lists into dest/<key relative to the prefix>."""
+    entries = json.loads(store.get(manifest_key))
+    prefix = entries[0]["prefix"]
+    bucket_prefix = f"s3://{BUCKET}/"
+    if not prefix.startswith(bucket_prefix):
+        raise DataError(f"{manifest_key}: prefix {prefix} is not in bucket {BUCKET}")
+    base = prefix[len(bucket_prefix):]
+    for key in entries[1:]:
+        target = dest / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(store.get(base + key))
+    return len(entries) - 1
+
+
+def run(home: Path, name: str) -> int:
+    paths = StackPaths(home)
+    jobs = JobTable(paths.jobs_db)
+    record = jobs.get(name)
+    request = record.request
+    bus = build_bus(paths)
+    store = build_store(paths, bus)
+    status, reason, model_key = "Failed", None, None
+    try:
+        data = record.job_dir / "input" / "data"
+        if data.exists():
+            shutil.rmtree(data)
+        channels = {"train": data / "train"}
+        count = materialise(store, request["dataset_manifest_key"], channels["train"])
+        print(f"train channel: {count} object(s) from {request['dataset_manifest_key']}", flush=True)
+        for channel, key in (("spec", request.get("spec_key")), ("champion", request.get("champion_model_key"))):
+            if key:
+                target = data / channel / Path(key).name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(store.get(key))
+                channels[channel] = target.parent
+        result = run_training_job(record.job_dir, name, channels, request["hyperparameters"])
+        if result.ok and result.model_archive is not None:
+            model_key = f"jobs/{name}/output/model.tar.gz"
+            for doc in ("report.png", "evaluation.json"):
+                path = record.job_dir / "output" / "data" / doc
+                if path.is_file():
+                    store.put(f"jobs/{name}/output/{doc}", path.read_bytes())
+            store.put(model_key, result.model_archive.read_bytes())
+            status = "Completed"
+        else:
+            reason = result.failure_reason
+    except Exception as exc:  # any failure is reported, never lost
+        traceback.print_exc()
+        reason = f"{type(exc).__name__}: {exc}"
+    if jobs.finish(name, status, reason, model_key):
+        bus.put(training_state_change(name, status, BUCKET, request["hyperparameters"],
+                                      datetime.fromisoformat(record.created_at), reason, model_key))
+    print(f"job {name}: {status}" + (f" ({reason})" if reason else ""), flush=True)
+    return 0 if status == "Completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run(Path(sys.argv[1]), sys.argv[2]))

@@ -1,0 +1,135 @@
+"""ObjectStore on the local filesystem: the object `key` of `bucket` is the file `root/<bucket>/<key>`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from shared.errors import AdapterError, ConfigurationError, Conflict, ObjectNotFound
+from shared.ports import ObjectInfo
+
+# Temp files live next to their target (os.replace/os.link stay within one filesystem); keys may not use the prefix.
+_TMP_PREFIX = ".nacelle-tmp-"
+
+
+def _key_problem(key: str) -> str | None:
+    if not key:
+        return "empty"
+    if "\x00" in key or "\\" in key:
+        return "contains NUL or a backslash"
+    for segment in key.split("/"):  # also catches a leading '/', a trailing '/' and '//'
+        if segment in ("", ".", ".."):
+            return "has an empty, '.' or '..' segment"
+        if segment.startswith(_TMP_PREFIX):
+            return f"has a segment starting with the reserved {_TMP_PREFIX!r}"
+    return None
+
+
+def _etag(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()  # what S3 reports for a single-part upload
+
+
+class FsObjectStore:
+    """Writes are atomic (a temp file renamed into place); `put_if_absent` hard-links the finished temp file, so
+    it is atomic too and never shows a partial object. Content types are not kept.
+
+    Unlike S3, a key cannot be both an object and a "folder" (`a` and `a/b`): that write raises Conflict.
+    """
+
+    def __init__(self, root: Path, bucket: str) -> None:
+        if _key_problem(bucket) or "/" in bucket:
+            raise ConfigurationError(f"unsafe bucket name {bucket!r}")
+        self.root = root
+        self.bucket = bucket
+        self._base = (root / bucket).resolve()
+
+    def path(self, key: str) -> Path:
+        """The file of `key`; raises ConfigurationError for a key that could leave the bucket directory."""
+        if problem := _key_problem(key):
+            raise ConfigurationError(f"unsafe object key {key!r}: {problem}")
+        path = self._base.joinpath(*key.split("/"))
+        if not path.resolve().is_relative_to(self._base):  # a symlink inside the tree pointing out
+            raise ConfigurationError(f"unsafe object key {key!r}: resolves outside {self._base}")
+        return path
+
+    def uri(self, key: str) -> str:
+        self.path(key)
+        return f"s3://{self.bucket}/{key}"
+
+    def get(self, key: str) -> bytes:
+        path = self.path(key)
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+            raise ObjectNotFound(f"no object {self.uri(key)}") from e
+        except OSError as e:
+            raise AdapterError(f"cannot read {path}: {e}") from e
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        path = self.path(key)
+        tmp = self._write_temp(key, path, data)
+        try:
+            tmp.replace(path)
+        except IsADirectoryError as e:
+            raise Conflict(f"cannot write {self.uri(key)}: the key is a prefix of other objects") from e
+        except OSError as e:
+            raise AdapterError(f"cannot write {path}: {e}") from e
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_if_absent(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> bool:
+        path = self.path(key)
+        tmp = self._write_temp(key, path, data)
+        try:
+            os.link(tmp, path)  # fails with FileExistsError if the name exists: check-and-create in one step
+            return True
+        except FileExistsError as e:
+            if path.is_dir():
+                raise Conflict(f"cannot write {self.uri(key)}: the key is a prefix of other objects") from e
+            return False
+        except OSError as e:  # e.g. a filesystem without hard links
+            raise AdapterError(f"cannot write {path}: {e}") from e
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        # Start at the deepest directory the prefix names in full; an invalid one contains no valid key.
+        head = prefix.rpartition("/")[0]
+        if head and _key_problem(head):
+            return []
+        start = self.path(head) if head else self._base
+        infos = []
+        for directory, dirnames, filenames in os.walk(start):  # does not follow directory symlinks
+            dirnames.sort()
+            for name in filenames:
+                file = Path(directory, name)
+                key = file.relative_to(self._base).as_posix()
+                if not key.startswith(prefix) or _key_problem(key) or file.is_symlink():
+                    continue  # temp files fail _key_problem
+                try:
+                    data = file.read_bytes()
+                except FileNotFoundError:  # deleted while listing
+                    continue
+                infos.append(ObjectInfo(key=key, size=len(data), etag=_etag(data)))
+        return sorted(infos, key=lambda info: info.key)
+
+    def _write_temp(self, key: str, path: Path, data: bytes) -> Path:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as e:
+            raise Conflict(f"cannot write {self.uri(key)}: a prefix of the key is an object") from e
+        fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+        tmp = Path(name)
+        try:
+            os.fchmod(fd, 0o644)  # mkstemp makes 0600; objects are ordinary files
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp

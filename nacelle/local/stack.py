@@ -1,0 +1,187 @@
+"""The local composition root: local adapters -> the same use cases the Lambdas run.
+
+Routing comes from template.yaml (each function's EventBridge patterns), events flow through the
+durable SQLite bus, and every state lives under one data directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import json
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+
+from nacelle.local.bus import EventBus, Rule
+from nacelle.local.jobs import JobTable, alive, kill_group
+from nacelle.local.notifier import LocalNotifier
+from nacelle.local.objectstore import FsObjectStore
+from nacelle.local.paths import ACCOUNT, BUCKET, REGION, StackPaths
+from nacelle.local.registry import SqliteRegistry
+from nacelle.local.s3events import EventingObjectStore, NotifiedKeys
+from nacelle.local.state import SqliteStateStore
+from nacelle.local.template import load_template, routes
+from nacelle.local.training import LocalTraining
+from shared.errors import ConfigurationError, NacelleError
+from shared.gate import GatePolicy
+from shared.settings import Settings
+from shared.usecases.registration import RegistrationDeps
+from shared.usecases.retraining import ArrivalDeps, RetrainPolicy
+
+DEFAULT_HOME = Path(".nacelle")
+
+
+class LocalSettings(Settings):
+    """The local stack's one settings object: defaults, then <home>/config.yaml (same field names)."""
+
+    group: str = "nacelle-turbine"
+    quiet_period_s: float = 15.0
+    min_new_turbine_hours: float = 1.0
+    hyperparameters: dict[str, str] = Field(default_factory=dict)
+    gate_min_event_f1: float = 0.8
+    gate_min_recall_medium_high: float = 0.9
+    gate_max_false_alarms_per_day: float = 2.0
+    gate_regression_tolerance: float = 0.02
+
+    @classmethod
+    def load(cls, path: Path) -> LocalSettings:
+        raw: dict[str, Any] = {}
+        if path.is_file():
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            if not isinstance(loaded, dict):
+                raise ConfigurationError(f"{path}: expected a mapping of settings")
+            unknown = sorted(set(loaded) - set(cls.model_fields))
+            if unknown:
+                raise ConfigurationError(f"{path}: unknown setting(s) {unknown}; known: {sorted(cls.model_fields)}")
+            raw = loaded
+        try:
+            return cls.model_validate(raw)
+        except ValueError as exc:
+            raise ConfigurationError(f"{path}: {exc}") from exc
+
+
+def home_from(value: str | None) -> Path:
+    return Path(value or os.environ.get("NACELLE_HOME") or DEFAULT_HOME).resolve()
+
+
+def build_bus(paths: StackPaths) -> EventBus:
+    paths.home.mkdir(parents=True, exist_ok=True)
+    rules = [Rule(f"{r.function}.{r.rule}", r.function, r.pattern)
+             for r in routes(load_template(), {"DataBucket": BUCKET})]
+    return EventBus(paths.bus_db, rules, region=REGION, account=ACCOUNT)
+
+
+def build_store(paths: StackPaths, bus: EventBus) -> EventingObjectStore:
+    return EventingObjectStore(FsObjectStore(paths.objects, BUCKET), bus.put, NotifiedKeys(paths.home / "s3events.db"))
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Stack:
+    """Every local adapter, built once; `deps_for` gives each service what its Lambda would get."""
+
+    def __init__(self, home: Path) -> None:
+        self.paths = StackPaths(home)
+        self.settings = LocalSettings.load(self.paths.config)
+        self.bus = build_bus(self.paths)
+        self.store = build_store(self.paths, self.bus)
+        self.state = SqliteStateStore(self.paths.state_db)
+        self.registry = SqliteRegistry(self.paths.registry_db, BUCKET, on_change=self._registry_event)
+        self.notifier = LocalNotifier(self.paths.subscribers if self.paths.subscribers.is_file() else None,
+                                      self.paths.notifications)
+        self.jobs = JobTable(self.paths.jobs_db)
+        self.training = LocalTraining(self.paths, self.jobs)
+        self.registry.ensure_group(self.settings.group, "Nacelle turbine anomaly detectors")
+
+    def _registry_event(self, event: dict[str, Any]) -> None:
+        self.bus.put(event)
+
+    def arrival_deps(self) -> ArrivalDeps:
+        s = self.settings
+        return ArrivalDeps(self.store, self.state, self.notifier, self.bus, self.training, self.registry,
+                           RetrainPolicy(s.group, s.min_new_turbine_hours, s.quiet_period_s, s.hyperparameters),
+                           now)
+
+    def registration_deps(self) -> RegistrationDeps:
+        s = self.settings
+        gate = GatePolicy(s.gate_min_event_f1, s.gate_min_recall_medium_high, s.gate_max_false_alarms_per_day,
+                          s.gate_regression_tolerance)
+        return RegistrationDeps(self.store, self.state, self.registry, self.notifier, self.bus, gate, s.group, now)
+
+    def deps_for(self, module: str) -> Any:
+        builders: dict[str, Callable[[], Any]] = {
+            "services.data_arrival.app": self.arrival_deps,
+            "services.training_completed.app": self.registration_deps,
+        }
+        if module not in builders:
+            raise ConfigurationError(f"the local stack has no adapters for {module}")
+        return builders[module]()
+
+    def targets(self) -> dict[str, Callable[[dict[str, Any]], object]]:
+        """Bus target name (the function's logical id) -> that service's handle() with local deps."""
+        out: dict[str, Callable[[dict[str, Any]], object]] = {}
+        for route in routes(load_template(), {"DataBucket": BUCKET}):
+            if route.function not in out:
+                out[route.function] = _bind(importlib.import_module(route.module).handle, self.deps_for(route.module))
+        return out
+
+    def recover_orphans(self) -> list[str]:
+        """Jobs left InProgress by a stack that died: kill what still runs, report them Failed."""
+        from nacelle.local.awsevents import training_state_change
+
+        reported = []
+        for job in self.jobs.list():
+            if job.status != "InProgress":
+                continue
+            if alive(job.pid):
+                kill_group(job.pid or 0)
+            reason = "the local stack stopped while the job ran; retry it with `nacelle jobs retry`"
+            if self.jobs.finish(job.name, "Failed", reason):
+                self.bus.put(training_state_change(job.name, "Failed", BUCKET, job.request.get("hyperparameters", {}),
+                                                   datetime.fromisoformat(job.created_at), reason))
+                reported.append(job.name)
+        return reported
+
+
+def _bind(handle: Callable[[dict[str, Any], Any], object], deps: Any) -> Callable[[dict[str, Any]], object]:
+    def target(event: dict[str, Any]) -> object:
+        return handle(event, deps)
+
+    return target
+
+
+class StackLock:
+    """One `nacelle up` per data directory; the OS releases the lock even after SIGKILL."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: Any = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.path.open("a+")
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "another process"
+            self._fh.close()
+            raise NacelleError(f"the local stack is already running on {self.path.parent} ({holder})") from exc
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(json.dumps({"pid": os.getpid(), "since": now().isoformat()}))
+        self._fh.flush()
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None

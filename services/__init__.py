@@ -1,0 +1,1 @@
+"""One folder per Lambda: parse the event, build the adapters, call one use case."""

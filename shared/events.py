@@ -1,0 +1,78 @@
+"""Typed events at the boundary: EventBridge envelopes with our own `detail` models.
+
+The same shapes arrive from AWS and from the local bus.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel, S3EventNotificationEventBridgeModel
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.errors import ConfigurationError
+
+OBJECT_CREATED = "Object Created"
+RETRAIN_CHECK = "Nacelle Retrain Check"
+TRAINING_STATE_CHANGE = "SageMaker Training Job State Change"
+MODEL_PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
+NACELLE_SOURCE = "nacelle"
+
+
+class ObjectCreated(S3EventNotificationEventBridgeModel):
+    @property
+    def key(self) -> str:
+        """The object key, URL-decoded (S3 notifications encode it)."""
+        return unquote_plus(self.detail.object.key)
+
+    @property
+    def bucket(self) -> str:
+        return self.detail.bucket.name
+
+
+class RetrainCheckDetail(BaseModel):
+    group: str
+    requested_at: datetime
+    reason: str = "data arrived"
+    correlation: dict[str, str] = Field(default_factory=dict)
+
+
+class RetrainCheck(EventBridgeModel):
+    detail: RetrainCheckDetail
+
+
+class TrainingArtifacts(BaseModel):
+    S3ModelArtifacts: str
+
+
+class TrainingJobDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    TrainingJobName: str
+    TrainingJobStatus: str
+    TrainingJobArn: str | None = None
+    FailureReason: str | None = None
+    SecondaryStatus: str | None = None
+    ModelArtifacts: TrainingArtifacts | None = None
+
+
+class TrainingJobStateChange(EventBridgeModel):
+    detail: TrainingJobDetail
+
+
+def parse_event(event: dict[str, Any], models: dict[str, type[EventBridgeModel]]) -> EventBridgeModel:
+    """Pick the model by detail-type; an unexpected type is a routing error, not data."""
+    detail_type = event.get("detail-type")
+    model = models.get(str(detail_type))
+    if model is None:
+        raise ConfigurationError(f"unexpected event detail-type {detail_type!r}; expected one of {sorted(models)}")
+    return model.model_validate(event)
+
+
+def s3_key_from_uri(uri: str, bucket: str) -> str:
+    prefix = f"s3://{bucket}/"
+    if not uri.startswith(prefix):
+        raise ConfigurationError(f"{uri} is not in the data bucket {bucket}")
+    return uri[len(prefix):]

@@ -1,0 +1,62 @@
+"""The quality gate: absolute thresholds, and no regression against the champion on the same data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.ml.metrics import headline
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    min_event_f1: float = 0.8
+    min_recall_medium_high: float = 0.9
+    max_false_alarms_per_day: float = 2.0
+    regression_tolerance: float = 0.02  # the candidate's F1 may trail the champion's by at most this
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    reasons: list[str]
+    figures: dict[str, float | None]
+    champion_figures: dict[str, float | None] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def apply_gate(evaluation: dict[str, Any], policy: GatePolicy) -> GateDecision:
+    """`evaluation` is the job's evaluation.json: {"candidate": metrics, "champion": {"metrics": ...} | None}."""
+    figures = headline(evaluation["candidate"])
+    reasons: list[str] = []
+
+    def check_min(name: str, floor: float) -> None:
+        value = figures.get(name)
+        if value is None:
+            reasons.append(f"{name} is missing (no faults to score)")
+        elif value < floor:
+            reasons.append(f"{name} {value:.3f} is below the minimum {floor:.3f}")
+
+    check_min("event_f1", policy.min_event_f1)
+    check_min("recall_medium_high", policy.min_recall_medium_high)
+    fa = figures.get("false_alarms_per_turbine_day")
+    if fa is None:
+        reasons.append("false_alarms_per_turbine_day is missing")
+    elif fa > policy.max_false_alarms_per_day:
+        reasons.append(f"false_alarms_per_turbine_day {fa:.2f} is above the maximum "
+                       f"{policy.max_false_alarms_per_day:.2f}")
+
+    champion = evaluation.get("champion")
+    champion_figures = headline(champion["metrics"]) if champion else None
+    notes = []
+    if champion_figures is not None:
+        ours, theirs = figures.get("event_f1"), champion_figures.get("event_f1")
+        if ours is not None and theirs is not None:
+            if ours < theirs - policy.regression_tolerance:
+                reasons.append(f"event_f1 {ours:.3f} regresses against the champion's {theirs:.3f} "
+                               f"(tolerance {policy.regression_tolerance:.3f})")
+            else:
+                notes.append(f"event_f1 {ours:.3f} vs champion {theirs:.3f}")
+    else:
+        notes.append("no champion to compare with")
+    return GateDecision(not reasons, reasons, figures, champion_figures, notes)

@@ -1,0 +1,149 @@
+"""The ports the use cases need. AWS adapters (shared/aws/) and local adapters (nacelle/local/)
+implement them; one behavioural contract suite per port runs against both."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+ApprovalStatus = Literal["PendingManualApproval", "Approved", "Rejected"]
+TrainingStatus = Literal["InProgress", "Completed", "Failed", "Stopped", "Stopping"]
+Topic = Literal["alerts", "approvals", "data_quality"]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str  # quoted-less hex, as S3 reports it for single-part uploads (content md5)
+
+
+class ObjectStore(Protocol):
+    """One bucket. Keys are '/'-separated and never start with '/'."""
+
+    bucket: str
+
+    def get(self, key: str) -> bytes: ...  # raises ObjectNotFound
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
+
+    def put_if_absent(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> bool:
+        """Write an immutable object; False (and no write) when the key already exists."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def list(self, prefix: str) -> list[ObjectInfo]: ...  # every object under the prefix, sorted by key
+
+    def uri(self, key: str) -> str: ...  # s3://bucket/key (also locally: the training contract speaks S3)
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    job_name: str
+    dataset_manifest_key: str  # datasets/<group>/<hash>.json, an S3 ManifestFile
+    hyperparameters: Mapping[str, str]
+    spec_key: str | None = None  # specs/<group>/<file>, the `spec` channel
+    champion_model_key: str | None = None  # model.tar.gz of the champion, the `champion` channel
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    job_name: str
+    status: TrainingStatus
+    failure_reason: str | None = None
+    model_artifact_key: str | None = None  # jobs/<job>/output/model.tar.gz
+
+
+class TrainingService(Protocol):
+    def start(self, request: TrainingRequest) -> None:
+        """Start the job; raises JobAlreadyExists when the name is taken (the idempotency key)."""
+        ...
+
+    def describe(self, job_name: str) -> TrainingJob: ...  # raises JobNotFound
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    group: str
+    version: int
+    status: ApprovalStatus
+    model_data_key: str  # key of model.tar.gz in the data bucket
+    metadata: Mapping[str, str]  # CustomerMetadataProperties: metrics, lineage, failed flag
+    description: str = ""
+    created_at: datetime | None = None
+    arn: str = ""
+
+    @property
+    def failed(self) -> bool:
+        """Marked failed by a deployment (never the champion again)."""
+        return self.metadata.get("nacelle:failed", "") == "true"
+
+
+class ModelRegistry(Protocol):
+    def ensure_group(self, group: str, description: str = "") -> None: ...
+
+    def register(self, group: str, model_data_key: str, status: ApprovalStatus, description: str,
+                 metadata: Mapping[str, str], idempotency_token: str) -> ModelVersion:
+        """Create a model package; the same token returns the existing version."""
+        ...
+
+    def get(self, group: str, version: int) -> ModelVersion: ...  # raises ModelVersionNotFound
+
+    def list(self, group: str, status: ApprovalStatus | None = None) -> list[ModelVersion]: ...  # oldest first
+
+    def set_status(self, group: str, version: int, status: ApprovalStatus, reason: str, actor: str) -> ModelVersion:
+        ...
+
+    def update_metadata(self, group: str, version: int, metadata: Mapping[str, str]) -> ModelVersion: ...
+
+
+class Notifier(Protocol):
+    def publish(self, topic: Topic, subject: str, message: str, attributes: Mapping[str, str]) -> str:
+        """Publish a message; returns its id."""
+        ...
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """An EventBridge event as delivered to targets."""
+
+    source: str
+    detail_type: str
+    detail: Mapping[str, Any]
+    id: str = ""
+    time: str = ""
+    resources: tuple[str, ...] = ()
+
+    def to_dict(self, region: str = "local", account: str = "000000000000") -> dict[str, Any]:
+        return {"version": "0", "id": self.id, "detail-type": self.detail_type, "source": self.source,
+                "account": account, "time": self.time, "region": region, "resources": list(self.resources),
+                "detail": dict(self.detail)}
+
+
+class EventPublisher(Protocol):
+    def publish(self, event: Envelope, deliver_at: datetime | None = None, dedup_key: str | None = None) -> None:
+        """Put an event on the bus, now or at `deliver_at` (a one-time schedule on AWS).
+
+        With `dedup_key`, a second publish under the same key is a no-op (schedule names on AWS).
+        """
+        ...
+
+
+class StateStore(Protocol):
+    """A small key-value table with conditional writes (DynamoDB on AWS, SQLite locally)."""
+
+    def get(self, pk: str, sk: str) -> dict[str, Any] | None: ...
+
+    def put(self, pk: str, sk: str, item: Mapping[str, Any], if_absent: bool = False) -> bool:
+        """Write the item; with if_absent, False and no write when (pk, sk) exists."""
+        ...
+
+    def update_if(self, pk: str, sk: str, changes: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
+        """Apply changes only when every expected attribute currently has the given value (None: absent)."""
+        ...
+
+    def query(self, pk: str, sk_prefix: str = "") -> list[dict[str, Any]]: ...  # sorted by sk

@@ -1,0 +1,151 @@
+"""training_completed: a finished training job becomes a registered model version (or a report).
+
+Failed or Stopped: notify with the reason. Completed: read evaluation.json from model.tar.gz, apply
+the quality gate, register the package (PendingManualApproval or Rejected with reasons), notify the
+approvers with the metrics and the exact command. Either way the retraining policy runs again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shared.errors import BundleError
+from shared.gate import GateDecision, GatePolicy, apply_gate
+from shared.ml.bundle import EVALUATION_FILE, MANIFEST_FILE, read_tar_documents
+from shared.observability import correlate, logger
+from shared.ports import EventPublisher, ModelRegistry, ModelVersion, Notifier, ObjectStore, StateStore
+from shared.usecases import state_keys as sk
+from shared.usecases.retraining import Outcome, release_active_job, request_check
+
+TERMINAL = ("Completed", "Failed", "Stopped")
+METADATA_LIMIT = 256
+
+
+@dataclass
+class RegistrationDeps:
+    store: ObjectStore
+    state: StateStore
+    registry: ModelRegistry
+    notifier: Notifier
+    events: EventPublisher
+    gate: GatePolicy
+    group: str
+    clock: Callable[[], datetime]
+
+
+def on_training_finished(job_name: str, status: str, failure_reason: str | None, model_key: str | None,
+                         deps: RegistrationDeps) -> Outcome:
+    if status not in TERMINAL:
+        return Outcome("ignored", f"{job_name} is {status}")
+    correlate(job_name=job_name)
+    pk = sk.group_pk(deps.group)
+    job = deps.state.get(pk, sk.JOB + job_name)
+    if job is None:
+        return Outcome("ignored", f"{job_name} was not started by group {deps.group}")
+    if job.get("status") in TERMINAL and job.get("finished"):
+        _after_job(job_name, job, deps)
+        return Outcome("duplicate", f"{job_name} was already handled ({job['status']})")
+    correlate(dataset_hash=job.get("dataset_hash"))
+    if status != "Completed":
+        outcome = _failed(job_name, job, status, failure_reason or "no reason given", deps)
+    else:
+        outcome = _completed(job_name, job, model_key, deps)
+    _after_job(job_name, job, deps)
+    return outcome
+
+
+def _failed(job_name: str, job: dict[str, Any], status: str, reason: str, deps: RegistrationDeps) -> Outcome:
+    pk = sk.group_pk(deps.group)
+    first = deps.state.update_if(pk, sk.JOB + job_name, {"status": status, "failure_reason": reason,
+                                                         "finished": True, "ended_at": deps.clock().isoformat()},
+                                 {"status": "InProgress"})
+    deps.state.update_if(pk, sk.DATASET + job["dataset_hash"], {"status": "failed"}, {"status": "running"})
+    if first:
+        deps.notifier.publish("approvals", f"Training job {job_name} {status.lower()}",
+                              f"Training job {job_name} ({status}) did not produce a model.\nReason: {reason}\n\n"
+                              f"Retry it with: nacelle jobs retry {job_name}",
+                              {"job_name": job_name, "status": status})
+    logger.warning("training job did not complete", status=status, reason=reason)
+    return Outcome("failed", reason, {"job_name": job_name, "status": status})
+
+
+def _completed(job_name: str, job: dict[str, Any], model_key: str | None, deps: RegistrationDeps) -> Outcome:
+    pk = sk.group_pk(deps.group)
+    model_key = model_key or f"jobs/{job_name}/output/model.tar.gz"
+    try:
+        docs = read_tar_documents(deps.store.get(model_key), source=deps.store.uri(model_key))
+    except BundleError as exc:
+        return _failed(job_name, job, "Failed", f"completed without a usable model: {exc}", deps)
+    manifest, evaluation = docs[MANIFEST_FILE], docs[EVALUATION_FILE]
+    decision = apply_gate(evaluation, deps.gate)
+    version = deps.registry.register(
+        deps.group, model_key, "PendingManualApproval" if decision.passed else "Rejected",
+        _description(decision), _metadata(job_name, manifest, decision), idempotency_token=job_name)
+    correlate(model_version=version.version)
+    first = deps.state.update_if(pk, sk.JOB + job_name, {"status": "Completed", "finished": True,
+                                                         "model_version": version.version,
+                                                         "gate": "passed" if decision.passed else "rejected",
+                                                         "ended_at": deps.clock().isoformat()},
+                                 {"status": "InProgress"})
+    deps.state.update_if(pk, sk.DATASET + job["dataset_hash"], {"status": "completed"}, {"status": "running"})
+    dataset = deps.state.get(pk, sk.DATASET + job["dataset_hash"]) or {}
+    watermark = deps.state.get(pk, sk.WATERMARK) or {}
+    trained_until = float(dataset.get("max_accepted_at", 0.0))
+    if trained_until > float(watermark.get("trained_until", 0.0)):
+        deps.state.put(pk, sk.WATERMARK, {"trained_until": trained_until, "dataset_hash": job["dataset_hash"]})
+    if first:
+        _notify(version, decision, job_name, deps)
+    logger.info("model registered", model_version=version.version, status=version.status,
+                reasons=decision.reasons)
+    return Outcome("registered", f"version {version.version} {version.status}",
+                   {"version": version.version, "status": version.status, "reasons": decision.reasons})
+
+
+def _after_job(job_name: str, job: dict[str, Any], deps: RegistrationDeps) -> None:
+    """Free the group for the next job and re-run the retraining policy (both idempotent)."""
+    if release_active_job(deps.state, deps.group, job_name):
+        request_check(deps.events, deps.group, f"{job_name} ended", deps.clock())
+
+
+def _description(decision: GateDecision) -> str:
+    if decision.passed:
+        return "Passed the quality gate. " + "; ".join(decision.notes)
+    return "Rejected by the quality gate: " + "; ".join(decision.reasons)
+
+
+def _metadata(job_name: str, manifest: dict[str, Any], decision: GateDecision) -> dict[str, str]:
+    lineage = manifest.get("lineage", {})
+    meta = {"nacelle:token": job_name, "nacelle:job": job_name,
+            "nacelle:dataset_hash": str(lineage.get("dataset_hash") or ""),
+            "nacelle:code_version": str(lineage.get("code_version") or ""),
+            "nacelle:spec_digest": str(lineage.get("spec_digest") or ""),
+            "nacelle:gate": "passed" if decision.passed else "rejected"}
+    if decision.reasons:
+        meta["nacelle:gate_reasons"] = "; ".join(decision.reasons)[:METADATA_LIMIT]
+    for name, value in decision.figures.items():
+        if value is not None:
+            meta[f"metric:{name}"] = f"{value:.4g}"
+    for name, value in (decision.champion_figures or {}).items():
+        if value is not None and name in ("event_f1", "false_alarms_per_turbine_day"):
+            meta[f"champion:{name}"] = f"{value:.4g}"
+    return meta
+
+
+def _notify(version: ModelVersion, decision: GateDecision, job_name: str, deps: RegistrationDeps) -> None:
+    lines = [f"{name:30s} {'-' if value is None else f'{value:.3f}'}" for name, value in decision.figures.items()]
+    if decision.passed:
+        subject = f"Model {deps.group} v{version.version} passed the quality gate: approve to roll out"
+        action = (f"Approve it locally:   nacelle models approve {version.version}\n"
+                  f"or on AWS:            aws sagemaker update-model-package --model-package-arn {version.arn} "
+                  f"--model-approval-status Approved")
+    else:
+        subject = f"Model {deps.group} v{version.version} was rejected by the quality gate"
+        action = "Reasons:\n- " + "\n- ".join(decision.reasons)
+    body = (f"Training job {job_name} registered {deps.group} version {version.version} "
+            f"({version.status}).\n\nMetrics on held-out data:\n" + "\n".join(lines)
+            + "\n\n" + "\n".join(decision.notes) + "\n\n" + action)
+    deps.notifier.publish("approvals", subject, body,
+                          {"model_version": str(version.version), "status": version.status, "job_name": job_name})

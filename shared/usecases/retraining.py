@@ -1,0 +1,260 @@
+"""data_arrival: validate each raw file, then decide when to retrain.
+
+A file is validated against the group's feature spec; a bad one is copied to quarantine/ with its
+report (the original stays untouched) and reported. Accepted files are recorded. The retraining
+policy runs on a delayed "retrain check" event (the debounce), fires when the accepted data not yet
+trained on reaches a minimum and no job is running, and starts one job per dataset content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import PurePosixPath
+from typing import Any
+
+from shared.errors import Conflict, JobAlreadyExists, JobNotFound, ObjectNotFound
+from shared.events import NACELLE_SOURCE, RETRAIN_CHECK
+from shared.ml.spec import FeatureSpec, default_spec, parse_spec_text
+from shared.ml.validation import validate_bytes
+from shared.observability import correlate, logger
+from shared.ports import (
+    Envelope,
+    EventPublisher,
+    ModelRegistry,
+    Notifier,
+    ObjectStore,
+    StateStore,
+    TrainingRequest,
+    TrainingService,
+)
+from shared.usecases import state_keys as sk
+
+RAW_PREFIX = "raw/"
+LABELS_PREFIX = "labels/"
+
+
+@dataclass(frozen=True)
+class RetrainPolicy:
+    group: str
+    min_new_turbine_hours: float = 1.0
+    quiet_period_s: float = 300.0
+    hyperparameters: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ArrivalDeps:
+    store: ObjectStore
+    state: StateStore
+    notifier: Notifier
+    events: EventPublisher
+    training: TrainingService
+    registry: ModelRegistry
+    policy: RetrainPolicy
+    clock: Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: str  # accepted | quarantined | ignored | duplicate | started | skipped
+    detail: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def load_group_spec(store: ObjectStore, group: str) -> tuple[FeatureSpec, str | None]:
+    """The group's spec from specs/<group>/ (one YAML or JSON file), else the default spec."""
+    files = [o.key for o in store.list(f"specs/{group}/") if o.key.endswith((".yaml", ".yml", ".json"))]
+    if not files:
+        return default_spec(), None
+    return parse_spec_text(store.get(files[0]).decode("utf-8"), files[0]), files[0]
+
+
+def on_object_created(key: str, deps: ArrivalDeps) -> Outcome:
+    if not key.startswith(RAW_PREFIX) or key.endswith("/"):
+        return Outcome("ignored", f"{key} is not a raw data object")
+    pk = sk.group_pk(deps.policy.group)
+    previous = deps.state.get(pk, sk.FILE + key)
+    if previous is not None:
+        if previous["status"] == "accepted" and not previous.get("check_scheduled"):
+            _schedule_check(key, deps)  # the first delivery died between recording and scheduling
+        return Outcome("duplicate", f"{key} was already {previous['status']}")
+    try:
+        data = deps.store.get(key)
+    except ObjectNotFound:
+        return Outcome("ignored", f"{key} no longer exists")
+    spec, _ = load_group_spec(deps.store, deps.policy.group)
+    parts = PurePosixPath(key).parts
+    turbine_hint = parts[-2] if len(parts) > 2 else None  # raw/<turbine>/<file>: the file's folder
+    report = validate_bytes(data, key, spec, turbine_hint=turbine_hint)
+    now = deps.clock()
+    record: dict[str, Any] = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                              "rows": report.rows, "turbines": report.turbines, "start": report.start,
+                              "end": report.end, "checked_at": now.isoformat(),
+                              "warnings": len(report.warnings)}
+    if not report.ok:
+        return _quarantine(key, data, report.to_dict(), report.summary(), record, deps)
+    record.update(status="accepted", accepted_at=now.timestamp(), duration_s=_duration(report.start, report.end))
+    if not deps.state.put(pk, sk.FILE + key, record, if_absent=True):
+        return Outcome("duplicate", f"{key} was recorded concurrently")
+    _schedule_check(key, deps)
+    logger.info("file accepted", key=key, rows=report.rows, warnings=len(report.warnings))
+    return Outcome("accepted", f"{key}: {report.rows} rows, {len(report.warnings)} warning(s)", record)
+
+
+def _duration(start: str | None, end: str | None) -> float:
+    if not start or not end:
+        return 0.0
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def _quarantine(key: str, data: bytes, report: dict[str, Any], summary: str, record: dict[str, Any],
+                deps: ArrivalDeps) -> Outcome:
+    """Copy the file and its report to quarantine/; the original stays byte for byte where it was."""
+    qkey = f"quarantine/{key}"
+    deps.store.put(qkey, data)
+    deps.store.put(f"{qkey}.report.json", json.dumps(report, indent=2).encode(), "application/json")
+    record.update(status="quarantined", quarantine_key=qkey, errors=len(report["errors"]))
+    if deps.state.put(sk.group_pk(deps.policy.group), sk.FILE + key, record, if_absent=True):
+        deps.notifier.publish(
+            "data_quality", f"Quarantined {key}: {len(report['errors'])} problem(s)",
+            f"{summary}\n\nThe original is untouched at {deps.store.uri(key)}.\n"
+            f"Copy and report: {deps.store.uri(qkey)} and {deps.store.uri(qkey)}.report.json",
+            {"key": key, "errors": str(len(report["errors"]))})
+    logger.warning("file quarantined", key=key, errors=len(report["errors"]))
+    return Outcome("quarantined", summary, record)
+
+
+def _schedule_check(key: str, deps: ArrivalDeps) -> None:
+    """A delayed retrain check after the quiet period; later arrivals push the decision back."""
+    now = deps.clock()
+    pk = sk.group_pk(deps.policy.group)
+    arrivals = deps.state.get(pk, sk.ARRIVALS) or {}
+    if now.timestamp() > float(arrivals.get("last_arrival_at", 0.0)):
+        deps.state.put(pk, sk.ARRIVALS, {"last_arrival_at": now.timestamp()})
+    due = now + timedelta(seconds=deps.policy.quiet_period_s)
+    deps.events.publish(
+        Envelope(NACELLE_SOURCE, RETRAIN_CHECK, {"group": deps.policy.group, "requested_at": now.isoformat(),
+                                                 "reason": f"{key} arrived"}),
+        deliver_at=due, dedup_key=f"retrain-{deps.policy.group}-{int(due.timestamp())}")
+    deps.state.update_if(pk, sk.FILE + key, {"check_scheduled": True}, {"status": "accepted"})
+
+
+def request_check(deps_events: EventPublisher, group: str, reason: str, now: datetime) -> None:
+    """An immediate re-evaluation of the policy (after a job ends)."""
+    deps_events.publish(Envelope(NACELLE_SOURCE, RETRAIN_CHECK,
+                                 {"group": group, "requested_at": now.isoformat(), "reason": reason}))
+
+
+def on_retrain_check(deps: ArrivalDeps, requested_at: datetime, reason: str = "") -> Outcome:
+    policy, state = deps.policy, deps.state
+    pk = sk.group_pk(policy.group)
+    now = deps.clock()
+    last_arrival = float((state.get(pk, sk.ARRIVALS) or {}).get("last_arrival_at", 0.0))
+    if now.timestamp() < last_arrival + policy.quiet_period_s - 1.0:
+        return Outcome("skipped", "debounced: more data arrived; a later check will decide")
+    active = state.get(pk, sk.ACTIVE_JOB)
+    if active and active.get("job_name"):
+        return Outcome("skipped", f"job {active['job_name']} is running; the policy runs again when it ends")
+    files = [f for f in state.query(pk, sk.FILE) if f.get("status") == "accepted"]
+    watermark = float((state.get(pk, sk.WATERMARK) or {}).get("trained_until", 0.0))
+    new_hours = sum(float(f.get("duration_s", 0.0)) for f in files if f["accepted_at"] > watermark) / 3600
+    if new_hours < policy.min_new_turbine_hours:
+        return Outcome("skipped", f"{new_hours:.2f} new turbine-hours < {policy.min_new_turbine_hours} needed",
+                       {"new_turbine_hours": new_hours})
+    return start_training(deps, files, reason or "enough new data", new_hours)
+
+
+def dataset_hash(entries: list[tuple[str, str]]) -> str:
+    """sha256 of the sorted (key, sha256) pairs."""
+    return hashlib.sha256("\n".join(f"{k} {h}" for k, h in sorted(entries)).encode()).hexdigest()
+
+
+def start_training(deps: ArrivalDeps, files: list[dict[str, Any]], reason: str, new_hours: float) -> Outcome:
+    """Write the immutable dataset manifest of every accepted file (plus labels) and start its job."""
+    policy, state, store = deps.policy, deps.state, deps.store
+    labels = [o for o in store.list(LABELS_PREFIX) if not o.key.endswith("/")]
+    entries = [(f["key"], f["sha256"]) for f in files]
+    entries += [(o.key, hashlib.sha256(store.get(o.key)).hexdigest()) for o in labels]
+    digest = dataset_hash(entries)
+    correlate(dataset_hash=digest)
+    dataset = state.get(sk.group_pk(policy.group), sk.DATASET + digest) or {}
+    if dataset.get("status") in ("running", "completed", "failed"):
+        hint = " (retry it with `nacelle jobs retry`)" if dataset["status"] == "failed" else ""
+        return Outcome("skipped", f"dataset {digest[:16]} is already {dataset['status']}{hint}")
+    manifest_key = f"datasets/{policy.group}/{digest}.json"
+    manifest = [{"prefix": f"s3://{store.bucket}/"}, *sorted(k for k, _ in entries)]
+    store.put_if_absent(manifest_key, json.dumps(manifest, indent=1).encode(), "application/json")
+    return launch(deps, digest, manifest_key, attempt=1, reason=reason, new_hours=new_hours,
+                  files=len(files), max_accepted_at=max(f["accepted_at"] for f in files))
+
+
+def retry_training(deps: ArrivalDeps, job_name: str) -> Outcome:
+    """Train a failed job's dataset again, as attempt n+1 (`nacelle jobs retry`)."""
+    pk = sk.group_pk(deps.policy.group)
+    job = deps.state.get(pk, sk.JOB + job_name)
+    if job is None:
+        raise JobNotFound(f"no training job {job_name} in group {deps.policy.group}")
+    dataset = deps.state.get(pk, sk.DATASET + job["dataset_hash"]) or {}
+    if dataset.get("status") != "failed" or dataset.get("last_job") != job_name:
+        raise Conflict(f"{job_name} is not the latest failed attempt of its dataset "
+                       f"(dataset status {dataset.get('status')}, latest job {dataset.get('last_job')})")
+    return launch(deps, job["dataset_hash"], dataset["manifest_key"], attempt=int(dataset["attempts"]) + 1,
+                  reason=f"retry of {job_name}", new_hours=float(job.get("new_turbine_hours", 0.0)),
+                  files=int(dataset.get("files", 0)), max_accepted_at=float(dataset.get("max_accepted_at", 0.0)))
+
+
+def launch(deps: ArrivalDeps, digest: str, manifest_key: str, *, attempt: int, reason: str, new_hours: float,
+           files: int, max_accepted_at: float) -> Outcome:
+    policy, state = deps.policy, deps.state
+    pk = sk.group_pk(policy.group)
+    job_name = f"nacelle-{digest[:16]}-{attempt}"
+    correlate(dataset_hash=digest, job_name=job_name)
+    now = deps.clock()
+    if not claim_active_job(state, policy.group, job_name, now):
+        return Outcome("skipped", "another job is running")
+    state.put(pk, sk.DATASET + digest, {"hash": digest, "manifest_key": manifest_key, "attempts": attempt,
+                                        "status": "running", "last_job": job_name, "files": files,
+                                        "max_accepted_at": max_accepted_at})
+    state.put(pk, sk.JOB + job_name, {"job_name": job_name, "dataset_hash": digest, "attempt": attempt,
+                                      "status": "InProgress", "started_at": now.isoformat(), "reason": reason,
+                                      "new_turbine_hours": round(new_hours, 3), "kind": "training"})
+    spec_key = load_group_spec(deps.store, policy.group)[1]
+    champion = champion_model_key(deps.registry, policy.group)
+    request = TrainingRequest(job_name=job_name, dataset_manifest_key=manifest_key,
+                              hyperparameters={**policy.hyperparameters, "dataset_hash": digest},
+                              spec_key=spec_key, champion_model_key=champion,
+                              tags={"nacelle:dataset_hash": digest, "nacelle:group": policy.group})
+    try:
+        deps.training.start(request)
+    except JobAlreadyExists:
+        logger.info("training job already exists", job_name=job_name)
+    except Exception:
+        release_active_job(state, policy.group, job_name)
+        state.update_if(pk, sk.DATASET + digest, {"status": "failed"}, {"status": "running"})
+        state.update_if(pk, sk.JOB + job_name, {"status": "Failed", "failure_reason": "could not start"},
+                        {"status": "InProgress"})
+        raise
+    logger.info("training started", job_name=job_name, files=files, new_turbine_hours=new_hours)
+    return Outcome("started", job_name, {"job_name": job_name, "dataset_hash": digest, "files": files,
+                                         "champion": champion, "attempt": attempt})
+
+
+def claim_active_job(state: StateStore, group: str, job_name: str, now: datetime) -> bool:
+    """At most one job per group: a conditional write on the group's active-job item ("" = free)."""
+    pk = sk.group_pk(group)
+    item = {"job_name": job_name, "since": now.isoformat()}
+    return state.put(pk, sk.ACTIVE_JOB, item, if_absent=True) or state.update_if(pk, sk.ACTIVE_JOB, item,
+                                                                                  {"job_name": ""})
+
+
+def release_active_job(state: StateStore, group: str, job_name: str) -> bool:
+    return state.update_if(sk.group_pk(group), sk.ACTIVE_JOB, {"job_name": "", "since": ""}, {"job_name": job_name})
+
+
+def champion_model_key(registry: ModelRegistry, group: str) -> str | None:
+    """The newest Approved version not marked failed, or None."""
+    approved = [v for v in registry.list(group, "Approved") if not v.failed]
+    return approved[-1].model_data_key if approved else None

@@ -1,0 +1,99 @@
+"""Acceptance of issue 3 on the local stack: drop data -> a model waits for approval, by itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nacelle.cli import main
+from nacelle.local.jobs import alive
+from nacelle.local.stack import Stack
+from tests.integration.conftest import LENIENT_GATE, running_stack, wait_for, write_config
+
+pytestmark = pytest.mark.integration
+GROUP = "nacelle-turbine"
+
+
+def test_dropped_dataset_becomes_a_pending_model_with_metrics(tmp_path, small_dataset):
+    home = tmp_path / "home"
+    write_config(home, **LENIENT_GATE)
+    with running_stack(home) as stack:
+        assert main(["--data-dir", str(home), "data", "put", str(small_dataset)]) == 0
+        versions = wait_for(lambda: stack.registry.list(GROUP), 120, "a registered model version")
+        (version,) = versions
+        assert version.status == "PendingManualApproval"
+        assert float(version.metadata["metric:event_f1"]) >= 0.0
+        assert version.metadata["nacelle:dataset_hash"]
+        (job,) = stack.jobs.list()
+        assert job.status == "Completed" and job.name.startswith("nacelle-")
+        messages = [m["subject"] for m in stack.notifier.tail(follow=False)]
+        assert any("approve to roll out" in s for s in messages)
+        # putting the same data again changes nothing: identical content is a no-op
+        assert main(["--data-dir", str(home), "data", "put", str(small_dataset)]) == 0
+    assert len(Stack(home).jobs.list()) == 1
+
+
+def test_a_model_that_fails_the_gate_is_rejected_with_reasons(tmp_path, small_dataset):
+    home = tmp_path / "home"
+    write_config(home, gate_min_event_f1=0.999, gate_max_false_alarms_per_day=0.0)
+    with running_stack(home) as stack:
+        assert main(["--data-dir", str(home), "data", "put", str(small_dataset)]) == 0
+        (version,) = wait_for(lambda: stack.registry.list(GROUP), 120, "a registered model version")
+        assert version.status == "Rejected"
+        assert "below the minimum" in version.metadata["nacelle:gate_reasons"]
+
+
+def test_a_second_up_on_the_same_directory_refuses_to_start(tmp_path):
+    home = tmp_path / "home"
+    write_config(home)
+    with running_stack(home):
+        result = subprocess.run([sys.executable, "-m", "nacelle.cli", "--data-dir", str(home), "up"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0 and "already running" in result.stderr
+
+
+def _up(home: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "nacelle.cli", "up", "--data-dir", str(home)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+
+
+def test_sigkill_during_training_loses_nothing_and_the_job_can_be_retried(tmp_path, small_dataset):
+    home = tmp_path / "home"
+    write_config(home, **LENIENT_GATE, hyperparameters={"epochs": "40", "patience": "40",
+                                                         "max_train_windows": "4000"})
+    first = _up(home)
+    try:
+        assert main(["--data-dir", str(home), "data", "put", str(small_dataset)]) == 0
+        view = Stack(home)
+        job = wait_for(lambda: next((j for j in view.jobs.list() if j.pid), None), 60, "a running training job")
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+        assert alive(job.pid), "the job runner is its own session and outlives the stack"
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    second = _up(home)
+    try:
+        failed = wait_for(lambda: view.jobs.get(job.name).status == "Failed" and view.jobs.get(job.name), 30,
+                          "the orphaned job to be reported")
+        assert "retry" in (failed.failure_reason or "")
+        wait_for(lambda: not alive(job.pid), 10, "the orphaned job process to die")
+        # the Failed state change reached training_completed: the group is free, the dataset failed
+        notes = wait_for(lambda: [m for m in view.notifier.tail(follow=False) if job.name in m["subject"]], 30,
+                         "the failure notification")
+        assert "failed" in notes[0]["subject"]
+        write_config(home, **LENIENT_GATE)  # the retry may train fast
+        assert main(["--data-dir", str(home), "jobs", "retry", job.name]) == 0
+        retried = job.name[:-1] + "2"
+        wait_for(lambda: view.jobs.get(retried).status == "Completed", 120, "the retried job to complete")
+        wait_for(lambda: view.registry.list(GROUP), 30, "the retried job's model version")
+        assert view.bus.dlq() == []
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(timeout=30)

@@ -1,0 +1,114 @@
+"""training_completed's use case: quality gate, registration, notifications, one package per job."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pytest
+
+from shared.gate import GatePolicy
+from shared.usecases import state_keys as sk
+from shared.usecases.registration import RegistrationDeps, on_training_finished
+from tests.fakes import Clock, MemoryRegistry, MemoryState, MemoryStore, RecordingEvents, RecordingNotifier
+
+GROUP = "nacelle-turbine"
+JOB = "nacelle-0123456789abcdef-1"
+
+
+def metrics(f1: float, recall_mh: float, fa: float) -> dict:
+    groups = {"medium": {"count": 10, "detected": round(10 * recall_mh), "recall": recall_mh,
+                         "mean_delay_s": 5.0}}
+    return {"event": {"precision": f1, "recall": f1, "f1": f1, "mean_delay_s": 5.0, "per_fault": {},
+                      "per_severity": groups},
+            "point": {"precision": 0.5, "recall": 0.5, "f1": 0.5}, "false_alarms_per_turbine_day": fa}
+
+
+def model_tar(candidate: dict, champion: dict | None = None) -> bytes:
+    docs = {"manifest.json": {"lineage": {"dataset_hash": "ab" * 32, "code_version": "0.1.0+x",
+                                          "spec_digest": "cd" * 32}},
+            "evaluation.json": {"candidate": candidate,
+                                "champion": {"metrics": champion, "lineage": {}} if champion else None}}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, doc in docs.items():
+            blob = json.dumps(doc).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return buf.getvalue()
+
+
+@pytest.fixture
+def deps() -> RegistrationDeps:
+    d = RegistrationDeps(store=MemoryStore(), state=MemoryState(), registry=MemoryRegistry(),
+                         notifier=RecordingNotifier(), events=RecordingEvents(), gate=GatePolicy(),
+                         group=GROUP, clock=Clock())
+    pk = sk.group_pk(GROUP)
+    d.state.put(pk, sk.JOB + JOB, {"job_name": JOB, "dataset_hash": "ab" * 32, "status": "InProgress"})
+    d.state.put(pk, sk.DATASET + "ab" * 32, {"status": "running", "max_accepted_at": 123.0})
+    d.state.put(pk, sk.ACTIVE_JOB, {"job_name": JOB})
+    return d
+
+
+def finish(deps, status="Completed", reason=None):
+    return on_training_finished(JOB, status, reason, f"jobs/{JOB}/output/model.tar.gz", deps)
+
+
+def test_a_good_model_waits_for_approval_with_metrics_and_lineage(deps):
+    deps.store.put(f"jobs/{JOB}/output/model.tar.gz", model_tar(metrics(0.95, 1.0, 0.5)))
+    outcome = finish(deps)
+    assert outcome.action == "registered" and outcome.data["status"] == "PendingManualApproval"
+    (version,) = deps.registry.list(GROUP)
+    assert version.metadata["metric:event_f1"] == "0.95"
+    assert version.metadata["nacelle:dataset_hash"] == "ab" * 32 and version.metadata["nacelle:job"] == JOB
+    (message,) = deps.notifier.messages
+    assert message.topic == "approvals" and "nacelle models approve 1" in message.message
+    assert "update-model-package" in message.message
+    # the group is free again and the policy re-runs; the data counts as trained on
+    assert deps.state.get(sk.group_pk(GROUP), sk.ACTIVE_JOB)["job_name"] == ""
+    assert [e.detail_type for e, _, _ in deps.events.published] == ["Nacelle Retrain Check"]
+    assert deps.state.get(sk.group_pk(GROUP), sk.WATERMARK)["trained_until"] == 123.0
+
+
+def test_a_weak_model_is_rejected_with_reasons(deps):
+    deps.store.put(f"jobs/{JOB}/output/model.tar.gz", model_tar(metrics(0.6, 0.7, 5.0)))
+    outcome = finish(deps)
+    assert outcome.data["status"] == "Rejected"
+    reasons = " ".join(outcome.data["reasons"])
+    assert "event_f1 0.600 is below" in reasons and "false_alarms_per_turbine_day 5.00" in reasons
+    assert "rejected" in deps.notifier.messages[0].subject
+
+
+def test_regression_against_the_champion_on_the_same_data_rejects(deps):
+    deps.store.put(f"jobs/{JOB}/output/model.tar.gz", model_tar(metrics(0.90, 1.0, 0.5), metrics(0.97, 1.0, 0.2)))
+    outcome = finish(deps)
+    assert outcome.data["status"] == "Rejected" and "regresses against the champion" in outcome.data["reasons"][0]
+
+
+def test_same_event_three_times_gives_one_package_and_one_notification(deps):
+    deps.store.put(f"jobs/{JOB}/output/model.tar.gz", model_tar(metrics(0.95, 1.0, 0.5)))
+    actions = [finish(deps).action for _ in range(3)]
+    assert actions == ["registered", "duplicate", "duplicate"]
+    assert len(deps.registry.list(GROUP)) == 1 and len(deps.notifier.messages) == 1
+    assert len(deps.events.published) == 1
+
+
+def test_failed_job_notifies_the_reason_and_frees_the_group(deps):
+    outcome = finish(deps, "Failed", "AlgorithmError: too little normal data")
+    assert outcome.action == "failed"
+    (message,) = deps.notifier.messages
+    assert "too little normal data" in message.message and f"nacelle jobs retry {JOB}" in message.message
+    assert deps.registry.list(GROUP) == []
+    assert deps.state.get(sk.group_pk(GROUP), sk.DATASET + "ab" * 32)["status"] == "failed"
+
+
+def test_in_progress_and_foreign_jobs_are_ignored(deps):
+    assert finish(deps, "InProgress").action == "ignored"
+    assert on_training_finished("someone-else", "Completed", None, None, deps).action == "ignored"
+
+
+def test_completed_without_a_readable_model_is_a_failure(deps):
+    deps.store.put(f"jobs/{JOB}/output/model.tar.gz", b"not a tar")
+    assert finish(deps).action == "failed"

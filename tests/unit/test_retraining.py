@@ -1,0 +1,156 @@
+"""data_arrival's use case: validation, quarantine, the debounced retraining policy, one job per dataset."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import UTC, datetime
+
+import pytest
+
+from nacelle.simulator.generate import csv_bytes
+from nacelle.simulator.physics import TurbineModel
+from shared.errors import Conflict
+from shared.usecases import state_keys as sk
+from shared.usecases.retraining import (
+    ArrivalDeps,
+    RetrainPolicy,
+    on_object_created,
+    on_retrain_check,
+    retry_training,
+)
+from tests.fakes import (
+    Clock,
+    FakeTraining,
+    MemoryRegistry,
+    MemoryState,
+    MemoryStore,
+    RecordingEvents,
+    RecordingNotifier,
+)
+
+GROUP = "nacelle-turbine"
+
+
+@pytest.fixture(scope="module")
+def ten_minutes() -> list[bytes]:
+    """Three consecutive 10-minute gzip files of one turbine."""
+    model = TurbineModel("wt-01", 5, datetime(2026, 3, 1, tzinfo=UTC))
+    return [gzip.compress(csv_bytes(model.step(600)), mtime=0) for _ in range(3)]
+
+
+@pytest.fixture
+def deps() -> ArrivalDeps:
+    return ArrivalDeps(store=MemoryStore(), state=MemoryState(), notifier=RecordingNotifier(),
+                       events=RecordingEvents(), training=FakeTraining(), registry=MemoryRegistry(),
+                       policy=RetrainPolicy(GROUP, min_new_turbine_hours=0.4, quiet_period_s=15.0,
+                                            hyperparameters={"epochs": "3"}),
+                       clock=Clock())
+
+
+def drop(deps: ArrivalDeps, files: list[bytes]) -> list[str]:
+    keys = []
+    for i, data in enumerate(files):
+        key = f"raw/wt-01/wt-01_part{i}.csv.gz"
+        deps.store.put(key, data)
+        keys.append(key)
+        assert on_object_created(key, deps).action == "accepted"
+    return keys
+
+
+def test_accepted_file_is_recorded_and_a_check_is_scheduled_after_the_quiet_period(deps, ten_minutes):
+    drop(deps, ten_minutes[:1])
+    record = deps.state.get(sk.group_pk(GROUP), sk.FILE + "raw/wt-01/wt-01_part0.csv.gz")
+    assert record["status"] == "accepted" and record["duration_s"] == pytest.approx(600, abs=1)
+    (event, deliver_at, _), = deps.events.published
+    assert event.detail_type == "Nacelle Retrain Check"
+    assert (deliver_at - deps.clock()).total_seconds() == 15.0
+
+
+@pytest.mark.parametrize("content, code", [
+    (b"", "empty_file"),
+    (b"\x1f\x8b\x08\x00garbage", "truncated_gzip"),
+    (b"\x1f\x8b\x08\x00" + bytes(range(200)) * 3, "corrupt_gzip"),
+    (b"qx,qy\n1,2\n", "missing_column"),
+])
+def test_bad_files_are_quarantined_with_a_report_and_start_nothing(deps, content, code):
+    key = "raw/wt-01/bad.csv"
+    deps.store.put(key, content)
+    outcome = on_object_created(key, deps)
+    assert outcome.action == "quarantined"
+    assert deps.store.get(key) == content  # the original is untouched
+    assert deps.store.get(f"quarantine/{key}") == content
+    report = __import__("json").loads(deps.store.get(f"quarantine/{key}.report.json"))
+    assert code in {e["code"] for e in report["errors"]}
+    (message,) = deps.notifier.messages
+    assert message.topic == "data_quality" and key in message.subject
+    assert deps.events.published == []
+
+
+def test_wrongly_sampled_file_is_quarantined(deps, ten_minutes):
+    text = gzip.decompress(ten_minutes[0]).decode().splitlines()
+    key = "raw/wt-01/every-tenth-row.csv"
+    deps.store.put(key, "\n".join(text[:1] + text[1::10]).encode())  # 2 Hz instead of 20 Hz
+    assert on_object_created(key, deps).action == "quarantined"
+    assert "sampling_rate" in deps.store.get(f"quarantine/{key}.report.json").decode()
+
+
+def test_same_event_three_times_gives_one_record_and_one_check(deps, ten_minutes):
+    key = "raw/wt-01/x.csv.gz"
+    deps.store.put(key, ten_minutes[0])
+    actions = [on_object_created(key, deps).action for _ in range(3)]
+    assert actions == ["accepted", "duplicate", "duplicate"]
+    assert len(deps.events.published) == 1
+
+
+def test_checks_are_debounced_and_need_enough_new_data(deps, ten_minutes):
+    drop(deps, ten_minutes[:2])  # 20 minutes: below 0.4 turbine-hours
+    deps.clock.advance(5)
+    assert on_retrain_check(deps, deps.clock()).action == "skipped"  # quiet period not over
+    deps.clock.advance(15)
+    outcome = on_retrain_check(deps, deps.clock())
+    assert outcome.action == "skipped" and "new turbine-hours" in outcome.detail
+    assert deps.training.started == []
+
+
+def test_policy_fires_once_per_dataset_and_names_the_job_from_its_hash(deps, ten_minutes):
+    keys = drop(deps, ten_minutes)
+    deps.clock.advance(20)
+    first = on_retrain_check(deps, deps.clock())
+    assert first.action == "started"
+    digest = first.data["dataset_hash"]
+    assert first.detail == f"nacelle-{digest[:16]}-1"
+    # redelivered checks start nothing more
+    assert [on_retrain_check(deps, deps.clock()).action for _ in range(2)] == ["skipped", "skipped"]
+    (request,) = deps.training.started
+    manifest = __import__("json").loads(deps.store.get(request.dataset_manifest_key))
+    assert manifest[0] == {"prefix": "s3://data/"} and manifest[1:] == sorted(keys)
+    assert request.dataset_manifest_key == f"datasets/{GROUP}/{digest}.json"
+    assert request.hyperparameters == {"epochs": "3", "dataset_hash": digest}
+    assert request.champion_model_key is None
+
+
+def test_failed_job_is_not_retried_automatically_but_can_be_retried(deps, ten_minutes):
+    drop(deps, ten_minutes)
+    deps.clock.advance(20)
+    job = on_retrain_check(deps, deps.clock()).detail
+    pk = sk.group_pk(GROUP)
+    deps.state.update_if(pk, sk.JOB + job, {"status": "Failed", "finished": True}, {})
+    digest = deps.state.get(pk, sk.JOB + job)["dataset_hash"]
+    deps.state.update_if(pk, sk.DATASET + digest, {"status": "failed"}, {})
+    deps.state.update_if(pk, sk.ACTIVE_JOB, {"job_name": ""}, {"job_name": job})
+    assert "retry" in on_retrain_check(deps, deps.clock()).detail
+    retried = retry_training(deps, job)
+    assert retried.action == "started" and retried.detail == job[:-1] + "2"
+    with pytest.raises(Conflict):
+        retry_training(deps, job)  # attempt 1 is no longer the latest attempt
+
+
+def test_champion_is_the_newest_approved_version_not_marked_failed(deps, ten_minutes):
+    registry = deps.registry
+    for i in (1, 2, 3):
+        registry.register(GROUP, f"jobs/j{i}/output/model.tar.gz", "Approved", "", {}, f"t{i}")
+    registry.update_metadata(GROUP, 3, {"nacelle:failed": "true"})
+    drop(deps, ten_minutes)
+    deps.clock.advance(20)
+    on_retrain_check(deps, deps.clock())
+    assert deps.training.started[0].champion_model_key == "jobs/j2/output/model.tar.gz"
