@@ -11,5 +11,13 @@ tracer = Tracer()
 
 
 def correlate(**ids: str | int | None) -> None:
-    """Attach correlation ids (dataset hash, job name, model version) to every following log line."""
-    logger.append_keys(**{k: v for k, v in ids.items() if v is not None})
+    """Attach correlation ids (dataset hash, job name, model version) to this thread's following log lines.
+
+    Thread-local, so the local stack's concurrent deliveries never mix their ids.
+    """
+    logger.thread_safe_append_keys(**{k: v for k, v in ids.items() if v is not None})
+
+
+def new_invocation() -> None:
+    """Forget the previous event's correlation ids (a Lambda container or a bus worker is reused)."""
+    logger.thread_safe_clear_keys()

@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field
 
 from shared.events import OBJECT_CREATED, RETRAIN_CHECK, ObjectCreated, RetrainCheck, parse_event
-from shared.observability import logger, tracer
+from shared.observability import logger, new_invocation, tracer
 from shared.settings import CommonSettings
 from shared.usecases.retraining import ArrivalDeps, RetrainPolicy, on_object_created, on_retrain_check
 
@@ -41,6 +41,7 @@ MODELS = {OBJECT_CREATED: ObjectCreated, RETRAIN_CHECK: RetrainCheck}
 
 
 def handle(event: dict[str, Any], deps: ArrivalDeps) -> dict[str, Any]:
+    new_invocation()
     parsed = parse_event(event, MODELS)
     if isinstance(parsed, ObjectCreated):
         if parsed.bucket != deps.store.bucket:

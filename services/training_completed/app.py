@@ -12,7 +12,7 @@ from pydantic import Field
 
 from shared.events import TRAINING_STATE_CHANGE, TrainingJobStateChange, parse_event, s3_key_from_uri
 from shared.gate import GatePolicy
-from shared.observability import logger, tracer
+from shared.observability import logger, new_invocation, tracer
 from shared.settings import CommonSettings
 from shared.usecases.registration import RegistrationDeps, on_training_finished
 
@@ -35,6 +35,7 @@ SETTINGS = TrainingCompletedSettings
 
 
 def handle(event: dict[str, Any], deps: RegistrationDeps) -> dict[str, Any]:
+    new_invocation()
     parsed = parse_event(event, {TRAINING_STATE_CHANGE: TrainingJobStateChange})
     assert isinstance(parsed, TrainingJobStateChange)
     d = parsed.detail

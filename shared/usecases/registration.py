@@ -7,6 +7,7 @@ approvers with the metrics and the exact command. Either way the retraining poli
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -124,14 +125,20 @@ def _metadata(job_name: str, manifest: dict[str, Any], decision: GateDecision) -
             "nacelle:spec_digest": str(lineage.get("spec_digest") or ""),
             "nacelle:gate": "passed" if decision.passed else "rejected"}
     if decision.reasons:
-        meta["nacelle:gate_reasons"] = "; ".join(decision.reasons)[:METADATA_LIMIT]
+        meta["nacelle:gate_reasons"] = metadata_value(" / ".join(decision.reasons))
     for name, value in decision.figures.items():
         if value is not None:
             meta[f"metric:{name}"] = f"{value:.4g}"
     for name, value in (decision.champion_figures or {}).items():
         if value is not None and name in ("event_f1", "false_alarms_per_turbine_day"):
             meta[f"champion:{name}"] = f"{value:.4g}"
-    return meta
+    return {key: metadata_value(value) for key, value in meta.items()}
+
+
+def metadata_value(text: str) -> str:
+    """SageMaker metadata values allow letters, digits, spaces and _.:/=+-@ only, at most 256 characters."""
+    cleaned = " ".join(re.sub(r"[^\w\s.:/=+\-@]", " ", text).split())
+    return cleaned[:METADATA_LIMIT].strip() or "-"
 
 
 def _notify(version: ModelVersion, decision: GateDecision, job_name: str, deps: RegistrationDeps) -> None:

@@ -112,3 +112,12 @@ def test_in_progress_and_foreign_jobs_are_ignored(deps):
 def test_completed_without_a_readable_model_is_a_failure(deps):
     deps.store.put(f"jobs/{JOB}/output/model.tar.gz", b"not a tar")
     assert finish(deps).action == "failed"
+
+
+def test_gate_reasons_are_stored_in_sagemakers_metadata_alphabet(deps):
+    from shared.aws.registry import validate_metadata
+
+    deps.store.put(f"jobs/{JOB}/output/model.tar.gz", model_tar(metrics(0.6, 0.7, 5.0)))
+    finish(deps)
+    (version,) = deps.registry.list(GROUP)
+    validate_metadata(version.metadata)  # raises on characters or lengths SageMaker refuses
