@@ -64,9 +64,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")  # the demo prints its own progress
     from nacelle.demo import run_demo
 
-    return run_demo(Path(args.workdir))
+    return run_demo(Path(args.workdir).resolve())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
 
     demo = sub.add_parser("demo", help="the main job on the local stack (what `make run` runs)")
-    demo.add_argument("--workdir", default=".nacelle/demo", help="where the demo writes (default .nacelle/demo)")
+    demo.add_argument("--workdir", default=".nacelle/demo",
+                      help="the demo's own data directory, wiped at the start (default .nacelle/demo)")
     demo.set_defaults(func=cmd_demo)
     add_stack_commands(sub, common)
     return parser

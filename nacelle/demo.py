@@ -1,7 +1,8 @@
 """`make run`: the main job on the local embedded stack.
 
-Generate a labelled dataset, train under the SageMaker contract, evaluate on a separately
-generated held-out dataset, and print a readable metrics table and the training report's path.
+Starts the stack, generates a labelled dataset and drops it in the raw area; validation, training,
+evaluation and registration follow by themselves. Then the registered model is evaluated on a
+separately generated held-out dataset. Exits non-zero naming the step that failed.
 """
 
 from __future__ import annotations
@@ -10,40 +11,97 @@ import shutil
 import time
 from pathlib import Path
 
+from nacelle.commands import upload_keys
+from nacelle.console import metrics_table, table
+from nacelle.local.stack import Stack
+from nacelle.local.up import background_stack, wait_for
 from nacelle.simulator.generate import generate_dataset
-
-from nacelle.console import metrics_table
-from nacelle.jobs import run_training_job
+from shared.errors import NacelleError
+from shared.ports import ModelVersion
+from shared.usecases import state_keys as sk
 from training_jobs.evaluation import evaluate_model_on
 
 
-def step(title: str) -> float:
-    print(f"\n== {title}", flush=True)
-    return time.perf_counter()
+class Step:
+    def __init__(self) -> None:
+        self.name = ""
+        self.started = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        self.name, self.started = name, time.perf_counter()
+        print(f"\n== {name}", flush=True)
+
+    def done(self, what: str = "done") -> None:
+        print(f"   {what} ({time.perf_counter() - self.started:.1f}s)", flush=True)
 
 
-def run_demo(workdir: Path) -> int:
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    started = step("1/4 generating labelled training data: 3 turbines x 2 h, default faults, seed 7")
-    train = generate_dataset(workdir / "data" / "train", 3, 2, "default", 7)
-    print(f"{len(train.files)} files, {train.rows} rows, {len(train.episodes)} labelled fault episodes "
-          f"({time.perf_counter() - started:.1f}s)")
-
-    started = step("2/4 training (SageMaker contract, local subprocess)")
-    job = run_training_job(workdir / "job", "demo-train", {"train": workdir / "data" / "train"}, {})
-    if not job.ok or job.model_archive is None:
-        print(f"FAILED: training: {job.failure_reason} (log {job.log_file})")
+def run_demo(home: Path) -> int:
+    step = Step()
+    try:
+        return _run(home, step)
+    except (NacelleError, OSError) as exc:
+        print(f"\nFAILED at step '{step.name}': {exc}", flush=True)
         return 1
-    print(f"trained in {time.perf_counter() - started:.1f}s -> {job.model_archive}")
 
-    started = step("3/4 generating a separate held-out dataset: 3 turbines x 2 h, seed 8")
-    held = generate_dataset(workdir / "data" / "heldout", 3, 2, "default", 8)
-    print(f"{len(held.files)} files, {len(held.episodes)} labelled fault episodes")
 
-    step("4/4 evaluating on the held-out data (event-level: detected = an episode opens in [start, end + 60 s])")
-    metrics = evaluate_model_on(job.model_archive, workdir / "data" / "heldout")
+def _run(home: Path, step: Step) -> int:
+    if home.exists():
+        shutil.rmtree(home)
+    generated = home / "generated"
+    step("1. generate labelled training data: 3 turbines x 2 h, default fault schedule, seed 7")
+    data = generate_dataset(generated / "train", 3, 2.0, "default", 7)
+    step.done(f"{len(data.files)} files, {data.rows} rows, {len(data.episodes)} labelled fault episodes")
+
+    step("2. start the local stack")
+    with background_stack(home) as stack:
+        step.done(f"data dir {home}")
+        step("3. drop the data in the raw area (equivalent: nacelle data put " f"{generated / 'train'})")
+        for path, key in upload_keys([generated / "train"]):
+            stack.store.put_if_absent(key, path.read_bytes())
+        step.done()
+        step("4. validation, debounced retraining policy, training, quality gate, registration (automatic)")
+        version = _follow(stack)
+        step.done(f"version {version.version} is {version.status}")
+        _show_version(stack, version)
+    step("5. evaluate the registered model on a separately generated held-out dataset (3 turbines x 2 h, seed 8)")
+    generate_dataset(generated / "heldout", 3, 2.0, "default", 8)
+    metrics = evaluate_model_on(stack.store.path(version.model_data_key), generated / "heldout")
     print(metrics_table(metrics))
-    print(f"\ntraining report: {job.job_dir / 'output' / 'data' / 'report.png'}")
-    print(f"model bundle:    {job.model_archive}")
+    step.done()
+    job = version.metadata.get("nacelle:job", "")
+    print(f"\ntraining report: {stack.paths.jobs_dir / job / 'output' / 'data' / 'report.png'}")
+    print(f"inspect:         .venv/bin/nacelle --data-dir {home} models show {version.version}")
+    print(f"                 .venv/bin/nacelle --data-dir {home} jobs logs {job}")
     return 0
+
+
+def _follow(stack: Stack) -> ModelVersion:
+    """Print the chain's progress until a model version is registered."""
+    group = stack.settings.group
+    seen: set[str] = set()
+
+    def progress() -> ModelVersion | None:
+        pk = sk.group_pk(group)
+        files = stack.state.query(pk, sk.FILE)
+        accepted = sum(1 for f in files if f.get("status") == "accepted")
+        lines = [f"{accepted} file(s) accepted, {len(files) - accepted} quarantined"]
+        for job in stack.jobs.list():
+            lines.append(f"training job {job.name}: {job.status}")
+        for line in lines:
+            if line not in seen:
+                seen.add(line)
+                print(f"   {line}", flush=True)
+        failed = [j for j in stack.jobs.list() if j.status == "Failed"]
+        if failed:
+            raise NacelleError(f"training job {failed[0].name} failed: {failed[0].failure_reason}")
+        versions = stack.registry.list(group)
+        return versions[-1] if versions else None
+
+    return wait_for(progress, 300, "a registered model version", interval_s=0.5)
+
+
+def _show_version(stack: Stack, v: ModelVersion) -> None:
+    rows = [[k.removeprefix("metric:"), val] for k, val in sorted(v.metadata.items()) if k.startswith("metric:")]
+    print(table(["metric (held-out slice of the training data)", "value"], rows))
+    print(f"   {v.description}")
+    print(f"   approve it with: .venv/bin/nacelle --data-dir {stack.paths.home} models approve {v.version}")

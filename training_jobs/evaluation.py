@@ -81,7 +81,7 @@ def evaluate(series: list[TurbineSeries], faults: list[Fault], spec: FeatureSpec
     """
     names = list(spec.features)
     labelled = [f for f in faults for s in series
-                if f.turbine_id == s.turbine_id and len(s.t) and s.t[0] <= f.start <= s.t[-1]]
+                if f.turbine_id == s.turbine_id and len(s.t) and f.end >= s.t[0] and f.start <= s.t[-1]]
     if labelled:
         result = metrics_for(score_series(series, spec, scorer), thresholds, rule, names, labelled)
         result["labels"] = "labelled"

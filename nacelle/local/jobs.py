@@ -121,13 +121,18 @@ def _record(row: sqlite3.Row) -> JobRecord:
                      row["pid"], row["failure_reason"], row["model_key"], row["created_at"], row["ended_at"])
 
 
+_RUNNERS: list[subprocess.Popen[bytes]] = []  # kept so finished runners are reaped, not left as zombies
+
+
 def spawn_runner(home: Path, name: str, log_file: Path) -> int:
     """Start `python -m nacelle.local.jobrunner` in its own session; returns its pid."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    _RUNNERS[:] = [p for p in _RUNNERS if p.poll() is None]
     with log_file.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "nacelle.local.jobrunner", str(home), name],
+        proc = subprocess.Popen([sys.executable, "-m", "nacelle.local.jobrunner", str(home.resolve()), name],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=home)
+    _RUNNERS.append(proc)
     return proc.pid
 
 

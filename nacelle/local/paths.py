@@ -14,6 +14,10 @@ ACCOUNT = "000000000000"
 class StackPaths:
     home: Path
 
+    def __post_init__(self) -> None:
+        # absolute, so job runners (started with the home as their working directory) agree on every path
+        object.__setattr__(self, "home", Path(self.home).resolve())
+
     @property
     def objects(self) -> Path:
         return self.home / "objects"

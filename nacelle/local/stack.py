@@ -44,10 +44,11 @@ class LocalSettings(Settings):
     quiet_period_s: float = 15.0
     min_new_turbine_hours: float = 1.0
     hyperparameters: dict[str, str] = Field(default_factory=dict)
-    gate_min_event_f1: float = 0.8
-    gate_min_recall_medium_high: float = 0.9
+    gate_min_event_f1: float = 0.75
+    gate_min_recall_medium_high: float = 0.75
     gate_max_false_alarms_per_day: float = 2.0
     gate_regression_tolerance: float = 0.02
+    gate_min_faults: int = 5
 
     @classmethod
     def load(cls, path: Path) -> LocalSettings:
@@ -113,7 +114,7 @@ class Stack:
     def registration_deps(self) -> RegistrationDeps:
         s = self.settings
         gate = GatePolicy(s.gate_min_event_f1, s.gate_min_recall_medium_high, s.gate_max_false_alarms_per_day,
-                          s.gate_regression_tolerance)
+                          s.gate_regression_tolerance, s.gate_min_faults)
         return RegistrationDeps(self.store, self.state, self.registry, self.notifier, self.bus, gate, s.group, now)
 
     def deps_for(self, module: str) -> Any:

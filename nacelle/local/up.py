@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 from nacelle.local.bus import Dispatcher
 from nacelle.local.paths import BUCKET
 from nacelle.local.s3events import NotifiedKeys, RawWatcher
 from nacelle.local.stack import Stack, StackLock
+from shared.errors import NacelleError
 from shared.observability import logger
+
+T = TypeVar("T")
 
 
 def run_up(home: Path, stop: threading.Event | None = None,
@@ -61,3 +67,47 @@ def _install_signals(stop: threading.Event) -> dict[int, object]:
 def _restore_signals(previous: dict[int, object]) -> None:
     for sig, handler in previous.items():
         signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+@contextmanager
+def background_stack(home: Path, start_timeout_s: float = 60.0) -> Iterator[Stack]:
+    """`nacelle up` in a background thread of this process (the demo, benchmarks and tests use it)."""
+    stop = threading.Event()
+    ready: list[Stack] = []
+    errors: list[BaseException] = []
+    started = threading.Event()
+
+    def on_ready(stack: Stack) -> None:
+        ready.append(stack)
+        started.set()
+
+    def target() -> None:
+        try:
+            run_up(home, stop, on_ready=on_ready)
+        except BaseException as exc:  # handed to the caller below
+            errors.append(exc)
+            started.set()
+
+    thread = threading.Thread(target=target, name="nacelle-up", daemon=True)
+    thread.start()
+    if not started.wait(start_timeout_s):
+        stop.set()
+        raise NacelleError(f"the local stack did not start within {start_timeout_s:.0f}s")
+    if errors:
+        raise errors[0]
+    try:
+        yield ready[0]
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+
+
+def wait_for(predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.25) -> T:
+    """Poll a condition of the local state (for callers outside the stack: demo, tests, benchmarks)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise NacelleError(f"timed out after {timeout_s:.0f}s waiting for {what}")

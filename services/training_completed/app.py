@@ -20,15 +20,16 @@ from shared.usecases.registration import RegistrationDeps, on_training_finished
 class TrainingCompletedSettings(CommonSettings):
     approvals_topic_arn: str = Field(alias="NACELLE_APPROVALS_TOPIC_ARN")
     training_image_uri: str = Field(alias="NACELLE_TRAINING_IMAGE_URI")
-    gate_min_event_f1: float = Field(0.8, alias="NACELLE_GATE_MIN_EVENT_F1")
-    gate_min_recall_medium_high: float = Field(0.9, alias="NACELLE_GATE_MIN_RECALL_MEDIUM_HIGH")
+    gate_min_event_f1: float = Field(0.75, alias="NACELLE_GATE_MIN_EVENT_F1")
+    gate_min_recall_medium_high: float = Field(0.75, alias="NACELLE_GATE_MIN_RECALL_MEDIUM_HIGH")
     gate_max_false_alarms_per_day: float = Field(2.0, alias="NACELLE_GATE_MAX_FALSE_ALARMS_PER_DAY")
     gate_regression_tolerance: float = Field(0.02, alias="NACELLE_GATE_REGRESSION_TOLERANCE")
+    gate_min_faults: int = Field(5, alias="NACELLE_GATE_MIN_FAULTS")
     event_bus_name: str = Field("default", alias="NACELLE_EVENT_BUS_NAME")
 
     def gate(self) -> GatePolicy:
         return GatePolicy(self.gate_min_event_f1, self.gate_min_recall_medium_high,
-                          self.gate_max_false_alarms_per_day, self.gate_regression_tolerance)
+                          self.gate_max_false_alarms_per_day, self.gate_regression_tolerance, self.gate_min_faults)
 
 
 SETTINGS = TrainingCompletedSettings

@@ -64,6 +64,12 @@ def faults_from_label_column(turbine_id: str, t: np.ndarray, labels: np.ndarray)
             for a, b in zip(starts, stops, strict=True)]
 
 
+def _scorable(f: Fault, coverage: dict[str, tuple[np.ndarray, float]], tolerance_s: float) -> bool:
+    """A fault counts for recall when the data covers its onset and the detection allowance after it."""
+    t = coverage.get(f.turbine_id, (np.zeros(0), 0.0))[0]
+    return len(t) > 0 and t[0] <= f.start and min(f.end + tolerance_s, f.start + 2 * tolerance_s) <= t[-1]
+
+
 def _prf(tp: float, fp: float, fn: float) -> dict[str, float]:
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
@@ -75,15 +81,15 @@ def evaluate_episodes(episodes: list[Episode], faults: list[Fault], coverage: di
                       tolerance_s: float = DETECTION_TOLERANCE_S) -> dict[str, Any]:
     """The metrics object of `nacelle evaluate` and evaluation.json.
 
-    `coverage` maps each scored turbine to (its sample timestamps, scored duration in seconds);
-    faults that do not start inside a scored turbine's time range are ignored.
+    `coverage` maps each scored turbine to (its sample timestamps, scored duration in seconds).
+    Recall counts the faults whose onset and detection allowance lie inside the scored data; an
+    episode that opens during any labelled fault, even one cut by the data's edges, is no false alarm.
     """
-    faults = [f for f in faults if f.turbine_id in coverage and len(coverage[f.turbine_id][0])
-              and coverage[f.turbine_id][0][0] <= f.start <= coverage[f.turbine_id][0][-1]]
-    turbine_days = sum(duration for _, duration in coverage.values()) / SECONDS_PER_DAY
     by_turbine: dict[str, list[Fault]] = defaultdict(list)
-    for f in faults:
+    for f in faults:  # every fault, also those cut by the data's edges: an episode they cause is no false alarm
         by_turbine[f.turbine_id].append(f)
+    faults = [f for f in faults if _scorable(f, coverage, tolerance_s)]
+    turbine_days = sum(duration for _, duration in coverage.values()) / SECONDS_PER_DAY
 
     true_alarms = 0
     for ep in episodes:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.errors import BundleError
+from shared.errors import BundleError, ObjectNotFound
 from shared.gate import GateDecision, GatePolicy, apply_gate
 from shared.ml.bundle import EVALUATION_FILE, MANIFEST_FILE, read_tar_documents
 from shared.observability import correlate, logger
@@ -78,7 +78,7 @@ def _completed(job_name: str, job: dict[str, Any], model_key: str | None, deps: 
     model_key = model_key or f"jobs/{job_name}/output/model.tar.gz"
     try:
         docs = read_tar_documents(deps.store.get(model_key), source=deps.store.uri(model_key))
-    except BundleError as exc:
+    except (BundleError, ObjectNotFound) as exc:
         return _failed(job_name, job, "Failed", f"completed without a usable model: {exc}", deps)
     manifest, evaluation = docs[MANIFEST_FILE], docs[EVALUATION_FILE]
     decision = apply_gate(evaluation, deps.gate)

@@ -40,12 +40,13 @@ def test_dropped_dataset_becomes_a_pending_model_with_metrics(tmp_path, small_da
 
 def test_a_model_that_fails_the_gate_is_rejected_with_reasons(tmp_path, small_dataset):
     home = tmp_path / "home"
-    write_config(home, gate_min_event_f1=0.999, gate_max_false_alarms_per_day=0.0)
+    write_config(home, gate_max_false_alarms_per_day=-1.0)  # no model can have fewer than 0 false alarms
     with running_stack(home) as stack:
         assert main(["--data-dir", str(home), "data", "put", str(small_dataset)]) == 0
         (version,) = wait_for(lambda: stack.registry.list(GROUP), 120, "a registered model version")
         assert version.status == "Rejected"
-        assert "below the minimum" in version.metadata["nacelle:gate_reasons"]
+        assert "is above the maximum -1.00" in version.metadata["nacelle:gate_reasons"]
+        assert "Rejected by the quality gate" in version.description
 
 
 def test_a_second_up_on_the_same_directory_refuses_to_start(tmp_path):

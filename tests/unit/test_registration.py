@@ -17,12 +17,13 @@ GROUP = "nacelle-turbine"
 JOB = "nacelle-0123456789abcdef-1"
 
 
-def metrics(f1: float, recall_mh: float, fa: float) -> dict:
+def metrics(f1: float, recall_mh: float, fa: float, faults: int = 10) -> dict:
     groups = {"medium": {"count": 10, "detected": round(10 * recall_mh), "recall": recall_mh,
                          "mean_delay_s": 5.0}}
     return {"event": {"precision": f1, "recall": f1, "f1": f1, "mean_delay_s": 5.0, "per_fault": {},
                       "per_severity": groups},
-            "point": {"precision": 0.5, "recall": 0.5, "f1": 0.5}, "false_alarms_per_turbine_day": fa}
+            "point": {"precision": 0.5, "recall": 0.5, "f1": 0.5}, "false_alarms_per_turbine_day": fa,
+            "counts": {"faults": faults}}
 
 
 def model_tar(candidate: dict, champion: dict | None = None) -> bytes:
@@ -121,3 +122,10 @@ def test_gate_reasons_are_stored_in_sagemakers_metadata_alphabet(deps):
     finish(deps)
     (version,) = deps.registry.list(GROUP)
     validate_metadata(version.metadata)  # raises on characters or lengths SageMaker refuses
+
+
+def test_too_few_faults_to_judge_recall_are_reported_not_enforced(deps):
+    deps.store.put(f"jobs/{JOB}/output/model.tar.gz", model_tar(metrics(0.5, 0.5, 0.5, faults=3)))
+    outcome = finish(deps)
+    assert outcome.data["status"] == "PendingManualApproval"
+    assert "only 3 scored fault(s)" in deps.registry.list(GROUP)[0].description

@@ -1,0 +1,40 @@
+"""Local-stack latency of the first link pair (issue 3): `drop_to_pending_seconds`.
+
+Generates the default dataset (`nacelle data generate` defaults: 3 turbines x 1 h, default faults),
+starts the local stack with its default settings (15 s quiet period included), drops the data and
+measures until a model version is registered (PendingManualApproval, or Rejected if the gate says
+so: the figure is the chain's latency). Goal <= 90 s on 2 cores.
+
+Run alone: `.venv/bin/python -m benchmarks.bench_chain`.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from nacelle.commands import upload_keys
+from nacelle.local.up import background_stack, wait_for
+from nacelle.simulator.generate import generate_dataset
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        generate_dataset(root / "data", 3, 1.0, "default", 0)
+        with background_stack(root / "home") as stack:
+            started = time.perf_counter()
+            for path, key in upload_keys([root / "data"]):
+                stack.store.put_if_absent(key, path.read_bytes())
+            version = wait_for(lambda: (stack.registry.list(stack.settings.group) or [None])[-1], 300,
+                               "a registered model version")
+            elapsed = time.perf_counter() - started
+        print(f"drop_to_pending_seconds={elapsed:.1f}")
+        print(f"drop_to_pending_status={version.status}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
