@@ -159,9 +159,15 @@ def cmd_jobs_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_retry(args: argparse.Namespace) -> int:
+    from shared.usecases.compilation import retry_compile
     from shared.usecases.retraining import retry_training
 
-    outcome = retry_training(_stack(args).arrival_deps(), args.job)
+    stack = _stack(args)
+    job = stack.jobs.get(args.job)
+    if job.kind == "compile":
+        outcome = retry_compile(int(job.request["version"]), stack.compile_deps())
+    else:
+        outcome = retry_training(stack.arrival_deps(), args.job)
     print(f"{outcome.action}: {outcome.detail}")
     return 0
 

@@ -76,3 +76,32 @@ def s3_key_from_uri(uri: str, bucket: str) -> str:
     if not uri.startswith(prefix):
         raise ConfigurationError(f"{uri} is not in the data bucket {bucket}")
     return uri[len(prefix):]
+
+
+class ModelPackageDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    ModelPackageGroupName: str
+    ModelPackageVersion: int
+    ModelApprovalStatus: str
+    ModelPackageArn: str | None = None
+
+
+class ModelPackageStateChange(EventBridgeModel):
+    detail: ModelPackageDetail
+
+
+PROCESSING_STATE_CHANGE = "SageMaker Processing Job State Change"
+
+
+class ProcessingJobDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    ProcessingJobName: str
+    ProcessingJobStatus: str
+    FailureReason: str | None = None
+    ExitMessage: str | None = None
+
+
+class ProcessingJobStateChange(EventBridgeModel):
+    detail: ProcessingJobDetail

@@ -147,3 +147,36 @@ class StateStore(Protocol):
         ...
 
     def query(self, pk: str, sk_prefix: str = "") -> list[dict[str, Any]]: ...  # sorted by sk
+
+
+@dataclass(frozen=True)
+class CompileRequest:
+    """The edge compile step for one approved model version (a Processing job on AWS)."""
+
+    job_name: str  # nacelle-compile-<group>-<version>-<attempt>
+    group: str
+    version: int
+    model_data_key: str  # the version's model.tar.gz
+    output_prefix: str  # compiled/<group>/<version>/
+    validation_manifest_key: str | None = None  # the training dataset's ManifestFile, for the equivalence check
+
+
+class CompileService(Protocol):
+    def start(self, request: CompileRequest) -> None:
+        """Start the compile job; raises JobAlreadyExists when the name is taken."""
+        ...
+
+    def describe(self, job_name: str) -> TrainingJob: ...  # same status vocabulary as training
+
+
+@dataclass(frozen=True)
+class NeoRequest:
+    job_name: str
+    model_data_key: str
+    output_prefix: str  # the Neo artifact lands beside model.onnx, under compiled/<group>/<version>/neo/
+    target_device: str  # e.g. "ml_c5" or a TargetPlatform string "LINUX/ARM64"
+    input_shape: tuple[int, ...]  # [1, features, window length]
+
+
+class NeoCompiler(Protocol):
+    def start(self, request: NeoRequest) -> None: ...  # JobAlreadyExists when the name is taken

@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import quote_plus
 
 from nacelle.local.paths import ACCOUNT, REGION
-from shared.events import OBJECT_CREATED, TRAINING_STATE_CHANGE
+from shared.events import OBJECT_CREATED, PROCESSING_STATE_CHANGE, TRAINING_STATE_CHANGE
 
 
 def object_created(bucket: str, key: str, size: int, etag: str, reason: str = "PutObject") -> dict[str, Any]:
@@ -41,3 +41,19 @@ def training_state_change(job: str, status: str, bucket: str, hyperparameters: d
         detail["ModelArtifacts"] = {"S3ModelArtifacts": f"s3://{bucket}/{model_key}"}
     return {"version": "0", "detail-type": TRAINING_STATE_CHANGE, "source": "aws.sagemaker", "account": ACCOUNT,
             "region": REGION, "resources": [detail["TrainingJobArn"]], "detail": detail}
+
+
+def processing_state_change(job: str, status: str, bucket: str, output_prefix: str,
+                            failure_reason: str | None = None) -> dict[str, Any]:
+    arn = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:processing-job/{job}"
+    detail: dict[str, Any] = {
+        "ProcessingJobName": job, "ProcessingJobArn": arn, "ProcessingJobStatus": status,
+        "ProcessingOutputConfig": {"Outputs": [{"OutputName": "bundle", "S3Output": {
+            "S3Uri": f"s3://{bucket}/{output_prefix}", "LocalPath": "/opt/ml/processing/output",
+            "S3UploadMode": "EndOfJob"}}]},
+        "LastModifiedTime": int(datetime.now(UTC).timestamp() * 1000),
+    }
+    if failure_reason:
+        detail["FailureReason"] = failure_reason
+    return {"version": "0", "detail-type": PROCESSING_STATE_CHANGE, "source": "aws.sagemaker", "account": ACCOUNT,
+            "region": REGION, "resources": [arn], "detail": detail}

@@ -8,15 +8,18 @@ jobs/<job>/output/, records the status and puts the state-change event on the bu
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 import traceback
 from datetime import datetime
 from pathlib import Path
 
-from nacelle.jobs import run_training_job
-from nacelle.local.awsevents import training_state_change
-from nacelle.local.jobs import JobTable
+from nacelle.jobs import PROJECT_ROOT, run_training_job
+from nacelle.local.awsevents import processing_state_change, training_state_change
+from nacelle.local.bus import EventBus
+from nacelle.local.jobs import JobRecord, JobTable
 from nacelle.local.paths import BUCKET, StackPaths
 from nacelle.local.stack import build_bus, build_store
 from shared.errors import DataError
@@ -42,9 +45,11 @@ def run(home: Path, name: str) -> int:
     paths = StackPaths(home)
     jobs = JobTable(paths.jobs_db)
     record = jobs.get(name)
-    request = record.request
     bus = build_bus(paths)
     store = build_store(paths, bus)
+    if record.kind == "compile":
+        return run_compile(record, jobs, bus, store)
+    request = record.request
     status, reason, model_key = "Failed", None, None
     try:
         data = record.job_dir / "input" / "data"
@@ -77,6 +82,44 @@ def run(home: Path, name: str) -> int:
         bus.put(training_state_change(name, status, BUCKET, request["hyperparameters"],
                                       datetime.fromisoformat(record.created_at), reason, model_key))
     print(f"job {name}: {status}" + (f" ({reason})" if reason else ""), flush=True)
+    return 0 if status == "Completed" else 1
+
+
+def run_compile(record: JobRecord, jobs: JobTable, bus: EventBus, store: ObjectStore) -> int:
+    """The Processing contract locally: model in, bundle out, manifest.json uploaded last."""
+    request = record.request
+    status, reason = "Failed", None
+    root = record.job_dir / "processing"
+    try:
+        if root.exists():
+            shutil.rmtree(root)
+        model_dir = root / "input" / "model"
+        model_dir.mkdir(parents=True)
+        (model_dir / "model.tar.gz").write_bytes(store.get(request["model_data_key"]))
+        if request.get("validation_manifest_key"):
+            materialise(store, request["validation_manifest_key"], root / "input" / "validation")
+        output = root / "output"
+        env = {**os.environ, "NACELLE_PROCESSING_ROOT": str(root),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+        args = [sys.executable, "-m", "training_jobs.compile", "--model-version", str(request["version"]),
+                "--model-data", store.uri(request["model_data_key"])]
+        result = subprocess.run(args, env=env, cwd=record.job_dir, check=False)
+        if result.returncode == 0:
+            prefix = request["output_prefix"]
+            files = sorted(p for p in output.rglob("*") if p.is_file() and p.name != "manifest.json")
+            for path in [*files, output / "manifest.json"]:  # the manifest last: it means "complete"
+                store.put(prefix + path.relative_to(output).as_posix(), path.read_bytes())
+            status = "Completed"
+        else:
+            failure = output / "failure"
+            reason = failure.read_text().strip() if failure.is_file() else f"exit code {result.returncode}"
+    except Exception as exc:  # any failure is reported, never lost
+        traceback.print_exc()
+        reason = f"{type(exc).__name__}: {exc}"
+    if jobs.finish(record.name, status, reason, request["output_prefix"] + "manifest.json" if status == "Completed"
+                   else None):
+        bus.put(processing_state_change(record.name, status, BUCKET, request["output_prefix"], reason))
+    print(f"job {record.name}: {status}" + (f" ({reason})" if reason else ""), flush=True)
     return 0 if status == "Completed" else 1
 
 

@@ -27,10 +27,11 @@ from nacelle.local.registry import SqliteRegistry
 from nacelle.local.s3events import EventingObjectStore, NotifiedKeys
 from nacelle.local.state import SqliteStateStore
 from nacelle.local.template import load_template, routes
-from nacelle.local.training import LocalTraining
+from nacelle.local.training import LocalCompile, LocalTraining
 from shared.errors import ConfigurationError, NacelleError
 from shared.gate import GatePolicy
 from shared.settings import Settings
+from shared.usecases.compilation import CompileDeps
 from shared.usecases.registration import RegistrationDeps
 from shared.usecases.retraining import ArrivalDeps, RetrainPolicy
 
@@ -73,9 +74,13 @@ def home_from(value: str | None) -> Path:
 
 def build_bus(paths: StackPaths) -> EventBus:
     paths.home.mkdir(parents=True, exist_ok=True)
-    rules = [Rule(f"{r.function}.{r.rule}", r.function, r.pattern)
-             for r in routes(load_template(), {"DataBucket": BUCKET})]
+    rules = [Rule(f"{r.function}.{r.rule}", r.function, r.pattern) for r in routes(load_template(), refs(paths))]
     return EventBus(paths.bus_db, rules, region=REGION, account=ACCOUNT)
+
+
+def refs(paths: StackPaths) -> dict[str, str]:
+    """Values of the template's !Ref targets on the local stack."""
+    return {"DataBucket": BUCKET, "ModelPackageGroupName": LocalSettings.load(paths.config).group}
 
 
 def build_store(paths: StackPaths, bus: EventBus) -> EventingObjectStore:
@@ -100,6 +105,7 @@ class Stack:
                                       self.paths.notifications)
         self.jobs = JobTable(self.paths.jobs_db)
         self.training = LocalTraining(self.paths, self.jobs)
+        self.compiler = LocalCompile(self.paths, self.jobs)
         self.registry.ensure_group(self.settings.group, "Nacelle turbine anomaly detectors")
 
     def _registry_event(self, event: dict[str, Any]) -> None:
@@ -117,10 +123,15 @@ class Stack:
                           s.gate_regression_tolerance, s.gate_min_faults)
         return RegistrationDeps(self.store, self.state, self.registry, self.notifier, self.bus, gate, s.group, now)
 
+    def compile_deps(self) -> CompileDeps:
+        return CompileDeps(self.store, self.state, self.registry, self.notifier, self.compiler, self.settings.group,
+                           now)
+
     def deps_for(self, module: str) -> Any:
         builders: dict[str, Callable[[], Any]] = {
             "services.data_arrival.app": self.arrival_deps,
             "services.training_completed.app": self.registration_deps,
+            "services.model_approved.app": self.compile_deps,
         }
         if module not in builders:
             raise ConfigurationError(f"the local stack has no adapters for {module}")
@@ -129,14 +140,14 @@ class Stack:
     def targets(self) -> dict[str, Callable[[dict[str, Any]], object]]:
         """Bus target name (the function's logical id) -> that service's handle() with local deps."""
         out: dict[str, Callable[[dict[str, Any]], object]] = {}
-        for route in routes(load_template(), {"DataBucket": BUCKET}):
+        for route in routes(load_template(), refs(self.paths)):
             if route.function not in out:
                 out[route.function] = _bind(importlib.import_module(route.module).handle, self.deps_for(route.module))
         return out
 
     def recover_orphans(self) -> list[str]:
         """Jobs left InProgress by a stack that died: kill what still runs, report them Failed."""
-        from nacelle.local.awsevents import training_state_change
+        from nacelle.local.awsevents import processing_state_change, training_state_change
 
         reported = []
         for job in self.jobs.list():
@@ -146,8 +157,12 @@ class Stack:
                 kill_group(job.pid or 0)
             reason = "the local stack stopped while the job ran; retry it with `nacelle jobs retry`"
             if self.jobs.finish(job.name, "Failed", reason):
-                self.bus.put(training_state_change(job.name, "Failed", BUCKET, job.request.get("hyperparameters", {}),
-                                                   datetime.fromisoformat(job.created_at), reason))
+                if job.kind == "compile":
+                    event = processing_state_change(job.name, "Failed", BUCKET, job.request["output_prefix"], reason)
+                else:
+                    event = training_state_change(job.name, "Failed", BUCKET, job.request.get("hyperparameters", {}),
+                                                  datetime.fromisoformat(job.created_at), reason)
+                self.bus.put(event)
                 reported.append(job.name)
         return reported
 

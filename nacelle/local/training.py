@@ -7,7 +7,7 @@ from pathlib import Path
 
 from nacelle.local.jobs import JobTable, spawn_runner
 from nacelle.local.paths import StackPaths
-from shared.ports import TrainingJob, TrainingRequest
+from shared.ports import CompileRequest, TrainingJob, TrainingRequest
 
 
 class LocalTraining:
@@ -31,3 +31,20 @@ class LocalTraining:
 
     def log_file(self, job_name: str) -> Path:
         return self.jobs.get(job_name).job_dir / "output" / "train.log"
+
+
+class LocalCompile:
+    """The local CompileService: `python -m training_jobs.compile` run by the same detached runner."""
+
+    def __init__(self, paths: StackPaths, jobs: JobTable) -> None:
+        self.paths = paths
+        self.jobs = jobs
+
+    def start(self, request: CompileRequest) -> None:
+        job_dir = self.paths.jobs_dir / request.job_name
+        self.jobs.create(request.job_name, "compile", asdict(request), job_dir)  # raises JobAlreadyExists
+        self.jobs.set_pid(request.job_name, spawn_runner(self.paths.home, request.job_name, job_dir / "runner.log"))
+
+    def describe(self, job_name: str) -> TrainingJob:
+        record = self.jobs.get(job_name)
+        return TrainingJob(job_name, record.status, record.failure_reason, record.model_key)  # type: ignore[arg-type]

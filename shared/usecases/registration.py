@@ -119,11 +119,13 @@ def _description(decision: GateDecision) -> str:
 
 def _metadata(job_name: str, manifest: dict[str, Any], decision: GateDecision) -> dict[str, str]:
     lineage = manifest.get("lineage", {})
+    arch = manifest.get("architecture", {})
     meta = {"nacelle:token": job_name, "nacelle:job": job_name,
             "nacelle:dataset_hash": str(lineage.get("dataset_hash") or ""),
             "nacelle:code_version": str(lineage.get("code_version") or ""),
             "nacelle:spec_digest": str(lineage.get("spec_digest") or ""),
-            "nacelle:gate": "passed" if decision.passed else "rejected"}
+            "nacelle:gate": "passed" if decision.passed else "rejected",
+            "nacelle:input_shape": ",".join(str(x) for x in (1, arch.get("n_features", 0), arch.get("length", 0)))}
     if decision.reasons:
         meta["nacelle:gate_reasons"] = metadata_value(" / ".join(decision.reasons))
     for name, value in decision.figures.items():

@@ -13,6 +13,7 @@ import pytest
 from nacelle.cli import main
 from nacelle.local.jobs import alive
 from nacelle.local.stack import Stack
+from shared.ml.edge_bundle import verify
 from tests.integration.conftest import LENIENT_GATE, running_stack, wait_for, write_config
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,19 @@ def test_dropped_dataset_becomes_a_pending_model_with_metrics(tmp_path, small_da
         assert any("approve to roll out" in s for s in messages)
         # putting the same data again changes nothing: identical content is a no-op
         assert main(["--data-dir", str(home), "data", "put", str(small_dataset)]) == 0
-    assert len(Stack(home).jobs.list()) == 1
+
+        # issue 4: approving leads, with no other command, to a verified edge bundle
+        assert main(["--data-dir", str(home), "models", "approve", "1", "--reason", "test"]) == 0
+        prefix = f"compiled/{GROUP}/1/"
+        wait_for(lambda: stack.store.exists(prefix + "manifest.json"), 120, "the compiled bundle's manifest")
+        bundle = verify(stack.store.path(prefix + "manifest.json").parent)  # digests match the files
+        assert bundle.edge["equivalence"]["passed"] is True
+        assert bundle.model_version == 1
+        compile_jobs = [j for j in stack.jobs.list() if j.kind == "compile"]
+        assert [j.status for j in compile_jobs] == ["Completed"]
+        # approving again (a redelivered event) compiles nothing more
+        assert main(["--data-dir", str(home), "models", "approve", "1"]) == 0
+    assert len(Stack(home).jobs.list()) == 2
 
 
 def test_a_model_that_fails_the_gate_is_rejected_with_reasons(tmp_path, small_dataset):

@@ -400,6 +400,19 @@ EXPECTED_PATTERNS: dict[tuple[str, str], dict[str, Any]] = {
             "TrainingJobStatus": ["Completed", "Failed", "Stopped"],
         },
     },
+    ("ModelApprovedFunction", "ModelApproved"): {
+        "source": ["aws.sagemaker"],
+        "detail-type": ["SageMaker Model Package State Change"],
+        "detail": {"ModelPackageGroupName": [{"Ref": "ModelPackageGroupName"}], "ModelApprovalStatus": ["Approved"]},
+    },
+    ("ModelApprovedFunction", "CompileJobStateChange"): {
+        "source": ["aws.sagemaker"],
+        "detail-type": ["SageMaker Processing Job State Change"],
+        "detail": {
+            "ProcessingJobName": [{"prefix": "nacelle-compile-"}],
+            "ProcessingJobStatus": ["Completed", "Failed", "Stopped"],
+        },
+    },
 }
 
 
@@ -413,7 +426,8 @@ def test_event_patterns_match_the_shared_event_names() -> None:
     """The detail-types the services dispatch on (shared.events) are the ones the rules route."""
     events = importlib.import_module("shared.events")
     routed = {dt for pattern in EXPECTED_PATTERNS.values() for dt in pattern["detail-type"]}
-    assert {events.OBJECT_CREATED, events.RETRAIN_CHECK, events.TRAINING_STATE_CHANGE} == routed
+    assert {events.OBJECT_CREATED, events.RETRAIN_CHECK, events.TRAINING_STATE_CHANGE,
+            events.MODEL_PACKAGE_STATE_CHANGE, events.PROCESSING_STATE_CHANGE} == routed
     assert EXPECTED_PATTERNS[("DataArrivalFunction", "RetrainCheck")]["source"] == [events.NACELLE_SOURCE]
 
 

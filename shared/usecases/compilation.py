@@ -1,0 +1,135 @@
+"""model_approved: an approved model version becomes a verified edge bundle.
+
+Only `Approved` starts anything (the seed also redeployed on Rejected). One compile per version
+however often the event arrives: a conditional write on compile#<version> claims it, the job name
+is derived from the version and attempt, and an existing manifest means the work is done. A failed
+compile is reported and leaves the version approved but not compiled, retriable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import datetime
+
+from shared.errors import Conflict, JobAlreadyExists, JobNotFound
+from shared.observability import correlate, logger
+from shared.ports import (
+    CompileRequest,
+    CompileService,
+    ModelRegistry,
+    NeoCompiler,
+    NeoRequest,
+    Notifier,
+    ObjectStore,
+    StateStore,
+)
+from shared.usecases import state_keys as sk
+from shared.usecases.retraining import Outcome
+
+COMPILE = "compile#"
+COMPILE_PREFIX = "nacelle-compile-"
+
+
+@dataclass
+class CompileDeps:
+    store: ObjectStore
+    state: StateStore
+    registry: ModelRegistry
+    notifier: Notifier
+    compiler: CompileService
+    group: str
+    clock: Callable[[], datetime]
+    neo: NeoCompiler | None = None
+    neo_target: str = ""  # empty: no Neo job (devices run model.onnx either way)
+
+
+def bundle_prefix(group: str, version: int) -> str:
+    return f"compiled/{group}/{version}/"
+
+
+def compile_job_name(group: str, version: int, attempt: int) -> str:
+    return f"{COMPILE_PREFIX}{group}-{version}-{attempt}"[:63]
+
+
+def on_model_package_change(group: str, version: int, status: str, deps: CompileDeps) -> Outcome:
+    if status != "Approved":
+        return Outcome("ignored", f"{group} v{version} is {status}; only Approved versions are compiled")
+    if group != deps.group:
+        return Outcome("ignored", f"group {group} is not {deps.group}")
+    correlate(model_version=version)
+    current = deps.registry.get(group, version)
+    if current.status != "Approved":  # a stale event: the version changed again since
+        return Outcome("ignored", f"{group} v{version} is now {current.status}")
+    prefix = bundle_prefix(group, version)
+    if deps.store.exists(prefix + "manifest.json"):
+        return Outcome("duplicate", f"{prefix}manifest.json already exists")
+    pk = sk.group_pk(group)
+    record = {"version": version, "attempt": 1, "job_name": compile_job_name(group, version, 1),
+              "status": "InProgress", "started_at": deps.clock().isoformat(),
+              "input_shape": current.metadata.get("nacelle:input_shape", "")}
+    if not deps.state.put(pk, COMPILE + str(version), record, if_absent=True):
+        return Outcome("duplicate", f"the compile of v{version} was already started")
+    return _launch(current.model_data_key, current.metadata.get("nacelle:dataset_hash", ""), record, deps)
+
+
+def retry_compile(version: int, deps: CompileDeps) -> Outcome:
+    """`nacelle jobs retry nacelle-compile-…`: compile a version again after a failed attempt."""
+    pk = sk.group_pk(deps.group)
+    record = deps.state.get(pk, COMPILE + str(version))
+    if record is None:
+        raise JobNotFound(f"v{version} of {deps.group} was never compiled")
+    if record["status"] != "Failed":
+        raise Conflict(f"the compile of v{version} is {record['status']}, not Failed")
+    attempt = int(record["attempt"]) + 1
+    new = {**record, "attempt": attempt, "job_name": compile_job_name(deps.group, version, attempt),
+           "status": "InProgress", "failure_reason": None, "started_at": deps.clock().isoformat()}
+    if not deps.state.update_if(pk, COMPILE + str(version), new, {"status": "Failed", "attempt": record["attempt"]}):
+        raise Conflict(f"the compile of v{version} changed concurrently")
+    current = deps.registry.get(deps.group, version)
+    return _launch(current.model_data_key, current.metadata.get("nacelle:dataset_hash", ""), new, deps)
+
+
+def _launch(model_key: str, dataset_hash: str, record: dict[str, object], deps: CompileDeps) -> Outcome:
+    version = int(str(record["version"]))
+    job_name = str(record["job_name"])
+    correlate(job_name=job_name)
+    prefix = bundle_prefix(deps.group, version)
+    manifest = f"datasets/{deps.group}/{dataset_hash}.json" if dataset_hash else None
+    request = CompileRequest(job_name, deps.group, version, model_key, prefix,
+                             manifest if manifest and deps.store.exists(manifest) else None)
+    try:
+        deps.compiler.start(request)
+    except JobAlreadyExists:
+        logger.info("compile job already exists", job_name=job_name)
+    if deps.neo is not None and deps.neo_target:
+        shape = tuple(int(x) for x in str(record.get("input_shape") or "1,6,100").split(","))
+        with suppress(JobAlreadyExists):
+            deps.neo.start(NeoRequest(f"nacelle-neo-{deps.group}-{version}"[:63], model_key, prefix + "neo/",
+                                      deps.neo_target, shape))
+    logger.info("compile started", job_name=job_name, version=version)
+    return Outcome("started", job_name, {"job_name": job_name, "version": version})
+
+
+def on_compile_finished(job_name: str, status: str, failure_reason: str | None, deps: CompileDeps) -> Outcome:
+    """A compile job ended: record it; a failure is reported once and can be retried."""
+    if not job_name.startswith(COMPILE_PREFIX) or status not in ("Completed", "Failed", "Stopped"):
+        return Outcome("ignored", f"{job_name} {status}")
+    pk = sk.group_pk(deps.group)
+    record = next((r for r in deps.state.query(pk, COMPILE) if r.get("job_name") == job_name), None)
+    if record is None:
+        return Outcome("ignored", f"{job_name} is not a compile of group {deps.group}")
+    final = "Completed" if status == "Completed" else "Failed"
+    changes = {"status": final, "failure_reason": failure_reason, "ended_at": deps.clock().isoformat()}
+    if not deps.state.update_if(pk, COMPILE + str(record["version"]), changes,
+                                {"status": "InProgress", "job_name": job_name}):
+        return Outcome("duplicate", f"{job_name} was already recorded")
+    if final == "Failed":
+        deps.notifier.publish(
+            "approvals", f"Compiling {deps.group} v{record['version']} failed",
+            f"The edge compile job {job_name} failed: {failure_reason or status}.\n"
+            f"v{record['version']} stays Approved but is not compiled and will not be deployed.\n"
+            f"Retry with: nacelle jobs retry {job_name}",
+            {"model_version": str(record["version"]), "job_name": job_name, "status": final})
+    return Outcome(final.lower(), job_name, {"version": record["version"]})

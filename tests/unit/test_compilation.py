@@ -1,0 +1,84 @@
+"""model_approved's use case: Approved only, one compile per version, failures reported and retriable."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.errors import Conflict
+from shared.ports import CompileRequest, TrainingJob
+from shared.usecases.compilation import CompileDeps, on_compile_finished, on_model_package_change, retry_compile
+from tests.fakes import Clock, MemoryRegistry, MemoryState, MemoryStore, RecordingNotifier
+
+GROUP = "nacelle-turbine"
+
+
+class FakeCompiler:
+    def __init__(self) -> None:
+        self.started: list[CompileRequest] = []
+
+    def start(self, request: CompileRequest) -> None:
+        self.started.append(request)
+
+    def describe(self, job_name: str) -> TrainingJob:
+        return TrainingJob(job_name, "InProgress")
+
+
+@pytest.fixture
+def deps() -> CompileDeps:
+    d = CompileDeps(MemoryStore(), MemoryState(), MemoryRegistry(), RecordingNotifier(), FakeCompiler(), GROUP,
+                    Clock())
+    d.registry.register(GROUP, "jobs/j1/output/model.tar.gz", "PendingManualApproval", "",
+                        {"nacelle:dataset_hash": "ab" * 32}, "j1")
+    d.store.put(f"datasets/{GROUP}/{'ab' * 32}.json", b"[]")
+    return d
+
+
+def approve(deps: CompileDeps, version: int = 1):
+    deps.registry.set_status(GROUP, version, "Approved", "ok", "alice")
+    return on_model_package_change(GROUP, version, "Approved", deps)
+
+
+def test_approval_starts_one_compile_with_the_training_data_for_equivalence(deps):
+    outcome = approve(deps)
+    assert outcome.action == "started"
+    (request,) = deps.compiler.started
+    assert request.job_name == f"nacelle-compile-{GROUP}-1-1"
+    assert request.output_prefix == f"compiled/{GROUP}/1/"
+    assert request.model_data_key == "jobs/j1/output/model.tar.gz"
+    assert request.validation_manifest_key == f"datasets/{GROUP}/{'ab' * 32}.json"
+
+
+def test_approval_delivered_three_times_gives_one_compile(deps):
+    actions = [approve(deps).action for _ in range(3)]
+    assert actions == ["started", "duplicate", "duplicate"]
+    assert len(deps.compiler.started) == 1
+
+
+@pytest.mark.parametrize("status", ["Rejected", "PendingManualApproval"])
+def test_other_statuses_do_nothing(deps, status):
+    assert on_model_package_change(GROUP, 1, status, deps).action == "ignored"
+    assert deps.compiler.started == []
+
+
+def test_a_stale_approval_event_is_ignored(deps):
+    deps.registry.set_status(GROUP, 1, "Rejected", "changed my mind", "bob")
+    assert on_model_package_change(GROUP, 1, "Approved", deps).action == "ignored"
+
+
+def test_an_existing_bundle_means_done(deps):
+    deps.store.put(f"compiled/{GROUP}/1/manifest.json", b"{}")
+    assert approve(deps).action == "duplicate"
+
+
+def test_a_failed_compile_is_reported_once_and_can_be_retried(deps):
+    approve(deps)
+    job = deps.compiler.started[0].job_name
+    assert on_compile_finished(job, "Failed", "equivalence check failed", deps).action == "failed"
+    assert on_compile_finished(job, "Failed", "equivalence check failed", deps).action == "duplicate"
+    (message,) = deps.notifier.messages
+    assert "equivalence check failed" in message.message and f"nacelle jobs retry {job}" in message.message
+    assert deps.registry.get(GROUP, 1).status == "Approved"  # approved, not compiled
+    retried = retry_compile(1, deps)
+    assert retried.detail == f"nacelle-compile-{GROUP}-1-2"
+    with pytest.raises(Conflict):
+        retry_compile(1, deps)  # the retry is running
