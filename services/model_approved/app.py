@@ -45,7 +45,8 @@ def handle(event: dict[str, Any], deps: CompileDeps) -> dict[str, Any]:
     else:
         assert isinstance(parsed, ProcessingJobStateChange)
         p = parsed.detail
-        outcome = on_compile_finished(p.ProcessingJobName, p.ProcessingJobStatus, p.FailureReason or p.ExitMessage,
+        # ExitMessage carries the compile step's own reason; FailureReason is mostly a generic "AlgorithmError"
+        outcome = on_compile_finished(p.ProcessingJobName, p.ProcessingJobStatus, p.ExitMessage or p.FailureReason,
                                       deps)
     logger.info("model_approved done", action=outcome.action, detail=outcome.detail)
     return {"action": outcome.action, "detail": outcome.detail, **outcome.data}
