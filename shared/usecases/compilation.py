@@ -8,6 +8,8 @@ compile is reported and leaves the version approved but not compiled, retriable.
 
 from __future__ import annotations
 
+import io
+import tarfile
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -103,11 +105,6 @@ def _launch(model_key: str, dataset_hash: str, record: dict[str, object], deps: 
         deps.compiler.start(request)
     except JobAlreadyExists:
         logger.info("compile job already exists", job_name=job_name)
-    if deps.neo is not None and deps.neo_target:
-        shape = tuple(int(x) for x in str(record.get("input_shape") or "1,6,100").split(","))
-        with suppress(JobAlreadyExists):
-            deps.neo.start(NeoRequest(f"nacelle-neo-{deps.group}-{version}"[:63], model_key, prefix + "neo/",
-                                      deps.neo_target, shape))
     logger.info("compile started", job_name=job_name, version=version)
     return Outcome("started", job_name, {"job_name": job_name, "version": version})
 
@@ -125,6 +122,8 @@ def on_compile_finished(job_name: str, status: str, failure_reason: str | None, 
     if not deps.state.update_if(pk, COMPILE + str(record["version"]), changes,
                                 {"status": "InProgress", "job_name": job_name}):
         return Outcome("duplicate", f"{job_name} was already recorded")
+    if final == "Completed":
+        _start_neo(int(record["version"]), str(record.get("input_shape") or ""), deps)
     if final == "Failed":
         deps.notifier.publish(
             "approvals", f"Compiling {deps.group} v{record['version']} failed",
@@ -133,3 +132,29 @@ def on_compile_finished(job_name: str, status: str, failure_reason: str | None, 
             f"Retry with: nacelle jobs retry {job_name}",
             {"model_version": str(record["version"]), "job_name": job_name, "status": final})
     return Outcome(final.lower(), job_name, {"version": record["version"]})
+
+
+def _start_neo(version: int, input_shape: str, deps: CompileDeps) -> None:
+    """Alongside the ONNX bundle, when a target is configured: Neo compiles the verified model.onnx.
+
+    Neo takes a .tar.gz holding one .onnx file, so the ONNX model is packed under neo/input/ first.
+    Devices keep running model.onnx with ONNX Runtime (the Neo device runtime is not installable).
+    """
+    if deps.neo is None or not deps.neo_target:
+        return
+    prefix = bundle_prefix(deps.group, version)
+    archive = prefix + "neo/input/model.tar.gz"
+    deps.store.put_if_absent(archive, _tar_single("model.onnx", deps.store.get(prefix + "model.onnx")))
+    shape = tuple(int(x) for x in input_shape.split(",")) if input_shape else (1, 6, 100)
+    with suppress(JobAlreadyExists):
+        deps.neo.start(NeoRequest(f"nacelle-neo-{deps.group}-{version}"[:63], archive, prefix + "neo/output/",
+                                  deps.neo_target, shape))
+
+
+def _tar_single(name: str, data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

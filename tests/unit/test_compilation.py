@@ -82,3 +82,27 @@ def test_a_failed_compile_is_reported_once_and_can_be_retried(deps):
     assert retried.detail == f"nacelle-compile-{GROUP}-1-2"
     with pytest.raises(Conflict):
         retry_compile(1, deps)  # the retry is running
+
+
+class FakeNeo:
+    def __init__(self) -> None:
+        self.started: list = []
+
+    def start(self, request) -> None:
+        self.started.append(request)
+
+
+def test_neo_runs_after_the_onnx_bundle_on_the_packed_onnx_model(deps):
+    import io
+    import tarfile
+
+    deps.neo, deps.neo_target = FakeNeo(), "ml_c5"
+    deps.registry.update_metadata(GROUP, 1, {"nacelle:input_shape": "1,6,100"})
+    approve(deps)
+    assert deps.neo.started == []  # not before the ONNX model exists
+    deps.store.put(f"compiled/{GROUP}/1/model.onnx", b"onnx-bytes")
+    on_compile_finished(deps.compiler.started[0].job_name, "Completed", None, deps)
+    (request,) = deps.neo.started
+    assert request.input_shape == (1, 6, 100) and request.target_device == "ml_c5"
+    with tarfile.open(fileobj=io.BytesIO(deps.store.get(request.model_data_key))) as tar:
+        assert tar.getnames() == ["model.onnx"]
