@@ -260,8 +260,8 @@ def _edit_overrides(text: str, overrides: Mapping[str, str]) -> str:
     target = next((h for h in headers if _is_target(h[2])), None)
     if target is None:  # no [default.deploy.parameters] table: append one
         tail = "" if not text or text.endswith("\n") else newline
-        block = f"[{'.'.join(SAMCONFIG_TABLE)}]{newline}{OVERRIDES_KEY} = " \
-                f"{_array_text(list(overrides and _updated_entries([], overrides)), newline)}{newline}"
+        block = (f"[{'.'.join(SAMCONFIG_TABLE)}]{newline}"
+                 f"{OVERRIDES_KEY} = {_array_text(_updated_entries([], overrides), newline)}{newline}")
         return f"{text}{tail}{newline if text.strip() else ''}{block}"
     section_start = target[1]
     section_end = next((h[0] for h in headers if h[0] > target[0]), len(text))
@@ -315,9 +315,16 @@ def _edit_overrides(text: str, overrides: Mapping[str, str]) -> str:
 
 
 def _without_overrides(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document less parameter_overrides, and less the tables that held nothing else."""
     table = _table(doc)
     if table is not None:
         table.pop(OVERRIDES_KEY, None)
+        for depth in range(len(SAMCONFIG_TABLE), 0, -1):
+            parent: Any = doc
+            for part in SAMCONFIG_TABLE[:depth - 1]:
+                parent = parent[part]
+            if parent[SAMCONFIG_TABLE[depth - 1]] == {}:
+                del parent[SAMCONFIG_TABLE[depth - 1]]
     return doc
 
 
@@ -367,6 +374,11 @@ def stack_outputs(stack_name: str, region: str | None = None, client: Any = None
                                  f"(deployed yet?): {exc}") from exc
     if not stacks:
         raise ConfigurationError(f"no stack {stack_name}")
+    status = str(stacks[0].get("StackStatus", ""))
+    # UPDATE_ROLLBACK_COMPLETE: the previous version stands and its outputs hold. ROLLBACK_COMPLETE: the first
+    # create failed and nothing stands.
+    if not status.endswith("_COMPLETE") or status in ("ROLLBACK_COMPLETE", "DELETE_COMPLETE"):
+        raise ConfigurationError(f"stack {stack_name} is {status}, not deployed; run `sam deploy` (or `make deploy`)")
     return {str(o["OutputKey"]): str(o["OutputValue"]) for o in stacks[0].get("Outputs", [])}
 
 
