@@ -32,4 +32,6 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .nacelle out
+	rm -rf $(VENV) .nacelle out .venv-sam .aws-sam build
+
+include deploy/Makefile.deploy

@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the demo's own data directory, wiped at the start (default .nacelle/demo)")
     demo.set_defaults(func=cmd_demo)
     add_stack_commands(sub, common)
+    from nacelle.aws_tools import add_aws_commands
+
+    add_aws_commands(sub, common)
     return parser
 
 
