@@ -16,9 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from nacelle.simulator.generate import generate_dataset
-
 from nacelle.jobs import run_training_job
+from nacelle.simulator.generate import generate_dataset
 from training_jobs.evaluation import evaluate_model_on
 
 

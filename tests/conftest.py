@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from nacelle.simulator.generate import generate_dataset
 
 from nacelle.jobs import JobResult, run_training_job
+from nacelle.simulator.generate import generate_dataset
 
 SMALL_MODEL_HPS = {"epochs": 4, "max_train_windows": 6000, "patience": 2, "seed": 1}
 
