@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field
 
 from shared.events import OBJECT_CREATED, RETRAIN_CHECK, ObjectCreated, RetrainCheck, parse_event
-from shared.observability import logger, new_invocation, tracer
+from shared.observability import correlate, logger, new_invocation, tracer
 from shared.settings import CommonSettings
 from shared.usecases.retraining import ArrivalDeps, RetrainPolicy, on_object_created, on_retrain_check
 
@@ -49,6 +49,7 @@ def handle(event: dict[str, Any], deps: ArrivalDeps) -> dict[str, Any]:
         outcome = on_object_created(parsed.key, deps)
     else:
         assert isinstance(parsed, RetrainCheck)
+        correlate(**parsed.detail.correlation)  # ids of the job whose end asked for this check
         outcome = on_retrain_check(deps, parsed.detail.requested_at, parsed.detail.reason)
     logger.info("data_arrival done", action=outcome.action, detail=outcome.detail)
     return {"action": outcome.action, "detail": outcome.detail, **outcome.data}

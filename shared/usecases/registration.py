@@ -108,7 +108,8 @@ def _completed(job_name: str, job: dict[str, Any], model_key: str | None, deps: 
 def _after_job(job_name: str, job: dict[str, Any], deps: RegistrationDeps) -> None:
     """Free the group for the next job and re-run the retraining policy (both idempotent)."""
     if release_active_job(deps.state, deps.group, job_name):
-        request_check(deps.events, deps.group, f"{job_name} ended", deps.clock())
+        request_check(deps.events, deps.group, f"{job_name} ended", deps.clock(),
+                      {"job_name": job_name, "dataset_hash": str(job.get("dataset_hash", ""))})
 
 
 def _description(decision: GateDecision) -> str:

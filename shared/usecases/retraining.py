@@ -142,10 +142,12 @@ def _schedule_check(key: str, deps: ArrivalDeps) -> None:
     deps.state.update_if(pk, sk.FILE + key, {"check_scheduled": True}, {"status": "accepted"})
 
 
-def request_check(deps_events: EventPublisher, group: str, reason: str, now: datetime) -> None:
-    """An immediate re-evaluation of the policy (after a job ends)."""
+def request_check(deps_events: EventPublisher, group: str, reason: str, now: datetime,
+                  correlation: Mapping[str, str] | None = None) -> None:
+    """An immediate re-evaluation of the policy (after a job ends), carrying the correlation ids."""
     deps_events.publish(Envelope(NACELLE_SOURCE, RETRAIN_CHECK,
-                                 {"group": group, "requested_at": now.isoformat(), "reason": reason}))
+                                 {"group": group, "requested_at": now.isoformat(), "reason": reason,
+                                  "correlation": dict(correlation or {})}))
 
 
 def on_retrain_check(deps: ArrivalDeps, requested_at: datetime, reason: str = "") -> Outcome:

@@ -69,7 +69,9 @@ def test_a_good_model_waits_for_approval_with_metrics_and_lineage(deps):
     assert "update-model-package" in message.message
     # the group is free again and the policy re-runs; the data counts as trained on
     assert deps.state.get(sk.group_pk(GROUP), sk.ACTIVE_JOB)["job_name"] == ""
-    assert [e.detail_type for e, _, _ in deps.events.published] == ["Nacelle Retrain Check"]
+    ((check, _, _),) = deps.events.published
+    assert check.detail_type == "Nacelle Retrain Check"
+    assert check.detail["correlation"] == {"job_name": JOB, "dataset_hash": "ab" * 32}  # carried onwards
     assert deps.state.get(sk.group_pk(GROUP), sk.WATERMARK)["trained_until"] == 123.0
 
 
