@@ -22,7 +22,7 @@ class Hyperparameters:
     train_stride: int = 0  # 0: the spec's stride
     max_train_windows: int = 40_000  # evenly subsampled beyond this, to bound training time
     val_fraction: float = 0.15
-    test_fraction: float = 0.25  # the in-job evaluation the quality gate reads
+    test_fraction: float = 0.15  # the in-job evaluation the quality gate reads
     label_margin_s: float = 60.0  # windows this close to a labelled fault never count as normal
     threshold_quantile: float = 0.999
     threshold_margin: float = 1.4  # threshold = quantile x margin (headroom above the normal tail)
