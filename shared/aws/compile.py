@@ -19,10 +19,8 @@ from __future__ import annotations
 import shlex
 from typing import Any, cast
 
-import boto3
-from botocore.exceptions import ClientError
-
-from shared.errors import AdapterError, ConfigurationError, JobAlreadyExists, JobNotFound
+from shared.aws.sagemaker_jobs import JOB_STATUSES, SageMakerJobs
+from shared.errors import AdapterError, ConfigurationError
 from shared.ports import CompileRequest, TrainingJob, TrainingStatus
 
 ML_ROOT = "/opt/ml"
@@ -41,11 +39,7 @@ MODULE = "training_jobs.compile"
 OUTPUT_NAME = "bundle"
 VOLUME_GB = 10
 MAX_CONTAINER_STRING = 256  # each ContainerEntrypoint/ContainerArguments entry (botocore does not check maxima)
-_STATUSES = frozenset({"InProgress", "Completed", "Failed", "Stopped", "Stopping"})
 
-
-def _code(e: ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code", ""))
 
 
 def container_script(archive: str, ml_root: str = ML_ROOT) -> str:
@@ -67,40 +61,29 @@ def _check_container_strings(strings: list[str], what: str) -> None:
             raise ConfigurationError(f"{what} entry longer than {MAX_CONTAINER_STRING} characters: {s[:80]}...")
 
 
-class SageMakerCompile:
+class SageMakerCompile(SageMakerJobs):
     def __init__(self, bucket: str, image_uri: str, role_arn: str, instance_type: str, source_key: str, region: str,
                  client: Any = None, max_runtime_s: int = 1800) -> None:
         if not source_key.endswith(".tar.gz"):
             raise ConfigurationError(f"the source archive must be a .tar.gz, got {source_key}")
-        self.bucket = bucket
+        super().__init__(bucket, region, client)
         self.image_uri = image_uri  # the SageMaker PyTorch CPU training image, as for training
         self.role_arn = role_arn
         self.instance_type = instance_type
         self.source_key = source_key  # sourcedir.tar.gz: training_jobs/, shared/, requirements.txt at its root
-        self.region = region
         self.max_runtime_s = max_runtime_s
-        self._client = client
         # An S3Prefix input naming one object lands as <LocalPath>/<last segment of the key>.
         self.entrypoint = ["/bin/sh", "-c", container_script(source_key.rsplit("/", 1)[-1]), "compile"]
         _check_container_strings(self.entrypoint, "ContainerEntrypoint")
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = boto3.client("sagemaker", region_name=self.region)
-        return self._client
-
-    def _uri(self, key: str) -> str:
-        return f"s3://{self.bucket}/{key}"
-
     def _input(self, name: str, key: str, local_path: str, data_type: str = "S3Prefix") -> dict[str, Any]:
         return {"InputName": name, "S3Input": {
-            "S3Uri": self._uri(key), "LocalPath": local_path, "S3DataType": data_type, "S3InputMode": "File",
+            "S3Uri": self.uri(key), "LocalPath": local_path, "S3DataType": data_type, "S3InputMode": "File",
             "S3DataDistributionType": "FullyReplicated"}}
 
     def job_request(self, request: CompileRequest) -> dict[str, Any]:
         """The CreateProcessingJob parameters for a request."""
-        arguments = ["--model-version", str(request.version), "--model-data", self._uri(request.model_data_key)]
+        arguments = ["--model-version", str(request.version), "--model-data", self.uri(request.model_data_key)]
         _check_container_strings(arguments, "ContainerArguments")
         inputs = [self._input("code", self.source_key, CODE_DIR),
                   self._input("model", request.model_data_key, MODEL_DIR)]
@@ -117,7 +100,7 @@ class SageMakerCompile:
             "ProcessingInputs": inputs,
             "ProcessingOutputConfig": {"Outputs": [{"OutputName": OUTPUT_NAME, "S3Output": {
                 # No trailing slash: SageMaker joins <S3Uri>/<file>, so compiled/g/3/ would give compiled/g/3//...
-                "S3Uri": self._uri(request.output_prefix.rstrip("/")), "LocalPath": OUTPUT_DIR,
+                "S3Uri": self.uri(request.output_prefix.rstrip("/")), "LocalPath": OUTPUT_DIR,
                 "S3UploadMode": "EndOfJob"}}]},
             "RoleArn": self.role_arn,
             "Environment": {"NACELLE_GROUP": request.group, "NACELLE_MODEL_VERSION": str(request.version)},
@@ -126,24 +109,14 @@ class SageMakerCompile:
         }
 
     def start(self, request: CompileRequest) -> None:
-        params = self.job_request(request)
-        try:
-            self.client.create_processing_job(**params)
-        except ClientError as e:
-            if _code(e) == "ResourceInUse":  # the job name is the idempotency key
-                raise JobAlreadyExists(f"compile job {request.job_name} already exists") from e
-            raise AdapterError(f"SageMaker CreateProcessingJob {request.job_name} failed: {_code(e)}") from e
+        self.create_job(self.client.create_processing_job, "CreateProcessingJob", request.job_name,
+                        self.job_request(request))
 
     def describe(self, job_name: str) -> TrainingJob:
-        try:
-            job = self.client.describe_processing_job(ProcessingJobName=job_name)
-        except ClientError as e:
-            # An unknown name: ValidationException ("Could not find ...") or ResourceNotFound.
-            if _code(e) in ("ValidationException", "ResourceNotFound"):
-                raise JobNotFound(f"no compile job {job_name}") from e
-            raise AdapterError(f"SageMaker DescribeProcessingJob {job_name} failed: {_code(e)}") from e
+        job = self.describe_job(self.client.describe_processing_job, "DescribeProcessingJob", job_name,
+                                ProcessingJobName=job_name)
         status = str(job["ProcessingJobStatus"])
-        if status not in _STATUSES:
+        if status not in JOB_STATUSES:
             raise AdapterError(f"compile job {job_name} has an unknown status {status}")
         # FailureReason is SageMaker's ("AlgorithmError: ..."); ExitMessage carries the job's own reason.
         reasons = [str(r).strip() for r in (job.get("FailureReason"), job.get("ExitMessage")) if r and str(r).strip()]

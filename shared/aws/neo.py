@@ -18,40 +18,24 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import boto3
-from botocore.exceptions import ClientError
-
-from shared.errors import AdapterError, ConfigurationError, JobAlreadyExists
+from shared.aws.sagemaker_jobs import SageMakerJobs
+from shared.errors import ConfigurationError
 from shared.ports import NeoRequest
 
 FRAMEWORK = "ONNX"
 INPUT_NAME = "windows"  # training_jobs.onnx_export.INPUT_NAME (not imported: it pulls torch)
 
 
-def _code(e: ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code", ""))
 
-
-class SageMakerNeo:
+class SageMakerNeo(SageMakerJobs):
     def __init__(self, bucket: str, role_arn: str, client: Any = None, max_runtime_s: int = 900,
                  region: str | None = None, compiler_options: Mapping[str, Any] | None = None) -> None:
-        self.bucket = bucket
+        super().__init__(bucket, region, client)
         self.role_arn = role_arn
         self.max_runtime_s = max_runtime_s
-        self.region = region
         # Sent as OutputConfig.CompilerOptions (JSON); required by Neo for TargetPlatform accelerator NVIDIA,
         # e.g. {"gpu-code": "sm_72", "trt-ver": "8.5.2", "cuda-ver": "11.4"}.
         self.compiler_options = dict(compiler_options) if compiler_options else None
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = boto3.client("sagemaker", region_name=self.region)
-        return self._client
-
-    def _uri(self, key: str) -> str:
-        return f"s3://{self.bucket}/{key}"
 
     def _enum(self, shape: str) -> frozenset[str]:
         """The values the installed service model allows (botocore itself does not check enums)."""
@@ -83,14 +67,14 @@ class SageMakerNeo:
         shape = list(request.input_shape)
         if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
             raise ConfigurationError(f"Neo input shape must be positive integers, got {request.input_shape}")
-        output: dict[str, Any] = {"S3OutputLocation": self._uri(request.output_prefix.rstrip("/")),
+        output: dict[str, Any] = {"S3OutputLocation": self.uri(request.output_prefix.rstrip("/")),
                                   **self.target(request.target_device)}
         if self.compiler_options:
             output["CompilerOptions"] = json.dumps(self.compiler_options, sort_keys=True)
         return {
             "CompilationJobName": request.job_name,
             "RoleArn": self.role_arn,
-            "InputConfig": {"S3Uri": self._uri(request.model_data_key),
+            "InputConfig": {"S3Uri": self.uri(request.model_data_key),
                             "DataInputConfig": json.dumps({INPUT_NAME: shape}), "Framework": FRAMEWORK},
             "OutputConfig": output,
             "StoppingCondition": {"MaxRuntimeInSeconds": self.max_runtime_s},
@@ -98,9 +82,4 @@ class SageMakerNeo:
 
     def start(self, request: NeoRequest) -> None:
         params = self.job_request(request)
-        try:
-            self.client.create_compilation_job(**params)
-        except ClientError as e:
-            if _code(e) == "ResourceInUse":  # the job name is the idempotency key
-                raise JobAlreadyExists(f"Neo compilation job {request.job_name} already exists") from e
-            raise AdapterError(f"SageMaker CreateCompilationJob {request.job_name} failed: {_code(e)}") from e
+        self.create_job(self.client.create_compilation_job, "CreateCompilationJob", request.job_name, params)

@@ -6,10 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, cast
 
-import boto3
-from botocore.exceptions import ClientError
-
-from shared.errors import AdapterError, JobAlreadyExists, JobNotFound
+from shared.aws.sagemaker_jobs import JOB_STATUSES, SageMakerJobs
+from shared.errors import AdapterError, JobNotFound
 from shared.ports import TrainingJob, TrainingRequest, TrainingStatus
 
 ENTRY_POINT = "train_entry.py"
@@ -20,11 +18,6 @@ METRICS = ("event_f1", "event_precision", "event_recall", "recall_medium_high", 
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 METRIC_DEFINITIONS = [{"Name": name, "Regex": rf"\b{name}={_NUMBER}"} for name in METRICS]
 VOLUME_GB = 10
-_STATUSES = frozenset({"InProgress", "Completed", "Failed", "Stopped", "Stopping"})
-
-
-def _code(e: ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code", ""))
 
 
 def script_mode_hyperparameters(hyperparameters: Mapping[str, str], submit_directory: str,
@@ -39,30 +32,20 @@ def script_mode_hyperparameters(hyperparameters: Mapping[str, str], submit_direc
     return {str(key): json.dumps(value) for key, value in raw.items()}
 
 
-class SageMakerTraining:
+class SageMakerTraining(SageMakerJobs):
     def __init__(self, bucket: str, image_uri: str, role_arn: str, instance_type: str, source_key: str, region: str,
                  client: Any = None, max_runtime_s: int = 3600) -> None:
-        self.bucket = bucket
+        super().__init__(bucket, region, client)
+        self.region_name = region  # script mode needs it as a hyperparameter
         self.image_uri = image_uri
         self.role_arn = role_arn
         self.instance_type = instance_type
         self.source_key = source_key  # sourcedir.tar.gz holding train_entry.py
-        self.region = region
         self.max_runtime_s = max_runtime_s
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = boto3.client("sagemaker", region_name=self.region)
-        return self._client
-
-    def _uri(self, key: str) -> str:
-        return f"s3://{self.bucket}/{key}"
 
     def _channel(self, name: str, key: str, data_type: str) -> dict[str, Any]:
         return {"ChannelName": name, "DataSource": {"S3DataSource": {
-            "S3DataType": data_type, "S3Uri": self._uri(key), "S3DataDistributionType": "FullyReplicated"}}}
+            "S3DataType": data_type, "S3Uri": self.uri(key), "S3DataDistributionType": "FullyReplicated"}}}
 
     def job_request(self, request: TrainingRequest) -> dict[str, Any]:
         """The CreateTrainingJob parameters for a request."""
@@ -77,34 +60,25 @@ class SageMakerTraining:
                                        "MetricDefinitions": METRIC_DEFINITIONS},
             "RoleArn": self.role_arn,
             "InputDataConfig": channels,
-            "OutputDataConfig": {"S3OutputPath": self._uri("jobs")},
+            "OutputDataConfig": {"S3OutputPath": self.uri("jobs")},
             "ResourceConfig": {"InstanceType": self.instance_type, "InstanceCount": 1, "VolumeSizeInGB": VOLUME_GB},
             "StoppingCondition": {"MaxRuntimeInSeconds": self.max_runtime_s},
-            "HyperParameters": script_mode_hyperparameters(request.hyperparameters, self._uri(self.source_key),
-                                                           self.region),
+            "HyperParameters": script_mode_hyperparameters(request.hyperparameters, self.uri(self.source_key),
+                                                           self.region_name),
         }
         if request.tags:
             params["Tags"] = [{"Key": k, "Value": v} for k, v in request.tags.items()]
         return params
 
     def start(self, request: TrainingRequest) -> None:
-        try:
-            self.client.create_training_job(**self.job_request(request))
-        except ClientError as e:
-            if _code(e) == "ResourceInUse":  # the job name is the idempotency key
-                raise JobAlreadyExists(f"training job {request.job_name} already exists") from e
-            raise AdapterError(f"SageMaker CreateTrainingJob {request.job_name} failed: {_code(e)}") from e
+        self.create_job(self.client.create_training_job, "CreateTrainingJob", request.job_name,
+                        self.job_request(request))
 
     def describe(self, job_name: str) -> TrainingJob:
-        try:
-            job = self.client.describe_training_job(TrainingJobName=job_name)
-        except ClientError as e:
-            # SageMaker answers an unknown name with ValidationException "Requested resource not found."
-            if _code(e) in ("ValidationException", "ResourceNotFound"):
-                raise JobNotFound(f"no training job {job_name}") from e
-            raise AdapterError(f"SageMaker DescribeTrainingJob {job_name} failed: {_code(e)}") from e
+        job = self.describe_job(self.client.describe_training_job, "DescribeTrainingJob", job_name,
+                                TrainingJobName=job_name)
         status = str(job["TrainingJobStatus"])
-        if status not in _STATUSES:  # "Deleting": the job is going away
+        if status not in JOB_STATUSES:  # "Deleting": the job is going away
             raise JobNotFound(f"training job {job_name} is {status}")
         # Only a completed job has a model; earlier, SageMaker may already show the path it will write.
         artifact = job.get("ModelArtifacts", {}).get("S3ModelArtifacts") if status == "Completed" else None
@@ -117,3 +91,4 @@ class SageMakerTraining:
             failure_reason=job.get("FailureReason"),
             model_artifact_key=str(artifact)[len(prefix):] if artifact else None,
         )
+
