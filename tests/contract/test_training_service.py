@@ -25,7 +25,6 @@ from typing import Any, Protocol
 import boto3
 import pytest
 from botocore.stub import ANY, Stubber
-from moto import mock_aws
 
 import nacelle.local.training
 from nacelle.local.jobs import JobTable
