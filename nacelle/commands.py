@@ -200,55 +200,47 @@ def cmd_alerts_tail(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_stack_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    up = sub.add_parser("up", parents=[common], help="run the local stack in the foreground (Ctrl-C stops it)")
-    up.set_defaults(func=cmd_up)
+def _action(group: Any, common: argparse.ArgumentParser, name: str, help_text: str, func: Any,
+            *positional: tuple[str, type], json_flag: bool = False) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=help_text)
+    for arg, kind in positional:
+        parser.add_argument(arg, type=kind)
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(func=func)
+    return parser
 
-    models = sub.add_parser("models", parents=[common], help="the model registry").add_subparsers(
-        dest="models_command", required=True, metavar="ACTION")
-    ls = models.add_parser("list", parents=[common], help="every version of the group")
-    ls.add_argument("--json", action="store_true", help="print JSON")
-    ls.set_defaults(func=cmd_models_list)
-    show = models.add_parser("show", parents=[common], help="one version with metrics, lineage and history")
-    show.add_argument("version", type=int)
-    show.add_argument("--json", action="store_true", help="print JSON")
-    show.set_defaults(func=cmd_models_show)
+
+def _group(sub: Any, common: argparse.ArgumentParser, name: str, help_text: str) -> Any:
+    return sub.add_parser(name, parents=[common], help=help_text).add_subparsers(
+        dest=f"{name}_command", required=True, metavar="ACTION")
+
+
+def add_stack_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    _action(sub, common, "up", "run the local stack in the foreground (Ctrl-C stops it)", cmd_up)
+
+    models = _group(sub, common, "models", "the model registry")
+    _action(models, common, "list", "every version of the group", cmd_models_list, json_flag=True)
+    _action(models, common, "show", "one version with metrics, lineage and history", cmd_models_show,
+            ("version", int), json_flag=True)
     for name, func in (("approve", cmd_models_approve), ("reject", cmd_models_reject)):
-        p = models.add_parser(name, parents=[common], help=f"{name} a version (recorded with who, when, why)")
-        p.add_argument("version", type=int)
+        p = _action(models, common, name, f"{name} a version (recorded with who, when, why)", func, ("version", int))
         p.add_argument("--reason", help="why (recorded in the approval history)")
         p.add_argument("--by", help="who (default: the current user)")
-        p.set_defaults(func=func)
 
-    jobs = sub.add_parser("jobs", parents=[common], help="training and compile jobs").add_subparsers(
-        dest="jobs_command", required=True, metavar="ACTION")
-    jl = jobs.add_parser("list", parents=[common], help="every job with its status")
-    jl.add_argument("--json", action="store_true", help="print JSON")
-    jl.set_defaults(func=cmd_jobs_list)
-    js = jobs.add_parser("show", parents=[common], help="one job")
-    js.add_argument("job")
-    js.add_argument("--json", action="store_true", help="print JSON")
-    js.set_defaults(func=cmd_jobs_show)
-    jg = jobs.add_parser("logs", parents=[common], help="a job's log")
-    jg.add_argument("job")
-    jg.add_argument("--follow", "-f", action="store_true", help="keep printing while the job runs")
-    jg.set_defaults(func=cmd_jobs_logs)
-    jr = jobs.add_parser("retry", parents=[common], help="run a failed job again (next attempt)")
-    jr.add_argument("job")
-    jr.set_defaults(func=cmd_jobs_retry)
+    jobs = _group(sub, common, "jobs", "training and compile jobs")
+    _action(jobs, common, "list", "every job with its status", cmd_jobs_list, json_flag=True)
+    _action(jobs, common, "show", "one job", cmd_jobs_show, ("job", str), json_flag=True)
+    _action(jobs, common, "logs", "a job's log", cmd_jobs_logs, ("job", str)).add_argument(
+        "--follow", "-f", action="store_true", help="keep printing while the job runs")
+    _action(jobs, common, "retry", "run a failed job again (next attempt)", cmd_jobs_retry, ("job", str))
 
-    events = sub.add_parser("events", parents=[common], help="the local event bus").add_subparsers(
-        dest="events_command", required=True, metavar="ACTION")
-    dl = events.add_parser("dlq", parents=[common], help="dead letters: deliveries that kept failing")
-    dl.add_argument("--json", action="store_true", help="print JSON")
-    dl.set_defaults(func=cmd_events_dlq)
-    rd = events.add_parser("redrive", parents=[common], help="deliver dead letters again")
-    rd.add_argument("ids", nargs="*", type=int, help="delivery ids (default: all)")
-    rd.set_defaults(func=cmd_events_redrive)
+    events = _group(sub, common, "events", "the local event bus")
+    _action(events, common, "dlq", "dead letters: deliveries that kept failing", cmd_events_dlq, json_flag=True)
+    _action(events, common, "redrive", "deliver dead letters again", cmd_events_redrive).add_argument(
+        "ids", nargs="*", type=int, help="delivery ids (default: all)")
 
-    alerts = sub.add_parser("alerts", parents=[common], help="notifications (SNS stand-in)").add_subparsers(
-        dest="alerts_command", required=True, metavar="ACTION")
-    at = alerts.add_parser("tail", parents=[common], help="print notifications; --follow keeps waiting")
-    at.add_argument("--follow", "-f", action="store_true", help="wait for new notifications")
-    at.add_argument("--json", action="store_true", help="one JSON object per line")
-    at.set_defaults(func=cmd_alerts_tail)
+    alerts = _group(sub, common, "alerts", "notifications (SNS stand-in)")
+    tail = _action(alerts, common, "tail", "print notifications; --follow keeps waiting", cmd_alerts_tail,
+                   json_flag=True)
+    tail.add_argument("--follow", "-f", action="store_true", help="wait for new notifications")
