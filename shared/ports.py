@@ -128,7 +128,8 @@ class EventPublisher(Protocol):
     def publish(self, event: Envelope, deliver_at: datetime | None = None, dedup_key: str | None = None) -> None:
         """Put an event on the bus, now or at `deliver_at` (a one-time schedule on AWS).
 
-        With `dedup_key`, a second publish under the same key is a no-op (schedule names on AWS).
+        With `dedup_key`, a second publish under the same key while the first is still scheduled is a no-op
+        (the schedule name on AWS); an event due now is put at once and is not de-duplicated.
         """
         ...
 

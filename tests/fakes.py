@@ -93,7 +93,7 @@ class RecordingEvents:
     keys: set[str] = field(default_factory=set)
 
     def publish(self, event: Envelope, deliver_at: datetime | None = None, dedup_key: str | None = None) -> None:
-        if dedup_key is not None:
+        if dedup_key is not None and deliver_at is not None:  # only a schedule is named (de-duplicated)
             if dedup_key in self.keys:
                 return
             self.keys.add(dedup_key)

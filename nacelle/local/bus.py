@@ -174,7 +174,10 @@ class EventBus:
 
     def publish(self, event: Envelope | Mapping[str, Any], deliver_at: datetime | None = None,
                 dedup_key: str | None = None) -> None:
-        """shared.ports.EventPublisher."""
+        """shared.ports.EventPublisher. As on AWS: an event due now is put at once and never de-duplicated;
+        `dedup_key` only names a delayed delivery (a schedule)."""
+        if deliver_at is None or _epoch(deliver_at) <= self.clock():
+            deliver_at = dedup_key = None
         self.put(event, deliver_at, dedup_key)
 
     # -- inspection and operations ---------------------------------------------------------------

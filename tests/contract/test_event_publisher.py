@@ -136,10 +136,6 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
     local.bus.close()
 
 
-def _is_due(harness: Harness) -> bool:
-    return isinstance(harness, LocalHarness)
-
-
 def _assert_scheduled(waiting: Scheduled, event: Envelope, deliver_at: datetime) -> None:
     # never early; at most one second late (Scheduler's at() has whole seconds: the adapter rounds up)
     assert deliver_at <= waiting.at < deliver_at + timedelta(seconds=1), (waiting.at, deliver_at)
@@ -215,19 +211,11 @@ def test_deliver_at_not_in_the_future_is_delivered_at_once(harness: Harness, del
     assert harness.scheduled() == []
 
 
-_LOCAL_DEDUPS_DUE_EVENTS = pytest.mark.xfail(
-    strict=True, reason="adapter divergence: EventBus.publish applies dedup_key to events due now, "
-                        "AwsEventPublisher (PutEvents) cannot; see the report")
-
-
 @pytest.mark.parametrize("first_at", [NOW - timedelta(minutes=5), NOW + timedelta(minutes=5)],
                          ids=["first-due-now", "first-scheduled"])
-def test_a_dedup_key_never_holds_back_an_event_due_now(request: pytest.FixtureRequest, harness: Harness,
-                                                       first_at: datetime) -> None:
+def test_a_dedup_key_never_holds_back_an_event_due_now(harness: Harness, first_at: datetime) -> None:
     """`dedup_key` names a schedule: an event due now goes straight onto the bus (PutEvents has no de-duplication,
     so AwsEventPublisher ignores the key then), whatever was published under that key before."""
-    if isinstance(harness, LocalHarness):
-        request.applymarker(_LOCAL_DEDUPS_DUE_EVENTS)
     harness.publisher.publish(OTHER, deliver_at=first_at, dedup_key="retrain-nacelle-turbine-1")
     harness.publisher.publish(EVENT, deliver_at=NOW - timedelta(minutes=1), dedup_key="retrain-nacelle-turbine-1")
     assert EVENT.detail_type in [b["detail-type"] for b in harness.delivered()]
