@@ -13,7 +13,7 @@ import torch
 from shared.ml.dataset import TurbineSeries, load_all_labels, load_dataset, series_windows
 from shared.ml.episodes import Episode, EpisodeRule, run_episodes
 from shared.ml.injection import inject_generic
-from shared.ml.metrics import Fault, evaluate_episodes
+from shared.ml.metrics import Fault, evaluate_episodes, scorable
 from shared.ml.spec import FeatureSpec
 
 Scorer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -80,10 +80,9 @@ def evaluate(series: list[TurbineSeries], faults: list[Fault], spec: FeatureSpec
     untouched original, so the quality gate always has numbers.
     """
     names = list(spec.features)
-    labelled = [f for f in faults for s in series
-                if f.turbine_id == s.turbine_id and len(s.t) and f.end >= s.t[0] and f.start <= s.t[-1]]
-    if labelled:
-        result = metrics_for(score_series(series, spec, scorer), thresholds, rule, names, labelled)
+    coverage = {s.turbine_id: (s.t, s.duration_s) for s in series}
+    if any(scorable(f, coverage) for f in faults):
+        result = metrics_for(score_series(series, spec, scorer), thresholds, rule, names, faults)
         result["labels"] = "labelled"
         return result
     injected, injected_faults = [], []
@@ -92,7 +91,7 @@ def evaluate(series: list[TurbineSeries], faults: list[Fault], spec: FeatureSpec
         injected.append(copy)
         injected_faults += fs
     result = metrics_for(score_series(injected, spec, scorer), thresholds, rule, names, injected_faults)
-    clean = metrics_for(score_series(series, spec, scorer), thresholds, rule, names, [])
+    clean = metrics_for(score_series(series, spec, scorer), thresholds, rule, names, faults)  # real faults: no FA
     result["false_alarms_per_turbine_day"] = clean["false_alarms_per_turbine_day"]
     result["counts"]["false_alarms"] = clean["counts"]["false_alarms"]
     result["labels"] = "injected"

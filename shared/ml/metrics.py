@@ -64,7 +64,8 @@ def faults_from_label_column(turbine_id: str, t: np.ndarray, labels: np.ndarray)
             for a, b in zip(starts, stops, strict=True)]
 
 
-def _scorable(f: Fault, coverage: dict[str, tuple[np.ndarray, float]], tolerance_s: float) -> bool:
+def scorable(f: Fault, coverage: dict[str, tuple[np.ndarray, float]], tolerance_s: float = DETECTION_TOLERANCE_S
+             ) -> bool:
     """A fault counts for recall when the data covers its onset and the detection allowance after it."""
     t = coverage.get(f.turbine_id, (np.zeros(0), 0.0))[0]
     return len(t) > 0 and t[0] <= f.start and min(f.end + tolerance_s, f.start + 2 * tolerance_s) <= t[-1]
@@ -88,7 +89,7 @@ def evaluate_episodes(episodes: list[Episode], faults: list[Fault], coverage: di
     by_turbine: dict[str, list[Fault]] = defaultdict(list)
     for f in faults:  # every fault, also those cut by the data's edges: an episode they cause is no false alarm
         by_turbine[f.turbine_id].append(f)
-    faults = [f for f in faults if _scorable(f, coverage, tolerance_s)]
+    faults = [f for f in faults if scorable(f, coverage, tolerance_s)]
     turbine_days = sum(duration for _, duration in coverage.values()) / SECONDS_PER_DAY
 
     true_alarms = 0
