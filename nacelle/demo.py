@@ -17,6 +17,7 @@ from nacelle.local.stack import Stack
 from nacelle.local.up import background_stack, wait_for
 from nacelle.simulator.generate import generate_dataset
 from shared.errors import NacelleError
+from shared.ml.edge_bundle import verify
 from shared.ports import ModelVersion
 from shared.usecases import state_keys as sk
 from training_jobs.evaluation import evaluate_model_on
@@ -63,7 +64,12 @@ def _run(home: Path, step: Step) -> int:
         version = _follow(stack)
         step.done(f"version {version.version} is {version.status}")
         _show_version(stack, version)
-    step("5. evaluate the registered model on a separately generated held-out dataset (3 turbines x 2 h, seed 8)")
+        if version.status == "PendingManualApproval":
+            step(f"5. approve it as an operator would (equivalent: nacelle models approve {version.version}); "
+                 "the edge compile follows by itself")
+            stack.registry.set_status(version.group, version.version, "Approved", "demo approval", "make-run")
+            _show_bundle(stack, version)
+    step("6. evaluate the registered model on a separately generated held-out dataset (3 turbines x 2 h, seed 8)")
     generate_dataset(generated / "heldout", 3, 2.0, "default", 8)
     metrics = evaluate_model_on(stack.store.path(version.model_data_key), generated / "heldout")
     print(metrics_table(metrics))
@@ -98,6 +104,26 @@ def _follow(stack: Stack) -> ModelVersion:
         return versions[-1] if versions else None
 
     return wait_for(progress, 300, "a registered model version", interval_s=0.5)
+
+
+def _show_bundle(stack: Stack, v: ModelVersion) -> None:
+    """Wait for the verified edge bundle and summarise its equivalence check and latency."""
+    manifest_key = f"compiled/{v.group}/{v.version}/manifest.json"
+
+    def compiled() -> bool:
+        failed = [j for j in stack.jobs.list() if j.kind == "compile" and j.status == "Failed"]
+        if failed:
+            raise NacelleError(f"compile job {failed[0].name} failed: {failed[0].failure_reason}")
+        return stack.store.exists(manifest_key)
+
+    wait_for(compiled, 300, manifest_key)
+    bundle = verify(stack.store.path(manifest_key).parent)
+    equivalence, latency = bundle.edge["equivalence"], bundle.edge["latency"]
+    print(f"   {manifest_key}: digests verified; ONNX vs PyTorch on {equivalence['windows']} windows: "
+          f"max abs diff {equivalence['outputs']['error']['max_abs_diff']:.2e}, passed={equivalence['passed']}")
+    ort, eager = latency["onnxruntime"], latency["torch_eager"]
+    print(f"   batch-1 latency, one thread: ONNX Runtime p50 {ort['p50_us']:.0f} us, "
+          f"PyTorch eager p50 {eager['p50_us']:.0f} us")
 
 
 def _show_version(stack: Stack, v: ModelVersion) -> None:
