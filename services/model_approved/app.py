@@ -13,14 +13,16 @@ from pydantic import Field
 
 from shared.events import (
     MODEL_PACKAGE_STATE_CHANGE,
+    OBJECT_CREATED,
     PROCESSING_STATE_CHANGE,
     ModelPackageStateChange,
+    ObjectCreated,
     ProcessingJobStateChange,
     parse_event,
 )
 from shared.observability import logger, new_invocation, tracer
 from shared.settings import CommonSettings
-from shared.usecases.compilation import CompileDeps, on_compile_finished, on_model_package_change
+from shared.usecases.compilation import CompileDeps, on_compile_finished, on_model_package_change, on_neo_output
 
 
 class ModelApprovedSettings(CommonSettings):
@@ -33,7 +35,8 @@ class ModelApprovedSettings(CommonSettings):
 
 
 SETTINGS = ModelApprovedSettings
-MODELS = {MODEL_PACKAGE_STATE_CHANGE: ModelPackageStateChange, PROCESSING_STATE_CHANGE: ProcessingJobStateChange}
+MODELS = {MODEL_PACKAGE_STATE_CHANGE: ModelPackageStateChange, PROCESSING_STATE_CHANGE: ProcessingJobStateChange,
+          OBJECT_CREATED: ObjectCreated}
 
 
 def handle(event: dict[str, Any], deps: CompileDeps) -> dict[str, Any]:
@@ -42,6 +45,8 @@ def handle(event: dict[str, Any], deps: CompileDeps) -> dict[str, Any]:
     if isinstance(parsed, ModelPackageStateChange):
         d = parsed.detail
         outcome = on_model_package_change(d.ModelPackageGroupName, d.ModelPackageVersion, d.ModelApprovalStatus, deps)
+    elif isinstance(parsed, ObjectCreated):  # a Neo artifact appeared
+        outcome = on_neo_output(parsed.key, deps)
     else:
         assert isinstance(parsed, ProcessingJobStateChange)
         p = parsed.detail

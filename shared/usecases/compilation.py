@@ -8,7 +8,9 @@ compile is reported and leaves the version approved but not compiled, retriable.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import tarfile
 from collections.abc import Callable
 from contextlib import suppress
@@ -158,3 +160,22 @@ def _tar_single(name: str, data: bytes) -> bytes:
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def on_neo_output(key: str, deps: CompileDeps) -> Outcome:
+    """A Neo artifact appeared under compiled/<group>/<version>/neo/output/: record it and its digest in the
+    bundle manifest (`neo`). Devices ignore it: they run model.onnx, whose digest is unchanged."""
+    parts = key.split("/")
+    if len(parts) < 6 or parts[0] != "compiled" or parts[3:5] != ["neo", "output"] or parts[1] != deps.group:
+        return Outcome("ignored", f"{key} is not a Neo output of group {deps.group}")
+    prefix = bundle_prefix(deps.group, int(parts[2]))
+    data = deps.store.get(key)
+    entry = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "target": deps.neo_target}
+    manifest = json.loads(deps.store.get(prefix + "manifest.json"))
+    if manifest.get("neo") == entry:
+        return Outcome("duplicate", f"{key} is already in the manifest")
+    manifest["neo"] = entry
+    deps.store.put(prefix + "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode(),
+                   "application/json")
+    logger.info("neo artifact recorded", key=key, sha256=entry["sha256"])
+    return Outcome("recorded", key, entry)

@@ -106,3 +106,22 @@ def test_neo_runs_after_the_onnx_bundle_on_the_packed_onnx_model(deps):
     assert request.input_shape == (1, 6, 100) and request.target_device == "ml_c5"
     with tarfile.open(fileobj=io.BytesIO(deps.store.get(request.model_data_key))) as tar:
         assert tar.getnames() == ["model.onnx"]
+
+
+def test_a_neo_artifact_and_its_digest_are_added_to_the_manifest_once(deps):
+    import hashlib
+    import json
+
+    from shared.usecases.compilation import on_neo_output
+
+    deps.neo_target = "ml_c5"
+    prefix = f"compiled/{GROUP}/1/"
+    deps.store.put(prefix + "manifest.json", json.dumps({"edge": {"artifacts": {"model.onnx": {}}}}).encode())
+    key = prefix + "neo/output/model-ml_c5.tar.gz"
+    deps.store.put(key, b"neo-artifact")
+    assert on_neo_output(key, deps).action == "recorded"
+    assert on_neo_output(key, deps).action == "duplicate"
+    manifest = json.loads(deps.store.get(prefix + "manifest.json"))
+    assert manifest["neo"]["sha256"] == hashlib.sha256(b"neo-artifact").hexdigest()
+    assert manifest["edge"]["artifacts"] == {"model.onnx": {}}  # what devices verify is unchanged
+    assert on_neo_output(prefix + "model.onnx", deps).action == "ignored"

@@ -405,6 +405,12 @@ EXPECTED_PATTERNS: dict[tuple[str, str], dict[str, Any]] = {
         "detail-type": ["SageMaker Model Package State Change"],
         "detail": {"ModelPackageGroupName": [{"Ref": "ModelPackageGroupName"}], "ModelApprovalStatus": ["Approved"]},
     },
+    ("ModelApprovedFunction", "NeoOutput"): {
+        "source": ["aws.s3"],
+        "detail-type": ["Object Created"],
+        "detail": {"bucket": {"name": [{"Ref": "DataBucket"}]},
+                   "object": {"key": [{"wildcard": "compiled/*/neo/output/*"}]}},
+    },
     ("ModelApprovedFunction", "CompileJobStateChange"): {
         "source": ["aws.sagemaker"],
         "detail-type": ["SageMaker Processing Job State Change"],
