@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from nacelle.jobs import run_training_job
 from nacelle.simulator.generate import generate_dataset
+from nacelle.train_runner import run_training_job
 from training_jobs.evaluation import evaluate_model_on
 
 

@@ -38,7 +38,7 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from nacelle.console import metrics_table
-    from nacelle.jobs import run_training_job
+    from nacelle.train_runner import run_training_job
 
     out = Path(args.out)
     job_name = args.job_name or f"local-{datetime.now():%Y%m%dT%H%M%S}"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nacelle.jobs import JobResult, run_training_job
 from nacelle.simulator.generate import generate_dataset
+from nacelle.train_runner import JobResult, run_training_job
 
 SMALL_MODEL_HPS = {"epochs": 4, "max_train_windows": 6000, "patience": 2, "seed": 1}
 

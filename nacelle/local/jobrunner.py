@@ -16,12 +16,12 @@ import traceback
 from datetime import datetime
 from pathlib import Path
 
-from nacelle.jobs import PROJECT_ROOT, run_training_job
 from nacelle.local.awsevents import processing_state_change, training_state_change
 from nacelle.local.bus import EventBus
 from nacelle.local.jobs import JobRecord, JobTable
 from nacelle.local.paths import BUCKET, StackPaths
 from nacelle.local.stack import build_bus, build_store
+from nacelle.train_runner import PROJECT_ROOT, run_training_job
 from shared.errors import DataError
 from shared.ports import ObjectStore
 

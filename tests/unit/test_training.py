@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nacelle.cli import main
-from nacelle.jobs import run_training_job
+from nacelle.train_runner import run_training_job
 from shared.ml.bundle import Manifest
 from shared.ml.dataset import load_dataset
 from shared.ml.spec import default_spec
