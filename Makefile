@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench venv clean
+.PHONY: run test lint typecheck unit bench venv clean mosquitto
 
 venv: $(STAMP)
 
@@ -19,8 +19,18 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/nacelle demo
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) mosquitto lint typecheck
 	$(BIN)/python -m pytest -q
+
+# The local stack's broker (and its tests) need mosquitto: installed here as root, else a clear message.
+mosquitto:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	  else \
+	    echo "mosquitto is required: sudo apt-get install -y mosquitto (Debian/Ubuntu) or brew install mosquitto" >&2; \
+	    exit 1; \
+	  fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -86,7 +87,8 @@ def _load_pair(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, ec.El
         return None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         return None
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
         return None
     if cert.not_valid_after_utc - _RENEW_BEFORE < _now():
         return None
@@ -194,7 +196,7 @@ class LocalPki:
             try:
                 pair[0].verify_directly_issued_by(ca_cert)
                 return
-            except (ValueError, TypeError, x509.InvalidSignature):
+            except (ValueError, TypeError, InvalidSignature):
                 pass  # issued by an older CA: re-issue
         key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
