@@ -1,4 +1,5 @@
-"""Shared fixtures. One small dataset and one small trained model serve every test that needs them."""
+"""Shared fixtures for every test folder (tests/ and greengrass_components/): one small dataset and one
+small trained model, built once per session."""
 
 from __future__ import annotations
 

@@ -1,0 +1,3 @@
+"""Nacelle edge detector: the transport-independent core (messages, scoring, per-turbine pipeline)."""
+
+SCHEMA_VERSION = 1

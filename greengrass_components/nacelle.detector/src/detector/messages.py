@@ -1,0 +1,181 @@
+"""Versioned message schemas of the detector's topics (ARCHITECTURE.md §4).
+
+Incoming `turbines/{id}/sensors` (schema v1), a batch::
+
+    {"v": 1, "turbine_id": "t1", "samples": [{"seq": 7, "ts": 1700000000.05, "qw": 1.0, ..., "rps": null}]}
+
+or a single sample object with "v" and "turbine_id" at its top level instead of "samples".
+Every raw input column of the feature spec must be present in every sample (null = missing
+reading); other keys are ignored. Timestamps are epoch seconds and strictly increasing within a
+batch. Anything else is a BadMessage, raised before any state is touched.
+
+Outgoing `turbines/{id}/anomalies` and `turbines/{id}/health` (schema v1) are built by
+MessageBuilder, which numbers each topic's messages with its own increasing `seq`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shared.ml.episodes import EpisodeEvent
+from shared.ml.spec import FeatureSpec
+
+from . import SCHEMA_VERSION
+
+MAX_MESSAGE_BYTES = 256_000
+MAX_SAMPLES = 10_000
+
+
+class BadMessage(ValueError):
+    """A sensor message that cannot be used; `reason` says why (short, loggable, no payload dump)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Sample:
+    seq: int
+    ts: float  # epoch seconds
+    values: tuple[float, ...]  # spec.input_columns order; NaN where the reading is null
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _reject_constant(token: str) -> Any:
+    raise BadMessage(f"non-standard JSON constant {token}")
+
+
+def parse_sensor_message(payload: bytes, spec: FeatureSpec, turbine_id: str,
+                         max_bytes: int = MAX_MESSAGE_BYTES) -> list[Sample]:
+    """The samples of one sensor message, validated against the spec's raw input columns."""
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise BadMessage(f"payload must be bytes, got {type(payload).__name__}")
+    if len(payload) > max_bytes:
+        raise BadMessage(f"payload of {len(payload)} bytes exceeds the {max_bytes}-byte limit")
+    try:
+        doc = json.loads(bytes(payload).decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise BadMessage(f"payload is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except json.JSONDecodeError as exc:
+        raise BadMessage(f"payload is not valid JSON: {exc.msg} at char {exc.pos}") from None
+    except RecursionError:
+        raise BadMessage("payload nests too deeply") from None
+    if not isinstance(doc, dict):
+        raise BadMessage(f"message must be a JSON object, got {type(doc).__name__}")
+    version = doc.get("v")
+    if not _is_int(version):
+        raise BadMessage(f"message lacks an integer schema version 'v' (got {version!r})")
+    if version != SCHEMA_VERSION:
+        raise BadMessage(f"unknown schema version {version} (this detector reads {SCHEMA_VERSION})")
+    sender = doc.get("turbine_id")
+    if not isinstance(sender, str):
+        raise BadMessage("message lacks a string 'turbine_id'")
+    if sender != turbine_id:
+        raise BadMessage(f"message for turbine {sender!r} arrived at the detector of {turbine_id!r}")
+    if "samples" in doc:
+        raw = doc["samples"]
+        if not isinstance(raw, list):
+            raise BadMessage(f"'samples' must be a list, got {type(raw).__name__}")
+        if not raw:
+            raise BadMessage("'samples' is empty")
+        if len(raw) > MAX_SAMPLES:
+            raise BadMessage(f"{len(raw)} samples exceed the limit of {MAX_SAMPLES} per message")
+    else:
+        raw = [doc]
+    columns = spec.input_columns
+    samples: list[Sample] = []
+    last_ts = -math.inf
+    for i, item in enumerate(raw):
+        samples.append(_sample(item, i, columns))
+        if samples[-1].ts <= last_ts:
+            raise BadMessage(f"sample {i}: ts {samples[-1].ts} is not after the previous sample's {last_ts}")
+        last_ts = samples[-1].ts
+    return samples
+
+
+def _sample(item: Any, i: int, columns: tuple[str, ...]) -> Sample:
+    if not isinstance(item, dict):
+        raise BadMessage(f"sample {i} must be an object, got {type(item).__name__}")
+    seq: Any = item.get("seq")
+    ts: Any = item.get("ts")
+    if not _is_int(seq) or seq < 0:
+        raise BadMessage(f"sample {i}: 'seq' must be a non-negative integer, got {seq!r}")
+    if not _is_number(ts) or not math.isfinite(ts) or ts <= 0:
+        raise BadMessage(f"sample {i}: 'ts' must be positive epoch seconds, got {ts!r}")
+    values: list[float] = []
+    for name in columns:
+        if name not in item:
+            raise BadMessage(f"sample {i}: missing column {name!r} (null marks a missing reading)")
+        v = item[name]
+        if v is None:
+            values.append(math.nan)
+        elif _is_number(v) and math.isfinite(v):
+            values.append(float(v))
+        else:
+            raise BadMessage(f"sample {i}: column {name!r} must be a finite number or null, got {v!r}")
+    return Sample(seq, float(ts), tuple(values))
+
+
+def sensor_message(turbine_id: str, samples: list[Mapping[str, Any]]) -> bytes:
+    """Encode a batch (the simulator/PLC side; tests use it too). NaN values become null."""
+    def clean(s: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in s.items()}
+
+    doc = {"v": SCHEMA_VERSION, "turbine_id": turbine_id, "samples": [clean(s) for s in samples]}
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
+class MessageBuilder:
+    """Outgoing anomaly and health messages of one turbine; `seq` increases per topic.
+
+    `seq` restarts at `start` with the process; persisting it across restarts belongs with the spool.
+    """
+
+    def __init__(self, turbine_id: str, start: int = 1) -> None:
+        self.turbine_id = turbine_id
+        self._seq = {"anomalies": start, "health": start}
+
+    def _next(self, topic: str) -> int:
+        seq = self._seq[topic]
+        self._seq[topic] = seq + 1
+        return seq
+
+    def anomaly(self, event: EpisodeEvent, model_version: int | None) -> dict[str, Any]:
+        ep = event.episode
+        return {
+            "v": SCHEMA_VERSION, "kind": event.kind, "episode_id": ep["episode_id"], "turbine_id": self.turbine_id,
+            "features": list(ep["features"]),
+            "ratios": {k: round(float(v), 6) for k, v in sorted(ep["peak_ratio"].items())},
+            "missing": list(ep["missing"]),
+            "started_at": ep["started_at"], "opened_at": ep["opened_at"], "ended_at": ep["closed_at"],
+            "model_version": model_version, "seq": self._next("anomalies"),
+        }
+
+    def health(self, *, model_version: int | None, inference_rate_hz: float, latency_p50_ms: float | None,
+               latency_p99_ms: float | None, spool_depth: int, spool_dropped: int, bad_messages: int,
+               uptime_s: float, windows_scored: int) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION, "turbine_id": self.turbine_id, "model_version": model_version,
+            "inference_rate_hz": round(float(inference_rate_hz), 3),
+            "latency_p50_ms": None if latency_p50_ms is None else round(float(latency_p50_ms), 3),
+            "latency_p99_ms": None if latency_p99_ms is None else round(float(latency_p99_ms), 3),
+            "spool_depth": int(spool_depth), "spool_dropped": int(spool_dropped),
+            "bad_messages": int(bad_messages), "uptime_s": round(float(uptime_s), 3),
+            "windows_scored": int(windows_scored), "seq": self._next("health"),
+        }
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()

@@ -1,0 +1,87 @@
+"""The edge model: a verified bundle's ONNX graph plus the manifest that travels with it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.errors import BundleError
+from shared.ml.edge_bundle import EdgeManifest, verify
+from shared.ml.episodes import EpisodeRule
+from shared.ml.spec import FeatureSpec
+
+OUTPUTS = ("error", "missing")  # names the compile step gives the graph's outputs
+WARMUP_RUNS = 5
+
+
+@dataclass
+class EdgeModel:
+    bundle_dir: Path
+    manifest: EdgeManifest
+    session: Any  # onnxruntime.InferenceSession
+    input_name: str
+    output_names: list[str]
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return self.manifest.bundle.spec
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        return self.manifest.bundle.thresholds
+
+    @property
+    def rule(self) -> EpisodeRule:
+        return self.manifest.bundle.rule
+
+    @property
+    def model_version(self) -> int | None:
+        return self.manifest.model_version
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path, warmup_runs: int = WARMUP_RUNS) -> EdgeModel:
+        """Verify the bundle (format versions, digests, equivalence), open it on one CPU thread and
+        warm it up, so the first real window pays no initialisation cost. Raises BundleError."""
+        import onnxruntime as ort
+
+        bundle_dir = Path(bundle_dir)
+        manifest = verify(bundle_dir)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            session = ort.InferenceSession(os.fspath(bundle_dir / manifest.model_file), options,
+                                           providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise BundleError(f"{bundle_dir}: ONNX Runtime cannot load {manifest.model_file}: {exc}") from exc
+        inputs = [i.name for i in session.get_inputs()]
+        outputs = [o.name for o in session.get_outputs()]
+        if manifest.input_name not in inputs:
+            raise BundleError(f"{bundle_dir}: graph inputs {inputs} lack the manifest's {manifest.input_name!r}")
+        names = list(OUTPUTS) if set(OUTPUTS) <= set(outputs) else outputs[:2]
+        if len(names) != 2:
+            raise BundleError(f"{bundle_dir}: graph outputs {outputs} are not (error, missing)")
+        model = cls(bundle_dir, manifest, session, manifest.input_name, names)
+        model.warm_up(warmup_runs)
+        return model
+
+    def warm_up(self, runs: int = WARMUP_RUNS) -> None:
+        spec = self.spec
+        mean = self.manifest.bundle.mean.astype(np.float32).reshape(1, spec.n_features, 1)
+        x = np.ascontiguousarray(np.broadcast_to(mean, (1, spec.n_features, spec.windows.length)))
+        for _ in range(max(1, runs)):
+            errors, missing = self.score(x)
+        if errors.shape != (1, spec.n_features) or missing.shape != (1, spec.n_features):
+            raise BundleError(f"{self.bundle_dir}: the graph returned shapes {errors.shape}, {missing.shape}; "
+                              f"expected (1, {spec.n_features}) each")
+
+    def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, F, L) float32 windows -> per-feature (errors, missing), each (B, F) float32."""
+        x = np.ascontiguousarray(windows, dtype=np.float32)
+        errors, missing = self.session.run(self.output_names, {self.input_name: x})
+        return np.asarray(errors), np.asarray(missing)

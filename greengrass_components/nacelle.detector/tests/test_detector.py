@@ -1,0 +1,372 @@
+"""Detector core: parity with `nacelle evaluate`, bad messages, hot swap."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from detector.messages import BadMessage, MessageBuilder, parse_sensor_message, sensor_message
+from detector.pipeline import Result, TurbinePipeline
+from detector.scoring import EdgeModel
+
+from shared.errors import BundleError
+from shared.ml.dataset import data_files, load_dataset
+from shared.ml.episodes import EpisodeEvent, run_episodes
+from shared.ml.table import load_file
+
+BATCH = 20
+
+
+@dataclass
+class Stream:
+    turbine_id: str
+    t: np.ndarray
+    rows: list[dict[str, object]]  # one sensor sample per row: seq, ts and the raw input columns
+
+    def messages(self, batch: int = BATCH) -> Iterator[bytes]:
+        for i in range(0, len(self.rows), batch):
+            yield sensor_message(self.turbine_id, self.rows[i:i + batch])
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory: pytest.TempPathFactory, trained_model) -> dict[int, Path]:
+    from training_jobs.compile import compile_bundle
+
+    root = tmp_path_factory.mktemp("edge")
+    out = {}
+    for version in (1, 2):
+        out[version] = root / f"v{version}"
+        compile_bundle(trained_model.model_archive, out[version], None, version, warmup=5, runs=20)
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_v1(bundles) -> EdgeModel:
+    return EdgeModel.load(bundles[1])
+
+
+@pytest.fixture(scope="session")
+def streams(small_dataset: Path, model_v1: EdgeModel) -> dict[str, Stream]:
+    spec = model_v1.spec
+    parts: dict[str, list] = {}
+    for path in data_files(small_dataset):
+        hint = path.parent.name if path.parent != small_dataset else None
+        for frame in load_file(path, spec, turbine_hint=hint)[0]:
+            parts.setdefault(frame.turbine_id, []).append(frame)
+    out = {}
+    for turbine, frames in sorted(parts.items()):
+        frames.sort(key=lambda f: float(f.t[0]))
+        t = np.concatenate([f.t for f in frames])
+        values = {c: np.concatenate([f.values[c] for f in frames]) for c in spec.input_columns}
+        rows = [{"seq": i, "ts": float(t[i]), **{c: float(values[c][i]) for c in spec.input_columns}}
+                for i in range(len(t))]
+        out[turbine] = Stream(turbine, t, rows)
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference(trained_model, small_dataset: Path, model_v1: EdgeModel):
+    """What `nacelle evaluate` computes: torch scores of series_windows, then run_episodes."""
+    from training_jobs.bundle_io import load_model
+    from training_jobs.evaluation import score_series, torch_scorer
+
+    loaded = load_model(trained_model.model_archive)
+    spec = loaded.manifest.spec
+    series = load_dataset([small_dataset], spec)
+    scored = {s.turbine_id: s for s in score_series(series, spec, torch_scorer(loaded.scoring))}
+    episodes = {tid: run_episodes(tid, loaded.manifest.rule, loaded.manifest.thresholds, list(spec.features),
+                                  s.t_end, s.errors, s.missing, s.operating) for tid, s in scored.items()}
+    return scored, episodes
+
+
+def run_stream(pipeline: TurbinePipeline, stream: Stream, swap_at: int | None = None,
+               new_model: EdgeModel | None = None) -> tuple[list, list[EpisodeEvent], list[int | None]]:
+    windows, events, versions = [], [], []
+    for i, payload in enumerate(stream.messages()):
+        if i == swap_at:
+            assert new_model is not None
+            swapped = pipeline.swap(new_model)
+            assert swapped.model_version == pipeline.model_version - 1
+            events += swapped.events
+        result: Result = pipeline.handle(payload)
+        windows += result.windows
+        events += result.events
+        versions.append(result.model_version)
+    events += pipeline.flush().events
+    return windows, events, versions
+
+
+# -- parity --------------------------------------------------------------------------------------------
+def test_parity_with_the_evaluator(model_v1: EdgeModel, streams, reference, record_property) -> None:
+    scored, episodes = reference
+    assert set(scored) == set(streams)
+    worst, latencies, opened_total = 0.0, [], 0
+    for tid, stream in streams.items():
+        ref = scored[tid]
+        np.testing.assert_array_equal(stream.t, scored[tid].t)  # the raw rows are the evaluator's samples
+        pipeline = TurbinePipeline(tid, model_v1)
+        windows, events, _ = run_stream(pipeline, stream)
+        assert len(windows) == len(ref.t_end) > 0  # every window, none extra
+        assert pipeline.windows_scored == len(ref.t_end)
+        np.testing.assert_array_equal([w.t_end for w in windows], ref.t_end)
+        np.testing.assert_array_equal([w.operating for w in windows], ref.operating)
+        errors = np.stack([w.errors for w in windows])
+        missing = np.stack([w.missing for w in windows])
+        worst = max(worst, float(np.abs(errors - ref.errors).max()), float(np.abs(missing - ref.missing).max()))
+        np.testing.assert_allclose(errors, ref.errors, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(missing, ref.missing, rtol=0, atol=1e-5)
+        opened = [(e.episode["episode_id"], e.episode["opened_at"]) for e in events if e.kind == "open"]
+        closed = [(e.episode["episode_id"], e.episode["closed_at"]) for e in events if e.kind == "close"]
+        assert opened == [(ep.episode_id, ep.opened_at) for ep in episodes[tid]]
+        assert closed == [(ep.episode_id, ep.closed_at) for ep in episodes[tid]]
+        opened_total += len(opened)
+        latencies += [w.latency_s for w in windows]
+    assert opened_total > 0  # the labelled faults give the comparison something to compare
+    ms = np.asarray(latencies) * 1000
+    record_property("max_abs_diff", worst)
+    record_property("latency_p50_ms", float(np.percentile(ms, 50)))
+    record_property("latency_p99_ms", float(np.percentile(ms, 99)))
+    print(f"\nparity max abs diff {worst:.3g}; per-window latency p50 {np.percentile(ms, 50):.3f} ms, "
+          f"p99 {np.percentile(ms, 99):.3f} ms over {len(ms)} windows; {opened_total} episodes identical")
+
+
+def test_batch_size_does_not_change_windows(model_v1: EdgeModel, streams) -> None:
+    stream = next(iter(streams.values()))
+    short = Stream(stream.turbine_id, stream.t[:3000], stream.rows[:3000])
+    ends = []
+    for batch in (1, 7, 500):
+        pipeline = TurbinePipeline(short.turbine_id, model_v1)
+        ends.append([w.t_end for p in short.messages(batch) for w in pipeline.handle(p).windows])
+    assert ends[0] == ends[1] == ends[2] and len(ends[0]) > 0
+
+
+def test_redelivered_samples_are_dropped(model_v1: EdgeModel, streams) -> None:
+    stream = next(iter(streams.values()))
+    pipeline = TurbinePipeline(stream.turbine_id, model_v1)
+    payloads = list(stream.messages())[:20]
+    first = [pipeline.handle(p) for p in payloads[:10]]
+    again = pipeline.handle(payloads[9])  # QoS 1 redelivery
+    assert again.stale == BATCH and again.accepted == 0 and not again.windows
+    rest = [pipeline.handle(p) for p in payloads[10:]]
+    ends = [w.t_end for r in first + rest for w in r.windows]
+    assert ends == sorted(set(ends))
+
+
+def test_gap_restarts_the_window_run(model_v1: EdgeModel) -> None:
+    spec = model_v1.spec
+    length, stride, dt = spec.windows.length, spec.windows.stride, spec.sampling.interval_s
+    ts = [1_700_000_000.0 + i * dt for i in range(length + stride)]
+    ts += [ts[-1] + spec.windows.max_gap_s + 0.5 + i * dt for i in range(length)]
+    rows = [{"seq": i, "ts": t, **dict.fromkeys(spec.input_columns, 1.0)} for i, t in enumerate(ts)]
+    pipeline = TurbinePipeline("t9", model_v1)
+    got = [w.t_end for p in Stream("t9", np.asarray(ts), rows).messages(13) for w in pipeline.handle(p).windows]
+    assert got == [ts[length - 1], ts[length + stride - 1], ts[-1]]
+
+
+# -- bad messages ----------------------------------------------------------------------------------------
+def _good(spec, tid: str = "turbine-1", n: int = 3) -> dict:
+    return {"v": 1, "turbine_id": tid,
+            "samples": [{"seq": i, "ts": 1_700_000_000.0 + i * 0.05, **dict.fromkeys(spec.input_columns, 0.5)}
+                        for i in range(n)]}
+
+
+def _mutate(doc: dict, path: tuple, value: object) -> bytes:
+    doc = json.loads(json.dumps(doc))
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    if value is _DELETE:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return json.dumps(doc).encode()
+
+
+_DELETE = object()
+
+
+def test_message_forms_accepted(model_v1: EdgeModel) -> None:
+    spec = model_v1.spec
+    doc = _good(spec, "turbine-1")
+    batch = parse_sensor_message(json.dumps(doc).encode(), spec, "turbine-1")
+    assert [s.seq for s in batch] == [0, 1, 2] and len(batch[0].values) == len(spec.input_columns)
+    single = {"v": 1, "turbine_id": "turbine-1", **doc["samples"][0]}
+    single[spec.input_columns[0]] = None
+    [s] = parse_sensor_message(json.dumps(single).encode(), spec, "turbine-1")
+    assert math.isnan(s.values[0]) and s.ts == doc["samples"][0]["ts"]
+
+
+def test_default_size_limit(model_v1: EdgeModel) -> None:
+    spec = model_v1.spec
+    big = json.dumps(_good(spec, "t1", 4000)).encode()
+    assert len(big) > 256_000
+    with pytest.raises(BadMessage, match="256000-byte limit"):
+        parse_sensor_message(big, spec, "t1")
+    assert len(parse_sensor_message(big, spec, "t1", max_bytes=len(big))) == 4000
+
+
+@pytest.mark.parametrize("case", [
+    "garbage", "truncated", "oversized", "not_object", "no_version", "version_2", "version_str",
+    "wrong_turbine", "no_turbine", "samples_not_list", "samples_empty", "sample_not_object", "seq_str",
+    "seq_bool", "ts_str", "ts_nan_token", "value_str", "value_bool", "value_list", "missing_column",
+    "ts_backwards", "not_utf8",
+])
+def test_bad_messages_leave_state_unchanged(model_v1: EdgeModel, streams, case: str) -> None:
+    spec = model_v1.spec
+    stream = next(iter(streams.values()))
+    tid = stream.turbine_id
+    pipeline = TurbinePipeline(tid, model_v1)
+    for payload in list(stream.messages())[:7]:  # part-way into a window run
+        pipeline.handle(payload)
+    before = pipeline.snapshot()
+    doc = _good(spec, tid)
+    col = spec.input_columns[-1]
+    payload = {
+        "garbage": b"\x00\x17not json at all{",
+        "truncated": json.dumps(doc).encode()[:-9],
+        "oversized": json.dumps(_good(spec, tid, 2000)).encode(),
+        "not_object": b"[1, 2, 3]",
+        "no_version": _mutate(doc, ("v",), _DELETE),
+        "version_2": _mutate(doc, ("v",), 2),
+        "version_str": _mutate(doc, ("v",), "1"),
+        "wrong_turbine": _mutate(doc, ("turbine_id",), "someone-else"),
+        "no_turbine": _mutate(doc, ("turbine_id",), _DELETE),
+        "samples_not_list": _mutate(doc, ("samples",), {"a": 1}),
+        "samples_empty": _mutate(doc, ("samples",), []),
+        "sample_not_object": _mutate(doc, ("samples", 1), 42),
+        "seq_str": _mutate(doc, ("samples", 0, "seq"), "0"),
+        "seq_bool": _mutate(doc, ("samples", 0, "seq"), True),
+        "ts_str": _mutate(doc, ("samples", 2, "ts"), "2026-01-01T00:00:00Z"),
+        "ts_nan_token": json.dumps(doc).encode().replace(b'"ts": 1700000000.0,', b'"ts": NaN,'),
+        "value_str": _mutate(doc, ("samples", 1, col), "3.2"),
+        "value_bool": _mutate(doc, ("samples", 1, col), False),
+        "value_list": _mutate(doc, ("samples", 1, col), [1.0]),
+        "missing_column": _mutate(doc, ("samples", 2, col), _DELETE),
+        "ts_backwards": _mutate(doc, ("samples", 2, "ts"), 1_600_000_000.0),
+        "not_utf8": json.dumps(doc).encode().replace(b"turbine_id", b"turbine_\xff"),
+    }[case]
+    with pytest.raises(BadMessage) as info:
+        pipeline.handle(payload, max_bytes=64_000)
+    assert info.value.reason
+    expected = {"oversized": "exceeds", "wrong_turbine": "someone-else", "version_2": "unknown schema version",
+                "truncated": "not valid JSON", "missing_column": col, "garbage": "JSON"}
+    assert expected.get(case, "") in info.value.reason
+    assert pipeline.snapshot() == before
+    assert pipeline.bad_messages == 1
+    # and the stream carries on as if nothing happened
+    assert pipeline.handle(next(iter(list(stream.messages())[7:8]))).accepted == BATCH
+
+
+# -- hot swap ------------------------------------------------------------------------------------------
+def test_hot_swap_scores_every_window_once(model_v1: EdgeModel, bundles, streams, reference) -> None:
+    scored, _ = reference
+    model_v2 = EdgeModel.load(bundles[2])
+    assert (model_v1.model_version, model_v2.model_version) == (1, 2)
+    tid, stream = next(iter(streams.items()))
+    pipeline = TurbinePipeline(tid, model_v1)
+    n_messages = math.ceil(len(stream.rows) / BATCH)
+    swap_at = n_messages // 2 + 3  # mid-stride: the buffer holds a partial window across the swap
+    windows, events, versions = run_stream(pipeline, stream, swap_at, model_v2)
+    ends = np.asarray([w.t_end for w in windows])
+    assert len(windows) == len(scored[tid].t_end)
+    assert np.all(np.diff(ends) > 0)
+    np.testing.assert_array_equal(ends, scored[tid].t_end)
+    np.testing.assert_allclose(np.stack([w.errors for w in windows]), scored[tid].errors, rtol=0, atol=1e-5)
+    assert versions[:swap_at] == [1] * swap_at and set(versions[swap_at:]) == {2}
+    swap_time = stream.rows[swap_at * BATCH]["ts"]
+    assert {w.model_version for w in windows if w.t_end < swap_time} == {1}
+    assert {w.model_version for w in windows if w.t_end >= swap_time} == {2}
+    assert pipeline.model_version == 2 and pipeline.swaps == 1
+    # episodes stay well-formed: every open has exactly one close, in order
+    state: dict[str, str] = {}
+    for e in events:
+        eid = e.episode["episode_id"]
+        assert state.get(eid) != "close"
+        assert e.kind != "open" or eid not in state
+        state[eid] = e.kind if e.kind != "update" else state[eid]
+    assert all(kind == "close" for kind in state.values())
+
+
+def test_swap_closes_an_open_episode(model_v1: EdgeModel, bundles, streams, reference) -> None:
+    _, episodes = reference
+    tid = next(t for t, eps in episodes.items() if eps)
+    stream, episode = streams[tid], episodes[tid][0]
+    model_v2 = EdgeModel.load(bundles[2])
+    pipeline = TurbinePipeline(tid, model_v1)
+    for payload in stream.messages():
+        result = pipeline.handle(payload)
+        if any(e.kind == "open" for e in result.events):
+            break
+    assert pipeline.tracker.current is not None
+    closes = pipeline.swap(model_v2)
+    assert [(e.kind, e.episode["episode_id"]) for e in closes.events] == [("close", episode.episode_id)]
+    assert closes.model_version == 1  # reported under the model that opened it
+    assert pipeline.tracker.current is None and pipeline.model_version == 2
+
+
+def test_load_refuses_a_tampered_bundle(bundles, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundles[1], copy)
+    with (copy / "model.onnx").open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError):
+        EdgeModel.load(copy)
+
+
+# -- outgoing messages ---------------------------------------------------------------------------------
+def test_outgoing_messages(model_v1: EdgeModel, streams, reference) -> None:
+    _, episodes = reference
+    tid = next(t for t, eps in episodes.items() if eps)
+    pipeline = TurbinePipeline(tid, model_v1)
+    builder = MessageBuilder(tid)
+    out = []
+    for payload in streams[tid].messages():
+        result = pipeline.handle(payload)
+        out += [builder.anomaly(e, result.model_version) for e in result.events]
+    assert out[0]["kind"] == "open" and out[0]["ended_at"] is None and out[0]["features"]
+    assert set(out[0]["ratios"]) <= set(out[0]["features"])
+    assert [m["seq"] for m in out] == list(range(1, len(out) + 1))
+    closes = [m for m in out if m["kind"] == "close"]
+    assert closes and all(m["ended_at"] >= m["opened_at"] >= m["started_at"] for m in closes)
+    p50, p99 = pipeline.latency_ms()
+    h1 = builder.health(model_version=pipeline.model_version, inference_rate_hz=pipeline.inference_rate_hz(),
+                        latency_p50_ms=p50, latency_p99_ms=p99, spool_depth=0, spool_dropped=0,
+                        bad_messages=pipeline.bad_messages, uptime_s=1.5, windows_scored=pipeline.windows_scored)
+    h2 = builder.health(model_version=1, inference_rate_hz=0, latency_p50_ms=None, latency_p99_ms=None,
+                        spool_depth=0, spool_dropped=0, bad_messages=0, uptime_s=2, windows_scored=0)
+    assert (h1["seq"], h2["seq"]) == (1, 2) and h1["v"] == 1 and h1["windows_scored"] > 0
+    assert p50 is not None and p99 is not None and 0 < p50 <= p99
+    for m in [*out, h1, h2]:
+        json.dumps(m, allow_nan=False)
+
+
+def test_swap_to_another_window_geometry_restarts_the_run(model_v1: EdgeModel, streams) -> None:
+    from dataclasses import replace
+
+    spec = model_v1.spec
+    other = replace(spec, windows=replace(spec.windows, length=50, stride=5))
+
+    class Stub:  # a model whose feature pipeline differs (the ONNX graph's window length is fixed)
+        def __init__(self) -> None:
+            self.spec, self.thresholds, self.rule, self.model_version = other, model_v1.thresholds, model_v1.rule, 3
+
+        def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            assert x.shape[1:] == (spec.n_features, 50)
+            return np.zeros((len(x), spec.n_features), np.float32), np.zeros((len(x), spec.n_features), np.float32)
+
+    stream = next(iter(streams.values()))
+    pipeline = TurbinePipeline(stream.turbine_id, model_v1)
+    payloads = list(stream.messages(10))
+    for p in payloads[:15]:
+        pipeline.handle(p)
+    pipeline.swap(Stub())  # type: ignore[arg-type]
+    ends = [w.t_end for p in payloads[15:25] for w in pipeline.handle(p).windows]
+    first = 15 * 10
+    assert ends[:3] == [stream.rows[first + 49]["ts"], stream.rows[first + 54]["ts"], stream.rows[first + 59]["ts"]]
