@@ -15,19 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from awscrt import io as awscrt_io
+from awscrt import mqtt5
+from awsiot import mqtt5_client_builder
 
-from nacelle.local.broker import Broker, find_mosquitto
+from nacelle.local.broker import Broker
 from nacelle.local.pki import DeviceCredentials, LocalPki
 from shared.errors import ConfigurationError
-
-mqtt5 = pytest.importorskip("awscrt.mqtt5")
-awscrt_io = pytest.importorskip("awscrt.io")
-mqtt5_client_builder = pytest.importorskip("awsiot.mqtt5_client_builder")
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(60),
-    pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed"),
 ]
 
 WAIT_S = 5.0
