@@ -81,7 +81,10 @@ def operating_mask(windows: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     if spec.operating is None or len(windows) == 0:
         return np.ones(len(windows), dtype=bool)
     column = windows[:, spec.features.index(spec.operating.feature), :]
-    present = ~np.isnan(column).all(axis=1)
-    median = np.full(len(windows), np.inf)
-    median[present] = np.nanmedian(column[present], axis=1)
+    nan = np.isnan(column)
+    if not nan.any():  # the common case; nanmedian is an order of magnitude slower on small arrays
+        return np.asarray(np.median(column, axis=1) >= spec.operating.min)
+    median = np.full(len(windows), np.inf)  # an entirely missing feature: scored (and flagged as missing)
+    partial = ~nan.all(axis=1)
+    median[partial] = np.nanmedian(column[partial], axis=1)
     return np.asarray(median >= spec.operating.min)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ class FeatureSpec:
     def derived_names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.derived)
 
-    @property
+    @cached_property  # read for every sensor message on the device
     def input_columns(self) -> tuple[str, ...]:
         """Numeric raw columns the features are computed from, in first-use order."""
         derived = {d.name: d for d in self.derived}

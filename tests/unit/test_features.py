@@ -70,3 +70,18 @@ def test_missing_samples_stay_missing():
     feats = compute_features(values, default_spec())
     assert np.isnan(feats[5, 5]) and np.isnan(feats[7, :3]).all()
     assert np.isfinite(np.delete(feats, [5, 7], axis=0)).all()
+
+
+def test_operating_mask_uses_the_median_and_scores_windows_without_readings():
+    from shared.ml.features import operating_mask
+
+    spec = default_spec()
+    wind = spec.features.index("wind_speed_rps")
+    x = np.zeros((4, 6, 100), dtype=np.float32)
+    x[0, wind] = 2.0  # above cut-in
+    x[1, wind] = 1.0  # calm
+    x[2, wind, :60] = 2.0  # median above cut-in, a few NaN
+    x[2, wind, 60:70] = np.nan
+    x[3, wind] = np.nan  # no reading at all: scored (the missing flag handles it)
+    assert operating_mask(x, spec).tolist() == [True, False, True, True]
+    assert operating_mask(x[:2], spec).tolist() == [True, False]  # the no-NaN fast path agrees
