@@ -32,8 +32,9 @@ def test_dropped_dataset_becomes_a_pending_model_with_metrics(tmp_path, small_da
         assert version.metadata["nacelle:dataset_hash"]
         (job,) = stack.jobs.list()
         assert job.status == "Completed" and job.name.startswith("nacelle-")
-        messages = [m["subject"] for m in stack.notifier.tail(follow=False)]
-        assert any("approve to roll out" in s for s in messages)
+        # the approvers' notification follows the registration (same delivery, a moment later)
+        wait_for(lambda: [m for m in stack.notifier.tail(follow=False) if "approve to roll out" in m["subject"]],
+                 30, "the approvers' notification")
         # putting the same data again changes nothing: identical content is a no-op
         assert main(["--data-dir", str(home), "data", "put", str(small_dataset)]) == 0
 
@@ -44,8 +45,9 @@ def test_dropped_dataset_becomes_a_pending_model_with_metrics(tmp_path, small_da
         bundle = verify(stack.store.path(prefix + "manifest.json").parent)  # digests match the files
         assert bundle.edge["equivalence"]["passed"] is True
         assert bundle.model_version == 1
-        compile_jobs = [j for j in stack.jobs.list() if j.kind == "compile"]
-        assert [j.status for j in compile_jobs] == ["Completed"]
+        # the runner records the end of the job just after uploading the manifest
+        wait_for(lambda: [j.status for j in stack.jobs.list() if j.kind == "compile"] == ["Completed"], 30,
+                 "the compile job to be recorded Completed")
         # approving again (a redelivered event) compiles nothing more
         assert main(["--data-dir", str(home), "models", "approve", "1"]) == 0
     assert len(Stack(home).jobs.list()) == 2
