@@ -20,9 +20,9 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nacelle.local.patterns import EventTest, compile_pattern
+from nacelle.local.sqlite import immediate
 from shared.errors import ConfigurationError, Conflict, DataError, NotFound
 from shared.ports import Envelope
 
@@ -324,16 +325,8 @@ class EventBus:
             self._local.conn = conn
         return conn
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")  # take the write lock up front: no upgrade deadlocks
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate(self._connect())
 
 
 class Dispatcher:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+from nacelle.local.sqlite import immediate
 from shared.aws.registry import CONTENT_TYPES, TOKEN_KEY, approval_description, validate_metadata
 from shared.errors import ConfigurationError, ModelVersionNotFound
 from shared.ports import ApprovalStatus, ModelVersion
@@ -106,14 +107,8 @@ class SqliteRegistry:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A transaction holding the write lock from its first statement (reads inside it are consistent)."""
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self._connect() as db, immediate(db):
+            yield db
 
     # -- rows -> values -----------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
+from nacelle.local.sqlite import immediate
 from shared.errors import AdapterError, ConfigurationError
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS items (
@@ -82,14 +83,8 @@ class SqliteStateStore:
 
     @contextmanager
     def _write_transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._connect() as conn, immediate(conn):
+            yield conn
 
     @staticmethod
     def _row(pk: str, sk: str, attributes: str) -> dict[str, Any]:
