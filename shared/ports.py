@@ -181,3 +181,70 @@ class NeoRequest:
 
 class NeoCompiler(Protocol):
     def start(self, request: NeoRequest) -> None: ...  # JobAlreadyExists when the name is taken
+
+
+# -- Greengrass v2 (issue 6): component store, deployments, thing groups --------------------------
+DeploymentStatus = Literal["ACTIVE", "COMPLETED", "CANCELED", "FAILED", "INACTIVE"]
+# A core device's execution of a deployment (ListEffectiveDeployments' coreDeviceExecutionStatus).
+ExecutionStatus = Literal["IN_PROGRESS", "QUEUED", "FAILED", "COMPLETED", "TIMED_OUT", "CANCELED", "REJECTED",
+                          "SUCCEEDED"]
+TERMINAL_EXECUTION: frozenset[str] = frozenset({"FAILED", "COMPLETED", "TIMED_OUT", "CANCELED", "REJECTED",
+                                                "SUCCEEDED"})
+
+
+@dataclass(frozen=True)
+class ComponentVersion:
+    name: str
+    version: str  # semantic version, e.g. "7.0.0"
+    arn: str  # arn:aws:greengrass:<region>:<account>:components:<name>:versions:<version>
+    recipe: Mapping[str, Any]  # the recipe as stored (JSON object)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    deployment_id: str
+    name: str
+    target_arn: str  # a thing group ARN (arn:aws:iot:<region>:<account>:thinggroup/<name>)
+    status: DeploymentStatus
+    components: Mapping[str, Mapping[str, Any]]  # CreateDeployment's `components`
+    created_at: datetime | None = None
+    revision: str = ""
+
+
+@dataclass(frozen=True)
+class EffectiveDeployment:
+    deployment_id: str
+    name: str
+    target_arn: str
+    execution_status: ExecutionStatus
+    reason: str = ""
+    modified_at: datetime | None = None
+
+
+class Greengrass(Protocol):
+    """greengrassv2 (+ the IoT thing-group calls it needs). Component versions are immutable."""
+
+    def get_component(self, name: str, version: str) -> ComponentVersion | None:
+        """The stored recipe of name@version, None when that version does not exist."""
+        ...
+
+    def create_component_version(self, recipe: Mapping[str, Any]) -> ComponentVersion:
+        """CreateComponentVersion(inlineRecipe); raises Conflict when name@version already exists."""
+        ...
+
+    def create_deployment(self, target_arn: str, name: str, components: Mapping[str, Mapping[str, Any]],
+                          deployment_policies: Mapping[str, Any], iot_job_configuration: Mapping[str, Any],
+                          client_token: str) -> str:
+        """CreateDeployment; returns the deployment id. The same client token returns the same deployment.
+        A new deployment to a target supersedes the target's previous one (which becomes INACTIVE)."""
+        ...
+
+    def get_deployment(self, deployment_id: str) -> Deployment: ...  # raises NotFound
+
+    def cancel_deployment(self, deployment_id: str) -> None: ...
+
+    def list_effective_deployments(self, thing_name: str) -> list[EffectiveDeployment]: ...  # newest first
+
+    def thing_group_arn(self, group_name: str) -> str: ...  # raises NotFound
+
+    def things_in_group(self, group_name: str) -> list[str]: ...  # thing names, sorted

@@ -43,6 +43,10 @@ class StackPaths:
         return self.home / "registry.db"
 
     @property
+    def greengrass_db(self) -> Path:
+        return self.home / "greengrass.db"
+
+    @property
     def jobs_db(self) -> Path:
         return self.home / "jobs.db"
 
@@ -61,6 +65,10 @@ class StackPaths:
     @property
     def config(self) -> Path:
         return self.home / "config.yaml"
+
+    @property
+    def alerts_db(self) -> Path:
+        return self.home / "alerts.db"
 
     @property
     def lock(self) -> Path:
