@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench venv clean mosquitto
+.PHONY: run test lint typecheck unit bench venv clean mosquitto wheelhouse components
 
 venv: $(STAMP)
 
@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) wheelhouse
 	$(BIN)/nacelle demo
 
-test: $(STAMP) mosquitto lint typecheck
+test: $(STAMP) wheelhouse mosquitto lint typecheck
 	$(BIN)/python -m pytest -q
 
 # The local stack's broker (and its tests) need mosquitto: installed here as root, else a clear message.
@@ -43,5 +43,20 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .nacelle out .venv-sam .aws-sam build
+
+# The detector's wheels, downloaded once (PyPI at build time); devices install from them offline.
+DETECTOR_REQS := greengrass_components/nacelle.detector/requirements.txt
+WHEELHOUSE_STAMP := build/wheelhouse/.downloaded
+
+wheelhouse: $(WHEELHOUSE_STAMP)
+
+$(WHEELHOUSE_STAMP): $(DETECTOR_REQS) | $(STAMP)
+	@rm -rf build/wheelhouse && mkdir -p build/wheelhouse  # no stale wheels of older requirements
+	$(BIN)/pip download --quiet --only-binary=:all: -d build/wheelhouse -r $(DETECTOR_REQS)
+	@touch $(WHEELHOUSE_STAMP)
+
+# build/components/nacelle.detector/<VERSION>/: detector.zip, wheels/, recipe.json
+components: wheelhouse
+	$(BIN)/python -m nacelle.components
 
 include deploy/Makefile.deploy
