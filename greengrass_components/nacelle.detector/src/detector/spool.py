@@ -1,0 +1,160 @@
+"""The durable outbox: outgoing messages in SQLite (WAL) under the work dir, sent in order.
+
+* `append` gives each message the next order number; `peek` returns the oldest, `ack` removes it
+  after the broker's PUBACK.
+* Bounded by `max_messages`: when full, the oldest `health` message goes first, then the oldest
+  anomaly `update`, then the oldest message of any kind (docs/fleet.md). Drops are counted in the
+  database, so `dropped` survives restarts, and logged.
+* Message `seq`: `append_message` takes the next value of the message's stream counter (one per
+  topic kind: "anomalies", "health") and writes it into the payload in the same transaction as the
+  insert, so `seq` keeps increasing across restarts and MessageBuilder's own counter is overridden.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigurationError
+
+log = logging.getLogger("detector.spool")
+
+DROP_ORDER = ("health", "update")  # kinds dropped first, oldest first; then the oldest of any kind
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
+                                   kind TEXT NOT NULL, payload BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS outbox_kind ON outbox (kind, id);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    id: int
+    topic: str
+    kind: str
+    payload: bytes
+
+
+class Spool:
+    """Thread-safe (one connection behind a lock): producers append, one publisher peeks and acks."""
+
+    def __init__(self, path: str | Path, max_messages: int) -> None:
+        if max_messages < 1:
+            raise ConfigurationError(f"spool.maxMessages must be >= 1, got {max_messages}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_messages = max_messages
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    # -- producers -----------------------------------------------------------------------------------
+    def append(self, topic: str, payload: bytes, kind: str) -> int:
+        """Queue one message; returns its order number."""
+        with self._lock, self._tx():
+            return self._insert(topic, bytes(payload), kind)
+
+    def append_message(self, topic: str, kind: str, stream: str, message: dict[str, Any]) -> tuple[int, int]:
+        """Queue a JSON message with `seq` = the next number of `stream`; returns (order, seq)."""
+        with self._lock, self._tx():
+            seq = self._counter(stream) + 1
+            self._set_counter(stream, seq)
+            body = {**message, "seq": seq}
+            payload = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+            return self._insert(topic, payload, kind), seq
+
+    def _insert(self, topic: str, payload: bytes, kind: str) -> int:
+        depth = self._depth()
+        while depth >= self.max_messages:
+            self._drop_one()
+            depth -= 1
+        cur = self._db.execute("INSERT INTO outbox (topic, kind, payload) VALUES (?, ?, ?)", (topic, kind, payload))
+        return int(cur.lastrowid or 0)
+
+    def _drop_one(self) -> None:
+        row = None
+        for kind in DROP_ORDER:
+            row = self._db.execute("SELECT id, topic, kind FROM outbox WHERE kind = ? ORDER BY id LIMIT 1",
+                                   (kind,)).fetchone()
+            if row:
+                break
+        if row is None:
+            row = self._db.execute("SELECT id, topic, kind FROM outbox ORDER BY id LIMIT 1").fetchone()
+        self._db.execute("DELETE FROM outbox WHERE id = ?", (row[0],))
+        self._set_counter("dropped", self._counter("dropped") + 1)
+        log.warning("spool full (%d messages): dropped message %d (%s on %s)", self.max_messages, row[0],
+                    row[2], row[1])
+
+    # -- publisher -----------------------------------------------------------------------------------
+    def peek(self) -> SpoolEntry | None:
+        with self._lock:
+            row = self._db.execute("SELECT id, topic, kind, payload FROM outbox ORDER BY id LIMIT 1").fetchone()
+        return None if row is None else SpoolEntry(int(row[0]), row[1], row[2], bytes(row[3]))
+
+    def ack(self, entry_id: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+
+    def discard(self, entry_id: int, reason: str) -> None:
+        """Remove a message the broker refused for good (counted as dropped)."""
+        with self._lock, self._tx():
+            if self._db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,)).rowcount:
+                self._set_counter("dropped", self._counter("dropped") + 1)
+                log.error("dropped message %d: %s", entry_id, reason)
+
+    # -- state ---------------------------------------------------------------------------------------
+    def depth(self) -> int:
+        with self._lock:
+            return self._depth()
+
+    @property
+    def dropped(self) -> int:
+        with self._lock:
+            return self._counter("dropped")
+
+    def seq(self, stream: str) -> int:
+        """The last seq given out on `stream` (0 = none yet)."""
+        with self._lock:
+            return self._counter(stream)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- internals -----------------------------------------------------------------------------------
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def _depth(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def _counter(self, name: str) -> int:
+        row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _set_counter(self, name: str, value: int) -> None:
+        self._db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
+                         "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (name, value))
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on an autocommit connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
