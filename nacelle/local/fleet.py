@@ -1,0 +1,279 @@
+"""The local fleet: N simulated core devices `turbine-01`…, each a nucleus process (nacelle/local/nucleus.py) and a
+turbine simulator process (nacelle/simulator/device.py).
+
+Provisioning gives each device its client certificate (nacelle/local/pki.py) and its thing group: the first
+`canary_size` devices in `nacelle-canary`, the rest in `nacelle-fleet`. A monitor thread restarts a process that
+exits (with backoff). Every process gets its own process group; `<home>/fleet.json` records them so a fleet
+started after a crash kills what the previous one left behind. `status()` works with or without running processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from nacelle.local.nucleus import die_with_parent, process_start_time, write_json
+from nacelle.local.pki import LocalPki
+from shared.errors import ConfigurationError
+from shared.observability import logger
+from shared.ports import StateStore
+
+CANARY_GROUP = "nacelle-canary"
+FLEET_GROUP = "nacelle-fleet"
+DEVICES_PK = "devices"  # the device records deployment_status writes (docs/fleet.md)
+ALERTS_PK = "alerts"  # anomaly_alert's alert items
+STOP_TIMEOUT_S = 15.0
+MONITOR_S = 0.5
+MAX_BACKOFF_S = 30.0
+
+__all__ = ["CANARY_GROUP", "FLEET_GROUP", "Fleet", "thing_names"]
+
+
+class FleetGreengrass(Protocol):
+    """What the fleet needs of nacelle/local/greengrass.py."""
+
+    def ensure_thing_group(self, name: str) -> str: ...
+
+    def add_thing(self, thing: str, group: str) -> None: ...
+
+    def groups_of(self, thing: str) -> list[str]: ...
+
+    def devices(self) -> Sequence[Any]: ...
+
+
+def thing_names(count: int) -> list[str]:
+    if count < 0 or count > 999:
+        raise ConfigurationError(f"fleet size must be between 0 and 999, got {count}")
+    width = max(2, len(str(count)))
+    return [f"turbine-{i:0{width}d}" for i in range(1, count + 1)]
+
+
+@dataclass
+class _Managed:
+    """One supervised process (a device's nucleus or simulator)."""
+
+    thing: str
+    kind: str  # "nucleus" | "simulator"
+    argv: list[str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    history: list[float] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.thing}/{self.kind}"
+
+
+class Fleet:
+    def __init__(self, home: Path, greengrass: FleetGreengrass, *, size: int = 5, canary_size: int = 1,
+                 state: StateStore | None = None, alerts: StateStore | None = None, simulators: bool = True,
+                 nucleus_args: Sequence[str] = (), simulator_args: Sequence[str] = ()) -> None:
+        if not 0 <= canary_size <= size:
+            raise ConfigurationError(f"canary_size must be between 0 and the fleet size {size}, got {canary_size}")
+        self.home = Path(home).resolve()
+        self.gg = greengrass
+        self.things = thing_names(size)
+        self.canary_size = canary_size
+        self.state, self.alerts = state, alerts
+        self.simulators = simulators
+        self.nucleus_args, self.simulator_args = list(nucleus_args), list(simulator_args)
+        self.procs: dict[str, _Managed] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._monitor: threading.Thread | None = None
+
+    @property
+    def record_path(self) -> Path:
+        return self.home / "fleet.json"
+
+    def device_root(self, thing: str) -> Path:
+        return self.home / "devices" / thing
+
+    # ------------------------------------------------------------------ provisioning
+    def provision(self) -> list[str]:
+        """Certificates, thing groups and memberships (idempotent). Returns the thing names."""
+        pki = LocalPki(self.home / "pki").ensure()
+        for group in (CANARY_GROUP, FLEET_GROUP):
+            self.gg.ensure_thing_group(group)
+        for i, thing in enumerate(self.things):
+            pki.device(thing)
+            group = CANARY_GROUP if i < self.canary_size else FLEET_GROUP
+            other = FLEET_GROUP if group == CANARY_GROUP else CANARY_GROUP
+            if other in self.gg.groups_of(thing):
+                raise ConfigurationError(f"{thing} is already in {other}; the groups must stay disjoint "
+                                         f"(use the canary size it was provisioned with, or a fresh data directory)")
+            self.gg.add_thing(thing, group)
+            self.device_root(thing).mkdir(parents=True, exist_ok=True)
+        return list(self.things)
+
+    # ------------------------------------------------------------------ processes
+    def start(self) -> Fleet:
+        self.provision()
+        self._kill_recorded()
+        python = sys.executable
+        for thing in self.things:
+            logs = self.device_root(thing) / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            self.procs[f"{thing}/nucleus"] = _Managed(
+                thing, "nucleus", [python, "-m", "nacelle.local.nucleus", "--thing", thing, "--home", str(self.home),
+                                   *self.nucleus_args], logs / "nucleus.log")
+            if self.simulators:
+                self.procs[f"{thing}/simulator"] = _Managed(
+                    thing, "simulator", [python, "-m", "nacelle.simulator.device", "--thing", thing, "--home",
+                                         str(self.home), *self.simulator_args], logs / "simulator.log")
+        with self._lock:
+            for managed in self.procs.values():
+                self._spawn(managed)
+            self._record()
+        self._stop.clear()
+        self._monitor = threading.Thread(target=self._watch, name="nacelle-fleet", daemon=True)
+        self._monitor.start()
+        logger.info("fleet started", devices=len(self.things), canary=self.things[:self.canary_size])
+        return self
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM every process (a nucleus stops its components first), SIGKILL the groups after `timeout`."""
+        self._stop.set()
+        if self._monitor is not None:
+            self._monitor.join(timeout=5)
+        with self._lock:
+            live = [m.popen for m in self.procs.values() if m.popen is not None and m.popen.poll() is None]
+            for p in live:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            for p in live:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(max(0.0, deadline - time.monotonic()))
+            for p in live:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(2)
+            self.record_path.unlink(missing_ok=True)
+        logger.info("fleet stopped")
+
+    def __enter__(self) -> Fleet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, m: _Managed) -> None:
+        with m.log.open("ab") as log:
+            m.popen = subprocess.Popen(m.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                       cwd=self.home, start_new_session=True, preexec_fn=die_with_parent,
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        m.history.append(time.monotonic())
+
+    def _watch(self) -> None:
+        while not self._stop.wait(MONITOR_S):
+            try:
+                self._restart_exited()
+            except Exception:  # the monitor must outlive one bad round (e.g. a full disk for the logs)
+                logger.exception("fleet monitor round failed")
+
+    def _restart_exited(self) -> None:
+        with self._lock:
+            if self._stop.is_set():
+                return
+            changed = False
+            for m in self.procs.values():
+                if m.popen is None or m.popen.poll() is None:
+                    continue
+                now = time.monotonic()
+                if m.next_start == 0.0:
+                    recent = [t for t in m.history if now - t < 60]
+                    backoff = min(MAX_BACKOFF_S, 0.5 * 2 ** max(0, len(recent) - 1))
+                    m.next_start = now + backoff
+                    logger.warning("fleet process exited; restarting", fleet_process=m.key,
+                                   status=m.popen.returncode, backoff_s=backoff, log=str(m.log))
+                elif now >= m.next_start:
+                    m.next_start = 0.0
+                    self._spawn(m)
+                    m.restarts += 1  # after the spawn: a reader seeing the count sees the new process
+                    changed = True
+            if changed:
+                self._record()
+
+    def _record(self) -> None:
+        write_json(self.record_path, {m.key: {"pid": m.popen.pid, "start": process_start_time(m.popen.pid)}
+                                       for m in self.procs.values() if m.popen is not None})
+
+    def _kill_recorded(self) -> None:
+        """Processes a previous fleet recorded and left running (it was killed): their groups are killed."""
+        for entry in _read_json(self.record_path).values():
+            pid = int(entry.get("pid", 0))
+            if pid > 1 and entry.get("start") and process_start_time(pid) == entry["start"]:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGTERM)
+                deadline = time.monotonic() + STOP_TIMEOUT_S
+                while process_start_time(pid) == entry["start"] and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+        self.record_path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> list[dict[str, Any]]:
+        """One row per device: groups, components, latest deployment, health, episodes, processes."""
+        recorded = _read_json(self.record_path)
+        episodes: dict[str, dict[str, int]] = {}
+        for item in self.alerts.query(ALERTS_PK) if self.alerts is not None else []:
+            if item.get("kind") == "episode":
+                counts = episodes.setdefault(str(item.get("turbine_id")), {"total": 0, "open": 0})
+                counts["total"] += 1
+                counts["open"] += item.get("status") == "open"
+        health = {str(r.get("thing_name") or r.get("sk")): r
+                  for r in (self.state.query(DEVICES_PK) if self.state is not None else [])}
+        rows = []
+        known = {d.thing: d for d in self.gg.devices()}
+        for thing in sorted(set(known) | set(self.things)):
+            info = known.get(thing)
+            latest = info.executions[0] if info is not None and info.executions else None
+            record = health.get(thing) or {}
+            rows.append({
+                "thing": thing,
+                "groups": list(info.groups) if info is not None else [],
+                "components": dict(info.components) if info is not None else {},
+                "last_seen": info.last_seen.isoformat() if info is not None and info.last_seen else None,
+                "deployment": None if latest is None else {
+                    "id": latest.deployment_id, "name": latest.deployment_name, "status": latest.status,
+                    "reason": latest.reason, "error_stack": list(latest.error_stack)},
+                "model_version": record.get("model_version"),
+                "inference_rate_hz": record.get("inference_rate_hz"),
+                "last_health_at": record.get("last_health_at"),
+                "episodes": episodes.get(thing, {"total": 0, "open": 0}),
+                "processes": {kind: self._process_state(thing, kind, recorded) for kind in ("nucleus", "simulator")},
+            })
+        return rows
+
+    def _process_state(self, thing: str, kind: str, recorded: Mapping[str, Any]) -> str:
+        m = self.procs.get(f"{thing}/{kind}")
+        if m is not None and m.popen is not None:
+            state = "running" if m.popen.poll() is None else f"exited {m.popen.returncode}"
+            return f"{state} (restarts {m.restarts})" if m.restarts else state
+        entry = recorded.get(f"{thing}/{kind}")
+        if entry and entry.get("start") and process_start_time(int(entry["pid"])) == entry["start"]:
+            return "running"
+        return "stopped"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
