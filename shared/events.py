@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel, S3EventNotificationEventBridgeModel
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.errors import ConfigurationError
 
@@ -105,3 +105,81 @@ class ProcessingJobDetail(BaseModel):
 
 class ProcessingJobStateChange(EventBridgeModel):
     detail: ProcessingJobDetail
+
+
+# -- issue 6: rollout (Greengrass deployment status, device health, the rollout watchdog) ---------------
+GREENGRASS_SOURCE = "aws.greengrass"
+DEPLOYMENT_STATUS_CHANGE = "Greengrass V2 Effective Deployment Status Change"
+ROLLOUT_CHECK = "Nacelle Rollout Check"
+
+
+class DeploymentStatusDetails(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    errorStack: list[str] = Field(default_factory=list)
+    errorTypes: list[str] = Field(default_factory=list)
+
+
+class DeploymentStatusDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    deploymentId: str
+    coreDeviceExecutionStatus: str
+    statusDetails: DeploymentStatusDetails = Field(default_factory=DeploymentStatusDetails)
+    reason: str = ""
+
+
+class GreengrassDeploymentStatusChange(EventBridgeModel):
+    detail: DeploymentStatusDetail
+
+    @property
+    def thing_name(self) -> str:
+        """The core device: the last segment of resources[0] (arn:aws:greengrass:<r>:<a>:coreDevices:<thing>)."""
+        for arn in self.resources:
+            if ":coreDevices:" in arn:
+                return arn.rsplit(":coreDevices:", 1)[1]
+        raise ConfigurationError(f"deployment status event {self.id}: no coreDevices ARN in resources {self.resources}")
+
+
+class RolloutCheckDetail(BaseModel):
+    group: str
+    version: int
+    requested_at: datetime
+
+
+class RolloutCheck(EventBridgeModel):
+    detail: RolloutCheckDetail
+
+
+class HealthRow(BaseModel):
+    """What HealthRule's SELECT hands the function: the health message plus thing_name (topic(2)),
+    received_at (timestamp(), epoch ms) and client_id (clientid())."""
+
+    model_config = ConfigDict(extra="allow")
+
+    v: int = 1
+    turbine_id: str = ""
+    model_version: str | None = None
+    detector_version: str | None = None
+    inference_rate_hz: float = 0.0
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    spool_depth: int = 0
+    spool_dropped: int = 0
+    bad_messages: int = 0
+    uptime_s: float = 0.0
+    windows_scored: int = 0
+    model_error: str | None = None
+    seq: int = 0
+    thing_name: str = Field(min_length=1)
+    received_at: int
+    client_id: str = ""
+
+    @field_validator("model_version", "detector_version", mode="before")
+    @classmethod
+    def _version_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @property
+    def received_at_s(self) -> float:
+        return self.received_at / 1000.0

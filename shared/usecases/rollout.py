@@ -1,0 +1,380 @@
+"""Rollout: a compiled model version goes to the canary thing group, soaks, then goes to the fleet.
+
+State (docs/fleet.md): `group#<g>` / `rollout#<v>` (stage canary | fleet | done | failed, plus superseded and
+canceled), `group#<g>` / `deployment#<id>` (which rollout and stage a deployment belongs to), `group#<g>` /
+`canary` and `fleet` (what each thing group was last given), `device#<thing>` / `deployment#<id>` (that device's
+execution) and `device#<thing>` / `health` (its readiness streak). Every transition is a conditional update
+on the rollout's stage, so duplicated or reordered events act once; Greengrass calls are idempotent through
+client tokens derived from group, version and purpose.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.components import component_version
+from shared.errors import Conflict, ModelVersionNotFound, NotFound
+from shared.events import NACELLE_SOURCE, ROLLOUT_CHECK, HealthRow
+from shared.observability import correlate, logger
+from shared.ports import Envelope, EventPublisher, Greengrass, ModelRegistry, Notifier, ObjectStore, StateStore
+from shared.usecases import state_keys as sk
+from shared.usecases.registration import metadata_value
+from shared.usecases.retraining import Outcome
+from shared.usecases.rollout_components import (
+    DEPLOYMENT_POLICIES,
+    IOT_JOB_CONFIGURATION,
+    client_token,
+    deployment_components,
+    ensure_detector_component,
+    ensure_model_component,
+    parse_manifest_key,
+)
+
+ROLLOUT = "rollout#"
+DEPLOYMENT = "deployment#"
+CANARY = "canary"
+FLEET = "fleet"
+HEALTH = "health"
+DEVICES_PK = "devices"  # pk="devices", sk=<thing>: the record anomaly_alert's offline check reads
+FAILED_EXECUTION = frozenset({"FAILED", "REJECTED", "TIMED_OUT"})
+SUCCEEDED_EXECUTION = frozenset({"COMPLETED", "SUCCEEDED"})
+TERMINAL_EXECUTION = FAILED_EXECUTION | SUCCEEDED_EXECUTION | {"CANCELED"}
+ACTIVE_STAGES = (CANARY, FLEET)
+FAILING = "failing"  # claimed by a failure whose restore is under way
+
+
+@dataclass
+class RolloutDeps:
+    store: ObjectStore
+    state: StateStore
+    registry: ModelRegistry
+    notifier: Notifier
+    greengrass: Greengrass
+    events: EventPublisher
+    group: str
+    detector_version: str
+    canary_group: str
+    fleet_group: str
+    soak_s: float
+    canary_timeout_s: float
+    stuck_timeout_s: float
+    clock: Callable[[], datetime]
+    poll_s: float = 60.0  # the watchdog's period (RolloutCheck events)
+
+
+def device_pk(thing: str) -> str:
+    return f"device#{thing}"
+
+
+def _now(deps: RolloutDeps) -> float:
+    return deps.clock().timestamp()
+
+
+def _pk(deps: RolloutDeps) -> str:
+    return sk.group_pk(deps.group)
+
+
+def _rollout(version: int, deps: RolloutDeps) -> dict[str, Any] | None:
+    return deps.state.get(_pk(deps), ROLLOUT + str(version))
+
+
+# ------------------------------------------------------------------ 1. a compiled bundle -> canary
+
+
+def on_manifest_created(key: str, deps: RolloutDeps) -> Outcome:
+    parsed = parse_manifest_key(key)
+    if parsed is None or parsed[0] != deps.group:
+        return Outcome("ignored", f"{key} is not a compiled manifest of group {deps.group}")
+    version = parsed[1]
+    correlate(model_version=version)
+    try:
+        model = deps.registry.get(deps.group, version)
+    except ModelVersionNotFound:
+        return Outcome("ignored", f"{key}: v{version} is not in the registry")
+    if model.status != "Approved" or model.failed:
+        return Outcome("ignored", f"v{version} is {model.status}{' and marked failed' if model.failed else ''}")
+    try:  # identity first, on every delivery: other content under this version must never pass quietly
+        ensure_model_component(deps.store, deps.greengrass, deps.group, version)
+        ensure_detector_component(deps.store, deps.greengrass, deps.detector_version)
+    except Conflict as exc:
+        _alert_conflict(version, exc, deps)
+        raise
+    existing = _rollout(version, deps)
+    if existing is not None:  # redelivery, or Neo rewrote the manifest (same component)
+        return Outcome("duplicate", f"v{version} is already rolling out ({existing['stage']})")
+    return _start_canary(version, deps)
+
+
+def _alert_conflict(version: int, exc: Conflict, deps: RolloutDeps) -> None:
+    """Once per version: the state record claims the alert, retries of the event stay quiet."""
+    if deps.state.put(_pk(deps), f"conflict#{version}", {"version": version, "reason": str(exc)}, if_absent=True):
+        deps.notifier.publish(
+            "approvals", f"Rollout of {deps.group} v{version} refused: component conflict",
+            f"{exc}\n\nNothing was overwritten and nothing was deployed. A component version never changes: "
+            f"publish the new content under a new version.", {"model_version": str(version), "status": "Conflict"})
+    logger.error("component conflict", model_version=version, reason=str(exc))
+
+
+def _deploy(group_name: str, name: str, components: Mapping[str, Any], token: str, deps: RolloutDeps) -> str:
+    return deps.greengrass.create_deployment(deps.greengrass.thing_group_arn(group_name), name, components,
+                                             DEPLOYMENT_POLICIES, IOT_JOB_CONFIGURATION, client_token(token))
+
+
+def _start_canary(version: int, deps: RolloutDeps) -> Outcome:
+    pk, g = _pk(deps), deps.group
+    components = deployment_components(version, deps.detector_version)
+    things = deps.greengrass.things_in_group(deps.canary_group)
+    deployment = _deploy(deps.canary_group, f"nacelle-{g}-v{version}-canary", components, f"{g}:{version}:canary",
+                         deps)
+    deps.state.put(pk, DEPLOYMENT + deployment, {"deployment_id": deployment, "version": version, "stage": CANARY})
+    record = {"version": version, "stage": CANARY, "components": components, "canary_deployment_id": deployment,
+              "canary_started_at": _now(deps), "canary_things": things}
+    if not deps.state.put(pk, ROLLOUT + str(version), record, if_absent=True):
+        return Outcome("duplicate", f"v{version} was started concurrently")
+    previous = deps.state.get(pk, CANARY) or {}
+    if previous.get("version") not in (None, version):  # the new canary deployment superseded it
+        deps.state.update_if(pk, ROLLOUT + str(previous["version"]), {"stage": "superseded",
+                                                                     "superseded_by": version}, {"stage": CANARY})
+    deps.state.put(pk, CANARY, {"version": version, "deployment_id": deployment})
+    schedule_check(version, deps)
+    logger.info("canary deployment created", model_version=version, deployment_id=deployment, things=things)
+    return Outcome("deployed", f"v{version} to {deps.canary_group} ({deployment})",
+                   {"version": version, "deployment_id": deployment, "stage": CANARY})
+
+
+def schedule_check(version: int, deps: RolloutDeps) -> None:
+    """The watchdog's next RolloutCheck, on a grid of poll_s so concurrent schedulers share one schedule."""
+    now = deps.clock()
+    slot = math.ceil((now.timestamp() + deps.poll_s) / deps.poll_s)
+    deps.events.publish(
+        Envelope(NACELLE_SOURCE, ROLLOUT_CHECK, {"group": deps.group, "version": version,
+                                                 "requested_at": now.isoformat()}),
+        deliver_at=datetime.fromtimestamp(slot * deps.poll_s, UTC), dedup_key=f"rollout-{deps.group}-{version}-{slot}")
+
+
+# ------------------------------------------------------------------ 2. deployment status (events and polling)
+
+
+def on_deployment_status(deployment_id: str, thing: str, status: str, reason: str, error_stack: list[str],
+                         deps: RolloutDeps) -> Outcome:
+    _record_execution(deployment_id, thing, status, reason, error_stack, deps)
+    owner = deps.state.get(_pk(deps), DEPLOYMENT + deployment_id)
+    if owner is None:
+        return Outcome("recorded", f"{thing}: {deployment_id} {status} (not a rollout deployment)")
+    correlate(model_version=owner["version"], deployment_id=deployment_id)
+    return _evaluate_execution(int(owner["version"]), str(owner["stage"]), deployment_id, thing, status, reason, deps)
+
+
+def _record_execution(deployment_id: str, thing: str, status: str, reason: str, error_stack: list[str],
+                      deps: RolloutDeps) -> None:
+    """A terminal status is final: a late IN_PROGRESS or a duplicate never replaces it."""
+    current = deps.state.get(device_pk(thing), DEPLOYMENT + deployment_id)
+    if current is not None and (current["status"] in TERMINAL_EXECUTION or current["status"] == status):
+        return
+    deps.state.put(device_pk(thing), DEPLOYMENT + deployment_id,
+                   {"deployment_id": deployment_id, "thing_name": thing, "status": status, "reason": reason,
+                    "error_stack": list(error_stack), "at": _now(deps)})
+
+
+def _execution(thing: str, deployment_id: str, deps: RolloutDeps) -> str:
+    return str((deps.state.get(device_pk(thing), DEPLOYMENT + deployment_id) or {}).get("status", ""))
+
+
+def _evaluate_execution(version: int, stage: str, deployment_id: str, thing: str, status: str, reason: str,
+                        deps: RolloutDeps) -> Outcome:
+    record = _rollout(version, deps) or {}
+    current = record.get("stage")
+    if current != stage or record.get(f"{stage}_deployment_id") != deployment_id:
+        return Outcome("recorded", f"{thing}: {deployment_id} {status} (v{version} is {current})")
+    if status in FAILED_EXECUTION:
+        detail = f": {reason}" if reason else ""
+        return _fail(record, f"{thing} reported {status} for the {stage} deployment{detail}", deps)
+    if status in SUCCEEDED_EXECUTION and stage == FLEET:
+        return _maybe_done(record, deps) or Outcome("recorded", f"{thing}: {status}")
+    return Outcome("recorded", f"{thing}: {deployment_id} {status}")
+
+
+def _maybe_done(record: dict[str, Any], deps: RolloutDeps) -> Outcome | None:
+    version, deployment = int(record["version"]), str(record["fleet_deployment_id"])
+    if any(_execution(t, deployment, deps) not in SUCCEEDED_EXECUTION for t in record.get("fleet_things", [])):
+        return None
+    if deps.state.update_if(_pk(deps), ROLLOUT + str(version), {"stage": "done", "done_at": _now(deps)},
+                            {"stage": FLEET}):
+        logger.info("rollout done", model_version=version)
+        deps.notifier.publish("approvals", f"{deps.group} v{version} is on the whole fleet",
+                              f"Every device of {deps.fleet_group} completed deployment {deployment}.",
+                              {"model_version": str(version), "status": "done"})
+    return Outcome("done", f"v{version} is on {deps.fleet_group}", {"version": version})
+
+
+# ------------------------------------------------------------------ 3. health rows: soak and promotion
+
+
+def on_health(row: HealthRow, deps: RolloutDeps) -> Outcome:
+    _record_device(row, deps)
+    _update_streak(row, deps)
+    canary = deps.state.get(_pk(deps), CANARY)
+    record = _rollout(int(canary["version"]), deps) if canary else None
+    if record is None or record["stage"] != CANARY or row.thing_name not in record.get("canary_things", []):
+        return Outcome("recorded", f"health of {row.thing_name}")
+    return _try_promote(record, deps) or Outcome("recorded", f"health of {row.thing_name}; canary soaking")
+
+
+def _conditional_write(pk: str, key: str, item: dict[str, Any], received_at: int, deps: RolloutDeps) -> bool:
+    """Newer rows only (duplicates and late rows are dropped): a condition on the stored received_at_ms."""
+    current = deps.state.get(pk, key)
+    if current is None:
+        if deps.state.put(pk, key, item, if_absent=True):
+            return True
+        current = deps.state.get(pk, key) or {}
+    if int(current.get("received_at_ms", 0)) >= received_at:
+        return False
+    return deps.state.update_if(pk, key, item, {"received_at_ms": current.get("received_at_ms")})
+
+
+def _record_device(row: HealthRow, deps: RolloutDeps) -> None:
+    item = {"thing_name": row.thing_name, "last_health_at": row.received_at_s, "received_at_ms": row.received_at,
+            "model_version": row.model_version, "inference_rate_hz": row.inference_rate_hz,
+            "health": row.model_dump(mode="json")}
+    _conditional_write(DEVICES_PK, row.thing_name, item, row.received_at, deps)
+
+
+def _update_streak(row: HealthRow, deps: RolloutDeps) -> None:
+    """How long the device has continuously served one model version at a non-zero inference rate."""
+    current = deps.state.get(device_pk(row.thing_name), HEALTH) or {}
+    ready = bool(row.model_version) and row.inference_rate_hz > 0 and not row.model_error
+    t = row.received_at_s
+    if ready and current.get("streak_version") == row.model_version and current.get("ready_since") is not None:
+        streak = {"ready_since": current["ready_since"], "last_ready_at": t}
+    elif ready:
+        streak = {"ready_since": t, "last_ready_at": t}
+    else:
+        streak = {"ready_since": None, "last_ready_at": None}
+    item = {"thing_name": row.thing_name, "received_at_ms": row.received_at, "model_version": row.model_version,
+            "inference_rate_hz": row.inference_rate_hz, "streak_version": row.model_version if ready else None,
+            **streak}
+    _conditional_write(device_pk(row.thing_name), HEALTH, item, row.received_at, deps)
+
+
+def readiness(record: Mapping[str, Any], deps: RolloutDeps) -> dict[str, float]:
+    """Canary device -> seconds it has soaked on this rollout's version (0 when not serving it)."""
+    wanted = {component_version(int(record["version"])), str(record["version"])}
+    out = {}
+    for thing in record.get("canary_things", []):
+        h = deps.state.get(device_pk(thing), HEALTH) or {}
+        soaked = h.get("streak_version") in wanted and h.get("ready_since") is not None
+        out[thing] = float(h["last_ready_at"]) - float(h["ready_since"]) if soaked else 0.0
+    return out
+
+
+def _try_promote(record: dict[str, Any], deps: RolloutDeps) -> Outcome | None:
+    """Every canary device soaked: claim the promotion (stage canary -> fleet), then deploy to the fleet."""
+    soaked = readiness(record, deps)
+    if not soaked or min(soaked.values()) < deps.soak_s:
+        return None
+    version = int(record["version"])
+    changes = {"stage": FLEET, "fleet_deployment_id": "", "fleet_started_at": _now(deps), "readiness": soaked}
+    if not deps.state.update_if(_pk(deps), ROLLOUT + str(version), changes, {"stage": CANARY}):
+        return Outcome("duplicate", f"v{version} had already left the canary")
+    record = {**record, **changes}
+    deployment = start_fleet(record, deps)
+    logger.info("canary passed; fleet deployment created", model_version=version, deployment_id=deployment)
+    deps.notifier.publish("approvals", f"{deps.group} v{version} passed the canary: deploying to the fleet",
+                          f"Every canary device served v{version} for at least {deps.soak_s:.0f} s "
+                          f"({soaked}). Fleet deployment: {deployment}.",
+                          {"model_version": str(version), "status": "fleet"})
+    schedule_check(version, deps)
+    return _maybe_done(_rollout(version, deps) or record, deps) or Outcome(
+        "promoted", f"v{version} to {deps.fleet_group} ({deployment})",
+        {"version": version, "deployment_id": deployment, "stage": FLEET})
+
+
+def start_fleet(record: dict[str, Any], deps: RolloutDeps) -> str:
+    """The fleet deployment of a promoted rollout (idempotent: a crash after the claim is resumed by the watchdog)."""
+    version, pk, g = int(record["version"]), _pk(deps), deps.group
+    things = deps.greengrass.things_in_group(deps.fleet_group)
+    deployment = _deploy(deps.fleet_group, f"nacelle-{g}-v{version}-fleet", record["components"],
+                         f"{g}:{version}:fleet", deps)
+    deps.state.put(pk, DEPLOYMENT + deployment, {"deployment_id": deployment, "version": version, "stage": FLEET})
+    _set_fleet(version, record["components"], deployment, "promotion", deps)
+    deps.state.update_if(pk, ROLLOUT + str(version), {"fleet_deployment_id": deployment, "fleet_things": things},
+                         {"stage": FLEET, "fleet_deployment_id": ""})
+    return deployment
+
+
+def _set_fleet(version: int, components: Mapping[str, Any], deployment: str, kind: str, deps: RolloutDeps) -> None:
+    current = deps.state.get(_pk(deps), FLEET) or {}
+    if current.get("deployment_id") == deployment:
+        return
+    deps.state.put(_pk(deps), FLEET, {"version": version, "components": dict(components), "deployment_id": deployment,
+                                      "kind": kind, "previous": current.get("version"), "since": _now(deps),
+                                      "generation": int(current.get("generation", 0)) + 1})
+
+
+# ------------------------------------------------------------------ 4. failure
+
+
+def _fail(record: dict[str, Any], reason: str, deps: RolloutDeps) -> Outcome:
+    """Claim the failure (stage -> failing), mark the version failed, put the affected groups back on the previous
+    good version, then stage -> failed and alert once. A crash in between is resumed by the watchdog."""
+    version, pk, g = int(record["version"]), _pk(deps), deps.group
+    stage = str(record["stage"])
+    if stage == FAILING:
+        stage, reason = str(record["failed_stage"]), str(record["failure_reason"])
+    elif not deps.state.update_if(pk, ROLLOUT + str(version), {"stage": FAILING, "failed_stage": stage,
+                                                              "failure_reason": reason}, {"stage": stage}):
+        return Outcome("duplicate", f"v{version} had already left the {stage} stage")
+    deps.registry.update_metadata(g, version, {"nacelle:failed": "true",
+                                               "nacelle:failed_reason": metadata_value(reason)})
+    fleet = deps.state.get(pk, FLEET) or {}
+    if stage == CANARY and fleet.get("version") not in (None, version):
+        good = int(fleet["version"])
+        restore = _deploy(deps.canary_group, f"nacelle-{g}-v{good}-canary-restore", fleet["components"],
+                          f"{g}:{good}:restore-after:{version}", deps)
+        deps.state.put(pk, DEPLOYMENT + restore, {"deployment_id": restore, "version": good, "stage": "restore"})
+        deps.state.put(pk, CANARY, {"version": good, "deployment_id": restore})
+        after = f"The canary group is going back to v{good} (deployment {restore})."
+    elif stage == FLEET and fleet.get("version") == version and fleet.get("previous") is not None:
+        good = int(fleet["previous"])
+        ids = deploy_both(good, f"restore-after-{version}", deps)
+        after = f"Both thing groups are going back to v{good} (deployments {ids})."
+    else:
+        with_cancel = _cancel_quietly(str(record.get(f"{stage}_deployment_id") or ""), deps)
+        after = f"No earlier version was deployed to restore; the deployment was {with_cancel}."
+    if not deps.state.update_if(pk, ROLLOUT + str(version), {"stage": "failed", "failed_at": _now(deps)},
+                                {"stage": FAILING}):
+        return Outcome("duplicate", f"v{version} was already failed")
+    logger.error("rollout failed", model_version=version, stage=stage, reason=reason)
+    deps.notifier.publish(
+        "approvals", f"Rollout of {g} v{version} failed in the {stage}",
+        f"{reason}\n\nv{version} is marked failed in the registry (nacelle:failed=true) and will never be the "
+        f"champion. {after}", {"model_version": str(version), "status": "failed", "stage": stage})
+    return Outcome("failed", reason, {"version": version, "stage": stage})
+
+
+def deploy_both(version: int, tag: str, deps: RolloutDeps) -> dict[str, str]:
+    """The same components to both thing groups at once (restore and operator rollback); tokens carry the tag."""
+    pk, g = _pk(deps), deps.group
+    components = deployment_components(version, deps.detector_version)
+    ids = {}
+    for stage, group_name in ((CANARY, deps.canary_group), (FLEET, deps.fleet_group)):
+        ids[stage] = _deploy(group_name, f"nacelle-{g}-v{version}-{tag}-{stage}", components,
+                             f"{g}:{version}:{tag}:{stage}", deps)
+        deps.state.put(pk, DEPLOYMENT + ids[stage], {"deployment_id": ids[stage], "version": version, "stage": tag})
+    _set_fleet(version, components, ids[FLEET], tag, deps)
+    deps.state.put(pk, CANARY, {"version": version, "deployment_id": ids[CANARY]})
+    return ids
+
+
+def _cancel_quietly(deployment_id: str, deps: RolloutDeps) -> str:
+    if not deployment_id:
+        return "not created yet"
+    try:
+        deps.greengrass.cancel_deployment(deployment_id)
+    except (Conflict, NotFound):
+        return "already finished"
+    return "canceled"

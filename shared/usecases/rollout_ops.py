@@ -1,0 +1,144 @@
+"""The rollout watchdog (RolloutCheck events) and the operator's actions (rollback, cancel).
+
+Status-change events are best effort, so the watchdog polls each device's effective deployments, fails a
+canary that shows no readiness within the canary timeout, reports a deployment stuck in progress once, and
+schedules itself again while the rollout is active.
+"""
+
+from __future__ import annotations
+
+from shared.errors import Conflict, ModelVersionNotFound, NotFound, ObjectNotFound
+from shared.observability import correlate, logger
+from shared.usecases.retraining import Outcome
+from shared.usecases.rollout import (
+    ACTIVE_STAGES,
+    CANARY,
+    DEPLOYMENT,
+    FAILING,
+    FLEET,
+    ROLLOUT,
+    TERMINAL_EXECUTION,
+    RolloutDeps,
+    _evaluate_execution,
+    _execution,
+    _fail,
+    _maybe_done,
+    _now,
+    _pk,
+    _record_execution,
+    _rollout,
+    _try_promote,
+    deploy_both,
+    readiness,
+    schedule_check,
+    start_fleet,
+)
+from shared.usecases.rollout_components import ensure_detector_component, ensure_model_component, manifest_key
+
+
+def on_rollout_check(group: str, version: int, deps: RolloutDeps) -> Outcome:
+    if group != deps.group:
+        return Outcome("ignored", f"group {group} is not {deps.group}")
+    correlate(model_version=version)
+    record = _rollout(version, deps)
+    if record is not None and record["stage"] == FAILING:  # a failure interrupted mid-way
+        return _fail(record, str(record["failure_reason"]), deps)
+    if record is not None and record["stage"] == FLEET and not record.get("fleet_deployment_id"):
+        start_fleet(record, deps)  # a promotion interrupted mid-way
+        record = _rollout(version, deps)
+    if record is None or record["stage"] not in ACTIVE_STAGES:
+        return Outcome("ignored", f"v{version} is not rolling out ({record['stage'] if record else 'unknown'})")
+    stage = str(record["stage"])
+    deployment, things = str(record[f"{stage}_deployment_id"]), list(record.get(f"{stage}_things", []))
+    for thing in things:  # poll: the status events may have been lost
+        try:
+            effective = deps.greengrass.list_effective_deployments(thing)
+        except NotFound:
+            continue
+        for e in effective:
+            if e.deployment_id == deployment:
+                _record_execution(deployment, thing, e.execution_status, e.reason, [], deps)
+                outcome = _evaluate_execution(version, stage, deployment, thing, e.execution_status, e.reason, deps)
+                if outcome.action in ("failed", "done"):
+                    return outcome
+    record = _rollout(version, deps) or record
+    if stage == CANARY:
+        promoted = _try_promote(record, deps)
+        if promoted is not None:
+            return promoted
+        if _now(deps) > float(record["canary_started_at"]) + deps.canary_timeout_s:
+            soaked = readiness(record, deps)
+            return _fail(record, f"the canary showed no readiness within {deps.canary_timeout_s:.0f} s "
+                                 f"(seconds soaked on v{version} per device: {soaked}; {deps.soak_s:.0f} s needed)",
+                         deps)
+    elif (done := _maybe_done(record, deps)) is not None:
+        return done
+    _report_stuck(record, stage, deployment, things, deps)
+    schedule_check(version, deps)
+    return Outcome("waiting", f"v{version} in the {stage}", {"version": version, "stage": stage})
+
+
+def _report_stuck(record: dict[str, object], stage: str, deployment: str, things: list[str],
+                  deps: RolloutDeps) -> None:
+    """Once per stage: the stage's deployment still in progress on some device after stuck_timeout_s."""
+    version = int(str(record["version"]))
+    waited = _now(deps) - float(str(record[f"{stage}_started_at"]))
+    pending = [t for t in things if _execution(t, deployment, deps) not in TERMINAL_EXECUTION]
+    if not pending or waited <= deps.stuck_timeout_s:
+        return
+    flag = f"stuck_reported_{stage}"
+    if deps.state.update_if(_pk(deps), ROLLOUT + str(version), {flag: True}, {flag: None, "stage": stage}):
+        logger.warning("deployment stuck", model_version=version, deployment_id=deployment, pending=pending)
+        deps.notifier.publish(
+            "approvals", f"{deps.group} v{version}: {stage} deployment stuck in progress",
+            f"Deployment {deployment} has been in progress for {waited:.0f} s (limit {deps.stuck_timeout_s:.0f} s) "
+            f"on {', '.join(pending)}. Check the devices' connectivity and Greengrass logs; cancel it if needed.",
+            {"model_version": str(version), "status": "stuck", "stage": stage, "deployment_id": deployment})
+
+
+def rollback_to(version: int, deps: RolloutDeps) -> Outcome:
+    """Operator action: an earlier, approved, not failed, compiled version to both thing groups at once."""
+    pk = _pk(deps)
+    try:
+        model = deps.registry.get(deps.group, version)
+    except ModelVersionNotFound as exc:
+        raise NotFound(f"{deps.group} v{version} is not in the registry") from exc
+    if model.failed or model.status != "Approved":
+        raise Conflict(f"{deps.group} v{version} is {model.status}{', marked failed' if model.failed else ''}: "
+                       "only an approved, not failed version can be rolled back to")
+    if not deps.store.exists(manifest_key(deps.group, version)):
+        raise ObjectNotFound(f"{deps.store.uri(manifest_key(deps.group, version))} does not exist: "
+                             f"v{version} was never compiled")
+    started = [int(r["version"]) for r in deps.state.query(pk, ROLLOUT)]
+    if not started or version >= max(started):
+        raise Conflict(f"v{version} is not earlier than the newest rollout ({max(started) if started else 'none'})")
+    fleet = deps.state.get(pk, FLEET) or {}
+    if fleet.get("version") == version and str(fleet.get("kind", "")).startswith("rollback-"):
+        return Outcome("duplicate", f"both groups were already rolled back to v{version}",
+                       {"version": version, "deployment_id": fleet["deployment_id"]})
+    ensure_model_component(deps.store, deps.greengrass, deps.group, version)
+    ensure_detector_component(deps.store, deps.greengrass, deps.detector_version)
+    ids = deploy_both(version, f"rollback-{int(fleet.get('generation', 0)) + 1}", deps)
+    for record in deps.state.query(pk, ROLLOUT):
+        if int(record["version"]) > version and record["stage"] in ACTIVE_STAGES:
+            deps.state.update_if(pk, ROLLOUT + str(record["version"]), {"stage": "superseded",
+                                                                       "superseded_by": f"rollback to v{version}"},
+                                 {"stage": record["stage"]})
+    logger.warning("rolled back", model_version=version, deployments=ids)
+    deps.notifier.publish("approvals", f"{deps.group} rolled back to v{version}",
+                          f"Both thing groups ({deps.canary_group}, {deps.fleet_group}) are being deployed "
+                          f"v{version}: deployments {ids}.", {"model_version": str(version), "status": "rollback"})
+    return Outcome("rolled-back", f"v{version} to both groups", {"version": version, "deployments": ids})
+
+
+def cancel(deployment_id: str, deps: RolloutDeps) -> Outcome:
+    """Operator action: cancel a deployment; a rollout waiting on it stops (stage canceled, version not failed)."""
+    deps.greengrass.cancel_deployment(deployment_id)
+    owner = deps.state.get(_pk(deps), DEPLOYMENT + deployment_id)
+    if owner is not None and owner["stage"] in ACTIVE_STAGES:
+        record = _rollout(int(owner["version"]), deps) or {}
+        if record.get(f"{owner['stage']}_deployment_id") == deployment_id:
+            deps.state.update_if(_pk(deps), ROLLOUT + str(owner["version"]),
+                                 {"stage": "canceled", "canceled_at": _now(deps)}, {"stage": owner["stage"]})
+    logger.warning("deployment canceled", deployment_id=deployment_id)
+    return Outcome("canceled", deployment_id, {"deployment_id": deployment_id})

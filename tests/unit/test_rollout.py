@@ -1,0 +1,416 @@
+"""Rollout: compiled bundle -> components -> canary -> soak -> fleet, on the local Greengrass stand-in.
+
+Status events come from the stand-in itself (`report` emits the AWS-shaped event), health rows are the flat
+objects HealthRule hands the function, and the watchdog runs on a fake clock.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nacelle.local.greengrass import LocalGreengrass
+from services.compilation_completed import app as compilation_app
+from services.deployment_status import app as status_app
+from shared.components import DETECTOR_COMPONENT, MODEL_COMPONENT, artifact_digest, artifact_digests
+from shared.errors import Conflict, DataError
+from shared.usecases.rollout import RolloutDeps, on_health
+from shared.usecases.rollout_ops import cancel, on_rollout_check, rollback_to
+from tests.fakes import Clock, MemoryRegistry, MemoryState, MemoryStore, RecordingEvents, RecordingNotifier
+
+GROUP = "nacelle-turbine"
+BUCKET = "nacelle-data"
+DETECTOR = "1.0.0"
+CANARY, FLEET = "nacelle-canary", "nacelle-fleet"
+SOAK, CANARY_TIMEOUT, STUCK_TIMEOUT = 10.0, 300.0, 120.0
+EVENTS = Path(__file__).resolve().parents[1] / "events"
+
+
+class Harness:
+    def __init__(self, tmp: Path) -> None:
+        self.clock = Clock()
+        self.status_events: list[dict[str, Any]] = []
+        self.gg = LocalGreengrass(tmp / "greengrass.db", on_status_event=self.status_events.append, clock=self.clock)
+        self.gg.ensure_thing_group(CANARY)
+        self.gg.ensure_thing_group(FLEET)
+        self.gg.add_thing("turbine-01", CANARY)
+        for thing in ("turbine-02", "turbine-03"):
+            self.gg.add_thing(thing, FLEET)
+        self.db = tmp / "greengrass.db"
+        self.notifier, self.events = RecordingNotifier(), RecordingEvents()
+        self.deps = RolloutDeps(MemoryStore(BUCKET), MemoryState(), MemoryRegistry(), self.notifier, self.gg,
+                                self.events, GROUP, DETECTOR, CANARY, FLEET, SOAK, CANARY_TIMEOUT,
+                                STUCK_TIMEOUT, self.clock, poll_s=30.0)
+        self.seq = 0
+        recipe = {"RecipeFormatVersion": "2020-01-25", "ComponentName": DETECTOR_COMPONENT,
+                  "ComponentVersion": DETECTOR, "Manifests": [{"Artifacts": [
+                      {"Uri": f"s3://{BUCKET}/components/{DETECTOR_COMPONENT}/{DETECTOR}/detector.zip",
+                       "Digest": artifact_digest(b"detector"), "Algorithm": "SHA-256", "Unarchive": "ZIP"}]}]}
+        self.deps.store.put(f"components/{DETECTOR_COMPONENT}/{DETECTOR}/recipe.json", json.dumps(recipe).encode())
+
+    # -- the cloud side's inputs ----------------------------------------------------------------------------------
+
+    def compile(self, version: int, onnx: bytes | None = None) -> str:
+        """An approved version with its compiled bundle under compiled/<group>/<version>/."""
+        while len(self.deps.registry.list(GROUP)) < version:
+            n = len(self.deps.registry.list(GROUP)) + 1
+            self.deps.registry.register(GROUP, f"jobs/j{n}/output/model.tar.gz", "PendingManualApproval", "", {},
+                                        f"j{n}")
+            self.deps.registry.set_status(GROUP, n, "Approved", "ok", "alice")
+        onnx = onnx if onnx is not None else f"onnx-{version}".encode()
+        prefix = f"compiled/{GROUP}/{version}/"
+        manifest = {"model_version": version, "edge": {"format_version": 1, "artifacts": {
+            "model.onnx": {"sha256": hashlib.sha256(onnx).hexdigest(), "size": len(onnx)}}}}
+        self.deps.store.put(prefix + "model.onnx", onnx)
+        self.deps.store.put(prefix + "manifest.json", json.dumps(manifest).encode())
+        return prefix + "manifest.json"
+
+    def manifest_event(self, key: str) -> dict[str, Any]:
+        event = json.loads((EVENTS / "s3_object_created.json").read_text())
+        event["detail"]["bucket"]["name"] = BUCKET
+        event["detail"]["object"]["key"] = key
+        return event
+
+    def deliver_manifest(self, key: str) -> dict[str, Any]:
+        return compilation_app.handle(self.manifest_event(key), self.deps)
+
+    def health(self, thing: str, model_version: str | None, rate: float, at_s: float) -> dict[str, Any]:
+        self.seq += 1
+        return {"v": 1, "turbine_id": thing, "model_version": model_version, "detector_version": DETECTOR,
+                "inference_rate_hz": rate, "latency_p50_ms": 0.3, "latency_p99_ms": 0.9, "spool_depth": 0,
+                "spool_dropped": 0, "bad_messages": 0, "uptime_s": 100.0, "windows_scored": 10, "model_error": None,
+                "seq": self.seq, "thing_name": thing, "received_at": int(at_s * 1000), "client_id": thing}
+
+    def report(self, thing: str, deployment_id: str, status: str, reason: str = "") -> list[dict[str, Any]]:
+        """A device reports; the stand-in's status-change events go to the function (returns its results)."""
+        before = len(self.status_events)
+        self.gg.report(thing, deployment_id, status, reason)
+        return [status_app.handle(copy.deepcopy(e), self.deps) for e in self.status_events[before:]]
+
+    def check(self, version: int) -> Any:
+        return on_rollout_check(GROUP, version, self.deps)
+
+    # -- observations ---------------------------------------------------------------------------------------------
+
+    def deployments(self, group: str) -> list[dict[str, Any]]:
+        with sqlite3.connect(self.db) as db:
+            rows = db.execute("SELECT id, client_token, request FROM deployments WHERE grp = ? ORDER BY seq",
+                              (group,)).fetchall()
+        return [{"id": r[0], "client_token": r[1], **json.loads(r[2])} for r in rows]
+
+    def rollout(self, version: int) -> dict[str, Any]:
+        item = self.deps.state.get(f"group#{GROUP}", f"rollout#{version}")
+        assert item is not None
+        return item
+
+    def alerts(self) -> list[str]:
+        return [m.subject for m in self.notifier.messages]
+
+    def soak(self, version: int, thing: str = "turbine-01") -> None:
+        """Healthy rows on `version` for longer than the soak time."""
+        t0 = self.clock.now.timestamp() + 1
+        for dt in (0.0, SOAK / 2, SOAK + 1):
+            status_app.handle(self.health(thing, f"{version}.0.0", 4.0, t0 + dt), self.deps)
+        self.clock.advance(SOAK + 2)
+
+    def to_fleet_done(self, version: int) -> None:
+        self.deliver_manifest(self.compile(version))
+        self.report("turbine-01", self.rollout(version)["canary_deployment_id"], "SUCCEEDED")
+        self.soak(version)
+        fleet_id = self.rollout(version)["fleet_deployment_id"]
+        for thing in ("turbine-02", "turbine-03"):
+            self.report(thing, fleet_id, "SUCCEEDED")
+        assert self.rollout(version)["stage"] == "done"
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+# ------------------------------------------------------------------ compilation_completed
+
+
+def test_triple_delivery_gives_one_component_version_and_one_canary_deployment(h):
+    key = h.compile(1)
+    results = [h.deliver_manifest(key) for _ in range(3)]
+    assert [r["action"] for r in results] == ["deployed", "duplicate", "duplicate"]
+    (deployment,) = h.deployments(CANARY)
+    assert h.deployments(FLEET) == []
+    assert deployment["client_token"] == hashlib.sha256(f"{GROUP}:1:canary".encode()).hexdigest()[:64]
+    assert deployment["deploymentName"] == f"nacelle-{GROUP}-v1-canary"
+    assert deployment["components"] == {
+        MODEL_COMPONENT: {"componentVersion": "1.0.0"},
+        DETECTOR_COMPONENT: {"componentVersion": DETECTOR,
+                             "configurationUpdate": {"merge": '{"model": {"version": "1.0.0"}}'}}}
+    assert deployment["deploymentPolicies"]["failureHandlingPolicy"] == "ROLLBACK"
+    assert deployment["iotJobConfiguration"]["abortConfig"]["criteriaList"][0]["thresholdPercentage"] == 10
+    bundle = h.deps.store.get(f"components/{MODEL_COMPONENT}/1.0.0/bundle.zip")
+    model = h.gg.get_component(MODEL_COMPONENT, "1.0.0")
+    assert model is not None
+    assert artifact_digests(model.recipe) == {
+        f"s3://{BUCKET}/components/{MODEL_COMPONENT}/1.0.0/bundle.zip": artifact_digest(bundle)}
+    assert h.gg.get_component(DETECTOR_COMPONENT, DETECTOR) is not None
+    (check,) = h.events.published  # the watchdog, once
+    assert check[0].detail_type == "Nacelle Rollout Check" and check[0].detail["version"] == 1
+    assert h.alerts() == []
+
+
+def test_other_content_under_an_existing_version_is_a_conflict_alerted_once_and_nothing_is_overwritten(h):
+    h.deliver_manifest(h.compile(1))
+    bundle_key = f"components/{MODEL_COMPONENT}/1.0.0/bundle.zip"
+    bundle, recipe = h.deps.store.get(bundle_key), h.gg.get_component(MODEL_COMPONENT, "1.0.0")
+    key = h.compile(1, onnx=b"retrained differently")
+    for _ in range(2):
+        with pytest.raises(Conflict, match="immutable"):
+            h.deliver_manifest(key)
+    assert h.alerts() == [f"Rollout of {GROUP} v1 refused: component conflict"]
+    assert h.deps.store.get(bundle_key) == bundle
+    assert h.gg.get_component(MODEL_COMPONENT, "1.0.0") == recipe
+    assert len(h.deployments(CANARY)) == 1
+
+
+def test_an_orphan_artifact_with_other_bytes_is_a_conflict_too(h):
+    h.deps.store.put(f"components/{MODEL_COMPONENT}/1.0.0/bundle.zip", b"left by someone else")
+    with pytest.raises(Conflict, match="already holds another bundle"):
+        h.deliver_manifest(h.compile(1))
+    assert h.gg.get_component(MODEL_COMPONENT, "1.0.0") is None and h.deployments(CANARY) == []
+
+
+def test_neo_rewriting_the_manifest_does_not_change_the_component(h):
+    key = h.compile(1)
+    h.deliver_manifest(key)
+    recipe = h.gg.get_component(MODEL_COMPONENT, "1.0.0")
+    manifest = json.loads(h.deps.store.get(key))
+    manifest["neo"] = {"key": f"compiled/{GROUP}/1/neo/output/model.tar.gz", "sha256": "0" * 64, "size": 1}
+    h.deps.store.put(key, json.dumps(manifest, indent=2, sort_keys=True).encode())
+    assert h.deliver_manifest(key)["action"] == "duplicate"
+    h.deps.state = MemoryState()  # even with the rollout record lost: same identity, same deployment
+    assert h.deliver_manifest(key)["action"] == "deployed"
+    assert h.gg.get_component(MODEL_COMPONENT, "1.0.0") == recipe
+    assert len(h.deployments(CANARY)) == 1
+
+
+def test_manifests_of_other_groups_unknown_or_failed_versions_are_ignored(h):
+    assert h.deliver_manifest("compiled/other-group/1/manifest.json")["action"] == "ignored"
+    assert h.deliver_manifest(f"compiled/{GROUP}/1/neo/output/model.tar.gz")["action"] == "ignored"
+    assert h.deliver_manifest(f"compiled/{GROUP}/9/manifest.json")["action"] == "ignored"
+    key = h.compile(1)
+    h.deps.registry.update_metadata(GROUP, 1, {"nacelle:failed": "true"})
+    assert h.deliver_manifest(key)["action"] == "ignored"
+    assert h.deployments(CANARY) == []
+
+
+# ------------------------------------------------------------------ deployment_status: soak and promotion
+
+
+def test_canary_soak_passes_once_with_duplicated_and_out_of_order_inputs(h):
+    h.deliver_manifest(h.compile(1))
+    canary_id = h.rollout(1)["canary_deployment_id"]
+    h.report("turbine-01", canary_id, "SUCCEEDED")
+    # a late IN_PROGRESS for the same execution never replaces the terminal status
+    late = {**h.status_events[-1], "detail": {**h.status_events[-1]["detail"], "coreDeviceExecutionStatus":
+                                              "IN_PROGRESS"}}
+    assert status_app.handle(late, h.deps)["action"] == "recorded"
+    t0 = h.clock.now.timestamp()
+    first, mid, last = (h.health("turbine-01", "1.0.0", 5.0, t0 + dt) for dt in (0.0, 5.0, SOAK + 1))
+    actions = [status_app.handle(row, h.deps)["action"] for row in (first, first, last, mid, last, last)]
+    assert actions == ["recorded", "recorded", "promoted", "recorded", "recorded", "recorded"]
+    assert len(h.deployments(FLEET)) == 1
+    assert h.rollout(1)["stage"] == "fleet"
+    assert h.alerts() == [f"{GROUP} v1 passed the canary: deploying to the fleet"]
+    device = h.deps.state.get("devices", "turbine-01")
+    assert device["model_version"] == "1.0.0" and device["last_health_at"] == pytest.approx(t0 + SOAK + 1)
+    assert device["health"]["seq"] == last["seq"]
+    # the fleet completes: done, once
+    fleet_id = h.rollout(1)["fleet_deployment_id"]
+    h.report("turbine-02", fleet_id, "SUCCEEDED")
+    assert h.rollout(1)["stage"] == "fleet"
+    h.report("turbine-03", fleet_id, "SUCCEEDED")
+    assert h.rollout(1)["stage"] == "done"
+    assert status_app.handle(copy.deepcopy(h.status_events[-1]), h.deps)["action"] == "recorded"
+    assert h.alerts()[-1] == f"{GROUP} v1 is on the whole fleet" and len(h.alerts()) == 2
+
+
+def test_an_unhealthy_row_restarts_the_soak(h):
+    h.deliver_manifest(h.compile(1))
+    t0 = h.clock.now.timestamp()
+    for dt, rate in ((0.0, 5.0), (6.0, 0.0), (8.0, 5.0), (SOAK + 1, 5.0)):
+        assert status_app.handle(h.health("turbine-01", "1.0.0", rate, t0 + dt), h.deps)["action"] == "recorded"
+    assert h.deployments(FLEET) == []
+    assert status_app.handle(h.health("turbine-01", "1.0.0", 5.0, t0 + 8.0 + SOAK), h.deps)["action"] == "promoted"
+
+
+def test_health_of_another_model_version_does_not_count(h):
+    h.deliver_manifest(h.compile(1))
+    t0 = h.clock.now.timestamp()
+    for dt in (0.0, SOAK * 3):
+        status_app.handle(h.health("turbine-01", None, 5.0, t0 + dt), h.deps)
+        status_app.handle(h.health("turbine-01", "7.0.0", 5.0, t0 + dt + 1), h.deps)
+    assert h.deployments(FLEET) == [] and h.rollout(1)["stage"] == "canary"
+
+
+# ------------------------------------------------------------------ failure, timeout, watchdog
+
+
+def test_a_failed_canary_device_alerts_marks_the_version_failed_and_restores_the_canary(h):
+    h.to_fleet_done(1)
+    h.deliver_manifest(h.compile(2))
+    canary_id = h.rollout(2)["canary_deployment_id"]
+    results = h.report("turbine-01", canary_id, "FAILED", "component nacelle.detector broke")
+    assert [r["action"] for r in results] == ["failed"]
+    assert status_app.handle(copy.deepcopy(h.status_events[-1]), h.deps)["action"] == "recorded"  # duplicate
+    assert h.alerts().count(f"Rollout of {GROUP} v2 failed in the canary") == 1
+    assert h.deps.registry.get(GROUP, 2).metadata["nacelle:failed"] == "true"
+    assert h.deps.registry.get(GROUP, 2).failed
+    assert h.rollout(2)["stage"] == "failed"
+    restore = h.deployments(CANARY)[-1]
+    assert restore["components"][MODEL_COMPONENT] == {"componentVersion": "1.0.0"}
+    assert all(d["components"][MODEL_COMPONENT]["componentVersion"] == "1.0.0" for d in h.deployments(FLEET))
+    # a later healthy soak on v2 never reaches the fleet
+    h.soak(2)
+    assert all(d["components"][MODEL_COMPONENT]["componentVersion"] == "1.0.0" for d in h.deployments(FLEET))
+    # and a redelivered manifest of the failed version deploys nothing
+    assert h.deliver_manifest(f"compiled/{GROUP}/2/manifest.json")["action"] == "ignored"
+
+
+def test_a_lost_failure_event_is_found_by_the_watchdog(h):
+    h.deliver_manifest(h.compile(1))
+    h.status_events.clear()
+    h.gg.report("turbine-01", h.rollout(1)["canary_deployment_id"], "FAILED", "install failed")
+    h.status_events.clear()  # EventBridge lost it
+    assert h.check(1).action == "failed"
+    assert h.deps.registry.get(GROUP, 1).failed
+    assert f"Rollout of {GROUP} v1 failed in the canary" in h.alerts()
+
+
+def test_no_readiness_within_the_canary_timeout_fails_the_version(h):
+    h.deliver_manifest(h.compile(1))
+    h.clock.advance(CANARY_TIMEOUT / 2)
+    assert h.check(1).action == "waiting"
+    h.clock.advance(CANARY_TIMEOUT / 2 + 1)
+    outcome = h.check(1)
+    assert outcome.action == "failed" and "no readiness" in outcome.detail
+    assert h.deps.registry.get(GROUP, 1).failed and h.rollout(1)["stage"] == "failed"
+    assert h.deployments(FLEET) == []
+    assert h.check(1).action == "ignored"  # the watchdog stops
+
+
+def test_the_watchdog_reports_a_stuck_deployment_once_and_keeps_watching(h):
+    h.deliver_manifest(h.compile(1))
+    h.report("turbine-01", h.rollout(1)["canary_deployment_id"], "SUCCEEDED")
+    h.soak(1)
+    fleet_id = h.rollout(1)["fleet_deployment_id"]
+    h.report("turbine-02", fleet_id, "SUCCEEDED")  # turbine-03 never reports
+    h.clock.advance(STUCK_TIMEOUT + 1)
+    scheduled = len(h.events.published)
+    assert [h.check(1).action for _ in range(3)] == ["waiting", "waiting", "waiting"]
+    stuck = [m for m in h.notifier.messages if "stuck" in m.subject]
+    assert len(stuck) == 1 and "turbine-03" in stuck[0].message and "turbine-02" not in stuck[0].message
+    assert len(h.events.published) > scheduled  # the next check is scheduled
+    h.report("turbine-03", fleet_id, "SUCCEEDED")
+    assert h.rollout(1)["stage"] == "done"
+
+
+def test_a_new_canary_supersedes_one_still_soaking(h):
+    h.deliver_manifest(h.compile(1))
+    h.deliver_manifest(h.compile(2))
+    assert h.rollout(1)["stage"] == "superseded"
+    h.clock.advance(CANARY_TIMEOUT + 1)
+    assert h.check(1).action == "ignored"
+    assert not h.deps.registry.get(GROUP, 1).failed
+
+
+# ------------------------------------------------------------------ operator actions
+
+
+def test_rollback_to_an_earlier_version_deploys_it_to_both_groups_at_once(h):
+    h.to_fleet_done(1)
+    h.to_fleet_done(2)
+    outcome = rollback_to(1, h.deps)
+    assert outcome.action == "rolled-back"
+    for group in (CANARY, FLEET):
+        assert h.deployments(group)[-1]["components"][MODEL_COMPONENT] == {"componentVersion": "1.0.0"}
+    assert rollback_to(1, h.deps).action == "duplicate"
+    assert len(h.deployments(FLEET)) == 3
+    with pytest.raises(Conflict, match="not earlier"):
+        rollback_to(2, h.deps)
+    h.deps.registry.update_metadata(GROUP, 1, {"nacelle:failed": "true"})
+    with pytest.raises(Conflict, match="failed"):
+        rollback_to(1, h.deps)
+
+
+def test_a_failed_fleet_goes_back_to_the_previous_version(h):
+    h.to_fleet_done(1)
+    h.deliver_manifest(h.compile(2))
+    h.soak(2)
+    fleet_id = h.rollout(2)["fleet_deployment_id"]
+    assert [r["action"] for r in h.report("turbine-02", fleet_id, "FAILED", "boom")] == ["failed"]
+    assert h.deps.registry.get(GROUP, 2).failed
+    for group in (CANARY, FLEET):
+        assert h.deployments(group)[-1]["components"][MODEL_COMPONENT] == {"componentVersion": "1.0.0"}
+
+
+def test_cancel_stops_the_rollout_without_failing_the_version(h):
+    h.deliver_manifest(h.compile(1))
+    outcome = cancel(h.rollout(1)["canary_deployment_id"], h.deps)
+    assert outcome.action == "canceled" and h.rollout(1)["stage"] == "canceled"
+    assert h.gg.get_deployment(outcome.data["deployment_id"]).status == "CANCELED"
+    assert not h.deps.registry.get(GROUP, 1).failed
+
+
+# ------------------------------------------------------------------ handler inputs
+
+
+def test_deployment_status_takes_a_rollout_check_event(h):
+    h.deliver_manifest(h.compile(1))
+    event, _, _ = h.events.published[0]
+    delivered = replace(event, id="5b8c1a52-0000-4000-8000-000000000001", time="2026-03-01T10:00:30Z")
+    assert status_app.handle(delivered.to_dict(), h.deps)["action"] == "waiting"
+
+
+def test_a_malformed_health_row_names_the_field(h):
+    row = h.health("turbine-01", "1.0.0", 1.0, 0)
+    del row["received_at"]
+    with pytest.raises(DataError, match="received_at"):
+        status_app.handle(row, h.deps)
+
+
+def test_health_rows_keep_the_newest_device_record(h):
+    for at, rate in ((20.0, 2.0), (10.0, 9.0)):
+        on_health(status_app.HealthRow.model_validate(h.health("turbine-02", "1.0.0", rate, at)), h.deps)
+    record = h.deps.state.get("devices", "turbine-02")
+    assert record["inference_rate_hz"] == 2.0 and record["last_health_at"] == 20.0
+
+
+# ------------------------------------------------------------------ crash recovery (the watchdog resumes)
+
+
+def test_the_watchdog_resumes_a_failure_interrupted_after_its_claim(h):
+    h.deliver_manifest(h.compile(1))
+    h.deps.state.update_if(f"group#{GROUP}", "rollout#1", {"stage": "failing", "failed_stage": "canary",
+                                                           "failure_reason": "turbine-01 reported FAILED"},
+                           {"stage": "canary"})
+    assert h.check(1).action == "failed"
+    assert h.deps.registry.get(GROUP, 1).failed and h.rollout(1)["stage"] == "failed"
+    assert h.alerts() == [f"Rollout of {GROUP} v1 failed in the canary"]
+    assert h.check(1).action == "ignored"
+
+
+def test_the_watchdog_resumes_a_promotion_interrupted_after_its_claim(h):
+    h.deliver_manifest(h.compile(1))
+    h.deps.state.update_if(f"group#{GROUP}", "rollout#1", {"stage": "fleet", "fleet_deployment_id": "",
+                                                           "fleet_started_at": h.clock.now.timestamp()},
+                           {"stage": "canary"})
+    assert h.deployments(FLEET) == []
+    assert h.check(1).action == "waiting"
+    (fleet,) = h.deployments(FLEET)
+    assert h.rollout(1)["fleet_deployment_id"] == fleet["id"]
+    assert h.rollout(1)["fleet_things"] == ["turbine-02", "turbine-03"]
