@@ -1,0 +1,128 @@
+"""Device -> real mosquitto (mutual TLS) -> the local IoT rules engine -> the bus -> anomaly_alert -> the notifier.
+
+The stack's own wiring: bus rules and targets come from template.yaml's AnomalyRule (Stack.targets binds
+"AnomalyAlertFunction#iot" to handle(row, deps)).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from awscrt import mqtt5
+from awsiot import mqtt5_client_builder
+
+from nacelle.local.broker import Broker
+from nacelle.local.bus import Dispatcher
+from nacelle.local.pki import LocalPki
+from nacelle.local.rules import RuleEngine
+from nacelle.local.stack import Stack
+from nacelle.local.template import load_template, topic_rules
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+class Device:
+    def __init__(self, broker: Broker, thing: str) -> None:
+        creds = broker.pki.device(thing)
+        self.connected = threading.Event()
+        self.client = mqtt5_client_builder.mtls_from_path(
+            endpoint="127.0.0.1", port=broker.port, cert_filepath=str(creds.cert_path),
+            pri_key_filepath=str(creds.key_path), ca_filepath=str(creds.ca_path), client_id=thing,
+            on_lifecycle_connection_success=lambda _d: self.connected.set())
+        self.client.start()
+        assert self.connected.wait(5), f"{thing} did not connect"
+
+    def publish(self, topic: str, message: dict[str, Any] | bytes) -> None:
+        payload = message if isinstance(message, bytes) else json.dumps(message).encode()
+        done = self.client.publish(mqtt5.PublishPacket(topic=topic, payload=payload,
+                                                       qos=mqtt5.QoS.AT_LEAST_ONCE)).result(5)
+        assert done.puback.reason_code == mqtt5.PubackReasonCode.SUCCESS
+
+    def stop(self) -> None:
+        self.client.stop()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[Stack, Broker]]:
+    home = tmp_path / "home"
+    stack = Stack(home)
+    dispatcher = Dispatcher(stack.bus, stack.targets(), backoff_base_s=0.05)
+    dispatcher.start()
+    broker = Broker(home, LocalPki(home / "pki")).start()
+    try:
+        yield stack, broker
+    finally:
+        broker.stop()
+        dispatcher.stop()
+
+
+def episode(kind: str, seq: int, thing: str = "turbine-01") -> dict[str, Any]:
+    now = time.time()
+    return {"v": 1, "kind": kind, "episode_id": f"{thing}-1000", "turbine_id": thing, "features": ["rpm"],
+            "ratios": {"rpm": 3.5}, "missing": [], "started_at": now - 30, "opened_at": now - 10,
+            "ended_at": now if kind == "close" else None, "model_version": None, "seq": seq}
+
+
+def wait_for_notifications(stack: Stack, count: int, timeout_s: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        entries = list(stack.notifier.tail())
+        if len(entries) >= count or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.005)
+
+
+def engine_for(stack: Stack, broker: Broker) -> RuleEngine:
+    return RuleEngine(topic_rules(load_template()), stack.bus.put, broker.endpoint, broker.pki.cloud())
+
+
+def test_an_episode_open_reaches_the_notifier_within_a_second(stack: tuple[Stack, Broker]) -> None:
+    local, broker = stack
+    engine = engine_for(local, broker).start()
+    device = Device(broker, "turbine-01")
+    try:
+        device.publish("turbines/turbine-01/anomalies", b"garbage")  # counted, never stops the engine
+        started = time.monotonic()
+        device.publish("turbines/turbine-01/anomalies", episode("open", 1))
+        [entry] = wait_for_notifications(local, 1, 1.0)
+        latency = time.monotonic() - started
+        assert latency < 1.0, f"{latency:.3f}s"
+        assert entry["topic"] == "alerts" and entry["subject"] == "[HIGH] turbine-01: rpm 3.5x threshold"
+        assert entry["attributes"]["turbine_id"] == "turbine-01"
+        device.publish("turbines/turbine-01/anomalies", episode("open", 1))  # redelivered
+        device.publish("turbines/turbine-01/anomalies", episode("close", 2))
+        wait_for_notifications(local, 2, 2.0)
+        time.sleep(0.2)  # a duplicate alert would have arrived by now
+        assert [e["attributes"]["kind"] for e in local.notifier.tail()] == ["alert", "resolution"]
+        assert engine.errors == 1 and engine.matched == 3
+        events = [local.bus.event(d.event_id) for d in local.bus.deliveries()]
+        iot = [e for e in events if e["source"] == "nacelle.iot"]
+        assert iot and all(e["detail-type"] == "AnomalyRule" for e in iot)
+        assert iot[0]["detail"]["thing_name"] == "turbine-01" and iot[0]["detail"]["client_id"] == "turbine-01"
+        assert isinstance(iot[0]["detail"]["received_at"], int)
+        print(f"\nrule engine: device publish -> notification in {latency * 1000:.1f} ms")
+    finally:
+        device.stop()
+        engine.stop()
+
+
+def test_messages_published_while_the_engine_is_down_arrive_when_it_reconnects(stack: tuple[Stack, Broker]) -> None:
+    local, broker = stack
+    engine_for(local, broker).start().stop()  # creates the persistent session and its subscription
+    device = Device(broker, "turbine-02")
+    try:
+        device.publish("turbines/turbine-02/anomalies", episode("open", 1, "turbine-02"))
+        engine = engine_for(local, broker).start()
+        try:
+            entries = wait_for_notifications(local, 1, 3.0)
+            assert [e["subject"] for e in entries] == ["[HIGH] turbine-02: rpm 3.5x threshold"]
+        finally:
+            engine.stop()
+    finally:
+        device.stop()
