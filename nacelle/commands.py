@@ -29,7 +29,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from nacelle.local.stack import home_from
     from nacelle.local.up import run_up
 
-    return run_up(home_from(args.data_dir))
+    return run_up(home_from(args.data_dir), devices=args.devices, canary_size=args.canary_size)
 
 
 # -- data put ------------------------------------------------------------------------------------
@@ -200,6 +200,130 @@ def cmd_alerts_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(epoch: Any) -> str:
+    from datetime import UTC, datetime
+
+    return "" if not epoch else datetime.fromtimestamp(float(epoch), UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def cmd_alerts_list(args: argparse.Namespace) -> int:
+    from shared.usecases.alerts import list_alerts
+
+    items = list_alerts(_stack(args).alert_deps(), status=args.status)
+    if args.json:
+        _print_json(items)
+        return 0
+    if not items:
+        print("no alerts")
+        return 0
+    print(table(["alert", "turbine", "severity", "status", "notified", "since", "acked by", "verdict"],
+                [[i["alert_id"], i.get("turbine_id", ""), i.get("severity", ""), i.get("status", ""),
+                  ",".join(k for k in ("alert", "escalation", "resolution") if i.get(k) == "sent")
+                  or i.get("alert") or "", _when(i.get("first_seen_at") or i.get("window_start")),
+                  i.get("acked_by") or "", i.get("verdict") or ""] for i in items]))
+    return 0
+
+
+def cmd_alerts_show(args: argparse.Namespace) -> int:
+    from shared.usecases.alerts import get_alert
+
+    _print_json(get_alert(args.alert_id, _stack(args).alert_deps()))
+    return 0
+
+
+def cmd_alerts_ack(args: argparse.Namespace) -> int:
+    from shared.usecases.alerts import acknowledge
+
+    item = acknowledge(args.alert_id, args.by or getpass.getuser(), _stack(args).alert_deps(),
+                       verdict=args.verdict, note=args.note or "")
+    print(f"{item['alert_id']} acknowledged by {item['acked_by']} at {_when(item['acked_at'])}"
+          + (f"; verdict {item['verdict']} stored as {item['label_key']}" if item.get("verdict") else ""))
+    return 0
+
+
+# -- fleet ---------------------------------------------------------------------------------------
+def _fleet(stack: Any) -> Any:
+    from nacelle.local.fleet import Fleet
+    from nacelle.local.state import SqliteStateStore
+
+    return Fleet(stack.paths.home, stack.greengrass, size=0, canary_size=0, state=stack.state,
+                 alerts=SqliteStateStore(stack.paths.alerts_db))
+
+
+def _rollout_deps(stack: Any) -> Any:
+    return stack.deps_for("services.deployment_status.app")  # the RolloutDeps the deployment_status Lambda gets
+
+
+def _age(epoch: Any) -> str:
+    return "" if epoch is None else f"{max(0.0, time.time() - float(epoch)):.0f}s ago"
+
+
+def cmd_fleet_status(args: argparse.Namespace) -> int:
+    rows = _fleet(_stack(args)).status()
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no devices yet: `nacelle up --devices N` provisions and starts them")
+        return 0
+    print(table(["device", "group", "components", "deployment", "model (health)", "rate Hz", "health",
+                 "episodes open/total", "nucleus", "simulator"],
+                [[r["thing"], ",".join(g.removeprefix("nacelle-") for g in r["groups"]),
+                  " ".join(f"{n.removeprefix('nacelle.')}@{v}" for n, v in r["components"].items()),
+                  "" if r["deployment"] is None else f"{r['deployment']['name']} {r['deployment']['status']}",
+                  r["model_version"] or "", r["inference_rate_hz"] if r["inference_rate_hz"] is not None else "",
+                  _age(r["last_health_at"]), f"{r['episodes']['open']}/{r['episodes']['total']}",
+                  r["processes"]["nucleus"], r["processes"]["simulator"]] for r in rows]))
+    failed = [r for r in rows if r["deployment"] and r["deployment"]["status"] == "FAILED"]
+    for r in failed:
+        print(f"{r['thing']}: {r['deployment']['name']} FAILED: {r['deployment']['reason']}")
+    return 0
+
+
+def cmd_fleet_inject(args: argparse.Namespace) -> int:
+    from nacelle.simulator.device import request_fault
+
+    stack = _stack(args)
+    if args.turbine not in {d.thing for d in stack.greengrass.devices()}:
+        raise NacelleError(f"no device {args.turbine} (see `nacelle fleet status`)")
+    path = request_fault(stack.paths.home, args.turbine, args.fault, args.severity, args.duration)
+    print(f"{args.turbine}: {args.fault} ({args.severity}, {args.duration:g} s) requested ({path.name})")
+    return 0
+
+
+def cmd_fleet_rollback(args: argparse.Namespace) -> int:
+    from shared.usecases.rollout_ops import rollback_to
+
+    stack = _stack(args)
+    outcome = rollback_to(args.to, _rollout_deps(stack))
+    print(f"{outcome.action}: {outcome.detail} {json.dumps(outcome.data, default=str)}")
+    return 0
+
+
+def cmd_fleet_cancel(args: argparse.Namespace) -> int:
+    from shared.usecases.rollout_ops import cancel
+
+    stack = _stack(args)
+    outcome = cancel(args.deployment, _rollout_deps(stack))
+    print(f"{outcome.action}: {outcome.detail}")
+    return 0
+
+
+def add_fleet_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    fleet = _group(sub, common, "fleet", "the simulated core devices and their deployments")
+    _action(fleet, common, "status", "every device: group, components, deployment, health, episodes",
+            cmd_fleet_status, json_flag=True)
+    inject = _action(fleet, common, "inject", "make a turbine's simulator develop a fault", cmd_fleet_inject,
+                     ("turbine", str), ("fault", str))
+    inject.add_argument("--severity", default="medium", help="low | medium | high (default medium)")
+    inject.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    _action(fleet, common, "rollback", "deploy an earlier approved version to both thing groups",
+            cmd_fleet_rollback).add_argument("--to", type=int, required=True, metavar="VERSION",
+                                              help="the model version to roll back to")
+    _action(fleet, common, "cancel", "cancel a deployment (its rollout stops)", cmd_fleet_cancel,
+            ("deployment", str))
+
+
 def _action(group: Any, common: argparse.ArgumentParser, name: str, help_text: str, func: Any,
             *positional: tuple[str, type], json_flag: bool = False) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=help_text)
@@ -217,7 +341,10 @@ def _group(sub: Any, common: argparse.ArgumentParser, name: str, help_text: str)
 
 
 def add_stack_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    _action(sub, common, "up", "run the local stack in the foreground (Ctrl-C stops it)", cmd_up)
+    up = _action(sub, common, "up", "run the local stack in the foreground (Ctrl-C stops it)", cmd_up)
+    up.add_argument("--devices", type=int, default=5, help="simulated core devices turbine-01… (default 5; 0: none)")
+    up.add_argument("--canary-size", type=int, default=1, help="devices in nacelle-canary (default 1)")
+    add_fleet_commands(sub, common)
 
     models = _group(sub, common, "models", "the model registry")
     _action(models, common, "list", "every version of the group", cmd_models_list, json_flag=True)
@@ -244,3 +371,14 @@ def add_stack_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     tail = _action(alerts, common, "tail", "print notifications; --follow keeps waiting", cmd_alerts_tail,
                    json_flag=True)
     tail.add_argument("--follow", "-f", action="store_true", help="wait for new notifications")
+    listing = _action(alerts, common, "list", "every alert (episodes, offline, summaries), newest first",
+                      cmd_alerts_list, json_flag=True)
+    listing.add_argument("--status", choices=["open", "closed", "pending", "sent"], help="only this status")
+    _action(alerts, common, "show", "one alert with its notifications and acknowledgement", cmd_alerts_show,
+            ("alert_id", str))
+    ack = _action(alerts, common, "ack", "acknowledge an alert (stops its escalation)", cmd_alerts_ack,
+                  ("alert_id", str))
+    ack.add_argument("--verdict", choices=["fault", "false-alarm"],
+                     help="stored as a label under labels/alerts/ for the next training")
+    ack.add_argument("--note", help="free text kept with the acknowledgement and the label")
+    ack.add_argument("--by", help="who (default: the current user)")

@@ -19,6 +19,7 @@ import yaml
 from pydantic import Field
 
 from nacelle.local.bus import EventBus, Rule
+from nacelle.local.greengrass import LocalGreengrass
 from nacelle.local.jobs import JobTable, alive, kill_group
 from nacelle.local.notifier import LocalNotifier
 from nacelle.local.objectstore import FsObjectStore
@@ -26,16 +27,26 @@ from nacelle.local.paths import ACCOUNT, BUCKET, REGION, StackPaths
 from nacelle.local.registry import SqliteRegistry
 from nacelle.local.s3events import EventingObjectStore, NotifiedKeys
 from nacelle.local.state import SqliteStateStore
-from nacelle.local.template import load_template, routes
+from nacelle.local.template import (
+    IOT_SOURCE,
+    function_modules,
+    load_template,
+    routes,
+    schedule_routes,
+    topic_rules,
+)
 from nacelle.local.training import LocalCompile, LocalTraining
 from shared.errors import ConfigurationError, NacelleError
 from shared.gate import GatePolicy
 from shared.settings import Settings
+from shared.usecases.alerts import AlertDeps, AlertPolicy
 from shared.usecases.compilation import CompileDeps
 from shared.usecases.registration import RegistrationDeps
 from shared.usecases.retraining import ArrivalDeps, RetrainPolicy
+from shared.usecases.rollout import RolloutDeps
 
 DEFAULT_HOME = Path(".nacelle")
+DETECTOR_VERSION_FILE = Path(__file__).resolve().parents[2] / "greengrass_components" / "nacelle.detector" / "VERSION"
 
 
 class LocalSettings(Settings):
@@ -50,6 +61,22 @@ class LocalSettings(Settings):
     gate_max_false_alarms_per_day: float = 2.0
     gate_regression_tolerance: float = 0.02
     gate_min_faults: int = 5
+    # anomaly alerts (shared.usecases.alerts.AlertPolicy) and the periodic offline check
+    alert_escalate_after_s: float = 1800.0
+    alert_repeat_episodes: int = 3
+    alert_repeat_window_s: float = 86400.0
+    alert_rate_limit: int = 5
+    alert_rate_window_s: float = 3600.0
+    offline_after_s: float = 300.0
+    offline_check_interval_s: float = 60.0
+    # rollout (shared.usecases.rollout): thing groups, soak, timeouts; detector_version "" = the VERSION file
+    detector_version: str = ""
+    canary_group: str = "nacelle-canary"
+    fleet_group: str = "nacelle-fleet"
+    canary_soak_s: float = 10.0
+    canary_timeout_s: float = 300.0
+    stuck_timeout_s: float = 180.0
+    rollout_poll_s: float = 5.0
 
     @classmethod
     def load(cls, path: Path) -> LocalSettings:
@@ -68,14 +95,36 @@ class LocalSettings(Settings):
             raise ConfigurationError(f"{path}: {exc}") from exc
 
 
+def detector_version() -> str:
+    """The pinned detector component version: greengrass_components/nacelle.detector/VERSION."""
+    path = DETECTOR_VERSION_FILE
+    try:
+        version = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read the detector component version: {exc}") from exc
+    if not version:
+        raise ConfigurationError(f"{path}: empty; expected a version such as 1.0.0")
+    return version
+
+
 def home_from(value: str | None) -> Path:
     return Path(value or os.environ.get("NACELLE_HOME") or DEFAULT_HOME).resolve()
 
 
 def build_bus(paths: StackPaths) -> EventBus:
     paths.home.mkdir(parents=True, exist_ok=True)
-    rules = [Rule(f"{r.function}.{r.rule}", r.function, r.pattern) for r in routes(load_template(), refs(paths))]
+    template = load_template()
+    rules = [Rule(f"{r.function}.{r.rule}", r.function, r.pattern)
+             for r in [*routes(template, refs(paths)), *schedule_routes(template, REGION, ACCOUNT)]]
+    # IoT topic rules: the local rule engine puts {"source": "nacelle.iot", "detail-type": <rule>, "detail": row}
+    rules += [Rule(f"{t.function}.{t.rule}", iot_target(t.function),
+                   {"source": [IOT_SOURCE], "detail-type": [t.rule]}) for t in topic_rules(template)]
     return EventBus(paths.bus_db, rules, region=REGION, account=ACCOUNT)
+
+
+def iot_target(function: str) -> str:
+    """The bus target that hands an IoT rule's row (the envelope's detail) to the function."""
+    return f"{function}#iot"
 
 
 def refs(paths: StackPaths) -> dict[str, str]:
@@ -104,6 +153,7 @@ class Stack:
         self.notifier = LocalNotifier(self.paths.subscribers if self.paths.subscribers.is_file() else None,
                                       self.paths.notifications)
         self.jobs = JobTable(self.paths.jobs_db)
+        self.greengrass = LocalGreengrass(self.paths.greengrass_db, on_status_event=self.bus.put)
         self.training = LocalTraining(self.paths, self.jobs)
         self.compiler = LocalCompile(self.paths, self.jobs)
         self.registry.ensure_group(self.settings.group, "Nacelle turbine anomaly detectors")
@@ -127,11 +177,27 @@ class Stack:
         return CompileDeps(self.store, self.state, self.registry, self.notifier, self.compiler, self.settings.group,
                            now)
 
+    def alert_deps(self) -> AlertDeps:
+        s = self.settings
+        policy = AlertPolicy(s.alert_escalate_after_s, s.alert_repeat_episodes, s.alert_repeat_window_s,
+                             s.alert_rate_limit, s.alert_rate_window_s, s.offline_after_s)
+        return AlertDeps(SqliteStateStore(self.paths.alerts_db), self.state, self.registry, self.notifier, now,
+                         s.group, policy, store=self.store)
+
+    def rollout_deps(self) -> RolloutDeps:
+        s = self.settings
+        return RolloutDeps(self.store, self.state, self.registry, self.notifier, self.greengrass, self.bus, s.group,
+                           s.detector_version or detector_version(), s.canary_group, s.fleet_group, s.canary_soak_s,
+                           s.canary_timeout_s, s.stuck_timeout_s, now, poll_s=s.rollout_poll_s)
+
     def deps_for(self, module: str) -> Any:
         builders: dict[str, Callable[[], Any]] = {
+            "services.compilation_completed.app": self.rollout_deps,
+            "services.deployment_status.app": self.rollout_deps,
             "services.data_arrival.app": self.arrival_deps,
             "services.training_completed.app": self.registration_deps,
             "services.model_approved.app": self.compile_deps,
+            "services.anomaly_alert.app": self.alert_deps,
         }
         if module not in builders:
             raise ConfigurationError(f"the local stack has no adapters for {module}")
@@ -140,9 +206,14 @@ class Stack:
     def targets(self) -> dict[str, Callable[[dict[str, Any]], object]]:
         """Bus target name (the function's logical id) -> that service's handle() with local deps."""
         out: dict[str, Callable[[dict[str, Any]], object]] = {}
-        for route in routes(load_template(), refs(self.paths)):
+        template = load_template()
+        for route in [*routes(template, refs(self.paths)), *schedule_routes(template, REGION, ACCOUNT)]:
             if route.function not in out:
                 out[route.function] = _bind(importlib.import_module(route.module).handle, self.deps_for(route.module))
+        modules = function_modules(template)
+        for rule in topic_rules(template):
+            module = modules[rule.function]
+            out[iot_target(rule.function)] = _bind_row(importlib.import_module(module).handle, self.deps_for(module))
         return out
 
     def recover_orphans(self) -> list[str]:
@@ -170,6 +241,14 @@ class Stack:
 def _bind(handle: Callable[[dict[str, Any], Any], object], deps: Any) -> Callable[[dict[str, Any]], object]:
     def target(event: dict[str, Any]) -> object:
         return handle(event, deps)
+
+    return target
+
+
+def _bind_row(handle: Callable[[dict[str, Any], Any], object], deps: Any) -> Callable[[dict[str, Any]], object]:
+    """An IoT rule's Lambda action delivers the row itself, not an EventBridge envelope."""
+    def target(event: dict[str, Any]) -> object:
+        return handle(dict(event["detail"]), deps)
 
     return target
 

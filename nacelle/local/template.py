@@ -92,3 +92,65 @@ def routes(template: dict[str, Any], refs: dict[str, str]) -> list[Route]:
             if event.get("Type") == "EventBridgeRule":
                 out.append(Route(logical_id, module, name, resolve(event["Properties"]["Pattern"], refs)))
     return out
+
+
+# -- IoT topic rules and schedules (the local rule engine and the periodic checks) -------------------
+IOT_SOURCE = "nacelle.iot"  # the source of the envelopes the local rule engine puts on the bus
+
+
+@dataclass(frozen=True)
+class TopicRule:
+    rule: str  # logical id, e.g. AnomalyRule (the bus envelope's detail-type)
+    sql: str
+    function: str  # logical id of the function its Lambda action invokes
+
+
+def _getatt_arn(value: Any, where: str) -> str:
+    """The logical id X of `!GetAtt X.Arn` (either YAML form)."""
+    if isinstance(value, Intrinsic) and value.name == "GetAtt":
+        parts = value.value.split(".", 1) if isinstance(value.value, str) else list(value.value)
+        if len(parts) == 2 and parts[1] == "Arn":
+            return str(parts[0])
+    raise ConfigurationError(f"{where}: the Lambda action's FunctionArn must be !GetAtt <Function>.Arn, got {value!r}")
+
+
+def topic_rules(template: dict[str, Any]) -> list[TopicRule]:
+    """Every AWS::IoT::TopicRule with a Lambda action: (logical id, SQL, the function it invokes)."""
+    out = []
+    for logical_id, resource in template["Resources"].items():
+        if resource.get("Type") != "AWS::IoT::TopicRule":
+            continue
+        payload = resource["Properties"]["TopicRulePayload"]
+        sql = payload.get("Sql")
+        if not isinstance(sql, str):
+            raise ConfigurationError(f"template.yaml {logical_id}: TopicRulePayload.Sql must be a plain string")
+        for action in payload.get("Actions") or []:
+            if "Lambda" in action:
+                function = _getatt_arn(action["Lambda"].get("FunctionArn"), f"template.yaml {logical_id}")
+                out.append(TopicRule(logical_id, sql, function))
+    return out
+
+
+def function_modules(template: dict[str, Any]) -> dict[str, str]:
+    """Function logical id -> its handler module (services.<name>.app)."""
+    return {logical_id: function_module(resource["Properties"])
+            for logical_id, resource in template["Resources"].items()
+            if resource.get("Type") == "AWS::Serverless::Function"}
+
+
+def scheduled_rule_arn(function: str, event: str, region: str, account: str) -> str:
+    """The ARN of the rule SAM generates for a Schedule event (logical id <function><event>)."""
+    return f"arn:aws:events:{region}:{account}:rule/{function}{event}"
+
+
+def schedule_routes(template: dict[str, Any], region: str, account: str) -> list[Route]:
+    """Every Schedule event of every function, as a route matching the `Scheduled Event` its rule puts."""
+    out = []
+    for logical_id, module in function_modules(template).items():
+        events = template["Resources"][logical_id]["Properties"].get("Events") or {}
+        for name, event in events.items():
+            if event.get("Type") == "Schedule":
+                pattern = {"source": ["aws.events"], "detail-type": ["Scheduled Event"],
+                           "resources": [scheduled_rule_arn(logical_id, name, region, account)]}
+                out.append(Route(logical_id, module, name, pattern))
+    return out

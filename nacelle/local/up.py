@@ -11,10 +11,16 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
+from nacelle.local.broker import Broker, BrokerError
 from nacelle.local.bus import Dispatcher
-from nacelle.local.paths import BUCKET
+from nacelle.local.fleet import CANARY_GROUP, Fleet
+from nacelle.local.paths import ACCOUNT, BUCKET, REGION
+from nacelle.local.pki import LocalPki
+from nacelle.local.rules import RuleEngine, ScheduleTicker
 from nacelle.local.s3events import NotifiedKeys, RawWatcher
 from nacelle.local.stack import Stack, StackLock
+from nacelle.local.state import SqliteStateStore
+from nacelle.local.template import load_template, schedule_routes, topic_rules
 from shared.errors import NacelleError
 from shared.observability import logger
 
@@ -22,7 +28,7 @@ T = TypeVar("T")
 
 
 def run_up(home: Path, stop: threading.Event | None = None,
-           on_ready: Callable[[Stack], None] | None = None) -> int:
+           on_ready: Callable[[Stack], None] | None = None, devices: int = 0, canary_size: int = 1) -> int:
     stop = stop or threading.Event()
     lock = StackLock(home / "up.lock")
     lock.acquire()
@@ -35,6 +41,11 @@ def run_up(home: Path, stop: threading.Event | None = None,
         previous = _install_signals(stop)
         dispatcher.start()
         watcher.start()
+        broker, rule_engine = _start_iot(stack)
+        ticker = ScheduleTicker(stack.bus.put, [r.pattern["resources"][0] for r in
+                                               schedule_routes(load_template(), REGION, ACCOUNT)],
+                                stack.settings.offline_check_interval_s).start()
+        fleet = _start_fleet(stack, devices, canary_size, simulators=broker is not None)
         print(f"nacelle local stack up: data dir {home}, bucket {BUCKET}, "
               f"raw folder {stack.paths.raw_dir} (Ctrl-C to stop)", flush=True)
         if on_ready is not None:
@@ -43,6 +54,13 @@ def run_up(home: Path, stop: threading.Event | None = None,
             stop.wait()
         finally:
             print("stopping the local stack...", flush=True)
+            if fleet is not None:
+                fleet.stop()
+            ticker.stop()
+            if rule_engine is not None:
+                rule_engine.stop()
+            if broker is not None:
+                broker.stop()
             watcher.stop()
             dispatcher.stop(timeout=10)
             for job in stack.recover_orphans():
@@ -52,6 +70,36 @@ def run_up(home: Path, stop: threading.Event | None = None,
         return 0
     finally:
         lock.release()
+
+
+def _start_iot(stack: Stack) -> tuple[Broker | None, RuleEngine | None]:
+    """The local broker (mutual TLS) and the IoT rules engine; without mosquitto the stack runs without IoT."""
+    pki = LocalPki(stack.paths.home / "pki")
+    broker = Broker(stack.paths.home, pki)
+    try:
+        broker.start()
+    except BrokerError as exc:
+        print(f"IoT disabled (no local broker): {exc}", flush=True)
+        return None, None
+    try:
+        engine = RuleEngine(topic_rules(load_template()), stack.bus.put, broker.endpoint, pki.cloud()).start()
+    except BaseException:
+        broker.stop()
+        raise
+    print(f"local IoT: broker 127.0.0.1:{broker.port}, rules {[r.rule for r, _ in engine.rules]}", flush=True)
+    return broker, engine
+
+
+def _start_fleet(stack: Stack, devices: int, canary_size: int, simulators: bool) -> Fleet | None:
+    """`devices` simulated core devices (nucleus + turbine simulator each), after the broker is up."""
+    if devices <= 0:
+        return None
+    fleet = Fleet(stack.paths.home, stack.greengrass, size=devices, canary_size=min(canary_size, devices),
+                  state=stack.state, alerts=SqliteStateStore(stack.paths.alerts_db), simulators=simulators)
+    fleet.start()
+    print(f"local fleet: {', '.join(fleet.things)} ({', '.join(fleet.things[:fleet.canary_size]) or 'none'} "
+          f"in {CANARY_GROUP}){'' if simulators else '; no simulators without a broker'}", flush=True)
+    return fleet
 
 
 def _install_signals(stop: threading.Event) -> dict[int, object]:
@@ -70,7 +118,7 @@ def _restore_signals(previous: dict[int, object]) -> None:
 
 
 @contextmanager
-def background_stack(home: Path, start_timeout_s: float = 60.0) -> Iterator[Stack]:
+def background_stack(home: Path, start_timeout_s: float = 60.0, devices: int = 0) -> Iterator[Stack]:
     """`nacelle up` in a background thread of this process (the demo, benchmarks and tests use it)."""
     stop = threading.Event()
     ready: list[Stack] = []
@@ -83,7 +131,7 @@ def background_stack(home: Path, start_timeout_s: float = 60.0) -> Iterator[Stac
 
     def target() -> None:
         try:
-            run_up(home, stop, on_ready=on_ready)
+            run_up(home, stop, on_ready=on_ready, devices=devices)
         except BaseException as exc:  # handed to the caller below
             errors.append(exc)
             started.set()

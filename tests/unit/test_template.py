@@ -35,6 +35,8 @@ ALLOW_STAR_RESOURCE: dict[str, tuple[str, str | None]] = {
     # X-Ray's write APIs (what AWSXrayWriteOnlyAccess grants for Tracing: Active) take no resource.
     "xray:PutTraceSegments": ("X-Ray write API; no resource type", None),
     "xray:PutTelemetryRecords": ("X-Ray write API; no resource type", None),
+    # Greengrass v2 CreateDeployment has no resource type; the IoT job/thing-group actions it depends on are scoped.
+    "greengrass:CreateDeployment": ("no resource type; its dependent iot:* actions are scoped", None),
 }
 
 # Managed policies and SAM policy templates that grant a whole service (or everything).
@@ -411,6 +413,20 @@ EXPECTED_PATTERNS: dict[tuple[str, str], dict[str, Any]] = {
         "detail": {"bucket": {"name": [{"Ref": "DataBucket"}]},
                    "object": {"key": [{"wildcard": "compiled/*/neo/output/*"}]}},
     },
+    ("CompilationCompletedFunction", "ManifestCreated"): {
+        "source": ["aws.s3"],
+        "detail-type": ["Object Created"],
+        "detail": {"bucket": {"name": [{"Ref": "DataBucket"}]},
+                   "object": {"key": [{"wildcard": "compiled/*/*/manifest.json"}]}},
+    },
+    ("DeploymentStatusFunction", "DeploymentStatusChange"): {
+        "source": ["aws.greengrass"],
+        "detail-type": ["Greengrass V2 Effective Deployment Status Change"],
+    },
+    ("DeploymentStatusFunction", "RolloutCheck"): {
+        "source": ["nacelle"],
+        "detail-type": ["Nacelle Rollout Check"],
+    },
     ("ModelApprovedFunction", "CompileJobStateChange"): {
         "source": ["aws.sagemaker"],
         "detail-type": ["SageMaker Processing Job State Change"],
@@ -433,8 +449,47 @@ def test_event_patterns_match_the_shared_event_names() -> None:
     events = importlib.import_module("shared.events")
     routed = {dt for pattern in EXPECTED_PATTERNS.values() for dt in pattern["detail-type"]}
     assert {events.OBJECT_CREATED, events.RETRAIN_CHECK, events.TRAINING_STATE_CHANGE,
-            events.MODEL_PACKAGE_STATE_CHANGE, events.PROCESSING_STATE_CHANGE} == routed
+            events.MODEL_PACKAGE_STATE_CHANGE, events.PROCESSING_STATE_CHANGE, events.DEPLOYMENT_STATUS_CHANGE,
+            events.ROLLOUT_CHECK} == routed
     assert EXPECTED_PATTERNS[("DataArrivalFunction", "RetrainCheck")]["source"] == [events.NACELLE_SOURCE]
+
+
+# ------------------------------------------------------------------ IoT: rules and the device policy
+
+
+@pytest.mark.parametrize("rule", sorted(resources("AWS::IoT::TopicRule")))
+def test_iot_rule_invokes_a_function_it_may_invoke_and_dead_letters(rule: str) -> None:
+    payload = resources("AWS::IoT::TopicRule")[rule]["Properties"]["TopicRulePayload"]
+    targets = {ref_target(a["Lambda"]["FunctionArn"]) for a in payload["Actions"] if "Lambda" in a}
+    assert targets and targets <= set(functions()), f"{rule}: Lambda actions {targets}"
+    permitted = {ref_target(p["Properties"]["FunctionName"]) for p in resources("AWS::Lambda::Permission").values()
+                 if p["Properties"]["Principal"] == "iot.amazonaws.com"
+                 and ref_target(p["Properties"].get("SourceArn")) == rule}
+    assert targets <= permitted, f"{rule}: no lambda:InvokeFunction permission scoped to the rule for {targets}"
+    assert ref_target(payload["ErrorAction"]["Sqs"]["QueueUrl"]) in resources("AWS::SQS::Queue")
+
+
+def test_health_rule_selects_what_deployment_status_parses() -> None:
+    from shared.events import HealthRow
+
+    sql = resources("AWS::IoT::TopicRule")["HealthRule"]["Properties"]["TopicRulePayload"]["Sql"]
+    assert sql == ("SELECT *, topic(2) AS thing_name, timestamp() AS received_at, clientid() AS client_id "
+                   "FROM 'turbines/+/health'")
+    assert {"thing_name", "received_at", "client_id"} <= set(HealthRow.model_fields)
+
+
+def test_device_policy_reaches_only_the_devices_own_topics() -> None:
+    (policy,) = resources("AWS::IoT::Policy").values()
+    own = "/${!iot:Connection.Thing.ThingName}"  # ${! ...} keeps the IoT policy variable through Fn::Sub
+    for statement in as_list(policy["Properties"]["PolicyDocument"]["Statement"]):
+        actions = set(as_list(statement["Action"]))
+        if actions & {"iot:Connect", "iot:Publish", "iot:Receive", "iot:Subscribe"}:
+            for resource in as_list(statement["Resource"]):
+                assert own in str(resource.get("Fn::Sub")), f"{actions} on {resource}"
+    role = resources("AWS::IAM::Role")["GreengrassTokenExchangeRole"]["Properties"]
+    objects = [r for p in role["Policies"] for st in as_list(p["PolicyDocument"]["Statement"])
+               if "s3:GetObject" in as_list(st["Action"]) for r in as_list(st["Resource"])]
+    assert objects == [{"Fn::Sub": "${DataBucket.Arn}/components/*"}]
 
 
 # ------------------------------------------------------------------ samconfig.toml
@@ -448,3 +503,65 @@ def test_samconfig_overrides_only_template_parameters() -> None:
     assert names <= set(load_template()["Parameters"]), names - set(load_template()["Parameters"])
     assert "CAPABILITY_IAM" in str(deploy["capabilities"])
     assert config["default"]["global"]["parameters"]["stack_name"] == "nacelle"
+
+
+# ------------------------------------------------------------------ IoT rules, schedules, alerts
+
+
+ANOMALY_RULE_SQL = ("SELECT *, topic(2) AS thing_name, timestamp() AS received_at, clientid() AS client_id "
+                    "FROM 'turbines/+/anomalies'")
+
+
+def test_anomaly_rule_invokes_the_alert_function_and_has_an_error_action() -> None:
+    payload = resources("AWS::IoT::TopicRule")["AnomalyRule"]["Properties"]["TopicRulePayload"]
+    assert payload["Sql"] == ANOMALY_RULE_SQL  # docs/fleet.md
+    assert payload["AwsIotSqlVersion"] == "2016-03-23" and payload["RuleDisabled"] is False
+    assert [ref_target(a["Lambda"]["FunctionArn"]) for a in payload["Actions"]] == ["AnomalyAlertFunction"]
+    error = payload["ErrorAction"]["Sqs"]
+    assert ref_target(error["QueueUrl"]) == "FailedEventsQueue"
+    role = resources("AWS::IAM::Role")[ref_target(error["RoleArn"]) or ""]["Properties"]
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "iot.amazonaws.com"}
+
+
+def test_every_topic_rule_lambda_action_has_an_invoke_permission_for_that_rule() -> None:
+    permissions = resources("AWS::Lambda::Permission").values()
+    for name, rule in resources("AWS::IoT::TopicRule").items():
+        assert rule["Properties"]["TopicRulePayload"].get("ErrorAction"), f"{name}: no ErrorAction"
+        for action in rule["Properties"]["TopicRulePayload"]["Actions"]:
+            function = ref_target(action["Lambda"]["FunctionArn"])
+            assert any(ref_target(p["Properties"]["FunctionName"]) == function
+                       and p["Properties"]["Principal"] == "iot.amazonaws.com"
+                       and ref_target(p["Properties"].get("SourceArn")) == name for p in permissions), (
+                f"{name}: no lambda:InvokeFunction permission for iot.amazonaws.com with SourceArn {name}")
+
+
+@pytest.mark.parametrize("logical_id", sorted(functions()))
+def test_schedule_events_are_retried_and_dead_lettered(logical_id: str) -> None:
+    props = functions()[logical_id]["Properties"]
+    schedules = {n: e["Properties"] for n, e in props.get("Events", {}).items() if e["Type"] == "Schedule"}
+    admitted = {ref_target(arn)
+                for qp in resources("AWS::SQS::QueuePolicy").values()
+                for st in as_list(qp["Properties"]["PolicyDocument"]["Statement"]) if st.get("Effect") == "Allow"
+                for arn in as_list(st.get("Condition", {}).get("ArnEquals", {}).get("aws:SourceArn", []))}
+    for event, schedule in schedules.items():
+        assert schedule.get("RetryPolicy"), f"{event}: no RetryPolicy"
+        assert ref_target(schedule.get("DeadLetterConfig", {}).get("Arn")) in resources("AWS::SQS::Queue")
+        assert f"{logical_id}{event}" in admitted, f"{event}: the dead-letter queue's policy does not admit its rule"
+
+
+def test_the_offline_check_runs_every_minute() -> None:
+    events = functions()["AnomalyAlertFunction"]["Properties"]["Events"]
+    assert events["OfflineCheck"]["Type"] == "Schedule"
+    assert events["OfflineCheck"]["Properties"]["Schedule"] == "rate(1 minute)"
+
+
+def test_alert_state_table_and_the_optional_email_subscription() -> None:
+    table = resources("AWS::DynamoDB::Table")["AlertStateTable"]["Properties"]
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    [subscription] = [s for s in resources("AWS::SNS::Subscription").values()
+                      if ref_target(s["Properties"]["TopicArn"]) == "AlertsTopic"]
+    assert subscription["Condition"] == "HasAlertEmail"
+    assert ref_target(subscription["Properties"]["TopicArn"]) == "AlertsTopic"
+    assert subscription["Properties"]["Protocol"] == "email"
+    assert load_template()["Parameters"]["AlertEmail"]["Default"] == ""
