@@ -9,6 +9,7 @@ windows are flagged and closes after m consecutive clean windows. All times are 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -90,16 +91,35 @@ class EpisodeTracker:
     def step(self, t_end: float, errors: np.ndarray, missing: np.ndarray, operating: bool = True
              ) -> list[EpisodeEvent]:
         """One scored window; a window outside the operating regime counts as clean."""
-        events: list[EpisodeEvent] = []
-        if self._last_t is not None and t_end - self._last_t > self.rule.max_silence_s:
-            events += self._close(self._last_t)
-            self._recent.clear()
-        self._last_t = t_end
         ratios = np.asarray(errors, dtype=np.float64) / self.thresholds
         over = ratios > 1.0
         lacking = np.asarray(missing) > self.rule.missing_tolerance
         hit = {self.feature_names[i]: float(ratios[i]) for i in np.flatnonzero(over)} if operating else {}
         gone = [self.feature_names[i] for i in np.flatnonzero(lacking)] if operating else []
+        return self._advance(t_end, hit, gone)
+
+    def step_many(self, t_end: Sequence[float], errors: np.ndarray, missing: np.ndarray,
+                  operating: Sequence[bool] | np.ndarray) -> Iterator[list[EpisodeEvent]]:
+        """`step` over (W, F) windows in time order, flags computed for all at once; yields each
+        window's events as its decision is taken."""
+        ratios = np.divide(errors, self.thresholds, dtype=np.float64)  # as step(): exact float64 inputs
+        over = ratios > 1.0
+        lacking = np.asarray(missing) > self.rule.missing_tolerance
+        flagged = (np.logical_or.reduce(over | lacking, axis=1) & np.asarray(operating, dtype=bool)).tolist()
+        names = self.feature_names
+        for i, t in enumerate(t_end):
+            if flagged[i]:
+                yield self._advance(t, {names[j]: float(ratios[i, j]) for j in np.flatnonzero(over[i])},
+                                    [names[j] for j in np.flatnonzero(lacking[i])])
+            else:
+                yield self._advance(t, {}, [])
+
+    def _advance(self, t_end: float, hit: dict[str, float], gone: list[str]) -> list[EpisodeEvent]:
+        events: list[EpisodeEvent] = []
+        if self._last_t is not None and t_end - self._last_t > self.rule.max_silence_s:
+            events += self._close(self._last_t)
+            self._recent.clear()
+        self._last_t = t_end
         flagged = bool(hit or gone)
         self._recent.append((t_end, hit, gone))
         if self.current is None:

@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ BATCH = 20
 class Stream:
     turbine_id: str
     t: np.ndarray
-    rows: list[dict[str, object]]  # one sensor sample per row: seq, ts and the raw input columns
+    rows: list[dict[str, Any]]  # one sensor sample per row: seq, ts and the raw input columns
 
     def messages(self, batch: int = BATCH) -> Iterator[bytes]:
         for i in range(0, len(self.rows), batch):
@@ -91,7 +92,7 @@ def run_stream(pipeline: TurbinePipeline, stream: Stream, swap_at: int | None = 
         if i == swap_at:
             assert new_model is not None
             swapped = pipeline.swap(new_model)
-            assert swapped.model_version == pipeline.model_version - 1
+            assert swapped.model_version == (pipeline.model_version or 0) - 1
             events += swapped.events
         result: Result = pipeline.handle(payload)
         windows += result.windows
@@ -138,11 +139,30 @@ def test_parity_with_the_evaluator(model_v1: EdgeModel, streams, reference, reco
 def test_batch_size_does_not_change_windows(model_v1: EdgeModel, streams) -> None:
     stream = next(iter(streams.values()))
     short = Stream(stream.turbine_id, stream.t[:3000], stream.rows[:3000])
-    ends = []
-    for batch in (1, 7, 500):
+    ends, errors = [], []
+    for batch in (1, 7, 500, 1200):  # 500 and 1200 outgrow the ring; 1 and 7 wrap it many times
         pipeline = TurbinePipeline(short.turbine_id, model_v1)
-        ends.append([w.t_end for p in short.messages(batch) for w in pipeline.handle(p).windows])
-    assert ends[0] == ends[1] == ends[2] and len(ends[0]) > 0
+        windows = [w for p in short.messages(batch) for w in pipeline.handle(p).windows]
+        ends.append([w.t_end for w in windows])
+        errors.append(np.stack([w.errors for w in windows]))
+    assert ends[0] == ends[1] == ends[2] == ends[3] and len(ends[0]) > 0
+    for other in errors[1:]:  # same window contents, whatever the batching (ORT batches may differ by ulps)
+        np.testing.assert_allclose(other, errors[0], rtol=0, atol=1e-6)
+
+
+def test_handle_samples_matches_handle(model_v1: EdgeModel, streams) -> None:
+    stream = next(iter(streams.values()))
+    spec = model_v1.spec
+    by_bytes, by_samples = TurbinePipeline(stream.turbine_id, model_v1), TurbinePipeline(stream.turbine_id, model_v1)
+    payloads = list(stream.messages())[:40]
+    a = [w.t_end for p in payloads for w in by_bytes.handle(p).windows]
+    b = [w.t_end for p in payloads
+         for w in by_samples.handle_samples(parse_sensor_message(p, spec, stream.turbine_id)).windows]
+    assert a == b and a
+    assert by_bytes.snapshot() == by_samples.snapshot()
+    # unordered samples from a caller: each one older than the newest seen is dropped, as before
+    older = parse_sensor_message(payloads[10], spec, stream.turbine_id)
+    assert by_samples.handle_samples(older[::-1]).stale == len(older)
 
 
 def test_redelivered_samples_are_dropped(model_v1: EdgeModel, streams) -> None:
@@ -260,6 +280,69 @@ def test_bad_messages_leave_state_unchanged(model_v1: EdgeModel, streams, case: 
     assert pipeline.bad_messages == 1
     # and the stream carries on as if nothing happened
     assert pipeline.handle(next(iter(list(stream.messages())[7:8]))).accepted == BATCH
+
+
+def test_columnar_parse_agrees_with_the_sample_walk(model_v1: EdgeModel) -> None:
+    """The whole-column fast path and the precise per-sample walk give the same batch."""
+    from detector.messages import _DECODER, _fast_columns, _precise_columns
+
+    spec = model_v1.spec
+    rng = np.random.default_rng(5)
+    doc = _good(spec, "t1", 50)
+    for i, sample in enumerate(doc["samples"]):
+        sample["ts"] = 1_700_000_000 + i if i % 2 else 1_700_000_000.5 + i  # ints and floats
+        for c in spec.input_columns:
+            sample[c] = [None, int(rng.integers(-5, 5)), float(rng.normal())][int(rng.integers(3))]
+        sample["extra"] = "ignored"
+    raw = _DECODER.decode(json.dumps(doc))["samples"]
+    fast, precise = _fast_columns(raw, spec.input_columns), _precise_columns(raw, spec.input_columns)
+    assert fast is not None
+    assert fast.seq == precise.seq
+    np.testing.assert_array_equal(fast.ts, precise.ts)
+    np.testing.assert_array_equal(fast.values, precise.values)  # NaN where null, in the same places
+    assert repr(fast.samples()) == repr(precise.samples())  # repr: NaN != NaN
+    assert parse_sensor_message(json.dumps(doc).encode(), spec, "t1")[3].seq == 3
+
+
+@pytest.mark.parametrize(("literal", "reason"), [
+    (b"1" + b"0" * 400, "must be a finite number or null"),  # an integer beyond float range
+    (b"1e999", "must be a finite number or null"),  # parses to inf
+])
+def test_out_of_range_numbers_are_bad_messages(model_v1: EdgeModel, literal: bytes, reason: str) -> None:
+    spec = model_v1.spec
+    col = spec.input_columns[2]
+    payload = json.dumps(_good(spec, "t1")).encode().replace(f'"{col}": 0.5'.encode(), f'"{col}": X'.encode(), 2)
+    with pytest.raises(BadMessage, match=f"sample 0: column '{col}' {reason}"):
+        parse_sensor_message(payload.replace(b"X", literal), spec, "t1")
+    big_ts = json.dumps(_good(spec, "t1")).encode().replace(b'"ts": 1700000000.05', b'"ts": ' + literal)
+    with pytest.raises(BadMessage, match="sample 1: 'ts' must be positive epoch seconds"):
+        parse_sensor_message(big_ts, spec, "t1")
+
+
+def test_feature_rows_are_the_reference_arithmetic(model_v1: EdgeModel) -> None:
+    """The vectorised features equal quaternion_to_euler bit for bit, in any chunking."""
+    from shared.ml.features import FeaturePlan, compute_features, feature_rows, quaternion_to_euler
+
+    spec = model_v1.spec
+    rng = np.random.default_rng(9)
+    n = 997
+    values = {c: rng.normal(size=n) for c in spec.input_columns}
+    values[spec.input_columns[1]][[3, 50]] = np.nan
+    feats = compute_features(values, spec)
+    plan, ring = FeaturePlan.of(spec), np.zeros((spec.n_features, n), dtype=np.float32)
+    raw = np.array([values[c] for c in spec.input_columns])
+    for a in range(0, n, 13):
+        feature_rows(raw[:, a:a + 13], plan, out=ring[:, a:a + 13])
+    np.testing.assert_array_equal(ring.T, feats)
+    derived = {d.name: d for d in spec.derived}
+    for j, name in enumerate(spec.features):
+        if name in derived:
+            d = derived[name]
+            angles = quaternion_to_euler(*(values[d.inputs[k]] for k in "wxyz"))
+            ref = angles[("quaternion_roll", "quaternion_pitch", "quaternion_yaw").index(d.kind)]
+        else:
+            ref = values[name]
+        np.testing.assert_array_equal(feats[:, j], ref.astype(np.float32))
 
 
 # -- hot swap ------------------------------------------------------------------------------------------

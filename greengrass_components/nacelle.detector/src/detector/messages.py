@@ -9,6 +9,9 @@ Every raw input column of the feature spec must be present in every sample (null
 reading); other keys are ignored. Timestamps are epoch seconds and strictly increasing within a
 batch. Anything else is a BadMessage, raised before any state is touched.
 
+Parsing is columnar (one pass per column over the decoded JSON, checks on whole columns); only a
+batch that fails a whole-column check is re-walked sample by sample, to name the first bad field.
+
 Outgoing `turbines/{id}/anomalies` and `turbines/{id}/health` (schema v1) are built by
 MessageBuilder, which numbers each topic's messages with its own increasing `seq`.
 """
@@ -17,10 +20,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
+import numpy as np
+
+from shared.errors import DataError
 from shared.ml.episodes import EpisodeEvent
 from shared.ml.spec import FeatureSpec
 
@@ -30,7 +39,7 @@ MAX_MESSAGE_BYTES = 256_000
 MAX_SAMPLES = 10_000
 
 
-class BadMessage(ValueError):
+class BadMessage(DataError, ValueError):
     """A sensor message that cannot be used; `reason` says why (short, loggable, no payload dump)."""
 
     def __init__(self, reason: str) -> None:
@@ -45,6 +54,29 @@ class Sample:
     values: tuple[float, ...]  # spec.input_columns order; NaN where the reading is null
 
 
+@dataclass(frozen=True)
+class SampleBatch:
+    """The samples of one message as columns (what the pipeline consumes)."""
+
+    seq: list[int]
+    ts: np.ndarray  # (N,) float64 epoch seconds
+    values: np.ndarray  # (N, C) float64 in spec.input_columns order; NaN where the reading is null
+    ordered: bool = True  # ts strictly increasing (checked by the parser; not for from_samples)
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def samples(self) -> list[Sample]:
+        return [Sample(q, t, tuple(v)) for q, t, v in zip(self.seq, self.ts.tolist(), self.values.tolist(),
+                                                            strict=True)]
+
+    @classmethod
+    def from_samples(cls, samples: list[Sample], n_columns: int) -> SampleBatch:
+        ts = np.fromiter((s.ts for s in samples), dtype=np.float64, count=len(samples))
+        values = np.array([s.values for s in samples], dtype=np.float64).reshape(len(samples), n_columns)
+        return cls([s.seq for s in samples], ts, values, ordered=False)
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -53,19 +85,48 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool)
 
 
+def _is_finite(x: int | float) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
 def _reject_constant(token: str) -> Any:
     raise BadMessage(f"non-standard JSON constant {token}")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # built once: json.loads(..., kw) rebuilds it
+_NUMBER_TYPES = frozenset({int, float, type(None)})
+
+
+@lru_cache(maxsize=8)
+def _row_getter(columns: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    return itemgetter("seq", "ts", *columns)
 
 
 def parse_sensor_message(payload: bytes, spec: FeatureSpec, turbine_id: str,
                          max_bytes: int = MAX_MESSAGE_BYTES) -> list[Sample]:
     """The samples of one sensor message, validated against the spec's raw input columns."""
+    return parse_sensor_batch(payload, spec, turbine_id, max_bytes).samples()
+
+
+def parse_sensor_batch(payload: bytes, spec: FeatureSpec, turbine_id: str,
+                       max_bytes: int = MAX_MESSAGE_BYTES) -> SampleBatch:
+    """parse_sensor_message as columns: same checks, same BadMessage reasons."""
+    raw = _sample_list(payload, turbine_id, max_bytes)
+    columns = spec.input_columns
+    batch = _fast_columns(raw, columns)
+    return batch if batch is not None else _precise_columns(raw, columns)
+
+
+def _sample_list(payload: bytes, turbine_id: str, max_bytes: int) -> list[Any]:
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise BadMessage(f"payload must be bytes, got {type(payload).__name__}")
     if len(payload) > max_bytes:
         raise BadMessage(f"payload of {len(payload)} bytes exceeds the {max_bytes}-byte limit")
     try:
-        doc = json.loads(bytes(payload).decode("utf-8"), parse_constant=_reject_constant)
+        doc = _DECODER.decode(bytes(payload).decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise BadMessage(f"payload is not UTF-8: {exc.reason} at byte {exc.start}") from None
     except json.JSONDecodeError as exc:
@@ -84,17 +145,41 @@ def parse_sensor_message(payload: bytes, spec: FeatureSpec, turbine_id: str,
         raise BadMessage("message lacks a string 'turbine_id'")
     if sender != turbine_id:
         raise BadMessage(f"message for turbine {sender!r} arrived at the detector of {turbine_id!r}")
-    if "samples" in doc:
-        raw = doc["samples"]
-        if not isinstance(raw, list):
-            raise BadMessage(f"'samples' must be a list, got {type(raw).__name__}")
-        if not raw:
-            raise BadMessage("'samples' is empty")
-        if len(raw) > MAX_SAMPLES:
-            raise BadMessage(f"{len(raw)} samples exceed the limit of {MAX_SAMPLES} per message")
-    else:
-        raw = [doc]
-    columns = spec.input_columns
+    if "samples" not in doc:
+        return [doc]
+    raw = doc["samples"]
+    if not isinstance(raw, list):
+        raise BadMessage(f"'samples' must be a list, got {type(raw).__name__}")
+    if not raw:
+        raise BadMessage("'samples' is empty")
+    if len(raw) > MAX_SAMPLES:
+        raise BadMessage(f"{len(raw)} samples exceed the limit of {MAX_SAMPLES} per message")
+    return raw
+
+
+def _fast_columns(raw: list[Any], columns: tuple[str, ...]) -> SampleBatch | None:
+    """Whole-column checks; None when any fails (the precise walk then names the first bad field)."""
+    try:
+        rows = list(map(_row_getter(columns), raw))  # KeyError: a missing key; TypeError: not an object
+    except (KeyError, TypeError):
+        return None
+    if not set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES:  # no bool, str, list, dict
+        return None
+    seq = [r[0] for r in rows]
+    if set(map(type, seq)) != {int} or min(seq) < 0:
+        return None
+    try:
+        table = np.array(rows, dtype=np.float64)  # null -> NaN; JSON has no NaN token (rejected above)
+    except OverflowError:  # an integer beyond float range
+        return None
+    ts = table[:, 1]
+    # an infinity can only come from a huge literal (1e999); a NaN ts (null) fails the comparisons
+    if np.isinf(table).any() or not ts[0] > 0 or (len(ts) > 1 and not (ts[1:] > ts[:-1]).all()):
+        return None
+    return SampleBatch(seq, ts, table[:, 2:])
+
+
+def _precise_columns(raw: list[Any], columns: tuple[str, ...]) -> SampleBatch:
     samples: list[Sample] = []
     last_ts = -math.inf
     for i, item in enumerate(raw):
@@ -102,7 +187,7 @@ def parse_sensor_message(payload: bytes, spec: FeatureSpec, turbine_id: str,
         if samples[-1].ts <= last_ts:
             raise BadMessage(f"sample {i}: ts {samples[-1].ts} is not after the previous sample's {last_ts}")
         last_ts = samples[-1].ts
-    return samples
+    return SampleBatch.from_samples(samples, len(columns))
 
 
 def _sample(item: Any, i: int, columns: tuple[str, ...]) -> Sample:
@@ -112,7 +197,7 @@ def _sample(item: Any, i: int, columns: tuple[str, ...]) -> Sample:
     ts: Any = item.get("ts")
     if not _is_int(seq) or seq < 0:
         raise BadMessage(f"sample {i}: 'seq' must be a non-negative integer, got {seq!r}")
-    if not _is_number(ts) or not math.isfinite(ts) or ts <= 0:
+    if not _is_number(ts) or not _is_finite(ts) or ts <= 0:
         raise BadMessage(f"sample {i}: 'ts' must be positive epoch seconds, got {ts!r}")
     values: list[float] = []
     for name in columns:
@@ -121,14 +206,14 @@ def _sample(item: Any, i: int, columns: tuple[str, ...]) -> Sample:
         v = item[name]
         if v is None:
             values.append(math.nan)
-        elif _is_number(v) and math.isfinite(v):
+        elif _is_number(v) and _is_finite(v):
             values.append(float(v))
         else:
             raise BadMessage(f"sample {i}: column {name!r} must be a finite number or null, got {v!r}")
     return Sample(seq, float(ts), tuple(values))
 
 
-def sensor_message(turbine_id: str, samples: list[Mapping[str, Any]]) -> bytes:
+def sensor_message(turbine_id: str, samples: Sequence[Mapping[str, Any]]) -> bytes:
     """Encode a batch (the simulator/PLC side; tests use it too). NaN values become null."""
     def clean(s: Mapping[str, Any]) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in s.items()}

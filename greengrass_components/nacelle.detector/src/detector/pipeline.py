@@ -9,7 +9,6 @@ timestamps; the wall clock is used only to measure latency.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
@@ -18,13 +17,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shared.ml.episodes import EpisodeEvent, EpisodeTracker
-from shared.ml.features import compute_features, operating_mask
+from shared.ml.features import FeaturePlan, feature_rows, operating_mask
 from shared.ml.spec import FeatureSpec
 
-from .messages import BadMessage, Sample, parse_sensor_message
+from .messages import BadMessage, Sample, SampleBatch, parse_sensor_batch
 from .scoring import EdgeModel
 
 LATENCY_HISTORY = 4096  # per-window latencies kept for the p50/p99 of health messages
+RING_WINDOWS = 4  # ring capacity in window lengths: one compaction (a <= length-row move) per ~3 windows
+SMALL_BATCH = 64  # up to this many samples, the gap scan runs in Python
+REUSED_BATCH = 64  # model input arrays up to this many windows are allocated once and reused
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,37 @@ def pipeline_key(spec: FeatureSpec) -> tuple[object, ...]:
     return (spec.features, spec.derived, spec.input_columns, spec.windows)
 
 
+def window_ends(t: list[float], prev: float | None, run_len: int, length: int, stride: int, max_gap: float
+                ) -> tuple[list[int], int]:
+    """Indices of the new samples `t` that end a window, and the run length after the last one.
+
+    A run restarts after a gap longer than `max_gap`; within a run the first window ends at its
+    `length`-th sample and then one every `stride` samples (shared.ml.features.window_starts)."""
+    n = len(t)
+    if n <= SMALL_BATCH:  # a few samples: a Python pass beats three numpy calls
+        starts = [j for j in range(1, n) if t[j] - t[j - 1] > max_gap]
+    else:
+        starts = (np.flatnonzero(np.diff(t) > max_gap) + 1).tolist()
+    if prev is not None and t[0] - prev > max_gap:
+        run_len = 0
+    ends: list[int] = []
+    for a, b in zip([0, *starts], [*starts, n], strict=True):
+        first = run_len + 1  # run length at sample a
+        ends += range(a + (length - first if first <= length else -(first - length) % stride), b, stride)
+        run_len += b - a
+        if b < n:
+            run_len = 0
+    return ends, run_len
+
+
 class TurbinePipeline:
     """Not tied to any transport: feed it payloads (`handle`) or parsed samples (`handle_samples`).
 
     Thread-safe: `handle`, `swap` and `flush` serialise on one lock, so a swap always falls
     between two windows.
+
+    Features live in a preallocated feature-major ring (F, capacity): the valid rows of the current
+    run are columns [lo, hi), new samples are written after hi and become state only on commit.
     """
 
     def __init__(self, turbine_id: str, model: EdgeModel) -> None:
@@ -78,9 +106,34 @@ class TurbinePipeline:
 
     def _reset_buffer(self) -> None:
         spec = self.model.spec
-        self._buf = np.zeros((0, spec.n_features), dtype=np.float32)  # last <= length rows of the run
+        self._plan = FeaturePlan.of(spec)
+        self._ring = np.zeros((spec.n_features, RING_WINDOWS * spec.windows.length), dtype=np.float32)
+        self._lo = self._hi = 0  # the last <= length feature rows of the current run
         self._run_len = 0  # samples in the current gap-free run
         self._last_ts: float | None = None
+        self._inputs: dict[tuple[int, ...], np.ndarray] = {}
+
+    def _room(self, n: int) -> None:
+        """Make space for n rows after hi: move the valid rows to the front (same logical state),
+        growing the ring for a message larger than it."""
+        lo, hi = self._lo, self._hi
+        if hi + n <= self._ring.shape[1]:
+            return
+        if hi - lo + n > self._ring.shape[1]:
+            ring = np.zeros((self._ring.shape[0], hi - lo + n + self._ring.shape[1]), dtype=np.float32)
+            ring[:, :hi - lo] = self._ring[:, lo:hi]
+            self._ring = ring
+        else:
+            self._ring[:, :hi - lo] = self._ring[:, lo:hi]
+        self._lo, self._hi = 0, hi - lo
+
+    def _input(self, shape: tuple[int, int, int]) -> np.ndarray:
+        if shape[0] > REUSED_BATCH:
+            return np.empty(shape, dtype=np.float32)
+        x = self._inputs.get(shape)
+        if x is None:
+            x = self._inputs[shape] = np.empty(shape, dtype=np.float32)
+        return x
 
     @property
     def model_version(self) -> int | None:
@@ -89,7 +142,8 @@ class TurbinePipeline:
     def snapshot(self) -> tuple[object, ...]:
         """The scoring state (buffer, alignment, episode history), for tests and diagnostics."""
         t = self.tracker
-        return (self._buf.tobytes(), self._buf.shape, self._run_len, self._last_ts, self.windows_scored,
+        buf = self._ring[:, self._lo:self._hi]
+        return (buf.tobytes(), buf.shape, self._run_len, self._last_ts, self.windows_scored,
                 self.samples_seen, t._last_t, tuple((a, tuple(sorted(b.items())), tuple(c)) for a, b, c in t._recent),
                 t.current.snapshot() if t.current else None, len(t.closed), self.model_version)
 
@@ -101,66 +155,64 @@ class TurbinePipeline:
         with self._lock:
             try:
                 kwargs = {} if max_bytes is None else {"max_bytes": max_bytes}
-                samples = parse_sensor_message(payload, self.model.spec, self.turbine_id, **kwargs)
+                batch = parse_sensor_batch(payload, self.model.spec, self.turbine_id, **kwargs)
             except BadMessage:
                 self.bad_messages += 1
                 raise
-            return self._process(samples, start)
+            return self._process(batch, start)
 
     def handle_samples(self, samples: list[Sample]) -> Result:
         start = time.perf_counter()
         with self._lock:
-            return self._process(samples, start)
+            return self._process(SampleBatch.from_samples(samples, len(self.model.spec.input_columns)), start)
 
-    def _process(self, samples: list[Sample], start: float) -> Result:
+    def handle_batch(self, batch: SampleBatch) -> Result:
+        start = time.perf_counter()
+        with self._lock:
+            return self._process(batch, start)
+
+    def _process(self, batch: SampleBatch, start: float) -> Result:
         model, spec = self.model, self.model.spec
-        length, stride, max_gap = spec.windows.length, spec.windows.stride, spec.windows.max_gap_s
+        length = spec.windows.length
         result = Result(model_version=model.model_version)
-        last = -math.inf if self._last_ts is None else self._last_ts
-        fresh = [s for s in samples if s.ts > last]
-        result.stale = len(samples) - len(fresh)
-        if not fresh:
+        t, values, last = batch.ts, batch.values, self._last_ts
+        if last is not None and not (batch.ordered and t[0] > last):  # ordered: stale ones lead
+            fresh = t > last
+            t, values = t[fresh], values[fresh]
+        n = len(t)
+        result.stale = len(batch) - n
+        if not n:
             self.stale_samples += result.stale
             return result
-        t = np.fromiter((s.ts for s in fresh), dtype=np.float64, count=len(fresh))
-        raw = np.array([s.values for s in fresh], dtype=np.float64).reshape(len(fresh), -1)
-        new = compute_features({c: raw[:, i] for i, c in enumerate(spec.input_columns)}, spec)
-
-        # Walk the new samples: where does the run restart, and which samples end a window?
-        rows = np.concatenate([self._buf, new])
-        offset = len(self._buf)  # index of the first new sample in `rows`
-        run_start = 0  # index in `rows` where the current run begins
-        run_len, prev = self._run_len, self._last_ts
-        ends: list[int] = []
-        for j in range(len(fresh)):
-            ts = float(t[j])
-            if prev is not None and ts - prev > max_gap:
-                run_len, run_start = 0, offset + j
-            run_len += 1
-            prev = ts
-            if run_len >= length and (run_len - length) % stride == 0:
-                ends.append(offset + j)
-
-        errors = missing = np.zeros((0, spec.n_features), dtype=np.float32)
-        operating = np.zeros(0, dtype=bool)
+        self._room(n)
+        hi, ring = self._hi, self._ring
+        feature_rows(values.T, self._plan, out=ring[:, hi:hi + n])  # scratch until the commit
+        ts = t.tolist()
+        ends, run_len = window_ends(ts, last, self._run_len, length, spec.windows.stride, spec.windows.max_gap_s)
         if ends:
-            view = np.lib.stride_tricks.sliding_window_view(rows, length, axis=0)  # (R-L+1, F, L)
-            x = np.ascontiguousarray(view[[e - length + 1 for e in ends]], dtype=np.float32)
+            x = self._input((len(ends), spec.n_features, length))
+            for i, e in enumerate(ends):
+                x[i] = ring[:, hi + e + 1 - length:hi + e + 1]
             errors, missing = model.score(x)
             operating = operating_mask(x, spec)
 
         # Commit: nothing above touched the state, so a failure there leaves it as it was.
-        self._buf = rows[max(run_start, len(rows) - length):]
-        self._run_len, self._last_ts = run_len, prev
-        self.samples_seen += len(fresh)
+        self._hi = hi + n
+        self._lo = self._hi - min(run_len, length)
+        self._run_len, self._last_ts = run_len, ts[-1]
+        self.samples_seen += n
         self.stale_samples += result.stale
-        result.accepted = len(fresh)
-        for i, e in enumerate(ends):
-            t_end = float(t[e - offset])
-            result.events += self.tracker.step(t_end, errors[i], missing[i], bool(operating[i]))
+        result.accepted = n
+        if not ends:
+            return result
+        t_ends = [ts[e] for e in ends]
+        version, ops = model.model_version, operating.tolist()
+        decisions = self.tracker.step_many(t_ends, errors, missing, operating)
+        for i, events in enumerate(decisions):
+            if events:
+                result.events += events
             now = time.perf_counter()
-            result.windows.append(WindowRecord(t_end, errors[i], missing[i], bool(operating[i]),
-                                               model.model_version, now - start))
+            result.windows.append(WindowRecord(t_ends[i], errors[i], missing[i], ops[i], version, now - start))
             self.latencies.append(now - start)
             self._decisions.append(time.monotonic())
         self.windows_scored += len(ends)
