@@ -77,6 +77,8 @@ class LocalSettings(Settings):
     canary_timeout_s: float = 300.0
     stuck_timeout_s: float = 180.0
     rollout_poll_s: float = 5.0
+    # merged into every deployment's detector configuration (recipe defaults suit AWS: health every 60 s)
+    detector_configuration: dict[str, Any] = Field(default_factory=lambda: {"healthIntervalSeconds": 2})
 
     @classmethod
     def load(cls, path: Path) -> LocalSettings:
@@ -188,7 +190,8 @@ class Stack:
         s = self.settings
         return RolloutDeps(self.store, self.state, self.registry, self.notifier, self.greengrass, self.bus, s.group,
                            s.detector_version or detector_version(), s.canary_group, s.fleet_group, s.canary_soak_s,
-                           s.canary_timeout_s, s.stuck_timeout_s, now, poll_s=s.rollout_poll_s)
+                           s.canary_timeout_s, s.stuck_timeout_s, now, poll_s=s.rollout_poll_s,
+                           detector_configuration=s.detector_configuration)
 
     def deps_for(self, module: str) -> Any:
         builders: dict[str, Callable[[], Any]] = {

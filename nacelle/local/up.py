@@ -21,7 +21,7 @@ from nacelle.local.s3events import NotifiedKeys, RawWatcher
 from nacelle.local.stack import Stack, StackLock
 from nacelle.local.state import SqliteStateStore
 from nacelle.local.template import load_template, schedule_routes, topic_rules
-from shared.errors import NacelleError
+from shared.errors import ConfigurationError, NacelleError
 from shared.observability import logger
 
 T = TypeVar("T")
@@ -45,6 +45,8 @@ def run_up(home: Path, stop: threading.Event | None = None,
         ticker = ScheduleTicker(stack.bus.put, [r.pattern["resources"][0] for r in
                                                schedule_routes(load_template(), REGION, ACCOUNT)],
                                 stack.settings.offline_check_interval_s).start()
+        _publish_detector(stack)
+        sweeper = Periodic(1.0, stack.greengrass.sweep, "nacelle-greengrass-sweep").start()
         fleet = _start_fleet(stack, devices, canary_size, simulators=broker is not None)
         print(f"nacelle local stack up: data dir {home}, bucket {BUCKET}, "
               f"raw folder {stack.paths.raw_dir} (Ctrl-C to stop)", flush=True)
@@ -56,6 +58,7 @@ def run_up(home: Path, stop: threading.Event | None = None,
             print("stopping the local stack...", flush=True)
             if fleet is not None:
                 fleet.stop()
+            sweeper.stop()
             ticker.stop()
             if rule_engine is not None:
                 rule_engine.stop()
@@ -70,6 +73,45 @@ def run_up(home: Path, stop: threading.Event | None = None,
         return 0
     finally:
         lock.release()
+
+
+def _publish_detector(stack: Stack) -> None:
+    """Build the pinned nacelle.detector component from this checkout and put it in the bucket, where
+    compilation_completed finds its recipe (on AWS `nacelle aws package` does the same)."""
+    from nacelle.components import build, publish
+
+    try:
+        built = build(stack.paths.home / "greengrass" / "build", bucket=BUCKET)
+    except ConfigurationError as exc:  # no wheelhouse: the stack runs; deployments report the missing recipe
+        print(f"nacelle.detector not published: {exc}", flush=True)
+        return
+    written = publish(stack.store, built.directory)
+    if written:
+        print(f"published nacelle.detector {built.version} ({len(written)} objects)", flush=True)
+
+
+class Periodic:
+    """Call `fn` every `interval_s` in a daemon thread until stopped; a failing round is logged."""
+
+    def __init__(self, interval_s: float, fn: Callable[[], object], name: str) -> None:
+        self.interval_s, self.fn = interval_s, fn
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> Periodic:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.fn()
+            except Exception:  # one bad round must not end the loop
+                logger.exception("periodic task failed", task=self._thread.name)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 def _start_iot(stack: Stack) -> tuple[Broker | None, RuleEngine | None]:
@@ -97,6 +139,13 @@ def _start_fleet(stack: Stack, devices: int, canary_size: int, simulators: bool)
     fleet = Fleet(stack.paths.home, stack.greengrass, size=devices, canary_size=min(canary_size, devices),
                   state=stack.state, alerts=SqliteStateStore(stack.paths.alerts_db), simulators=simulators)
     fleet.start()
+    if simulators:
+        from shared.usecases.rollout_ops import provision_detector
+
+        try:
+            provision_detector(stack.rollout_deps())
+        except NacelleError as exc:  # e.g. no wheelhouse: devices wait for a model deployment
+            print(f"the detector was not deployed to the new devices: {exc}", flush=True)
     print(f"local fleet: {', '.join(fleet.things)} ({', '.join(fleet.things[:fleet.canary_size]) or 'none'} "
           f"in {CANARY_GROUP}){'' if simulators else '; no simulators without a broker'}", flush=True)
     return fleet

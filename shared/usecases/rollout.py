@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,6 +64,7 @@ class RolloutDeps:
     stuck_timeout_s: float
     clock: Callable[[], datetime]
     poll_s: float = 60.0  # the watchdog's period (RolloutCheck events)
+    detector_configuration: Mapping[str, Any] = field(default_factory=dict)  # merged into every deployment
 
 
 def device_pk(thing: str) -> str:
@@ -126,7 +127,7 @@ def _deploy(group_name: str, name: str, components: Mapping[str, Any], token: st
 
 def _start_canary(version: int, deps: RolloutDeps) -> Outcome:
     pk, g = _pk(deps), deps.group
-    components = deployment_components(version, deps.detector_version)
+    components = deployment_components(version, deps.detector_version, deps.detector_configuration)
     things = deps.greengrass.things_in_group(deps.canary_group)
     deployment = _deploy(deps.canary_group, f"nacelle-{g}-v{version}-canary", components, f"{g}:{version}:canary",
                          deps)
@@ -359,7 +360,7 @@ def _fail(record: dict[str, Any], reason: str, deps: RolloutDeps) -> Outcome:
 def deploy_both(version: int, tag: str, deps: RolloutDeps) -> dict[str, str]:
     """The same components to both thing groups at once (restore and operator rollback); tokens carry the tag."""
     pk, g = _pk(deps), deps.group
-    components = deployment_components(version, deps.detector_version)
+    components = deployment_components(version, deps.detector_version, deps.detector_configuration)
     ids = {}
     for stage, group_name in ((CANARY, deps.canary_group), (FLEET, deps.fleet_group)):
         ids[stage] = _deploy(group_name, f"nacelle-{g}-v{version}-{tag}-{stage}", components,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from shared.components import (
@@ -55,12 +56,16 @@ def client_token(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:64]
 
 
-def deployment_components(version: int, detector_version: str) -> dict[str, dict[str, Any]]:
+def deployment_components(version: int, detector_version: str,
+                          detector_configuration: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The model and the pinned detector; the detector's configuration names the model version (it hot-swaps)
+    and carries this environment's overrides of the recipe defaults (e.g. a shorter health interval)."""
     cv = component_version(version)
+    merge = {**(detector_configuration or {}), "model": {"version": cv}}
     return {
         MODEL_COMPONENT: {"componentVersion": cv},
         DETECTOR_COMPONENT: {"componentVersion": detector_version,
-                             "configurationUpdate": {"merge": json.dumps({"model": {"version": cv}})}},
+                             "configurationUpdate": {"merge": json.dumps(merge, sort_keys=True)}},
     }
 
 

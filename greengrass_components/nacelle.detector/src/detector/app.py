@@ -265,6 +265,7 @@ class DetectorApp:
             with self._state:
                 self.model_error = reason
                 self._loaded = version  # do not retry this version until the configuration changes
+            self.request_health()  # report the failure now: a canary fails fast
             return
         log.info("model %s loaded and warmed up in %.0f ms", version, (time.perf_counter() - started) * 1000)
         with self._state:
@@ -289,6 +290,7 @@ class DetectorApp:
         else:
             self._spool_events(self.pipeline.swap(model))
         log.info("now scoring with model %s (version %s)", version, model.model_version)
+        self.request_health()  # the cloud learns of the new version now, not at the next interval
 
     # -- publisher ---------------------------------------------------------------------------------------
     def _publish_loop(self) -> None:
