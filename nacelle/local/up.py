@@ -139,13 +139,6 @@ def _start_fleet(stack: Stack, devices: int, canary_size: int, simulators: bool)
     fleet = Fleet(stack.paths.home, stack.greengrass, size=devices, canary_size=min(canary_size, devices),
                   state=stack.state, alerts=SqliteStateStore(stack.paths.alerts_db), simulators=simulators)
     fleet.start()
-    if simulators:
-        from shared.usecases.rollout_ops import provision_detector
-
-        try:
-            provision_detector(stack.rollout_deps())
-        except NacelleError as exc:  # e.g. no wheelhouse: devices wait for a model deployment
-            print(f"the detector was not deployed to the new devices: {exc}", flush=True)
     print(f"local fleet: {', '.join(fleet.things)} ({', '.join(fleet.things[:fleet.canary_size]) or 'none'} "
           f"in {CANARY_GROUP}){'' if simulators else '; no simulators without a broker'}", flush=True)
     return fleet

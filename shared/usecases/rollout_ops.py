@@ -7,9 +7,6 @@ schedules itself again while the rollout is active.
 
 from __future__ import annotations
 
-import json
-
-from shared.components import DETECTOR_COMPONENT
 from shared.errors import Conflict, ModelVersionNotFound, NotFound, ObjectNotFound
 from shared.observability import correlate, logger
 from shared.usecases.retraining import Outcome
@@ -22,7 +19,6 @@ from shared.usecases.rollout import (
     ROLLOUT,
     TERMINAL_EXECUTION,
     RolloutDeps,
-    _deploy,
     _evaluate_execution,
     _execution,
     _fail,
@@ -147,19 +143,3 @@ def cancel(deployment_id: str, deps: RolloutDeps) -> Outcome:
     logger.warning("deployment canceled", deployment_id=deployment_id)
     return Outcome("canceled", deployment_id, {"deployment_id": deployment_id})
 
-
-def provision_detector(deps: RolloutDeps) -> Outcome:
-    """Devices run the pinned detector before any model exists: it counts samples and reports health, and the
-    first model then arrives through its configuration (a hot swap, no restart). Only thing groups that never
-    received a model get this deployment; the same call again changes nothing (client tokens)."""
-    ensure_detector_component(deps.store, deps.greengrass, deps.detector_version)
-    merge = json.dumps(dict(deps.detector_configuration), sort_keys=True)
-    components = {DETECTOR_COMPONENT: {"componentVersion": deps.detector_version,
-                                       "configurationUpdate": {"merge": merge}}}
-    ids = {}
-    for stage, group_name in ((CANARY, deps.canary_group), (FLEET, deps.fleet_group)):
-        if deps.state.get(_pk(deps), stage) is not None:
-            continue  # this group already runs a model
-        ids[stage] = _deploy(group_name, f"nacelle-detector-{deps.detector_version}-{stage}", components,
-                             f"{deps.group}:detector:{deps.detector_version}:{stage}", deps)
-    return Outcome("provisioned" if ids else "ignored", f"detector {deps.detector_version}", {"deployments": ids})
