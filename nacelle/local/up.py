@@ -136,8 +136,11 @@ def _start_fleet(stack: Stack, devices: int, canary_size: int, simulators: bool)
     """`devices` simulated core devices (nucleus + turbine simulator each), after the broker is up."""
     if devices <= 0:
         return None
+    s = stack.settings
+    simulator_args = ["--speed", str(s.simulator_speed), *(["--record"] if s.record_samples else [])]
     fleet = Fleet(stack.paths.home, stack.greengrass, size=devices, canary_size=min(canary_size, devices),
-                  state=stack.state, alerts=SqliteStateStore(stack.paths.alerts_db), simulators=simulators)
+                  state=stack.state, alerts=SqliteStateStore(stack.paths.alerts_db), simulators=simulators,
+                  simulator_args=simulator_args)
     fleet.start()
     print(f"local fleet: {', '.join(fleet.things)} ({', '.join(fleet.things[:fleet.canary_size]) or 'none'} "
           f"in {CANARY_GROUP}){'' if simulators else '; no simulators without a broker'}", flush=True)

@@ -84,6 +84,10 @@ class SimPaths:
     def labels(self) -> Path:
         return self.root / "labels.jsonl"
 
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples.jsonl"
+
 
 @dataclass(frozen=True)
 class FaultRequest:
@@ -148,7 +152,7 @@ class Simulator:
     def __init__(self, thing: str, home: Path, publish: Publish, *, speed: float = 1.0, seed: int | None = None,
                  start: datetime | None = None, schedule: Iterable[FaultRequest] = (),
                  batch_seconds: float = BATCH_S, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, record: bool = False) -> None:
         self.thing = validate_thing_name(thing)
         self.paths = SimPaths.of(home, thing)
         for d in (self.paths.inbox, self.paths.done, self.paths.rejected):
@@ -163,6 +167,7 @@ class Simulator:
         self._schedule = sorted(schedule, key=lambda r: r.at_s or 0.0)
         self.stop_event = threading.Event()
         self.batches = 0
+        self.record = record  # keep every published sample in sim/samples.jsonl (the mission's timelines)
 
     # -- faults ------------------------------------------------------------------------------------
     def _inject(self, request: FaultRequest, start: datetime | None = None) -> FaultEpisode:
@@ -217,6 +222,9 @@ class Simulator:
             if self.stop_event.is_set():
                 break
             self.publish(self.topic, sensor_message(self.thing, batch))
+            if self.record:
+                with self.paths.samples.open("a") as f:
+                    f.write("".join(json.dumps(sample, separators=(",", ":")) + "\n" for sample in batch))
             self.batches += 1
             if max_batches is not None and self.batches >= max_batches:
                 break
@@ -306,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed", type=float, default=1.0, help="stream seconds per wall-clock second")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--schedule", type=Path, help="JSON list of {fault, severity, duration_s, at_s}")
+    parser.add_argument("--record", action="store_true", help="also append every published sample to "
+                        "<home>/devices/<thing>/sim/samples.jsonl")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format=f"%(asctime)s %(levelname)s sim[{args.thing}] %(message)s")
@@ -314,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         schedule = load_schedule(args.schedule) if args.schedule else []
         home = args.home.resolve()
         publisher = MqttPublisher(args.thing, home, read_port(home))
-        sim = Simulator(args.thing, home, publisher.publish, speed=args.speed, seed=args.seed, schedule=schedule)
+        sim = Simulator(args.thing, home, publisher.publish, speed=args.speed, seed=args.seed, schedule=schedule,
+                        record=args.record)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: sim.stop_event.set())
         log.info("publishing to %s (pid %d, speed %g)", sim.topic, os.getpid(), args.speed)
