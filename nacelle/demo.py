@@ -1,133 +1,295 @@
-"""`make run`: the main job on the local embedded stack.
+"""`make run`: the whole mission on one machine, on the local embedded stack.
 
-Starts the stack, generates a labelled dataset and drops it in the raw area; validation, training,
-evaluation and registration follow by themselves. Then the registered model is evaluated on a
-separately generated held-out dataset. Exits non-zero naming the step that failed.
+Starts the stack with 5 simulated turbines (a Greengrass-like nucleus and a sensor simulator each), drops
+generated training data in the raw area, lets validation, training, the quality gate and registration
+happen, approves the pending version as an operator would, follows compilation, canary and fleet
+rollout, injects labelled faults into several turbines, shows the alerts as they arrive, retrains on a
+second batch and rolls version 2 out while the detectors keep running, and ends with a per-turbine
+summary and PNG timelines. Exits non-zero naming the step that failed; the data directory stays for
+inspection with the `nacelle` commands.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from nacelle.commands import upload_keys
-from nacelle.console import metrics_table, table
+from nacelle.console import table
 from nacelle.local.stack import Stack
 from nacelle.local.up import background_stack, wait_for
-from nacelle.simulator.generate import generate_dataset
+from nacelle.mission_report import (
+    SUMMARY_HEADERS,
+    AlertMark,
+    EpisodeMark,
+    TurbineTimeline,
+    plot_timeline,
+    read_jsonl,
+    score_samples,
+    summary_rows,
+)
+from nacelle.simulator.device import SimPaths, request_fault
+from nacelle.simulator.generate import DEFAULT_START, generate_dataset
 from shared.errors import NacelleError
-from shared.ml.edge_bundle import verify
+from shared.ml.metrics import Fault
 from shared.ports import ModelVersion
-from shared.usecases import state_keys as sk
-from training_jobs.evaluation import evaluate_model_on
+
+DEVICES = 5
+# (turbine, fault, severity, duration s): injected after each rollout, into different turbines
+FAULTS_V1 = [("turbine-02", "generator_fault", "high", 40.0), ("turbine-03", "overspeed", "high", 40.0),
+             ("turbine-04", "yaw_misalignment", "high", 40.0)]
+FAULTS_V2 = [("turbine-05", "generator_fault", "high", 40.0), ("turbine-01", "overspeed", "high", 40.0)]
+ALERT_WAIT_S = 60.0  # after a fault ends, how long its alert may take (detection delay included)
 
 
 class Step:
+    """Names the running step (for the failure message) and records each step's duration."""
+
     def __init__(self) -> None:
         self.name = ""
         self.started = time.perf_counter()
+        self.durations: dict[str, float] = {}
 
     def __call__(self, name: str) -> None:
         self.name, self.started = name, time.perf_counter()
         print(f"\n== {name}", flush=True)
 
     def done(self, what: str = "done") -> None:
-        print(f"   {what} ({time.perf_counter() - self.started:.1f}s)", flush=True)
+        took = time.perf_counter() - self.started
+        self.durations[self.name] = took
+        print(f"   {what} ({took:.1f}s)", flush=True)
 
 
 def run_demo(home: Path) -> int:
     step = Step()
+    started = time.perf_counter()
     try:
-        return _run(home, step)
+        code = _run(home, step)
     except (NacelleError, OSError) as exc:
         print(f"\nFAILED at step '{step.name}': {exc}", flush=True)
         return 1
+    print(f"\nmake_run_seconds={time.perf_counter() - started:.1f}")
+    return code
 
 
 def _run(home: Path, step: Step) -> int:
     if home.exists():
         shutil.rmtree(home)
+    home.mkdir(parents=True)
+    # one torch thread for training (the fleet shares the two cores), a short quiet period before retraining,
+    # and simulators that keep their samples for the timelines
+    (home / "config.yaml").write_text(yaml.safe_dump(
+        {"hyperparameters": {"threads": "1"}, "record_samples": True, "quiet_period_s": 5.0}))
     generated = home / "generated"
-    step("1. generate labelled training data: 3 turbines x 2 h, default fault schedule, seed 7")
-    data = generate_dataset(generated / "train", 3, 2.0, "default", 7)
-    step.done(f"{len(data.files)} files, {data.rows} rows, {len(data.episodes)} labelled fault episodes")
-
-    step("2. start the local stack")
-    with background_stack(home) as stack:
-        step.done(f"data dir {home}")
-        step("3. drop the data in the raw area (equivalent: nacelle data put " f"{generated / 'train'})")
-        for path, key in upload_keys([generated / "train"]):
-            stack.store.put_if_absent(key, path.read_bytes())
+    step(f"1. start the local stack with {DEVICES} simulated turbines (equivalent: nacelle up --devices {DEVICES})")
+    with background_stack(home, devices=DEVICES) as stack:
+        step.done(f"data dir {home}; turbine-01 is the canary")
+        with AlertPrinter(stack.paths.notifications):
+            v1 = _train_version(stack, step, generated / "batch-1", "2", seed=7, turbines=3, hours=1.5)
+            _approve_and_roll_out(stack, step, v1, "3", "4")
+            faults = _inject(stack, step, "5", FAULTS_V1)
+            step("6. alerts as they arrive (detectors publish episodes over MQTT; anomaly_alert de-duplicates)")
+            _wait_alerts(stack, faults)
+            step.done()
+            v2 = _train_version(stack, step, generated / "batch-2", "7", seed=11, turbines=2, hours=1.0,
+                                start=DEFAULT_START + timedelta(days=1))  # the next day's data
+            _approve_and_roll_out(stack, step, v2, "7b", "7c")
+            faults += _inject(stack, step, "7d", FAULTS_V2)
+            _wait_alerts(stack, faults)
+            step.done()
+        step("8. summary and timelines")
+        _report(stack, v2)
         step.done()
-        step("4. validation, debounced retraining policy, training, quality gate, registration (automatic)")
-        version = _follow(stack)
-        step.done(f"version {version.version} is {version.status}")
-        _show_version(stack, version)
-        if version.status == "PendingManualApproval":
-            step(f"5. approve it as an operator would (equivalent: nacelle models approve {version.version}); "
-                 "the edge compile follows by itself")
-            stack.registry.set_status(version.group, version.version, "Approved", "demo approval", "make-run")
-            _show_bundle(stack, version)
-    step("6. evaluate the registered model on a separately generated held-out dataset (3 turbines x 2 h, seed 8)")
-    generate_dataset(generated / "heldout", 3, 2.0, "default", 8)
-    metrics = evaluate_model_on(stack.store.path(version.model_data_key), generated / "heldout")
-    print(metrics_table(metrics))
-    step.done()
-    job = version.metadata.get("nacelle:job", "")
-    print(f"\ntraining report: {stack.paths.jobs_dir / job / 'output' / 'data' / 'report.png'}")
-    print(f"inspect:         .venv/bin/nacelle --data-dir {home} models show {version.version}")
-    print(f"                 .venv/bin/nacelle --data-dir {home} jobs logs {job}")
+    print("\nstep durations: " + ", ".join(f"{name.split('.')[0]}={s:.0f}s" for name, s in step.durations.items()))
+    print(f"inspect: .venv/bin/nacelle --data-dir {home} fleet status | alerts list | models list | jobs list")
     return 0
 
 
-def _follow(stack: Stack) -> ModelVersion:
-    """Print the chain's progress until a model version is registered."""
-    group = stack.settings.group
+def _train_version(stack: Stack, step: Step, folder: Path, label: str, *, seed: int, turbines: int,
+                   hours: float, start: datetime = DEFAULT_START) -> ModelVersion:
+    step(f"{label}. generate {turbines} turbines x {hours:g} h of labelled data (seed {seed}) and drop it in the "
+         f"raw area (equivalent: nacelle data put {folder}); validation, training, gate, registration follow")
+    generate_dataset(folder, turbines, hours, "default", seed, start)
+    known = {v.version for v in stack.registry.list(stack.settings.group)}
+    for path, key in upload_keys([folder]):
+        stack.store.put_if_absent(key, path.read_bytes())
+    version = _follow_training(stack, known)
+    step.done(f"v{version.version} is {version.status}: {_headline(version)}")
+    if version.status != "PendingManualApproval":
+        raise NacelleError(f"v{version.version} did not pass the quality gate: {version.description}")
+    return version
+
+
+def _follow_training(stack: Stack, known: set[int]) -> ModelVersion:
     seen: set[str] = set()
 
-    def progress() -> ModelVersion | None:
-        pk = sk.group_pk(group)
-        files = stack.state.query(pk, sk.FILE)
-        accepted = sum(1 for f in files if f.get("status") == "accepted")
-        lines = [f"{accepted} file(s) accepted, {len(files) - accepted} quarantined"]
+    def registered() -> ModelVersion | None:
         for job in stack.jobs.list():
-            lines.append(f"training job {job.name}: {job.status}")
+            line = f"job {job.name}: {job.status}"
+            if line not in seen:
+                seen.add(line)
+                print(f"   {line}", flush=True)
+            if job.status == "Failed" and job.kind == "training":
+                raise NacelleError(f"training job {job.name} failed: {job.failure_reason}")
+        new = [v for v in stack.registry.list(stack.settings.group) if v.version not in known]
+        return new[-1] if new else None
+
+    return wait_for(registered, 300, "a newly registered model version", interval_s=0.5)
+
+
+def _headline(v: ModelVersion) -> str:
+    keys = ("metric:event_f1", "metric:recall_medium_high", "metric:false_alarms_per_turbine_day")
+    return ", ".join(f"{k.removeprefix('metric:')} {v.metadata[k]}" for k in keys if k in v.metadata)
+
+
+def _approve_and_roll_out(stack: Stack, step: Step, v: ModelVersion, label: str, follow_label: str) -> None:
+    step(f"{label}. approve v{v.version} as an operator would "
+         f"(equivalent: nacelle --data-dir {stack.paths.home} models approve {v.version})")
+    stack.registry.set_status(v.group, v.version, "Approved", "approved by make run", "make-run")
+    step.done()
+    step(f"{follow_label}. compile for the edge, deploy to the canary, soak, then the fleet (automatic; "
+         "watch: nacelle fleet status)")
+    _follow_rollout(stack, v.version)
+    step.done(f"all {DEVICES} turbines report v{v.version}")
+
+
+def _follow_rollout(stack: Stack, version: int) -> None:
+    seen: set[str] = set()
+    group = stack.settings.group
+
+    def progress() -> bool:
+        lines = []
+        if stack.store.exists(f"compiled/{group}/{version}/manifest.json"):
+            lines.append(f"edge bundle compiled/{group}/{version}/ verified")
+        for job in stack.jobs.list():
+            if job.kind == "compile" and job.status == "Failed":
+                raise NacelleError(f"compile job {job.name} failed: {job.failure_reason}")
+        rollout = stack.state.get(f"group#{group}", f"rollout#{version}")
+        if rollout is not None:
+            lines.append(f"rollout stage: {rollout['stage']}")
+            if rollout["stage"] in ("failed", "failing"):
+                raise NacelleError(f"the rollout of v{version} failed: {rollout.get('failure_reason')}")
+        running = sorted(str(r.get("thing_name")) for r in stack.state.query("devices")
+                         if str(r.get("model_version")) in (str(version), f"{version}.0.0")
+                         and float(r.get("inference_rate_hz") or 0) > 0)
+        lines.append(f"scoring with v{version}: {', '.join(running) or 'none yet'}")
         for line in lines:
             if line not in seen:
                 seen.add(line)
                 print(f"   {line}", flush=True)
-        failed = [j for j in stack.jobs.list() if j.status == "Failed"]
-        if failed:
-            raise NacelleError(f"training job {failed[0].name} failed: {failed[0].failure_reason}")
-        versions = stack.registry.list(group)
-        return versions[-1] if versions else None
+        return len(running) == DEVICES
 
-    return wait_for(progress, 300, "a registered model version", interval_s=0.5)
+    wait_for(progress, 180, f"every turbine to run v{version}", interval_s=0.5)
 
 
-def _show_bundle(stack: Stack, v: ModelVersion) -> None:
-    """Wait for the verified edge bundle and summarise its equivalence check and latency."""
-    manifest_key = f"compiled/{v.group}/{v.version}/manifest.json"
+def _inject(stack: Stack, step: Step, label: str, plan: list[tuple[str, str, str, float]]) -> list[Fault]:
+    step(f"{label}. inject labelled faults")
+    for thing, fault, severity, duration in plan:
+        request_fault(stack.paths.home, thing, fault, severity, duration)
+        print(f"   {thing}: {fault} ({severity}, {duration:.0f} s)  "
+              f"[nacelle fleet inject {thing} {fault} --severity {severity} --duration {duration:.0f}]", flush=True)
+    wanted = {thing for thing, *_ in plan}
 
-    def compiled() -> bool:
-        failed = [j for j in stack.jobs.list() if j.kind == "compile" and j.status == "Failed"]
-        if failed:
-            raise NacelleError(f"compile job {failed[0].name} failed: {failed[0].failure_reason}")
-        return stack.store.exists(manifest_key)
+    def labelled() -> list[Fault] | None:
+        faults = [f for f in _faults(stack.paths.home) if f.turbine_id in wanted]
+        return faults if len(faults) >= len(plan) else None
 
-    wait_for(compiled, 300, manifest_key)
-    bundle = verify(stack.store.path(manifest_key).parent)
-    equivalence, latency = bundle.edge["equivalence"], bundle.edge["latency"]
-    print(f"   {manifest_key}: digests verified; ONNX vs PyTorch on {equivalence['windows']} windows: "
-          f"max abs diff {equivalence['outputs']['error']['max_abs_diff']:.2e}, passed={equivalence['passed']}")
-    ort, eager = latency["onnxruntime"], latency["torch_eager"]
-    print(f"   batch-1 latency, one thread: ONNX Runtime p50 {ort['p50_us']:.0f} us, "
-          f"PyTorch eager p50 {eager['p50_us']:.0f} us")
+    faults = wait_for(labelled, 30, "the simulators to start the faults")
+    step.done()
+    return faults
 
 
-def _show_version(stack: Stack, v: ModelVersion) -> None:
-    rows = [[k.removeprefix("metric:"), val] for k, val in sorted(v.metadata.items()) if k.startswith("metric:")]
-    print(table(["metric (held-out slice of the training data)", "value"], rows))
-    print(f"   {v.description}")
-    print(f"   approve it with: .venv/bin/nacelle --data-dir {stack.paths.home} models approve {v.version}")
+def _wait_alerts(stack: Stack, faults: list[Fault]) -> None:
+    """Until every injected fault has an alert for its turbine, or ALERT_WAIT_S after the last one ends."""
+    deadline = max(f.end for f in faults) + ALERT_WAIT_S
+
+    def covered() -> bool:
+        alerted = {a["attributes"].get("turbine_id") for a in _alerts(stack) if a["at"] >= min(f.start for f in faults)}
+        return all(f.turbine_id in alerted for f in faults) or time.time() > deadline
+
+    wait_for(covered, deadline - time.time() + 10, "alerts for the injected faults", interval_s=1.0)
+
+
+def _faults(home: Path) -> list[Fault]:
+    out = []
+    for thing_dir in sorted((home / "devices").glob("*")):
+        for row in read_jsonl(SimPaths.of(home, thing_dir.name).labels):
+            out.append(Fault(row["turbine"], row["fault"], row["severity"], float(row["start"]), float(row["end"])))
+    return out
+
+
+def _alerts(stack: Stack) -> list[dict[str, Any]]:
+    rows = [r for r in read_jsonl(stack.paths.notifications) if r.get("topic") == "alerts"]
+    for r in rows:
+        r["at"] = datetime.fromisoformat(str(r["time"]).replace("Z", "+00:00")).timestamp()
+    return rows
+
+
+def _report(stack: Stack, final: ModelVersion) -> None:
+    home = stack.paths.home
+    faults = _faults(home)
+    alerts = _alerts(stack)
+    episodes = [i for i in stack.alert_deps().alerts.query("alerts") if i.get("kind") == "episode"]
+    health = {str(r.get("thing_name")): r for r in stack.state.query("devices")}
+    bundle = stack.store.path(f"compiled/{final.group}/{final.version}/manifest.json").parent
+    timelines = []
+    for thing in sorted(p.name for p in (home / "devices").iterdir() if p.is_dir()):
+        version = health.get(thing, {}).get("model_version")
+        tl = TurbineTimeline(
+            thing, read_jsonl(SimPaths.of(home, thing).samples), [f for f in faults if f.turbine_id == thing],
+            [EpisodeMark(str(e["episode_id"]), float(e["opened_at"]), float(e["started_at"]),
+                         None if e.get("ended_at") is None else float(e["ended_at"]), list(e.get("features", [])),
+                         e.get("model_version")) for e in episodes if e.get("turbine_id") == thing],
+            [AlertMark(a["at"], a["attributes"].get("severity", ""), a["subject"]) for a in alerts
+             if a["attributes"].get("turbine_id") == thing and a["attributes"].get("kind") != "resolution"],
+            None if version is None else int(str(version).split(".")[0]))
+        timelines.append(tl)
+    print(table(SUMMARY_HEADERS, summary_rows(timelines)))
+    for tl in timelines:
+        path = plot_timeline(tl, score_samples(tl.samples, bundle), home / "report" / f"{tl.turbine_id}.png")
+        print(f"   timeline: {path}")
+    (home / "report" / "summary.json").write_text(json.dumps(
+        {tl.turbine_id: {"model_version": tl.model_version, "faults": len(tl.faults), "alerts": len(tl.alerts)}
+         for tl in timelines}, indent=2))
+
+
+class AlertPrinter:
+    """Prints each alert-topic notification as it lands in the notifier's JSON-lines log."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="alert-printer", daemon=True)
+
+    def __enter__(self) -> AlertPrinter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        offset = 0
+        while not self._stop.wait(0.5):
+            if not self.path.is_file():
+                continue
+            with self.path.open("rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+            complete = chunk[:chunk.rfind(b"\n") + 1]
+            offset += len(complete)
+            for line in complete.splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if row.get("topic") == "alerts":
+                    print(f"   ALERT {row['time'][11:19]} {row['subject']}", flush=True)

@@ -93,6 +93,7 @@ class Fleet:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
+        self._prepare: subprocess.Popen[bytes] | None = None
 
     @property
     def record_path(self) -> Path:
@@ -148,6 +149,9 @@ class Fleet:
         self._stop.set()
         if self._monitor is not None:
             self._monitor.join(timeout=5)
+        if self._prepare is not None and self._prepare.poll() is None:
+            self._prepare.kill()  # an unfinished venv has no completion marker: the next install rebuilds it
+            self._prepare.wait(5)
         with self._lock:
             live = [m.popen for m in self.procs.values() if m.popen is not None and m.popen.poll() is None]
             for p in live:
@@ -225,6 +229,23 @@ class Fleet:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
         self.record_path.unlink(missing_ok=True)
+
+    def prepare_runtime(self) -> None:
+        """Build the detector's shared venv now, in the background, as a device image would ship it: the first
+        deployment's Install step then finds it complete instead of building it (same requirements hash)."""
+        from nacelle.components import COMPONENT_DIR, WHEELHOUSE
+
+        script = COMPONENT_DIR / "src" / "detector" / "install_venv.py"
+        if not any(WHEELHOUSE.glob("*.whl")):
+            return  # nothing to install from: the Install step reports it
+        root = self.home / "greengrass" / "venvs"
+        log = self.home / "greengrass" / "prepare-runtime.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            self._prepare = subprocess.Popen(
+                [sys.executable, "-u", str(script), "--requirements", str(COMPONENT_DIR / "requirements.txt"),
+                 "--wheels", str(WHEELHOUSE), "--venvs-root", str(root), "--default-venvs-root", str(root)],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     # ------------------------------------------------------------------ status
     def status(self) -> list[dict[str, Any]]:

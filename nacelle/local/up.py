@@ -142,6 +142,7 @@ def _start_fleet(stack: Stack, devices: int, canary_size: int, simulators: bool)
                   state=stack.state, alerts=SqliteStateStore(stack.paths.alerts_db), simulators=simulators,
                   simulator_args=simulator_args)
     fleet.start()
+    fleet.prepare_runtime()
     print(f"local fleet: {', '.join(fleet.things)} ({', '.join(fleet.things[:fleet.canary_size]) or 'none'} "
           f"in {CANARY_GROUP}){'' if simulators else '; no simulators without a broker'}", flush=True)
     return fleet
