@@ -147,7 +147,8 @@ def _start_neo(version: int, input_shape: str, deps: CompileDeps) -> None:
     prefix = bundle_prefix(deps.group, version)
     archive = prefix + "neo/input/model.tar.gz"
     deps.store.put_if_absent(archive, _tar_single("model.onnx", deps.store.get(prefix + "model.onnx")))
-    shape = tuple(int(x) for x in input_shape.split(",")) if input_shape else (1, 6, 100)
+    # registration writes "1,6,100" through metadata_value, which turns the commas into spaces: accept both
+    shape = tuple(int(x) for x in input_shape.replace(",", " ").split()) if input_shape.strip() else (1, 6, 100)
     with suppress(JobAlreadyExists):
         deps.neo.start(NeoRequest(f"nacelle-neo-{deps.group}-{version}"[:63], archive, prefix + "neo/output/",
                                   deps.neo_target, shape))
