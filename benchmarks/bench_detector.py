@@ -2,8 +2,9 @@
 
 Three paths over the same windows of the same model:
 
-- full: sensor message bytes -> episode decision (JSON parsing and validation, features, ring
-  buffer, ONNX Runtime, operating regime, the episode rule), through TurbinePipeline.handle;
+- full: sensor message bytes -> episode decision (JSON parsing and validation: msgspec's typed
+  decode, falling back to the stdlib; features, ring buffer, ONNX Runtime, operating regime, the
+  episode rule), through TurbinePipeline.handle;
 - torch: the same path, the same parsing and feature code, with the PyTorch eager scoring model in
   place of ONNX Runtime;
 - bare ORT: EdgeModel.score on windows built beforehand, batched exactly as the full path batches

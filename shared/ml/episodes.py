@@ -9,7 +9,7 @@ windows are flagged and closes after m consecutive clean windows. All times are 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -99,20 +99,41 @@ class EpisodeTracker:
         return self._advance(t_end, hit, gone)
 
     def step_many(self, t_end: Sequence[float], errors: np.ndarray, missing: np.ndarray,
-                  operating: Sequence[bool] | np.ndarray) -> Iterator[list[EpisodeEvent]]:
-        """`step` over (W, F) windows in time order, flags computed for all at once; yields each
-        window's events as its decision is taken."""
+                  operating: Sequence[bool] | np.ndarray) -> list[EpisodeEvent]:
+        """`step` over (W, F) windows in time order; the events of all of them, in order.
+
+        Flags are computed for all windows at once; when none is flagged and no episode is open (the
+        usual case), each window only enters the k-of-n history."""
+        if not len(t_end):
+            return []
         ratios = np.divide(errors, self.thresholds, dtype=np.float64)  # as step(): exact float64 inputs
-        over = ratios > 1.0
-        lacking = np.asarray(missing) > self.rule.missing_tolerance
-        flagged = (np.logical_or.reduce(over | lacking, axis=1) & np.asarray(operating, dtype=bool)).tolist()
-        names = self.feature_names
-        for i, t in enumerate(t_end):
-            if flagged[i]:
-                yield self._advance(t, {names[j]: float(ratios[i, j]) for j in np.flatnonzero(over[i])},
-                                    [names[j] for j in np.flatnonzero(lacking[i])])
+        missing = np.asarray(missing)
+        # np.maximum.reduce, not .max(): its Python wrapper costs more than the work on a few windows
+        if not (np.maximum.reduce(ratios, axis=None) <= 1.0
+                and np.maximum.reduce(missing, axis=None) <= self.rule.missing_tolerance):  # a NaN max too
+            return self._step_flagged(t_end, ratios, missing, operating)
+        events: list[EpisodeEvent] = []
+        silence, recent = self.rule.max_silence_s, self._recent
+        for t in t_end:
+            if self.current is None and (self._last_t is None or t - self._last_t <= silence):
+                self._last_t = t
+                recent.append((t, {}, []))
             else:
-                yield self._advance(t, {}, [])
+                events += self._advance(t, {}, [])
+        return events
+
+    def _step_flagged(self, t_end: Sequence[float], ratios: np.ndarray, missing: np.ndarray,
+                      operating: Sequence[bool] | np.ndarray) -> list[EpisodeEvent]:
+        names = self.feature_names
+        lacking = (missing > self.rule.missing_tolerance).tolist()  # in missing's dtype, as step()
+        events: list[EpisodeEvent] = []
+        for t, row, gaps, on in zip(t_end, ratios.tolist(), lacking, operating, strict=True):
+            if on:  # Python floats of the float64 ratios, as float(ratios[i, j])
+                events += self._advance(t, {names[j]: r for j, r in enumerate(row) if r > 1.0},
+                                        [names[j] for j, g in enumerate(gaps) if g])
+            else:
+                events += self._advance(t, {}, [])
+        return events
 
     def _advance(self, t_end: float, hit: dict[str, float], gone: list[str]) -> list[EpisodeEvent]:
         events: list[EpisodeEvent] = []

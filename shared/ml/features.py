@@ -27,24 +27,35 @@ def quaternion_to_euler(w: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarr
 
 
 _EULER_INDEX = {"quaternion_roll": 0, "quaternion_pitch": 1, "quaternion_yaw": 2}
-_LEFT, _RIGHT = np.array([0, 2, 0, 1, 0, 3]), np.array([1, 3, 3, 2, 2, 1])  # (w,x,y,z) rows: wx yz wz xy wy zx
+# (w,x,y,z) rows of the factor pairs: wx wz xx yy | yz xy yy zz | wy zx (left factors, then right ones),
+# so that one add of the first two quarters of the products gives the sums of roll, yaw and both
+# denominators, and the last two give pitch
+_FACTORS = np.array([0, 0, 1, 2, 2, 1, 2, 3, 0, 3, 1, 3, 1, 2, 3, 2, 2, 3, 2, 1])
+
+
+def _constant(value: float) -> np.ndarray:
+    """A read-only 0-d float64 array: a ufunc takes it faster than a Python float, same arithmetic."""
+    out = np.array(value)
+    out.flags.writeable = False
+    return out
+
+
+_ONE, _MINUS_ONE = _constant(1.0), _constant(-1.0)
 
 
 def euler_rows(q: np.ndarray) -> np.ndarray:
     """(4, N) float64 rows w, x, y, z -> (3, N) roll, pitch, yaw with quaternion_to_euler's arithmetic
     (bit for bit: 2.0 * v is written v + v, both exact), one ufunc call per step for all angles."""
-    prod = q.take(_LEFT, axis=0)
-    prod *= q.take(_RIGHT, axis=0)
-    sq = q[1:] * q[1:]  # xx, yy, zz
-    num = prod[0:4:2] + prod[1:4:2]  # wx + yz, wz + xy
-    num += num
-    den = sq[0:2] + sq[1:3]  # xx + yy, yy + zz
-    den += den
+    factors = q.take(_FACTORS, axis=0)
+    prod = np.multiply(factors[:10], factors[10:])
+    sums = prod[0:4] + prod[4:8]  # wx + yz, wz + xy, xx + yy, yy + zz
+    sums += sums
     out = np.empty((3, q.shape[1]))
-    np.arctan2(num, np.subtract(1.0, den, out=den), out=out[0::2])  # roll, yaw
-    sin_pitch = prod[4] - prod[5]  # wy - zx
+    den = sums[2:4]
+    np.arctan2(sums[0:2], np.subtract(_ONE, den, out=den), out=out[0::2])  # roll, yaw
+    sin_pitch = prod[8] - prod[9]  # wy - zx
     sin_pitch += sin_pitch
-    np.arcsin(np.minimum(np.maximum(sin_pitch, -1.0, out=sin_pitch), 1.0, out=sin_pitch), out=out[1])
+    np.arcsin(np.minimum(np.maximum(sin_pitch, _MINUS_ONE, out=sin_pitch), _ONE, out=sin_pitch), out=out[1])
     return out
 
 
@@ -95,7 +106,7 @@ def feature_rows(raw: np.ndarray, plan: FeaturePlan, out: np.ndarray | None = No
     if plan.raw_dst is not None:
         out[plan.raw_dst] = raw[plan.raw_src]
     for q, angles, dst in plan.quaternions:
-        out[dst] = euler_rows(raw[q])[angles]
+        out[dst] = euler_rows(raw[q])[angles]  # float64, rounded once into `out`
     return out
 
 
@@ -143,8 +154,9 @@ def operating_mask(windows: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     column = windows[:, spec.features.index(spec.operating.feature), :]
     # More than half the samples >= min puts both middle ones there, so the (nan)median too: the
     # usual case, decided by counting (float rounding of the middle pair's mean cannot undo it).
-    sure = np.add.reduce(column >= spec.operating.min, axis=1, dtype=np.intp) > column.shape[1] // 2
-    if sure.all():
+    # ufunc methods, not ndarray.all(): their Python wrappers cost more than the work on a few windows.
+    sure = np.add.reduce(np.greater_equal(column, spec.operating.min), axis=1, dtype=np.intp) > column.shape[1] // 2
+    if np.logical_and.reduce(sure):
         return sure
     if not np.isnan(np.add.reduce(column, axis=None)):  # no NaN (inf - inf only sends it the slow way)
         return np.asarray(_median(column) >= spec.operating.min)  # nanmedian is far slower on small arrays

@@ -453,3 +453,79 @@ def test_swap_to_another_window_geometry_restarts_the_run(model_v1: EdgeModel, s
     ends = [w.t_end for p in payloads[15:25] for w in pipeline.handle(p).windows]
     first = 15 * 10
     assert ends[:3] == [stream.rows[first + 49]["ts"], stream.rows[first + 54]["ts"], stream.rows[first + 59]["ts"]]
+
+
+# -- hot-path equivalences -------------------------------------------------------------------------
+def test_typed_parse_agrees_with_the_stdlib_path(model_v1: EdgeModel) -> None:
+    """msgspec's typed decode and the stdlib columnar path give the same batch, number for number."""
+    from detector.messages import _DECODER, _fast_columns, _typed_batch, parse_sensor_batch
+
+    spec = model_v1.spec
+    rng = np.random.default_rng(7)
+    doc = _good(spec, "t1", 60)
+    for i, sample in enumerate(doc["samples"]):
+        sample["ts"] = 1_700_000_000 + i if i % 3 else 1_700_000_000.123456789 + i
+        for c in spec.input_columns:
+            sample[c] = [None, int(rng.integers(-5, 5)), float(rng.normal() * 10.0 ** rng.integers(-8, 8))][i % 3]
+        sample["extra"] = {"nested": [1, "x"]}
+    payload = json.dumps(doc).encode()
+    typed = _typed_batch(payload, spec.input_columns, "t1")
+    column = _fast_columns(_DECODER.decode(payload.decode())["samples"], spec.input_columns)
+    assert typed is not None and column is not None
+    assert typed.seq == column.seq
+    np.testing.assert_array_equal(typed.ts, column.ts)
+    np.testing.assert_array_equal(typed.values, column.values)
+    # what the typed path does not take goes the stdlib way, with its reasons
+    non_ascii = parse_sensor_batch(payload.replace(b'"extra"', '"\u00e9xtra"'.encode()), spec, "t1")
+    np.testing.assert_array_equal(non_ascii.values, typed.values)
+    for bad in (payload.replace(b'"seq": 5,', b'"seq": 5.0,'), payload.replace(b'"v": 1', b'"v": true'),
+                json.dumps({"v": 1, "turbine_id": "t1", **doc["samples"][0]}).encode()):
+        assert _typed_batch(bad, spec.input_columns, "t1") is None
+
+
+def test_step_many_is_step_window_by_window() -> None:
+    from shared.ml.episodes import EpisodeRule, EpisodeTracker
+
+    rng = np.random.default_rng(11)
+    names = ["a", "b", "c"]
+    thresholds = np.array([1.0, 0.5, 2.0])
+    rule = EpisodeRule(k=3, n=5, m=4, missing_tolerance=0.2, max_silence_s=30.0, update_interval_s=5.0)
+    w = 600
+    t = np.cumsum(np.where(rng.random(w) < 0.02, 45.0, 0.5))  # some silences close episodes
+    errors = (rng.random((w, 3)) * np.where(rng.random((w, 1)) < 0.3, 2.5, 0.6) * thresholds).astype(np.float32)
+    errors[rng.random((w, 3)) < 0.01] = np.nan
+    missing = np.where(rng.random((w, 3)) < 0.05, np.float32(0.2), np.float32(0.0)).astype(np.float32)
+    missing[rng.random((w, 3)) < 0.03] = 0.5
+    operating = rng.random(w) > 0.1
+    one, many = EpisodeTracker("t", rule, thresholds, names), EpisodeTracker("t", rule, thresholds, names)
+    expected = [e for i in range(w) for e in one.step(float(t[i]), errors[i], missing[i], bool(operating[i]))]
+    got, i = [], 0
+    while i < w:
+        j = i + int(rng.integers(1, 6))
+        got += many.step_many(t[i:j].tolist(), errors[i:j], missing[i:j], operating[i:j].tolist())
+        i = j
+    assert len(expected) > 10 and got == expected
+    assert one.flush() == many.flush()
+
+
+def test_operating_count_agrees_with_operating_mask(model_v1: EdgeModel) -> None:
+    """The pipeline's running count decides operating exactly as operating_mask on the same windows."""
+    from shared.ml.features import compute_features, make_windows, operating_mask, window_starts
+
+    spec = model_v1.spec
+    assert spec.operating is not None
+    rng = np.random.default_rng(3)
+    n = 1500
+    ts = 1_700_000_000.0 + np.arange(n) * spec.sampling.interval_s
+    values = {c: rng.normal(size=n) for c in spec.input_columns}
+    wind = spec.operating.feature
+    level = spec.operating.min + np.repeat(rng.choice([-1.0, -0.01, 0.0, 0.01, 1.0], n // 50 + 1), 50)[:n]
+    values[wind] = level + rng.choice([-0.02, 0.0, 0.02], n)
+    values[wind][rng.random(n) < 0.05] = np.nan
+    values[wind][700:800] = np.nan  # an entirely missing stretch
+    rows = [{"seq": i, "ts": float(ts[i]), **{c: float(values[c][i]) for c in spec.input_columns}} for i in range(n)]
+    pipeline = TurbinePipeline("t5", model_v1)
+    got = [w.operating for p in Stream("t5", ts, rows).messages() for w in pipeline.handle(p).windows]
+    windows = make_windows(compute_features(values, spec), window_starts(ts, spec), spec.windows.length)
+    expected = operating_mask(windows, spec).tolist()
+    assert got == expected and 0 < sum(got) < len(got)

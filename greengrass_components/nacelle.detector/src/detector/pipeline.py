@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from shared.ml.episodes import EpisodeEvent, EpisodeTracker
 from shared.ml.features import FeaturePlan, feature_rows, operating_mask
 from shared.ml.spec import FeatureSpec
 
-from .messages import BadMessage, Sample, SampleBatch, parse_sensor_batch
+from .messages import MAX_MESSAGE_BYTES, BadMessage, Sample, SampleBatch, parse_sensor_batch
 from .scoring import EdgeModel
 
 LATENCY_HISTORY = 4096  # per-window latencies kept for the p50/p99 of health messages
@@ -29,14 +30,13 @@ SMALL_BATCH = 64  # up to this many samples, the gap scan runs in Python
 REUSED_BATCH = 64  # model input arrays up to this many windows are allocated once and reused
 
 
-@dataclass(frozen=True)
-class WindowRecord:
+class WindowRecord(NamedTuple):  # a tuple: built per window on the hot path
     t_end: float  # timestamp of the window's last sample
     errors: np.ndarray  # (F,) per-feature reconstruction error
     missing: np.ndarray  # (F,) per-feature fraction of missing samples
     operating: bool  # inside the spec's operating regime (else counted as a clean window)
     model_version: int | None
-    latency_s: float  # from the start of handling the message to this window's episode decision
+    latency_s: float  # from the start of handling the message to the episode decisions of its windows
 
 
 @dataclass
@@ -53,14 +53,17 @@ def pipeline_key(spec: FeatureSpec) -> tuple[object, ...]:
     return (spec.features, spec.derived, spec.input_columns, spec.windows)
 
 
-def window_ends(t: list[float], prev: float | None, run_len: int, length: int, stride: int, max_gap: float
-                ) -> tuple[list[int], int]:
+def window_ends(t: list[float], prev: float | None, run_len: int, length: int, stride: int, max_gap: float,
+                ordered: bool = False) -> tuple[list[int], int]:
     """Indices of the new samples `t` that end a window, and the run length after the last one.
 
     A run restarts after a gap longer than `max_gap`; within a run the first window ends at its
-    `length`-th sample and then one every `stride` samples (shared.ml.features.window_starts)."""
+    `length`-th sample and then one every `stride` samples (shared.ml.features.window_starts).
+    `ordered`: `t` is strictly increasing, so a span within max_gap has no gap inside."""
     n = len(t)
-    if n <= SMALL_BATCH:  # a few samples: a Python pass beats three numpy calls
+    if ordered and t[-1] - t[0] <= max_gap:
+        starts = []
+    elif n <= SMALL_BATCH:  # a few samples: a Python pass beats three numpy calls
         starts = [j for j in range(1, n) if t[j] - t[j - 1] > max_gap]
     else:
         starts = (np.flatnonzero(np.diff(t) > max_gap) + 1).tolist()
@@ -91,6 +94,7 @@ class TurbinePipeline:
         self.model = model
         self._lock = threading.Lock()
         self.tracker = self._new_tracker(model)
+        self._bind_operating()
         self._reset_buffer()
         self.windows_scored = 0
         self.samples_seen = 0
@@ -98,11 +102,18 @@ class TurbinePipeline:
         self.bad_messages = 0
         self.swaps = 0
         self.latencies: deque[float] = deque(maxlen=LATENCY_HISTORY)
-        self._decisions: deque[float] = deque(maxlen=LATENCY_HISTORY)  # monotonic time of each window
+        self._decisions: deque[float] = deque(maxlen=LATENCY_HISTORY)  # perf_counter time of each window
 
     # -- state -------------------------------------------------------------------------------------
     def _new_tracker(self, model: EdgeModel) -> EpisodeTracker:
         return EpisodeTracker(self.turbine_id, model.rule, model.thresholds, list(model.spec.features))
+
+    def _bind_operating(self) -> None:
+        """The model's operating regime as (feature row, minimum), None without one. The minimum is a
+        0-d float32 array: the float32 comparison operating_mask makes with a Python float (NEP 50)."""
+        op = self.model.spec.operating
+        self._regime = None if op is None else (self.model.spec.features.index(op.feature),
+                                                np.array(op.min, dtype=np.float32))
 
     def _reset_buffer(self) -> None:
         spec = self.model.spec
@@ -135,6 +146,21 @@ class TurbinePipeline:
             x = self._inputs[shape] = np.empty(shape, dtype=np.float32)
         return x
 
+    def _operating(self, x: np.ndarray, hi: int, ends: list[int]) -> list[bool]:
+        """operating_mask(x) of the windows ending at ring columns hi + ends. Its usual case (more than
+        half the window's samples at or above the minimum) is counted here with one running sum over
+        the span of all the windows; a window that count leaves undecided goes through operating_mask."""
+        if self._regime is None:
+            return [True] * len(ends)
+        row, minimum = self._regime
+        length, first = x.shape[2], ends[0]
+        span = self._ring[row, hi + first + 1 - length:hi + ends[-1] + 1]
+        above = np.add.accumulate(np.greater_equal(span, minimum), dtype=np.intp).tolist()
+        half = length // 2
+        if all(above[e - first + length - 1] - (above[e - first - 1] if e > first else 0) > half for e in ends):
+            return [True] * len(ends)
+        return operating_mask(x, self.model.spec).tolist()
+
     @property
     def model_version(self) -> int | None:
         return self.model.model_version
@@ -154,8 +180,8 @@ class TurbinePipeline:
         start = time.perf_counter()
         with self._lock:
             try:
-                kwargs = {} if max_bytes is None else {"max_bytes": max_bytes}
-                batch = parse_sensor_batch(payload, self.model.spec, self.turbine_id, **kwargs)
+                batch = parse_sensor_batch(payload, self.model.spec, self.turbine_id,
+                                           MAX_MESSAGE_BYTES if max_bytes is None else max_bytes)
             except BadMessage:
                 self.bad_messages += 1
                 raise
@@ -174,49 +200,46 @@ class TurbinePipeline:
     def _process(self, batch: SampleBatch, start: float) -> Result:
         model, spec = self.model, self.model.spec
         length = spec.windows.length
-        result = Result(model_version=model.model_version)
         t, values, last = batch.ts, batch.values, self._last_ts
         if last is not None and not (batch.ordered and t[0] > last):  # ordered: stale ones lead
             fresh = t > last
             t, values = t[fresh], values[fresh]
         n = len(t)
-        result.stale = len(batch) - n
+        stale = len(batch) - n
         if not n:
-            self.stale_samples += result.stale
-            return result
+            self.stale_samples += stale
+            return Result(model_version=model.model_version, stale=stale)
         self._room(n)
         hi, ring = self._hi, self._ring
         feature_rows(values.T, self._plan, out=ring[:, hi:hi + n])  # scratch until the commit
         ts = t.tolist()
-        ends, run_len = window_ends(ts, last, self._run_len, length, spec.windows.stride, spec.windows.max_gap_s)
+        ends, run_len = window_ends(ts, last, self._run_len, length, spec.windows.stride, spec.windows.max_gap_s,
+                                    batch.ordered)
         if ends:
             x = self._input((len(ends), spec.n_features, length))
             for i, e in enumerate(ends):
                 x[i] = ring[:, hi + e + 1 - length:hi + e + 1]
             errors, missing = model.score(x)
-            operating = operating_mask(x, spec)
+            operating = self._operating(x, hi, ends)
 
         # Commit: nothing above touched the state, so a failure there leaves it as it was.
         self._hi = hi + n
         self._lo = self._hi - min(run_len, length)
         self._run_len, self._last_ts = run_len, ts[-1]
         self.samples_seen += n
-        self.stale_samples += result.stale
-        result.accepted = n
+        self.stale_samples += stale
+        version = model.model_version
         if not ends:
-            return result
+            return Result(model_version=version, accepted=n, stale=stale)
         t_ends = [ts[e] for e in ends]
-        version, ops = model.model_version, operating.tolist()
-        decisions = self.tracker.step_many(t_ends, errors, missing, operating)
-        for i, events in enumerate(decisions):
-            if events:
-                result.events += events
-            now = time.perf_counter()
-            result.windows.append(WindowRecord(t_ends[i], errors[i], missing[i], ops[i], version, now - start))
-            self.latencies.append(now - start)
-            self._decisions.append(time.monotonic())
-        self.windows_scored += len(ends)
-        return result
+        events = self.tracker.step_many(t_ends, errors, missing, operating)
+        now = time.perf_counter()
+        latency, k = now - start, len(ends)
+        windows = list(map(WindowRecord, t_ends, errors, missing, operating, [version] * k, [latency] * k))
+        self.latencies.extend([latency] * k)
+        self._decisions.extend([now] * k)
+        self.windows_scored += k
+        return Result(windows, events, version, n, stale)
 
     # -- model swap and shutdown -------------------------------------------------------------------
     def swap(self, new_model: EdgeModel) -> Result:
@@ -232,6 +255,7 @@ class TurbinePipeline:
             keep = pipeline_key(new_model.spec) == pipeline_key(self.model.spec)
             self.model = new_model
             self.tracker = self._new_tracker(new_model)
+            self._bind_operating()
             if not keep:
                 self._reset_buffer()
             self.swaps += 1
@@ -253,6 +277,6 @@ class TurbinePipeline:
         """Windows scored per second of wall time over the last `horizon_s`."""
         if not self._decisions:
             return 0.0
-        now = time.monotonic()
+        now = time.perf_counter()
         recent = [d for d in self._decisions if now - d <= horizon_s]
         return len(recent) / horizon_s
