@@ -19,7 +19,7 @@ from shared.ml.edge_bundle import verify
 from shared.ml.features import compute_features, make_windows, window_starts
 from shared.ml.metrics import DETECTION_TOLERANCE_S, Fault
 
-SIGNALS = ("wind_speed_rps", "vibration_rms", "qw")  # plotted when the spec has them
+SIGNALS = ("wind_speed_rps", "rps", "voltage")  # raw columns plotted when present
 
 
 @dataclass
@@ -148,7 +148,7 @@ def plot_timeline(tl: TurbineTimeline, scores: tuple[np.ndarray, np.ndarray], pa
         score_ax.axvline(a.at - t0, color="tab:purple", lw=1.0)
     score_ax.set_xlabel("seconds since the first sample (red: injected fault, orange: episode, "
                         "purple: alert)", fontsize=8)
-    fig.suptitle(f"{tl.turbine_id} — model v{tl.model_version}", fontsize=10)
+    fig.suptitle(f"{tl.turbine_id}: running v{tl.model_version}; scores recomputed with that bundle", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
