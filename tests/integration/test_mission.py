@@ -1,0 +1,109 @@
+"""The mission end to end on the local stack (issue 7 §5): data drop -> pending model -> approval -> rollout to
+2 simulated turbines -> a fault injected in turbine-01 -> alert, resolution -> operator ack -> label.
+
+Everything real: mosquitto with mutual TLS, the IoT rule engine, the nucleus processes installing the detector
+component from the wheelhouse, turbine simulators at SPEED x real time (episode logic runs on sample timestamps,
+so acceleration changes only how long we wait).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nacelle.cli import main
+from nacelle.commands import upload_keys
+from nacelle.components import WHEELHOUSE
+from nacelle.local.broker import find_mosquitto
+from nacelle.local.stack import Stack
+from nacelle.simulator.device import SimPaths, request_fault
+from shared.usecases.alerts import SEVERITIES, label_key, list_alerts
+from tests.integration.conftest import LENIENT_GATE, running_stack, wait_for, write_config
+
+pytestmark = [
+    pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240),
+    pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed (apt-get install mosquitto)"),
+    pytest.mark.skipif(not any(WHEELHOUSE.glob("*.whl")),
+                       reason=f"{WHEELHOUSE} has no wheels: run `make wheelhouse` (devices install the detector "
+                              "from it)"),
+]
+GROUP = "nacelle-turbine"
+FAULTY, HEALTHY = "turbine-01", "turbine-02"
+SPEED = 4.0  # stream seconds per wall-clock second
+FAULT_S = 20.0  # stream seconds
+WINDOW_S = 5.0  # mini-turbine spec: 100 samples at 20 Hz
+
+
+def _model_on_devices(stack: Stack, version: int) -> dict[str, Any] | None:
+    records = {r["sk"]: r for r in stack.state.query("devices")}
+    ready = all(str(records.get(t, {}).get("model_version")) == str(version)  # the record keeps it as text
+                and float(records[t].get("inference_rate_hz") or 0) > 0 for t in (FAULTY, HEALTHY))
+    return records if ready else None
+
+
+def _notes(stack: Stack, turbine: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+    return [n for n in stack.notifier.tail(follow=False) if n["topic"] == "alerts"
+            and (turbine is None or n["attributes"].get("turbine_id") == turbine)
+            and (kind is None or n["attributes"].get("kind") == kind)]
+
+
+def test_data_drop_to_acknowledged_alert(tmp_path: Path, small_dataset: Path) -> None:
+    home = tmp_path / "home"
+    write_config(home, **LENIENT_GATE, canary_soak_s=2.0, rollout_poll_s=2.0, simulator_speed=SPEED)
+    started = time.monotonic()
+    marks: dict[str, float] = {}
+    with running_stack(home, devices=2) as stack:
+        # 1. data drop -> a model version waiting for approval, by itself
+        for path, key in upload_keys([small_dataset]):
+            stack.store.put_if_absent(key, path.read_bytes())
+        (version,) = wait_for(lambda: stack.registry.list(GROUP), 120, "a registered model version")
+        assert version.status == "PendingManualApproval"
+        marks["pending"] = time.monotonic() - started
+
+        # 2. approval -> compile -> canary (turbine-01) -> fleet (turbine-02): both report the version
+        assert main(["--data-dir", str(home), "models", "approve", str(version.version), "--reason", "test"]) == 0
+        wait_for(lambda: _model_on_devices(stack, version.version), 120,
+                 f"both devices' health to report model v{version.version}")
+        marks["deployed"] = time.monotonic() - started
+        assert _notes(stack) == [], "no alert before the fault (a false alarm on a healthy stream)"
+
+        # 3. a fault in turbine-01 -> one alert for it, then its resolution when the episode closes
+        request_fault(home, FAULTY, "rotor_imbalance", "high", FAULT_S)
+        wait_for(lambda: SimPaths.of(home, FAULTY).labels.is_file(), 10, "the simulator to inject the fault")
+        (label,) = [json.loads(line) for line in SimPaths.of(home, FAULTY).labels.read_text().splitlines()]
+        (alert,) = wait_for(lambda: _notes(stack, FAULTY, "alert"), 30, "the alert for turbine-01")
+        marks["alert"] = time.monotonic() - started
+        attrs = alert["attributes"]
+        assert attrs["severity"] in SEVERITIES
+        assert json.loads(attrs["features"]), "the alert names the deviating features"
+        assert alert["subject"].startswith(f"[{attrs['severity'].upper()}]") and FAULTY in alert["subject"]
+        (resolution,) = wait_for(lambda: _notes(stack, FAULTY, "resolution"), 30, "the resolution")
+        marks["resolved"] = time.monotonic() - started
+
+        (item,) = [i for i in list_alerts(stack.alert_deps()) if i["turbine_id"] == FAULTY]
+        assert item["alert_message_id"] == alert["id"] and item["resolution_message_id"] == resolution["id"]
+        assert item["status"] == "closed" and item["model_version"] == version.version
+        # the episode is the injected fault (sample time): it starts inside it and ends after it
+        assert label["start"] <= item["started_at"] <= label["end"] + WINDOW_S
+        assert label["end"] <= item["ended_at"] <= label["end"] + 4 * WINDOW_S
+        assert item["alert_id"] in resolution["message"]
+
+        # 4. the healthy turbine, which streamed through all of it, raised nothing
+        assert _notes(stack, HEALTHY) == []
+
+        # 5. the operator's verdict becomes a training label under labels/
+        assert main(["--data-dir", str(home), "alerts", "ack", item["alert_id"], "--verdict", "fault",
+                     "--by", "test-operator"]) == 0
+        doc = json.loads(stack.store.get(label_key(item["alert_id"])))
+        (episode,) = doc["episodes"]
+        assert episode["turbine_id"] == FAULTY and episode["fault"] == "operator-confirmed"
+        assert (episode["start"], episode["end"]) == (item["started_at"], item["ended_at"])
+        assert doc["source"] == {"alert_id": item["alert_id"], "episode_id": item["episode_id"],
+                                 "verdict": "fault", "by": "test-operator", "note": "",
+                                 "model_version": version.version}
+    print(f"mission timeline (s from start): {', '.join(f'{k}={v:.1f}' for k, v in marks.items())}; "
+          f"total {time.monotonic() - started:.1f}")
