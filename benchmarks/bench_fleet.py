@@ -97,6 +97,11 @@ def main() -> int:
         with background_stack(root / "home", devices=DEVICES) as stack:
             key = "jobs/nacelle-bench-fleet/output/model.tar.gz"
             stack.store.put_if_absent(key, archive)
+            # a fleet that has been up: the devices' shared detector venv is built (fleet start-up does it)
+            started = time.perf_counter()
+            ready = _until(lambda: any((root / "home" / "greengrass" / "venvs").glob("*/.nacelle-complete")),
+                           "the fleet's detector runtime")
+            print(f"fleet_runtime_ready_seconds={ready - started:.1f}")
             print(f"fleet_devices={DEVICES}")
             print(f"approve_to_fleet_goal_seconds={GOAL_S:.0f}")
             print(f"canary_soak_setting_seconds={stack.settings.canary_soak_s:g}", flush=True)

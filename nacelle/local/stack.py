@@ -80,7 +80,7 @@ class LocalSettings(Settings):
     simulator_speed: float = Field(1.0, gt=0)  # stream seconds per wall-clock second of each turbine simulator
     record_samples: bool = False  # simulators also keep every published sample (devices/<t>/sim/samples.jsonl)
     # merged into every deployment's detector configuration (recipe defaults suit AWS: health every 60 s)
-    detector_configuration: dict[str, Any] = Field(default_factory=lambda: {"healthIntervalSeconds": 2})
+    detector_configuration: dict[str, Any] = Field(default_factory=lambda: {"healthIntervalSeconds": 1})
 
     @classmethod
     def load(cls, path: Path) -> LocalSettings:

@@ -76,6 +76,7 @@ class DetectorApp:
         self.overflow = 0
         self.windows_scored = 0
         self.unscored_messages = 0  # received while no model is loaded
+        self._announce = False  # report health after the first window a newly swapped model scores
         self.anomalies_spooled = 0
         self.published = 0
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
@@ -97,15 +98,17 @@ class DetectorApp:
     def start(self) -> DetectorApp:
         self._started_at = self.clock()
         self._next_health = self._started_at + self.config.health_interval_s
+        # Connect first: sensor messages queue up while the first model loads, then it scores them (the first
+        # window fills during the load instead of after it).
+        self.transport.subscribe(self.config.sensors_topic, self.on_sensor_message)
+        self.transport.on_connection_change(lambda up: self._spooled.set() if up else None)
+        self.transport.connect()
         if self.config.model_version:  # the first model loads before any message is handled
             self._wanted = self.config.model_version
             self._load(self.config.model_version)
             self._apply_pending()
         self.source.on_change(self._on_config)
         self.source.start()
-        self.transport.subscribe(self.config.sensors_topic, self.on_sensor_message)
-        self.transport.on_connection_change(lambda up: self._spooled.set() if up else None)
-        self.transport.connect()
         for name, target in (("detector-worker", self._work), ("detector-publisher", self._publish_loop)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -190,6 +193,9 @@ class DetectorApp:
             log.exception("sensor message could not be scored")
             return
         self.windows_scored += len(result.windows)
+        if self._announce and result.windows:  # the first window of a new model: say so at once (canary soak)
+            self._announce = False
+            self.request_health()
         self._spool_events(result)
         if self.observer is not None:
             self.observer(result)
@@ -291,6 +297,7 @@ class DetectorApp:
             self._spool_events(self.pipeline.swap(model))
         log.info("now scoring with model %s (version %s)", version, model.model_version)
         self.request_health()  # the cloud learns of the new version now, not at the next interval
+        self._announce = True
 
     # -- publisher ---------------------------------------------------------------------------------------
     def _publish_loop(self) -> None:
