@@ -35,7 +35,7 @@ from nacelle.local.greengrass_model import (
     status_change_event,
 )
 from nacelle.local.paths import ACCOUNT, REGION, StackPaths
-from nacelle.local.sqlite import immediate
+from nacelle.local.sqlite import connect, immediate
 from shared.errors import ConfigurationError, Conflict, NotFound
 from shared.ports import (
     TERMINAL_EXECUTION,
@@ -75,13 +75,8 @@ class LocalGreengrass:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA busy_timeout=30000")
+        with connect(self.db_path) as db:
             yield db
-        finally:
-            db.close()
 
     @contextmanager
     def _tx(self) -> Iterator[Tx]:

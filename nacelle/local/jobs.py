@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from nacelle.local.sqlite import connect
 from shared.errors import JobAlreadyExists, JobNotFound
 
 SCHEMA = """
@@ -72,12 +73,8 @@ class JobTable:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
+        with connect(self.db_path) as db:
             yield db
-        finally:
-            db.close()
 
     def create(self, name: str, kind: str, request: dict[str, Any], job_dir: Path) -> JobRecord:
         with self._connect() as db:

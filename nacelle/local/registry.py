@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from nacelle.local.sqlite import immediate
+from nacelle.local.sqlite import connect, immediate
 from shared.aws.registry import CONTENT_TYPES, TOKEN_KEY, approval_description, validate_metadata
 from shared.errors import ConfigurationError, ModelVersionNotFound
 from shared.ports import ApprovalStatus, ModelVersion
@@ -95,14 +95,8 @@ class SqliteRegistry:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        # One connection per call: safe across threads and processes; autocommit unless a transaction is begun.
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA busy_timeout=30000")
+        with connect(self.db_path) as db:
             yield db
-        finally:
-            db.close()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

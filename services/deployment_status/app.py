@@ -7,15 +7,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
+from shared.aws.rollout import RolloutSettings, rollout_deps
 from shared.errors import DataError
 from shared.events import (
     DEPLOYMENT_STATUS_CHANGE,
@@ -26,29 +26,11 @@ from shared.events import (
     parse_event,
 )
 from shared.observability import correlate, logger, new_invocation, tracer
-from shared.settings import CommonSettings
 from shared.usecases.retraining import Outcome
 from shared.usecases.rollout import RolloutDeps, on_deployment_status, on_health
 from shared.usecases.rollout_ops import on_rollout_check
 
-
-class DeploymentStatusSettings(CommonSettings):
-    approvals_topic_arn: str = Field(alias="NACELLE_APPROVALS_TOPIC_ARN")
-    account_id: str = Field(alias="NACELLE_ACCOUNT_ID")
-    detector_version: str = Field(alias="NACELLE_DETECTOR_VERSION")
-    canary_group: str = Field(alias="NACELLE_CANARY_GROUP")
-    fleet_group: str = Field(alias="NACELLE_FLEET_GROUP")
-    soak_s: float = Field(600.0, ge=0, alias="NACELLE_CANARY_SOAK_S")
-    canary_timeout_s: float = Field(3600.0, gt=0, alias="NACELLE_CANARY_TIMEOUT_S")
-    stuck_timeout_s: float = Field(1800.0, gt=0, alias="NACELLE_STUCK_TIMEOUT_S")
-    poll_s: float = Field(60.0, gt=0, alias="NACELLE_ROLLOUT_POLL_S")
-    event_bus_name: str = Field("default", alias="NACELLE_EVENT_BUS_NAME")
-    event_bus_arn: str = Field(alias="NACELLE_EVENT_BUS_ARN")
-    scheduler_role_arn: str = Field(alias="NACELLE_SCHEDULER_ROLE_ARN")
-    scheduler_group: str = Field("default", alias="NACELLE_SCHEDULER_GROUP")
-
-
-SETTINGS = DeploymentStatusSettings
+SETTINGS = RolloutSettings  # shared with the other rollout function
 MODELS: dict[str, type[EventBridgeModel]] = {DEPLOYMENT_STATUS_CHANGE: GreengrassDeploymentStatusChange,
                                              ROLLOUT_CHECK: RolloutCheck}
 
@@ -85,31 +67,7 @@ def _result(outcome: Outcome) -> dict[str, Any]:
 
 @cache
 def aws_deps() -> RolloutDeps:
-    from shared.aws.dynamodb import DynamoStateStore
-    from shared.aws.events import AwsEventPublisher
-    from shared.aws.greengrass import AwsGreengrass
-    from shared.aws.registry import SageMakerRegistry
-    from shared.aws.s3 import S3ObjectStore
-    from shared.aws.sns import SnsNotifier
-
-    s = SETTINGS.from_env()
-    return RolloutDeps(
-        store=S3ObjectStore(s.data_bucket),
-        state=DynamoStateStore(s.state_table),
-        registry=SageMakerRegistry(s.data_bucket, ""),
-        notifier=SnsNotifier({"approvals": s.approvals_topic_arn}),
-        greengrass=AwsGreengrass(account=s.account_id),
-        events=AwsEventPublisher(s.event_bus_name, s.event_bus_arn, s.scheduler_role_arn, s.scheduler_group),
-        group=s.model_package_group,
-        detector_version=s.detector_version,
-        canary_group=s.canary_group,
-        fleet_group=s.fleet_group,
-        soak_s=s.soak_s,
-        canary_timeout_s=s.canary_timeout_s,
-        stuck_timeout_s=s.stuck_timeout_s,
-        clock=lambda: datetime.now(UTC),
-        poll_s=s.poll_s,
-    )
+    return rollout_deps(SETTINGS.from_env())
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE)

@@ -1,0 +1,54 @@
+"""The settings and AWS adapters of the two rollout functions (compilation_completed, deployment_status):
+they run the same use case family on the same resources, so they read one settings object."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import Field
+
+from shared.settings import CommonSettings
+from shared.usecases.rollout import RolloutDeps
+
+
+class RolloutSettings(CommonSettings):
+    approvals_topic_arn: str = Field(alias="NACELLE_APPROVALS_TOPIC_ARN")
+    account_id: str = Field(alias="NACELLE_ACCOUNT_ID")
+    detector_version: str = Field(alias="NACELLE_DETECTOR_VERSION")
+    canary_group: str = Field(alias="NACELLE_CANARY_GROUP")
+    fleet_group: str = Field(alias="NACELLE_FLEET_GROUP")
+    soak_s: float = Field(600.0, ge=0, alias="NACELLE_CANARY_SOAK_S")
+    canary_timeout_s: float = Field(3600.0, gt=0, alias="NACELLE_CANARY_TIMEOUT_S")
+    stuck_timeout_s: float = Field(1800.0, gt=0, alias="NACELLE_STUCK_TIMEOUT_S")
+    poll_s: float = Field(60.0, gt=0, alias="NACELLE_ROLLOUT_POLL_S")
+    event_bus_name: str = Field("default", alias="NACELLE_EVENT_BUS_NAME")
+    event_bus_arn: str = Field(alias="NACELLE_EVENT_BUS_ARN")
+    scheduler_role_arn: str = Field(alias="NACELLE_SCHEDULER_ROLE_ARN")
+    scheduler_group: str = Field("default", alias="NACELLE_SCHEDULER_GROUP")
+
+
+def rollout_deps(s: RolloutSettings) -> RolloutDeps:
+    from shared.aws.dynamodb import DynamoStateStore
+    from shared.aws.events import AwsEventPublisher
+    from shared.aws.greengrass import AwsGreengrass
+    from shared.aws.registry import SageMakerRegistry
+    from shared.aws.s3 import S3ObjectStore
+    from shared.aws.sns import SnsNotifier
+
+    return RolloutDeps(
+        store=S3ObjectStore(s.data_bucket),
+        state=DynamoStateStore(s.state_table),
+        registry=SageMakerRegistry(s.data_bucket, ""),
+        notifier=SnsNotifier({"approvals": s.approvals_topic_arn}),
+        greengrass=AwsGreengrass(account=s.account_id),
+        events=AwsEventPublisher(s.event_bus_name, s.event_bus_arn, s.scheduler_role_arn, s.scheduler_group),
+        group=s.model_package_group,
+        detector_version=s.detector_version,
+        canary_group=s.canary_group,
+        fleet_group=s.fleet_group,
+        soak_s=s.soak_s,
+        canary_timeout_s=s.canary_timeout_s,
+        stuck_timeout_s=s.stuck_timeout_s,
+        clock=lambda: datetime.now(UTC),
+        poll_s=s.poll_s,
+    )
