@@ -467,7 +467,25 @@ def cmd_aws_upload_code(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"stack {stack} has no {BUCKET_OUTPUT} output")
     uploaded = upload_if_changed(bucket, args.key, archive, region)
     print(f"{'uploaded' if uploaded else 'unchanged'}: s3://{bucket}/{args.key} (sha256 {sha256_file(archive)})")
+    publish_detector(bucket, archive.parent, region)
     return 0
+
+
+def publish_detector(bucket: str, build_root: Path, region: str, client: Any = None) -> list[str]:
+    """Build the pinned nacelle.detector component and put its recipe and artifacts under
+    components/nacelle.detector/<VERSION>/ (compilation_completed creates the component version from there).
+    Unchanged objects are left alone; other bytes under the same VERSION are refused (bump VERSION)."""
+    import boto3
+
+    from nacelle.components import build, publish
+    from shared.aws.s3 import S3ObjectStore
+
+    built = build(build_root, bucket=bucket)
+    store = S3ObjectStore(bucket, client or boto3.client("s3", region_name=region))
+    written = publish(store, built.directory)
+    print(f"nacelle.detector {built.version}: {len(written)} object(s) uploaded under "
+          f"s3://{bucket}/components/nacelle.detector/{built.version}/")
+    return written
 
 
 def add_aws_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -503,7 +521,8 @@ def add_aws_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     region.set_defaults(func=cmd_aws_region)
 
     upload = aws.add_parser(
-        "upload-code", parents=[common], help="upload sourcedir.tar.gz to the deployed stack's data bucket",
+        "upload-code", parents=[common],
+        help="upload sourcedir.tar.gz and the nacelle.detector component to the deployed stack's data bucket",
         description=f"Find the stack's {BUCKET_OUTPUT} output and put the archive at {SOURCE_KEY}, unless the "
                     "object there already has the same SHA-256. Uses your AWS credentials.")
     upload.add_argument("--archive", default=f"build/{Path(SOURCE_KEY).name}",

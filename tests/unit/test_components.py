@@ -412,3 +412,27 @@ def test_recipe_lifecycle_installs_a_real_venv_and_runs_main(component: Path, tm
     assert run.stdout.split() == ["probe", str(venv), "--thing", "turbine-01", "--models-root",
                                   str(tmp_path / "gg" / "packages" / "artifacts-unarchived")]
     assert time.monotonic() - start < 60
+
+
+def test_upload_code_publishes_the_detector_component_to_the_stack_bucket(tmp_path: Path, monkeypatch) -> None:
+    """`make deploy` -> `nacelle aws upload-code`: the recipe compilation_completed reads lands in S3, idempotently."""
+    import boto3
+    from moto import mock_aws
+
+    from nacelle.aws_tools import publish_detector
+    from nacelle.components import WHEELHOUSE
+
+    if not any(WHEELHOUSE.glob("*.whl")):
+        pytest.skip("no wheelhouse (make wheelhouse)")
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "eu-west-1"}.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="eu-west-1")
+        s3.create_bucket(Bucket="stack-data", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        written = publish_detector("stack-data", tmp_path, "eu-west-1", s3)
+        recipe_key = next(k for k in written if k.endswith("recipe.json"))
+        recipe = json.loads(s3.get_object(Bucket="stack-data", Key=recipe_key)["Body"].read())
+        uris = [a["Uri"] for a in recipe["Manifests"][0]["Artifacts"]]
+        assert uris and all(u.startswith("s3://stack-data/components/nacelle.detector/") for u in uris)
+        assert publish_detector("stack-data", tmp_path, "eu-west-1", s3) == []  # nothing changed: nothing written
