@@ -27,10 +27,10 @@ def quaternion_to_euler(w: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarr
 
 
 _EULER_INDEX = {"quaternion_roll": 0, "quaternion_pitch": 1, "quaternion_yaw": 2}
-# (w,x,y,z) rows of the factor pairs: wx wz xx yy | yz xy yy zz | wy zx (left factors, then right ones),
-# so that one add of the first two quarters of the products gives the sums of roll, yaw and both
-# denominators, and the last two give pitch
-_FACTORS = np.array([0, 0, 1, 2, 2, 1, 2, 3, 0, 3, 1, 3, 1, 2, 3, 2, 2, 3, 2, 1])
+# (w,x,y,z) rows of the factor pairs: wx wz xx yy wy | yz xy yy zz zx (left factors, then right ones);
+# the last right factor is negated first, so one add of the two halves of the products gives the sums
+# of roll, yaw, both denominators and pitch (a + (-z)x is a - zx, bit for bit)
+_FACTORS = np.array([0, 0, 1, 2, 0, 2, 1, 2, 3, 3, 1, 3, 1, 2, 2, 3, 2, 2, 3, 1])
 
 
 def _constant(value: float) -> np.ndarray:
@@ -41,25 +41,52 @@ def _constant(value: float) -> np.ndarray:
 
 
 _ONE, _MINUS_ONE = _constant(1.0), _constant(-1.0)
+try:  # the ufunc behind np.clip: one call instead of maximum + minimum, same values (NaN passes through)
+    from numpy._core.umath import clip as _clip  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - numpy < 2
+    def _clip(a: np.ndarray, lo: np.ndarray, hi: np.ndarray, out: np.ndarray) -> np.ndarray:
+        return np.minimum(np.maximum(a, lo, out=out), hi, out=out)
 
 
-def euler_rows(q: np.ndarray) -> np.ndarray:
-    """(4, N) float64 rows w, x, y, z -> (3, N) roll, pitch, yaw with quaternion_to_euler's arithmetic
-    (bit for bit: 2.0 * v is written v + v, both exact), one ufunc call per step for all angles."""
-    factors = q.take(_FACTORS, axis=0)
-    prod = np.multiply(factors[:10], factors[10:])
-    sums = prod[0:4] + prod[4:8]  # wx + yz, wz + xy, xx + yy, yy + zz
-    sums += sums
-    out = np.empty((3, q.shape[1]))
-    den = sums[2:4]
-    np.arctan2(sums[0:2], np.subtract(_ONE, den, out=den), out=out[0::2])  # roll, yaw
-    sin_pitch = prod[8] - prod[9]  # wy - zx
-    sin_pitch += sin_pitch
-    np.arcsin(np.minimum(np.maximum(sin_pitch, _MINUS_ONE, out=sin_pitch), _ONE, out=sin_pitch), out=out[1])
+class EulerBuffers:
+    """euler_rows' intermediate arrays for N samples and the views of them it uses, made once: calls
+    on the same N (the detector's messages) then allocate and slice nothing."""
+
+    __slots__ = ("den", "factors", "halves", "left", "negated", "nums", "pitch", "prod", "right", "sums")
+
+    def __init__(self, n: int) -> None:
+        self.factors = np.empty((20, n))
+        self.left, self.right, self.negated = self.factors[:10], self.factors[10:], self.factors[19]
+        self.prod = np.empty((10, n))
+        self.sums, self.halves = self.prod[:5], self.prod[5:]
+        self.nums, self.den, self.pitch = self.sums[0:2], self.sums[2:4], self.sums[4]
+
+
+def euler_rows(q: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(4, N) float64 rows w, x, y, z -> (3, N) float64 roll, pitch, yaw (into `out` if given) with
+    quaternion_to_euler's arithmetic (bit for bit: 2.0 * v is written v + v, both exact), one ufunc
+    call per step for all angles."""
+    if out is None:
+        out = np.empty((3, q.shape[1]))
+    _euler(q, EulerBuffers(q.shape[1]), out[0::2], out[1])
     return out
 
 
+def _euler(q: np.ndarray, b: EulerBuffers, roll_yaw: np.ndarray, pitch: np.ndarray) -> None:
+    """euler_rows into float64 rows roll_yaw (2, N) and pitch (N,); `out` arguments positionally, the
+    cheaper way to pass them."""
+    q.take(_FACTORS, 0, b.factors)
+    np.negative(b.negated, b.negated)
+    np.multiply(b.left, b.right, b.prod)
+    sums = b.sums
+    np.add(sums, b.halves, sums)  # wx + yz, wz + xy, xx + yy, yy + zz, wy - zx
+    np.add(sums, sums, sums)
+    np.arctan2(b.nums, np.subtract(_ONE, b.den, b.den), roll_yaw)  # roll, yaw
+    np.arcsin(_clip(b.pitch, _MINUS_ONE, _ONE, b.pitch), pitch)
+
+
 Index = slice | np.ndarray  # a contiguous run of rows is a slice: a view, no gather
+_ALL_ANGLES = slice(0, 3)
 
 
 def _rows(rows: list[int]) -> Index:
@@ -77,7 +104,8 @@ class FeaturePlan:
     n_features: int
     raw_dst: Index | None  # feature rows copied from the inputs...
     raw_src: Index  # ...and their input rows
-    quaternions: tuple[tuple[Index, Index, Index], ...]  # (w,x,y,z) input rows, angles, their feature rows
+    # (w,x,y,z) input rows, angles, their feature rows, whether those are roll, pitch, yaw in consecutive rows
+    quaternions: tuple[tuple[Index, Index, Index, bool], ...]
 
     @classmethod
     def of(cls, spec: FeatureSpec) -> FeaturePlan:
@@ -94,19 +122,49 @@ class FeaturePlan:
                 raw.append((row, inputs.index(name)))
         return cls(len(inputs), len(spec.features), _rows([r for r, _ in raw]) if raw else None,
                    _rows([c for _, c in raw]),
-                   tuple((_rows(list(q)), _rows([a for a, _ in pairs]), _rows([r for _, r in pairs]))
-                         for q, pairs in quats.items()))
+                   tuple(_quaternion(q, pairs) for q, pairs in quats.items()))
 
 
-def feature_rows(raw: np.ndarray, plan: FeaturePlan, out: np.ndarray | None = None) -> np.ndarray:
+def _quaternion(q: tuple[int, ...], pairs: list[tuple[int, int]]) -> tuple[Index, Index, Index, bool]:
+    angles, rows = _rows([a for a, _ in pairs]), _rows([r for _, r in pairs])
+    return _rows(list(q)), angles, rows, angles == _ALL_ANGLES and isinstance(rows, slice)
+
+
+class FeatureScratch:
+    """feature_rows' float64 workspace for N samples: the features before their one rounding into a
+    float32 `out`, and per quaternion in order its Euler buffers and output rows (None: the general way)."""
+
+    __slots__ = ("euler", "features", "n")
+
+    def __init__(self, plan: FeaturePlan, n: int) -> None:
+        self.n = n
+        self.features = np.empty((plan.n_features, n))
+        self.euler: list[tuple[EulerBuffers, np.ndarray, np.ndarray] | None] = [
+            (EulerBuffers(n), self.features[rows][0::2], self.features[rows][1]) if in_order else None
+            for _, _, rows, in_order in plan.quaternions]
+
+
+def feature_rows(raw: np.ndarray, plan: FeaturePlan, out: np.ndarray | None = None,
+                 scratch: FeatureScratch | None = None) -> np.ndarray:
     """(C, N) float64 raw inputs -> (F, N) features, written into `out` (any float dtype; a float32
-    `out` rounds exactly like compute_features' astype) or a new float64 array."""
-    if out is None:
-        out = np.empty((plan.n_features, raw.shape[1]))
+    `out` rounds exactly like compute_features' astype) or a new float64 array. `scratch` (made for
+    this plan and N): where the features are built before the one copy into `out`."""
+    if scratch is None:
+        dst = out = np.empty((plan.n_features, raw.shape[1])) if out is None else out
+        euler: list[tuple[EulerBuffers, np.ndarray, np.ndarray] | None] = [None] * len(plan.quaternions)
+    else:
+        dst, euler = scratch.features, scratch.euler
+        if out is None:
+            out = np.empty((plan.n_features, raw.shape[1]))
     if plan.raw_dst is not None:
-        out[plan.raw_dst] = raw[plan.raw_src]
-    for q, angles, dst in plan.quaternions:
-        out[dst] = euler_rows(raw[q])[angles]  # float64, rounded once into `out`
+        dst[plan.raw_dst] = raw[plan.raw_src]
+    for (q, angles, rows, _), into in zip(plan.quaternions, euler, strict=True):
+        if into is None:
+            dst[rows] = euler_rows(raw[q])[angles]  # float64, rounded once into `dst`
+        else:
+            _euler(raw[q], *into)
+    if dst is not out:
+        out[...] = dst  # float64 -> out's dtype, each value rounded once
     return out
 
 

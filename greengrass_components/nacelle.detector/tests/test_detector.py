@@ -321,7 +321,7 @@ def test_out_of_range_numbers_are_bad_messages(model_v1: EdgeModel, literal: byt
 
 def test_feature_rows_are_the_reference_arithmetic(model_v1: EdgeModel) -> None:
     """The vectorised features equal quaternion_to_euler bit for bit, in any chunking."""
-    from shared.ml.features import FeaturePlan, compute_features, feature_rows, quaternion_to_euler
+    from shared.ml.features import FeaturePlan, FeatureScratch, compute_features, feature_rows, quaternion_to_euler
 
     spec = model_v1.spec
     rng = np.random.default_rng(9)
@@ -333,6 +333,11 @@ def test_feature_rows_are_the_reference_arithmetic(model_v1: EdgeModel) -> None:
     raw = np.array([values[c] for c in spec.input_columns])
     for a in range(0, n, 13):
         feature_rows(raw[:, a:a + 13], plan, out=ring[:, a:a + 13])
+    np.testing.assert_array_equal(ring.T, feats)
+    scratch, tail = FeatureScratch(plan, 13), FeatureScratch(plan, n % 13)  # the detector's reused workspace
+    ring[:] = 0
+    for a in range(0, n, 13):
+        feature_rows(raw[:, a:a + 13], plan, ring[:, a:a + 13], scratch if n - a >= 13 else tail)
     np.testing.assert_array_equal(ring.T, feats)
     derived = {d.name: d for d in spec.derived}
     for j, name in enumerate(spec.features):
@@ -478,6 +483,19 @@ def test_typed_parse_agrees_with_the_stdlib_path(model_v1: EdgeModel) -> None:
     # what the typed path does not take goes the stdlib way, with its reasons
     non_ascii = parse_sensor_batch(payload.replace(b'"extra"', '"\u00e9xtra"'.encode()), spec, "t1")
     np.testing.assert_array_equal(non_ascii.values, typed.values)
+    # without a null reading the typed path packs the rows as doubles: the same numbers again
+    for sample in doc["samples"]:
+        for c in spec.input_columns:
+            sample[c] = 0 if sample[c] is None else sample[c]
+    full = json.dumps(doc).encode()
+    packed = _typed_batch(full, spec.input_columns, "t1")
+    column = _fast_columns(_DECODER.decode(full.decode())["samples"], spec.input_columns)
+    assert packed is not None and column is not None and packed.seq == column.seq
+    assert packed.times == column.ts.tolist()
+    np.testing.assert_array_equal(packed.values, column.values)
+    packed.values[0, 0] = 1.0  # an ordinary writable array
+    huge_seq = full.replace(b'"seq": 5,', b'"seq": ' + b"9" * 400 + b",")
+    assert _typed_batch(huge_seq, spec.input_columns, "t1") is None
     for bad in (payload.replace(b'"seq": 5,', b'"seq": 5.0,'), payload.replace(b'"v": 1', b'"v": true'),
                 json.dumps({"v": 1, "turbine_id": "t1", **doc["samples"][0]}).encode()):
         assert _typed_batch(bad, spec.input_columns, "t1") is None
@@ -496,6 +514,7 @@ def test_step_many_is_step_window_by_window() -> None:
     errors[rng.random((w, 3)) < 0.01] = np.nan
     missing = np.where(rng.random((w, 3)) < 0.05, np.float32(0.2), np.float32(0.0)).astype(np.float32)
     missing[rng.random((w, 3)) < 0.03] = 0.5
+    errors[rng.random(w) < 0.05] = thresholds.astype(np.float32)  # exactly at the threshold: not flagged
     operating = rng.random(w) > 0.1
     one, many = EpisodeTracker("t", rule, thresholds, names), EpisodeTracker("t", rule, thresholds, names)
     expected = [e for i in range(w) for e in one.step(float(t[i]), errors[i], missing[i], bool(operating[i]))]
@@ -529,3 +548,17 @@ def test_operating_count_agrees_with_operating_mask(model_v1: EdgeModel) -> None
     windows = make_windows(compute_features(values, spec), window_starts(ts, spec), spec.windows.length)
     expected = operating_mask(windows, spec).tolist()
     assert got == expected and 0 < sum(got) < len(got)
+
+
+def test_window_records_are_built_on_access(model_v1: EdgeModel, streams) -> None:
+    """Result.windows counts without building records, and reads like the list it stands for."""
+    stream = next(iter(streams.values()))
+    pipeline = TurbinePipeline(stream.turbine_id, model_v1)
+    results = [pipeline.handle(p) for p in stream.messages()]
+    scored = [r for r in results if r.windows]
+    assert scored and sum(len(r.windows) for r in results) == pipeline.windows_scored
+    windows = scored[-1].windows
+    as_list = list(windows)
+    assert len(as_list) == len(windows) and windows[0] is as_list[0] and windows[-1:] == as_list[-1:]
+    assert windows == as_list and [w.model_version for w in windows] == [model_v1.model_version] * len(windows)
+    assert as_list[0].t_end < as_list[-1].t_end or len(as_list) == 1

@@ -12,13 +12,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 import numpy as np
 
 from shared.ml.episodes import EpisodeEvent, EpisodeTracker
-from shared.ml.features import FeaturePlan, feature_rows, operating_mask
+from shared.ml.features import FeaturePlan, FeatureScratch, feature_rows, operating_mask
 from shared.ml.spec import FeatureSpec
 
 from .messages import MAX_MESSAGE_BYTES, BadMessage, Sample, SampleBatch, parse_sensor_batch
@@ -39,9 +40,47 @@ class WindowRecord(NamedTuple):  # a tuple: built per window on the hot path
     latency_s: float  # from the start of handling the message to the episode decisions of its windows
 
 
+class WindowRecords(Sequence[WindowRecord]):
+    """The windows one message completed, made into WindowRecords on first access: most callers only
+    count them (len, truth), so the per-window tuples are not built on the hot path."""
+
+    __slots__ = ("_columns", "_records")
+
+    def __init__(self, t_end: list[float], errors: np.ndarray, missing: np.ndarray, operating: list[bool],
+                 model_version: int | None, latency_s: float) -> None:
+        self._columns = (t_end, errors, missing, operating, model_version, latency_s)
+        self._records: list[WindowRecord] | None = None
+
+    def _list(self) -> list[WindowRecord]:
+        if self._records is None:
+            t_end, errors, missing, operating, version, latency = self._columns
+            k = len(t_end)
+            self._records = list(map(WindowRecord, t_end, errors, missing, operating, [version] * k, [latency] * k))
+        return self._records
+
+    def __len__(self) -> int:
+        return len(self._columns[0])
+
+    @overload
+    def __getitem__(self, i: int) -> WindowRecord: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[WindowRecord]: ...
+    def __getitem__(self, i: int | slice) -> WindowRecord | list[WindowRecord]:
+        return self._list()[i]
+
+    def __iter__(self) -> Iterator[WindowRecord]:
+        return iter(self._list())
+
+    def __eq__(self, other: object) -> bool:
+        return self._list() == (list(other) if isinstance(other, WindowRecords) else other)
+
+    def __repr__(self) -> str:
+        return repr(self._list())
+
+
 @dataclass
 class Result:
-    windows: list[WindowRecord] = field(default_factory=list)
+    windows: Sequence[WindowRecord] = field(default_factory=list)  # a WindowRecords when windows were scored
     events: list[EpisodeEvent] = field(default_factory=list)
     model_version: int | None = None
     accepted: int = 0  # samples taken into the buffer
@@ -69,6 +108,9 @@ def window_ends(t: list[float], prev: float | None, run_len: int, length: int, s
         starts = (np.flatnonzero(np.diff(t) > max_gap) + 1).tolist()
     if prev is not None and t[0] - prev > max_gap:
         run_len = 0
+    first = run_len + 1  # run length at the first new sample
+    if not starts:  # one run (the usual case)
+        return list(range(length - first if first <= length else -(first - length) % stride, n, stride)), run_len + n
     ends: list[int] = []
     for a, b in zip([0, *starts], [*starts, n], strict=True):
         first = run_len + 1  # run length at sample a
@@ -109,20 +151,28 @@ class TurbinePipeline:
         return EpisodeTracker(self.turbine_id, model.rule, model.thresholds, list(model.spec.features))
 
     def _bind_operating(self) -> None:
-        """The model's operating regime as (feature row, minimum), None without one. The minimum is a
-        0-d float32 array: the float32 comparison operating_mask makes with a Python float (NEP 50)."""
+        """The model's version, and its operating regime as (feature row, minimum), None without one. The
+        minimum is a 0-d float32 array: the float32 comparison operating_mask makes with a Python float (NEP 50)."""
         op = self.model.spec.operating
+        self._version = self.model.model_version
         self._regime = None if op is None else (self.model.spec.features.index(op.feature),
                                                 np.array(op.min, dtype=np.float32))
 
     def _reset_buffer(self) -> None:
         spec = self.model.spec
         self._plan = FeaturePlan.of(spec)
-        self._ring = np.zeros((spec.n_features, RING_WINDOWS * spec.windows.length), dtype=np.float32)
+        self._geometry = (spec.windows.length, spec.windows.stride, spec.windows.max_gap_s, spec.n_features)
+        self._set_ring(np.zeros((spec.n_features, RING_WINDOWS * spec.windows.length), dtype=np.float32))
         self._lo = self._hi = 0  # the last <= length feature rows of the current run
         self._run_len = 0  # samples in the current gap-free run
         self._last_ts: float | None = None
         self._inputs: dict[tuple[int, ...], np.ndarray] = {}
+        self._scratch: FeatureScratch | None = None  # of the last message size, if <= SMALL_BATCH
+
+    def _set_ring(self, ring: np.ndarray) -> None:
+        self._ring = ring
+        # (F, starts, length) view: the windows of a message as one slice, copied into the model input at once
+        self._by_start = np.lib.stride_tricks.sliding_window_view(ring, self._geometry[0], axis=1)
 
     def _room(self, n: int) -> None:
         """Make space for n rows after hi: move the valid rows to the front (same logical state),
@@ -133,7 +183,7 @@ class TurbinePipeline:
         if hi - lo + n > self._ring.shape[1]:
             ring = np.zeros((self._ring.shape[0], hi - lo + n + self._ring.shape[1]), dtype=np.float32)
             ring[:, :hi - lo] = self._ring[:, lo:hi]
-            self._ring = ring
+            self._set_ring(ring)
         else:
             self._ring[:, :hi - lo] = self._ring[:, lo:hi]
         self._lo, self._hi = 0, hi - lo
@@ -155,8 +205,11 @@ class TurbinePipeline:
         row, minimum = self._regime
         length, first = x.shape[2], ends[0]
         span = self._ring[row, hi + first + 1 - length:hi + ends[-1] + 1]
-        above = np.add.accumulate(np.greater_equal(span, minimum), dtype=np.intp).tolist()
         half = length // 2
+        # a window misses at most the span's samples below the minimum (or NaN): few, all decided
+        if len(span) - np.count_nonzero(np.greater_equal(span, minimum)) < length - half:
+            return [True] * len(ends)
+        above = np.add.accumulate(np.greater_equal(span, minimum), dtype=np.intp).tolist()
         if all(above[e - first + length - 1] - (above[e - first - 1] if e > first else 0) > half for e in ends):
             return [True] * len(ends)
         return operating_mask(x, self.model.spec).tolist()
@@ -198,27 +251,35 @@ class TurbinePipeline:
             return self._process(batch, start)
 
     def _process(self, batch: SampleBatch, start: float) -> Result:
-        model, spec = self.model, self.model.spec
-        length = spec.windows.length
-        t, values, last = batch.ts, batch.values, self._last_ts
-        if last is not None and not (batch.ordered and t[0] > last):  # ordered: stale ones lead
+        model, (length, stride, max_gap, n_features) = self.model, self._geometry
+        t, values, last, ts = batch.ts, batch.values, self._last_ts, batch.times
+        n, stale = len(t), 0
+        if last is not None and not (batch.ordered and (t[0] if ts is None else ts[0]) > last):  # stale ones lead
             fresh = t > last
-            t, values = t[fresh], values[fresh]
-        n = len(t)
-        stale = len(batch) - n
+            t, values, ts = t[fresh], values[fresh], None
+            n, stale = len(t), n - len(t)
         if not n:
             self.stale_samples += stale
             return Result(model_version=model.model_version, stale=stale)
         self._room(n)
         hi, ring = self._hi, self._ring
-        feature_rows(values.T, self._plan, out=ring[:, hi:hi + n])  # scratch until the commit
-        ts = t.tolist()
-        ends, run_len = window_ends(ts, last, self._run_len, length, spec.windows.stride, spec.windows.max_gap_s,
-                                    batch.ordered)
+        scratch = self._scratch
+        if scratch is None or scratch.n != n:  # kept for the usual message size
+            scratch = self._scratch = FeatureScratch(self._plan, n) if n <= SMALL_BATCH else None
+        feature_rows(values.T, self._plan, ring[:, hi:hi + n], scratch)  # ring columns: scratch until the commit
+        if ts is None:
+            ts = t.tolist()
+        ends, run_len = window_ends(ts, last, self._run_len, length, stride, max_gap, batch.ordered)
         if ends:
-            x = self._input((len(ends), spec.n_features, length))
-            for i, e in enumerate(ends):
-                x[i] = ring[:, hi + e + 1 - length:hi + e + 1]
+            k = len(ends)
+            x = self._input((k, n_features, length))
+            first = hi + ends[0] + 1 - length
+            span = stride * (k - 1)
+            if ends[-1] - ends[0] == span and (k <= 2 or ends == list(range(ends[0], ends[-1] + 1, stride))):
+                x[...] = self._by_start[:, first:first + span + 1:stride].transpose(1, 0, 2)
+            else:  # a run restarts within the message
+                for i, e in enumerate(ends):
+                    x[i] = ring[:, hi + e + 1 - length:hi + e + 1]
             errors, missing = model.score(x)
             operating = self._operating(x, hi, ends)
 
@@ -228,14 +289,14 @@ class TurbinePipeline:
         self._run_len, self._last_ts = run_len, ts[-1]
         self.samples_seen += n
         self.stale_samples += stale
-        version = model.model_version
+        version = self._version
         if not ends:
             return Result(model_version=version, accepted=n, stale=stale)
         t_ends = [ts[e] for e in ends]
         events = self.tracker.step_many(t_ends, errors, missing, operating)
         now = time.perf_counter()
-        latency, k = now - start, len(ends)
-        windows = list(map(WindowRecord, t_ends, errors, missing, operating, [version] * k, [latency] * k))
+        latency = now - start
+        windows = WindowRecords(t_ends, errors, missing, operating, version, latency)
         self.latencies.extend([latency] * k)
         self._decisions.extend([now] * k)
         self.windows_scored += k
