@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from nacelle.local.component_user import resolve as resolve_user
 from nacelle.local.nucleus import die_with_parent, process_start_time, write_json
 from nacelle.local.pki import LocalPki
 from shared.errors import ConfigurationError
@@ -79,7 +80,8 @@ class _Managed:
 class Fleet:
     def __init__(self, home: Path, greengrass: FleetGreengrass, *, size: int = 5, canary_size: int = 1,
                  state: StateStore | None = None, alerts: StateStore | None = None, simulators: bool = True,
-                 nucleus_args: Sequence[str] = (), simulator_args: Sequence[str] = ()) -> None:
+                 nucleus_args: Sequence[str] = (), simulator_args: Sequence[str] = (),
+                 component_user: str = "") -> None:
         if not 0 <= canary_size <= size:
             raise ConfigurationError(f"canary_size must be between 0 and the fleet size {size}, got {canary_size}")
         self.home = Path(home).resolve()
@@ -88,7 +90,9 @@ class Fleet:
         self.canary_size = canary_size
         self.state, self.alerts = state, alerts
         self.simulators = simulators
-        self.nucleus_args, self.simulator_args = list(nucleus_args), list(simulator_args)
+        self.component_user = component_user  # when root: who components run as (nacelle/local/component_user.py)
+        self.nucleus_args = [*nucleus_args, *(["--component-user", component_user] if component_user else [])]
+        self.simulator_args = list(simulator_args)
         self.procs: dict[str, _Managed] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -239,13 +243,19 @@ class Fleet:
         if not any(WHEELHOUSE.glob("*.whl")):
             return  # nothing to install from: the Install step reports it
         root = self.home / "greengrass" / "venvs"
+        root.mkdir(parents=True, exist_ok=True)
         log = self.home / "greengrass" / "prepare-runtime.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
+        identity: dict[str, Any] = {}
+        user = resolve_user(self.component_user, self.home)
+        if user is not None:  # built by the user the components' Install steps run as (they share it)
+            user.own(root)
+            identity = {"user": user.uid, "group": user.gid, "extra_groups": [], "cwd": root,
+                        "env": {**os.environ, "HOME": str(root)}}
         with log.open("ab") as out:
             self._prepare = subprocess.Popen(
-                [sys.executable, "-u", str(script), "--requirements", str(COMPONENT_DIR / "requirements.txt"),
+                ["python3", "-u", str(script), "--requirements", str(COMPONENT_DIR / "requirements.txt"),
                  "--wheels", str(WHEELHOUSE), "--venvs-root", str(root), "--default-venvs-root", str(root)],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **identity)
 
     # ------------------------------------------------------------------ status
     def status(self) -> list[dict[str, Any]]:

@@ -8,9 +8,10 @@ the execution is FAILED. A component whose version and interpolated lifecycle ar
 only its configuration file is rewritten (the detector hot-swaps). `<root>/state.json` remembers the applied
 deployment and components, so a killed device restarts them and re-applies an unfinished deployment.
 
-Components run as the nucleus's own user in their own process group (never escalated: `RequiresPrivilege`
-is ignored with a warning); they die with the nucleus (SIGTERM handler, PR_SET_PDEATHSIG, and stale groups
-recorded in `<root>/procs.json` are killed at start-up).
+Components run in their own process group; steps without `RequiresPrivilege` run as the component user
+when the nucleus is root (nacelle/local/component_user.py), otherwise as the nucleus's own user. They die
+with the nucleus (SIGTERM handler, PR_SET_PDEATHSIG, and stale groups recorded in `<root>/procs.json` are
+killed at start-up).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from types import FrameType
 from typing import Any, Protocol
 
 from nacelle.local import recipes
+from nacelle.local.component_user import ComponentUser
+from nacelle.local.component_user import resolve as resolve_user
 from nacelle.local.objectstore import FsObjectStore
 from nacelle.local.recipes import DevicePaths, RecipeError
 from shared.errors import NacelleError, NotFound
@@ -110,13 +113,15 @@ def process_start_time(pid: int) -> str | None:
         return None
 
 
-def write_json(path: Path, doc: Any) -> None:
-    """Atomic: a reader sees the old file or the new one, never a partial one."""
+def write_json(path: Path, doc: Any, owner: ComponentUser | None = None) -> None:
+    """Atomic: a reader sees the old file or the new one, never a partial one (nor one it may not read yet)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=2, sort_keys=True)
+        if owner is not None:
+            owner.own(Path(tmp))
         Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -126,9 +131,14 @@ def write_json(path: Path, doc: Any) -> None:
 class Nucleus:
     def __init__(self, thing: str, home: Path, greengrass: DeviceGreengrass, *, grace_s: float = GRACE_S,
                  poll_s: float = POLL_S, install_timeout_s: float = INSTALL_TIMEOUT_S,
-                 stop_timeout_s: float = STOP_TIMEOUT_S) -> None:
+                 stop_timeout_s: float = STOP_TIMEOUT_S, component_user: str = "") -> None:
         self.thing = thing
         self.home = Path(home).resolve()
+        self.user = resolve_user(component_user, self.home)
+        if self.user is not None:  # the shared venvs are built by the component user's Install steps
+            venvs = self.home / "greengrass" / "venvs"
+            venvs.mkdir(parents=True, exist_ok=True)
+            self.user.own(venvs)
         self.gg = greengrass
         self.paths = DevicePaths(self.home / "devices" / thing, thing)
         self.root = self.paths.root
@@ -379,6 +389,7 @@ class Nucleus:
                                                f"archive directory", ("DEPLOYMENT_FAILURE", "IO_UNZIP_ERROR"),
                                                ("DEVICE_ERROR",))
                 zf.extractall(tmp)
+            tmp.chmod(0o755)  # mkdtemp made it 0700: artifacts are readable by the component user, like Greengrass's
             tmp.rename(dest)
         except zipfile.BadZipFile as e:
             raise DeploymentFailed(f"{name} {version}: {archive.name} is not a ZIP archive: {e}",
@@ -444,17 +455,35 @@ class Nucleus:
         except (OSError, ValueError):
             same = False
         if not same:
-            write_json(path, c.config)
+            write_json(path, c.config, self.user)
+        elif self.user is not None:
+            self.user.own(path)  # written by an earlier nucleus that ran components as itself
         broker_port = self.home / "broker" / "port"
         try:
             port = int(broker_port.read_text().strip())
         except (OSError, ValueError):
             port = 8883
         pki = self.home / "pki"
+        ca, cert, key = pki / "ca.pem", pki / "clients" / f"{self.thing}.pem", pki / "clients" / f"{self.thing}.key"
+        if self.user is not None:  # the device's credentials, readable by the component user only
+            ca, cert, key = self._credentials_for(c.name, (ca, cert, key))
         write_json(self._device_file(c.name), {
-            "endpoint": "127.0.0.1", "port": port, "ca": str(pki / "ca.pem"),
-            "cert": str(pki / "clients" / f"{self.thing}.pem"), "key": str(pki / "clients" / f"{self.thing}.key"),
-            "configuration": str(path), "work": str(self.paths.work(c.name))})
+            "endpoint": "127.0.0.1", "port": port, "ca": str(ca), "cert": str(cert), "key": str(key),
+            "configuration": str(path), "work": str(self.paths.work(c.name))}, self.user)
+
+    def _credentials_for(self, name: str, files: tuple[Path, Path, Path]) -> tuple[Path, Path, Path]:
+        """Copies of (CA, certificate, key) in the component's work dir, owned by the component user, 0600."""
+        assert self.user is not None
+        directory = self.paths.work(name) / "credentials"
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)
+        copies = (directory / files[0].name, directory / files[1].name, directory / files[2].name)
+        for source, target in zip(files, copies, strict=True):
+            if source.is_file():
+                shutil.copyfile(source, target)
+                target.chmod(0o600)
+        self.user.own(self.paths.work(name), directory, *[t for t in copies if t.exists()])
+        return copies
 
     def _device_file(self, name: str) -> Path:
         return self.root / "config" / f"{name}.device.json"
@@ -479,16 +508,21 @@ class Nucleus:
         return cond[0] == "exists" and Path(cond[1]).exists()
 
     def _spawn(self, c: ComponentState, step: Mapping[str, Any]) -> subprocess.Popen[bytes]:
-        if step.get("RequiresPrivilege") in (True, "true", "True"):
-            logger.warning("RequiresPrivilege ignored: components run as the nucleus's user", component=c.name)
+        privileged = step.get("RequiresPrivilege") in (True, "true", "True")
+        user = None if privileged else self.user
         work = self.paths.work(c.name)
         work.mkdir(parents=True, exist_ok=True)
+        env = self._env(c, step)
+        if user is not None:
+            user.own(work)
+            env["HOME"] = str(work)  # the component user's home may not exist (nobody: /nonexistent)
         log_path = self.paths.log(c.name)
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        identity: dict[str, Any] = {} if user is None else {"user": user.uid, "group": user.gid, "extra_groups": []}
         with log_path.open("ab") as log:
-            return subprocess.Popen(["bash", "-c", str(step["Script"])], cwd=work, env=self._env(c, step),
+            return subprocess.Popen(["bash", "-c", str(step["Script"])], cwd=work, env=env,
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=die_with_parent)
+                                    start_new_session=True, preexec_fn=die_with_parent, **identity)
 
     def _run_step(self, c: ComponentState, step_name: str) -> str | None:
         """Run a blocking lifecycle step (Install, Startup); the reason it failed, or None."""
@@ -613,9 +647,12 @@ def main(argv: list[str] | None = None, greengrass_factory: Callable[[Path], Dev
     parser.add_argument("--home", required=True, help="the local stack's data directory")
     parser.add_argument("--grace", type=float, default=GRACE_S, help="seconds a new Run must survive (default 5)")
     parser.add_argument("--poll", type=float, default=POLL_S, help="seconds between deployment polls")
+    parser.add_argument("--component-user", default="",
+                        help="when run as root: the user unprivileged lifecycle steps run as (e.g. nobody)")
     args = parser.parse_args(argv)
     home = Path(args.home).resolve()
-    nucleus = Nucleus(args.thing, home, greengrass_factory(home), grace_s=args.grace, poll_s=args.poll)
+    nucleus = Nucleus(args.thing, home, greengrass_factory(home), grace_s=args.grace, poll_s=args.poll,
+                      component_user=args.component_user)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nucleus.request_stop()

@@ -77,6 +77,7 @@ class LocalSettings(Settings):
     canary_timeout_s: float = 300.0
     stuck_timeout_s: float = 180.0
     rollout_poll_s: float = 5.0
+    component_user: str = "nobody"  # when the stack runs as root, components run as this user (never root)
     simulator_speed: float = Field(1.0, gt=0)  # stream seconds per wall-clock second of each turbine simulator
     record_samples: bool = False  # simulators also keep every published sample (devices/<t>/sim/samples.jsonl)
     # merged into every deployment's detector configuration (recipe defaults suit AWS: health every 60 s)

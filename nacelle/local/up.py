@@ -140,7 +140,7 @@ def _start_fleet(stack: Stack, devices: int, canary_size: int, simulators: bool)
     simulator_args = ["--speed", str(s.simulator_speed), *(["--record"] if s.record_samples else [])]
     fleet = Fleet(stack.paths.home, stack.greengrass, size=devices, canary_size=min(canary_size, devices),
                   state=stack.state, alerts=SqliteStateStore(stack.paths.alerts_db), simulators=simulators,
-                  simulator_args=simulator_args)
+                  simulator_args=simulator_args, component_user=s.component_user)
     fleet.start()
     fleet.prepare_runtime()
     print(f"local fleet: {', '.join(fleet.things)} ({', '.join(fleet.things[:fleet.canary_size]) or 'none'} "

@@ -46,10 +46,10 @@ class Device:
         self.proc: subprocess.Popen[bytes] | None = None
         self.tokens = 0
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nacelle.local.nucleus", "--thing", THING, "--home", str(self.home),
-             "--grace", str(GRACE_S), "--poll", "0.1"],
+             "--grace", str(GRACE_S), "--poll", "0.1", *extra],
             stdout=(self.home / "nucleus.out").open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "POWERTOOLS_LOG_LEVEL": "INFO"})
 
@@ -342,3 +342,39 @@ def test_fleet_provisions_supervises_and_reports(tmp_path: Path) -> None:
     # status also works without running processes (the CLI's view)
     rows = {r["thing"]: r for r in Fleet(home, gg, size=0, canary_size=0).status()}
     assert rows["turbine-03"]["processes"] == {"nucleus": "stopped", "simulator": "stopped"}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a nucleus started as root drops to the component user")
+def test_a_root_nucleus_runs_unprivileged_steps_as_the_component_user(tmp_path_factory: pytest.TempPathFactory
+                                                                       ) -> None:
+    import pwd
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="nacelle-nucleus-user-", dir="/tmp"))  # pytest's tmp is 0700: unreachable
+    base.chmod(0o755)
+    d = Device(base / "home")
+    try:
+        run = "id -u > '{work:path}/uid'; cat \"$NACELLE_DEVICE_CONFIG\" > '{work:path}/device.json'; exec sleep 600"
+        d.component("c", "1.0.0", run=run)
+        d.component("p", "1.0.0", run="id -u > '{work:path}/uid'; exec sleep 600")
+        recipe = d.gg.get_component("p", "1.0.0").recipe
+        recipe = {**recipe, "ComponentVersion": "1.0.1"}
+        recipe["Manifests"] = [{**recipe["Manifests"][0], "Lifecycle": {
+            "Run": {"Script": "id -u > '{work:path}/uid'; exec sleep 600", "RequiresPrivilege": True}}}]
+        d.gg.create_component_version(recipe)
+        (d.home / "pki" / "clients").mkdir(parents=True)
+        (d.home / "pki" / "clients" / f"{THING}.key").write_text("secret")
+        (d.home / "pki" / "clients" / f"{THING}.key").chmod(0o600)
+        d.start("--component-user", "nobody")
+        dep = d.deploy({"c": {"componentVersion": "1.0.0"}, "p": {"componentVersion": "1.0.1"}})
+        assert d.wait_terminal(dep).status == "SUCCEEDED", d.log()
+        uid = wait(lambda: (d.root / "work/c/uid").is_file() and (d.root / "work/c/uid").read_text().strip(), "c")
+        assert int(uid) == nobody.pw_uid  # never root
+        assert int(wait(lambda: (d.root / "work/p/uid").read_text().strip(), "p")) == 0  # RequiresPrivilege
+        key = Path(json.loads(wait(lambda: (d.root / "work/c/device.json").read_text(), "device.json"))["key"])
+        assert key.read_text() == "secret" and key.stat().st_uid == nobody.pw_uid and key.stat().st_mode & 0o077 == 0
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.kill(signal.SIGTERM)
+        subprocess.run(["rm", "-rf", str(base)], check=False)
