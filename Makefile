@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-run: $(STAMP) wheelhouse
+run: $(STAMP) wheelhouse mosquitto
 	$(BIN)/nacelle demo
 
 test: $(STAMP) wheelhouse mosquitto lint typecheck

@@ -23,6 +23,7 @@ import yaml
 
 from nacelle.commands import upload_keys
 from nacelle.console import table
+from nacelle.local.broker import INSTALL_HINT, find_mosquitto
 from nacelle.local.stack import Stack
 from nacelle.local.up import background_stack, wait_for
 from nacelle.mission_report import (
@@ -81,6 +82,8 @@ def run_demo(home: Path, step: Step | None = None) -> int:
 
 
 def _run(home: Path, step: Step) -> int:
+    if find_mosquitto() is None:  # the turbines talk MQTT: without a broker there is no mission
+        raise NacelleError(INSTALL_HINT)
     if home.exists():
         shutil.rmtree(home)
     home.mkdir(parents=True)
