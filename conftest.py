@@ -1,5 +1,5 @@
 """Shared fixtures for every test folder (tests/ and greengrass_components/): one small dataset and one
-small trained model, built once per session."""
+small trained model per model family, built once per session."""
 
 from __future__ import annotations
 
@@ -21,11 +21,21 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def trained_model(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> JobResult:
-    """A small model trained once per session through the real SageMaker-contract job."""
-    job_dir = tmp_path_factory.mktemp("job") / "small-model"
-    result = run_training_job(job_dir, "nacelle-test-small", {"train": small_dataset},
-                              {**SMALL_MODEL_HPS, "dataset_hash": "f" * 64}, echo=None)
+def _train(tmp_path_factory: pytest.TempPathFactory, data: Path, family: str) -> JobResult:
+    job_dir = tmp_path_factory.mktemp("job") / f"small-{family}"
+    result = run_training_job(job_dir, f"nacelle-test-{family}", {"train": data},
+                              {**SMALL_MODEL_HPS, "families": family, "dataset_hash": "f" * 64}, echo=None)
     assert result.ok, result.log_file.read_text()
     return result
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> JobResult:
+    """A small autoencoder trained once per session through the real SageMaker-contract job."""
+    return _train(tmp_path_factory, small_dataset, "conv1d")
+
+
+@pytest.fixture(scope="session")
+def trained_pca(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> JobResult:
+    """The PCA family on the same data, through the same job."""
+    return _train(tmp_path_factory, small_dataset, "pca")

@@ -14,41 +14,43 @@ import torch
 
 from shared.errors import BundleError
 from shared.ml.bundle import MANIFEST_FILE, WEIGHTS_FILE, Manifest, read_manifest
-from training_jobs.model import ScoringModel, build_autoencoder
+from training_jobs.model import Scorer, empty_scorer
 
 
 @dataclass
 class LoadedModel:
     manifest: Manifest
-    scoring: ScoringModel
+    scorer: Scorer
 
 
-def build_scoring_model(manifest: Manifest) -> ScoringModel:
-    arch = manifest.raw["architecture"]
-    ae = build_autoencoder(arch["name"], manifest.spec.n_features, manifest.spec.windows.length,
-                           int(arch.get("channels", 32)), int(arch.get("latent", 32)))
-    return ScoringModel(ae, torch.tensor(manifest.mean), torch.tensor(manifest.std))
+def build_scorer(manifest: Manifest) -> Scorer:
+    """A scorer of the manifest's family and shapes, its values still to be loaded."""
+    g = manifest.spec.geometry
+    try:
+        return empty_scorer(manifest.raw["model"], manifest.spec.drift_mask, g.context_inputs, g.length)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"manifest model section {manifest.raw['model']!r}: {exc}") from exc
 
 
-def save_model_dir(model_dir: Path, scoring: ScoringModel, manifest: dict[str, Any]) -> Manifest:
+def save_model_dir(model_dir: Path, scorer: Scorer, manifest: dict[str, Any]) -> Manifest:
     """Write weights then the manifest (validated on the way out)."""
     model_dir.mkdir(parents=True, exist_ok=True)
     checked = Manifest.from_dict(manifest, str(model_dir / MANIFEST_FILE))
-    torch.save(scoring.state_dict(), model_dir / WEIGHTS_FILE)
+    torch.save(scorer.state_dict(), model_dir / WEIGHTS_FILE)
     (model_dir / MANIFEST_FILE).write_text(checked.to_json())
     return checked
 
 
 def load_model_dir(model_dir: Path) -> LoadedModel:
     manifest = read_manifest(model_dir)
-    scoring = build_scoring_model(manifest)
+    scorer = build_scorer(manifest)
     try:
         state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        scoring.load_state_dict(state)
+        scorer.load_state_dict(state)
     except (OSError, RuntimeError, KeyError) as exc:
         raise BundleError(f"{model_dir / WEIGHTS_FILE}: cannot load weights: {exc}") from exc
-    scoring.eval()
-    return LoadedModel(manifest, scoring)
+    scorer.eval()
+    return LoadedModel(manifest, scorer)
 
 
 def load_model(path: Path) -> LoadedModel:

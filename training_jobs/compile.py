@@ -32,7 +32,7 @@ from shared.ml.dataset import data_files, load_dataset, series_windows
 from shared.ml.edge_bundle import EDGE_FORMAT_VERSION, MODEL_FILE, EdgeManifest, sha256_file, verify
 from shared.version import code_version
 from training_jobs.bundle_io import load_model
-from training_jobs.model import ScoringModel
+from training_jobs.model import Scorer
 from training_jobs.onnx_export import (
     DEFAULT_OPSET,
     INPUT_NAME,
@@ -63,7 +63,7 @@ def log(line: str) -> None:
 # -- windows ---------------------------------------------------------------------------------------
 def synthetic_windows(manifest: Manifest, rng: np.random.Generator) -> np.ndarray:
     """Gaussian windows around the training mean with k·std spread, k in SYNTHETIC_SCALES."""
-    f, length = manifest.spec.n_features, manifest.spec.windows.length
+    f, length = manifest.spec.n_features, manifest.spec.geometry.width
     mean, std = manifest.mean.reshape(1, f, 1), manifest.std.reshape(1, f, 1)
     groups = [mean + k * std * rng.standard_normal((SYNTHETIC_PER_SCALE, f, length))
               for k in SYNTHETIC_SCALES]
@@ -91,9 +91,9 @@ def validation_windows(manifest: Manifest, validation: Path | None, seed: int = 
     spec = manifest.spec
     if validation is not None:
         chunks = [series_windows(s, spec).x for s in load_dataset([validation], spec)]
-        x = np.concatenate(chunks) if chunks else np.zeros((0, spec.n_features, spec.windows.length), np.float32)
+        x = np.concatenate(chunks) if chunks else np.zeros((0, spec.n_features, spec.geometry.width), np.float32)
         if len(x) == 0:
-            raise DataError(f"{validation}: the validation data gives no {spec.windows.length}-sample windows")
+            raise DataError(f"{validation}: the validation data gives no {spec.geometry.length}-sample windows")
         if len(x) > limit:
             x = x[np.linspace(0, len(x) - 1, limit).astype(np.int64)]
         source = "validation"
@@ -104,19 +104,18 @@ def validation_windows(manifest: Manifest, validation: Path | None, seed: int = 
 
 
 # -- equivalence -----------------------------------------------------------------------------------
-def run_torch(scoring: ScoringModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def run_torch(scoring: Scorer, x: np.ndarray) -> dict[str, np.ndarray]:
     scoring.eval()
-    outs: list[tuple[np.ndarray, np.ndarray]] = []
+    outs: list[tuple[np.ndarray, ...]] = []
     with torch.no_grad():
         for i in range(0, len(x), BATCH):
-            e, m = scoring(torch.from_numpy(x[i:i + BATCH]))
-            outs.append((e.numpy(), m.numpy()))
-    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+            outs.append(tuple(o.numpy() for o in scoring(torch.from_numpy(x[i:i + BATCH]))))
+    return {name: np.concatenate([o[k] for o in outs]) for k, name in enumerate(OUTPUT_NAMES)}
 
 
-def run_onnx(session: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def run_onnx(session: Any, x: np.ndarray) -> dict[str, np.ndarray]:
     outs = [session.run(list(OUTPUT_NAMES), {INPUT_NAME: x[i:i + BATCH]}) for i in range(0, len(x), BATCH)]
-    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+    return {name: np.concatenate([o[k] for o in outs]) for k, name in enumerate(OUTPUT_NAMES)}
 
 
 def _differences(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> dict[str, Any]:
@@ -132,24 +131,22 @@ def _differences(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) ->
             "beyond_tolerance": int((~ok).sum())}
 
 
-def check_equivalence(onnx_path: Path, scoring: ScoringModel, x: np.ndarray, thresholds: np.ndarray,
+def check_equivalence(onnx_path: Path, scoring: Scorer, x: np.ndarray, threshold: float,
                       atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> dict[str, Any]:
     """Compare ONNX Runtime (CPU, 1 thread) with torch on `x`; BundleError beyond the tolerance
     (per element: |onnx - torch| <= atol + rtol * |torch|, numpy.isclose)."""
-    onnx_error, onnx_missing = run_onnx(ort_session(onnx_path), x)
-    torch_error, torch_missing = run_torch(scoring, x)
-    outputs = {"error": _differences(onnx_error, torch_error, atol, rtol),
-               "missing": _differences(onnx_missing, torch_missing, atol, rtol)}
-    # Flags are per window and feature (error > threshold). A flip within tolerance is a window
-    # sitting on its threshold; it is reported, and fails the check only through the tolerance.
-    onnx_flags, torch_flags = onnx_error > thresholds, torch_error > thresholds
+    onnx_out = run_onnx(ort_session(onnx_path), x)
+    torch_out = run_torch(scoring, x)
+    outputs = {name: _differences(onnx_out[name], torch_out[name], atol, rtol) for name in OUTPUT_NAMES}
+    # A window is flagged when its score exceeds the threshold. A flip within tolerance is a window
+    # sitting on the threshold; it is reported, and fails the check only through the tolerance.
+    onnx_flags, torch_flags = onnx_out["score"] > threshold, torch_out["score"] > threshold
     report: dict[str, Any] = {
         "windows": len(x), "nan_windows": int(np.isnan(x).any(axis=(1, 2)).sum()),
         "atol": atol, "rtol": rtol, "outputs": outputs,
         "flags": {"agree": bool(np.array_equal(onnx_flags, torch_flags)),
                   "mismatches": int((onnx_flags != torch_flags).sum()),
-                  "flagged_windows_torch": int(torch_flags.any(axis=1).sum()),
-                  "flagged_windows_onnx": int(onnx_flags.any(axis=1).sum())},
+                  "flagged_windows_torch": int(torch_flags.sum()), "flagged_windows_onnx": int(onnx_flags.sum())},
     }
     report["passed"] = all(o["beyond_tolerance"] == 0 for o in outputs.values())
     if not report["passed"]:
@@ -168,7 +165,7 @@ def _stats(ns: list[int]) -> dict[str, float]:
             "mean_us": round(float(us.mean()), 2)}
 
 
-def measure_latency(onnx_path: Path, scoring: ScoringModel, window: np.ndarray, warmup: int = 50,
+def measure_latency(onnx_path: Path, scoring: Scorer, window: np.ndarray, warmup: int = 50,
                     runs: int = 300) -> dict[str, Any]:
     """Batch-1 latency on one thread after a warm-up: ONNX Runtime, and torch eager for comparison.
     Measured on the compile host, not on the device."""
@@ -239,9 +236,9 @@ def _compile(model_archive: Path, out: Path, validation: Path | None, model_vers
         raise BundleError(f"{model_archive}: no such model archive (expected model.tar.gz)")
     archive_sha = sha256_file(model_archive)
     loaded = load_model(model_archive)
-    manifest, scoring = loaded.manifest, loaded.scoring
-    n_features, length = manifest.spec.n_features, manifest.spec.windows.length
-    log(f"model {model_archive} ({archive_sha[:12]}): {manifest.raw['architecture']['name']}, "
+    manifest, scoring = loaded.manifest, loaded.scorer
+    n_features, length = manifest.spec.n_features, manifest.spec.geometry.width
+    log(f"model {model_archive} ({archive_sha[:12]}): {manifest.family}, "
         f"{n_features} features x {length} samples")
 
     onnx_path = out / MODEL_FILE
@@ -249,7 +246,7 @@ def _compile(model_archive: Path, out: Path, validation: Path | None, model_vers
     x, source = validation_windows(manifest, validation)
     log(f"equivalence on {len(x)} {source} windows (atol {atol:g}, rtol {rtol:g})")
     equivalence = {"source": source, "validation": str(validation) if validation else None,
-                   **check_equivalence(onnx_path, scoring, x, manifest.thresholds, atol, rtol)}
+                   **check_equivalence(onnx_path, scoring, x, manifest.threshold, atol, rtol)}
     for name, o in equivalence["outputs"].items():
         log(f"equivalence_{name}_max_abs_diff={o['max_abs_diff']:.3g}")
     latency = measure_latency(onnx_path, scoring, x[0], warmup, runs)

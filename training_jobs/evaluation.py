@@ -1,41 +1,37 @@
-"""Score windows with a model, run the shared episode rule, and compute the metrics."""
+"""Score held-out data with a model, run the shared episode rule, and compute the metrics.
+
+One path serves the job's model choice (validation), the quality gate (test), the champion comparison
+(the same pieces and faults) and `nacelle evaluate`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from shared.ml.dataset import TurbineSeries, load_all_labels, load_dataset, series_windows
 from shared.ml.episodes import Episode, EpisodeRule, run_episodes
 from shared.ml.injection import inject_generic
-from shared.ml.metrics import Fault, evaluate_episodes, scorable
+from shared.ml.metrics import Allowance, Fault, evaluate_episodes, scorable
 from shared.ml.spec import FeatureSpec
 
-Scorer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+ScoreFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+MIN_INJECTED = 20  # injected faults to judge on: more copies of short held-out data until there are
+MAX_COPIES = 8
 
 
-def torch_scorer(model: torch.nn.Module, batch_size: int = 4096) -> Scorer:
-    """(W, F, L) windows -> per-feature (errors, missing), both (W, F) float32."""
-    model.eval()
+@dataclass(frozen=True)
+class Detector:
+    """What scoring needs of a model: its spec (windows), its scores, its threshold and rule."""
 
-    def score(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        errors, missing = [], []
-        with torch.no_grad():
-            for i in range(0, len(x), batch_size):
-                e, m = model(torch.from_numpy(x[i:i + batch_size]))
-                errors.append(e.numpy())
-                missing.append(m.numpy())
-        if not errors:
-            n = x.shape[1]
-            return np.zeros((0, n), np.float32), np.zeros((0, n), np.float32)
-        return np.concatenate(errors), np.concatenate(missing)
-
-    return score
+    spec: FeatureSpec
+    score: ScoreFn
+    threshold: float
+    rule: EpisodeRule
 
 
 @dataclass
@@ -44,74 +40,109 @@ class Scored:
     t: np.ndarray  # every sample time (for point-wise metrics)
     duration_s: float
     t_end: np.ndarray  # window end times
-    errors: np.ndarray
-    missing: np.ndarray
-    operating: np.ndarray
+    scores: np.ndarray  # (W,)
+    contributions: np.ndarray  # (W, F)
+    missing: np.ndarray  # (W, F)
+    operating: np.ndarray  # (W,)
 
 
-def score_series(series: list[TurbineSeries], spec: FeatureSpec, scorer: Scorer) -> list[Scored]:
+@dataclass(frozen=True)
+class EvalSet:
+    """Held-out pieces and the faults they are judged against: the labelled ones when the pieces hold a
+    scorable one, else generic faults injected into copies (the false-alarm rate then comes from the
+    untouched pieces). `group[i]`: which model (fold) scores piece i; with injected faults, `faulty_group`
+    for the copies (short data gets several copies, each its own pseudo-turbine `<turbine>~<copy>`)."""
+
+    clean: list[TurbineSeries]
+    faulty: list[TurbineSeries]
+    faults: list[Fault]
+    labels: str  # "labelled" | "injected"
+    group: list[int]
+    labelled: list[Fault]  # the real faults (none scorable when injected: an episode they cause is no false alarm)
+    faulty_group: list[int] | None = None  # None: as `group`
+
+
+def coverage_of(pieces: Sequence[TurbineSeries]) -> dict[str, tuple[np.ndarray, float]]:
+    out: dict[str, tuple[np.ndarray, float]] = {}
+    for p in pieces:  # pieces of one turbine are disjoint: their coverage adds up
+        t, duration = out.get(p.turbine_id, (np.zeros(0), 0.0))
+        out[p.turbine_id] = (np.concatenate([t, p.t]), duration + p.duration_s)
+    return {k: (np.sort(t), d) for k, (t, d) in out.items()}
+
+
+def eval_set(pieces: list[TurbineSeries], faults: list[Fault], spec: FeatureSpec, seed: int,
+             group: list[int] | None = None) -> EvalSet:
+    group = group if group is not None else [0] * len(pieces)
+    allowance = Allowance.of(spec)
+    coverage = coverage_of(pieces)
+    if any(scorable(f, coverage, allowance) for f in faults):
+        return EvalSet(pieces, pieces, faults, "labelled", group, faults)
+    copies, injected_faults, copy_group = [], [], []
+    for k in range(MAX_COPIES):
+        for piece, g in zip(pieces, group, strict=True):
+            source = piece if k == 0 else TurbineSeries(f"{piece.turbine_id}~{k}", piece.t, piece.features,
+                                                        piece.sources)
+            copy, fs = inject_generic(source, spec, seed + k)
+            copies.append(copy)
+            injected_faults += fs
+            copy_group.append(g)
+        if len(injected_faults) >= MIN_INJECTED or not injected_faults:
+            break
+    return EvalSet(pieces, copies, injected_faults + faults, "injected", group, faults, copy_group)
+
+
+def score_series(series: Sequence[TurbineSeries], detector: Detector) -> list[Scored]:
     out = []
     for s in series:
-        w = series_windows(s, spec)
-        errors, missing = scorer(w.x)
-        out.append(Scored(s.turbine_id, s.t, s.duration_s, w.t_end, errors, missing, w.operating))
+        w = series_windows(s, detector.spec)
+        scores, contributions, missing = detector.score(w.x)
+        out.append(Scored(s.turbine_id, s.t, s.duration_s, w.t_end, scores, contributions, missing, w.operating))
     return out
 
 
-def detect(scored: list[Scored], thresholds: np.ndarray, rule: EpisodeRule,
-           feature_names: list[str]) -> list[Episode]:
+def detect(scored: Sequence[Scored], detector: Detector) -> list[Episode]:
+    names = list(detector.spec.features)
     return [ep for s in scored
-            for ep in run_episodes(s.turbine_id, rule, thresholds, feature_names, s.t_end, s.errors, s.missing,
-                                   s.operating)]
+            for ep in run_episodes(s.turbine_id, detector.rule, detector.threshold, names, s.t_end, s.scores,
+                                   s.contributions, s.missing, s.operating)]
 
 
-def metrics_for(scored: list[Scored], thresholds: np.ndarray, rule: EpisodeRule,
-                feature_names: list[str], faults: list[Fault]) -> dict[str, Any]:
-    episodes = detect(scored, thresholds, rule, feature_names)
-    coverage = {s.turbine_id: (s.t, s.duration_s) for s in scored}
-    return evaluate_episodes(episodes, faults, coverage)
+def _episodes(pieces: list[TurbineSeries], group: list[int], detectors: Sequence[Detector]) -> list[Episode]:
+    return [ep for piece, g in zip(pieces, group, strict=True)
+            for ep in detect(score_series([piece], detectors[g]), detectors[g])]
 
 
-def evaluate(series: list[TurbineSeries], faults: list[Fault], spec: FeatureSpec, scorer: Scorer,
-             thresholds: np.ndarray, rule: EpisodeRule, seed: int = 1234) -> dict[str, Any]:
-    """Metrics on labelled data, or, without labels, on generic faults injected into a copy.
-
-    Without labels the event metrics come from the injected copy and the false-alarm rate from the
-    untouched original, so the quality gate always has numbers.
-    """
-    names = list(spec.features)
-    coverage = {s.turbine_id: (s.t, s.duration_s) for s in series}
-    if any(scorable(f, coverage) for f in faults):
-        result = metrics_for(score_series(series, spec, scorer), thresholds, rule, names, faults)
-        result["labels"] = "labelled"
-        return result
-    injected, injected_faults = [], []
-    for s in series:
-        copy, fs = inject_generic(s, seed)
-        injected.append(copy)
-        injected_faults += fs
-    result = metrics_for(score_series(injected, spec, scorer), thresholds, rule, names, injected_faults)
-    clean = metrics_for(score_series(series, spec, scorer), thresholds, rule, names, faults)  # real faults: no FA
-    result["false_alarms_per_turbine_day"] = clean["false_alarms_per_turbine_day"]
-    result["counts"]["false_alarms"] = clean["counts"]["false_alarms"]
-    result["labels"] = "injected"
+def evaluate(es: EvalSet, detectors: Sequence[Detector], allowance: Allowance) -> dict[str, Any]:
+    """Metrics of the pieces, each scored by its group's detector."""
+    faulty_group = es.group if es.faulty_group is None else es.faulty_group
+    result = evaluate_episodes(_episodes(es.faulty, faulty_group, detectors), es.faults, coverage_of(es.faulty),
+                               allowance)
+    if es.labels == "injected":
+        clean = evaluate_episodes(_episodes(es.clean, es.group, detectors), es.labelled, coverage_of(es.clean),
+                                  allowance)
+        result["false_alarms_per_turbine_day"] = clean["false_alarms_per_turbine_day"]
+        result["counts"]["false_alarms"] = clean["counts"]["false_alarms"]
+        result["counts"]["clean_episodes"] = clean["counts"]["episodes"]
+    result["labels"] = es.labels
     return result
 
 
-def evaluate_model_on(model_path: Path, data_dir: Path) -> dict[str, Any]:
-    """`nacelle evaluate`: the bundle's own spec, thresholds and rule on a labelled directory.
-
-    No injection here: with no labelled episodes the event and point values are None.
-    """
+def evaluate_model_on(model_path: Path, data_dir: Path) -> tuple[dict[str, Any], list[Scored], list[Episode],
+                                                                 list[Fault], Detector]:
+    """`nacelle evaluate`: the bundle's own spec, threshold and rule on a data directory (labels optional,
+    never injected): the metrics, the scored windows, the episodes, the labelled faults, the detector."""
     from training_jobs.bundle_io import load_model  # torch model loading stays out of import time
+    from training_jobs.fit import score_windows
 
     model = load_model(model_path)
     m = model.manifest
+    detector = Detector(m.spec, lambda x: score_windows(model.scorer, x), m.threshold, m.rule)
     series = load_dataset([data_dir], m.spec)
     faults = load_all_labels([data_dir], series)
-    scored = score_series(series, m.spec, torch_scorer(model.scoring))
-    result = metrics_for(scored, m.thresholds, m.rule, list(m.spec.features), faults)
+    scored = score_series(series, detector)
+    episodes = detect(scored, detector)
+    result = evaluate_episodes(episodes, faults, coverage_of(series), Allowance.of(m.spec))
     if result["event"] is not None:
         keep = ("precision", "recall", "f1", "per_fault", "per_severity", "mean_delay_s")
         result["event"] = {k: result["event"][k] for k in keep}
-    return result
+    return result, scored, episodes, faults, detector

@@ -1,7 +1,8 @@
-"""Fit the autoencoder on normal windows and derive per-feature thresholds."""
+"""Fit one model family on normal windows: standardisation, then PCA or the autoencoder."""
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -11,96 +12,184 @@ import numpy as np
 import torch
 
 from shared.errors import TrainingError
+from shared.ml.spec import FeatureSpec
 from training_jobs.hyperparameters import Hyperparameters
-from training_jobs.model import ScoringModel, build_autoencoder, masked_loss
+from training_jobs.model import AutoencoderScorer, PCAScorer, Preprocess, Scorer, build_autoencoder, masked_loss
+
+Log = Callable[[str], None]
+BATCH = 4096  # windows per forward pass when scoring
+
+
+def _stdout(line: str) -> None:
+    print(line, file=sys.stdout, flush=True)
 
 
 @dataclass
-class FitResult:
-    scoring: ScoringModel
+class Fitted:
+    scorer: Scorer
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
+    settings: dict[str, float] = field(default_factory=dict)  # what the data-sized defaults became
 
 
-def normalisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std over every sample of (W, F, L) windows, ignoring NaN."""
-    flat = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1).astype(np.float64)
-    mean = np.nanmean(flat, axis=1)
-    std = np.nanstd(flat, axis=1, ddof=1)
+def preprocess_for(spec: FeatureSpec, x: np.ndarray) -> Preprocess:
+    """Standardisation fitted on (W, F, geometry.width) windows: per-feature mean and std of the scored
+    samples after the drift baseline (NaN ignored)."""
+    g = spec.geometry
+    drift = torch.tensor(spec.drift_mask, dtype=torch.float32)
+    n = spec.n_features
+    raw = Preprocess(torch.zeros(n), torch.ones(n), drift, g.context_inputs, g.length)
+    parts = []
+    with torch.no_grad():
+        for i in range(0, len(x), BATCH):
+            scored, _ = raw.relative(torch.from_numpy(x[i:i + BATCH]))
+            parts.append(scored.numpy().astype(np.float64))
+    flat = np.moveaxis(np.concatenate(parts), 1, 0).reshape(n, -1)
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(flat, axis=1)
+        std = np.nanstd(flat, axis=1, ddof=1)
     if not np.all(np.isfinite(mean)):
-        raise TrainingError("a feature has no valid sample in the training windows")
-    std = np.where(np.isfinite(std) & (std > 1e-9), std, 1.0)
-    return mean, std
+        bad = [spec.features[j] for j in np.flatnonzero(~np.isfinite(mean))]
+        raise TrainingError(f"feature(s) {bad} have no valid sample in the training windows")
+    std = np.where(np.isfinite(std) & (std > 1e-9 * np.maximum(1.0, np.abs(mean))), std, 1.0)
+    return Preprocess(torch.tensor(mean), torch.tensor(std), drift, g.context_inputs, g.length)
 
 
-def _prepare(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    valid = ~np.isnan(x)
-    z = np.where(valid, (x - mean[None, :, None]) / std[None, :, None], 0.0).astype(np.float32)
-    return torch.from_numpy(z), torch.from_numpy(valid.astype(np.float32))
+def score_windows(scorer: Scorer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(W, F, C+L) windows -> score (W,), contributions (W, F), missing (W, F), float32, as the graph."""
+    scorer.eval()
+    outs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    with torch.no_grad():
+        for i in range(0, len(x), BATCH):
+            s, c, m = scorer(torch.from_numpy(np.ascontiguousarray(x[i:i + BATCH], dtype=np.float32)))
+            outs.append((s.numpy(), c.numpy(), m.numpy()))
+    if not outs:
+        n = x.shape[1]
+        return np.zeros(0, np.float32), np.zeros((0, n), np.float32), np.zeros((0, n), np.float32)
+    return tuple(np.concatenate([o[i] for o in outs]) for i in range(3))  # type: ignore[return-value]
 
 
-def fit(train_x: np.ndarray, val_x: np.ndarray, hp: Hyperparameters,
-        log: Callable[[str], None] = lambda line: print(line, file=sys.stdout, flush=True)) -> FitResult:
-    if len(train_x) < hp.batch_size // 4 or len(val_x) == 0:
-        raise TrainingError(f"too little normal data: {len(train_x)} training and {len(val_x)} validation "
-                            "windows (add more data or lower batch_size)")
+SCALE_QUANTILE = 0.99
+
+
+def typical(values: np.ndarray) -> np.ndarray:
+    """Per column, the scale a feature's error is measured in: its 99th percentile on the training
+    windows, so every feature exceeds 1 as rarely as the others and none dominates the score by its
+    tail alone."""
+    with np.errstate(all="ignore"):
+        q = np.nanquantile(values.astype(np.float64), SCALE_QUANTILE, axis=0)
+    return np.where(np.isfinite(q) & (q > 1e-9), q, 1.0)
+
+
+# -- PCA ---------------------------------------------------------------------------------------------
+def fit_pca(spec: FeatureSpec, train_x: np.ndarray, hp: Hyperparameters, log: Log = _stdout) -> Fitted:
+    """Principal components keeping `pca_variance` of the standardised windows' variance; Q per feature
+    and T² normalised by their means on the training windows."""
+    started = time.perf_counter()
+    prep = preprocess_for(spec, train_x)
+    with torch.no_grad():
+        flat = np.concatenate([prep(torch.from_numpy(train_x[i:i + BATCH]))[0].flatten(1).numpy()
+                               for i in range(0, len(train_x), BATCH)]).astype(np.float64)
+    center = flat.mean(axis=0)
+    centred = flat - center
+    covariance = centred.T @ centred / max(len(flat) - 1, 1)
+    variance, vectors = np.linalg.eigh(covariance)
+    order = np.argsort(variance)[::-1]
+    variance, vectors = np.clip(variance[order], 0.0, None), vectors[:, order]
+    share = np.cumsum(variance) / max(float(variance.sum()), 1e-12)
+    wanted = int(np.searchsorted(share, hp.pca_variance)) + 1
+    k = max(1, min(wanted, len(variance) - 1, len(flat) - 1))
+    scorer = PCAScorer(prep, torch.tensor(center), torch.tensor(vectors[:, :k]), torch.tensor(variance[:k]),
+                       torch.ones(spec.n_features), 1.0, hp.pca_t2_weight)
+    q_parts, t2_parts = [], []
+    with torch.no_grad():
+        for i in range(0, len(train_x), BATCH):
+            q, t2, _ = scorer.parts(torch.from_numpy(train_x[i:i + BATCH]))
+            q_parts.append(q.numpy())
+            t2_parts.append(t2.numpy())
+    scorer.q_scale.copy_(torch.tensor(typical(np.concatenate(q_parts))).reshape(1, -1))
+    scorer.t2_scale.copy_(torch.tensor(float(typical(np.concatenate(t2_parts)[:, None])[0])))
+    seconds = time.perf_counter() - started
+    log(f"pca: {k} of {flat.shape[1]} components keep {share[k - 1]:.1%} of the variance "
+        f"({len(flat)} windows, {seconds:.1f}s)")
+    return Fitted(scorer, [], 0, {"components": k, "explained_variance": float(share[k - 1]),
+                                  "t2_weight": hp.pca_t2_weight, "seconds": seconds})
+
+
+# -- autoencoder ------------------------------------------------------------------------------------
+def autoencoder_settings(hp: Hyperparameters, windows: int, n_features: int, length: int) -> dict[str, int]:
+    """The data-sized defaults: batch ~ windows / 8 (16..256), epochs for about `train_steps` updates
+    (10..200), patience a twentieth of the epochs (>= 5), a bottleneck of at most a quarter of the inputs."""
+    batch = hp.batch_size or int(min(256, max(16, windows // 8)))
+    per_epoch = max(1, math.ceil(windows / batch))
+    epochs = hp.epochs or int(min(200, max(10, math.ceil(hp.train_steps / per_epoch))))
+    return {"batch_size": batch, "epochs": epochs, "patience": hp.patience or max(5, epochs // 20),
+            "latent": int(min(hp.latent, max(2, n_features * length // 4))), "channels": hp.channels}
+
+
+def fit_autoencoder(spec: FeatureSpec, train_x: np.ndarray, val_x: np.ndarray, hp: Hyperparameters,
+                    log: Log = _stdout) -> Fitted:
+    g = spec.geometry
+    settings = autoencoder_settings(hp, len(train_x), spec.n_features, g.length)
     torch.manual_seed(hp.seed)
-    if hp.threads > 0:
-        torch.set_num_threads(hp.threads)
-    mean, std = normalisation(train_x)
-    n_features, length = train_x.shape[1], train_x.shape[2]
-    ae = build_autoencoder(hp.architecture, n_features, length, hp.channels, hp.latent, hp.dropout)
-    z_train, v_train = _prepare(train_x, mean, std)
-    z_val, v_val = _prepare(val_x, mean, std)
+    prep = preprocess_for(spec, train_x)
+    ae = build_autoencoder(hp.architecture, spec.n_features, g.length, settings["channels"], settings["latent"],
+                           hp.dropout)
+    scorer = AutoencoderScorer(prep, ae, hp.architecture, settings["channels"], settings["latent"])
+
+    def prepared(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            z, valid, _ = prep(torch.from_numpy(x))
+        return z, valid
+
+    z_train, v_train = prepared(train_x)
+    z_val, v_val = prepared(val_x) if len(val_x) else (z_train, v_train)
     optimiser = torch.optim.Adam(ae.parameters(), lr=hp.learning_rate)
+    epochs, batch = settings["epochs"], settings["batch_size"]
     # cosine decay to 5 % of the initial rate over the planned epochs: a lower final loss for the same time
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=hp.epochs, eta_min=hp.learning_rate / 20)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs, eta_min=hp.learning_rate / 20)
     generator = torch.Generator().manual_seed(hp.seed)
     best, best_state, best_epoch, stale = float("inf"), None, 0, 0
     history: list[dict[str, float]] = []
-    for epoch in range(1, hp.epochs + 1):
+    for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         ae.train()
         order = torch.randperm(len(z_train), generator=generator)
         total, batches = 0.0, 0
-        for i in range(0, len(order), hp.batch_size):
-            idx = order[i:i + hp.batch_size]
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
             optimiser.zero_grad()
             loss = masked_loss(ae(z_train[idx]), z_train[idx], v_train[idx])
             loss.backward()
             optimiser.step()
-            total, batches = total + float(loss), batches + 1
+            total, batches = total + float(loss.detach()), batches + 1
         schedule.step()
         ae.eval()
         with torch.no_grad():
-            val_loss = float(np.mean([float(masked_loss(ae(z_val[i:i + 4096]), z_val[i:i + 4096],
-                                                        v_val[i:i + 4096]))
-                                      for i in range(0, len(z_val), 4096)]))
+            val_loss = float(np.mean([float(masked_loss(ae(z_val[i:i + BATCH]), z_val[i:i + BATCH], v_val[i:i + BATCH]))
+                                      for i in range(0, len(z_val), BATCH)]))
         train_loss = total / max(batches, 1)
         if not np.isfinite(train_loss):
             raise TrainingError(f"training diverged at epoch {epoch} (loss {train_loss}); lower learning_rate")
         seconds = time.perf_counter() - started
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "seconds": seconds})
-        log(f"epoch {epoch}/{hp.epochs} train_loss={train_loss:.5f}; val_loss={val_loss:.5f}; "
-            f"{seconds:.1f}s")
+        if epoch == 1 or epoch % 10 == 0 or epoch == epochs:
+            log(f"epoch {epoch}/{epochs} train_loss={train_loss:.5f}; val_loss={val_loss:.5f}; {seconds:.2f}s")
         if val_loss < best - 1e-6:
             best, best_epoch, stale = val_loss, epoch, 0
             best_state = {k: v.detach().clone() for k, v in ae.state_dict().items()}
         else:
             stale += 1
-            if stale >= hp.patience:
-                log(f"early stop: no validation improvement for {hp.patience} epochs")
+            if stale >= settings["patience"]:
+                log(f"early stop at epoch {epoch}: no validation improvement for {settings['patience']} epochs")
                 break
     assert best_state is not None
     ae.load_state_dict(best_state)
-    scoring = ScoringModel(ae, torch.tensor(mean), torch.tensor(std))
-    scoring.eval()
-    return FitResult(scoring, history, best_epoch)
-
-
-def thresholds_from(errors: np.ndarray, quantile: float, margin: float) -> np.ndarray:
-    """Per-feature threshold = quantile of normal validation errors x margin (labels never used)."""
-    if len(errors) == 0:
-        raise TrainingError("no normal validation windows to set thresholds on")
-    values = np.quantile(errors.astype(np.float64), quantile, axis=0) * margin
-    return np.maximum(values, 1e-6)
+    scorer.eval()
+    errors = []
+    with torch.no_grad():
+        for i in range(0, len(train_x), BATCH):
+            errors.append(scorer.errors(torch.from_numpy(train_x[i:i + BATCH]))[0].numpy())
+    scale = typical(np.concatenate(errors))
+    scorer.error_scale.copy_(torch.tensor(scale).reshape(1, -1))
+    return Fitted(scorer, history, best_epoch, {**settings, "best_epoch": best_epoch})

@@ -1,4 +1,8 @@
-"""Typed hyperparameters with the defaults the product ships."""
+"""Typed hyperparameters with the defaults the product ships.
+
+0 (or a negative margin) means "sized from the data": see training_jobs.fit.autoencoder_settings and
+training_jobs.train. Timescales (windows, episode rule, detection tolerance) belong to the feature spec.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +10,34 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from shared.errors import ConfigurationError
-from shared.ml.episodes import EpisodeRule
+from training_jobs.model import AUTOENCODERS, FAMILIES
 
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    architecture: str = "conv1d"
+    families: str = "auto"  # candidates, comma-separated ("pca,conv1d"); "auto": all of them
+    architecture: str = "conv1d"  # the autoencoder's network ("seed": the original over-complete one)
     channels: int = 32
-    latent: int = 32
+    latent: int = 32  # at most a quarter of the window's numbers
     dropout: float = 0.0
-    epochs: int = 40
-    batch_size: int = 256
+    epochs: int = 0  # 0: enough for about train_steps updates (10..200)
+    batch_size: int = 0  # 0: windows / 8 (16..256)
+    train_steps: int = 6000
     learning_rate: float = 3e-3
-    patience: int = 5  # stop after this many epochs without validation improvement
-    train_stride: int = 0  # 0: the spec's stride
+    patience: int = 0  # epochs without validation improvement before stopping; 0: a twentieth of the epochs (>= 5)
+    pca_variance: float = 0.7  # share of the standardised windows' variance the components keep
+    pca_t2_weight: float = 1.0  # weight of Hotelling's T² (one more term of the power mean) next to the Q residuals
+    train_stride: int = 0  # 0: the spec's stride (1 sample when folds are used)
     max_train_windows: int = 40_000  # evenly subsampled beyond this, to bound training time
     val_fraction: float = 0.15
     test_fraction: float = 0.15  # the in-job evaluation the quality gate reads
-    label_margin_s: float = 60.0  # windows this close to a labelled fault never count as normal
-    threshold_quantile: float = 0.999
-    threshold_margin: float = 1.4  # threshold = quantile x margin (headroom above the normal tail)
-    k: int = 16  # open: >= k flagged of the last n windows (8 s of 10 s at the default stride)
-    n: int = 20
-    m: int = 20  # close: m consecutive clean windows
-    missing_tolerance: float = 0.2
+    folds: int = 5  # blocked time-series folds when the data is short
+    fold_below_samples: int = 20_000  # usable samples below which folds replace the fixed slices
+    min_samples: int = 300  # usable samples below which training refuses
+    label_margin_s: float = -1.0  # windows this close to a labelled fault never count as normal; < 0: the
+    #                               spec's detection tolerance
+    target_false_alarms_per_day: float = 0.1  # per turbine, what the threshold is calibrated for
+    threshold_margin: float = 1.0  # x the calibrated threshold
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0: torch's default
     dataset_hash: str = ""  # lineage, set by the chain (sha256 of the dataset manifest)
@@ -54,20 +62,30 @@ class Hyperparameters:
         hp.check()
         return hp
 
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        if self.families == "auto":
+            return FAMILIES
+        return tuple(f.strip() for f in self.families.split(",") if f.strip())
+
     def check(self) -> None:
-        if not 0 < self.threshold_quantile < 1:
-            raise ConfigurationError("threshold_quantile must lie in (0, 1)")
+        bad = [f for f in self.candidates if f not in FAMILIES]
+        if bad or not self.candidates:
+            raise ConfigurationError(f"families must be \"auto\" or a comma-separated subset of {FAMILIES}, "
+                                     f"got {self.families!r}")
+        if self.architecture not in AUTOENCODERS:
+            raise ConfigurationError(f"architecture must be one of {AUTOENCODERS}, got {self.architecture!r}")
         if self.val_fraction <= 0 or self.test_fraction <= 0 or self.val_fraction + self.test_fraction >= 0.8:
             raise ConfigurationError("val_fraction and test_fraction must be > 0 and leave >= 20 % for training")
-        if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
-            raise ConfigurationError("epochs, batch_size and learning_rate must be positive")
-        try:
-            self.rule()
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from exc
-
-    def rule(self) -> EpisodeRule:
-        return EpisodeRule(k=self.k, n=self.n, m=self.m, missing_tolerance=self.missing_tolerance)
+        if min(self.epochs, self.batch_size, self.patience) < 0 or self.learning_rate <= 0 or self.train_steps < 1:
+            raise ConfigurationError("epochs, batch_size and patience must be >= 0 (0: from the data); "
+                                     "learning_rate and train_steps > 0")
+        if not 0 < self.pca_variance < 1 or self.pca_t2_weight < 0:
+            raise ConfigurationError("pca_variance must lie in (0, 1) and pca_t2_weight be >= 0")
+        if self.folds < 2 or self.min_samples < 2:
+            raise ConfigurationError("folds must be >= 2 and min_samples >= 2")
+        if not self.target_false_alarms_per_day > 0 or not self.threshold_margin > 0:
+            raise ConfigurationError("target_false_alarms_per_day and threshold_margin must be > 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

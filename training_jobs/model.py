@@ -1,23 +1,185 @@
-"""The detector's networks.
+"""The model families and the one scoring interface the edge runs.
 
-`ConvAutoencoder` has a real bottleneck (a few dozen latent numbers for a 6 x 100 window), so it
-cannot learn the identity and must model how the features move together. `SeedAutoencoder` is the
-seed's over-complete 2-D network (seed-spec §2.1), kept only as an option for comparison.
-`ScoringModel` wraps either with the normalisation, missing-value handling and per-feature error,
-so the exported ONNX graph holds all the math the device needs.
+Every scorer maps raw feature windows (B, F, sampled context + length), NaN where a sample is missing, to
+  score (B,)            one anomaly score, compared with one calibrated threshold;
+  contributions (B, F)  each feature's non-negative part of the score (which sensors explain it);
+  missing (B, F)        the fraction of each feature's scored samples that are missing.
+Each feature's error a_j is first measured against its own 99th percentile on the training windows;
+the score is the power mean (mean of a_j**4) ** (1/4): every feature counts, the worst ones dominate,
+so a fault in one sensor is not averaged away among many and one threshold still fits all of them.
+The contributions are a_j**4 / F (summing to score**4).
+`Preprocess` is shared: drifting features are taken relative to their mean over the context before
+the scored samples, every feature is standardised, missing samples are set to the mean. The exported
+ONNX graph holds all of it, so the device keeps no second copy of the math.
+
+Families:
+* "pca": PCA of the flattened standardised window: the SPE/Q residual per feature, and Hotelling's T²
+  as one more weighted term of the power mean; strong on small data.
+* "conv1d": a 1-D convolutional autoencoder with a real bottleneck; the per-feature mean squared
+  reconstruction error. "seed" is the original sample's over-complete
+  2-D network, kept only for comparison.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
-ARCHITECTURES = ("conv1d", "seed")
+FAMILIES = ("pca", "conv1d")
+AUTOENCODERS = ("conv1d", "seed")
+
+
+class Preprocess(nn.Module):
+    mean: torch.Tensor
+    std: torch.Tensor
+    drift: torch.Tensor
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, drift: torch.Tensor, context: int, length: int) -> None:
+        super().__init__()
+        self.context, self.length = int(context), int(length)
+        self.register_buffer("mean", _own(mean).reshape(1, -1, 1))
+        self.register_buffer("std", _own(std).reshape(1, -1, 1))
+        self.register_buffer("drift", _own(drift).reshape(1, -1))  # 1.0 for a drifting feature
+        self.any_drift = bool((drift > 0).any())
+
+    def relative(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scored samples (drifting features minus their baseline) and their missing mask.
+
+        The baseline is the median of the context (the lower middle value: no arithmetic, the same bits in
+        torch and ONNX Runtime), so a fault shorter than half the context neither shifts it nor, once
+        over, leaves a false deviation behind; with no context sample, the window's own mean."""
+        scored = x[..., self.context:]
+        missing = torch.isnan(scored)
+        if self.any_drift:
+            own, _ = _masked_mean(scored)
+            if self.context:
+                base, count = _masked_low_median(x[..., : self.context])
+                base = torch.where(count > 0, base, own)
+            else:
+                base = own
+            scored = scored - (self.drift * base).unsqueeze(-1)
+        return scored, missing
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z (B, F, L) standardised with missing samples at 0, valid mask (B, F, L), missing fraction (B, F)."""
+        scored, missing = self.relative(x)
+        valid = (~missing).float()
+        z = torch.where(missing, torch.zeros_like(scored), (scored - self.mean) / self.std)
+        return z, valid, 1.0 - valid.sum(dim=2) / self.length
+
+
+def _own(values: torch.Tensor) -> torch.Tensor:
+    """A float32 copy: buffers must never share memory (load_state_dict writes into them in place)."""
+    return values.detach().to(torch.float32).contiguous().clone()
+
+
+def _masked_mean(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    ok = ~torch.isnan(x)
+    count = ok.float().sum(dim=2)
+    total = torch.where(ok, x, torch.zeros_like(x)).sum(dim=2)
+    return total / count.clamp(min=1.0), count
+
+
+def _masked_low_median(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of (B, F, C): the ((count - 1) // 2)-th smallest non-NaN value, and the count."""
+    ok = ~torch.isnan(x)
+    count = ok.float().sum(dim=2)
+    ordered, _ = torch.sort(torch.where(ok, x, torch.full_like(x, float("inf"))), dim=2)
+    index = torch.div((count - 1.0).clamp(min=0.0), 2.0, rounding_mode="floor").long().unsqueeze(-1)
+    return torch.gather(ordered, 2, index).squeeze(-1), count
+
+
+def _per_feature_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    return (values * valid).sum(dim=2) / valid.sum(dim=2).clamp(min=1.0)
+
+
+POWER = 4.0  # of the power mean that combines the features' errors into the score
+
+
+def _combine(ratios: torch.Tensor, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(score, contributions) from per-feature error ratios (B, F) and an optional extra term (B,)."""
+    contributions = ratios.pow(POWER) / ratios.shape[1]
+    total = contributions.sum(dim=1)
+    if extra is not None:
+        total = total + extra
+    return total.pow(1.0 / POWER), contributions
+
+
+class PCAScorer(nn.Module):
+    family = "pca"
+    center: torch.Tensor
+    components: torch.Tensor
+    inv_variance: torch.Tensor
+    q_scale: torch.Tensor
+    t2_scale: torch.Tensor
+    t2_weight: torch.Tensor
+
+    def __init__(self, prep: Preprocess, center: torch.Tensor, components: torch.Tensor, variance: torch.Tensor,
+                 q_scale: torch.Tensor, t2_scale: float, t2_weight: float) -> None:
+        super().__init__()
+        self.prep = prep
+        self.register_buffer("center", _own(center).reshape(1, -1))
+        self.register_buffer("components", _own(components))  # (F*L, k)
+        self.register_buffer("inv_variance", _own(1.0 / variance.clamp(min=1e-12)).reshape(1, -1))
+        self.register_buffer("q_scale", _own(q_scale).reshape(1, -1))
+        self.register_buffer("t2_scale", torch.tensor(float(t2_scale)))
+        self.register_buffer("t2_weight", torch.tensor(float(t2_weight)))
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-feature Q (B, F), T² (B,) and missing fraction (B, F), before normalisation."""
+        z, valid, missing = self.prep(x)
+        flat = z.flatten(1) - self.center
+        t = flat @ self.components
+        residual = (flat - t @ self.components.T).reshape(z.shape)
+        q = _per_feature_mean(residual * residual, valid)
+        t2 = (t * t * self.inv_variance).sum(dim=1)
+        return q, t2, missing
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, t2, missing = self.parts(x)
+        t2_term = self.t2_weight * (t2 / self.t2_scale).pow(POWER) / q.shape[1]
+        score, contributions = _combine(q / self.q_scale, t2_term)
+        return score, contributions, missing
+
+    def describe(self) -> dict[str, Any]:
+        return {"family": self.family, "components": int(self.components.shape[1]),
+                "t2_weight": float(self.t2_weight)}
+
+
+class AutoencoderScorer(nn.Module):
+    error_scale: torch.Tensor
+
+    def __init__(self, prep: Preprocess, autoencoder: nn.Module, architecture: str, channels: int, latent: int,
+                 error_scale: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.prep = prep
+        self.autoencoder = autoencoder
+        self.family = architecture
+        self.channels, self.latent = int(channels), int(latent)
+        n = int(prep.mean.shape[1])
+        self.register_buffer("error_scale", _own(torch.ones(n) if error_scale is None else error_scale).reshape(1, -1))
+
+    def errors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-feature mean squared reconstruction error (B, F) and missing fraction (B, F)."""
+        z, valid, missing = self.prep(x)
+        diff = self.autoencoder(z) - z
+        return _per_feature_mean(diff * diff, valid), missing
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        errors, missing = self.errors(x)
+        score, contributions = _combine(errors / self.error_scale)
+        return score, contributions, missing
+
+    def describe(self) -> dict[str, Any]:
+        return {"family": self.family, "channels": self.channels, "latent": self.latent}
 
 
 class ConvAutoencoder(nn.Module):
+    """Two stride-2 convolutions, a linear bottleneck of `latent` numbers, and back."""
+
     def __init__(self, n_features: int, length: int, channels: int = 32, latent: int = 32,
                  dropout: float = 0.0) -> None:
         super().__init__()
@@ -42,7 +204,7 @@ class ConvAutoencoder(nn.Module):
 
 
 class SeedAutoencoder(nn.Module):
-    """The seed's network: (B, F, 100) viewed as (B, F, 10, 10), 2x2 kernels, no bottleneck."""
+    """The original sample's network: (B, F, 100) viewed as (B, F, 10, 10), 2x2 kernels, no bottleneck."""
 
     def __init__(self, n_features: int, length: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -68,7 +230,7 @@ def build_autoencoder(architecture: str, n_features: int, length: int, channels:
         return ConvAutoencoder(n_features, length, channels, latent, dropout)
     if architecture == "seed":
         return SeedAutoencoder(n_features, length, dropout)
-    raise ValueError(f"unknown architecture {architecture!r}; choose one of {ARCHITECTURES}")
+    raise ValueError(f"unknown architecture {architecture!r}; choose one of {AUTOENCODERS}")
 
 
 def masked_loss(reconstruction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -77,28 +239,20 @@ def masked_loss(reconstruction: torch.Tensor, target: torch.Tensor, valid: torch
     return diff.pow(2).sum() / valid.sum().clamp(min=1.0)
 
 
-class ScoringModel(nn.Module):
-    """Raw feature windows (B, F, L) -> per-feature error (B, F) and missing fraction (B, F).
+Scorer = PCAScorer | AutoencoderScorer
 
-    Missing samples (NaN) are replaced by the training mean before the network sees them and are
-    left out of the error, which is the mean absolute reconstruction error in normalised units.
-    """
 
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(self, autoencoder: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
-        super().__init__()
-        self.autoencoder = autoencoder
-        self.register_buffer("mean", mean.reshape(1, -1, 1).float())
-        self.register_buffer("std", std.reshape(1, -1, 1).float())
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        missing = torch.isnan(x)
-        valid = (~missing).float()
-        z = torch.where(missing, torch.zeros_like(x), (x - self.mean) / self.std)
-        reconstruction = self.autoencoder(z)
-        abs_error = (reconstruction - z).abs() * valid
-        count = valid.sum(dim=2)
-        error = abs_error.sum(dim=2) / count.clamp(min=1.0)
-        return error, 1.0 - count / x.shape[2]
+def empty_scorer(description: dict[str, Any], drift: tuple[bool, ...], context: int, length: int) -> Scorer:
+    """A scorer of the described shape with placeholder values, ready for load_state_dict."""
+    n_features = len(drift)
+    ones = torch.ones(n_features)
+    prep = Preprocess(torch.zeros(n_features), ones, torch.tensor(drift, dtype=torch.float32), context, length)
+    family = description.get("family")
+    if family == "pca":
+        k, d = int(description["components"]), n_features * length
+        return PCAScorer(prep, torch.zeros(d), torch.zeros(d, k), torch.ones(k), ones, 1.0, 0.0)
+    if family in AUTOENCODERS:
+        channels, latent = int(description.get("channels", 32)), int(description.get("latent", 32))
+        return AutoencoderScorer(prep, build_autoencoder(str(family), n_features, length, channels, latent),
+                                 str(family), channels, latent)
+    raise ValueError(f"unknown model family {family!r}; known: {(*FAMILIES, 'seed')}")

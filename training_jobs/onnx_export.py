@@ -1,9 +1,10 @@
-"""Export the whole `ScoringModel` to ONNX and open it with ONNX Runtime the way the device does.
+"""Export a whole scorer (any family) to ONNX and open it with ONNX Runtime the way the device does.
 
-The graph holds normalisation, NaN handling (IsNaN/Where) and the per-feature error, so the device
-keeps no second copy of that math. We use the legacy TorchScript exporter (`dynamo=False`): it is
-the default and mature path in the training container's torch 2.5, emits opset 17 natively (the
-dynamo exporter builds opset 18 and down-converts) and needs no onnxscript.
+The graph holds the drift baseline, standardisation, NaN handling (IsNaN/Where), the family's math and
+the one score with its per-feature contributions, so the device keeps no second copy of that math.
+We use the legacy TorchScript exporter (`dynamo=False`): it is the default and mature path in the
+training container's torch 2.5, emits opset 17 natively (the dynamo exporter builds opset 18 and
+down-converts) and needs no onnxscript.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import onnx
 import torch
 
 from shared.errors import BundleError
-from training_jobs.model import ScoringModel
+from training_jobs.model import Scorer
 
 INPUT_NAME = "windows"
-OUTPUT_NAMES = ("error", "missing")
+OUTPUT_NAMES = ("score", "contributions", "missing")
 BATCH_AXIS = "batch"
 DEFAULT_OPSET = 17
 # Newer torch flags the legacy exporter as deprecated; torch 2.5 (the container) does not.
@@ -31,9 +32,10 @@ def exporter_info() -> dict[str, Any]:
     return {"name": "torch.onnx.export", "dynamo": False, "torch": torch.__version__, "onnx": onnx.__version__}
 
 
-def export_onnx(scoring: ScoringModel, n_features: int, length: int, path: Path,
+def export_onnx(scoring: Scorer, n_features: int, length: int, path: Path,
                 opset: int = DEFAULT_OPSET) -> None:
-    """Write `path`: input "windows" [batch, F, L] -> outputs "error" and "missing" [batch, F]."""
+    """Write `path`: input "windows" [batch, F, W] (W: sampled context + scored samples) -> outputs "score" [batch],
+    "contributions" and "missing" [batch, F]."""
     scoring.eval()  # dropout off: the graph must be the scoring path, not the training one
     example = torch.zeros(2, n_features, length, dtype=torch.float32)
     example[0, 0, : length // 2] = float("nan")  # trace with NaN present (the math is data-independent)
@@ -61,7 +63,8 @@ def export_onnx(scoring: ScoringModel, n_features: int, length: int, path: Path,
 
 def expected_io(n_features: int, length: int) -> dict[str, dict[str, list[str | int]]]:
     return {"inputs": {INPUT_NAME: [BATCH_AXIS, n_features, length]},
-            "outputs": {name: [BATCH_AXIS, n_features] for name in OUTPUT_NAMES}}
+            "outputs": {"score": [BATCH_AXIS], "contributions": [BATCH_AXIS, n_features],
+                        "missing": [BATCH_AXIS, n_features]}}
 
 
 def graph_io(path: Path) -> dict[str, dict[str, list[str | int]]]:

@@ -3,36 +3,56 @@
 Reads the train channel (sensor CSV files and labels.json), the optional spec, validation and
 champion channels; writes the model bundle to SM_MODEL_DIR, the report and evaluation to
 SM_OUTPUT_DATA_DIR, metrics as `name=value` lines, and a short reason to the failure file on error.
+
+The job resolves the spec's automatic choices (drifting features), refuses data too short for its
+windows, fits every candidate family on held-out splits (training_jobs.selection), calibrates one
+threshold per candidate, picks one by the documented rule, and scores the chosen model (and the
+champion) on the same held-out data for the quality gate.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 import traceback
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import torch
 
-from shared.errors import NacelleError, TrainingError
-from shared.ml.bundle import EVALUATION_FILE
-from shared.ml.dataset import TurbineSeries, load_all_labels, load_dataset, overlaps_fault, series_windows
-from shared.ml.metrics import Fault, headline
+from shared.errors import BundleError, NacelleError, TrainingError
+from shared.ml.bundle import BUNDLE_FORMAT_VERSION, EVALUATION_FILE
+from shared.ml.dataset import TurbineSeries, load_all_labels, load_dataset
+from shared.ml.feasibility import drifting_features, too_little_data, usable
+from shared.ml.metrics import Allowance, Fault, headline
 from shared.ml.spec import FeatureSpec, default_spec, load_spec
 from shared.version import code_version
 from training_jobs.bundle_io import load_model, save_model_dir
 from training_jobs.contract import JobEnvironment, from_environ
-from training_jobs.evaluation import evaluate, torch_scorer
-from training_jobs.fit import fit, thresholds_from
+from training_jobs.evaluation import Detector, EvalSet, eval_set, evaluate
+from training_jobs.fit import Fitted, score_windows
 from training_jobs.hyperparameters import Hyperparameters
+from training_jobs.onnx_export import INPUT_NAME
 from training_jobs.report import write_report
+from training_jobs.selection import (
+    CHOICE_RULE,
+    Candidate,
+    choose,
+    detector_of,
+    fit_family,
+    normal_windows,
+    plan,
+    run_candidates,
+    subsample,
+)
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 METRIC_KEYS = ("event_f1", "event_precision", "event_recall", "recall_medium_high", "mean_delay_s",
-               "point_f1", "false_alarms_per_turbine_day")
+               "point_f1", "point_far", "point_mar", "false_alarms_per_turbine_day")
 
 
 def log(line: str) -> None:
@@ -45,128 +65,151 @@ def find_spec(env: JobEnvironment) -> FeatureSpec:
         return default_spec()
     files = sorted(p for p in channel.rglob("*") if p.suffix in SPEC_SUFFIXES)
     if len(files) != 1:
-        raise TrainingError(f"the spec channel must hold exactly one spec file, found {len(files)}")
+        raise TrainingError(f"the spec channel {channel} must hold exactly one spec file "
+                            f"({', '.join(SPEC_SUFFIXES)}), found {len(files)}")
     return load_spec(files[0])
 
 
-def chronological_split(series: list[TurbineSeries], hp: Hyperparameters, gap_s: float
-                        ) -> dict[str, list[TurbineSeries]]:
-    """Per turbine: train | gap | validation | gap | test, in time order (no window spans two parts)."""
-    parts: dict[str, list[TurbineSeries]] = {"train": [], "val": [], "test": []}
-    for s in series:
-        t0, span = float(s.t[0]), s.duration_s
-        a = t0 + span * (1 - hp.val_fraction - hp.test_fraction)
-        b = t0 + span * (1 - hp.test_fraction)
-        parts["train"].append(s.between(t0, a))
-        parts["val"].append(s.between(a + gap_s, b))
-        parts["test"].append(s.between(b + gap_s, t0 + span + 1.0))
-    return parts
-
-
-def normal_windows(parts: list[TurbineSeries], spec: FeatureSpec, faults: list[Fault], margin_s: float,
-                   stride: int | None = None) -> np.ndarray:
-    """Operating windows that touch no labelled fault (labels decide what is normal, never a threshold)."""
-    chunks = []
-    for s in parts:
-        w = series_windows(s, spec, stride)
-        chunks.append(w.x[w.operating & ~overlaps_fault(w, faults, margin_s)])
-    x = np.concatenate(chunks) if chunks else np.zeros((0, spec.n_features, spec.windows.length), np.float32)
-    return x
-
-
-def subsample(x: np.ndarray, limit: int) -> np.ndarray:
-    if len(x) <= limit:
-        return x
-    return x[np.linspace(0, len(x) - 1, limit).astype(np.int64)]
+def resolve_spec(spec: FeatureSpec, series: list[TurbineSeries]) -> FeatureSpec:
+    """The spec the model carries: `drift.features: auto` replaced by the features that drift."""
+    if spec.drift.features is not None:
+        return spec
+    chosen = drifting_features(series, spec)
+    log(f"drift.features auto: {list(chosen) or 'none'}"
+        + (f" (judged against their mean over the {spec.drift.baseline_s:g} s before each window)" if chosen else ""))
+    return spec.with_drift(chosen)
 
 
 def train(env: JobEnvironment) -> dict[str, Any]:
     started = datetime.now(UTC)
     hp = Hyperparameters.from_mapping(env.hyperparameters)
-    spec = find_spec(env)
+    if hp.threads > 0:
+        torch.set_num_threads(hp.threads)
+    requested = find_spec(env)
     roots = [env.channels["train"]]
-    log(f"job {env.job_name}: spec {spec.name} {spec.version} ({spec.digest()[:12]}), data {roots[0]}")
-    series = load_dataset(roots, spec)
+    log(f"job {env.job_name}: spec {requested.name} {requested.version} ({requested.digest()[:12]}), data {roots[0]}")
+    series = load_dataset(roots, requested)
     faults = load_all_labels(roots, series)
     log(f"loaded {sum(len(s.t) for s in series)} samples of {len(series)} turbine(s), "
         f"{len(faults)} labelled fault episode(s)")
+    spec = resolve_spec(requested, series)
+    g = spec.geometry
+    available = usable(series, spec)
+    refusal = too_little_data(available, spec, hp.min_samples)
+    if refusal:
+        raise TrainingError(refusal)
+    rule = spec.rule()
+    log(f"windows: {g.length} samples ({spec.windows.length_s:g} s) + {g.context} context, stride {g.stride}; "
+        f"episodes open at {rule.k} of {rule.n} windows, close after {rule.m}; {available.samples} usable samples")
 
-    gap_s = spec.window_seconds + spec.windows.max_gap_s
-    parts = chronological_split(series, hp, gap_s)
-    test_series, test_faults = parts["test"], faults
-    validation_root = env.channel("validation")
-    if validation_root is not None:  # a separate held-out set replaces the test slice
-        test_series = load_dataset([validation_root], spec)
-        test_faults = load_all_labels([validation_root], test_series)
-
-    train_x = subsample(normal_windows(parts["train"], spec, faults, hp.label_margin_s,
-                                       hp.train_stride or None), hp.max_train_windows)
-    val_x = normal_windows(parts["val"], spec, faults, hp.label_margin_s)
-    log(f"windows: {len(train_x)} train, {len(val_x)} validation (normal only)")
-    result = fit(train_x, val_x, hp, log)
-    score = torch_scorer(result.scoring)
-    val_errors, _ = score(val_x)
-    thresholds = thresholds_from(val_errors, hp.threshold_quantile, hp.threshold_margin)
-    rule = hp.rule()
-
-    candidate = evaluate(test_series, test_faults, spec, score, thresholds, rule, hp.injection_seed)
-    evaluation: dict[str, Any] = {"candidate": candidate, "champion": None,
-                                  "data": {"turbines": [s.turbine_id for s in test_series],
-                                           "labels": candidate["labels"]}}
+    the_plan = plan(series, spec, hp, available.samples)
+    candidates, validation = run_candidates(the_plan, spec, faults, hp, log)
+    chosen, reason = choose(candidates)
+    log(f"chosen: {reason}")
+    final, evaluation_set, metrics = _deliver(the_plan.mode, chosen, the_plan.test, validation, spec, faults,
+                                              series, hp, env)
+    threshold = chosen.calibration.threshold
+    allowance = Allowance.of(spec)
+    evaluation: dict[str, Any] = {
+        "candidate": metrics, "champion": None,
+        "data": {"turbines": sorted({p.turbine_id for p in evaluation_set.clean}), "labels": metrics["labels"],
+                 "mode": the_plan.mode},
+        "selection": {"chosen": chosen.family, "reason": reason, "rule": CHOICE_RULE,
+                      "candidates": [c.summary() for c in candidates]},
+    }
     champion_root = env.channel("champion")
     if champion_root is not None:
-        evaluation["champion"] = score_champion(champion_root, test_series, test_faults, hp)
+        evaluation["champion"] = score_champion(champion_root, evaluation_set, spec, allowance)
 
+    scorer = final.scorer
+    prep = scorer.prep
     manifest = {
-        "format_version": 1,
+        "format_version": BUNDLE_FORMAT_VERSION,
         "feature_spec": spec.to_dict(),
-        "architecture": {"name": hp.architecture, "channels": hp.channels, "latent": hp.latent,
-                         "n_features": spec.n_features, "length": spec.windows.length,
-                         "inputs": {"windows": ["batch", spec.n_features, spec.windows.length]},
-                         "outputs": {"error": ["batch", spec.n_features],
-                                     "missing": ["batch", spec.n_features]}},
-        "normalisation": {"mean": result.scoring.mean.flatten().tolist(),
-                          "std": result.scoring.std.flatten().tolist()},
-        "thresholds": {"values": thresholds.tolist(), "quantile": hp.threshold_quantile,
-                       "margin": hp.threshold_margin, "features": list(spec.features)},
+        "model": {**scorer.describe(), "n_features": spec.n_features, "context": g.context_inputs,
+                  "context_step": g.context_step, "length": g.length,
+                  "inputs": {INPUT_NAME: ["batch", spec.n_features, g.width]},
+                  "outputs": {"score": ["batch"], "contributions": ["batch", spec.n_features],
+                              "missing": ["batch", spec.n_features]}},
+        "normalisation": {"mean": prep.mean.flatten().tolist(), "std": prep.std.flatten().tolist()},
+        "threshold": {"value": threshold, "calibration": chosen.calibration.to_dict()},
         "episode_rule": rule.to_dict(),
-        "metrics": {"headline": headline(candidate), "evaluation": candidate,
-                    "history": result.history, "best_epoch": result.best_epoch},
+        "metrics": {"headline": headline(metrics), "evaluation": metrics, "history": final.history,
+                    "best_epoch": final.best_epoch},
+        "selection": evaluation["selection"],
         "lineage": {"dataset_hash": hp.dataset_hash or None, "job_name": env.job_name,
-                    "code_version": code_version(), "spec_digest": spec.digest(),
+                    "code_version": code_version(), "spec_digest": requested.digest(),
+                    "model_spec_digest": spec.digest(), "drift_features": list(spec.drift.features or ()),
                     "turbines": [s.turbine_id for s in series], "files": sum(len(s.sources) for s in series),
-                    "samples": int(sum(len(s.t) for s in series)), "train_windows": len(train_x),
-                    "started_at": started.isoformat(), "finished_at": datetime.now(UTC).isoformat()},
+                    "samples": int(sum(len(s.t) for s in series)), "usable_samples": available.samples,
+                    "mode": the_plan.mode, "started_at": started.isoformat(),
+                    "finished_at": datetime.now(UTC).isoformat()},
         "hyperparameters": hp.to_dict(),
     }
-    save_model_dir(env.model_dir, result.scoring, manifest)
+    save_model_dir(env.model_dir, scorer, manifest)
     for folder in (env.model_dir, env.output_data_dir):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2))
-    report = write_report(env.output_data_dir / "report.png", result.history, val_errors, thresholds,
-                          list(spec.features), f"{env.job_name}: training report")
-    figures = headline(candidate)
+    report = write_report(env.output_data_dir / "report.png", f"{env.job_name}: training report", candidates,
+                          chosen.family, final.history, threshold)
+    figures = headline(metrics)
     for key in METRIC_KEYS:
         value = figures.get(key)
         log(f"{key}={'nan' if value is None else f'{value:.6g}'}")
+    log(f"family={chosen.family}")
     log(f"report={report}")
     return {"headline": figures, "evaluation": evaluation, "report": str(report)}
 
 
-def score_champion(root: Path, series: list[TurbineSeries], faults: list[Fault],
-                   hp: Hyperparameters) -> dict[str, Any] | None:
-    """Score the champion bundle on the candidate's test data (same faults, same injection seed)."""
+def _deliver(mode: str, chosen: Candidate, test: list[TurbineSeries], validation: EvalSet, spec: FeatureSpec,
+             faults: list[Fault], series: list[TurbineSeries], hp: Hyperparameters, env: JobEnvironment
+             ) -> tuple[Fitted, EvalSet, dict[str, Any]]:
+    """The delivered model, the data the gate judges it on, and its metrics there.
+
+    holdout: the model fitted on the train slice, judged on the test slice (or the validation channel).
+    folds: refitted on all data for the median of the folds' best epochs; judged by the folds' results."""
+    allowance = Allowance.of(spec)
+    if mode == "holdout":
+        final = chosen.fits[0]
+        validation_root = env.channel("validation")
+        if validation_root is not None:  # a separate held-out set replaces the test slice
+            test = load_dataset([validation_root], spec)
+            faults = load_all_labels([validation_root], test)
+        test_set = eval_set(test, faults, spec, hp.injection_seed)
+        detector = detector_of(final, spec, chosen.calibration.threshold)
+        return final, test_set, evaluate(test_set, [detector], allowance)
+    margin = hp.label_margin_s if hp.label_margin_s >= 0 else spec.evaluation.detection_tolerance_s
+    train_x = subsample(normal_windows(series, spec, faults, margin, hp.train_stride or 1), hp.max_train_windows)
+    refit = hp
+    if chosen.family != "pca":
+        epochs = max(1, round(statistics.median(f.best_epoch for f in chosen.fits)))
+        refit = replace(hp, epochs=epochs, patience=epochs + 1)
+    log(f"refit {chosen.family} on all {len(train_x)} normal windows")
+    final = fit_family(chosen.family, spec, train_x, train_x[:0], refit, log)
+    return final, validation, chosen.validation
+
+
+def score_champion(root: Path, pieces: EvalSet, spec: FeatureSpec, allowance: Allowance) -> dict[str, Any] | None:
+    """Score the champion bundle on the candidate's held-out pieces and faults (its own windows,
+    threshold and rule)."""
     archives = sorted(root.rglob("model.tar.gz")) or ([root] if (root / "manifest.json").is_file() else [])
     if not archives:
         log(f"champion channel {root} holds no model.tar.gz; skipping the comparison")
         return None
-    champion = load_model(archives[0])
+    try:
+        champion = load_model(archives[0])
+    except BundleError as exc:
+        log(f"champion not comparable: {exc}")
+        return None
     m = champion.manifest
-    metrics = evaluate(series, faults, m.spec, torch_scorer(champion.scoring), m.thresholds, m.rule,
-                       hp.injection_seed)
+    if (m.spec.features, m.spec.derived) != (spec.features, spec.derived):
+        log(f"champion not comparable: it reads features {list(m.spec.features)}")
+        return None
+    detector = Detector(m.spec, lambda x: score_windows(champion.scorer, x), m.threshold, m.rule)
+    metrics = evaluate(pieces, [detector] * (max(pieces.group, default=0) + 1), allowance)
     for key, value in headline(metrics).items():
         log(f"champion_{key}={'nan' if value is None else f'{value:.6g}'}")
-    return {"metrics": metrics, "lineage": m.lineage}
+    return {"metrics": metrics, "lineage": m.lineage, "family": m.family}
 
 
 def main() -> int:

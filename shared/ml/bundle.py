@@ -1,8 +1,8 @@
 """The model bundle manifest: one versioned document that travels with the weights.
 
-It holds the feature spec, normalisation statistics, per-feature thresholds, the episode rule,
-metrics and lineage, so statistics and thresholds can never drift apart from the model
-(seed-spec §7.2.1). Readers refuse a format version they do not know.
+It holds the resolved feature spec, the model family, normalisation statistics, the one calibrated
+score threshold, the episode rule, metrics and lineage, so statistics and the threshold can never drift
+apart from the model. Readers refuse a format version they do not know.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from shared.errors import BundleError
 from shared.ml.episodes import EpisodeRule
 from shared.ml.spec import FeatureSpec
 
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.pt"
 EVALUATION_FILE = "evaluation.json"
-REQUIRED_KEYS = ("format_version", "feature_spec", "architecture", "normalisation", "thresholds",
+REQUIRED_KEYS = ("format_version", "feature_spec", "model", "normalisation", "threshold",
                  "episode_rule", "metrics", "lineage")
 
 
@@ -32,8 +32,12 @@ class Manifest:
     spec: FeatureSpec
     mean: np.ndarray
     std: np.ndarray
-    thresholds: np.ndarray
+    threshold: float  # on the model's one anomaly score
     rule: EpisodeRule
+
+    @property
+    def family(self) -> str:
+        return str(self.raw["model"]["family"])
 
     @property
     def lineage(self) -> dict[str, Any]:
@@ -55,24 +59,37 @@ class Manifest:
         if missing:
             raise BundleError(f"{source}: manifest lacks {missing}")
         spec = FeatureSpec.from_dict(raw["feature_spec"], f"{source}: feature_spec")
+        if spec.drift.features is None:
+            raise BundleError(f"{source}: feature_spec.drift.features is still \"auto\" (a model names them)")
         try:
             mean = np.asarray(raw["normalisation"]["mean"], dtype=np.float64)
             std = np.asarray(raw["normalisation"]["std"], dtype=np.float64)
-            thresholds = np.asarray(raw["thresholds"]["values"], dtype=np.float64)
+            threshold = raw["threshold"]["value"]
             rule = EpisodeRule(**raw["episode_rule"])
+            family = raw["model"]["family"]
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{source}: malformed manifest ({exc})") from exc
-        for name, arr in (("normalisation.mean", mean), ("normalisation.std", std),
-                          ("thresholds.values", thresholds)):
+        for name, arr in (("normalisation.mean", mean), ("normalisation.std", std)):
             if arr.shape != (spec.n_features,) or not np.all(np.isfinite(arr)):
                 raise BundleError(f"{source}: {name} must hold {spec.n_features} finite numbers, "
                                   f"one per feature {list(spec.features)}")
-        if np.any(std <= 0) or np.any(thresholds <= 0):
-            raise BundleError(f"{source}: normalisation std and thresholds must be positive")
-        return cls(raw, spec, mean, std, thresholds, rule)
+        if np.any(std <= 0):
+            raise BundleError(f"{source}: normalisation std must be positive")
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold < float("inf"):
+            raise BundleError(f"{source}: threshold.value must be a positive finite number, got {threshold!r}")
+        if not isinstance(family, str) or not family:
+            raise BundleError(f"{source}: model.family must name the model family")
+        return cls(raw, spec, mean, std, float(threshold), rule)
 
     def to_json(self) -> str:
         return json.dumps(self.raw, indent=2, sort_keys=True)
+
+
+def input_shape(manifest: dict[str, Any]) -> tuple[int, ...]:
+    """(1, features, samples) the model's graph reads, from a manifest document (registry metadata, Neo)."""
+    inputs: dict[str, list[Any]] = (manifest.get("model") or {}).get("inputs") or {}
+    shape: list[Any] = next(iter(inputs.values()), ["batch", 0, 0])
+    return (1, *(int(x) for x in shape[1:]))
 
 
 def read_manifest(model_dir: Path) -> Manifest:

@@ -41,7 +41,8 @@ class TurbineSeries:
 
 @dataclass(frozen=True)
 class Windows:
-    """Scored windows of one turbine: (W, F, L) inputs and the sample time at each window's end."""
+    """Scored windows of one turbine: (W, F, geometry.width) model inputs and the sample times of each
+    window's first and last scored sample."""
 
     turbine_id: str
     x: np.ndarray
@@ -101,8 +102,8 @@ def load_all_labels(roots: list[Path], series: list[TurbineSeries]) -> list[Faul
 
 def series_windows(series: TurbineSeries, spec: FeatureSpec, stride: int | None = None) -> Windows:
     starts = window_starts(series.t, spec, stride)
-    length = spec.windows.length
-    x = make_windows(series.features, starts, length)
+    length = spec.geometry.length
+    x = make_windows(series.features, starts, spec.geometry.offsets())
     return Windows(series.turbine_id, x,
                    series.t[starts + length - 1] if len(starts) else np.zeros(0),
                    series.t[starts] if len(starts) else np.zeros(0), operating_mask(x, spec))

@@ -1,9 +1,10 @@
 """The episode rule, shared by the evaluator and the edge detector.
 
-Per window, a feature is flagged when its reconstruction error exceeds its threshold or when more
-than `missing_tolerance` of its samples are missing. An episode opens when at least k of the last n
-windows are flagged and closes after m consecutive clean windows. All times are sample timestamps
-(the end of each window), never the wall clock.
+A window is flagged when its anomaly score exceeds the model's one threshold, or when a feature misses
+more than `missing_tolerance` of its samples. An episode opens when at least k of the last n windows
+are flagged and closes after m consecutive clean windows. All times are sample timestamps (the end of
+each window), never the wall clock. The per-feature contributions of the peak window say which
+sensors explain the episode.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from itertools import chain
-from operator import le
 from typing import Any, Literal
 
 import numpy as np
 
 EventKind = Literal["open", "update", "close"]
+MAX_EXPLAINING = 3  # features named as the explanation of one window
+EXPLAINING_SHARE = 0.5  # ...each with at least this fraction of the top feature's share
 
 
 @dataclass(frozen=True)
@@ -41,21 +42,31 @@ class EpisodeRule:
         return cls(**{k: type(getattr(cls, k))(v) for k, v in raw.items()})
 
 
+def explaining(shares: dict[str, float]) -> list[str]:
+    """The features that explain a window: the top one and those with at least half its share (<= 3)."""
+    ranked = sorted(shares.items(), key=lambda kv: (-kv[1], kv[0]))
+    if not ranked or ranked[0][1] <= 0:
+        return []
+    top = ranked[0][1]
+    return [name for name, share in ranked[:MAX_EXPLAINING] if share >= EXPLAINING_SHARE * top]
+
+
 @dataclass
 class Episode:
     episode_id: str
     turbine_id: str
     started_at: float  # end of the first flagged window that led to the opening
     opened_at: float  # decision time: end of the window that completed k-of-n
-    last_flagged_at: float
-    closed_at: float | None = None
+    last_flagged_at: float  # end of the last flagged window: the episode spans [started_at, last_flagged_at]
+    closed_at: float | None = None  # decision time of the close (m clean windows later)
     flagged_windows: int = 0
-    peak_ratio: dict[str, float] = field(default_factory=dict)  # feature -> max error/threshold
+    peak_ratio: float = 0.0  # max score / threshold over the flagged windows
+    contributions: dict[str, float] = field(default_factory=dict)  # feature -> share of the peak window's score
     missing: list[str] = field(default_factory=list)  # features flagged for missing samples
 
     @property
     def features(self) -> list[str]:
-        return sorted(set(self.peak_ratio) | set(self.missing))
+        return sorted(set(explaining(self.contributions)) | set(self.missing))
 
     def snapshot(self) -> dict[str, Any]:
         out = asdict(self)
@@ -70,91 +81,81 @@ class EpisodeEvent:
     episode: dict[str, Any]
 
 
-class EpisodeTracker:
-    """Turns a stream of per-window (errors, missing) into episode open/update/close events."""
+# One window in the k-of-n history: end time, score / threshold if above 1 (else 0), the contribution
+# row of a flagged window, the features over the missing tolerance.
+_Entry = tuple[float, float, Sequence[float] | None, list[str]]
 
-    def __init__(self, turbine_id: str, rule: EpisodeRule, thresholds: np.ndarray,
+
+class EpisodeTracker:
+    """Turns a stream of per-window (score, contributions, missing) into episode open/update/close events."""
+
+    def __init__(self, turbine_id: str, rule: EpisodeRule, threshold: float,
                  feature_names: list[str] | tuple[str, ...]) -> None:
+        if not threshold > 0:
+            raise ValueError(f"the score threshold must be positive, got {threshold!r}")
         self.turbine_id = turbine_id
         self.rule = rule
-        self.thresholds = np.asarray(thresholds, dtype=np.float64)
-        self._threshold_list: list[float] = self.thresholds.tolist()
+        self.threshold = float(threshold)
         self.feature_names = list(feature_names)
         self.current: Episode | None = None
         self.closed: list[Episode] = []
-        self._recent: deque[tuple[float, dict[str, float], list[str]]] = deque(maxlen=rule.n)
+        self._recent: deque[_Entry] = deque(maxlen=rule.n)
         self._clean_run = 0
         self._last_t: float | None = None
         self._last_report: tuple[float, int, float] = (0.0, 0, 0.0)  # time, feature count, peak
 
-    def flags(self, errors: np.ndarray, missing: np.ndarray) -> np.ndarray:
-        """Per-feature flags of one window (vectorised over leading axes too)."""
-        return (np.asarray(errors) > self.thresholds) | (np.asarray(missing) > self.rule.missing_tolerance)
-
-    def step(self, t_end: float, errors: np.ndarray, missing: np.ndarray, operating: bool = True
-             ) -> list[EpisodeEvent]:
+    def step(self, t_end: float, score: float, contributions: Sequence[float] | np.ndarray,
+             missing: Sequence[float] | np.ndarray, operating: bool = True) -> list[EpisodeEvent]:
         """One scored window; a window outside the operating regime counts as clean."""
-        ratios = np.asarray(errors, dtype=np.float64) / self.thresholds
-        over = ratios > 1.0
-        lacking = np.asarray(missing) > self.rule.missing_tolerance
-        hit = {self.feature_names[i]: float(ratios[i]) for i in np.flatnonzero(over)} if operating else {}
-        gone = [self.feature_names[i] for i in np.flatnonzero(lacking)] if operating else []
-        return self._advance(t_end, hit, gone)
+        if not operating:
+            return self._advance(float(t_end), 0.0, None, [])
+        ratio = float(score) / self.threshold
+        gone = [self.feature_names[i] for i, v in enumerate(np.asarray(missing).tolist())
+                if v > self.rule.missing_tolerance]
+        over = ratio > 1.0
+        return self._advance(float(t_end), ratio if over else 0.0,
+                             np.asarray(contributions).tolist() if over else None, gone)
 
-    def step_many(self, t_end: Sequence[float], errors: np.ndarray, missing: np.ndarray,
-                  operating: Sequence[bool] | np.ndarray) -> list[EpisodeEvent]:
-        """`step` over (W, F) windows in time order; the events of all of them, in order.
+    def step_many(self, t_end: Sequence[float], scores: np.ndarray, contributions: np.ndarray,
+                  missing: np.ndarray, operating: Sequence[bool] | np.ndarray) -> list[EpisodeEvent]:
+        """`step` over W windows in time order; the events of all of them, in order.
 
-        Flags are computed for all windows at once; when none is flagged and no episode is open (the
-        usual case), each window only enters the k-of-n history."""
+        When no window is flagged and no episode is open (the usual case), each window only enters the
+        k-of-n history."""
         if not len(t_end):
             return []
-        errors, missing = np.asarray(errors), np.asarray(missing)
-        # Python floats, exactly the arrays' values: error <= threshold makes the correctly rounded ratio
-        # <= 1.0, and missing <= tolerance compared in float64 is never flagged by step()'s comparison
-        # in missing's dtype. A NaN flags nothing either way. On a few windows this beats numpy.
-        if not (all(map(le, chain.from_iterable(errors.tolist()), self._threshold_list * len(errors)))
-                and max(chain.from_iterable(missing.tolist())) <= self.rule.missing_tolerance):
-            ratios = np.divide(errors, self.thresholds, dtype=np.float64)  # as step(): exact float64 inputs
-            return self._step_flagged(t_end, ratios, missing, operating)
-        events: list[EpisodeEvent] = []
+        scores = np.asarray(scores)
+        quiet = (float(np.max(scores)) / self.threshold <= 1.0
+                 and float(np.max(missing)) <= self.rule.missing_tolerance)
+        if not quiet or self.current is not None:
+            events: list[EpisodeEvent] = []
+            for i, t in enumerate(t_end):
+                events += self.step(t, scores[i], contributions[i], missing[i], bool(operating[i]))
+            return events
         silence, recent = self.rule.max_silence_s, self._recent
         for t in t_end:
-            if self.current is None and (self._last_t is None or t - self._last_t <= silence):
-                self._last_t = t
-                recent.append((t, {}, []))
-            else:
-                events += self._advance(t, {}, [])
-        return events
+            if self._last_t is not None and t - self._last_t > silence:
+                recent.clear()
+            self._last_t = t
+            recent.append((t, 0.0, None, []))
+        return []
 
-    def _step_flagged(self, t_end: Sequence[float], ratios: np.ndarray, missing: np.ndarray,
-                      operating: Sequence[bool] | np.ndarray) -> list[EpisodeEvent]:
-        names = self.feature_names
-        lacking = (missing > self.rule.missing_tolerance).tolist()  # in missing's dtype, as step()
-        events: list[EpisodeEvent] = []
-        for t, row, gaps, on in zip(t_end, ratios.tolist(), lacking, operating, strict=True):
-            if on:  # Python floats of the float64 ratios, as float(ratios[i, j])
-                events += self._advance(t, {names[j]: r for j, r in enumerate(row) if r > 1.0},
-                                        [names[j] for j, g in enumerate(gaps) if g])
-            else:
-                events += self._advance(t, {}, [])
-        return events
-
-    def _advance(self, t_end: float, hit: dict[str, float], gone: list[str]) -> list[EpisodeEvent]:
+    def _advance(self, t_end: float, ratio: float, row: Sequence[float] | None, gone: list[str]
+                 ) -> list[EpisodeEvent]:
         events: list[EpisodeEvent] = []
         if self._last_t is not None and t_end - self._last_t > self.rule.max_silence_s:
             events += self._close(self._last_t)
             self._recent.clear()
         self._last_t = t_end
-        flagged = bool(hit or gone)
-        self._recent.append((t_end, hit, gone))
+        flagged = ratio > 0.0 or bool(gone)
+        self._recent.append((t_end, ratio, row, gone))
         if self.current is None:
-            if flagged and sum(1 for _, h, g in self._recent if h or g) >= self.rule.k:
+            if flagged and sum(1 for _, r, _, g in self._recent if r > 0.0 or g) >= self.rule.k:
                 events.append(self._open(t_end))
             return events
         if flagged:
             self._clean_run = 0
-            self._absorb(self.current, t_end, hit, gone)
+            self._absorb(self.current, t_end, ratio, row, gone)
             if self._worth_reporting(t_end):
                 events.append(self._event("update", t_end))
         else:
@@ -170,28 +171,31 @@ class EpisodeTracker:
 
     # -- internals ---------------------------------------------------------------------------
     def _open(self, t_end: float) -> EpisodeEvent:
-        first = next(t for t, h, g in self._recent if h or g)
+        first = next(t for t, r, _, g in self._recent if r > 0.0 or g)
         episode = Episode(episode_id=f"{self.turbine_id}-{round(first * 1000)}", turbine_id=self.turbine_id,
                           started_at=first, opened_at=t_end, last_flagged_at=t_end)
-        for t, h, g in self._recent:
-            if h or g:
-                self._absorb(episode, t, h, g)
+        for t, r, row, g in self._recent:
+            if r > 0.0 or g:
+                self._absorb(episode, t, r, row, g)
         self.current, self._clean_run = episode, 0
-        self._last_report = (t_end, len(episode.features), max(episode.peak_ratio.values(), default=0.0))
+        self._last_report = (t_end, len(episode.features), episode.peak_ratio)
         return self._event("open", t_end)
 
-    @staticmethod
-    def _absorb(episode: Episode, t: float, hit: dict[str, float], gone: list[str]) -> None:
+    def _absorb(self, episode: Episode, t: float, ratio: float, row: Sequence[float] | None,
+                gone: list[str]) -> None:
         episode.flagged_windows += 1
         episode.last_flagged_at = t
-        for name, ratio in hit.items():
-            episode.peak_ratio[name] = max(ratio, episode.peak_ratio.get(name, 0.0))
+        if row is not None and ratio > episode.peak_ratio:
+            episode.peak_ratio = ratio
+            total = sum(v for v in row if v > 0)
+            episode.contributions = ({name: round(v / total, 4) for name, v in zip(self.feature_names, row, strict=True)
+                                      if v > 0} if total > 0 else {})
         episode.missing.extend(g for g in gone if g not in episode.missing)
 
     def _worth_reporting(self, t_end: float) -> bool:
         assert self.current is not None
         last_t, last_count, last_peak = self._last_report
-        peak = max(self.current.peak_ratio.values(), default=0.0)
+        peak = self.current.peak_ratio
         due = (len(self.current.features) > last_count or peak > 1.25 * last_peak
                or t_end - last_t >= self.rule.update_interval_s)
         if due:
@@ -212,12 +216,12 @@ class EpisodeTracker:
         return EpisodeEvent(kind=kind, at=t_end, episode=self.current.snapshot())
 
 
-def run_episodes(turbine_id: str, rule: EpisodeRule, thresholds: np.ndarray, feature_names: list[str],
-                 t_end: np.ndarray, errors: np.ndarray, missing: np.ndarray,
+def run_episodes(turbine_id: str, rule: EpisodeRule, threshold: float, feature_names: list[str],
+                 t_end: np.ndarray, scores: np.ndarray, contributions: np.ndarray, missing: np.ndarray,
                  operating: np.ndarray | None = None) -> list[Episode]:
     """Every episode of one turbine's scored windows (in time order), the last one closed at the end."""
-    tracker = EpisodeTracker(turbine_id, rule, thresholds, feature_names)
-    for i in range(len(t_end)):
-        tracker.step(float(t_end[i]), errors[i], missing[i], True if operating is None else bool(operating[i]))
+    tracker = EpisodeTracker(turbine_id, rule, threshold, feature_names)
+    on = np.ones(len(t_end), dtype=bool) if operating is None else np.asarray(operating, dtype=bool)
+    tracker.step_many(np.asarray(t_end, dtype=np.float64).tolist(), scores, contributions, missing, on)
     tracker.flush()
     return tracker.closed

@@ -185,31 +185,41 @@ def segment_bounds(t: np.ndarray, max_gap_s: float) -> list[tuple[int, int]]:
 
 
 def window_starts(t: np.ndarray, spec: FeatureSpec, stride: int | None = None) -> np.ndarray:
-    """Start indices of the windows: every `stride` samples from the start of each gap-free run.
+    """Index of each window's first scored sample: every `stride` samples from the start of each gap-free
+    run of at least `length` samples.
 
-    A window never crosses a gap longer than spec.windows.max_gap_s. The detector aligns its
-    windows the same way (reset at a gap, first window when its buffer is full, then every stride).
+    The scored samples never cross a gap longer than spec.windows.max_gap_s; a drift baseline's context
+    (the samples before them) may. The detector aligns its windows the same way (reset at a gap, first
+    window when the run holds `length` samples, then every stride).
     """
-    length = spec.windows.length
-    step = stride or spec.windows.stride
-    starts = [np.arange(a, b - length + 1, step) for a, b in segment_bounds(t, spec.windows.max_gap_s)
+    geometry = spec.geometry
+    length = geometry.length
+    step = stride or geometry.stride
+    starts = [np.arange(a, b - length + 1, step) for a, b in segment_bounds(t, geometry.max_gap_s)
               if b - a >= length]
     return np.concatenate(starts).astype(np.int64) if starts else np.zeros(0, dtype=np.int64)
 
 
-def make_windows(features: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
-    """Windows as (W, F, L) float32: channel = feature, the layout the model expects."""
+def make_windows(features: np.ndarray, starts: np.ndarray, offsets: list[int] | np.ndarray) -> np.ndarray:
+    """Model inputs as (W, F, len(offsets)) float32: channel = feature, the samples at `offsets` from each
+    window's first scored sample (spec.geometry.offsets()); NaN before the first sample of the data."""
+    offsets = np.asarray(offsets, dtype=np.int64)
     if len(starts) == 0:
-        return np.zeros((0, features.shape[1], length), dtype=np.float32)
-    view = np.lib.stride_tricks.sliding_window_view(features, length, axis=0)  # (N-L+1, F, L)
-    return np.ascontiguousarray(view[starts], dtype=np.float32)
+        return np.zeros((0, features.shape[1], len(offsets)), dtype=np.float32)
+    rows = np.asarray(starts, dtype=np.int64)[:, None] + offsets[None, :]  # (W, P)
+    x = np.ascontiguousarray(features[np.maximum(rows, 0)].transpose(0, 2, 1), dtype=np.float32)
+    before = rows < 0
+    if before.any():
+        x[np.broadcast_to(before[:, None, :], x.shape)] = np.nan
+    return x
 
 
 def operating_mask(windows: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """(W,) True for windows the model should score (see FeatureSpec.operating)."""
+    """(W,) True for windows the model should score (see FeatureSpec.operating), judged on the scored
+    samples (the last spec.geometry.length of each window)."""
     if spec.operating is None or len(windows) == 0:
         return np.ones(len(windows), dtype=bool)
-    column = windows[:, spec.features.index(spec.operating.feature), :]
+    column = windows[:, spec.features.index(spec.operating.feature), -spec.geometry.length:]
     # More than half the samples >= min puts both middle ones there, so the (nan)median too: the
     # usual case, decided by counting (float rounding of the middle pair's mean cannot undo it).
     # ufunc methods, not ndarray.all(): their Python wrappers cost more than the work on a few windows.

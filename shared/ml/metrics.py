@@ -1,7 +1,8 @@
 """Event-level detection metrics (primary) and point-wise metrics (secondary). Never point-adjusted.
 
 A labelled fault counts as detected when an episode of its turbine OPENS within
-[start, end + tolerance]. An episode that opens inside no such interval is a false alarm.
+[start, end + tolerance] (the spec's evaluation.detection_tolerance_s). An episode that opens inside no
+such interval is a false alarm. Point-wise, a sample is flagged when it lies inside an episode.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shared.errors import DataError
 from shared.ml.episodes import Episode
 
-DETECTION_TOLERANCE_S = 60.0
+if TYPE_CHECKING:
+    from shared.ml.spec import FeatureSpec
+
 SECONDS_PER_DAY = 86_400.0
 
 
@@ -64,11 +67,25 @@ def faults_from_label_column(turbine_id: str, t: np.ndarray, labels: np.ndarray)
             for a, b in zip(starts, stops, strict=True)]
 
 
-def scorable(f: Fault, coverage: dict[str, tuple[np.ndarray, float]], tolerance_s: float = DETECTION_TOLERANCE_S
-             ) -> bool:
-    """A fault counts for recall when the data covers its onset and the detection allowance after it."""
+@dataclass(frozen=True)
+class Allowance:
+    """How long after a fault's onset an episode may open and still detect it (the spec's timescales)."""
+
+    tolerance_s: float  # after the fault's end
+    decision_s: float  # the least time the episode rule needs to open (window + open_after_s)
+
+    @classmethod
+    def of(cls, spec: FeatureSpec) -> Allowance:
+        return cls(spec.evaluation.detection_tolerance_s,
+                   spec.geometry.length / spec.sampling.rate_hz + spec.episodes.open_after_s)
+
+
+def scorable(f: Fault, coverage: dict[str, tuple[np.ndarray, float]], allowance: Allowance) -> bool:
+    """A fault counts for recall when the data covers its onset and enough time after it for the rule to
+    open an episode (twice the decision time, or up to the end of the detection allowance)."""
     t = coverage.get(f.turbine_id, (np.zeros(0), 0.0))[0]
-    return len(t) > 0 and t[0] <= f.start and min(f.end + tolerance_s, f.start + 2 * tolerance_s) <= t[-1]
+    needed = min(f.end + allowance.tolerance_s, f.start + 2 * allowance.decision_s)
+    return len(t) > 0 and t[0] <= f.start and needed <= t[-1]
 
 
 def _prf(tp: float, fp: float, fn: float) -> dict[str, float]:
@@ -79,17 +96,19 @@ def _prf(tp: float, fp: float, fn: float) -> dict[str, float]:
 
 
 def evaluate_episodes(episodes: list[Episode], faults: list[Fault], coverage: dict[str, tuple[np.ndarray, float]],
-                      tolerance_s: float = DETECTION_TOLERANCE_S) -> dict[str, Any]:
+                      allowance: Allowance) -> dict[str, Any]:
     """The metrics object of `nacelle evaluate` and evaluation.json.
 
     `coverage` maps each scored turbine to (its sample timestamps, scored duration in seconds).
     Recall counts the faults whose onset and detection allowance lie inside the scored data; an
     episode that opens during any labelled fault, even one cut by the data's edges, is no false alarm.
     """
+    tolerance_s = allowance.tolerance_s
     by_turbine: dict[str, list[Fault]] = defaultdict(list)
     for f in faults:  # every fault, also those cut by the data's edges: an episode they cause is no false alarm
         by_turbine[f.turbine_id].append(f)
-    faults = [f for f in faults if scorable(f, coverage, tolerance_s)]
+    labelled = list(faults)
+    faults = [f for f in faults if scorable(f, coverage, allowance)]
     turbine_days = sum(duration for _, duration in coverage.values()) / SECONDS_PER_DAY
 
     true_alarms = 0
@@ -98,10 +117,11 @@ def evaluate_episodes(episodes: list[Episode], faults: list[Fault], coverage: di
             true_alarms += 1
     false_alarms = len(episodes) - true_alarms
     result: dict[str, Any] = {
-        "event": None, "point": None,
+        "event": None, "point": point_metrics(episodes, labelled, coverage),
         "false_alarms_per_turbine_day": false_alarms / turbine_days if turbine_days else None,
         "counts": {"episodes": len(episodes), "false_alarms": false_alarms, "faults": len(faults),
                    "turbine_days": turbine_days},
+        "allowance": {"detection_tolerance_s": tolerance_s, "decision_s": allowance.decision_s},
     }
     if not faults:
         return result
@@ -122,7 +142,6 @@ def evaluate_episodes(episodes: list[Episode], faults: list[Fault], coverage: di
         "per_severity": _group(faults, delays, lambda f: f.severity),
     }
     result["event"] = event
-    result["point"] = _pointwise(episodes, faults, coverage)
     return result
 
 
@@ -138,18 +157,40 @@ def _group(faults: list[Fault], delays: dict[Fault, float], key: Any) -> dict[st
     return out
 
 
-def _pointwise(episodes: list[Episode], faults: list[Fault],
-               coverage: dict[str, tuple[np.ndarray, float]]) -> dict[str, float]:
-    """Per sample: predicted = inside an episode [opened_at, closed_at]; true = inside a fault."""
-    tp = fp = fn = 0
+def flagged_samples(t: np.ndarray, episodes: list[Episode]) -> np.ndarray:
+    """Per sample: inside an episode, i.e. between its first and its last flagged window's end."""
+    return _inside(t, [(e.started_at, e.last_flagged_at) for e in episodes])
+
+
+def faulty_samples(t: np.ndarray, faults: list[Fault]) -> np.ndarray:
+    """Per sample: inside a labelled fault [start, end]."""
+    return _inside(t, [(f.start, f.end) for f in faults])
+
+
+def point_metrics(episodes: list[Episode], faults: list[Fault],
+                  coverage: dict[str, tuple[np.ndarray, float]]) -> dict[str, Any]:
+    """Per sample, never point-adjusted: predicted = flagged_samples, true = faulty_samples.
+
+    far = FP / (FP + TN) (normal samples flagged), mar = FN / (FN + TP) (faulty samples missed); None
+    when there is no normal, respectively no faulty, sample. `confusion` lets callers sum over runs."""
+    tp = fp = fn = tn = 0
     for turbine, (t, _) in coverage.items():
-        predicted = _inside(t, [(e.opened_at, e.closed_at or e.last_flagged_at)
-                                for e in episodes if e.turbine_id == turbine])
-        actual = _inside(t, [(f.start, f.end) for f in faults if f.turbine_id == turbine])
+        predicted = flagged_samples(t, [e for e in episodes if e.turbine_id == turbine])
+        actual = faulty_samples(t, [f for f in faults if f.turbine_id == turbine])
         tp += int(np.sum(predicted & actual))
         fp += int(np.sum(predicted & ~actual))
         fn += int(np.sum(~predicted & actual))
-    return _prf(tp, fp, fn)
+        tn += int(np.sum(~predicted & ~actual))
+    return point_summary({"tp": tp, "fp": fp, "fn": fn, "tn": tn})
+
+
+def point_summary(confusion: dict[str, int]) -> dict[str, Any]:
+    tp, fp, fn, tn = (confusion[k] for k in ("tp", "fp", "fn", "tn"))
+    out: dict[str, Any] = _prf(tp, fp, fn)
+    out["far"] = fp / (fp + tn) if fp + tn else None
+    out["mar"] = fn / (fn + tp) if fn + tp else None
+    out["confusion"] = dict(confusion)
+    return out
 
 
 def _inside(t: np.ndarray, intervals: list[tuple[float, float]]) -> np.ndarray:
@@ -170,6 +211,8 @@ def headline(metrics: dict[str, Any]) -> dict[str, float | None]:
         "event_recall": event.get("recall"),
         "recall_medium_high": sum(g["detected"] for g in mh) / count if count else None,
         "mean_delay_s": event.get("mean_delay_s"),
-        "point_f1": (metrics.get("point") or {}).get("f1"),
+        "point_f1": (metrics.get("point") or {}).get("f1") if event else None,
+        "point_far": (metrics.get("point") or {}).get("far"),
+        "point_mar": (metrics.get("point") or {}).get("mar") if event else None,
         "false_alarms_per_turbine_day": metrics.get("false_alarms_per_turbine_day"),
     }

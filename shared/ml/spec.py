@@ -8,19 +8,35 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from shared.errors import SpecError
+from shared.ml.episodes import EpisodeRule
 
-SPEC_FORMAT_VERSION = 1
+SPEC_FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 gave windows in samples; it is read and converted to seconds
 TIME_FORMATS = ("iso8601", "epoch_s", "epoch_ms")
 DERIVED_KINDS = ("quaternion_roll", "quaternion_pitch", "quaternion_yaw")
 QUATERNION_KEYS = frozenset({"w", "x", "y", "z"})
 DEFAULT_SPEC_NAME = "mini-turbine"
+AUTO = "auto"
+
+# Defaults derived from sampling.rate_hz (docs/data.md): a window of 5 s of samples, kept between 10 and
+# 100 samples; a score every tenth of a window; an episode opens after 60 % of two windows' time in
+# alarm (more than one window's time: a single bad reading cannot open one) and closes after two
+# windows' time clear; drifting features are judged against the two windows
+# before the scored one; a fault counts as detected when an episode opens up to 12 windows after its end.
+DEFAULT_WINDOW_S = 5.0
+MIN_WINDOW_SAMPLES, MAX_WINDOW_SAMPLES = 10, 100
+STRIDES_PER_WINDOW = 10
+WITHIN_WINDOWS, OPEN_FRACTION, CLOSE_WINDOWS = 2.0, 0.6, 2.0
+BASELINE_WINDOWS = 2.0
+TOLERANCE_WINDOWS = 12.0
 
 
 @dataclass(frozen=True)
@@ -42,9 +58,76 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Windows:
-    length: int
+    """In seconds; converted to samples once, by FeatureSpec.geometry."""
+
+    length_s: float
+    stride_s: float
+    max_gap_s: float  # a window never spans a gap longer than this
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Features that drift slowly under normal operation (temperatures, pressures): each is scored on its
+    level relative to its own mean over the `baseline_s` seconds before the scored window (0: the
+    window's own mean), so a drift slower than that is normal and a step or a faster trend is not.
+    `features` None means "auto": the training job picks the features whose level follows a trend."""
+
+    features: tuple[str, ...] | None
+    baseline_s: float
+
+
+@dataclass(frozen=True)
+class Episodes:
+    """The episode rule in seconds: open after `open_after_s` of alarm within the last `within_s`, close
+    after `close_after_s` without alarm; a feature missing more than `missing_tolerance` of a window's
+    samples flags it too."""
+
+    open_after_s: float
+    within_s: float
+    close_after_s: float
+    missing_tolerance: float = 0.2
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    detection_tolerance_s: float  # a fault counts as detected when an episode opens before its end + this
+
+
+MAX_CONTEXT_SAMPLES = 64  # a longer drift baseline is sampled every `context_step` samples
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The spec's timescales in samples and windows, computed once."""
+
+    length: int  # samples the model scores; they never span a gap longer than max_gap_s
+    context: int  # samples before them that drifting features are compared with (0 without drift)
     stride: int
-    max_gap_s: float = 1.0
+    max_gap_s: float
+
+    @property
+    def total(self) -> int:
+        """Samples a window reaches back: the context, then the scored samples."""
+        return self.context + self.length
+
+    @property
+    def context_step(self) -> int:
+        """The baseline's mean is taken over every context_step-th sample of the context."""
+        return max(1, math.ceil(self.context / MAX_CONTEXT_SAMPLES))
+
+    @property
+    def context_inputs(self) -> int:
+        return len(range(0, self.context, self.context_step))
+
+    @property
+    def width(self) -> int:
+        """Samples in one model input: the sampled context, then every scored sample."""
+        return self.context_inputs + self.length
+
+    def offsets(self) -> list[int]:
+        """Each model input sample's position relative to the first scored sample: the sampled context
+        (negative, it may reach across gaps and before the data: NaN there), then the scored samples."""
+        return [*range(-self.context, 0, self.context_step), *range(self.length)]
 
 
 @dataclass(frozen=True)
@@ -75,6 +158,9 @@ class FeatureSpec:
     features: tuple[str, ...]
     sampling: Sampling
     windows: Windows
+    drift: Drift
+    episodes: Episodes
+    evaluation: Evaluation
     validation: Tolerances = field(default_factory=Tolerances)
     time_format: str = "iso8601"
     turbine_id_column: str | None = None
@@ -107,9 +193,46 @@ class FeatureSpec:
     def n_features(self) -> int:
         return len(self.features)
 
+    @cached_property
+    def geometry(self) -> Geometry:
+        """Windows in samples. With drift still "auto", the context is the baseline's (the most it can be)."""
+        rate = self.sampling.rate_hz
+        length = max(2, round(self.windows.length_s * rate))
+        drifting = self.drift.features is None or bool(self.drift.features)
+        context = round(self.drift.baseline_s * rate) if drifting else 0
+        return Geometry(length, context, max(1, round(self.windows.stride_s * rate)), self.windows.max_gap_s)
+
     @property
     def window_seconds(self) -> float:
-        return self.windows.length / self.sampling.rate_hz
+        """Seconds of the scored samples of one window."""
+        return self.geometry.length / self.sampling.rate_hz
+
+    @property
+    def context_seconds(self) -> float:
+        """Seconds before them that the drift baselines cover."""
+        return self.geometry.context / self.sampling.rate_hz
+
+    @property
+    def drift_mask(self) -> tuple[bool, ...]:
+        """Per feature: judged against its baseline. Resolve "auto" first (with_drift)."""
+        chosen = set(self.drift.features or ())
+        return tuple(name in chosen for name in self.features)
+
+    def with_drift(self, features: tuple[str, ...] | list[str]) -> FeatureSpec:
+        """The same spec with the drifting features named (what a trained model carries)."""
+        ordered = tuple(f for f in self.features if f in set(features))
+        return replace(self, drift=replace(self.drift, features=ordered))
+
+    def rule(self) -> EpisodeRule:
+        """The episode rule in windows: the seconds of `episodes` divided by the stride, rounded once."""
+        stride_s = self.geometry.stride / self.sampling.rate_hz
+        e = self.episodes
+        n = max(1, round(e.within_s / stride_s))
+        k = min(n, max(1, math.ceil(e.open_after_s / stride_s - 1e-9)))
+        m = max(1, math.ceil(e.close_after_s / stride_s - 1e-9))
+        return EpisodeRule(k=k, n=n, m=m, missing_tolerance=e.missing_tolerance,
+                           max_silence_s=e.close_after_s + self.window_seconds,
+                           update_interval_s=max(30.0, 2 * stride_s))
 
     def digest(self) -> str:
         """sha256 of the canonical JSON form: equal specs have equal digests."""
@@ -118,9 +241,14 @@ class FeatureSpec:
 
     # -- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        """Every value explicit (the defaults written out), "auto" for undecided drift features."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
         for key in ("columns", "features", "text_columns"):
             out[key] = list(out[key])
+        for key in ("sampling", "windows", "episodes", "evaluation", "validation"):
+            out[key] = asdict(getattr(self, key))
+        out["drift"] = {"features": AUTO if self.drift.features is None else list(self.drift.features),
+                        "baseline_s": self.drift.baseline_s}
         out["derived"] = [asdict(d) for d in self.derived]
         out["operating"] = asdict(self.operating) if self.operating else None
         return out
@@ -133,20 +261,40 @@ class FeatureSpec:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise SpecError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(known)}")
-        missing = sorted(k for k in ("name", "time_column", "columns", "features", "sampling", "windows")
-                         if k not in raw)
+        missing = sorted(k for k in ("name", "time_column", "columns", "features", "sampling") if k not in raw)
         if missing:
             raise SpecError(f"{source}: missing required key(s) {missing}")
         try:
+            version = int(raw.get("spec_version", SPEC_FORMAT_VERSION))
+            if version not in READABLE_VERSIONS:
+                raise SpecError(f"{source}: spec_version {version} is not supported "
+                                f"(this code reads versions {', '.join(map(str, READABLE_VERSIONS))})")
+            sampling = _sub(Sampling, raw["sampling"], f"{source}: sampling")
+            if not sampling.rate_hz > 0:
+                raise SpecError(f"{source}: sampling.rate_hz must be > 0")
+            windows_raw = _windows_in_seconds(raw.get("windows") or {}, version, sampling, source)
+            windows = _sub(Windows, _with_defaults(windows_raw, _window_defaults(sampling, windows_raw)),
+                           f"{source}: windows")
+            drift = _drift(raw.get("drift") or {}, windows, source)
+            episodes_raw = raw.get("episodes") or {}
+            episodes = _sub(Episodes, _with_defaults(episodes_raw, _episode_defaults(windows, episodes_raw)),
+                            f"{source}: episodes")
+            evaluation = _sub(Evaluation, _with_defaults(raw.get("evaluation") or {}, {
+                "detection_tolerance_s": TOLERANCE_WINDOWS * windows.length_s}), f"{source}: evaluation")
+            validation = _sub(Tolerances, _with_defaults(raw.get("validation") or {}, {
+                "max_gap_s": max(30.0, 144.0 / sampling.rate_hz, windows.max_gap_s)}), f"{source}: validation")
             return cls(
                 name=str(raw["name"]),
                 version=str(raw.get("version", "1")),
                 time_column=str(raw["time_column"]),
                 columns=tuple(str(c) for c in raw["columns"]),
                 features=tuple(str(c) for c in raw["features"]),
-                sampling=_sub(Sampling, raw["sampling"], f"{source}: sampling"),
-                windows=_sub(Windows, raw["windows"], f"{source}: windows"),
-                validation=_sub(Tolerances, raw.get("validation") or {}, f"{source}: validation"),
+                sampling=sampling,
+                windows=windows,
+                drift=drift,
+                episodes=episodes,
+                evaluation=evaluation,
+                validation=validation,
                 time_format=str(raw.get("time_format", "iso8601")),
                 turbine_id_column=_opt_str(raw.get("turbine_id_column")),
                 label_column=_opt_str(raw.get("label_column")),
@@ -154,7 +302,6 @@ class FeatureSpec:
                 text_columns=tuple(str(c) for c in raw.get("text_columns") or ()),
                 derived=tuple(_derived(d, source) for d in raw.get("derived") or ()),
                 operating=_operating(raw.get("operating"), source),
-                spec_version=int(raw.get("spec_version", SPEC_FORMAT_VERSION)),
             )
         except (TypeError, ValueError) as exc:
             raise SpecError(f"{source}: {exc}") from exc
@@ -198,16 +345,84 @@ class FeatureSpec:
                     raise SpecError(f"{where}: feature {name!r} uses non-numeric column {col!r}")
         if self.operating is not None and self.operating.feature not in self.features:
             raise SpecError(f"{where}: operating.feature {self.operating.feature!r} is not one of the features")
-        s, w, v = self.sampling, self.windows, self.validation
-        if s.rate_hz <= 0 or not 0 < s.tolerance < 1:
-            raise SpecError(f"{where}: sampling needs rate_hz > 0 and 0 < tolerance < 1")
-        if w.length < 2 or w.stride < 1 or w.stride > w.length:
-            raise SpecError(f"{where}: windows need length >= 2 and 1 <= stride <= length")
-        if w.max_gap_s < s.interval_s:
-            raise SpecError(f"{where}: windows.max_gap_s must be at least one sample interval")
+        for name in self.drift.features or ():
+            if name not in self.features:
+                raise SpecError(f"{where}: drift.features names {name!r}, which is not one of the features")
+        self._check_timescales(where)
+
+    def _check_timescales(self, where: str) -> None:
+        s, w, e, v = self.sampling, self.windows, self.episodes, self.validation
+        interval = s.interval_s
+        if not 0 < s.tolerance < 1:
+            raise SpecError(f"{where}: sampling.tolerance must lie in (0, 1)")
+        if w.length_s * s.rate_hz < 1.5:
+            raise SpecError(f"{where}: windows.length_s {w.length_s:g} s holds fewer than 2 samples at "
+                            f"{s.rate_hz:g} Hz")
+        if not interval * 0.5 <= w.stride_s <= w.length_s:
+            raise SpecError(f"{where}: windows.stride_s must lie between one sample interval "
+                            f"({interval:g} s) and windows.length_s ({w.length_s:g} s)")
+        if w.max_gap_s < interval:
+            raise SpecError(f"{where}: windows.max_gap_s must be at least one sample interval ({interval:g} s)")
+        if self.drift.baseline_s < 0:
+            raise SpecError(f"{where}: drift.baseline_s must be >= 0")
+        if not (0 < e.open_after_s <= e.within_s and e.close_after_s > 0 and 0 <= e.missing_tolerance < 1):
+            raise SpecError(f"{where}: episodes need 0 < open_after_s <= within_s, close_after_s > 0 and "
+                            "0 <= missing_tolerance < 1")
+        if self.evaluation.detection_tolerance_s < 0:
+            raise SpecError(f"{where}: evaluation.detection_tolerance_s must be >= 0")
         if not 0 <= v.max_nan_fraction < 1 or v.max_gap_s < w.max_gap_s or v.min_windows < 1:
             raise SpecError(f"{where}: validation needs 0 <= max_nan_fraction < 1, "
                             "max_gap_s >= windows.max_gap_s and min_windows >= 1")
+
+
+def default_window_samples(rate_hz: float) -> int:
+    """Samples in the default window: 5 s of samples, at least 10 and at most 100."""
+    return int(min(MAX_WINDOW_SAMPLES, max(MIN_WINDOW_SAMPLES, round(DEFAULT_WINDOW_S * rate_hz))))
+
+
+def _window_defaults(sampling: Sampling, given: dict[str, Any]) -> dict[str, float]:
+    rate = sampling.rate_hz
+    length_s = float(given.get("length_s", default_window_samples(rate) / rate))
+    samples = max(2, round(length_s * rate))
+    return {"length_s": length_s, "stride_s": max(1, round(samples / STRIDES_PER_WINDOW)) / rate,
+            "max_gap_s": max(1.0, 5.0 / rate)}
+
+
+def _episode_defaults(windows: Windows, given: dict[str, Any]) -> dict[str, float]:
+    within = float(given.get("within_s", WITHIN_WINDOWS * windows.length_s))
+    return {"within_s": within, "open_after_s": OPEN_FRACTION * within,
+            "close_after_s": CLOSE_WINDOWS * windows.length_s}
+
+
+def _with_defaults(given: Any, defaults: dict[str, float]) -> Any:
+    return {**defaults, **given} if isinstance(given, dict) else given
+
+
+def _windows_in_seconds(raw: Any, version: int, sampling: Sampling, source: str) -> Any:
+    """Version 1 gave `length` and `stride` in samples: the same windows in seconds."""
+    if version != 1 or not isinstance(raw, dict):
+        return raw
+    out = {k: v for k, v in raw.items() if k not in ("length", "stride")}
+    for key in ("length", "stride"):
+        if key in raw:
+            out[f"{key}_s"] = float(raw[key]) / sampling.rate_hz
+    return out
+
+
+def _drift(raw: Any, windows: Windows, source: str) -> Drift:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: drift must be a mapping")
+    unknown = sorted(set(raw) - {"features", "baseline_s"})
+    if unknown:
+        raise SpecError(f"{source}: drift: unknown key(s) {unknown}; allowed: ['baseline_s', 'features']")
+    chosen = raw.get("features", AUTO)
+    if chosen == AUTO:
+        features = None
+    elif isinstance(chosen, list | tuple):
+        features = tuple(str(f) for f in chosen)
+    else:
+        raise SpecError(f"{source}: drift.features must be \"auto\" or a list of feature names, got {chosen!r}")
+    return Drift(features, float(raw.get("baseline_s", BASELINE_WINDOWS * windows.length_s)))
 
 
 def _sub(cls: Any, raw: Any, where: str) -> Any:

@@ -230,10 +230,11 @@ def _check_series(spec: FeatureSpec, tid: str, t: np.ndarray, lines: np.ndarray,
     Returns the positive sample intervals (for the report's sampling rate).
     """
     tol, win, tcol = spec.validation, spec.windows, spec.time_column
-    need = win.length + (tol.min_windows - 1) * win.stride
+    g = spec.geometry
+    need = g.length + (tol.min_windows - 1) * g.stride
     if len(t) < need:
         log.error("too_few_rows", f"{len(t)} row(s) with a valid time; {tol.min_windows} window(s) of "
-                                  f"{win.length} samples need at least {need}", turbine=tid)
+                                  f"{g.length} samples ({win.length_s:g} s) need at least {need}", turbine=tid)
     for col, missing in nan_masks.items():
         fraction = float(np.mean(missing)) if len(missing) else 0.0
         share = f"{fraction:.2%} of the values are NaN or empty ({int(missing.sum())} of {len(missing)})"

@@ -70,8 +70,9 @@ def test_compile_writes_onnx_and_a_verifiable_manifest(trained_model, edge_dir, 
                                  "sha256": sha256_file(trained_model.model_archive)}
     assert section["code_version"] == code_version() and section["compiled_at"]
     assert section["onnx"]["opset"] == 17 and section["onnx"]["exporter"]["dynamo"] is False
-    assert section["onnx"]["inputs"] == {"windows": ["batch", 6, 100]}
-    assert section["onnx"]["outputs"] == {"error": ["batch", 6], "missing": ["batch", 6]}
+    width = read_manifest_from_tar(trained_model.model_archive)["model"]["inputs"]["windows"][2]
+    assert section["onnx"]["inputs"] == {"windows": ["batch", 6, width]}
+    assert section["onnx"]["outputs"] == {"score": ["batch"], "contributions": ["batch", 6], "missing": ["batch", 6]}
     # The whole training manifest travels unchanged.
     training = read_manifest_from_tar(trained_model.model_archive)
     assert {k: edge[k] for k in training} == training
@@ -82,9 +83,13 @@ def test_equivalence_report_on_validation_data(edge):
     assert report["passed"] is True and report["source"] == "validation"
     assert report["atol"] == 1e-4 and report["rtol"] == 1e-3
     assert report["windows"] > 100 and report["nan_windows"] > 0
-    for name in ("error", "missing"):
-        assert report["outputs"][name]["max_abs_diff"] <= 1e-4
+    assert set(report["outputs"]) == {"score", "contributions", "missing"}
+    for name in ("score", "contributions", "missing"):
+        # Scores of far-off synthetic windows are large, so the absolute difference is judged
+        # relative to them (numpy.isclose), never infinite (NaN on one side only).
         assert report["outputs"][name]["beyond_tolerance"] == 0
+        assert np.isfinite(report["outputs"][name]["max_abs_diff"])
+    assert report["outputs"]["missing"]["max_abs_diff"] == 0
     assert report["flags"]["agree"] is True and report["flags"]["mismatches"] == 0
 
 
@@ -99,14 +104,18 @@ def test_onnx_and_torch_agree_on_windows_with_nan(edge_dir, loaded):
     rng = np.random.default_rng(5)
     x = nan_variants(synthetic_windows(loaded.manifest, rng)[:16], rng)
     x[0] = np.nan  # the first row of the block variants: now entirely missing too
-    error, missing = ort_session(edge_dir / MODEL_FILE).run(None, {"windows": x})
+    score, contributions, missing = ort_session(edge_dir / MODEL_FILE).run(None, {"windows": x})
     with torch.no_grad():
-        torch_error, torch_missing = (t.numpy() for t in loaded.scoring(torch.from_numpy(x)))
+        torch_score, torch_contributions, torch_missing = (t.numpy() for t in loaded.scorer(torch.from_numpy(x)))
     assert np.isnan(x).any(axis=(1, 2)).all()
-    assert np.isfinite(error).all()
-    np.testing.assert_allclose(error, torch_error, atol=1e-5, rtol=1e-4)
+    assert score.shape == (len(x),) and contributions.shape == missing.shape == (len(x), 6)
+    assert np.isfinite(score).all() and np.isfinite(contributions).all() and (contributions >= 0).all()
+    np.testing.assert_allclose(score, torch_score, atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(contributions, torch_contributions, atol=1e-5, rtol=1e-4)
+    # the score is their power mean: score**4 is their sum
+    np.testing.assert_allclose(score.astype(np.float64) ** 4, contributions.astype(np.float64).sum(axis=1), rtol=1e-4)
     np.testing.assert_array_equal(missing, torch_missing)
-    assert (error[0] == 0).all() and (missing[0] == 1).all()
+    assert score[0] == 0 and (contributions[0] == 0).all() and (missing[0] == 1).all()
 
 
 def perturb_one_weight(src: Path, dest: Path) -> None:
@@ -123,9 +132,10 @@ def test_a_perturbed_onnx_weight_fails_the_equivalence_check(edge_dir, loaded, t
     perturbed = tmp_path / MODEL_FILE
     perturb_one_weight(edge_dir / MODEL_FILE, perturbed)
     x = synthetic_windows(loaded.manifest, np.random.default_rng(0))
-    check_equivalence(edge_dir / MODEL_FILE, loaded.scoring, x, loaded.manifest.thresholds)  # the original passes
+    report = check_equivalence(edge_dir / MODEL_FILE, loaded.scorer, x, loaded.manifest.threshold)  # the original
+    assert report["passed"] and report["flags"]["agree"]
     with pytest.raises(BundleError, match="disagree"):
-        check_equivalence(perturbed, loaded.scoring, x, loaded.manifest.thresholds, atol=1e-4, rtol=1e-3)
+        check_equivalence(perturbed, loaded.scorer, x, loaded.manifest.threshold, atol=1e-4, rtol=1e-3)
 
 
 def test_a_perturbed_export_fails_the_compile_and_leaves_no_bundle(trained_model, tmp_path, monkeypatch):
@@ -194,3 +204,13 @@ def test_processing_contract_writes_failure_on_a_corrupt_archive(tmp_path, monke
     reason = (root / "output" / FAILURE_FILE).read_text()
     assert "model.tar.gz" in reason and "not a readable" in reason
     assert not (root / "output" / MANIFEST_FILE).exists()
+
+
+def test_the_pca_family_compiles_with_the_same_equivalence_check(trained_pca, tmp_path):
+    raw = compile_bundle(trained_pca.model_archive, tmp_path / "pca", None, 3, warmup=5, runs=20)
+    assert raw["model"]["family"] == "pca" and verify(tmp_path / "pca").model_version == 3
+    report = raw["edge"]["equivalence"]
+    assert report["passed"] is True and report["source"] == "synthetic" and report["nan_windows"] > 0
+    assert set(report["outputs"]) == {"score", "contributions", "missing"}
+    assert all(o["beyond_tolerance"] == 0 for o in report["outputs"].values())
+    assert raw["edge"]["onnx"]["outputs"]["score"] == ["batch"]

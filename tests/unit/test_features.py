@@ -1,6 +1,7 @@
 """Golden vectors pin the feature pipeline; the edge detector is tested against the same file."""
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def test_windows_never_cross_a_gap_and_follow_the_stride():
 
 def test_window_layout_is_feature_by_time():
     feats = np.arange(300, dtype=np.float32).reshape(150, 2)
-    w = make_windows(feats, np.array([0, 10]), 100)
+    w = make_windows(feats, np.array([0, 10]), list(range(100)))
     assert w.shape == (2, 2, 100)
     assert w[1, 0, 0] == feats[10, 0] and w[1, 1, 99] == feats[109, 1]
 
@@ -85,3 +86,50 @@ def test_operating_mask_uses_the_median_and_scores_windows_without_readings():
     x[3, wind] = np.nan  # no reading at all: scored (the missing flag handles it)
     assert operating_mask(x, spec).tolist() == [True, False, True, True]
     assert operating_mask(x[:2], spec).tolist() == [True, False]  # the no-NaN fast path agrees
+
+
+def test_make_windows_puts_nan_where_the_context_reaches_before_the_data():
+    feats = np.arange(40, dtype=np.float32).reshape(20, 2)
+    offsets = [-4, -2, 0, 1, 2]  # a sampled context of two, then three scored samples
+    w = make_windows(feats, np.array([0, 3, 5]), offsets)
+    assert w.shape == (3, 2, 5) and w.dtype == np.float32
+    assert np.isnan(w[0, :, :2]).all() and (w[0, :, 2:] == feats[0:3].T).all()
+    assert np.isnan(w[1, :, 0]).all()  # sample -1
+    assert (w[1, :, 1:] == feats[[1, 3, 4, 5]].T).all()
+    assert (w[2] == feats[[1, 3, 5, 6, 7]].T).all()
+    assert make_windows(feats, np.zeros(0, dtype=np.int64), offsets).shape == (0, 2, 5)
+
+
+def test_windows_follow_the_spec_geometry_with_a_drift_baseline():
+    from shared.ml.spec import FeatureSpec
+
+    spec = FeatureSpec.from_dict({"name": "p", "time_column": "t", "columns": ["t", "a"], "features": ["a"],
+                                  "sampling": {"rate_hz": 1.0}, "drift": {"features": ["a"], "baseline_s": 20}})
+    g = spec.geometry
+    t = np.arange(60.0)
+    feats = np.arange(60, dtype=np.float32).reshape(60, 1)
+    starts = window_starts(t, spec)
+    assert starts[0] == 0 and starts[-1] == 60 - g.length  # scored samples need only `length` samples
+    w = make_windows(feats, starts, g.offsets())
+    assert w.shape == (len(starts), 1, g.width) == (51, 1, 30)
+    assert np.isnan(w[0, 0, :g.context_inputs]).all()  # no data before the first sample
+    assert (w[-1, 0] == feats[np.array(g.offsets()) + starts[-1], 0]).all()
+
+
+def test_window_starts_never_let_scored_samples_cross_a_gap():
+    spec = default_spec()
+    g = spec.geometry
+    rng = np.random.default_rng(3)
+    steps = np.full(5000, 0.05)
+    steps[rng.choice(5000, 25, replace=False)] = rng.uniform(0.5, 30.0, 25)  # gaps shorter and longer than 1 s
+    t = np.cumsum(steps)
+    starts = window_starts(t, spec)
+    assert len(starts) > 0
+    for s in starts:
+        assert np.diff(t[s:s + g.length]).max() <= g.max_gap_s
+    # ...and every gap-free run long enough for a window is used from its start, every stride
+    expected = []
+    edges = [0, *(np.flatnonzero(np.diff(t) > g.max_gap_s) + 1).tolist(), len(t)]
+    for a, b in pairwise(edges):
+        expected += list(range(a, b - g.length + 1, g.stride))
+    assert starts.tolist() == expected

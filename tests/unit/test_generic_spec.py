@@ -11,6 +11,7 @@ import numpy as np
 from nacelle.cli import main
 
 SPEC = """
+spec_version: 2
 name: pump-station
 version: "1"
 delimiter: ";"
@@ -20,7 +21,7 @@ label_column: fault
 columns: [ts, flow, pressure, temp, fault]
 features: [flow, pressure, temp]
 sampling: {rate_hz: 1.0, tolerance: 0.2}
-windows: {length: 40, stride: 4, max_gap_s: 5}
+windows: {length_s: 40, stride_s: 4, max_gap_s: 5}
 validation: {max_nan_fraction: 0.02, max_gap_s: 60, min_windows: 1}
 """
 
@@ -46,13 +47,15 @@ def write_plant(path, seed: int, hours: float) -> None:
 def test_a_plant_csv_trains_and_evaluates_with_only_a_spec(tmp_path, capsys):
     spec = tmp_path / "pump.yaml"
     spec.write_text(SPEC)
-    write_plant(tmp_path / "data" / "p1" / "p1_day1.csv", 1, 3.0)
+    write_plant(tmp_path / "data" / "p1" / "p1_day1.csv", 1, 1.5)
     write_plant(tmp_path / "heldout" / "p1" / "p1_day2.csv", 2, 1.0)
     out = tmp_path / "job"
     assert main(["train", "--data", str(tmp_path / "data"), "--out", str(out), "--spec", str(spec),
-                 "--hp", "epochs=2", "k=3", "n=5", "m=5"]) == 0
+                 "--hp", "epochs=2"]) == 0
     manifest = json.loads((out / "model" / "manifest.json").read_text())
-    assert manifest["feature_spec"]["name"] == "pump-station" and len(manifest["thresholds"]["values"]) == 3
+    assert manifest["feature_spec"]["name"] == "pump-station" and len(manifest["normalisation"]["mean"]) == 3
+    assert manifest["threshold"]["value"] > 0 and manifest["model"]["family"] in ("pca", "conv1d")
+    assert manifest["model"]["length"] == 40 and manifest["lineage"]["mode"] == "folds"  # 5400 samples
     capsys.readouterr()
     assert main(["evaluate", "--model", str(out / "output" / "model.tar.gz"), "--data", str(tmp_path / "heldout")]) == 0
     result = json.loads(capsys.readouterr().out)

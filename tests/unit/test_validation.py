@@ -420,7 +420,7 @@ def test_turbine_id_from_hint_or_file_name() -> None:
 GENERIC = FeatureSpec.from_dict({
     "name": "pump", "version": "2", "delimiter": ";", "time_column": "ts", "time_format": "epoch_ms",
     "columns": ["ts", "pressure", "flow"], "features": ["pressure", "flow"],
-    "sampling": {"rate_hz": 10}, "windows": {"length": 20, "stride": 5, "max_gap_s": 1.0},
+    "sampling": {"rate_hz": 10}, "windows": {"length_s": 2.0, "stride_s": 0.5, "max_gap_s": 1.0},
 })
 
 

@@ -1,0 +1,90 @@
+"""What a dataset allows under a spec: usable samples and windows, gaps, and which features drift.
+
+Used by the training job (refuse too little data, resolve `drift.features: auto`, choose folds) and
+by `nacelle spec check`, so a user sees before training what the defaults become.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.ml.dataset import TurbineSeries
+from shared.ml.features import segment_bounds
+from shared.ml.spec import FeatureSpec
+
+DRIFT_R2 = 0.5  # a straight line explains at least half of the feature's variance...
+DRIFT_STEPS = 3.0  # ...and moves it by at least 3 times its sample-to-sample noise over the data
+
+
+@dataclass(frozen=True)
+class Usable:
+    samples: int  # samples inside gap-free runs long enough for one window
+    windows: int  # windows at the spec's stride
+    runs: int  # gap-free runs
+    short_runs: int  # runs too short for a window
+    gaps: int  # gaps longer than windows.max_gap_s
+
+
+def usable(series: list[TurbineSeries], spec: FeatureSpec) -> Usable:
+    g = spec.geometry
+    samples = windows = runs = short = gaps = 0
+    for s in series:
+        bounds = segment_bounds(s.t, g.max_gap_s)
+        gaps += max(len(bounds) - 1, 0)
+        for a, b in bounds:
+            runs += 1
+            if b - a >= g.length:
+                samples += b - a
+                windows += (b - a - g.length) // g.stride + 1
+            else:
+                short += 1
+    return Usable(samples, windows, runs, short, gaps)
+
+
+def too_little_data(u: Usable, spec: FeatureSpec, minimum: int) -> str | None:
+    """Why training must refuse, naming the cause and what to change; None when there is enough."""
+    if u.samples >= minimum:
+        return None
+    g, rate = spec.geometry, spec.sampling.rate_hz
+    text = (f"only {u.samples} usable sample(s): training needs at least {minimum} samples in gap-free runs of "
+            f"at least {g.length} samples (a window of {spec.windows.length_s:g} s); the data has {u.runs} "
+            f"run(s), {u.short_runs} of them shorter than that, split by {u.gaps} gap(s) longer than "
+            f"windows.max_gap_s = {g.max_gap_s:g} s. Add data, shorten windows.length_s, or raise "
+            f"windows.max_gap_s (the sampling interval is {1 / rate:g} s)")
+    return text
+
+
+def drift_statistics(t: np.ndarray, x: np.ndarray) -> tuple[float, float]:
+    """(R² of a straight line through the feature over time, the line's total change in units of the
+    feature's sample-to-sample noise)."""
+    ok = np.isfinite(x)
+    t, x = t[ok], x[ok].astype(np.float64)
+    if len(x) < 3 or not np.std(x) > 0:
+        return 0.0, 0.0
+    tc = t - t.mean()
+    slope = float(np.dot(tc, x - x.mean()) / max(float(np.dot(tc, tc)), 1e-12))
+    residual = x - x.mean() - slope * tc
+    r2 = 1.0 - float(np.var(residual)) / float(np.var(x))
+    noise = float(np.std(np.diff(x))) / np.sqrt(2.0)
+    change = abs(slope) * float(t[-1] - t[0])
+    return r2, change / noise if noise > 0 else float("inf")
+
+
+def drifting_features(series: list[TurbineSeries], spec: FeatureSpec) -> tuple[str, ...]:
+    """`drift.features: auto`: the features that follow a trend (R² >= 0.5 and a change of >= 3 noise
+    steps) in at least half of the series, e.g. temperatures warming up. Features that swing with the
+    process (wind, load) have no such trend over the data and keep their level."""
+    votes = np.zeros(spec.n_features)
+    counted = 0
+    for s in series:
+        if len(s.t) < 3:
+            continue
+        counted += 1
+        for j in range(spec.n_features):
+            r2, steps = drift_statistics(s.t, s.features[:, j])
+            votes[j] += r2 >= DRIFT_R2 and steps >= DRIFT_STEPS
+    if not counted:
+        return ()
+    return tuple(name for name, v in zip(spec.features, votes, strict=True) if v >= counted / 2)

@@ -1,0 +1,134 @@
+"""A model saved with save_model_dir and loaded with load_model_dir scores bit for bit like before saving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shared.ml.bundle import BUNDLE_FORMAT_VERSION, read_manifest
+from shared.ml.spec import FeatureSpec
+from training_jobs.bundle_io import load_model, load_model_dir, pack_model_dir, save_model_dir
+from training_jobs.fit import fit_autoencoder, fit_pca, score_windows
+from training_jobs.hyperparameters import Hyperparameters
+
+SPEC = FeatureSpec.from_dict({
+    "name": "io", "time_column": "t", "columns": ["t", "a", "b", "c"], "features": ["a", "b", "c"],
+    "sampling": {"rate_hz": 1.0}, "windows": {"length_s": 12, "stride_s": 2},
+    "drift": {"features": ["c"], "baseline_s": 20},  # a context before the scored samples, too
+})
+
+
+def windows(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    g = SPEC.geometry
+    base = rng.normal(0, 1, (n, 1, 1))
+    x = np.concatenate([base + rng.normal(0, 0.3, (n, 1, g.width)), 2 * base + rng.normal(0, 0.3, (n, 1, g.width)),
+                        50 + np.cumsum(rng.normal(0, 0.1, (n, 1, g.width)), axis=2)], axis=1)
+    return x.astype(np.float32)
+
+
+def manifest_for(scorer, threshold: float = 1.5) -> dict:
+    g = SPEC.geometry
+    return {
+        "format_version": BUNDLE_FORMAT_VERSION, "feature_spec": SPEC.to_dict(),
+        "model": {**scorer.describe(), "n_features": 3, "context": g.context_inputs, "length": g.length,
+                  "inputs": {"windows": ["batch", 3, g.width]}},
+        "normalisation": {"mean": scorer.prep.mean.flatten().tolist(), "std": scorer.prep.std.flatten().tolist()},
+        "threshold": {"value": threshold}, "episode_rule": SPEC.rule().to_dict(), "metrics": {},
+        "lineage": {"job_name": "io-test"},
+    }
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    train, probe = windows(300, 1), windows(40, 2)
+    probe[::5, 1, -4:] = np.nan  # missing samples take the graph's NaN path
+    probe[3, 2, :] = np.nan
+    return train, probe
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    train, _ = data
+    hp = Hyperparameters(epochs=2, seed=3)
+    return {"pca": fit_pca(SPEC, train, hp, quiet), "conv1d": fit_autoencoder(SPEC, train, train[:50], hp, quiet)}
+
+
+@pytest.mark.parametrize("family", ["pca", "conv1d"])
+def test_a_saved_model_scores_bit_for_bit_like_before(family, data, fitted, tmp_path: Path):
+    _, probe = data
+    scorer = fitted[family].scorer
+    before = score_windows(scorer, probe)
+    assert np.isfinite(before[0]).all() and before[0].std() > 0
+
+    save_model_dir(tmp_path / "model", scorer, manifest_for(scorer))
+    loaded = load_model_dir(tmp_path / "model")
+    assert loaded.manifest.family == family and loaded.manifest.threshold == 1.5
+    after = score_windows(loaded.scorer, probe)
+    for want, got in zip(before, after, strict=True):
+        np.testing.assert_array_equal(got, want)
+    archive = pack_model_dir(tmp_path / "model", tmp_path / "model.tar.gz")  # and through the archive
+    for want, got in zip(before, score_windows(load_model(archive).scorer, probe), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("family", ["pca", "conv1d"])
+def test_a_saved_model_keeps_every_value_in_buffers_of_its_own(family, data, fitted, tmp_path: Path):
+    _, probe = data
+    scorer = fitted[family].scorer
+    save_model_dir(tmp_path / "model", scorer, manifest_for(scorer))
+    loaded = load_model_dir(tmp_path / "model")
+    state = loaded.scorer.state_dict()
+    for name, value in scorer.state_dict().items():
+        assert torch.equal(state[name], value), name
+    pointers = [v.data_ptr() for v in state.values() if v.numel()]
+    assert len(pointers) == len(set(pointers))  # load_state_dict writes into each buffer in place
+    for want, got in zip(score_windows(scorer, probe), score_windows(loaded.scorer, probe), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_manifest_is_checked_on_the_way_out(fitted, tmp_path: Path):
+    from shared.errors import BundleError
+
+    pca = fitted["pca"]
+    bad = manifest_for(pca.scorer)
+    bad["threshold"] = {"value": 0.0}
+    with pytest.raises(BundleError, match=r"threshold\.value"):
+        save_model_dir(tmp_path / "m", pca.scorer, bad)
+    unresolved = manifest_for(pca.scorer)
+    unresolved["feature_spec"] = {**SPEC.to_dict(), "drift": {"features": "auto", "baseline_s": 20}}
+    with pytest.raises(BundleError, match="auto"):
+        save_model_dir(tmp_path / "m", pca.scorer, unresolved)
+    save_model_dir(tmp_path / "ok", pca.scorer, manifest_for(pca.scorer))
+    assert read_manifest(tmp_path / "ok").spec == SPEC
+
+
+@pytest.mark.parametrize("family", ["pca", "conv1d"])
+def test_a_fitted_model_keeps_its_values_in_the_layout_a_loaded_one_has(family, fitted):
+    state = fitted[family].scorer.state_dict()
+    assert [name for name, value in state.items() if not value.is_contiguous()] == []
+
+
+@pytest.mark.parametrize("family", ["pca", "conv1d"])
+def test_the_onnx_graph_of_a_drift_model_agrees_with_torch(family, data, fitted, tmp_path: Path):
+    """The session's trained models judge no feature against a baseline: this one does (context 20)."""
+    from training_jobs.compile import check_equivalence, nan_variants
+    from training_jobs.onnx_export import export_onnx
+
+    _, probe = data
+    g = SPEC.geometry
+    assert g.context_inputs == 20 and g.width == 32
+    scorer = fitted[family].scorer
+    export_onnx(scorer, 3, g.width, tmp_path / "model.onnx")
+    x = np.concatenate([probe, nan_variants(probe[:8], np.random.default_rng(0))])
+    x[-2, 2, :g.context_inputs] = np.nan  # no baseline sample: the window's own mean
+    report = check_equivalence(tmp_path / "model.onnx", scorer, np.ascontiguousarray(x), threshold=1.0,
+                               atol=1e-5, rtol=1e-4)
+    assert report["passed"] and report["flags"]["agree"]

@@ -1,0 +1,127 @@
+"""Held-out data (holdout slices or blocked folds) and the documented choice between candidate families."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shared.ml.dataset import TurbineSeries
+from shared.ml.features import window_starts
+from shared.ml.spec import FeatureSpec
+from training_jobs.calibration import Calibration
+from training_jobs.hyperparameters import Hyperparameters
+from training_jobs.selection import CHOICE_RULE, F1_TIE, Candidate, choose, plan
+
+# -- choose: CHOICE_RULE -------------------------------------------------------------------------------
+
+
+def candidate(family: str, f1: float | None, fa: float | None = 0.5, point_f1: float | None = 0.5) -> Candidate:
+    validation = {"event": None if f1 is None else {"f1": f1, "precision": f1, "recall": f1},
+                  "point": {"f1": point_f1}, "false_alarms_per_turbine_day": fa}
+    return Candidate(family, [], Calibration(1.0, "max", 10, 1, 0.5), [], validation)
+
+
+def chosen(*candidates: Candidate) -> str:
+    return choose(list(candidates))[0].family
+
+
+def test_a_clearly_higher_event_f1_wins_despite_more_false_alarms():
+    assert chosen(candidate("pca", 0.80, fa=0.1), candidate("conv1d", 0.95, fa=1.0)) == "conv1d"
+    assert chosen(candidate("conv1d", 0.80, fa=0.1), candidate("pca", 0.80 + F1_TIE + 0.001, fa=1.0)) == "pca"
+
+
+def test_within_the_tie_fewer_false_alarms_win():
+    assert chosen(candidate("pca", 0.85, fa=1.0), candidate("conv1d", 0.84, fa=0.2)) == "conv1d"
+    assert chosen(candidate("pca", 0.83, fa=0.2), candidate("conv1d", 0.85, fa=1.0)) == "pca"
+
+
+def test_then_the_simpler_family_whatever_the_order():
+    assert chosen(candidate("conv1d", 0.9), candidate("pca", 0.9)) == "pca"
+    assert chosen(candidate("pca", 0.9), candidate("conv1d", 0.9)) == "pca"
+
+
+def test_missing_figures_rank_last():
+    # no scorable fault: event F1 counts as 0; no false-alarm figure counts as infinitely many
+    assert chosen(candidate("pca", None), candidate("conv1d", F1_TIE + 0.05)) == "conv1d"
+    assert chosen(candidate("pca", 0.9, fa=None), candidate("conv1d", 0.9, fa=3.0)) == "conv1d"
+    assert chosen(candidate("pca", None, point_f1=None), candidate("conv1d", None, point_f1=None)) == "pca"
+
+
+def test_the_reason_names_the_figures_and_the_rule():
+    best, reason = choose([candidate("pca", 0.85, fa=1.0), candidate("conv1d", 0.84, fa=0.2)])
+    assert best.family == "conv1d"
+    assert reason.startswith("conv1d: validation event F1 0.840, 0.20 false alarms/turbine-day")
+    assert "pca 0.850" in reason and CHOICE_RULE in reason
+    alone, reason = choose([candidate("pca", 0.7)])
+    assert alone.family == "pca" and "others" not in reason
+
+
+# -- plan: holdout slices and blocked folds ----------------------------------------------------------------
+
+
+def spec_1hz(drift: list[str]) -> FeatureSpec:
+    return FeatureSpec.from_dict({"name": "p", "time_column": "t", "columns": ["t", "a", "b"], "features": ["a", "b"],
+                                  "sampling": {"rate_hz": 1.0}, "drift": {"features": drift}})
+
+
+def turbines(n: int, count: int = 2) -> list[TurbineSeries]:
+    return [TurbineSeries(f"m{i}", 1e9 + 7.0 * i + np.arange(n, dtype=float), np.zeros((n, 2), np.float32))
+            for i in range(count)]
+
+
+def scored_times(piece: TurbineSeries, spec: FeatureSpec) -> set[float]:
+    """Every sample some window of the piece scores."""
+    length = spec.geometry.length
+    return {float(piece.t[s + i]) for s in window_starts(piece.t, spec) for i in range(length)}
+
+
+def test_short_data_uses_folds_that_hold_out_each_block_once():
+    spec, hp = spec_1hz([]), Hyperparameters()
+    series = turbines(3000)
+    the_plan = plan(series, spec, hp, usable_samples=6000)
+    assert the_plan.mode == "folds" and len(the_plan.splits) == hp.folds and the_plan.test == []
+    for s in series:
+        held = [p for split in the_plan.splits for p in split.held if p.turbine_id == s.turbine_id]
+        assert len(held) == hp.folds
+        assert np.array_equal(np.concatenate([p.t for p in held]), s.t)  # the blocks partition the data
+    for split in the_plan.splits:
+        for held in split.held:
+            train = np.concatenate([p.t for p in split.train if p.turbine_id == held.turbine_id])
+            assert not set(train) & set(held.t)
+            assert len(train) + len(held.t) == 3000
+
+
+def test_enough_data_uses_holdout_slices():
+    spec, hp = spec_1hz([]), Hyperparameters()
+    series = turbines(12_000)
+    the_plan = plan(series, spec, hp, usable_samples=24_000)
+    assert the_plan.mode == "holdout" and len(the_plan.splits) == 1
+    [split] = the_plan.splits
+    for train, val, test in zip(split.train, split.held, the_plan.test, strict=True):
+        assert train.t[-1] + spec.window_seconds < val.t[0] and val.t[-1] + spec.window_seconds < test.t[0]
+        assert not scored_times(val, spec) & set(train.t)
+
+
+def test_fold_training_data_never_holds_a_held_out_sample_nor_its_baseline():
+    spec = spec_1hz(["a"])  # drift: a 20 s baseline before every 10-sample window
+    the_plan = plan(turbines(3000), spec, Hyperparameters(), usable_samples=6000)
+    for split in the_plan.splits:
+        for held in split.held:
+            train = {float(x) for p in split.train if p.turbine_id == held.turbine_id for x in p.t}
+            assert not train & set(held.t)
+
+
+def test_holdout_with_a_drift_baseline_scores_no_training_sample():
+    spec = spec_1hz(["a"])
+    the_plan = plan(turbines(15_000), spec, Hyperparameters(), usable_samples=30_000)
+    assert the_plan.mode == "holdout"
+    [split] = the_plan.splits
+    for train, val, test in zip(split.train, split.held, the_plan.test, strict=True):
+        assert not scored_times(val, spec) & set(train.t)
+        assert not scored_times(test, spec) & set(val.t)
+
+
+def test_fold_blocks_with_a_drift_baseline_score_each_sample_once():
+    spec = spec_1hz(["a"])
+    the_plan = plan(turbines(3000, count=1), spec, Hyperparameters(), usable_samples=3000)
+    blocks = [scored_times(p, spec) for split in the_plan.splits for p in split.held]
+    assert sum(len(b) for b in blocks) == len(set().union(*blocks))

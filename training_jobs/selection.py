@@ -1,0 +1,202 @@
+"""Held-out data, the candidate families, their calibration and the documented choice between them.
+
+Two ways to hold data out, both in time order per turbine:
+* "holdout" (enough data): train | validation | test slices with gaps; candidates are fitted on train,
+  calibrated and compared on validation; the gate reads test.
+* "folds" (short data, below `fold_below_samples` usable samples): K blocked folds; each fold's model
+  is fitted on the other blocks and scores its own block, so thresholds are calibrated on every normal
+  window. A block is judged with the threshold calibrated on the other blocks (so its false alarms are
+  honest); the delivered model is refitted on all data with the threshold of all blocks.
+
+The choice: the highest event F1 on the validation faults (labelled, else at least 20 injected ones);
+candidates within 0.1 of it are ranked by fewer false alarms per turbine-day, then the simpler family
+(PCA before the autoencoder): a more complex model must be clearly better on the validation faults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shared.ml.dataset import TurbineSeries, overlaps_fault, series_windows
+from shared.ml.metrics import Allowance, Fault, headline
+from shared.ml.spec import FeatureSpec
+from training_jobs.calibration import Calibration, calibrate
+from training_jobs.evaluation import Detector, EvalSet, eval_set, evaluate, score_series
+from training_jobs.fit import Fitted, fit_autoencoder, fit_pca, score_windows
+from training_jobs.hyperparameters import Hyperparameters
+from training_jobs.model import FAMILIES
+
+Log = Callable[[str], None]
+F1_TIE = 0.1
+CHOICE_RULE = ("highest validation event F1; within 0.1 of it, fewer false alarms per turbine-day, then the "
+               "simpler family (pca before conv1d)")
+
+
+@dataclass
+class Split:
+    train: list[TurbineSeries]
+    held: list[TurbineSeries]
+
+
+@dataclass
+class Plan:
+    mode: str  # "holdout" | "folds"
+    splits: list[Split]
+    test: list[TurbineSeries] = field(default_factory=list)  # holdout only
+
+
+@dataclass
+class Candidate:
+    family: str
+    fits: list[Fitted]  # one per split
+    calibration: Calibration  # on every split's normal held-out windows
+    detectors: list[Detector]  # one per split, each with the threshold it is judged with
+    validation: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        return {"family": self.family, "validation": headline(self.validation),
+                "validation_labels": self.validation.get("labels"), "calibration": self.calibration.to_dict(),
+                "settings": [f.settings for f in self.fits]}
+
+
+def plan(series: list[TurbineSeries], spec: FeatureSpec, hp: Hyperparameters, usable_samples: int) -> Plan:
+    if usable_samples >= hp.fold_below_samples:
+        # no window of a later slice holds a sample of the slice before (a drift baseline's context starts
+        # empty at a slice's start and fills as the slice goes on)
+        gap_s = spec.window_seconds + spec.geometry.max_gap_s
+        train, val, test = [], [], []
+        for s in series:
+            t0, span = float(s.t[0]), s.duration_s
+            a = t0 + span * (1 - hp.val_fraction - hp.test_fraction)
+            b = t0 + span * (1 - hp.test_fraction)
+            train.append(s.between(t0, a))
+            val.append(s.between(a + gap_s, b))
+            test.append(s.between(b + gap_s, t0 + span + 1.0))
+        return Plan("holdout", [Split(train, val)], test)
+    splits = []
+    for k in range(hp.folds):
+        train, held = [], []
+        for s in series:
+            edges = np.linspace(float(s.t[0]), float(s.t[-1]) + 1e-6, hp.folds + 1)
+            lo, hi = float(edges[k]), float(edges[k + 1])
+            held.append(s.between(lo, hi))
+            train += [s.between(float(s.t[0]), lo), s.between(hi, float(s.t[-1]) + 1.0)]
+        splits.append(Split([p for p in train if len(p.t)], [p for p in held if len(p.t)]))
+    return Plan("folds", splits)
+
+
+def normal_windows(pieces: list[TurbineSeries], spec: FeatureSpec, faults: list[Fault], margin_s: float,
+                   stride: int | None = None) -> np.ndarray:
+    """Operating windows that touch no labelled fault (labels decide what is normal, never a threshold)."""
+    chunks = []
+    for s in pieces:
+        w = series_windows(s, spec, stride)
+        chunks.append(w.x[w.operating & ~overlaps_fault(w, faults, margin_s)])
+    g = spec.geometry
+    return np.concatenate(chunks) if chunks else np.zeros((0, spec.n_features, g.width), np.float32)
+
+
+def subsample(x: np.ndarray, limit: int) -> np.ndarray:
+    if len(x) <= limit:
+        return x
+    return x[np.linspace(0, len(x) - 1, limit).astype(np.int64)]
+
+
+def normal_segments(pieces: list[TurbineSeries], detector: Detector, faults: list[Fault],
+                    margin_s: float) -> list[np.ndarray]:
+    """Scores of the held-out windows in time order, split at gaps and around labelled faults; windows
+    outside the operating regime score 0 (the episode rule counts them as clean)."""
+    out = []
+    for scored in score_series(pieces, detector):
+        w_start = scored.t_end - detector.spec.window_seconds
+        bad = np.zeros(len(scored.t_end), dtype=bool)
+        for f in faults:
+            if f.turbine_id == scored.turbine_id:
+                bad |= (scored.t_end >= f.start - margin_s) & (w_start <= f.end + margin_s)
+        values = np.where(scored.operating, scored.scores.astype(np.float64), 0.0)
+        breaks = np.flatnonzero(np.diff(scored.t_end) > detector.rule.max_silence_s) + 1
+        for part, flags in zip(np.split(values, breaks), np.split(bad, breaks), strict=True):
+            edges = np.flatnonzero(np.diff(np.concatenate([[1], flags.astype(np.int8), [1]])))
+            out += [part[a:b] for a, b in zip(edges[::2], edges[1::2], strict=True) if b > a]
+    return out
+
+
+def fit_family(family: str, spec: FeatureSpec, train_x: np.ndarray, val_x: np.ndarray, hp: Hyperparameters,
+               log: Log) -> Fitted:
+    if family == "pca":
+        return fit_pca(spec, train_x, hp, log)
+    return fit_autoencoder(spec, train_x, val_x, hp, log)
+
+
+def detector_of(fitted: Fitted, spec: FeatureSpec, threshold: float) -> Detector:
+    scorer = fitted.scorer
+    return Detector(spec, lambda x: score_windows(scorer, x), threshold, spec.rule())
+
+
+def run_candidates(the_plan: Plan, spec: FeatureSpec, faults: list[Fault], hp: Hyperparameters, log: Log
+                   ) -> tuple[list[Candidate], EvalSet]:
+    """Fit, calibrate and validate every candidate family on the plan's held-out data."""
+    margin = hp.label_margin_s if hp.label_margin_s >= 0 else spec.evaluation.detection_tolerance_s
+    rule, stride_s = spec.rule(), spec.geometry.stride / spec.sampling.rate_hz
+    train_stride = hp.train_stride or (1 if the_plan.mode == "folds" else None)
+    held = [p for split in the_plan.splits for p in split.held]
+    group = [k for k, split in enumerate(the_plan.splits) for _ in split.held]
+    validation = eval_set(held, faults, spec, hp.injection_seed, group)
+    log(f"{the_plan.mode}: {len(the_plan.splits)} split(s); validation on {len(held)} held-out piece(s) with "
+        f"{len(validation.faults)} {validation.labels} fault(s)")
+    allowance = Allowance.of(spec)
+    candidates = []
+    for family in hp.candidates:
+        fits, per_split = [], []
+        for k, split in enumerate(the_plan.splits):
+            train_x = subsample(normal_windows(split.train, spec, faults, margin, train_stride), hp.max_train_windows)
+            val_x = normal_windows(split.held, spec, faults, margin)
+            log(f"{family} split {k + 1}/{len(the_plan.splits)}: {len(train_x)} train, {len(val_x)} held-out "
+                "normal windows")
+            fitted = fit_family(family, spec, train_x, val_x, hp, log)
+            fits.append(fitted)
+            per_split.append(normal_segments(split.held, detector_of(fitted, spec, 1.0), faults, margin))
+        every = [s for segments in per_split for s in segments]
+        calibration = calibrate(every, rule, stride_s, hp.target_false_alarms_per_day, hp.threshold_margin)
+        detectors = []
+        for k, fitted in enumerate(fits):
+            own = calibration
+            if len(fits) > 1:  # judge each block with a threshold that never saw it
+                others = [s for j, segments in enumerate(per_split) if j != k for s in segments]
+                own = calibrate(others, rule, stride_s, hp.target_false_alarms_per_day, hp.threshold_margin)
+            detectors.append(detector_of(fitted, spec, own.threshold))
+        metrics = evaluate(validation, detectors, allowance)
+        candidate = Candidate(family, fits, calibration, detectors, metrics)
+        figures = headline(metrics)
+        log(f"candidate {family}: threshold {calibration.threshold:.4g} ({calibration.method}); validation "
+            + ", ".join(f"{k}={_fmt(figures[k])}" for k in ("event_f1", "point_f1", "false_alarms_per_turbine_day")))
+        candidates.append(candidate)
+    return candidates, validation
+
+
+def choose(candidates: list[Candidate]) -> tuple[Candidate, str]:
+    """CHOICE_RULE, with the reason in words."""
+    def f1(c: Candidate) -> float:
+        return headline(c.validation)["event_f1"] or 0.0
+
+    def fa(c: Candidate) -> float:
+        value = headline(c.validation)["false_alarms_per_turbine_day"]
+        return float("inf") if value is None else value
+
+    best = max(f1(c) for c in candidates)
+    contenders = [c for c in candidates if f1(c) >= best - F1_TIE]
+    order = {name: i for i, name in enumerate(FAMILIES)}
+    chosen = min(contenders, key=lambda c: (fa(c), order.get(c.family, len(order))))
+    others = ", ".join(f"{c.family} {f1(c):.3f}" for c in candidates if c is not chosen)
+    reason = f"{chosen.family}: validation event F1 {f1(chosen):.3f}, {fa(chosen):.2f} false alarms/turbine-day"
+    if others:
+        reason += f" (others: {others}; rule: {CHOICE_RULE})"
+    return chosen, reason
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
