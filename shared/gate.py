@@ -28,17 +28,21 @@ class GateDecision:
 
 def apply_gate(evaluation: dict[str, Any], policy: GatePolicy) -> GateDecision:
     """`evaluation` is the job's evaluation.json: {"candidate": metrics, "champion": {"metrics": ...} | None}."""
-    figures = headline(evaluation["candidate"])
+    candidate = evaluation["candidate"]
+    figures = headline(candidate)
     reasons: list[str] = []
+    counts = candidate.get("counts") or {}
+    faults = int(counts.get("faults", 0))
+    on = f"on {faults} {candidate.get('labels', 'scored')} fault(s)"
 
     def check_min(name: str, floor: float) -> None:
         value = figures.get(name)
         if value is None:
             reasons.append(f"{name} is missing (no faults to score)")
         elif value < floor:
-            reasons.append(f"{name} {value:.3f} is below the minimum {floor:.3f}")
+            reasons.append(f"{name} {value:.3f} is below the minimum {floor:.3f} ({on}; the model detected "
+                           f"too few of them or raised false alarms, see the report)")
 
-    faults = int((evaluation["candidate"].get("counts") or {}).get("faults", 0))
     notes = []
     if faults >= policy.min_faults:
         check_min("event_f1", policy.min_event_f1)
@@ -49,8 +53,10 @@ def apply_gate(evaluation: dict[str, Any], policy: GatePolicy) -> GateDecision:
     if fa is None:
         reasons.append("false_alarms_per_turbine_day is missing")
     elif fa > policy.max_false_alarms_per_day:
+        days = float(counts.get("turbine_days") or 0.0)
         reasons.append(f"false_alarms_per_turbine_day {fa:.2f} is above the maximum "
-                       f"{policy.max_false_alarms_per_day:.2f}")
+                       f"{policy.max_false_alarms_per_day:.2f} ({counts.get('false_alarms', '?')} false alarm(s) in "
+                       f"{days:.3g} turbine-day(s) of normal held-out data)")
 
     champion = evaluation.get("champion")
     champion_figures = headline(champion["metrics"]) if champion else None

@@ -1,7 +1,7 @@
 """The subset of AWS IoT rule SQL that Nacelle's rules use, parsed and evaluated locally (pure).
 
     SELECT *, topic(2) AS thing_name, timestamp() AS received_at, clientid() AS client_id
-    FROM 'turbines/+/anomalies' WHERE kind = 'open' AND NOT (ratios.rpm < 2 OR seq <> 1)
+    FROM 'turbines/+/anomalies' WHERE kind = 'open' AND NOT (contributions.rpm < 0.5 OR seq <> 1)
 
 SELECT: `*` (every payload field), field paths (`a.b`), literals and the functions `topic()`, `topic(n)`
 (1-based), `timestamp()` (epoch ms) and `clientid()`, each with an optional `AS name`. FROM: one quoted

@@ -10,18 +10,22 @@ folded into one summary alert sent when the window ends (never dropped). An aler
 episode stays open, unacknowledged, longer than `escalate_after_s`, or when it is the n-th episode of its
 turbine within `repeat_window_s`. A device whose last health is older than `offline_after_s` raises one
 "offline" alert per outage and one "back online" when health resumes.
+
+Anomaly messages are schema v2: one `score` per episode (its peak score / threshold) and the `contributions`
+of the peak window (feature -> share of its score). Severity comes from the score; the alert item keeps the
+highest score seen and the contributions of the message that carried it.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.errors import ConfigurationError, DataError, ModelVersionNotFound, NotFound
 from shared.observability import correlate, logger
@@ -33,6 +37,11 @@ SEVERITIES = ("low", "medium", "high", "critical")
 LABELS_PREFIX = "labels/alerts/"
 MAX_ATTEMPTS = 20  # optimistic-concurrency retries of one item
 Verdict = Literal["fault", "false-alarm"]
+ANOMALY_SCHEMA_VERSION = 2  # the detector's anomaly messages (detector.ANOMALY_SCHEMA_VERSION)
+NAMED_CONTRIBUTIONS = 3  # features a subject names at most...
+NAMED_SHARE = 0.10  # ...each with at least this share of the score (the top one always)
+LISTED_SHARE = 0.01  # a body lists each feature with at least this share; the rest as one line
+Share = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class AnomalyRow(BaseModel):
@@ -46,16 +55,31 @@ class AnomalyRow(BaseModel):
     episode_id: str = Field(min_length=1, max_length=200)
     turbine_id: str
     features: list[str] = Field(default_factory=list)
-    ratios: dict[str, float] = Field(default_factory=dict)
+    score: float = Field(ge=0, allow_inf_nan=False)  # peak score / threshold
+    contributions: dict[str, Share] = Field(default_factory=dict)  # feature -> share of the peak window's score
     missing: list[str] = Field(default_factory=list)
     started_at: float
     opened_at: float
+    last_flagged_at: float | None = None
     ended_at: float | None = None
     model_version: int | None = None
     seq: int = 0
     thing_name: str
     received_at: int  # epoch ms
     client_id: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_version(cls, raw: Any) -> Any:
+        # a DataError (not a ValueError) leaves pydantic as is: the version, not a list of missing fields
+        if isinstance(raw, Mapping) and raw.get("v") != ANOMALY_SCHEMA_VERSION:
+            raise DataError(_version_error(raw.get("thing_name"), raw.get("v")))
+        return raw
+
+
+def _version_error(thing: Any, version: Any) -> str:
+    return (f"anomaly message of {thing or '?'}: unsupported schema version v={version!r}; this function reads "
+            f"v={ANOMALY_SCHEMA_VERSION} (one score per episode and per-feature contributions)")
 
 
 @dataclass(frozen=True)
@@ -67,7 +91,7 @@ class AlertPolicy:
     rate_window_s: float = 3600.0
     offline_after_s: float = 300.0
     retention_s: float = 90 * 86400.0  # expires_at (DynamoDB TTL) of alert items
-    severity_ratios: tuple[float, float, float] = (1.5, 3.0, 6.0)  # peak ratio for medium, high, critical
+    severity_ratios: tuple[float, float, float] = (1.5, 3.0, 6.0)  # peak score / threshold: medium, high, critical
 
     def __post_init__(self) -> None:
         if self.rate_limit < 1 or self.repeat_episodes < 2 or min(self.escalate_after_s, self.rate_window_s,
@@ -100,13 +124,12 @@ def _iso(epoch: float | None) -> str:
     return "-" if epoch is None else datetime.fromtimestamp(float(epoch), UTC).isoformat(timespec="seconds")
 
 
-def severity_of(ratios: Mapping[str, float], missing: list[str], policy: AlertPolicy) -> str:
-    """From the peak score/threshold ratio, bumped one level for every extra feature involved (max critical)."""
-    peak = max(ratios.values(), default=0.0)
-    level = sum(peak >= r for r in policy.severity_ratios)
+def severity_of(score: float, features: Collection[str], missing: Collection[str], policy: AlertPolicy) -> str:
+    """From the peak score / threshold, bumped one level for every extra feature involved (max critical)."""
+    level = sum(score >= r for r in policy.severity_ratios)
     if missing and level == 0:
         level = 1  # a sensor that stopped reporting is at least medium
-    involved = len(set(ratios) | set(missing))
+    involved = len(set(features) | set(missing))
     return SEVERITIES[min(3, level + max(0, min(2, involved - 1)))]
 
 
@@ -171,20 +194,39 @@ def _lineage(deps: AlertDeps, version: int | None) -> str:
             f"(code {meta.get('nacelle:code_version') or 'unknown'})")
 
 
+def _pct(share: float) -> str:
+    return "<1 %" if share < 0.005 else f"{share * 100:.0f} %"
+
+
+def _shares(item: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """The contributions, largest first (ties by name)."""
+    return sorted(((k, float(v)) for k, v in (item.get("contributions") or {}).items()), key=lambda kv: (-kv[1], kv[0]))
+
+
 def _deviation(item: Mapping[str, Any]) -> list[str]:
-    lines = [f"  {name}: {ratio:.2f} x its threshold" for name, ratio in
-             sorted(item.get("ratios", {}).items(), key=lambda kv: -kv[1])]
+    score, shares = float(item.get("score") or 0.0), _shares(item)
+    listed = [(name, share) for name, share in shares if share >= LISTED_SHARE]
+    lines = [f"  anomaly score: {score:.2f}x its threshold"] if score > 0 else []
+    lines += [f"  {name}: {_pct(share)} of the score" for name, share in listed]
+    if len(shares) > len(listed):
+        rest = shares[len(listed):]
+        lines.append(f"  {len(rest)} other feature(s): {_pct(sum(s for _, s in rest))} of the score together")
     lines += [f"  {name}: samples missing" for name in item.get("missing", [])]
     return lines or ["  (no feature details)"]
 
 
 def _top(item: Mapping[str, Any]) -> str:
-    ratios: dict[str, float] = item.get("ratios", {})
-    if not ratios:
-        return ", ".join(item.get("missing", [])) + " missing" if item.get("missing") else "anomaly"
-    name = max(ratios, key=lambda k: ratios[k])
-    more = len(set(ratios) | set(item.get("missing", []))) - 1
-    return f"{name} {ratios[name]:.1f}x threshold" + (f" (+{more} more)" if more > 0 else "")
+    """One line for a subject: "score 3.4x threshold, mostly rps (64 %), voltage (21 %)"."""
+    score, shares, missing = float(item.get("score") or 0.0), _shares(item), list(item.get("missing", []))
+    named = [f"{name} ({_pct(share)})" for i, (name, share) in enumerate(shares[:NAMED_CONTRIBUTIONS])
+             if i == 0 or share >= NAMED_SHARE]
+    parts = [f"score {score:.1f}x threshold"] if score > 0 else []
+    if named:
+        parts.append(("mostly " if len(shares) > 1 else "") + ", ".join(named))
+    text = ", ".join(parts)
+    if missing:
+        text += ("; " if text else "") + ", ".join(missing) + " missing"
+    return text or "anomaly"
 
 
 # -- episodes --------------------------------------------------------------------------------------
@@ -193,13 +235,13 @@ def episode_alert_id(episode_id: str) -> str:
 
 
 def on_anomaly(row: AnomalyRow, deps: AlertDeps) -> Outcome:
-    if row.v != 1:
-        raise DataError(f"anomaly message of {row.thing_name}: unsupported schema version v={row.v}")
+    if row.v != ANOMALY_SCHEMA_VERSION:
+        raise DataError(_version_error(row.thing_name, row.v))
     if row.turbine_id != row.thing_name:  # the topic (authorised by the device's certificate) is authoritative
         raise DataError(f"anomaly message on turbines/{row.thing_name}/anomalies claims turbine {row.turbine_id!r}")
-    bad = [k for k, r in row.ratios.items() if not math.isfinite(r)]
-    if bad:
-        raise DataError(f"anomaly message {row.episode_id}: non-finite ratios for {bad}")
+    bad = [k for k, v in [("score", row.score), *row.contributions.items()] if not (math.isfinite(v) and v >= 0)]
+    if bad:  # the model refuses these; this guards rows built without validation
+        raise DataError(f"anomaly message {row.episode_id}: negative or non-finite values for {bad}")
     correlate(turbine_id=row.thing_name, episode_id=row.episode_id)
     alert_id = episode_alert_id(row.episode_id)
     now = deps.clock().timestamp()
@@ -207,22 +249,25 @@ def on_anomaly(row: AnomalyRow, deps: AlertDeps) -> Outcome:
     def merge(item: dict[str, Any] | None) -> dict[str, Any]:
         if item is None:
             item = {"kind": "episode", "alert_id": alert_id, "turbine_id": row.thing_name,
-                    "episode_id": row.episode_id, "status": "open", "first_seen_at": now, "ratios": {},
-                    "missing": [], "features": [], "last_seq": 0, "started_at": row.started_at,
-                    "opened_at": row.opened_at, "ended_at": None, "model_version": row.model_version,
-                    "expires_at": int(now + deps.policy.retention_s)}
-        ratios = dict(item["ratios"])
-        for name, ratio in row.ratios.items():
-            ratios[name] = max(float(ratio), float(ratios.get(name, 0.0)))
-        item.update(ratios=ratios, missing=sorted(set(item["missing"]) | set(row.missing)),
-                    features=sorted(set(item["features"]) | set(row.features) | set(ratios) | set(row.missing)),
+                    "episode_id": row.episode_id, "status": "open", "first_seen_at": now, "score": 0.0,
+                    "contributions": {}, "missing": [], "features": [], "last_seq": 0, "started_at": row.started_at,
+                    "opened_at": row.opened_at, "last_flagged_at": None, "ended_at": None,
+                    "model_version": row.model_version, "expires_at": int(now + deps.policy.retention_s)}
+        item.setdefault("score", 0.0)  # an item written before schema v2
+        item.setdefault("contributions", {})
+        if row.score > float(item["score"]):  # the peak so far, with its window's explanation (first one on ties)
+            item.update(score=row.score, contributions=dict(sorted(row.contributions.items())))
+        flagged = [t for t in (item.get("last_flagged_at"), row.last_flagged_at) if t is not None]
+        item.update(missing=sorted(set(item["missing"]) | set(row.missing)),
+                    features=sorted(set(item["features"]) | set(row.features) | set(row.missing)),
                     last_seq=max(int(item["last_seq"]), row.seq), last_message_at=now,
-                    started_at=min(float(item["started_at"]), row.started_at))
+                    started_at=min(float(item["started_at"]), row.started_at),
+                    last_flagged_at=max(flagged, default=None))
         if item.get("model_version") is None:
             item["model_version"] = row.model_version
         if row.kind == "close" and item["status"] == "open":
             item.update(status="closed", ended_at=row.ended_at if row.ended_at is not None else row.opened_at)
-        severity = severity_of(item["ratios"], item["missing"], deps.policy)
+        severity = severity_of(float(item["score"]), item["features"], item["missing"], deps.policy)
         item["severity"] = _bump(severity) if item.get("escalated") == "repeated" else severity
         return item
 
@@ -292,8 +337,9 @@ def _episode_message(item: Mapping[str, Any], deps: AlertDeps, repeats: int) -> 
     subject = f"[{severity.upper()}] {prefix}{turbine}: {_top(item)}"
     state = "still open" if item["status"] == "open" else f"already ended at {_iso(item.get('ended_at'))}"
     lines = [f"Turbine {turbine}: anomaly episode {item['episode_id']} ({severity}), {state}.",
-             "", "What deviated (peak score / threshold):", *_deviation(item), "",
-             f"Started:  {_iso(item['started_at'])} (opened {_iso(item['opened_at'])})",
+             "", "What deviated (the peak anomaly score and each sensor's share of it):", *_deviation(item), "",
+             f"Started:  {_iso(item['started_at'])} (opened {_iso(item['opened_at'])}, "
+             f"last flagged {_iso(item.get('last_flagged_at'))})",
              _lineage(deps, item.get("model_version"))]
     if item.get("escalated") == "repeated":
         lines.append(f"Escalated: episode {repeats} of this turbine within {deps.policy.repeat_window_s / 3600:g} h.")

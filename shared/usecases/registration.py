@@ -15,7 +15,7 @@ from typing import Any
 
 from shared.errors import BundleError, ObjectNotFound
 from shared.gate import GateDecision, GatePolicy, apply_gate
-from shared.ml.bundle import EVALUATION_FILE, MANIFEST_FILE, read_tar_documents
+from shared.ml.bundle import EVALUATION_FILE, MANIFEST_FILE, input_shape, read_tar_documents
 from shared.observability import correlate, logger
 from shared.ports import EventPublisher, ModelRegistry, ModelVersion, Notifier, ObjectStore, StateStore
 from shared.usecases import state_keys as sk
@@ -120,13 +120,19 @@ def _description(decision: GateDecision) -> str:
 
 def _metadata(job_name: str, manifest: dict[str, Any], decision: GateDecision) -> dict[str, str]:
     lineage = manifest.get("lineage", {})
-    arch = manifest.get("architecture", {})
+    model = manifest.get("model", {})
     meta = {"nacelle:token": job_name, "nacelle:job": job_name,
             "nacelle:dataset_hash": str(lineage.get("dataset_hash") or ""),
             "nacelle:code_version": str(lineage.get("code_version") or ""),
             "nacelle:spec_digest": str(lineage.get("spec_digest") or ""),
             "nacelle:gate": "passed" if decision.passed else "rejected",
-            "nacelle:input_shape": ",".join(str(x) for x in (1, arch.get("n_features", 0), arch.get("length", 0)))}
+            "nacelle:family": str(model.get("family") or ""),
+            "nacelle:input_shape": ",".join(str(x) for x in input_shape(manifest))}
+    candidates = (manifest.get("selection") or {}).get("candidates") or []
+    if candidates:
+        meta["nacelle:candidates"] = " / ".join(
+            f"{c['family']} f1 {_figure(c['validation'].get('event_f1'))} "
+            f"fa {_figure(c['validation'].get('false_alarms_per_turbine_day'))}" for c in candidates)
     if decision.reasons:
         meta["nacelle:gate_reasons"] = metadata_value(" / ".join(decision.reasons))
     for name, value in decision.figures.items():
@@ -136,6 +142,10 @@ def _metadata(job_name: str, manifest: dict[str, Any], decision: GateDecision) -
         if value is not None and name in ("event_f1", "false_alarms_per_turbine_day"):
             meta[f"champion:{name}"] = f"{value:.4g}"
     return {key: metadata_value(value) for key, value in meta.items()}
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 def metadata_value(text: str) -> str:

@@ -37,12 +37,16 @@ RAW_PREFIX = "raw/"
 LABELS_PREFIX = "labels/"
 
 
+MIN_TRAINING_ROWS = 300  # the training job refuses fewer usable samples (Hyperparameters.min_samples)
+
+
 @dataclass(frozen=True)
 class RetrainPolicy:
     group: str
     min_new_turbine_hours: float = 1.0
     quiet_period_s: float = 300.0
     hyperparameters: Mapping[str, str] = field(default_factory=dict)
+    min_rows: int = MIN_TRAINING_ROWS  # in all accepted data: a job on fewer could only fail
 
 
 @dataclass
@@ -166,6 +170,10 @@ def on_retrain_check(deps: ArrivalDeps, requested_at: datetime, reason: str = ""
     if new_hours < policy.min_new_turbine_hours:
         return Outcome("skipped", f"{new_hours:.2f} new turbine-hours < {policy.min_new_turbine_hours} needed",
                        {"new_turbine_hours": new_hours})
+    rows = sum(int(f.get("rows", 0)) for f in files)
+    if rows < policy.min_rows:
+        return Outcome("skipped", f"{rows} accepted rows < {policy.min_rows} the training needs",
+                       {"new_turbine_hours": new_hours, "rows": rows})
     return start_training(deps, files, reason or "enough new data", new_hours)
 
 

@@ -27,9 +27,10 @@ class Clock:
 
 def row(kind: Literal["open", "update", "close"], seq: int) -> AnomalyRow:
     t = T0.timestamp()
-    return AnomalyRow(v=1, kind=kind, episode_id="wt-07-5", turbine_id="wt-07", features=["rpm", "voltage"],
-                      ratios={"rpm": 3.2, "voltage": 1.1}, started_at=t - 90, opened_at=t - 30,
-                      ended_at=t + 60 if kind == "close" else None, model_version=4, seq=seq,
+    return AnomalyRow(v=2, kind=kind, episode_id="wt-07-5", turbine_id="wt-07", features=["rpm", "voltage"],
+                      score=3.2 + 0.1 * seq, contributions={"rpm": 0.62, "voltage": 0.38}, started_at=t - 90,
+                      opened_at=t - 30, last_flagged_at=t - 30 + seq, ended_at=t + 60 if kind == "close" else None,
+                      model_version=4, seq=seq,
                       thing_name="wt-07", received_at=int(t * 1000), client_id="wt-07")
 
 
@@ -52,10 +53,12 @@ def test_one_alert_and_one_resolution_then_offline(state_store: StateStore,
         ("alerts", "alert"), ("alerts", "offline"), ("alerts", "resolution")]
     delivered = {d.attributes["kind"]: d for d in messages}
     alert = delivered["alert"]
-    assert alert.subject == "[CRITICAL] wt-07: rpm 3.2x threshold (+1 more)"
+    assert alert.subject == "[CRITICAL] wt-07: score 3.4x threshold, mostly rpm (62 %), voltage (38 %)"
     assert alert.attributes == {"turbine_id": "wt-07", "severity": "critical", "kind": "alert",
                                 "features": json.dumps(["rpm", "voltage"])}
-    assert "rpm: 3.20 x its threshold" in alert.message
+    assert "rpm: 62 % of the score" in alert.message and "voltage: 38 % of the score" in alert.message
     assert "nacelle-turbine v4 (not in the registry)" in alert.message
     assert delivered["offline"].subject == "[HIGH] wt-07: turbine offline"
-    assert delivered["resolution"].subject.startswith("[RESOLVED] wt-07")
+    assert delivered["resolution"].subject.startswith("[RESOLVED] wt-07: score 3.5x threshold")
+    item = state_store.get("alerts", "episode:wt-07-5")
+    assert item is not None and (item["score"], item["contributions"]) == (3.5, {"rpm": 0.62, "voltage": 0.38})

@@ -113,3 +113,39 @@ def test_sigkill_during_training_loses_nothing_and_the_job_can_be_retried(tmp_pa
     finally:
         os.killpg(second.pid, signal.SIGTERM)
         second.wait(timeout=30)
+
+
+SLOW_SPEC = """spec_version: 2
+name: slow-plant
+time_column: time
+time_format: epoch_s
+columns: [time, flow, pressure, coolant]
+features: [flow, pressure, coolant]
+sampling: {rate_hz: 0.1}
+"""
+
+
+def test_a_10_second_csv_with_its_own_spec_trains_and_is_judged_with_reasons(tmp_path):
+    """An operator's own data: 3 sensors every 10 s, installed with `spec put`, dropped with `data put`,
+    judged by the default gate: non-zero metrics and either a pending version or reasons a person reads."""
+    from tests.unit.test_training_small import write_plant
+
+    home = tmp_path / "home"
+    write_config(home, hyperparameters={"threads": "1", "epochs": "20"})  # the default gate
+    (tmp_path / "slow-plant.yaml").write_text(SLOW_SPEC)
+    write_plant(tmp_path / "drop" / "unit7" / "2026-01.csv", 2500, seed=4)
+    with running_stack(home) as stack:
+        assert main(["--data-dir", str(home), "spec", "put", str(tmp_path / "slow-plant.yaml")]) == 0
+        assert main(["--data-dir", str(home), "data", "put", str(tmp_path / "drop" / "unit7")]) == 0
+        (version,) = wait_for(lambda: stack.registry.list(GROUP), 180, "a registered model version")
+        meta = version.metadata
+        assert meta["nacelle:family"] in ("pca", "conv1d") and "pca f1" in meta["nacelle:candidates"]
+        assert float(meta["metric:event_recall"]) > 0.0  # injected faults were scored and detected
+        assert meta["nacelle:input_shape"] == "1 3 30"  # 10 samples + the 200 s baseline of the coolant
+        if version.status == "Rejected":
+            reasons = meta["nacelle:gate_reasons"]
+            assert "fault" in reasons or "false alarm" in reasons, reasons
+        else:
+            assert version.status == "PendingManualApproval"
+        (job,) = stack.jobs.list()
+        assert job.status == "Completed"

@@ -28,7 +28,7 @@ from nacelle.local.broker import find_mosquitto
 from nacelle.local.stack import Stack
 from nacelle.train_runner import JobResult
 from shared.components import DETECTOR_COMPONENT, MODEL_COMPONENT
-from shared.ml.bundle import MANIFEST_FILE, read_tar_documents
+from shared.ml.bundle import MANIFEST_FILE, input_shape, read_tar_documents
 from shared.usecases.state_keys import group_pk
 from tests.integration.conftest import running_stack, wait_for
 
@@ -128,10 +128,10 @@ def env(tmp_path_factory: pytest.TempPathFactory, trained_model: JobResult) -> I
     (home / "config.yaml").write_text(yaml.safe_dump({"canary_soak_s": SOAK_S}))
     archive = trained_model.model_archive.read_bytes()
     manifest = read_tar_documents(archive, (MANIFEST_FILE,))[MANIFEST_FILE]
-    arch, lineage = manifest.get("architecture", {}), manifest.get("lineage", {})
+    lineage = manifest.get("lineage", {})
     metadata = {"nacelle:dataset_hash": str(lineage.get("dataset_hash") or ""),
                 "nacelle:gate": "passed",
-                "nacelle:input_shape": f"1 {arch.get('n_features', 0)} {arch.get('length', 0)}"}  # as registered
+                "nacelle:input_shape": " ".join(map(str, input_shape(manifest)))}  # as registered
     with running_stack(home, devices=2) as stack:
         model_key = "jobs/fleet-test/output/model.tar.gz"
         stack.store.put_if_absent(model_key, archive)

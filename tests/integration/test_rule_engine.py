@@ -64,9 +64,10 @@ def stack(tmp_path: Path) -> Iterator[tuple[Stack, Broker]]:
 
 def episode(kind: str, seq: int, thing: str = "turbine-01") -> dict[str, Any]:
     now = time.time()
-    return {"v": 1, "kind": kind, "episode_id": f"{thing}-1000", "turbine_id": thing, "features": ["rpm"],
-            "ratios": {"rpm": 3.5}, "missing": [], "started_at": now - 30, "opened_at": now - 10,
-            "ended_at": now if kind == "close" else None, "model_version": None, "seq": seq}
+    return {"v": 2, "kind": kind, "episode_id": f"{thing}-1000", "turbine_id": thing, "features": ["rpm"],
+            "score": 3.5, "contributions": {"rpm": 0.93, "voltage": 0.07}, "missing": [], "started_at": now - 30,
+            "opened_at": now - 10, "last_flagged_at": now - 10, "ended_at": now if kind == "close" else None,
+            "model_version": None, "seq": seq}
 
 
 def wait_for_notifications(stack: Stack, count: int, timeout_s: float) -> list[dict[str, Any]]:
@@ -93,7 +94,8 @@ def test_an_episode_open_reaches_the_notifier_within_a_second(stack: tuple[Stack
         [entry] = wait_for_notifications(local, 1, 1.0)
         latency = time.monotonic() - started
         assert latency < 1.0, f"{latency:.3f}s"
-        assert entry["topic"] == "alerts" and entry["subject"] == "[HIGH] turbine-01: rpm 3.5x threshold"
+        assert entry["topic"] == "alerts"
+        assert entry["subject"] == "[HIGH] turbine-01: score 3.5x threshold, mostly rpm (93 %)"
         assert entry["attributes"]["turbine_id"] == "turbine-01"
         device.publish("turbines/turbine-01/anomalies", episode("open", 1))  # redelivered
         device.publish("turbines/turbine-01/anomalies", episode("close", 2))
@@ -121,7 +123,7 @@ def test_messages_published_while_the_engine_is_down_arrive_when_it_reconnects(s
         engine = engine_for(local, broker).start()
         try:
             entries = wait_for_notifications(local, 1, 3.0)
-            assert [e["subject"] for e in entries] == ["[HIGH] turbine-02: rpm 3.5x threshold"]
+            assert [e["subject"] for e in entries] == ["[HIGH] turbine-02: score 3.5x threshold, mostly rpm (93 %)"]
         finally:
             engine.stop()
     finally:

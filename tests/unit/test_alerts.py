@@ -4,11 +4,14 @@ rate-limit summaries, offline devices, acknowledgement and verdict labels."""
 from __future__ import annotations
 
 import json
+import math
+import random
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from nacelle.local.state import SqliteStateStore
 from services.anomaly_alert.app import handle
@@ -30,6 +33,7 @@ from tests.fakes import Clock, MemoryRegistry, MemoryStore, Published, Recording
 
 GROUP = "nacelle-turbine"
 T0 = 1_772_323_200.0  # Clock()'s start, 2026-03-01T00:00:00Z
+SHARES = {"gen_temp": 0.15, "rpm": 0.8, "voltage": 0.05}  # rpm alone explains the peak window
 
 
 @pytest.fixture
@@ -53,9 +57,10 @@ def deps(tmp_path: Path, clock: Clock) -> AlertDeps:
 
 def row(kind: str, episode: str = "wt-01-1000", seq: int = 1, turbine: str = "wt-01", **extra: Any) -> AnomalyRow:
     body: dict[str, Any] = {
-        "v": 1, "kind": kind, "episode_id": episode, "turbine_id": turbine, "features": ["rpm"],
-        "ratios": {"rpm": 2.0}, "missing": [], "started_at": T0 - 120, "opened_at": T0 - 60,
-        "ended_at": T0 + 300 if kind == "close" else None, "model_version": 1, "seq": seq,
+        "v": 2, "kind": kind, "episode_id": episode, "turbine_id": turbine, "features": ["rpm"],
+        "score": 2.0, "contributions": SHARES, "missing": [], "started_at": T0 - 120, "opened_at": T0 - 60,
+        "last_flagged_at": T0 - 60 + 10 * seq, "ended_at": T0 + 300 if kind == "close" else None,
+        "model_version": 1, "seq": seq,
         "thing_name": turbine, "received_at": int(T0 * 1000), "client_id": turbine}
     return AnomalyRow.model_validate({**body, **extra})
 
@@ -66,11 +71,19 @@ def sent(deps: AlertDeps, kind: str | None = None) -> list[Published]:
 
 
 # -- exactly once ---------------------------------------------------------------------------------
+UPDATES = {2: {"gen_temp": 0.4, "rpm": 0.6}, 3: {"gen_temp": 0.55, "rpm": 0.45}}
+
+
+def update(seq: int) -> AnomalyRow:
+    """An update whose peak (2 + seq) is explained by both rpm and gen_temp."""
+    return row("update", seq=seq, score=2.0 + seq, contributions=UPDATES[seq], features=["gen_temp", "rpm"])
+
+
 def test_duplicates_and_updates_give_one_alert_and_one_resolution(deps: AlertDeps) -> None:
     on_anomaly(row("open"), deps)
     on_anomaly(row("open"), deps)  # redelivered
-    for seq in (2, 3, 2):
-        on_anomaly(row("update", seq=seq, ratios={"rpm": 2.0 + seq, "gen_temp": 1.6}), deps)
+    for seq in (2, 3, 2):  # the late seq 2 (score 4.0) keeps seq 3's peak and contributions
+        on_anomaly(update(seq), deps)
     on_anomaly(row("close", seq=5), deps)
     on_anomaly(row("close", seq=5), deps)
     on_anomaly(row("update", seq=4), deps)  # late: never reopens
@@ -79,13 +92,17 @@ def test_duplicates_and_updates_give_one_alert_and_one_resolution(deps: AlertDep
     alert, resolution = sent(deps)
     assert alert.topic == "alerts"
     assert alert.attributes == {"turbine_id": "wt-01", "severity": "medium", "features": '["rpm"]', "kind": "alert"}
-    assert alert.subject == "[MEDIUM] wt-01: rpm 2.0x threshold"
-    for text in ("Turbine wt-01", "rpm: 2.00 x its threshold", "2026-02-28T23:58:00+00:00",
+    assert alert.subject == "[MEDIUM] wt-01: score 2.0x threshold, mostly rpm (80 %), gen_temp (15 %)"
+    for text in ("Turbine wt-01", "anomaly score: 2.00x its threshold", "rpm: 80 % of the score",
+                 "gen_temp: 15 % of the score", "voltage: 5 % of the score", "2026-02-28T23:58:00+00:00",
                  f"{GROUP} v1", "d" * 64, "nacelle-dddd-1", "nacelle alerts ack episode:wt-01-1000"):
         assert text in alert.message
-    assert resolution.subject.startswith("[RESOLVED] wt-01: rpm 5.0x threshold (+1 more)")
+    assert resolution.subject == "[RESOLVED] wt-01: score 5.0x threshold, mostly gen_temp (55 %), rpm (45 %)"
+    assert "gen_temp: 55 % of the score" in resolution.message
     item = get_alert("episode:wt-01-1000", deps)
-    assert item["status"] == "closed" and item["ratios"] == {"rpm": 5.0, "gen_temp": 1.6}
+    assert item["status"] == "closed" and item["score"] == 5.0 and item["contributions"] == UPDATES[3]
+    assert item["features"] == ["gen_temp", "rpm"] and "ratios" not in item
+    assert item["last_flagged_at"] == T0 - 60 + 10 * 5  # the latest, whatever the arrival order
     assert item["severity"] == "critical" and item["last_seq"] == 5  # peak 5.0 >= high, two features: +1
 
 
@@ -140,23 +157,127 @@ def test_a_failed_publish_releases_the_claim_so_the_retry_sends_it(deps: AlertDe
 def test_the_topic_decides_the_turbine(deps: AlertDeps) -> None:
     with pytest.raises(DataError, match="claims turbine 'wt-02'"):
         on_anomaly(row("open", turbine_id="wt-02"), deps)
-    with pytest.raises(DataError, match="schema version"):
-        on_anomaly(row("open", v=2), deps)
     assert sent(deps) == []
 
 
-@pytest.mark.parametrize(("ratios", "missing", "expected"), [
-    ({"rpm": 1.1}, [], "low"),
-    ({"rpm": 1.6}, [], "medium"),
-    ({"rpm": 3.5}, [], "high"),
-    ({"rpm": 7.0}, [], "critical"),
-    ({}, ["voltage"], "medium"),
-    ({"rpm": 1.1, "voltage": 1.2}, [], "medium"),
-    ({"rpm": 1.1, "voltage": 1.2, "gen_temp": 1.0}, [], "high"),
-    ({"rpm": 3.1, "voltage": 1.2, "gen_temp": 1.0}, ["qw"], "critical"),
+V1 = {"v": 1, "kind": "open", "episode_id": "wt-01-1000", "turbine_id": "wt-01", "features": ["rpm"],
+      "ratios": {"rpm": 2.0}, "missing": [], "started_at": T0 - 120, "opened_at": T0 - 60, "ended_at": None,
+      "model_version": 1, "seq": 1, "thing_name": "wt-01", "received_at": int(T0 * 1000), "client_id": "wt-01"}
+
+
+@pytest.mark.parametrize("version", [1, 3, None, "2"])
+def test_other_schema_versions_are_refused_by_name(deps: AlertDeps, version: Any) -> None:
+    message = {**V1, "v": version}
+    expected = f"wt-01: unsupported schema version v={version!r}; this function reads v=2"
+    with pytest.raises(DataError, match=expected):
+        handle(message, deps)  # the version, not a list of missing fields
+    with pytest.raises(DataError, match=expected):
+        AnomalyRow.model_validate(message)
+    with pytest.raises(DataError, match="unsupported schema version v=1"):
+        on_anomaly(row("open").model_copy(update={"v": 1}), deps)
+    assert sent(deps) == [] and list_alerts(deps) == []
+
+
+@pytest.mark.parametrize("change", [
+    {"score": math.nan}, {"score": math.inf}, {"score": -0.5}, {"score": "NaN"}, {"score": None},
+    {"contributions": {"rpm": math.nan}}, {"contributions": {"rpm": -math.inf}},
+    {"contributions": {"rpm": 1.2, "voltage": -0.2}}, {"contributions": {"rpm": "lots"}},
 ])
-def test_severity_from_ratios_and_features(ratios: dict[str, float], missing: list[str], expected: str) -> None:
-    assert severity_of(ratios, missing, AlertPolicy()) == expected
+def test_non_finite_or_negative_scores_and_contributions_are_refused(deps: AlertDeps, change: dict[str, Any]
+                                                                     ) -> None:
+    message = {**row("open").model_dump(), **change}
+    with pytest.raises(ValidationError):
+        AnomalyRow.model_validate(message)
+    with pytest.raises(DataError, match="anomaly row from wt-01"):
+        handle(message, deps)
+    assert sent(deps) == [] and list_alerts(deps) == []
+
+
+@pytest.mark.parametrize("change", [{"score": math.nan}, {"score": -1.0}, {"contributions": {"rpm": math.inf}}])
+def test_on_anomaly_guards_rows_built_without_validation(deps: AlertDeps, change: dict[str, Any]) -> None:
+    with pytest.raises(DataError, match="negative or non-finite"):
+        on_anomaly(row("open").model_copy(update=change), deps)
+    assert sent(deps) == []
+
+
+@pytest.mark.parametrize(("score", "features", "missing", "expected"), [
+    (1.1, ["rpm"], [], "low"),
+    (1.5, ["rpm"], [], "medium"),
+    (2.9, ["rpm"], [], "medium"),
+    (3.5, ["rpm"], [], "high"),
+    (7.0, ["rpm"], [], "critical"),
+    (0.0, ["voltage"], ["voltage"], "medium"),  # missing samples alone: at least medium
+    (3.5, ["voltage"], ["voltage"], "high"),
+    (1.1, ["rpm", "voltage"], [], "medium"),
+    (1.1, ["gen_temp", "rpm", "voltage"], [], "high"),
+    (1.1, ["gen_temp", "qw", "rpm", "voltage"], [], "high"),  # at most two levels from the features
+    (3.1, ["gen_temp", "rpm", "voltage"], ["qw"], "critical"),
+])
+def test_severity_from_the_score_and_the_involved_features(score: float, features: list[str], missing: list[str],
+                                                           expected: str) -> None:
+    assert severity_of(score, features, missing, AlertPolicy()) == expected
+
+
+def test_severity_of_an_episode_follows_its_peak_score(deps: AlertDeps) -> None:
+    on_anomaly(row("open", score=1.2, contributions={"rpm": 1.0}), deps)
+    assert get_alert("episode:wt-01-1000", deps)["severity"] == "low"
+    on_anomaly(row("update", seq=2, score=6.5, contributions={"rpm": 1.0}), deps)
+    assert get_alert("episode:wt-01-1000", deps)["severity"] == "critical"
+    on_anomaly(row("update", seq=3, score=1.1, contributions={"rpm": 1.0}), deps)  # a lower score: the peak stays
+    assert get_alert("episode:wt-01-1000", deps)["severity"] == "critical"
+    [alert] = sent(deps)
+    assert alert.subject == "[LOW] wt-01: score 1.2x threshold, rpm (100 %)"  # sent with what was known then
+
+
+def test_missing_samples_alone_read_as_missing_sensors(deps: AlertDeps) -> None:
+    on_anomaly(row("open", score=0.0, contributions={}, features=["voltage"], missing=["voltage"]), deps)
+    [alert] = sent(deps)
+    assert alert.subject == "[MEDIUM] wt-01: voltage missing"
+    assert "  voltage: samples missing" in alert.message and "anomaly score:" not in alert.message
+
+
+def test_a_higher_score_replaces_the_contributions(deps: AlertDeps) -> None:
+    first, peak, lower = {"rpm": 0.9, "voltage": 0.1}, {"rpm": 0.3, "voltage": 0.7}, {"gen_temp": 1.0}
+    on_anomaly(row("open", score=2.0, contributions=first), deps)
+    on_anomaly(row("update", seq=2, score=3.4, contributions=peak, features=["rpm", "voltage"]), deps)
+    on_anomaly(row("update", seq=3, score=2.5, contributions=lower, features=["gen_temp"]), deps)
+    on_anomaly(row("update", seq=4, score=3.4, contributions=lower, features=["gen_temp"]), deps)  # a tie: kept
+    item = get_alert("episode:wt-01-1000", deps)
+    assert (item["score"], item["contributions"]) == (3.4, peak)
+    assert item["features"] == ["gen_temp", "rpm", "voltage"]  # every explaining feature seen
+    on_anomaly(row("close", seq=5, score=2.0, contributions=first), deps)
+    resolution = sent(deps, "resolution")[0]
+    assert resolution.subject == "[RESOLVED] wt-01: score 3.4x threshold, mostly voltage (70 %), rpm (30 %)"
+    assert "  anomaly score: 3.40x its threshold\n  voltage: 70 % of the score\n  rpm: 30 % of the score" \
+        in resolution.message
+
+
+def test_a_body_lists_every_share_and_folds_the_tiny_ones(deps: AlertDeps) -> None:
+    shares = {"gen_temp": 0.003, "qw": 0.001, "rpm": 0.64, "voltage": 0.21, "wind": 0.146}
+    on_anomaly(row("open", score=3.4, contributions=shares, missing=["pitch"]), deps)
+    [alert] = sent(deps)
+    assert alert.subject == ("[CRITICAL] wt-01: score 3.4x threshold, mostly rpm (64 %), voltage (21 %), "
+                             "wind (15 %); pitch missing")
+    assert ("  rpm: 64 % of the score\n  voltage: 21 % of the score\n  wind: 15 % of the score\n"
+            "  2 other feature(s): <1 % of the score together\n  pitch: samples missing") in alert.message
+
+
+MESSAGES = [row("open"), update(2), update(3), row("close", seq=4)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_duplicated_and_reordered_messages_give_one_alert_and_one_resolution(tmp_path: Path, clock: Clock,
+                                                                             seed: int) -> None:
+    deps = make_deps(tmp_path, clock)
+    messages = MESSAGES * 3
+    random.Random(seed).shuffle(messages)
+    for message in messages:
+        on_anomaly(message, deps)
+        clock.advance(1)
+    assert [m.attributes["kind"] for m in sent(deps)] == ["alert", "resolution"]
+    item = get_alert("episode:wt-01-1000", deps)
+    assert (item["status"], item["score"], item["contributions"]) == ("closed", 5.0, UPDATES[3])
+    assert (item["severity"], item["features"], item["last_seq"]) == ("critical", ["gen_temp", "rpm"], 4)
 
 
 # -- escalation -------------------------------------------------------------------------------------
@@ -172,7 +293,8 @@ def test_an_episode_open_too_long_escalates_once(tmp_path: Path, clock: Clock) -
     sweep(deps)
     escalations = sent(deps, "escalation")
     assert len(escalations) == 1
-    assert escalations[0].subject == "[ESCALATED HIGH] wt-01: open 10 min, rpm 2.0x threshold"
+    assert escalations[0].subject == \
+        "[ESCALATED HIGH] wt-01: open 10 min, score 2.0x threshold, mostly rpm (80 %), gen_temp (15 %)"
     assert escalations[0].attributes["severity"] == "high"  # one level above the alert's
 
 
@@ -201,22 +323,23 @@ def test_repeated_episodes_escalate_the_alert(tmp_path: Path, clock: Clock) -> N
         on_anomaly(row("open", episode=f"wt-01-{i}"), deps)
         clock.advance(3600)
     subjects = [m.subject for m in sent(deps, "alert")]
-    assert subjects[:2] == ["[MEDIUM] wt-01: rpm 2.0x threshold"] * 2
-    assert subjects[2:] == ["[HIGH] REPEATED wt-01: rpm 2.0x threshold"] * 2
+    top = "score 2.0x threshold, mostly rpm (80 %), gen_temp (15 %)"
+    assert subjects[:2] == [f"[MEDIUM] wt-01: {top}"] * 2
+    assert subjects[2:] == [f"[HIGH] REPEATED wt-01: {top}"] * 2
     assert "Escalated: episode 3 of this turbine within 3 h." in sent(deps, "alert")[2].message
     assert get_alert("episode:wt-01-2", deps)["severity"] == "high"
     on_anomaly(row("open", episode="wt-02-0", turbine="wt-02"), deps)  # another turbine: its own count
-    assert sent(deps, "alert")[-1].subject == "[MEDIUM] wt-02: rpm 2.0x threshold"
+    assert sent(deps, "alert")[-1].subject == f"[MEDIUM] wt-02: {top}"
 
 
 # -- rate limit -------------------------------------------------------------------------------------
 def test_the_rate_limit_folds_extra_episodes_into_one_summary(tmp_path: Path, clock: Clock) -> None:
     deps = make_deps(tmp_path, clock, rate_limit=2, rate_window_s=3600, repeat_episodes=100)
     for i in range(5):
-        on_anomaly(row("open", episode=f"wt-01-{i}", ratios={"rpm": 2.0 + i}), deps)
+        on_anomaly(row("open", episode=f"wt-01-{i}", score=2.0 + i), deps)
         clock.advance(10)
     on_anomaly(row("open", episode="wt-02-0", turbine="wt-02"), deps)  # another turbine is not limited
-    on_anomaly(row("close", episode="wt-01-4", seq=2, ratios={"rpm": 6.0}), deps)
+    on_anomaly(row("close", episode="wt-01-4", seq=2, score=6.0), deps)
     assert [m.attributes["turbine_id"] for m in sent(deps, "alert")] == ["wt-01", "wt-01", "wt-02"]
     assert sent(deps, "summary") == []  # sent when the window ends
     clock.advance(3600)
@@ -323,7 +446,8 @@ def test_handler_takes_the_rule_row_and_the_schedule(deps: AlertDeps, clock: Clo
     assert handle(event, deps)["action"] == "new"
     assert handle(event, deps)["sent"] == []
     [alert] = sent(deps)
-    assert alert.subject == "[CRITICAL] turbine-03: gen_temp 3.4x threshold (+1 more)"  # high, two features
+    # high, two explaining features: critical; voltage (2 %) is too small to name
+    assert alert.subject == "[CRITICAL] turbine-03: score 3.4x threshold, mostly gen_temp (64 %), rps (34 %)"
     health(deps, "wt-01", T0 - 1000)
     result = handle(json.loads((events / "scheduled_event.json").read_text()), deps)
     assert result["action"] == "checked" and result["sent"] == ["alert:offline:wt-01:1772322200"]

@@ -9,7 +9,7 @@ from training_jobs.hyperparameters import Hyperparameters
 
 def test_job_environ_round_trips_through_the_sagemaker_variables(tmp_path):
     env = job_environ(tmp_path / "job", "nacelle-abc-1", {"train": tmp_path / "data"},
-                      {"epochs": 3, "threshold_quantile": 0.995, "dataset_hash": "abc"})
+                      {"epochs": 3, "target_false_alarms_per_day": 0.05, "families": "pca", "dataset_hash": "abc"})
     parsed = from_environ(env)
     assert parsed.job_name == "nacelle-abc-1"
     assert parsed.channel("train") == tmp_path / "data"
@@ -19,7 +19,8 @@ def test_job_environ_round_trips_through_the_sagemaker_variables(tmp_path):
     raw = json.loads((tmp_path / "job" / "input" / "config" / "hyperparameters.json").read_text())
     assert raw["epochs"] == "3"
     hp = Hyperparameters.from_mapping(parsed.hyperparameters)
-    assert (hp.epochs, hp.threshold_quantile, hp.dataset_hash) == (3, 0.995, "abc")
+    assert (hp.epochs, hp.target_false_alarms_per_day, hp.dataset_hash) == (3, 0.05, "abc")
+    assert hp.candidates == ("pca",)
 
 
 def test_sm_hps_wins_over_the_file(tmp_path):
@@ -36,9 +37,26 @@ def test_missing_train_channel_is_a_configuration_error(tmp_path):
 @pytest.mark.parametrize("raw, fragment", [
     ({"epochz": 3}, "unknown hyperparameter"),
     ({"epochs": "many"}, "epochs='many'"),
-    ({"threshold_quantile": 1.5}, "threshold_quantile"),
-    ({"k": 9, "n": 5}, "k <= n"),
+    ({"target_false_alarms_per_day": 0}, "target_false_alarms_per_day"),
+    ({"threshold_margin": -1}, "threshold_margin"),
+    ({"families": "pca,xgboost"}, "families must be"),
+    ({"families": ","}, "families must be"),
+    ({"architecture": "lstm"}, "architecture"),
+    ({"folds": 1}, "folds must be >= 2"),
+    ({"min_samples": 1}, "min_samples"),
+    ({"pca_variance": 1.0}, "pca_variance"),
+    ({"val_fraction": 0.5, "test_fraction": 0.3}, "val_fraction"),
+    ({"epochs": -1}, "epochs"),
+    ({"k": 9, "n": 5}, "unknown hyperparameter"),  # the episode rule belongs to the spec now
 ])
 def test_bad_hyperparameters_are_named(raw, fragment):
     with pytest.raises(ConfigurationError, match=fragment):
         Hyperparameters.from_mapping(raw)
+
+
+def test_defaults_are_sized_from_the_data():
+    hp = Hyperparameters()
+    assert hp.candidates == ("pca", "conv1d")
+    assert (hp.epochs, hp.batch_size, hp.patience) == (0, 0, 0)  # 0: from the data
+    assert (hp.min_samples, hp.fold_below_samples, hp.folds) == (300, 20_000, 5)
+    assert Hyperparameters.from_mapping({"sagemaker_program": "train.py"}) == hp  # script mode's own keys

@@ -50,9 +50,9 @@ def test_topic_filters(flt: str, topic: str, expected: bool) -> None:
 
 
 def test_select_fields_paths_and_aliases() -> None:
-    row = run("SELECT kind, ratios.rpm AS rpm, ratios.nope AS gone, topic() AS t, 'x' AS lit FROM 'turbines/#'",
-              {"kind": "open", "ratios": {"rpm": 2.5}, "other": 1})
-    assert row == {"kind": "open", "rpm": 2.5, "t": "turbines/wt-01/anomalies", "lit": "x"}  # undefined is left out
+    row = run("SELECT kind, contributions.rpm AS rpm, contributions.nope AS gone, topic() AS t, 'x' AS lit "
+              "FROM 'turbines/#'", {"kind": "open", "contributions": {"rpm": 0.64}, "other": 1})
+    assert row == {"kind": "open", "rpm": 0.64, "t": "turbines/wt-01/anomalies", "lit": "x"}  # undefined is left out
 
 
 @pytest.mark.parametrize(("where", "expected"), [
@@ -62,8 +62,8 @@ def test_select_fields_paths_and_aliases() -> None:
     ("seq > 3 AND seq <= 5", True),
     ("seq >= 6 OR kind = 'open'", True),
     ("NOT kind = 'open'", False),
-    ("NOT (seq < 2 OR ratios.rpm < 2)", True),
-    ("ratios.rpm > 2.4", True),
+    ("NOT (seq < 2 OR contributions.rpm < 0.5)", True),
+    ("contributions.rpm > 0.6 AND score >= 2.5", True),
     ("missing_field = 1", False),  # undefined never compares true
     ("NOT missing_field = 1", True),
     ("kind > 3", False),  # unlike types
@@ -73,7 +73,7 @@ def test_select_fields_paths_and_aliases() -> None:
     ("kind = 'it''s'", False),
 ])
 def test_where_clauses(where: str, expected: bool) -> None:
-    payload = {"kind": "open", "seq": 5, "ratios": {"rpm": 2.5}, "flag": True, "nothing": None}
+    payload = {"kind": "open", "seq": 5, "score": 2.5, "contributions": {"rpm": 0.64}, "flag": True, "nothing": None}
     row = run(f"SELECT * FROM 'turbines/+/anomalies' WHERE {where}", payload)
     assert (row is not None) is expected
 

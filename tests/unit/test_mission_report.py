@@ -7,8 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from nacelle.mission_report import EpisodeMark, TurbineTimeline, match, plot_timeline, read_jsonl, summary_rows
-from shared.ml.metrics import DETECTION_TOLERANCE_S, Fault
+from nacelle.mission_report import (
+    DETECTION_TOLERANCE_S,
+    EpisodeMark,
+    TurbineTimeline,
+    match,
+    plot_timeline,
+    read_jsonl,
+    summary_rows,
+)
+from shared.ml.metrics import Fault
 
 
 def episode(opened: float, started: float | None = None) -> EpisodeMark:

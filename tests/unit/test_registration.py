@@ -22,13 +22,22 @@ def metrics(f1: float, recall_mh: float, fa: float, faults: int = 10) -> dict:
                          "mean_delay_s": 5.0}}
     return {"event": {"precision": f1, "recall": f1, "f1": f1, "mean_delay_s": 5.0, "per_fault": {},
                       "per_severity": groups},
-            "point": {"precision": 0.5, "recall": 0.5, "f1": 0.5}, "false_alarms_per_turbine_day": fa,
-            "counts": {"faults": faults}}
+            "point": {"precision": 0.5, "recall": 0.5, "f1": 0.5, "far": 0.01, "mar": 0.5,
+                      "confusion": {"tp": 5, "fp": 5, "fn": 5, "tn": 495}},
+            "false_alarms_per_turbine_day": fa, "counts": {"faults": faults}}
 
 
-def model_tar(candidate: dict, champion: dict | None = None) -> bytes:
-    docs = {"manifest.json": {"lineage": {"dataset_hash": "ab" * 32, "code_version": "0.1.0+x",
-                                          "spec_digest": "cd" * 32}},
+MANIFEST = {  # the parts of a format-2 manifest registration reads
+    "lineage": {"dataset_hash": "ab" * 32, "code_version": "0.1.0+x", "spec_digest": "cd" * 32},
+    "model": {"family": "pca", "components": 12, "inputs": {"windows": ["batch", 6, 150]}},
+    "selection": {"chosen": "pca", "candidates": [
+        {"family": "pca", "validation": {"event_f1": 0.9512, "false_alarms_per_turbine_day": 0.25}},
+        {"family": "conv1d", "validation": {"event_f1": None, "false_alarms_per_turbine_day": 1.5}}]},
+}
+
+
+def model_tar(candidate: dict, champion: dict | None = None, manifest: dict | None = None) -> bytes:
+    docs = {"manifest.json": MANIFEST if manifest is None else manifest,
             "evaluation.json": {"candidate": candidate,
                                 "champion": {"metrics": champion, "lineage": {}} if champion else None}}
     buf = io.BytesIO()
@@ -64,6 +73,10 @@ def test_a_good_model_waits_for_approval_with_metrics_and_lineage(deps):
     (version,) = deps.registry.list(GROUP)
     assert version.metadata["metric:event_f1"] == "0.95"
     assert version.metadata["nacelle:dataset_hash"] == "ab" * 32 and version.metadata["nacelle:job"] == JOB
+    assert version.metadata["nacelle:family"] == "pca"
+    assert version.metadata["nacelle:input_shape"] == "1 6 150"  # the graph's input (commas are not allowed)
+    assert version.metadata["nacelle:candidates"] == "pca f1 0.951 fa 0.25 / conv1d f1 - fa 1.5"
+    assert version.metadata["metric:point_far"] == "0.01" and version.metadata["metric:point_mar"] == "0.5"
     (message,) = deps.notifier.messages
     assert message.topic == "approvals" and "nacelle models approve 1" in message.message
     assert "update-model-package" in message.message
@@ -131,3 +144,12 @@ def test_too_few_faults_to_judge_recall_are_reported_not_enforced(deps):
     outcome = finish(deps)
     assert outcome.data["status"] == "PendingManualApproval"
     assert "only 3 scored fault(s)" in deps.registry.list(GROUP)[0].description
+
+
+def test_a_manifest_without_model_or_selection_still_registers(deps):
+    bare = {"lineage": MANIFEST["lineage"]}
+    deps.store.put(f"jobs/{JOB}/output/model.tar.gz", model_tar(metrics(0.95, 1.0, 0.5), manifest=bare))
+    assert finish(deps).action == "registered"
+    (version,) = deps.registry.list(GROUP)
+    assert version.metadata["nacelle:family"] == "-" and version.metadata["nacelle:input_shape"] == "1 0 0"
+    assert "nacelle:candidates" not in version.metadata

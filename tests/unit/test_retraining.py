@@ -112,6 +112,17 @@ def test_checks_are_debounced_and_need_enough_new_data(deps, ten_minutes):
     assert deps.training.started == []
 
 
+def test_no_job_starts_on_fewer_rows_than_training_needs(deps, ten_minutes):
+    deps.policy = RetrainPolicy(GROUP, min_new_turbine_hours=0.4, quiet_period_s=15.0, min_rows=100_000)
+    drop(deps, ten_minutes)  # 30 minutes at 20 Hz: about 36,000 rows
+    deps.clock.advance(20)
+    outcome = on_retrain_check(deps, deps.clock())
+    rows = outcome.data["rows"]
+    assert 30_000 < rows < 36_001
+    assert outcome.action == "skipped" and outcome.detail == f"{rows} accepted rows < 100000 the training needs"
+    assert deps.training.started == []
+
+
 def test_policy_fires_once_per_dataset_and_names_the_job_from_its_hash(deps, ten_minutes):
     keys = drop(deps, ten_minutes)
     deps.clock.advance(20)

@@ -17,7 +17,7 @@ from detector.scoring import EdgeModel
 
 from shared.errors import BundleError
 from shared.ml.dataset import data_files, load_dataset
-from shared.ml.episodes import EpisodeEvent, run_episodes
+from shared.ml.episodes import EpisodeEvent
 from shared.ml.table import load_file
 
 BATCH = 20
@@ -47,6 +47,15 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, trained_model) -> dict[int
 
 
 @pytest.fixture(scope="session")
+def pca_bundle(tmp_path_factory: pytest.TempPathFactory, trained_pca) -> Path:
+    from training_jobs.compile import compile_bundle
+
+    out = tmp_path_factory.mktemp("edge-pca") / "v1"
+    compile_bundle(trained_pca.model_archive, out, None, 1, warmup=5, runs=20)
+    return out
+
+
+@pytest.fixture(scope="session")
 def model_v1(bundles) -> EdgeModel:
     return EdgeModel.load(bundles[1])
 
@@ -70,19 +79,18 @@ def streams(small_dataset: Path, model_v1: EdgeModel) -> dict[str, Stream]:
     return out
 
 
+def evaluator(archive: Path, data: Path) -> tuple[dict[str, Any], dict[str, list]]:
+    """What `nacelle evaluate` computes: torch scores of series_windows, then run_episodes."""
+    from training_jobs.evaluation import evaluate_model_on
+
+    _, scored, episodes, _, _ = evaluate_model_on(archive, data)
+    return ({s.turbine_id: s for s in scored},
+            {s.turbine_id: [e for e in episodes if e.turbine_id == s.turbine_id] for s in scored})
+
+
 @pytest.fixture(scope="session")
 def reference(trained_model, small_dataset: Path, model_v1: EdgeModel):
-    """What `nacelle evaluate` computes: torch scores of series_windows, then run_episodes."""
-    from training_jobs.bundle_io import load_model
-    from training_jobs.evaluation import score_series, torch_scorer
-
-    loaded = load_model(trained_model.model_archive)
-    spec = loaded.manifest.spec
-    series = load_dataset([small_dataset], spec)
-    scored = {s.turbine_id: s for s in score_series(series, spec, torch_scorer(loaded.scoring))}
-    episodes = {tid: run_episodes(tid, loaded.manifest.rule, loaded.manifest.thresholds, list(spec.features),
-                                  s.t_end, s.errors, s.missing, s.operating) for tid, s in scored.items()}
-    return scored, episodes
+    return evaluator(trained_model.model_archive, small_dataset)
 
 
 def run_stream(pipeline: TurbinePipeline, stream: Stream, swap_at: int | None = None,
@@ -103,28 +111,42 @@ def run_stream(pipeline: TurbinePipeline, stream: Stream, swap_at: int | None = 
 
 
 # -- parity --------------------------------------------------------------------------------------------
-def test_parity_with_the_evaluator(model_v1: EdgeModel, streams, reference, record_property) -> None:
-    scored, episodes = reference
+@pytest.mark.parametrize("family", ["conv1d", "pca"])
+def test_parity_with_the_evaluator(family: str, request: pytest.FixtureRequest, small_dataset: Path, streams,
+                                   record_property) -> None:
+    if family == "pca":
+        edge = EdgeModel.load(request.getfixturevalue("pca_bundle"))
+        scored, episodes = evaluator(request.getfixturevalue("trained_pca").model_archive, small_dataset)
+    else:
+        edge = request.getfixturevalue("model_v1")
+        scored, episodes = request.getfixturevalue("reference")
+    assert edge.manifest.bundle.family == family
     assert set(scored) == set(streams)
     worst, latencies, opened_total = 0.0, [], 0
     for tid, stream in streams.items():
         ref = scored[tid]
         np.testing.assert_array_equal(stream.t, scored[tid].t)  # the raw rows are the evaluator's samples
-        pipeline = TurbinePipeline(tid, model_v1)
+        pipeline = TurbinePipeline(tid, edge)
         windows, events, _ = run_stream(pipeline, stream)
         assert len(windows) == len(ref.t_end) > 0  # every window, none extra
         assert pipeline.windows_scored == len(ref.t_end)
         np.testing.assert_array_equal([w.t_end for w in windows], ref.t_end)
         np.testing.assert_array_equal([w.operating for w in windows], ref.operating)
-        errors = np.stack([w.errors for w in windows])
+        scores = np.array([w.score for w in windows])
+        contributions = np.stack([w.contributions for w in windows])
         missing = np.stack([w.missing for w in windows])
-        worst = max(worst, float(np.abs(errors - ref.errors).max()), float(np.abs(missing - ref.missing).max()))
-        np.testing.assert_allclose(errors, ref.errors, rtol=0, atol=1e-5)
-        np.testing.assert_allclose(missing, ref.missing, rtol=0, atol=1e-5)
+        worst = max(worst, float(np.abs(scores - ref.scores).max() / edge.threshold),
+                    float(np.abs(missing - ref.missing).max()))
+        np.testing.assert_allclose(scores, ref.scores, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(contributions, ref.contributions, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(missing, ref.missing, rtol=0, atol=1e-6)
         opened = [(e.episode["episode_id"], e.episode["opened_at"]) for e in events if e.kind == "open"]
         closed = [(e.episode["episode_id"], e.episode["closed_at"]) for e in events if e.kind == "close"]
         assert opened == [(ep.episode_id, ep.opened_at) for ep in episodes[tid]]
         assert closed == [(ep.episode_id, ep.closed_at) for ep in episodes[tid]]
+        spans = [(e.episode["started_at"], e.episode["last_flagged_at"], e.episode["flagged_windows"],
+                  e.episode["features"]) for e in events if e.kind == "close"]
+        assert spans == [(ep.started_at, ep.last_flagged_at, ep.flagged_windows, ep.features) for ep in episodes[tid]]
         opened_total += len(opened)
         latencies += [w.latency_s for w in windows]
     assert opened_total > 0  # the labelled faults give the comparison something to compare
@@ -144,7 +166,7 @@ def test_batch_size_does_not_change_windows(model_v1: EdgeModel, streams) -> Non
         pipeline = TurbinePipeline(short.turbine_id, model_v1)
         windows = [w for p in short.messages(batch) for w in pipeline.handle(p).windows]
         ends.append([w.t_end for w in windows])
-        errors.append(np.stack([w.errors for w in windows]))
+        errors.append(np.array([w.score for w in windows]))
     assert ends[0] == ends[1] == ends[2] == ends[3] and len(ends[0]) > 0
     for other in errors[1:]:  # same window contents, whatever the batching (ORT batches may differ by ulps)
         np.testing.assert_allclose(other, errors[0], rtol=0, atol=1e-6)
@@ -179,7 +201,7 @@ def test_redelivered_samples_are_dropped(model_v1: EdgeModel, streams) -> None:
 
 def test_gap_restarts_the_window_run(model_v1: EdgeModel) -> None:
     spec = model_v1.spec
-    length, stride, dt = spec.windows.length, spec.windows.stride, spec.sampling.interval_s
+    length, stride, dt = spec.geometry.length, spec.geometry.stride, spec.sampling.interval_s
     ts = [1_700_000_000.0 + i * dt for i in range(length + stride)]
     ts += [ts[-1] + spec.windows.max_gap_s + 0.5 + i * dt for i in range(length)]
     rows = [{"seq": i, "ts": t, **dict.fromkeys(spec.input_columns, 1.0)} for i, t in enumerate(ts)]
@@ -364,7 +386,7 @@ def test_hot_swap_scores_every_window_once(model_v1: EdgeModel, bundles, streams
     assert len(windows) == len(scored[tid].t_end)
     assert np.all(np.diff(ends) > 0)
     np.testing.assert_array_equal(ends, scored[tid].t_end)
-    np.testing.assert_allclose(np.stack([w.errors for w in windows]), scored[tid].errors, rtol=0, atol=1e-5)
+    np.testing.assert_allclose([w.score for w in windows], scored[tid].scores, rtol=1e-4, atol=1e-5)
     assert versions[:swap_at] == [1] * swap_at and set(versions[swap_at:]) == {2}
     swap_time = stream.rows[swap_at * BATCH]["ts"]
     assert {w.model_version for w in windows if w.t_end < swap_time} == {1}
@@ -419,7 +441,8 @@ def test_outgoing_messages(model_v1: EdgeModel, streams, reference) -> None:
         result = pipeline.handle(payload)
         out += [builder.anomaly(e, result.model_version) for e in result.events]
     assert out[0]["kind"] == "open" and out[0]["ended_at"] is None and out[0]["features"]
-    assert set(out[0]["ratios"]) <= set(out[0]["features"])
+    assert out[0]["v"] == 2 and "ratios" not in out[0] and (out[0]["score"] > 1 or out[0]["missing"])
+    assert set(out[0]["features"]) <= set(out[0]["contributions"]) | set(out[0]["missing"])
     assert [m["seq"] for m in out] == list(range(1, len(out) + 1))
     closes = [m for m in out if m["kind"] == "close"]
     assert closes and all(m["ended_at"] >= m["opened_at"] >= m["started_at"] for m in closes)
@@ -439,15 +462,16 @@ def test_swap_to_another_window_geometry_restarts_the_run(model_v1: EdgeModel, s
     from dataclasses import replace
 
     spec = model_v1.spec
-    other = replace(spec, windows=replace(spec.windows, length=50, stride=5))
+    other = replace(spec, windows=replace(spec.windows, length_s=2.5, stride_s=0.25))
 
     class Stub:  # a model whose feature pipeline differs (the ONNX graph's window length is fixed)
         def __init__(self) -> None:
-            self.spec, self.thresholds, self.rule, self.model_version = other, model_v1.thresholds, model_v1.rule, 3
+            self.spec, self.threshold, self.rule, self.model_version = other, model_v1.threshold, model_v1.rule, 3
 
-        def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             assert x.shape[1:] == (spec.n_features, 50)
-            return np.zeros((len(x), spec.n_features), np.float32), np.zeros((len(x), spec.n_features), np.float32)
+            zeros = np.zeros((len(x), spec.n_features), np.float32)
+            return np.zeros(len(x), np.float32), zeros, zeros
 
     stream = next(iter(streams.values()))
     pipeline = TurbinePipeline(stream.turbine_id, model_v1)
@@ -506,22 +530,24 @@ def test_step_many_is_step_window_by_window() -> None:
 
     rng = np.random.default_rng(11)
     names = ["a", "b", "c"]
-    thresholds = np.array([1.0, 0.5, 2.0])
+    threshold = 1.5
     rule = EpisodeRule(k=3, n=5, m=4, missing_tolerance=0.2, max_silence_s=30.0, update_interval_s=5.0)
     w = 600
     t = np.cumsum(np.where(rng.random(w) < 0.02, 45.0, 0.5))  # some silences close episodes
-    errors = (rng.random((w, 3)) * np.where(rng.random((w, 1)) < 0.3, 2.5, 0.6) * thresholds).astype(np.float32)
-    errors[rng.random((w, 3)) < 0.01] = np.nan
+    contributions = (rng.random((w, 3)) * np.where(rng.random((w, 1)) < 0.3, 2.5, 0.6)).astype(np.float32)
+    scores = contributions.sum(axis=1)
+    scores[rng.random(w) < 0.01] = np.nan
     missing = np.where(rng.random((w, 3)) < 0.05, np.float32(0.2), np.float32(0.0)).astype(np.float32)
     missing[rng.random((w, 3)) < 0.03] = 0.5
-    errors[rng.random(w) < 0.05] = thresholds.astype(np.float32)  # exactly at the threshold: not flagged
+    scores[rng.random(w) < 0.05] = np.float32(threshold)  # exactly at the threshold: not flagged
     operating = rng.random(w) > 0.1
-    one, many = EpisodeTracker("t", rule, thresholds, names), EpisodeTracker("t", rule, thresholds, names)
-    expected = [e for i in range(w) for e in one.step(float(t[i]), errors[i], missing[i], bool(operating[i]))]
+    one, many = EpisodeTracker("t", rule, threshold, names), EpisodeTracker("t", rule, threshold, names)
+    expected = [e for i in range(w)
+                for e in one.step(float(t[i]), scores[i], contributions[i], missing[i], bool(operating[i]))]
     got, i = [], 0
     while i < w:
         j = i + int(rng.integers(1, 6))
-        got += many.step_many(t[i:j].tolist(), errors[i:j], missing[i:j], operating[i:j].tolist())
+        got += many.step_many(t[i:j].tolist(), scores[i:j], contributions[i:j], missing[i:j], operating[i:j].tolist())
         i = j
     assert len(expected) > 10 and got == expected
     assert one.flush() == many.flush()
@@ -545,7 +571,7 @@ def test_operating_count_agrees_with_operating_mask(model_v1: EdgeModel) -> None
     rows = [{"seq": i, "ts": float(ts[i]), **{c: float(values[c][i]) for c in spec.input_columns}} for i in range(n)]
     pipeline = TurbinePipeline("t5", model_v1)
     got = [w.operating for p in Stream("t5", ts, rows).messages() for w in pipeline.handle(p).windows]
-    windows = make_windows(compute_features(values, spec), window_starts(ts, spec), spec.windows.length)
+    windows = make_windows(compute_features(values, spec), window_starts(ts, spec), spec.geometry.offsets())
     expected = operating_mask(windows, spec).tolist()
     assert got == expected and 0 < sum(got) < len(got)
 
@@ -562,3 +588,76 @@ def test_window_records_are_built_on_access(model_v1: EdgeModel, streams) -> Non
     assert len(as_list) == len(windows) and windows[0] is as_list[0] and windows[-1:] == as_list[-1:]
     assert windows == as_list and [w.model_version for w in windows] == [model_v1.model_version] * len(windows)
     assert as_list[0].t_end < as_list[-1].t_end or len(as_list) == 1
+
+
+# -- drifting features ---------------------------------------------------------------------------------
+DRIFT_SPEC = """spec_version: 2
+name: warm-loop
+time_column: time
+time_format: epoch_s
+columns: [time, temperature, flow, pressure]
+features: [temperature, flow, pressure]
+sampling: {rate_hz: 1.0}
+drift: {features: [temperature], baseline_s: 30}
+"""
+
+
+def _loop_csv(path: Path, start: float, rows: int, seed: int, gap_after: int | None = None,
+              step_at: int | None = None) -> None:
+    """A warming loop at 1 Hz: temperature drifts up, flow and pressure move together; optionally a gap
+    of 20 s and a temperature step (a fault the drift baseline must still see)."""
+    rng = np.random.default_rng(seed)
+    lines = ["time,temperature,flow,pressure"]
+    t = start
+    for i in range(rows):
+        common = rng.normal()
+        temperature = 40 + 0.01 * i + rng.normal(0, 0.05) + (3.0 if step_at is not None and i >= step_at else 0.0)
+        lines.append(f"{t:.1f},{temperature:.3f},{30 + common + rng.normal(0, 0.1):.3f},"
+                     f"{2 + 0.1 * common + rng.normal(0, 0.01):.4f}")
+        t += 21.0 if gap_after is not None and i == gap_after else 1.0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def drift_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(compiled bundle, model.tar.gz, test data) of a PCA model with a drifting feature."""
+    from nacelle.train_runner import run_training_job
+    from training_jobs.compile import compile_bundle
+
+    root = tmp_path_factory.mktemp("drift")
+    _loop_csv(root / "train" / "loop-1" / "a.csv", 1_700_000_000.0, 1200, 1)
+    (root / "spec.yaml").write_text(DRIFT_SPEC)
+    job = run_training_job(root / "job", "drift-job", {"train": root / "train"}, {"families": "pca"},
+                           spec_file=root / "spec.yaml", echo=None)
+    assert job.ok, job.log_file.read_text()
+    _loop_csv(root / "test" / "loop-1" / "b.csv", 1_700_100_000.0, 700, 2, gap_after=300, step_at=500)
+    compile_bundle(job.model_archive, root / "edge", None, 1, warmup=5, runs=20)
+    return root / "edge", job.model_archive, root / "test"
+
+
+def test_drift_baseline_parity_across_a_gap(drift_case) -> None:
+    """The context of a drifting feature reaches back across a gap and is missing before the first
+    sample: the detector scores exactly the evaluator's windows, and the step still opens an episode."""
+    edge_dir, archive, test_dir = drift_case
+    edge = EdgeModel.load(edge_dir)
+    g = edge.spec.geometry
+    assert edge.spec.drift.features == ("temperature",) and g.context == 30
+    scored, episodes = evaluator(archive, test_dir)
+    [ref] = scored.values()
+    rows = [{"seq": i, "ts": float(t)} for i, t in enumerate(ref.t)]
+    series = load_dataset([test_dir], edge.spec)[0]
+    values = series.features.astype(np.float64)
+    for row, v in zip(rows, values, strict=True):
+        row.update(zip(edge.spec.input_columns, v.tolist(), strict=True))
+    pipeline = TurbinePipeline("loop-1", edge)
+    windows, events, _ = run_stream(pipeline, Stream("loop-1", ref.t, rows), None, None)
+    np.testing.assert_array_equal([w.t_end for w in windows], ref.t_end)
+    # within the compile check's tolerance (float32 sums in another order)
+    np.testing.assert_allclose([w.score for w in windows], ref.scores, rtol=1e-3, atol=1e-4)
+    gap = int(np.flatnonzero(np.diff(ref.t) > 1.5)[0]) + 1
+    assert ref.t_end[0] == ref.t[g.length - 1]  # scoring starts once the scored samples are there
+    assert ref.t[gap + g.length - 1] in set(ref.t_end)  # ...and again right after the gap, context and all
+    opened = [e.episode["opened_at"] for e in events if e.kind == "open"]
+    assert opened == [ep.opened_at for ep in episodes["loop-1"]]
+    assert any(ref.t[500] <= t <= ref.t[500] + 60 for t in opened), "the temperature step opens an episode"

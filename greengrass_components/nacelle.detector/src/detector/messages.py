@@ -20,8 +20,9 @@ Parsing takes the first of three paths that succeeds:
 A message the typed path does not take (a single-sample message, non-ASCII bytes, any failed check)
 goes the stdlib way, so every BadMessage reason comes from paths 2 and 3.
 
-Outgoing `turbines/{id}/anomalies` and `turbines/{id}/health` (schema v1) are built by
-MessageBuilder, which numbers each topic's messages with its own increasing `seq`.
+Outgoing `turbines/{id}/anomalies` (schema v2: the episode's peak score / threshold and each feature's
+share of that window's score) and `turbines/{id}/health` (schema v1) are built by MessageBuilder, which
+numbers each topic's messages with its own increasing `seq`.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from shared.errors import DataError
 from shared.ml.episodes import EpisodeEvent
 from shared.ml.spec import FeatureSpec
 
-from . import SCHEMA_VERSION
+from . import ANOMALY_SCHEMA_VERSION, SCHEMA_VERSION
 
 MAX_MESSAGE_BYTES = 256_000
 MAX_SAMPLES = 10_000
@@ -300,14 +301,16 @@ class MessageBuilder:
         return seq
 
     def anomaly(self, event: EpisodeEvent, model_version: int | None) -> dict[str, Any]:
+        """Schema v2: `score` is the peak score / threshold, `contributions` the peak window's shares."""
         ep = event.episode
         return {
-            "v": SCHEMA_VERSION, "kind": event.kind, "episode_id": ep["episode_id"], "turbine_id": self.turbine_id,
-            "features": list(ep["features"]),
-            "ratios": {k: round(float(v), 6) for k, v in sorted(ep["peak_ratio"].items())},
+            "v": ANOMALY_SCHEMA_VERSION, "kind": event.kind, "episode_id": ep["episode_id"],
+            "turbine_id": self.turbine_id, "features": list(ep["features"]),
+            "score": round(float(ep["peak_ratio"]), 6),
+            "contributions": {k: float(v) for k, v in sorted(ep["contributions"].items())},
             "missing": list(ep["missing"]),
-            "started_at": ep["started_at"], "opened_at": ep["opened_at"], "ended_at": ep["closed_at"],
-            "model_version": model_version, "seq": self._next("anomalies"),
+            "started_at": ep["started_at"], "opened_at": ep["opened_at"], "last_flagged_at": ep["last_flagged_at"],
+            "ended_at": ep["closed_at"], "model_version": model_version, "seq": self._next("anomalies"),
         }
 
     def health(self, *, model_version: int | None, inference_rate_hz: float, latency_p50_ms: float | None,

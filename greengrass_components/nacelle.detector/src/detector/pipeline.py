@@ -33,7 +33,8 @@ REUSED_BATCH = 64  # model input arrays up to this many windows are allocated on
 
 class WindowRecord(NamedTuple):  # a tuple: built per window on the hot path
     t_end: float  # timestamp of the window's last sample
-    errors: np.ndarray  # (F,) per-feature reconstruction error
+    score: float  # the model's anomaly score (compared with its one threshold)
+    contributions: np.ndarray  # (F,) each feature's part of the score
     missing: np.ndarray  # (F,) per-feature fraction of missing samples
     operating: bool  # inside the spec's operating regime (else counted as a clean window)
     model_version: int | None
@@ -46,16 +47,17 @@ class WindowRecords(Sequence[WindowRecord]):
 
     __slots__ = ("_columns", "_records")
 
-    def __init__(self, t_end: list[float], errors: np.ndarray, missing: np.ndarray, operating: list[bool],
-                 model_version: int | None, latency_s: float) -> None:
-        self._columns = (t_end, errors, missing, operating, model_version, latency_s)
+    def __init__(self, t_end: list[float], scores: np.ndarray, contributions: np.ndarray, missing: np.ndarray,
+                 operating: list[bool], model_version: int | None, latency_s: float) -> None:
+        self._columns = (t_end, scores, contributions, missing, operating, model_version, latency_s)
         self._records: list[WindowRecord] | None = None
 
     def _list(self) -> list[WindowRecord]:
         if self._records is None:
-            t_end, errors, missing, operating, version, latency = self._columns
+            t_end, scores, contributions, missing, operating, version, latency = self._columns
             k = len(t_end)
-            self._records = list(map(WindowRecord, t_end, errors, missing, operating, [version] * k, [latency] * k))
+            self._records = list(map(WindowRecord, t_end, scores.tolist(), contributions, missing, operating,
+                                     [version] * k, [latency] * k))
         return self._records
 
     def __len__(self) -> int:
@@ -89,7 +91,7 @@ class Result:
 
 def pipeline_key(spec: FeatureSpec) -> tuple[object, ...]:
     """What must match for a ring buffer of features to stay valid across a model swap."""
-    return (spec.features, spec.derived, spec.input_columns, spec.windows)
+    return (spec.features, spec.derived, spec.input_columns, spec.geometry)
 
 
 def window_ends(t: list[float], prev: float | None, run_len: int, length: int, stride: int, max_gap: float,
@@ -148,7 +150,7 @@ class TurbinePipeline:
 
     # -- state -------------------------------------------------------------------------------------
     def _new_tracker(self, model: EdgeModel) -> EpisodeTracker:
-        return EpisodeTracker(self.turbine_id, model.rule, model.thresholds, list(model.spec.features))
+        return EpisodeTracker(self.turbine_id, model.rule, model.threshold, list(model.spec.features))
 
     def _bind_operating(self) -> None:
         """The model's version, and its operating regime as (feature row, minimum), None without one. The
@@ -161,18 +163,16 @@ class TurbinePipeline:
     def _reset_buffer(self) -> None:
         spec = self.model.spec
         self._plan = FeaturePlan.of(spec)
-        self._geometry = (spec.windows.length, spec.windows.stride, spec.windows.max_gap_s, spec.n_features)
-        self._set_ring(np.zeros((spec.n_features, RING_WINDOWS * spec.windows.length), dtype=np.float32))
-        self._lo = self._hi = 0  # the last <= length feature rows of the current run
+        g = spec.geometry
+        self._geometry = (g.length, g.stride, g.max_gap_s, spec.n_features)
+        self._keep = g.total  # samples kept: a drift baseline's context reaches back across gaps
+        self._offsets = np.asarray(g.offsets(), dtype=np.intp) - (g.length - 1)  # model inputs, from a window's end
+        self._ring = np.zeros((spec.n_features, RING_WINDOWS * g.total), dtype=np.float32)
+        self._lo = self._hi = 0  # the last <= total feature rows seen
         self._run_len = 0  # samples in the current gap-free run
         self._last_ts: float | None = None
         self._inputs: dict[tuple[int, ...], np.ndarray] = {}
         self._scratch: FeatureScratch | None = None  # of the last message size, if <= SMALL_BATCH
-
-    def _set_ring(self, ring: np.ndarray) -> None:
-        self._ring = ring
-        # (F, starts, length) view: the windows of a message as one slice, copied into the model input at once
-        self._by_start = np.lib.stride_tricks.sliding_window_view(ring, self._geometry[0], axis=1)
 
     def _room(self, n: int) -> None:
         """Make space for n rows after hi: move the valid rows to the front (same logical state),
@@ -183,7 +183,7 @@ class TurbinePipeline:
         if hi - lo + n > self._ring.shape[1]:
             ring = np.zeros((self._ring.shape[0], hi - lo + n + self._ring.shape[1]), dtype=np.float32)
             ring[:, :hi - lo] = self._ring[:, lo:hi]
-            self._set_ring(ring)
+            self._ring = ring
         else:
             self._ring[:, :hi - lo] = self._ring[:, lo:hi]
         self._lo, self._hi = 0, hi - lo
@@ -203,7 +203,7 @@ class TurbinePipeline:
         if self._regime is None:
             return [True] * len(ends)
         row, minimum = self._regime
-        length, first = x.shape[2], ends[0]
+        length, first = self._geometry[0], ends[0]
         span = self._ring[row, hi + first + 1 - length:hi + ends[-1] + 1]
         half = length // 2
         # a window misses at most the span's samples below the minimum (or NaN): few, all decided
@@ -222,9 +222,10 @@ class TurbinePipeline:
         """The scoring state (buffer, alignment, episode history), for tests and diagnostics."""
         t = self.tracker
         buf = self._ring[:, self._lo:self._hi]
+        history = tuple((a, r, None if row is None else tuple(row), tuple(g)) for a, r, row, g in t._recent)
         return (buf.tobytes(), buf.shape, self._run_len, self._last_ts, self.windows_scored,
-                self.samples_seen, t._last_t, tuple((a, tuple(sorted(b.items())), tuple(c)) for a, b, c in t._recent),
-                t.current.snapshot() if t.current else None, len(t.closed), self.model_version)
+                self.samples_seen, t._last_t, history, t.current.snapshot() if t.current else None, len(t.closed),
+                self.model_version)
 
     # -- input ---------------------------------------------------------------------------------------
     def handle(self, payload: bytes, max_bytes: int | None = None) -> Result:
@@ -272,20 +273,18 @@ class TurbinePipeline:
         ends, run_len = window_ends(ts, last, self._run_len, length, stride, max_gap, batch.ordered)
         if ends:
             k = len(ends)
-            x = self._input((k, n_features, length))
-            first = hi + ends[0] + 1 - length
-            span = stride * (k - 1)
-            if ends[-1] - ends[0] == span and (k <= 2 or ends == list(range(ends[0], ends[-1] + 1, stride))):
-                x[...] = self._by_start[:, first:first + span + 1:stride].transpose(1, 0, 2)
-            else:  # a run restarts within the message
-                for i, e in enumerate(ends):
-                    x[i] = ring[:, hi + e + 1 - length:hi + e + 1]
-            errors, missing = model.score(x)
+            x = self._input((k, n_features, len(self._offsets)))
+            columns = (hi + np.asarray(ends, dtype=np.intp))[:, None] + self._offsets  # (k, width)
+            x[...] = ring[:, np.maximum(columns, 0)].transpose(1, 0, 2)
+            unseen = columns < self._lo  # context before the first sample kept: missing
+            if unseen.any():
+                x[np.broadcast_to(unseen[:, None, :], x.shape)] = np.nan
+            scores, contributions, missing = model.score(x)
             operating = self._operating(x, hi, ends)
 
         # Commit: nothing above touched the state, so a failure there leaves it as it was.
+        self._lo = max(self._lo, hi + n - self._keep)
         self._hi = hi + n
-        self._lo = self._hi - min(run_len, length)
         self._run_len, self._last_ts = run_len, ts[-1]
         self.samples_seen += n
         self.stale_samples += stale
@@ -293,10 +292,10 @@ class TurbinePipeline:
         if not ends:
             return Result(model_version=version, accepted=n, stale=stale)
         t_ends = [ts[e] for e in ends]
-        events = self.tracker.step_many(t_ends, errors, missing, operating)
+        events = self.tracker.step_many(t_ends, scores, contributions, missing, operating)
         now = time.perf_counter()
         latency = now - start
-        windows = WindowRecords(t_ends, errors, missing, operating, version, latency)
+        windows = WindowRecords(t_ends, scores, contributions, missing, operating, version, latency)
         self.latencies.extend([latency] * k)
         self._decisions.extend([now] * k)
         self.windows_scored += k
@@ -306,8 +305,8 @@ class TurbinePipeline:
     def swap(self, new_model: EdgeModel) -> Result:
         """Score from the next window on with `new_model` (load and warm it up first: EdgeModel.load).
 
-        An open episode is closed at the last scored window (its thresholds belong to the old model)
-        and the episode tracker restarts with the new thresholds and rule. The ring buffer is kept
+        An open episode is closed at the last scored window (its threshold belongs to the old model)
+        and the episode tracker restarts with the new threshold and rule. The ring buffer is kept
         when the feature pipeline is the same (features, inputs, window geometry), so no sample is
         scored twice or skipped; otherwise the run restarts. Returns the close event (if any),
         attributed to the outgoing model's version."""

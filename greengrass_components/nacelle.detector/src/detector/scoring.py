@@ -14,7 +14,7 @@ from shared.ml.edge_bundle import EdgeManifest, verify
 from shared.ml.episodes import EpisodeRule
 from shared.ml.spec import FeatureSpec
 
-OUTPUTS = ("error", "missing")  # names the compile step gives the graph's outputs
+OUTPUTS = ("score", "contributions", "missing")  # names the compile step gives the graph's outputs
 WARMUP_RUNS = 5
 
 
@@ -31,8 +31,8 @@ class EdgeModel:
         return self.manifest.bundle.spec
 
     @property
-    def thresholds(self) -> np.ndarray:
-        return self.manifest.bundle.thresholds
+    def threshold(self) -> float:
+        return self.manifest.bundle.threshold
 
     @property
     def rule(self) -> EpisodeRule:
@@ -63,25 +63,25 @@ class EdgeModel:
         outputs = [o.name for o in session.get_outputs()]
         if manifest.input_name not in inputs:
             raise BundleError(f"{bundle_dir}: graph inputs {inputs} lack the manifest's {manifest.input_name!r}")
-        names = list(OUTPUTS) if set(OUTPUTS) <= set(outputs) else outputs[:2]
-        if len(names) != 2:
-            raise BundleError(f"{bundle_dir}: graph outputs {outputs} are not (error, missing)")
-        model = cls(bundle_dir, manifest, session, manifest.input_name, names)
+        if not set(OUTPUTS) <= set(outputs):
+            raise BundleError(f"{bundle_dir}: graph outputs {outputs} lack {list(OUTPUTS)}")
+        model = cls(bundle_dir, manifest, session, manifest.input_name, list(OUTPUTS))
         model.warm_up(warmup_runs)
         return model
 
     def warm_up(self, runs: int = WARMUP_RUNS) -> None:
         spec = self.spec
         mean = self.manifest.bundle.mean.astype(np.float32).reshape(1, spec.n_features, 1)
-        x = np.ascontiguousarray(np.broadcast_to(mean, (1, spec.n_features, spec.windows.length)))
+        x = np.ascontiguousarray(np.broadcast_to(mean, (1, spec.n_features, spec.geometry.width)))
         for _ in range(max(1, runs)):
-            errors, missing = self.score(x)
-        if errors.shape != (1, spec.n_features) or missing.shape != (1, spec.n_features):
-            raise BundleError(f"{self.bundle_dir}: the graph returned shapes {errors.shape}, {missing.shape}; "
-                              f"expected (1, {spec.n_features}) each")
+            score, contributions, missing = self.score(x)
+        shapes = (score.shape, contributions.shape, missing.shape)
+        if shapes != ((1,), (1, spec.n_features), (1, spec.n_features)):
+            raise BundleError(f"{self.bundle_dir}: the graph returned shapes {shapes}; expected (1,), "
+                              f"(1, {spec.n_features}) and (1, {spec.n_features})")
 
-    def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(B, F, L) float32 windows -> per-feature (errors, missing), each (B, F) float32."""
+    def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, F, geometry.width) float32 windows -> score (B,), contributions (B, F), missing (B, F)."""
         x = np.ascontiguousarray(windows, dtype=np.float32)
-        errors, missing = self.session.run(self.output_names, {self.input_name: x})
-        return np.asarray(errors), np.asarray(missing)
+        score, contributions, missing = self.session.run(self.output_names, {self.input_name: x})
+        return np.asarray(score), np.asarray(contributions), np.asarray(missing)
