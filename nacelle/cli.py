@@ -37,7 +37,7 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from nacelle.console import metrics_table
+    from nacelle.console import metrics_table, selection_table
     from nacelle.train_runner import run_training_job
 
     out = Path(args.out)
@@ -48,8 +48,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"training failed: {result.failure_reason} (log: {result.log_file})", file=sys.stderr)
         return 1
     evaluation = json.loads((out / "output" / "data" / "evaluation.json").read_text())
+    held_out = "5 blocked folds" if evaluation["data"]["mode"] == "folds" else "the test slice"
     print()
-    print(f"held-out slice of the training data ({evaluation['data']['labels']} faults):")
+    print(f"candidates on the validation faults ({evaluation['selection']['candidates'][0]['validation_labels']}):")
+    print(selection_table(evaluation["selection"]))
+    print()
+    print(f"the chosen model on held-out data ({held_out}, {evaluation['data']['labels']} faults):")
     print(metrics_table(evaluation["candidate"]))
     print(f"model:  {result.model_archive}")
     print(f"report: {out / 'output' / 'data' / 'report.png'}")
@@ -57,10 +61,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from nacelle.eval_exports import STDOUT, episode_table, has_labels, output_format, point_table, write_table
     from training_jobs.evaluation import evaluate_model_on
 
-    print(json.dumps(evaluate_model_on(Path(args.model), Path(args.data)), indent=2))
+    if args.episodes == STDOUT and args.points == STDOUT:
+        raise NacelleError("only one of --episodes and --points can go to stdout ('-')")
+    data = Path(args.data)
+    metrics, scored, episodes, faults, detector = evaluate_model_on(Path(args.model), data)
+    if args.episodes:
+        write_table(episode_table(episodes), args.episodes, output_format(args.episodes, args.format))
+    if args.points:
+        labelled = faults if has_labels(data, detector.spec, faults) else None
+        write_table(point_table([(s.turbine_id, s.t) for s in scored], episodes, labelled), args.points,
+                    output_format(args.points, args.format))
+    # stdout stays parseable when an export goes there
+    print(json.dumps(metrics, indent=2), file=sys.stderr if STDOUT in (args.episodes, args.points) else sys.stdout)
     return 0
+
+
+def cmd_spec_check(args: argparse.Namespace) -> int:
+    from nacelle.spec_tools import check, render
+    from training_jobs.hyperparameters import Hyperparameters
+
+    result = check(Path(args.data), Path(args.spec), Hyperparameters.from_mapping(_parse_hp(args.hp)))
+    print(json.dumps(result.to_dict(), indent=2) if args.json else render(result))
+    return 0 if result.trainable else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -71,7 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nacelle.commands import add_stack_commands, cmd_data_put
+    from nacelle.commands import add_stack_commands, cmd_data_put, cmd_spec_put
 
     parser = argparse.ArgumentParser(prog="nacelle", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--data-dir", default=None,
@@ -105,10 +130,32 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--job-name", help="job name recorded in the lineage")
     tr.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("evaluate", help="score a model on a labelled data directory; prints JSON")
+    ev = sub.add_parser("evaluate", help="score a model on a data directory; prints the metrics JSON")
     ev.add_argument("--model", required=True, help="model.tar.gz or model directory")
-    ev.add_argument("--data", required=True, help="directory of sensor CSV files and labels.json")
+    ev.add_argument("--data", required=True, help="directory of sensor CSV files (labels.json optional)")
+    ev.add_argument("--episodes", metavar="OUT",
+                    help="write the episodes to OUT ('-': stdout, the metrics then go to stderr)")
+    ev.add_argument("--points", metavar="OUT", help="write per-sample decisions (flagged, and fault when "
+                                                    "labelled) to OUT ('-': stdout, the metrics then go to stderr)")
+    ev.add_argument("--format", choices=["csv", "json"],
+                    help="format of --episodes/--points (default: json for a .json name, else csv)")
     ev.set_defaults(func=cmd_evaluate)
+
+    spec = sub.add_parser("spec", parents=[common], help="check data against a feature spec; install a spec"
+                          ).add_subparsers(dest="spec_command", required=True, metavar="ACTION")
+    chk = spec.add_parser("check", parents=[common], help="validate data files and show what training would do "
+                                                          "(exit 0 trainable, 1 not)")
+    chk.add_argument("data", help="a data file or a directory of them (and labels.json)")
+    chk.add_argument("--spec", required=True, help="feature spec YAML/JSON")
+    chk.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE",
+                     help="hyperparameters, as for `nacelle train`")
+    chk.add_argument("--json", action="store_true", help="print JSON")
+    chk.set_defaults(func=cmd_spec_check)
+    sput = spec.add_parser("put", parents=[common], help="install a spec on the local stack as the group's "
+                                                         "only one (specs/<group>/<file name>)")
+    sput.add_argument("file", help="feature spec YAML/JSON (.yaml, .yml or .json)")
+    sput.add_argument("--group", help="model package group (default: the stack's, normally nacelle-turbine)")
+    sput.set_defaults(func=cmd_spec_put)
 
     demo = sub.add_parser("demo", help="the main job on the local stack (what `make run` runs)")
     demo.add_argument("--workdir", default=".nacelle/demo",

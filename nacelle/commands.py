@@ -64,6 +64,22 @@ def cmd_data_put(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- spec put ------------------------------------------------------------------------------------
+def cmd_spec_put(args: argparse.Namespace) -> int:
+    from nacelle.spec_tools import SpecFile, install_spec
+
+    spec_file = SpecFile.read(Path(args.file))  # refused before the stack is touched
+    stack = _stack(args)
+    installed = install_spec(stack.store, args.group or stack.settings.group, spec_file)
+    spec = spec_file.spec
+    state = "already installed (identical)" if installed.unchanged else "installed"
+    print(f"{state} {installed.key}: spec {spec.name!r} version {spec.version}, digest {spec.digest()} "
+          f"(file sha256 {spec_file.sha256})")
+    for key in installed.replaced:
+        print(f"removed {key}")
+    return 0
+
+
 # -- models --------------------------------------------------------------------------------------
 def _version_dict(v: Any, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     out = {"version": v.version, "status": v.status, "group": v.group, "model_data_key": v.model_data_key,

@@ -38,9 +38,21 @@ def metrics_table(metrics: dict[str, Any]) -> str:
         lines.append(f"event precision {fmt(event['precision'])}  recall {fmt(event['recall'])}  "
                      f"F1 {fmt(event['f1'])}  mean detection delay {fmt(event['mean_delay_s'], 1)} s")
         point = metrics.get("point") or {}
+        far, mar = point.get("far"), point.get("mar")
         lines.append(f"point-wise precision {fmt(point.get('precision'))}  recall {fmt(point.get('recall'))}  "
-                     f"F1 {fmt(point.get('f1'))}")
+                     f"F1 {fmt(point.get('f1'))}  false-alarm rate {fmt(None if far is None else 100 * far, 1)} %  "
+                     f"missed-alarm rate {fmt(None if mar is None else 100 * mar, 1)} %")
     else:
         lines.append("no labelled fault episodes: event and point metrics are not defined")
     lines.append(f"false alarms per turbine-day {fmt(metrics.get('false_alarms_per_turbine_day'), 2)}")
     return "\n".join(lines)
+
+
+def selection_table(selection: dict[str, Any]) -> str:
+    """The candidate families' validation figures and the choice (evaluation.json's "selection")."""
+    rows = [[c["family"] + (" (chosen)" if c["family"] == selection["chosen"] else ""),
+             c["validation"].get("event_f1"), c["validation"].get("point_f1"),
+             c["validation"].get("false_alarms_per_turbine_day"), c["calibration"]["threshold"]]
+            for c in selection["candidates"]]
+    return "\n".join([table(["family", "event F1", "point F1", "false alarms/day", "threshold"], rows),
+                      f"chosen: {selection['reason']}"])

@@ -17,7 +17,10 @@ import numpy as np
 
 from shared.ml.edge_bundle import verify
 from shared.ml.features import compute_features, make_windows, window_starts
-from shared.ml.metrics import DETECTION_TOLERANCE_S, Fault
+from shared.ml.metrics import Fault
+from shared.ml.spec import default_spec
+
+DETECTION_TOLERANCE_S = default_spec().evaluation.detection_tolerance_s  # the mission's turbines run the default spec
 
 SIGNALS = ("wind_speed_rps", "rps", "voltage")  # raw columns plotted when present
 
@@ -93,12 +96,13 @@ SUMMARY_HEADERS = ["turbine", "model", "faults injected", "detected", "mean dela
 
 
 def score_samples(samples: list[dict[str, Any]], bundle_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(window end times, max score/threshold ratio over features) of the bundle on these samples."""
+    """(window end times, score / threshold) of the bundle on these samples."""
     import onnxruntime as ort
 
     manifest = verify(bundle_dir)
     spec = manifest.bundle.spec
-    if len(samples) < spec.windows.length:
+    total = spec.geometry.length
+    if len(samples) < total:
         return np.zeros(0), np.zeros(0)
     t = np.array([s["ts"] for s in samples], dtype=np.float64)
     raw = {c: np.array([np.nan if s.get(c) is None else s[c] for s in samples], dtype=np.float64)
@@ -107,15 +111,14 @@ def score_samples(samples: list[dict[str, Any]], bundle_dir: Path) -> tuple[np.n
     starts = window_starts(t, spec)
     if len(starts) == 0:
         return np.zeros(0), np.zeros(0)
-    x = make_windows(features, starts, spec.windows.length).astype(np.float32)
+    x = make_windows(features, starts, spec.geometry.offsets())
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(os.fspath(bundle_dir / manifest.model_file), options,
                                    providers=["CPUExecutionProvider"])
-    errors = np.concatenate([session.run(None, {manifest.input_name: x[i:i + 4096]})[0]
+    scores = np.concatenate([session.run(["score"], {manifest.input_name: x[i:i + 4096]})[0]
                              for i in range(0, len(x), 4096)])
-    ratio = errors / np.maximum(manifest.bundle.thresholds.astype(np.float64), 1e-12)
-    return t[starts + spec.windows.length - 1], np.nanmax(ratio, axis=1)
+    return t[starts + total - 1], scores.astype(np.float64) / manifest.bundle.threshold
 
 
 def plot_timeline(tl: TurbineTimeline, scores: tuple[np.ndarray, np.ndarray], path: Path) -> Path:
@@ -134,7 +137,7 @@ def plot_timeline(tl: TurbineTimeline, scores: tuple[np.ndarray, np.ndarray], pa
         ax.set_ylabel(column, fontsize=8)
     score_ax = axes[-1]
     if len(scores[0]):
-        score_ax.plot(scores[0] - t0, scores[1], lw=0.7, color="black", label="max score / threshold")
+        score_ax.plot(scores[0] - t0, scores[1], lw=0.7, color="black", label="score / threshold")
     score_ax.axhline(1.0, color="grey", ls="--", lw=0.7)
     score_ax.set_ylabel("score / threshold", fontsize=8)
     end = ts[-1] if len(ts) else 0.0

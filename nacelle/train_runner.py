@@ -35,6 +35,7 @@ def run_training_job(job_dir: Path, job_name: str, channels: Mapping[str, Path],
                      echo: Callable[[str], None] | None = print,
                      extra_env: Mapping[str, str] | None = None) -> JobResult:
     """Train in `job_dir` exactly as SageMaker would run `python -m training_jobs.train`."""
+    job_dir = Path(job_dir).resolve()  # the job runs with its directory as cwd: no path may stay relative
     job_dir.mkdir(parents=True, exist_ok=True)
     channels = {name: Path(path).resolve() for name, path in channels.items()}
     if spec_file is not None:
