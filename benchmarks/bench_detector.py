@@ -57,10 +57,11 @@ class TorchModel:
     def __getattr__(self, name: str) -> object:
         return getattr(self.edge, name)
 
-    def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with torch.no_grad():
-            errors, missing = self.scoring(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)))
-        return errors.numpy(), missing.numpy()
+            outputs = self.scoring(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)))
+        score, contributions, missing = (o.numpy() for o in outputs)
+        return score, contributions, missing
 
 
 @dataclass
@@ -100,7 +101,7 @@ def measure(edge: EdgeModel, scoring: torch.nn.Module, data: Path, batch: int) -
     payloads = messages(data, edge, batch)
     (series,) = load_dataset([data], edge.spec)
     x = series_windows(series, edge.spec).x
-    per_call = max(1, batch // edge.spec.windows.stride)  # windows one message completes, steady state
+    per_call = max(1, batch // edge.spec.geometry.stride)  # windows one message completes, steady state
     torch_model = cast(EdgeModel, TorchModel(edge, scoring))  # duck-typed: the same surface
     runs: dict[str, list[PathCost]] = {"full": [], "torch": [], "bare": []}
     for _ in range(REPEATS):
@@ -126,13 +127,13 @@ def main() -> int:
         root = Path(tmp)
         generate_dataset(root / "data", 1, 1.0, "default", 11)
         job = run_training_job(root / "job", "bench-detector", {"train": root / "data"},
-                               {"epochs": "5", "threads": "1"}, echo=None)
+                               {"epochs": "5", "threads": "1", "families": "conv1d"}, echo=None)
         if job.model_archive is None:
             print(f"training failed: {job.failure_reason}", file=sys.stderr)
             return 1
         compile_bundle(job.model_archive, root / "bundle", None, 1, warmup=5, runs=20)
         edge = EdgeModel.load(root / "bundle")
-        scoring = load_model(job.model_archive).scoring
+        scoring = load_model(job.model_archive).scorer
         figures = {batch: measure(edge, scoring, root / "data", batch) for batch in BATCHES}
 
     for batch, fig in figures.items():

@@ -27,7 +27,7 @@ from nacelle.local.stack import Stack
 from nacelle.local.up import background_stack, wait_for
 from nacelle.simulator.generate import generate_dataset
 from nacelle.train_runner import run_training_job
-from shared.ml.bundle import MANIFEST_FILE, read_tar_documents
+from shared.ml.bundle import MANIFEST_FILE, input_shape, read_tar_documents
 from shared.usecases.state_keys import group_pk
 
 DEVICES = 10
@@ -49,10 +49,10 @@ def _train(root: Path) -> bytes:
 def _metadata(archive: bytes, token: str) -> dict[str, str]:
     """What training_completed registers (shared/usecases/registration.py) and compile/rollout read."""
     manifest = read_tar_documents(archive, (MANIFEST_FILE,))[MANIFEST_FILE]
-    arch, lineage = manifest.get("architecture", {}), manifest.get("lineage", {})
+    lineage = manifest.get("lineage", {})
     return {"nacelle:job": token, "nacelle:gate": "passed",
             "nacelle:dataset_hash": str(lineage.get("dataset_hash") or "-"),
-            "nacelle:input_shape": f"1 {arch.get('n_features', 0)} {arch.get('length', 0)}"}
+            "nacelle:input_shape": " ".join(map(str, input_shape(manifest)))}
 
 
 def _serving(stack: Stack, thing: str, version: int) -> bool:

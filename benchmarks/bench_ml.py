@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train_seconds={train_seconds:.1f}", flush=True)
 
         generate_dataset(root / "heldout", 5, 6, "default", 8)
-        held = evaluate_model_on(result.model_archive, root / "heldout")
+        held = evaluate_model_on(result.model_archive, root / "heldout")[0]
         event = held["event"]
         severities = event["per_severity"]
         mh = [severities[s] for s in ("medium", "high") if s in severities]
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"recall_{fault}={g['recall']:.3f}")
 
         generate_dataset(root / "normal", 3, 8, "none", 9)
-        normal = evaluate_model_on(result.model_archive, root / "normal")
+        normal = evaluate_model_on(result.model_archive, root / "normal")[0]
         print(f"false_alarms_per_turbine_day={normal['false_alarms_per_turbine_day']:.2f}", flush=True)
     return 0
 
