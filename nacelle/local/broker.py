@@ -2,7 +2,8 @@
 
 Everything lives under `<home>/broker/`: `mosquitto.conf`, `acl`, `port` (kept across restarts while free),
 `data/` (persistence: the cloud subscriber's session and its queued QoS1 messages survive a restart),
-`mosquitto.log` and `mosquitto.stderr` (start-up errors printed before the log file is opened).
+`mosquitto.log`, `mosquitto.stderr` (start-up errors printed before the log file is opened) and `pid` (a
+broker left running by a stack killed with SIGKILL is stopped by the next start).
 
 Access control (identity = certificate CN, through `use_identity_as_username`):
 * every device: readwrite `turbines/<its CN>/#` only;
@@ -85,6 +86,7 @@ class Broker:
         self.data_dir = self.dir / "data"
         self.log_path = self.dir / "mosquitto.log"
         self.stderr_path = self.dir / "mosquitto.stderr"
+        self.pid_path = self.dir / "pid"
         self._proc: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
 
@@ -165,10 +167,12 @@ class Broker:
         exe = find_mosquitto()
         if exe is None:
             raise BrokerError(INSTALL_HINT)
+        self._stop_orphan()
         conf = self.write_config()
         with self.stderr_path.open("wb") as err:
             self._proc = subprocess.Popen([str(exe), "-c", str(conf)], stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        self.pid_path.write_text(f"{self._proc.pid}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -193,6 +197,34 @@ class Broker:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+        with contextlib.suppress(OSError):
+            self.pid_path.unlink()
+
+    def _orphan_pid(self) -> int | None:
+        """The pid of a broker a killed stack left running on this home (its command line names our
+        config file; Linux /proc), else None."""
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(self.pid_path.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if str(self.conf_path).encode() in cmdline:
+                return pid
+        return None
+
+    def _stop_orphan(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """A stack killed with SIGKILL leaves its broker (its own session) holding the port and the
+        persistence store: stop it like our own (SIGTERM, then SIGKILL) before starting anew."""
+        pid = self._orphan_pid()
+        if pid is None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and self._orphan_pid() == pid:
+                time.sleep(0.02)
+            if self._orphan_pid() != pid:
+                return
+        raise BrokerError(f"the broker left by an earlier stack (pid {pid}) does not stop")
 
     def restart(self) -> Broker:
         self.stop()

@@ -304,3 +304,38 @@ def test_a_remembered_port_is_replaced_when_taken(tmp_path: Path) -> None:
         squatter.listen()
         b.write_config()
         assert b.port != first
+
+
+def test_a_broker_left_by_a_killed_stack_is_stopped_by_the_next_start(tmp_path: Path) -> None:
+    pki = LocalPki(tmp_path / "pki")
+    first = Broker(tmp_path, pki).start()
+    orphan, port = first._proc, first.port
+    assert orphan is not None
+    first._proc = None  # its owner died with SIGKILL: nobody will stop it
+    second = Broker(tmp_path, pki)
+    try:
+        second.start()
+        assert orphan.wait(timeout=10) == 0  # SIGTERM: it saved its persistence store and left
+        assert second.port == port and second.running  # the port it held is ours again
+    finally:
+        second.stop()
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
+    assert not (tmp_path / "broker" / "pid").exists()
+
+
+def test_a_pid_file_naming_another_process_is_left_alone(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "broker").mkdir()
+        (tmp_path / "broker" / "pid").write_text(f"{other.pid}\n")  # a stale pid, reused by another program
+        b = Broker(tmp_path, LocalPki(tmp_path / "pki"))
+        with b:
+            assert b.running and other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
