@@ -1,4 +1,4 @@
-"""Alert latency (issue 7 §5): from the sensor message holding the sample that opens an episode to the notifier's
+"""Alert latency: from the sensor message holding the sample that opens an episode to the notifier's
 delivery of that episode's alert, over at least 100 episodes. Goal: p99 <= 250 ms.
 
 The real path, in one process: sensor messages over MQTT 5 + mutual TLS to mosquitto -> DetectorApp (MQTT

@@ -1,4 +1,4 @@
-"""Local-stack latencies of the chain: `drop_to_pending_seconds` (issue 3), `approve_to_bundle_seconds` (issue 4).
+"""Local-stack latencies of the chain: `drop_to_pending_seconds`, `approve_to_bundle_seconds`.
 
 Generates the default dataset (`nacelle data generate` defaults: 3 turbines x 1 h, default faults),
 starts the local stack with its default settings (15 s quiet period included), drops the data and

@@ -1,4 +1,4 @@
-"""Per-window cost of the detector (issue 5), in one run on the same model and data, one core.
+"""Per-window cost of the detector, in one run on the same model and data, one core.
 
 Three paths over the same windows of the same model:
 

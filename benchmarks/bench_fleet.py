@@ -1,4 +1,4 @@
-"""Local-stack rollout latency: `approve_to_fleet_seconds` (issue 6 §4), with 10 simulated core devices.
+"""Local-stack rollout latency: `approve_to_fleet_seconds`, with 10 simulated core devices.
 
 Trains one small model through the real SageMaker-contract job (as the tests' session fixture does; not timed),
 starts the local stack with 10 devices (turbine-01 canary, the rest fleet; mosquitto mTLS, the real detector), and

@@ -1,4 +1,4 @@
-"""ML core acceptance figures (issue 2), on freshly generated data, one run:
+"""ML core figures on the 20 Hz simulator, on freshly generated data, one run:
 
 - train_seconds: `nacelle train` on 3 turbines x 2 h (seed 7), wall time, goal <= 60 s on 2 cores;
 - event_f1, recall_medium_high: held-out 5 turbines x 6 h with the default faults (seed 8),

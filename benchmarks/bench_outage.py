@@ -1,4 +1,4 @@
-"""Broker outage (issue 5 §2): two turbines' detectors on the real mosquitto broker (mutual TLS), a fault on
+"""Broker outage: two turbines' detectors on the real mosquitto broker (mutual TLS), a fault on
 one of them, the broker stopped for 30 s while episodes are being produced, then restarted.
 
 Figures at the cloud subscriber (persistent session, `turbines/#`): outage_lost, outage_duplicated,

@@ -107,7 +107,7 @@ class ProcessingJobStateChange(EventBridgeModel):
     detail: ProcessingJobDetail
 
 
-# -- issue 6: rollout (Greengrass deployment status, device health, the rollout watchdog) ---------------
+# -- rollout (Greengrass deployment status, device health, the rollout watchdog) ---------------
 GREENGRASS_SOURCE = "aws.greengrass"
 DEPLOYMENT_STATUS_CHANGE = "Greengrass V2 Effective Deployment Status Change"
 ROLLOUT_CHECK = "Nacelle Rollout Check"

@@ -183,7 +183,7 @@ class NeoCompiler(Protocol):
     def start(self, request: NeoRequest) -> None: ...  # JobAlreadyExists when the name is taken
 
 
-# -- Greengrass v2 (issue 6): component store, deployments, thing groups --------------------------
+# -- Greengrass v2: component store, deployments, thing groups --------------------------
 DeploymentStatus = Literal["ACTIVE", "COMPLETED", "CANCELED", "FAILED", "INACTIVE"]
 # A core device's execution of a deployment (ListEffectiveDeployments' coreDeviceExecutionStatus).
 ExecutionStatus = Literal["IN_PROGRESS", "QUEUED", "FAILED", "COMPLETED", "TIMED_OUT", "CANCELED", "REJECTED",

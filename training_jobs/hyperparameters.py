@@ -22,7 +22,7 @@ class Hyperparameters:
     dropout: float = 0.0
     epochs: int = 0  # 0: enough for about train_steps updates (10..200)
     batch_size: int = 0  # 0: windows / 8 (16..256)
-    train_steps: int = 6000
+    train_steps: int = 3000
     learning_rate: float = 3e-3
     patience: int = 0  # epochs without validation improvement before stopping; 0: a twentieth of the epochs (>= 5)
     pca_variance: float = 0.7  # share of the standardised windows' variance the components keep

@@ -1,7 +1,7 @@
 """Labelled fault episodes: the fault library, the default schedule and their effects on a block.
 
 A severity scales an effect to k = 1, 2 or 4 times the affected feature's normal standard deviation
-(the seed's raw std, seed-spec §1.3; radians for roll/pitch/yaw). Effects act on the physical signals
+(the seed's raw std; radians for roll/pitch/yaw). Effects act on the physical signals
 before quantisation and draw from their own random streams, so the normal signal is unchanged.
 """
 

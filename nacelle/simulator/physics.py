@@ -1,4 +1,4 @@
-"""Normal operation of one mini wind turbine (units of seed-spec §1.1): a stateful, chunked stepper.
+"""Normal operation of one mini wind turbine (the seed data's units): a stateful, chunked stepper.
 
 Randomness is drawn in fixed 10 s blocks aligned to the series start, so `step()` returns the same
 samples however a series is chunked. Continuous physics (wind, rotor, temperatures) runs on a 0.1 s grid

@@ -2,7 +2,7 @@
 
 Pure numpy, row-wise and window-local: a window's features depend only on the samples inside it,
 so a training-length series and the detector's ring buffer give bit-identical windows (no
-series-length-dependent step such as the seed's whole-column wavelet denoising, seed-spec §7.2.4).
+series-length-dependent step such as the seed's whole-column wavelet denoising).
 Normalisation and the per-feature error live in the model graph, not here.
 """
 
@@ -19,7 +19,7 @@ from shared.ml.spec import FeatureSpec
 
 def quaternion_to_euler(w: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Roll, pitch, yaw in radians (ZYX convention, seed-spec §1.2 step 1)."""
+    """Roll, pitch, yaw in radians (ZYX convention, as the seed)."""
     roll = np.arctan2(2.0 * (w * x + y * z), 1.0 - 2.0 * (x * x + y * y))
     pitch = np.arcsin(np.clip(2.0 * (w * y - z * x), -1.0, 1.0))
     yaw = np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))

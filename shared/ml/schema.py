@@ -1,4 +1,4 @@
-"""The raw mini-turbine CSV schema (seed-spec §1.1), with the real units.
+"""The raw mini-turbine CSV schema, with the real units.
 
 The order is fixed: the seed's simulator addresses columns by index.
 """
@@ -33,8 +33,8 @@ RAW_COLUMNS: tuple[str, ...] = (
 
 STRING_COLUMNS: frozenset[str] = frozenset({"nanoId", "turbineId", "eventTime"})
 
-# Seed statistics of the six default features (seed-spec §1.3), order as DEFAULT_FEATURES.
+# Seed statistics of the six default features , order as DEFAULT_FEATURES.
 DEFAULT_FEATURES: tuple[str, ...] = ("roll", "pitch", "yaw", "wind_speed_rps", "rps", "voltage")
 SEED_RAW_STD: tuple[float, ...] = (0.0164209, 0.0163350, 1.80995, 0.390587, 0.619846, 26.3817)
-# Raw means estimated in seed-spec §1.3 (denoised mean + the DC shrinkage of the seed's wavelet step).
+# Raw means estimated from the seed data (denoised mean + the DC shrinkage of the seed's wavelet step).
 SEED_RAW_MEAN_ESTIMATE: dict[str, float] = {"wind_speed_rps": 2.54, "rps": 2.23, "voltage": 74.2}

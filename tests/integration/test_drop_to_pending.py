@@ -1,4 +1,4 @@
-"""Acceptance of issue 3 on the local stack: drop data -> a model waits for approval, by itself."""
+"""On the local stack: drop data -> a model waits for approval, by itself."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_dropped_dataset_becomes_a_pending_model_with_metrics(tmp_path, small_da
         # putting the same data again changes nothing: identical content is a no-op
         assert main(["--data-dir", str(home), "data", "put", str(small_dataset)]) == 0
 
-        # issue 4: approving leads, with no other command, to a verified edge bundle
+        # approving leads, with no other command, to a verified edge bundle
         assert main(["--data-dir", str(home), "models", "approve", "1", "--reason", "test"]) == 0
         prefix = f"compiled/{GROUP}/1/"
         wait_for(lambda: stack.store.exists(prefix + "manifest.json"), 120, "the compiled bundle's manifest")
@@ -115,19 +115,10 @@ def test_sigkill_during_training_loses_nothing_and_the_job_can_be_retried(tmp_pa
         second.wait(timeout=30)
 
 
-SLOW_SPEC = """spec_version: 2
-name: slow-plant
-time_column: time
-time_format: epoch_s
-columns: [time, flow, pressure, coolant]
-features: [flow, pressure, coolant]
-sampling: {rate_hz: 0.1}
-"""
-
-
 def test_a_10_second_csv_with_its_own_spec_trains_and_is_judged_with_reasons(tmp_path):
     """An operator's own data: 3 sensors every 10 s, installed with `spec put`, dropped with `data put`,
     judged by the default gate: non-zero metrics and either a pending version or reasons a person reads."""
+    from tests.unit.test_training_small import SPEC as SLOW_SPEC
     from tests.unit.test_training_small import write_plant
 
     home = tmp_path / "home"

@@ -1,4 +1,4 @@
-"""Issue 6 §4 end to end on the real local stack: mosquitto with mutual TLS, the IoT rule engine, two simulated core
+"""Rollout end to end on the real local stack: mosquitto with mutual TLS, the IoT rule engine, two simulated core
 devices (turbine-01 canary, turbine-02 fleet) running the real detector, and the rollout use cases on the bus.
 
 One stack for the module; the tests run in file order and build on each other: v1 rolls out to both devices (a),

@@ -1,4 +1,4 @@
-"""The mission end to end on the local stack (issue 7 §5): data drop -> pending model -> approval -> rollout to
+"""The mission end to end on the local stack: data drop -> pending model -> approval -> rollout to
 2 simulated turbines -> a fault injected in turbine-01 -> alert, resolution -> operator ack -> label.
 
 Everything real: mosquitto with mutual TLS, the IoT rule engine, the nucleus processes installing the detector

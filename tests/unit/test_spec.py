@@ -18,8 +18,8 @@ from shared.ml.spec import (
     parse_spec_text,
 )
 
-# The share of `within_s` in alarm that opens an episode is still being tuned (docs/data.md says 0.8):
-# the defaults below follow the constant, so with 0.8 the rule is 16 of 20.
+# The share of `within_s` in alarm that opens an episode (0.6: 12 of the 20 windows of the default
+# horizon); docs/data.md's table is checked against the code in test_data_doc.
 DEFAULT_K = math.ceil(OPEN_FRACTION * 20 - 1e-9)
 
 

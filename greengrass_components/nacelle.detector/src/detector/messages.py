@@ -1,4 +1,4 @@
-"""Versioned message schemas of the detector's topics (ARCHITECTURE.md §4).
+"""Versioned message schemas of the detector's topics.
 
 Incoming `turbines/{id}/sensors` (schema v1), a batch::
 
