@@ -28,7 +28,7 @@ def main() -> int:
         generate_dataset(root / "data", 3, 1.0, "default", 0)
         with background_stack(root / "home") as stack:
             started = time.perf_counter()
-            for path, key in upload_keys([root / "data"]):
+            for path, key in upload_keys([root / "data"]).files:
                 stack.store.put_if_absent(key, path.read_bytes())
             version = wait_for(lambda: (stack.registry.list(stack.settings.group) or [None])[-1], 300,
                                "a registered model version")

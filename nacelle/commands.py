@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,35 +35,69 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 # -- data put ------------------------------------------------------------------------------------
-def upload_keys(paths: list[Path]) -> list[tuple[Path, str]]:
-    """(file, key): raw/<path relative to the argument's parent>; labels.json files go to labels/."""
-    out = []
+@dataclass
+class UploadPlan:
+    files: list[tuple[Path, str]] = field(default_factory=list)  # (file, key)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (printable path, reason)
+
+
+def upload_keys(paths: list[Path]) -> UploadPlan:
+    """(file, key): raw/<path relative to the argument's parent>; labels.json files go to labels/.
+    Entries that cannot become objects (symbolic links, names that are not valid UTF-8 or hold a
+    backslash, a control character or a '..' segment) are refused one by one; links are never followed."""
+    from nacelle.local.s3events import key_name_problem
+
+    plan = UploadPlan()
     for arg in paths:
         if not arg.exists():
             raise NacelleError(f"{arg}: no such file or directory")
-        base = arg.resolve().parent
-        files = sorted(p for p in arg.resolve().rglob("*") if p.is_file()) if arg.is_dir() else [arg.resolve()]
-        for f in files:
+        root = arg.resolve()
+        base = root.parent
+        if root.is_dir():
+            entries: list[Path] = []
+            for directory, dirnames, filenames in os.walk(root):  # does not follow directory links
+                dirnames.sort()
+                for name in sorted(dirnames):
+                    if Path(directory, name).is_symlink():
+                        plan.refused.append((repr(str(Path(directory, name))), "a symbolic link (not followed)"))
+                entries += [Path(directory, name) for name in sorted(filenames)]
+        else:
+            entries = [root]
+        for f in entries:
             rel = f.relative_to(base).as_posix()
-            out.append((f, f"labels/{rel}" if f.name == "labels.json" else f"raw/{rel}"))
-    return out
+            key = f"labels/{rel}" if f.name == "labels.json" else f"raw/{rel}"
+            problem = ("a symbolic link (not followed)" if f.is_symlink()
+                       else None if f.is_file() else "not a regular file") or key_name_problem(key)
+            if problem:
+                plan.refused.append((repr(str(f)), problem))
+            else:
+                plan.files.append((f, key))
+    return plan
 
 
 def cmd_data_put(args: argparse.Namespace) -> int:
     stack = _stack(args)
-    uploaded = skipped = 0
-    for path, key in upload_keys([Path(p) for p in args.paths]):
+    stack.store.inner.sweep_temp_files("raw/")  # what a killed put left half-written
+    plan = upload_keys([Path(p) for p in args.paths])
+    uploaded = skipped = announced = 0
+    for path, key in plan.files:
         data = path.read_bytes()
         if stack.store.put_if_absent(key, data):
             uploaded += 1
             print(f"uploaded {key}")
         elif stack.store.get(key) == data:
             skipped += 1
+            if stack.store.announce_if_unannounced(key):  # stored by a put killed before its event
+                announced += 1
+                print(f"announced {key} (stored earlier, its event had not gone out)")
         else:
             raise Conflict(f"{key} already exists with different content; raw data is immutable "
                            f"(upload it under another name)")
-    print(f"{uploaded} uploaded, {skipped} already present (identical)")
-    return 0
+    for name, reason in plan.refused:
+        print(f"refused {name}: {reason}", file=sys.stderr)
+    print(f"{uploaded} uploaded, {skipped} already present (identical; {announced} of them announced now), "
+          f"{len(plan.refused)} refused")
+    return 1 if plan.refused else 0
 
 
 # -- spec put ------------------------------------------------------------------------------------

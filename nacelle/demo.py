@@ -122,7 +122,7 @@ def _train_version(stack: Stack, step: Step, folder: Path, label: str, *, seed: 
          f"raw area (equivalent: nacelle data put {folder}); validation, training, gate, registration follow")
     generate_dataset(folder, turbines, hours, "default", seed, start)
     known = {v.version for v in stack.registry.list(stack.settings.group)}
-    for path, key in upload_keys([folder]):
+    for path, key in upload_keys([folder]).files:
         stack.store.put_if_absent(key, path.read_bytes())
     version = _follow_training(stack, known)
     step.done(f"v{version.version} is {version.status}: {_headline(version)}")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from shared.errors import AdapterError, ConfigurationError, Conflict, ObjectNotFound
@@ -12,6 +16,7 @@ from shared.ports import ObjectInfo
 
 # Temp files live next to their target (os.replace/os.link stay within one filesystem); keys may not use the prefix.
 _TMP_PREFIX = ".nacelle-tmp-"
+TEMP_MIN_AGE_S = 5.0  # sweep_temp_files leaves younger temp files alone
 
 
 def _key_problem(key: str) -> str | None:
@@ -69,30 +74,54 @@ class FsObjectStore:
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         path = self.path(key)
-        tmp = self._write_temp(key, path, data)
-        try:
-            tmp.replace(path)
-        except IsADirectoryError as e:
-            raise Conflict(f"cannot write {self.uri(key)}: the key is a prefix of other objects") from e
-        except OSError as e:
-            raise AdapterError(f"cannot write {path}: {e}") from e
-        finally:
-            tmp.unlink(missing_ok=True)
+        with self._temp(key, path, data) as tmp:
+            try:
+                tmp.replace(path)
+            except IsADirectoryError as e:
+                raise Conflict(f"cannot write {self.uri(key)}: the key is a prefix of other objects") from e
+            except OSError as e:
+                raise AdapterError(f"cannot write {path}: {e}") from e
 
     def put_if_absent(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> bool:
         path = self.path(key)
-        tmp = self._write_temp(key, path, data)
-        try:
-            os.link(tmp, path)  # fails with FileExistsError if the name exists: check-and-create in one step
-            return True
-        except FileExistsError as e:
-            if path.is_dir():
-                raise Conflict(f"cannot write {self.uri(key)}: the key is a prefix of other objects") from e
-            return False
-        except OSError as e:  # e.g. a filesystem without hard links
-            raise AdapterError(f"cannot write {path}: {e}") from e
-        finally:
-            tmp.unlink(missing_ok=True)
+        with self._temp(key, path, data) as tmp:
+            try:
+                os.link(tmp, path)  # fails with FileExistsError if the name exists: check-and-create in one step
+                return True
+            except FileExistsError as e:
+                if path.is_dir():
+                    raise Conflict(f"cannot write {self.uri(key)}: the key is a prefix of other objects") from e
+                return False
+            except OSError as e:  # e.g. a filesystem without hard links
+                raise AdapterError(f"cannot write {path}: {e}") from e
+
+    def sweep_temp_files(self, prefix: str = "", min_age_s: float = TEMP_MIN_AGE_S) -> list[Path]:
+        """Remove the temp files of writers that died (kill -9 mid-write) under the folder `prefix`: a live
+        writer holds a lock on its temp file until it is gone, a dead one's lock went with its process
+        (files younger than `min_age_s` are left: their writer may not have taken the lock yet)."""
+        removed = []
+        start = self.path(prefix.rstrip("/")) if prefix.strip("/") else self._base
+        now = time.time()
+        for directory, _dirnames, filenames in os.walk(start):
+            for name in filenames:
+                if not name.startswith(_TMP_PREFIX):
+                    continue
+                tmp = Path(directory, name)
+                try:
+                    fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+                except OSError:  # gone meanwhile, or not a plain file
+                    continue
+                try:
+                    if now - os.fstat(fd).st_mtime < min_age_s:
+                        continue
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a writer is at work
+                finally:
+                    os.close(fd)
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+        return removed
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -118,7 +147,9 @@ class FsObjectStore:
                 infos.append(ObjectInfo(key=key, size=len(data), etag=_etag(data)))
         return sorted(infos, key=lambda info: info.key)
 
-    def _write_temp(self, key: str, path: Path, data: bytes) -> Path:
+    @contextlib.contextmanager
+    def _temp(self, key: str, path: Path, data: bytes) -> Iterator[Path]:
+        """A finished temp file of `data` beside `path`, locked (sweep_temp_files) until it is removed."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as e:
@@ -126,10 +157,11 @@ class FsObjectStore:
         fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
         tmp = Path(name)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             os.fchmod(fd, 0o644)  # mkstemp makes 0600; objects are ordinary files
-            with os.fdopen(fd, "wb") as f:
+            with open(fd, "wb", closefd=False) as f:
                 f.write(data)
-        except BaseException:
+            yield tmp
+        finally:
             tmp.unlink(missing_ok=True)
-            raise
-        return tmp
+            os.close(fd)

@@ -3,10 +3,15 @@
 Every object written through `EventingObjectStore` produces an `Object Created` event (as S3 does
 with EventBridge notifications on). `RawWatcher` also picks up files copied straight into the raw
 folder, once their size and mtime have been stable for a moment (so half-copied files wait).
+
+An object is marked announced only after its event is on the durable bus (an outbox): a writer
+killed in between leaves it unmarked, and the watcher, or the next `data put` of the same file,
+announces it. Consumers are idempotent, so the rare double announcement is harmless.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -14,9 +19,27 @@ from pathlib import Path
 from typing import Any
 
 from nacelle.local.awsevents import object_created
+from shared.errors import NacelleError
+from shared.observability import logger
 from shared.ports import ObjectInfo
 
 Publish = Callable[[dict[str, Any]], object]
+
+
+def key_name_problem(key: str) -> str | None:
+    """Why `key` cannot name an object here (not valid UTF-8, a backslash, a control character, an
+    empty, '.' or '..' segment), else None."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the name is not valid UTF-8"
+    if "\\" in key:
+        return "the name contains a backslash"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        return "the name contains a control character"
+    if any(segment in ("", ".", "..") for segment in key.split("/")):
+        return "the name has an empty, '.' or '..' segment"
+    return None
 
 
 class NotifiedKeys:
@@ -38,6 +61,14 @@ class NotifiedKeys:
         finally:
             db.close()
 
+    def get(self, key: str) -> tuple[int, int] | None:
+        db = self._db()
+        try:
+            row = db.execute("SELECT size, mtime_ns FROM notified WHERE key = ?", (key,)).fetchone()
+            return None if row is None else (int(row[0]), int(row[1]))
+        finally:
+            db.close()
+
     def seen(self) -> dict[str, tuple[int, int]]:
         db = self._db()
         try:
@@ -56,12 +87,17 @@ class EventingObjectStore:
         self._notified = notified
 
     def _announce(self, key: str, data: bytes) -> None:
-        import hashlib
-
-        path = self.inner.path(key)
-        stat = path.stat()
-        self._notified.mark(key, stat.st_size, stat.st_mtime_ns)
+        stat = self.inner.path(key).stat()
         self._publish(object_created(self.bucket, key, len(data), hashlib.md5(data).hexdigest()))
+        self._notified.mark(key, stat.st_size, stat.st_mtime_ns)  # only once the event is durable
+
+    def announce_if_unannounced(self, key: str) -> bool:
+        """Announce an object stored earlier whose event never went out (its writer was killed); True if so."""
+        stat = self.inner.path(key).stat()
+        if self._notified.get(key) == (stat.st_size, stat.st_mtime_ns):
+            return False
+        self._announce(key, self.get(key))
+        return True
 
     def get(self, key: str) -> bytes:
         return bytes(self.inner.get(key))
@@ -93,36 +129,66 @@ class RawWatcher:
     """Scans the raw folder for files that arrived without going through the store."""
 
     def __init__(self, bucket_dir: Path, bucket: str, publish: Publish, notified: NotifiedKeys,
-                 interval_s: float = 1.0) -> None:
-        self.bucket_dir, self.bucket = bucket_dir, bucket
+                 interval_s: float = 1.0, sweep: Callable[[], object] | None = None) -> None:
+        self.bucket_dir, self.bucket, self._sweep = bucket_dir, bucket, sweep
         self._publish, self._notified, self.interval_s = publish, notified, interval_s
         self._pending: dict[str, tuple[int, int]] = {}
+        self._reported: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def scan(self) -> list[str]:
-        """One pass; returns the keys announced. A file is announced once its stat is stable."""
+        """One pass; returns the keys announced. A file is announced once its stat is stable; an entry
+        that cannot become an object (its name, a link) is reported once and skipped."""
         raw = self.bucket_dir / "raw"
         if not raw.is_dir():
             return []
+        if self._sweep is not None:
+            try:
+                self._sweep()  # temp files of writers killed mid-write
+            except (OSError, NacelleError) as e:
+                logger.warning("raw folder sweep failed", extra={"error": str(e)})
         seen = self._notified.seen()
         announced = []
         for path in sorted(raw.rglob("*")):
-            if not path.is_file() or path.name.startswith(".") or path.name.endswith(".tmp"):
-                continue
-            key = path.relative_to(self.bucket_dir).as_posix()
-            stat = path.stat()
-            current = (stat.st_size, stat.st_mtime_ns)
-            if seen.get(key) == current:
-                continue
-            if self._pending.get(key) != current:
-                self._pending[key] = current  # first sight: wait one interval for the copy to finish
-                continue
-            del self._pending[key]
-            self._notified.mark(key, *current)
-            self._publish(object_created(self.bucket, key, stat.st_size, "", reason="CopyObject"))
-            announced.append(key)
+            try:
+                key = self._key(path)
+                if key is None:
+                    continue
+                stat = path.stat()
+                current = (stat.st_size, stat.st_mtime_ns)
+                if seen.get(key) == current:
+                    continue
+                if self._pending.get(key) != current:
+                    self._pending[key] = current  # first sight: wait one interval for the copy to finish
+                    continue
+                del self._pending[key]
+                self._publish(object_created(self.bucket, key, stat.st_size, "", reason="CopyObject"))
+                self._notified.mark(key, *current)  # only once the event is durable
+                announced.append(key)
+            except (OSError, NacelleError) as e:  # one bad entry never stops the watcher
+                self._report(path, str(e))
         return announced
+
+    def _key(self, path: Path) -> str | None:
+        """The object key of a file in the raw folder; None for what is not an object (folders, hidden
+        and temp files) or cannot be one (reported once)."""
+        if path.is_symlink():
+            self._report(path, "a symbolic link; copy the file itself")
+            return None
+        if not path.is_file() or path.name.startswith(".") or path.name.endswith(".tmp"):
+            return None
+        key = path.relative_to(self.bucket_dir).as_posix()
+        if problem := key_name_problem(key):
+            self._report(path, problem)
+            return None
+        return key
+
+    def _report(self, path: Path, reason: str) -> None:
+        name = repr(str(path))
+        if name not in self._reported:
+            self._reported.add(name)
+            logger.warning("raw folder entry skipped", extra={"path": name, "reason": reason})
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="raw-watcher", daemon=True)
@@ -130,7 +196,10 @@ class RawWatcher:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.scan()
+            try:
+                self.scan()
+            except Exception:  # e.g. the bus briefly locked: the next pass retries, the thread lives on
+                logger.exception("raw folder scan failed")
 
     def stop(self) -> None:
         self._stop.set()

@@ -37,7 +37,10 @@ def run_up(home: Path, stop: threading.Event | None = None,
         for job in stack.recover_orphans():
             print(f"job {job} was orphaned by a stopped stack: killed and reported Failed", flush=True)
         dispatcher = Dispatcher(stack.bus, stack.targets())
-        watcher = RawWatcher(stack.paths.bucket_dir, BUCKET, stack.bus.put, NotifiedKeys(home / "s3events.db"))
+        for tmp in stack.store.inner.sweep_temp_files():
+            print(f"removed {tmp}, left half-written by a killed writer", flush=True)
+        watcher = RawWatcher(stack.paths.bucket_dir, BUCKET, stack.bus.put, NotifiedKeys(home / "s3events.db"),
+                             sweep=lambda: stack.store.inner.sweep_temp_files("raw/"))
         previous = _install_signals(stop)
         dispatcher.start()
         watcher.start()

@@ -58,7 +58,7 @@ def test_data_drop_to_acknowledged_alert(tmp_path: Path, small_dataset: Path) ->
     marks: dict[str, float] = {}
     with running_stack(home, devices=2) as stack:
         # 1. data drop -> a model version waiting for approval, by itself
-        for path, key in upload_keys([small_dataset]):
+        for path, key in upload_keys([small_dataset]).files:
             stack.store.put_if_absent(key, path.read_bytes())
         (version,) = wait_for(lambda: stack.registry.list(GROUP), 120, "a registered model version")
         assert version.status == "PendingManualApproval"
