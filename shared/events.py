@@ -10,9 +10,9 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel, S3EventNotificationEventBridgeModel
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from shared.errors import ConfigurationError
+from shared.errors import ConfigurationError, DataError
 
 OBJECT_CREATED = "Object Created"
 RETRAIN_CHECK = "Nacelle Retrain Check"
@@ -68,7 +68,12 @@ def parse_event(event: dict[str, Any], models: dict[str, type[EventBridgeModel]]
     model = models.get(str(detail_type))
     if model is None:
         raise ConfigurationError(f"unexpected event detail-type {detail_type!r}; expected one of {sorted(models)}")
-    return model.model_validate(event)
+    try:
+        return model.model_validate(event)
+    except ValidationError as exc:
+        fields = "; ".join(".".join(str(p) for p in e["loc"]) + f": {e['msg']}" for e in exc.errors())
+        raise DataError(f"{detail_type} event {event.get('id')!r} does not match its documented shape: "
+                        f"{fields}") from exc
 
 
 def s3_key_from_uri(uri: str, bucket: str) -> str:
@@ -113,20 +118,43 @@ DEPLOYMENT_STATUS_CHANGE = "Greengrass V2 Effective Deployment Status Change"
 ROLLOUT_CHECK = "Nacelle Rollout Check"
 
 
+def _none_as_default(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
 class DeploymentStatusDetails(BaseModel):
+    """Null in success states, as AWS sends them."""
+
     model_config = ConfigDict(extra="allow")
 
     errorStack: list[str] = Field(default_factory=list)
     errorTypes: list[str] = Field(default_factory=list)
 
+    @field_validator("errorStack", "errorTypes", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return _none_as_default(value, [])
+
 
 class DeploymentStatusDetail(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """AWS's documentation spells the id `deploymentId` and, in an older version, `deployment-id`."""
 
-    deploymentId: str
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    deploymentId: str = Field(validation_alias=AliasChoices("deploymentId", "deployment-id"))
     coreDeviceExecutionStatus: str
     statusDetails: DeploymentStatusDetails = Field(default_factory=DeploymentStatusDetails)
     reason: str = ""
+
+    @field_validator("statusDetails", mode="before")
+    @classmethod
+    def _null_details(cls, value: Any) -> Any:
+        return _none_as_default(value, {})
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _null_reason(cls, value: Any) -> Any:
+        return _none_as_default(value, "")
 
 
 class GreengrassDeploymentStatusChange(EventBridgeModel):

@@ -43,7 +43,7 @@ def handle(event: dict[str, Any], deps: RolloutDeps) -> dict[str, Any]:
             d = parsed.detail
             correlate(deployment_id=d.deploymentId, thing_name=parsed.thing_name)
             outcome = on_deployment_status(d.deploymentId, parsed.thing_name, d.coreDeviceExecutionStatus, d.reason,
-                                           d.statusDetails.errorStack, deps)
+                                           d.statusDetails.errorStack, deps, event_time=parsed.time)
         else:
             assert isinstance(parsed, RolloutCheck)
             outcome = on_rollout_check(parsed.detail.group, parsed.detail.version, deps)

@@ -161,24 +161,41 @@ def schedule_check(version: int, deps: RolloutDeps) -> None:
 
 
 def on_deployment_status(deployment_id: str, thing: str, status: str, reason: str, error_stack: list[str],
-                         deps: RolloutDeps) -> Outcome:
-    _record_execution(deployment_id, thing, status, reason, error_stack, deps)
+                         deps: RolloutDeps, event_time: datetime | None = None) -> Outcome:
+    """One device's execution of a deployment. Events come duplicated and out of order: the rollout
+    is judged on the execution status recorded for the device (the latest by event time)."""
+    recorded = _record_execution(deployment_id, thing, status, reason, error_stack, deps, event_time)
     owner = deps.state.get(_pk(deps), DEPLOYMENT + deployment_id)
     if owner is None:
-        return Outcome("recorded", f"{thing}: {deployment_id} {status} (not a rollout deployment)")
+        return Outcome("recorded", f"{thing}: {deployment_id} {recorded} (not a rollout deployment)")
     correlate(model_version=owner["version"], deployment_id=deployment_id)
+    if recorded != status:
+        return Outcome("recorded", f"{thing}: {deployment_id} {status} is older than the {recorded} recorded")
     return _evaluate_execution(int(owner["version"]), str(owner["stage"]), deployment_id, thing, status, reason, deps)
 
 
 def _record_execution(deployment_id: str, thing: str, status: str, reason: str, error_stack: list[str],
-                      deps: RolloutDeps) -> None:
-    """A terminal status is final: a late IN_PROGRESS or a duplicate never replaces it."""
-    current = deps.state.get(device_pk(thing), DEPLOYMENT + deployment_id)
-    if current is not None and (current["status"] in TERMINAL_EXECUTION or current["status"] == status):
-        return
-    deps.state.put(device_pk(thing), DEPLOYMENT + deployment_id,
-                   {"deployment_id": deployment_id, "thing_name": thing, "status": status, "reason": reason,
-                    "error_stack": list(error_stack), "at": _now(deps)})
+                      deps: RolloutDeps, event_time: datetime | None) -> str:
+    """Record the status unless the device's record is newer (by event time) or final (a terminal
+    status is never replaced by a non-terminal one, nor by any status without a later event time);
+    returns the status recorded."""
+    at = event_time.timestamp() if event_time is not None else None
+    for _ in range(5):  # optimistic: retried when another delivery wrote in between
+        current = deps.state.get(device_pk(thing), DEPLOYMENT + deployment_id)
+        if current is not None:
+            final = current["status"] in TERMINAL_EXECUTION
+            newer = at is not None and current.get("event_time") is not None and at > float(current["event_time"])
+            if current["status"] == status or (final and (status not in TERMINAL_EXECUTION or not newer)):
+                return str(current["status"])
+        item = {"deployment_id": deployment_id, "thing_name": thing, "status": status, "reason": reason,
+                "error_stack": list(error_stack), "at": _now(deps), "event_time": at}
+        if current is None:
+            if deps.state.put(device_pk(thing), DEPLOYMENT + deployment_id, item, if_absent=True):
+                return status
+        elif deps.state.update_if(device_pk(thing), DEPLOYMENT + deployment_id, item,
+                                  {"status": current["status"]}):
+            return status
+    raise Conflict(f"{thing}: deployment {deployment_id} status kept changing while being recorded")
 
 
 def _execution(thing: str, deployment_id: str, deps: RolloutDeps) -> str:

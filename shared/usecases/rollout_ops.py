@@ -57,8 +57,9 @@ def on_rollout_check(group: str, version: int, deps: RolloutDeps) -> Outcome:
             continue
         for e in effective:
             if e.deployment_id == deployment:
-                _record_execution(deployment, thing, e.execution_status, e.reason, [], deps)
-                outcome = _evaluate_execution(version, stage, deployment, thing, e.execution_status, e.reason, deps)
+                status = _record_execution(deployment, thing, e.execution_status, e.reason, [], deps, e.modified_at)
+                reason = e.reason if status == e.execution_status else ""
+                outcome = _evaluate_execution(version, stage, deployment, thing, status, reason, deps)
                 if outcome.action in ("failed", "done"):
                     return outcome
     record = _rollout(version, deps) or record

@@ -20,7 +20,7 @@ from nacelle.local.greengrass import LocalGreengrass
 from services.compilation_completed import app as compilation_app
 from services.deployment_status import app as status_app
 from shared.components import DETECTOR_COMPONENT, MODEL_COMPONENT, artifact_digest, artifact_digests
-from shared.errors import Conflict, DataError
+from shared.errors import ConfigurationError, Conflict, DataError
 from shared.usecases.rollout import RolloutDeps, on_health
 from shared.usecases.rollout_ops import cancel, on_rollout_check, rollback_to
 from tests.fakes import Clock, MemoryRegistry, MemoryState, MemoryStore, RecordingEvents, RecordingNotifier
@@ -414,3 +414,71 @@ def test_the_watchdog_resumes_a_promotion_interrupted_after_its_claim(h):
     (fleet,) = h.deployments(FLEET)
     assert h.rollout(1)["fleet_deployment_id"] == fleet["id"]
     assert h.rollout(1)["fleet_things"] == ["turbine-02", "turbine-03"]
+
+
+# ------------------------------------------------------------------ AWS's documented event shapes, in any order
+
+
+def aws_status_event(name: str, deployment_id: str, thing: str = "turbine-01") -> dict[str, Any]:
+    event: dict[str, Any] = json.loads((EVENTS / name).read_text())
+    detail = event["detail"]
+    detail["deploymentId" if "deploymentId" in detail else "deployment-id"] = deployment_id
+    event["resources"] = [f"arn:aws:greengrass:eu-west-1:123456789012:coreDevices:{thing}"]
+    return event
+
+
+def test_both_documented_spellings_with_null_details_drive_the_rollout(h):
+    h.deliver_manifest(h.compile(1))
+    canary_id = h.rollout(1)["canary_deployment_id"]
+    result = status_app.handle(aws_status_event("greengrass_deployment_succeeded_older_spelling.json", canary_id),
+                               h.deps)
+    assert result["action"] == "recorded"
+    assert h.deps.state.get("device#turbine-01", f"deployment#{canary_id}")["status"] == "SUCCEEDED"
+    assert h.deps.state.get("device#turbine-01", f"deployment#{canary_id}")["error_stack"] == []
+
+
+def test_a_documented_failure_fails_the_canary_with_its_reason(h):
+    h.deliver_manifest(h.compile(1))
+    canary_id = h.rollout(1)["canary_deployment_id"]
+    result = status_app.handle(aws_status_event("greengrass_deployment_failed.json", canary_id), h.deps)
+    assert result["action"] == "failed" and "S3_HEAD_OBJECT_ACCESS_DENIED" in result["detail"]
+    record = h.deps.state.get("device#turbine-01", f"deployment#{canary_id}")
+    assert record["error_stack"][0] == "DEPLOYMENT_FAILURE"
+
+
+def test_an_older_failure_arriving_after_the_success_changes_nothing(h):
+    h.deliver_manifest(h.compile(1))
+    canary_id = h.rollout(1)["canary_deployment_id"]
+    succeeded = aws_status_event("greengrass_deployment_succeeded_older_spelling.json", canary_id)
+    failed = aws_status_event("greengrass_deployment_failed.json", canary_id)
+    failed["time"] = "2026-03-01T10:03:00Z"  # it happened before the success, and arrives after it
+    status_app.handle(succeeded, h.deps)
+    result = status_app.handle(failed, h.deps)
+    assert result["action"] == "recorded" and "older than the SUCCEEDED recorded" in result["detail"]
+    assert h.rollout(1)["stage"] == "canary" and not h.deps.registry.get(GROUP, 1).failed
+    assert h.deps.state.get("device#turbine-01", f"deployment#{canary_id}")["status"] == "SUCCEEDED"
+
+
+def test_a_later_failure_replaces_the_success_and_fails_the_canary(h):
+    h.deliver_manifest(h.compile(1))
+    canary_id = h.rollout(1)["canary_deployment_id"]
+    status_app.handle(aws_status_event("greengrass_deployment_succeeded_older_spelling.json", canary_id), h.deps)
+    failed = aws_status_event("greengrass_deployment_failed.json", canary_id)  # 10:05, after the 10:04 success
+    assert status_app.handle(failed, h.deps)["action"] == "failed"
+    assert h.deps.state.get("device#turbine-01", f"deployment#{canary_id}")["status"] == "FAILED"
+
+
+@pytest.mark.parametrize("breakage", ["no id", "id is a number", "no resources"])
+def test_a_malformed_status_event_is_a_data_error_naming_the_field(h, breakage):
+    event = aws_status_event("greengrass_deployment_failed.json", "d-1")
+    if breakage == "no id":
+        del event["detail"]["deploymentId"]
+    elif breakage == "id is a number":
+        event["detail"]["deploymentId"] = {"not": "a string"}
+    else:
+        event["resources"] = []
+    with pytest.raises(Exception) as caught:
+        status_app.handle(event, h.deps)
+    assert isinstance(caught.value, DataError | ConfigurationError)
+    if breakage != "no resources":
+        assert "detail.deploymentId" in str(caught.value) or "detail.deployment-id" in str(caught.value)
