@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-EventKind = Literal["open", "update", "close"]
+EventKind = Literal["open", "update", "close", "interrupt"]
 MAX_EXPLAINING = 3  # features named as the explanation of one window
 EXPLAINING_SHARE = 0.5  # ...each with at least this fraction of the top feature's share
 
@@ -166,8 +166,18 @@ class EpisodeTracker:
         return events
 
     def flush(self) -> list[EpisodeEvent]:
-        """Close the open episode at the last window seen (end of data or shutdown)."""
+        """Close the open episode at the last window seen (the end of the data)."""
         return self._close(self._last_t) if self._last_t is not None else []
+
+    def interrupt(self) -> list[EpisodeEvent]:
+        """Give up the open episode without ending it (the detector stops or changes model): the
+        condition was still on when last seen, so this is no resolution."""
+        if self.current is None or self._last_t is None:
+            return []
+        event = self._event("interrupt", self._last_t)
+        self.current, self._clean_run = None, 0
+        self._recent.clear()
+        return [event]
 
     # -- internals ---------------------------------------------------------------------------
     def _open(self, t_end: float) -> EpisodeEvent:

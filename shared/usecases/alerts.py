@@ -51,7 +51,7 @@ class AnomalyRow(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     v: int
-    kind: Literal["open", "update", "close"]
+    kind: Literal["open", "update", "close", "interrupt"]  # interrupt: the detector stopped; no end seen
     episode_id: str = Field(min_length=1, max_length=200)
     turbine_id: str
     features: list[str] = Field(default_factory=list)
@@ -267,6 +267,8 @@ def on_anomaly(row: AnomalyRow, deps: AlertDeps) -> Outcome:
             item["model_version"] = row.model_version
         if row.kind == "close" and item["status"] == "open":
             item.update(status="closed", ended_at=row.ended_at if row.ended_at is not None else row.opened_at)
+        if row.kind == "interrupt" and item["status"] == "open" and item.get("interrupted_at") is None:
+            item["interrupted_at"] = now  # stays open: only a real end, or the lack of one, settles it
         severity = severity_of(float(item["score"]), item["features"], item["missing"], deps.policy)
         item["severity"] = _bump(severity) if item.get("escalated") == "repeated" else severity
         return item
@@ -277,6 +279,8 @@ def on_anomaly(row: AnomalyRow, deps: AlertDeps) -> Outcome:
     deps.alerts.put(f"turbine#{row.thing_name}", f"{seen:017.6f}#{row.episode_id}",
                     {"alert_id": alert_id, "seen_at": seen, "expires_at": item["expires_at"]}, if_absent=True)
     sent = list(_settle_episode(item, deps))
+    if row.kind == "close" and item["status"] == "closed":
+        sent += _end_interrupted(item, deps)
     sent += sweep(deps)
     action = "new" if before is None else "duplicate" if before.get("rev") == item.get("rev") else "updated"
     return Outcome(action, f"{alert_id} {item['status']} ({row.kind} #{row.seq})", tuple(sent))
@@ -306,6 +310,21 @@ def _settle_episode(item: dict[str, Any], deps: AlertDeps) -> list[str]:
     if current.get("status") == "closed" and current.get("alert") == "sent" and current.get("resolution") is None \
             and _claim(deps, alert_id, "resolution"):
         sent.append(_send(deps, alert_id, "resolution", *_resolution_message(current, deps)))
+    return sent
+
+
+def _end_interrupted(closed: Mapping[str, Any], deps: AlertDeps) -> list[str]:
+    """An episode of the turbine ended for real: the episodes interrupted before it started (their
+    detector stopped or changed model while they were open) ended with it."""
+    sent: list[str] = []
+    for item in deps.alerts.query(ALERTS, "episode:"):
+        if (item.get("turbine_id") == closed["turbine_id"] and item.get("status") == "open"
+                and item.get("interrupted_at") is not None and item["alert_id"] != closed["alert_id"]
+                and float(item["started_at"]) < float(closed["started_at"])
+                and deps.alerts.update_if(ALERTS, item["alert_id"], {"status": "closed", "ended_at": closed["ended_at"],
+                                                                     "ended_with": closed["episode_id"]},
+                                          {"status": "open"})):
+            sent += _settle_episode(deps.alerts.get(ALERTS, item["alert_id"]) or item, deps)
     return sent
 
 
@@ -350,8 +369,10 @@ def _episode_message(item: Mapping[str, Any], deps: AlertDeps, repeats: int) -> 
 def _resolution_message(item: Mapping[str, Any], deps: AlertDeps) -> tuple[str, str, dict[str, str]]:
     turbine = item["turbine_id"]
     duration = max(0.0, float(item.get("ended_at") or 0) - float(item["started_at"]))
+    continued = (f" The detector stopped or changed model during it; it ended with episode {item['ended_with']}."
+                 if item.get("ended_with") else "")
     body = (f"Turbine {turbine}: anomaly episode {item['episode_id']} ended at {_iso(item.get('ended_at'))} "
-            f"after {duration / 60:.1f} min.\n\nPeak deviation:\n" + "\n".join(_deviation(item)) +
+            f"after {duration / 60:.1f} min.{continued}\n\nPeak deviation:\n" + "\n".join(_deviation(item)) +
             f"\n\n{_lineage(deps, item.get('model_version'))}\nAlert: {item['alert_id']}")
     return (f"[RESOLVED] {turbine}: {_top(item)}", body,
             _attributes(turbine, item["severity"], item["features"], "resolution"))
@@ -359,9 +380,16 @@ def _resolution_message(item: Mapping[str, Any], deps: AlertDeps) -> tuple[str, 
 
 # -- escalations and summaries (every invocation and the scheduled check) ------------------------
 def sweep(deps: AlertDeps) -> list[str]:
-    """Escalate long-open unacknowledged episodes and send summaries whose window has ended."""
+    """Escalate long-open unacknowledged episodes, settle interrupted ones whose end was never seen
+    as "unknown" (after the offline limit), and send summaries whose window has ended."""
     now, sent = deps.clock().timestamp(), []
     for item in deps.alerts.query(ALERTS, "episode:"):
+        if (item.get("status") == "open" and item.get("interrupted_at") is not None
+                and now - float(item["interrupted_at"]) >= deps.policy.offline_after_s
+                and deps.alerts.update_if(ALERTS, item["alert_id"], {"status": "unknown"}, {"status": "open"})):
+            if item.get("alert") == "sent" and _claim(deps, item["alert_id"], "resolution"):
+                sent.append(_send(deps, item["alert_id"], "resolution", *_unknown_message(item, deps)))
+            continue
         if (item.get("status") == "open" and item.get("alert") == "sent" and not item.get("escalated")
                 and not item.get("acked_at") and now - float(item["first_seen_at"]) >= deps.policy.escalate_after_s
                 and _claim(deps, item["alert_id"], "escalation", {"escalated": "open-too-long"})):
@@ -371,6 +399,17 @@ def sweep(deps: AlertDeps) -> list[str]:
                 and deps.alerts.update_if(ALERTS, summary["alert_id"], {"status": "sending"}, {"status": "pending"}):
             sent.append(_send_summary(summary, deps))
     return sent
+
+
+def _unknown_message(item: Mapping[str, Any], deps: AlertDeps) -> tuple[str, str, dict[str, str]]:
+    turbine = item["turbine_id"]
+    body = (f"Turbine {turbine}: the detector stopped or changed model at {_iso(item['interrupted_at'])} while "
+            f"anomaly episode {item['episode_id']} (started {_iso(item['started_at'])}) was still open, and no "
+            f"end of it has been reported within {deps.policy.offline_after_s / 60:g} min. Whether the condition "
+            f"has ended is unknown: check the turbine.\n\nPeak deviation:\n" + "\n".join(_deviation(item)) +
+            f"\n\n{_lineage(deps, item.get('model_version'))}\nAlert: {item['alert_id']}")
+    return (f"[UNKNOWN] {turbine}: end of the episode not seen, {_top(item)}", body,
+            _attributes(turbine, item["severity"], item["features"], "unknown"))
 
 
 def _escalation_message(item: Mapping[str, Any], now: float, deps: AlertDeps) -> tuple[str, str, dict[str, str]]:

@@ -70,6 +70,47 @@ def sent(deps: AlertDeps, kind: str | None = None) -> list[Published]:
     return [m for m in deps.notifier.messages if kind is None or m.attributes["kind"] == kind]
 
 
+# -- a detector that stops is no resolution ----------------------------------------------------------
+def test_an_interrupted_episode_stays_open_and_becomes_unknown_after_the_offline_limit(tmp_path: Path,
+                                                                                      clock: Clock) -> None:
+    deps = make_deps(tmp_path, clock, offline_after_s=300.0)
+    on_anomaly(row("open"), deps)
+    on_anomaly(row("interrupt", seq=2), deps)  # the detector was redeployed while the fault went on
+    on_anomaly(row("interrupt", seq=2), deps)  # duplicated
+    assert sent(deps, "resolution") == [] and get_alert("episode:wt-01-1000", deps)["status"] == "open"
+    clock.advance(299)
+    assert sweep(deps) == []
+    clock.advance(2)
+    assert sweep(deps) == ["resolution:episode:wt-01-1000"] and sweep(deps) == []
+    (unknown,) = sent(deps, "unknown")
+    assert unknown.subject.startswith("[UNKNOWN] wt-01") and "RESOLVED" not in unknown.subject
+    assert "unknown" in unknown.message and get_alert("episode:wt-01-1000", deps)["status"] == "unknown"
+
+
+def test_an_interrupted_episode_ends_with_the_next_episode_that_really_ends(deps: AlertDeps, clock: Clock) -> None:
+    on_anomaly(row("open"), deps)
+    on_anomaly(row("interrupt", seq=2), deps)
+    clock.advance(30)  # the new model opens its own episode on the same condition, which then ends
+    later = {"started_at": T0 - 30, "opened_at": T0 - 20}
+    on_anomaly(row("open", episode="wt-01-2000", **later), deps)
+    assert sent(deps, "resolution") == []
+    on_anomaly(row("close", episode="wt-01-2000", seq=2, **later), deps)
+    resolutions = sorted(m.message.split("anomaly episode ")[1].split()[0] for m in sent(deps, "resolution"))
+    assert resolutions == ["wt-01-1000", "wt-01-2000"]
+    first = get_alert("episode:wt-01-1000", deps)
+    assert first["status"] == "closed" and first["ended_with"] == "wt-01-2000"
+    assert any("it ended with episode wt-01-2000" in m.message for m in sent(deps, "resolution"))
+
+
+def test_an_episode_of_another_turbine_ends_nothing_here(deps: AlertDeps) -> None:
+    on_anomaly(row("open"), deps)
+    on_anomaly(row("interrupt", seq=2), deps)
+    later = {"started_at": T0, "opened_at": T0}
+    on_anomaly(row("open", episode="wt-02-2000", turbine="wt-02", **later), deps)
+    on_anomaly(row("close", episode="wt-02-2000", turbine="wt-02", seq=2, **later), deps)
+    assert get_alert("episode:wt-01-1000", deps)["status"] == "open"
+
+
 # -- exactly once ---------------------------------------------------------------------------------
 UPDATES = {2: {"gen_temp": 0.4, "rpm": 0.6}, 3: {"gen_temp": 0.55, "rpm": 0.45}}
 

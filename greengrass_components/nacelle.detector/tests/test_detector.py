@@ -402,7 +402,8 @@ def test_hot_swap_scores_every_window_once(model_v1: EdgeModel, bundles, streams
     assert all(kind == "close" for kind in state.values())
 
 
-def test_swap_closes_an_open_episode(model_v1: EdgeModel, bundles, streams, reference) -> None:
+def test_swap_interrupts_an_open_episode_without_ending_it(model_v1: EdgeModel, bundles, streams,
+                                                            reference) -> None:
     _, episodes = reference
     tid = next(t for t, eps in episodes.items() if eps)
     stream, episode = streams[tid], episodes[tid][0]
@@ -413,10 +414,24 @@ def test_swap_closes_an_open_episode(model_v1: EdgeModel, bundles, streams, refe
         if any(e.kind == "open" for e in result.events):
             break
     assert pipeline.tracker.current is not None
-    closes = pipeline.swap(model_v2)
-    assert [(e.kind, e.episode["episode_id"]) for e in closes.events] == [("close", episode.episode_id)]
-    assert closes.model_version == 1  # reported under the model that opened it
+    swapped = pipeline.swap(model_v2)
+    assert [(e.kind, e.episode["episode_id"]) for e in swapped.events] == [("interrupt", episode.episode_id)]
+    assert swapped.events[0].episode["closed_at"] is None  # no end was seen: no resolution for the cloud
+    assert swapped.model_version == 1  # reported under the model that opened it
     assert pipeline.tracker.current is None and pipeline.model_version == 2
+    assert pipeline.stop().events == []  # nothing open any more
+
+
+def test_stop_interrupts_an_open_episode_and_flush_closes_it(model_v1: EdgeModel, streams, reference) -> None:
+    _, episodes = reference
+    tid = next(t for t, eps in episodes.items() if eps)
+    for end, kind in ((TurbinePipeline.stop, "interrupt"), (TurbinePipeline.flush, "close")):
+        pipeline = TurbinePipeline(tid, model_v1)
+        for payload in streams[tid].messages():
+            if any(e.kind == "open" for e in pipeline.handle(payload).events):
+                break
+        (event,) = end(pipeline).events
+        assert event.kind == kind and (event.episode["closed_at"] is None) == (kind == "interrupt")
 
 
 def test_load_refuses_a_tampered_bundle(bundles, tmp_path: Path) -> None:

@@ -168,7 +168,7 @@ class DetectorApp:
                     self._emit_health()
             self._apply_pending()
             if self.pipeline is not None:
-                self._spool_events(self.pipeline.flush())
+                self._spool_events(self.pipeline.stop())
         except Exception:  # the worker must never die silently
             log.exception("detector worker failed")
             raise
@@ -287,7 +287,7 @@ class DetectorApp:
         version, model = pending
         if model is None:
             if self.pipeline is not None:
-                self._spool_events(self.pipeline.flush())
+                self._spool_events(self.pipeline.stop())
                 log.warning("model unset by the configuration: detection paused")
             self.pipeline = None
             return

@@ -305,13 +305,13 @@ class TurbinePipeline:
     def swap(self, new_model: EdgeModel) -> Result:
         """Score from the next window on with `new_model` (load and warm it up first: EdgeModel.load).
 
-        An open episode is closed at the last scored window (its threshold belongs to the old model)
-        and the episode tracker restarts with the new threshold and rule. The ring buffer is kept
+        An open episode is interrupted (its threshold belongs to the old model; the condition has not
+        ended) and the episode tracker restarts with the new threshold and rule. The ring buffer is kept
         when the feature pipeline is the same (features, inputs, window geometry), so no sample is
-        scored twice or skipped; otherwise the run restarts. Returns the close event (if any),
+        scored twice or skipped; otherwise the run restarts. Returns the interrupt event (if any),
         attributed to the outgoing model's version."""
         with self._lock:
-            result = Result(events=self.tracker.flush(), model_version=self.model.model_version)
+            result = Result(events=self.tracker.interrupt(), model_version=self.model.model_version)
             keep = pipeline_key(new_model.spec) == pipeline_key(self.model.spec)
             self.model = new_model
             self.tracker = self._new_tracker(new_model)
@@ -322,9 +322,14 @@ class TurbinePipeline:
             return result
 
     def flush(self) -> Result:
-        """Close the open episode (end of stream or shutdown)."""
+        """Close the open episode (the end of a finite stream, as `nacelle evaluate` does)."""
         with self._lock:
             return Result(events=self.tracker.flush(), model_version=self.model.model_version)
+
+    def stop(self) -> Result:
+        """Interrupt the open episode (shutdown, detection paused): it has not ended, so it is not closed."""
+        with self._lock:
+            return Result(events=self.tracker.interrupt(), model_version=self.model.model_version)
 
     # -- health --------------------------------------------------------------------------------------
     def latency_ms(self) -> tuple[float | None, float | None]:
