@@ -43,6 +43,7 @@ DEVICES_PK = "devices"  # pk="devices", sk=<thing>: the record anomaly_alert's o
 FAILED_EXECUTION = frozenset({"FAILED", "REJECTED", "TIMED_OUT"})
 SUCCEEDED_EXECUTION = frozenset({"COMPLETED", "SUCCEEDED"})
 TERMINAL_EXECUTION = FAILED_EXECUTION | SUCCEEDED_EXECUTION | {"CANCELED"}
+WAITING = "waiting"  # approved and compiled; no device in the canary group yet
 ACTIVE_STAGES = (CANARY, FLEET)
 FAILING = "failing"  # claimed by a failure whose restore is under way
 
@@ -105,7 +106,7 @@ def on_manifest_created(key: str, deps: RolloutDeps) -> Outcome:
         _alert_conflict(version, exc, deps)
         raise
     existing = _rollout(version, deps)
-    if existing is not None:  # redelivery, or Neo rewrote the manifest (same component)
+    if existing is not None and existing["stage"] != WAITING:  # redelivery, or Neo rewrote the manifest
         return Outcome("duplicate", f"v{version} is already rolling out ({existing['stage']})")
     return _start_canary(version, deps)
 
@@ -128,13 +129,19 @@ def _deploy(group_name: str, name: str, components: Mapping[str, Any], token: st
 def _start_canary(version: int, deps: RolloutDeps) -> Outcome:
     pk, g = _pk(deps), deps.group
     components = deployment_components(version, deps.detector_version, deps.detector_configuration)
-    things = deps.greengrass.things_in_group(deps.canary_group)
+    try:
+        things = deps.greengrass.things_in_group(deps.canary_group)
+    except NotFound:  # the group is created with the first device
+        things = []
+    if not things:
+        return _wait_for_devices(version, deps)
     deployment = _deploy(deps.canary_group, f"nacelle-{g}-v{version}-canary", components, f"{g}:{version}:canary",
                          deps)
     deps.state.put(pk, DEPLOYMENT + deployment, {"deployment_id": deployment, "version": version, "stage": CANARY})
     record = {"version": version, "stage": CANARY, "components": components, "canary_deployment_id": deployment,
               "canary_started_at": _now(deps), "canary_things": things}
-    if not deps.state.put(pk, ROLLOUT + str(version), record, if_absent=True):
+    if not (deps.state.put(pk, ROLLOUT + str(version), record, if_absent=True)
+            or deps.state.update_if(pk, ROLLOUT + str(version), record, {"stage": WAITING})):
         return Outcome("duplicate", f"v{version} was started concurrently")
     previous = deps.state.get(pk, CANARY) or {}
     if previous.get("version") not in (None, version):  # the new canary deployment superseded it
@@ -145,6 +152,25 @@ def _start_canary(version: int, deps: RolloutDeps) -> Outcome:
     logger.info("canary deployment created", model_version=version, deployment_id=deployment, things=things)
     return Outcome("deployed", f"v{version} to {deps.canary_group} ({deployment})",
                    {"version": version, "deployment_id": deployment, "stage": CANARY})
+
+
+def _wait_for_devices(version: int, deps: RolloutDeps) -> Outcome:
+    """No device to deploy to: record that the version waits (operators hear it once) and look again
+    at every watchdog check; a newer version that also waits supersedes it."""
+    pk = _pk(deps)
+    if deps.state.put(pk, ROLLOUT + str(version), {"version": version, "stage": WAITING, "waiting_since": _now(deps)},
+                      if_absent=True):
+        deps.notifier.publish(
+            "approvals", f"{deps.group} v{version} waits for devices",
+            f"v{version} is approved and compiled, but thing group {deps.canary_group} has no device. The "
+            f"rollout starts by itself when a device joins it.", {"model_version": str(version), "status": WAITING})
+    for other in deps.state.query(pk, ROLLOUT):
+        if other["stage"] == WAITING and int(other["version"]) < version:
+            deps.state.update_if(pk, ROLLOUT + str(other["version"]), {"stage": "superseded", "superseded_by": version},
+                                 {"stage": WAITING})
+    schedule_check(version, deps)
+    return Outcome("waiting", f"v{version}: no device in {deps.canary_group}; the rollout starts when one joins",
+                   {"version": version, "stage": WAITING})
 
 
 def schedule_check(version: int, deps: RolloutDeps) -> None:

@@ -18,6 +18,7 @@ from shared.usecases.rollout import (
     FLEET,
     ROLLOUT,
     TERMINAL_EXECUTION,
+    WAITING,
     RolloutDeps,
     _evaluate_execution,
     _execution,
@@ -27,6 +28,7 @@ from shared.usecases.rollout import (
     _pk,
     _record_execution,
     _rollout,
+    _start_canary,
     _try_promote,
     deploy_both,
     readiness,
@@ -41,6 +43,13 @@ def on_rollout_check(group: str, version: int, deps: RolloutDeps) -> Outcome:
         return Outcome("ignored", f"group {group} is not {deps.group}")
     correlate(model_version=version)
     record = _rollout(version, deps)
+    if record is not None and record["stage"] == WAITING:  # no device yet: look again, unless overtaken
+        newer = [r["version"] for r in deps.state.query(_pk(deps), ROLLOUT) if int(r["version"]) > version]
+        if newer:
+            deps.state.update_if(_pk(deps), ROLLOUT + str(version), {"stage": "superseded",
+                                                                    "superseded_by": max(newer)}, {"stage": WAITING})
+            return Outcome("ignored", f"v{version} no longer waits: v{max(newer)} came after it")
+        return _start_canary(version, deps)
     if record is not None and record["stage"] == FAILING:  # a failure interrupted mid-way
         return _fail(record, str(record["failure_reason"]), deps)
     if record is not None and record["stage"] == FLEET and not record.get("fleet_deployment_id"):

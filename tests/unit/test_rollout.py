@@ -482,3 +482,36 @@ def test_a_malformed_status_event_is_a_data_error_naming_the_field(h, breakage):
     assert isinstance(caught.value, DataError | ConfigurationError)
     if breakage != "no resources":
         assert "detail.deploymentId" in str(caught.value) or "detail.deployment-id" in str(caught.value)
+
+
+# ------------------------------------------------------------------ no device yet
+
+
+def test_without_devices_the_version_waits_and_starts_when_one_joins(tmp_path: Path):
+    h = Harness(tmp_path)
+    h.gg = LocalGreengrass(tmp_path / "empty.db", on_status_event=h.status_events.append, clock=h.clock)
+    h.deps = replace(h.deps, greengrass=h.gg)  # a stack started without devices: no thing group at all
+    results = [h.deliver_manifest(h.compile(1)) for _ in range(2)]  # delivered twice
+    assert [r["action"] for r in results] == ["waiting", "waiting"]
+    assert h.alerts() == [f"{GROUP} v1 waits for devices"]  # once
+    assert h.rollout(1)["stage"] == "waiting" and not h.deps.registry.get(GROUP, 1).failed
+    h.clock.advance(CANARY_TIMEOUT * 3)
+    assert h.check(1).action == "waiting" and not h.deps.registry.get(GROUP, 1).failed  # never times out
+    h.gg.ensure_thing_group(CANARY)
+    h.gg.add_thing("turbine-01", CANARY)
+    assert h.check(1).action == "deployed"
+    assert h.rollout(1)["stage"] == "canary" and h.rollout(1)["canary_things"] == ["turbine-01"]
+
+
+def test_a_newer_version_supersedes_a_waiting_one(tmp_path: Path):
+    h = Harness(tmp_path)
+    h.gg = LocalGreengrass(tmp_path / "empty.db", on_status_event=h.status_events.append, clock=h.clock)
+    h.deps, h.db = replace(h.deps, greengrass=h.gg), tmp_path / "empty.db"
+    h.deliver_manifest(h.compile(1))
+    h.deliver_manifest(h.compile(2))
+    assert h.rollout(1)["stage"] == "superseded" and h.rollout(2)["stage"] == "waiting"
+    h.gg.ensure_thing_group(CANARY)
+    h.gg.add_thing("turbine-01", CANARY)
+    assert h.check(1).action == "ignored"
+    assert h.check(2).action == "deployed"
+    assert [d["components"][MODEL_COMPONENT]["componentVersion"] for d in h.deployments(CANARY)] == ["2.0.0"]
