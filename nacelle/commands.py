@@ -167,7 +167,16 @@ def _set_status(args: argparse.Namespace, status: str) -> int:
 
 
 def cmd_models_approve(args: argparse.Namespace) -> int:
-    return _set_status(args, "Approved")
+    from datetime import UTC, datetime
+
+    from shared.usecases.approval import approve
+
+    stack = _stack(args)
+    v = approve(stack.registry, stack.settings.group, args.version, args.by or getpass.getuser(),
+                args.reason or "", datetime.now(UTC), override_gate=args.override_gate)
+    override = " (quality gate overridden)" if args.override_gate and v.metadata.get("nacelle:gate_override") else ""
+    print(f"{v.group} version {v.version} is now {v.status}{override}")
+    return 0
 
 
 def cmd_models_reject(args: argparse.Namespace) -> int:
@@ -406,6 +415,9 @@ def add_stack_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         p = _action(models, common, name, f"{name} a version (recorded with who, when, why)", func, ("version", int))
         p.add_argument("--reason", help="why (recorded in the approval history)")
         p.add_argument("--by", help="who (default: the current user)")
+        if name == "approve":
+            p.add_argument("--override-gate", action="store_true",
+                           help="approve a version the quality gate rejected (needs --reason; recorded)")
 
     jobs = _group(sub, common, "jobs", "training and compile jobs")
     _action(jobs, common, "list", "every job with its status", cmd_jobs_list, json_flag=True)

@@ -46,6 +46,8 @@ def handle(event: dict[str, Any], deps: CompileDeps) -> dict[str, Any]:
         d = parsed.detail
         outcome = on_model_package_change(d.ModelPackageGroupName, d.ModelPackageVersion, d.ModelApprovalStatus, deps)
     elif isinstance(parsed, ObjectCreated):  # a Neo artifact appeared
+        if parsed.bucket != deps.store.bucket:
+            return {"action": "ignored", "detail": f"bucket {parsed.bucket} is not the data bucket"}
         outcome = on_neo_output(parsed.key, deps)
     else:
         assert isinstance(parsed, ProcessingJobStateChange)

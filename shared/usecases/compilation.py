@@ -17,12 +17,13 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 
-from shared.errors import Conflict, JobAlreadyExists, JobNotFound
+from shared.errors import Conflict, JobAlreadyExists, JobNotFound, ModelVersionNotFound
 from shared.observability import correlate, logger
 from shared.ports import (
     CompileRequest,
     CompileService,
     ModelRegistry,
+    ModelVersion,
     NeoCompiler,
     NeoRequest,
     Notifier,
@@ -30,6 +31,7 @@ from shared.ports import (
     StateStore,
 )
 from shared.usecases import state_keys as sk
+from shared.usecases.approval import GATE_REASONS, gate_refused
 from shared.usecases.retraining import Outcome
 
 COMPILE = "compile#"
@@ -63,12 +65,23 @@ def on_model_package_change(group: str, version: int, status: str, deps: Compile
     if group != deps.group:
         return Outcome("ignored", f"group {group} is not {deps.group}")
     correlate(model_version=version)
-    current = deps.registry.get(group, version)
+    try:
+        current = deps.registry.get(group, version)
+    except ModelVersionNotFound:
+        logger.warning("approval of a version not in the registry", model_version=version)
+        return Outcome("ignored", f"{group} v{version} is not in the registry (deleted?)")
     if current.status != "Approved":  # a stale event: the version changed again since
         return Outcome("ignored", f"{group} v{version} is now {current.status}")
+    if gate_refused(current):  # approved without the override (e.g. in the console)
+        _refuse_once(current, deps)
+        return Outcome("refused", f"{group} v{version} failed the quality gate and was approved without "
+                                  "an override: nothing is compiled or deployed")
     prefix = bundle_prefix(group, version)
     if deps.store.exists(prefix + "manifest.json"):
-        return Outcome("duplicate", f"{prefix}manifest.json already exists")
+        # compiled already: approved again after a rejection that came while it compiled, or a redelivery;
+        # the manifest is written again (same bytes) so the rollout sees it (it ignores what it has started)
+        deps.store.put(prefix + "manifest.json", deps.store.get(prefix + "manifest.json"), "application/json")
+        return Outcome("announced", f"{prefix}manifest.json exists; announced again for the rollout")
     pk = sk.group_pk(group)
     record = {"version": version, "attempt": 1, "job_name": compile_job_name(group, version, 1),
               "status": "InProgress", "started_at": deps.clock().isoformat(),
@@ -76,6 +89,17 @@ def on_model_package_change(group: str, version: int, status: str, deps: Compile
     if not deps.state.put(pk, COMPILE + str(version), record, if_absent=True):
         return Outcome("duplicate", f"the compile of v{version} was already started")
     return _launch(current.model_data_key, current.metadata.get("nacelle:dataset_hash", ""), record, deps)
+
+
+def _refuse_once(version: ModelVersion, deps: CompileDeps) -> None:
+    if deps.state.put(sk.group_pk(deps.group), f"gate-refused#{version.version}", {"version": version.version},
+                      if_absent=True):
+        deps.notifier.publish(
+            "approvals", f"{deps.group} v{version.version} approved against the quality gate: not deployed",
+            f"v{version.version} failed the quality gate ({version.metadata.get(GATE_REASONS) or '-'}) and was "
+            f"approved without an override, so it is neither compiled nor deployed. To deploy it anyway: "
+            f"nacelle models approve {version.version} --override-gate --reason \"...\" (recorded).",
+            {"model_version": str(version.version), "status": "refused"})
 
 
 def retry_compile(version: int, deps: CompileDeps) -> Outcome:

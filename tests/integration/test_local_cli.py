@@ -97,6 +97,19 @@ def test_failing_deliveries_become_dead_letters_that_can_be_redriven(home, capsy
     assert len(calls) == 3 and stack.bus.dlq() == []
 
 
+def test_a_gate_rejected_version_needs_an_explicit_override(home, capsys):
+    stack = Stack(home)
+    stack.registry.register(stack.settings.group, "jobs/j/output/model.tar.gz", "Rejected", "gate",
+                            {"nacelle:gate": "rejected", "nacelle:gate_reasons": "3 faults: at least 5 needed"}, "j")
+    assert run(home, "models", "approve", "1", "--by", "erin") == 2
+    assert "--override-gate" in capsys.readouterr().err
+    assert stack.registry.get(stack.settings.group, 1).status == "Rejected"
+    assert run(home, "models", "approve", "1", "--by", "erin", "--override-gate", "--reason", "labels were late") == 0
+    assert "quality gate overridden" in capsys.readouterr().out
+    v = stack.registry.get(stack.settings.group, 1)
+    assert v.status == "Approved" and v.metadata["nacelle:gate_override"].startswith("erin at ")
+
+
 def test_approval_is_recorded_with_who_and_why(home, capsys):
     stack = Stack(home)
     stack.registry.register(stack.settings.group, "jobs/j/output/model.tar.gz", "PendingManualApproval", "ok",

@@ -65,9 +65,69 @@ def test_a_stale_approval_event_is_ignored(deps):
     assert on_model_package_change(GROUP, 1, "Approved", deps).action == "ignored"
 
 
-def test_an_existing_bundle_means_done(deps):
+class RecordingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts: list[str] = []
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.puts.append(key)
+        super().put(key, data, content_type)
+
+
+def test_an_existing_bundle_is_announced_again_for_the_rollout(deps):
+    deps.store = RecordingStore()
     deps.store.put(f"compiled/{GROUP}/1/manifest.json", b"{}")
-    assert approve(deps).action == "duplicate"
+    assert approve(deps).action == "announced"
+    assert deps.store.puts == [f"compiled/{GROUP}/1/manifest.json"] * 2  # same bytes, a new Object Created
+    assert deps.store.get(f"compiled/{GROUP}/1/manifest.json") == b"{}" and deps.compiler.started == []
+
+
+def test_approve_reject_during_the_compile_approve_again_still_rolls_out(deps):
+    deps.store = RecordingStore()
+    assert approve(deps).action == "started"
+    deps.registry.set_status(GROUP, 1, "Rejected", "wait", "bob")  # while the compile runs
+    deps.store.put(f"compiled/{GROUP}/1/manifest.json", b'{"model_version": 1}')  # the compile's output:
+    # its Object Created finds v1 Rejected, and the rollout ignores it
+    assert approve(deps).action == "announced"  # approved again: the bundle is announced once more
+    assert deps.store.puts.count(f"compiled/{GROUP}/1/manifest.json") == 2 and len(deps.compiler.started) == 1
+
+
+def test_an_approval_of_a_version_not_in_the_registry_is_ignored(deps):
+    outcome = on_model_package_change(GROUP, 7, "Approved", deps)
+    assert outcome.action == "ignored" and "not in the registry" in outcome.detail
+
+
+def gate_rejected(deps: CompileDeps) -> None:
+    deps.registry.register(GROUP, "jobs/j2/output/model.tar.gz", "Rejected", "gate",
+                           {"nacelle:gate": "rejected", "nacelle:gate_reasons": "event_f1 0.41 < 0.75"}, "j2")
+
+
+def test_a_gate_rejected_version_approved_without_override_is_refused_once(deps):
+    gate_rejected(deps)
+    deps.registry.set_status(GROUP, 2, "Approved", "console click", "carol")  # e.g. in the SageMaker console
+    actions = [on_model_package_change(GROUP, 2, "Approved", deps).action for _ in range(2)]
+    assert actions == ["refused", "refused"] and deps.compiler.started == []
+    (note,) = deps.notifier.messages
+    assert "quality gate" in note.subject and "--override-gate" in note.message and "event_f1 0.41" in note.message
+
+
+def test_the_override_is_explicit_needs_a_reason_and_is_recorded(deps):
+    from datetime import UTC, datetime
+
+    from shared.usecases.approval import approve as approve_version
+
+    gate_rejected(deps)
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    with pytest.raises(Conflict, match="--override-gate"):
+        approve_version(deps.registry, GROUP, 2, "dave", "looks fine", now)
+    with pytest.raises(Conflict, match="needs a --reason"):
+        approve_version(deps.registry, GROUP, 2, "dave", " ", now, override_gate=True)
+    assert deps.registry.get(GROUP, 2).status == "Rejected"
+    v = approve_version(deps.registry, GROUP, 2, "dave", "faults were mislabelled", now, override_gate=True)
+    assert v.status == "Approved"
+    assert v.metadata["nacelle:gate_override"] == "dave at 2026-03-01T00:00:00+00:00: faults were mislabelled"
+    assert on_model_package_change(GROUP, 2, "Approved", deps).action == "started"
 
 
 def test_a_failed_compile_is_reported_once_and_can_be_retried(deps):
