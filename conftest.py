@@ -3,6 +3,10 @@ small trained model per model family, built once per session."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,36 @@ from nacelle.simulator.generate import generate_dataset
 from nacelle.train_runner import JobResult, run_training_job
 
 SMALL_MODEL_HPS = {"epochs": 4, "max_train_windows": 6000, "patience": 2, "seed": 1}
+
+
+def _processes_under(root: Path) -> list[tuple[int, str]]:
+    """Live processes whose command line names a path under `root` (Linux /proc)."""
+    found, needle = [], str(root).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline:
+            found.append((int(entry.name), cmdline.replace(b"\0", b" ").decode(errors="replace")[:200]))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests leave no process behind: anything still running from the session's temp tree at the end
+    (a broker, a device, a job) is killed and fails the run."""
+    root = tmp_path_factory.getbasetemp()
+    yield
+    if not Path("/proc").is_dir():
+        return
+    left = _processes_under(root)
+    for pid, _ in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, "processes left behind by the tests: " + "; ".join(f"{pid}: {cmd}" for pid, cmd in left)
 
 
 @pytest.fixture(scope="session")

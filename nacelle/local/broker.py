@@ -226,6 +226,17 @@ class Broker:
                 return
         raise BrokerError(f"the broker left by an earlier stack (pid {pid}) does not stop")
 
+    def revive(self) -> int | None:
+        """If the broker we started has died, start it again (same port, same persistence store) and
+        return its exit status; None while it runs (or was never started)."""
+        proc = self._proc
+        if proc is None or proc.poll() is None:
+            return None
+        rc = proc.returncode
+        self._proc = None
+        self.start()
+        return rc
+
     def restart(self) -> Broker:
         self.stop()
         return self.start()

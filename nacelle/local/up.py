@@ -50,6 +50,8 @@ def run_up(home: Path, stop: threading.Event | None = None,
                                 stack.settings.offline_check_interval_s).start()
         _publish_detector(stack)
         sweeper = Periodic(1.0, stack.greengrass.sweep, "nacelle-greengrass-sweep").start()
+        keeper = (Periodic(BROKER_CHECK_S, lambda: keep_broker(broker, stack), "nacelle-broker-keeper").start()
+                  if broker is not None else None)
         fleet = _start_fleet(stack, devices, canary_size, simulators=broker is not None)
         print(f"nacelle local stack up: data dir {home}, bucket {BUCKET}, "
               f"raw folder {stack.paths.raw_dir} (Ctrl-C to stop)", flush=True)
@@ -62,6 +64,8 @@ def run_up(home: Path, stop: threading.Event | None = None,
             if fleet is not None:
                 fleet.stop()
             sweeper.stop()
+            if keeper is not None:
+                keeper.stop()
             ticker.stop()
             if rule_engine is not None:
                 rule_engine.stop()
@@ -115,6 +119,26 @@ class Periodic:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+BROKER_CHECK_S = 0.5
+
+
+def keep_broker(broker: Broker, stack: Stack) -> None:
+    """A broker that died is started again at once (its persistence store keeps the queued messages;
+    clients reconnect by themselves), and the operators hear about it."""
+    started = time.monotonic()
+    rc = broker.revive()
+    if rc is None:
+        return
+    took = time.monotonic() - started
+    logger.error("local broker died and was restarted", exit_status=rc, restart_seconds=round(took, 3))
+    print(f"local broker exited with status {rc}; restarted on 127.0.0.1:{broker.port} in {took:.2f} s", flush=True)
+    stack.notifier.publish(
+        "alerts", "[HIGH] local MQTT broker restarted",
+        f"The stack's mosquitto exited with status {rc} and was restarted in {took:.2f} s on the same port with "
+        f"its persistence store; devices and the IoT rules reconnect by themselves. Its log: "
+        f"{broker.log_path}", {"severity": "high", "kind": "broker", "turbine_id": "-", "features": "[]"})
 
 
 def _start_iot(stack: Stack) -> tuple[Broker | None, RuleEngine | None]:

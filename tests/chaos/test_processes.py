@@ -1,0 +1,72 @@
+"""The local stack's broker under kill -9: one broker per data directory, a dead one is back within
+seconds on the same port with its persistence store, and the operators are told."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from nacelle.local.broker import Broker
+from nacelle.local.pki import LocalPki
+from nacelle.local.stack import Stack
+from nacelle.local.up import keep_broker
+from tests.integration.conftest import write_config
+
+pytestmark = pytest.mark.integration
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def test_a_killed_broker_is_restarted_on_its_port_and_reported(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    write_config(home)
+    stack = Stack(home)
+    broker = Broker(home, LocalPki(home / "pki")).start()
+    try:
+        port, first = broker.port, broker._proc
+        assert first is not None
+        keep_broker(broker, stack)  # alive: nothing to do
+        assert broker._proc is first and list(stack.notifier.tail(follow=False)) == []
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        started = time.monotonic()
+        keep_broker(broker, stack)
+        assert time.monotonic() - started <= 5.0 and broker.running and broker.port == port and accepts(port)
+        (note,) = list(stack.notifier.tail(follow=False))
+        assert "broker restarted" in note["subject"] and "status -9" in note["message"]
+        assert (home / "broker" / "pid").read_text().strip() == str(broker._proc.pid)
+    finally:
+        broker.stop()
+
+
+def test_one_broker_per_data_directory(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    pki = LocalPki(home / "pki")
+    first = Broker(home, pki).start()
+    orphan = first._proc
+    first._proc = None  # its stack was killed
+    second = Broker(home, pki).start()
+    try:
+        assert orphan is not None and orphan.wait(timeout=10) == 0
+        alive = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _runs_conf(p, home)]
+        assert len(alive) == 1
+    finally:
+        second.stop()
+
+
+def _runs_conf(proc: Path, home: Path) -> bool:
+    try:
+        return str(home / "broker" / "mosquitto.conf").encode() in (proc / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
