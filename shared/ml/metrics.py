@@ -8,6 +8,7 @@ such interval is a false alarm. Point-wise, a sample is flagged when it lies ins
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,13 +48,38 @@ def parse_time(value: str | float) -> float:
 def load_labels(path: Path) -> list[Fault]:
     """Fault episodes from a labels.json: {"episodes": [{turbine_id, fault, severity, start, end}]}."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        episodes = raw["episodes"] if isinstance(raw, dict) else raw
-        return [Fault(turbine_id=str(e["turbine_id"]), fault=str(e.get("fault", "unknown")),
-                      severity=str(e.get("severity", "unknown")), start=parse_time(e["start"]),
-                      end=parse_time(e["end"])) for e in episodes]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:
         raise DataError(f"{path}: not a valid labels file ({type(exc).__name__}: {exc})") from exc
+    return parse_labels(text, str(path))
+
+
+def parse_labels(text: str, source: str) -> list[Fault]:
+    """parse_labels of a labels.json's text; DataError names the source, the episode and the field."""
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise DataError(f"{source}: not JSON ({exc})") from exc
+    episodes = raw.get("episodes") if isinstance(raw, dict) else raw
+    if not isinstance(episodes, list):
+        raise DataError(f"{source}: expected {{\"episodes\": [...]}} or a list of episodes")
+    faults = []
+    for i, e in enumerate(episodes):
+        where = f"{source}: episodes[{i}]"
+        if not isinstance(e, dict):
+            raise DataError(f"{where}: not an object")
+        for name in ("turbine_id", "start", "end"):
+            if e.get(name) in (None, ""):
+                raise DataError(f"{where}: {name} is missing")
+        try:
+            start, end = parse_time(e["start"]), parse_time(e["end"])
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{where}: start/end: {exc}") from exc
+        if not (math.isfinite(start) and math.isfinite(end)) or end < start:
+            raise DataError(f"{where}: end {e['end']!r} is before start {e['start']!r}")
+        faults.append(Fault(turbine_id=str(e["turbine_id"]), fault=str(e.get("fault", "unknown")),
+                            severity=str(e.get("severity", "unknown")), start=start, end=end))
+    return faults
 
 
 def faults_from_label_column(turbine_id: str, t: np.ndarray, labels: np.ndarray) -> list[Fault]:

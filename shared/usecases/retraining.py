@@ -16,8 +16,9 @@ from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
-from shared.errors import Conflict, JobAlreadyExists, JobNotFound, ObjectNotFound
+from shared.errors import Conflict, DataError, JobAlreadyExists, JobNotFound, ObjectNotFound
 from shared.events import NACELLE_SOURCE, RETRAIN_CHECK
+from shared.ml.metrics import parse_labels
 from shared.ml.spec import FeatureSpec, default_spec, parse_spec_text
 from shared.ml.validation import validate_bytes
 from shared.observability import correlate, logger
@@ -77,6 +78,8 @@ def load_group_spec(store: ObjectStore, group: str) -> tuple[FeatureSpec, str | 
 
 
 def on_object_created(key: str, deps: ArrivalDeps) -> Outcome:
+    if key.startswith(LABELS_PREFIX) and not key.endswith("/"):
+        return on_labels_created(key, deps)
     if not key.startswith(RAW_PREFIX) or key.endswith("/"):
         return Outcome("ignored", f"{key} is not a raw data object")
     pk = sk.group_pk(deps.policy.group)
@@ -106,6 +109,65 @@ def on_object_created(key: str, deps: ArrivalDeps) -> Outcome:
     _schedule_check(key, deps)
     logger.info("file accepted", key=key, rows=report.rows, warnings=len(report.warnings))
     return Outcome("accepted", f"{key}: {report.rows} rows, {len(report.warnings)} warning(s)", record)
+
+
+def on_labels_created(key: str, deps: ArrivalDeps) -> Outcome:
+    """A labels file is validated on arrival like a data file: a bad one is quarantined with its report
+    and never joins a dataset (it would fail every training after it)."""
+    pk = sk.group_pk(deps.policy.group)
+    previous = deps.state.get(pk, sk.FILE + key)
+    if previous is not None:
+        return Outcome("duplicate", f"{key} was already {previous['status']}")
+    try:
+        data = deps.store.get(key)
+    except ObjectNotFound:
+        return Outcome("ignored", f"{key} no longer exists")
+    record: dict[str, Any] = {"key": key, "kind": "labels", "sha256": hashlib.sha256(data).hexdigest(),
+                              "size": len(data), "checked_at": deps.clock().isoformat()}
+    try:
+        faults = parse_labels(data.decode("utf-8"), key)
+    except (DataError, UnicodeDecodeError) as exc:
+        problem = str(exc) if isinstance(exc, DataError) else f"{key}: not UTF-8 text ({exc})"
+        report = {"key": key, "ok": False, "errors": [problem], "warnings": []}
+        return _quarantine(key, data, report, problem, record, deps)
+    record.update(status="accepted", accepted_at=deps.clock().timestamp(), episodes=len(faults))
+    if not deps.state.put(pk, sk.FILE + key, record, if_absent=True):
+        return Outcome("duplicate", f"{key} was recorded concurrently")
+    logger.info("labels accepted", key=key, episodes=len(faults))
+    return Outcome("accepted", f"{key}: {len(faults)} labelled episode(s)", record)
+
+
+def consistent_files(files: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
+    """The accepted files that can form one dataset: a file holding a turbine's time range that an
+    earlier-accepted file already holds is left out (the training would refuse the overlap); returns
+    (kept, [(left out, why)])."""
+    kept: list[dict[str, Any]] = []
+    left_out: list[tuple[dict[str, Any], str]] = []
+    for f in sorted(files, key=lambda f: (float(f["accepted_at"]), f["key"])):
+        clash = next((k for k in kept if set(k.get("turbines") or []) & set(f.get("turbines") or [])
+                      and k.get("start") and f.get("start") and str(f["start"]) <= str(k["end"])
+                      and str(k["start"]) <= str(f["end"])), None)
+        if clash is None:
+            kept.append(f)
+        else:
+            shared = ", ".join(sorted(set(clash["turbines"]) & set(f["turbines"])))
+            left_out.append((f, f"turbine(s) {shared} from {f['start']} to {f['end']} overlap {clash['key']} "
+                                f"({clash['start']} to {clash['end']}), accepted earlier"))
+    return kept, left_out
+
+
+def _exclude(record: dict[str, Any], why: str, deps: ArrivalDeps) -> None:
+    """Leave an accepted file out of every future dataset, once, with a data-quality notice; the object
+    itself stays untouched."""
+    if deps.state.update_if(sk.group_pk(deps.policy.group), sk.FILE + record["key"],
+                            {"status": "excluded", "excluded_reason": why,
+                             "excluded_at": deps.clock().isoformat()}, {"status": "accepted"}):
+        deps.notifier.publish(
+            "data_quality", f"Left out of training: {record['key']}",
+            f"{record['key']} was accepted alone but cannot join the dataset: {why}.\n\nThe file is untouched at "
+            f"{deps.store.uri(record['key'])}; training goes on without it. Upload corrected data under "
+            f"another name.", {"key": record["key"], "errors": "1"})
+        logger.warning("file excluded from datasets", key=record["key"], reason=why)
 
 
 def _duration(start: str | None, end: str | None) -> float:
@@ -164,7 +226,7 @@ def on_retrain_check(deps: ArrivalDeps, requested_at: datetime, reason: str = ""
     active = state.get(pk, sk.ACTIVE_JOB)
     if active and active.get("job_name"):
         return Outcome("skipped", f"job {active['job_name']} is running; the policy runs again when it ends")
-    files = [f for f in state.query(pk, sk.FILE) if f.get("status") == "accepted"]
+    files = [f for f in state.query(pk, sk.FILE) if f.get("status") == "accepted" and f.get("kind") != "labels"]
     watermark = float((state.get(pk, sk.WATERMARK) or {}).get("trained_until", 0.0))
     new_hours = sum(float(f.get("duration_s", 0.0)) for f in files if f["accepted_at"] > watermark) / 3600
     if new_hours < policy.min_new_turbine_hours:
@@ -185,9 +247,13 @@ def dataset_hash(entries: list[tuple[str, str]]) -> str:
 def start_training(deps: ArrivalDeps, files: list[dict[str, Any]], reason: str, new_hours: float) -> Outcome:
     """Write the immutable dataset manifest of every accepted file (plus labels) and start its job."""
     policy, state, store = deps.policy, deps.state, deps.store
-    labels = [o for o in store.list(LABELS_PREFIX) if not o.key.endswith("/")]
+    files, left_out = consistent_files(files)
+    for record, why in left_out:
+        _exclude(record, why, deps)
+    if not files:
+        return Outcome("skipped", "no accepted file is left once the overlapping ones are left out")
     entries = [(f["key"], f["sha256"]) for f in files]
-    entries += [(o.key, hashlib.sha256(store.get(o.key)).hexdigest()) for o in labels]
+    entries += _accepted_labels(deps)
     digest = dataset_hash(entries)
     correlate(dataset_hash=digest)
     dataset = state.get(sk.group_pk(policy.group), sk.DATASET + digest) or {}
@@ -199,6 +265,21 @@ def start_training(deps: ArrivalDeps, files: list[dict[str, Any]], reason: str, 
     store.put_if_absent(manifest_key, json.dumps(manifest, indent=1).encode(), "application/json")
     return launch(deps, digest, manifest_key, attempt=1, reason=reason, new_hours=new_hours,
                   files=len(files), max_accepted_at=max(f["accepted_at"] for f in files))
+
+
+def _accepted_labels(deps: ArrivalDeps) -> list[tuple[str, str]]:
+    """(key, sha256) of the labels files that passed validation (one never checked is checked now)."""
+    pk, out = sk.group_pk(deps.policy.group), []
+    for o in deps.store.list(LABELS_PREFIX):
+        if o.key.endswith("/"):
+            continue
+        record = deps.state.get(pk, sk.FILE + o.key)
+        if record is None:
+            on_labels_created(o.key, deps)
+            record = deps.state.get(pk, sk.FILE + o.key)
+        if record is not None and record.get("status") == "accepted":
+            out.append((o.key, str(record["sha256"])))
+    return out
 
 
 def retry_training(deps: ArrivalDeps, job_name: str) -> Outcome:

@@ -165,3 +165,54 @@ def test_champion_is_the_newest_approved_version_not_marked_failed(deps, ten_min
     deps.clock.advance(20)
     on_retrain_check(deps, deps.clock())
     assert deps.training.started[0].champion_model_key == "jobs/j2/output/model.tar.gz"
+
+
+# -- what would jam every later training: bad labels, overlapping files ---------------------------------
+def test_a_malformed_labels_file_is_quarantined_and_never_joins_a_dataset(deps, ten_minutes):
+    good = b'{"episodes": [{"turbine_id": "wt-01", "start": "2026-03-01T00:01:00Z", "end": "2026-03-01T00:02:00Z"}]}'
+    bad = b'{"episodes": [{"turbine_id": "wt-01", "start": "2026-03-01T00:05:00Z", "end": "yesterday"}]}'
+    deps.store.put("labels/good/labels.json", good)
+    deps.store.put("labels/bad/labels.json", bad)
+    assert on_object_created("labels/good/labels.json", deps).action == "accepted"
+    outcome = on_object_created("labels/bad/labels.json", deps)
+    assert outcome.action == "quarantined" and "episodes[0]: start/end" in outcome.detail
+    assert on_object_created("labels/bad/labels.json", deps).action == "duplicate"
+    report = __import__("json").loads(deps.store.get("quarantine/labels/bad/labels.json.report.json"))
+    assert "labels/bad/labels.json: episodes[0]" in report["errors"][0]
+    assert deps.store.get("labels/bad/labels.json") == bad  # untouched
+    (note,) = [m for m in deps.notifier.messages if m.topic == "data_quality"]
+    assert "labels/bad/labels.json" in note.subject
+    drop(deps, ten_minutes)
+    deps.clock.advance(20)
+    assert on_retrain_check(deps, deps.clock()).action == "started"
+    (request,) = deps.training.started
+    manifest = __import__("json").loads(deps.store.get(request.dataset_manifest_key))
+    assert "labels/good/labels.json" in manifest and "labels/bad/labels.json" not in manifest
+
+
+def test_labels_put_before_validation_existed_are_checked_when_the_dataset_is_built(deps, ten_minutes):
+    deps.store.put("labels/old/labels.json", b"not json")  # never went through on_object_created
+    drop(deps, ten_minutes)
+    deps.clock.advance(20)
+    assert on_retrain_check(deps, deps.clock()).action == "started"
+    manifest = __import__("json").loads(deps.store.get(deps.training.started[0].dataset_manifest_key))
+    assert not any(k.startswith("labels/") for k in manifest[1:])
+    assert deps.state.get(f"group#{GROUP}", "file#labels/old/labels.json")["status"] == "quarantined"
+
+
+def test_an_overlapping_file_is_left_out_with_a_report_and_training_goes_on(deps, ten_minutes):
+    keys = drop(deps, ten_minutes)
+    deps.clock.advance(1)
+    again = "raw/wt-01/copy-of-part0.csv.gz"  # the same turbine and minutes under another name
+    deps.store.put(again, ten_minutes[0])
+    assert on_object_created(again, deps).action == "accepted"  # fine alone
+    deps.clock.advance(20)
+    outcome = on_retrain_check(deps, deps.clock())
+    assert outcome.action == "started"
+    manifest = __import__("json").loads(deps.store.get(deps.training.started[0].dataset_manifest_key))
+    assert manifest[1:] == sorted(keys) and again not in manifest
+    record = deps.state.get(f"group#{GROUP}", f"file#{again}")
+    assert record["status"] == "excluded" and "raw/wt-01/wt-01_part0.csv.gz" in record["excluded_reason"]
+    notes = [m for m in deps.notifier.messages if m.topic == "data_quality"]
+    assert [m.subject for m in notes] == [f"Left out of training: {again}"]
+    assert deps.store.get(again) == ten_minutes[0]  # untouched

@@ -388,7 +388,8 @@ EXPECTED_PATTERNS: dict[tuple[str, str], dict[str, Any]] = {
     ("DataArrivalFunction", "ObjectCreated"): {
         "source": ["aws.s3"],
         "detail-type": ["Object Created"],
-        "detail": {"bucket": {"name": [{"Ref": "DataBucket"}]}, "object": {"key": [{"prefix": "raw/"}]}},
+        "detail": {"bucket": {"name": [{"Ref": "DataBucket"}]},
+                   "object": {"key": [{"prefix": "raw/"}, {"prefix": "labels/"}]}},
     },
     ("DataArrivalFunction", "RetrainCheck"): {
         "source": ["nacelle"],
