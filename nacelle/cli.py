@@ -96,7 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nacelle.commands import add_stack_commands, cmd_data_put, cmd_spec_put
+    from nacelle.commands import add_stack_commands, cmd_data_put, cmd_data_retire, cmd_spec_put
 
     parser = argparse.ArgumentParser(prog="nacelle", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--data-dir", default=None,
@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="upload files or directories to raw/ (labels.json to labels/)")
     put.add_argument("paths", nargs="+", help="files or directories; keys are relative to each one's parent")
     put.set_defaults(func=cmd_data_put)
+    retire = data.add_parser("retire", parents=[common],
+                             help="leave a raw/ or labels/ object out of every future dataset (it stays untouched)")
+    retire.add_argument("key", help="the object key, e.g. raw/wt-01/2026-03.csv")
+    retire.add_argument("--reason", required=True, help="why (recorded with who and when)")
+    retire.add_argument("--by", help="who (default: the current user)")
+    retire.set_defaults(func=cmd_data_retire)
     gen = data.add_parser("generate", help="write simulated turbine data with labelled faults")
     gen.add_argument("--turbines", type=int, default=3, help="number of turbines (default 3)")
     gen.add_argument("--hours", type=float, default=1.0, help="hours per turbine (default 1)")

@@ -100,6 +100,16 @@ def cmd_data_put(args: argparse.Namespace) -> int:
     return 1 if plan.refused else 0
 
 
+def cmd_data_retire(args: argparse.Namespace) -> int:
+    from shared.usecases.retraining import retire_file
+
+    stack = _stack(args)
+    record = retire_file(stack.arrival_deps(), args.key, args.by or getpass.getuser(), args.reason)
+    print(f"retired {args.key} (was {record['status_before_retirement']}) by {record['retired_by']} at "
+          f"{record['retired_at']}: {record['retired_reason']}; future datasets leave it out")
+    return 0
+
+
 # -- spec put ------------------------------------------------------------------------------------
 def cmd_spec_put(args: argparse.Namespace) -> int:
     from nacelle.spec_tools import SpecFile, install_spec

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
-from shared.errors import Conflict, DataError, JobAlreadyExists, JobNotFound, ObjectNotFound
+from shared.errors import Conflict, DataError, JobAlreadyExists, JobNotFound, NotFound, ObjectNotFound
 from shared.events import NACELLE_SOURCE, RETRAIN_CHECK
 from shared.ml.metrics import parse_labels
 from shared.ml.spec import FeatureSpec, default_spec, parse_spec_text
@@ -84,14 +84,15 @@ def on_object_created(key: str, deps: ArrivalDeps) -> Outcome:
         return Outcome("ignored", f"{key} is not a raw data object")
     pk = sk.group_pk(deps.policy.group)
     previous = deps.state.get(pk, sk.FILE + key)
-    if previous is not None:
-        if previous["status"] == "accepted" and not previous.get("check_scheduled"):
-            _schedule_check(key, deps)  # the first delivery died between recording and scheduling
-        return Outcome("duplicate", f"{key} was already {previous['status']}")
     try:
         data = deps.store.get(key)
     except ObjectNotFound:
         return Outcome("ignored", f"{key} no longer exists")
+    if previous is not None and previous.get("sha256") == hashlib.sha256(data).hexdigest():
+        if previous["status"] == "accepted" and not previous.get("check_scheduled"):
+            _schedule_check(key, deps)  # the first delivery died between recording and scheduling
+        return Outcome("duplicate", f"{key} was already {previous['status']}")
+    # new, or a new version of the key (S3 versioning: other content under the same name): new data
     spec, _ = load_group_spec(deps.store, deps.policy.group)
     parts = PurePosixPath(key).parts
     turbine_hint = parts[-2] if len(parts) > 2 else None  # raw/<turbine>/<file>: the file's folder
@@ -101,10 +102,12 @@ def on_object_created(key: str, deps: ArrivalDeps) -> Outcome:
                               "rows": report.rows, "turbines": report.turbines, "start": report.start,
                               "end": report.end, "checked_at": now.isoformat(),
                               "warnings": len(report.warnings)}
+    if previous is not None:
+        record["replaces_sha256"] = previous.get("sha256")
     if not report.ok:
-        return _quarantine(key, data, report.to_dict(), report.summary(), record, deps)
+        return _quarantine(key, data, report.to_dict(), report.summary(), record, deps, previous)
     record.update(status="accepted", accepted_at=now.timestamp(), duration_s=_duration(report.start, report.end))
-    if not deps.state.put(pk, sk.FILE + key, record, if_absent=True):
+    if not _record_file(pk, key, record, previous, deps):
         return Outcome("duplicate", f"{key} was recorded concurrently")
     _schedule_check(key, deps)
     logger.info("file accepted", key=key, rows=report.rows, warnings=len(report.warnings))
@@ -116,12 +119,12 @@ def on_labels_created(key: str, deps: ArrivalDeps) -> Outcome:
     and never joins a dataset (it would fail every training after it)."""
     pk = sk.group_pk(deps.policy.group)
     previous = deps.state.get(pk, sk.FILE + key)
-    if previous is not None:
-        return Outcome("duplicate", f"{key} was already {previous['status']}")
     try:
         data = deps.store.get(key)
     except ObjectNotFound:
         return Outcome("ignored", f"{key} no longer exists")
+    if previous is not None and previous.get("sha256") == hashlib.sha256(data).hexdigest():
+        return Outcome("duplicate", f"{key} was already {previous['status']}")
     record: dict[str, Any] = {"key": key, "kind": "labels", "sha256": hashlib.sha256(data).hexdigest(),
                               "size": len(data), "checked_at": deps.clock().isoformat()}
     try:
@@ -129,12 +132,31 @@ def on_labels_created(key: str, deps: ArrivalDeps) -> Outcome:
     except (DataError, UnicodeDecodeError) as exc:
         problem = str(exc) if isinstance(exc, DataError) else f"{key}: not UTF-8 text ({exc})"
         report = {"key": key, "ok": False, "errors": [problem], "warnings": []}
-        return _quarantine(key, data, report, problem, record, deps)
+        return _quarantine(key, data, report, problem, record, deps, previous)
     record.update(status="accepted", accepted_at=deps.clock().timestamp(), episodes=len(faults))
-    if not deps.state.put(pk, sk.FILE + key, record, if_absent=True):
+    if not _record_file(pk, key, record, previous, deps):
         return Outcome("duplicate", f"{key} was recorded concurrently")
     logger.info("labels accepted", key=key, episodes=len(faults))
     return Outcome("accepted", f"{key}: {len(faults)} labelled episode(s)", record)
+
+
+def retire_file(deps: ArrivalDeps, key: str, actor: str, reason: str) -> dict[str, Any]:
+    """Leave a raw or labels object out of every future dataset without touching it (who, when, why
+    recorded); a new version of the key is new data again."""
+    if not reason.strip():
+        raise Conflict(f"retiring {key} needs a --reason")
+    pk = sk.group_pk(deps.policy.group)
+    record = deps.state.get(pk, sk.FILE + key)
+    if record is None:
+        raise NotFound(f"{key} was never received by group {deps.policy.group}")
+    if record["status"] == "retired":
+        return record
+    changes = {"status": "retired", "retired_by": actor, "retired_at": deps.clock().isoformat(),
+               "retired_reason": reason, "status_before_retirement": record["status"]}
+    if not deps.state.update_if(pk, sk.FILE + key, changes, {"status": record["status"]}):
+        raise Conflict(f"{key} changed while being retired; try again")
+    logger.info("file retired", key=key, actor=actor, reason=reason)
+    return {**record, **changes}
 
 
 def consistent_files(files: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
@@ -176,14 +198,24 @@ def _duration(start: str | None, end: str | None) -> float:
     return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
+def _record_file(pk: str, key: str, record: dict[str, Any], previous: dict[str, Any] | None,
+                 deps: ArrivalDeps) -> bool:
+    """Write a file's record: the first one, or the one of a new version replacing the version recorded."""
+    if previous is None:
+        return deps.state.put(pk, sk.FILE + key, record, if_absent=True)
+    return deps.state.update_if(pk, sk.FILE + key, {**record, "check_scheduled": None, "excluded_reason": None,
+                                                    "retired_by": None},
+                                {"sha256": previous.get("sha256")})
+
+
 def _quarantine(key: str, data: bytes, report: dict[str, Any], summary: str, record: dict[str, Any],
-                deps: ArrivalDeps) -> Outcome:
+                deps: ArrivalDeps, previous: dict[str, Any] | None = None) -> Outcome:
     """Copy the file and its report to quarantine/; the original stays byte for byte where it was."""
     qkey = f"quarantine/{key}"
     deps.store.put(qkey, data)
     deps.store.put(f"{qkey}.report.json", json.dumps(report, indent=2).encode(), "application/json")
     record.update(status="quarantined", quarantine_key=qkey, errors=len(report["errors"]))
-    if deps.state.put(sk.group_pk(deps.policy.group), sk.FILE + key, record, if_absent=True):
+    if _record_file(sk.group_pk(deps.policy.group), key, record, previous, deps):
         deps.notifier.publish(
             "data_quality", f"Quarantined {key}: {len(report['errors'])} problem(s)",
             f"{summary}\n\nThe original is untouched at {deps.store.uri(key)}.\n"

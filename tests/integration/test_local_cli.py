@@ -43,6 +43,19 @@ def test_put_is_idempotent_and_raw_data_is_immutable(home, tmp_path, capsys):
     assert (home / "objects" / BUCKET / "raw" / "wt-01" / "a.csv").read_text() == "one"
 
 
+def test_data_retire_records_who_when_why(home, tmp_path, capsys):
+    src = tmp_path / "upload" / "wt-01"
+    src.mkdir(parents=True)
+    (src / "a.csv").write_text("one")
+    assert run(home, "data", "put", str(src)) == 0
+    Dispatcher(Stack(home).bus, Stack(home).targets()).run_until_idle(timeout_s=30)  # the file is recorded
+    assert run(home, "data", "retire", "raw/wt-01/a.csv", "--by", "gina", "--reason", "wrong turbine") == 0
+    assert "retired raw/wt-01/a.csv (was quarantined) by gina" in capsys.readouterr().out
+    assert run(home, "data", "retire", "raw/wt-01/nope.csv", "--reason", "x") == 2
+    assert "never received" in capsys.readouterr().err
+    assert (home / "objects" / BUCKET / "raw" / "wt-01" / "a.csv").read_text() == "one"
+
+
 def test_data_dir_after_the_subcommand_and_json_listings(home, capsys):
     assert main(["models", "list", "--json", "--data-dir", str(home)]) == 0
     assert json.loads(capsys.readouterr().out) == []

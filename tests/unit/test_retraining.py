@@ -216,3 +216,33 @@ def test_an_overlapping_file_is_left_out_with_a_report_and_training_goes_on(deps
     notes = [m for m in deps.notifier.messages if m.topic == "data_quality"]
     assert [m.subject for m in notes] == [f"Left out of training: {again}"]
     assert deps.store.get(again) == ten_minutes[0]  # untouched
+
+
+def test_a_retired_file_leaves_future_datasets_and_stays_untouched(deps, ten_minutes):
+    from shared.usecases.retraining import retire_file
+
+    deps.policy = RetrainPolicy(GROUP, min_new_turbine_hours=0.3, quiet_period_s=15.0)
+    keys = drop(deps, ten_minutes)
+    with pytest.raises(Conflict, match="--reason"):
+        retire_file(deps, keys[0], "frank", " ")
+    record = retire_file(deps, keys[0], "frank", "sensor recalibrated that day")
+    assert (record["status"], record["retired_by"], record["status_before_retirement"]) == ("retired", "frank",
+                                                                                             "accepted")
+    assert retire_file(deps, keys[0], "frank", "again")["retired_reason"] == "sensor recalibrated that day"
+    deps.clock.advance(20)
+    assert on_retrain_check(deps, deps.clock()).action == "started"
+    manifest = __import__("json").loads(deps.store.get(deps.training.started[0].dataset_manifest_key))
+    assert manifest[1:] == sorted(keys[1:]) and deps.store.get(keys[0]) == ten_minutes[0]
+
+
+def test_a_new_version_of_a_key_is_validated_as_new_data(deps, ten_minutes):
+    key = "raw/wt-01/day.csv.gz"
+    deps.store.put(key, b"not,a,turbine,file\n")
+    assert on_object_created(key, deps).action == "quarantined"
+    assert on_object_created(key, deps).action == "duplicate"  # the same version, redelivered
+    deps.store.put(key, ten_minutes[0])  # a corrected upload under the same name (a new S3 version)
+    outcome = on_object_created(key, deps)
+    assert outcome.action == "accepted"
+    record = deps.state.get(f"group#{GROUP}", f"file#{key}")
+    assert record["status"] == "accepted" and record["replaces_sha256"] is not None
+    assert on_object_created(key, deps).action == "duplicate"
