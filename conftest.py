@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     yield
     if not Path("/proc").is_dir():
         return
-    left = _processes_under(root)
+    deadline = time.monotonic() + 10.0  # a job runner that reported its end may still be exiting
+    while (left := _processes_under(root)) and time.monotonic() < deadline:
+        time.sleep(0.2)
     for pid, _ in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

@@ -1,12 +1,15 @@
 """Local jobs (training now, compile later): a SQLite table and detached runner processes.
 
 A runner is its own process session, so it outlives a crashed `nacelle up`; the next `up` kills
-such an orphan and reports the job Failed (never silently lost). The runner reports the end of a
-job itself: it records the status and puts the AWS-shaped state-change event on the bus.
+such an orphan and reports the job Failed (never silently lost). A job started while no `up` runs
+(`nacelle jobs retry` on a stopped stack) is `standalone`: the next `up` adopts it while it runs.
+The runner reports the end of a job itself: it records the status and puts the AWS-shaped
+state-change event on the bus.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -34,8 +37,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     failure_reason TEXT,
     model_key TEXT,
     created_at TEXT NOT NULL,
-    ended_at TEXT
+    ended_at TEXT,
+    owner TEXT
 )"""
+STACK, STANDALONE = "stack", "standalone"  # who started a job: a running `nacelle up`, or a command without one
 TERMINAL = ("Completed", "Failed", "Stopped")
 
 
@@ -51,12 +56,13 @@ class JobRecord:
     model_key: str | None
     created_at: str
     ended_at: str | None
+    owner: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "status": self.status, "pid": self.pid,
                 "failure_reason": self.failure_reason, "model_key": self.model_key,
                 "created_at": self.created_at, "ended_at": self.ended_at, "job_dir": str(self.job_dir),
-                "request": self.request}
+                "owner": self.owner, "request": self.request}
 
 
 def now_iso() -> str:
@@ -70,6 +76,8 @@ class JobTable:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(SCHEMA)
+            if "owner" not in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}:  # a table from before
+                db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -99,9 +107,16 @@ class JobTable:
                               (kind, kind)).fetchall()
         return [_record(r) for r in rows]
 
-    def set_pid(self, name: str, pid: int) -> None:
+    def set_pid(self, name: str, pid: int, owner: str = STACK) -> None:
         with self._connect() as db:
-            db.execute("UPDATE jobs SET pid = ? WHERE name = ?", (pid, name))
+            db.execute("UPDATE jobs SET pid = ?, owner = ? WHERE name = ?", (pid, owner, name))
+
+    def adopt(self, name: str) -> bool:
+        """A running standalone job becomes the stack's (stopped and recovered with it from now on)."""
+        with self._connect() as db:
+            cur = db.execute("UPDATE jobs SET owner = ? WHERE name = ? AND owner = ? AND status = 'InProgress'",
+                             (STACK, name, STANDALONE))
+            return cur.rowcount == 1
 
     def finish(self, name: str, status: str, failure_reason: str | None = None,
                model_key: str | None = None) -> bool:
@@ -115,10 +130,29 @@ class JobTable:
 
 def _record(row: sqlite3.Row) -> JobRecord:
     return JobRecord(row["name"], row["kind"], row["status"], json.loads(row["request"]), Path(row["job_dir"]),
-                     row["pid"], row["failure_reason"], row["model_key"], row["created_at"], row["ended_at"])
+                     row["pid"], row["failure_reason"], row["model_key"], row["created_at"], row["ended_at"],
+                     row["owner"])
 
 
 _RUNNERS: list[subprocess.Popen[bytes]] = []  # kept so finished runners are reaped, not left as zombies
+
+
+def stack_running(home: Path) -> bool:
+    """Whether a `nacelle up` holds the data directory's lock (nacelle.local.stack.StackLock)."""
+    path = home / "up.lock"
+    if not path.exists():
+        return False
+    with path.open("r") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+
+def job_owner(home: Path) -> str:
+    return STACK if stack_running(home) else STANDALONE
 
 
 def spawn_runner(home: Path, name: str, log_file: Path) -> int:

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from nacelle.local.bus import EventBus, Rule
 from nacelle.local.greengrass import LocalGreengrass
-from nacelle.local.jobs import JobTable, alive, kill_group
+from nacelle.local.jobs import STANDALONE, JobTable, alive, kill_group
 from nacelle.local.notifier import LocalNotifier
 from nacelle.local.objectstore import FsObjectStore
 from nacelle.local.paths import ACCOUNT, BUCKET, REGION, StackPaths
@@ -222,13 +222,17 @@ class Stack:
             out[iot_target(rule.function)] = _bind_row(importlib.import_module(module).handle, self.deps_for(module))
         return out
 
-    def recover_orphans(self) -> list[str]:
-        """Jobs left InProgress by a stack that died: kill what still runs, report them Failed."""
+    def recover_orphans(self, adopt_standalone: bool = False) -> list[str]:
+        """Jobs left InProgress by a stack that died (or, at shutdown, by this one): kill what still
+        runs, report them Failed. With `adopt_standalone` (at start-up), a job a command started while
+        no stack ran is left running and adopted; it reports its own end."""
         from nacelle.local.awsevents import processing_state_change, training_state_change
 
         reported = []
         for job in self.jobs.list():
             if job.status != "InProgress":
+                continue
+            if adopt_standalone and job.owner == STANDALONE and alive(job.pid) and self.jobs.adopt(job.name):
                 continue
             if alive(job.pid):
                 kill_group(job.pid or 0)

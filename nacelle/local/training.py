@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from nacelle.local.jobs import JobTable, spawn_runner
+from nacelle.local.jobs import JobTable, job_owner, spawn_runner
 from nacelle.local.paths import StackPaths
 from shared.ports import CompileRequest, TrainingJob, TrainingRequest
 
@@ -21,8 +21,9 @@ class LocalTraining:
         request_doc["hyperparameters"] = dict(request.hyperparameters)
         request_doc["tags"] = dict(request.tags)
         self.jobs.create(request.job_name, "training", request_doc, job_dir)  # raises JobAlreadyExists
+        owner = job_owner(self.paths.home)
         pid = spawn_runner(self.paths.home, request.job_name, job_dir / "runner.log")
-        self.jobs.set_pid(request.job_name, pid)
+        self.jobs.set_pid(request.job_name, pid, owner)
 
     def describe(self, job_name: str) -> TrainingJob:
         record = self.jobs.get(job_name)
@@ -43,7 +44,9 @@ class LocalCompile:
     def start(self, request: CompileRequest) -> None:
         job_dir = self.paths.jobs_dir / request.job_name
         self.jobs.create(request.job_name, "compile", asdict(request), job_dir)  # raises JobAlreadyExists
-        self.jobs.set_pid(request.job_name, spawn_runner(self.paths.home, request.job_name, job_dir / "runner.log"))
+        owner = job_owner(self.paths.home)
+        self.jobs.set_pid(request.job_name, spawn_runner(self.paths.home, request.job_name, job_dir / "runner.log"),
+                          owner)
 
     def describe(self, job_name: str) -> TrainingJob:
         record = self.jobs.get(job_name)

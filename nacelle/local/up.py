@@ -34,7 +34,7 @@ def run_up(home: Path, stop: threading.Event | None = None,
     lock.acquire()
     try:
         stack = Stack(home)
-        for job in stack.recover_orphans():
+        for job in stack.recover_orphans(adopt_standalone=True):
             print(f"job {job} was orphaned by a stopped stack: killed and reported Failed", flush=True)
         dispatcher = Dispatcher(stack.bus, stack.targets())
         for tmp in stack.store.inner.sweep_temp_files():

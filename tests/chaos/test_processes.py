@@ -70,3 +70,45 @@ def _runs_conf(proc: Path, home: Path) -> bool:
         return str(home / "broker" / "mosquitto.conf").encode() in (proc / "cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
+
+
+def test_a_job_started_while_no_stack_runs_is_adopted_not_killed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from nacelle.local.jobs import STACK, STANDALONE, job_owner
+
+    home = tmp_path / "home"
+    write_config(home)
+    stack = Stack(home)
+    assert job_owner(home) == STANDALONE  # no `nacelle up` holds the data directory
+    runners = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+               for _ in range(2)]
+    try:
+        jobs = (("nacelle-retry-2", runners[0], STANDALONE), ("nacelle-crashed-1", runners[1], STACK))
+        for name, proc, owner in jobs:
+            stack.jobs.create(name, "training", {"hyperparameters": {}}, home / "jobs" / name)
+            stack.jobs.set_pid(name, proc.pid, owner)
+        assert stack.recover_orphans(adopt_standalone=True) == ["nacelle-crashed-1"]
+        assert runners[0].poll() is None and stack.jobs.get("nacelle-retry-2").owner == STACK  # adopted
+        assert runners[1].wait(timeout=10) == -signal.SIGKILL  # the dead stack's job: killed, reported
+        assert stack.jobs.get("nacelle-crashed-1").status == "Failed"
+        assert stack.recover_orphans() == ["nacelle-retry-2"]  # stopping the stack stops what it adopted
+    finally:
+        for proc in runners:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def test_a_running_stack_owns_the_jobs_it_starts(tmp_path: Path) -> None:
+    from nacelle.local.jobs import STACK, job_owner
+    from nacelle.local.stack import StackLock
+
+    home = tmp_path / "home"
+    lock = StackLock(home / "up.lock")
+    lock.acquire()
+    try:
+        assert job_owner(home) == STACK
+    finally:
+        lock.release()
