@@ -83,16 +83,10 @@ def on_object_created(key: str, deps: ArrivalDeps) -> Outcome:
     if not key.startswith(RAW_PREFIX) or key.endswith("/"):
         return Outcome("ignored", f"{key} is not a raw data object")
     pk = sk.group_pk(deps.policy.group)
-    previous = deps.state.get(pk, sk.FILE + key)
-    try:
-        data = deps.store.get(key)
-    except ObjectNotFound:
-        return Outcome("ignored", f"{key} no longer exists")
-    if previous is not None and previous.get("sha256") == hashlib.sha256(data).hexdigest():
-        if previous["status"] == "accepted" and not previous.get("check_scheduled"):
-            _schedule_check(key, deps)  # the first delivery died between recording and scheduling
-        return Outcome("duplicate", f"{key} was already {previous['status']}")
-    # new, or a new version of the key (S3 versioning: other content under the same name): new data
+    fresh = _new_content(key, deps)
+    if isinstance(fresh, Outcome):
+        return fresh
+    previous, data = fresh
     spec, _ = load_group_spec(deps.store, deps.policy.group)
     parts = PurePosixPath(key).parts
     turbine_hint = parts[-2] if len(parts) > 2 else None  # raw/<turbine>/<file>: the file's folder
@@ -114,17 +108,29 @@ def on_object_created(key: str, deps: ArrivalDeps) -> Outcome:
     return Outcome("accepted", f"{key}: {report.rows} rows, {len(report.warnings)} warning(s)", record)
 
 
-def on_labels_created(key: str, deps: ArrivalDeps) -> Outcome:
-    """A labels file is validated on arrival like a data file: a bad one is quarantined with its report
-    and never joins a dataset (it would fail every training after it)."""
-    pk = sk.group_pk(deps.policy.group)
-    previous = deps.state.get(pk, sk.FILE + key)
+def _new_content(key: str, deps: ArrivalDeps) -> tuple[dict[str, Any] | None, bytes] | Outcome:
+    """(the key's previous record, its bytes) when there is content to check: a new key, or a new
+    version of one (S3 versioning: other content under the same name); else the Outcome."""
+    previous = deps.state.get(sk.group_pk(deps.policy.group), sk.FILE + key)
     try:
         data = deps.store.get(key)
     except ObjectNotFound:
         return Outcome("ignored", f"{key} no longer exists")
-    if previous is not None and previous.get("sha256") == hashlib.sha256(data).hexdigest():
-        return Outcome("duplicate", f"{key} was already {previous['status']}")
+    if previous is None or previous.get("sha256") != hashlib.sha256(data).hexdigest():
+        return previous, data
+    if previous["status"] == "accepted" and previous.get("kind") != "labels" and not previous.get("check_scheduled"):
+        _schedule_check(key, deps)  # the first delivery died between recording and scheduling
+    return Outcome("duplicate", f"{key} was already {previous['status']}")
+
+
+def on_labels_created(key: str, deps: ArrivalDeps) -> Outcome:
+    """A labels file is validated on arrival like a data file: a bad one is quarantined with its report
+    and never joins a dataset (it would fail every training after it)."""
+    pk = sk.group_pk(deps.policy.group)
+    fresh = _new_content(key, deps)
+    if isinstance(fresh, Outcome):
+        return fresh
+    previous, data = fresh
     record: dict[str, Any] = {"key": key, "kind": "labels", "sha256": hashlib.sha256(data).hexdigest(),
                               "size": len(data), "checked_at": deps.clock().isoformat()}
     try:
