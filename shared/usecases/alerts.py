@@ -72,14 +72,34 @@ class AnomalyRow(BaseModel):
     @classmethod
     def _known_version(cls, raw: Any) -> Any:
         # a DataError (not a ValueError) leaves pydantic as is: the version, not a list of missing fields
+        if isinstance(raw, Mapping) and raw.get("v") == 1:
+            raw = upgrade_v1(raw)
         if isinstance(raw, Mapping) and raw.get("v") != ANOMALY_SCHEMA_VERSION:
             raise DataError(_version_error(raw.get("thing_name"), raw.get("v")))
         return raw
 
 
+def upgrade_v1(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A v1 message (a detector not yet updated, e.g. during a rollout): per-feature `ratios` (error /
+    that feature's threshold) become the v2 `score` (the highest ratio) and `contributions` (each
+    ratio's share). Values that are not finite non-negative numbers are kept as they are, so the v2
+    validation names them."""
+    ratios = raw.get("ratios") or {}
+    clean = {k: float(v) for k, v in ratios.items()
+             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0}
+    if isinstance(ratios, Mapping) and len(clean) == len(ratios):
+        total = sum(clean.values())
+        score: Any = max(clean.values(), default=0.0)
+        contributions: Any = {k: v / total for k, v in clean.items()} if total > 0 else {}
+    else:
+        score, contributions = ratios, {}  # refused by the v2 fields, naming the bad values
+    return {**{k: v for k, v in raw.items() if k != "ratios"}, "v": ANOMALY_SCHEMA_VERSION, "score": score,
+            "contributions": contributions}
+
+
 def _version_error(thing: Any, version: Any) -> str:
     return (f"anomaly message of {thing or '?'}: unsupported schema version v={version!r}; this function reads "
-            f"v={ANOMALY_SCHEMA_VERSION} (one score per episode and per-feature contributions)")
+            f"v={ANOMALY_SCHEMA_VERSION} (one score per episode and per-feature contributions) and upgrades v=1")
 
 
 @dataclass(frozen=True)

@@ -206,7 +206,18 @@ V1 = {"v": 1, "kind": "open", "episode_id": "wt-01-1000", "turbine_id": "wt-01",
       "model_version": 1, "seq": 1, "thing_name": "wt-01", "received_at": int(T0 * 1000), "client_id": "wt-01"}
 
 
-@pytest.mark.parametrize("version", [1, 3, None, "2"])
+def test_a_v1_message_from_a_detector_not_yet_updated_is_upgraded(deps: AlertDeps) -> None:
+    message = {**V1, "ratios": {"rpm": 3.0, "gen_temp": 1.0, "voltage": 0.0}, "features": ["rpm", "gen_temp"]}
+    row_v2 = AnomalyRow.model_validate(message)
+    assert (row_v2.v, row_v2.score, row_v2.contributions) == (2, 3.0, {"rpm": 0.75, "gen_temp": 0.25, "voltage": 0.0})
+    assert handle(message, deps)["action"] == "new"
+    (alert,) = sent(deps, "alert")
+    assert alert.subject == "[CRITICAL] wt-01: score 3.0x threshold, mostly rpm (75 %), gen_temp (25 %)"
+    with pytest.raises(ValidationError, match="score"):  # a bad v1 ratio is named like a bad v2 score
+        AnomalyRow.model_validate({**V1, "ratios": {"rpm": math.nan}})
+
+
+@pytest.mark.parametrize("version", [0, 3, None, "2"])
 def test_other_schema_versions_are_refused_by_name(deps: AlertDeps, version: Any) -> None:
     message = {**V1, "v": version}
     expected = f"wt-01: unsupported schema version v={version!r}; this function reads v=2"
@@ -214,7 +225,7 @@ def test_other_schema_versions_are_refused_by_name(deps: AlertDeps, version: Any
         handle(message, deps)  # the version, not a list of missing fields
     with pytest.raises(DataError, match=expected):
         AnomalyRow.model_validate(message)
-    with pytest.raises(DataError, match="unsupported schema version v=1"):
+    with pytest.raises(DataError, match="unsupported schema version v=1"):  # rows are validated first
         on_anomaly(row("open").model_copy(update={"v": 1}), deps)
     assert sent(deps) == [] and list_alerts(deps) == []
 
