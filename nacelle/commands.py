@@ -77,7 +77,9 @@ def upload_keys(paths: list[Path]) -> UploadPlan:
 
 def cmd_data_put(args: argparse.Namespace) -> int:
     stack = _stack(args)
-    stack.store.inner.sweep_temp_files("raw/")  # what a killed put left half-written
+    for prefix in ("raw/", "labels/"):  # what a killed put left half-written
+        if stack.store.inner.path(prefix.rstrip("/")).is_dir():
+            stack.store.inner.sweep_temp_files(prefix)
     plan = upload_keys([Path(p) for p in args.paths])
     uploaded = skipped = announced = 0
     for path, key in plan.files:

@@ -147,7 +147,7 @@ class RawWatcher:
             try:
                 self._sweep()  # temp files of writers killed mid-write
             except (OSError, NacelleError) as e:
-                logger.warning("raw folder sweep failed", extra={"error": str(e)})
+                logger.warning("raw folder sweep failed", error=str(e))
         seen = self._notified.seen()
         announced = []
         for path in sorted(raw.rglob("*")):
@@ -188,7 +188,7 @@ class RawWatcher:
         name = repr(str(path))
         if name not in self._reported:
             self._reported.add(name)
-            logger.warning("raw folder entry skipped", extra={"path": name, "reason": reason})
+            logger.warning("raw folder entry skipped", path=name, reason=reason)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="raw-watcher", daemon=True)
