@@ -45,7 +45,7 @@ def upload_keys(paths: list[Path]) -> UploadPlan:
     """(file, key): raw/<path relative to the argument's parent>; labels.json files go to labels/.
     Entries that cannot become objects (symbolic links, names that are not valid UTF-8 or hold a
     backslash, a control character or a '..' segment) are refused one by one; links are never followed."""
-    from nacelle.local.s3events import key_name_problem
+    from nacelle.local.objectstore import key_problem
 
     plan = UploadPlan()
     for arg in paths:
@@ -67,7 +67,9 @@ def upload_keys(paths: list[Path]) -> UploadPlan:
             rel = f.relative_to(base).as_posix()
             key = f"labels/{rel}" if f.name == "labels.json" else f"raw/{rel}"
             problem = ("a symbolic link (not followed)" if f.is_symlink()
-                       else None if f.is_file() else "not a regular file") or key_name_problem(key)
+                       else None if f.is_file() else "not a regular file")
+            if problem is None and (name_problem := key_problem(key)):
+                problem = f"the name {name_problem}"
             if problem:
                 plan.refused.append((repr(str(f)), problem))
             else:
@@ -78,8 +80,7 @@ def upload_keys(paths: list[Path]) -> UploadPlan:
 def cmd_data_put(args: argparse.Namespace) -> int:
     stack = _stack(args)
     for prefix in ("raw/", "labels/"):  # what a killed put left half-written
-        if stack.store.inner.path(prefix.rstrip("/")).is_dir():
-            stack.store.inner.sweep_temp_files(prefix)
+        stack.store.inner.sweep_temp_files(prefix)
     plan = upload_keys([Path(p) for p in args.paths])
     uploaded = skipped = announced = 0
     for path, key in plan.files:

@@ -15,21 +15,48 @@ from shared.errors import AdapterError, ConfigurationError, Conflict, ObjectNotF
 from shared.ports import ObjectInfo
 
 # Temp files live next to their target (os.replace/os.link stay within one filesystem); keys may not use the prefix.
-_TMP_PREFIX = ".nacelle-tmp-"
+TMP_PREFIX = ".nacelle-tmp-"
 TEMP_MIN_AGE_S = 5.0  # sweep_temp_files leaves younger temp files alone
 
 
-def _key_problem(key: str) -> str | None:
+def key_problem(key: str) -> str | None:
+    """Why `key` cannot name an object here, else None."""
     if not key:
         return "empty"
-    if "\x00" in key or "\\" in key:
-        return "contains NUL or a backslash"
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not UTF-8 (surrogate escapes)
+        return "is not valid UTF-8"
+    if "\\" in key:
+        return "contains a backslash"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        return "contains a control character"
     for segment in key.split("/"):  # also catches a leading '/', a trailing '/' and '//'
         if segment in ("", ".", ".."):
             return "has an empty, '.' or '..' segment"
-        if segment.startswith(_TMP_PREFIX):
-            return f"has a segment starting with the reserved {_TMP_PREFIX!r}"
+        if segment.startswith(TMP_PREFIX):
+            return f"has a segment starting with the reserved {TMP_PREFIX!r}"
     return None
+
+
+def remove_if_abandoned(tmp: Path, min_age_s: float = TEMP_MIN_AGE_S) -> bool:
+    """Remove a temp file whose writer died: a live writer holds a lock on its temp file until it is
+    gone, a dead one's lock went with its process (a file younger than `min_age_s` is left: its writer
+    may not have taken the lock yet). True when removed."""
+    try:
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # gone meanwhile, or not a plain file
+        return False
+    try:
+        if time.time() - os.fstat(fd).st_mtime < min_age_s:
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # a writer is at work
+    finally:
+        os.close(fd)
+    tmp.unlink(missing_ok=True)
+    return True
 
 
 def _etag(data: bytes) -> str:
@@ -44,7 +71,7 @@ class FsObjectStore:
     """
 
     def __init__(self, root: Path, bucket: str) -> None:
-        if _key_problem(bucket) or "/" in bucket:
+        if key_problem(bucket) or "/" in bucket:
             raise ConfigurationError(f"unsafe bucket name {bucket!r}")
         self.root = root
         self.bucket = bucket
@@ -52,7 +79,7 @@ class FsObjectStore:
 
     def path(self, key: str) -> Path:
         """The file of `key`; raises ConfigurationError for a key that could leave the bucket directory."""
-        if problem := _key_problem(key):
+        if problem := key_problem(key):
             raise ConfigurationError(f"unsafe object key {key!r}: {problem}")
         path = self._base.joinpath(*key.split("/"))
         if not path.resolve().is_relative_to(self._base):  # a symlink inside the tree pointing out
@@ -96,32 +123,11 @@ class FsObjectStore:
                 raise AdapterError(f"cannot write {path}: {e}") from e
 
     def sweep_temp_files(self, prefix: str = "", min_age_s: float = TEMP_MIN_AGE_S) -> list[Path]:
-        """Remove the temp files of writers that died (kill -9 mid-write) under the folder `prefix`: a live
-        writer holds a lock on its temp file until it is gone, a dead one's lock went with its process
-        (files younger than `min_age_s` are left: their writer may not have taken the lock yet)."""
-        removed = []
+        """Remove the temp files of writers that died (kill -9 mid-write) under the folder `prefix`
+        (remove_if_abandoned); returns what was removed."""
         start = self.path(prefix.rstrip("/")) if prefix.strip("/") else self._base
-        now = time.time()
-        for directory, _dirnames, filenames in os.walk(start):
-            for name in filenames:
-                if not name.startswith(_TMP_PREFIX):
-                    continue
-                tmp = Path(directory, name)
-                try:
-                    fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
-                except OSError:  # gone meanwhile, or not a plain file
-                    continue
-                try:
-                    if now - os.fstat(fd).st_mtime < min_age_s:
-                        continue
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a writer is at work
-                finally:
-                    os.close(fd)
-                tmp.unlink(missing_ok=True)
-                removed.append(tmp)
-        return removed
+        return [tmp for directory, _dirnames, filenames in os.walk(start) for name in filenames
+                if name.startswith(TMP_PREFIX) and remove_if_abandoned(tmp := Path(directory, name), min_age_s)]
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -129,7 +135,7 @@ class FsObjectStore:
     def list(self, prefix: str) -> list[ObjectInfo]:
         # Start at the deepest directory the prefix names in full; an invalid one contains no valid key.
         head = prefix.rpartition("/")[0]
-        if head and _key_problem(head):
+        if head and key_problem(head):
             return []
         start = self.path(head) if head else self._base
         infos = []
@@ -138,8 +144,8 @@ class FsObjectStore:
             for name in filenames:
                 file = Path(directory, name)
                 key = file.relative_to(self._base).as_posix()
-                if not key.startswith(prefix) or _key_problem(key) or file.is_symlink():
-                    continue  # temp files fail _key_problem
+                if not key.startswith(prefix) or key_problem(key) or file.is_symlink():
+                    continue  # temp files fail key_problem
                 try:
                     data = file.read_bytes()
                 except FileNotFoundError:  # deleted while listing
@@ -154,7 +160,7 @@ class FsObjectStore:
             path.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as e:
             raise Conflict(f"cannot write {self.uri(key)}: a prefix of the key is an object") from e
-        fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
         tmp = Path(name)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

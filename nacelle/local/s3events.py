@@ -19,27 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from nacelle.local.awsevents import object_created
+from nacelle.local.objectstore import TMP_PREFIX, key_problem, remove_if_abandoned
 from shared.errors import NacelleError
 from shared.observability import logger
 from shared.ports import ObjectInfo
 
 Publish = Callable[[dict[str, Any]], object]
-
-
-def key_name_problem(key: str) -> str | None:
-    """Why `key` cannot name an object here (not valid UTF-8, a backslash, a control character, an
-    empty, '.' or '..' segment), else None."""
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        return "the name is not valid UTF-8"
-    if "\\" in key:
-        return "the name contains a backslash"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
-        return "the name contains a control character"
-    if any(segment in ("", ".", "..") for segment in key.split("/")):
-        return "the name has an empty, '.' or '..' segment"
-    return None
 
 
 class NotifiedKeys:
@@ -129,8 +114,8 @@ class RawWatcher:
     """Scans the raw folder for files that arrived without going through the store."""
 
     def __init__(self, bucket_dir: Path, bucket: str, publish: Publish, notified: NotifiedKeys,
-                 interval_s: float = 1.0, sweep: Callable[[], object] | None = None) -> None:
-        self.bucket_dir, self.bucket, self._sweep = bucket_dir, bucket, sweep
+                 interval_s: float = 1.0) -> None:
+        self.bucket_dir, self.bucket = bucket_dir, bucket
         self._publish, self._notified, self.interval_s = publish, notified, interval_s
         self._pending: dict[str, tuple[int, int]] = {}
         self._reported: set[str] = set()
@@ -139,19 +124,18 @@ class RawWatcher:
 
     def scan(self) -> list[str]:
         """One pass; returns the keys announced. A file is announced once its stat is stable; an entry
-        that cannot become an object (its name, a link) is reported once and skipped."""
+        that cannot become an object (its name, a link) is reported once and skipped; the temp file of
+        a writer killed mid-write is removed."""
         raw = self.bucket_dir / "raw"
         if not raw.is_dir():
             return []
-        if self._sweep is not None:
-            try:
-                self._sweep()  # temp files of writers killed mid-write
-            except (OSError, NacelleError) as e:
-                logger.warning("raw folder sweep failed", error=str(e))
         seen = self._notified.seen()
         announced = []
         for path in sorted(raw.rglob("*")):
             try:
+                if path.name.startswith(TMP_PREFIX):
+                    remove_if_abandoned(path)
+                    continue
                 key = self._key(path)
                 if key is None:
                     continue
@@ -179,8 +163,8 @@ class RawWatcher:
         if not path.is_file() or path.name.startswith(".") or path.name.endswith(".tmp"):
             return None
         key = path.relative_to(self.bucket_dir).as_posix()
-        if problem := key_name_problem(key):
-            self._report(path, problem)
+        if problem := key_problem(key):
+            self._report(path, f"the name {problem}")
             return None
         return key
 

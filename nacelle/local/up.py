@@ -39,8 +39,7 @@ def run_up(home: Path, stop: threading.Event | None = None,
         dispatcher = Dispatcher(stack.bus, stack.targets())
         for tmp in stack.store.inner.sweep_temp_files():
             print(f"removed {tmp}, left half-written by a killed writer", flush=True)
-        watcher = RawWatcher(stack.paths.bucket_dir, BUCKET, stack.bus.put, NotifiedKeys(home / "s3events.db"),
-                             sweep=lambda: stack.store.inner.sweep_temp_files("raw/"))
+        watcher = RawWatcher(stack.paths.bucket_dir, BUCKET, stack.bus.put, NotifiedKeys(home / "s3events.db"))
         previous = _install_signals(stop)
         dispatcher.start()
         watcher.start()

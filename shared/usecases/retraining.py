@@ -206,12 +206,12 @@ def _duration(start: str | None, end: str | None) -> float:
 
 def _record_file(pk: str, key: str, record: dict[str, Any], previous: dict[str, Any] | None,
                  deps: ArrivalDeps) -> bool:
-    """Write a file's record: the first one, or the one of a new version replacing the version recorded."""
+    """Write a file's record: the first one, or the one of a new version replacing the version recorded
+    (nothing of the old version's record is kept)."""
     if previous is None:
         return deps.state.put(pk, sk.FILE + key, record, if_absent=True)
-    return deps.state.update_if(pk, sk.FILE + key, {**record, "check_scheduled": None, "excluded_reason": None,
-                                                    "retired_by": None},
-                                {"sha256": previous.get("sha256")})
+    stale = {k: None for k in previous if k not in record and k not in ("pk", "sk")}
+    return deps.state.update_if(pk, sk.FILE + key, {**stale, **record}, {"sha256": previous.get("sha256")})
 
 
 def _quarantine(key: str, data: bytes, report: dict[str, Any], summary: str, record: dict[str, Any],
@@ -306,15 +306,14 @@ def start_training(deps: ArrivalDeps, files: list[dict[str, Any]], reason: str, 
 
 
 def _accepted_labels(deps: ArrivalDeps) -> list[tuple[str, str]]:
-    """(key, sha256) of the labels files that passed validation (one never checked is checked now)."""
+    """(key, sha256) of the labels files whose current content passed validation (checked here when
+    its event has not been handled yet; a duplicate otherwise)."""
     pk, out = sk.group_pk(deps.policy.group), []
     for o in deps.store.list(LABELS_PREFIX):
         if o.key.endswith("/"):
             continue
+        on_labels_created(o.key, deps)
         record = deps.state.get(pk, sk.FILE + o.key)
-        if record is None:
-            on_labels_created(o.key, deps)
-            record = deps.state.get(pk, sk.FILE + o.key)
         if record is not None and record.get("status") == "accepted":
             out.append((o.key, str(record["sha256"])))
     return out

@@ -137,10 +137,13 @@ def test_the_watcher_survives_bad_entries_and_announces_the_rest(home: Path, tmp
     Path(os.fsdecode(bytes(raw) + b"/\xff.csv")).write_text("t,x\n")
     (raw / "link.csv").symlink_to(tmp_path / "elsewhere.csv")
     (raw / "ok.csv").write_text("t,x\n1,2\n")
+    abandoned = raw / ".nacelle-tmp-killed"  # a writer died mid-write
+    abandoned.write_bytes(b"half")
+    os.utime(abandoned, (0, 0))
     watcher = RawWatcher(stack.paths.bucket_dir, BUCKET, stack.bus.put, NotifiedKeys(home / "s3events.db"))
     for _ in range(3):
         watcher.scan()
-    assert announced_keys(stack) == {"raw/wt-05/ok.csv"}
+    assert announced_keys(stack) == {"raw/wt-05/ok.csv"} and not abandoned.exists()
 
 
 def test_a_live_writers_temp_file_is_never_swept(home: Path) -> None:

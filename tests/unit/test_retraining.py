@@ -245,4 +245,5 @@ def test_a_new_version_of_a_key_is_validated_as_new_data(deps, ten_minutes):
     assert outcome.action == "accepted"
     record = deps.state.get(f"group#{GROUP}", f"file#{key}")
     assert record["status"] == "accepted" and record["replaces_sha256"] is not None
+    assert record.get("quarantine_key") is None and record.get("errors") is None  # nothing of the old version
     assert on_object_created(key, deps).action == "duplicate"
