@@ -121,6 +121,8 @@ def run_alert_latency(home: Path, models_root: Path, *, turbines: int = TURBINES
             if event.kind == "open":
                 decided[event.episode["episode_id"]] = now
 
+    for thing in things:  # before the stack starts: its broker's ACL lists them
+        LocalPki(home / "pki").sensor_source(thing)
     with background_stack(home) as stack:
         port, pki = read_port(home), LocalPki(home / "pki")
         apps: dict[str, DetectorApp] = {}
@@ -136,7 +138,7 @@ def run_alert_latency(home: Path, models_root: Path, *, turbines: int = TURBINES
                     stream.inject("rotor_imbalance", "high", FAULT_S,
                                   start=stream.now + timedelta(seconds=FIRST_FAULT_S + k * PERIOD_S))
             for thing in things:
-                clients.append(MqttClient(("127.0.0.1", port), pki.device(thing), f"{thing}-plc"))
+                clients.append(MqttClient(("127.0.0.1", port), pki.sensor_source(thing), f"{thing}.sensors"))
             sensors = dict(zip(things, clients, strict=True))
             feeds = {t: Feed() for t in things}
             samples = dict.fromkeys(things, 0)

@@ -44,7 +44,8 @@ from nacelle.local.stack import Stack  # noqa: E402
 from nacelle.local.up import keep_broker, wait_for  # noqa: E402
 from nacelle.simulator.generate import generate_dataset  # noqa: E402
 from nacelle.train_runner import run_training_job  # noqa: E402
-from shared.usecases.alerts import AlertDeps, AlertPolicy, AnomalyRow, on_anomaly  # noqa: E402
+from shared.messages import EpisodeRow, validate  # noqa: E402
+from shared.usecases.alerts import AlertDeps, AlertPolicy, on_anomaly  # noqa: E402
 from training_jobs.compile import compile_bundle  # noqa: E402
 
 KILLS, FILES, BROKER_ROUNDS = 20, 60, 5
@@ -187,7 +188,7 @@ def false_resolved(tmp: Path) -> tuple[int, int]:
             interrupted += sum(e.kind == "interrupt" for e in events)
             for e in events:
                 row = {**builder.anomaly(e, 1), "thing_name": turbine, "received_at": int(time.time() * 1000)}
-                on_anomaly(AnomalyRow.model_validate(row), deps)
+                on_anomaly(validate(EpisodeRow, row), deps)
             false += sum(m.attributes["kind"] == "resolution" for m in notifier.messages)
     return false, interrupted
 

@@ -139,6 +139,8 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
 def run_outage(home: Path, models_root: Path, outage_s: float, *, health_s: float = 0.5,
                echo: Callable[[str], None] = lambda _m: None) -> OutageReport:
     pki = LocalPki(home / "pki").ensure()
+    for thing in (FAULTY, HEALTHY):
+        pki.sensor_source(thing)  # before the broker starts: its ACL lists them
     broker = Broker(home, pki).start()
     apps: dict[str, DetectorApp] = {}
     clients: list[MqttClient] = []
@@ -153,7 +155,7 @@ def run_outage(home: Path, models_root: Path, outage_s: float, *, health_s: floa
         streams = {FAULTY: TurbineStream(FAULTY, 5), HEALTHY: TurbineStream(HEALTHY, 6)}
         streams[FAULTY].inject("rotor_imbalance", "high", FAULT_S, start=streams[FAULTY].now +
                                timedelta(seconds=FAULT_AT))
-        sensors = {t: MqttClient(broker.endpoint, pki.device(t), f"{t}-plc") for t in streams}
+        sensors = {t: MqttClient(broker.endpoint, pki.sensor_source(t), f"{t}.sensors") for t in streams}
         clients += sensors.values()
 
         sent = dict.fromkeys(streams, 0)  # samples published per turbine

@@ -351,6 +351,13 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     failed = [r for r in rows if r["deployment"] and r["deployment"]["status"] == "FAILED"]
     for r in failed:
         print(f"{r['thing']}: {r['deployment']['name']} FAILED: {r['deployment']['reason']}")
+    for r in rows:  # what the cloud noticed of the device's messages
+        missing = {k: n for k, n in r["messages_missing"].items() if n}
+        notes = [r["unexpected_version"] or "",
+                 ", ".join(f"{n} {stream} message(s) missing" for stream, n in sorted(missing.items())),
+                 ", ".join(f"{n} refused ({reason})" for reason, n in sorted(r["messages_refused"].items()))]
+        if any(notes):
+            print(f"{r['thing']}: {'; '.join(n for n in notes if n)}")
     return 0
 
 

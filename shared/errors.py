@@ -61,3 +61,7 @@ class JobAlreadyExists(Conflict):
 
 class AdapterError(NacelleError):
     """A backing service failed in a way the caller cannot fix (wraps botocore ClientError)."""
+
+
+class InvalidTransition(NacelleError):
+    """Code attempted a state change its lifecycle table (shared/usecases/lifecycle.py) does not allow: a bug."""

@@ -177,37 +177,3 @@ class RolloutCheckDetail(BaseModel):
 
 class RolloutCheck(EventBridgeModel):
     detail: RolloutCheckDetail
-
-
-class HealthRow(BaseModel):
-    """What HealthRule's SELECT hands the function: the health message plus thing_name (topic(2)),
-    received_at (timestamp(), epoch ms) and client_id (clientid())."""
-
-    model_config = ConfigDict(extra="allow")
-
-    v: int = 1
-    turbine_id: str = ""
-    model_version: str | None = None
-    detector_version: str | None = None
-    inference_rate_hz: float = 0.0
-    latency_p50_ms: float | None = None
-    latency_p99_ms: float | None = None
-    spool_depth: int = 0
-    spool_dropped: int = 0
-    bad_messages: int = 0
-    uptime_s: float = 0.0
-    windows_scored: int = 0
-    model_error: str | None = None
-    seq: int = 0
-    thing_name: str = Field(min_length=1)
-    received_at: int
-    client_id: str = ""
-
-    @field_validator("model_version", "detector_version", mode="before")
-    @classmethod
-    def _version_text(cls, value: object) -> object:
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-    @property
-    def received_at_s(self) -> float:
-        return self.received_at / 1000.0

@@ -231,8 +231,8 @@ class IotRule:
         if not topic_matches(self.topic_filter, topic):
             return None
         try:
-            document = json.loads(payload)
-        except (UnicodeDecodeError, ValueError) as exc:
+            document = json.loads(payload, parse_constant=_not_json)  # NaN / Infinity are not JSON
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise DataError(f"{topic}: payload is not JSON ({exc})") from exc
         if not isinstance(document, dict):
             raise DataError(f"{topic}: payload is a JSON {type(document).__name__}, not an object")
@@ -262,3 +262,7 @@ def parse(sql: str) -> IotRule:
     where = p.condition() if p.accept("keyword", "WHERE") else None
     p.expect("end")
     return IotRule(sql, topic_filter, tuple(select), where)
+
+
+def _not_json(token: str) -> Any:
+    raise ValueError(f"{token} is not a JSON number")

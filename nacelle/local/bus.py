@@ -150,12 +150,7 @@ class EventBus:
         """
         now = self.clock()
         due = now if deliver_at is None else _epoch(deliver_at)
-        event = self._event_dict(envelope, due)
-        try:
-            body = json.dumps(event, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"event {event['detail-type']!r} from {event['source']!r} is not JSON: {exc}") from exc
-        targets = [(rule.name, rule.target) for rule in self.rules if rule.matches(event)]
+        event, body, targets = self._encode(envelope, due)
         with self._transaction() as conn:
             if dedup_key is not None and conn.execute(
                     "SELECT 1 FROM events WHERE dedup_key = ?", (dedup_key,)).fetchone():
@@ -173,6 +168,29 @@ class EventBus:
             self.wake()
         return str(event["id"])
 
+    def put_many(self, envelopes: Sequence[Envelope | Mapping[str, Any]]) -> list[str]:
+        """Store events due now and their deliveries in one transaction (one commit for the batch);
+        returns their ids. All or none: one bad event refuses the batch."""
+        now = self.clock()
+        rows, deliveries = [], []
+        for envelope in envelopes:
+            event, body, targets = self._encode(envelope, now)
+            rows.append((event["id"], body, None, now))
+            deliveries += [(event["id"], rule, target, now, now) for rule, target in targets]
+        if not rows:
+            return []
+        with self._transaction() as conn:
+            try:
+                conn.executemany("INSERT INTO events (id, body, dedup_key, put_at) VALUES (?, ?, ?, ?)", rows)
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"an event of the batch is already on the bus: {exc}") from exc
+            conn.executemany(
+                "INSERT INTO deliveries (event_id, rule, target, status, available_at, updated_at)"
+                " VALUES (?, ?, ?, 'pending', ?, ?)", deliveries)
+        if deliveries:
+            self.wake()
+        return [row[0] for row in rows]
+
     def publish(self, event: Envelope | Mapping[str, Any], deliver_at: datetime | None = None,
                 dedup_key: str | None = None) -> None:
         """shared.ports.EventPublisher. As on AWS: an event due now is put at once and never de-duplicated;
@@ -188,6 +206,12 @@ class EventBus:
             raise NotFound(f"no event {event_id} on the bus")
         event: dict[str, Any] = json.loads(row[0])
         return event
+
+    def events(self, detail_type: str) -> list[tuple[dict[str, Any], float]]:
+        """Every stored event of one detail-type with the time it was put, oldest first."""
+        rows = self._connect().execute("SELECT body, put_at FROM events ORDER BY put_at").fetchall()
+        out = [(json.loads(body), float(put_at)) for body, put_at in rows]
+        return [(event, at) for event, at in out if event.get("detail-type") == detail_type]
 
     def deliveries(self, status: DeliveryStatus | None = None, *, event_id: str | None = None) -> list[Delivery]:
         """Deliveries in insertion order, optionally of one status and/or one event."""
@@ -292,6 +316,16 @@ class EventBus:
         return None if row[0] is None else float(row[0])
 
     # -- internals -------------------------------------------------------------------------------
+    def _encode(self, envelope: Envelope | Mapping[str, Any], due: float
+                ) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
+        """The event as stored (EventBridge shape), its JSON body and its (rule, target) deliveries."""
+        event = self._event_dict(envelope, due)
+        try:
+            body = json.dumps(event, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"event {event['detail-type']!r} from {event['source']!r} is not JSON: {exc}") from exc
+        return event, body, [(rule.name, rule.target) for rule in self.rules if rule.matches(event)]
+
     def _event_dict(self, envelope: Envelope | Mapping[str, Any], due: float) -> dict[str, Any]:
         if not isinstance(envelope, Envelope):
             missing = [key for key in ("source", "detail-type", "detail") if key not in envelope]

@@ -5,11 +5,16 @@ Provisioning gives each device its client certificate (nacelle/local/pki.py) and
 `canary_size` devices in `nacelle-canary`, the rest in `nacelle-fleet`. A monitor thread restarts a process that
 exits (with backoff). Every process gets its own process group; `<home>/fleet.json` records them so a fleet
 started after a crash kills what the previous one left behind. `status()` works with or without running processes.
+
+With `component_id_base` and root, device k's nucleus runs its components as uid = gid = base + k, and the venvs
+the devices share belong to base: built by it (`prepare_runtime`), only read by the devices
+(nacelle/local/component_user.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -22,12 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from nacelle.local.component_user import MAX_DEVICES, ComponentUser, device_id, runtime_id
 from nacelle.local.component_user import resolve as resolve_user
 from nacelle.local.nucleus import die_with_parent, process_start_time, write_json
 from nacelle.local.pki import LocalPki
 from shared.errors import ConfigurationError
 from shared.observability import logger
 from shared.ports import StateStore
+from shared.usecases.intake import REJECTED, missing_messages
 
 CANARY_GROUP = "nacelle-canary"
 FLEET_GROUP = "nacelle-fleet"
@@ -53,8 +60,8 @@ class FleetGreengrass(Protocol):
 
 
 def thing_names(count: int) -> list[str]:
-    if count < 0 or count > 999:
-        raise ConfigurationError(f"fleet size must be between 0 and 999, got {count}")
+    if count < 0 or count > MAX_DEVICES:
+        raise ConfigurationError(f"fleet size must be between 0 and {MAX_DEVICES}, got {count}")
     width = max(2, len(str(count)))
     return [f"turbine-{i:0{width}d}" for i in range(1, count + 1)]
 
@@ -81,7 +88,7 @@ class Fleet:
     def __init__(self, home: Path, greengrass: FleetGreengrass, *, size: int = 5, canary_size: int = 1,
                  state: StateStore | None = None, alerts: StateStore | None = None, simulators: bool = True,
                  nucleus_args: Sequence[str] = (), simulator_args: Sequence[str] = (),
-                 component_user: str = "") -> None:
+                 component_id_base: int = 0) -> None:
         if not 0 <= canary_size <= size:
             raise ConfigurationError(f"canary_size must be between 0 and the fleet size {size}, got {canary_size}")
         self.home = Path(home).resolve()
@@ -90,8 +97,8 @@ class Fleet:
         self.canary_size = canary_size
         self.state, self.alerts = state, alerts
         self.simulators = simulators
-        self.component_user = component_user  # when root: who components run as (nacelle/local/component_user.py)
-        self.nucleus_args = [*nucleus_args, *(["--component-user", component_user] if component_user else [])]
+        self.component_id_base = component_id_base  # 0: components run as the nucleus's user
+        self.nucleus_args = list(nucleus_args)
         self.simulator_args = list(simulator_args)
         self.procs: dict[str, _Managed] = {}
         self._stop = threading.Event()
@@ -105,6 +112,27 @@ class Fleet:
 
     def device_root(self, thing: str) -> Path:
         return self.home / "devices" / thing
+
+    @property
+    def venvs_root(self) -> Path:
+        return self.home / "greengrass" / "venvs"
+
+    def identities(self) -> dict[str, str]:
+        """thing -> the `uid:gid` its components run as; empty: they run as the nucleus's user."""
+        if not self.component_id_base or not self.things:
+            return {}
+        if os.geteuid() != 0:
+            logger.warning("not root: every device's components run as this user, not isolated from one another")
+            return {}
+        ids = {thing: device_id(self.component_id_base, k) for k, thing in enumerate(self.things, start=1)}
+        return {thing: f"{i}:{i}" for thing, i in ids.items()}
+
+    def runtime_user(self) -> ComponentUser | None:
+        """Who builds and owns the shared venvs when devices are isolated (never one of them)."""
+        if not self.component_id_base or os.geteuid() != 0:
+            return None
+        rid = runtime_id(self.component_id_base)
+        return resolve_user(f"{rid}:{rid}", self.home)
 
     # ------------------------------------------------------------------ provisioning
     def provision(self) -> list[str]:
@@ -127,13 +155,17 @@ class Fleet:
     def start(self) -> Fleet:
         self.provision()
         self._kill_recorded()
+        identities = self.identities()
+        if identities:
+            self._share_venvs()
         python = sys.executable
         for thing in self.things:
             logs = self.device_root(thing) / "logs"
             logs.mkdir(parents=True, exist_ok=True)
+            user = ["--component-user", identities[thing]] if thing in identities else []
             self.procs[f"{thing}/nucleus"] = _Managed(
                 thing, "nucleus", [python, "-m", "nacelle.local.nucleus", "--thing", thing, "--home", str(self.home),
-                                   *self.nucleus_args], logs / "nucleus.log")
+                                   *self.nucleus_args, *user], logs / "nucleus.log")
             if self.simulators:
                 self.procs[f"{thing}/simulator"] = _Managed(
                     thing, "simulator", [python, "-m", "nacelle.simulator.device", "--thing", thing, "--home",
@@ -153,9 +185,11 @@ class Fleet:
         self._stop.set()
         if self._monitor is not None:
             self._monitor.join(timeout=5)
-        if self._prepare is not None and self._prepare.poll() is None:
-            self._prepare.kill()  # an unfinished venv has no completion marker: the next install rebuilds it
-            self._prepare.wait(5)
+        if self._prepare is not None and self._prepare.poll() is None:  # its group: the installer's pip too
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._prepare.pid, signal.SIGKILL)  # an unfinished venv has no completion marker
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._prepare.wait(5)
         with self._lock:
             live = [m.popen for m in self.procs.values() if m.popen is not None and m.popen.poll() is None]
             for p in live:
@@ -242,20 +276,30 @@ class Fleet:
         script = COMPONENT_DIR / "src" / "detector" / "install_venv.py"
         if not any(WHEELHOUSE.glob("*.whl")):
             return  # nothing to install from: the Install step reports it
-        root = self.home / "greengrass" / "venvs"
+        requirements = COMPONENT_DIR / "requirements.txt"
+        root = self.venvs_root
         root.mkdir(parents=True, exist_ok=True)
         log = self.home / "greengrass" / "prepare-runtime.log"
         identity: dict[str, Any] = {}
-        user = resolve_user(self.component_user, self.home)
-        if user is not None:  # built by the user the components' Install steps run as (they share it)
-            user.own(root)
+        user = self._share_venvs()
+        if user is not None:  # built by the venvs' owner; a device's Install only reads them
+            _shared_lock(root, script, requirements)
             identity = {"user": user.uid, "group": user.gid, "extra_groups": [], "cwd": root,
                         "env": {**os.environ, "HOME": str(root)}}
         with log.open("ab") as out:
             self._prepare = subprocess.Popen(
-                ["python3", "-u", str(script), "--requirements", str(COMPONENT_DIR / "requirements.txt"),
+                ["python3", "-u", str(script), "--requirements", str(requirements),
                  "--wheels", str(WHEELHOUSE), "--venvs-root", str(root), "--default-venvs-root", str(root)],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **identity)
+
+    def _share_venvs(self) -> ComponentUser | None:
+        """The shared venvs root, the runtime identity's and 0755 (devices read it, none can write it)."""
+        user = self.runtime_user()
+        if user is not None:
+            self.venvs_root.mkdir(parents=True, exist_ok=True)
+            user.own(self.venvs_root)
+            self.venvs_root.chmod(0o755)
+        return user
 
     # ------------------------------------------------------------------ status
     def status(self) -> list[dict[str, Any]]:
@@ -269,9 +313,14 @@ class Fleet:
                 counts["open"] += item.get("status") == "open"
         health = {str(r.get("thing_name") or r.get("sk")): r
                   for r in (self.state.query(DEVICES_PK) if self.state is not None else [])}
+        refused: dict[str, dict[str, int]] = {}  # thing -> reason -> messages the cloud refused
+        for item in self.state.query(REJECTED) if self.state is not None else []:
+            counts = refused.setdefault(str(item["thing_name"]), {})
+            for reason, n in item.get("by_reason", {}).items():
+                counts[reason] = counts.get(reason, 0) + int(n)
         rows = []
         known = {d.thing: d for d in self.gg.devices()}
-        for thing in sorted(set(known) | set(self.things)):
+        for thing in sorted(set(known) | set(self.things) | set(health)):  # and any device the cloud hears from
             info = known.get(thing)
             latest = info.executions[0] if info is not None and info.executions else None
             record = health.get(thing) or {}
@@ -287,6 +336,9 @@ class Fleet:
                 "inference_rate_hz": record.get("inference_rate_hz"),
                 "last_health_at": record.get("last_health_at"),
                 "episodes": episodes.get(thing, {"total": 0, "open": 0}),
+                "unexpected_version": record.get("unexpected_version"),
+                "messages_missing": missing_messages(self.state, thing) if self.state is not None else {},
+                "messages_refused": refused.get(thing, {}),
                 "processes": {kind: self._process_state(thing, kind, recorded) for kind in ("nucleus", "simulator")},
             })
         return rows
@@ -300,6 +352,19 @@ class Fleet:
         if entry and entry.get("start") and process_start_time(int(entry["pid"])) == entry["start"]:
             return "running"
         return "stopped"
+
+
+def _shared_lock(root: Path, installer: Path, requirements: Path) -> None:
+    """The build's lock file, writable by all: a device's Install that starts during the build waits on it (the
+    installer locks, then looks for the finished venv again) instead of failing to create it in a root it cannot
+    write."""
+    spec = importlib.util.spec_from_file_location("nacelle_install_venv", installer)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lock = root / f"{module.venv_dir(root, requirements).name}.lock"
+    lock.touch()
+    lock.chmod(0o666)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -8,10 +8,17 @@ the execution is FAILED. A component whose version and interpolated lifecycle ar
 only its configuration file is rewritten (the detector hot-swaps). `<root>/state.json` remembers the applied
 deployment and components, so a killed device restarts them and re-applies an unfinished deployment.
 
-Components run in their own process group; steps without `RequiresPrivilege` run as the component user
-when the nucleus is root (nacelle/local/component_user.py), otherwise as the nucleus's own user. They die
+Components run in their own process group; steps without `RequiresPrivilege` run as the device's component
+identity when the nucleus is root (nacelle/local/component_user.py), otherwise as the nucleus's own user. They die
 with the nucleus (SIGTERM handler, PR_SET_PDEATHSIG, and stale groups recorded in `<root>/procs.json` are
 killed at start-up).
+
+With a component identity, other devices cannot read this device's files: `<root>` is root:<its gid> 0750, each
+work dir (spool included) is the identity's and 0700, its certificate and private key are copied, the identity's
+and 0600, into `<root>/credentials/`, configuration files are the identity's and 0600, logs and state are the
+nucleus's and 0600. The shared CA certificate, the artifacts and the shared venvs stay readable. Components get
+no IPC variables (they use MQTT with the device's certificate, from `NACELLE_DEVICE_CONFIG`) and none of the
+operator's AWS credentials.
 """
 
 from __future__ import annotations
@@ -53,6 +60,10 @@ MAX_RESTARTS = 3
 _KEEP_HANDLED = 50
 # variables that would make a component believe it runs under a real nucleus (IPC)
 _IPC_ENV = ("SVCUID", "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT", "AWS_CONTAINER_AUTHORIZATION_TOKEN")
+# the operator's cloud credentials (Greengrass hands components credentials only through its token exchange service)
+_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                   "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                   "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
 
 
 class DeviceGreengrass(Protocol):
@@ -113,6 +124,20 @@ def process_start_time(pid: int) -> str | None:
         return None
 
 
+def _write_private(path: Path, data: bytes, owner: ComponentUser) -> None:
+    """Atomic, 0600 and `owner`'s before it holds any data."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.fchown(fd, owner.uid, owner.gid)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    tmp.replace(path)
+
+
 def write_json(path: Path, doc: Any, owner: ComponentUser | None = None) -> None:
     """Atomic: a reader sees the old file or the new one, never a partial one (nor one it may not read yet)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,10 +160,7 @@ class Nucleus:
         self.thing = thing
         self.home = Path(home).resolve()
         self.user = resolve_user(component_user, self.home)
-        if self.user is not None:  # the shared venvs are built by the component user's Install steps
-            venvs = self.home / "greengrass" / "venvs"
-            venvs.mkdir(parents=True, exist_ok=True)
-            self.user.own(venvs)
+        self.venvs = self.home / "greengrass" / "venvs"
         self.gg = greengrass
         self.paths = DevicePaths(self.home / "devices" / thing, thing)
         self.root = self.paths.root
@@ -199,6 +221,8 @@ class Nucleus:
     def run(self) -> int:
         for d in ("packages", "work", "config", "logs"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
+        if self.user is not None:
+            self._isolate()
         self._kill_stale()
         pending = self._load()
         if pending:
@@ -219,6 +243,14 @@ class Nucleus:
         finally:
             self.stop_all()
         return 0
+
+    def _isolate(self) -> None:
+        """Only the nucleus and this device's identity (its group) may enter the device root."""
+        assert self.user is not None
+        os.chown(self.root, -1, self.user.gid)
+        self.root.chmod(0o750)
+        for d in (self.root.parent, *(self.root / d for d in ("packages", "work", "config"))):
+            d.chmod(0o755)  # traversable whatever the umask; `<root>` above keeps other devices out
 
     def step(self) -> None:
         now = time.monotonic()
@@ -465,35 +497,51 @@ class Nucleus:
             port = 8883
         pki = self.home / "pki"
         ca, cert, key = pki / "ca.pem", pki / "clients" / f"{self.thing}.pem", pki / "clients" / f"{self.thing}.key"
-        if self.user is not None:  # the device's credentials, readable by the component user only
-            ca, cert, key = self._credentials_for(c.name, (ca, cert, key))
+        if self.user is not None:  # pki/clients is the nucleus's: the device's own pair, readable by it only
+            cert, key = self._credentials(cert, key)
         write_json(self._device_file(c.name), {
             "endpoint": "127.0.0.1", "port": port, "ca": str(ca), "cert": str(cert), "key": str(key),
             "configuration": str(path), "work": str(self.paths.work(c.name))}, self.user)
 
-    def _credentials_for(self, name: str, files: tuple[Path, Path, Path]) -> tuple[Path, Path, Path]:
-        """Copies of (CA, certificate, key) in the component's work dir, owned by the component user, 0600."""
+    def _credentials(self, cert: Path, key: Path) -> tuple[Path, Path]:
+        """Copies of the device's certificate and key in `<root>/credentials/`: the identity's, 0600. The directory
+        stays the nucleus's (root:<gid> 0750), so the identity cannot plant links where root writes."""
         assert self.user is not None
-        directory = self.paths.work(name) / "credentials"
-        directory.mkdir(parents=True, exist_ok=True)
-        directory.chmod(0o700)
-        copies = (directory / files[0].name, directory / files[1].name, directory / files[2].name)
-        for source, target in zip(files, copies, strict=True):
+        directory = self.root / "credentials"
+        directory.mkdir(exist_ok=True)
+        os.chown(directory, -1, self.user.gid)
+        directory.chmod(0o750)
+        for source in (cert, key):
             if source.is_file():
-                shutil.copyfile(source, target)
-                target.chmod(0o600)
-        self.user.own(self.paths.work(name), directory, *[t for t in copies if t.exists()])
-        return copies
+                _write_private(directory / source.name, source.read_bytes(), self.user)
+        return directory / cert.name, directory / key.name
+
+    def _work_dir(self, name: str, user: ComponentUser | None) -> Path:
+        """The component's work dir; with an identity, its and 0700 (all of it, if another one owned it before)."""
+        work = self.paths.work(name)
+        work.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            st = work.stat()
+            if (st.st_uid, st.st_gid) != (user.uid, user.gid):
+                user.own_tree(work)
+            work.chmod(0o700)
+        return work
+
+    def _identity(self, step: Mapping[str, Any]) -> ComponentUser | None:
+        """Who runs this step: None = the nucleus's user (RequiresPrivilege, or no component identity)."""
+        return None if step.get("RequiresPrivilege") in (True, "true", "True") else self.user
 
     def _device_file(self, name: str) -> Path:
         return self.root / "config" / f"{name}.device.json"
 
     def _env(self, c: ComponentState, step: Mapping[str, Any]) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _IPC_ENV}
+        env = {k: v for k, v in os.environ.items() if k not in _IPC_ENV and k not in _CREDENTIAL_ENV}
         env.update({"AWS_IOT_THING_NAME": self.thing, "AWS_REGION": "local", "GG_ROOT_CA_PATH":
                     str(self.home / "pki" / "ca.pem"), "NACELLE_DEVICE_CONFIG": str(self._device_file(c.name)),
-                    "NACELLE_COMPONENT": c.name, "NACELLE_COMPONENT_VERSION": c.version,
-                    "NACELLE_VENVS_ROOT": str(self.home / "greengrass" / "venvs")})
+                    "NACELLE_COMPONENT": c.name, "NACELLE_COMPONENT_VERSION": c.version})
+        if self._identity(step) is None or self.venvs.is_dir():
+            # a device identity cannot create the shared root: without one (fleet-made), a private venv in work/
+            env["NACELLE_VENVS_ROOT"] = str(self.venvs)
         env.update(c.lifecycle.get("Setenv") or {})
         env.update({str(k): str(v) for k, v in (step.get("Setenv") or {}).items()})
         return env
@@ -508,18 +556,17 @@ class Nucleus:
         return cond[0] == "exists" and Path(cond[1]).exists()
 
     def _spawn(self, c: ComponentState, step: Mapping[str, Any]) -> subprocess.Popen[bytes]:
-        privileged = step.get("RequiresPrivilege") in (True, "true", "True")
-        user = None if privileged else self.user
-        work = self.paths.work(c.name)
-        work.mkdir(parents=True, exist_ok=True)
+        user = self._identity(step)
+        work = self._work_dir(c.name, user)
         env = self._env(c, step)
         if user is not None:
-            user.own(work)
-            env["HOME"] = str(work)  # the component user's home may not exist (nobody: /nonexistent)
+            env["HOME"] = str(work)  # a numeric identity has no home (and nobody's is /nonexistent)
         log_path = self.paths.log(c.name)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         identity: dict[str, Any] = {} if user is None else {"user": user.uid, "group": user.gid, "extra_groups": []}
-        with log_path.open("ab") as log:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)  # the nucleus's: the component writes through this descriptor only
+        with os.fdopen(fd, "ab") as log:
             return subprocess.Popen(["bash", "-c", str(step["Script"])], cwd=work, env=env,
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, preexec_fn=die_with_parent, **identity)
@@ -648,7 +695,8 @@ def main(argv: list[str] | None = None, greengrass_factory: Callable[[Path], Dev
     parser.add_argument("--grace", type=float, default=GRACE_S, help="seconds a new Run must survive (default 5)")
     parser.add_argument("--poll", type=float, default=POLL_S, help="seconds between deployment polls")
     parser.add_argument("--component-user", default="",
-                        help="when run as root: the user unprivileged lifecycle steps run as (e.g. nobody)")
+                        help="when run as root: who unprivileged lifecycle steps run as: uid:gid, user or user:group "
+                             "(Greengrass's posixUser)")
     args = parser.parse_args(argv)
     home = Path(args.home).resolve()
     nucleus = Nucleus(args.thing, home, greengrass_factory(home), grace_s=args.grace, poll_s=args.poll,

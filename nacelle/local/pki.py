@@ -1,11 +1,13 @@
 """A local certificate authority for the local MQTT broker (mutual TLS), built with `cryptography` only.
 
-Layout under `root` (all PEM; private keys mode 0600):
+Layout under `root` (all PEM; private keys mode 0600; `root` 0755 so that the CA certificate is readable,
+`clients/` 0700):
 
     ca.pem ca.key                    the local CA (EC P-256, 10 years, basicConstraints CA:TRUE)
     server.pem server.key            the broker (SAN DNS:localhost, IP:127.0.0.1; EKU serverAuth)
-    clients/<name>.pem <name>.key    one client certificate per device, and one for the cloud side
-                                     (CN = thing name / `nacelle-cloud`; EKU clientAuth)
+    clients/<name>.pem <name>.key    one client certificate per device, one per device's sensor source and
+                                     one for the cloud side (CN = thing name / `<thing>.sensors` /
+                                     `nacelle-cloud`; EKU clientAuth)
 
 Everything is created on first use and reused afterwards. A leaf is re-issued only when its files are missing,
 unreadable, expired, or not issued by the current CA. Private key material is never logged.
@@ -31,6 +33,7 @@ from shared.errors import ConfigurationError
 CLOUD_CLIENT = "nacelle-cloud"
 CA_NAME = "Nacelle local CA"
 SERVER_NAME = "localhost"
+SENSOR_SOURCE = ".sensors"  # CN suffix of a turbine's sensor source
 THING_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 CA_VALIDITY = dt.timedelta(days=3650)
 LEAF_VALIDITY = dt.timedelta(days=825)
@@ -146,6 +149,16 @@ class LocalPki:
         """The cloud side's own client certificate (CN `nacelle-cloud`)."""
         return self._client(CLOUD_CLIENT)
 
+    def sensor_source(self, thing_name: str) -> DeviceCredentials:
+        """The certificate of a turbine's sensor source (its simulator, a PLC gateway): CN `<thing>.sensors`,
+        which no thing name can be (no dot); the broker lets it write that turbine's sensor topic only."""
+        return self._client(validate_thing_name(thing_name) + SENSOR_SOURCE)
+
+    def sensor_sources(self) -> list[str]:
+        """The things whose sensor source has a certificate."""
+        suffix = f"{SENSOR_SOURCE}.pem"
+        return sorted(p.name[:-len(suffix)] for p in self.clients_dir.glob(f"*{suffix}"))
+
     # ------------------------------------------------------------------ internals
     def _client(self, name: str) -> DeviceCredentials:
         cert_path = self.clients_dir / f"{name}.pem"
@@ -154,8 +167,12 @@ class LocalPki:
         return DeviceCredentials(cert_path=cert_path, key_path=key_path, ca_path=self.ca_path)
 
     def _ensure_dirs(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """`root` readable (components read the CA certificate; its keys are 0600), `clients/` the owner's only:
+        a device's components get their own pair from their nucleus (nacelle/local/nucleus.py)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)
         self.clients_dir.mkdir(exist_ok=True, mode=0o700)
+        self.clients_dir.chmod(0o700)
 
     def _ensure_ca(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         if self._ca is not None and self.ca_path.exists() and self.ca_key_path.exists():

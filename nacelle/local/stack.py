@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from nacelle.local.bus import EventBus, Rule
+from nacelle.local.component_user import check_base
 from nacelle.local.greengrass import LocalGreengrass
 from nacelle.local.jobs import STANDALONE, JobTable, alive, kill_group
 from nacelle.local.notifier import LocalNotifier
@@ -49,6 +50,10 @@ DEFAULT_HOME = Path(".nacelle")
 DETECTOR_VERSION_FILE = Path(__file__).resolve().parents[2] / "greengrass_components" / "nacelle.detector" / "VERSION"
 
 
+RETIRED_SETTINGS = {"component_user": "no longer used: each device's components run as their own uid "
+                                     "(component_id_base); remove the line"}
+
+
 class LocalSettings(Settings):
     """The local stack's one settings object: defaults, then <home>/config.yaml (same field names)."""
 
@@ -77,11 +82,23 @@ class LocalSettings(Settings):
     canary_timeout_s: float = 300.0
     stuck_timeout_s: float = 180.0
     rollout_poll_s: float = 5.0
-    component_user: str = "nobody"  # when the stack runs as root, components run as this user (never root)
+    # when the stack runs as root, device k's components run as uid = gid = base + k and the shared venvs belong to
+    # base (nacelle/local/component_user.py); 0: components run as root
+    component_id_base: int = 400_000
     simulator_speed: float = Field(1.0, gt=0)  # stream seconds per wall-clock second of each turbine simulator
     record_samples: bool = False  # simulators also keep every published sample (devices/<t>/sim/samples.jsonl)
     # merged into every deployment's detector configuration (recipe defaults suit AWS: health every 60 s)
     detector_configuration: dict[str, Any] = Field(default_factory=lambda: {"healthIntervalSeconds": 1})
+
+    @field_validator("component_id_base")
+    @classmethod
+    def _component_ids(cls, base: int) -> int:
+        if base:
+            try:
+                check_base(base)
+            except ConfigurationError as exc:
+                raise ValueError(str(exc)) from exc
+        return base
 
     @classmethod
     def load(cls, path: Path) -> LocalSettings:
@@ -90,6 +107,9 @@ class LocalSettings(Settings):
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             if not isinstance(loaded, dict):
                 raise ConfigurationError(f"{path}: expected a mapping of settings")
+            retired = sorted(set(loaded) & set(RETIRED_SETTINGS))
+            if retired:
+                raise ConfigurationError(f"{path}: " + "; ".join(f"{k}: {RETIRED_SETTINGS[k]}" for k in retired))
             unknown = sorted(set(loaded) - set(cls.model_fields))
             if unknown:
                 raise ConfigurationError(f"{path}: unknown setting(s) {unknown}; known: {sorted(cls.model_fields)}")

@@ -7,13 +7,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
 from nacelle.local.broker import Broker, BrokerError
 from nacelle.local.bus import Dispatcher
-from nacelle.local.fleet import CANARY_GROUP, Fleet
+from nacelle.local.fleet import CANARY_GROUP, Fleet, thing_names
 from nacelle.local.paths import ACCOUNT, BUCKET, REGION
 from nacelle.local.pki import LocalPki
 from nacelle.local.rules import RuleEngine, ScheduleTicker
@@ -23,6 +24,7 @@ from nacelle.local.state import SqliteStateStore
 from nacelle.local.template import load_template, schedule_routes, topic_rules
 from shared.errors import ConfigurationError, NacelleError
 from shared.observability import logger
+from shared.usecases.intake import record_rejected
 
 T = TypeVar("T")
 
@@ -43,7 +45,7 @@ def run_up(home: Path, stop: threading.Event | None = None,
         previous = _install_signals(stop)
         dispatcher.start()
         watcher.start()
-        broker, rule_engine = _start_iot(stack)
+        broker, rule_engine = _start_iot(stack, thing_names(devices))
         ticker = ScheduleTicker(stack.bus.put, [r.pattern["resources"][0] for r in
                                                schedule_routes(load_template(), REGION, ACCOUNT)],
                                 stack.settings.offline_check_interval_s).start()
@@ -140,9 +142,16 @@ def keep_broker(broker: Broker, stack: Stack) -> None:
         f"{broker.log_path}", {"severity": "high", "kind": "broker", "turbine_id": "-", "features": "[]"})
 
 
-def _start_iot(stack: Stack) -> tuple[Broker | None, RuleEngine | None]:
-    """The local broker (mutual TLS) and the IoT rules engine; without mosquitto the stack runs without IoT."""
+def _record_refused(state: SqliteStateStore, thing: str, stream: str, reason: str, detail: str, count: int) -> None:
+    record_rejected(state, thing, stream, reason, detail, time.time(), count)
+
+
+def _start_iot(stack: Stack, things: list[str]) -> tuple[Broker | None, RuleEngine | None]:
+    """The local broker (mutual TLS) and the IoT rules engine; without mosquitto the stack runs without IoT.
+    The `things`' sensor sources (their simulators) get their certificates first: the broker's ACL lists them."""
     pki = LocalPki(stack.paths.home / "pki")
+    for thing in things:
+        pki.sensor_source(thing)
     broker = Broker(stack.paths.home, pki)
     try:
         broker.start()
@@ -150,7 +159,8 @@ def _start_iot(stack: Stack) -> tuple[Broker | None, RuleEngine | None]:
         print(f"IoT disabled (no local broker): {exc}", flush=True)
         return None, None
     try:
-        engine = RuleEngine(topic_rules(load_template()), stack.bus.put, broker.endpoint, pki.cloud()).start()
+        engine = RuleEngine(topic_rules(load_template()), stack.bus.put_many, broker.endpoint, pki.cloud(),
+                            reject=partial(_record_refused, stack.state)).start()
     except BaseException:
         broker.stop()
         raise
@@ -166,7 +176,7 @@ def _start_fleet(stack: Stack, devices: int, canary_size: int, simulators: bool)
     simulator_args = ["--speed", str(s.simulator_speed), *(["--record"] if s.record_samples else [])]
     fleet = Fleet(stack.paths.home, stack.greengrass, size=devices, canary_size=min(canary_size, devices),
                   state=stack.state, alerts=SqliteStateStore(stack.paths.alerts_db), simulators=simulators,
-                  simulator_args=simulator_args, component_user=s.component_user)
+                  simulator_args=simulator_args, component_id_base=s.component_id_base)
     fleet.start()
     fleet.prepare_runtime()
     print(f"local fleet: {', '.join(fleet.things)} ({', '.join(fleet.things[:fleet.canary_size]) or 'none'} "

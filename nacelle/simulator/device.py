@@ -5,8 +5,8 @@
 
 A TurbineStream starting at the current wall-clock time, released in 1 s batches (`paced`), each batch one
 detector sensor message (`detector.messages.sensor_message`) on `turbines/<thing>/sensors`, QoS 1, MQTT 5
-with mutual TLS: the device certificate of `LocalPki(<home>/pki)`, client id `<thing>-sim`, the port in
-`<home>/broker/port`.
+with mutual TLS: the turbine's sensor-source certificate of `LocalPki(<home>/pki)` (CN and client id
+`<thing>.sensors`, allowed to write that sensor topic only), the port in `<home>/broker/port`.
 
 Faults on demand: `request_fault` drops `{"fault", "severity", "duration_s"}` into
 `<home>/devices/<thing>/sim/inbox/` (temp file, then rename). Every 0.2 s the simulator injects each request
@@ -240,17 +240,17 @@ class MqttPublisher:
         from awscrt import mqtt5
         from awsiot import mqtt5_client_builder
 
-        from nacelle.local.pki import LocalPki
+        from nacelle.local.pki import SENSOR_SOURCE, LocalPki
 
         self._mqtt5 = mqtt5
-        creds = LocalPki(Path(home) / "pki").device(thing)
+        creds = LocalPki(Path(home) / "pki").sensor_source(thing)
         self.connected = threading.Event()
         self.stopped = threading.Event()
         self._lock = threading.Lock()
         self.in_flight = self.acked = self.failed = self.dropped = 0
         self.client = mqtt5_client_builder.mtls_from_path(
             endpoint=host, port=port, cert_filepath=str(creds.cert_path), pri_key_filepath=str(creds.key_path),
-            ca_filepath=str(creds.ca_path), client_id=f"{thing}-sim",
+            ca_filepath=str(creds.ca_path), client_id=f"{thing}{SENSOR_SOURCE}",
             on_lifecycle_connection_success=self._on_connected,
             on_lifecycle_connection_failure=lambda data: log.warning("connection failed: %s", data.exception),
             on_lifecycle_disconnection=self._on_disconnected,

@@ -8,12 +8,13 @@ from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from shared.errors import DataError
+from shared.messages import EpisodeRow
 from shared.observability import logger, new_invocation, tracer
 from shared.settings import CommonSettings
-from shared.usecases.alerts import AlertDeps, AlertPolicy, AnomalyRow, on_anomaly, on_scheduled_check
+from shared.usecases.alerts import AlertDeps, AlertPolicy, Outcome, on_anomaly, on_scheduled_check
+from shared.usecases.intake import admit
 
 SCHEDULED_EVENT = "Scheduled Event"
 
@@ -41,12 +42,9 @@ def handle(event: dict[str, Any], deps: AlertDeps) -> dict[str, Any]:
     new_invocation()
     if event.get("source") == "aws.events" and event.get("detail-type") == SCHEDULED_EVENT:
         outcome = on_scheduled_check(deps)
-    else:
-        try:
-            row = AnomalyRow.model_validate(event)
-        except ValidationError as exc:
-            raise DataError(f"anomaly row from {event.get('thing_name', '?')}: {exc}") from exc
-        outcome = on_anomaly(row, deps)
+    else:  # refused rows are counted (shared.usecases.intake), never retried and never applied
+        row = admit(deps.devices, EpisodeRow, event, deps.clock().timestamp())
+        outcome = Outcome("rejected", "anomaly row refused") if row is None else on_anomaly(row, deps)
     logger.info("anomaly_alert done", action=outcome.action, detail=outcome.detail, sent=list(outcome.sent))
     return {"action": outcome.action, "detail": outcome.detail, "sent": list(outcome.sent)}
 

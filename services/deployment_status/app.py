@@ -1,7 +1,8 @@
 """deployment_status: three inputs, one rollout.
 
 * `Greengrass V2 Effective Deployment Status Change` (EventBridge): a device's execution of a deployment;
-* a health row from HealthRule (IoT rule on turbines/+/health; a flat object, not an envelope): the soak;
+* a health row from HealthRule (IoT rule on turbines/+/health; a flat object, not an envelope,
+  shared.messages.HealthRow): the soak;
 * `Nacelle Rollout Check` (EventBridge, scheduled by the rollout itself): the watchdog.
 """
 
@@ -13,19 +14,18 @@ from typing import Any
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import ValidationError
 
 from shared.aws.rollout import RolloutSettings, rollout_deps
-from shared.errors import DataError
 from shared.events import (
     DEPLOYMENT_STATUS_CHANGE,
     ROLLOUT_CHECK,
     GreengrassDeploymentStatusChange,
-    HealthRow,
     RolloutCheck,
     parse_event,
 )
+from shared.messages import HealthRow
 from shared.observability import correlate, logger, new_invocation, tracer
+from shared.usecases.intake import admit
 from shared.usecases.retraining import Outcome
 from shared.usecases.rollout import RolloutDeps, on_deployment_status, on_health
 from shared.usecases.rollout_ops import on_rollout_check
@@ -47,18 +47,11 @@ def handle(event: dict[str, Any], deps: RolloutDeps) -> dict[str, Any]:
         else:
             assert isinstance(parsed, RolloutCheck)
             outcome = on_rollout_check(parsed.detail.group, parsed.detail.version, deps)
-    else:
-        outcome = on_health(_health_row(event), deps)
+    else:  # refused rows are counted (shared.usecases.intake), never retried and never applied
+        row = admit(deps.state, HealthRow, event, deps.clock().timestamp())
+        outcome = Outcome("rejected", "health row refused") if row is None else on_health(row, deps)
     logger.info("deployment_status done", action=outcome.action, detail=outcome.detail)
     return _result(outcome)
-
-
-def _health_row(event: dict[str, Any]) -> HealthRow:
-    try:
-        return HealthRow.model_validate(event)
-    except ValidationError as exc:
-        fields = ", ".join(".".join(str(p) for p in e["loc"]) + f": {e['msg']}" for e in exc.errors())
-        raise DataError(f"health row from HealthRule (thing {event.get('thing_name')!r}) is invalid: {fields}") from exc
 
 
 def _result(outcome: Outcome) -> dict[str, Any]:

@@ -11,9 +11,11 @@ episode stays open, unacknowledged, longer than `escalate_after_s`, or when it i
 turbine within `repeat_window_s`. A device whose last health is older than `offline_after_s` raises one
 "offline" alert per outage and one "back online" when health resumes.
 
-Anomaly messages are schema v2: one `score` per episode (its peak score / threshold) and the `contributions`
-of the peak window (feature -> share of its score). Severity comes from the score; the alert item keeps the
-highest score seen and the contributions of the message that carried it.
+Anomaly rows are shared.messages.EpisodeRow (schema v2): one `score` per episode (its peak score /
+threshold) and the `contributions` of the peak window (feature -> share of its score). Severity comes from
+the score; the alert item keeps the highest score seen and the contributions of the message that carried it.
+An episode's alert id is `episode:<thing>:<episode id>`, the thing being the topic's: a device reaches only
+its own turbine's alerts.
 """
 
 from __future__ import annotations
@@ -23,11 +25,10 @@ import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from shared.errors import ConfigurationError, DataError, ModelVersionNotFound, NotFound
+from shared.errors import ConfigurationError, ModelVersionNotFound, NotFound
+from shared.messages import BadMessage, EpisodeRow
 from shared.observability import correlate, logger
 from shared.ports import ModelRegistry, Notifier, ObjectStore, StateStore
 
@@ -37,69 +38,9 @@ SEVERITIES = ("low", "medium", "high", "critical")
 LABELS_PREFIX = "labels/alerts/"
 MAX_ATTEMPTS = 20  # optimistic-concurrency retries of one item
 Verdict = Literal["fault", "false-alarm"]
-ANOMALY_SCHEMA_VERSION = 2  # the detector's anomaly messages (detector.ANOMALY_SCHEMA_VERSION)
 NAMED_CONTRIBUTIONS = 3  # features a subject names at most...
 NAMED_SHARE = 0.10  # ...each with at least this share of the score (the top one always)
 LISTED_SHARE = 0.01  # a body lists each feature with at least this share; the rest as one line
-Share = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-
-
-class AnomalyRow(BaseModel):
-    """What the AnomalyRule's SELECT gives the function: the detector's message plus topic(2), timestamp(),
-    clientid()."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    v: int
-    kind: Literal["open", "update", "close", "interrupt"]  # interrupt: the detector stopped; no end seen
-    episode_id: str = Field(min_length=1, max_length=200)
-    turbine_id: str
-    features: list[str] = Field(default_factory=list)
-    score: float = Field(ge=0, allow_inf_nan=False)  # peak score / threshold
-    contributions: dict[str, Share] = Field(default_factory=dict)  # feature -> share of the peak window's score
-    missing: list[str] = Field(default_factory=list)
-    started_at: float
-    opened_at: float
-    last_flagged_at: float | None = None
-    ended_at: float | None = None
-    model_version: int | None = None
-    seq: int = 0
-    thing_name: str
-    received_at: int  # epoch ms
-    client_id: str = ""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_version(cls, raw: Any) -> Any:
-        # a DataError (not a ValueError) leaves pydantic as is: the version, not a list of missing fields
-        if isinstance(raw, Mapping) and raw.get("v") == 1:
-            raw = upgrade_v1(raw)
-        if isinstance(raw, Mapping) and raw.get("v") != ANOMALY_SCHEMA_VERSION:
-            raise DataError(_version_error(raw.get("thing_name"), raw.get("v")))
-        return raw
-
-
-def upgrade_v1(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """A v1 message (a detector not yet updated, e.g. during a rollout): per-feature `ratios` (error /
-    that feature's threshold) become the v2 `score` (the highest ratio) and `contributions` (each
-    ratio's share). Values that are not finite non-negative numbers are kept as they are, so the v2
-    validation names them."""
-    ratios = raw.get("ratios") or {}
-    clean = {k: float(v) for k, v in ratios.items()
-             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0}
-    if isinstance(ratios, Mapping) and len(clean) == len(ratios):
-        total = sum(clean.values())
-        score: Any = max(clean.values(), default=0.0)
-        contributions: Any = {k: v / total for k, v in clean.items()} if total > 0 else {}
-    else:
-        score, contributions = ratios, {}  # refused by the v2 fields, naming the bad values
-    return {**{k: v for k, v in raw.items() if k != "ratios"}, "v": ANOMALY_SCHEMA_VERSION, "score": score,
-            "contributions": contributions}
-
-
-def _version_error(thing: Any, version: Any) -> str:
-    return (f"anomaly message of {thing or '?'}: unsupported schema version v={version!r}; this function reads "
-            f"v={ANOMALY_SCHEMA_VERSION} (one score per episode and per-feature contributions) and upgrades v=1")
 
 
 @dataclass(frozen=True)
@@ -250,20 +191,17 @@ def _top(item: Mapping[str, Any]) -> str:
 
 
 # -- episodes --------------------------------------------------------------------------------------
-def episode_alert_id(episode_id: str) -> str:
-    return f"episode:{episode_id}"
+def episode_alert_id(thing: str, episode_id: str) -> str:
+    """The sending thing (the topic's, which its certificate authorises) is part of the identity: a device
+    can neither touch another turbine's alert nor claim an id another turbine will use."""
+    return f"episode:{thing}:{episode_id}"
 
 
-def on_anomaly(row: AnomalyRow, deps: AlertDeps) -> Outcome:
-    if row.v != ANOMALY_SCHEMA_VERSION:
-        raise DataError(_version_error(row.thing_name, row.v))
-    if row.turbine_id != row.thing_name:  # the topic (authorised by the device's certificate) is authoritative
-        raise DataError(f"anomaly message on turbines/{row.thing_name}/anomalies claims turbine {row.turbine_id!r}")
-    bad = [k for k, v in [("score", row.score), *row.contributions.items()] if not (math.isfinite(v) and v >= 0)]
-    if bad:  # the model refuses these; this guards rows built without validation
-        raise DataError(f"anomaly message {row.episode_id}: negative or non-finite values for {bad}")
+def on_anomaly(row: EpisodeRow, deps: AlertDeps) -> Outcome:
+    if row.turbine_id != row.thing_name:  # validate() refuses it; this guards rows built in code
+        raise BadMessage(f"anomaly message on turbines/{row.thing_name}/anomalies claims turbine {row.turbine_id!r}")
     correlate(turbine_id=row.thing_name, episode_id=row.episode_id)
-    alert_id = episode_alert_id(row.episode_id)
+    alert_id = episode_alert_id(row.thing_name, row.episode_id)
     now = deps.clock().timestamp()
 
     def merge(item: dict[str, Any] | None) -> dict[str, Any]:
@@ -337,8 +275,8 @@ def _end_interrupted(closed: Mapping[str, Any], deps: AlertDeps) -> list[str]:
     """An episode of the turbine ended for real: the episodes interrupted before it started (their
     detector stopped or changed model while they were open) ended with it."""
     sent: list[str] = []
-    for item in deps.alerts.query(ALERTS, "episode:"):
-        if (item.get("turbine_id") == closed["turbine_id"] and item.get("status") == "open"
+    for item in deps.alerts.query(ALERTS, f"episode:{closed['turbine_id']}:"):
+        if (item.get("status") == "open"
                 and item.get("interrupted_at") is not None and item["alert_id"] != closed["alert_id"]
                 and float(item["started_at"]) < float(closed["started_at"])
                 and deps.alerts.update_if(ALERTS, item["alert_id"], {"status": "closed", "ended_at": closed["ended_at"],

@@ -1,6 +1,6 @@
 """An operator's approval: a version the quality gate rejected is approved only with an explicit,
 recorded override; `compilation.on_model_package_change` refuses an approval made without one (e.g.
-in the SageMaker console)."""
+in the SageMaker console). The states and moves are lifecycle.REGISTRY."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from datetime import datetime
 
 from shared.errors import Conflict
 from shared.ports import ModelRegistry, ModelVersion
+from shared.usecases import lifecycle
+from shared.usecases.lifecycle import APPROVE, OVERRIDE_GATE, REGISTRY, REGISTRY_STATUS
 from shared.usecases.registration import metadata_value
 
 GATE = "nacelle:gate"
@@ -20,17 +22,33 @@ def gate_refused(version: ModelVersion) -> bool:
     return version.metadata.get(GATE) == "rejected" and not version.metadata.get(GATE_OVERRIDE)
 
 
+def approval_state(version: ModelVersion) -> str:
+    """The version's lifecycle.REGISTRY state: its status, told apart by the quality gate's verdict."""
+    if gate_refused(version):
+        return lifecycle.APPROVED_AGAINST_GATE if version.status == "Approved" else lifecycle.GATE_REJECTED
+    return version.status
+
+
 def approve(registry: ModelRegistry, group: str, version: int, actor: str, reason: str, now: datetime,
             override_gate: bool = False) -> ModelVersion:
     current = registry.get(group, version)
-    if gate_refused(current):
+    state, override, retract = approval_state(current), gate_refused(current), False
+    if override:
         if not override_gate:
             raise Conflict(f"{group} v{version} failed the quality gate "
                            f"({current.metadata.get(GATE_REASONS) or 'no reason recorded'}); approve it with "
                            f"--override-gate and a --reason to roll it out anyway")
         if not reason.strip():
             raise Conflict(f"overriding the quality gate of {group} v{version} needs a --reason")
+        retract = state == lifecycle.APPROVED_AGAINST_GATE  # already Approved: an unchanged status sends no event
+        if retract:
+            state = REGISTRY.target(state, lifecycle.REJECT)
+        state = REGISTRY.target(state, OVERRIDE_GATE)
+    status = REGISTRY_STATUS[REGISTRY.target(state, APPROVE)]  # every move checked before anything is written
+    if override and retract:
+        registry.set_status(group, version, "Rejected", "taken back to approve it with a gate override", actor)
+    if override:
         # written before the status: the approval event that follows must find it
         registry.update_metadata(group, version, {GATE_OVERRIDE: metadata_value(
             f"{actor} at {now.isoformat(timespec='seconds')}: {reason}")})
-    return registry.set_status(group, version, "Approved", reason, actor)
+    return registry.set_status(group, version, status, reason, actor)

@@ -1,9 +1,9 @@
 """model_approved: an approved model version becomes a verified edge bundle.
 
 Only `Approved` starts anything (the seed also redeployed on Rejected). One compile per version
-however often the event arrives: a conditional write on compile#<version> claims it, the job name
-is derived from the version and attempt, and an existing manifest means the work is done. A failed
-compile is reported and leaves the version approved but not compiled, retriable.
+however often the event arrives: a conditional write on compile#<version> claims it (its states:
+lifecycle.COMPILE), the job name is derived from the version and attempt, and an existing manifest means
+the work is done. A failed compile is reported and leaves the version approved but not compiled, retriable.
 """
 
 from __future__ import annotations
@@ -30,8 +30,20 @@ from shared.ports import (
     ObjectStore,
     StateStore,
 )
+from shared.usecases import lifecycle
 from shared.usecases import state_keys as sk
-from shared.usecases.approval import GATE_REASONS, gate_refused
+from shared.usecases.approval import GATE_REASONS, approval_state
+from shared.usecases.lifecycle import (
+    ABSENT,
+    APPROVED,
+    APPROVED_AGAINST_GATE,
+    APPROVED_EVENT,
+    COMPLETED_EVENT,
+    FAILED,
+    FAILED_EVENT,
+    IN_PROGRESS,
+    RETRY,
+)
 from shared.usecases.retraining import Outcome
 
 COMPILE = "compile#"
@@ -70,12 +82,13 @@ def on_model_package_change(group: str, version: int, status: str, deps: Compile
     except ModelVersionNotFound:
         logger.warning("approval of a version not in the registry", model_version=version)
         return Outcome("ignored", f"{group} v{version} is not in the registry (deleted?)")
-    if current.status != "Approved":  # a stale event: the version changed again since
-        return Outcome("ignored", f"{group} v{version} is now {current.status}")
-    if gate_refused(current):  # approved without the override (e.g. in the console)
+    state = approval_state(current)
+    if state == APPROVED_AGAINST_GATE:  # approved without the override (e.g. in the console)
         _refuse_once(current, deps)
         return Outcome("refused", f"{group} v{version} failed the quality gate and was approved without "
                                   "an override: nothing is compiled or deployed")
+    if state != APPROVED:  # a stale event: the version changed again since
+        return Outcome("ignored", f"{group} v{version} is now {current.status}")
     prefix = bundle_prefix(group, version)
     if deps.store.exists(prefix + "manifest.json"):
         # compiled already: approved again after a rejection that came while it compiled, or a redelivery;
@@ -84,9 +97,9 @@ def on_model_package_change(group: str, version: int, status: str, deps: Compile
         return Outcome("announced", f"{prefix}manifest.json exists; announced again for the rollout")
     pk = sk.group_pk(group)
     record = {"version": version, "attempt": 1, "job_name": compile_job_name(group, version, 1),
-              "status": "InProgress", "started_at": deps.clock().isoformat(),
-              "input_shape": current.metadata.get("nacelle:input_shape", "")}
-    if not deps.state.put(pk, COMPILE + str(version), record, if_absent=True):
+              "started_at": deps.clock().isoformat(), "input_shape": current.metadata.get("nacelle:input_shape", "")}
+    if not lifecycle.advance(deps.state, lifecycle.COMPILE, pk, COMPILE + str(version), ABSENT, APPROVED_EVENT,
+                             IN_PROGRESS, record):
         return Outcome("duplicate", f"the compile of v{version} was already started")
     return _launch(current.model_data_key, current.metadata.get("nacelle:dataset_hash", ""), record, deps)
 
@@ -108,12 +121,13 @@ def retry_compile(version: int, deps: CompileDeps) -> Outcome:
     record = deps.state.get(pk, COMPILE + str(version))
     if record is None:
         raise JobNotFound(f"v{version} of {deps.group} was never compiled")
-    if record["status"] != "Failed":
+    if record["status"] != FAILED:
         raise Conflict(f"the compile of v{version} is {record['status']}, not Failed")
     attempt = int(record["attempt"]) + 1
     new = {**record, "attempt": attempt, "job_name": compile_job_name(deps.group, version, attempt),
-           "status": "InProgress", "failure_reason": None, "started_at": deps.clock().isoformat()}
-    if not deps.state.update_if(pk, COMPILE + str(version), new, {"status": "Failed", "attempt": record["attempt"]}):
+           "failure_reason": None, "started_at": deps.clock().isoformat()}
+    if not lifecycle.advance(deps.state, lifecycle.COMPILE, pk, COMPILE + str(version), FAILED, RETRY, IN_PROGRESS,
+                             new, {"attempt": record["attempt"]}):
         raise Conflict(f"the compile of v{version} changed concurrently")
     current = deps.registry.get(deps.group, version)
     return _launch(current.model_data_key, current.metadata.get("nacelle:dataset_hash", ""), new, deps)
@@ -143,10 +157,11 @@ def on_compile_finished(job_name: str, status: str, failure_reason: str | None, 
     record = next((r for r in deps.state.query(pk, COMPILE) if r.get("job_name") == job_name), None)
     if record is None:
         return Outcome("ignored", f"{job_name} is not a compile of group {deps.group}")
-    final = "Completed" if status == "Completed" else "Failed"
-    changes = {"status": final, "failure_reason": failure_reason, "ended_at": deps.clock().isoformat()}
-    if not deps.state.update_if(pk, COMPILE + str(record["version"]), changes,
-                                {"status": "InProgress", "job_name": job_name}):
+    event = COMPLETED_EVENT if status == "Completed" else FAILED_EVENT  # Failed or Stopped
+    final = lifecycle.COMPILE.target(IN_PROGRESS, event)
+    changes = {"failure_reason": failure_reason, "ended_at": deps.clock().isoformat()}
+    if not lifecycle.advance(deps.state, lifecycle.COMPILE, pk, COMPILE + str(record["version"]), IN_PROGRESS, event,
+                             final, changes, {"job_name": job_name}):
         return Outcome("duplicate", f"{job_name} was already recorded")
     if final == "Completed":
         _start_neo(int(record["version"]), str(record.get("input_shape") or ""), deps)

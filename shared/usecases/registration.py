@@ -19,6 +19,7 @@ from shared.ml.bundle import EVALUATION_FILE, MANIFEST_FILE, input_shape, read_t
 from shared.observability import correlate, logger
 from shared.ports import EventPublisher, ModelRegistry, ModelVersion, Notifier, ObjectStore, StateStore
 from shared.usecases import state_keys as sk
+from shared.usecases.lifecycle import ABSENT, GATE_REJECT, REGISTER, REGISTRY, REGISTRY_STATUS
 from shared.usecases.retraining import Outcome, release_active_job, request_check
 
 TERMINAL = ("Completed", "Failed", "Stopped")
@@ -82,9 +83,9 @@ def _completed(job_name: str, job: dict[str, Any], model_key: str | None, deps: 
         return _failed(job_name, job, "Failed", f"completed without a usable model: {exc}", deps)
     manifest, evaluation = docs[MANIFEST_FILE], docs[EVALUATION_FILE]
     decision = apply_gate(evaluation, deps.gate)
-    version = deps.registry.register(
-        deps.group, model_key, "PendingManualApproval" if decision.passed else "Rejected",
-        _description(decision), _metadata(job_name, manifest, decision), idempotency_token=job_name)
+    state = REGISTRY.target(ABSENT, REGISTER if decision.passed else GATE_REJECT)
+    version = deps.registry.register(deps.group, model_key, REGISTRY_STATUS[state], _description(decision),
+                                     _metadata(job_name, manifest, decision), idempotency_token=job_name)
     correlate(model_version=version.version)
     first = deps.state.update_if(pk, sk.JOB + job_name, {"status": "Completed", "finished": True,
                                                          "model_version": version.version,

@@ -1,27 +1,41 @@
 """Rollout: a compiled model version goes to the canary thing group, soaks, then goes to the fleet.
 
-State (docs/fleet.md): `group#<g>` / `rollout#<v>` (stage canary | fleet | done | failed, plus superseded and
-canceled), `group#<g>` / `deployment#<id>` (which rollout and stage a deployment belongs to), `group#<g>` /
-`canary` and `fleet` (what each thing group was last given), `device#<thing>` / `deployment#<id>` (that device's
-execution) and `device#<thing>` / `health` (its readiness streak). Every transition is a conditional update
-on the rollout's stage, so duplicated or reordered events act once; Greengrass calls are idempotent through
-client tokens derived from group, version and purpose.
+State (docs/fleet.md): `group#<g>` / `rollout#<v>` (its stage, lifecycle.ROLLOUT), `group#<g>` / `deployment#<id>`
+(which rollout and stage a deployment belongs to), `group#<g>` / `canary` and `fleet` (what each thing group was
+last given), `device#<thing>` / `deployment#<id>` (that device's execution) and `device#<thing>` / `health` (its
+readiness streak). Every stage change goes through `advance_stage`: checked against the table, and a conditional
+update on the stage, so duplicated or reordered events act once; Greengrass calls are idempotent through client
+tokens derived from group, version and purpose.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from shared.components import component_version
 from shared.errors import Conflict, ModelVersionNotFound, NotFound
-from shared.events import NACELLE_SOURCE, ROLLOUT_CHECK, HealthRow
+from shared.events import NACELLE_SOURCE, ROLLOUT_CHECK
+from shared.messages import HealthRow
 from shared.observability import correlate, logger
 from shared.ports import Envelope, EventPublisher, Greengrass, ModelRegistry, Notifier, ObjectStore, StateStore
+from shared.usecases import lifecycle
 from shared.usecases import state_keys as sk
+from shared.usecases.lifecycle import (
+    ABSENT,
+    DEPLOY,
+    FAIL,
+    FAILED_STAGE,
+    FLEET_COMPLETED,
+    NEWER_VERSION,
+    NO_DEVICES,
+    RESTORED,
+    SOAKED,
+    SUPERSEDED,
+)
 from shared.usecases.registration import metadata_value
 from shared.usecases.retraining import Outcome
 from shared.usecases.rollout_components import (
@@ -43,9 +57,9 @@ DEVICES_PK = "devices"  # pk="devices", sk=<thing>: the record anomaly_alert's o
 FAILED_EXECUTION = frozenset({"FAILED", "REJECTED", "TIMED_OUT"})
 SUCCEEDED_EXECUTION = frozenset({"COMPLETED", "SUCCEEDED"})
 TERMINAL_EXECUTION = FAILED_EXECUTION | SUCCEEDED_EXECUTION | {"CANCELED"}
-WAITING = "waiting"  # approved and compiled; no device in the canary group yet
+WAITING = lifecycle.WAITING  # approved and compiled; no device in the canary group yet
 ACTIVE_STAGES = (CANARY, FLEET)
-FAILING = "failing"  # claimed by a failure whose restore is under way
+FAILING = lifecycle.FAILING  # claimed by a failure whose restore is under way
 
 
 @dataclass
@@ -82,6 +96,13 @@ def _pk(deps: RolloutDeps) -> str:
 
 def _rollout(version: int, deps: RolloutDeps) -> dict[str, Any] | None:
     return deps.state.get(_pk(deps), ROLLOUT + str(version))
+
+
+def advance_stage(version: int, source: str, event: str, target: str, changes: Mapping[str, Any],
+                  deps: RolloutDeps) -> bool:
+    """The one way a rollout's stage changes (lifecycle.advance on lifecycle.ROLLOUT); True when this call moved it."""
+    return lifecycle.advance(deps.state, lifecycle.ROLLOUT, _pk(deps), ROLLOUT + str(version), source, event, target,
+                             changes)
 
 
 # ------------------------------------------------------------------ 1. a compiled bundle -> canary
@@ -138,15 +159,14 @@ def _start_canary(version: int, deps: RolloutDeps) -> Outcome:
     deployment = _deploy(deps.canary_group, f"nacelle-{g}-v{version}-canary", components, f"{g}:{version}:canary",
                          deps)
     deps.state.put(pk, DEPLOYMENT + deployment, {"deployment_id": deployment, "version": version, "stage": CANARY})
-    record = {"version": version, "stage": CANARY, "components": components, "canary_deployment_id": deployment,
+    record = {"version": version, "components": components, "canary_deployment_id": deployment,
               "canary_started_at": _now(deps), "canary_things": things}
-    if not (deps.state.put(pk, ROLLOUT + str(version), record, if_absent=True)
-            or deps.state.update_if(pk, ROLLOUT + str(version), record, {"stage": WAITING})):
+    if not (advance_stage(version, ABSENT, DEPLOY, CANARY, record, deps)
+            or advance_stage(version, WAITING, DEPLOY, CANARY, record, deps)):
         return Outcome("duplicate", f"v{version} was started concurrently")
     previous = deps.state.get(pk, CANARY) or {}
     if previous.get("version") not in (None, version):  # the new canary deployment superseded it
-        deps.state.update_if(pk, ROLLOUT + str(previous["version"]), {"stage": "superseded",
-                                                                     "superseded_by": version}, {"stage": CANARY})
+        advance_stage(int(previous["version"]), CANARY, NEWER_VERSION, SUPERSEDED, {"superseded_by": version}, deps)
     deps.state.put(pk, CANARY, {"version": version, "deployment_id": deployment})
     schedule_check(version, deps)
     logger.info("canary deployment created", model_version=version, deployment_id=deployment, things=things)
@@ -158,16 +178,14 @@ def _wait_for_devices(version: int, deps: RolloutDeps) -> Outcome:
     """No device to deploy to: record that the version waits (operators hear it once) and look again
     at every watchdog check; a newer version that also waits supersedes it."""
     pk = _pk(deps)
-    if deps.state.put(pk, ROLLOUT + str(version), {"version": version, "stage": WAITING, "waiting_since": _now(deps)},
-                      if_absent=True):
+    if advance_stage(version, ABSENT, NO_DEVICES, WAITING, {"version": version, "waiting_since": _now(deps)}, deps):
         deps.notifier.publish(
             "approvals", f"{deps.group} v{version} waits for devices",
             f"v{version} is approved and compiled, but thing group {deps.canary_group} has no device. The "
             f"rollout starts by itself when a device joins it.", {"model_version": str(version), "status": WAITING})
     for other in deps.state.query(pk, ROLLOUT):
         if other["stage"] == WAITING and int(other["version"]) < version:
-            deps.state.update_if(pk, ROLLOUT + str(other["version"]), {"stage": "superseded", "superseded_by": version},
-                                 {"stage": WAITING})
+            advance_stage(int(other["version"]), WAITING, NEWER_VERSION, SUPERSEDED, {"superseded_by": version}, deps)
     schedule_check(version, deps)
     return Outcome("waiting", f"v{version}: no device in {deps.canary_group}; the rollout starts when one joins",
                    {"version": version, "stage": WAITING})
@@ -246,8 +264,7 @@ def _maybe_done(record: dict[str, Any], deps: RolloutDeps) -> Outcome | None:
     version, deployment = int(record["version"]), str(record["fleet_deployment_id"])
     if any(_execution(t, deployment, deps) not in SUCCEEDED_EXECUTION for t in record.get("fleet_things", [])):
         return None
-    if deps.state.update_if(_pk(deps), ROLLOUT + str(version), {"stage": "done", "done_at": _now(deps)},
-                            {"stage": FLEET}):
+    if advance_stage(version, FLEET, FLEET_COMPLETED, lifecycle.DONE, {"done_at": _now(deps)}, deps):
         logger.info("rollout done", model_version=version)
         deps.notifier.publish("approvals", f"{deps.group} v{version} is on the whole fleet",
                               f"Every device of {deps.fleet_group} completed deployment {deployment}.",
@@ -259,8 +276,11 @@ def _maybe_done(record: dict[str, Any], deps: RolloutDeps) -> Outcome | None:
 
 
 def on_health(row: HealthRow, deps: RolloutDeps) -> Outcome:
-    _record_device(row, deps)
-    _update_streak(row, deps)
+    unexpected = _unexpected_version(row, deps)
+    _record_device(row, deps, unexpected)
+    _update_streak(row, deps, serving_known_version=unexpected is None)
+    if unexpected is not None:
+        return Outcome("flagged", unexpected)
     canary = deps.state.get(_pk(deps), CANARY)
     record = _rollout(int(canary["version"]), deps) if canary else None
     if record is None or record["stage"] != CANARY or row.thing_name not in record.get("canary_things", []):
@@ -280,17 +300,38 @@ def _conditional_write(pk: str, key: str, item: dict[str, Any], received_at: int
     return deps.state.update_if(pk, key, item, {"received_at_ms": current.get("received_at_ms")})
 
 
-def _record_device(row: HealthRow, deps: RolloutDeps) -> None:
+def _unexpected_version(row: HealthRow, deps: RolloutDeps) -> str | None:
+    """Why the model version the device says it serves was never deployed to it (None when it was): a
+    rollout of that version reached this device (as a canary, with the fleet, or through a deployment it
+    reported on). Such a device never counts towards a soak."""
+    version = row.model_version
+    if version is None:
+        return None
+    record = _rollout(version, deps)
+    if record is not None and (row.thing_name in record.get("canary_things", [])
+                               or record.get("fleet_deployment_id") or record.get("fleet_started_at")):
+        return None
+    for execution in deps.state.query(device_pk(row.thing_name), DEPLOYMENT):  # e.g. joined its group later
+        owner = deps.state.get(_pk(deps), DEPLOYMENT + str(execution["deployment_id"]))
+        if owner is not None and int(owner["version"]) == version:
+            return None
+    reason = f"{row.thing_name} reports model v{version}, which was never deployed to it"
+    logger.warning("health names a version never deployed", thing_name=row.thing_name, model_version=version)
+    return reason
+
+
+def _record_device(row: HealthRow, deps: RolloutDeps, unexpected: str | None) -> None:
     item = {"thing_name": row.thing_name, "last_health_at": row.received_at_s, "received_at_ms": row.received_at,
             "model_version": row.model_version, "inference_rate_hz": row.inference_rate_hz,
-            "health": row.model_dump(mode="json")}
+            "health": asdict(row), "unexpected_version": unexpected}
     _conditional_write(DEVICES_PK, row.thing_name, item, row.received_at, deps)
 
 
-def _update_streak(row: HealthRow, deps: RolloutDeps) -> None:
-    """How long the device has continuously served one model version at a non-zero inference rate."""
+def _update_streak(row: HealthRow, deps: RolloutDeps, serving_known_version: bool) -> None:
+    """How long the device has continuously served one deployed model version at a non-zero inference rate."""
     current = deps.state.get(device_pk(row.thing_name), HEALTH) or {}
-    ready = bool(row.model_version) and row.inference_rate_hz > 0 and not row.model_error
+    ready = (row.model_version is not None and serving_known_version and row.inference_rate_hz > 0
+             and not row.model_error)
     t = row.received_at_s
     if ready and current.get("streak_version") == row.model_version and current.get("ready_since") is not None:
         streak = {"ready_since": current["ready_since"], "last_ready_at": t}
@@ -310,7 +351,7 @@ def readiness(record: Mapping[str, Any], deps: RolloutDeps) -> dict[str, float]:
     out = {}
     for thing in record.get("canary_things", []):
         h = deps.state.get(device_pk(thing), HEALTH) or {}
-        soaked = h.get("streak_version") in wanted and h.get("ready_since") is not None
+        soaked = str(h.get("streak_version")) in wanted and h.get("ready_since") is not None
         out[thing] = float(h["last_ready_at"]) - float(h["ready_since"]) if soaked else 0.0
     return out
 
@@ -322,7 +363,7 @@ def _try_promote(record: dict[str, Any], deps: RolloutDeps) -> Outcome | None:
         return None
     version = int(record["version"])
     changes = {"stage": FLEET, "fleet_deployment_id": "", "fleet_started_at": _now(deps), "readiness": soaked}
-    if not deps.state.update_if(_pk(deps), ROLLOUT + str(version), changes, {"stage": CANARY}):
+    if not advance_stage(version, CANARY, SOAKED, FLEET, changes, deps):
         return Outcome("duplicate", f"v{version} had already left the canary")
     record = {**record, **changes}
     deployment = start_fleet(record, deps)
@@ -369,8 +410,7 @@ def _fail(record: dict[str, Any], reason: str, deps: RolloutDeps) -> Outcome:
     stage = str(record["stage"])
     if stage == FAILING:
         stage, reason = str(record["failed_stage"]), str(record["failure_reason"])
-    elif not deps.state.update_if(pk, ROLLOUT + str(version), {"stage": FAILING, "failed_stage": stage,
-                                                              "failure_reason": reason}, {"stage": stage}):
+    elif not advance_stage(version, stage, FAIL, FAILING, {"failed_stage": stage, "failure_reason": reason}, deps):
         return Outcome("duplicate", f"v{version} had already left the {stage} stage")
     deps.registry.update_metadata(g, version, {"nacelle:failed": "true",
                                                "nacelle:failed_reason": metadata_value(reason)})
@@ -389,8 +429,7 @@ def _fail(record: dict[str, Any], reason: str, deps: RolloutDeps) -> Outcome:
     else:
         with_cancel = _cancel_quietly(str(record.get(f"{stage}_deployment_id") or ""), deps)
         after = f"No earlier version was deployed to restore; the deployment was {with_cancel}."
-    if not deps.state.update_if(pk, ROLLOUT + str(version), {"stage": "failed", "failed_at": _now(deps)},
-                                {"stage": FAILING}):
+    if not advance_stage(version, FAILING, RESTORED, FAILED_STAGE, {"failed_at": _now(deps)}, deps):
         return Outcome("duplicate", f"v{version} was already failed")
     logger.error("rollout failed", model_version=version, stage=stage, reason=reason)
     deps.notifier.publish(

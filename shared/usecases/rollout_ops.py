@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from shared.errors import Conflict, ModelVersionNotFound, NotFound, ObjectNotFound
 from shared.observability import correlate, logger
+from shared.usecases.lifecycle import CANCEL, CANCELED, NEWER_VERSION, ROLLBACK, SUPERSEDED
 from shared.usecases.retraining import Outcome
 from shared.usecases.rollout import (
     ACTIVE_STAGES,
@@ -30,6 +31,7 @@ from shared.usecases.rollout import (
     _rollout,
     _start_canary,
     _try_promote,
+    advance_stage,
     deploy_both,
     readiness,
     schedule_check,
@@ -46,8 +48,7 @@ def on_rollout_check(group: str, version: int, deps: RolloutDeps) -> Outcome:
     if record is not None and record["stage"] == WAITING:  # no device yet: look again, unless overtaken
         newer = [r["version"] for r in deps.state.query(_pk(deps), ROLLOUT) if int(r["version"]) > version]
         if newer:
-            deps.state.update_if(_pk(deps), ROLLOUT + str(version), {"stage": "superseded",
-                                                                    "superseded_by": max(newer)}, {"stage": WAITING})
+            advance_stage(version, WAITING, NEWER_VERSION, SUPERSEDED, {"superseded_by": max(newer)}, deps)
             return Outcome("ignored", f"v{version} no longer waits: v{max(newer)} came after it")
         return _start_canary(version, deps)
     if record is not None and record["stage"] == FAILING:  # a failure interrupted mid-way
@@ -131,9 +132,8 @@ def rollback_to(version: int, deps: RolloutDeps) -> Outcome:
     ids = deploy_both(version, f"rollback-{int(fleet.get('generation', 0)) + 1}", deps)
     for record in deps.state.query(pk, ROLLOUT):
         if int(record["version"]) > version and record["stage"] in ACTIVE_STAGES:
-            deps.state.update_if(pk, ROLLOUT + str(record["version"]), {"stage": "superseded",
-                                                                       "superseded_by": f"rollback to v{version}"},
-                                 {"stage": record["stage"]})
+            advance_stage(int(record["version"]), str(record["stage"]), ROLLBACK, SUPERSEDED,
+                          {"superseded_by": f"rollback to v{version}"}, deps)
     logger.warning("rolled back", model_version=version, deployments=ids)
     deps.notifier.publish("approvals", f"{deps.group} rolled back to v{version}",
                           f"Both thing groups ({deps.canary_group}, {deps.fleet_group}) are being deployed "
@@ -148,8 +148,8 @@ def cancel(deployment_id: str, deps: RolloutDeps) -> Outcome:
     if owner is not None and owner["stage"] in ACTIVE_STAGES:
         record = _rollout(int(owner["version"]), deps) or {}
         if record.get(f"{owner['stage']}_deployment_id") == deployment_id:
-            deps.state.update_if(_pk(deps), ROLLOUT + str(owner["version"]),
-                                 {"stage": "canceled", "canceled_at": _now(deps)}, {"stage": owner["stage"]})
+            advance_stage(int(owner["version"]), str(owner["stage"]), CANCEL, CANCELED, {"canceled_at": _now(deps)},
+                          deps)
     logger.warning("deployment canceled", deployment_id=deployment_id)
     return Outcome("canceled", deployment_id, {"deployment_id": deployment_id})
 

@@ -9,8 +9,9 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+from shared.messages import EpisodeRow
 from shared.ports import StateStore
-from shared.usecases.alerts import AlertDeps, AlertPolicy, AnomalyRow, on_anomaly, on_scheduled_check
+from shared.usecases.alerts import AlertDeps, AlertPolicy, on_anomaly, on_scheduled_check
 from tests.contract.conftest import NotifierHarness
 from tests.fakes import MemoryRegistry
 
@@ -25,9 +26,9 @@ class Clock:
         return self.now
 
 
-def row(kind: Literal["open", "update", "close"], seq: int) -> AnomalyRow:
+def row(kind: Literal["open", "update", "close"], seq: int) -> EpisodeRow:
     t = T0.timestamp()
-    return AnomalyRow(v=2, kind=kind, episode_id="wt-07-5", turbine_id="wt-07", features=["rpm", "voltage"],
+    return EpisodeRow(v=2, kind=kind, episode_id="wt-07-5", turbine_id="wt-07", features=["rpm", "voltage"],
                       score=3.2 + 0.1 * seq, contributions={"rpm": 0.62, "voltage": 0.38}, started_at=t - 90,
                       opened_at=t - 30, last_flagged_at=t - 30 + seq, ended_at=t + 60 if kind == "close" else None,
                       model_version=4, seq=seq,
@@ -60,5 +61,5 @@ def test_one_alert_and_one_resolution_then_offline(state_store: StateStore,
     assert "nacelle-turbine v4 (not in the registry)" in alert.message
     assert delivered["offline"].subject == "[HIGH] wt-07: turbine offline"
     assert delivered["resolution"].subject.startswith("[RESOLVED] wt-07: score 3.5x threshold")
-    item = state_store.get("alerts", "episode:wt-07-5")
+    item = state_store.get("alerts", "episode:wt-07:wt-07-5")
     assert item is not None and (item["score"], item["contributions"]) == (3.5, {"rpm": 0.62, "voltage": 0.38})

@@ -55,11 +55,14 @@ class Client:
         self.stopped = threading.Event()
         self.failure: Any = None
         self.connack: Any = None
+        self.connections = 0  # successful connections so far (a reconnection counts again)
+        self.disconnections = 0  # lost connections, e.g. taken over by a client with the same client id
         host_name = host or endpoint[0]
         common: dict[str, Any] = {
             "on_publish_received": self._on_publish,
             "on_lifecycle_connection_success": self._on_success,
             "on_lifecycle_connection_failure": self._on_failure,
+            "on_lifecycle_disconnection": self._on_disconnection,
             "on_lifecycle_stopped": lambda _data: self.stopped.set(),
             "connack_timeout_ms": 3000,
             "min_reconnect_delay_ms": 200,
@@ -84,6 +87,7 @@ class Client:
                 on_publish_callback_fn=self._on_publish,
                 on_lifecycle_event_connection_success_fn=self._on_success,
                 on_lifecycle_event_connection_failure_fn=self._on_failure,
+                on_lifecycle_event_disconnection_fn=self._on_disconnection,
                 on_lifecycle_event_stopped_fn=lambda _data: self.stopped.set()))
         self.client.start()
 
@@ -92,7 +96,11 @@ class Client:
 
     def _on_success(self, data: Any) -> None:
         self.connack = data.connack_packet
+        self.connections += 1
         self.connected.set()
+
+    def _on_disconnection(self, _data: Any) -> None:
+        self.disconnections += 1
 
     def _on_failure(self, data: Any) -> None:
         self.failure = data.exception

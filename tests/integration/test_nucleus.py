@@ -378,3 +378,189 @@ def test_a_root_nucleus_runs_unprivileged_steps_as_the_component_user(tmp_path_f
         if d.proc is not None and d.proc.poll() is None:
             d.kill(signal.SIGTERM)
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+# -- per-device isolation of credentials (a root fleet) -------------------------------------------------------------
+# Install step of `probe`: what this device's identity may read of its own credentials and of the other device's
+PROBE = b'''
+import json, os, sys
+from pathlib import Path
+
+out, home, *things = sys.argv[1:]
+me = os.environ["AWS_IOT_THING_NAME"]
+(other,) = [t for t in things if t != me]
+device = json.loads(Path(os.environ["NACELLE_DEVICE_CONFIG"]).read_text())
+
+
+def attempt(action, path):
+    try:
+        action(path)
+        return "ok"
+    except PermissionError:
+        return "denied"
+    except OSError as e:
+        return type(e).__name__
+
+
+def read(path):
+    Path(path).read_bytes()
+
+
+def create(path):
+    Path(path).write_text("x")
+
+
+theirs = f"{home}/devices/{other}"
+result = {
+    "thing": me, "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "home": os.environ["HOME"],
+    "venvs": os.environ.get("NACELLE_VENVS_ROOT"), "secret": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+    "device": device,
+    "own": {"key": attempt(read, device["key"]), "cert": attempt(read, device["cert"]),
+            "ca": attempt(read, device["ca"]), "ca_env": attempt(read, os.environ["GG_ROOT_CA_PATH"]),
+            "config": attempt(read, device["configuration"]),
+            "spool": attempt(read, f"{device['work']}/../c/spool.db")},
+    "other": {"key": attempt(read, f"{home}/pki/clients/{other}.key"),
+              "key_copy": attempt(read, f"{theirs}/credentials/{other}.key"),
+              "work": attempt(os.listdir, f"{theirs}/work/c"), "spool": attempt(read, f"{theirs}/work/c/spool.db"),
+              "log": attempt(read, f"{theirs}/logs/c.log"), "root": attempt(os.listdir, theirs)},
+    "shared": {"venvs_write": attempt(create, f"{os.environ.get('NACELLE_VENVS_ROOT')}/planted"),
+               "ca_key": attempt(read, f"{home}/pki/ca.key")},
+}
+Path(out).write_text(json.dumps(result))
+'''
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-device identities need a root fleet (setuid to their ids)")
+def test_a_device_component_cannot_read_another_devices_key_or_work_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from nacelle.local.component_user import device_id, runtime_id
+    from nacelle.local.fleet import FLEET_GROUP, Fleet
+    from nacelle.local.stack import LocalSettings
+
+    base = LocalSettings().component_id_base
+    tmp = Path(tempfile.mkdtemp(prefix="nacelle-isolation-", dir="/tmp"))  # pytest's tmp is 0700: unreachable
+    tmp.chmod(0o755)
+    home = tmp / "home"
+    gg = LocalGreengrass(home / "greengrass.db")
+    store = FsObjectStore(home / "objects", BUCKET)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "the-operator's")  # the nuclei inherit it; components must not
+    fleet = Fleet(home, gg, size=2, canary_size=0, simulators=False, component_id_base=base,
+                  nucleus_args=["--grace", str(GRACE_S), "--poll", "0.1"])
+    things = fleet.things
+
+    def component(name: str, lifecycle: dict[str, Any], files: dict[str, bytes]) -> None:
+        artifacts = []
+        for file, data in files.items():
+            store.put(f"components/{name}/1.0.0/{file}", data)
+            artifacts.append({"URI": f"s3://{BUCKET}/components/{name}/1.0.0/{file}", "Digest": artifact_digest(data)})
+        gg.create_component_version({"RecipeFormatVersion": "2020-01-25", "ComponentName": name,
+                                     "ComponentVersion": "1.0.0",
+                                     "Manifests": [{"Artifacts": artifacts, "Lifecycle": lifecycle}]})
+
+    def deploy(components: dict[str, Any], token: str) -> None:
+        dep = gg.create_deployment(gg.thing_group_arn(FLEET_GROUP), token, components, {}, {}, token)
+        wait(lambda: [e.status for e in gg.executions(dep)] == ["SUCCEEDED"] * 2, f"{token} on both devices")
+
+    component("c", {"Run": {"Script": "echo spool > '{work:path}/spool.db'; echo started; exec sleep 600"}}, {})
+    component("probe", {"Install": {"Script": f"python3 -u '{{artifacts:path}}/probe.py' '{{work:path}}/probe.json' "
+                                              f"'{home}' {' '.join(things)}", "RequiresPrivilege": False}},
+              {"probe.py": PROBE})
+    try:
+        with fleet:
+            deploy({"c": {"componentVersion": "1.0.0"}}, "first")  # both devices hold their credentials and spool
+            for thing in things:
+                wait(lambda t=thing: (home / f"devices/{t}/work/c/spool.db").is_file(), f"{thing}'s spool")
+            deploy({"c": {"componentVersion": "1.0.0"}, "probe": {"componentVersion": "1.0.0"}}, "probe")
+            results = {t: json.loads((home / f"devices/{t}/work/probe/probe.json").read_text()) for t in things}
+            modes = {t: _modes(home / "devices" / t, t) for t in things}
+            pids = [m.popen.pid for m in fleet.procs.values() if m.popen is not None]
+            pids += [json.loads((home / f"devices/{t}/procs.json").read_text())["c"]["pid"] for t in things]
+        assert not any(alive(p) for p in pids)
+        venvs = (home / "greengrass" / "venvs").stat()
+        assert (venvs.st_uid, venvs.st_gid, venvs.st_mode & 0o777) == (runtime_id(base), runtime_id(base), 0o755)
+    finally:
+        fleet.stop()
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+    for number, thing in enumerate(things, start=1):
+        r = results[thing]
+        other = next(t for t in things if t != thing)
+        ident = device_id(base, number)
+        assert r["uid"] == r["gid"] == ident, r  # the nucleus's real code path, its own identity
+        assert modes[thing] == {"root": (0, ident, 0o750), "credentials": (0, ident, 0o750),
+                                "key": (ident, ident, 0o600), "cert": (ident, ident, 0o600),
+                                "work": (ident, ident, 0o700), "spool": (ident, ident, 0o644),
+                                "config": (ident, ident, 0o600), "log": (0, 0, 0o600)}, modes[thing]
+        assert set(r["groups"]) <= {r["gid"]}  # none of root's groups
+        assert r["own"] == dict.fromkeys(r["own"], "ok"), r  # its own key, certificate, CA, config and spool
+        assert r["device"]["key"] == str(home / f"devices/{thing}/credentials/{thing}.key")
+        assert r["device"]["ca"] == str(home / "pki" / "ca.pem")  # the shared CA, not a copy
+        # the other device's key (the original and the copy), work dir, spool, log: a permission error, not absence
+        assert r["other"] == dict.fromkeys(r["other"], "denied"), (thing, other, r["other"])
+        assert r["shared"] == {"venvs_write": "denied", "ca_key": "denied"}
+        assert r["venvs"] == str(home / "greengrass" / "venvs") and r["home"] == r["device"]["work"]
+        assert r["secret"] is None
+    assert results[things[0]]["uid"] != results[things[1]]["uid"] != runtime_id(base)
+
+
+def _modes(root: Path, thing: str) -> dict[str, tuple[int, int, int]]:
+    """(uid, gid, mode) of what a device keeps from the others (each must exist: a denial is not an absence)."""
+    paths = {"root": root, "credentials": root / "credentials", "key": root / f"credentials/{thing}.key",
+             "cert": root / f"credentials/{thing}.pem", "work": root / "work/c", "spool": root / "work/c/spool.db",
+             "config": root / "config/c.device.json", "log": root / "logs/c.log"}
+    return {name: (st.st_uid, st.st_gid, st.st_mode & 0o777) for name, st in ((n, p.stat()) for n, p in paths.items())}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-device identities need a root fleet (setuid to their ids)")
+def test_isolated_devices_share_the_venv_the_fleet_builds_and_wait_for_it() -> None:
+    import tempfile
+
+    from nacelle.components import COMPONENT_DIR, WHEELHOUSE
+    from nacelle.local.component_user import runtime_id
+    from nacelle.local.fleet import FLEET_GROUP, Fleet
+    from nacelle.local.stack import LocalSettings
+
+    if not any(WHEELHOUSE.glob("*.whl")):
+        pytest.skip(f"{WHEELHOUSE} has no wheels: run `make wheelhouse`")
+    base = LocalSettings().component_id_base
+    tmp = Path(tempfile.mkdtemp(prefix="nacelle-venvs-", dir="/tmp"))
+    tmp.chmod(0o755)
+    home = tmp / "home"
+    gg = LocalGreengrass(home / "greengrass.db")
+    store = FsObjectStore(home / "objects", BUCKET)
+    files = {"install_venv.py": (COMPONENT_DIR / "src/detector/install_venv.py").read_bytes(),
+             "requirements.txt": (COMPONENT_DIR / "requirements.txt").read_bytes()}
+    for file, data in files.items():
+        store.put(f"components/v/1.0.0/{file}", data)
+    install = ("python3 -u '{artifacts:path}/install_venv.py' --requirements '{artifacts:path}/requirements.txt' "
+               f"--wheels '{WHEELHOUSE}' --venvs-root '' --default-venvs-root '{{work:path}}/venvs' "
+               "--record '{work:path}/venv'")
+    gg.create_component_version({"RecipeFormatVersion": "2020-01-25", "ComponentName": "v", "ComponentVersion": "1.0.0",
+                                 "Manifests": [{"Artifacts": [{"URI": f"s3://{BUCKET}/components/v/1.0.0/{f}",
+                                                               "Digest": artifact_digest(d)} for f, d in files.items()],
+                                                "Lifecycle": {"Install": {"Script": install, "Timeout": 60}}}]})
+    fleet = Fleet(home, gg, size=2, canary_size=0, simulators=False, component_id_base=base,
+                  nucleus_args=["--grace", str(GRACE_S), "--poll", "0.1"])
+    try:
+        with fleet:
+            fleet.prepare_runtime()  # in the background: the devices' Install steps start during the build
+            dep = gg.create_deployment(gg.thing_group_arn(FLEET_GROUP), "v", {"v": {"componentVersion": "1.0.0"}},
+                                       {}, {}, "v")
+
+            def finished() -> list[Any] | None:
+                runs = gg.executions(dep)
+                return runs if len(runs) == 2 and all(e.status in ("SUCCEEDED", "FAILED") for e in runs) else None
+
+            done = wait(finished, "v to finish on both devices", 40)
+            assert [e.status for e in done] == ["SUCCEEDED"] * 2, [e.reason for e in done]
+            assert fleet._prepare is not None and fleet._prepare.wait(30) == 0
+            recorded = {(home / f"devices/{t}/work/v/venv").read_text().strip() for t in fleet.things}
+            (venv,) = recorded  # one venv for both devices: the one the fleet built
+            assert Path(venv).parent == fleet.venvs_root and (Path(venv) / ".nacelle-complete").is_file()
+            assert Path(venv).stat().st_uid == runtime_id(base)  # no device owns code another device runs
+            assert not any((home / f"devices/{t}/work/v/venvs").exists() for t in fleet.things)
+    finally:
+        fleet.stop()
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)

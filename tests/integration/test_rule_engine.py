@@ -7,6 +7,7 @@ The stack's own wiring: bus rules and targets come from template.yaml's AnomalyR
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -28,13 +29,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 class Device:
-    def __init__(self, broker: Broker, thing: str) -> None:
+    def __init__(self, broker: Broker, thing: str, unthrottled: bool = False) -> None:
+        """`unthrottled`: without the SDK's own AWS IoT Core flow control (100 publishes/s), as an attacker's
+        client would be."""
         creds = broker.pki.device(thing)
         self.connected = threading.Event()
+        flow = mqtt5.ExtendedValidationAndFlowControlOptions
         self.client = mqtt5_client_builder.mtls_from_path(
             endpoint="127.0.0.1", port=broker.port, cert_filepath=str(creds.cert_path),
             pri_key_filepath=str(creds.key_path), ca_filepath=str(creds.ca_path), client_id=thing,
-            on_lifecycle_connection_success=lambda _d: self.connected.set())
+            on_lifecycle_connection_success=lambda _d: self.connected.set(),
+            extended_validation_and_flow_control_options=flow.NONE if unthrottled else flow.AWS_IOT_CORE_DEFAULTS)
         self.client.start()
         assert self.connected.wait(5), f"{thing} did not connect"
 
@@ -80,7 +85,7 @@ def wait_for_notifications(stack: Stack, count: int, timeout_s: float) -> list[d
 
 
 def engine_for(stack: Stack, broker: Broker) -> RuleEngine:
-    return RuleEngine(topic_rules(load_template()), stack.bus.put, broker.endpoint, broker.pki.cloud())
+    return RuleEngine(topic_rules(load_template()), stack.bus.put_many, broker.endpoint, broker.pki.cloud())
 
 
 def test_an_episode_open_reaches_the_notifier_within_a_second(stack: tuple[Stack, Broker]) -> None:
@@ -128,3 +133,74 @@ def test_messages_published_while_the_engine_is_down_arrive_when_it_reconnects(s
             engine.stop()
     finally:
         device.stop()
+
+
+def iot_rows(local: Stack, thing: str, rule: str) -> list[dict[str, Any]]:
+    events = [local.bus.event(d.event_id) for d in local.bus.deliveries()]
+    return [e["detail"] for e in events if e["detail-type"] == rule and e["detail"]["thing_name"] == thing]
+
+
+def health(thing: str, seq: int) -> dict[str, Any]:
+    return {"v": 1, "turbine_id": thing, "model_version": None, "inference_rate_hz": 0.0, "seq": seq}
+
+
+def wait_until(condition: Any, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_session_the_broker_lost_is_subscribed_again(stack: tuple[Stack, Broker]) -> None:
+    local, broker = stack
+    engine = engine_for(local, broker).start()
+    try:
+        broker.stop()
+        shutil.rmtree(broker.data_dir)  # the broker comes back without its persistence store
+        broker.start()
+        assert wait_until(lambda: engine.sessions_rebuilt >= 1, 10.0)
+        device = Device(broker, "turbine-03")
+        try:
+            payload = json.dumps(health("turbine-03", 1)).encode()
+            packet = mqtt5.PublishPacket(topic="turbines/turbine-03/health", payload=payload,
+                                         qos=mqtt5.QoS.AT_LEAST_ONCE)
+            assert wait_until(lambda: device.client.publish(packet).result(5).puback.reason_code
+                              == mqtt5.PubackReasonCode.SUCCESS, 10.0)  # someone subscribes again
+            assert wait_until(lambda: iot_rows(local, "turbine-03", "HealthRule"), 5.0)
+        finally:
+            device.stop()
+    finally:
+        engine.stop()
+
+
+def test_a_flooding_turbine_is_held_to_its_quota_and_delays_no_other(stack: tuple[Stack, Broker]) -> None:
+    local, broker = stack
+    refused: list[tuple[str, str, str, int]] = []
+    engine = RuleEngine(topic_rules(load_template()), local.bus.put_many, broker.endpoint, broker.pki.cloud(),
+                        reject=lambda thing, stream, reason, _detail, count: refused.append((thing, stream, reason,
+                                                                                             count)),
+                        quota_per_s=50.0, quota_burst=50.0).start()
+    flooder, other = Device(broker, "turbine-01", unthrottled=True), Device(broker, "turbine-02")
+    try:
+        payload = json.dumps(health("turbine-01", 1)).encode()
+        packets = [mqtt5.PublishPacket(topic="turbines/turbine-01/health", payload=payload,
+                                       qos=mqtt5.QoS.AT_LEAST_ONCE) for _ in range(2000)]
+        flood = [flooder.client.publish(p) for p in packets]  # as fast as the client goes
+        for seq in range(1, 11):
+            other.publish("turbines/turbine-02/health", health("turbine-02", seq))
+        for future in flood:
+            future.result(10)
+        assert wait_until(lambda: len(iot_rows(local, "turbine-02", "HealthRule")) == 10, 5.0)
+        engine.stop()
+        by_reason = {(t, s, r): 0 for t, s, r, _ in refused}
+        for t, s, r, n in refused:
+            by_reason[(t, s, r)] += n
+        kept = len(iot_rows(local, "turbine-01", "HealthRule"))
+        assert by_reason == {("turbine-01", "health", "quota"): 2000 - kept}
+        assert 50 <= kept < 1000  # the burst, plus what the quota refilled while the flood lasted
+    finally:
+        flooder.stop()
+        other.stop()
+        engine.stop()

@@ -13,7 +13,7 @@ from shared.events import (
     ObjectCreated,
     TrainingJobStateChange,
 )
-from shared.usecases.alerts import AnomalyRow
+from shared.messages import EpisodeRow, validate
 
 EVENTS = Path(__file__).parents[1] / "events"
 FIXTURES = sorted(p.name for p in EVENTS.glob("*.json"))
@@ -25,7 +25,7 @@ MODELS = {"Object Created": ObjectCreated, "SageMaker Training Job State Change"
 def test_every_fixture_parses_with_the_model_its_function_reads(name: str) -> None:
     event = json.loads((EVENTS / name).read_text())
     if "detail-type" not in event:  # an IoT rule row, not an EventBridge envelope
-        AnomalyRow.model_validate(event)
+        validate(EpisodeRow, event)
     elif event["detail-type"] == "Scheduled Event":
         assert event["source"] == "aws.events" and event["detail"] == {}
     else:

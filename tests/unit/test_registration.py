@@ -9,6 +9,7 @@ import tarfile
 import pytest
 
 from shared.gate import GatePolicy
+from shared.ports import StateStore
 from shared.usecases import state_keys as sk
 from shared.usecases.registration import RegistrationDeps, on_training_finished
 from tests.fakes import Clock, MemoryRegistry, MemoryState, MemoryStore, RecordingEvents, RecordingNotifier
@@ -50,15 +51,20 @@ def model_tar(candidate: dict, champion: dict | None = None, manifest: dict | No
     return buf.getvalue()
 
 
+def running_job(state: StateStore, job: str = JOB) -> None:
+    """What training_completed finds for a job the group started."""
+    pk = sk.group_pk(GROUP)
+    state.put(pk, sk.JOB + job, {"job_name": job, "dataset_hash": "ab" * 32, "status": "InProgress"})
+    state.put(pk, sk.DATASET + "ab" * 32, {"status": "running", "max_accepted_at": 123.0})
+    state.put(pk, sk.ACTIVE_JOB, {"job_name": job})
+
+
 @pytest.fixture
 def deps() -> RegistrationDeps:
     d = RegistrationDeps(store=MemoryStore(), state=MemoryState(), registry=MemoryRegistry(),
                          notifier=RecordingNotifier(), events=RecordingEvents(), gate=GatePolicy(),
                          group=GROUP, clock=Clock())
-    pk = sk.group_pk(GROUP)
-    d.state.put(pk, sk.JOB + JOB, {"job_name": JOB, "dataset_hash": "ab" * 32, "status": "InProgress"})
-    d.state.put(pk, sk.DATASET + "ab" * 32, {"status": "running", "max_accepted_at": 123.0})
-    d.state.put(pk, sk.ACTIVE_JOB, {"job_name": JOB})
+    running_job(d.state)
     return d
 
 

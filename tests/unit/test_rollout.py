@@ -21,6 +21,8 @@ from services.compilation_completed import app as compilation_app
 from services.deployment_status import app as status_app
 from shared.components import DETECTOR_COMPONENT, MODEL_COMPONENT, artifact_digest, artifact_digests
 from shared.errors import ConfigurationError, Conflict, DataError
+from shared.messages import HealthRow, validate
+from shared.usecases.intake import REJECTED
 from shared.usecases.rollout import RolloutDeps, on_health
 from shared.usecases.rollout_ops import cancel, on_rollout_check, rollback_to
 from tests.fakes import Clock, MemoryRegistry, MemoryState, MemoryStore, RecordingEvents, RecordingNotifier
@@ -81,7 +83,7 @@ class Harness:
     def deliver_manifest(self, key: str) -> dict[str, Any]:
         return compilation_app.handle(self.manifest_event(key), self.deps)
 
-    def health(self, thing: str, model_version: str | None, rate: float, at_s: float) -> dict[str, Any]:
+    def health(self, thing: str, model_version: int | None, rate: float, at_s: float) -> dict[str, Any]:
         self.seq += 1
         return {"v": 1, "turbine_id": thing, "model_version": model_version, "detector_version": DETECTOR,
                 "inference_rate_hz": rate, "latency_p50_ms": 0.3, "latency_p99_ms": 0.9, "spool_depth": 0,
@@ -117,7 +119,7 @@ class Harness:
         """Healthy rows on `version` for longer than the soak time."""
         t0 = self.clock.now.timestamp() + 1
         for dt in (0.0, SOAK / 2, SOAK + 1):
-            status_app.handle(self.health(thing, f"{version}.0.0", 4.0, t0 + dt), self.deps)
+            status_app.handle(self.health(thing, version, 4.0, t0 + dt), self.deps)
         self.clock.advance(SOAK + 2)
 
     def to_fleet_done(self, version: int) -> None:
@@ -220,14 +222,14 @@ def test_canary_soak_passes_once_with_duplicated_and_out_of_order_inputs(h):
                                               "IN_PROGRESS"}}
     assert status_app.handle(late, h.deps)["action"] == "recorded"
     t0 = h.clock.now.timestamp()
-    first, mid, last = (h.health("turbine-01", "1.0.0", 5.0, t0 + dt) for dt in (0.0, 5.0, SOAK + 1))
+    first, mid, last = (h.health("turbine-01", 1, 5.0, t0 + dt) for dt in (0.0, 5.0, SOAK + 1))
     actions = [status_app.handle(row, h.deps)["action"] for row in (first, first, last, mid, last, last)]
     assert actions == ["recorded", "recorded", "promoted", "recorded", "recorded", "recorded"]
     assert len(h.deployments(FLEET)) == 1
     assert h.rollout(1)["stage"] == "fleet"
     assert h.alerts() == [f"{GROUP} v1 passed the canary: deploying to the fleet"]
     device = h.deps.state.get("devices", "turbine-01")
-    assert device["model_version"] == "1.0.0" and device["last_health_at"] == pytest.approx(t0 + SOAK + 1)
+    assert device["model_version"] == 1 and device["last_health_at"] == pytest.approx(t0 + SOAK + 1)
     assert device["health"]["seq"] == last["seq"]
     # the fleet completes: done, once
     fleet_id = h.rollout(1)["fleet_deployment_id"]
@@ -243,9 +245,9 @@ def test_an_unhealthy_row_restarts_the_soak(h):
     h.deliver_manifest(h.compile(1))
     t0 = h.clock.now.timestamp()
     for dt, rate in ((0.0, 5.0), (6.0, 0.0), (8.0, 5.0), (SOAK + 1, 5.0)):
-        assert status_app.handle(h.health("turbine-01", "1.0.0", rate, t0 + dt), h.deps)["action"] == "recorded"
+        assert status_app.handle(h.health("turbine-01", 1, rate, t0 + dt), h.deps)["action"] == "recorded"
     assert h.deployments(FLEET) == []
-    assert status_app.handle(h.health("turbine-01", "1.0.0", 5.0, t0 + 8.0 + SOAK), h.deps)["action"] == "promoted"
+    assert status_app.handle(h.health("turbine-01", 1, 5.0, t0 + 8.0 + SOAK), h.deps)["action"] == "promoted"
 
 
 def test_health_of_another_model_version_does_not_count(h):
@@ -253,8 +255,10 @@ def test_health_of_another_model_version_does_not_count(h):
     t0 = h.clock.now.timestamp()
     for dt in (0.0, SOAK * 3):
         status_app.handle(h.health("turbine-01", None, 5.0, t0 + dt), h.deps)
-        status_app.handle(h.health("turbine-01", "7.0.0", 5.0, t0 + dt + 1), h.deps)
+        result = status_app.handle(h.health("turbine-01", 7, 5.0, t0 + dt + 1), h.deps)
+        assert result["action"] == "flagged" and "v7, which was never deployed to it" in result["detail"]
     assert h.deployments(FLEET) == [] and h.rollout(1)["stage"] == "canary"
+    assert h.deps.state.get("devices", "turbine-01")["unexpected_version"].startswith("turbine-01 reports model v7")
 
 
 # ------------------------------------------------------------------ failure, timeout, watchdog
@@ -377,15 +381,17 @@ def test_deployment_status_takes_a_rollout_check_event(h):
 
 
 def test_a_malformed_health_row_names_the_field(h):
-    row = h.health("turbine-01", "1.0.0", 1.0, 0)
+    row = h.health("turbine-01", 1, 1.0, 0)
     del row["received_at"]
-    with pytest.raises(DataError, match="received_at"):
-        status_app.handle(row, h.deps)
+    assert status_app.handle(row, h.deps)["action"] == "rejected"  # counted, never applied nor retried
+    refused = h.deps.state.get(REJECTED, "turbine-01#health")
+    assert (refused["count"], refused["last_detail"]) == (1, "field 'received_at' is missing")
+    assert h.deps.state.get("devices", "turbine-01") is None
 
 
 def test_health_rows_keep_the_newest_device_record(h):
     for at, rate in ((20.0, 2.0), (10.0, 9.0)):
-        on_health(status_app.HealthRow.model_validate(h.health("turbine-02", "1.0.0", rate, at)), h.deps)
+        on_health(validate(HealthRow, h.health("turbine-02", 1, rate, at)), h.deps)
     record = h.deps.state.get("devices", "turbine-02")
     assert record["inference_rate_hz"] == 2.0 and record["last_health_at"] == 20.0
 

@@ -158,6 +158,7 @@ def test_simulator_process_publishes_to_the_broker_and_takes_faults(tmp_path: Pa
         pytest.skip("mosquitto is not installed")
     home = tmp_path / "home"
     pki = LocalPki(home / "pki")
+    pki.sensor_source(THING)  # before the broker starts: its ACL lists it
     received: queue.Queue[tuple[str, bytes]] = queue.Queue()
     connected, stopped = threading.Event(), threading.Event()
     with Broker(home, pki) as broker:

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from detector import ANOMALY_SCHEMA_VERSION, SCHEMA_VERSION
+from detector import SCHEMA_VERSION
 from detector.messages import MessageBuilder, encode
 
 from nacelle.local.state import SqliteStateStore
+from shared.messages import EpisodeMessage, EpisodeRow, HealthMessage, validate
 from shared.ml.episodes import EpisodeRule, EpisodeTracker
-from shared.usecases.alerts import AlertDeps, AlertPolicy, AnomalyRow, get_alert, on_anomaly
+from shared.usecases.alerts import AlertDeps, AlertPolicy, get_alert, on_anomaly
 from tests.fakes import Clock, MemoryRegistry, RecordingNotifier
 
 THING = "turbine-02"
@@ -35,9 +36,9 @@ def messages() -> list[dict[str, Any]]:
 
 
 def test_the_anomaly_message_is_schema_v2() -> None:
-    assert (ANOMALY_SCHEMA_VERSION, SCHEMA_VERSION) == (2, 1)  # sensor and health messages stay v1
+    assert (EpisodeMessage.VERSION, HealthMessage.VERSION, SCHEMA_VERSION) == (2, 1, 1)
     opened, updated, closed = messages()
-    assert [list(m) for m in (opened, updated, closed)] == [KEYS] * 3
+    assert [sorted(m) for m in (opened, updated, closed)] == [sorted(KEYS)] * 3
     assert {k: opened[k] for k in KEYS if k not in ("contributions",)} == {
         "v": 2, "kind": "open", "episode_id": f"{THING}-101000", "turbine_id": THING, "features": ["rps"],
         "score": 3.4, "missing": [], "started_at": 101.0, "opened_at": 102.0, "last_flagged_at": 102.0,
@@ -56,12 +57,12 @@ def test_the_cloud_turns_the_messages_into_one_alert_and_one_resolution(tmp_path
     deps = AlertDeps(alerts=SqliteStateStore(tmp_path / "alerts.db"), devices=SqliteStateStore(tmp_path / "s.db"),
                      registry=MemoryRegistry(), notifier=notifier, clock=clock, group="g", policy=AlertPolicy())
     for m in messages():
-        on_anomaly(AnomalyRow.model_validate({**m, "thing_name": THING, "received_at": 1, "client_id": THING}), deps)
+        on_anomaly(validate(EpisodeRow, {**m, "thing_name": THING, "received_at": 1, "client_id": THING}), deps)
     alert, resolution = notifier.messages
     assert alert.subject == f"[HIGH] {THING}: score 3.4x threshold, mostly rps (64 %), voltage (21 %), gen_temp (15 %)"
     assert resolution.subject == (f"[RESOLVED] {THING}: score 3.4x threshold, mostly rps (64 %), voltage (21 %), "
                                   "gen_temp (15 %); voltage missing")
     assert "  rps: 64 % of the score\n  voltage: 21 % of the score" in alert.message
-    item = get_alert(f"episode:{THING}-101000", deps)
+    item = get_alert(f"episode:{THING}:{THING}-101000", deps)
     assert (item["score"], item["features"], item["missing"]) == (3.4, ["rps", "voltage"], ["voltage"])
     assert item["severity"] == "critical"  # high, and voltage joined: +1

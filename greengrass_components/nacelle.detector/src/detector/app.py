@@ -7,8 +7,8 @@ Threads:
   a freshly loaded model between two messages, emit health when due, flush on stop. So anomaly
   messages enter the spool in the order the episodes happened, the swap's close event included;
 * a loader thread opens and warms up a new model (EdgeModel.load) without stopping detection;
-* a publisher thread sends the spool's oldest message, one at a time, acks it after PUBACK, and on
-  failure backs off and retries the same message (never reorders).
+* a publisher thread sends the spool's oldest message, one at a time (at most PUBLISH_MAX_PER_S), acks
+  it after PUBACK, and on failure backs off and retries the same message (never reorders).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ QUEUE_SIZE = 1000
 QUEUE_PUT_S = 0.5
 PUBLISH_TIMEOUT_S = 5.0
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
+PUBLISH_MAX_PER_S = 50.0  # a spool drained after an outage stays under the cloud's 100 messages/s per device
 DRAIN_S = 3.0  # on stop: how long the publisher may keep sending what is spooled
 _STOP = object()
 
@@ -220,14 +221,13 @@ class DetectorApp:
     def health(self) -> dict[str, Any]:
         p = self.pipeline
         p50, p99 = p.latency_ms() if p is not None else (None, None)
-        message = self.builder.health(
+        return self.builder.health(
             model_version=p.model_version if p is not None else None,
             inference_rate_hz=p.inference_rate_hz() if p is not None else 0.0,
             latency_p50_ms=p50, latency_p99_ms=p99, spool_depth=self.spool.depth(),
             spool_dropped=self.spool.dropped, bad_messages=self.bad_messages + self.overflow,
-            uptime_s=self.clock() - self._started_at, windows_scored=self.windows_scored)
-        message.update(detector_version=self.version, model_error=self.model_error)
-        return message
+            uptime_s=self.clock() - self._started_at, windows_scored=self.windows_scored,
+            detector_version=self.version, model_error=self.model_error)
 
     # -- model changes ---------------------------------------------------------------------------------
     def _on_config(self, config: DetectorConfig) -> None:
@@ -302,12 +302,16 @@ class DetectorApp:
     # -- publisher ---------------------------------------------------------------------------------------
     def _publish_loop(self) -> None:
         backoff = BACKOFF_MIN_S
+        next_slot = 0.0
         while not self._stopping.is_set():
             entry = self.spool.peek()
             if entry is None or not self.transport.is_connected:
                 self._spooled.wait(0.5)
                 self._spooled.clear()
                 continue
+            if self._stopping.wait(max(0.0, next_slot - time.monotonic())):
+                break
+            next_slot = time.monotonic() + 1.0 / PUBLISH_MAX_PER_S
             try:
                 self.transport.publish(entry.topic, entry.payload, self.publish_timeout)
             except PublishRejected as exc:

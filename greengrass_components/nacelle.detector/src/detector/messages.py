@@ -31,7 +31,7 @@ import json
 import math
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from itertools import chain, starmap
 from operator import itemgetter, lt
@@ -41,10 +41,11 @@ import msgspec
 import numpy as np
 
 from shared.errors import DataError
+from shared.messages import MAX_ERROR_TEXT, EpisodeMessage, HealthMessage, Message, validate
 from shared.ml.episodes import EpisodeEvent
 from shared.ml.spec import FeatureSpec
 
-from . import ANOMALY_SCHEMA_VERSION, SCHEMA_VERSION
+from . import SCHEMA_VERSION
 
 MAX_MESSAGE_BYTES = 256_000
 MAX_SAMPLES = 10_000
@@ -286,9 +287,11 @@ def sensor_message(turbine_id: str, samples: Sequence[Mapping[str, Any]]) -> byt
 
 
 class MessageBuilder:
-    """Outgoing anomaly and health messages of one turbine; `seq` increases per topic.
+    """Outgoing anomaly and health messages of one turbine (shared.messages definitions, checked as built);
+    `seq` increases per topic.
 
-    `seq` restarts at `start` with the process; persisting it across restarts belongs with the spool.
+    `seq` restarts at `start` with the process; the spool (append_message) overrides it with its own
+    counter, which survives restarts.
     """
 
     def __init__(self, turbine_id: str, start: int = 1) -> None:
@@ -303,28 +306,31 @@ class MessageBuilder:
     def anomaly(self, event: EpisodeEvent, model_version: int | None) -> dict[str, Any]:
         """Schema v2: `score` is the peak score / threshold, `contributions` the peak window's shares."""
         ep = event.episode
-        return {
-            "v": ANOMALY_SCHEMA_VERSION, "kind": event.kind, "episode_id": ep["episode_id"],
-            "turbine_id": self.turbine_id, "features": list(ep["features"]),
-            "score": round(float(ep["peak_ratio"]), 6),
-            "contributions": {k: float(v) for k, v in sorted(ep["contributions"].items())},
-            "missing": list(ep["missing"]),
-            "started_at": ep["started_at"], "opened_at": ep["opened_at"], "last_flagged_at": ep["last_flagged_at"],
-            "ended_at": ep["closed_at"], "model_version": model_version, "seq": self._next("anomalies"),
-        }
+        return _checked(EpisodeMessage(
+            v=EpisodeMessage.VERSION, kind=event.kind, episode_id=ep["episode_id"], turbine_id=self.turbine_id,
+            features=list(ep["features"]), score=round(float(ep["peak_ratio"]), 6),
+            contributions={k: float(v) for k, v in sorted(ep["contributions"].items())},
+            missing=list(ep["missing"]), started_at=ep["started_at"], opened_at=ep["opened_at"],
+            last_flagged_at=ep["last_flagged_at"], ended_at=ep["closed_at"], model_version=model_version,
+            seq=self._next("anomalies")))
 
     def health(self, *, model_version: int | None, inference_rate_hz: float, latency_p50_ms: float | None,
                latency_p99_ms: float | None, spool_depth: int, spool_dropped: int, bad_messages: int,
-               uptime_s: float, windows_scored: int) -> dict[str, Any]:
-        return {
-            "v": SCHEMA_VERSION, "turbine_id": self.turbine_id, "model_version": model_version,
-            "inference_rate_hz": round(float(inference_rate_hz), 3),
-            "latency_p50_ms": None if latency_p50_ms is None else round(float(latency_p50_ms), 3),
-            "latency_p99_ms": None if latency_p99_ms is None else round(float(latency_p99_ms), 3),
-            "spool_depth": int(spool_depth), "spool_dropped": int(spool_dropped),
-            "bad_messages": int(bad_messages), "uptime_s": round(float(uptime_s), 3),
-            "windows_scored": int(windows_scored), "seq": self._next("health"),
-        }
+               uptime_s: float, windows_scored: int, detector_version: str | None = None,
+               model_error: str | None = None) -> dict[str, Any]:
+        return _checked(HealthMessage(
+            v=HealthMessage.VERSION, turbine_id=self.turbine_id, model_version=model_version,
+            detector_version=detector_version, inference_rate_hz=round(float(inference_rate_hz), 3),
+            latency_p50_ms=None if latency_p50_ms is None else round(float(latency_p50_ms), 3),
+            latency_p99_ms=None if latency_p99_ms is None else round(float(latency_p99_ms), 3),
+            spool_depth=int(spool_depth), spool_dropped=int(spool_dropped), bad_messages=int(bad_messages),
+            uptime_s=round(max(0.0, float(uptime_s)), 3), windows_scored=int(windows_scored),
+            model_error=None if model_error is None else model_error[:MAX_ERROR_TEXT], seq=self._next("health")))
+
+
+def _checked(message: Message) -> dict[str, Any]:
+    """The message as a dict, after the same check the cloud applies (BadMessage if it would refuse it)."""
+    return asdict(validate(type(message), asdict(message)))
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -1,0 +1,238 @@
+"""Device messages: one typed definition per MQTT message a turbine sends, for the detector and the cloud.
+
+Standard library only: the detector imports this module on the device. Each message is a frozen dataclass
+whose fields are its JSON keys, with a schema version `v` and a per-stream sequence number `seq` (1, 2, ...
+per topic, kept across restarts by the device's spool: a hole in it is a lost message).
+
+`decode(Message, payload)` is the strict check every hop applies: at most MAX_MESSAGE_BYTES (AWS IoT Core's
+128 KB), UTF-8 JSON without NaN/Infinity, a known version, every field of its declared type (a bool is not a
+number, numbers finite, text and lists bounded), no unknown field. A failure raises BadMessage naming the
+field and the reason; callers count it as a rejected message and never let it touch alert or rollout state.
+
+A cloud row is what an IoT rule's `SELECT *, topic(2) AS thing_name, timestamp() AS received_at,
+clientid() AS client_id` hands the function: the message plus those three fields (EpisodeRow, HealthRow).
+A row whose `turbine_id` is not its topic's thing is refused: a device speaks only for itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
+
+from shared.errors import DataError
+
+MAX_MESSAGE_BYTES = 128 * 1024  # AWS IoT Core's message size limit
+MAX_TEXT = 200  # characters of any text field
+MAX_ERROR_TEXT = 2000  # characters of an error message
+MAX_ITEMS = 256  # entries of any list or map field
+EPISODE_KINDS = ("open", "update", "close", "interrupt")  # interrupt: the detector stopped, no end seen
+
+M = TypeVar("M", bound="Message")
+
+
+class BadMessage(DataError, ValueError):
+    """A device message that fails its definition; `reason` is short and loggable (no payload dump)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _min(value: float) -> dict[str, Any]:
+    return {"min": value}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    STREAM: ClassVar[str] = ""  # the topic's last level: turbines/<thing>/<STREAM>
+    VERSION: ClassVar[int] = 0
+    v: int
+    turbine_id: str = field(metadata={"min_len": 1})
+    seq: int = field(default=0, metadata=_min(0))
+
+    def to_json(self) -> bytes:
+        """The wire form (compact JSON); refuses to produce a message its own decode would refuse."""
+        payload = json.dumps(asdict(self), separators=(",", ":"), allow_nan=False).encode()
+        decode(type(self), payload)
+        return payload
+
+    @classmethod
+    def upgrade(cls, doc: dict[str, Any]) -> dict[str, Any]:
+        """An older schema version's document in this version's shape (default: none accepted)."""
+        return doc
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpisodeMessage(Message):
+    """turbines/<thing>/anomalies, v2: `score` is the episode's peak score / threshold and `contributions`
+    each feature's share of that window's score."""
+
+    STREAM: ClassVar[str] = "anomalies"
+    VERSION: ClassVar[int] = 2
+    kind: Literal["open", "update", "close", "interrupt"]
+    episode_id: str = field(metadata={"min_len": 1})
+    features: list[str] = field(default_factory=list)
+    score: float = field(metadata=_min(0))
+    contributions: dict[str, float] = field(default_factory=dict, metadata=_min(0))
+    missing: list[str] = field(default_factory=list)
+    started_at: float
+    opened_at: float
+    last_flagged_at: float | None = None
+    ended_at: float | None = None
+    model_version: int | None = None
+
+    @classmethod
+    def upgrade(cls, doc: dict[str, Any]) -> dict[str, Any]:
+        """v1 (a detector not yet updated): per-feature `ratios` (error / that feature's threshold) become
+        `score` (the highest ratio) and `contributions` (each ratio's share); bad ratios are kept as they
+        are so that the v2 check names them."""
+        if doc.get("v") != 1:
+            return doc
+        ratios = doc.get("ratios")
+        rest = {k: v for k, v in doc.items() if k != "ratios"}
+        if not isinstance(ratios, Mapping) or not all(_is_number(r) and r >= 0 for r in ratios.values()):
+            return {**rest, "v": cls.VERSION, "score": ratios, "contributions": {}}
+        total = float(sum(ratios.values()))
+        return {**rest, "v": cls.VERSION, "score": float(max(ratios.values(), default=0.0)),
+                "contributions": {k: float(r) / total for k, r in ratios.items()} if total > 0 else {}}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthMessage(Message):
+    """turbines/<thing>/health, v1: what the detector serves and how it is doing."""
+
+    STREAM: ClassVar[str] = "health"
+    VERSION: ClassVar[int] = 1
+    model_version: int | None = None
+    detector_version: str | None = None
+    inference_rate_hz: float = field(default=0.0, metadata=_min(0))
+    latency_p50_ms: float | None = field(default=None, metadata=_min(0))
+    latency_p99_ms: float | None = field(default=None, metadata=_min(0))
+    spool_depth: int = field(default=0, metadata=_min(0))
+    spool_dropped: int = field(default=0, metadata=_min(0))
+    bad_messages: int = field(default=0, metadata=_min(0))
+    uptime_s: float = field(default=0.0, metadata=_min(0))
+    windows_scored: int = field(default=0, metadata=_min(0))
+    model_error: str | None = field(default=None, metadata={"max_len": MAX_ERROR_TEXT})
+
+
+@dataclass(frozen=True, kw_only=True)
+class _RowFields:
+    """What the IoT rule adds: topic(2), timestamp() (epoch ms), clientid()."""
+
+    thing_name: str = field(metadata={"min_len": 1})
+    received_at: int = field(metadata=_min(0))
+    client_id: str = ""
+
+    @property
+    def received_at_s(self) -> float:
+        return self.received_at / 1000.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpisodeRow(EpisodeMessage, _RowFields):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthRow(HealthMessage, _RowFields):
+    pass
+
+
+STREAMS: dict[str, type[Message]] = {m.STREAM: m for m in (EpisodeMessage, HealthMessage)}
+ROWS: dict[str, type[Message]] = {"anomalies": EpisodeRow, "health": HealthRow}
+
+
+# ------------------------------------------------------------------ checking
+def decode(cls: type[M], payload: bytes) -> M:
+    """Bytes off the wire -> a checked message (BadMessage naming the field and reason otherwise)."""
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise BadMessage(f"{len(payload)} bytes is over the {MAX_MESSAGE_BYTES}-byte message limit")
+    try:
+        doc = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BadMessage(f"not UTF-8 JSON: {exc}") from None
+    return validate(cls, doc)
+
+
+def validate(cls: type[M], doc: Any) -> M:
+    """A parsed document -> a checked message or row (rows: turbine_id must be the topic's thing)."""
+    if not isinstance(doc, Mapping):
+        raise BadMessage(f"a message on {cls.STREAM or 'a device topic'} is a JSON object, got {type(doc).__name__}")
+    doc = cls.upgrade(dict(doc))
+    if doc.get("v") != cls.VERSION:
+        raise BadMessage(f"unsupported schema version v={doc.get('v')!r} on {cls.STREAM}; this reads "
+                         f"v={cls.VERSION}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(doc) - set(known))
+    if unknown:
+        raise BadMessage(f"unknown field(s) {unknown[:5]}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, f in known.items():
+        if name not in doc:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise BadMessage(f"field '{name}' is missing")
+            continue
+        values[name] = _check(name, doc[name], hints[name], f.metadata)
+    message = cls(**values)
+    thing = getattr(message, "thing_name", None)
+    if thing is not None and message.turbine_id != thing:
+        raise BadMessage(f"turbine_id {message.turbine_id!r} is not the sending thing {thing!r}")
+    return message
+
+
+def _no_constant(token: str) -> Any:
+    raise BadMessage(f"{token} is not a JSON number")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check(name: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check(name, value, inner, meta)
+    if origin is Literal:
+        if value not in args:
+            raise BadMessage(f"field '{name}' must be one of {list(args)}, got {_show(value)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list) or len(value) > MAX_ITEMS:
+            raise BadMessage(f"field '{name}' must be a list of at most {MAX_ITEMS} items")
+        return [_check(f"{name}[{i}]", item, args[0], meta) for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict) or len(value) > MAX_ITEMS:
+            raise BadMessage(f"field '{name}' must be an object of at most {MAX_ITEMS} entries")
+        return {_check(f"{name} key", k, args[0], {}): _check(f"{name}.{k}", v, args[1], meta)
+                for k, v in value.items()}
+    return _scalar(name, value, hint, meta)
+
+
+def _scalar(name: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
+    if hint is str:
+        low, high = meta.get("min_len", 0), meta.get("max_len", MAX_TEXT)
+        if not isinstance(value, str) or not low <= len(value) <= high:
+            raise BadMessage(f"field '{name}' must be text of {low}..{high} characters, got {_show(value)}")
+        return value
+    if hint is int and not (isinstance(value, int) and not isinstance(value, bool)):
+        raise BadMessage(f"field '{name}' must be an integer, got {_show(value)}")
+    if hint is float and not _is_number(value):
+        raise BadMessage(f"field '{name}' must be a finite number, got {_show(value)}")
+    if "min" in meta and value < meta["min"]:
+        raise BadMessage(f"field '{name}' must be >= {meta['min']}, got {_show(value)}")
+    return float(value) if hint is float else value
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

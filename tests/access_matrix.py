@@ -1,0 +1,89 @@
+"""Who may connect as whom and reach which topics: one expected table for both places that enforce it.
+
+tests/unit/test_iot_policy.py checks it against template.yaml's AWS IoT policy (device rows), and
+tests/integration/test_broker_identity.py against the real local broker (every row), so the two cannot drift.
+
+Identities are certificate CNs: two devices (thing name = CN) and the cloud rule engine's own certificate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from nacelle.local.pki import CLOUD_CLIENT
+
+DEVICES = ("turbine-01", "turbine-02")
+CLOUD = CLOUD_CLIENT
+IDENTITIES = (*DEVICES, CLOUD)
+OUTSIDE_TOPIC = "plant/status"  # a topic outside turbines/
+Action = Literal["publish", "subscribe"]
+
+__all__ = ["CLOUD", "DEVICES", "IDENTITIES", "OUTSIDE_TOPIC", "Access", "Connect", "access_table",
+           "connect_table", "other_device"]
+
+
+def other_device(identity: str) -> str:
+    """The device an identity is not: the other turbine for a device, the first turbine for the cloud."""
+    return next(d for d in DEVICES if d != identity)
+
+
+@dataclass(frozen=True)
+class Connect:
+    identity: str  # the certificate's CN
+    client_id: str  # the client id it sends
+    allowed: bool  # may it hold the MQTT session of that client id?
+
+    @property
+    def id(self) -> str:
+        return f"{self.identity}-as-{self.client_id}"
+
+
+@dataclass(frozen=True)
+class Access:
+    identity: str
+    action: Action
+    topic: str  # a topic name to publish to, or a topic filter to subscribe to
+    allowed: bool  # subscribe: may it subscribe and receive what others publish there?
+
+    @property
+    def device(self) -> bool:
+        return self.identity in DEVICES
+
+    @property
+    def id(self) -> str:
+        return f"{self.identity}-{self.action}-{self.topic}"
+
+
+def connect_table() -> list[Connect]:
+    """{each identity} x {its own CN, another device's CN, the cloud's CN}; only its own CN is allowed."""
+    rows = []
+    for identity in IDENTITIES:
+        other = other_device(identity)
+        third = CLOUD if identity in DEVICES else next(d for d in DEVICES if d != other)
+        rows += [Connect(identity, identity, True), Connect(identity, other, False), Connect(identity, third, False)]
+    return rows
+
+
+def access_table() -> list[Access]:
+    """{each identity} x {its own turbine topic, another turbine's, turbines/#, $SYS/#, a topic outside turbines/}.
+
+    A device: only its own `turbines/<CN>/` subtree. The cloud: reads (subscribes to) every turbine's topics and
+    publishes nothing; the `turbines/nacelle-cloud/` subtree is not its own (it is no turbine).
+    """
+    rows = []
+    for identity in IDENTITIES:
+        device = identity in DEVICES
+        own = f"turbines/{identity}/anomalies"
+        other = f"turbines/{other_device(identity)}/anomalies"
+        rows += [
+            Access(identity, "publish", own, device),
+            Access(identity, "publish", other, False),
+            Access(identity, "publish", OUTSIDE_TOPIC, False),
+            Access(identity, "subscribe", own, device),
+            Access(identity, "subscribe", other, not device),
+            Access(identity, "subscribe", "turbines/#", not device),
+            Access(identity, "subscribe", "$SYS/#", False),
+            Access(identity, "subscribe", OUTSIDE_TOPIC, False),
+        ]
+    return rows
