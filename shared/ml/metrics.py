@@ -56,16 +56,33 @@ def load_labels(path: Path) -> list[Fault]:
 
 def parse_labels(text: str, source: str) -> list[Fault]:
     """parse_labels of a labels.json's text; DataError names the source, the episode and the field."""
-    try:
-        raw = json.loads(text)
-    except ValueError as exc:
-        raise DataError(f"{source}: not JSON ({exc})") from exc
+    raw = _labels_document(text, source)
     episodes = raw.get("episodes") if isinstance(raw, dict) else raw
     if not isinstance(episodes, list):
         raise DataError(f"{source}: expected {{\"episodes\": [...]}} or a list of episodes")
+    return _spans(episodes, f"{source}: episodes")
+
+
+def parse_false_alarms(text: str, source: str) -> list[Fault]:
+    """The spans a labels.json calls normal operation (`false_alarms`: an operator's verdict on an alert)."""
+    raw = _labels_document(text, source)
+    spans = raw.get("false_alarms", []) if isinstance(raw, dict) else []
+    if not isinstance(spans, list):
+        raise DataError(f"{source}: false_alarms must be a list of spans")
+    return _spans(spans, f"{source}: false_alarms")
+
+
+def _labels_document(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise DataError(f"{source}: not JSON ({exc})") from exc
+
+
+def _spans(items: list[Any], where_all: str) -> list[Fault]:
     faults = []
-    for i, e in enumerate(episodes):
-        where = f"{source}: episodes[{i}]"
+    for i, e in enumerate(items):
+        where = f"{where_all}[{i}]"
         if not isinstance(e, dict):
             raise DataError(f"{where}: not an object")
         for name in ("turbine_id", "start", "end"):

@@ -12,13 +12,13 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
 from shared.errors import Conflict, DataError, JobAlreadyExists, JobNotFound, NotFound, ObjectNotFound
 from shared.events import NACELLE_SOURCE, RETRAIN_CHECK
-from shared.ml.metrics import parse_labels
+from shared.ml.metrics import Fault, parse_false_alarms, parse_labels
 from shared.ml.spec import FeatureSpec, default_spec, parse_spec_text
 from shared.ml.validation import validate_bytes
 from shared.observability import correlate, logger
@@ -135,6 +135,7 @@ def on_labels_created(key: str, deps: ArrivalDeps) -> Outcome:
                               "size": len(data), "checked_at": deps.clock().isoformat()}
     try:
         faults = parse_labels(data.decode("utf-8"), key)
+        parse_false_alarms(data.decode("utf-8"), key)
     except (DataError, UnicodeDecodeError) as exc:
         problem = str(exc) if isinstance(exc, DataError) else f"{key}: not UTF-8 text ({exc})"
         report = {"key": key, "ok": False, "errors": [problem], "warnings": []}
@@ -307,16 +308,48 @@ def start_training(deps: ArrivalDeps, files: list[dict[str, Any]], reason: str, 
 
 def _accepted_labels(deps: ArrivalDeps) -> list[tuple[str, str]]:
     """(key, sha256) of the labels files whose current content passed validation (checked here when
-    its event has not been handled yet; a duplicate otherwise)."""
-    pk, out = sk.group_pk(deps.policy.group), []
+    its event has not been handled yet; a duplicate otherwise) and contradicts no earlier one."""
+    pk, accepted = sk.group_pk(deps.policy.group), []
     for o in deps.store.list(LABELS_PREFIX):
         if o.key.endswith("/"):
             continue
         on_labels_created(o.key, deps)
         record = deps.state.get(pk, sk.FILE + o.key)
         if record is not None and record.get("status") == "accepted":
-            out.append((o.key, str(record["sha256"])))
-    return out
+            text = deps.store.get(o.key).decode("utf-8")
+            accepted.append((record, parse_labels(text, o.key), parse_false_alarms(text, o.key)))
+    kept, left_out = consistent_labels(accepted)
+    for record, why in left_out:
+        _exclude(record, why, deps)
+    return [(r["key"], str(r["sha256"])) for r in kept]
+
+
+def consistent_labels(files: list[tuple[dict[str, Any], list[Fault], list[Fault]]]
+                      ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
+    """Labels files (record, faults, spans called normal) that can join one dataset: a file calling fault
+    what an earlier-accepted file calls a false alarm, or the reverse, is left out; returns (kept records,
+    [(left out, why)])."""
+    def clash(a: list[Fault], b: list[Fault]) -> Fault | None:
+        return next((x for x in a for y in b if x.turbine_id == y.turbine_id and x.start <= y.end
+                     and y.start <= x.end), None)
+
+    kept: list[tuple[dict[str, Any], list[Fault], list[Fault]]] = []
+    left_out: list[tuple[dict[str, Any], str]] = []
+    for record, faults, normal in sorted(files, key=lambda f: (float(f[0]["accepted_at"]), f[0]["key"])):
+        against = next(((k, hit, what) for k in kept for hit, what in ((clash(faults, k[2]), "a false alarm"),
+                                                                       (clash(normal, k[1]), "a fault"))
+                        if hit is not None), None)
+        if against is None:
+            kept.append((record, faults, normal))
+            continue
+        other, hit, what = against
+        left_out.append((record, f"it labels turbine {hit.turbine_id} from {_iso(hit.start)} to {_iso(hit.end)} "
+                                 f"against {other[0]['key']} (accepted earlier), which calls that time {what}"))
+    return [k[0] for k in kept], left_out
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
 def retry_training(deps: ArrivalDeps, job_name: str) -> Outcome:

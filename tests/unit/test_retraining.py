@@ -200,6 +200,40 @@ def test_labels_put_before_validation_existed_are_checked_when_the_dataset_is_bu
     assert deps.state.get(f"group#{GROUP}", "file#labels/old/labels.json")["status"] == "quarantined"
 
 
+def test_labels_contradicting_earlier_labels_are_left_out_with_a_report(deps, ten_minutes):
+    import json
+
+    fault = {"turbine_id": "wt-01", "start": "2026-03-01T00:01:00Z", "end": "2026-03-01T00:02:00Z",
+             "fault": "overspeed"}
+    called_normal = {"turbine_id": "wt-01", "start": "2026-03-01T00:01:30Z", "end": "2026-03-01T00:03:00Z"}
+    elsewhere = {**called_normal, "turbine_id": "wt-02"}
+    files = {"labels/gen/labels.json": {"episodes": [fault]},
+             "labels/alerts/a/labels.json": {"episodes": [], "false_alarms": [called_normal]},  # contradicts gen
+             "labels/alerts/b/labels.json": {"episodes": [], "false_alarms": [elsewhere]}}  # another turbine
+    for key, doc in files.items():
+        deps.store.put(key, json.dumps(doc).encode())
+        assert on_object_created(key, deps).action == "accepted"  # fine alone
+        deps.clock.advance(1)
+    drop(deps, ten_minutes)
+    deps.clock.advance(20)
+    assert on_retrain_check(deps, deps.clock()).action == "started"
+    manifest = json.loads(deps.store.get(deps.training.started[0].dataset_manifest_key))
+    assert [k for k in manifest[1:] if k.startswith("labels/")] == ["labels/alerts/b/labels.json",
+                                                                     "labels/gen/labels.json"]
+    record = deps.state.get(f"group#{GROUP}", "file#labels/alerts/a/labels.json")
+    assert record["status"] == "excluded" and record["excluded_reason"] == (
+        "it labels turbine wt-01 from 2026-03-01T00:01:30+00:00 to 2026-03-01T00:03:00+00:00 against "
+        "labels/gen/labels.json (accepted earlier), which calls that time a fault")
+    assert [m.subject for m in deps.notifier.messages if m.topic == "data_quality"] == [
+        "Left out of training: labels/alerts/a/labels.json"]
+
+
+def test_malformed_false_alarms_quarantine_a_labels_file(deps):
+    deps.store.put("labels/x/labels.json", b'{"episodes": [], "false_alarms": [{"turbine_id": "wt-01"}]}')
+    outcome = on_object_created("labels/x/labels.json", deps)
+    assert outcome.action == "quarantined" and "false_alarms[0]: start is missing" in outcome.detail
+
+
 def test_an_overlapping_file_is_left_out_with_a_report_and_training_goes_on(deps, ten_minutes):
     keys = drop(deps, ten_minutes)
     deps.clock.advance(1)
