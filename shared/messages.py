@@ -4,10 +4,11 @@ Standard library only: the detector imports this module on the device. Each mess
 whose fields are its JSON keys, with a schema version `v` and a per-stream sequence number `seq` (1, 2, ...
 per topic, kept across restarts by the device's spool: a hole in it is a lost message).
 
-`decode(Message, payload)` is the strict check every hop applies: at most MAX_MESSAGE_BYTES (AWS IoT Core's
-128 KB), UTF-8 JSON without NaN/Infinity, a known version, every field of its declared type (a bool is not a
-number, numbers finite, text and lists bounded), no unknown field. A failure raises BadMessage naming the
-field and the reason; callers count it as a rejected message and never let it touch alert or rollout state.
+`decode(Message, payload)` is the strict check every hop applies: at most MAX_BYTES (AWS IoT Core's 128 KB
+for what goes to the cloud), UTF-8 JSON without NaN/Infinity, a known version, every field of its declared
+type (a bool is not a number, numbers finite, text and lists bounded), no unknown field. A failure raises
+BadMessage naming the field and the reason; callers count it as a refused message and never let it touch alert
+or rollout state.
 
 A cloud row is what an IoT rule's `SELECT *, topic(2) AS thing_name, timestamp() AS received_at,
 clientid() AS client_id` hands the function: the message plus those three fields (EpisodeRow, HealthRow).
@@ -16,6 +17,7 @@ A row whose `turbine_id` is not its topic's thing is refused: a device speaks on
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import types
@@ -29,7 +31,8 @@ from shared.errors import DataError
 MAX_MESSAGE_BYTES = 128 * 1024  # AWS IoT Core's message size limit
 MAX_TEXT = 200  # characters of any text field
 MAX_ERROR_TEXT = 2000  # characters of an error message
-MAX_ITEMS = 256  # entries of any list or map field
+MAX_ITEMS = 256  # entries of any list or map field (unless its field says otherwise)
+MAX_SAMPLES = 10_000  # samples of one sensor message
 EPISODE_KINDS = ("open", "update", "close", "interrupt")  # interrupt: the detector stopped, no end seen
 
 M = TypeVar("M", bound="Message")
@@ -51,6 +54,7 @@ def _min(value: float) -> dict[str, Any]:
 class Message:
     STREAM: ClassVar[str] = ""  # the topic's last level: turbines/<thing>/<STREAM>
     VERSION: ClassVar[int] = 0
+    MAX_BYTES: ClassVar[int] = MAX_MESSAGE_BYTES
     v: int
     turbine_id: str = field(metadata={"min_len": 1})
     seq: int = field(default=0, metadata=_min(0))
@@ -122,6 +126,30 @@ class HealthMessage(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SensorMessage(Message):
+    """turbines/<thing>/sensors, v1 (from the turbine's sensor source to its detector, on the device): a batch of
+    samples, each `{"seq": int >= 0, "ts": epoch s, <raw input column>: number or null (a missing reading)}`,
+    timestamps strictly increasing; other keys (text or numbers, e.g. a source id) are carried along. Which
+    columns must be there, as numbers, is the feature spec's business: the detector checks them
+    (detector/messages.py parses this definition on its fast path). The top-level `seq` is unused."""
+
+    STREAM: ClassVar[str] = "sensors"
+    VERSION: ClassVar[int] = 1
+    MAX_BYTES: ClassVar[int] = 256_000  # local only: never through AWS IoT Core
+    samples: list[dict[str, float | str | None]] = field(metadata={"max_items": MAX_SAMPLES})
+
+    def __post_init__(self) -> None:
+        last = -math.inf
+        for i, sample in enumerate(self.samples):
+            seq, ts = sample.get("seq"), sample.get("ts")
+            if not (isinstance(seq, int | float) and float(seq).is_integer() and seq >= 0):
+                raise BadMessage(f"sample {i}: 'seq' must be a non-negative integer, got {_show(seq)}")
+            if not isinstance(ts, int | float) or ts <= last:
+                raise BadMessage(f"sample {i}: 'ts' must be a number greater than the previous one, got {_show(ts)}")
+            last = ts
+
+
+@dataclass(frozen=True, kw_only=True)
 class _RowFields:
     """What the IoT rule adds: topic(2), timestamp() (epoch ms), clientid()."""
 
@@ -144,15 +172,15 @@ class HealthRow(HealthMessage, _RowFields):
     pass
 
 
-STREAMS: dict[str, type[Message]] = {m.STREAM: m for m in (EpisodeMessage, HealthMessage)}
+STREAMS: dict[str, type[Message]] = {m.STREAM: m for m in (SensorMessage, EpisodeMessage, HealthMessage)}
 ROWS: dict[str, type[Message]] = {"anomalies": EpisodeRow, "health": HealthRow}
 
 
 # ------------------------------------------------------------------ checking
 def decode(cls: type[M], payload: bytes) -> M:
     """Bytes off the wire -> a checked message (BadMessage naming the field and reason otherwise)."""
-    if len(payload) > MAX_MESSAGE_BYTES:
-        raise BadMessage(f"{len(payload)} bytes is over the {MAX_MESSAGE_BYTES}-byte message limit")
+    if len(payload) > cls.MAX_BYTES:
+        raise BadMessage(f"{len(payload)} bytes is over the {cls.MAX_BYTES}-byte message limit")
     try:
         doc = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -172,7 +200,7 @@ def validate(cls: type[M], doc: Any) -> M:
     unknown = sorted(set(doc) - set(known))
     if unknown:
         raise BadMessage(f"unknown field(s) {unknown[:5]}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     values = {}
     for name, f in known.items():
         if name not in doc:
@@ -185,6 +213,11 @@ def validate(cls: type[M], doc: Any) -> M:
     if thing is not None and message.turbine_id != thing:
         raise BadMessage(f"turbine_id {message.turbine_id!r} is not the sending thing {thing!r}")
     return message
+
+
+@functools.cache
+def _hints(cls: type[Message]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _no_constant(token: str) -> Any:
@@ -200,20 +233,27 @@ def _check(name: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
     if origin in (types.UnionType, typing.Union):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check(name, value, inner, meta)
+        inner = [a for a in args if a is not type(None)]
+        for option in inner[:-1]:  # the first type that takes it; the last one names the problem
+            try:
+                return _check(name, value, option, meta)
+            except BadMessage:
+                continue
+        return _check(name, value, inner[-1], meta)
     if origin is Literal:
         if value not in args:
             raise BadMessage(f"field '{name}' must be one of {list(args)}, got {_show(value)}")
         return value
+    limit = meta.get("max_items", MAX_ITEMS)
+    inner_meta = {k: v for k, v in meta.items() if k != "max_items"}
     if origin is list:
-        if not isinstance(value, list) or len(value) > MAX_ITEMS:
-            raise BadMessage(f"field '{name}' must be a list of at most {MAX_ITEMS} items")
-        return [_check(f"{name}[{i}]", item, args[0], meta) for i, item in enumerate(value)]
+        if not isinstance(value, list) or len(value) > limit:
+            raise BadMessage(f"field '{name}' must be a list of at most {limit} items")
+        return [_check(f"{name}[{i}]", item, args[0], inner_meta) for i, item in enumerate(value)]
     if origin is dict:
-        if not isinstance(value, dict) or len(value) > MAX_ITEMS:
-            raise BadMessage(f"field '{name}' must be an object of at most {MAX_ITEMS} entries")
-        return {_check(f"{name} key", k, args[0], {}): _check(f"{name}.{k}", v, args[1], meta)
+        if not isinstance(value, dict) or len(value) > limit:
+            raise BadMessage(f"field '{name}' must be an object of at most {limit} entries")
+        return {_check(f"{name} key", k, args[0], {}): _check(f"{name}.{k}", v, args[1], inner_meta)
                 for k, v in value.items()}
     return _scalar(name, value, hint, meta)
 
@@ -230,7 +270,7 @@ def _scalar(name: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
         raise BadMessage(f"field '{name}' must be a finite number, got {_show(value)}")
     if "min" in meta and value < meta["min"]:
         raise BadMessage(f"field '{name}' must be >= {meta['min']}, got {_show(value)}")
-    return float(value) if hint is float else value
+    return value  # an integer stays one (JSON does not tell 7 from 7.0; a sample's seq must stay 7)
 
 
 def _show(value: Any) -> str:

@@ -130,5 +130,5 @@ def test_not_root_means_the_nucleus_user(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_the_retired_component_user_setting_says_what_replaced_it(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("component_user: nobody\n")
-    with pytest.raises(ConfigurationError, match="component_user: no longer used.*component_id_base"):
+    with pytest.raises(ConfigurationError, match=r"component_user: no longer used.*component_id_base"):
         LocalSettings.load(tmp_path / "config.yaml")

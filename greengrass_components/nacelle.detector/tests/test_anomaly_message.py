@@ -10,7 +10,7 @@ from detector import SCHEMA_VERSION
 from detector.messages import MessageBuilder, encode
 
 from nacelle.local.state import SqliteStateStore
-from shared.messages import EpisodeMessage, EpisodeRow, HealthMessage, validate
+from shared.messages import EpisodeMessage, EpisodeRow, HealthMessage, SensorMessage, validate
 from shared.ml.episodes import EpisodeRule, EpisodeTracker
 from shared.usecases.alerts import AlertDeps, AlertPolicy, get_alert, on_anomaly
 from tests.fakes import Clock, MemoryRegistry, RecordingNotifier
@@ -36,7 +36,7 @@ def messages() -> list[dict[str, Any]]:
 
 
 def test_the_anomaly_message_is_schema_v2() -> None:
-    assert (EpisodeMessage.VERSION, HealthMessage.VERSION, SCHEMA_VERSION) == (2, 1, 1)
+    assert (EpisodeMessage.VERSION, HealthMessage.VERSION, SCHEMA_VERSION, SensorMessage.VERSION) == (2, 1, 1, 1)
     opened, updated, closed = messages()
     assert [sorted(m) for m in (opened, updated, closed)] == [sorted(KEYS)] * 3
     assert {k: opened[k] for k in KEYS if k not in ("contributions",)} == {

@@ -8,14 +8,16 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from detector.messages import MessageBuilder, encode
+from detector.messages import BadMessage as DetectorBadMessage
+from detector.messages import MessageBuilder, encode, parse_sensor_message, sensor_message
 
 from nacelle.local.state import SqliteStateStore
 from nacelle.local.template import load_template, topic_rules
 from services.anomaly_alert.app import handle as anomaly_handle
 from shared.iot_sql import parse
-from shared.messages import EpisodeRow, HealthMessage, HealthRow, validate
+from shared.messages import BadMessage, EpisodeRow, HealthMessage, HealthRow, SensorMessage, decode, validate
 from shared.ml.episodes import EpisodeRule, EpisodeTracker
+from shared.ml.spec import default_spec
 from shared.usecases.alerts import AlertDeps, AlertPolicy, list_alerts
 from shared.usecases.intake import STREAMS, admit
 from tests.fakes import Clock, MemoryRegistry, RecordingNotifier
@@ -76,3 +78,28 @@ def test_the_builder_refuses_what_the_cloud_would_refuse() -> None:
                                      latency_p99_ms=None, spool_depth=0, spool_dropped=0, bad_messages=0,
                                      uptime_s=1.0, windows_scored=0)
     assert json.loads(HealthMessage(v=1, turbine_id=THING, seq=1).to_json())["model_version"] is None
+
+
+def test_the_detector_reads_the_sensor_definition_and_refuses_what_it_refuses() -> None:
+    spec = default_spec()
+    columns = list(spec.input_columns)
+    samples = [{"seq": i, "ts": 1_772_323_200.0 + i / 20, **dict.fromkeys(columns, 1.5)} for i in range(20)]
+    samples[3][columns[0]] = float("nan")  # a missing reading: null on the wire
+    good = sensor_message(THING, samples)
+    assert len(decode(SensorMessage, good).samples) == 20
+    assert len(parse_sensor_message(good, spec, THING)) == 20
+    doc = json.loads(good)
+    with pytest.raises(DetectorBadMessage):  # text is fine in a sample, not where the spec wants a number
+        parse_sensor_message(sensor_message(THING, [{**samples[0], columns[0]: "high"}]), spec, THING)
+    for change in ({"seq": -1}, {"seq": 1.5}, {"ts": 0.0}, {"ts": "now"}, {columns[0]: True}):
+        bad = {**doc, "samples": [*doc["samples"][:5], {**doc["samples"][5], **change}, *doc["samples"][6:]]}
+        payload = json.dumps(bad).encode()
+        with pytest.raises(BadMessage):
+            decode(SensorMessage, payload)
+        with pytest.raises(DetectorBadMessage):
+            parse_sensor_message(payload, spec, THING)
+    for payload in (good.replace(b"1.5", b"NaN", 1), b"{", b"x" * (SensorMessage.MAX_BYTES + 1)):
+        with pytest.raises(BadMessage):
+            decode(SensorMessage, payload)
+        with pytest.raises(DetectorBadMessage):
+            parse_sensor_message(payload, spec, THING)

@@ -1,3 +1,3 @@
 """Nacelle edge detector: the transport-independent core (messages, scoring, per-turbine pipeline)."""
 
-SCHEMA_VERSION = 1  # sensor messages (the outgoing ones are defined in shared.messages)
+SCHEMA_VERSION = 1  # sensor messages: shared.messages.SensorMessage.VERSION (a test checks they agree)

@@ -40,15 +40,16 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
+from shared import messages
 from shared.errors import DataError
-from shared.messages import MAX_ERROR_TEXT, EpisodeMessage, HealthMessage, Message, validate
+from shared.messages import MAX_ERROR_TEXT, EpisodeMessage, HealthMessage, Message, SensorMessage, validate
 from shared.ml.episodes import EpisodeEvent
 from shared.ml.spec import FeatureSpec
 
 from . import SCHEMA_VERSION
 
-MAX_MESSAGE_BYTES = 256_000
-MAX_SAMPLES = 10_000
+MAX_MESSAGE_BYTES = SensorMessage.MAX_BYTES
+MAX_SAMPLES = messages.MAX_SAMPLES
 
 
 class BadMessage(DataError, ValueError):
@@ -278,11 +279,13 @@ def _sample(item: Any, i: int, columns: tuple[str, ...]) -> Sample:
 
 
 def sensor_message(turbine_id: str, samples: Sequence[Mapping[str, Any]]) -> bytes:
-    """Encode a batch (the simulator/PLC side; tests use it too). NaN values become null."""
+    """Encode a batch as shared.messages.SensorMessage (the simulator/PLC side; tests use it too). NaN values
+    become null."""
     def clean(s: Mapping[str, Any]) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in s.items()}
 
-    doc = {"v": SCHEMA_VERSION, "turbine_id": turbine_id, "samples": [clean(s) for s in samples]}
+    message = SensorMessage(v=SensorMessage.VERSION, turbine_id=turbine_id, samples=[clean(s) for s in samples])
+    doc = {"v": message.v, "turbine_id": message.turbine_id, "samples": message.samples}  # seq, ts checked
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
