@@ -17,7 +17,6 @@ A row whose `turbine_id` is not its topic's thing is refused: a device speaks on
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import types
@@ -215,9 +214,14 @@ def validate(cls: type[M], doc: Any) -> M:
     return message
 
 
-@functools.cache
+_HINTS: dict[str, dict[str, Any]] = {}  # class name -> its resolved annotations (resolving is slow)
+
+
 def _hints(cls: type[Message]) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    hints = _HINTS.get(cls.__qualname__)
+    if hints is None:
+        hints = _HINTS[cls.__qualname__] = typing.get_type_hints(cls)
+    return hints
 
 
 def _no_constant(token: str) -> Any:
