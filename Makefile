@@ -34,9 +34,11 @@ mosquitto:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache --no-logo
 
+# Every package: the detector's src is its own root (`detector`, `main`), as on the device.
 typecheck: $(STAMP)
-	$(BIN)/mypy shared training_jobs nacelle
+	$(BIN)/mypy shared training_jobs nacelle services benchmarks greengrass_components/nacelle.detector/src train_entry.py
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -30,7 +30,7 @@ def main() -> int:
             started = time.perf_counter()
             for path, key in upload_keys([root / "data"]).files:
                 stack.store.put_if_absent(key, path.read_bytes())
-            version = wait_for(lambda: (stack.registry.list(stack.settings.group) or [None])[-1], 300,
+            version = wait_for(lambda: next(reversed(stack.registry.list(stack.settings.group)), None), 300,
                                "a registered model version")
             elapsed = time.perf_counter() - started
             print(f"drop_to_pending_seconds={elapsed:.1f}")

@@ -2,9 +2,9 @@
 
 Three paths over the same windows of the same model:
 
-- full: sensor message bytes -> episode decision (JSON parsing and validation: msgspec's typed
-  decode, falling back to the stdlib; features, ring buffer, ONNX Runtime, operating regime, the
-  episode rule), through TurbinePipeline.handle;
+- full: sensor message bytes -> episode decision (the one parser: a typed decode of the message
+  definition and the spec's column checks; the shared features, windows and operating regime of
+  training, ONNX Runtime, the episode rule), through TurbinePipeline.handle;
 - torch: the same path, the same parsing and feature code, with the PyTorch eager scoring model in
   place of ONNX Runtime;
 - bare ORT: EdgeModel.score on windows built beforehand, batched exactly as the full path batches
@@ -34,7 +34,7 @@ import torch
 from nacelle.simulator.generate import generate_dataset
 from nacelle.train_runner import run_training_job
 from shared.ml.dataset import load_dataset, series_windows
-from shared.ml.table import load_file
+from shared.ml.validation import load_file
 from training_jobs.bundle_io import load_model
 from training_jobs.compile import compile_bundle
 

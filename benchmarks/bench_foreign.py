@@ -126,12 +126,12 @@ def turbine_cases(root: Path, seeds: tuple[int, int, int]) -> Iterator[Case]:
 def run_suite(suite: str, root: Path, seed_set: str, families: tuple[str, ...], jobs: int,
               extra: dict[str, str] | None = None) -> dict[str, Tally]:
     seed = SEEDS[seed_set][suite]
-    if suite == "plant_1hz":
-        cases = list(plant_cases(root, int(seed)))  # type: ignore[arg-type]
-    elif suite == "scada_10min":
-        cases = list(scada_cases(root, int(seed)))  # type: ignore[arg-type]
+    if isinstance(seed, tuple):
+        cases = list(turbine_cases(root, seed))
+    elif suite == "plant_1hz":
+        cases = list(plant_cases(root, seed))
     else:
-        cases = list(turbine_cases(root, seed))  # type: ignore[arg-type]
+        cases = list(scada_cases(root, seed))
     healthy = set((root / "fault_free.txt").read_text().split()) if (root / "fault_free.txt").exists() else set()
     tallies = {family: Tally() for family in families}
     threads = 1 if jobs > 1 else 0
@@ -160,7 +160,9 @@ def run_suite(suite: str, root: Path, seed_set: str, families: tuple[str, ...], 
 
 
 def time_400_rows(root: Path) -> float:
-    case = next(plant_cases(root, int(SEEDS["eval"]["plant_1hz"]), faulty=1, fault_free=0))
+    seed = SEEDS["eval"]["plant_1hz"]
+    assert isinstance(seed, int)
+    case = next(plant_cases(root, seed, faulty=1, fault_free=0))
     started = time.perf_counter()
     train_case(case, root / "job", "auto", 0)
     return time.perf_counter() - started

@@ -95,12 +95,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.workdir).resolve())
 
 
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nacelle")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from nacelle import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from nacelle.commands import add_stack_commands, cmd_data_put, cmd_data_retire, cmd_spec_put
+    from nacelle.commands import add_stack_commands, cmd_data_put, cmd_data_retire, cmd_data_status, cmd_spec_put
 
     parser = argparse.ArgumentParser(prog="nacelle", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument("--data-dir", default=None,
-                        help="the local stack's data directory (default $NACELLE_HOME or ./.nacelle)")
+                        help="the local stack's data directory (default $NACELLE_HOME or ./.nacelle); only `up`, "
+                             "`data put` and `spec put` create it")
     # --data-dir is accepted after the subcommand too
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -118,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     retire.add_argument("--reason", required=True, help="why (recorded with who and when)")
     retire.add_argument("--by", help="who (default: the current user)")
     retire.set_defaults(func=cmd_data_retire)
+    status = data.add_parser("status", parents=[common],
+                             help="new data against the retraining threshold, quiet period left, running job")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=cmd_data_status)
     gen = data.add_parser("generate", help="write simulated turbine data with labelled faults")
     gen.add_argument("--turbines", type=int, default=3, help="number of turbines (default 3)")
     gen.add_argument("--hours", type=float, default=1.0, help="hours per turbine (default 1)")
@@ -174,12 +191,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SIGPIPE_EXIT = 141  # what a shell reports for a command whose reader went away (128 + SIGPIPE)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: the reader is gone, and the flush at exit must not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # a stdout without a file descriptor (captured output)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "nacelle-local")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:  # --help, --version or a usage error: already printed
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # `nacelle ... --help | head`
+            _quiet_stdout()
+        raise
     handler: Handler = args.func
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a reader that left (`| head`) is noticed here, not at exit
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return SIGPIPE_EXIT
     except NacelleError as exc:
         print(f"nacelle: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,10 @@
-"""Subcommands that work on the local stack's data directory, whether or not `nacelle up` runs."""
+"""Subcommands that work on the local stack's data directory, whether or not `nacelle up` runs.
+
+Only the commands that start a stack or put something in it (`up`, `data put`, `spec put`) create the data
+directory; every other one refuses a path that holds no stack instead of creating an empty one. Human output
+keeps to 100 columns with times in ISO 8601 UTC; `--json` carries the details, with numbers as numbers and
+every time as an ISO 8601 UTC string.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +14,40 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nacelle.console import table
+from nacelle.console import age, iso, json_ready, number, parse_version, print_json, table
 from shared.errors import Conflict, NacelleError
 
-
-def _stack(args: argparse.Namespace) -> Any:
-    from nacelle.local.stack import Stack, home_from
-
-    return Stack(home_from(args.data_dir))
+STACK_FILES = ("config.yaml", "bus.db", "state.db", "registry.db")  # what makes a directory a stack's
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
+def data_dir(args: argparse.Namespace, create: bool = False) -> Path:
+    """The data directory of --data-dir / $NACELLE_HOME / ./.nacelle; unless `create`, it must hold a stack."""
+    from nacelle.local.stack import home_from
+
+    home = home_from(args.data_dir)
+    if home.exists() and not home.is_dir():
+        raise NacelleError(f"no Nacelle data directory at {home}: it is a file")
+    if not create and not (home.is_dir() and any((home / name).exists() for name in STACK_FILES)):
+        raise NacelleError(f"no Nacelle data directory at {home} (start one with `nacelle up`)")
+    return home
+
+
+def _stack(args: argparse.Namespace, create: bool = False) -> Any:
+    from nacelle.local.stack import Stack
+
+    return Stack(data_dir(args, create))
 
 
 # -- up ------------------------------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
-    from nacelle.local.stack import home_from
     from nacelle.local.up import run_up
 
-    return run_up(home_from(args.data_dir), devices=args.devices, canary_size=args.canary_size)
+    return run_up(data_dir(args, create=True), devices=args.devices, canary_size=args.canary_size)
 
 
 # -- data put ------------------------------------------------------------------------------------
@@ -78,7 +94,7 @@ def upload_keys(paths: list[Path]) -> UploadPlan:
 
 
 def cmd_data_put(args: argparse.Namespace) -> int:
-    stack = _stack(args)
+    stack = _stack(args, create=True)
     for prefix in ("raw/", "labels/"):  # what a killed put left half-written
         stack.store.inner.sweep_temp_files(prefix)
     plan = upload_keys([Path(p) for p in args.paths])
@@ -109,7 +125,35 @@ def cmd_data_retire(args: argparse.Namespace) -> int:
     stack = _stack(args)
     record = retire_file(stack.arrival_deps(), args.key, args.by or getpass.getuser(), args.reason)
     print(f"retired {args.key} (was {record['status_before_retirement']}) by {record['retired_by']} at "
-          f"{record['retired_at']}: {record['retired_reason']}; future datasets leave it out")
+          f"{iso(record['retired_at'])}: {record['retired_reason']}; future datasets leave it out")
+    return 0
+
+
+def cmd_data_status(args: argparse.Namespace) -> int:
+    """What the retraining policy (shared.usecases.retraining) sees now: new data against its threshold, the
+    quiet period left, a running job, and what a check would decide."""
+    from shared.usecases.retraining import retrain_status
+
+    status = retrain_status(_stack(args).arrival_deps())
+    if args.json:
+        print_json({**asdict(status), "would_start": status.blocker is None})
+        return 0
+    quiet = (f"{status.quiet_left_s:.0f} s of the {status.quiet_period_s:g} s quiet period left"
+             if status.quiet_left_s > 0 else f"quiet period of {status.quiet_period_s:g} s over")
+    rows = [
+        ("new data", f"{status.new_turbine_hours:.2f} of the {status.min_new_turbine_hours:g} turbine-hours that "
+                     f"start a training, in {status.new_files} file(s) not trained on yet"),
+        ("accepted", f"{status.accepted_files} data file(s), {status.rows} rows (a training needs "
+                     f"{status.min_rows})"),
+        ("last arrival", f"{iso(status.last_arrival_at) or 'none yet'}" + (f"; {quiet}" if status.last_arrival_at
+                                                                            else "")),
+        ("running job", status.active_job or "none"),
+        ("trained until", iso(status.trained_until) or "nothing trained on yet"),
+        ("retraining", "a check now would start a training job" if status.blocker is None
+         else f"waits: {status.blocker}"),
+    ]
+    for name, value in rows:
+        print(f"{name:14s} {value}")
     return 0
 
 
@@ -118,7 +162,7 @@ def cmd_spec_put(args: argparse.Namespace) -> int:
     from nacelle.spec_tools import SpecFile, install_spec
 
     spec_file = SpecFile.read(Path(args.file))  # refused before the stack is touched
-    stack = _stack(args)
+    stack = _stack(args, create=True)
     installed = install_spec(stack.store, args.group or stack.settings.group, spec_file)
     spec = spec_file.spec
     state = "already installed (identical)" if installed.unchanged else "installed"
@@ -129,45 +173,115 @@ def cmd_spec_put(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
 # -- models --------------------------------------------------------------------------------------
-def _version_dict(v: Any, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    out = {"version": v.version, "status": v.status, "group": v.group, "model_data_key": v.model_data_key,
-           "failed": v.failed, "description": v.description, "created_at": v.created_at,
-           "metadata": dict(v.metadata), "arn": v.arn}
+def _model_version_of(components: Mapping[str, Any]) -> int | None:
+    """The model version a deployment's components carry (the model component's "7.0.0" -> 7)."""
+    from shared.components import MODEL_COMPONENT
+
+    text = str((components.get(MODEL_COMPONENT) or {}).get("componentVersion") or "")
+    head = text.split(".")[0]
+    return int(head) if head.isdigit() else None
+
+
+def _roles(stack: Any) -> dict[str, str]:
+    """Thing group -> its part in a rollout."""
+    return {stack.settings.canary_group: "canary", stack.settings.fleet_group: "fleet"}
+
+
+def _deployed(stack: Any) -> dict[int, list[str]]:
+    """Model version -> the thing groups ("canary", "fleet") whose deployment in force carries it: each group's
+    newest deployment that was not canceled (a canceled one leaves the devices on what they had)."""
+    out: dict[int, list[str]] = {}
+    for group, role in _roles(stack).items():
+        for deployment in stack.greengrass.list_deployments(group):
+            if deployment.status == "CANCELED":
+                continue
+            version = _model_version_of(deployment.components)
+            if version is not None:
+                out.setdefault(version, []).append(role)
+            break
+    return out
+
+
+def _metrics(metadata: Mapping[str, str], prefix: str) -> dict[str, float | int | None]:
+    return {key.removeprefix(prefix): number(value) for key, value in sorted(metadata.items())
+            if key.startswith(prefix)}
+
+
+def _version_doc(v: Any, champion: int | None, deployed: Mapping[int, list[str]],
+                 history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A registry version for JSON: figures as numbers, lineage and the rest of the metadata as given."""
+    metadata = dict(v.metadata)
+    out: dict[str, Any] = {
+        "version": v.version, "status": v.status, "champion": v.version == champion,
+        "deployed": deployed.get(v.version, []), "failed": v.failed, "group": v.group, "arn": v.arn,
+        "created_at": v.created_at, "description": v.description, "job": metadata.get("nacelle:job"),
+        "model_data_key": v.model_data_key, "metrics": _metrics(metadata, "metric:"),
+        "champion_metrics": _metrics(metadata, "champion:"),
+        "metadata": {k: val for k, val in sorted(metadata.items()) if not k.startswith(("metric:", "champion:"))}}
     if history is not None:
         out["history"] = history
     return out
 
 
+def _registry_view(stack: Any) -> tuple[int | None, dict[int, list[str]]]:
+    from shared.usecases.retraining import champion
+
+    best = champion(stack.registry, stack.settings.group)
+    return (best.version if best is not None else None), _deployed(stack)
+
+
+def _status_text(doc: Mapping[str, Any]) -> str:
+    extra = [word for word, on in (("champion", doc["champion"]), ("failed", doc["failed"])) if on]
+    return doc["status"] + (f" ({', '.join(extra)})" if extra else "")
+
+
 def cmd_models_list(args: argparse.Namespace) -> int:
     stack = _stack(args)
-    versions = stack.registry.list(stack.settings.group)
+    champion, deployed = _registry_view(stack)
+    docs = [_version_doc(v, champion, deployed) for v in stack.registry.list(stack.settings.group)]
     if args.json:
-        _print_json([_version_dict(v) for v in versions])
+        print_json(docs)
         return 0
-    rows = [[v.version, v.status + (" (failed)" if v.failed else ""), v.metadata.get("metric:event_f1"),
-             v.metadata.get("metric:false_alarms_per_turbine_day"), v.metadata.get("nacelle:job"),
-             str(v.created_at)[:19]] for v in versions]
-    print(table(["version", "status", "event_f1", "FA/day", "job", "created"], rows))
+    if not docs:
+        print("no model versions yet: data in raw/ starts a training (see `nacelle data status`)")
+        return 0
+    print(table(["version", "status", "deployed", "event F1", "FA/day", "created"],
+                [[f"v{d['version']}", _status_text(d), "+".join(d["deployed"]) or "-", d["metrics"].get("event_f1"),
+                  d["metrics"].get("false_alarms_per_turbine_day"), iso(d["created_at"])] for d in docs]))
+    print(f"champion: {f'v{champion}' if champion else 'none'} (the newest approved version not marked failed)")
     return 0
 
 
 def cmd_models_show(args: argparse.Namespace) -> int:
     stack = _stack(args)
-    v = stack.registry.get(stack.settings.group, args.version)
-    doc = _version_dict(v, stack.registry.history(stack.settings.group, args.version))
+    group = stack.settings.group
+    v = stack.registry.get(group, args.version)
+    champion, deployed = _registry_view(stack)
+    doc = _version_doc(v, champion, deployed, stack.registry.history(group, args.version))
     if args.json:
-        _print_json(doc)
-    else:
-        for key, value in doc.items():
-            if key not in ("metadata", "history"):
-                print(f"{key:16s} {value}")
-        print("metadata:")
-        for key, value in sorted(v.metadata.items()):
-            print(f"  {key:34s} {value}")
-        print("history:")
-        for h in doc["history"]:
-            print(f"  {h['at']}  {h['status']:22s} by {h['actor']}: {h['reason']}")
+        print_json(doc)
+        return 0
+    rows = [("version", f"v{v.version} of {group}"), ("status", _status_text(doc)),
+            ("deployed", " and ".join(doc["deployed"]) or "nowhere"), ("created", iso(v.created_at)),
+            ("job", doc["job"] or "-"), ("model", v.model_data_key), ("arn", v.arn or "-"),
+            ("description", v.description or "-")]
+    for name, value in rows:
+        print(f"{name:12s} {value}")
+    for title, figures in (("metrics (held-out data)", doc["metrics"]),
+                           ("champion's metrics on the same data", doc["champion_metrics"])):
+        if figures:
+            print(f"{title}:")
+            for key, value in figures.items():
+                print(f"  {key:34s} {'-' if value is None else f'{value:.4g}'}")
+    print("lineage and gate:")
+    for key, value in doc["metadata"].items():
+        print(f"  {key:34s} {value}")
+    print("history:")
+    for h in doc["history"]:
+        print(f"  {iso(h['at'])}  {h['status']:22s} by {h['actor']}: {h['reason']}")
     return 0
 
 
@@ -175,7 +289,7 @@ def _set_status(args: argparse.Namespace, status: str) -> int:
     stack = _stack(args)
     v = stack.registry.set_status(stack.settings.group, args.version, status, args.reason or status.lower(),
                                   args.by or getpass.getuser())
-    print(f"{v.group} version {v.version} is now {v.status}")
+    print(f"{v.group} v{v.version} is now {v.status}")
     return 0
 
 
@@ -188,7 +302,7 @@ def cmd_models_approve(args: argparse.Namespace) -> int:
     v = approve(stack.registry, stack.settings.group, args.version, args.by or getpass.getuser(),
                 args.reason or "", datetime.now(UTC), override_gate=args.override_gate)
     override = " (quality gate overridden)" if args.override_gate and v.metadata.get("nacelle:gate_override") else ""
-    print(f"{v.group} version {v.version} is now {v.status}{override}")
+    print(f"{v.group} v{v.version} is now {v.status}{override}")
     return 0
 
 
@@ -197,39 +311,93 @@ def cmd_models_reject(args: argparse.Namespace) -> int:
 
 
 # -- jobs ----------------------------------------------------------------------------------------
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(max(0.0, seconds)), 60)
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _job_progress(job: Any) -> str | None:
+    """The last progress note in the job's log."""
+    from nacelle.job_progress import LogFollower, Progress, job_log
+
+    progress, last = Progress(), None
+    for line in LogFollower(job_log(job)).lines(final=True):
+        last = progress.note(line) or last
+    return last
+
+
 def cmd_jobs_list(args: argparse.Namespace) -> int:
     jobs = _stack(args).jobs.list()
     if args.json:
-        _print_json([j.to_dict() for j in jobs])
+        print_json([j.to_dict() for j in jobs])
         return 0
-    print(table(["job", "kind", "status", "created", "ended", "reason"],
-                [[j.name, j.kind, j.status, j.created_at[:19], (j.ended_at or "")[:19],
-                  (j.failure_reason or "")[:60]] for j in jobs]))
+    if not jobs:
+        print("no jobs yet")
+        return 0
+    print(table(["job", "kind", "status", "created", "took"],
+                [[j.name, j.kind, j.status, iso(j.created_at), _took(j)] for j in jobs]))
+    for j in jobs:
+        if j.failure_reason:
+            print(f"{j.name}: {j.failure_reason}"[:100])
     return 0
 
 
+def _took(job: Any) -> str:
+    from nacelle.console import as_datetime
+
+    start, end = as_datetime(job.created_at), as_datetime(job.ended_at)
+    if start is None:
+        return ""
+    return _duration((end.timestamp() if end is not None else time.time()) - start.timestamp()) + \
+        ("" if end is not None else " so far")
+
+
 def cmd_jobs_show(args: argparse.Namespace) -> int:
+    from nacelle.job_progress import job_log
+
     job = _stack(args).jobs.get(args.job)
-    _print_json(job.to_dict()) if args.json else [print(f"{k:16s} {v}") for k, v in job.to_dict().items()]
+    if args.json:
+        print_json({**job.to_dict(), "log": job_log(job), "progress": _job_progress(job)})
+        return 0
+    rows = [("job", job.name), ("kind", job.kind), ("status", job.status + (f": {job.failure_reason}"
+                                                                            if job.failure_reason else "")),
+            ("created", iso(job.created_at)), ("ended", iso(job.ended_at) or "-"), ("took", _took(job)),
+            ("progress", _job_progress(job) or "-"), ("model", job.model_key or "-"),
+            ("started by", f"{job.owner or '-'} (pid {job.pid or '-'})"), ("directory", str(job.job_dir)),
+            ("log", f"{job_log(job)}  (nacelle jobs logs {job.name} --follow)")]
+    for name, value in rows:
+        print(f"{name:12s} {value}")
+    print("request:")
+    for key, value in job.request.items():
+        if isinstance(value, Mapping):
+            value = " ".join(f"{k}={v}" for k, v in sorted(value.items())) or "-"
+        print(f"  {key:22s} {'-' if value in (None, '') else value}")
     return 0
 
 
 def cmd_jobs_logs(args: argparse.Namespace) -> int:
+    from nacelle.job_progress import Progress, follow, job_log
+
     stack = _stack(args)
     job = stack.jobs.get(args.job)
-    logs = [job.job_dir / "runner.log", job.job_dir / "output" / "train.log"]
-    path = next((p for p in reversed(logs) if p.is_file()), logs[0])
-    if not path.is_file():
-        raise NacelleError(f"{args.job} has no log yet")
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        while True:
-            line = fh.readline()
-            if line:
-                sys.stdout.write(line)
-            elif not args.follow or stack.jobs.get(args.job).status != "InProgress":
-                return 0
-            else:
-                time.sleep(0.5)
+    path = job_log(job)
+    if not args.follow:
+        if not path.is_file():
+            raise NacelleError(f"{args.job} has no log yet (`--follow` waits for it)")
+        lines: Iterable[str] = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    else:
+        lines = follow(path, lambda: stack.jobs.get(args.job).status == "InProgress")
+    progress = Progress()
+    for line in lines:
+        shown = progress.note(line) if args.progress else line
+        if shown is not None:
+            print(shown, flush=True)
+    if not args.follow:
+        return 0
+    final = stack.jobs.get(args.job)
+    print(f"job {final.name}: {final.status}" + (f" ({final.failure_reason})" if final.failure_reason else ""),
+          file=sys.stderr, flush=True)
+    return 0 if final.status == "Completed" else 1
 
 
 def cmd_jobs_retry(args: argparse.Namespace) -> int:
@@ -250,10 +418,16 @@ def cmd_jobs_retry(args: argparse.Namespace) -> int:
 def cmd_events_dlq(args: argparse.Namespace) -> int:
     dead = _stack(args).bus.dlq()
     if args.json:
-        _print_json([d.__dict__ if hasattr(d, "__dict__") else d for d in dead])
+        print_json([asdict(d) for d in dead])
         return 0
-    print(table(["id", "target", "event", "attempts", "last error"],
-                [[d.id, d.target, d.event_id, d.attempts, (d.last_error or "")[:70]] for d in dead]))
+    if not dead:
+        print("no dead letters")
+        return 0
+    print(table(["id", "target", "event", "attempts", "last try"],
+                [[d.id, d.target, d.event_id[:8], d.attempts, iso(d.updated_at)] for d in dead]))
+    print("last errors (all of it: --json):")
+    for d in dead:
+        print(f"  {d.id}: {d.last_error or '-'}"[:100])
     return 0
 
 
@@ -264,20 +438,53 @@ def cmd_events_redrive(args: argparse.Namespace) -> int:
 
 
 # -- alerts --------------------------------------------------------------------------------------
+NOTIFICATION_KINDS = ("alert", "escalation", "resolution")  # the notifications one alert item can send
+INTERNAL_KEYS = frozenset({"pk", "sk", "rev"})
+
+
 def cmd_alerts_tail(args: argparse.Namespace) -> int:
     stack = _stack(args)
     for entry in stack.notifier.tail(follow=args.follow):
-        if args.json:
-            print(json.dumps(entry), flush=True)
+        if args.json:  # one object per line: a follower reads them as they come
+            print(json.dumps(json_ready(entry), ensure_ascii=False), flush=True)
         else:
-            print(f"[{entry['time']}] {entry['topic']}: {entry['subject']}", flush=True)
+            print(f"[{iso(entry['time'])}] {entry['topic']}: {entry['subject']}", flush=True)
     return 0
 
 
-def _when(epoch: Any) -> str:
-    from datetime import UTC, datetime
+def _acks(item: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The alert's acknowledgement history (by, at, verdict, note), oldest first."""
+    return [dict(a) for a in item.get("acks") or [] if isinstance(a, Mapping)]
 
-    return "" if not epoch else datetime.fromtimestamp(float(epoch), UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+def _ack_by(ack: Mapping[str, Any]) -> str:
+    return str(ack.get("by") or "?")
+
+
+def _ack_at(ack: Mapping[str, Any]) -> Any:
+    return ack.get("at")
+
+
+def _notifications(item: Mapping[str, Any], log: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """What the alert sent (or holds back), with the text of each notification from the notifier's log."""
+    out = []
+    for kind in NOTIFICATION_KINDS:
+        state = item.get(kind)
+        if state is None:
+            continue
+        entry = log.get(str(item.get(f"{kind}_message_id") or "")) or {}
+        out.append({"kind": kind, "state": state, "at": item.get(f"{kind}_at") or entry.get("time"),
+                    "message_id": item.get(f"{kind}_message_id"), "subject": entry.get("subject"),
+                    "message": entry.get("message")})
+    return out
+
+
+def _top_features(item: Mapping[str, Any], count: int = 3) -> str:
+    shares = sorted(((str(k), float(v)) for k, v in (item.get("contributions") or {}).items()),
+                    key=lambda kv: (-kv[1], kv[0]))
+    named = [f"{name} ({share * 100:.0f} %)" for name, share in shares[:count]]
+    named += [f"{name} (missing)" for name in item.get("missing") or []]
+    return ", ".join(named) or ", ".join(item.get("features") or []) or "-"
 
 
 def cmd_alerts_list(args: argparse.Namespace) -> int:
@@ -285,23 +492,73 @@ def cmd_alerts_list(args: argparse.Namespace) -> int:
 
     items = list_alerts(_stack(args).alert_deps(), status=args.status)
     if args.json:
-        _print_json(items)
+        print_json([{k: v for k, v in i.items() if k not in INTERNAL_KEYS} for i in items])
         return 0
     if not items:
         print("no alerts")
         return 0
-    print(table(["alert", "turbine", "severity", "status", "notified", "since", "acked by", "verdict"],
-                [[i["alert_id"], i.get("turbine_id", ""), i.get("severity", ""), i.get("status", ""),
-                  ",".join(k for k in ("alert", "escalation", "resolution") if i.get(k) == "sent")
-                  or i.get("alert") or "", _when(i.get("first_seen_at") or i.get("window_start")),
-                  i.get("acked_by") or "", i.get("verdict") or ""] for i in items]))
+    rows = []
+    for i in items:
+        acks = _acks(i)
+        rows.append([i["alert_id"], i.get("severity", ""), i.get("status", ""),
+                     iso(i.get("first_seen_at") or i.get("window_start")),
+                     _ack_by(acks[-1]) + (f" ({acks[-1]['verdict']})" if acks[-1].get("verdict") else "")
+                     if acks else "-"])
+    print(table(["alert", "severity", "status", "since", "acknowledged"], rows))
+    print("notifications sent and their text: nacelle alerts show <alert>")
     return 0
 
 
 def cmd_alerts_show(args: argparse.Namespace) -> int:
     from shared.usecases.alerts import get_alert
 
-    _print_json(get_alert(args.alert_id, _stack(args).alert_deps()))
+    stack = _stack(args)
+    item = get_alert(args.alert_id, stack.alert_deps())
+    log = {str(e.get("id")): e for e in stack.notifier.tail()}
+    notifications, acks = _notifications(item, log), _acks(item)
+    if args.json:
+        doc = {k: v for k, v in item.items() if k not in INTERNAL_KEYS | {"acks"}}
+        print_json({**doc, "notifications": notifications, "acks": acks})
+        return 0
+    kind = str(item.get("kind") or "alert")
+    severity = str(item.get("severity") or "-") + (f" (escalated: {item['escalated']})" if item.get("escalated")
+                                                  else "")
+    rows: list[tuple[str, Any]] = [("alert", item["alert_id"]), ("kind", kind), ("turbine", item.get("turbine_id")),
+                                   ("severity", severity), ("status", item.get("status"))]
+    times = (("started", "started_at"), ("opened", "opened_at"), ("last flagged", "last_flagged_at"),
+             ("ended", "ended_at"), ("first seen", "first_seen_at"), ("silent since", "last_health_at"),
+             ("window", "window_start"), ("due", "due_at"))
+    rows += [(name, iso(item[key])) for name, key in times if item.get(key) is not None]
+    if item.get("model_version") is not None:
+        rows.append(("model", f"v{item['model_version']}"))
+    if item.get("score"):
+        rows.append(("score", f"{float(item['score']):.2f}x the threshold"))
+    if kind == "episode" or item.get("features"):
+        rows.append(("top features", _top_features(item)))
+    if item.get("alert") == "folded":
+        rows.append(("notified in", f"summary {item.get('summary_id')} (the turbine's alert rate limit)"))
+    if item.get("episodes"):
+        rows.append(("episodes", ", ".join(item["episodes"])))
+    for name, value in rows:
+        print(f"{name:13s} {'-' if value in (None, '') else value}")
+    print("notifications:")
+    for n in notifications:
+        print(f"  {n['kind']} {n['state']}" + (f" at {iso(n['at'])}" if n["at"] else ""))
+        if n["subject"]:
+            print(f"    {n['subject']}")
+            for line in str(n["message"] or "").splitlines():
+                print(f"    | {line}" if line else "    |")
+    if not notifications:
+        print("  none sent")
+    print("acknowledgements:")
+    for a in acks:
+        verdict = f", verdict {a['verdict']}" if a.get("verdict") else ""
+        note = f": {a['note']}" if a.get("note") else ""
+        print(f"  {iso(_ack_at(a))}  {_ack_by(a)}{verdict}{note}")
+    if not acks:
+        print(f"  none (nacelle alerts ack {item['alert_id']} [--verdict fault|false-alarm])")
+    if item.get("label_key"):
+        print(f"  the latest verdict is the training label {item['label_key']}")
     return 0
 
 
@@ -310,12 +567,17 @@ def cmd_alerts_ack(args: argparse.Namespace) -> int:
 
     item = acknowledge(args.alert_id, args.by or getpass.getuser(), _stack(args).alert_deps(),
                        verdict=args.verdict, note=args.note or "")
-    print(f"{item['alert_id']} acknowledged by {item['acked_by']} at {_when(item['acked_at'])}"
-          + (f"; verdict {item['verdict']} stored as {item['label_key']}" if item.get("verdict") else ""))
+    acks = _acks(item)
+    last = acks[-1] if acks else {}
+    print(f"{item['alert_id']} acknowledged by {_ack_by(last)} at {iso(_ack_at(last))}"
+          + (f"; verdict {last['verdict']} stored as {item.get('label_key')}" if last.get("verdict") else ""))
     return 0
 
 
 # -- fleet ---------------------------------------------------------------------------------------
+ONLINE, STOPPED, OFFLINE = "ONLINE", "STOPPED", "OFFLINE"
+
+
 def _fleet(stack: Any) -> Any:
     from nacelle.local.fleet import Fleet
     from nacelle.local.state import SqliteStateStore
@@ -328,36 +590,92 @@ def _rollout_deps(stack: Any) -> Any:
     return stack.deps_for("services.deployment_status.app")  # the RolloutDeps the deployment_status Lambda gets
 
 
-def _age(epoch: Any) -> str:
-    return "" if epoch is None else f"{max(0.0, time.time() - float(epoch)):.0f}s ago"
+def device_state(row: Mapping[str, Any], offline_after_s: float, now: float) -> str:
+    """OFFLINE when its last health is older than the offline limit (or it never sent one), STOPPED when its
+    nucleus is not running, else ONLINE."""
+    from nacelle.console import as_datetime
+
+    last = as_datetime(row.get("last_health_at"))
+    if last is None or now - last.timestamp() > offline_after_s:
+        return OFFLINE
+    return ONLINE if str(row["processes"]["nucleus"]).startswith("running") else STOPPED
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
-    rows = _fleet(_stack(args)).status()
+    stack = _stack(args)
+    rows, now = _fleet(stack).status(), time.time()
+    limit = float(stack.settings.offline_after_s)
+    for r in rows:
+        r["state"] = device_state(r, limit, now)
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return 0
     if not rows:
         print("no devices yet: `nacelle up --devices N` provisions and starts them")
         return 0
-    print(table(["device", "group", "components", "deployment", "model (health)", "rate Hz", "health",
-                 "episodes open/total", "nucleus", "simulator"],
-                [[r["thing"], ",".join(g.removeprefix("nacelle-") for g in r["groups"]),
-                  " ".join(f"{n.removeprefix('nacelle.')}@{v}" for n, v in r["components"].items()),
-                  "" if r["deployment"] is None else f"{r['deployment']['name']} {r['deployment']['status']}",
-                  r["model_version"] or "", r["inference_rate_hz"] if r["inference_rate_hz"] is not None else "",
-                  _age(r["last_health_at"]), f"{r['episodes']['open']}/{r['episodes']['total']}",
-                  r["processes"]["nucleus"], r["processes"]["simulator"]] for r in rows]))
-    failed = [r for r in rows if r["deployment"] and r["deployment"]["status"] == "FAILED"]
-    for r in failed:
-        print(f"{r['thing']}: {r['deployment']['name']} FAILED: {r['deployment']['reason']}")
-    for r in rows:  # what the cloud noticed of the device's messages
-        missing = {k: n for k, n in r["messages_missing"].items() if n}
-        notes = [r["unexpected_version"] or "",
-                 ", ".join(f"{n} {stream} message(s) missing" for stream, n in sorted(missing.items())),
-                 ", ".join(f"{n} refused ({reason})" for reason, n in sorted(r["messages_refused"].items()))]
+    roles = _roles(stack)
+    print(table(["device", "group", "model", "rate Hz", "last health", "state", "episodes", "deployment"],
+                [[r["thing"], ",".join(roles.get(g, g.removeprefix("nacelle-")) for g in r["groups"]) or "-",
+                  "-" if r["model_version"] is None else f"v{r['model_version']}",
+                  r["inference_rate_hz"] if r["state"] == ONLINE else None, age(r["last_health_at"], now),
+                  r["state"], f"{r['episodes']['total']} ({r['episodes']['open']} open)",
+                  r["deployment"]["status"] if r["deployment"] else "-"] for r in rows]))
+    print(f"(OFFLINE: no health for over {limit:g} s; details: --json)")
+    running_anywhere = any(p.startswith("running") for r in rows for p in r["processes"].values())
+    if not running_anywhere:
+        print("no device process runs on this data directory (`nacelle up --devices N` starts them)")
+    for r in rows:
+        notes = []
+        if r["deployment"] and r["deployment"]["status"] == "FAILED":
+            notes.append(f"{r['deployment']['name']} FAILED: {r['deployment']['reason']}")
+        if running_anywhere:
+            notes += [f"{kind} {state}" for kind, state in r["processes"].items() if state != "running"]
+        missing = {k: n for k, n in r["messages_missing"].items() if n}  # what the cloud noticed of its messages
+        notes += [r["unexpected_version"] or "",
+                  ", ".join(f"{n} {stream} message(s) missing" for stream, n in sorted(missing.items())),
+                  ", ".join(f"{n} refused ({reason})" for reason, n in sorted(r["messages_refused"].items()))]
         if any(notes):
             print(f"{r['thing']}: {'; '.join(n for n in notes if n)}")
+    return 0
+
+
+def cmd_fleet_deployments(args: argparse.Namespace) -> int:
+    """Every deployment, newest first: the model it carries, its rollout stage, target group and status."""
+    from shared.records import DeploymentRecord, load
+    from shared.usecases import state_keys as sk
+    from shared.usecases.rollout import DEPLOYMENT
+
+    stack = _stack(args)
+    roles = _roles(stack)
+    docs = []
+    for d in stack.greengrass.list_deployments():
+        # the rollout's record of it (None: a deployment the rollout did not make)
+        owner = load(DeploymentRecord, stack.state.get(sk.group_pk(stack.settings.group), DEPLOYMENT + d.deployment_id))
+        executions = stack.greengrass.executions(d.deployment_id)
+        group = d.target_arn.rsplit("/", 1)[-1]
+        docs.append({"deployment_id": d.deployment_id, "name": d.name, "model_version": _model_version_of(d.components),
+                     "stage": owner.stage if owner is not None else None, "target_group": group,
+                     "role": roles.get(group),
+                     "status": d.status, "created_at": d.created_at, "revision": d.revision,
+                     "components": {name: spec.get("componentVersion") for name, spec in d.components.items()},
+                     "executions": [{"thing": e.thing, "status": e.status, "reason": e.reason,
+                                     "modified_at": e.modified_at} for e in executions]})
+    if args.json:
+        print_json(docs)
+        return 0
+    if not docs:
+        print("no deployments yet: an approved, compiled version goes to the canary group first")
+        return 0
+    rows = []
+    for doc in docs:
+        statuses = [e["status"] for e in doc["executions"]]
+        done = sum(s in ("SUCCEEDED", "COMPLETED") for s in statuses)
+        failed = sum(s in ("FAILED", "REJECTED", "TIMED_OUT") for s in statuses)
+        rows.append([doc["deployment_id"][:8], "-" if doc["model_version"] is None else f"v{doc['model_version']}",
+                     doc["stage"] or "-", doc["target_group"], doc["status"],
+                     f"{done}/{len(statuses)}" + (f" ({failed} failed)" if failed else ""),
+                     iso(doc["created_at"])])
+    print(table(["deployment", "model", "stage", "target group", "status", "devices ok", "created"], rows))
     return 0
 
 
@@ -377,7 +695,9 @@ def cmd_fleet_rollback(args: argparse.Namespace) -> int:
 
     stack = _stack(args)
     outcome = rollback_to(args.to, _rollout_deps(stack))
-    print(f"{outcome.action}: {outcome.detail} {json.dumps(outcome.data, default=str)}")
+    print(f"{outcome.action}: {outcome.detail}")
+    for key, value in sorted(outcome.data.items()):
+        print(f"  {key}: {value}")
     return 0
 
 
@@ -390,49 +710,68 @@ def cmd_fleet_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_fleet_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    fleet = _group(sub, common, "fleet", "the simulated core devices and their deployments")
-    _action(fleet, common, "status", "every device: group, components, deployment, health, episodes",
-            cmd_fleet_status, json_flag=True)
-    inject = _action(fleet, common, "inject", "make a turbine's simulator develop a fault", cmd_fleet_inject,
-                     ("turbine", str), ("fault", str))
-    inject.add_argument("--severity", default="medium", help="low | medium | high (default medium)")
-    inject.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
-    _action(fleet, common, "rollback", "deploy an earlier approved version to both thing groups",
-            cmd_fleet_rollback).add_argument("--to", type=int, required=True, metavar="VERSION",
-                                              help="the model version to roll back to")
-    _action(fleet, common, "cancel", "cancel a deployment (its rollout stops)", cmd_fleet_cancel,
-            ("deployment", str))
+# -- the command tree ------------------------------------------------------------------------------
+Positional = tuple[str, Any, str]  # name, type, help
 
 
 def _action(group: Any, common: argparse.ArgumentParser, name: str, help_text: str, func: Any,
-            *positional: tuple[str, type], json_flag: bool = False) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=help_text)
-    for arg, kind in positional:
-        parser.add_argument(arg, type=kind)
+            *positional: Positional, json_flag: bool = False) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=help_text,
+                                                       description=help_text)
+    for arg, kind, arg_help in positional:
+        parser.add_argument(arg, type=kind, help=arg_help)
     if json_flag:
-        parser.add_argument("--json", action="store_true", help="print JSON")
+        parser.add_argument("--json", action="store_true", help="print JSON (numbers as numbers, times ISO 8601 UTC)")
     parser.set_defaults(func=func)
     return parser
 
 
 def _group(sub: Any, common: argparse.ArgumentParser, name: str, help_text: str) -> Any:
-    return sub.add_parser(name, parents=[common], help=help_text).add_subparsers(
+    return sub.add_parser(name, parents=[common], help=help_text, description=help_text).add_subparsers(
         dest=f"{name}_command", required=True, metavar="ACTION")
 
 
+VERSION: Positional = ("version", parse_version, "model version, e.g. 2 or v2 (see `nacelle models list`)")
+JOB: Positional = ("job", str, "job name (see `nacelle jobs list`)")
+ALERT: Positional = ("alert_id", str, "alert id (see `nacelle alerts list`)")
+
+
+def add_fleet_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    from nacelle.simulator.faults import FAULTS, SEVERITIES
+
+    fleet = _group(sub, common, "fleet", "the simulated core devices and their deployments")
+    _action(fleet, common, "status", "every device: group, model, inference rate, health, episodes, deployment",
+            cmd_fleet_status, json_flag=True)
+    _action(fleet, common, "deployments", "every deployment, newest first: model, rollout stage, target group, "
+                                          "status", cmd_fleet_deployments, json_flag=True)
+    inject = _action(fleet, common, "inject", "make a turbine's simulator develop a fault", cmd_fleet_inject,
+                     ("turbine", str, "the device, e.g. turbine-02 (see `nacelle fleet status`)"))
+    inject.add_argument("fault", choices=FAULTS, metavar="fault",
+                        help=f"one of the simulator's faults: {', '.join(FAULTS)}")
+    inject.add_argument("--severity", default="medium", choices=list(SEVERITIES),
+                        help=f"{' | '.join(SEVERITIES)} (default medium)")
+    inject.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    _action(fleet, common, "rollback", "deploy an earlier approved version to both thing groups",
+            cmd_fleet_rollback).add_argument("--to", type=parse_version, required=True, metavar="VERSION",
+                                              help="the model version to roll back to, e.g. 1 or v1")
+    _action(fleet, common, "cancel", "cancel a deployment (its rollout stops)", cmd_fleet_cancel,
+            ("deployment", str, "deployment id (see `nacelle fleet deployments --json`)"))
+
+
 def add_stack_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    up = _action(sub, common, "up", "run the local stack in the foreground (Ctrl-C stops it)", cmd_up)
+    up = _action(sub, common, "up", "run the local stack in the foreground (Ctrl-C stops it); creates the data "
+                                    "directory", cmd_up)
     up.add_argument("--devices", type=int, default=5, help="simulated core devices turbine-01… (default 5; 0: none)")
     up.add_argument("--canary-size", type=int, default=1, help="devices in nacelle-canary (default 1)")
     add_fleet_commands(sub, common)
 
     models = _group(sub, common, "models", "the model registry")
-    _action(models, common, "list", "every version of the group", cmd_models_list, json_flag=True)
-    _action(models, common, "show", "one version with metrics, lineage and history", cmd_models_show,
-            ("version", int), json_flag=True)
+    _action(models, common, "list", "every version: status, champion, where it is deployed, headline metrics",
+            cmd_models_list, json_flag=True)
+    _action(models, common, "show", "one version with metrics, lineage, deployment and history", cmd_models_show,
+            VERSION, json_flag=True)
     for name, func in (("approve", cmd_models_approve), ("reject", cmd_models_reject)):
-        p = _action(models, common, name, f"{name} a version (recorded with who, when, why)", func, ("version", int))
+        p = _action(models, common, name, f"{name} a version (recorded with who, when, why)", func, VERSION)
         p.add_argument("--reason", help="why (recorded in the approval history)")
         p.add_argument("--by", help="who (default: the current user)")
         if name == "approve":
@@ -441,10 +780,13 @@ def add_stack_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
     jobs = _group(sub, common, "jobs", "training and compile jobs")
     _action(jobs, common, "list", "every job with its status", cmd_jobs_list, json_flag=True)
-    _action(jobs, common, "show", "one job", cmd_jobs_show, ("job", str), json_flag=True)
-    _action(jobs, common, "logs", "a job's log", cmd_jobs_logs, ("job", str)).add_argument(
-        "--follow", "-f", action="store_true", help="keep printing while the job runs")
-    _action(jobs, common, "retry", "run a failed job again (next attempt)", cmd_jobs_retry, ("job", str))
+    _action(jobs, common, "show", "one job: status, times, progress, request", cmd_jobs_show, JOB, json_flag=True)
+    logs = _action(jobs, common, "logs", "a job's log; --follow keeps printing while it runs (exit 1 when it "
+                                         "fails)", cmd_jobs_logs, JOB)
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing while the job runs")
+    logs.add_argument("--progress", action="store_true",
+                      help="only the lines that say how far it is (epoch k/n and loss, candidates, the choice)")
+    _action(jobs, common, "retry", "run a failed job again (next attempt)", cmd_jobs_retry, JOB)
 
     events = _group(sub, common, "events", "the local event bus")
     _action(events, common, "dlq", "dead letters: deliveries that kept failing", cmd_events_dlq, json_flag=True)
@@ -458,10 +800,9 @@ def add_stack_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     listing = _action(alerts, common, "list", "every alert (episodes, offline, summaries), newest first",
                       cmd_alerts_list, json_flag=True)
     listing.add_argument("--status", choices=["open", "closed", "pending", "sent"], help="only this status")
-    _action(alerts, common, "show", "one alert with its notifications and acknowledgement", cmd_alerts_show,
-            ("alert_id", str))
-    ack = _action(alerts, common, "ack", "acknowledge an alert (stops its escalation)", cmd_alerts_ack,
-                  ("alert_id", str))
+    _action(alerts, common, "show", "one alert as sent: turbine, severity, times, top features, the "
+                                    "notification text, acknowledgements", cmd_alerts_show, ALERT, json_flag=True)
+    ack = _action(alerts, common, "ack", "acknowledge an alert (stops its escalation)", cmd_alerts_ack, ALERT)
     ack.add_argument("--verdict", choices=["fault", "false-alarm"],
                      help="stored as a label under labels/alerts/ for the next training")
     ack.add_argument("--note", help="free text kept with the acknowledgement and the label")

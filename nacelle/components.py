@@ -49,6 +49,8 @@ class BuiltComponent:
 
 
 def read_version(component_dir: Path = COMPONENT_DIR) -> str:
+    """The pinned detector component version (its VERSION file): what `make components` builds and the local
+    stack deploys; the one reader of the file."""
     path = component_dir / "VERSION"
     try:
         version = path.read_text().strip()

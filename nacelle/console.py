@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
+import json
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 
@@ -15,12 +20,14 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Columns two spaces apart: text left-aligned, numbers (and None, shown as "-") right-aligned."""
     cells = [[fmt(c) for c in row] for row in rows]
+    right = [[c is None or (isinstance(c, int | float) and not isinstance(c, bool)) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
     sep = "  ".join("-" * w for w in widths)
-    body = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-            for r in cells]
+    body = ["  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, flags, strict=True)).rstrip()
+            for row, flags in zip(cells, right, strict=True)]
     return "\n".join([line, sep, *body])
 
 
@@ -56,3 +63,89 @@ def selection_table(selection: dict[str, Any]) -> str:
             for c in selection["candidates"]]
     return "\n".join([table(["family", "event F1", "point F1", "false alarms/day", "threshold"], rows),
                       f"chosen: {selection['reason']}"])
+
+
+# -- times and JSON ------------------------------------------------------------------------------------
+TIME_KEYS = frozenset({"at", "since", "time", "last_seen", "window_start"})  # besides every key ending in _at
+_MS_EPOCH = 1e11  # a larger epoch number is in milliseconds (the IoT rule's received_at)
+
+
+def as_datetime(value: Any) -> datetime | None:
+    """An epoch (seconds or milliseconds), an ISO 8601 string or a datetime, as an aware UTC datetime."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value / 1000 if abs(value) > _MS_EPOCH else value, UTC)
+    if isinstance(value, str) and value:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return as_datetime(parsed)
+    return None
+
+
+def iso(value: Any, precise: bool = False) -> str:
+    """ISO 8601 UTC with a Z, to the second (to the millisecond when `precise`); "" for no time."""
+    moment = as_datetime(value)
+    if moment is None:
+        return ""
+    return moment.isoformat(timespec="milliseconds" if precise else "seconds").replace("+00:00", "Z")
+
+
+def is_time_key(key: str) -> bool:
+    return key.endswith("_at") or key in TIME_KEYS
+
+
+def json_ready(value: Any, key: str = "") -> Any:
+    """A value for JSON output: times (datetimes, and epoch numbers or ISO strings under a time key) as
+    ISO 8601 UTC strings, paths as strings, tuples as lists."""
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v, key) for v in value]
+    if isinstance(value, datetime) or (key and is_time_key(key) and as_datetime(value) is not None):
+        return iso(value, precise=True)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(json_ready(value), indent=2, default=str), flush=True)
+
+
+def number(text: Any) -> float | int | None:
+    """A registry metadata figure ("0.875", "-", "") as a number, None when it is none."""
+    if isinstance(text, bool):
+        return None
+    if isinstance(text, int | float):
+        return text
+    try:
+        value = float(str(text))
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() and "." not in str(text) and "e" not in str(text).lower() else value
+
+
+def age(value: Any, now: float | None = None) -> str:
+    """"12s ago", "3m ago", "2h ago", "4d ago"; "-" for no time."""
+    moment = as_datetime(value)
+    if moment is None:
+        return "-"
+    seconds = max(0.0, (time.time() if now is None else now) - moment.timestamp())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+def parse_version(text: str) -> int:
+    """A model version as operators write it: "2", "v2" or "V2"."""
+    raw = text.strip()
+    digits = raw[1:] if raw[:1] in ("v", "V") else raw
+    if not digits.isdigit() or int(digits) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a model version (e.g. 2 or v2)")
+    return int(digits)

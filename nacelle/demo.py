@@ -5,8 +5,9 @@ generated training data in the raw area, lets validation, training, the quality 
 happen, approves the pending version as an operator would, follows compilation, canary and fleet
 rollout, injects labelled faults into several turbines, shows the alerts as they arrive, retrains on a
 second batch and rolls version 2 out while the detectors keep running, and ends with a per-turbine
-summary and PNG timelines. Exits non-zero naming the step that failed; the data directory stays for
-inspection with the `nacelle` commands.
+summary and PNG timelines (scores per model segment, swaps marked). While a job trains, its progress
+(candidate, split, epoch k/n and loss) is printed as its log shows it. Exits non-zero naming the step
+that failed; the data directory stays for inspection with the `nacelle` commands.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 import yaml
 
 from nacelle.commands import upload_keys
-from nacelle.console import table
+from nacelle.console import iso, table
+from nacelle.job_progress import LogFollower, Progress, job_log
 from nacelle.local.broker import INSTALL_HINT, find_mosquitto
 from nacelle.local.stack import Stack
 from nacelle.local.up import background_stack, wait_for
@@ -30,10 +32,11 @@ from nacelle.mission_report import (
     SUMMARY_HEADERS,
     AlertMark,
     EpisodeMark,
+    ModelSwap,
     TurbineTimeline,
     plot_timeline,
     read_jsonl,
-    score_samples,
+    score_segments,
     summary_rows,
 )
 from nacelle.simulator.device import SimPaths, request_fault
@@ -92,24 +95,25 @@ def _run(home: Path, step: Step) -> int:
     (home / "config.yaml").write_text(yaml.safe_dump(
         {"hyperparameters": {"threads": "1"}, "record_samples": True, "quiet_period_s": 5.0}))
     generated = home / "generated"
+    swaps: dict[str, list[ModelSwap]] = {}  # per turbine, when it began scoring with each version
     step(f"1. start the local stack with {DEVICES} simulated turbines (equivalent: nacelle up --devices {DEVICES})")
     with background_stack(home, devices=DEVICES) as stack:
         step.done(f"data dir {home}; turbine-01 is the canary")
         with AlertPrinter(stack.paths.notifications):
             v1 = _train_version(stack, step, generated / "batch-1", "2", seed=7, turbines=3, hours=1.5)
-            _approve_and_roll_out(stack, step, v1, "3", "4")
+            _approve_and_roll_out(stack, step, v1, "3", "4", swaps)
             faults = _inject(stack, step, "5", FAULTS_V1)
             step("6. alerts as they arrive (detectors publish episodes over MQTT; anomaly_alert de-duplicates)")
             _wait_alerts(stack, faults)
             step.done()
             v2 = _train_version(stack, step, generated / "batch-2", "7", seed=11, turbines=2, hours=1.0,
                                 start=DEFAULT_START + timedelta(days=1))  # the next day's data
-            _approve_and_roll_out(stack, step, v2, "7b", "7c")
+            _approve_and_roll_out(stack, step, v2, "7b", "7c", swaps)
             faults += _inject(stack, step, "7d", FAULTS_V2)
             _wait_alerts(stack, faults)
             step.done()
         step("8. summary and timelines")
-        _report(stack, v2)
+        _report(stack, v2, swaps)
         step.done()
     print("\nstep durations: " + ", ".join(f"{name.split('.')[0]}={s:.0f}s" for name, s in step.durations.items()))
     print(f"inspect: .venv/bin/nacelle --data-dir {home} fleet status | alerts list | models list | jobs list")
@@ -131,11 +135,38 @@ def _train_version(stack: Stack, step: Step, folder: Path, label: str, *, seed: 
     return version
 
 
+class JobWatch:
+    """Prints what a running job's log says of its progress (nacelle.job_progress), as it is written."""
+
+    def __init__(self, kinds: tuple[str, ...] = ("training",)) -> None:
+        self.kinds = kinds
+        self._followed: dict[str, tuple[LogFollower, Progress]] = {}
+        self._done: set[str] = set()
+
+    def poll(self, jobs: list[Any]) -> None:
+        for job in jobs:
+            if job.kind not in self.kinds or job.name in self._done:
+                continue
+            if job.name not in self._followed:
+                self._followed[job.name] = (LogFollower(job_log(job)), Progress())
+            follower, progress = self._followed[job.name]
+            ended = job.status != "InProgress"
+            for line in follower.lines(final=ended):
+                note = progress.note(line)
+                if note is not None:
+                    print(f"     {job.kind}: {note}", flush=True)
+            if ended:
+                self._done.add(job.name)
+
+
 def _follow_training(stack: Stack, known: set[int]) -> ModelVersion:
     seen: set[str] = set()
+    watch = JobWatch()
 
     def registered() -> ModelVersion | None:
-        for job in stack.jobs.list():
+        jobs = stack.jobs.list()
+        watch.poll(jobs)
+        for job in jobs:
             line = f"job {job.name}: {job.status}"
             if line not in seen:
                 seen.add(line)
@@ -153,20 +184,25 @@ def _headline(v: ModelVersion) -> str:
     return ", ".join(f"{k.removeprefix('metric:')} {v.metadata[k]}" for k in keys if k in v.metadata)
 
 
-def _approve_and_roll_out(stack: Stack, step: Step, v: ModelVersion, label: str, follow_label: str) -> None:
+def _approve_and_roll_out(stack: Stack, step: Step, v: ModelVersion, label: str, follow_label: str,
+                          swaps: dict[str, list[ModelSwap]]) -> None:
     step(f"{label}. approve v{v.version} as an operator would "
          f"(equivalent: nacelle --data-dir {stack.paths.home} models approve {v.version})")
     stack.registry.set_status(v.group, v.version, "Approved", "approved by make run", "make-run")
     step.done()
     step(f"{follow_label}. compile for the edge, deploy to the canary, soak, then the fleet (automatic; "
          "watch: nacelle fleet status)")
-    _follow_rollout(stack, v.version)
+    for thing, at in _follow_rollout(stack, v.version).items():
+        swaps.setdefault(thing, []).append(ModelSwap(at, v.version))
     step.done(f"all {DEVICES} turbines report v{v.version}")
 
 
-def _follow_rollout(stack: Stack, version: int) -> None:
+def _follow_rollout(stack: Stack, version: int) -> dict[str, float]:
+    """Follows the rollout until every turbine scores with `version`; returns when each began to (the
+    device's health report first naming it, as polled: at most a health interval late)."""
     seen: set[str] = set()
     group = stack.settings.group
+    started: dict[str, float] = {}
 
     def progress() -> bool:
         lines = []
@@ -180,9 +216,12 @@ def _follow_rollout(stack: Stack, version: int) -> None:
             lines.append(f"rollout stage: {rollout['stage']}")
             if rollout["stage"] in ("failed", "failing"):
                 raise NacelleError(f"the rollout of v{version} failed: {rollout.get('failure_reason')}")
-        running = sorted(str(r.get("thing_name")) for r in stack.state.query("devices")
-                         if str(r.get("model_version")) in (str(version), f"{version}.0.0")
-                         and float(r.get("inference_rate_hz") or 0) > 0)
+        serving = [r for r in stack.state.query("devices")
+                   if str(r.get("model_version")) in (str(version), f"{version}.0.0")
+                   and float(r.get("inference_rate_hz") or 0) > 0]
+        for r in serving:
+            started.setdefault(str(r.get("thing_name")), float(r.get("last_health_at") or time.time()))
+        running = sorted(str(r.get("thing_name")) for r in serving)
         lines.append(f"scoring with v{version}: {', '.join(running) or 'none yet'}")
         for line in lines:
             if line not in seen:
@@ -191,6 +230,7 @@ def _follow_rollout(stack: Stack, version: int) -> None:
         return len(running) == DEVICES
 
     wait_for(progress, 180, f"every turbine to run v{version}", interval_s=0.5)
+    return started
 
 
 def _inject(stack: Stack, step: Step, label: str, plan: list[tuple[str, str, str, float]]) -> list[Fault]:
@@ -236,13 +276,16 @@ def _alerts(stack: Stack) -> list[dict[str, Any]]:
     return rows
 
 
-def _report(stack: Stack, final: ModelVersion) -> None:
+def _report(stack: Stack, final: ModelVersion, swaps: dict[str, list[ModelSwap]]) -> None:
     home = stack.paths.home
     faults = _faults(home)
     alerts = _alerts(stack)
     episodes = [i for i in stack.alert_deps().alerts.query("alerts") if i.get("kind") == "episode"]
     health = {str(r.get("thing_name")): r for r in stack.state.query("devices")}
-    bundle = stack.store.path(f"compiled/{final.group}/{final.version}/manifest.json").parent
+
+    def bundle(version: int) -> Path:
+        return stack.store.path(f"compiled/{final.group}/{version}/manifest.json").parent
+
     timelines = []
     for thing in sorted(p.name for p in (home / "devices").iterdir() if p.is_dir()):
         version = health.get(thing, {}).get("model_version")
@@ -253,14 +296,15 @@ def _report(stack: Stack, final: ModelVersion) -> None:
                          e.get("model_version")) for e in episodes if e.get("turbine_id") == thing],
             [AlertMark(a["at"], a["attributes"].get("severity", ""), a["subject"]) for a in alerts
              if a["attributes"].get("turbine_id") == thing and a["attributes"].get("kind") != "resolution"],
-            None if version is None else int(str(version).split(".")[0]))
+            None if version is None else int(str(version).split(".")[0]), swaps.get(thing, []))
         timelines.append(tl)
     print(table(SUMMARY_HEADERS, summary_rows(timelines)))
     for tl in timelines:
-        path = plot_timeline(tl, score_samples(tl.samples, bundle), home / "report" / f"{tl.turbine_id}.png")
+        path = plot_timeline(tl, score_segments(tl.samples, tl.swaps, bundle), home / "report" / f"{tl.turbine_id}.png")
         print(f"   timeline: {path}")
     (home / "report" / "summary.json").write_text(json.dumps(
-        {tl.turbine_id: {"model_version": tl.model_version, "faults": len(tl.faults), "alerts": len(tl.alerts)}
+        {tl.turbine_id: {"model_version": tl.model_version, "faults": len(tl.faults), "alerts": len(tl.alerts),
+                         "model_swaps": [{"version": s.version, "at": iso(s.at, precise=True)} for s in tl.swaps]}
          for tl in timelines}, indent=2))
 
 

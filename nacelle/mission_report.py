@@ -1,15 +1,20 @@
 """The end of `make run`: per-turbine summary (faults injected, detected, delay, false alerts) and a
-PNG timeline per turbine (sensor signals, anomaly score, episodes, alerts, injected faults).
+PNG timeline per turbine (sensor signals, anomaly score, episodes, alerts, injected faults, model swaps).
 
-Scores in the timeline are recomputed offline from the samples the simulator published, with the
-shared feature pipeline and the deployed bundle's ONNX graph: the same numbers the detector used.
+Scores in the timeline are the device's, segment by segment: from each model swap the demo saw on the
+device's health until the next one, the samples the simulator published are scored with the shared
+feature pipeline and that version's bundle (its ONNX graph), the windows the detector scores with it.
+Nothing before a device's first model is scored (it scored nothing), and nothing is scored with a model
+the device was not running at the time.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,8 @@ from shared.ml.spec import default_spec
 DETECTION_TOLERANCE_S = default_spec().evaluation.detection_tolerance_s  # the mission's turbines run the default spec
 
 SIGNALS = ("wind_speed_rps", "rps", "voltage")  # raw columns plotted when present
+UNITS = {"wind_speed_rps": "wind speed\n(anemometer rev/s)", "rps": "rotor speed\n(rev/s)",
+         "voltage": "generator voltage\n(ADC count, 0-1023)"}  # shared/ml/schema.py
 
 
 @dataclass
@@ -42,6 +49,12 @@ class AlertMark:
     subject: str
 
 
+@dataclass(frozen=True)
+class ModelSwap:
+    at: float  # epoch s: the device's first health report serving `version`
+    version: int
+
+
 @dataclass
 class TurbineTimeline:
     turbine_id: str
@@ -50,6 +63,16 @@ class TurbineTimeline:
     episodes: list[EpisodeMark] = field(default_factory=list)
     alerts: list[AlertMark] = field(default_factory=list)
     model_version: int | None = None
+    swaps: list[ModelSwap] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ScoreSegment:
+    """The windows one model version scored on the device: end times (epoch s) and score / threshold."""
+
+    version: int
+    t: np.ndarray
+    ratio: np.ndarray
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -121,39 +144,102 @@ def score_samples(samples: list[dict[str, Any]], bundle_dir: Path) -> tuple[np.n
     return t[starts + total - 1], scores.astype(np.float64) / manifest.bundle.threshold
 
 
-def plot_timeline(tl: TurbineTimeline, scores: tuple[np.ndarray, np.ndarray], path: Path) -> Path:
-    import matplotlib
+Scorer = Callable[[list[dict[str, Any]], Path], tuple[np.ndarray, np.ndarray]]
 
-    matplotlib.use("Agg")
+
+def score_segments(samples: list[dict[str, Any]], swaps: list[ModelSwap], bundle_of: Callable[[int], Path],
+                   score: Scorer = score_samples) -> list[ScoreSegment]:
+    """Each model's windows from its swap until the next swap: the scores the device computed. A model
+    sees only the samples before the next swap (the windows it scored end before it)."""
+    ordered = sorted(swaps, key=lambda s: s.at)
+    segments = []
+    for i, swap in enumerate(ordered):
+        end = ordered[i + 1].at if i + 1 < len(ordered) else float("inf")
+        t, ratio = score([s for s in samples if s["ts"] < end], bundle_of(swap.version))
+        keep = t >= swap.at
+        segments.append(ScoreSegment(swap.version, t[keep], ratio[keep]))
+    return segments
+
+
+def _days(epoch: Any) -> Any:
+    """Epoch seconds (a number or an array) as matplotlib date numbers (days since its epoch, UTC)."""
+    import matplotlib.dates as mdates
+
+    return mdates.date2num(datetime(1970, 1, 1, tzinfo=UTC)) + np.asarray(epoch, dtype=np.float64) / 86400.0
+
+
+def plot_timeline(tl: TurbineTimeline, segments: list[ScoreSegment], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    t0 = min([s["ts"] for s in tl.samples[:1]] + [f.start for f in tl.faults] or [0.0])
-    present = [c for c in SIGNALS if tl.samples and c in tl.samples[0]]
-    fig, axes = plt.subplots(len(present) + 1, 1, figsize=(11, 2.0 * (len(present) + 1)), sharex=True)
-    axes = np.atleast_1d(axes)
-    ts = np.array([s["ts"] for s in tl.samples], dtype=np.float64) - t0
-    for ax, column in zip(axes, present, strict=False):
-        ax.plot(ts, [np.nan if s.get(column) is None else s[column] for s in tl.samples], lw=0.5)
-        ax.set_ylabel(column, fontsize=8)
-    score_ax = axes[-1]
-    if len(scores[0]):
-        score_ax.plot(scores[0] - t0, scores[1], lw=0.7, color="black", label="score / threshold")
-    score_ax.axhline(1.0, color="grey", ls="--", lw=0.7)
-    score_ax.set_ylabel("score / threshold", fontsize=8)
-    end = ts[-1] if len(ts) else 0.0
-    for ax in axes:
-        for f in tl.faults:
-            ax.axvspan(f.start - t0, f.end - t0, color="tab:red", alpha=0.12)
-        for e in tl.episodes:
-            ax.axvspan(e.started_at - t0, (e.ended_at if e.ended_at is not None else t0 + end) - t0,
-                       color="tab:orange", alpha=0.25)
-    for a in tl.alerts:
-        score_ax.axvline(a.at - t0, color="tab:purple", lw=1.0)
-    score_ax.set_xlabel("seconds since the first sample (red: injected fault, orange: episode, "
-                        "purple: alert)", fontsize=8)
-    fig.suptitle(f"{tl.turbine_id}: running v{tl.model_version}; scores recomputed with that bundle", fontsize=10)
-    fig.tight_layout()
+    fig = timeline_figure(tl, segments)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def timeline_figure(tl: TurbineTimeline, segments: list[ScoreSegment]) -> Any:
+    """The timeline as a matplotlib figure: one panel per signal (with its unit) and the score panel, on a
+    clock-time axis in UTC; injected faults as named bands, episodes hatched over them, alerts and model
+    swaps as lines, and a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.transforms import blended_transform_factory
+
+    present = [c for c in SIGNALS if tl.samples and c in tl.samples[0]]
+    fig, axes = plt.subplots(len(present) + 1, 1, figsize=(12, 2.1 * (len(present) + 1) + 0.8), sharex=True)
+    axes = np.atleast_1d(axes)
+    ts = np.array([s["ts"] for s in tl.samples], dtype=np.float64)
+    for ax, column in zip(axes, present, strict=False):
+        ax.plot(_days(ts), [np.nan if s.get(column) is None else s[column] for s in tl.samples], lw=0.5,
+                color="tab:blue")
+        ax.set_ylabel(UNITS.get(column, column), fontsize=8)
+    score_ax = axes[-1]
+    colours = ["black", "tab:cyan", "tab:olive", "tab:pink"]  # not the bands' or markers' colours
+    handles: list[Any] = []
+    for k, seg in enumerate(segments):
+        if len(seg.t):
+            line, = score_ax.plot(_days(seg.t), seg.ratio, lw=0.8, color=colours[k % len(colours)],
+                                  label=f"v{seg.version}: score / threshold")
+            handles.append(line)
+    score_ax.axhline(1.0, color="grey", ls="--", lw=0.7)
+    score_ax.set_ylabel("anomaly score\n(score / threshold)", fontsize=8)
+    end = float(ts[-1]) if len(ts) else max([f.end for f in tl.faults] or [0.0])
+    for ax in axes:
+        for f in tl.faults:  # drawn solid over everything else's background: the band to find first
+            ax.axvspan(_days(f.start), _days(f.end), color="tab:red", alpha=0.28, lw=0, zorder=0)
+        for swap in tl.swaps:
+            ax.axvline(_days(swap.at), color="tab:green", ls="-.", lw=1.2, zorder=3)
+    for e in tl.episodes:  # hatched, unfilled: the fault band under it stays visible
+        score_ax.axvspan(_days(e.started_at), _days(e.ended_at if e.ended_at is not None else end),
+                         facecolor="none", edgecolor="tab:orange", hatch="///", lw=0.8, zorder=1)
+    for a in tl.alerts:
+        score_ax.axvline(_days(a.at), color="tab:purple", lw=1.0, zorder=4)
+    top = blended_transform_factory(axes[0].transData, axes[0].transAxes)
+    for f in tl.faults:
+        axes[0].text(float(_days((f.start + f.end) / 2)), 1.02, f"{f.fault} ({f.severity})", transform=top,
+                     ha="center", va="bottom", fontsize=7, color="tab:red")
+    bottom = blended_transform_factory(score_ax.transData, score_ax.transAxes)
+    for swap in tl.swaps:
+        score_ax.text(float(_days(swap.at)), 0.97, f" v{swap.version}", transform=bottom, ha="left", va="top",
+                      fontsize=7, color="tab:green")
+    handles += [Line2D([], [], color="grey", ls="--", lw=0.7, label="alarm level (score = threshold)"),
+                Patch(facecolor="tab:red", alpha=0.28, label="injected fault"),
+                Patch(facecolor="none", edgecolor="tab:orange", hatch="///", label="detector episode"),
+                Line2D([], [], color="tab:purple", lw=1.0, label="alert sent"),
+                Line2D([], [], color="tab:green", ls="-.", lw=1.2, label="model swapped on the device")]
+    score_ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=UTC))
+    first = ts[0] if len(ts) else (tl.faults[0].start if tl.faults else 0.0)
+    day = datetime.fromtimestamp(float(first), UTC).strftime("%Y-%m-%d")
+    score_ax.set_xlabel(f"time (UTC) on {day}", fontsize=8)
+    running = "no model" if tl.model_version is None else f"v{tl.model_version}"
+    fig.suptitle(f"{tl.turbine_id}: sensors and the anomaly score the device computed with each model "
+                 f"(now running {running})", fontsize=10)
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.97))
+    return fig

@@ -75,8 +75,9 @@ def deterministic_zip(entries: Mapping[str, bytes]) -> bytes:
 
 
 def model_bundle_zip(manifest: bytes, read: Callable[[str], bytes]) -> bytes:
-    """bundle.zip of a compiled model: the manifest without its `neo` section (Neo rewrites the manifest
-    later; that must not change the component) plus every artifact the manifest lists, read by name."""
+    """bundle.zip of a compiled model: the manifest (without a `neo` section, which manifests of earlier
+    releases carried; Neo's result now goes to neo.json beside it) plus every artifact the manifest lists,
+    read by name."""
     try:
         raw = json.loads(manifest)
         artifacts = raw["edge"]["artifacts"]

@@ -5,16 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import settings as defaults
 from shared.ml.metrics import headline
 
 
 @dataclass(frozen=True)
 class GatePolicy:
-    min_event_f1: float = 0.75
-    min_recall_medium_high: float = 0.75
-    max_false_alarms_per_day: float = 2.0
-    regression_tolerance: float = 0.02  # the candidate's F1 may trail the champion's by at most this
-    min_faults: int = 5  # fewer scored faults than this cannot judge F1 and recall; they are reported, not enforced
+    min_event_f1: float = defaults.GATE_MIN_EVENT_F1
+    min_recall_medium_high: float = defaults.GATE_MIN_RECALL_MEDIUM_HIGH
+    max_false_alarms_per_day: float = defaults.GATE_MAX_FALSE_ALARMS_PER_DAY
+    regression_tolerance: float = defaults.GATE_REGRESSION_TOLERANCE  # the candidate's F1 may trail the champion's
+    min_faults: int = defaults.GATE_MIN_FAULTS  # fewer scored faults cannot judge F1 and recall: reported only
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,44 @@
-"""In-memory fakes of the ports, for use-case tests (the contract suites cover the real adapters)."""
+"""In-memory doubles of the ports, for use-case tests. They keep the real adapters' rules (the contract suites in
+tests/contract/ run them next to the AWS and local adapters) and expose what they recorded for assertions."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
-from shared.errors import JobAlreadyExists, JobNotFound, ModelVersionNotFound, ObjectNotFound
-from shared.ports import ApprovalStatus, Envelope, ModelVersion, ObjectInfo, Topic, TrainingJob, TrainingRequest
+from nacelle.local.state import KEYS, check_key, plain, same_value
+from shared.aws.registry import TOKEN_KEY, validate_metadata
+from shared.aws.sns import check_message, sns_subject
+from shared.errors import (
+    ConfigurationError,
+    JobAlreadyExists,
+    JobNotFound,
+    ModelVersionNotFound,
+    ObjectNotFound,
+)
+from shared.ports import (
+    ApprovalStatus,
+    CompileRequest,
+    Envelope,
+    ModelVersion,
+    ObjectInfo,
+    Topic,
+    TrainingJob,
+    TrainingRequest,
+    TrainingStatus,
+)
+
+TOPICS: frozenset[str] = frozenset(get_args(Topic))
+
+
+def utc(moment: datetime) -> datetime:
+    """Naive is UTC, as for the real publishers."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class MemoryStore:
@@ -44,30 +72,42 @@ class MemoryStore:
 
 
 class MemoryState:
+    """Items are kept as the plain JSON the real stores keep (so values are checked and copied the same way)."""
+
     def __init__(self) -> None:
         self.items: dict[tuple[str, str], dict[str, Any]] = {}
 
     def get(self, pk: str, sk: str) -> dict[str, Any] | None:
         item = self.items.get((pk, sk))
-        return copy.deepcopy(item) if item is not None else None
+        return None if item is None else {**plain(item, "item"), "pk": pk, "sk": sk}
 
     def put(self, pk: str, sk: str, item: Mapping[str, Any], if_absent: bool = False) -> bool:
+        check_key(pk, sk, item)
+        attributes = plain({k: v for k, v in item.items() if k not in KEYS}, "item")
         if if_absent and (pk, sk) in self.items:
             return False
-        self.items[(pk, sk)] = copy.deepcopy(dict(item))
+        self.items[(pk, sk)] = attributes
         return True
 
     def update_if(self, pk: str, sk: str, changes: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
-        item = self.items.setdefault((pk, sk), {}) if (pk, sk) in self.items else {}
-        for key, value in expected.items():
-            if (value is None and key in item) or (value is not None and item.get(key) != value):
-                return False
-        item.update(copy.deepcopy(dict(changes)))
-        self.items[(pk, sk)] = item  # like the real stores: a missing item is created when the condition holds
+        if not changes:
+            raise ConfigurationError("update_if needs at least one change")
+        if any(name in KEYS for name in changes):
+            raise ConfigurationError("update_if cannot change pk or sk")
+        new = plain(dict(changes), "changes")
+        current = self.items.get((pk, sk), {})
+        if not all(_holds(current, name, value) for name, value in expected.items()):
+            return False
+        self.items[(pk, sk)] = {**current, **new}  # an upsert, as on DynamoDB
         return True
 
     def query(self, pk: str, sk_prefix: str = "") -> list[dict[str, Any]]:
-        return [copy.deepcopy(v) for (p, s), v in sorted(self.items.items()) if p == pk and s.startswith(sk_prefix)]
+        return [self.get(p, s) or {} for (p, s) in sorted(self.items) if p == pk and s.startswith(sk_prefix)]
+
+
+def _holds(item: Mapping[str, Any], name: str, value: Any) -> bool:
+    """An expected None matches an absent attribute or a stored null; other values compare typed (True is not 1)."""
+    return item.get(name) is None if value is None else name in item and same_value(item[name], value)
 
 
 @dataclass
@@ -76,31 +116,59 @@ class Published:
     subject: str
     message: str
     attributes: dict[str, str]
+    id: str = ""
 
 
 class RecordingNotifier:
+    """Refuses what SNS refuses and records what a subscriber would receive (the subject cut to SNS's rules)."""
+
     def __init__(self) -> None:
         self.messages: list[Published] = []
 
     def publish(self, topic: Topic, subject: str, message: str, attributes: Mapping[str, str]) -> str:
-        self.messages.append(Published(topic, subject, message, dict(attributes)))
-        return str(len(self.messages))
+        if topic not in TOPICS:
+            raise ConfigurationError(f"unknown topic {topic!r}")
+        check_message(message, attributes)
+        message_id = str(uuid.uuid4())
+        self.messages.append(Published(topic, sns_subject(subject), message, dict(attributes), message_id))
+        return message_id
 
 
-@dataclass
+@dataclass(frozen=True)
+class PublishedEvent:
+    event: Envelope  # as given
+    deliver_at: datetime | None  # None: put on the bus at once; else scheduled (UTC)
+    dedup_key: str | None
+    body: dict[str, Any]  # what a target receives: the EventBridge envelope with id and time
+
+
 class RecordingEvents:
-    published: list[tuple[Envelope, datetime | None, str | None]] = field(default_factory=list)
-    keys: set[str] = field(default_factory=set)
+    """Due now (by `clock`): put at once, never de-duplicated. Later: scheduled once per `dedup_key`."""
+
+    def __init__(self, clock: Callable[[], datetime], region: str = "local", account: str = "000000000000") -> None:
+        self.clock = clock
+        self.region, self.account = region, account
+        self.published: list[PublishedEvent] = []
+        self.keys: set[str] = set()
 
     def publish(self, event: Envelope, deliver_at: datetime | None = None, dedup_key: str | None = None) -> None:
-        if dedup_key is not None and deliver_at is not None:  # only a schedule is named (de-duplicated)
+        now = utc(self.clock())
+        at = None if deliver_at is None or utc(deliver_at) <= now else utc(deliver_at)
+        if at is None:
+            dedup_key = None
+        elif dedup_key is not None:
             if dedup_key in self.keys:
                 return
             self.keys.add(dedup_key)
-        self.published.append((event, deliver_at, dedup_key))
+        stamped = replace(event, id=event.id or str(uuid.uuid4()),
+                          time=event.time or f"{at or now:%Y-%m-%dT%H:%M:%SZ}")
+        body = json.loads(json.dumps(stamped.to_dict(self.region, self.account)))  # refuses a non-JSON detail
+        self.published.append(PublishedEvent(event, at, dedup_key, body))
 
 
 class FakeTraining:
+    """Jobs stay InProgress."""
+
     def __init__(self) -> None:
         self.started: list[TrainingRequest] = []
         self.jobs: dict[str, TrainingJob] = {}
@@ -117,24 +185,54 @@ class FakeTraining:
         return self.jobs[job_name]
 
 
+class FakeCompile:
+    """Jobs stay InProgress until `finish`; a completed job's artifact is its manifest.json, as on AWS."""
+
+    def __init__(self) -> None:
+        self.started: list[CompileRequest] = []
+        self.jobs: dict[str, TrainingJob] = {}
+
+    def start(self, request: CompileRequest) -> None:
+        if request.job_name in self.jobs:
+            raise JobAlreadyExists(request.job_name)
+        self.started.append(request)
+        self.jobs[request.job_name] = TrainingJob(request.job_name, "InProgress")
+
+    def describe(self, job_name: str) -> TrainingJob:
+        if job_name not in self.jobs:
+            raise JobNotFound(job_name)
+        return self.jobs[job_name]
+
+    def finish(self, job_name: str, status: TrainingStatus, failure_reason: str | None = None) -> TrainingJob:
+        request = next(r for r in self.started if r.job_name == job_name)
+        manifest = f"{request.output_prefix.rstrip('/')}/manifest.json" if status == "Completed" else None
+        self.jobs[job_name] = TrainingJob(job_name, status, failure_reason, manifest)
+        return self.jobs[job_name]
+
+
 class MemoryRegistry:
+    """Groups must exist (ensure_group); metadata within SageMaker's limits and carrying the token, as stored."""
+
     def __init__(self) -> None:
         self.versions: dict[str, list[ModelVersion]] = {}
-        self.tokens: dict[str, int] = {}
+        self.tokens: dict[tuple[str, str], int] = {}
 
     def ensure_group(self, group: str, description: str = "") -> None:
         self.versions.setdefault(group, [])
 
     def register(self, group: str, model_data_key: str, status: ApprovalStatus, description: str,
                  metadata: Mapping[str, str], idempotency_token: str) -> ModelVersion:
-        if idempotency_token in self.tokens:
-            return self.get(group, self.tokens[idempotency_token])
-        versions = self.versions.setdefault(group, [])
+        properties = validate_metadata({**metadata, TOKEN_KEY: idempotency_token})
+        if (group, idempotency_token) in self.tokens:
+            return self.get(group, self.tokens[(group, idempotency_token)])
+        if group not in self.versions:
+            raise ConfigurationError(f"model package group {group} does not exist; call ensure_group first")
+        versions = self.versions[group]
         number = len(versions) + 1
-        version = ModelVersion(group, number, status, model_data_key, dict(metadata), description,
-                               datetime.now(UTC), f"arn:aws:sagemaker:local:0:model-package/{group}/{number}")
+        version = ModelVersion(group, number, status, model_data_key, properties, description, datetime.now(UTC),
+                               f"arn:aws:sagemaker:local:000000000000:model-package/{group}/{number}")
         versions.append(version)
-        self.tokens[idempotency_token] = version.version
+        self.tokens[(group, idempotency_token)] = number
         return version
 
     def get(self, group: str, version: int) -> ModelVersion:
@@ -150,11 +248,14 @@ class MemoryRegistry:
         return self._replace(group, version, status=status)
 
     def update_metadata(self, group: str, version: int, metadata: Mapping[str, str]) -> ModelVersion:
-        return self._replace(group, version, metadata={**self.get(group, version).metadata, **metadata})
+        merged = validate_metadata({**self.get(group, version).metadata, **metadata})
+        return self._replace(group, version, metadata=merged)
 
     def _replace(self, group: str, version: int, **changes: Any) -> ModelVersion:
-        new = replace(self.get(group, version), **changes)
-        self.versions[group][version - 1] = new
+        current = self.get(group, version)
+        new = replace(current, **changes)
+        versions = self.versions[group]
+        versions[versions.index(current)] = new
         return new
 
 
@@ -167,3 +268,4 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+

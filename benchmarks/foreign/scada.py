@@ -113,7 +113,7 @@ def simulate(unit: str, wind: np.ndarray, ambient: np.ndarray, faults: list[tupl
     return Run(unit, _epoch(step[keep]), values[keep], labelled)
 
 
-def _epoch(step: np.ndarray) -> np.ndarray:
+def _epoch(step: int | np.ndarray) -> np.ndarray:
     return START.timestamp() + np.asarray(step, dtype=np.float64) * STEP_S
 
 

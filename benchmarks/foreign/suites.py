@@ -18,8 +18,9 @@ import numpy as np
 from benchmarks.foreign import plant, scada
 from benchmarks.foreign.common import Run, write_csv, write_labels
 
-SEEDS = {"dev": {"plant_1hz": 11, "scada_10min": 21, "turbine_20hz": (7, 8, 9)},
-         "eval": {"plant_1hz": 1011, "scada_10min": 1021, "turbine_20hz": (1007, 1008, 1009)}}
+SEEDS: dict[str, dict[str, int | tuple[int, int, int]]] = {
+    "dev": {"plant_1hz": 11, "scada_10min": 21, "turbine_20hz": (7, 8, 9)},
+    "eval": {"plant_1hz": 1011, "scada_10min": 1021, "turbine_20hz": (1007, 1008, 1009)}}
 PLANT_TRAIN_ROWS = 400
 PLANT_FAULTY, PLANT_FAULT_FREE = 24, 48
 SCADA_TURBINES, SCADA_FAULT_FREE, SCADA_TRAIN_DAYS, SCADA_FAULTS = 6, 2, 90, 4

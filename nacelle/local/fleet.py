@@ -34,6 +34,7 @@ from nacelle.local.pki import LocalPki
 from shared.errors import ConfigurationError
 from shared.observability import logger
 from shared.ports import StateStore
+from shared.records import DeviceRecord, EpisodeAlert, alert_from_item, records
 from shared.usecases.intake import REJECTED, missing_messages
 
 CANARY_GROUP = "nacelle-canary"
@@ -306,13 +307,14 @@ class Fleet:
         """One row per device: groups, components, latest deployment, health, episodes, processes."""
         recorded = _read_json(self.record_path)
         episodes: dict[str, dict[str, int]] = {}
-        for item in self.alerts.query(ALERTS_PK) if self.alerts is not None else []:
-            if item.get("kind") == "episode":
-                counts = episodes.setdefault(str(item.get("turbine_id")), {"total": 0, "open": 0})
-                counts["total"] += 1
-                counts["open"] += item.get("status") == "open"
-        health = {str(r.get("thing_name") or r.get("sk")): r
-                  for r in (self.state.query(DEVICES_PK) if self.state is not None else [])}
+        for alert in map(alert_from_item, self.alerts.query(ALERTS_PK) if self.alerts is not None else []):
+            if not isinstance(alert, EpisodeAlert):
+                continue
+            counts = episodes.setdefault(alert.turbine_id, {"total": 0, "open": 0})
+            counts["total"] += 1
+            counts["open"] += alert.status == "open"
+        health = {r.thing_name: r for r in records(DeviceRecord, self.state.query(DEVICES_PK)
+                                                   if self.state is not None else [])}
         refused: dict[str, dict[str, int]] = {}  # thing -> reason -> messages the cloud refused
         for item in self.state.query(REJECTED) if self.state is not None else []:
             counts = refused.setdefault(str(item["thing_name"]), {})
@@ -323,7 +325,7 @@ class Fleet:
         for thing in sorted(set(known) | set(self.things) | set(health)):  # and any device the cloud hears from
             info = known.get(thing)
             latest = info.executions[0] if info is not None and info.executions else None
-            record = health.get(thing) or {}
+            record = health.get(thing)
             rows.append({
                 "thing": thing,
                 "groups": list(info.groups) if info is not None else [],
@@ -332,11 +334,11 @@ class Fleet:
                 "deployment": None if latest is None else {
                     "id": latest.deployment_id, "name": latest.deployment_name, "status": latest.status,
                     "reason": latest.reason, "error_stack": list(latest.error_stack)},
-                "model_version": record.get("model_version"),
-                "inference_rate_hz": record.get("inference_rate_hz"),
-                "last_health_at": record.get("last_health_at"),
+                "model_version": record.model_version if record is not None else None,
+                "inference_rate_hz": record.inference_rate_hz if record is not None else None,
+                "last_health_at": (record.last_health_at or None) if record is not None else None,
                 "episodes": episodes.get(thing, {"total": 0, "open": 0}),
-                "unexpected_version": record.get("unexpected_version"),
+                "unexpected_version": record.unexpected_version if record is not None else None,
                 "messages_missing": missing_messages(self.state, thing) if self.state is not None else {},
                 "messages_refused": refused.get(thing, {}),
                 "processes": {kind: self._process_state(thing, kind, recorded) for kind in ("nucleus", "simulator")},

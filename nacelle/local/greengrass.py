@@ -34,7 +34,7 @@ from nacelle.local.greengrass_model import (
     execution,
     status_change_event,
 )
-from nacelle.local.paths import ACCOUNT, REGION, StackPaths
+from nacelle.local.paths import ACCOUNT, REGION
 from nacelle.local.sqlite import connect, immediate
 from shared.errors import ConfigurationError, Conflict, NotFound
 from shared.ports import (
@@ -64,14 +64,6 @@ class LocalGreengrass:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
-
-    @classmethod
-    def open(cls, home: Path) -> LocalGreengrass:
-        """The stack's Greengrass from another process (a simulated device): its events go on the stack's bus."""
-        from nacelle.local.stack import build_bus  # the stack imports this module
-
-        paths = StackPaths(home)
-        return cls(paths.greengrass_db, on_status_event=build_bus(paths).put)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -269,6 +261,19 @@ class LocalGreengrass:
     def heartbeat(self, thing: str) -> None:
         with self._tx() as tx:
             self._seen(tx, thing)
+
+    def list_deployments(self, group: str | None = None) -> list[Deployment]:
+        """Every deployment (to one thing group when `group` is given), newest first."""
+        with self._tx() as tx:
+            ids = [r[0] for r in tx.db.execute(
+                "SELECT id FROM deployments WHERE ? IS NULL OR grp = ? ORDER BY seq DESC", (group, group)).fetchall()]
+            out = []
+            for deployment_id in ids:
+                row = self._refresh(tx, deployment_id)
+                req = json.loads(row["request"])
+                out.append(Deployment(deployment_id, row["name"], req["targetArn"], self._status(tx.db, row),
+                                      req["components"], dt(row["created_at"]), str(row["revision"])))
+            return out
 
     def executions(self, deployment_id: str) -> list[DeviceExecution]:
         with self._tx() as tx:

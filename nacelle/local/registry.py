@@ -117,7 +117,8 @@ class SqliteRegistry:
     def _version(row: sqlite3.Row) -> ModelVersion:
         return ModelVersion(group=row["grp"], version=int(row["version"]), status=cast(ApprovalStatus, row["status"]),
                             model_data_key=row["model_data_key"], metadata=json.loads(row["metadata"]),
-                            description=row["description"], created_at=datetime.fromisoformat(row["created_at"]))
+                            description=row["description"], created_at=datetime.fromisoformat(row["created_at"]),
+                            arn=package_arn(row["grp"], int(row["version"])))
 
     def _state_change_event(self, row: sqlite3.Row) -> dict[str, Any]:
         """The EventBridge event SageMaker emits for this package in its current state."""

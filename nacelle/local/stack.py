@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import Field, field_validator
 
+from nacelle.components import read_version
 from nacelle.local.bus import EventBus, Rule
 from nacelle.local.component_user import check_base
 from nacelle.local.greengrass import LocalGreengrass
@@ -37,6 +38,7 @@ from nacelle.local.template import (
     topic_rules,
 )
 from nacelle.local.training import LocalCompile, LocalTraining
+from shared import settings as defaults
 from shared.errors import ConfigurationError, NacelleError
 from shared.gate import GatePolicy
 from shared.settings import Settings
@@ -47,7 +49,6 @@ from shared.usecases.retraining import ArrivalDeps, RetrainPolicy
 from shared.usecases.rollout import RolloutDeps
 
 DEFAULT_HOME = Path(".nacelle")
-DETECTOR_VERSION_FILE = Path(__file__).resolve().parents[2] / "greengrass_components" / "nacelle.detector" / "VERSION"
 
 
 RETIRED_SETTINGS = {"component_user": "no longer used: each device's components run as their own uid "
@@ -57,31 +58,33 @@ RETIRED_SETTINGS = {"component_user": "no longer used: each device's components 
 class LocalSettings(Settings):
     """The local stack's one settings object: defaults, then <home>/config.yaml (same field names)."""
 
-    group: str = "nacelle-turbine"
-    quiet_period_s: float = 15.0
-    min_new_turbine_hours: float = 1.0
+    # every default comes from shared/settings.py (the Lambdas' and template.yaml's), the LOCAL_ ones being a
+    # laptop's shorter timescales
+    group: str = defaults.MODEL_PACKAGE_GROUP
+    quiet_period_s: float = defaults.LOCAL_QUIET_PERIOD_S
+    min_new_turbine_hours: float = defaults.MIN_NEW_TURBINE_HOURS
     hyperparameters: dict[str, str] = Field(default_factory=dict)
-    gate_min_event_f1: float = 0.75
-    gate_min_recall_medium_high: float = 0.75
-    gate_max_false_alarms_per_day: float = 2.0
-    gate_regression_tolerance: float = 0.02
-    gate_min_faults: int = 5
+    gate_min_event_f1: float = defaults.GATE_MIN_EVENT_F1
+    gate_min_recall_medium_high: float = defaults.GATE_MIN_RECALL_MEDIUM_HIGH
+    gate_max_false_alarms_per_day: float = defaults.GATE_MAX_FALSE_ALARMS_PER_DAY
+    gate_regression_tolerance: float = defaults.GATE_REGRESSION_TOLERANCE
+    gate_min_faults: int = defaults.GATE_MIN_FAULTS
     # anomaly alerts (shared.usecases.alerts.AlertPolicy) and the periodic offline check
-    alert_escalate_after_s: float = 1800.0
-    alert_repeat_episodes: int = 3
-    alert_repeat_window_s: float = 86400.0
-    alert_rate_limit: int = 5
-    alert_rate_window_s: float = 3600.0
-    offline_after_s: float = 300.0
-    offline_check_interval_s: float = 60.0
+    alert_escalate_after_s: float = defaults.ALERT_ESCALATE_AFTER_S
+    alert_repeat_episodes: int = defaults.ALERT_REPEAT_EPISODES
+    alert_repeat_window_s: float = defaults.ALERT_REPEAT_WINDOW_S
+    alert_rate_limit: int = defaults.ALERT_RATE_LIMIT
+    alert_rate_window_s: float = defaults.ALERT_RATE_WINDOW_S
+    offline_after_s: float = defaults.OFFLINE_AFTER_S
+    offline_check_interval_s: float = defaults.OFFLINE_CHECK_INTERVAL_S
     # rollout (shared.usecases.rollout): thing groups, soak, timeouts; detector_version "" = the VERSION file
     detector_version: str = ""
-    canary_group: str = "nacelle-canary"
-    fleet_group: str = "nacelle-fleet"
-    canary_soak_s: float = 10.0
-    canary_timeout_s: float = 300.0
-    stuck_timeout_s: float = 180.0
-    rollout_poll_s: float = 5.0
+    canary_group: str = defaults.CANARY_GROUP
+    fleet_group: str = defaults.FLEET_GROUP
+    canary_soak_s: float = defaults.LOCAL_CANARY_SOAK_S
+    canary_timeout_s: float = defaults.LOCAL_CANARY_TIMEOUT_S
+    stuck_timeout_s: float = defaults.LOCAL_STUCK_TIMEOUT_S
+    rollout_poll_s: float = defaults.LOCAL_ROLLOUT_POLL_S
     # when the stack runs as root, device k's components run as uid = gid = base + k and the shared venvs belong to
     # base (nacelle/local/component_user.py); 0: components run as root
     component_id_base: int = 400_000
@@ -99,6 +102,18 @@ class LocalSettings(Settings):
             except ConfigurationError as exc:
                 raise ValueError(str(exc)) from exc
         return base
+
+    def retrain_policy(self) -> RetrainPolicy:
+        return RetrainPolicy(self.group, self.min_new_turbine_hours, self.quiet_period_s, self.hyperparameters)
+
+    def gate(self) -> GatePolicy:
+        return GatePolicy(self.gate_min_event_f1, self.gate_min_recall_medium_high, self.gate_max_false_alarms_per_day,
+                          self.gate_regression_tolerance, self.gate_min_faults)
+
+    def alert_policy(self) -> AlertPolicy:
+        return AlertPolicy(escalate_after_s=self.alert_escalate_after_s, repeat_episodes=self.alert_repeat_episodes,
+                           repeat_window_s=self.alert_repeat_window_s, rate_limit=self.alert_rate_limit,
+                           rate_window_s=self.alert_rate_window_s, offline_after_s=self.offline_after_s)
 
     @classmethod
     def load(cls, path: Path) -> LocalSettings:
@@ -118,18 +133,6 @@ class LocalSettings(Settings):
             return cls.model_validate(raw)
         except ValueError as exc:
             raise ConfigurationError(f"{path}: {exc}") from exc
-
-
-def detector_version() -> str:
-    """The pinned detector component version: greengrass_components/nacelle.detector/VERSION."""
-    path = DETECTOR_VERSION_FILE
-    try:
-        version = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot read the detector component version: {exc}") from exc
-    if not version:
-        raise ConfigurationError(f"{path}: empty; expected a version such as 1.0.0")
-    return version
 
 
 def home_from(value: str | None) -> Path:
@@ -187,16 +190,12 @@ class Stack:
         self.bus.put(event)
 
     def arrival_deps(self) -> ArrivalDeps:
-        s = self.settings
         return ArrivalDeps(self.store, self.state, self.notifier, self.bus, self.training, self.registry,
-                           RetrainPolicy(s.group, s.min_new_turbine_hours, s.quiet_period_s, s.hyperparameters),
-                           now)
+                           self.settings.retrain_policy(), now)
 
     def registration_deps(self) -> RegistrationDeps:
         s = self.settings
-        gate = GatePolicy(s.gate_min_event_f1, s.gate_min_recall_medium_high, s.gate_max_false_alarms_per_day,
-                          s.gate_regression_tolerance, s.gate_min_faults)
-        return RegistrationDeps(self.store, self.state, self.registry, self.notifier, self.bus, gate, s.group, now)
+        return RegistrationDeps(self.store, self.state, self.registry, self.notifier, self.bus, s.gate(), s.group, now)
 
     def compile_deps(self) -> CompileDeps:
         return CompileDeps(self.store, self.state, self.registry, self.notifier, self.compiler, self.settings.group,
@@ -204,15 +203,13 @@ class Stack:
 
     def alert_deps(self) -> AlertDeps:
         s = self.settings
-        policy = AlertPolicy(s.alert_escalate_after_s, s.alert_repeat_episodes, s.alert_repeat_window_s,
-                             s.alert_rate_limit, s.alert_rate_window_s, s.offline_after_s)
         return AlertDeps(SqliteStateStore(self.paths.alerts_db), self.state, self.registry, self.notifier, now,
-                         s.group, policy, store=self.store)
+                         s.group, s.alert_policy(), store=self.store)
 
     def rollout_deps(self) -> RolloutDeps:
         s = self.settings
         return RolloutDeps(self.store, self.state, self.registry, self.notifier, self.greengrass, self.bus, s.group,
-                           s.detector_version or detector_version(), s.canary_group, s.fleet_group, s.canary_soak_s,
+                           s.detector_version or read_version(), s.canary_group, s.fleet_group, s.canary_soak_s,
                            s.canary_timeout_s, s.stuck_timeout_s, now, poll_s=s.rollout_poll_s,
                            detector_configuration=s.detector_configuration)
 

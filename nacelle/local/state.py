@@ -16,10 +16,10 @@ from shared.errors import AdapterError, ConfigurationError
 _SCHEMA = """CREATE TABLE IF NOT EXISTS items (
     pk TEXT NOT NULL, sk TEXT NOT NULL, attributes TEXT NOT NULL, PRIMARY KEY (pk, sk)
 ) WITHOUT ROWID"""
-_KEYS = ("pk", "sk")
+KEYS = ("pk", "sk")
 
 
-def _json(value: Any, path: str) -> Any:
+def plain(value: Any, path: str) -> Any:
     """`value` as plain JSON (dicts and lists), refusing what DynamoStateStore refuses: non-string map keys,
     NaN and infinities, non-JSON types."""
     if value is None or isinstance(value, str | bool | int):
@@ -29,29 +29,36 @@ def _json(value: Any, path: str) -> Any:
             raise ConfigurationError(f"state attribute {path} is {value!r}: only finite numbers can be stored")
         return value
     if isinstance(value, list | tuple):
-        return [_json(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [plain(v, f"{path}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, Mapping):
         if not all(isinstance(k, str) for k in value):
             raise ConfigurationError(f"state attribute {path} has a non-string map key")
-        return {k: _json(v, f"{path}.{k}") for k, v in value.items()}
+        return {k: plain(v, f"{path}.{k}") for k, v in value.items()}
     raise ConfigurationError(f"state attribute {path} is a {type(value).__name__}, not a JSON value")
 
 
 def _dumps(attributes: Mapping[str, Any]) -> str:
-    plain = {name: _json(value, name) for name, value in attributes.items()}
-    return json.dumps(plain, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    values = {name: plain(value, name) for name, value in attributes.items()}
+    return json.dumps(values, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def _same(a: Any, b: Any) -> bool:
+def check_key(pk: str, sk: str, item: Mapping[str, Any]) -> None:
+    """An item may carry its own pk and sk (a dict from get() put back as it is), never other ones."""
+    for name, value in (("pk", pk), ("sk", sk)):
+        if name in item and item[name] != value:
+            raise ConfigurationError(f"item {name}={item[name]!r} contradicts the key ({pk}, {sk})")
+
+
+def same_value(a: Any, b: Any) -> bool:
     """Equality as DynamoDB compares: typed (True is not 1), numbers by value (1 == 1.0), lists and maps deeply."""
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
     if isinstance(a, int | float) and isinstance(b, int | float):
         return a == b
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
     return type(a) is type(b) and a == b
 
 
@@ -100,11 +107,8 @@ class SqliteStateStore:
         return self._row(pk, sk, row[0]) if row else None
 
     def put(self, pk: str, sk: str, item: Mapping[str, Any], if_absent: bool = False) -> bool:
-        key = {"pk": pk, "sk": sk}
-        for name, value in key.items():
-            if name in item and item[name] != value:  # a dict from get() may be put back as it is
-                raise ConfigurationError(f"item {name}={item[name]!r} contradicts the key ({pk}, {sk})")
-        attributes = _dumps({k: v for k, v in item.items() if k not in _KEYS})
+        check_key(pk, sk, item)
+        attributes = _dumps({k: v for k, v in item.items() if k not in KEYS})
         # Single statements are atomic on their own.
         sql = ("INSERT INTO items VALUES (?, ?, ?) ON CONFLICT DO NOTHING" if if_absent
                else "INSERT OR REPLACE INTO items VALUES (?, ?, ?)")
@@ -114,7 +118,7 @@ class SqliteStateStore:
     def update_if(self, pk: str, sk: str, changes: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
         if not changes:
             raise ConfigurationError("update_if needs at least one change")
-        if any(name in _KEYS for name in changes):
+        if any(name in KEYS for name in changes):
             raise ConfigurationError("update_if cannot change pk or sk")
         _dumps(changes)
         with self._write_transaction() as conn:
@@ -122,9 +126,9 @@ class SqliteStateStore:
             current = self._row(pk, sk, row[0]) if row else {}
             for name, value in expected.items():
                 if not (current.get(name) is None if value is None
-                        else name in current and _same(current[name], value)):
+                        else name in current and same_value(current[name], value)):
                     return False
-            attributes = {k: v for k, v in current.items() if k not in _KEYS} | dict(changes)
+            attributes = {k: v for k, v in current.items() if k not in KEYS} | dict(changes)
             conn.execute("INSERT OR REPLACE INTO items VALUES (?, ?, ?)", (pk, sk, _dumps(attributes)))
         return True
 

@@ -10,11 +10,13 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field
 
+from shared import settings as defaults
 from shared.messages import EpisodeRow
 from shared.observability import logger, new_invocation, tracer
 from shared.settings import CommonSettings
-from shared.usecases.alerts import AlertDeps, AlertPolicy, Outcome, on_anomaly, on_scheduled_check
+from shared.usecases.alerts import AlertDeps, AlertPolicy, on_anomaly, on_scheduled_check
 from shared.usecases.intake import admit
+from shared.usecases.outcome import Outcome
 
 SCHEDULED_EVENT = "Scheduled Event"
 
@@ -22,16 +24,17 @@ SCHEDULED_EVENT = "Scheduled Event"
 class AnomalyAlertSettings(CommonSettings):
     alert_table: str = Field(alias="NACELLE_ALERT_TABLE")
     alerts_topic_arn: str = Field(alias="NACELLE_ALERTS_TOPIC_ARN")
-    escalate_after_s: float = Field(1800.0, alias="NACELLE_ALERT_ESCALATE_AFTER_S")
-    repeat_episodes: int = Field(3, alias="NACELLE_ALERT_REPEAT_EPISODES")
-    repeat_window_s: float = Field(86400.0, alias="NACELLE_ALERT_REPEAT_WINDOW_S")
-    rate_limit: int = Field(5, alias="NACELLE_ALERT_RATE_LIMIT")
-    rate_window_s: float = Field(3600.0, alias="NACELLE_ALERT_RATE_WINDOW_S")
-    offline_after_s: float = Field(300.0, alias="NACELLE_OFFLINE_AFTER_S")
+    escalate_after_s: float = Field(defaults.ALERT_ESCALATE_AFTER_S, alias="NACELLE_ALERT_ESCALATE_AFTER_S")
+    repeat_episodes: int = Field(defaults.ALERT_REPEAT_EPISODES, alias="NACELLE_ALERT_REPEAT_EPISODES")
+    repeat_window_s: float = Field(defaults.ALERT_REPEAT_WINDOW_S, alias="NACELLE_ALERT_REPEAT_WINDOW_S")
+    rate_limit: int = Field(defaults.ALERT_RATE_LIMIT, alias="NACELLE_ALERT_RATE_LIMIT")
+    rate_window_s: float = Field(defaults.ALERT_RATE_WINDOW_S, alias="NACELLE_ALERT_RATE_WINDOW_S")
+    offline_after_s: float = Field(defaults.OFFLINE_AFTER_S, alias="NACELLE_OFFLINE_AFTER_S")
 
     def policy(self) -> AlertPolicy:
-        return AlertPolicy(self.escalate_after_s, self.repeat_episodes, self.repeat_window_s, self.rate_limit,
-                           self.rate_window_s, self.offline_after_s)
+        return AlertPolicy(escalate_after_s=self.escalate_after_s, repeat_episodes=self.repeat_episodes,
+                           repeat_window_s=self.repeat_window_s, rate_limit=self.rate_limit,
+                           rate_window_s=self.rate_window_s, offline_after_s=self.offline_after_s)
 
 
 SETTINGS = AnomalyAlertSettings
@@ -59,7 +62,7 @@ def aws_deps() -> AlertDeps:
     return AlertDeps(
         alerts=DynamoStateStore(s.alert_table),
         devices=DynamoStateStore(s.state_table),
-        registry=SageMakerRegistry(s.data_bucket, ""),  # read-only: the image URI is only used to register
+        registry=SageMakerRegistry(s.data_bucket),  # reads only: no image to register with
         notifier=SnsNotifier({"alerts": s.alerts_topic_arn}),
         clock=lambda: datetime.now(UTC),
         group=s.model_package_group,

@@ -10,9 +10,9 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from shared.aws.rollout import RolloutSettings, rollout_deps
 from shared.events import OBJECT_CREATED, ObjectCreated, parse_event
 from shared.observability import logger, new_invocation, tracer
+from shared.rollout_wiring import RolloutSettings, rollout_deps
 from shared.usecases.rollout import RolloutDeps, on_manifest_created
 
 SETTINGS = RolloutSettings  # shared with the other rollout function

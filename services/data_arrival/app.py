@@ -8,9 +8,11 @@ from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field
 
+from shared import settings as defaults
 from shared.events import OBJECT_CREATED, RETRAIN_CHECK, ObjectCreated, RetrainCheck, parse_event
 from shared.observability import correlate, logger, new_invocation, tracer
 from shared.settings import CommonSettings
@@ -19,11 +21,12 @@ from shared.usecases.retraining import ArrivalDeps, RetrainPolicy, on_object_cre
 
 class DataArrivalSettings(CommonSettings):
     data_quality_topic_arn: str = Field(alias="NACELLE_DATA_QUALITY_TOPIC_ARN")
-    min_new_turbine_hours: float = Field(1.0, alias="NACELLE_MIN_NEW_TURBINE_HOURS")
-    quiet_period_s: float = Field(300.0, alias="NACELLE_QUIET_PERIOD_S")
+    min_new_turbine_hours: float = Field(defaults.MIN_NEW_TURBINE_HOURS, alias="NACELLE_MIN_NEW_TURBINE_HOURS")
+    quiet_period_s: float = Field(defaults.QUIET_PERIOD_S, alias="NACELLE_QUIET_PERIOD_S")
     training_image_uri: str = Field(alias="NACELLE_TRAINING_IMAGE_URI")
     training_role_arn: str = Field(alias="NACELLE_TRAINING_ROLE_ARN")
-    training_instance_type: str = Field("ml.m5.xlarge", alias="NACELLE_TRAINING_INSTANCE_TYPE")
+    training_instance_type: str = Field(defaults.TRAINING_INSTANCE_TYPE,
+                                        alias="NACELLE_TRAINING_INSTANCE_TYPE")
     training_source_key: str = Field("artifacts/sourcedir.tar.gz", alias="NACELLE_TRAINING_SOURCE_KEY")
     event_bus_name: str = Field("default", alias="NACELLE_EVENT_BUS_NAME")
     event_bus_arn: str = Field(alias="NACELLE_EVENT_BUS_ARN")
@@ -37,7 +40,7 @@ class DataArrivalSettings(CommonSettings):
 
 
 SETTINGS = DataArrivalSettings
-MODELS = {OBJECT_CREATED: ObjectCreated, RETRAIN_CHECK: RetrainCheck}
+MODELS: dict[str, type[EventBridgeModel]] = {OBJECT_CREATED: ObjectCreated, RETRAIN_CHECK: RetrainCheck}
 
 
 def handle(event: dict[str, Any], deps: ArrivalDeps) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from shared.aws.rollout import RolloutSettings, rollout_deps
 from shared.events import (
     DEPLOYMENT_STATUS_CHANGE,
     ROLLOUT_CHECK,
@@ -25,8 +24,9 @@ from shared.events import (
 )
 from shared.messages import HealthRow
 from shared.observability import correlate, logger, new_invocation, tracer
+from shared.rollout_wiring import RolloutSettings, rollout_deps
 from shared.usecases.intake import admit
-from shared.usecases.retraining import Outcome
+from shared.usecases.outcome import Outcome
 from shared.usecases.rollout import RolloutDeps, on_deployment_status, on_health
 from shared.usecases.rollout_ops import on_rollout_check
 

@@ -8,9 +8,11 @@ from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field
 
+from shared import settings as defaults
 from shared.events import (
     MODEL_PACKAGE_STATE_CHANGE,
     OBJECT_CREATED,
@@ -29,14 +31,15 @@ class ModelApprovedSettings(CommonSettings):
     approvals_topic_arn: str = Field(alias="NACELLE_APPROVALS_TOPIC_ARN")
     compile_image_uri: str = Field(alias="NACELLE_COMPILE_IMAGE_URI")
     compile_role_arn: str = Field(alias="NACELLE_COMPILE_ROLE_ARN")
-    compile_instance_type: str = Field("ml.m5.large", alias="NACELLE_COMPILE_INSTANCE_TYPE")
+    compile_instance_type: str = Field(defaults.COMPILE_INSTANCE_TYPE, alias="NACELLE_COMPILE_INSTANCE_TYPE")
     source_key: str = Field("artifacts/sourcedir.tar.gz", alias="NACELLE_TRAINING_SOURCE_KEY")
     neo_target: str = Field("", alias="NACELLE_NEO_TARGET")
 
 
 SETTINGS = ModelApprovedSettings
-MODELS = {MODEL_PACKAGE_STATE_CHANGE: ModelPackageStateChange, PROCESSING_STATE_CHANGE: ProcessingJobStateChange,
-          OBJECT_CREATED: ObjectCreated}
+MODELS: dict[str, type[EventBridgeModel]] = {MODEL_PACKAGE_STATE_CHANGE: ModelPackageStateChange,
+                                             PROCESSING_STATE_CHANGE: ProcessingJobStateChange,
+                                             OBJECT_CREATED: ObjectCreated}
 
 
 def handle(event: dict[str, Any], deps: CompileDeps) -> dict[str, Any]:

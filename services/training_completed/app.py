@@ -10,6 +10,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field
 
+from shared import settings as defaults
 from shared.events import TRAINING_STATE_CHANGE, TrainingJobStateChange, parse_event, s3_key_from_uri
 from shared.gate import GatePolicy
 from shared.observability import logger, new_invocation, tracer
@@ -20,11 +21,14 @@ from shared.usecases.registration import RegistrationDeps, on_training_finished
 class TrainingCompletedSettings(CommonSettings):
     approvals_topic_arn: str = Field(alias="NACELLE_APPROVALS_TOPIC_ARN")
     training_image_uri: str = Field(alias="NACELLE_TRAINING_IMAGE_URI")
-    gate_min_event_f1: float = Field(0.75, alias="NACELLE_GATE_MIN_EVENT_F1")
-    gate_min_recall_medium_high: float = Field(0.75, alias="NACELLE_GATE_MIN_RECALL_MEDIUM_HIGH")
-    gate_max_false_alarms_per_day: float = Field(2.0, alias="NACELLE_GATE_MAX_FALSE_ALARMS_PER_DAY")
-    gate_regression_tolerance: float = Field(0.02, alias="NACELLE_GATE_REGRESSION_TOLERANCE")
-    gate_min_faults: int = Field(5, alias="NACELLE_GATE_MIN_FAULTS")
+    gate_min_event_f1: float = Field(defaults.GATE_MIN_EVENT_F1, alias="NACELLE_GATE_MIN_EVENT_F1")
+    gate_min_recall_medium_high: float = Field(defaults.GATE_MIN_RECALL_MEDIUM_HIGH,
+                                               alias="NACELLE_GATE_MIN_RECALL_MEDIUM_HIGH")
+    gate_max_false_alarms_per_day: float = Field(defaults.GATE_MAX_FALSE_ALARMS_PER_DAY,
+                                                 alias="NACELLE_GATE_MAX_FALSE_ALARMS_PER_DAY")
+    gate_regression_tolerance: float = Field(defaults.GATE_REGRESSION_TOLERANCE,
+                                             alias="NACELLE_GATE_REGRESSION_TOLERANCE")
+    gate_min_faults: int = Field(defaults.GATE_MIN_FAULTS, alias="NACELLE_GATE_MIN_FAULTS")
     event_bus_name: str = Field("default", alias="NACELLE_EVENT_BUS_NAME")
 
     def gate(self) -> GatePolicy:

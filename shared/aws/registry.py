@@ -95,6 +95,7 @@ def to_model_version(package: Mapping[str, Any]) -> ModelVersion:
         metadata=dict(package.get("CustomerMetadataProperties") or {}),
         description=str(package.get("ModelPackageDescription", "")),
         created_at=package.get("CreationTime"),
+        arn=str(package.get("ModelPackageArn", "")),
     )
 
 
@@ -104,9 +105,12 @@ class SageMakerRegistry:
     register() is idempotent twice over: SageMaker's ClientToken, and (in case the token is not honoured, or
     has expired) a scan of the group's packages created within `token_lookback` for metadata
     `nacelle:token` == token, so a retried Lambda never registers the same model twice.
+
+    `image_uri` is the inference image a registered package names. Without it the registry reads, sets statuses
+    and metadata, and refuses to register (ConfigurationError).
     """
 
-    def __init__(self, bucket: str, image_uri: str, client: Any = None,
+    def __init__(self, bucket: str, image_uri: str | None = None, client: Any = None,
                  token_lookback: timedelta = timedelta(days=1),
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.bucket = bucket
@@ -187,6 +191,8 @@ class SageMakerRegistry:
 
     def register(self, group: str, model_data_key: str, status: ApprovalStatus, description: str,
                  metadata: Mapping[str, str], idempotency_token: str) -> ModelVersion:
+        if not self.image_uri:
+            raise ConfigurationError("this SageMakerRegistry has no inference image URI: it cannot register")
         properties = validate_metadata({**metadata, TOKEN_KEY: idempotency_token})
         if self._group_exists(group):
             existing = self._find_token(group, idempotency_token)

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from shared.errors import AdapterError, ConfigurationError
 from shared.ports import Topic
 
-# The API reference says "less than 100 characters" while moto (and the brief) allow 100: stay one below.
+# The API reference says "less than 100 characters" while moto allows 100: stay one below.
 SUBJECT_MAX = 99
 # SNS attribute names: letters, digits, '_', '-', '.'; no leading/trailing/double dot; no AWS./Amazon. prefix.
 _ATTRIBUTE_NAME = re.compile(r"(?!\.)(?!.*\.\.)(?!.*\.$)[A-Za-z0-9_.-]{1,256}")

@@ -14,7 +14,7 @@ from shared.errors import DataError
 from shared.ml.features import compute_features, make_windows, operating_mask, window_starts
 from shared.ml.metrics import Fault, faults_from_label_column, load_labels
 from shared.ml.spec import FeatureSpec
-from shared.ml.table import Frame, load_file
+from shared.ml.validation import Frame, load_file
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".txt", ".txt.gz")
 LABELS_FILE = "labels.json"

@@ -18,14 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from shared.ml.spec import FeatureSpec
-    from shared.ml.validation import ValidationReport
 
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -110,22 +105,6 @@ class Frame:
 
     def __len__(self) -> int:
         return len(self.t)
-
-
-def load_frames(data: bytes, source: str, spec: FeatureSpec,
-                turbine_hint: str | None = None) -> tuple[list[Frame], ValidationReport]:
-    """Validate and split into one Frame per turbine; see ``shared.ml.validation.load_frames``."""
-    from shared.ml import validation  # validation builds on this module: import it late, not at the top
-
-    return validation.load_frames(data, source, spec, turbine_hint)
-
-
-def load_file(path: Path, spec: FeatureSpec,
-              turbine_hint: str | None = None) -> tuple[list[Frame], ValidationReport]:
-    """``load_frames`` on a local file; raises DataError if it cannot be read."""
-    from shared.ml import validation
-
-    return validation.load_file(path, spec, turbine_hint)
 
 
 # -- bytes -> text ------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from shared.usecases.lifecycle import (
     IN_PROGRESS,
     RETRY,
 )
-from shared.usecases.retraining import Outcome
+from shared.usecases.outcome import Outcome
 
 COMPILE = "compile#"
 COMPILE_PREFIX = "nacelle-compile-"
@@ -124,13 +124,14 @@ def retry_compile(version: int, deps: CompileDeps) -> Outcome:
     if record["status"] != FAILED:
         raise Conflict(f"the compile of v{version} is {record['status']}, not Failed")
     attempt = int(record["attempt"]) + 1
-    new = {**record, "attempt": attempt, "job_name": compile_job_name(deps.group, version, attempt),
-           "failure_reason": None, "started_at": deps.clock().isoformat()}
+    changes = {"attempt": attempt, "job_name": compile_job_name(deps.group, version, attempt),
+               "failure_reason": None, "started_at": deps.clock().isoformat()}  # never the key (pk, sk)
     if not lifecycle.advance(deps.state, lifecycle.COMPILE, pk, COMPILE + str(version), FAILED, RETRY, IN_PROGRESS,
-                             new, {"attempt": record["attempt"]}):
+                             changes, {"attempt": record["attempt"]}):
         raise Conflict(f"the compile of v{version} changed concurrently")
     current = deps.registry.get(deps.group, version)
-    return _launch(current.model_data_key, current.metadata.get("nacelle:dataset_hash", ""), new, deps)
+    return _launch(current.model_data_key, current.metadata.get("nacelle:dataset_hash", ""), {**record, **changes},
+                   deps)
 
 
 def _launch(model_key: str, dataset_hash: str, record: dict[str, object], deps: CompileDeps) -> Outcome:
@@ -202,20 +203,21 @@ def _tar_single(name: str, data: bytes) -> bytes:
     return buffer.getvalue()
 
 
+NEO_FILE = "neo.json"  # beside manifest.json, which stays as the compile wrote it
+
+
 def on_neo_output(key: str, deps: CompileDeps) -> Outcome:
-    """A Neo artifact appeared under compiled/<group>/<version>/neo/output/: record it and its digest in the
-    bundle manifest (`neo`). Devices ignore it: they run model.onnx, whose digest is unchanged."""
+    """A Neo artifact appeared under compiled/<group>/<version>/neo/output/: record its key and digest in
+    compiled/<group>/<version>/neo.json. The manifest is not touched: the compile writes it last, and its
+    arrival starts the rollout. Devices ignore Neo's output: they run model.onnx."""
     parts = key.split("/")
     if len(parts) < 6 or parts[0] != "compiled" or parts[3:5] != ["neo", "output"] or parts[1] != deps.group:
         return Outcome("ignored", f"{key} is not a Neo output of group {deps.group}")
-    prefix = bundle_prefix(deps.group, int(parts[2]))
+    target = bundle_prefix(deps.group, int(parts[2])) + NEO_FILE
     data = deps.store.get(key)
     entry = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "target": deps.neo_target}
-    manifest = json.loads(deps.store.get(prefix + "manifest.json"))
-    if manifest.get("neo") == entry:
-        return Outcome("duplicate", f"{key} is already in the manifest")
-    manifest["neo"] = entry
-    deps.store.put(prefix + "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode(),
-                   "application/json")
-    logger.info("neo artifact recorded", key=key, sha256=entry["sha256"])
+    if deps.store.exists(target) and json.loads(deps.store.get(target)) == entry:
+        return Outcome("duplicate", f"{key} is already recorded in {target}")
+    deps.store.put(target, json.dumps(entry, indent=2, sort_keys=True).encode(), "application/json")
+    logger.info("neo artifact recorded", key=key, sha256=entry["sha256"], record=target)
     return Outcome("recorded", key, entry)

@@ -20,7 +20,8 @@ from shared.observability import correlate, logger
 from shared.ports import EventPublisher, ModelRegistry, ModelVersion, Notifier, ObjectStore, StateStore
 from shared.usecases import state_keys as sk
 from shared.usecases.lifecycle import ABSENT, GATE_REJECT, REGISTER, REGISTRY, REGISTRY_STATUS
-from shared.usecases.retraining import Outcome, release_active_job, request_check
+from shared.usecases.outcome import Outcome
+from shared.usecases.retraining import release_active_job, request_check
 
 TERMINAL = ("Completed", "Failed", "Stopped")
 METADATA_LIMIT = 256
@@ -159,8 +160,11 @@ def _notify(version: ModelVersion, decision: GateDecision, job_name: str, deps: 
     lines = [f"{name:30s} {'-' if value is None else f'{value:.3f}'}" for name, value in decision.figures.items()]
     if decision.passed:
         subject = f"Model {deps.group} v{version.version} passed the quality gate: approve to roll out"
+        # the ARN when the registry gave it; else the CLI looks it up by the versioned package's name
+        arn = version.arn or (f'"$(aws sagemaker describe-model-package --model-package-name '
+                              f'{deps.group}/{version.version} --query ModelPackageArn --output text)"')
         action = (f"Approve it locally:   nacelle models approve {version.version}\n"
-                  f"or on AWS:            aws sagemaker update-model-package --model-package-arn {version.arn} "
+                  f"or on AWS:            aws sagemaker update-model-package --model-package-arn {arn} "
                   f"--model-approval-status Approved")
     else:
         subject = f"Model {deps.group} v{version.version} was rejected by the quality gate"

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
+from shared import settings as defaults
 from shared.errors import Conflict, DataError, JobAlreadyExists, JobNotFound, NotFound, ObjectNotFound
 from shared.events import NACELLE_SOURCE, RETRAIN_CHECK
 from shared.ml.metrics import Fault, parse_false_alarms, parse_labels
@@ -26,6 +27,7 @@ from shared.ports import (
     Envelope,
     EventPublisher,
     ModelRegistry,
+    ModelVersion,
     Notifier,
     ObjectStore,
     StateStore,
@@ -33,6 +35,7 @@ from shared.ports import (
     TrainingService,
 )
 from shared.usecases import state_keys as sk
+from shared.usecases.outcome import Outcome
 
 RAW_PREFIX = "raw/"
 LABELS_PREFIX = "labels/"
@@ -44,8 +47,8 @@ MIN_TRAINING_ROWS = 300  # the training job refuses fewer usable samples (Hyperp
 @dataclass(frozen=True)
 class RetrainPolicy:
     group: str
-    min_new_turbine_hours: float = 1.0
-    quiet_period_s: float = 300.0
+    min_new_turbine_hours: float = defaults.MIN_NEW_TURBINE_HOURS
+    quiet_period_s: float = defaults.QUIET_PERIOD_S
     hyperparameters: Mapping[str, str] = field(default_factory=dict)
     min_rows: int = MIN_TRAINING_ROWS  # in all accepted data: a job on fewer could only fail
 
@@ -60,13 +63,6 @@ class ArrivalDeps:
     registry: ModelRegistry
     policy: RetrainPolicy
     clock: Callable[[], datetime]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    action: str  # accepted | quarantined | ignored | duplicate | started | skipped
-    detail: str
-    data: dict[str, Any] = field(default_factory=dict)
 
 
 def load_group_spec(store: ObjectStore, group: str) -> tuple[FeatureSpec, str | None]:
@@ -255,27 +251,65 @@ def request_check(deps_events: EventPublisher, group: str, reason: str, now: dat
                                   "correlation": dict(correlation or {})}))
 
 
-def on_retrain_check(deps: ArrivalDeps, requested_at: datetime, reason: str = "") -> Outcome:
+@dataclass(frozen=True)
+class RetrainStatus:
+    """Where the retraining policy stands now (`nacelle data status`; on_retrain_check decides on it)."""
+
+    new_turbine_hours: float  # accepted since the watermark (the data the last completed job trained on)
+    min_new_turbine_hours: float
+    rows: int  # in every accepted data file
+    min_rows: int
+    accepted_files: int
+    new_files: int
+    last_arrival_at: float | None  # epoch s
+    quiet_period_s: float
+    quiet_left_s: float  # until the debounce lets a check decide
+    active_job: str | None
+    trained_until: float | None  # the watermark: accepted_at of the newest file a completed job trained on
+    blocker: str | None  # why a check now would not start a job; None: it would start one
+
+    @property
+    def figures(self) -> dict[str, Any]:
+        return {"new_turbine_hours": self.new_turbine_hours, "rows": self.rows}
+
+
+def retrain_status(deps: ArrivalDeps) -> RetrainStatus:
+    return _retrain_state(deps)[0]
+
+
+def _retrain_state(deps: ArrivalDeps) -> tuple[RetrainStatus, list[dict[str, Any]]]:
+    """The policy's inputs and its verdict, with the accepted data files a job would train on."""
     policy, state = deps.policy, deps.state
     pk = sk.group_pk(policy.group)
-    now = deps.clock()
+    now = deps.clock().timestamp()
     last_arrival = float((state.get(pk, sk.ARRIVALS) or {}).get("last_arrival_at", 0.0))
-    if now.timestamp() < last_arrival + policy.quiet_period_s - 1.0:
-        return Outcome("skipped", "debounced: more data arrived; a later check will decide")
-    active = state.get(pk, sk.ACTIVE_JOB)
-    if active and active.get("job_name"):
-        return Outcome("skipped", f"job {active['job_name']} is running; the policy runs again when it ends")
+    quiet_left = max(0.0, last_arrival + policy.quiet_period_s - now) if last_arrival else 0.0
+    active = (state.get(pk, sk.ACTIVE_JOB) or {}).get("job_name") or None
     files = [f for f in state.query(pk, sk.FILE) if f.get("status") == "accepted" and f.get("kind") != "labels"]
     watermark = float((state.get(pk, sk.WATERMARK) or {}).get("trained_until", 0.0))
-    new_hours = sum(float(f.get("duration_s", 0.0)) for f in files if f["accepted_at"] > watermark) / 3600
-    if new_hours < policy.min_new_turbine_hours:
-        return Outcome("skipped", f"{new_hours:.2f} new turbine-hours < {policy.min_new_turbine_hours} needed",
-                       {"new_turbine_hours": new_hours})
+    new = [f for f in files if f["accepted_at"] > watermark]
+    new_hours = sum(float(f.get("duration_s", 0.0)) for f in new) / 3600
     rows = sum(int(f.get("rows", 0)) for f in files)
-    if rows < policy.min_rows:
-        return Outcome("skipped", f"{rows} accepted rows < {policy.min_rows} the training needs",
-                       {"new_turbine_hours": new_hours, "rows": rows})
-    return start_training(deps, files, reason or "enough new data", new_hours)
+    blocker = None
+    if now < last_arrival + policy.quiet_period_s - 1.0:
+        blocker = "debounced: more data arrived; a later check will decide"
+    elif active:
+        blocker = f"job {active} is running; the policy runs again when it ends"
+    elif new_hours < policy.min_new_turbine_hours:
+        blocker = f"{new_hours:.2f} new turbine-hours < {policy.min_new_turbine_hours} needed"
+    elif rows < policy.min_rows:
+        blocker = f"{rows} accepted rows < {policy.min_rows} the training needs"
+    status = RetrainStatus(new_hours, policy.min_new_turbine_hours, rows, policy.min_rows, len(files), len(new),
+                           last_arrival or None, policy.quiet_period_s, quiet_left, active, watermark or None,
+                           blocker)
+    return status, files
+
+
+def on_retrain_check(deps: ArrivalDeps, requested_at: datetime, reason: str = "") -> Outcome:
+    status, files = _retrain_state(deps)
+    if status.blocker is not None:
+        return Outcome("skipped", status.blocker, status.figures)
+    return start_training(deps, files, reason or "enough new data", status.new_turbine_hours)
 
 
 def dataset_hash(entries: list[tuple[str, str]]) -> str:
@@ -383,10 +417,10 @@ def launch(deps: ArrivalDeps, digest: str, manifest_key: str, *, attempt: int, r
                                       "status": "InProgress", "started_at": now.isoformat(), "reason": reason,
                                       "new_turbine_hours": round(new_hours, 3), "kind": "training"})
     spec_key = load_group_spec(deps.store, policy.group)[1]
-    champion = champion_model_key(deps.registry, policy.group)
+    champion_key = champion_model_key(deps.registry, policy.group)
     request = TrainingRequest(job_name=job_name, dataset_manifest_key=manifest_key,
                               hyperparameters={**policy.hyperparameters, "dataset_hash": digest},
-                              spec_key=spec_key, champion_model_key=champion,
+                              spec_key=spec_key, champion_model_key=champion_key,
                               tags={"nacelle:dataset_hash": digest, "nacelle:group": policy.group})
     try:
         deps.training.start(request)
@@ -400,7 +434,7 @@ def launch(deps: ArrivalDeps, digest: str, manifest_key: str, *, attempt: int, r
         raise
     logger.info("training started", job_name=job_name, files=files, new_turbine_hours=new_hours)
     return Outcome("started", job_name, {"job_name": job_name, "dataset_hash": digest, "files": files,
-                                         "champion": champion, "attempt": attempt})
+                                         "champion": champion_key, "attempt": attempt})
 
 
 def claim_active_job(state: StateStore, group: str, job_name: str, now: datetime) -> bool:
@@ -415,7 +449,12 @@ def release_active_job(state: StateStore, group: str, job_name: str) -> bool:
     return state.update_if(sk.group_pk(group), sk.ACTIVE_JOB, {"job_name": "", "since": ""}, {"job_name": job_name})
 
 
-def champion_model_key(registry: ModelRegistry, group: str) -> str | None:
-    """The newest Approved version not marked failed, or None."""
+def champion(registry: ModelRegistry, group: str) -> ModelVersion | None:
+    """The champion: the newest Approved version not marked failed, or None."""
     approved = [v for v in registry.list(group, "Approved") if not v.failed]
-    return approved[-1].model_data_key if approved else None
+    return approved[-1] if approved else None
+
+
+def champion_model_key(registry: ModelRegistry, group: str) -> str | None:
+    best = champion(registry, group)
+    return best.model_data_key if best is not None else None

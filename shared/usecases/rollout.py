@@ -1,18 +1,20 @@
 """Rollout: a compiled model version goes to the canary thing group, soaks, then goes to the fleet.
 
-State (docs/fleet.md): `group#<g>` / `rollout#<v>` (its stage, lifecycle.ROLLOUT), `group#<g>` / `deployment#<id>`
-(which rollout and stage a deployment belongs to), `group#<g>` / `canary` and `fleet` (what each thing group was
-last given), `device#<thing>` / `deployment#<id>` (that device's execution) and `device#<thing>` / `health` (its
-readiness streak). Every stage change goes through `advance_stage`: checked against the table, and a conditional
-update on the stage, so duplicated or reordered events act once; Greengrass calls are idempotent through client
-tokens derived from group, version and purpose.
+State (docs/fleet.md), each item read and written as a record of shared.records: `group#<g>` / `rollout#<v>`
+(RolloutRecord: its stage, lifecycle.ROLLOUT), `group#<g>` / `deployment#<id>` (DeploymentRecord: which rollout and
+stage a deployment belongs to), `group#<g>` / `canary` and `fleet` (CanaryAssignment, FleetAssignment: what each
+thing group was last given), `device#<thing>` / `deployment#<id>` (ExecutionRecord: that device's execution),
+`device#<thing>` / `health` (HealthStreak: its readiness streak) and `devices` / `<thing>` (DeviceRecord). Every
+stage change goes through `advance_stage`: checked against the table, and a conditional update on the stage, so
+duplicated or reordered events act once; Greengrass calls are idempotent through client tokens derived from group,
+version and purpose.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +24,18 @@ from shared.events import NACELLE_SOURCE, ROLLOUT_CHECK
 from shared.messages import HealthRow
 from shared.observability import correlate, logger
 from shared.ports import Envelope, EventPublisher, Greengrass, ModelRegistry, Notifier, ObjectStore, StateStore
+from shared.records import (
+    CanaryAssignment,
+    ConflictRecord,
+    DeploymentRecord,
+    DeviceRecord,
+    ExecutionRecord,
+    FleetAssignment,
+    HealthStreak,
+    RolloutRecord,
+    load,
+    records,
+)
 from shared.usecases import lifecycle
 from shared.usecases import state_keys as sk
 from shared.usecases.lifecycle import (
@@ -36,8 +50,8 @@ from shared.usecases.lifecycle import (
     SOAKED,
     SUPERSEDED,
 )
+from shared.usecases.outcome import Outcome
 from shared.usecases.registration import metadata_value
-from shared.usecases.retraining import Outcome
 from shared.usecases.rollout_components import (
     DEPLOYMENT_POLICIES,
     IOT_JOB_CONFIGURATION,
@@ -94,8 +108,16 @@ def _pk(deps: RolloutDeps) -> str:
     return sk.group_pk(deps.group)
 
 
-def _rollout(version: int, deps: RolloutDeps) -> dict[str, Any] | None:
-    return deps.state.get(_pk(deps), ROLLOUT + str(version))
+def _rollout(version: int, deps: RolloutDeps) -> RolloutRecord | None:
+    return load(RolloutRecord, deps.state.get(_pk(deps), ROLLOUT + str(version)))
+
+
+def _owner(deployment_id: str, deps: RolloutDeps) -> DeploymentRecord | None:
+    return load(DeploymentRecord, deps.state.get(_pk(deps), DEPLOYMENT + deployment_id))
+
+
+def _fleet(deps: RolloutDeps) -> FleetAssignment | None:
+    return load(FleetAssignment, deps.state.get(_pk(deps), FLEET))
 
 
 def advance_stage(version: int, source: str, event: str, target: str, changes: Mapping[str, Any],
@@ -127,14 +149,14 @@ def on_manifest_created(key: str, deps: RolloutDeps) -> Outcome:
         _alert_conflict(version, exc, deps)
         raise
     existing = _rollout(version, deps)
-    if existing is not None and existing["stage"] != WAITING:  # redelivery, or Neo rewrote the manifest
-        return Outcome("duplicate", f"v{version} is already rolling out ({existing['stage']})")
+    if existing is not None and existing.stage != WAITING:  # a redelivered manifest event
+        return Outcome("duplicate", f"v{version} is already rolling out ({existing.stage})")
     return _start_canary(version, deps)
 
 
 def _alert_conflict(version: int, exc: Conflict, deps: RolloutDeps) -> None:
     """Once per version: the state record claims the alert, retries of the event stay quiet."""
-    if deps.state.put(_pk(deps), f"conflict#{version}", {"version": version, "reason": str(exc)}, if_absent=True):
+    if deps.state.put(_pk(deps), f"conflict#{version}", ConflictRecord(version, str(exc)).to_item(), if_absent=True):
         deps.notifier.publish(
             "approvals", f"Rollout of {deps.group} v{version} refused: component conflict",
             f"{exc}\n\nNothing was overwritten and nothing was deployed. A component version never changes: "
@@ -158,16 +180,17 @@ def _start_canary(version: int, deps: RolloutDeps) -> Outcome:
         return _wait_for_devices(version, deps)
     deployment = _deploy(deps.canary_group, f"nacelle-{g}-v{version}-canary", components, f"{g}:{version}:canary",
                          deps)
-    deps.state.put(pk, DEPLOYMENT + deployment, {"deployment_id": deployment, "version": version, "stage": CANARY})
-    record = {"version": version, "components": components, "canary_deployment_id": deployment,
-              "canary_started_at": _now(deps), "canary_things": things}
+    deps.state.put(pk, DEPLOYMENT + deployment, DeploymentRecord(deployment, version, CANARY).to_item())
+    record = RolloutRecord.changes(version=version, components=components, canary_deployment_id=deployment,
+                                   canary_started_at=_now(deps), canary_things=things)
     if not (advance_stage(version, ABSENT, DEPLOY, CANARY, record, deps)
             or advance_stage(version, WAITING, DEPLOY, CANARY, record, deps)):
         return Outcome("duplicate", f"v{version} was started concurrently")
-    previous = deps.state.get(pk, CANARY) or {}
-    if previous.get("version") not in (None, version):  # the new canary deployment superseded it
-        advance_stage(int(previous["version"]), CANARY, NEWER_VERSION, SUPERSEDED, {"superseded_by": version}, deps)
-    deps.state.put(pk, CANARY, {"version": version, "deployment_id": deployment})
+    previous = load(CanaryAssignment, deps.state.get(pk, CANARY))
+    if previous is not None and previous.version != version:  # the new canary deployment superseded it
+        advance_stage(previous.version, CANARY, NEWER_VERSION, SUPERSEDED, RolloutRecord.changes(superseded_by=version),
+                      deps)
+    deps.state.put(pk, CANARY, CanaryAssignment(version, deployment).to_item())
     schedule_check(version, deps)
     logger.info("canary deployment created", model_version=version, deployment_id=deployment, things=things)
     return Outcome("deployed", f"v{version} to {deps.canary_group} ({deployment})",
@@ -178,14 +201,16 @@ def _wait_for_devices(version: int, deps: RolloutDeps) -> Outcome:
     """No device to deploy to: record that the version waits (operators hear it once) and look again
     at every watchdog check; a newer version that also waits supersedes it."""
     pk = _pk(deps)
-    if advance_stage(version, ABSENT, NO_DEVICES, WAITING, {"version": version, "waiting_since": _now(deps)}, deps):
+    if advance_stage(version, ABSENT, NO_DEVICES, WAITING,
+                     RolloutRecord.changes(version=version, waiting_since=_now(deps)), deps):
         deps.notifier.publish(
             "approvals", f"{deps.group} v{version} waits for devices",
             f"v{version} is approved and compiled, but thing group {deps.canary_group} has no device. The "
             f"rollout starts by itself when a device joins it.", {"model_version": str(version), "status": WAITING})
-    for other in deps.state.query(pk, ROLLOUT):
-        if other["stage"] == WAITING and int(other["version"]) < version:
-            advance_stage(int(other["version"]), WAITING, NEWER_VERSION, SUPERSEDED, {"superseded_by": version}, deps)
+    for other in records(RolloutRecord, deps.state.query(pk, ROLLOUT)):
+        if other.stage == WAITING and other.version < version:
+            advance_stage(other.version, WAITING, NEWER_VERSION, SUPERSEDED,
+                          RolloutRecord.changes(superseded_by=version), deps)
     schedule_check(version, deps)
     return Outcome("waiting", f"v{version}: no device in {deps.canary_group}; the rollout starts when one joins",
                    {"version": version, "stage": WAITING})
@@ -209,13 +234,13 @@ def on_deployment_status(deployment_id: str, thing: str, status: str, reason: st
     """One device's execution of a deployment. Events come duplicated and out of order: the rollout
     is judged on the execution status recorded for the device (the latest by event time)."""
     recorded = _record_execution(deployment_id, thing, status, reason, error_stack, deps, event_time)
-    owner = deps.state.get(_pk(deps), DEPLOYMENT + deployment_id)
+    owner = _owner(deployment_id, deps)
     if owner is None:
         return Outcome("recorded", f"{thing}: {deployment_id} {recorded} (not a rollout deployment)")
-    correlate(model_version=owner["version"], deployment_id=deployment_id)
+    correlate(model_version=owner.version, deployment_id=deployment_id)
     if recorded != status:
         return Outcome("recorded", f"{thing}: {deployment_id} {status} is older than the {recorded} recorded")
-    return _evaluate_execution(int(owner["version"]), str(owner["stage"]), deployment_id, thing, status, reason, deps)
+    return _evaluate_execution(owner.version, owner.stage, deployment_id, thing, status, reason, deps)
 
 
 def _record_execution(deployment_id: str, thing: str, status: str, reason: str, error_stack: list[str],
@@ -225,33 +250,34 @@ def _record_execution(deployment_id: str, thing: str, status: str, reason: str, 
     returns the status recorded."""
     at = event_time.timestamp() if event_time is not None else None
     for _ in range(5):  # optimistic: retried when another delivery wrote in between
-        current = deps.state.get(device_pk(thing), DEPLOYMENT + deployment_id)
+        current = load(ExecutionRecord, deps.state.get(device_pk(thing), DEPLOYMENT + deployment_id))
         if current is not None:
-            final = current["status"] in TERMINAL_EXECUTION
-            newer = at is not None and current.get("event_time") is not None and at > float(current["event_time"])
-            if current["status"] == status or (final and (status not in TERMINAL_EXECUTION or not newer)):
-                return str(current["status"])
-        item = {"deployment_id": deployment_id, "thing_name": thing, "status": status, "reason": reason,
-                "error_stack": list(error_stack), "at": _now(deps), "event_time": at}
+            final = current.status in TERMINAL_EXECUTION
+            newer = at is not None and current.event_time is not None and at > current.event_time
+            if current.status == status or (final and (status not in TERMINAL_EXECUTION or not newer)):
+                return current.status
+        item = ExecutionRecord(deployment_id, thing, status, reason, tuple(error_stack), _now(deps), at).to_item()
         if current is None:
             if deps.state.put(device_pk(thing), DEPLOYMENT + deployment_id, item, if_absent=True):
                 return status
         elif deps.state.update_if(device_pk(thing), DEPLOYMENT + deployment_id, item,
-                                  {"status": current["status"]}):
+                                  ExecutionRecord.changes(status=current.status)):
             return status
     raise Conflict(f"{thing}: deployment {deployment_id} status kept changing while being recorded")
 
 
 def _execution(thing: str, deployment_id: str, deps: RolloutDeps) -> str:
-    return str((deps.state.get(device_pk(thing), DEPLOYMENT + deployment_id) or {}).get("status", ""))
+    """The device's recorded status of the deployment ("" when none)."""
+    execution = load(ExecutionRecord, deps.state.get(device_pk(thing), DEPLOYMENT + deployment_id))
+    return "" if execution is None else execution.status
 
 
 def _evaluate_execution(version: int, stage: str, deployment_id: str, thing: str, status: str, reason: str,
                         deps: RolloutDeps) -> Outcome:
-    record = _rollout(version, deps) or {}
-    current = record.get("stage")
-    if current != stage or record.get(f"{stage}_deployment_id") != deployment_id:
-        return Outcome("recorded", f"{thing}: {deployment_id} {status} (v{version} is {current})")
+    record = _rollout(version, deps)
+    if record is None or record.stage != stage or record.deployment_id(stage) != deployment_id:
+        return Outcome("recorded", f"{thing}: {deployment_id} {status} (v{version} is "
+                                   f"{record.stage if record is not None else None})")
     if status in FAILED_EXECUTION:
         detail = f": {reason}" if reason else ""
         return _fail(record, f"{thing} reported {status} for the {stage} deployment{detail}", deps)
@@ -260,11 +286,12 @@ def _evaluate_execution(version: int, stage: str, deployment_id: str, thing: str
     return Outcome("recorded", f"{thing}: {deployment_id} {status}")
 
 
-def _maybe_done(record: dict[str, Any], deps: RolloutDeps) -> Outcome | None:
-    version, deployment = int(record["version"]), str(record["fleet_deployment_id"])
-    if any(_execution(t, deployment, deps) not in SUCCEEDED_EXECUTION for t in record.get("fleet_things", [])):
+def _maybe_done(record: RolloutRecord, deps: RolloutDeps) -> Outcome | None:
+    version, deployment = record.version, record.deployment_id(FLEET)
+    if any(_execution(t, deployment, deps) not in SUCCEEDED_EXECUTION for t in record.fleet_things):
         return None
-    if advance_stage(version, FLEET, FLEET_COMPLETED, lifecycle.DONE, {"done_at": _now(deps)}, deps):
+    if advance_stage(version, FLEET, FLEET_COMPLETED, lifecycle.DONE, RolloutRecord.changes(done_at=_now(deps)),
+                     deps):
         logger.info("rollout done", model_version=version)
         deps.notifier.publish("approvals", f"{deps.group} v{version} is on the whole fleet",
                               f"Every device of {deps.fleet_group} completed deployment {deployment}.",
@@ -281,23 +308,24 @@ def on_health(row: HealthRow, deps: RolloutDeps) -> Outcome:
     _update_streak(row, deps, serving_known_version=unexpected is None)
     if unexpected is not None:
         return Outcome("flagged", unexpected)
-    canary = deps.state.get(_pk(deps), CANARY)
-    record = _rollout(int(canary["version"]), deps) if canary else None
-    if record is None or record["stage"] != CANARY or row.thing_name not in record.get("canary_things", []):
+    canary = load(CanaryAssignment, deps.state.get(_pk(deps), CANARY))
+    record = _rollout(canary.version, deps) if canary is not None else None
+    if record is None or record.stage != CANARY or row.thing_name not in record.canary_things:
         return Outcome("recorded", f"health of {row.thing_name}")
     return _try_promote(record, deps) or Outcome("recorded", f"health of {row.thing_name}; canary soaking")
 
 
-def _conditional_write(pk: str, key: str, item: dict[str, Any], received_at: int, deps: RolloutDeps) -> bool:
+def _conditional_write(pk: str, key: str, record: DeviceRecord | HealthStreak, deps: RolloutDeps) -> bool:
     """Newer rows only (duplicates and late rows are dropped): a condition on the stored received_at_ms."""
-    current = deps.state.get(pk, key)
-    if current is None:
-        if deps.state.put(pk, key, item, if_absent=True):
+    item = deps.state.get(pk, key)
+    if item is None:
+        if deps.state.put(pk, key, record.to_item(), if_absent=True):
             return True
-        current = deps.state.get(pk, key) or {}
-    if int(current.get("received_at_ms", 0)) >= received_at:
+        item = deps.state.get(pk, key) or {}
+    stored = type(record).from_item(item).received_at_ms
+    if (stored or 0) >= (record.received_at_ms or 0):
         return False
-    return deps.state.update_if(pk, key, item, {"received_at_ms": current.get("received_at_ms")})
+    return deps.state.update_if(pk, key, record.to_item(), type(record).changes(received_at_ms=stored))
 
 
 def _unexpected_version(row: HealthRow, deps: RolloutDeps) -> str | None:
@@ -308,12 +336,12 @@ def _unexpected_version(row: HealthRow, deps: RolloutDeps) -> str | None:
     if version is None:
         return None
     record = _rollout(version, deps)
-    if record is not None and (row.thing_name in record.get("canary_things", [])
-                               or record.get("fleet_deployment_id") or record.get("fleet_started_at")):
+    if record is not None and (row.thing_name in record.canary_things
+                               or record.fleet_deployment_id or record.fleet_started_at):
         return None
-    for execution in deps.state.query(device_pk(row.thing_name), DEPLOYMENT):  # e.g. joined its group later
-        owner = deps.state.get(_pk(deps), DEPLOYMENT + str(execution["deployment_id"]))
-        if owner is not None and int(owner["version"]) == version:
+    for execution in records(ExecutionRecord, deps.state.query(device_pk(row.thing_name), DEPLOYMENT)):
+        owner = _owner(execution.deployment_id, deps)  # e.g. it joined its group later
+        if owner is not None and owner.version == version:
             return None
     reason = f"{row.thing_name} reports model v{version}, which was never deployed to it"
     logger.warning("health names a version never deployed", thing_name=row.thing_name, model_version=version)
@@ -321,51 +349,53 @@ def _unexpected_version(row: HealthRow, deps: RolloutDeps) -> str | None:
 
 
 def _record_device(row: HealthRow, deps: RolloutDeps, unexpected: str | None) -> None:
-    item = {"thing_name": row.thing_name, "last_health_at": row.received_at_s, "received_at_ms": row.received_at,
-            "model_version": row.model_version, "inference_rate_hz": row.inference_rate_hz,
-            "health": asdict(row), "unexpected_version": unexpected}
-    _conditional_write(DEVICES_PK, row.thing_name, item, row.received_at, deps)
+    record = DeviceRecord(row.thing_name, last_health_at=row.received_at_s, received_at_ms=row.received_at,
+                          model_version=row.model_version, inference_rate_hz=row.inference_rate_hz,
+                          health=asdict(row), unexpected_version=unexpected)
+    _conditional_write(DEVICES_PK, row.thing_name, record, deps)
 
 
 def _update_streak(row: HealthRow, deps: RolloutDeps, serving_known_version: bool) -> None:
     """How long the device has continuously served one deployed model version at a non-zero inference rate."""
-    current = deps.state.get(device_pk(row.thing_name), HEALTH) or {}
+    current = load(HealthStreak, deps.state.get(device_pk(row.thing_name), HEALTH))
     ready = (row.model_version is not None and serving_known_version and row.inference_rate_hz > 0
              and not row.model_error)
     t = row.received_at_s
-    if ready and current.get("streak_version") == row.model_version and current.get("ready_since") is not None:
-        streak = {"ready_since": current["ready_since"], "last_ready_at": t}
+    if ready and current is not None and current.streak_version == row.model_version \
+            and current.ready_since is not None:
+        ready_since, last_ready_at = current.ready_since, t
     elif ready:
-        streak = {"ready_since": t, "last_ready_at": t}
+        ready_since, last_ready_at = t, t
     else:
-        streak = {"ready_since": None, "last_ready_at": None}
-    item = {"thing_name": row.thing_name, "received_at_ms": row.received_at, "model_version": row.model_version,
-            "inference_rate_hz": row.inference_rate_hz, "streak_version": row.model_version if ready else None,
-            **streak}
-    _conditional_write(device_pk(row.thing_name), HEALTH, item, row.received_at, deps)
+        ready_since, last_ready_at = None, None
+    streak = HealthStreak(row.thing_name, received_at_ms=row.received_at, model_version=row.model_version,
+                          inference_rate_hz=row.inference_rate_hz, streak_version=row.model_version if ready else None,
+                          ready_since=ready_since, last_ready_at=last_ready_at)
+    _conditional_write(device_pk(row.thing_name), HEALTH, streak, deps)
 
 
-def readiness(record: Mapping[str, Any], deps: RolloutDeps) -> dict[str, float]:
+def readiness(record: RolloutRecord, deps: RolloutDeps) -> dict[str, float]:
     """Canary device -> seconds it has soaked on this rollout's version (0 when not serving it)."""
-    wanted = {component_version(int(record["version"])), str(record["version"])}
+    wanted = {component_version(record.version), str(record.version)}
     out = {}
-    for thing in record.get("canary_things", []):
-        h = deps.state.get(device_pk(thing), HEALTH) or {}
-        soaked = str(h.get("streak_version")) in wanted and h.get("ready_since") is not None
-        out[thing] = float(h["last_ready_at"]) - float(h["ready_since"]) if soaked else 0.0
+    for thing in record.canary_things:
+        streak = load(HealthStreak, deps.state.get(device_pk(thing), HEALTH))
+        soaked = streak is not None and str(streak.streak_version) in wanted and streak.ready_since is not None
+        out[thing] = streak.soaked_s if streak is not None and soaked else 0.0
     return out
 
 
-def _try_promote(record: dict[str, Any], deps: RolloutDeps) -> Outcome | None:
+def _try_promote(record: RolloutRecord, deps: RolloutDeps) -> Outcome | None:
     """Every canary device soaked: claim the promotion (stage canary -> fleet), then deploy to the fleet."""
     soaked = readiness(record, deps)
     if not soaked or min(soaked.values()) < deps.soak_s:
         return None
-    version = int(record["version"])
-    changes = {"stage": FLEET, "fleet_deployment_id": "", "fleet_started_at": _now(deps), "readiness": soaked}
+    version = record.version
+    record = replace(record, stage=FLEET, fleet_deployment_id="", fleet_started_at=_now(deps), readiness=soaked)
+    changes = RolloutRecord.changes(stage=record.stage, fleet_deployment_id=record.fleet_deployment_id,
+                                    fleet_started_at=record.fleet_started_at, readiness=soaked)
     if not advance_stage(version, CANARY, SOAKED, FLEET, changes, deps):
         return Outcome("duplicate", f"v{version} had already left the canary")
-    record = {**record, **changes}
     deployment = start_fleet(record, deps)
     logger.info("canary passed; fleet deployment created", model_version=version, deployment_id=deployment)
     deps.notifier.publish("approvals", f"{deps.group} v{version} passed the canary: deploying to the fleet",
@@ -378,58 +408,60 @@ def _try_promote(record: dict[str, Any], deps: RolloutDeps) -> Outcome | None:
         {"version": version, "deployment_id": deployment, "stage": FLEET})
 
 
-def start_fleet(record: dict[str, Any], deps: RolloutDeps) -> str:
+def start_fleet(record: RolloutRecord, deps: RolloutDeps) -> str:
     """The fleet deployment of a promoted rollout (idempotent: a crash after the claim is resumed by the watchdog)."""
-    version, pk, g = int(record["version"]), _pk(deps), deps.group
+    version, pk, g = record.version, _pk(deps), deps.group
     things = deps.greengrass.things_in_group(deps.fleet_group)
-    deployment = _deploy(deps.fleet_group, f"nacelle-{g}-v{version}-fleet", record["components"],
+    deployment = _deploy(deps.fleet_group, f"nacelle-{g}-v{version}-fleet", record.components,
                          f"{g}:{version}:fleet", deps)
-    deps.state.put(pk, DEPLOYMENT + deployment, {"deployment_id": deployment, "version": version, "stage": FLEET})
-    _set_fleet(version, record["components"], deployment, "promotion", deps)
-    deps.state.update_if(pk, ROLLOUT + str(version), {"fleet_deployment_id": deployment, "fleet_things": things},
-                         {"stage": FLEET, "fleet_deployment_id": ""})
+    deps.state.put(pk, DEPLOYMENT + deployment, DeploymentRecord(deployment, version, FLEET).to_item())
+    _set_fleet(version, record.components, deployment, "promotion", deps)
+    deps.state.update_if(pk, ROLLOUT + str(version),
+                         RolloutRecord.changes(fleet_deployment_id=deployment, fleet_things=things),
+                         RolloutRecord.changes(stage=FLEET, fleet_deployment_id=""))
     return deployment
 
 
 def _set_fleet(version: int, components: Mapping[str, Any], deployment: str, kind: str, deps: RolloutDeps) -> None:
-    current = deps.state.get(_pk(deps), FLEET) or {}
-    if current.get("deployment_id") == deployment:
+    current = _fleet(deps)
+    if current is not None and current.deployment_id == deployment:
         return
-    deps.state.put(_pk(deps), FLEET, {"version": version, "components": dict(components), "deployment_id": deployment,
-                                      "kind": kind, "previous": current.get("version"), "since": _now(deps),
-                                      "generation": int(current.get("generation", 0)) + 1})
+    deps.state.put(_pk(deps), FLEET, FleetAssignment(
+        version, dict(components), deployment, kind, previous=current.version if current is not None else None,
+        since=_now(deps), generation=(current.generation if current is not None else 0) + 1).to_item())
 
 
 # ------------------------------------------------------------------ 4. failure
 
 
-def _fail(record: dict[str, Any], reason: str, deps: RolloutDeps) -> Outcome:
+def _fail(record: RolloutRecord, reason: str, deps: RolloutDeps) -> Outcome:
     """Claim the failure (stage -> failing), mark the version failed, put the affected groups back on the previous
     good version, then stage -> failed and alert once. A crash in between is resumed by the watchdog."""
-    version, pk, g = int(record["version"]), _pk(deps), deps.group
-    stage = str(record["stage"])
+    version, pk, g = record.version, _pk(deps), deps.group
+    stage = record.stage
     if stage == FAILING:
-        stage, reason = str(record["failed_stage"]), str(record["failure_reason"])
-    elif not advance_stage(version, stage, FAIL, FAILING, {"failed_stage": stage, "failure_reason": reason}, deps):
+        stage, reason = str(record.failed_stage), str(record.failure_reason)
+    elif not advance_stage(version, stage, FAIL, FAILING,
+                           RolloutRecord.changes(failed_stage=stage, failure_reason=reason), deps):
         return Outcome("duplicate", f"v{version} had already left the {stage} stage")
     deps.registry.update_metadata(g, version, {"nacelle:failed": "true",
                                                "nacelle:failed_reason": metadata_value(reason)})
-    fleet = deps.state.get(pk, FLEET) or {}
-    if stage == CANARY and fleet.get("version") not in (None, version):
-        good = int(fleet["version"])
-        restore = _deploy(deps.canary_group, f"nacelle-{g}-v{good}-canary-restore", fleet["components"],
+    fleet = _fleet(deps)
+    if stage == CANARY and fleet is not None and fleet.version != version:
+        good = fleet.version
+        restore = _deploy(deps.canary_group, f"nacelle-{g}-v{good}-canary-restore", fleet.components,
                           f"{g}:{good}:restore-after:{version}", deps)
-        deps.state.put(pk, DEPLOYMENT + restore, {"deployment_id": restore, "version": good, "stage": "restore"})
-        deps.state.put(pk, CANARY, {"version": good, "deployment_id": restore})
+        deps.state.put(pk, DEPLOYMENT + restore, DeploymentRecord(restore, good, "restore").to_item())
+        deps.state.put(pk, CANARY, CanaryAssignment(good, restore).to_item())
         after = f"The canary group is going back to v{good} (deployment {restore})."
-    elif stage == FLEET and fleet.get("version") == version and fleet.get("previous") is not None:
-        good = int(fleet["previous"])
+    elif stage == FLEET and fleet is not None and fleet.version == version and fleet.previous is not None:
+        good = fleet.previous
         ids = deploy_both(good, f"restore-after-{version}", deps)
         after = f"Both thing groups are going back to v{good} (deployments {ids})."
     else:
-        with_cancel = _cancel_quietly(str(record.get(f"{stage}_deployment_id") or ""), deps)
+        with_cancel = _cancel_quietly(record.deployment_id(stage), deps)
         after = f"No earlier version was deployed to restore; the deployment was {with_cancel}."
-    if not advance_stage(version, FAILING, RESTORED, FAILED_STAGE, {"failed_at": _now(deps)}, deps):
+    if not advance_stage(version, FAILING, RESTORED, FAILED_STAGE, RolloutRecord.changes(failed_at=_now(deps)), deps):
         return Outcome("duplicate", f"v{version} was already failed")
     logger.error("rollout failed", model_version=version, stage=stage, reason=reason)
     deps.notifier.publish(
@@ -447,9 +479,9 @@ def deploy_both(version: int, tag: str, deps: RolloutDeps) -> dict[str, str]:
     for stage, group_name in ((CANARY, deps.canary_group), (FLEET, deps.fleet_group)):
         ids[stage] = _deploy(group_name, f"nacelle-{g}-v{version}-{tag}-{stage}", components,
                              f"{g}:{version}:{tag}:{stage}", deps)
-        deps.state.put(pk, DEPLOYMENT + ids[stage], {"deployment_id": ids[stage], "version": version, "stage": tag})
+        deps.state.put(pk, DEPLOYMENT + ids[stage], DeploymentRecord(ids[stage], version, tag).to_item())
     _set_fleet(version, components, ids[FLEET], tag, deps)
-    deps.state.put(pk, CANARY, {"version": version, "deployment_id": ids[CANARY]})
+    deps.state.put(pk, CANARY, CanaryAssignment(version, ids[CANARY]).to_item())
     return ids
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from shared.errors import Conflict, ModelVersionNotFound, NotFound, ObjectNotFound
 from shared.observability import correlate, logger
+from shared.records import RolloutRecord, records
 from shared.usecases.lifecycle import CANCEL, CANCELED, NEWER_VERSION, ROLLBACK, SUPERSEDED
-from shared.usecases.retraining import Outcome
+from shared.usecases.outcome import Outcome
 from shared.usecases.rollout import (
     ACTIVE_STAGES,
     CANARY,
-    DEPLOYMENT,
     FAILING,
     FLEET,
     ROLLOUT,
@@ -24,8 +24,10 @@ from shared.usecases.rollout import (
     _evaluate_execution,
     _execution,
     _fail,
+    _fleet,
     _maybe_done,
     _now,
+    _owner,
     _pk,
     _record_execution,
     _rollout,
@@ -45,21 +47,22 @@ def on_rollout_check(group: str, version: int, deps: RolloutDeps) -> Outcome:
         return Outcome("ignored", f"group {group} is not {deps.group}")
     correlate(model_version=version)
     record = _rollout(version, deps)
-    if record is not None and record["stage"] == WAITING:  # no device yet: look again, unless overtaken
-        newer = [r["version"] for r in deps.state.query(_pk(deps), ROLLOUT) if int(r["version"]) > version]
+    if record is not None and record.stage == WAITING:  # no device yet: look again, unless overtaken
+        newer = [r.version for r in records(RolloutRecord, deps.state.query(_pk(deps), ROLLOUT)) if r.version > version]
         if newer:
-            advance_stage(version, WAITING, NEWER_VERSION, SUPERSEDED, {"superseded_by": max(newer)}, deps)
+            advance_stage(version, WAITING, NEWER_VERSION, SUPERSEDED, RolloutRecord.changes(superseded_by=max(newer)),
+                          deps)
             return Outcome("ignored", f"v{version} no longer waits: v{max(newer)} came after it")
         return _start_canary(version, deps)
-    if record is not None and record["stage"] == FAILING:  # a failure interrupted mid-way
-        return _fail(record, str(record["failure_reason"]), deps)
-    if record is not None and record["stage"] == FLEET and not record.get("fleet_deployment_id"):
+    if record is not None and record.stage == FAILING:  # a failure interrupted mid-way
+        return _fail(record, str(record.failure_reason), deps)
+    if record is not None and record.stage == FLEET and not record.fleet_deployment_id:
         start_fleet(record, deps)  # a promotion interrupted mid-way
         record = _rollout(version, deps)
-    if record is None or record["stage"] not in ACTIVE_STAGES:
-        return Outcome("ignored", f"v{version} is not rolling out ({record['stage'] if record else 'unknown'})")
-    stage = str(record["stage"])
-    deployment, things = str(record[f"{stage}_deployment_id"]), list(record.get(f"{stage}_things", []))
+    if record is None or record.stage not in ACTIVE_STAGES:
+        return Outcome("ignored", f"v{version} is not rolling out ({record.stage if record else 'unknown'})")
+    stage = record.stage
+    deployment, things = record.deployment_id(stage), list(record.things(stage))
     for thing in things:  # poll: the status events may have been lost
         try:
             effective = deps.greengrass.list_effective_deployments(thing)
@@ -77,7 +80,7 @@ def on_rollout_check(group: str, version: int, deps: RolloutDeps) -> Outcome:
         promoted = _try_promote(record, deps)
         if promoted is not None:
             return promoted
-        if _now(deps) > float(record["canary_started_at"]) + deps.canary_timeout_s:
+        if _now(deps) > record.started_at(CANARY) + deps.canary_timeout_s:
             soaked = readiness(record, deps)
             return _fail(record, f"the canary showed no readiness within {deps.canary_timeout_s:.0f} s "
                                  f"(seconds soaked on v{version} per device: {soaked}; {deps.soak_s:.0f} s needed)",
@@ -89,16 +92,17 @@ def on_rollout_check(group: str, version: int, deps: RolloutDeps) -> Outcome:
     return Outcome("waiting", f"v{version} in the {stage}", {"version": version, "stage": stage})
 
 
-def _report_stuck(record: dict[str, object], stage: str, deployment: str, things: list[str],
+def _report_stuck(record: RolloutRecord, stage: str, deployment: str, things: list[str],
                   deps: RolloutDeps) -> None:
     """Once per stage: the stage's deployment still in progress on some device after stuck_timeout_s."""
-    version = int(str(record["version"]))
-    waited = _now(deps) - float(str(record[f"{stage}_started_at"]))
+    version = record.version
+    waited = _now(deps) - record.started_at(stage)
     pending = [t for t in things if _execution(t, deployment, deps) not in TERMINAL_EXECUTION]
     if not pending or waited <= deps.stuck_timeout_s:
         return
     flag = f"stuck_reported_{stage}"
-    if deps.state.update_if(_pk(deps), ROLLOUT + str(version), {flag: True}, {flag: None, "stage": stage}):
+    if deps.state.update_if(_pk(deps), ROLLOUT + str(version), RolloutRecord.changes(**{flag: True}),
+                            RolloutRecord.changes(**{flag: None, "stage": stage})):
         logger.warning("deployment stuck", model_version=version, deployment_id=deployment, pending=pending)
         deps.notifier.publish(
             "approvals", f"{deps.group} v{version}: {stage} deployment stuck in progress",
@@ -120,20 +124,20 @@ def rollback_to(version: int, deps: RolloutDeps) -> Outcome:
     if not deps.store.exists(manifest_key(deps.group, version)):
         raise ObjectNotFound(f"{deps.store.uri(manifest_key(deps.group, version))} does not exist: "
                              f"v{version} was never compiled")
-    started = [int(r["version"]) for r in deps.state.query(pk, ROLLOUT)]
+    started = [r.version for r in records(RolloutRecord, deps.state.query(pk, ROLLOUT))]
     if not started or version >= max(started):
         raise Conflict(f"v{version} is not earlier than the newest rollout ({max(started) if started else 'none'})")
-    fleet = deps.state.get(pk, FLEET) or {}
-    if fleet.get("version") == version and str(fleet.get("kind", "")).startswith("rollback-"):
+    fleet = _fleet(deps)
+    if fleet is not None and fleet.version == version and fleet.kind.startswith("rollback-"):
         return Outcome("duplicate", f"both groups were already rolled back to v{version}",
-                       {"version": version, "deployment_id": fleet["deployment_id"]})
+                       {"version": version, "deployment_id": fleet.deployment_id})
     ensure_model_component(deps.store, deps.greengrass, deps.group, version)
     ensure_detector_component(deps.store, deps.greengrass, deps.detector_version)
-    ids = deploy_both(version, f"rollback-{int(fleet.get('generation', 0)) + 1}", deps)
-    for record in deps.state.query(pk, ROLLOUT):
-        if int(record["version"]) > version and record["stage"] in ACTIVE_STAGES:
-            advance_stage(int(record["version"]), str(record["stage"]), ROLLBACK, SUPERSEDED,
-                          {"superseded_by": f"rollback to v{version}"}, deps)
+    ids = deploy_both(version, f"rollback-{(fleet.generation if fleet is not None else 0) + 1}", deps)
+    for record in records(RolloutRecord, deps.state.query(pk, ROLLOUT)):
+        if record.version > version and record.stage in ACTIVE_STAGES:
+            advance_stage(record.version, record.stage, ROLLBACK, SUPERSEDED,
+                          RolloutRecord.changes(superseded_by=f"rollback to v{version}"), deps)
     logger.warning("rolled back", model_version=version, deployments=ids)
     deps.notifier.publish("approvals", f"{deps.group} rolled back to v{version}",
                           f"Both thing groups ({deps.canary_group}, {deps.fleet_group}) are being deployed "
@@ -144,11 +148,11 @@ def rollback_to(version: int, deps: RolloutDeps) -> Outcome:
 def cancel(deployment_id: str, deps: RolloutDeps) -> Outcome:
     """Operator action: cancel a deployment; a rollout waiting on it stops (stage canceled, version not failed)."""
     deps.greengrass.cancel_deployment(deployment_id)
-    owner = deps.state.get(_pk(deps), DEPLOYMENT + deployment_id)
-    if owner is not None and owner["stage"] in ACTIVE_STAGES:
-        record = _rollout(int(owner["version"]), deps) or {}
-        if record.get(f"{owner['stage']}_deployment_id") == deployment_id:
-            advance_stage(int(owner["version"]), str(owner["stage"]), CANCEL, CANCELED, {"canceled_at": _now(deps)},
+    owner = _owner(deployment_id, deps)
+    if owner is not None and owner.stage in ACTIVE_STAGES:
+        record = _rollout(owner.version, deps)
+        if record is not None and record.deployment_id(owner.stage) == deployment_id:
+            advance_stage(owner.version, owner.stage, CANCEL, CANCELED, RolloutRecord.changes(canceled_at=_now(deps)),
                           deps)
     logger.warning("deployment canceled", deployment_id=deployment_id)
     return Outcome("canceled", deployment_id, {"deployment_id": deployment_id})

@@ -1,4 +1,5 @@
-"""Fixtures giving each port's two implementations: AWS adapters on moto (in-process), local ones in tmp_path."""
+"""Fixtures giving each port's implementations: AWS adapters on moto (in-process), local ones in tmp_path, and the
+in-memory doubles of tests/fakes.py that the use-case tests rely on."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from shared.aws.dynamodb import DynamoStateStore
 from shared.aws.s3 import S3ObjectStore
 from shared.aws.sns import SnsNotifier
 from shared.ports import Notifier, ObjectStore, StateStore, Topic
+from tests.fakes import MemoryState, MemoryStore, RecordingNotifier
 
 REGION = "eu-west-1"
 BUCKET = "nacelle-contract-data"
@@ -38,8 +40,10 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
-@pytest.fixture(params=["s3", "fs"])
+@pytest.fixture(params=["s3", "fs", "memory"])
 def object_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    if request.param == "memory":
+        return MemoryStore(BUCKET)
     if request.param == "s3":
         request.getfixturevalue("aws")
         boto3.client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
@@ -47,8 +51,10 @@ def object_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     return FsObjectStore(tmp_path / "objects", BUCKET)
 
 
-@pytest.fixture(params=["dynamodb", "sqlite"])
+@pytest.fixture(params=["dynamodb", "sqlite", "memory"])
 def state_store(request: pytest.FixtureRequest, tmp_path: Path) -> StateStore:
+    if request.param == "memory":
+        return MemoryState()
     if request.param == "dynamodb":
         request.getfixturevalue("aws")
         client = boto3.client("dynamodb")
@@ -118,8 +124,22 @@ class LocalHarness:
                           attributes=e["attributes"]) for e in self.local.tail(follow=False)]
 
 
-@pytest.fixture(params=["sns", "local"])
+class FakeHarness:
+    """The recording double: what it delivered is what it recorded."""
+
+    def __init__(self) -> None:
+        self.recording = RecordingNotifier()
+        self.notifier: Notifier = self.recording
+
+    def delivered(self) -> list[Delivered]:
+        return [Delivered(id=m.id, topic=m.topic, subject=m.subject, message=m.message, attributes=m.attributes)
+                for m in self.recording.messages]
+
+
+@pytest.fixture(params=["sns", "local", "fake"])
 def notifier_harness(request: pytest.FixtureRequest, tmp_path: Path) -> NotifierHarness:
+    if request.param == "fake":
+        return FakeHarness()
     if request.param == "sns":
         request.getfixturevalue("aws")
         return SnsHarness()

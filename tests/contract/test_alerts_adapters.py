@@ -54,8 +54,8 @@ def test_one_alert_and_one_resolution_then_offline(state_store: StateStore,
         ("alerts", "alert"), ("alerts", "offline"), ("alerts", "resolution")]
     delivered = {d.attributes["kind"]: d for d in messages}
     alert = delivered["alert"]
-    assert alert.subject == "[CRITICAL] wt-07: score 3.4x threshold, mostly rpm (62 %), voltage (38 %)"
-    assert alert.attributes == {"turbine_id": "wt-07", "severity": "critical", "kind": "alert",
+    assert alert.subject == "[HIGH] wt-07: score 3.4x threshold, mostly rpm (62 %), voltage (38 %)"
+    assert alert.attributes == {"turbine_id": "wt-07", "severity": "high", "kind": "alert",
                                 "features": json.dumps(["rpm", "voltage"])}
     assert "rpm: 62 % of the score" in alert.message and "voltage: 38 % of the score" in alert.message
     assert "nacelle-turbine v4 (not in the registry)" in alert.message

@@ -1,4 +1,4 @@
-"""EventPublisher contract: the local EventBus and AwsEventPublisher behave alike.
+"""EventPublisher contract: the local EventBus, AwsEventPublisher and the RecordingEvents double behave alike.
 
 How each backend shows what happened, with the same rule (PATTERN) routing the events to one target:
 * AWS, on moto (`mock_aws`): an EventBridge rule on the default bus with an SQS target, read back for what is
@@ -6,8 +6,9 @@ How each backend shows what happened, with the same rule (PATTERN) routing the e
   schedules, so "delivered later" is "a one-time schedule at() that time, putting the detail on the bus";
 * local: the bus's SQLite deliveries. What is delivered now is what a dispatcher would claim now (`claim` at the
   bus clock, then settled done, as reading the SQS queue consumes it); what is delivered later is a pending
-  delivery whose available_at is in the future.
-Both backends run on the same fixed clock (NOW), so "now", "past" and "future" are exact.
+  delivery whose available_at is in the future;
+* the double: what it recorded, split by its clock into delivered now and scheduled.
+Every backend runs on the same fixed clock (NOW), so "now", "past" and "future" are exact.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pytest
 from nacelle.local.bus import EventBus, Rule
 from shared.aws.events import AwsEventPublisher
 from shared.ports import Envelope, EventPublisher
+from tests.fakes import RecordingEvents
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"
@@ -125,8 +127,28 @@ class AwsHarness:
         return sorted(waiting, key=lambda s: s.at)
 
 
-@pytest.fixture(params=["local", "aws"])
+class FakeHarness:
+    def __init__(self) -> None:
+        self.recording = RecordingEvents(clock=lambda: NOW, region=REGION, account=ACCOUNT)
+        self.publisher: EventPublisher = self.recording
+        self._read = 0
+
+    def delivered(self) -> list[dict[str, Any]]:
+        bodies = [r.body for r in self.recording.published[self._read:] if r.deliver_at is None]
+        self._read = len(self.recording.published)
+        return bodies
+
+    def scheduled(self) -> list[Scheduled]:
+        waiting = [Scheduled(r.deliver_at, r.event.source, r.event.detail_type, r.body["detail"])
+                   for r in self.recording.published if r.deliver_at is not None]
+        return sorted(waiting, key=lambda s: s.at)
+
+
+@pytest.fixture(params=["local", "aws", "fake"])
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    if request.param == "fake":
+        yield FakeHarness()
+        return
     if request.param == "aws":
         request.getfixturevalue("aws")  # fake credentials and region, moto
         yield AwsHarness()

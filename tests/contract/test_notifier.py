@@ -1,5 +1,5 @@
-"""Notifier contract: SnsNotifier (moto, read back through SQS) and LocalNotifier (read back from its log)
-deliver the same subject, message and attributes; then the local subscribers."""
+"""Notifier contract: SnsNotifier (moto, read back through SQS), LocalNotifier (read back from its log) and the
+RecordingNotifier double deliver the same subject, message and attributes; then the local subscribers."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from .conftest import NotifierHarness
 ATTRIBUTES = {"severity": "high", "turbine_id": "T07", "turbines": '["T01", "T02"]', "model.version": "12"}
 
 
-# --- both implementations ----------------------------------------------------------------------------------------
+# --- every implementation ----------------------------------------------------------------------------------------
 
 def test_subject_message_and_attributes_are_delivered(notifier_harness: NotifierHarness) -> None:
     message = json.dumps({"episode": "e-1", "score": 0.93})

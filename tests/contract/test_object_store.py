@@ -1,4 +1,4 @@
-"""ObjectStore contract: S3ObjectStore (moto) and FsObjectStore behave the same."""
+"""ObjectStore contract: S3ObjectStore (moto), FsObjectStore and the MemoryStore double behave the same."""
 
 from __future__ import annotations
 

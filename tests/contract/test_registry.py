@@ -1,4 +1,4 @@
-"""ModelRegistry contract: SageMakerRegistry (on moto) and SqliteRegistry behave alike.
+"""ModelRegistry contract: SageMakerRegistry (on moto), SqliteRegistry and the MemoryRegistry double behave alike.
 
 moto 5.2 facts these tests rely on or work around:
 * it returns CustomerMetadataProperties from DescribeModelPackage, so metadata round-trips through moto;
@@ -28,6 +28,7 @@ from nacelle.local.registry import SqliteRegistry
 from shared.aws.registry import SageMakerRegistry, client_token
 from shared.errors import ConfigurationError, ModelVersionNotFound
 from shared.ports import ModelRegistry
+from tests.fakes import MemoryRegistry
 
 BUCKET = "nacelle-data"
 IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/nacelle-inference:1"
@@ -35,9 +36,12 @@ GROUP = "nacelle-turbine"
 REGION = "eu-west-1"
 
 
-@pytest.fixture(params=["sqlite", "sagemaker"])
+@pytest.fixture(params=["sqlite", "sagemaker", "memory"])
 def registry(request: pytest.FixtureRequest, tmp_path: Path,
              monkeypatch: pytest.MonkeyPatch) -> Iterator[ModelRegistry]:
+    if request.param == "memory":
+        yield MemoryRegistry()
+        return
     if request.param == "sqlite":
         yield SqliteRegistry(tmp_path / "registry.db", BUCKET)
         return
@@ -67,6 +71,7 @@ def test_register_assigns_versions_one_two(registry: ModelRegistry) -> None:
     assert first.metadata["event_f1"] == "0.9"
     assert first.metadata["nacelle:token"] == "token-1"
     assert first.created_at is not None
+    assert first.arn.startswith("arn:aws:sagemaker:") and first.arn.endswith(f":model-package/{GROUP}/1")
     assert registry.get(GROUP, 2) == second
 
 
@@ -238,6 +243,18 @@ def test_sagemaker_set_status_writes_actor_and_reason() -> None:
     stub.add_response("describe_model_package", _described("Approved"), {"ModelPackageName": ARN})
     with stub:
         assert registry.set_status(GROUP, 1, "Approved", "beats champion", "alice").status == "Approved"
+    stub.assert_no_pending_responses()
+
+
+def test_sagemaker_registry_without_an_image_reads_but_never_registers() -> None:
+    client = boto3.client("sagemaker", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+    registry, stub = SageMakerRegistry(BUCKET, client=client), Stubber(client)
+    _expect_arn_lookup(stub)
+    stub.add_response("describe_model_package", _described(), {"ModelPackageName": ARN})
+    with stub:
+        with pytest.raises(ConfigurationError, match="cannot register"):
+            registry.register(GROUP, "jobs/j1/output/model.tar.gz", "PendingManualApproval", "", {}, "t1")
+        assert registry.get(GROUP, 1).status == "Approved"  # the refusal made no call: the stub's first is this
     stub.assert_no_pending_responses()
 
 

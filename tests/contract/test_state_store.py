@@ -1,4 +1,4 @@
-"""StateStore contract: DynamoStateStore (moto) and SqliteStateStore behave the same."""
+"""StateStore contract: DynamoStateStore (moto), SqliteStateStore and the MemoryState double behave the same."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TrainingService contract: LocalTraining and SageMakerTraining behave alike.
+"""TrainingService contract: LocalTraining, SageMakerTraining and the FakeTraining double behave alike.
 
 Each backend uses what can express the behaviour under test:
 * local: LocalTraining on a JobTable in tmp_path, with `spawn_runner` replaced by a fake returning a pid, so no
@@ -7,7 +7,8 @@ Each backend uses what can express the behaviour under test:
   answers DescribeTrainingJob of an unknown name with ValidationException, as SageMaker does;
 * AWS, duplicate names: moto silently accepts a second CreateTrainingJob under a taken name, so that behaviour runs
   on a botocore Stubber (request and response shapes checked against the SageMaker service model) that answers the
-  second call with ResourceInUse, as SageMaker does.
+  second call with ResourceInUse, as SageMaker does;
+* the double: FakeTraining, whose jobs stay InProgress.
 
 "What the job carries" is compared in one shape for both: the JobTable record's request locally, the
 CreateTrainingJob parameters on AWS (read back with DescribeTrainingJob/ListTags on moto, captured from the call on
@@ -33,6 +34,7 @@ from nacelle.local.training import LocalTraining
 from shared.aws.training import SageMakerTraining
 from shared.errors import JobAlreadyExists, JobNotFound
 from shared.ports import TrainingRequest, TrainingService, TrainingStatus
+from tests.fakes import FakeTraining
 
 REGION = "eu-west-1"
 BUCKET = "nacelle-contract-data"
@@ -58,7 +60,7 @@ RETRY = TrainingRequest(job_name=JOB, dataset_manifest_key="datasets/nacelle-tur
 
 @dataclass(frozen=True)
 class Carried:
-    """What a started job was given, in one shape for both backends."""
+    """What a started job was given, in one shape for every backend."""
 
     dataset_manifest_key: str
     hyperparameters: dict[str, str]
@@ -106,6 +108,17 @@ class LocalBackend:
         assert self.spawned == [(self.paths.home, job_name, self.paths.jobs_dir / job_name / "runner.log")]
         record = self.jobs.get(job_name)
         assert (record.kind, record.pid, record.job_dir) == ("training", FAKE_PID, self.paths.jobs_dir / job_name)
+
+
+class FakeBackend:
+    statuses: frozenset[TrainingStatus] = frozenset({"InProgress"})
+
+    def __init__(self) -> None:
+        self.fake = FakeTraining()
+        self.service: TrainingService = self.fake
+
+    def carried(self, job_name: str) -> Carried:
+        return Carried.of(next(r for r in self.fake.started if r.job_name == job_name))
 
 
 # -- AWS --------------------------------------------------------------------------------------------------------
@@ -187,8 +200,11 @@ class StubberBackend:
         return _carried_from_params(first, first.get("Tags", []))
 
 
-@pytest.fixture(params=["local", "sagemaker"])
+@pytest.fixture(params=["local", "sagemaker", "fake"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
+    if request.param == "fake":
+        yield FakeBackend()
+        return
     if request.param == "local":
         yield LocalBackend(tmp_path, monkeypatch)
         return
@@ -196,10 +212,14 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
     yield MotoBackend()
 
 
-@pytest.fixture(params=["local", "sagemaker-stubber"])
+@pytest.fixture(params=["local", "sagemaker-stubber", "fake"])
 def naming_backend(request: pytest.FixtureRequest, tmp_path: Path,
                    monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
-    """For the duplicate-name behaviour: local, or a Stubber answering the second CreateTrainingJob ResourceInUse."""
+    """For the duplicate-name behaviour: local, the double, or a Stubber answering the second CreateTrainingJob
+    ResourceInUse."""
+    if request.param == "fake":
+        yield FakeBackend()
+        return
     if request.param == "local":
         yield LocalBackend(tmp_path, monkeypatch)
         return

@@ -135,3 +135,33 @@ def test_approval_is_recorded_with_who_and_why(home, capsys):
     # the registry announced the change on the bus, in the AWS shape
     events = [stack.bus.event(d.event_id) for d in stack.bus.deliveries()]
     assert not events or all(e["source"] == "aws.sagemaker" for e in events)
+
+
+def test_data_status_follows_what_arrived_and_json_keeps_numbers_and_iso_times(home, small_dataset, capsys):
+    write_config(home, min_new_turbine_hours=1000.0)  # the policy must not start a training here
+    assert run(home, "data", "put", str(small_dataset)) == 0
+    stack = Stack(home)
+    drain(stack, Dispatcher(stack.bus, stack.targets()))
+    capsys.readouterr()
+    assert run(home, "data", "status", "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["accepted_files"] == doc["new_files"] == len(list(small_dataset.rglob("*.csv.gz")))
+    assert doc["new_turbine_hours"] == pytest.approx(2.0, abs=0.05) and doc["would_start"] is False
+    assert doc["active_job"] is None and doc["last_arrival_at"].endswith("Z")
+    assert run(home, "data", "status") == 0
+    assert "2.00 of the 1000 turbine-hours" in capsys.readouterr().out
+
+
+def test_a_version_is_v1_everywhere_and_its_figures_are_numbers(home, capsys):
+    stack = Stack(home)
+    stack.registry.register(stack.settings.group, "jobs/j/output/model.tar.gz", "PendingManualApproval", "ok",
+                            {"nacelle:job": "j", "metric:event_f1": "0.9", "metric:mean_delay_s": "12.5"}, "j")
+    assert run(home, "models", "approve", "v1", "--by", "alice", "--reason", "fine") == 0
+    assert capsys.readouterr().out == "nacelle-turbine v1 is now Approved\n"
+    assert run(home, "models", "show", "v1", "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["metrics"] == {"event_f1": 0.9, "mean_delay_s": 12.5} and doc["champion"] is True
+    assert all(h["at"].endswith("Z") for h in doc["history"])
+    assert run(home, "models", "show", "1") == 0
+    out = capsys.readouterr().out
+    assert "status       Approved (champion)" in out and "deployed     nowhere" in out

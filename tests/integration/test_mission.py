@@ -102,8 +102,10 @@ def test_data_drop_to_acknowledged_alert(tmp_path: Path, small_dataset: Path) ->
         (episode,) = doc["episodes"]
         assert episode["turbine_id"] == FAULTY and episode["fault"] == "operator-confirmed"
         assert (episode["start"], episode["end"]) == (item["started_at"], item["ended_at"])
+        acks = doc["source"].pop("acks")
         assert doc["source"] == {"alert_id": item["alert_id"], "episode_id": item["episode_id"],
                                  "verdict": "fault", "by": "test-operator", "note": "",
                                  "model_version": version.version}
+        assert [(a["by"], a["verdict"]) for a in acks] == [("test-operator", "fault")]  # the history
     print(f"mission timeline (s from start): {', '.join(f'{k}={v:.1f}' for k, v in marks.items())}; "
           f"total {time.monotonic() - started:.1f}")

@@ -326,12 +326,12 @@ def test_fleet_provisions_supervises_and_reports(tmp_path: Path) -> None:
         wait(lambda: fleet.procs["turbine-01/nucleus"].restarts == 1, "the nucleus to be restarted", timeout=10)
 
         alerts.put("alerts", "episode#e1", {"kind": "episode", "turbine_id": "turbine-02", "status": "open"})
-        state.put("devices", "turbine-02", {"thing_name": "turbine-02", "model_version": "7", "last_health_at": 1.0,
+        state.put("devices", "turbine-02", {"thing_name": "turbine-02", "model_version": 7, "last_health_at": 1.0,
                                             "inference_rate_hz": 2.5})
         rows = {r["thing"]: r for r in fleet.status()}
         assert rows["turbine-01"]["deployment"]["status"] == "SUCCEEDED"
         assert rows["turbine-01"]["components"] == {"c": "1.0.0"} and rows["turbine-01"]["groups"] == [CANARY_GROUP]
-        assert rows["turbine-02"]["deployment"] is None and rows["turbine-02"]["model_version"] == "7"
+        assert rows["turbine-02"]["deployment"] is None and rows["turbine-02"]["model_version"] == 7
         assert rows["turbine-02"]["episodes"] == {"total": 1, "open": 1}
         assert rows["turbine-01"]["processes"]["nucleus"].startswith("running")
         pids = [m.popen.pid for m in fleet.procs.values() if m.popen is not None]

@@ -15,6 +15,7 @@ import pytest
 
 from nacelle.local.state import SqliteStateStore
 from services.anomaly_alert.app import handle
+from shared.aws.sns import sns_subject
 from shared.errors import ConfigurationError, NotFound
 from shared.messages import MAX_MESSAGE_BYTES, BadMessage, EpisodeMessage, EpisodeRow, decode, validate
 from shared.ml.metrics import load_labels
@@ -44,6 +45,7 @@ def clock() -> Clock:
 
 def make_deps(tmp_path: Path, clock: Clock, **policy: Any) -> AlertDeps:
     registry = MemoryRegistry()
+    registry.ensure_group(GROUP)
     registry.register(GROUP, "jobs/j1/output/model.tar.gz", "Approved", "", {
         "nacelle:dataset_hash": "d" * 64, "nacelle:job": "nacelle-dddd-1", "nacelle:code_version": "abc123"}, "j1")
     return AlertDeps(alerts=SqliteStateStore(tmp_path / "alerts.db"), devices=SqliteStateStore(tmp_path / "state.db"),
@@ -145,7 +147,7 @@ def test_duplicates_and_updates_give_one_alert_and_one_resolution(deps: AlertDep
     assert item["status"] == "closed" and item["score"] == 5.0 and item["contributions"] == UPDATES[3]
     assert item["features"] == ["gen_temp", "rpm"] and "ratios" not in item
     assert item["last_flagged_at"] == T0 - 60 + 10 * 5  # the latest, whatever the arrival order
-    assert item["severity"] == "critical" and item["last_seq"] == 5  # peak 5.0 >= high, two features: +1
+    assert item["severity"] == "high" and item["last_seq"] == 5  # peak 5.0 over 3x for 110 s (critical needs 6x)
 
 
 def test_close_before_open_gives_the_alert_then_the_resolution_once(deps: AlertDeps) -> None:
@@ -237,7 +239,7 @@ def test_a_v1_message_from_a_detector_not_yet_updated_is_upgraded(deps: AlertDep
     assert (row_v2.v, row_v2.score, row_v2.contributions) == (2, 3.0, {"rpm": 0.75, "gen_temp": 0.25, "voltage": 0.0})
     assert handle(message, deps)["action"] == "new"
     (alert,) = sent(deps, "alert")
-    assert alert.subject == "[CRITICAL] wt-01: score 3.0x threshold, mostly rpm (75 %), gen_temp (25 %)"
+    assert alert.subject == "[HIGH] wt-01: score 3.0x threshold, mostly rpm (75 %), gen_temp (25 %)"
     with pytest.raises(BadMessage, match="field 'score'"):  # a bad v1 ratio is named like a bad v2 score
         validate(EpisodeRow, {**V1, "ratios": {"rpm": math.nan}})
 
@@ -281,22 +283,45 @@ def test_nan_infinity_oversize_and_non_json_payloads_are_refused() -> None:
             decode(EpisodeMessage, payload)
 
 
-@pytest.mark.parametrize(("score", "features", "missing", "expected"), [
-    (1.1, ["rpm"], [], "low"),
-    (1.5, ["rpm"], [], "medium"),
-    (2.9, ["rpm"], [], "medium"),
-    (3.5, ["rpm"], [], "high"),
-    (7.0, ["rpm"], [], "critical"),
-    (0.0, ["voltage"], ["voltage"], "medium"),  # missing samples alone: at least medium
-    (3.5, ["voltage"], ["voltage"], "high"),
-    (1.1, ["rpm", "voltage"], [], "medium"),
-    (1.1, ["gen_temp", "rpm", "voltage"], [], "high"),
-    (1.1, ["gen_temp", "qw", "rpm", "voltage"], [], "high"),  # at most two levels from the features
-    (3.1, ["gen_temp", "rpm", "voltage"], ["qw"], "critical"),
+# -- severity: how far AND how long the score exceeds its threshold ------------------------------------
+@pytest.mark.parametrize(("score", "over_s", "missing", "expected"), [
+    pytest.param(1.4, 3600.0, [], "low", id="low: under 1.5x, however long"),
+    pytest.param(1.5, 0.0, [], "medium", id="medium: 1.5x"),
+    pytest.param(5.9, 4.9, [], "medium", id="medium: 3x or more, but only a blip"),
+    pytest.param(0.0, 0.0, ["voltage"], "medium", id="medium: missing samples alone"),
+    pytest.param(3.0, 5.0, [], "high", id="high: 3x for 5 s"),
+    pytest.param(40.0, 59.0, [], "high", id="high: far over, but under a minute"),
+    pytest.param(5.9, 3600.0, ["voltage"], "high", id="high: long, but under 6x"),
+    pytest.param(6.0, 60.0, [], "critical", id="critical: 6x for a minute"),
 ])
-def test_severity_from_the_score_and_the_involved_features(score: float, features: list[str], missing: list[str],
-                                                           expected: str) -> None:
-    assert severity_of(score, features, missing, AlertPolicy()) == expected
+def test_severity_from_how_far_and_how_long_the_score_exceeds_its_threshold(
+        score: float, over_s: float, missing: list[str], expected: str) -> None:
+    assert severity_of(score, over_s, missing, AlertPolicy()) == expected
+
+
+def test_more_features_involved_raise_no_severity(deps: AlertDeps) -> None:
+    features = ["gen_temp", "qw", "rpm", "voltage"]
+    on_anomaly(row("open", score=1.2, features=features, contributions=dict.fromkeys(features, 0.25)), deps)
+    assert get_alert("episode:wt-01:wt-01-1000", deps)["severity"] == "low"
+
+
+def test_severity_ladders_are_policy_and_must_rise() -> None:
+    policy = AlertPolicy(severity_ratios=(1.2, 2.0, 4.0), severity_durations_s=(0.0, 0.0, 600.0))
+    assert [severity_of(2.5, 10.0, [], policy), severity_of(4.0, 599.0, [], policy),
+            severity_of(4.0, 600.0, [], policy)] == ["high", "high", "critical"]
+    with pytest.raises(ConfigurationError, match="severity_durations_s"):
+        AlertPolicy(severity_durations_s=(0.0, 60.0, 30.0))
+
+
+def test_severity_of_an_episode_rises_with_its_duration_over_threshold(deps: AlertDeps) -> None:
+    opened: dict[str, Any] = {"started_at": T0 - 10, "opened_at": T0 - 2, "last_flagged_at": T0 - 2}  # 8 s over
+    on_anomaly(row("open", score=7.0, contributions={"rpm": 1.0}, **opened), deps)
+    assert get_alert("episode:wt-01:wt-01-1000", deps)["severity"] == "high"
+    on_anomaly(row("update", seq=2, score=6.5, contributions={"rpm": 1.0}, **{**opened, "last_flagged_at": T0 + 50}),
+               deps)
+    assert get_alert("episode:wt-01:wt-01-1000", deps)["severity"] == "critical"  # 7x, 60 s over threshold
+    [alert] = sent(deps)
+    assert alert.subject == "[HIGH] wt-01: score 7.0x threshold, rpm (100 %)"  # sent with what was known then
 
 
 def test_severity_of_an_episode_follows_its_peak_score(deps: AlertDeps) -> None:
@@ -337,8 +362,9 @@ def test_a_body_lists_every_share_and_folds_the_tiny_ones(deps: AlertDeps) -> No
     shares = {"gen_temp": 0.003, "qw": 0.001, "rpm": 0.64, "voltage": 0.21, "wind": 0.146}
     on_anomaly(row("open", score=3.4, contributions=shares, missing=["pitch"]), deps)
     [alert] = sent(deps)
-    assert alert.subject == ("[CRITICAL] wt-01: score 3.4x threshold, mostly rpm (64 %), voltage (21 %), "
-                             "wind (15 %); pitch missing")
+    # cut to SNS's subject limit when longer
+    assert alert.subject == sns_subject("[HIGH] wt-01: score 3.4x threshold, mostly rpm (64 %), voltage (21 %), "
+                                        "wind (15 %); pitch missing")
     assert ("  rpm: 64 % of the score\n  voltage: 21 % of the score\n  wind: 15 % of the score\n"
             "  2 other feature(s): <1 % of the score together\n  pitch: samples missing") in alert.message
 
@@ -358,7 +384,7 @@ def test_duplicated_and_reordered_messages_give_one_alert_and_one_resolution(tmp
     assert [m.attributes["kind"] for m in sent(deps)] == ["alert", "resolution"]
     item = get_alert("episode:wt-01:wt-01-1000", deps)
     assert (item["status"], item["score"], item["contributions"]) == ("closed", 5.0, UPDATES[3])
-    assert (item["severity"], item["features"], item["last_seq"]) == ("critical", ["gen_temp", "rpm"], 4)
+    assert (item["severity"], item["features"], item["last_seq"]) == ("high", ["gen_temp", "rpm"], 4)
 
 
 # -- escalation -------------------------------------------------------------------------------------
@@ -495,7 +521,8 @@ def test_a_fault_verdict_becomes_a_training_label(deps: AlertDeps, tmp_path: Pat
     assert (fault.turbine_id, fault.start, fault.end, fault.severity) == ("wt-01", T0 - 120, T0 + 300, "medium")
     doc = json.loads(path.read_text())
     assert doc["source"] == {"alert_id": "episode:wt-01:wt-01-1000", "episode_id": "wt-01-1000", "verdict": "fault",
-                             "by": "bob", "note": "bearing", "model_version": 1}
+                             "by": "bob", "note": "bearing", "model_version": 1,
+                             "acks": [{"by": "bob", "at": T0, "verdict": "fault", "note": "bearing"}]}
 
 
 def test_a_false_alarm_verdict_keeps_the_span_normal(deps: AlertDeps, tmp_path: Path) -> None:
@@ -507,6 +534,57 @@ def test_a_false_alarm_verdict_keeps_the_span_normal(deps: AlertDeps, tmp_path: 
     assert load_labels(path) == []
     assert json.loads(path.read_text())["false_alarms"] == [{"turbine_id": "wt-01", "start": T0 - 120,
                                                              "end": T0}]
+
+
+def label(deps: AlertDeps, tmp_path: Path, key: str) -> tuple[dict[str, Any], list[Any]]:
+    assert isinstance(deps.store, MemoryStore)
+    path = tmp_path / "labels.json"
+    path.write_bytes(deps.store.get(key))
+    return json.loads(path.read_text()), load_labels(path)
+
+
+def test_a_second_acknowledgement_keeps_the_first_verdict_and_note(deps: AlertDeps, clock: Clock,
+                                                                   tmp_path: Path) -> None:
+    alert_id = "episode:wt-01:wt-01-1000"
+    on_anomaly(row("open"), deps)
+    on_anomaly(row("close", seq=2), deps)
+    acknowledge(alert_id, "bob", deps, verdict="fault", note="bearing noise")
+    clock.advance(600)
+    item = acknowledge(alert_id, "carol", deps, verdict="false-alarm", note="a sensor was recalibrated")
+    assert item["acks"] == [
+        {"by": "bob", "at": T0, "verdict": "fault", "note": "bearing noise"},
+        {"by": "carol", "at": T0 + 600, "verdict": "false-alarm", "note": "a sensor was recalibrated"}]
+    # the current verdict is the latest; the first acknowledgement (no escalation after it) stays the first
+    assert (item["verdict"], item["acked_by"], item["acked_at"]) == ("false-alarm", "carol", T0)
+    doc, faults = label(deps, tmp_path, item["label_key"])  # the label follows the latest verdict
+    assert faults == [] and doc["false_alarms"] == [{"turbine_id": "wt-01", "start": T0 - 120, "end": T0 + 300}]
+    assert (doc["source"]["verdict"], doc["source"]["by"]) == ("false-alarm", "carol")
+    assert [a["note"] for a in doc["source"]["acks"]] == ["bearing noise", "a sensor was recalibrated"]
+
+    clock.advance(60)
+    item = acknowledge(alert_id, "dave", deps, note="crew informed")  # no verdict: the verdict stays
+    assert [a["by"] for a in item["acks"]] == ["bob", "carol", "dave"]
+    assert (item["verdict"], item["note"]) == ("false-alarm", "crew informed")
+    assert label(deps, tmp_path, item["label_key"])[0]["source"]["by"] == "carol"  # not rewritten
+    clock.advance(60)
+    assert acknowledge(alert_id, "dave", deps, note="crew informed")["acks"] == item["acks"]  # the same again
+    item = acknowledge(alert_id, "bob", deps, verdict="fault", note="confirmed on site")
+    assert item["verdict"] == "fault"
+    assert [f.turbine_id for f in label(deps, tmp_path, item["label_key"])[1]] == ["wt-01"]
+
+
+def test_an_acknowledgement_stored_before_the_history_is_its_first_entry(deps: AlertDeps, clock: Clock) -> None:
+    alert_id = "episode:wt-01:wt-01-1000"
+    on_anomaly(row("open"), deps)
+    legacy = {k: v for k, v in (deps.alerts.get("alerts", alert_id) or {}).items()
+              if k not in ("acks", "acked_by", "acked_at", "note", "verdict", "verdict_at", "label_key")}
+    deps.alerts.put("alerts", alert_id, {**legacy, "acked_by": "alice", "acked_at": T0 - 10, "note": "seen",
+                                         "verdict": "fault", "verdict_at": T0 - 10,
+                                         "label_key": "labels/alerts/x/labels.json"})
+    assert get_alert(alert_id, deps)["acks"] == [{"by": "alice", "at": T0 - 10, "verdict": "fault", "note": "seen"}]
+    item = acknowledge(alert_id, "bob", deps, note="still on")
+    assert [(a["by"], a["verdict"]) for a in item["acks"]] == [("alice", "fault"), ("bob", None)]
+    assert (item["verdict"], item["acked_at"]) == ("fault", T0 - 10)
 
 
 def test_acknowledge_errors(deps: AlertDeps, clock: Clock) -> None:
@@ -527,8 +605,8 @@ def test_handler_takes_the_rule_row_and_the_schedule(deps: AlertDeps, clock: Clo
     assert handle(event, deps)["action"] == "new"
     assert handle(event, deps)["sent"] == []
     [alert] = sent(deps)
-    # high, two explaining features: critical; voltage (2 %) is too small to name
-    assert alert.subject == "[CRITICAL] turbine-03: score 3.4x threshold, mostly gen_temp (64 %), rps (34 %)"
+    # 3.4x its threshold for 30 s: high; voltage (2 %) is too small to name
+    assert alert.subject == "[HIGH] turbine-03: score 3.4x threshold, mostly gen_temp (64 %), rps (34 %)"
     health(deps, "wt-01", T0 - 1000)
     result = handle(json.loads((events / "scheduled_event.json").read_text()), deps)
     assert result["action"] == "checked" and result["sent"] == ["alert:offline:wt-01:1772322200"]
@@ -550,7 +628,7 @@ def test_cli_list_show_and_ack(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["alerts", "ack", "episode:wt-01:wt-01-1000", "--verdict", "fault", "--note", "pitch bearing",
                  "--by", "carol", *data_dir]) == 0
     assert "acknowledged by carol" in capsys.readouterr().out
-    assert main(["alerts", "show", "episode:wt-01:wt-01-1000", *data_dir]) == 0
+    assert main(["alerts", "show", "episode:wt-01:wt-01-1000", "--json", *data_dir]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["acked_by"], shown["verdict"], shown["note"]) == ("carol", "fault", "pitch bearing")
     label = json.loads(stack.store.get(shown["label_key"]))

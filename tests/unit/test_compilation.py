@@ -5,28 +5,17 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import Conflict
-from shared.ports import CompileRequest, TrainingJob
 from shared.usecases.compilation import CompileDeps, on_compile_finished, on_model_package_change, retry_compile
-from tests.fakes import Clock, MemoryRegistry, MemoryState, MemoryStore, RecordingNotifier
+from tests.fakes import Clock, FakeCompile, MemoryRegistry, MemoryState, MemoryStore, RecordingNotifier
 
 GROUP = "nacelle-turbine"
 
 
-class FakeCompiler:
-    def __init__(self) -> None:
-        self.started: list[CompileRequest] = []
-
-    def start(self, request: CompileRequest) -> None:
-        self.started.append(request)
-
-    def describe(self, job_name: str) -> TrainingJob:
-        return TrainingJob(job_name, "InProgress")
-
-
 @pytest.fixture
 def deps() -> CompileDeps:
-    d = CompileDeps(MemoryStore(), MemoryState(), MemoryRegistry(), RecordingNotifier(), FakeCompiler(), GROUP,
+    d = CompileDeps(MemoryStore(), MemoryState(), MemoryRegistry(), RecordingNotifier(), FakeCompile(), GROUP,
                     Clock())
+    d.registry.ensure_group(GROUP)
     d.registry.register(GROUP, "jobs/j1/output/model.tar.gz", "PendingManualApproval", "",
                         {"nacelle:dataset_hash": "ab" * 32}, "j1")
     d.store.put(f"datasets/{GROUP}/{'ab' * 32}.json", b"[]")
@@ -100,7 +89,7 @@ def test_an_approval_of_a_version_not_in_the_registry_is_ignored(deps):
 
 def gate_rejected(deps: CompileDeps) -> None:
     deps.registry.register(GROUP, "jobs/j2/output/model.tar.gz", "Rejected", "gate",
-                           {"nacelle:gate": "rejected", "nacelle:gate_reasons": "event_f1 0.41 < 0.75"}, "j2")
+                           {"nacelle:gate": "rejected", "nacelle:gate_reasons": "event_f1 0.41 below 0.75"}, "j2")
 
 
 def test_a_gate_rejected_version_approved_without_override_is_refused_once(deps):
@@ -157,7 +146,7 @@ def test_neo_runs_after_the_onnx_bundle_on_the_packed_onnx_model(deps):
     import tarfile
 
     deps.neo, deps.neo_target = FakeNeo(), "ml_c5"
-    deps.registry.update_metadata(GROUP, 1, {"nacelle:input_shape": "1,6,100"})
+    deps.registry.update_metadata(GROUP, 1, {"nacelle:input_shape": "1 6 100"})  # as registration writes it
     approve(deps)
     assert deps.neo.started == []  # not before the ONNX model exists
     deps.store.put(f"compiled/{GROUP}/1/model.onnx", b"onnx-bytes")
@@ -168,7 +157,7 @@ def test_neo_runs_after_the_onnx_bundle_on_the_packed_onnx_model(deps):
         assert tar.getnames() == ["model.onnx"]
 
 
-def test_a_neo_artifact_and_its_digest_are_added_to_the_manifest_once(deps):
+def test_a_neo_artifact_and_its_digest_are_recorded_beside_the_manifest_once(deps):
     import hashlib
     import json
 
@@ -176,12 +165,13 @@ def test_a_neo_artifact_and_its_digest_are_added_to_the_manifest_once(deps):
 
     deps.neo_target = "ml_c5"
     prefix = f"compiled/{GROUP}/1/"
-    deps.store.put(prefix + "manifest.json", json.dumps({"edge": {"artifacts": {"model.onnx": {}}}}).encode())
+    manifest = json.dumps({"edge": {"artifacts": {"model.onnx": {}}}}).encode()
+    deps.store.put(prefix + "manifest.json", manifest)
     key = prefix + "neo/output/model-ml_c5.tar.gz"
     deps.store.put(key, b"neo-artifact")
     assert on_neo_output(key, deps).action == "recorded"
     assert on_neo_output(key, deps).action == "duplicate"
-    manifest = json.loads(deps.store.get(prefix + "manifest.json"))
-    assert manifest["neo"]["sha256"] == hashlib.sha256(b"neo-artifact").hexdigest()
-    assert manifest["edge"]["artifacts"] == {"model.onnx": {}}  # what devices verify is unchanged
+    neo = json.loads(deps.store.get(prefix + "neo.json"))
+    assert neo == {"key": key, "sha256": hashlib.sha256(b"neo-artifact").hexdigest(), "size": 12, "target": "ml_c5"}
+    assert deps.store.get(prefix + "manifest.json") == manifest  # untouched: no second rollout
     assert on_neo_output(prefix + "model.onnx", deps).action == "ignored"

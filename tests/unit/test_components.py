@@ -195,7 +195,8 @@ import importlib, sys
 root = {str(root)!r}
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()
                     and "editable" not in getattr(f, "__name__", "").lower()]
-sys.path[:] = [root] + [p for p in sys.path if "site-packages" in p or "python3" in p and "/work/" not in p]
+sys.path[:] = [root] + [p for p in sys.path
+                        if "site-packages" in p or "python3" in p and not p.startswith({str(REPO)!r})]
 for name in {modules!r}:
     importlib.import_module(name)
 import shared.ml.spec

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from nacelle.local.greengrass import LocalGreengrass
+from nacelle.local.nucleus import open_greengrass
 from nacelle.local.paths import StackPaths
 from shared.errors import ConfigurationError, Conflict, NotFound
 
@@ -261,7 +262,7 @@ def test_open_puts_status_events_on_the_stacks_bus(tmp_path: Path) -> None:
     cloud.add_thing("turbine-01", GROUP)
     cloud.create_component_version(RECIPE)
     dep = cloud.create_deployment(ARN, "dep", COMPONENTS, POLICIES, {}, "t1")
-    device = LocalGreengrass.open(paths.home)  # as a simulated device process does
+    device = open_greengrass(paths.home)  # as a simulated device process does
     device.target_for("turbine-01")
     device.report("turbine-01", dep, "SUCCEEDED")
     with sqlite3.connect(paths.bus_db) as db:

@@ -9,12 +9,17 @@ import numpy as np
 
 from nacelle.mission_report import (
     DETECTION_TOLERANCE_S,
+    AlertMark,
     EpisodeMark,
+    ModelSwap,
+    ScoreSegment,
     TurbineTimeline,
     match,
     plot_timeline,
     read_jsonl,
+    score_segments,
     summary_rows,
+    timeline_figure,
 )
 from shared.ml.metrics import Fault
 
@@ -41,8 +46,60 @@ def test_summary_rows_and_a_timeline_png(tmp_path: Path) -> None:
     tl = TurbineTimeline("t1", samples, [Fault("t1", "overspeed", "high", 1005.0, 1010.0)], [episode(1007.0)],
                          model_version=3)
     assert summary_rows([tl]) == [["t1", "v3", "1", "1", "2 s", "0", "0"]]
-    out = plot_timeline(tl, (np.array([1005.0, 1010.0]), np.array([0.5, 2.0])), tmp_path / "t1.png")
+    segment = ScoreSegment(3, np.array([1005.0, 1010.0]), np.array([0.5, 2.0]))
+    out = plot_timeline(tl, [segment], tmp_path / "t1.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_each_model_scores_only_from_its_swap_to_the_next() -> None:
+    """The device scored nothing before its first model, and the early part with the early model."""
+    samples = [{"ts": float(t)} for t in range(100)]
+    seen: dict[int, list[float]] = {}
+
+    def score(given: list[dict], bundle: Path) -> tuple[np.ndarray, np.ndarray]:
+        version = int(bundle.name)
+        seen[version] = [s["ts"] for s in given]
+        t = np.array(seen[version])  # one window ending at every sample
+        return t, np.full(len(t), float(version))
+
+    v1, v2 = score_segments(samples, [ModelSwap(60.0, 2), ModelSwap(10.0, 1)], lambda v: Path(str(v)), score)
+    assert (v1.version, v1.t.min(), v1.t.max()) == (1, 10.0, 59.0) and set(v1.ratio) == {1.0}
+    assert (v2.version, v2.t.min(), v2.t.max()) == (2, 60.0, 99.0) and set(v2.ratio) == {2.0}
+    assert max(seen[1]) == 59.0  # the first model never saw what came after the swap
+
+
+def test_the_timeline_reads_in_clock_time_with_units_named_faults_swaps_and_a_legend() -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.dates import DateFormatter, num2date
+
+    t0 = 1_772_323_200.0  # 2026-03-01T00:00:00Z
+    samples = [{"ts": t0 + i * 0.05, "wind_speed_rps": 2.0, "rps": 2.0, "voltage": 80} for i in range(2400)]
+    tl = TurbineTimeline("turbine-02", samples, [Fault("turbine-02", "generator_fault", "high", t0 + 60, t0 + 90)],
+                         [episode(t0 + 62)], [AlertMark(t0 + 70, "high", "[HIGH] turbine-02")], model_version=2,
+                         swaps=[ModelSwap(t0 + 5, 1), ModelSwap(t0 + 50, 2)])
+    segments = [ScoreSegment(1, np.array([t0 + 10, t0 + 40]), np.array([0.2, 0.3])),
+                ScoreSegment(2, np.array([t0 + 55, t0 + 80]), np.array([0.4, 3.0]))]
+    fig = timeline_figure(tl, segments)
+    try:
+        *signals, score_ax = fig.axes
+        assert [ax.get_ylabel() for ax in signals] == ["wind speed\n(anemometer rev/s)", "rotor speed\n(rev/s)",
+                                                       "generator voltage\n(ADC count, 0-1023)"]
+        formatter = score_ax.xaxis.get_major_formatter()
+        assert isinstance(formatter, DateFormatter) and "UTC" in score_ax.get_xlabel()
+        assert "2026-03-01" in score_ax.get_xlabel()
+        assert num2date(score_ax.get_lines()[0].get_xdata()[0]).timestamp() == t0 + 10  # clock time, not offsets
+        assert "generator_fault (high)" in [t.get_text() for t in signals[0].texts]
+        assert [t.get_text().strip() for t in score_ax.texts] == ["v1", "v2"]  # where each model took over
+        (legend,) = fig.legends
+        labels = [t.get_text() for t in legend.get_texts()]
+        for wanted in ("v1: score / threshold", "v2: score / threshold", "injected fault", "detector episode",
+                       "alert sent", "model swapped on the device"):
+            assert wanted in labels
+        fault_band, episode_band = score_ax.patches[0], score_ax.patches[-1]
+        assert fault_band.get_alpha() >= 0.25 and fault_band.get_zorder() < episode_band.get_zorder()
+        assert episode_band.get_facecolor()[3] == 0.0  # hatched, unfilled: the fault stays visible under it
+    finally:
+        plt.close(fig)
 
 
 def test_read_jsonl_skips_a_line_cut_short(tmp_path: Path) -> None:

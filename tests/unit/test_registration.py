@@ -61,9 +61,11 @@ def running_job(state: StateStore, job: str = JOB) -> None:
 
 @pytest.fixture
 def deps() -> RegistrationDeps:
+    clock = Clock()
     d = RegistrationDeps(store=MemoryStore(), state=MemoryState(), registry=MemoryRegistry(),
-                         notifier=RecordingNotifier(), events=RecordingEvents(), gate=GatePolicy(),
-                         group=GROUP, clock=Clock())
+                         notifier=RecordingNotifier(), events=RecordingEvents(clock), gate=GatePolicy(),
+                         group=GROUP, clock=clock)
+    d.registry.ensure_group(GROUP)
     running_job(d.state)
     return d
 
@@ -86,9 +88,10 @@ def test_a_good_model_waits_for_approval_with_metrics_and_lineage(deps):
     (message,) = deps.notifier.messages
     assert message.topic == "approvals" and "nacelle models approve 1" in message.message
     assert "update-model-package" in message.message
+    assert f"--model-package-arn {deps.registry.get(GROUP, 1).arn} --model-approval-status" in message.message
     # the group is free again and the policy re-runs; the data counts as trained on
     assert deps.state.get(sk.group_pk(GROUP), sk.ACTIVE_JOB)["job_name"] == ""
-    ((check, _, _),) = deps.events.published
+    (check,) = [p.event for p in deps.events.published]
     assert check.detail_type == "Nacelle Retrain Check"
     assert check.detail["correlation"] == {"job_name": JOB, "dataset_hash": "ab" * 32}  # carried onwards
     assert deps.state.get(sk.group_pk(GROUP), sk.WATERMARK)["trained_until"] == 123.0
@@ -159,3 +162,19 @@ def test_a_manifest_without_model_or_selection_still_registers(deps):
     (version,) = deps.registry.list(GROUP)
     assert version.metadata["nacelle:family"] == "-" and version.metadata["nacelle:input_shape"] == "1 0 0"
     assert "nacelle:candidates" not in version.metadata
+
+
+def test_an_approval_notice_without_the_packages_arn_looks_it_up_instead_of_leaving_it_empty() -> None:
+    from types import SimpleNamespace
+
+    from shared.gate import GateDecision
+    from shared.ports import ModelVersion
+    from shared.usecases.registration import _notify
+
+    deps = SimpleNamespace(notifier=RecordingNotifier(), group=GROUP)
+    version = ModelVersion(GROUP, 4, "PendingManualApproval", "jobs/j/output/model.tar.gz", {}, arn="")
+    _notify(version, GateDecision(True, [], {"event_f1": 0.9}), "j", deps)  # type: ignore[arg-type]
+    (message,) = deps.notifier.messages
+    assert "--model-package-arn --" not in message.message
+    assert (f'--model-package-arn "$(aws sagemaker describe-model-package --model-package-name {GROUP}/4 '
+            f'--query ModelPackageArn --output text)" --model-approval-status Approved') in message.message

@@ -40,11 +40,12 @@ def ten_minutes() -> list[bytes]:
 
 @pytest.fixture
 def deps() -> ArrivalDeps:
+    clock = Clock()
     return ArrivalDeps(store=MemoryStore(), state=MemoryState(), notifier=RecordingNotifier(),
-                       events=RecordingEvents(), training=FakeTraining(), registry=MemoryRegistry(),
+                       events=RecordingEvents(clock), training=FakeTraining(), registry=MemoryRegistry(),
                        policy=RetrainPolicy(GROUP, min_new_turbine_hours=0.4, quiet_period_s=15.0,
                                             hyperparameters={"epochs": "3"}),
-                       clock=Clock())
+                       clock=clock)
 
 
 def drop(deps: ArrivalDeps, files: list[bytes]) -> list[str]:
@@ -61,9 +62,9 @@ def test_accepted_file_is_recorded_and_a_check_is_scheduled_after_the_quiet_peri
     drop(deps, ten_minutes[:1])
     record = deps.state.get(sk.group_pk(GROUP), sk.FILE + "raw/wt-01/wt-01_part0.csv.gz")
     assert record["status"] == "accepted" and record["duration_s"] == pytest.approx(600, abs=1)
-    (event, deliver_at, _), = deps.events.published
-    assert event.detail_type == "Nacelle Retrain Check"
-    assert (deliver_at - deps.clock()).total_seconds() == 15.0
+    (published,) = deps.events.published
+    assert published.event.detail_type == "Nacelle Retrain Check"
+    assert published.deliver_at is not None and (published.deliver_at - deps.clock()).total_seconds() == 15.0
 
 
 @pytest.mark.parametrize("content, code", [
@@ -158,6 +159,7 @@ def test_failed_job_is_not_retried_automatically_but_can_be_retried(deps, ten_mi
 
 def test_champion_is_the_newest_approved_version_not_marked_failed(deps, ten_minutes):
     registry = deps.registry
+    registry.ensure_group(GROUP)
     for i in (1, 2, 3):
         registry.register(GROUP, f"jobs/j{i}/output/model.tar.gz", "Approved", "", {}, f"t{i}")
     registry.update_metadata(GROUP, 3, {"nacelle:failed": "true"})

@@ -32,8 +32,9 @@ def load(name: str) -> dict:
 
 
 def arrival_deps(bucket: str) -> ArrivalDeps:
-    return ArrivalDeps(MemoryStore(bucket), MemoryState(), RecordingNotifier(), RecordingEvents(), FakeTraining(),
-                       MemoryRegistry(), RetrainPolicy("nacelle-turbine"), Clock())
+    clock = Clock()
+    return ArrivalDeps(MemoryStore(bucket), MemoryState(), RecordingNotifier(), RecordingEvents(clock),
+                       FakeTraining(), MemoryRegistry(), RetrainPolicy("nacelle-turbine"), clock)
 
 
 def test_s3_event_key_is_url_decoded_and_the_file_is_read():
@@ -55,8 +56,10 @@ def test_unexpected_detail_type_is_a_routing_error():
 
 
 def registration_deps() -> RegistrationDeps:
+    clock = Clock()
     deps = RegistrationDeps(MemoryStore("nacelle-data-123456789012"), MemoryState(), MemoryRegistry(),
-                            RecordingNotifier(), RecordingEvents(), GatePolicy(), "nacelle-turbine", Clock())
+                            RecordingNotifier(), RecordingEvents(clock), GatePolicy(), "nacelle-turbine", clock)
+    deps.registry.ensure_group("nacelle-turbine")
     pk = sk.group_pk("nacelle-turbine")
     deps.state.put(pk, sk.JOB + "nacelle-0123456789abcdef-1",
                    {"dataset_hash": "0123456789abcdef", "status": "InProgress"})

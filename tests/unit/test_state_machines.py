@@ -34,8 +34,7 @@ from shared.usecases.registration import RegistrationDeps, on_training_finished
 from shared.usecases.rollout import ROLLOUT
 from shared.usecases.rollout_components import manifest_key
 from shared.usecases.rollout_ops import cancel, rollback_to
-from tests.fakes import MemoryRegistry, MemoryState
-from tests.unit.test_compilation import FakeCompiler
+from tests.fakes import FakeCompile, MemoryRegistry, MemoryState
 from tests.unit.test_registration import metrics, model_tar, running_job
 from tests.unit.test_rollout import CANARY as CANARY_GROUP
 from tests.unit.test_rollout import CANARY_TIMEOUT, GROUP, SOAK, Harness, aws_status_event
@@ -126,10 +125,11 @@ class World:
         self.tmp_path = tmp_path
         self.h = h = Harness(tmp_path)
         self.state, self.registry = RecordingState(), RecordingRegistry()
+        self.registry.ensure_group(GROUP)
         h.deps = replace(h.deps, state=self.state, registry=self.registry)
         self.training = RegistrationDeps(h.deps.store, self.state, self.registry, h.notifier, h.events, GatePolicy(),
                                          GROUP, h.clock)
-        self.compiler = FakeCompiler()
+        self.compiler = FakeCompile()
         self.compiling = CompileDeps(h.deps.store, self.state, self.registry, h.notifier, self.compiler, GROUP,
                                      h.clock)
         self.announced: list[str] = []  # the rollout's answers to bundles announced again
@@ -248,7 +248,7 @@ def test_a_transition_outside_the_table_raises_and_writes_nothing():
         lc.advance(state, lc.ROLLOUT, "group#g", "rollout#1", lc.DONE, lc.DEPLOY, lc.CANARY)
     with pytest.raises(InvalidTransition):  # a known event, another target
         lc.advance(state, lc.ROLLOUT, "group#g", "rollout#1", lc.CANARY, lc.SOAKED, lc.DONE)
-    assert state.get("group#g", "rollout#1") == {"version": 1, "stage": lc.DONE}
+    assert state.get("group#g", "rollout#1") == {"pk": "group#g", "sk": "rollout#1", "version": 1, "stage": lc.DONE}
     with pytest.raises(InvalidTransition):
         lc.REGISTRY.target(lc.GATE_REJECTED, lc.REJECT)
 

@@ -10,6 +10,7 @@ from detector import SCHEMA_VERSION
 from detector.messages import MessageBuilder, encode
 
 from nacelle.local.state import SqliteStateStore
+from shared.aws.sns import sns_subject
 from shared.messages import EpisodeMessage, EpisodeRow, HealthMessage, SensorMessage, validate
 from shared.ml.episodes import EpisodeRule, EpisodeTracker
 from shared.usecases.alerts import AlertDeps, AlertPolicy, get_alert, on_anomaly
@@ -59,10 +60,12 @@ def test_the_cloud_turns_the_messages_into_one_alert_and_one_resolution(tmp_path
     for m in messages():
         on_anomaly(validate(EpisodeRow, {**m, "thing_name": THING, "received_at": 1, "client_id": THING}), deps)
     alert, resolution = notifier.messages
-    assert alert.subject == f"[HIGH] {THING}: score 3.4x threshold, mostly rps (64 %), voltage (21 %), gen_temp (15 %)"
-    assert resolution.subject == (f"[RESOLVED] {THING}: score 3.4x threshold, mostly rps (64 %), voltage (21 %), "
-                                  "gen_temp (15 %); voltage missing")
+    assert alert.subject == (f"[MEDIUM] {THING}: score 3.4x threshold, mostly rps (64 %), voltage (21 %), "
+                             "gen_temp (15 %)")
+    assert resolution.subject == sns_subject(  # over SNS's limit: subscribers get it cut
+        f"[RESOLVED] {THING}: score 3.4x threshold, mostly rps (64 %), voltage (21 %), gen_temp (15 %); "
+        "voltage missing")
     assert "  rps: 64 % of the score\n  voltage: 21 % of the score" in alert.message
     item = get_alert(f"episode:{THING}:{THING}-101000", deps)
     assert (item["score"], item["features"], item["missing"]) == (3.4, ["rps", "voltage"], ["voltage"])
-    assert item["severity"] == "critical"  # high, and voltage joined: +1
+    assert item["severity"] == "medium"  # 3.4x its threshold, but for 2 s only (high needs 5 s)

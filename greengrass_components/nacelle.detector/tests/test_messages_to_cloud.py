@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from detector.messages import BadMessage as DetectorBadMessage
 from detector.messages import MessageBuilder, encode, parse_sensor_message, sensor_message
 
 from nacelle.local.state import SqliteStateStore
@@ -80,26 +80,64 @@ def test_the_builder_refuses_what_the_cloud_would_refuse() -> None:
     assert json.loads(HealthMessage(v=1, turbine_id=THING, seq=1).to_json())["model_version"] is None
 
 
+def _sensor_changes(columns: list[str]) -> list[tuple[str, object]]:
+    """(what, change) pairs: each makes a good sensor message one the definition refuses."""
+    col = columns[0]
+    long_text = "x" * 201
+    return [
+        ("top-level unknown field", {"extra": 1}),
+        ("no samples (one sample at the top level)", {"samples": None, "seq": 0, "ts": 1.0, col: 1.0}),
+        ("samples not a list", {"samples": {"seq": 0}}),
+        ("empty turbine id", {"turbine_id": ""}),
+        ("turbine id too long", {"turbine_id": long_text}),
+        ("negative top-level seq", {"seq": -1}),
+        ("boolean top-level seq", {"seq": True}),
+        ("version as text", {"v": "1"}),
+        ("version 2", {"v": 2}),
+        ("no version", {"v": None}),
+        *[(f"sample change {change}", {"sample": change}) for change in (
+            {"seq": -1}, {"seq": 1.5}, {"seq": "7"}, {"seq": None}, {"ts": "now"}, {"ts": None}, {"ts": 0.5},
+            {col: True}, {col: [1.0]}, {"source": True}, {"source": [1]}, {"source": {"a": 1}}, {"source": long_text},
+            {long_text: 1.0}, {f"k{i}": 1.0 for i in range(300)})],
+        ("sample not an object", {"sample": 42}),
+    ]
+
+
+def _changed(doc: dict, change: dict) -> bytes:
+    doc = json.loads(json.dumps(doc))
+    change = dict(change)
+    if "sample" in change:
+        sample = change.pop("sample")
+        doc["samples"][5] = {**doc["samples"][5], **sample} if isinstance(sample, dict) else sample
+    for key, value in change.items():
+        if value is None:
+            doc.pop(key, None)
+        else:
+            doc[key] = value
+    return json.dumps(doc).encode()
+
+
 def test_the_detector_reads_the_sensor_definition_and_refuses_what_it_refuses() -> None:
     spec = default_spec()
     columns = list(spec.input_columns)
-    samples = [{"seq": i, "ts": 1_772_323_200.0 + i / 20, **dict.fromkeys(columns, 1.5)} for i in range(20)]
+    samples = [{"seq": i, "ts": 1_772_323_200.0 + i / 20, **dict.fromkeys(columns, 1.5), "source": "plc-1"}
+               for i in range(20)]
     samples[3][columns[0]] = float("nan")  # a missing reading: null on the wire
     good = sensor_message(THING, samples)
     assert len(decode(SensorMessage, good).samples) == 20
     assert len(parse_sensor_message(good, spec, THING)) == 20
-    doc = json.loads(good)
-    with pytest.raises(DetectorBadMessage):  # text is fine in a sample, not where the spec wants a number
+    with pytest.raises(BadMessage, match=re.escape(f"$.samples[0].{columns[0]}")):  # text is no reading
         parse_sensor_message(sensor_message(THING, [{**samples[0], columns[0]: "high"}]), spec, THING)
-    for change in ({"seq": -1}, {"seq": 1.5}, {"ts": 0.0}, {"ts": "now"}, {columns[0]: True}):
-        bad = {**doc, "samples": [*doc["samples"][:5], {**doc["samples"][5], **change}, *doc["samples"][6:]]}
-        payload = json.dumps(bad).encode()
+    doc = json.loads(good)
+    payloads = [(what, _changed(doc, change)) for what, change in _sensor_changes(columns)]
+    payloads += [("NaN token", good.replace(b"1.5", b"NaN", 1)), ("truncated", b"{"),
+                 ("not UTF-8", good.replace(b"plc-1", b"plc-\xff", 1)),
+                 ("too large", b"x" * (SensorMessage.MAX_BYTES + 1))]
+    for what, payload in payloads:
         with pytest.raises(BadMessage):
             decode(SensorMessage, payload)
-        with pytest.raises(DetectorBadMessage):
+            pytest.fail(f"the definition takes the message with {what}")
+        with pytest.raises(BadMessage) as refused:
             parse_sensor_message(payload, spec, THING)
-    for payload in (good.replace(b"1.5", b"NaN", 1), b"{", b"x" * (SensorMessage.MAX_BYTES + 1)):
-        with pytest.raises(BadMessage):
-            decode(SensorMessage, payload)
-        with pytest.raises(DetectorBadMessage):
-            parse_sensor_message(payload, spec, THING)
+            pytest.fail(f"the detector takes the message with {what}")
+        assert refused.value.reason, what

@@ -1,24 +1,21 @@
 """Versioned message schemas of the detector's topics.
 
-Incoming `turbines/{id}/sensors` (schema v1), a batch::
+Incoming `turbines/{id}/sensors` is shared.messages.SensorMessage (schema v1), a batch::
 
     {"v": 1, "turbine_id": "t1", "samples": [{"seq": 7, "ts": 1700000000.05, "qw": 1.0, ..., "rps": null}]}
 
-or a single sample object with "v" and "turbine_id" at its top level instead of "samples".
-Every raw input column of the feature spec must be present in every sample (null = missing
-reading); other keys are ignored. Timestamps are epoch seconds and strictly increasing within a
-batch. Anything else is a BadMessage, raised before any state is touched.
+parse_sensor_batch is its one parser, in two typed steps (msgspec) and one comparison:
 
-Parsing takes the first of three paths that succeeds:
+1. the decode checks what the definition checks: a JSON object with no unknown field, an integer `v`, a
+   `turbine_id` of 1..MAX_TEXT characters, 1..MAX_SAMPLES samples, each an object of at most MAX_ITEMS
+   entries whose values are finite numbers, text of at most MAX_TEXT characters or null;
+2. the samples then convert to the feature spec's sample type: a non-negative integer `seq`, positive
+   epoch seconds `ts` and every raw input column, a number or null (null = a missing reading); other keys
+   (text or numbers, e.g. a source id) are carried along and left out;
+3. timestamps strictly increase.
 
-1. typed: msgspec decodes an ASCII batch straight into one struct per sample, checking every type on
-   the way (int seq >= 0, number ts > 0, number-or-null columns); numbers decode exactly as the
-   stdlib json module decodes them;
-2. columnar: stdlib json, then whole-column checks;
-3. precise: a sample-by-sample walk that names the first bad field.
-
-A message the typed path does not take (a single-sample message, non-ASCII bytes, any failed check)
-goes the stdlib way, so every BadMessage reason comes from paths 2 and 3.
+Anything else is a BadMessage whose reason names the first bad field by its JSON path
+(`... - at $.samples[3].rps`), raised before any state is touched.
 
 Outgoing `turbines/{id}/anomalies` (schema v2: the episode's peak score / threshold and each feature's
 share of that window's score) and `turbines/{id}/health` (schema v1) are built by MessageBuilder, which
@@ -29,35 +26,36 @@ from __future__ import annotations
 
 import json
 import math
-import struct
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from itertools import chain, starmap
-from operator import itemgetter, lt
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 import numpy as np
 
-from shared import messages
-from shared.errors import DataError
-from shared.messages import MAX_ERROR_TEXT, EpisodeMessage, HealthMessage, Message, SensorMessage, validate
+from shared.messages import (
+    MAX_ERROR_TEXT,
+    MAX_ITEMS,
+    MAX_SAMPLES,
+    MAX_TEXT,
+    BadMessage,
+    EpisodeMessage,
+    HealthMessage,
+    Message,
+    SensorMessage,
+    validate,
+)
 from shared.ml.episodes import EpisodeEvent
 from shared.ml.spec import FeatureSpec
 
 from . import SCHEMA_VERSION
 
+__all__ = ["MAX_MESSAGE_BYTES", "BadMessage", "MessageBuilder", "Sample", "SampleBatch", "encode",
+           "parse_sensor_batch", "parse_sensor_message", "sensor_message"]
+
 MAX_MESSAGE_BYTES = SensorMessage.MAX_BYTES
-MAX_SAMPLES = messages.MAX_SAMPLES
-
-
-class BadMessage(DataError, ValueError):
-    """A sensor message that cannot be used; `reason` says why (short, loggable, no payload dump)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -67,103 +65,59 @@ class Sample:
     values: tuple[float, ...]  # spec.input_columns order; NaN where the reading is null
 
 
-@dataclass(slots=True)  # not frozen: built once per message, and a frozen __init__ costs more
+@dataclass(frozen=True)
 class SampleBatch:
     """The samples of one message as columns (what the pipeline consumes)."""
 
-    seq: list[int]
+    seq: np.ndarray  # (N,) int64
     ts: np.ndarray  # (N,) float64 epoch seconds
     values: np.ndarray  # (N, C) float64 in spec.input_columns order; NaN where the reading is null
-    ordered: bool = True  # ts strictly increasing (checked by the parser; not for from_samples)
-    times: list[float] | None = None  # ts as Python floats, when the parser has them anyway
 
     def __len__(self) -> int:
         return len(self.seq)
 
     def samples(self) -> list[Sample]:
-        return [Sample(q, t, tuple(v)) for q, t, v in zip(self.seq, self.ts.tolist(), self.values.tolist(),
-                                                            strict=True)]
+        return [Sample(q, t, tuple(v)) for q, t, v in zip(self.seq.tolist(), self.ts.tolist(),
+                                                            self.values.tolist(), strict=True)]
 
     @classmethod
-    def from_samples(cls, samples: list[Sample], n_columns: int) -> SampleBatch:
-        ts = np.fromiter((s.ts for s in samples), dtype=np.float64, count=len(samples))
+    def from_samples(cls, samples: Sequence[Sample], n_columns: int) -> SampleBatch:
+        seq = np.array([s.seq for s in samples], dtype=np.int64)
+        ts = np.array([s.ts for s in samples], dtype=np.float64)
         values = np.array([s.values for s in samples], dtype=np.float64).reshape(len(samples), n_columns)
-        return cls([s.seq for s in samples], ts, values, ordered=False)
+        return cls(seq, ts, values)
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+# 1. shared.messages.SensorMessage as msgspec types, generic in the type of a sample's values. An integer
+# stays one (a seq must); past int64 it is refused, as one past the float range is.
+_INT = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+_FINITE = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
+_TEXT = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+_VALUE = _INT | _FINITE | _TEXT | None
+V = TypeVar("V")
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
+class _SensorBatch(msgspec.Struct, Generic[V], forbid_unknown_fields=True, gc=False):
+    v: int
+    turbine_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
+    samples: Annotated[list[Annotated[dict[_TEXT, V], msgspec.Meta(max_length=MAX_ITEMS)]],
+                       msgspec.Meta(min_length=1, max_length=MAX_SAMPLES)]
+    seq: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
-def _is_finite(x: int | float) -> bool:
-    try:
-        return math.isfinite(x)
-    except OverflowError:  # an integer beyond float range
-        return False
-
-
-def _reject_constant(token: str) -> Any:
-    raise BadMessage(f"non-standard JSON constant {token}")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # built once: json.loads(..., kw) rebuilds it
-_NUMBER_TYPES = frozenset({int, float, type(None)})
-
-
-@lru_cache(maxsize=8)
-def _row_getter(columns: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
-    return itemgetter("seq", "ts", *columns)
+_DECODER = msgspec.json.Decoder(_SensorBatch[_VALUE])
+_ENTRIES = msgspec.json.Decoder(_SensorBatch[msgspec.Raw])  # values undecoded: to name a refused one
 
 
 @lru_cache(maxsize=8)
-def _row_struct(n_columns: int) -> struct.Struct:
-    """A typed row (seq, ts, *columns) as native doubles."""
-    return struct.Struct(f"={n_columns + 2}d")
-
-
-@lru_cache(maxsize=8)
-def _typed_decoder(columns: tuple[str, ...]) -> msgspec.json.Decoder[Any]:
-    """A decoder of batch messages for these raw input columns (struct fields c0.. renamed to them)."""
+def _spec_samples(columns: tuple[str, ...]) -> Any:  # a Struct type made at run time
+    """2. {"samples": [...]} as the feature spec reads it: per sample (seq, ts, *columns), other keys left out.
+    Column names need not be identifiers: fields c0, c1... are renamed to them."""
     fields: list[tuple[str, Any]] = [("seq", Annotated[int, msgspec.Meta(ge=0)]),
                                      ("ts", Annotated[float, msgspec.Meta(gt=0)])]
     fields += [(f"c{i}", float | None) for i in range(len(columns))]
-    sample = msgspec.defstruct("SensorSample", fields, gc=False,
-                               rename={f"c{i}": c for i, c in enumerate(columns)})
-    samples: Any = list[sample] | None  # type: ignore[valid-type]  # a struct type built at run time
-    message = msgspec.defstruct("SensorBatch", [("v", int), ("turbine_id", str), ("samples", samples, None)], gc=False)
-    return msgspec.json.Decoder(message)
-
-
-def _typed_batch(payload: bytes, columns: tuple[str, ...], turbine_id: str) -> SampleBatch | None:
-    """The batch through the typed decoder; None when it does not take the message."""
-    try:
-        doc = _typed_decoder(columns).decode(payload)
-    except msgspec.MsgspecError:
-        return None
-    samples = doc.samples
-    if doc.v != SCHEMA_VERSION or doc.turbine_id != turbine_id or not samples or len(samples) > MAX_SAMPLES:
-        return None
-    rows = list(map(msgspec.structs.astuple, samples))  # (seq, ts, *columns)
-    ts = [r[1] for r in rows]
-    if not all(map(lt, ts, ts[1:])):  # strictly increasing (a list beats numpy on a few samples)
-        return None
-    try:  # packing rows as C doubles beats np.array's conversion several times over, but takes no None
-        packed = bytearray(b"".join(starmap(_row_struct(len(columns)).pack, rows)))
-        table = np.frombuffer(packed, dtype=np.float64).reshape(len(rows), len(columns) + 2)
-    except struct.error:  # a null reading: np.array makes it NaN
-        table = None
-    except OverflowError:  # a seq beyond float range
-        return None
-    if table is None:
-        try:
-            table = np.array(rows, dtype=np.float64)  # out-of-range numbers failed the decode
-        except OverflowError:
-            return None
-    return SampleBatch([r[0] for r in rows], table[:, 1], table[:, 2:], times=ts)
+    sample = msgspec.defstruct("SpecSample", fields, rename={f"c{i}": c for i, c in enumerate(columns)}, gc=False)
+    return msgspec.defstruct("SpecSamples", [("samples", list[sample])], gc=False)  # type: ignore[valid-type]
 
 
 def parse_sensor_message(payload: bytes, spec: FeatureSpec, turbine_id: str,
@@ -174,108 +128,47 @@ def parse_sensor_message(payload: bytes, spec: FeatureSpec, turbine_id: str,
 
 def parse_sensor_batch(payload: bytes, spec: FeatureSpec, turbine_id: str,
                        max_bytes: int = MAX_MESSAGE_BYTES) -> SampleBatch:
-    """parse_sensor_message as columns: same checks, same BadMessage reasons."""
-    if isinstance(payload, bytes) and payload.isascii() and len(payload) <= max_bytes:
-        batch = _typed_batch(payload, spec.input_columns, turbine_id)
-        if batch is not None:
-            return batch
-    raw = _sample_list(payload, turbine_id, max_bytes)
-    columns = spec.input_columns
-    batch = _fast_columns(raw, columns)
-    return batch if batch is not None else _precise_columns(raw, columns)
-
-
-def _sample_list(payload: bytes, turbine_id: str, max_bytes: int) -> list[Any]:
-    if not isinstance(payload, bytes | bytearray | memoryview):
-        raise BadMessage(f"payload must be bytes, got {type(payload).__name__}")
+    """One sensor message as columns, or BadMessage naming the first bad field."""
     if len(payload) > max_bytes:
         raise BadMessage(f"payload of {len(payload)} bytes exceeds the {max_bytes}-byte limit")
     try:
-        doc = _DECODER.decode(bytes(payload).decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise BadMessage(f"payload is not UTF-8: {exc.reason} at byte {exc.start}") from None
-    except json.JSONDecodeError as exc:
-        raise BadMessage(f"payload is not valid JSON: {exc.msg} at char {exc.pos}") from None
-    except RecursionError:
-        raise BadMessage("payload nests too deeply") from None
-    if not isinstance(doc, dict):
-        raise BadMessage(f"message must be a JSON object, got {type(doc).__name__}")
-    version = doc.get("v")
-    if not _is_int(version):
-        raise BadMessage(f"message lacks an integer schema version 'v' (got {version!r})")
-    if version != SCHEMA_VERSION:
-        raise BadMessage(f"unknown schema version {version} (this detector reads {SCHEMA_VERSION})")
-    sender = doc.get("turbine_id")
-    if not isinstance(sender, str):
-        raise BadMessage("message lacks a string 'turbine_id'")
-    if sender != turbine_id:
-        raise BadMessage(f"message for turbine {sender!r} arrived at the detector of {turbine_id!r}")
-    if "samples" not in doc:
-        return [doc]
-    raw = doc["samples"]
-    if not isinstance(raw, list):
-        raise BadMessage(f"'samples' must be a list, got {type(raw).__name__}")
-    if not raw:
-        raise BadMessage("'samples' is empty")
-    if len(raw) > MAX_SAMPLES:
-        raise BadMessage(f"{len(raw)} samples exceed the limit of {MAX_SAMPLES} per message")
-    return raw
-
-
-def _fast_columns(raw: list[Any], columns: tuple[str, ...]) -> SampleBatch | None:
-    """Whole-column checks; None when any fails (the precise walk then names the first bad field)."""
+        doc = _DECODER.decode(payload)
+    except msgspec.ValidationError as exc:  # a DecodeError too: first
+        raise BadMessage(_refused_entry(payload) or str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadMessage(f"payload is not valid JSON: {exc}") from None
+    if doc.v != SCHEMA_VERSION:
+        raise BadMessage(f"unknown schema version {doc.v} (this detector reads {SCHEMA_VERSION})")
+    if doc.turbine_id != turbine_id:
+        raise BadMessage(f"message for turbine {doc.turbine_id!r} arrived at the detector of {turbine_id!r}")
     try:
-        rows = list(map(_row_getter(columns), raw))  # KeyError: a missing key; TypeError: not an object
-    except (KeyError, TypeError):
-        return None
-    if not set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES:  # no bool, str, list, dict
-        return None
-    seq = [r[0] for r in rows]
-    if set(map(type, seq)) != {int} or min(seq) < 0:
-        return None
+        samples = msgspec.convert({"samples": doc.samples}, _spec_samples(spec.input_columns)).samples
+    except msgspec.ValidationError as exc:
+        raise BadMessage(str(exc)) from None
+    rows = list(map(msgspec.structs.astuple, samples))  # (seq, ts, *columns)
+    times = [row[1] for row in rows]
+    for i in range(1, len(times)):
+        if not times[i] > times[i - 1]:
+            raise BadMessage(f"Expected a time after the previous sample's {times[i - 1]!r}, got {times[i]!r} "
+                             f"- at `$.samples[{i}].ts`")
+    table = np.array(rows, dtype=np.float64)  # null -> NaN
+    return SampleBatch(np.array([row[0] for row in rows], dtype=np.int64), table[:, 1], table[:, 2:])
+
+
+def _refused_entry(payload: bytes) -> str | None:
+    """When the decode refuses a sample's value (its reason then says only which sample) and nothing before
+    it: the reason, naming the entry. Else None: msgspec's own reason says where."""
     try:
-        table = np.array(rows, dtype=np.float64)  # null -> NaN; JSON has no NaN token (rejected above)
-    except OverflowError:  # an integer beyond float range
+        samples = _ENTRIES.decode(payload).samples
+    except msgspec.MsgspecError:
         return None
-    ts = table[:, 1]
-    # an infinity can only come from a huge literal (1e999); a NaN ts (null) fails the comparisons
-    if np.isinf(table).any() or not ts[0] > 0 or (len(ts) > 1 and not (ts[1:] > ts[:-1]).all()):
-        return None
-    return SampleBatch(seq, ts, table[:, 2:])
-
-
-def _precise_columns(raw: list[Any], columns: tuple[str, ...]) -> SampleBatch:
-    samples: list[Sample] = []
-    last_ts = -math.inf
-    for i, item in enumerate(raw):
-        samples.append(_sample(item, i, columns))
-        if samples[-1].ts <= last_ts:
-            raise BadMessage(f"sample {i}: ts {samples[-1].ts} is not after the previous sample's {last_ts}")
-        last_ts = samples[-1].ts
-    return SampleBatch.from_samples(samples, len(columns))
-
-
-def _sample(item: Any, i: int, columns: tuple[str, ...]) -> Sample:
-    if not isinstance(item, dict):
-        raise BadMessage(f"sample {i} must be an object, got {type(item).__name__}")
-    seq: Any = item.get("seq")
-    ts: Any = item.get("ts")
-    if not _is_int(seq) or seq < 0:
-        raise BadMessage(f"sample {i}: 'seq' must be a non-negative integer, got {seq!r}")
-    if not _is_number(ts) or not _is_finite(ts) or ts <= 0:
-        raise BadMessage(f"sample {i}: 'ts' must be positive epoch seconds, got {ts!r}")
-    values: list[float] = []
-    for name in columns:
-        if name not in item:
-            raise BadMessage(f"sample {i}: missing column {name!r} (null marks a missing reading)")
-        v = item[name]
-        if v is None:
-            values.append(math.nan)
-        elif _is_number(v) and _is_finite(v):
-            values.append(float(v))
-        else:
-            raise BadMessage(f"sample {i}: column {name!r} must be a finite number or null, got {v!r}")
-    return Sample(seq, float(ts), tuple(values))
+    for i, sample in enumerate(samples):
+        for name, raw in sample.items():
+            try:
+                msgspec.json.decode(raw, type=_VALUE)
+            except msgspec.ValidationError as exc:
+                return f"{exc} - at `$.samples[{i}].{name}`"
+    return None
 
 
 def sensor_message(turbine_id: str, samples: Sequence[Mapping[str, Any]]) -> bytes:

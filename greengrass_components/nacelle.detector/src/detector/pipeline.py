@@ -19,16 +19,13 @@ from typing import NamedTuple, overload
 import numpy as np
 
 from shared.ml.episodes import EpisodeEvent, EpisodeTracker
-from shared.ml.features import FeaturePlan, FeatureScratch, feature_rows, operating_mask
+from shared.ml.features import FeaturePlan, feature_matrix, make_windows, operating_mask
 from shared.ml.spec import FeatureSpec
 
 from .messages import MAX_MESSAGE_BYTES, BadMessage, Sample, SampleBatch, parse_sensor_batch
 from .scoring import EdgeModel
 
 LATENCY_HISTORY = 4096  # per-window latencies kept for the p50/p99 of health messages
-RING_WINDOWS = 4  # ring capacity in window lengths: one compaction (a <= length-row move) per ~3 windows
-SMALL_BATCH = 64  # up to this many samples, the gap scan runs in Python
-REUSED_BATCH = 64  # model input arrays up to this many windows are allocated once and reused
 
 
 class WindowRecord(NamedTuple):  # a tuple: built per window on the hot path
@@ -90,36 +87,24 @@ class Result:
 
 
 def pipeline_key(spec: FeatureSpec) -> tuple[object, ...]:
-    """What must match for a ring buffer of features to stay valid across a model swap."""
+    """What must match for a buffer of features to stay valid across a model swap."""
     return (spec.features, spec.derived, spec.input_columns, spec.geometry)
 
 
-def window_ends(t: list[float], prev: float | None, run_len: int, length: int, stride: int, max_gap: float,
-                ordered: bool = False) -> tuple[list[int], int]:
+def window_ends(t: list[float], prev: float | None, run_len: int, length: int, stride: int,
+                max_gap: float) -> tuple[list[int], int]:
     """Indices of the new samples `t` that end a window, and the run length after the last one.
 
     A run restarts after a gap longer than `max_gap`; within a run the first window ends at its
-    `length`-th sample and then one every `stride` samples (shared.ml.features.window_starts).
-    `ordered`: `t` is strictly increasing, so a span within max_gap has no gap inside."""
-    n = len(t)
-    if ordered and t[-1] - t[0] <= max_gap:
-        starts = []
-    elif n <= SMALL_BATCH:  # a few samples: a Python pass beats three numpy calls
-        starts = [j for j in range(1, n) if t[j] - t[j - 1] > max_gap]
-    else:
-        starts = (np.flatnonzero(np.diff(t) > max_gap) + 1).tolist()
-    if prev is not None and t[0] - prev > max_gap:
-        run_len = 0
-    first = run_len + 1  # run length at the first new sample
-    if not starts:  # one run (the usual case)
-        return list(range(length - first if first <= length else -(first - length) % stride, n, stride)), run_len + n
+    `length`-th sample and then one every `stride` samples (shared.ml.features.window_starts)."""
     ends: list[int] = []
-    for a, b in zip([0, *starts], [*starts, n], strict=True):
-        first = run_len + 1  # run length at sample a
-        ends += range(a + (length - first if first <= length else -(first - length) % stride), b, stride)
-        run_len += b - a
-        if b < n:
+    for i, ti in enumerate(t):
+        if prev is not None and ti - prev > max_gap:
             run_len = 0
+        run_len += 1
+        if run_len >= length and (run_len - length) % stride == 0:
+            ends.append(i)
+        prev = ti
     return ends, run_len
 
 
@@ -129,8 +114,9 @@ class TurbinePipeline:
     Thread-safe: `handle`, `swap` and `flush` serialise on one lock, so a swap always falls
     between two windows.
 
-    Features live in a preallocated feature-major ring (F, capacity): the valid rows of the current
-    run are columns [lo, hi), new samples are written after hi and become state only on commit.
+    The features of the last geometry.total samples are kept (a window reaches back that far, across
+    gaps); a message's features are appended to them, its windows cut with make_windows and judged with
+    operating_mask (shared.ml.features, as in training), and the buffer replaced only on commit.
     """
 
     def __init__(self, turbine_id: str, model: EdgeModel) -> None:
@@ -138,7 +124,6 @@ class TurbinePipeline:
         self.model = model
         self._lock = threading.Lock()
         self.tracker = self._new_tracker(model)
-        self._bind_operating()
         self._reset_buffer()
         self.windows_scored = 0
         self.samples_seen = 0
@@ -152,67 +137,13 @@ class TurbinePipeline:
     def _new_tracker(self, model: EdgeModel) -> EpisodeTracker:
         return EpisodeTracker(self.turbine_id, model.rule, model.threshold, list(model.spec.features))
 
-    def _bind_operating(self) -> None:
-        """The model's version, and its operating regime as (feature row, minimum), None without one. The
-        minimum is a 0-d float32 array: the float32 comparison operating_mask makes with a Python float (NEP 50)."""
-        op = self.model.spec.operating
-        self._version = self.model.model_version
-        self._regime = None if op is None else (self.model.spec.features.index(op.feature),
-                                                np.array(op.min, dtype=np.float32))
-
     def _reset_buffer(self) -> None:
         spec = self.model.spec
         self._plan = FeaturePlan.of(spec)
-        g = spec.geometry
-        self._geometry = (g.length, g.stride, g.max_gap_s, spec.n_features)
-        self._keep = g.total  # samples kept: a drift baseline's context reaches back across gaps
-        self._offsets = np.asarray(g.offsets(), dtype=np.intp) - (g.length - 1)  # model inputs, from a window's end
-        self._ring = np.zeros((spec.n_features, RING_WINDOWS * g.total), dtype=np.float32)
-        self._lo = self._hi = 0  # the last <= total feature rows seen
+        self._offsets = np.asarray(spec.geometry.offsets(), dtype=np.int64)
+        self._features = np.zeros((0, spec.n_features), dtype=np.float32)  # (<= geometry.total, F)
         self._run_len = 0  # samples in the current gap-free run
         self._last_ts: float | None = None
-        self._inputs: dict[tuple[int, ...], np.ndarray] = {}
-        self._scratch: FeatureScratch | None = None  # of the last message size, if <= SMALL_BATCH
-
-    def _room(self, n: int) -> None:
-        """Make space for n rows after hi: move the valid rows to the front (same logical state),
-        growing the ring for a message larger than it."""
-        lo, hi = self._lo, self._hi
-        if hi + n <= self._ring.shape[1]:
-            return
-        if hi - lo + n > self._ring.shape[1]:
-            ring = np.zeros((self._ring.shape[0], hi - lo + n + self._ring.shape[1]), dtype=np.float32)
-            ring[:, :hi - lo] = self._ring[:, lo:hi]
-            self._ring = ring
-        else:
-            self._ring[:, :hi - lo] = self._ring[:, lo:hi]
-        self._lo, self._hi = 0, hi - lo
-
-    def _input(self, shape: tuple[int, int, int]) -> np.ndarray:
-        if shape[0] > REUSED_BATCH:
-            return np.empty(shape, dtype=np.float32)
-        x = self._inputs.get(shape)
-        if x is None:
-            x = self._inputs[shape] = np.empty(shape, dtype=np.float32)
-        return x
-
-    def _operating(self, x: np.ndarray, hi: int, ends: list[int]) -> list[bool]:
-        """operating_mask(x) of the windows ending at ring columns hi + ends. Its usual case (more than
-        half the window's samples at or above the minimum) is counted here with one running sum over
-        the span of all the windows; a window that count leaves undecided goes through operating_mask."""
-        if self._regime is None:
-            return [True] * len(ends)
-        row, minimum = self._regime
-        length, first = self._geometry[0], ends[0]
-        span = self._ring[row, hi + first + 1 - length:hi + ends[-1] + 1]
-        half = length // 2
-        # a window misses at most the span's samples below the minimum (or NaN): few, all decided
-        if len(span) - np.count_nonzero(np.greater_equal(span, minimum)) < length - half:
-            return [True] * len(ends)
-        above = np.add.accumulate(np.greater_equal(span, minimum), dtype=np.intp).tolist()
-        if all(above[e - first + length - 1] - (above[e - first - 1] if e > first else 0) > half for e in ends):
-            return [True] * len(ends)
-        return operating_mask(x, self.model.spec).tolist()
 
     @property
     def model_version(self) -> int | None:
@@ -221,9 +152,8 @@ class TurbinePipeline:
     def snapshot(self) -> tuple[object, ...]:
         """The scoring state (buffer, alignment, episode history), for tests and diagnostics."""
         t = self.tracker
-        buf = self._ring[:, self._lo:self._hi]
         history = tuple((a, r, None if row is None else tuple(row), tuple(g)) for a, r, row, g in t._recent)
-        return (buf.tobytes(), buf.shape, self._run_len, self._last_ts, self.windows_scored,
+        return (self._features.tobytes(), self._features.shape, self._run_len, self._last_ts, self.windows_scored,
                 self.samples_seen, t._last_t, history, t.current.snapshot() if t.current else None, len(t.closed),
                 self.model_version)
 
@@ -246,59 +176,47 @@ class TurbinePipeline:
         with self._lock:
             return self._process(SampleBatch.from_samples(samples, len(self.model.spec.input_columns)), start)
 
-    def handle_batch(self, batch: SampleBatch) -> Result:
-        start = time.perf_counter()
-        with self._lock:
-            return self._process(batch, start)
-
     def _process(self, batch: SampleBatch, start: float) -> Result:
-        model, (length, stride, max_gap, n_features) = self.model, self._geometry
-        t, values, last, ts = batch.ts, batch.values, self._last_ts, batch.times
-        n, stale = len(t), 0
-        if last is not None and not (batch.ordered and (t[0] if ts is None else ts[0]) > last):  # stale ones lead
-            fresh = t > last
-            t, values, ts = t[fresh], values[fresh], None
-            n, stale = len(t), n - len(t)
+        model = self.model
+        spec, version = model.spec, model.model_version
+        g = spec.geometry
+        ts, values, last = batch.ts, batch.values, self._last_ts
+        stale = 0
+        if last is not None:  # samples at or before the newest one seen: redelivered, dropped
+            fresh = ts > last
+            if not fresh.all():
+                ts, values = ts[fresh], values[fresh]
+                stale = len(fresh) - len(ts)
+        n = len(ts)
         if not n:
             self.stale_samples += stale
-            return Result(model_version=model.model_version, stale=stale)
-        self._room(n)
-        hi, ring = self._hi, self._ring
-        scratch = self._scratch
-        if scratch is None or scratch.n != n:  # kept for the usual message size
-            scratch = self._scratch = FeatureScratch(self._plan, n) if n <= SMALL_BATCH else None
-        feature_rows(values.T, self._plan, ring[:, hi:hi + n], scratch)  # ring columns: scratch until the commit
-        if ts is None:
-            ts = t.tolist()
-        ends, run_len = window_ends(ts, last, self._run_len, length, stride, max_gap, batch.ordered)
+            return Result(model_version=version, stale=stale)
+        kept = self._features
+        features = np.concatenate((kept, feature_matrix(values, self._plan)))
+        times = ts.tolist()
+        ends, run_len = window_ends(times, last, self._run_len, g.length, g.stride, g.max_gap_s)
         if ends:
-            k = len(ends)
-            x = self._input((k, n_features, len(self._offsets)))
-            columns = (hi + np.asarray(ends, dtype=np.intp))[:, None] + self._offsets  # (k, width)
-            x[...] = ring[:, np.maximum(columns, 0)].transpose(1, 0, 2)
-            unseen = columns < self._lo  # context before the first sample kept: missing
-            if unseen.any():
-                x[np.broadcast_to(unseen[:, None, :], x.shape)] = np.nan
+            starts = np.asarray(ends, dtype=np.int64) + (len(kept) - g.length + 1)  # first scored sample
+            x = make_windows(features, starts, self._offsets)  # NaN before the first sample kept
             scores, contributions, missing = model.score(x)
-            operating = self._operating(x, hi, ends)
+            operating = operating_mask(x, spec).tolist()
 
         # Commit: nothing above touched the state, so a failure there leaves it as it was.
-        self._lo = max(self._lo, hi + n - self._keep)
-        self._hi = hi + n
-        self._run_len, self._last_ts = run_len, ts[-1]
+        self._features = features[-g.total:]
+        self._run_len, self._last_ts = run_len, times[-1]
         self.samples_seen += n
         self.stale_samples += stale
-        version = self._version
         if not ends:
             return Result(model_version=version, accepted=n, stale=stale)
-        t_ends = [ts[e] for e in ends]
+        t_ends = [times[e] for e in ends]
         events = self.tracker.step_many(t_ends, scores, contributions, missing, operating)
         now = time.perf_counter()
         latency = now - start
-        windows = WindowRecords(t_ends, scores, contributions, missing, operating, version, latency)
+        k = len(ends)
         self.latencies.extend([latency] * k)
         self._decisions.extend([now] * k)
         self.windows_scored += k
+        windows = WindowRecords(t_ends, scores, contributions, missing, operating, version, latency)
         return Result(windows, events, version, n, stale)
 
     # -- model swap and shutdown -------------------------------------------------------------------
@@ -306,7 +224,7 @@ class TurbinePipeline:
         """Score from the next window on with `new_model` (load and warm it up first: EdgeModel.load).
 
         An open episode is interrupted (its threshold belongs to the old model; the condition has not
-        ended) and the episode tracker restarts with the new threshold and rule. The ring buffer is kept
+        ended) and the episode tracker restarts with the new threshold and rule. The feature buffer is kept
         when the feature pipeline is the same (features, inputs, window geometry), so no sample is
         scored twice or skipped; otherwise the run restarts. Returns the interrupt event (if any),
         attributed to the outgoing model's version."""
@@ -315,7 +233,6 @@ class TurbinePipeline:
             keep = pipeline_key(new_model.spec) == pipeline_key(self.model.spec)
             self.model = new_model
             self.tracker = self._new_tracker(new_model)
-            self._bind_operating()
             if not keep:
                 self._reset_buffer()
             self.swaps += 1

@@ -1,5 +1,7 @@
-"""The settings and AWS adapters of the two rollout functions (compilation_completed, deployment_status):
-they run the same use case family on the same resources, so they read one settings object."""
+"""The settings and AWS wiring of the two rollout functions (compilation_completed, deployment_status): they run the
+same use case family on the same resources, so they read one settings object. It lives in shared/ (the Lambda layer)
+because each function's package holds only its own app.py; it is the one shared module that imports both the use
+cases and the AWS adapters (tool.importlinter in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from datetime import UTC, datetime
 
 from pydantic import Field
 
+from shared import settings as defaults
 from shared.settings import CommonSettings
 from shared.usecases.rollout import RolloutDeps
 
@@ -17,10 +20,10 @@ class RolloutSettings(CommonSettings):
     detector_version: str = Field(alias="NACELLE_DETECTOR_VERSION")
     canary_group: str = Field(alias="NACELLE_CANARY_GROUP")
     fleet_group: str = Field(alias="NACELLE_FLEET_GROUP")
-    soak_s: float = Field(600.0, ge=0, alias="NACELLE_CANARY_SOAK_S")
-    canary_timeout_s: float = Field(3600.0, gt=0, alias="NACELLE_CANARY_TIMEOUT_S")
-    stuck_timeout_s: float = Field(1800.0, gt=0, alias="NACELLE_STUCK_TIMEOUT_S")
-    poll_s: float = Field(60.0, gt=0, alias="NACELLE_ROLLOUT_POLL_S")
+    soak_s: float = Field(defaults.CANARY_SOAK_S, ge=0, alias="NACELLE_CANARY_SOAK_S")
+    canary_timeout_s: float = Field(defaults.CANARY_TIMEOUT_S, gt=0, alias="NACELLE_CANARY_TIMEOUT_S")
+    stuck_timeout_s: float = Field(defaults.STUCK_TIMEOUT_S, gt=0, alias="NACELLE_STUCK_TIMEOUT_S")
+    poll_s: float = Field(defaults.ROLLOUT_POLL_S, gt=0, alias="NACELLE_ROLLOUT_POLL_S")
     event_bus_name: str = Field("default", alias="NACELLE_EVENT_BUS_NAME")
     event_bus_arn: str = Field(alias="NACELLE_EVENT_BUS_ARN")
     scheduler_role_arn: str = Field(alias="NACELLE_SCHEDULER_ROLE_ARN")
@@ -38,7 +41,7 @@ def rollout_deps(s: RolloutSettings) -> RolloutDeps:
     return RolloutDeps(
         store=S3ObjectStore(s.data_bucket),
         state=DynamoStateStore(s.state_table),
-        registry=SageMakerRegistry(s.data_bucket, ""),
+        registry=SageMakerRegistry(s.data_bucket),  # no image: the rollout never registers
         notifier=SnsNotifier({"approvals": s.approvals_topic_arn}),
         greengrass=AwsGreengrass(account=s.account_id),
         events=AwsEventPublisher(s.event_bus_name, s.event_bus_arn, s.scheduler_role_arn, s.scheduler_group),
