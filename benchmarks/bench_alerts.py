@@ -36,9 +36,9 @@ import numpy as np
 import yaml
 
 from benchmarks.bench_outage import MqttClient
-from nacelle.local.broker import find_mosquitto
-from nacelle.local.pki import LocalPki
-from nacelle.local.up import background_stack, wait_for
+from nacelle.local.edge.broker import find_mosquitto
+from nacelle.local.edge.pki import LocalPki
+from nacelle.local.runtime.up import background_stack, wait_for
 from nacelle.simulator.device import read_port
 from nacelle.simulator.stream import TurbineStream
 from shared.usecases.alerts import list_alerts

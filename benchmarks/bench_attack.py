@@ -24,11 +24,11 @@ from pathlib import Path
 from awscrt import mqtt5
 
 from benchmarks.device_attack import attack, connect, rig
-from nacelle.local.broker import Broker
-from nacelle.local.pki import LocalPki
-from nacelle.local.rules import RuleEngine
-from nacelle.local.stack import Stack
-from nacelle.local.template import load_template, topic_rules
+from nacelle.local.edge.broker import Broker
+from nacelle.local.edge.pki import LocalPki
+from nacelle.local.runtime.rules import RuleEngine
+from nacelle.local.runtime.stack import Stack
+from nacelle.local.runtime.template import load_template, topic_rules
 
 FLOOD_S, FLOOD_RATE = 30.0, 1200.0
 HONEST = ["turbine-02", "turbine-03", "turbine-04", "turbine-05"]

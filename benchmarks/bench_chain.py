@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from nacelle.commands import upload_keys
-from nacelle.local.up import background_stack, wait_for
+from nacelle.local.runtime.up import background_stack, wait_for
 from nacelle.simulator.generate import generate_dataset
 
 

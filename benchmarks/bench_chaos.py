@@ -36,12 +36,12 @@ from detector.messages import MessageBuilder  # noqa: E402
 from detector.pipeline import TurbinePipeline  # noqa: E402
 from detector.scoring import EdgeModel  # noqa: E402
 
-from nacelle.local.broker import Broker  # noqa: E402
-from nacelle.local.bus import Dispatcher  # noqa: E402
-from nacelle.local.jobs import JobRecord, alive  # noqa: E402
-from nacelle.local.pki import LocalPki  # noqa: E402
-from nacelle.local.stack import Stack  # noqa: E402
-from nacelle.local.up import keep_broker, wait_for  # noqa: E402
+from nacelle.local.adapters.jobs import JobRecord, alive  # noqa: E402
+from nacelle.local.edge.broker import Broker  # noqa: E402
+from nacelle.local.edge.pki import LocalPki  # noqa: E402
+from nacelle.local.runtime.bus import Dispatcher  # noqa: E402
+from nacelle.local.runtime.stack import Stack  # noqa: E402
+from nacelle.local.runtime.up import keep_broker, wait_for  # noqa: E402
 from nacelle.simulator.generate import generate_dataset  # noqa: E402
 from nacelle.train_runner import run_training_job  # noqa: E402
 from shared.messages import EpisodeRow, validate  # noqa: E402
@@ -159,7 +159,7 @@ def brokers(tmp: Path) -> tuple[int, float]:
 def false_resolved(tmp: Path) -> tuple[int, int]:
     """(false resolutions, episodes interrupted) over every faulty turbine, stopped and re-deployed."""
     from benchmarks.bench_detector import messages
-    from nacelle.local.state import SqliteStateStore
+    from nacelle.local.adapters.state import SqliteStateStore
     from tests.fakes import MemoryRegistry, RecordingNotifier
 
     data = tmp / "det-data"

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from nacelle.components import WHEELHOUSE
-from nacelle.local.broker import find_mosquitto
-from nacelle.local.stack import Stack
-from nacelle.local.up import background_stack, wait_for
+from nacelle.local.edge.broker import find_mosquitto
+from nacelle.local.runtime.stack import Stack
+from nacelle.local.runtime.up import background_stack, wait_for
 from nacelle.simulator.generate import generate_dataset
 from nacelle.train_runner import run_training_job
 from shared.ml.bundle import MANIFEST_FILE, input_shape, read_tar_documents

@@ -24,8 +24,8 @@ from typing import Any
 from awscrt import mqtt5
 from awsiot import mqtt5_client_builder
 
-from nacelle.local.broker import Broker, find_mosquitto
-from nacelle.local.pki import DeviceCredentials, LocalPki
+from nacelle.local.edge.broker import Broker, find_mosquitto
+from nacelle.local.edge.pki import DeviceCredentials, LocalPki
 from nacelle.simulator.stream import TurbineStream
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "greengrass_components" / "nacelle.detector" / "src"))

@@ -23,13 +23,13 @@ from typing import Any
 from awscrt import mqtt5
 from awsiot import mqtt5_client_builder
 
-from nacelle.local.broker import Broker
-from nacelle.local.bus import Dispatcher
-from nacelle.local.pki import CLOUD_CLIENT, LocalPki
-from nacelle.local.rules import RuleEngine
-from nacelle.local.stack import Stack
-from nacelle.local.template import load_template, topic_rules
-from nacelle.local.up import _record_refused
+from nacelle.local.edge.broker import Broker
+from nacelle.local.edge.pki import CLOUD_CLIENT, LocalPki
+from nacelle.local.runtime.bus import Dispatcher
+from nacelle.local.runtime.rules import RuleEngine
+from nacelle.local.runtime.stack import Stack
+from nacelle.local.runtime.template import load_template, topic_rules
+from nacelle.local.runtime.up import _record_refused
 from shared.usecases.alerts import list_alerts
 
 ATTACKER = "turbine-01"

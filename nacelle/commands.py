@@ -27,7 +27,7 @@ STACK_FILES = ("config.yaml", "bus.db", "state.db", "registry.db")  # what makes
 
 def data_dir(args: argparse.Namespace, create: bool = False) -> Path:
     """The data directory of --data-dir / $NACELLE_HOME / ./.nacelle; unless `create`, it must hold a stack."""
-    from nacelle.local.stack import home_from
+    from nacelle.local.runtime.stack import home_from
 
     home = home_from(args.data_dir)
     if home.exists() and not home.is_dir():
@@ -38,14 +38,14 @@ def data_dir(args: argparse.Namespace, create: bool = False) -> Path:
 
 
 def _stack(args: argparse.Namespace, create: bool = False) -> Any:
-    from nacelle.local.stack import Stack
+    from nacelle.local.runtime.stack import Stack
 
     return Stack(data_dir(args, create))
 
 
 # -- up ------------------------------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
-    from nacelle.local.up import run_up
+    from nacelle.local.runtime.up import run_up
 
     return run_up(data_dir(args, create=True), devices=args.devices, canary_size=args.canary_size)
 
@@ -61,7 +61,7 @@ def upload_keys(paths: list[Path]) -> UploadPlan:
     """(file, key): raw/<path relative to the argument's parent>; labels.json files go to labels/.
     Entries that cannot become objects (symbolic links, names that are not valid UTF-8 or hold a
     backslash, a control character or a '..' segment) are refused one by one; links are never followed."""
-    from nacelle.local.objectstore import key_problem
+    from nacelle.local.adapters.objectstore import key_problem
 
     plan = UploadPlan()
     for arg in paths:
@@ -579,8 +579,8 @@ ONLINE, STOPPED, OFFLINE = "ONLINE", "STOPPED", "OFFLINE"
 
 
 def _fleet(stack: Any) -> Any:
-    from nacelle.local.fleet import Fleet
-    from nacelle.local.state import SqliteStateStore
+    from nacelle.local.adapters.state import SqliteStateStore
+    from nacelle.local.edge.fleet import Fleet
 
     return Fleet(stack.paths.home, stack.greengrass, size=0, canary_size=0, state=stack.state,
                  alerts=SqliteStateStore(stack.paths.alerts_db))

@@ -25,9 +25,9 @@ import yaml
 from nacelle.commands import upload_keys
 from nacelle.console import iso, table
 from nacelle.job_progress import LogFollower, Progress, job_log
-from nacelle.local.broker import INSTALL_HINT, find_mosquitto
-from nacelle.local.stack import Stack
-from nacelle.local.up import background_stack, wait_for
+from nacelle.local.edge.broker import INSTALL_HINT, find_mosquitto
+from nacelle.local.runtime.stack import Stack
+from nacelle.local.runtime.up import background_stack, wait_for
 from nacelle.mission_report import (
     SUMMARY_HEADERS,
     AlertMark,

@@ -23,7 +23,7 @@ MAX_NOTE = 86  # a note fits a 100-column line after a short label
 
 
 def job_log(job: Any) -> Path:
-    """The log of a local job (a nacelle.local.jobs.JobRecord): the runner's, which also holds the
+    """The log of a local job (a nacelle.local.adapters.jobs.JobRecord): the runner's, which also holds the
     training's output; a job from before runner logs existed has only output/train.log."""
     runner = Path(job.job_dir) / "runner.log"
     train = Path(job.job_dir) / "output" / "train.log"

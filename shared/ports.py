@@ -1,6 +1,6 @@
-"""The ports the use cases need. AWS adapters (shared/aws/) and local adapters (nacelle/local/)
-implement them; one behavioural contract suite per port (tests/contract/) runs against every implementation, the
-in-memory doubles of tests/fakes.py included."""
+"""The ports the use cases need. AWS adapters (shared/aws/) and local adapters (nacelle/local/adapters/, and the
+event bus of nacelle/local/runtime/bus.py) implement them; one behavioural contract suite per port (tests/contract/)
+runs against every implementation, the in-memory doubles of tests/fakes.py included."""
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ check that template.yaml sets every variable the code reads.
 
 The defaults below are the only place a tunable's default is written: the policies (shared.gate.GatePolicy,
 shared.usecases.alerts.AlertPolicy, shared.usecases.retraining.RetrainPolicy), the Lambda settings (services/*/app.py,
-shared/rollout_wiring.py), the local stack's LocalSettings (nacelle/local/stack.py) and template.yaml's Parameters
-(tests/unit/test_settings_defaults.py checks the template, samconfig.toml and the settings against them).
+shared/rollout_wiring.py), the local stack's LocalSettings (nacelle/local/runtime/stack.py) and template.yaml's
+Parameters (tests/unit/test_settings_defaults.py checks the template, samconfig.toml and the settings against them).
 """
 
 from __future__ import annotations

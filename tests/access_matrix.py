@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from nacelle.local.pki import CLOUD_CLIENT
+from nacelle.local.edge.pki import CLOUD_CLIENT
 
 DEVICES = ("turbine-01", "turbine-02")
 CLOUD = CLOUD_CLIENT

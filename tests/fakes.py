@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
-from nacelle.local.state import KEYS, check_key, plain, same_value
+from nacelle.local.adapters.state import KEYS, check_key, plain, same_value
 from shared.aws.registry import TOKEN_KEY, validate_metadata
 from shared.aws.sns import check_message, sns_subject
 from shared.errors import (

@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from nacelle.local.pki import validate_thing_name
+from nacelle.local.edge.pki import validate_thing_name
 from nacelle.simulator.faults import FAULTS, SEVERITIES, FaultEpisode, stable_int
 from nacelle.simulator.stream import TurbineStream, paced
 from shared.errors import ConfigurationError, NacelleError
@@ -240,7 +240,7 @@ class MqttPublisher:
         from awscrt import mqtt5
         from awsiot import mqtt5_client_builder
 
-        from nacelle.local.pki import SENSOR_SOURCE, LocalPki
+        from nacelle.local.edge.pki import SENSOR_SOURCE, LocalPki
 
         self._mqtt5 = mqtt5
         creds = LocalPki(Path(home) / "pki").sensor_source(thing)

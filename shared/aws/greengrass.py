@@ -1,7 +1,7 @@
 """Greengrass port on greengrassv2 (components, deployments) and IoT (thing groups).
 
 The request rules both adapters enforce (recipe identity, client token shape) live here; the local stand-in
-(nacelle/local/greengrass.py) imports them so both refuse the same input.
+(nacelle/local/adapters/greengrass.py) imports them so both refuse the same input.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.device_attack import ATTACKER, attack, rig
-from nacelle.local.broker import find_mosquitto
+from nacelle.local.edge.broker import find_mosquitto
 from shared.usecases.intake import REJECTED
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120),

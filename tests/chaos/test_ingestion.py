@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from nacelle.cli import main
-from nacelle.local.paths import BUCKET
-from nacelle.local.s3events import NotifiedKeys, RawWatcher
-from nacelle.local.stack import Stack
+from nacelle.local.adapters.paths import BUCKET
+from nacelle.local.runtime.s3events import NotifiedKeys, RawWatcher
+from nacelle.local.runtime.stack import Stack
 from tests.integration.conftest import write_config
 
 pytestmark = pytest.mark.integration

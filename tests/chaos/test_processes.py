@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from nacelle.local.broker import Broker
-from nacelle.local.pki import LocalPki
-from nacelle.local.stack import Stack
-from nacelle.local.up import keep_broker
+from nacelle.local.edge.broker import Broker
+from nacelle.local.edge.pki import LocalPki
+from nacelle.local.runtime.stack import Stack
+from nacelle.local.runtime.up import keep_broker
 from tests.integration.conftest import write_config
 
 pytestmark = pytest.mark.integration
@@ -76,7 +76,7 @@ def test_a_job_started_while_no_stack_runs_is_adopted_not_killed(tmp_path: Path)
     import subprocess
     import sys
 
-    from nacelle.local.jobs import STACK, STANDALONE, job_owner
+    from nacelle.local.adapters.jobs import STACK, STANDALONE, job_owner
 
     home = tmp_path / "home"
     write_config(home)
@@ -102,8 +102,8 @@ def test_a_job_started_while_no_stack_runs_is_adopted_not_killed(tmp_path: Path)
 
 
 def test_a_running_stack_owns_the_jobs_it_starts(tmp_path: Path) -> None:
-    from nacelle.local.jobs import STACK, job_owner
-    from nacelle.local.stack import StackLock
+    from nacelle.local.adapters.jobs import STACK, job_owner
+    from nacelle.local.runtime.stack import StackLock
 
     home = tmp_path / "home"
     lock = StackLock(home / "up.lock")

@@ -13,9 +13,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from nacelle.local.notifier import LocalNotifier
-from nacelle.local.objectstore import FsObjectStore
-from nacelle.local.state import SqliteStateStore
+from nacelle.local.adapters.notifier import LocalNotifier
+from nacelle.local.adapters.objectstore import FsObjectStore
+from nacelle.local.adapters.state import SqliteStateStore
 from shared.aws.dynamodb import DynamoStateStore
 from shared.aws.s3 import S3ObjectStore
 from shared.aws.sns import SnsNotifier

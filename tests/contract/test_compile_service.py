@@ -22,10 +22,10 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-import nacelle.local.training
-from nacelle.local.jobs import JobTable
-from nacelle.local.paths import StackPaths
-from nacelle.local.training import LocalCompile
+import nacelle.local.adapters.training
+from nacelle.local.adapters.jobs import JobTable
+from nacelle.local.adapters.paths import StackPaths
+from nacelle.local.adapters.training import LocalCompile
 from shared.aws.compile import SageMakerCompile
 from shared.errors import JobAlreadyExists, JobNotFound
 from shared.ports import CompileRequest, CompileService, TrainingStatus
@@ -70,7 +70,7 @@ class LocalBackend:
         self.paths = StackPaths(tmp_path / "home")
         self.jobs = JobTable(self.paths.jobs_db)
         self.spawned: list[str] = []
-        monkeypatch.setattr(nacelle.local.training, "spawn_runner", self._spawn)
+        monkeypatch.setattr(nacelle.local.adapters.training, "spawn_runner", self._spawn)
         self.service: CompileService = LocalCompile(self.paths, self.jobs)
 
     def _spawn(self, home: Path, name: str, log_file: Path) -> int:
@@ -83,7 +83,7 @@ class LocalBackend:
         return CompileRequest(**record.request)
 
     def end(self, request: CompileRequest, status: TrainingStatus, reason: str | None) -> None:
-        # as nacelle.local.jobrunner.run_compile ends it
+        # as nacelle.local.runtime.jobrunner.run_compile ends it
         self.jobs.finish(request.job_name, status, reason,
                          request.output_prefix + "manifest.json" if status == "Completed" else None)
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import boto3
 import pytest
 
-from nacelle.local.bus import EventBus, Rule
+from nacelle.local.runtime.bus import EventBus, Rule
 from shared.aws.events import AwsEventPublisher
 from shared.ports import Envelope, EventPublisher
 from tests.fakes import RecordingEvents

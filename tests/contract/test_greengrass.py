@@ -19,7 +19,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from nacelle.local.greengrass import LocalGreengrass
+from nacelle.local.adapters.greengrass import LocalGreengrass
 from shared.aws.greengrass import AwsGreengrass
 from shared.errors import AdapterError, ConfigurationError, Conflict, NotFound
 from shared.ports import Greengrass

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from nacelle.local.notifier import LocalNotifier
+from nacelle.local.adapters.notifier import LocalNotifier
 from shared.aws.sns import SnsNotifier
 from shared.errors import ConfigurationError
 
@@ -279,7 +279,7 @@ def test_failing_subscribers_do_not_block_the_others(tmp_path: Path, caplog: pyt
         {"type": "jsonl", "name": "good", "path": "good.jsonl"},
     ])
     notifier = LocalNotifier(config, tmp_path / "n.jsonl")
-    with caplog.at_level(logging.WARNING, logger="nacelle.local.notifier"):
+    with caplog.at_level(logging.WARNING, logger="nacelle.local.adapters.notifier"):
         message_id = notifier.publish("alerts", "s", "m", {})
     assert json.loads((tmp_path / "good.jsonl").read_text())["id"] == message_id
     assert [e["id"] for e in notifier.tail()] == [message_id]  # never lost

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nacelle.local.objectstore import FsObjectStore
+from nacelle.local.adapters.objectstore import FsObjectStore
 from shared.errors import ConfigurationError, Conflict, ObjectNotFound
 from shared.ports import ObjectInfo, ObjectStore
 

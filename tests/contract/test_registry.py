@@ -24,7 +24,7 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from nacelle.local.registry import SqliteRegistry
+from nacelle.local.adapters.registry import SqliteRegistry
 from shared.aws.registry import SageMakerRegistry, client_token
 from shared.errors import ConfigurationError, ModelVersionNotFound
 from shared.ports import ModelRegistry
@@ -370,7 +370,7 @@ def test_versions_are_unique_under_concurrent_registration(tmp_path: Path) -> No
 _WORKER = """
 import sys
 from pathlib import Path
-from nacelle.local.registry import SqliteRegistry
+from nacelle.local.adapters.registry import SqliteRegistry
 registry = SqliteRegistry(Path(sys.argv[1]), "nacelle-data")
 for n in range(5):
     v = registry.register("nacelle-turbine", "jobs/j/output/model.tar.gz", "PendingManualApproval", "",

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from nacelle.local.state import SqliteStateStore
+from nacelle.local.adapters.state import SqliteStateStore
 from shared.errors import ConfigurationError
 from shared.ports import StateStore
 
@@ -184,7 +184,7 @@ def test_compare_and_set_across_threads(tmp_path: Path) -> None:
 def test_compare_and_set_across_processes(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
     SqliteStateStore(db)
-    script = ("import sys; from pathlib import Path; from nacelle.local.state import SqliteStateStore; "
+    script = ("import sys; from pathlib import Path; from nacelle.local.adapters.state import SqliteStateStore; "
               "from tests.contract.test_state_store import _increment; "
               "_increment(SqliteStateStore(Path(sys.argv[1])), 30)")
     root = Path(__file__).resolve().parents[2]

@@ -27,10 +27,10 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-import nacelle.local.training
-from nacelle.local.jobs import JobTable
-from nacelle.local.paths import StackPaths
-from nacelle.local.training import LocalTraining
+import nacelle.local.adapters.training
+from nacelle.local.adapters.jobs import JobTable
+from nacelle.local.adapters.paths import StackPaths
+from nacelle.local.adapters.training import LocalTraining
 from shared.aws.training import SageMakerTraining
 from shared.errors import JobAlreadyExists, JobNotFound
 from shared.ports import TrainingRequest, TrainingService, TrainingStatus
@@ -91,7 +91,7 @@ class LocalBackend:
         self.paths = StackPaths(tmp_path / "home")
         self.jobs = JobTable(self.paths.jobs_db)
         self.spawned: list[tuple[Path, str, Path]] = []
-        monkeypatch.setattr(nacelle.local.training, "spawn_runner", self._spawn)
+        monkeypatch.setattr(nacelle.local.adapters.training, "spawn_runner", self._spawn)
         self.service: TrainingService = LocalTraining(self.paths, self.jobs)
 
     def _spawn(self, home: Path, name: str, log_file: Path) -> int:

@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from nacelle.local.up import background_stack as running_stack
-from nacelle.local.up import wait_for as _wait_for
+from nacelle.local.runtime.up import background_stack as running_stack
+from nacelle.local.runtime.up import wait_for as _wait_for
 
 FAST_TRAINING = {"epochs": "3", "max_train_windows": "4000", "patience": "2"}
 LENIENT_GATE = {"gate_min_event_f1": 0.0, "gate_min_recall_medium_high": 0.0,

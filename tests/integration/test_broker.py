@@ -19,8 +19,8 @@ from awscrt import io as awscrt_io
 from awscrt import mqtt5
 from awsiot import mqtt5_client_builder
 
-from nacelle.local.broker import Broker
-from nacelle.local.pki import DeviceCredentials, LocalPki
+from nacelle.local.edge.broker import Broker
+from nacelle.local.edge.pki import DeviceCredentials, LocalPki
 from shared.errors import ConfigurationError
 
 pytestmark = [
@@ -292,7 +292,7 @@ def test_leaf_certificates_are_reissued_when_the_ca_changes(tmp_path: Path) -> N
 
 
 def test_missing_mosquitto_gives_an_install_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import nacelle.local.broker as broker_module
+    import nacelle.local.edge.broker as broker_module
 
     monkeypatch.setattr(broker_module, "find_mosquitto", lambda: None)
     with pytest.raises(ConfigurationError, match=r"apt-get install -y mosquitto .* brew install mosquitto"):

@@ -4,7 +4,7 @@ One real mosquitto for the module, with `bind_client_id`; the expected outcomes 
 which tests/unit/test_iot_policy.py checks against template.yaml's AWS IoT policy.
 
 Where AWS refuses a CONNECT whose client id is not the certificate's thing, mosquitto connects it under the
-certificate's CN instead (see nacelle/local/broker.py); the tests check what matters for both: the session of the
+certificate's CN instead (see nacelle/local/edge/broker.py); the tests check what matters for both: the session of the
 client id it asked for, connected or persisted, is never touched.
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from awscrt import mqtt5
 
-from nacelle.local.broker import MAX_INFLIGHT_MESSAGES, MAX_QUEUED_MESSAGES, Broker
-from nacelle.local.pki import DeviceCredentials, LocalPki
+from nacelle.local.edge.broker import MAX_INFLIGHT_MESSAGES, MAX_QUEUED_MESSAGES, Broker
+from nacelle.local.edge.pki import DeviceCredentials, LocalPki
 from tests.access_matrix import (
     CLOUD,
     DEVICES,

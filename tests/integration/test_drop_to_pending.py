@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from nacelle.cli import main
-from nacelle.local.jobs import alive
-from nacelle.local.stack import Stack
+from nacelle.local.adapters.jobs import alive
+from nacelle.local.runtime.stack import Stack
 from shared.ml.edge_bundle import verify
 from tests.integration.conftest import LENIENT_GATE, running_stack, wait_for, write_config
 

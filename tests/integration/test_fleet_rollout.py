@@ -24,8 +24,8 @@ import yaml
 
 from nacelle.cli import main
 from nacelle.components import WHEELHOUSE
-from nacelle.local.broker import find_mosquitto
-from nacelle.local.stack import Stack
+from nacelle.local.edge.broker import find_mosquitto
+from nacelle.local.runtime.stack import Stack
 from nacelle.train_runner import JobResult
 from shared.components import DETECTOR_COMPONENT, MODEL_COMPONENT
 from shared.ml.bundle import MANIFEST_FILE, input_shape, read_tar_documents

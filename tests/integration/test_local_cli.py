@@ -9,10 +9,10 @@ import time
 import pytest
 
 from nacelle.cli import main
-from nacelle.local.bus import Dispatcher
-from nacelle.local.paths import BUCKET
-from nacelle.local.s3events import NotifiedKeys, RawWatcher
-from nacelle.local.stack import Stack
+from nacelle.local.adapters.paths import BUCKET
+from nacelle.local.runtime.bus import Dispatcher
+from nacelle.local.runtime.s3events import NotifiedKeys, RawWatcher
+from nacelle.local.runtime.stack import Stack
 from shared.usecases import state_keys as sk
 from tests.integration.conftest import write_config
 

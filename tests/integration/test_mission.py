@@ -18,8 +18,8 @@ import pytest
 from nacelle.cli import main
 from nacelle.commands import upload_keys
 from nacelle.components import WHEELHOUSE
-from nacelle.local.broker import find_mosquitto
-from nacelle.local.stack import Stack
+from nacelle.local.edge.broker import find_mosquitto
+from nacelle.local.runtime.stack import Stack
 from nacelle.simulator.device import SimPaths, request_fault
 from shared.usecases.alerts import SEVERITIES, label_key, list_alerts
 from tests.integration.conftest import LENIENT_GATE, running_stack, wait_for, write_config

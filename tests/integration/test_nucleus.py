@@ -1,5 +1,5 @@
-"""The simulated core device (`python -m nacelle.local.nucleus`) against the real LocalGreengrass, with small test
-recipes whose lifecycles are short bash scripts (not the real detector)."""
+"""The simulated core device (`python -m nacelle.local.runtime.devicerunner`) against the real LocalGreengrass, with
+small test recipes whose lifecycles are short bash scripts (not the real detector)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from nacelle.local.greengrass import LocalGreengrass
-from nacelle.local.objectstore import FsObjectStore
-from nacelle.local.paths import BUCKET
-from nacelle.local.recipes import artifact_digest
+from nacelle.local.adapters.greengrass import LocalGreengrass
+from nacelle.local.adapters.objectstore import FsObjectStore
+from nacelle.local.adapters.paths import BUCKET
+from nacelle.local.edge.recipes import artifact_digest
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -48,7 +48,7 @@ class Device:
 
     def start(self, *extra: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nacelle.local.nucleus", "--thing", THING, "--home", str(self.home),
+            [sys.executable, "-m", "nacelle.local.runtime.devicerunner", "--thing", THING, "--home", str(self.home),
              "--grace", str(GRACE_S), "--poll", "0.1", *extra],
             stdout=(self.home / "nucleus.out").open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "POWERTOOLS_LOG_LEVEL": "INFO"})
@@ -292,8 +292,8 @@ def test_a_nucleus_killed_mid_deployment_converges_after_restart(device: Device)
 
 # -- the fleet: provisioning, supervision, status ------------------------------------------------------------------
 def test_fleet_provisions_supervises_and_reports(tmp_path: Path) -> None:
-    from nacelle.local.fleet import CANARY_GROUP, FLEET_GROUP, Fleet
-    from nacelle.local.state import SqliteStateStore
+    from nacelle.local.adapters.state import SqliteStateStore
+    from nacelle.local.edge.fleet import CANARY_GROUP, FLEET_GROUP, Fleet
 
     home = tmp_path / "home"
     gg = LocalGreengrass(home / "greengrass.db")
@@ -434,9 +434,9 @@ Path(out).write_text(json.dumps(result))
 def test_a_device_component_cannot_read_another_devices_key_or_work_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
-    from nacelle.local.component_user import device_id, runtime_id
-    from nacelle.local.fleet import FLEET_GROUP, Fleet
-    from nacelle.local.stack import LocalSettings
+    from nacelle.local.edge.component_user import device_id, runtime_id
+    from nacelle.local.edge.fleet import FLEET_GROUP, Fleet
+    from nacelle.local.runtime.stack import LocalSettings
 
     base = LocalSettings().component_id_base
     tmp = Path(tempfile.mkdtemp(prefix="nacelle-isolation-", dir="/tmp"))  # pytest's tmp is 0700: unreachable
@@ -518,9 +518,9 @@ def test_isolated_devices_share_the_venv_the_fleet_builds_and_wait_for_it() -> N
     import tempfile
 
     from nacelle.components import COMPONENT_DIR, WHEELHOUSE
-    from nacelle.local.component_user import runtime_id
-    from nacelle.local.fleet import FLEET_GROUP, Fleet
-    from nacelle.local.stack import LocalSettings
+    from nacelle.local.edge.component_user import runtime_id
+    from nacelle.local.edge.fleet import FLEET_GROUP, Fleet
+    from nacelle.local.runtime.stack import LocalSettings
 
     if not any(WHEELHOUSE.glob("*.whl")):
         pytest.skip(f"{WHEELHOUSE} has no wheels: run `make wheelhouse`")

@@ -18,12 +18,12 @@ import pytest
 from awscrt import mqtt5
 from awsiot import mqtt5_client_builder
 
-from nacelle.local.broker import Broker
-from nacelle.local.bus import Dispatcher
-from nacelle.local.pki import LocalPki
-from nacelle.local.rules import RuleEngine
-from nacelle.local.stack import Stack
-from nacelle.local.template import load_template, topic_rules
+from nacelle.local.edge.broker import Broker
+from nacelle.local.edge.pki import LocalPki
+from nacelle.local.runtime.bus import Dispatcher
+from nacelle.local.runtime.rules import RuleEngine
+from nacelle.local.runtime.stack import Stack
+from nacelle.local.runtime.template import load_template, topic_rules
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

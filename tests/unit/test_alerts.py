@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from nacelle.local.state import SqliteStateStore
+from nacelle.local.adapters.state import SqliteStateStore
 from services.anomaly_alert.app import handle
 from shared.aws.sns import sns_subject
 from shared.errors import ConfigurationError, NotFound
@@ -616,7 +616,7 @@ def test_handler_takes_the_rule_row_and_the_schedule(deps: AlertDeps, clock: Clo
 # -- the CLI on a local data directory ----------------------------------------------------------------
 def test_cli_list_show_and_ack(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from nacelle.cli import main
-    from nacelle.local.stack import Stack
+    from nacelle.local.runtime.stack import Stack
 
     home = tmp_path / "home"
     stack = Stack(home)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nacelle.local.bus import Dispatcher, EventBus, Rule, socket_path_for
+from nacelle.local.runtime.bus import Dispatcher, EventBus, Rule, socket_path_for
 from shared.errors import ConfigurationError, Conflict, DataError, NotFound
 from shared.ports import Envelope
 
@@ -279,7 +279,7 @@ def test_a_delivery_interrupted_by_a_crash_is_made_again_on_start(tmp_path):
     crashed = run_child("""
         import os, sys
         from pathlib import Path
-        from nacelle.local.bus import Dispatcher, EventBus
+        from nacelle.local.runtime.bus import Dispatcher, EventBus
         Dispatcher(EventBus(Path(sys.argv[1]), []), {"audit": lambda event: os._exit(3)}).run_until_idle()
         """, str(tmp_path / "bus.db"))
     assert crashed.returncode == 3, crashed.stderr
@@ -325,7 +325,7 @@ def test_a_put_from_another_process_wakes_the_running_dispatcher(live_bus):
         child = run_child("""
             import sys
             from pathlib import Path
-            from nacelle.local.bus import EventBus, Rule
+            from nacelle.local.runtime.bus import EventBus, Rule
             from shared.ports import Envelope
             bus = EventBus(Path(sys.argv[1]), [Rule("audit", "audit", {"source": ["nacelle"]})])
             print(bus.put(Envelope("nacelle", "Ping", {"from": "child"})))

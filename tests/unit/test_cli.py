@@ -53,7 +53,7 @@ def test_train_with_a_relative_out_directory(tmp_path, monkeypatch, capsys):
 def test_fleet_status_shows_what_the_cloud_noticed_of_a_devices_messages(tmp_path, capsys):
     import json
 
-    from nacelle.local.stack import Stack
+    from nacelle.local.runtime.stack import Stack
     from shared.usecases.intake import record_rejected, track_sequence
 
     home = tmp_path / "home"
@@ -77,7 +77,7 @@ def test_fleet_status_shows_what_the_cloud_noticed_of_a_devices_messages(tmp_pat
 
 # -- the operator's view: data directory, version, help, human and JSON output ------------------------------
 def stack_at(home: Path):
-    from nacelle.local.stack import Stack
+    from nacelle.local.runtime.stack import Stack
 
     return Stack(home)
 
@@ -238,7 +238,7 @@ def test_fleet_status_fits_100_columns_and_a_stale_device_is_offline_without_a_r
     import os
     import time
 
-    from nacelle.local.nucleus import process_start_time
+    from nacelle.local.edge.nucleus import process_start_time
 
     home = tmp_path / "home"
     state = stack_at(home).state

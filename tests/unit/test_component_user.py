@@ -10,7 +10,7 @@ from unittest.mock import Mock
 
 import pytest
 
-from nacelle.local.component_user import (
+from nacelle.local.edge.component_user import (
     MAX_DEVICES,
     MIN_BASE,
     check_base,
@@ -20,8 +20,8 @@ from nacelle.local.component_user import (
     resolve,
     runtime_id,
 )
-from nacelle.local.fleet import Fleet
-from nacelle.local.stack import LocalSettings
+from nacelle.local.edge.fleet import Fleet
+from nacelle.local.runtime.stack import LocalSettings
 from shared.errors import ConfigurationError
 
 BASE = LocalSettings().component_id_base

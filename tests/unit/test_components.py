@@ -25,7 +25,7 @@ from nacelle.components import (
     publish,
     shared_closure,
 )
-from nacelle.local.objectstore import FsObjectStore
+from nacelle.local.adapters.objectstore import FsObjectStore
 from shared.components import (
     DETECTOR_COMPONENT,
     MODEL_COMPONENT,

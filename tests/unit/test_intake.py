@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nacelle.local.state import SqliteStateStore
+from nacelle.local.adapters.state import SqliteStateStore
 from shared.messages import HealthRow
 from shared.usecases.intake import (
     MAX_MISSING_KEPT,

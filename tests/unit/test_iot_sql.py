@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nacelle.local.template import load_template, topic_rules
+from nacelle.local.runtime.template import load_template, topic_rules
 from shared.errors import ConfigurationError, DataError
 from shared.iot_sql import parse, topic_matches
 

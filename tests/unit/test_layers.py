@@ -52,7 +52,8 @@ WRONG = {
     "port-uses-a-use-case": ("shared/ports.py", "import shared.usecases.state_keys",
                              {"layers", "adapters", "acyclic"}),  # every adapter now reaches a use case
     "shared-uses-the-cli": ("shared/wrong.py", "import nacelle.cli", {"shared-below"}),
-    "local-adapter-uses-the-stack": ("nacelle/local/state.py", "import nacelle.local.stack", {"adapters", "acyclic"}),
+    "local-adapter-uses-the-stack": ("nacelle/local/adapters/state.py", "import nacelle.local.runtime.stack",
+                                     {"adapters", "acyclic"}),
     "cycle-in-shared-ml": ("shared/ml/table.py", "from shared.ml import validation", {"acyclic"}),
 }
 

@@ -1,4 +1,4 @@
-"""The local CompileService end to end: LocalCompile records the job, its runner (nacelle.local.jobrunner, run
+"""The local CompileService end to end: LocalCompile records the job, its runner (nacelle.local.runtime.jobrunner, run
 in-process here instead of detached) lays out SageMaker's Processing contract, runs `python -m
 training_jobs.compile`, uploads the bundle with manifest.json last and ends the job with a state-change event."""
 
@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-import nacelle.local.training
-from nacelle.local import jobrunner
-from nacelle.local.awsevents import PROCESSING_STATE_CHANGE
-from nacelle.local.jobs import JobTable
-from nacelle.local.objectstore import FsObjectStore
-from nacelle.local.paths import BUCKET, StackPaths
-from nacelle.local.stack import build_bus
-from nacelle.local.training import LocalCompile
+import nacelle.local.adapters.training
+from nacelle.local.adapters.jobs import JobTable
+from nacelle.local.adapters.objectstore import FsObjectStore
+from nacelle.local.adapters.paths import BUCKET, StackPaths
+from nacelle.local.adapters.training import LocalCompile
+from nacelle.local.runtime import jobrunner
+from nacelle.local.runtime.awsevents import PROCESSING_STATE_CHANGE
+from nacelle.local.runtime.stack import build_bus
 from shared.ml.edge_bundle import verify
 from shared.ports import CompileRequest
 
@@ -32,7 +32,7 @@ class Local:
         self.jobs = JobTable(self.paths.jobs_db)
         self.store = FsObjectStore(self.paths.objects, BUCKET)  # the files the stack's store serves
         self.spawned: list[str] = []
-        monkeypatch.setattr(nacelle.local.training, "spawn_runner", self._spawn)
+        monkeypatch.setattr(nacelle.local.adapters.training, "spawn_runner", self._spawn)
         self.compile = LocalCompile(self.paths, self.jobs)
 
     def _spawn(self, home: Path, name: str, log_file: Path) -> int:

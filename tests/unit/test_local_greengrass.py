@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from nacelle.local.greengrass import LocalGreengrass
-from nacelle.local.nucleus import open_greengrass
-from nacelle.local.paths import StackPaths
+from nacelle.local.adapters.greengrass import LocalGreengrass
+from nacelle.local.adapters.paths import StackPaths
+from nacelle.local.runtime.devicerunner import open_greengrass
 from shared.errors import ConfigurationError, Conflict, NotFound
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -35,7 +35,7 @@ from nacelle.aws_tools import (
     upload_if_changed,
     write_parameter_overrides,
 )
-from nacelle.local.template import load_template
+from nacelle.local.runtime.template import load_template
 from nacelle.packaging import SOURCEDIR_NAME, build_layer, build_sourcedir, sourcedir_members
 from shared.errors import ConfigurationError
 from shared.version import code_version

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nacelle.local.patterns import compile_pattern, matches, validate_pattern
+from nacelle.local.runtime.patterns import compile_pattern, matches, validate_pattern
 from shared.errors import ConfigurationError
 
 # A real S3 "Object Created" event as EventBridge delivers it (key URL-encoded, as S3 sends it).

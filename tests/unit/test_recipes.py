@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from nacelle.local import recipes
-from nacelle.local.recipes import DevicePaths, RecipeError, ResolutionError
+from nacelle.local.edge import recipes
+from nacelle.local.edge.recipes import DevicePaths, RecipeError, ResolutionError
 
 
 def recipe(name: str, version: str, deps: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from nacelle.local.state import SqliteStateStore
+from nacelle.local.adapters.state import SqliteStateStore
 from shared.messages import EpisodeRow, validate
 from shared.records import (
     Ack,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from nacelle.local.greengrass import LocalGreengrass
+from nacelle.local.adapters.greengrass import LocalGreengrass
 from services.compilation_completed import app as compilation_app
 from services.deployment_status import app as status_app
 from shared.components import DETECTOR_COMPONENT, MODEL_COMPONENT, artifact_digest, artifact_digests

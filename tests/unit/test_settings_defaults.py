@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from nacelle.local.stack import LocalSettings
+from nacelle.local.runtime.stack import LocalSettings
 from shared import settings as defaults
 from shared.gate import GatePolicy
 from shared.rollout_wiring import RolloutSettings
@@ -163,7 +163,7 @@ def test_the_local_stack_takes_the_shared_defaults_with_its_own_timescales() -> 
 
 def test_the_local_rollout_deploys_the_pinned_detector_version(tmp_path: Path) -> None:
     from nacelle.components import COMPONENT_DIR, read_version
-    from nacelle.local.stack import Stack
+    from nacelle.local.runtime.stack import Stack
 
     pinned = (COMPONENT_DIR / "VERSION").read_text().strip()
     assert read_version() == pinned and Stack(tmp_path / "home").rollout_deps().detector_version == pinned

@@ -151,8 +151,8 @@ def test_simulator_process_publishes_to_the_broker_and_takes_faults(tmp_path: Pa
     from awscrt import mqtt5
     from awsiot import mqtt5_client_builder
 
-    from nacelle.local.broker import Broker, find_mosquitto
-    from nacelle.local.pki import LocalPki
+    from nacelle.local.edge.broker import Broker, find_mosquitto
+    from nacelle.local.edge.pki import LocalPki
 
     if find_mosquitto() is None:
         pytest.skip("mosquitto is not installed")

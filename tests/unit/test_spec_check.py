@@ -129,7 +129,7 @@ def installed(home: Path, group: str = "nacelle-turbine") -> list[str]:
 
 
 def test_spec_put_installs_replaces_and_is_idempotent(tmp_path, spec_file, capsys):
-    from nacelle.local.stack import Stack
+    from nacelle.local.runtime.stack import Stack
     from shared.usecases.retraining import load_group_spec
 
     home = tmp_path / "home"

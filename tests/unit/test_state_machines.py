@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from nacelle.local.greengrass import LocalGreengrass
+from nacelle.local.adapters.greengrass import LocalGreengrass
 from services.deployment_status import app as status_app
 from shared.errors import AdapterError, Conflict, InvalidTransition, ModelVersionNotFound
 from shared.gate import GatePolicy

@@ -9,7 +9,7 @@ from typing import Any
 from detector import SCHEMA_VERSION
 from detector.messages import MessageBuilder, encode
 
-from nacelle.local.state import SqliteStateStore
+from nacelle.local.adapters.state import SqliteStateStore
 from shared.aws.sns import sns_subject
 from shared.messages import EpisodeMessage, EpisodeRow, HealthMessage, SensorMessage, validate
 from shared.ml.episodes import EpisodeRule, EpisodeTracker

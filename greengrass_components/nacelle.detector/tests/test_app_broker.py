@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.bench_outage import FAULTY, HEALTHY, run_outage
-from nacelle.local.broker import find_mosquitto
+from nacelle.local.edge.broker import find_mosquitto
 
 pytestmark = [
     pytest.mark.integration,

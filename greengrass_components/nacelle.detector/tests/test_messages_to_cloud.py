@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from detector.messages import MessageBuilder, encode, parse_sensor_message, sensor_message
 
-from nacelle.local.state import SqliteStateStore
-from nacelle.local.template import load_template, topic_rules
+from nacelle.local.adapters.state import SqliteStateStore
+from nacelle.local.runtime.template import load_template, topic_rules
 from services.anomaly_alert.app import handle as anomaly_handle
 from shared.iot_sql import parse
 from shared.messages import BadMessage, EpisodeRow, HealthMessage, HealthRow, SensorMessage, decode, validate

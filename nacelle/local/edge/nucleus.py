@@ -1,4 +1,4 @@
-"""A simulated Greengrass core device: `python -m nacelle.local.nucleus --thing T --home H`.
+"""A simulated Greengrass core device, run as a process by `python -m nacelle.local.runtime.devicerunner`.
 
 It applies the deployments LocalGreengrass targets at the thing, from the same recipes the real nucleus uses:
 resolve → fetch and verify artifacts (shared by-digest cache) → unarchive → write each component's effective
@@ -9,7 +9,7 @@ only its configuration file is rewritten (the detector hot-swaps). `<root>/state
 deployment and components, so a killed device restarts them and re-applies an unfinished deployment.
 
 Components run in their own process group; steps without `RequiresPrivilege` run as the device's component
-identity when the nucleus is root (nacelle/local/component_user.py), otherwise as the nucleus's own user. They die
+identity when the nucleus is root (nacelle/local/edge/component_user.py), otherwise as the nucleus's own user. They die
 with the nucleus (SIGTERM handler, PR_SET_PDEATHSIG, and stale groups recorded in `<root>/procs.json` are
 killed at start-up).
 
@@ -23,7 +23,6 @@ operator's AWS credentials.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import ctypes
@@ -33,21 +32,19 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, Protocol
 
-from nacelle.local import recipes
-from nacelle.local.component_user import ComponentUser
-from nacelle.local.component_user import resolve as resolve_user
-from nacelle.local.objectstore import FsObjectStore
-from nacelle.local.recipes import DevicePaths, RecipeError
+from nacelle.local.adapters.objectstore import FsObjectStore
+from nacelle.local.edge import recipes
+from nacelle.local.edge.component_user import ComponentUser
+from nacelle.local.edge.component_user import resolve as resolve_user
+from nacelle.local.edge.recipes import DevicePaths, RecipeError
 from shared.errors import NacelleError, NotFound
 from shared.observability import logger
 
@@ -67,7 +64,7 @@ _CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TO
 
 
 class DeviceGreengrass(Protocol):
-    """The device-side API of nacelle/local/greengrass.py that the nucleus uses."""
+    """The device-side API of nacelle/local/adapters/greengrass.py that the nucleus uses."""
 
     def target_for(self, thing: str) -> Any: ...
 
@@ -675,44 +672,3 @@ def _kill(proc: subprocess.Popen[bytes], timeout: float) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(1)
-
-
-def open_greengrass(home: Path) -> DeviceGreengrass:
-    """LocalGreengrass at `<home>/greengrass.db`, its status-change events on the stack's bus."""
-    from nacelle.local.greengrass import LocalGreengrass
-    from nacelle.local.paths import StackPaths
-    from nacelle.local.stack import build_bus
-
-    paths = StackPaths(home)
-    return LocalGreengrass(paths.greengrass_db, on_status_event=build_bus(paths).put)
-
-
-def main(argv: list[str] | None = None, greengrass_factory: Callable[[Path], DeviceGreengrass] = open_greengrass,
-         ) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nacelle.local.nucleus", description=__doc__.splitlines()[0])
-    parser.add_argument("--thing", required=True, help="the core device's thing name")
-    parser.add_argument("--home", required=True, help="the local stack's data directory")
-    parser.add_argument("--grace", type=float, default=GRACE_S, help="seconds a new Run must survive (default 5)")
-    parser.add_argument("--poll", type=float, default=POLL_S, help="seconds between deployment polls")
-    parser.add_argument("--component-user", default="",
-                        help="when run as root: who unprivileged lifecycle steps run as: uid:gid, user or user:group "
-                             "(Greengrass's posixUser)")
-    args = parser.parse_args(argv)
-    home = Path(args.home).resolve()
-    nucleus = Nucleus(args.thing, home, greengrass_factory(home), grace_s=args.grace, poll_s=args.poll,
-                      component_user=args.component_user)
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nucleus.request_stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        return nucleus.run()
-    except NacelleError as e:
-        print(f"nucleus {args.thing}: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,7 @@ import yaml
 
 from shared.errors import ConfigurationError
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+TEMPLATE = Path(__file__).resolve().parents[3] / "template.yaml"
 CFN_TAGS = ("Ref", "Sub", "GetAtt", "If", "Join", "Select", "Split", "Equals", "Not", "And", "Or",
             "FindInMap", "ImportValue", "Base64", "Cidr", "GetAZs", "Condition", "Transform")
 

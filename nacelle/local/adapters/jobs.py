@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nacelle.local.sqlite import connect
+from nacelle.local.adapters.sqlite import connect
 from shared.errors import JobAlreadyExists, JobNotFound
 
 SCHEMA = """
@@ -138,7 +138,7 @@ _RUNNERS: list[subprocess.Popen[bytes]] = []  # kept so finished runners are rea
 
 
 def stack_running(home: Path) -> bool:
-    """Whether a `nacelle up` holds the data directory's lock (nacelle.local.stack.StackLock)."""
+    """Whether a `nacelle up` holds the data directory's lock (nacelle.local.runtime.stack.StackLock)."""
     path = home / "up.lock"
     if not path.exists():
         return False
@@ -156,11 +156,11 @@ def job_owner(home: Path) -> str:
 
 
 def spawn_runner(home: Path, name: str, log_file: Path) -> int:
-    """Start `python -m nacelle.local.jobrunner` in its own session; returns its pid."""
+    """Start `python -m nacelle.local.runtime.jobrunner` in its own session; returns its pid."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     _RUNNERS[:] = [p for p in _RUNNERS if p.poll() is None]
     with log_file.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "nacelle.local.jobrunner", str(home.resolve()), name],
+        proc = subprocess.Popen([sys.executable, "-m", "nacelle.local.runtime.jobrunner", str(home.resolve()), name],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=home)
     _RUNNERS.append(proc)

@@ -1,5 +1,5 @@
 """Greengrass v2 in SQLite: the local stand-in for components, thing groups and deployments, plus the
-device-side API the simulated core devices (nacelle/local/nucleus.py) poll and report to.
+device-side API the simulated core devices (nacelle/local/edge/nucleus.py) poll and report to.
 
 IoT Jobs semantics applied lazily on every read and report, and by `sweep()`: an IN_PROGRESS execution older than
 timeoutConfig.inProgressTimeoutInMinutes becomes TIMED_OUT; when an abortConfig criterion holds (at least
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, cast, get_args
 
 import shared.aws.greengrass as rules
-from nacelle.local.greengrass_model import (
+from nacelle.local.adapters.greengrass_model import (
     SCHEMA,
     SUCCESS,
     CoreDeviceInfo,
@@ -34,8 +34,8 @@ from nacelle.local.greengrass_model import (
     execution,
     status_change_event,
 )
-from nacelle.local.paths import ACCOUNT, REGION
-from nacelle.local.sqlite import connect, immediate
+from nacelle.local.adapters.paths import ACCOUNT, REGION
+from nacelle.local.adapters.sqlite import connect, immediate
 from shared.errors import ConfigurationError, Conflict, NotFound
 from shared.ports import (
     TERMINAL_EXECUTION,

@@ -19,17 +19,18 @@ import yaml
 from pydantic import Field, field_validator
 
 from nacelle.components import read_version
-from nacelle.local.bus import EventBus, Rule
-from nacelle.local.component_user import check_base
-from nacelle.local.greengrass import LocalGreengrass
-from nacelle.local.jobs import STANDALONE, JobTable, alive, kill_group
-from nacelle.local.notifier import LocalNotifier
-from nacelle.local.objectstore import FsObjectStore
-from nacelle.local.paths import ACCOUNT, BUCKET, REGION, StackPaths
-from nacelle.local.registry import SqliteRegistry
-from nacelle.local.s3events import EventingObjectStore, NotifiedKeys
-from nacelle.local.state import SqliteStateStore
-from nacelle.local.template import (
+from nacelle.local.adapters.greengrass import LocalGreengrass
+from nacelle.local.adapters.jobs import STANDALONE, JobTable, alive, kill_group
+from nacelle.local.adapters.notifier import LocalNotifier
+from nacelle.local.adapters.objectstore import FsObjectStore
+from nacelle.local.adapters.paths import ACCOUNT, BUCKET, REGION, StackPaths
+from nacelle.local.adapters.registry import SqliteRegistry
+from nacelle.local.adapters.state import SqliteStateStore
+from nacelle.local.adapters.training import LocalCompile, LocalTraining
+from nacelle.local.edge.component_user import check_base
+from nacelle.local.runtime.bus import EventBus, Rule
+from nacelle.local.runtime.s3events import EventingObjectStore, NotifiedKeys
+from nacelle.local.runtime.template import (
     IOT_SOURCE,
     function_modules,
     load_template,
@@ -37,7 +38,6 @@ from nacelle.local.template import (
     schedule_routes,
     topic_rules,
 )
-from nacelle.local.training import LocalCompile, LocalTraining
 from shared import settings as defaults
 from shared.errors import ConfigurationError, NacelleError
 from shared.gate import GatePolicy
@@ -86,7 +86,7 @@ class LocalSettings(Settings):
     stuck_timeout_s: float = defaults.LOCAL_STUCK_TIMEOUT_S
     rollout_poll_s: float = defaults.LOCAL_ROLLOUT_POLL_S
     # when the stack runs as root, device k's components run as uid = gid = base + k and the shared venvs belong to
-    # base (nacelle/local/component_user.py); 0: components run as root
+    # base (nacelle/local/edge/component_user.py); 0: components run as root
     component_id_base: int = 400_000
     simulator_speed: float = Field(1.0, gt=0)  # stream seconds per wall-clock second of each turbine simulator
     record_samples: bool = False  # simulators also keep every published sample (devices/<t>/sim/samples.jsonl)
@@ -243,7 +243,7 @@ class Stack:
         """Jobs left InProgress by a stack that died (or, at shutdown, by this one): kill what still
         runs, report them Failed. With `adopt_standalone` (at start-up), a job a command started while
         no stack ran is left running and adopted; it reports its own end."""
-        from nacelle.local.awsevents import processing_state_change, training_state_change
+        from nacelle.local.runtime.awsevents import processing_state_change, training_state_change
 
         reported = []
         for job in self.jobs.list():

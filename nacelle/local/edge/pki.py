@@ -168,7 +168,7 @@ class LocalPki:
 
     def _ensure_dirs(self) -> None:
         """`root` readable (components read the CA certificate; its keys are 0600), `clients/` the owner's only:
-        a device's components get their own pair from their nucleus (nacelle/local/nucleus.py)."""
+        a device's components get their own pair from their nucleus (nacelle/local/edge/nucleus.py)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)
         self.clients_dir.mkdir(exist_ok=True, mode=0o700)

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nacelle.local.awsevents import object_created
-from nacelle.local.objectstore import TMP_PREFIX, key_problem, remove_if_abandoned
+from nacelle.local.adapters.objectstore import TMP_PREFIX, key_problem, remove_if_abandoned
+from nacelle.local.runtime.awsevents import object_created
 from shared.errors import NacelleError
 from shared.observability import logger
 from shared.ports import ObjectInfo

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote_plus
 
-from nacelle.local.paths import ACCOUNT, REGION
+from nacelle.local.adapters.paths import ACCOUNT, REGION
 from shared.events import OBJECT_CREATED, PROCESSING_STATE_CHANGE, TRAINING_STATE_CHANGE
 
 

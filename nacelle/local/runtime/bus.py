@@ -29,8 +29,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from nacelle.local.patterns import EventTest, compile_pattern
-from nacelle.local.sqlite import immediate
+from nacelle.local.adapters.sqlite import immediate
+from nacelle.local.runtime.patterns import EventTest, compile_pattern
 from shared.errors import ConfigurationError, Conflict, DataError, NotFound
 from shared.ports import Envelope
 

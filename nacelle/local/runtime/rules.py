@@ -32,8 +32,8 @@ from typing import Any
 from awscrt import mqtt5
 from awsiot import mqtt5_client_builder
 
-from nacelle.local.pki import CLOUD_CLIENT, DeviceCredentials
-from nacelle.local.template import IOT_SOURCE, TopicRule
+from nacelle.local.edge.pki import CLOUD_CLIENT, DeviceCredentials
+from nacelle.local.runtime.template import IOT_SOURCE, TopicRule
 from shared.errors import ConfigurationError, NacelleError
 from shared.iot_sql import IotRule, parse
 from shared.messages import MAX_MESSAGE_BYTES

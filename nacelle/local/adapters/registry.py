@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from nacelle.local.sqlite import connect, immediate
+from nacelle.local.adapters.sqlite import connect, immediate
 from shared.aws.registry import CONTENT_TYPES, TOKEN_KEY, approval_description, validate_metadata
 from shared.errors import ConfigurationError, ModelVersionNotFound
 from shared.ports import ApprovalStatus, ModelVersion

@@ -10,7 +10,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
-from nacelle.local.sqlite import immediate
+from nacelle.local.adapters.sqlite import immediate
 from shared.errors import AdapterError, ConfigurationError
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS items (

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from nacelle.local.jobs import JobTable, job_owner, spawn_runner
-from nacelle.local.paths import StackPaths
+from nacelle.local.adapters.jobs import JobTable, job_owner, spawn_runner
+from nacelle.local.adapters.paths import StackPaths
 from shared.ports import CompileRequest, TrainingJob, TrainingRequest
 
 

@@ -5,7 +5,7 @@ runs every lifecycle step that does not set `RequiresPrivilege` as an unprivileg
 The fleet gives every device its own numeric identity: device k (`turbine-0k`, k = 1…999) runs as uid = gid =
 `base + k`, base = LocalSettings.component_id_base; `base` itself owns the venvs the devices share, so no device can
 change code another device runs. A device's private key copy, work dirs, spool, configuration and logs then belong
-to its identity (or its root nucleus) with modes that deny the others (nacelle/local/nucleus.py).
+to its identity (or its root nucleus) with modes that deny the others (nacelle/local/edge/nucleus.py).
 
 Numeric ids rather than real users: a root nucleus can setuid to any id and Greengrass accepts `uid:gid` as
 posixUser, so nothing is added to /etc/passwd (no useradd to run, undo or keep in step between machines). The
@@ -30,7 +30,7 @@ from pathlib import Path
 from shared.errors import ConfigurationError
 from shared.observability import logger
 
-MAX_DEVICES = 999  # the fleet's largest size (nacelle/local/fleet.py thing_names)
+MAX_DEVICES = 999  # the fleet's largest size (nacelle/local/edge/fleet.py thing_names)
 MIN_BASE = 65536  # above the 16-bit ids distributions allocate
 MAX_ID = 2**31 - 1  # some tools read ids as signed 32-bit; (uid_t)-1 is "no change"
 

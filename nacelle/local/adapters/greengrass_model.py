@@ -1,4 +1,4 @@
-"""Tables, values and events of the local Greengrass (nacelle/local/greengrass.py)."""
+"""Tables, values and events of the local Greengrass (nacelle/local/adapters/greengrass.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from nacelle.local.paths import ACCOUNT, REGION
+from nacelle.local.adapters.paths import ACCOUNT, REGION
 from shared.aws.greengrass import STATUS_CHANGE, STATUS_SOURCE, JobConfig, core_device_arn
 from shared.ports import TERMINAL_EXECUTION, ExecutionStatus
 

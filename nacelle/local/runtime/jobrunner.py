@@ -1,4 +1,4 @@
-"""`python -m nacelle.local.jobrunner HOME JOB`: run one local training job to its end.
+"""`python -m nacelle.local.runtime.jobrunner HOME JOB`: run one local training job to its end.
 
 Materialises the channels from the object store exactly as SageMaker would (the train channel from
 the dataset's S3 ManifestFile), runs the training contract, uploads model.tar.gz to
@@ -16,11 +16,11 @@ import traceback
 from datetime import datetime
 from pathlib import Path
 
-from nacelle.local.awsevents import processing_state_change, training_state_change
-from nacelle.local.bus import EventBus
-from nacelle.local.jobs import JobRecord, JobTable
-from nacelle.local.paths import BUCKET, StackPaths
-from nacelle.local.stack import build_bus, build_store
+from nacelle.local.adapters.jobs import JobRecord, JobTable
+from nacelle.local.adapters.paths import BUCKET, StackPaths
+from nacelle.local.runtime.awsevents import processing_state_change, training_state_change
+from nacelle.local.runtime.bus import EventBus
+from nacelle.local.runtime.stack import build_bus, build_store
 from nacelle.train_runner import PROJECT_ROOT, run_training_job
 from shared.errors import DataError
 from shared.ports import ObjectStore

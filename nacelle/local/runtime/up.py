@@ -12,16 +12,16 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from nacelle.local.broker import Broker, BrokerError
-from nacelle.local.bus import Dispatcher
-from nacelle.local.fleet import CANARY_GROUP, Fleet, thing_names
-from nacelle.local.paths import ACCOUNT, BUCKET, REGION
-from nacelle.local.pki import LocalPki
-from nacelle.local.rules import RuleEngine, ScheduleTicker
-from nacelle.local.s3events import NotifiedKeys, RawWatcher
-from nacelle.local.stack import Stack, StackLock
-from nacelle.local.state import SqliteStateStore
-from nacelle.local.template import load_template, schedule_routes, topic_rules
+from nacelle.local.adapters.paths import ACCOUNT, BUCKET, REGION
+from nacelle.local.adapters.state import SqliteStateStore
+from nacelle.local.edge.broker import Broker, BrokerError
+from nacelle.local.edge.fleet import CANARY_GROUP, Fleet, thing_names
+from nacelle.local.edge.pki import LocalPki
+from nacelle.local.runtime.bus import Dispatcher
+from nacelle.local.runtime.rules import RuleEngine, ScheduleTicker
+from nacelle.local.runtime.s3events import NotifiedKeys, RawWatcher
+from nacelle.local.runtime.stack import Stack, StackLock
+from nacelle.local.runtime.template import load_template, schedule_routes, topic_rules
 from shared.errors import ConfigurationError, NacelleError
 from shared.observability import logger
 from shared.usecases.intake import record_rejected

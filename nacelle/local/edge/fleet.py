@@ -1,14 +1,14 @@
-"""The local fleet: N simulated core devices `turbine-01`…, each a nucleus process (nacelle/local/nucleus.py) and a
+"""The local fleet: N simulated core devices `turbine-01`…, each a nucleus process (nacelle/local/edge/nucleus.py) and a
 turbine simulator process (nacelle/simulator/device.py).
 
-Provisioning gives each device its client certificate (nacelle/local/pki.py) and its thing group: the first
+Provisioning gives each device its client certificate (nacelle/local/edge/pki.py) and its thing group: the first
 `canary_size` devices in `nacelle-canary`, the rest in `nacelle-fleet`. A monitor thread restarts a process that
 exits (with backoff). Every process gets its own process group; `<home>/fleet.json` records them so a fleet
 started after a crash kills what the previous one left behind. `status()` works with or without running processes.
 
 With `component_id_base` and root, device k's nucleus runs its components as uid = gid = base + k, and the venvs
 the devices share belong to base: built by it (`prepare_runtime`), only read by the devices
-(nacelle/local/component_user.py).
+(nacelle/local/edge/component_user.py).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from nacelle.local.component_user import MAX_DEVICES, ComponentUser, device_id, runtime_id
-from nacelle.local.component_user import resolve as resolve_user
-from nacelle.local.nucleus import die_with_parent, process_start_time, write_json
-from nacelle.local.pki import LocalPki
+from nacelle.local.edge.component_user import MAX_DEVICES, ComponentUser, device_id, runtime_id
+from nacelle.local.edge.component_user import resolve as resolve_user
+from nacelle.local.edge.nucleus import die_with_parent, process_start_time, write_json
+from nacelle.local.edge.pki import LocalPki
 from shared.errors import ConfigurationError
 from shared.observability import logger
 from shared.ports import StateStore
@@ -49,7 +49,7 @@ __all__ = ["CANARY_GROUP", "FLEET_GROUP", "Fleet", "thing_names"]
 
 
 class FleetGreengrass(Protocol):
-    """What the fleet needs of nacelle/local/greengrass.py."""
+    """What the fleet needs of nacelle/local/adapters/greengrass.py."""
 
     def ensure_thing_group(self, name: str) -> str: ...
 
@@ -165,8 +165,8 @@ class Fleet:
             logs.mkdir(parents=True, exist_ok=True)
             user = ["--component-user", identities[thing]] if thing in identities else []
             self.procs[f"{thing}/nucleus"] = _Managed(
-                thing, "nucleus", [python, "-m", "nacelle.local.nucleus", "--thing", thing, "--home", str(self.home),
-                                   *self.nucleus_args, *user], logs / "nucleus.log")
+                thing, "nucleus", [python, "-m", "nacelle.local.runtime.devicerunner", "--thing", thing,
+                                   "--home", str(self.home), *self.nucleus_args, *user], logs / "nucleus.log")
             if self.simulators:
                 self.procs[f"{thing}/simulator"] = _Managed(
                     thing, "simulator", [python, "-m", "nacelle.simulator.device", "--thing", thing, "--home",
