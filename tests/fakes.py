@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, get_args
+from typing import Any, Generic, TypeVar, get_args
 
 from nacelle.local.adapters.state import KEYS, check_key, plain, same_value
 from shared.aws.registry import TOKEN_KEY, validate_metadata
@@ -166,42 +166,34 @@ class RecordingEvents:
         self.published.append(PublishedEvent(event, at, dedup_key, body))
 
 
-class FakeTraining:
+R = TypeVar("R", TrainingRequest, CompileRequest)
+
+
+class _Jobs(Generic[R]):
+    """Jobs by name: a taken name is refused, an unknown one not found; they stay InProgress."""
+
+    def __init__(self) -> None:
+        self.started: list[R] = []
+        self.jobs: dict[str, TrainingJob] = {}
+
+    def start(self, request: R) -> None:
+        if request.job_name in self.jobs:
+            raise JobAlreadyExists(request.job_name)
+        self.started.append(request)
+        self.jobs[request.job_name] = TrainingJob(request.job_name, "InProgress")
+
+    def describe(self, job_name: str) -> TrainingJob:
+        if job_name not in self.jobs:
+            raise JobNotFound(job_name)
+        return self.jobs[job_name]
+
+
+class FakeTraining(_Jobs[TrainingRequest]):
     """Jobs stay InProgress."""
 
-    def __init__(self) -> None:
-        self.started: list[TrainingRequest] = []
-        self.jobs: dict[str, TrainingJob] = {}
 
-    def start(self, request: TrainingRequest) -> None:
-        if request.job_name in self.jobs:
-            raise JobAlreadyExists(request.job_name)
-        self.started.append(request)
-        self.jobs[request.job_name] = TrainingJob(request.job_name, "InProgress")
-
-    def describe(self, job_name: str) -> TrainingJob:
-        if job_name not in self.jobs:
-            raise JobNotFound(job_name)
-        return self.jobs[job_name]
-
-
-class FakeCompile:
+class FakeCompile(_Jobs[CompileRequest]):
     """Jobs stay InProgress until `finish`; a completed job's artifact is its manifest.json, as on AWS."""
-
-    def __init__(self) -> None:
-        self.started: list[CompileRequest] = []
-        self.jobs: dict[str, TrainingJob] = {}
-
-    def start(self, request: CompileRequest) -> None:
-        if request.job_name in self.jobs:
-            raise JobAlreadyExists(request.job_name)
-        self.started.append(request)
-        self.jobs[request.job_name] = TrainingJob(request.job_name, "InProgress")
-
-    def describe(self, job_name: str) -> TrainingJob:
-        if job_name not in self.jobs:
-            raise JobNotFound(job_name)
-        return self.jobs[job_name]
 
     def finish(self, job_name: str, status: TrainingStatus, failure_reason: str | None = None) -> TrainingJob:
         request = next(r for r in self.started if r.job_name == job_name)
