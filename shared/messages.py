@@ -171,10 +171,6 @@ class HealthRow(HealthMessage, _RowFields):
     pass
 
 
-STREAMS: dict[str, type[Message]] = {m.STREAM: m for m in (SensorMessage, EpisodeMessage, HealthMessage)}
-ROWS: dict[str, type[Message]] = {"anomalies": EpisodeRow, "health": HealthRow}
-
-
 # ------------------------------------------------------------------ checking
 def decode(cls: type[M], payload: bytes) -> M:
     """Bytes off the wire -> a checked message (BadMessage naming the field and reason otherwise)."""
