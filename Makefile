@@ -36,9 +36,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache --no-logo
 
-# Every package: the detector's src is its own root (`detector`, `main`), as on the device.
+# Every package and the tests: the detector's src is its own root (`detector`, `main`), as on the device.
 typecheck: $(STAMP)
-	$(BIN)/mypy shared training_jobs nacelle services benchmarks greengrass_components/nacelle.detector/src train_entry.py
+	$(BIN)/mypy shared training_jobs nacelle services benchmarks greengrass_components/nacelle.detector/src train_entry.py \
+	  tests greengrass_components/nacelle.detector/tests
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -358,7 +358,9 @@ def test_a_root_nucleus_runs_unprivileged_steps_as_the_component_user(tmp_path_f
         run = "id -u > '{work:path}/uid'; cat \"$NACELLE_DEVICE_CONFIG\" > '{work:path}/device.json'; exec sleep 600"
         d.component("c", "1.0.0", run=run)
         d.component("p", "1.0.0", run="id -u > '{work:path}/uid'; exec sleep 600")
-        recipe = d.gg.get_component("p", "1.0.0").recipe
+        stored = d.gg.get_component("p", "1.0.0")
+        assert stored is not None
+        recipe = stored.recipe
         recipe = {**recipe, "ComponentVersion": "1.0.1"}
         recipe["Manifests"] = [{**recipe["Manifests"][0], "Lifecycle": {
             "Run": {"Script": "id -u > '{work:path}/uid'; exec sleep 600", "RequiresPrivilege": True}}}]
@@ -470,7 +472,7 @@ def test_a_device_component_cannot_read_another_devices_key_or_work_dir(monkeypa
         with fleet:
             deploy({"c": {"componentVersion": "1.0.0"}}, "first")  # both devices hold their credentials and spool
             for thing in things:
-                wait(lambda t=thing: (home / f"devices/{t}/work/c/spool.db").is_file(), f"{thing}'s spool")
+                wait((home / f"devices/{thing}/work/c/spool.db").is_file, f"{thing}'s spool")
             deploy({"c": {"componentVersion": "1.0.0"}, "probe": {"componentVersion": "1.0.0"}}, "probe")
             results = {t: json.loads((home / f"devices/{t}/work/probe/probe.json").read_text()) for t in things}
             modes = {t: _modes(home / "devices" / t, t) for t in things}

@@ -94,7 +94,7 @@ def test_an_interrupted_episode_ends_with_the_next_episode_that_really_ends(deps
     on_anomaly(row("open"), deps)
     on_anomaly(row("interrupt", seq=2), deps)
     clock.advance(30)  # the new model opens its own episode on the same condition, which then ends
-    later = {"started_at": T0 - 30, "opened_at": T0 - 20}
+    later: dict[str, Any] = {"started_at": T0 - 30, "opened_at": T0 - 20}
     on_anomaly(row("open", episode="wt-01-2000", **later), deps)
     assert sent(deps, "resolution") == []
     on_anomaly(row("close", episode="wt-01-2000", seq=2, **later), deps)
@@ -108,7 +108,7 @@ def test_an_interrupted_episode_ends_with_the_next_episode_that_really_ends(deps
 def test_an_episode_of_another_turbine_ends_nothing_here(deps: AlertDeps) -> None:
     on_anomaly(row("open"), deps)
     on_anomaly(row("interrupt", seq=2), deps)
-    later = {"started_at": T0, "opened_at": T0}
+    later: dict[str, Any] = {"started_at": T0, "opened_at": T0}
     on_anomaly(row("open", episode="wt-02-2000", turbine="wt-02", **later), deps)
     on_anomaly(row("close", episode="wt-02-2000", turbine="wt-02", seq=2, **later), deps)
     assert get_alert("episode:wt-01:wt-01-1000", deps)["status"] == "open"

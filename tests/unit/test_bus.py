@@ -9,6 +9,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -235,7 +236,7 @@ def test_an_unknown_target_is_a_dead_letter_at_once(bus):
 
 
 def test_a_delayed_delivery_is_not_made_before_its_time(bus, clock):
-    received = []
+    received: list[dict[str, Any]] = []
     dispatcher = Dispatcher(bus, {"audit": received.append})
     event_id = bus.put(ping(), deliver_at=datetime(2026, 1, 1, 0, 1))  # naive: UTC, as Scheduler's at()
 
@@ -249,7 +250,7 @@ def test_a_delayed_delivery_is_not_made_before_its_time(bus, clock):
 
 
 def test_targets_may_put_follow_up_events_and_run_until_idle_delivers_them(bus):
-    received = []
+    received: list[dict[str, Any]] = []
 
     def arrival(event):
         bus.put(ping(1))
@@ -263,9 +264,10 @@ def test_targets_may_put_follow_up_events_and_run_until_idle_delivers_them(bus):
 def test_events_and_deliveries_survive_a_restart(tmp_path, clock):
     with EventBus(tmp_path / "bus.db", RULES, clock=clock) as first:
         event_id = first.put(ping(3))
+        assert event_id is not None
         expected = first.event(event_id)
 
-    received = []
+    received: list[dict[str, Any]] = []
     with EventBus(tmp_path / "bus.db", RULES, clock=clock) as second:
         assert second.event(event_id) == expected
         assert [d.status for d in second.deliveries()] == ["pending"]
@@ -313,9 +315,14 @@ def live_bus(tmp_path):
 
 
 def test_a_put_from_another_process_wakes_the_running_dispatcher(live_bus):
-    received: list[dict] = []
+    received: list[dict[str, Any]] = []
     delivered = threading.Event()
-    dispatcher = Dispatcher(live_bus, {"audit": lambda e: (received.append(e), delivered.set())})
+
+    def audit(event: dict[str, Any]) -> None:
+        received.append(event)
+        delivered.set()
+
+    dispatcher = Dispatcher(live_bus, {"audit": audit})
     dispatcher.start()
     try:
         time.sleep(0.1)
@@ -349,7 +356,12 @@ def test_a_put_from_another_process_wakes_the_running_dispatcher(live_bus):
 def test_the_running_dispatcher_sleeps_exactly_until_a_delayed_delivery_is_due(live_bus):
     delivered_at: list[float] = []
     done = threading.Event()
-    dispatcher = Dispatcher(live_bus, {"audit": lambda e: (delivered_at.append(time.time()), done.set())})
+
+    def audit(event: dict[str, Any]) -> None:
+        delivered_at.append(time.time())
+        done.set()
+
+    dispatcher = Dispatcher(live_bus, {"audit": audit})
     with dispatcher:
         due = time.time() + 0.25
         live_bus.put(ping(), deliver_at=datetime.fromtimestamp(due, UTC))

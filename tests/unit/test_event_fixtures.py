@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from shared.events import (
     GreengrassDeploymentStatusChange,
@@ -17,8 +18,9 @@ from shared.messages import EpisodeRow, validate
 
 EVENTS = Path(__file__).parents[1] / "events"
 FIXTURES = sorted(p.name for p in EVENTS.glob("*.json"))
-MODELS = {"Object Created": ObjectCreated, "SageMaker Training Job State Change": TrainingJobStateChange,
-          "Greengrass V2 Effective Deployment Status Change": GreengrassDeploymentStatusChange}
+MODELS: dict[str, type[BaseModel]] = {
+    "Object Created": ObjectCreated, "SageMaker Training Job State Change": TrainingJobStateChange,
+    "Greengrass V2 Effective Deployment Status Change": GreengrassDeploymentStatusChange}
 
 
 @pytest.mark.parametrize("name", FIXTURES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,13 @@ def store(tmp_path: Path) -> SqliteStateStore:
     return SqliteStateStore(tmp_path / "state.db")
 
 
+def stored(store: SqliteStateStore, table: str, key: str) -> dict[str, Any]:
+    """The item at `key`, which the test expects to be there."""
+    item = store.get(table, key)
+    assert item is not None, f"{table}: no item {key!r}"
+    return item
+
+
 def health(seq: int, thing: str = "wt-01", **change: object) -> dict[str, object]:
     return {"v": 1, "turbine_id": thing, "model_version": 2, "inference_rate_hz": 5.0, "seq": seq,
             "thing_name": thing, "received_at": 1000 * seq, "client_id": thing, **change}
@@ -36,7 +44,7 @@ def test_a_hole_is_reported_once_and_filled_by_a_late_message(store: SqliteState
     assert track_sequence(store, "wt-01", "health", 12) == []  # duplicate
     assert track_sequence(store, "wt-01", "health", 10) == []  # late: fills its hole
     assert missing_messages(store, "wt-01") == {"health": 2}
-    item = store.get(STREAMS, "wt-01#health")
+    item = stored(store, STREAMS, "wt-01#health")
     assert (item["high"], item["missing"], item["gaps"]) == (12, [9, 11], 1)
     assert missing_messages(store, "wt-02") == {}
 
@@ -53,9 +61,9 @@ def test_streams_and_turbines_are_counted_apart(store: SqliteStateStore) -> None
 def test_a_reset_spool_starts_again_and_a_huge_hole_is_counted_not_listed(store: SqliteStateStore) -> None:
     track_sequence(store, "wt-01", "health", 40)
     assert track_sequence(store, "wt-01", "health", 1) == []  # reinstalled device: numbering restarts
-    assert store.get(STREAMS, "wt-01#health")["high"] == 1
+    assert stored(store, STREAMS, "wt-01#health")["high"] == 1
     assert len(track_sequence(store, "wt-01", "health", MAX_MISSING_KEPT + 500)) == MAX_MISSING_KEPT + 498
-    item = store.get(STREAMS, "wt-01#health")
+    item = stored(store, STREAMS, "wt-01#health")
     assert len(item["missing"]) == MAX_MISSING_KEPT and item["lost_uncounted"] == 498
     assert missing_messages(store, "wt-01") == {"health": MAX_MISSING_KEPT + 498}
     assert track_sequence(store, "wt-01", "health", 0) == []  # unnumbered: ignored
@@ -64,7 +72,7 @@ def test_a_reset_spool_starts_again_and_a_huge_hole_is_counted_not_listed(store:
 def test_refusals_are_counted_per_reason(store: SqliteStateStore) -> None:
     record_rejected(store, "wt-01", "anomalies", "quota", "over 100 messages/s", 1.0, count=900)
     record_rejected(store, "wt-01", "anomalies", "schema", "field 'score' must be a finite number", 2.0)
-    item = store.get(REJECTED, "wt-01#anomalies")
+    item = stored(store, REJECTED, "wt-01#anomalies")
     assert (item["count"], item["by_reason"], item["last_reason"], item["last_at"]) == (
         901, {"quota": 900, "schema": 1}, "schema", 2.0)
     assert store.get(REJECTED, "wt-02#anomalies") is None
@@ -76,5 +84,5 @@ def test_admit_checks_the_row_then_notes_its_number(store: SqliteStateStore) -> 
     assert missing_messages(store, "wt-01") == {"health": 1}
     for bad in (health(4, model_version=999.5), health(4, turbine_id="wt-02"), {"thing_name": "wt-01"}, {}):
         assert admit(store, HealthRow, bad, 0.0) is None
-    assert store.get(REJECTED, "wt-01#health")["count"] == 3 and store.get(REJECTED, "?#health")["count"] == 1
-    assert store.get(STREAMS, "wt-01#health")["high"] == 3  # refused messages never count as received
+    assert stored(store, REJECTED, "wt-01#health")["count"] == 3 and stored(store, REJECTED, "?#health")["count"] == 1
+    assert stored(store, STREAMS, "wt-01#health")["high"] == 3  # refused messages never count as received

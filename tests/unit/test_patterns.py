@@ -1,12 +1,14 @@
 """EventBridge pattern matching, one operator at a time, with the service's semantics."""
 
+from typing import Any
+
 import pytest
 
 from nacelle.local.runtime.patterns import compile_pattern, matches, validate_pattern
 from shared.errors import ConfigurationError
 
 # A real S3 "Object Created" event as EventBridge delivers it (key URL-encoded, as S3 sends it).
-S3_OBJECT_CREATED = {
+S3_OBJECT_CREATED: dict[str, Any] = {
     "version": "0",
     "id": "17793124-05d4-b198-2fde-7ededc63b103",
     "detail-type": "Object Created",

@@ -80,9 +80,9 @@ def test_short_data_uses_folds_that_hold_out_each_block_once():
     the_plan = plan(series, spec, hp, usable_samples=6000)
     assert the_plan.mode == "folds" and len(the_plan.splits) == hp.folds and the_plan.test == []
     for s in series:
-        held = [p for split in the_plan.splits for p in split.held if p.turbine_id == s.turbine_id]
-        assert len(held) == hp.folds
-        assert np.array_equal(np.concatenate([p.t for p in held]), s.t)  # the blocks partition the data
+        blocks = [p for split in the_plan.splits for p in split.held if p.turbine_id == s.turbine_id]
+        assert len(blocks) == hp.folds
+        assert np.array_equal(np.concatenate([p.t for p in blocks]), s.t)  # the blocks partition the data
     for split in the_plan.splits:
         for held in split.held:
             train = np.concatenate([p.t for p in split.train if p.turbine_id == held.turbine_id])

@@ -70,6 +70,7 @@ def test_training_failure_event_reaches_the_use_case():
     deps = registration_deps()
     result = training_completed.handle(load("training_job_failed.json"), deps)
     assert result["action"] == "failed"
+    assert isinstance(deps.notifier, RecordingNotifier)
     assert "too little normal data" in deps.notifier.messages[0].message
 
 

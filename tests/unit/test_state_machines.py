@@ -39,7 +39,7 @@ from tests.unit.test_registration import metrics, model_tar, running_job
 from tests.unit.test_rollout import CANARY as CANARY_GROUP
 from tests.unit.test_rollout import CANARY_TIMEOUT, GROUP, SOAK, Harness, aws_status_event
 
-Move = tuple[str, str, str]  # (machine, from, to) as written
+Move = tuple[str, str | None, str | None]  # (machine, from, to) as written; None: a record without the field
 ALLOWED = {(m.name, t.source, t.target) for m in lc.MACHINES for t in m.transitions}
 KEYED = {COMPILE: lc.COMPILE, ROLLOUT: lc.ROLLOUT}  # state-table records whose field is a machine's state
 GOOD, WEAK = metrics(0.95, 1.0, 0.5), metrics(0.6, 0.7, 5.0)

@@ -66,6 +66,7 @@ def test_a_small_slow_dataset_trains_with_folds_and_injected_faults(tmp_path, sp
     assert sorted(c["family"] for c in selection["candidates"]) == ["conv1d", "pca"]
     assert selection["chosen"] in ("pca", "conv1d") and selection["rule"] == CHOICE_RULE
     assert selection["reason"].startswith(selection["chosen"])
+    assert result.model_archive is not None
     raw = read_manifest_from_tar(result.model_archive)
     manifest = Manifest.from_dict(raw)
     assert manifest.family == selection["chosen"]

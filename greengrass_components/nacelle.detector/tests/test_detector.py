@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from detector.messages import BadMessage, MessageBuilder, parse_sensor_message, sensor_message
-from detector.pipeline import Result, TurbinePipeline
+from detector.pipeline import Result, TurbinePipeline, WindowRecord
 from detector.scoring import EdgeModel
 
 from shared.errors import BundleError
@@ -95,8 +95,10 @@ def reference(trained_model, small_dataset: Path, model_v1: EdgeModel):
 
 
 def run_stream(pipeline: TurbinePipeline, stream: Stream, swap_at: int | None = None,
-               new_model: EdgeModel | None = None) -> tuple[list, list[EpisodeEvent], list[int | None]]:
-    windows, events, versions = [], [], []
+               new_model: EdgeModel | None = None) -> tuple[list[WindowRecord], list[EpisodeEvent], list[int | None]]:
+    windows: list[WindowRecord] = []
+    events: list[EpisodeEvent] = []
+    versions: list[int | None] = []
     for i, payload in enumerate(stream.messages()):
         if i == swap_at:
             assert new_model is not None
@@ -601,6 +603,7 @@ def drift_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pa
     job = run_training_job(root / "job", "drift-job", {"train": root / "train"}, {"families": "pca"},
                            spec_file=root / "spec.yaml", echo=None)
     assert job.ok, job.log_file.read_text()
+    assert job.model_archive is not None
     _loop_csv(root / "test" / "loop-1" / "b.csv", 1_700_100_000.0, 700, 2, gap_after=300, step_at=500)
     compile_bundle(job.model_archive, root / "edge", None, 1, warmup=5, runs=20)
     return root / "edge", job.model_archive, root / "test"

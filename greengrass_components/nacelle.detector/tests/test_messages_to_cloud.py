@@ -7,6 +7,7 @@ import json
 import re
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 from detector.messages import MessageBuilder, encode, parse_sensor_message, sensor_message
@@ -59,7 +60,8 @@ def test_episodes_reach_the_alert_function_as_rows(tmp_path: Path) -> None:
     (alert,) = list_alerts(deps)
     assert (alert["alert_id"], alert["status"], alert["model_version"]) == (
         f"episode:{THING}:{THING}-101000", "closed", 4)
-    assert deps.devices.get(STREAMS, f"{THING}#anomalies")["high"] == 2
+    stream = deps.devices.get(STREAMS, f"{THING}#anomalies")
+    assert stream is not None and stream["high"] == 2
 
 
 def test_health_reaches_the_rollout_function_as_a_row(tmp_path: Path) -> None:
@@ -80,7 +82,7 @@ def test_the_builder_refuses_what_the_cloud_would_refuse() -> None:
     assert json.loads(HealthMessage(v=1, turbine_id=THING, seq=1).to_json())["model_version"] is None
 
 
-def _sensor_changes(columns: list[str]) -> list[tuple[str, object]]:
+def _sensor_changes(columns: list[str]) -> list[tuple[str, dict[str, Any]]]:
     """(what, change) pairs: each makes a good sensor message one the definition refuses."""
     col = columns[0]
     long_text = "x" * 201

@@ -88,7 +88,7 @@ class LocalSettings(Settings):
     # when the stack runs as root, device k's components run as uid = gid = base + k and the shared venvs belong to
     # base (nacelle/local/edge/component_user.py); 0: components run as root
     component_id_base: int = 400_000
-    simulator_speed: float = Field(1.0, gt=0)  # stream seconds per wall-clock second of each turbine simulator
+    simulator_speed: float = Field(default=1.0, gt=0)  # stream seconds per wall-clock second of each turbine simulator
     record_samples: bool = False  # simulators also keep every published sample (devices/<t>/sim/samples.jsonl)
     # merged into every deployment's detector configuration (recipe defaults suit AWS: health every 60 s)
     detector_configuration: dict[str, Any] = Field(default_factory=lambda: {"healthIntervalSeconds": 1})
