@@ -12,6 +12,7 @@ refuses a name that is no field of the record.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal, Self, TypeVar, cast
@@ -69,17 +70,19 @@ def _key(item: Mapping[str, Any]) -> str:
     return _str(item.get("sk"))
 
 
-class Record:
+class Record(ABC):
     """What every record offers besides its fields: `to_item()`, `from_item()` and `changes()`."""
 
     __dataclass_fields__: ClassVar[dict[str, Any]]
 
+    @abstractmethod
     def to_item(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The stored item (attribute names as they have always been stored)."""
 
     @classmethod
+    @abstractmethod
     def from_item(cls, item: Mapping[str, Any]) -> Self:
-        raise NotImplementedError
+        """The record of a stored item; a field the item lacks (an older item) gets its default."""
 
     @classmethod
     def changes(cls, **values: Any) -> dict[str, Any]:
