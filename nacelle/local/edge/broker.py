@@ -100,6 +100,20 @@ def _accepts(port: int) -> bool:
         return False
 
 
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has installed its SIGTERM handler (Linux /proc; assumed elsewhere).
+    mosquitto opens its listeners before it installs its handlers: a SIGTERM in between kills it
+    without saving its persistence store."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return True
+
+
 class Broker:
     def __init__(self, home: Path, pki: LocalPki, *, bind_client_id: bool = True) -> None:
         self.home = Path(home).resolve()
@@ -224,7 +238,7 @@ class Broker:
                 rc = self._proc.returncode
                 self._proc = None
                 raise BrokerError(f"mosquitto exited with status {rc} on start-up:\n{self._diagnostics()}")
-            if _accepts(self.port):
+            if _accepts(self.port) and _catches_sigterm(self._proc.pid):
                 return self
             time.sleep(0.02)
         self.stop()
