@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench venv clean mosquitto wheelhouse components
+.PHONY: run test lint typecheck unit bench venv clean mosquitto chromium wheelhouse components
 
 venv: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP) wheelhouse mosquitto
 	$(BIN)/nacelle demo
 
-test: $(STAMP) wheelhouse mosquitto lint typecheck
+test: $(STAMP) wheelhouse mosquitto chromium lint typecheck
 	$(BIN)/python -m pytest -q
 
 # The local stack's broker (and its tests) need mosquitto: installed here as root, else a clear message.
@@ -29,6 +29,17 @@ mosquitto:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
 	  else \
 	    echo "mosquitto is required: sudo apt-get install -y mosquitto (Debian/Ubuntu) or brew install mosquitto" >&2; \
+	    exit 1; \
+	  fi; }
+
+# The console's browser tests drive the distribution's headless Chromium (never a downloaded browser build):
+# installed here as root, else a clear message.
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium is required for the console's browser tests: sudo apt-get install -y chromium (Debian/Ubuntu)" >&2; \
 	    exit 1; \
 	  fi; }
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nacelle.console import age, iso, json_ready, number, parse_version, print_json, table
+from nacelle.console import age, iso, json_ready, parse_version, print_json, table
 from shared.errors import Conflict, NacelleError
 
 STACK_FILES = ("config.yaml", "bus.db", "state.db", "registry.db")  # what makes a directory a stack's
@@ -45,9 +45,24 @@ def _stack(args: argparse.Namespace, create: bool = False) -> Any:
 
 # -- up ------------------------------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
-    from nacelle.local.runtime.up import run_up
+    from nacelle.local.runtime.up import free_console_port, run_up
 
-    return run_up(data_dir(args, create=True), devices=args.devices, canary_size=args.canary_size)
+    port = args.console_port if args.console_port is not None else free_console_port()
+    return run_up(data_dir(args, create=True), devices=args.devices, canary_size=args.canary_size,
+                  console_port=port)
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    """Print (and with --open, open) the URL of the console the running stack serves."""
+    from nacelle.local.runtime.console_server import console_url
+
+    url = console_url(data_dir(args))
+    print(url)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(url)
+    return 0
 
 
 # -- data put ------------------------------------------------------------------------------------
@@ -176,61 +191,24 @@ def cmd_spec_put(args: argparse.Namespace) -> int:
 
 
 # -- models --------------------------------------------------------------------------------------
-def _model_version_of(components: Mapping[str, Any]) -> int | None:
-    """The model version a deployment's components carry (the model component's "7.0.0" -> 7)."""
-    from shared.components import MODEL_COMPONENT
-
-    text = str((components.get(MODEL_COMPONENT) or {}).get("componentVersion") or "")
-    head = text.split(".")[0]
-    return int(head) if head.isdigit() else None
-
-
 def _roles(stack: Any) -> dict[str, str]:
     """Thing group -> its part in a rollout."""
-    return {stack.settings.canary_group: "canary", stack.settings.fleet_group: "fleet"}
+    from shared.usecases.operator_models import roles
 
-
-def _deployed(stack: Any) -> dict[int, list[str]]:
-    """Model version -> the thing groups ("canary", "fleet") whose deployment in force carries it: each group's
-    newest deployment that was not canceled (a canceled one leaves the devices on what they had)."""
-    out: dict[int, list[str]] = {}
-    for group, role in _roles(stack).items():
-        for deployment in stack.greengrass.list_deployments(group):
-            if deployment.status == "CANCELED":
-                continue
-            version = _model_version_of(deployment.components)
-            if version is not None:
-                out.setdefault(version, []).append(role)
-            break
-    return out
-
-
-def _metrics(metadata: Mapping[str, str], prefix: str) -> dict[str, float | int | None]:
-    return {key.removeprefix(prefix): number(value) for key, value in sorted(metadata.items())
-            if key.startswith(prefix)}
+    return roles(stack.rollout_deps())
 
 
 def _version_doc(v: Any, champion: int | None, deployed: Mapping[int, list[str]],
                  history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """A registry version for JSON: figures as numbers, lineage and the rest of the metadata as given."""
-    metadata = dict(v.metadata)
-    out: dict[str, Any] = {
-        "version": v.version, "status": v.status, "champion": v.version == champion,
-        "deployed": deployed.get(v.version, []), "failed": v.failed, "group": v.group, "arn": v.arn,
-        "created_at": v.created_at, "description": v.description, "job": metadata.get("nacelle:job"),
-        "model_data_key": v.model_data_key, "metrics": _metrics(metadata, "metric:"),
-        "champion_metrics": _metrics(metadata, "champion:"),
-        "metadata": {k: val for k, val in sorted(metadata.items()) if not k.startswith(("metric:", "champion:"))}}
-    if history is not None:
-        out["history"] = history
-    return out
+    from shared.usecases.operator_models import version_doc
+
+    return version_doc(v, champion, deployed, history)
 
 
 def _registry_view(stack: Any) -> tuple[int | None, dict[int, list[str]]]:
-    from shared.usecases.retraining import champion
+    from shared.usecases.operator_models import registry_view
 
-    best = champion(stack.registry, stack.settings.group)
-    return (best.version if best is not None else None), _deployed(stack)
+    return registry_view(stack.rollout_deps())
 
 
 def _status_text(doc: Mapping[str, Any]) -> str:
@@ -285,14 +263,6 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _set_status(args: argparse.Namespace, status: str) -> int:
-    stack = _stack(args)
-    v = stack.registry.set_status(stack.settings.group, args.version, status, args.reason or status.lower(),
-                                  args.by or getpass.getuser())
-    print(f"{v.group} v{v.version} is now {v.status}")
-    return 0
-
-
 def cmd_models_approve(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
@@ -307,7 +277,12 @@ def cmd_models_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_models_reject(args: argparse.Namespace) -> int:
-    return _set_status(args, "Rejected")
+    from shared.usecases.approval import reject
+
+    stack = _stack(args)
+    v = reject(stack.registry, stack.settings.group, args.version, args.by or getpass.getuser(), args.reason or "")
+    print(f"{v.group} v{v.version} is now {v.status}")
+    return 0
 
 
 # -- jobs ----------------------------------------------------------------------------------------
@@ -401,15 +376,9 @@ def cmd_jobs_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_retry(args: argparse.Namespace) -> int:
-    from shared.usecases.compilation import retry_compile
-    from shared.usecases.retraining import retry_training
+    from shared.usecases.operator_data import retry
 
-    stack = _stack(args)
-    job = stack.jobs.get(args.job)
-    if job.kind == "compile":
-        outcome = retry_compile(int(job.request["version"]), stack.compile_deps())
-    else:
-        outcome = retry_training(stack.arrival_deps(), args.job)
+    outcome = retry(_stack(args).operator_deps(), args.job)
     print(f"{outcome.action}: {outcome.detail}")
     return 0
 
@@ -438,7 +407,6 @@ def cmd_events_redrive(args: argparse.Namespace) -> int:
 
 
 # -- alerts --------------------------------------------------------------------------------------
-NOTIFICATION_KINDS = ("alert", "escalation", "resolution")  # the notifications one alert item can send
 INTERNAL_KEYS = frozenset({"pk", "sk", "rev"})
 
 
@@ -454,7 +422,9 @@ def cmd_alerts_tail(args: argparse.Namespace) -> int:
 
 def _acks(item: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The alert's acknowledgement history (by, at, verdict, note), oldest first."""
-    return [dict(a) for a in item.get("acks") or [] if isinstance(a, Mapping)]
+    from shared.usecases.operator_alerts import acks
+
+    return acks(item)
 
 
 def _ack_by(ack: Mapping[str, Any]) -> str:
@@ -463,20 +433,6 @@ def _ack_by(ack: Mapping[str, Any]) -> str:
 
 def _ack_at(ack: Mapping[str, Any]) -> Any:
     return ack.get("at")
-
-
-def _notifications(item: Mapping[str, Any], log: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """What the alert sent (or holds back), with the text of each notification from the notifier's log."""
-    out = []
-    for kind in NOTIFICATION_KINDS:
-        state = item.get(kind)
-        if state is None:
-            continue
-        entry = log.get(str(item.get(f"{kind}_message_id") or "")) or {}
-        out.append({"kind": kind, "state": state, "at": item.get(f"{kind}_at") or entry.get("time"),
-                    "message_id": item.get(f"{kind}_message_id"), "subject": entry.get("subject"),
-                    "message": entry.get("message")})
-    return out
 
 
 def _top_features(item: Mapping[str, Any], count: int = 3) -> str:
@@ -515,7 +471,9 @@ def cmd_alerts_show(args: argparse.Namespace) -> int:
     stack = _stack(args)
     item = get_alert(args.alert_id, stack.alert_deps())
     log = {str(e.get("id")): e for e in stack.notifier.tail()}
-    notifications, acks = _notifications(item, log), _acks(item)
+    from shared.usecases.operator_alerts import notifications as sent
+
+    notifications, acks = sent(item, log), _acks(item)
     if args.json:
         doc = {k: v for k, v in item.items() if k not in INTERNAL_KEYS | {"acks"}}
         print_json({**doc, "notifications": notifications, "acks": acks})
@@ -575,9 +533,6 @@ def cmd_alerts_ack(args: argparse.Namespace) -> int:
 
 
 # -- fleet ---------------------------------------------------------------------------------------
-ONLINE, STOPPED, OFFLINE = "ONLINE", "STOPPED", "OFFLINE"
-
-
 def _fleet(stack: Any) -> Any:
     from nacelle.local.adapters.state import SqliteStateStore
     from nacelle.local.edge.fleet import Fleet
@@ -592,16 +547,18 @@ def _rollout_deps(stack: Any) -> Any:
 
 def device_state(row: Mapping[str, Any], offline_after_s: float, now: float) -> str:
     """OFFLINE when its last health is older than the offline limit (or it never sent one), STOPPED when its
-    nucleus is not running, else ONLINE."""
+    nucleus is not running, else ONLINE (shared.usecases.operator_fleet.device_state)."""
     from nacelle.console import as_datetime
+    from shared.usecases.operator_fleet import device_state as state
 
     last = as_datetime(row.get("last_health_at"))
-    if last is None or now - last.timestamp() > offline_after_s:
-        return OFFLINE
-    return ONLINE if str(row["processes"]["nucleus"]).startswith("running") else STOPPED
+    return state(last.timestamp() if last is not None else None, offline_after_s, now,
+                 running=str(row["processes"]["nucleus"]).startswith("running"))
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
+    from shared.usecases.operator_fleet import ONLINE
+
     stack = _stack(args)
     rows, now = _fleet(stack).status(), time.time()
     limit = float(stack.settings.offline_after_s)
@@ -643,6 +600,7 @@ def cmd_fleet_deployments(args: argparse.Namespace) -> int:
     """Every deployment, newest first: the model it carries, its rollout stage, target group and status."""
     from shared.records import DeploymentRecord, load
     from shared.usecases import state_keys as sk
+    from shared.usecases.operator_models import model_version_of
     from shared.usecases.rollout import DEPLOYMENT
 
     stack = _stack(args)
@@ -653,7 +611,7 @@ def cmd_fleet_deployments(args: argparse.Namespace) -> int:
         owner = load(DeploymentRecord, stack.state.get(sk.group_pk(stack.settings.group), DEPLOYMENT + d.deployment_id))
         executions = stack.greengrass.executions(d.deployment_id)
         group = d.target_arn.rsplit("/", 1)[-1]
-        docs.append({"deployment_id": d.deployment_id, "name": d.name, "model_version": _model_version_of(d.components),
+        docs.append({"deployment_id": d.deployment_id, "name": d.name, "model_version": model_version_of(d.components),
                      "stage": owner.stage if owner is not None else None, "target_group": group,
                      "role": roles.get(group),
                      "status": d.status, "created_at": d.created_at, "revision": d.revision,
@@ -763,6 +721,12 @@ def add_stack_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                                     "directory", cmd_up)
     up.add_argument("--devices", type=int, default=5, help="simulated core devices turbine-01… (default 5; 0: none)")
     up.add_argument("--canary-size", type=int, default=1, help="devices in nacelle-canary (default 1)")
+    up.add_argument("--console-port", type=int, metavar="PORT",
+                    help="the operator console's port on 127.0.0.1 (default 8640 when free, else any free port; "
+                         "0: any free port)")
+    console = _action(sub, common, "console", "print the operator console's URL (with its access token) of the "
+                                              "running stack", cmd_console)
+    console.add_argument("--open", action="store_true", help="also open it in the default browser")
     add_fleet_commands(sub, common)
 
     models = _group(sub, common, "models", "the model registry")

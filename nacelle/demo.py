@@ -99,6 +99,8 @@ def _run(home: Path, step: Step) -> int:
     step(f"1. start the local stack with {DEVICES} simulated turbines (equivalent: nacelle up --devices {DEVICES})")
     with background_stack(home, devices=DEVICES) as stack:
         step.done(f"data dir {home}; turbine-01 is the canary")
+        print(f"   operator console while the demo runs: the URL printed above (again: nacelle --data-dir {home} "
+              "console)", flush=True)
         with AlertPrinter(stack.paths.notifications):
             v1 = _train_version(stack, step, generated / "batch-1", "2", seed=7, turbines=3, hours=1.5)
             _approve_and_roll_out(stack, step, v1, "3", "4", swaps)
@@ -117,6 +119,7 @@ def _run(home: Path, step: Step) -> int:
         step.done()
     print("\nstep durations: " + ", ".join(f"{name.split('.')[0]}={s:.0f}s" for name, s in step.durations.items()))
     print(f"inspect: .venv/bin/nacelle --data-dir {home} fleet status | alerts list | models list | jobs list")
+    print(f"console: .venv/bin/nacelle --data-dir {home} up, then open the URL it prints (or `nacelle console --open`)")
     return 0
 
 

@@ -150,6 +150,10 @@ class StateStore(Protocol):
 
     def query(self, pk: str, sk_prefix: str = "") -> list[dict[str, Any]]: ...  # sorted by sk
 
+    def delete(self, pk: str, sk: str) -> bool:
+        """Remove the item; False when there was none."""
+        ...
+
 
 @dataclass(frozen=True)
 class CompileRequest:

@@ -104,6 +104,9 @@ class MemoryState:
     def query(self, pk: str, sk_prefix: str = "") -> list[dict[str, Any]]:
         return [self.get(p, s) or {} for (p, s) in sorted(self.items) if p == pk and s.startswith(sk_prefix)]
 
+    def delete(self, pk: str, sk: str) -> bool:
+        return self.items.pop((pk, sk), None) is not None
+
 
 def _holds(item: Mapping[str, Any], name: str, value: Any) -> bool:
     """An expected None matches an absent attribute or a stored null; other values compare typed (True is not 1)."""

@@ -87,7 +87,8 @@ def train(env: JobEnvironment) -> dict[str, Any]:
         torch.set_num_threads(hp.threads)
     requested = find_spec(env)
     roots = [env.channels["train"]]
-    log(f"job {env.job_name}: spec {requested.name} {requested.version} ({requested.digest()[:12]}), data {roots[0]}")
+    log(f"job {env.job_name}: spec {requested.name} {requested.version} ({requested.digest()[:12]}), data {roots[0]}, "
+        f"{torch.get_num_threads()} thread(s)")
     series = load_dataset(roots, requested)
     faults = load_all_labels(roots, series)
     log(f"loaded {sum(len(s.t) for s in series)} samples of {len(series)} turbine(s), "

@@ -149,6 +149,14 @@ class DynamoStateStore:
             raise AdapterError(f"DynamoDB UpdateItem {self.table} ({pk}, {sk}) failed: {_code(e)}") from e
         return True
 
+    def delete(self, pk: str, sk: str) -> bool:
+        try:
+            reply = self.client.delete_item(TableName=self.table, Key=_item({"pk": pk, "sk": sk}),
+                                            ReturnValues="ALL_OLD")
+        except ClientError as e:
+            raise AdapterError(f"DynamoDB DeleteItem {self.table} ({pk}, {sk}) failed: {_code(e)}") from e
+        return bool(reply.get("Attributes"))
+
     def query(self, pk: str, sk_prefix: str = "") -> list[dict[str, Any]]:
         request: dict[str, Any] = {
             "TableName": self.table, "ConsistentRead": True,

@@ -124,9 +124,9 @@ class EpisodeTracker:
         k-of-n history."""
         if not len(t_end):
             return []
-        scores = np.asarray(scores)
-        quiet = (float(np.max(scores)) / self.threshold <= 1.0
-                 and float(np.max(missing)) <= self.rule.missing_tolerance)
+        scores, missing = np.asarray(scores), np.asarray(missing)
+        quiet = (max(scores.tolist()) / self.threshold <= 1.0  # max of a list: np.max costs more on a few windows
+                 and max(missing.ravel().tolist()) <= self.rule.missing_tolerance)
         if not quiet or self.current is not None:
             events: list[EpisodeEvent] = []
             for i, t in enumerate(t_end):

@@ -21,9 +21,10 @@ from shared.ml.spec import FeatureSpec
 def quaternion_to_euler(w: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Roll, pitch, yaw in radians (ZYX convention, as the seed)."""
-    roll = np.arctan2(2.0 * (w * x + y * z), 1.0 - 2.0 * (x * x + y * y))
+    yy = y * y
+    roll = np.arctan2(2.0 * (w * x + y * z), 1.0 - 2.0 * (x * x + yy))
     pitch = np.arcsin(np.clip(2.0 * (w * y - z * x), -1.0, 1.0))
-    yaw = np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+    yaw = np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (yy + z * z))
     return roll, pitch, yaw
 
 
@@ -109,10 +110,10 @@ def make_windows(features: np.ndarray, starts: np.ndarray, offsets: list[int] | 
     if len(starts) == 0:
         return np.zeros((0, features.shape[1], len(offsets)), dtype=np.float32)
     rows = np.asarray(starts, dtype=np.int64)[:, None] + offsets[None, :]  # (W, P)
-    x = np.ascontiguousarray(features[np.maximum(rows, 0)].transpose(0, 2, 1), dtype=np.float32)
-    before = rows < 0
-    if before.any():
-        x[np.broadcast_to(before[:, None, :], x.shape)] = np.nan
+    # ndarray.take: the same rows as features[...], at a fraction of fancy indexing's cost on a few windows
+    x = np.ascontiguousarray(features.take(np.maximum(rows, 0), axis=0).transpose(0, 2, 1), dtype=np.float32)
+    if rows.min() < 0:  # a window reaches before the first sample
+        x[np.broadcast_to((rows < 0)[:, None, :], x.shape)] = np.nan
     return x
 
 

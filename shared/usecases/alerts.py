@@ -19,6 +19,10 @@ AND how long the score exceeds its threshold (severity_of), so it can rise while
 goes out with what is known at the time). An episode's alert id is `episode:<thing>:<episode id>`, the thing
 being the topic's: a device reaches only its own turbine's alerts.
 
+Every message touches a fixed number of items, however long the alert history: what must be looked at
+again later (open episodes, pending summaries) has an entry in the small "open" index (pk "open"), and the
+scheduled check (on_scheduled_check) escalates, settles and sends summaries from it alone.
+
 Acknowledgements are kept as a history (who, when, verdict, note); the first stops the escalation, the latest
 verdict is the alert's and the training label.
 """
@@ -58,6 +62,7 @@ from shared.records import (
 from shared.usecases.outcome import Outcome
 
 ALERTS = "alerts"  # pk of every alert item
+OPEN = "open"  # pk of the open index: one entry (sk = alert id) per open episode and pending summary
 DEVICES = "devices"  # pk of the device records deployment_status writes (the state table)
 LABELS_PREFIX = "labels/alerts/"
 MAX_ATTEMPTS = 20  # optimistic-concurrency retries of one item
@@ -66,6 +71,7 @@ NAMED_SHARE = 0.10  # ...each with at least this share of the score (the top one
 LISTED_SHARE = 0.01  # a body lists each feature with at least this share; the rest as one line
 Notice = Literal["alert", "escalation", "resolution"]  # an alert's notifications, each claimed before it is sent
 Versioned = TypeVar("Versioned", bound=AlertRecord | RateSlot)  # records written by read-modify-write on `rev`
+Open = TypeVar("Open", EpisodeAlert, SummaryAlert)  # what the open index lists
 
 
 @dataclass(frozen=True)
@@ -260,13 +266,16 @@ def on_anomaly(row: EpisodeRow, deps: AlertDeps) -> Outcome:
 
     before, item = _mutate(deps.alerts, ALERTS, alert_id, EpisodeAlert.from_item, merge)
     assert item is not None
+    if item.status == "open":  # redelivered messages repair an entry a crash left unwritten
+        deps.alerts.put(OPEN, alert_id, {"expires_at": item.expires_at}, if_absent=True)
+    else:
+        deps.alerts.delete(OPEN, alert_id)
     seen = item.since  # the turbine's episode index, for the repeat rule
     deps.alerts.put(f"turbine#{row.thing_name}", f"{seen:017.6f}#{row.episode_id}",
                     EpisodeSighting(alert_id, seen, item.expires_at).to_item(), if_absent=True)
     sent = list(_settle_episode(item, deps))
     if row.kind == "close" and item.status == "closed":
         sent += _end_interrupted(item, deps)
-    sent += sweep(deps)
     action = "new" if before is None else "duplicate" if before.rev == item.rev else "updated"
     return Outcome(action, f"{alert_id} {item.status} ({row.kind} #{row.seq})", sent=tuple(sent))
 
@@ -282,6 +291,7 @@ def _settle_episode(item: EpisodeAlert, deps: AlertDeps) -> list[str]:
                 alert_id=summary_id, turbine_id=item.turbine_id, window_start=window,
                 due_at=window + deps.policy.rate_window_s, expires_at=int(window + deps.policy.retention_s)).to_item(),
                 if_absent=True)
+            deps.alerts.put(OPEN, summary_id, {"expires_at": int(window + deps.policy.retention_s)}, if_absent=True)
             deps.alerts.update_if(ALERTS, alert_id, EpisodeAlert.changes(alert="folded", summary_id=summary_id),
                                   {"alert": None})
             logger.info("episode folded into summary", alert_id=alert_id, summary_id=summary_id)
@@ -305,7 +315,7 @@ def _end_interrupted(closed: EpisodeAlert, deps: AlertDeps) -> list[str]:
     """An episode of the turbine ended for real: the episodes interrupted before it started (their
     detector stopped or changed model while they were open) ended with it."""
     sent: list[str] = []
-    for item in records(EpisodeAlert, deps.alerts.query(ALERTS, f"episode:{closed.turbine_id}:")):
+    for item in _open(EpisodeAlert, deps, f"episode:{closed.turbine_id}:"):
         if (item.status == "open" and item.interrupted_at is not None and item.alert_id != closed.alert_id
                 and item.started_at < closed.started_at
                 and deps.alerts.update_if(ALERTS, item.alert_id,
@@ -367,11 +377,25 @@ def _resolution_message(item: EpisodeAlert, deps: AlertDeps) -> tuple[str, str, 
 
 
 # -- escalations and summaries (every invocation and the scheduled check) ------------------------
+def _open(kind: type[Open], deps: AlertDeps, prefix: str) -> list[Open]:
+    """The records the open index lists under `prefix`; entries of records no longer open (or gone) are
+    removed on the way."""
+    found = []
+    for entry in deps.alerts.query(OPEN, prefix):
+        record = load(kind, deps.alerts.get(ALERTS, entry["sk"]))
+        if record is None or record.status not in ("open", "pending"):
+            deps.alerts.delete(OPEN, entry["sk"])
+        else:
+            found.append(record)
+    return found
+
+
 def sweep(deps: AlertDeps) -> list[str]:
     """Escalate long-open unacknowledged episodes, settle interrupted ones whose end was never seen
-    as "unknown" (after the offline limit), and send summaries whose window has ended."""
+    as "unknown" (after the offline limit), and send summaries whose window has ended: from the open
+    index, so its cost follows what is open, not the history."""
     now, sent = deps.clock().timestamp(), []
-    for item in records(EpisodeAlert, deps.alerts.query(ALERTS, "episode:")):
+    for item in _open(EpisodeAlert, deps, "episode:"):
         if (item.status == "open" and item.interrupted_at is not None
                 and now - item.interrupted_at >= deps.policy.offline_after_s
                 and deps.alerts.update_if(ALERTS, item.alert_id, {"status": "unknown"}, {"status": "open"})):
@@ -382,7 +406,7 @@ def sweep(deps: AlertDeps) -> list[str]:
                 and now - item.since >= deps.policy.escalate_after_s
                 and _claim(deps, item.alert_id, "escalation", EpisodeAlert.changes(escalated="open-too-long"))):
             sent.append(_send(deps, item.alert_id, "escalation", *_escalation_message(item, now, deps)))
-    for summary in records(SummaryAlert, deps.alerts.query(ALERTS, "summary:")):
+    for summary in _open(SummaryAlert, deps, "summary:"):
         if summary.status == "pending" and summary.due_at <= now \
                 and deps.alerts.update_if(ALERTS, summary.alert_id, {"status": "sending"}, {"status": "pending"}):
             sent.append(_send_summary(summary, deps))

@@ -52,3 +52,12 @@ def approve(registry: ModelRegistry, group: str, version: int, actor: str, reaso
         registry.update_metadata(group, version, {GATE_OVERRIDE: metadata_value(
             f"{actor} at {now.isoformat(timespec='seconds')}: {reason}")})
     return registry.set_status(group, version, status, reason, actor)
+
+
+def reject(registry: ModelRegistry, group: str, version: int, actor: str, reason: str) -> ModelVersion:
+    """An operator's rejection (who, why recorded); a version already Rejected stays as it is."""
+    current = registry.get(group, version)
+    if current.status == "Rejected":
+        return current
+    status = REGISTRY_STATUS[REGISTRY.target(approval_state(current), lifecycle.REJECT)]
+    return registry.set_status(group, version, status, reason or "rejected", actor)

@@ -4,7 +4,9 @@ State (docs/fleet.md), each item read and written as a record of shared.records:
 (RolloutRecord: its stage, lifecycle.ROLLOUT), `group#<g>` / `deployment#<id>` (DeploymentRecord: which rollout and
 stage a deployment belongs to), `group#<g>` / `canary` and `fleet` (CanaryAssignment, FleetAssignment: what each
 thing group was last given), `device#<thing>` / `deployment#<id>` (ExecutionRecord: that device's execution),
-`device#<thing>` / `health` (HealthStreak: its readiness streak) and `devices` / `<thing>` (DeviceRecord). Every
+`device#<thing>` / `health` (HealthStreak: its readiness streak), `devices` / `<thing>` (DeviceRecord) and
+`group#<g>` / `succeeded#<deployment id>` (FleetProgress: how many of a fleet deployment's devices have succeeded,
+so a status event costs the same however large the fleet and however far the rollout). Every
 stage change goes through `advance_stage`: checked against the table, and a conditional update on the stage, so
 duplicated or reordered events act once; Greengrass calls are idempotent through client tokens derived from group,
 version and purpose.
@@ -16,7 +18,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from shared.components import component_version
 from shared.errors import Conflict, ModelVersionNotFound, NotFound
@@ -32,6 +34,7 @@ from shared.records import (
     ExecutionRecord,
     FleetAssignment,
     HealthStreak,
+    Record,
     RolloutRecord,
     load,
     records,
@@ -66,6 +69,7 @@ ROLLOUT = "rollout#"
 DEPLOYMENT = "deployment#"
 CANARY = "canary"
 FLEET = "fleet"
+SUCCEEDED = "succeeded#"
 HEALTH = "health"
 DEVICES_PK = "devices"  # pk="devices", sk=<thing>: the record anomaly_alert's offline check reads
 FAILED_EXECUTION = frozenset({"FAILED", "REJECTED", "TIMED_OUT"})
@@ -94,6 +98,25 @@ class RolloutDeps:
     clock: Callable[[], datetime]
     poll_s: float = 60.0  # the watchdog's period (RolloutCheck events)
     detector_configuration: Mapping[str, Any] = field(default_factory=dict)  # merged into every deployment
+
+
+@dataclass(frozen=True)
+class FleetProgress(Record):
+    """sk "succeeded#<deployment id>": how many devices the fleet deployment's status events saw succeed (each
+    device counted once, when its recorded status became a success). It only says when to look: the rollout is
+    done when every device's recorded execution succeeded (_maybe_done). It can count short (a crash after the
+    execution was recorded), never long but for a device whose success was later replaced: the watchdog's
+    check looks at every device whatever the count."""
+
+    deployment_id: str
+    succeeded: int = 0
+
+    def to_item(self) -> dict[str, Any]:
+        return {"deployment_id": self.deployment_id, "succeeded": self.succeeded}
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> Self:
+        return cls(deployment_id=str(item.get("deployment_id") or ""), succeeded=int(item.get("succeeded") or 0))
 
 
 def device_pk(thing: str) -> str:
@@ -233,21 +256,22 @@ def on_deployment_status(deployment_id: str, thing: str, status: str, reason: st
                          deps: RolloutDeps, event_time: datetime | None = None) -> Outcome:
     """One device's execution of a deployment. Events come duplicated and out of order: the rollout
     is judged on the execution status recorded for the device (the latest by event time)."""
-    recorded = _record_execution(deployment_id, thing, status, reason, error_stack, deps, event_time)
+    recorded, newly_succeeded = _record_execution(deployment_id, thing, status, reason, error_stack, deps, event_time)
     owner = _owner(deployment_id, deps)
     if owner is None:
         return Outcome("recorded", f"{thing}: {deployment_id} {recorded} (not a rollout deployment)")
     correlate(model_version=owner.version, deployment_id=deployment_id)
     if recorded != status:
         return Outcome("recorded", f"{thing}: {deployment_id} {status} is older than the {recorded} recorded")
-    return _evaluate_execution(owner.version, owner.stage, deployment_id, thing, status, reason, deps)
+    return _evaluate_execution(owner.version, owner.stage, deployment_id, thing, status, reason, deps,
+                               newly_succeeded)
 
 
 def _record_execution(deployment_id: str, thing: str, status: str, reason: str, error_stack: list[str],
-                      deps: RolloutDeps, event_time: datetime | None) -> str:
+                      deps: RolloutDeps, event_time: datetime | None) -> tuple[str, bool]:
     """Record the status unless the device's record is newer (by event time) or final (a terminal
     status is never replaced by a non-terminal one, nor by any status without a later event time);
-    returns the status recorded."""
+    returns the status recorded, and whether this call turned the device's status into a success."""
     at = event_time.timestamp() if event_time is not None else None
     for _ in range(5):  # optimistic: retried when another delivery wrote in between
         current = load(ExecutionRecord, deps.state.get(device_pk(thing), DEPLOYMENT + deployment_id))
@@ -255,14 +279,16 @@ def _record_execution(deployment_id: str, thing: str, status: str, reason: str, 
             final = current.status in TERMINAL_EXECUTION
             newer = at is not None and current.event_time is not None and at > current.event_time
             if current.status == status or (final and (status not in TERMINAL_EXECUTION or not newer)):
-                return current.status
+                return current.status, False
         item = ExecutionRecord(deployment_id, thing, status, reason, tuple(error_stack), _now(deps), at).to_item()
+        newly_succeeded = status in SUCCEEDED_EXECUTION and (current is None
+                                                              or current.status not in SUCCEEDED_EXECUTION)
         if current is None:
             if deps.state.put(device_pk(thing), DEPLOYMENT + deployment_id, item, if_absent=True):
-                return status
+                return status, newly_succeeded
         elif deps.state.update_if(device_pk(thing), DEPLOYMENT + deployment_id, item,
                                   ExecutionRecord.changes(status=current.status)):
-            return status
+            return status, newly_succeeded
     raise Conflict(f"{thing}: deployment {deployment_id} status kept changing while being recorded")
 
 
@@ -273,7 +299,8 @@ def _execution(thing: str, deployment_id: str, deps: RolloutDeps) -> str:
 
 
 def _evaluate_execution(version: int, stage: str, deployment_id: str, thing: str, status: str, reason: str,
-                        deps: RolloutDeps) -> Outcome:
+                        deps: RolloutDeps, newly_succeeded: bool = False) -> Outcome:
+    """`newly_succeeded`: this delivery turned the device's recorded status into a success (_record_execution)."""
     record = _rollout(version, deps)
     if record is None or record.stage != stage or record.deployment_id(stage) != deployment_id:
         return Outcome("recorded", f"{thing}: {deployment_id} {status} (v{version} is "
@@ -282,11 +309,30 @@ def _evaluate_execution(version: int, stage: str, deployment_id: str, thing: str
         detail = f": {reason}" if reason else ""
         return _fail(record, f"{thing} reported {status} for the {stage} deployment{detail}", deps)
     if status in SUCCEEDED_EXECUTION and stage == FLEET:
+        counted = _count_success(deployment_id, deps, add=newly_succeeded and thing in record.fleet_things)
+        if counted < len(record.fleet_things):  # some device has not succeeded yet: no need to look at each
+            return Outcome("recorded", f"{thing}: {status} ({counted}/{len(record.fleet_things)})")
         return _maybe_done(record, deps) or Outcome("recorded", f"{thing}: {status}")
     return Outcome("recorded", f"{thing}: {deployment_id} {status}")
 
 
+def _count_success(deployment_id: str, deps: RolloutDeps, add: bool) -> int:
+    """The deployment's FleetProgress count, after adding one device when `add` (optimistic, on the count)."""
+    pk, key = _pk(deps), SUCCEEDED + deployment_id
+    for _ in range(20):
+        progress = load(FleetProgress, deps.state.get(pk, key))
+        count = progress.succeeded if progress is not None else 0
+        if not add:
+            return count
+        if deps.state.update_if(pk, key, FleetProgress(deployment_id, count + 1).to_item(),
+                                FleetProgress.changes(succeeded=count if progress is not None else None)):
+            return count + 1
+    raise Conflict(f"deployment {deployment_id}: its success count kept changing while being counted")
+
+
 def _maybe_done(record: RolloutRecord, deps: RolloutDeps) -> Outcome | None:
+    """Done when every device of the fleet deployment has a successful execution recorded (one read per device:
+    status events call it only once FleetProgress counts them all; the watchdog at every check)."""
     version, deployment = record.version, record.deployment_id(FLEET)
     if any(_execution(t, deployment, deps) not in SUCCEEDED_EXECUTION for t in record.fleet_things):
         return None

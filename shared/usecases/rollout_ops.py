@@ -70,9 +70,11 @@ def on_rollout_check(group: str, version: int, deps: RolloutDeps) -> Outcome:
             continue
         for e in effective:
             if e.deployment_id == deployment:
-                status = _record_execution(deployment, thing, e.execution_status, e.reason, [], deps, e.modified_at)
+                status, newly_succeeded = _record_execution(deployment, thing, e.execution_status, e.reason, [],
+                                                            deps, e.modified_at)
                 reason = e.reason if status == e.execution_status else ""
-                outcome = _evaluate_execution(version, stage, deployment, thing, status, reason, deps)
+                outcome = _evaluate_execution(version, stage, deployment, thing, status, reason, deps,
+                                              newly_succeeded)
                 if outcome.action in ("failed", "done"):
                     return outcome
     record = _rollout(version, deps) or record

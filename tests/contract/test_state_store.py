@@ -142,6 +142,17 @@ def test_query_sorted_by_sk_with_prefix(state_store: StateStore) -> None:
     assert state_store.query("nobody") == []
 
 
+def test_delete_removes_one_item_and_says_whether_it_was_there(state_store: StateStore) -> None:
+    state_store.put("open", "episode:a", {"n": 1})
+    state_store.put("open", "episode:b", {"n": 2})
+    assert state_store.delete("open", "episode:a") is True
+    assert state_store.delete("open", "episode:a") is False  # a redelivered delete changes nothing
+    assert state_store.get("open", "episode:a") is None
+    assert [i["sk"] for i in state_store.query("open")] == ["episode:b"]
+    assert state_store.delete("nobody", "nothing") is False
+    assert state_store.put("open", "episode:a", {"n": 3}, if_absent=True)  # the key is free again
+
+
 def test_query_prefix_is_literal(state_store: StateStore) -> None:
     for sk in ["a%b", "a_b", "axb", "ä"]:
         state_store.put("p", sk, {})

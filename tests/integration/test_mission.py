@@ -1,6 +1,12 @@
 """The mission end to end on the local stack: data drop -> pending model -> approval -> rollout to
 2 simulated turbines -> a fault injected in turbine-01 -> alert, resolution -> operator ack -> label.
 
+The operator works in the console the stack serves, in headless Chromium (tests/console/browser.py): approves on
+the Models page, watches canary then fleet turn to the new version on the Fleet page, acknowledges the alert on
+the Alerts page and opens the turbine's timeline; screenshots go to <data dir>/screenshots/. Without
+/usr/bin/chromium the same steps go through the CLI (which tests/integration/test_local_cli.py and
+tests/unit/test_alerts.py also cover).
+
 Everything real: mosquitto with mutual TLS, the IoT rule engine, the nucleus processes installing the detector
 component from the wheelhouse, turbine simulators at SPEED x real time (episode logic runs on sample timestamps,
 so acceleration changes only how long we wait).
@@ -8,8 +14,10 @@ so acceleration changes only how long we wait).
 
 from __future__ import annotations
 
+import getpass
 import json
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +30,7 @@ from nacelle.local.edge.broker import find_mosquitto
 from nacelle.local.runtime.stack import Stack
 from nacelle.simulator.device import SimPaths, request_fault
 from shared.usecases.alerts import SEVERITIES, label_key, list_alerts
+from tests.console.browser import CHROMIUM, browser_page, screenshot
 from tests.integration.conftest import LENIENT_GATE, running_stack, wait_for, write_config
 
 pytestmark = [
@@ -51,12 +60,43 @@ def _notes(stack: Stack, turbine: str | None = None, kind: str | None = None) ->
             and (kind is None or n["attributes"].get("kind") == kind)]
 
 
+def _approve_in_the_console(page: Any, home: Path, version: int) -> None:
+    page.wait_for_selector(f"[data-testid=model-detail] >> text=v{version}")  # the pending version opens first
+    page.fill("[data-testid=model-detail] [data-testid=reason]", "test")
+    page.click("[data-testid=model-detail] button:has-text('Approve')")
+    page.wait_for_selector("[data-testid=history] >> text=Approved")
+    screenshot(page, home, "mission-models")
+
+
+def _watch_the_rollout(page: Any, home: Path, version: int) -> None:
+    """The Fleet page (polling by itself while the rollout runs) shows the canary, then the fleet, on `version`."""
+    page.click("nav >> text=Fleet")
+    for thing in (FAULTY, HEALTHY):  # turbine-01 is the canary, turbine-02 the fleet
+        page.wait_for_selector(f"[data-testid=device-table] tr[data-key={thing}] >> text=v{version}", timeout=120_000)
+    screenshot(page, home, "mission-fleet")
+
+
+def _ack_in_the_console(page: Any, home: Path, alert_id: str) -> None:
+    page.click("nav >> text=Alerts")
+    page.click(f"[data-testid=alerts-table] tr[data-key='{alert_id}']")
+    page.select_option("[data-testid=alert-detail] [data-testid=verdict]", "fault")
+    page.click("[data-testid=alert-detail] button:has-text('Acknowledge')")
+    page.wait_for_selector("[data-testid=ack-history] >> text=fault")
+    screenshot(page, home, "mission-alerts")
+    page.click(f"[data-testid=alert-detail] a:has-text('{FAULTY}')")
+    page.wait_for_selector("[data-testid=timeline-chart] circle[data-kind=episode]")
+    page.wait_for_selector("[data-testid=timeline-chart] line[data-kind=swap]", state="attached")  # 0 px wide
+    screenshot(page, home, "mission-turbine")
+
+
 def test_data_drop_to_acknowledged_alert(tmp_path: Path, small_dataset: Path) -> None:
     home = tmp_path / "home"
     write_config(home, **LENIENT_GATE, canary_soak_s=2.0, rollout_poll_s=2.0, simulator_speed=SPEED)
     started = time.monotonic()
     marks: dict[str, float] = {}
-    with running_stack(home, devices=2) as stack:
+    operator = getpass.getuser() if CHROMIUM.is_file() else "test-operator"
+    with running_stack(home, devices=2) as stack, ExitStack() as browser:
+        page = browser.enter_context(browser_page()) if CHROMIUM.is_file() else None
         # 1. data drop -> a model version waiting for approval, by itself
         for path, key in upload_keys([small_dataset]).files:
             stack.store.put_if_absent(key, path.read_bytes())
@@ -65,7 +105,14 @@ def test_data_drop_to_acknowledged_alert(tmp_path: Path, small_dataset: Path) ->
         marks["pending"] = time.monotonic() - started
 
         # 2. approval -> compile -> canary (turbine-01) -> fleet (turbine-02): both report the version
-        assert main(["--data-dir", str(home), "models", "approve", str(version.version), "--reason", "test"]) == 0
+        if page is not None:
+            assert stack.console_url is not None
+            page.goto(stack.console_url)
+            _approve_in_the_console(page, home, version.version)
+            _watch_the_rollout(page, home, version.version)
+        else:
+            assert main(["--data-dir", str(home), "models", "approve", str(version.version), "--reason", "test"]) == 0
+        assert [h["actor"] for h in stack.registry.history(GROUP, version.version)][-1] == operator
         wait_for(lambda: _model_on_devices(stack, version.version), 120,
                  f"both devices' health to report model v{version.version}")
         marks["deployed"] = time.monotonic() - started
@@ -96,16 +143,19 @@ def test_data_drop_to_acknowledged_alert(tmp_path: Path, small_dataset: Path) ->
         assert _notes(stack, HEALTHY) == []
 
         # 5. the operator's verdict becomes a training label under labels/
-        assert main(["--data-dir", str(home), "alerts", "ack", item["alert_id"], "--verdict", "fault",
-                     "--by", "test-operator"]) == 0
+        if page is not None:
+            _ack_in_the_console(page, home, item["alert_id"])
+        else:
+            assert main(["--data-dir", str(home), "alerts", "ack", item["alert_id"], "--verdict", "fault",
+                         "--by", operator]) == 0
         doc = json.loads(stack.store.get(label_key(item["alert_id"])))
         (episode,) = doc["episodes"]
         assert episode["turbine_id"] == FAULTY and episode["fault"] == "operator-confirmed"
         assert (episode["start"], episode["end"]) == (item["started_at"], item["ended_at"])
         acks = doc["source"].pop("acks")
         assert doc["source"] == {"alert_id": item["alert_id"], "episode_id": item["episode_id"],
-                                 "verdict": "fault", "by": "test-operator", "note": "",
+                                 "verdict": "fault", "by": operator, "note": "",
                                  "model_version": version.version}
-        assert [(a["by"], a["verdict"]) for a in acks] == [("test-operator", "fault")]  # the history
+        assert [(a["by"], a["verdict"]) for a in acks] == [(operator, "fault")]  # the history
     print(f"mission timeline (s from start): {', '.join(f'{k}={v:.1f}' for k, v in marks.items())}; "
           f"total {time.monotonic() - started:.1f}")

@@ -635,3 +635,59 @@ def test_cli_list_show_and_ack(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert label["episodes"][0]["turbine_id"] == "wt-01"
     assert main(["alerts", "ack", "episode:nope", *data_dir]) == 2
     assert "no alert 'episode:nope'" in capsys.readouterr().err
+
+
+# -- the cost of a message does not grow with the history ------------------------------------------
+class CountingState(SqliteStateStore):
+    """Counts the items each call reads."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.read = 0
+
+    def get(self, pk: str, sk: str) -> dict[str, Any] | None:
+        self.read += 1
+        return super().get(pk, sk)
+
+    def query(self, pk: str, sk_prefix: str = "") -> list[dict[str, Any]]:
+        items = super().query(pk, sk_prefix)
+        self.read += len(items)
+        return items
+
+
+def _items_read_by_one_episode(tmp_path: Path, clock: Clock, history: int) -> tuple[int, int]:
+    deps = make_deps(tmp_path, clock, rate_limit=10_000)
+    counting = CountingState(tmp_path / "counted.db")
+    deps.alerts = counting
+    for k in range(history):  # closed episodes of many turbines: the fleet's past
+        turbine = f"wt-{k % 50:02d}"
+        on_anomaly(row("open", f"{turbine}-{k}", turbine=turbine), deps)
+        on_anomaly(row("close", f"{turbine}-{k}", seq=2, turbine=turbine), deps)
+    counting.read = 0
+    on_anomaly(row("open", "wt-99-new", turbine="wt-99"), deps)
+    on_anomaly(row("close", "wt-99-new", seq=2, turbine="wt-99"), deps)
+    per_message = counting.read
+    counting.read = 0
+    on_scheduled_check(deps)
+    return per_message, counting.read
+
+
+def test_a_message_and_the_scheduled_check_read_the_same_items_whatever_the_history(tmp_path: Path,
+                                                                                     clock: Clock) -> None:
+    small = _items_read_by_one_episode(tmp_path / "small", clock, 5)
+    large = _items_read_by_one_episode(tmp_path / "large", clock, 200)
+    assert small == large
+
+
+def test_open_episodes_and_pending_summaries_are_indexed_until_they_are_settled(deps: AlertDeps,
+                                                                                 clock: Clock) -> None:
+    on_anomaly(row("open", "wt-01-1"), deps)
+    assert [i["sk"] for i in deps.alerts.query("open")] == ["episode:wt-01:wt-01-1"]
+    on_anomaly(row("close", "wt-01-1", seq=2), deps)
+    assert deps.alerts.query("open") == []
+    deps.alerts.put("open", "episode:wt-01:gone", {})  # a crash left an entry whose alert expired
+    on_anomaly(row("open", "wt-01-2"), deps)
+    clock.advance(deps.policy.escalate_after_s + 1)
+    on_scheduled_check(deps)  # escalates from the index and drops the stale entry
+    assert [m.attributes["kind"] for m in sent(deps)] == ["alert", "resolution", "alert", "escalation"]
+    assert [i["sk"] for i in deps.alerts.query("open")] == ["episode:wt-01:wt-01-2"]

@@ -1,12 +1,14 @@
 """The local event bus: durable puts, routing, at-least-once delivery, retries, dead letters, wake-ups."""
 
 import re
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,89 @@ def test_a_dedup_key_makes_the_second_put_a_no_op(bus):
     assert first is not None and second is None
     assert bus.stats() == {"events": 1, "pending": 1, "delivering": 0, "done": 0, "dead": 0}
     assert bus.event(first)["detail"] == {"n": 1}
+
+
+def _held_first_commit(bus: EventBus, waiting: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Hold the first transaction of `bus` open until `waiting` more puts queue behind it; returns the
+    number of puts each transaction carried (the events counted before and after it)."""
+    real, sizes, first = bus._transaction, [], threading.Event()
+
+    @contextmanager
+    def counted():
+        if not first.is_set():
+            first.set()
+            deadline = time.monotonic() + 5.0
+            while len(bus._queue) < waiting and time.monotonic() < deadline:
+                time.sleep(0.005)
+        with real() as conn:
+            before = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            yield conn
+            sizes.append(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] - before)
+
+    monkeypatch.setattr(bus, "_transaction", counted)
+    return sizes
+
+
+def _concurrently(*calls: Any) -> list[Any]:
+    """Run each call in its own thread, the first one first; their results (or exceptions) in order."""
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    threads[0].start()
+    time.sleep(0.05)  # the first one leads the first commit
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return results
+
+
+def test_concurrent_puts_share_one_commit_and_each_returns_once_stored(bus, monkeypatch):
+    sizes = _held_first_commit(bus, 3, monkeypatch)
+    ids = _concurrently(*(lambda n=n: bus.put(ping(n)) for n in range(4)))
+    assert sizes == [1, 3]  # the three puts that queued while the first committed shared the next commit
+    assert all(isinstance(i, str) for i in ids)
+    assert [bus.event(i)["detail"]["n"] for i in ids] == [0, 1, 2, 3]
+    assert len(bus.deliveries("pending")) == 4
+
+
+def test_a_refused_put_in_a_shared_commit_refuses_only_itself(bus, monkeypatch):
+    bus.put(Envelope("nacelle", "Ping", {}, id="taken"))
+    sizes = _held_first_commit(bus, 4, monkeypatch)
+    later = datetime.fromtimestamp(T0 + 600, UTC)
+    results = _concurrently(lambda: bus.put(ping(0)),
+                            lambda: bus.put(Envelope("nacelle", "Ping", {}, id="taken")),
+                            lambda: bus.put(ping(1)),
+                            lambda: bus.put(ping(2), deliver_at=later, dedup_key="check-1"),
+                            lambda: bus.put(ping(3), deliver_at=later, dedup_key="check-1"))
+    assert sizes[0] == 1 and sum(sizes) == 3
+    assert isinstance(results[1], Conflict)
+    assert sorted(r is None for r in results[3:]) == [False, True]  # one of the two with the same key is stored
+    stored = sorted(bus.event(r)["detail"]["n"] for r in (results[0], results[2], *results[3:]) if isinstance(r, str))
+    assert stored in ([0, 1, 2], [0, 1, 3])
+    assert bus.stats()["events"] == 4
+
+
+def test_a_failed_shared_commit_fails_every_put_of_it_and_stores_none(bus, monkeypatch):
+    real = bus._write
+
+    def failing(conn, put):
+        real(conn, put)
+        if put.body and '"n":2' in put.body:
+            raise sqlite3.OperationalError("disk I/O error")
+
+    sizes = _held_first_commit(bus, 2, monkeypatch)
+    monkeypatch.setattr(bus, "_write", failing)
+    results = _concurrently(lambda: bus.put(ping(0)), lambda: bus.put(ping(1)), lambda: bus.put(ping(2)))
+    assert isinstance(results[0], str) and sizes[0] == 1
+    assert all(isinstance(r, sqlite3.OperationalError) for r in results[1:])
+    assert bus.stats()["events"] == 1 and len(bus.deliveries()) == 1
 
 
 def test_unknown_event_is_not_found(bus):

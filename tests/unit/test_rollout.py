@@ -363,6 +363,56 @@ def test_a_failed_fleet_goes_back_to_the_previous_version(h):
         assert h.deployments(group)[-1]["components"][MODEL_COMPONENT] == {"componentVersion": "1.0.0"}
 
 
+def _fleet_of(h: Harness, size: int) -> str:
+    """v1 promoted to a fleet of `size` devices (turbine-02 and -03 among them); its fleet deployment id."""
+    for n in range(4, size + 2):
+        h.gg.add_thing(f"turbine-{n:02d}", FLEET)
+    h.deliver_manifest(h.compile(1))
+    h.report("turbine-01", h.rollout(1)["canary_deployment_id"], "SUCCEEDED")
+    h.soak(1)
+    assert len(h.rollout(1)["fleet_things"]) == size
+    return str(h.rollout(1)["fleet_deployment_id"])
+
+
+def test_a_status_event_reads_the_same_items_however_far_the_fleet_rollout(h, monkeypatch):
+    fleet_id = _fleet_of(h, 30)
+    things = h.rollout(1)["fleet_things"]
+    reads: list[int] = []
+    real_get = h.deps.state.get
+
+    def counted(pk: str, sk: str) -> Any:
+        reads[-1] += 1
+        return real_get(pk, sk)
+
+    monkeypatch.setattr(h.deps.state, "get", counted)
+    for thing in things:  # in the fleet's order: a scan of the devices would read more at every event
+        reads.append(0)
+        actions = [r["action"] for r in h.report(thing, fleet_id, "SUCCEEDED")]
+    assert actions == ["done"]
+    assert len(set(reads[:-1])) == 1  # every event before the last read as many items as the first one
+    assert reads[-1] >= len(things)  # the last one checks each device's recorded execution once
+
+
+def test_duplicated_successes_count_once_and_a_device_outside_the_deployment_not_at_all(h):
+    fleet_id = _fleet_of(h, 3)
+    for _ in range(3):
+        status_app.handle(aws_status_event("greengrass_deployment_succeeded_older_spelling.json", fleet_id,
+                                           "turbine-02"), h.deps)
+    status_app.handle(aws_status_event("greengrass_deployment_succeeded_older_spelling.json", fleet_id,
+                                       "turbine-77"), h.deps)  # joined the group after the deployment was made
+    assert [r["action"] for r in h.report("turbine-03", fleet_id, "SUCCEEDED")] == ["recorded"]
+    assert h.rollout(1)["stage"] == "fleet"
+    assert [r["action"] for r in h.report("turbine-04", fleet_id, "SUCCEEDED")] == ["done"]
+
+
+def test_a_success_left_uncounted_by_a_crash_is_completed_by_the_watchdog(h):
+    fleet_id = _fleet_of(h, 2)
+    h.report("turbine-02", fleet_id, "SUCCEEDED")
+    h.deps.state.delete(f"group#{GROUP}", f"succeeded#{fleet_id}")  # recorded, then the count was lost
+    assert [r["action"] for r in h.report("turbine-03", fleet_id, "SUCCEEDED")] == ["recorded"]
+    assert h.check(1).action == "done" and h.rollout(1)["stage"] == "done"
+
+
 def test_cancel_stops_the_rollout_without_failing_the_version(h):
     h.deliver_manifest(h.compile(1))
     outcome = cancel(h.rollout(1)["canary_deployment_id"], h.deps)

@@ -9,7 +9,7 @@ from shared.ml.features import window_starts
 from shared.ml.spec import FeatureSpec
 from training_jobs.calibration import Calibration
 from training_jobs.hyperparameters import Hyperparameters
-from training_jobs.selection import CHOICE_RULE, F1_TIE, Candidate, choose, plan
+from training_jobs.selection import CHOICE_RULE, DETECTION_TIE, Candidate, choose, plan
 
 # -- choose: CHOICE_RULE -------------------------------------------------------------------------------
 
@@ -24,14 +24,23 @@ def chosen(*candidates: Candidate) -> str:
     return choose(list(candidates))[0].family
 
 
-def test_a_clearly_higher_event_f1_wins_despite_more_false_alarms():
-    assert chosen(candidate("pca", 0.80, fa=0.1), candidate("conv1d", 0.95, fa=1.0)) == "conv1d"
-    assert chosen(candidate("conv1d", 0.80, fa=0.1), candidate("pca", 0.80 + F1_TIE + 0.001, fa=1.0)) == "pca"
+def test_a_clearly_better_detection_wins_despite_more_false_alarms():
+    assert chosen(candidate("pca", 0.80, fa=0.1), candidate("conv1d", 0.95, fa=1.0, point_f1=0.8)) == "conv1d"
+    assert chosen(candidate("conv1d", 0.80, fa=0.1), candidate("pca", 0.80 + 2 * DETECTION_TIE + 0.01, fa=1.0)) == "pca"
+
+
+def test_detection_counts_how_much_of_each_fault_is_covered_not_only_that_it_was_found():
+    # equal event F1: the model that loses the faults after their first minutes (low point F1) loses
+    found_and_lost = candidate("pca", 0.70, fa=0.01, point_f1=0.41)
+    covered = candidate("conv1d", 0.76, fa=0.02, point_f1=0.75)
+    assert chosen(found_and_lost, covered) == "conv1d"
 
 
 def test_within_the_tie_fewer_false_alarms_win():
     assert chosen(candidate("pca", 0.85, fa=1.0), candidate("conv1d", 0.84, fa=0.2)) == "conv1d"
     assert chosen(candidate("pca", 0.83, fa=0.2), candidate("conv1d", 0.85, fa=1.0)) == "pca"
+    assert chosen(candidate("pca", 0.90, fa=1.0, point_f1=0.9),
+                  candidate("conv1d", 0.90, fa=0.2, point_f1=0.9 - 2 * DETECTION_TIE + 0.01)) == "conv1d"
 
 
 def test_then_the_simpler_family_whatever_the_order():
@@ -41,7 +50,7 @@ def test_then_the_simpler_family_whatever_the_order():
 
 def test_missing_figures_rank_last():
     # no scorable fault: event F1 counts as 0; no false-alarm figure counts as infinitely many
-    assert chosen(candidate("pca", None), candidate("conv1d", F1_TIE + 0.05)) == "conv1d"
+    assert chosen(candidate("pca", None), candidate("conv1d", 2 * DETECTION_TIE + 0.05)) == "conv1d"
     assert chosen(candidate("pca", 0.9, fa=None), candidate("conv1d", 0.9, fa=3.0)) == "conv1d"
     assert chosen(candidate("pca", None, point_f1=None), candidate("conv1d", None, point_f1=None)) == "pca"
 
@@ -49,8 +58,9 @@ def test_missing_figures_rank_last():
 def test_the_reason_names_the_figures_and_the_rule():
     best, reason = choose([candidate("pca", 0.85, fa=1.0), candidate("conv1d", 0.84, fa=0.2)])
     assert best.family == "conv1d"
-    assert reason.startswith("conv1d: validation event F1 0.840, 0.20 false alarms/turbine-day")
-    assert "pca 0.850" in reason and CHOICE_RULE in reason
+    assert reason.startswith("conv1d: validation detection 0.670 (event F1 0.840, point F1 0.500), "
+                             "0.20 false alarms/turbine-day")
+    assert "pca 0.675" in reason and CHOICE_RULE in reason
     alone, reason = choose([candidate("pca", 0.7)])
     assert alone.family == "pca" and "others" not in reason
 

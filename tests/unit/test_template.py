@@ -568,3 +568,19 @@ def test_alert_state_table_and_the_optional_email_subscription() -> None:
     assert ref_target(subscription["Properties"]["TopicArn"]) == "AlertsTopic"
     assert subscription["Properties"]["Protocol"] == "email"
     assert load_template()["Parameters"]["AlertEmail"]["Default"] == ""
+
+
+def test_the_console_api_needs_iam_and_routes_exactly_what_the_app_serves() -> None:
+    from services.console.app import app
+
+    api = resources("AWS::Serverless::Api")["ConsoleApi"]["Properties"]
+    assert api["Auth"]["DefaultAuthorizer"] == "AWS_IAM", "the console must not be reachable anonymously"
+    declared = set()
+    for name, event in functions()["ConsoleFunction"]["Properties"]["Events"].items():
+        assert event["Type"] == "Api", name
+        props = event["Properties"]
+        assert ref_target(props["RestApiId"]) == "ConsoleApi", name
+        assert "Auth" not in props, f"{name}: no route may override the API's AWS_IAM authorisation"
+        declared.add((props["Path"], props["Method"]))
+    served = {(path, method) for path, methods in app.routes.items() for method in methods}
+    assert declared == served, "template.yaml's console routes differ from the Chalice app's"

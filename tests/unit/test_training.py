@@ -170,3 +170,28 @@ def test_loaded_model_scores_windows(fixture, request):
         assert (fourth >= total * (1 - 1e-5)).all()
     else:
         torch.testing.assert_close(fourth, total, rtol=1e-4, atol=0.0)
+
+
+def test_a_local_job_computes_with_no_more_threads_than_the_cores_it_is_given(trained_model):
+    """Oversubscribed torch/BLAS threads on a shared machine slow training many times over."""
+    import os
+    import re
+
+    from nacelle.train_runner import available_cores, job_threads
+
+    log = trained_model.log_file.read_text()
+    threads = int(re.search(r"(\d+) thread\(s\)", log).group(1))  # type: ignore[union-attr]
+    assert threads == min(available_cores(), int(os.environ.get("OMP_NUM_THREADS") or available_cores()))
+    assert job_threads({"threads": "1"}) == 1 and job_threads({}) == available_cores() == len(os.sched_getaffinity(0))
+
+
+def test_the_job_runner_yields_the_cores_to_the_devices(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from nacelle.local.runtime.jobrunner import JOB_NICENESS
+
+    run = subprocess.run([sys.executable, "-m", "nacelle.local.runtime.jobrunner", str(tmp_path), "no-such-job"],
+                         capture_output=True, text=True, check=False)
+    assert run.stdout.splitlines()[0] == f"job runner at nice {min(os.nice(0) + JOB_NICENESS, 19)}"

@@ -132,6 +132,10 @@ class SqliteStateStore:
             conn.execute("INSERT OR REPLACE INTO items VALUES (?, ?, ?)", (pk, sk, _dumps(attributes)))
         return True
 
+    def delete(self, pk: str, sk: str) -> bool:
+        with self._connect() as conn:
+            return conn.execute("DELETE FROM items WHERE pk = ? AND sk = ?", (pk, sk)).rowcount == 1
+
     def query(self, pk: str, sk_prefix: str = "") -> list[dict[str, Any]]:
         # substr() counts characters like len(); BINARY collation orders like DynamoDB (UTF-8 bytes).
         with self._connect() as conn:

@@ -2,6 +2,9 @@
 
 `EventBus.put` stores the event and one delivery per matching rule in one transaction, then wakes the
 dispatcher: a Condition for puts in this process, a datagram on `<db>.sock` for puts from other processes.
+Concurrent puts of one process share a transaction (group commit: one commit, one fsync of the WAL for all of
+them); each returns once its own event is committed. The database keeps SQLite's default synchronous=FULL with
+WAL, so a put that returned survives a power loss.
 `Dispatcher` claims due deliveries, calls the targets on a small pool and retries failures with exponential
 backoff; after `max_attempts` a delivery is dead (a dead letter) until redriven. Delivery is at-least-once:
 a delivery interrupted by a crash is made again when the next dispatcher starts.
@@ -31,7 +34,7 @@ from typing import Any, Literal
 
 from nacelle.local.adapters.sqlite import immediate
 from nacelle.local.runtime.patterns import EventTest, compile_pattern
-from shared.errors import ConfigurationError, Conflict, DataError, NotFound
+from shared.errors import AdapterError, ConfigurationError, Conflict, DataError, NotFound
 from shared.ports import Envelope
 
 log = logging.getLogger(__name__)
@@ -106,6 +109,21 @@ class _Claim:
     body: str
 
 
+@dataclass(eq=False)
+class _Put:
+    """One put() waiting for its group commit; the leader of the commit fills in the outcome."""
+
+    event_id: str
+    body: str
+    dedup_key: str | None
+    now: float
+    due: float
+    targets: list[tuple[str, str]]
+    done: bool = False
+    stored: bool = False  # False with no error: the dedup key was already used
+    error: BaseException | None = None
+
+
 def socket_path_for(db_path: Path) -> Path:
     """`<db>.sock`, or a name hashed from it in /tmp when that is too long for AF_UNIX."""
     path = Path(f"{db_path.resolve()}.sock")
@@ -136,6 +154,10 @@ class EventBus:
         self.wakeup = threading.Condition()
         self.generation = 0
         self.dispatcher_attached = False  # a dispatcher of this instance listens: skip the datagram
+        # Group commit of concurrent puts (_commit): the puts waiting for a transaction, and whether one is under way.
+        self._group = threading.Condition(threading.Lock())
+        self._queue: list[_Put] = []
+        self._leading = False
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         conn.execute("PRAGMA journal_mode = WAL")
@@ -147,26 +169,19 @@ class EventBus:
         """Store the event and its deliveries; returns its id, or None when `dedup_key` was already used.
 
         `deliver_at` delays every delivery (a naive datetime is UTC, as in Scheduler's at() expressions).
+        Returns once the event is committed. Concurrent puts of this instance share one transaction and its
+        commit (group commit: _commit), each isolated by a savepoint, so one refused event refuses only itself.
         """
         now = self.clock()
         due = now if deliver_at is None else _epoch(deliver_at)
         event, body, targets = self._encode(envelope, due)
-        with self._transaction() as conn:
-            if dedup_key is not None and conn.execute(
-                    "SELECT 1 FROM events WHERE dedup_key = ?", (dedup_key,)).fetchone():
-                return None
-            try:
-                conn.execute("INSERT INTO events (id, body, dedup_key, put_at) VALUES (?, ?, ?, ?)",
-                             (event["id"], body, dedup_key, now))
-            except sqlite3.IntegrityError as exc:
-                raise Conflict(f"an event with id {event['id']} is already on the bus") from exc
-            conn.executemany(
-                "INSERT INTO deliveries (event_id, rule, target, status, available_at, updated_at)"
-                " VALUES (?, ?, ?, 'pending', ?, ?)",
-                [(event["id"], rule, target, due, now) for rule, target in targets])
-        if targets:
+        put = _Put(str(event["id"]), body, dedup_key, now, due, targets)
+        self._commit(put)
+        if put.error is not None:
+            raise put.error
+        if put.stored and targets:
             self.wake()
-        return str(event["id"])
+        return put.event_id if put.stored else None
 
     def put_many(self, envelopes: Sequence[Envelope | Mapping[str, Any]]) -> list[str]:
         """Store events due now and their deliveries in one transaction (one commit for the batch);
@@ -345,6 +360,64 @@ class EventBus:
         # A delayed event is put by the schedule when it fires, so that is its time.
         event["time"] = event["time"] or datetime.fromtimestamp(due, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return event
+
+    def _commit(self, put: _Put) -> None:
+        """Group commit: queue `put`; the first caller to find no commit under way leads: it writes every queued
+        put in one transaction and commits once, then hands over. Followers wait for the commit of their own
+        put. The bus keeps SQLite's default synchronous=FULL, so a committed put is on disk when put() returns."""
+        with self._group:
+            self._queue.append(put)
+            while not put.done:
+                if not self._leading:
+                    self._leading = True
+                    batch, self._queue = self._queue, []
+                    break
+                self._group.wait()
+            else:
+                return
+        committed = False
+        try:
+            with self._transaction() as conn:
+                for queued in batch:
+                    self._write(conn, queued)
+            committed = True
+        except Exception as exc:  # nothing of the batch was committed: every put of it fails with the cause
+            for queued in batch:
+                queued.error = exc
+        finally:
+            with self._group:
+                for queued in batch:
+                    if not committed:
+                        queued.stored = False
+                        # the leader was interrupted (KeyboardInterrupt...): it raises that itself
+                        queued.error = queued.error or AdapterError("the bus transaction was interrupted")
+                    queued.done = True
+                self._leading = False
+                self._group.notify_all()
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, put: _Put) -> None:
+        """One put inside the batch's transaction, under its own savepoint."""
+        conn.execute("SAVEPOINT put")
+        try:
+            if put.dedup_key is not None and conn.execute(
+                    "SELECT 1 FROM events WHERE dedup_key = ?", (put.dedup_key,)).fetchone():
+                conn.execute("RELEASE put")
+                return
+            conn.execute("INSERT INTO events (id, body, dedup_key, put_at) VALUES (?, ?, ?, ?)",
+                         (put.event_id, put.body, put.dedup_key, put.now))
+            conn.executemany(
+                "INSERT INTO deliveries (event_id, rule, target, status, available_at, updated_at)"
+                " VALUES (?, ?, ?, 'pending', ?, ?)",
+                [(put.event_id, rule, target, put.due, put.now) for rule, target in put.targets])
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK TO put")
+            conn.execute("RELEASE put")
+            put.error = Conflict(f"an event with id {put.event_id} is already on the bus")
+            put.error.__cause__ = exc
+            return
+        conn.execute("RELEASE put")
+        put.stored = True
 
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

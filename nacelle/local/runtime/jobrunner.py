@@ -25,6 +25,8 @@ from nacelle.train_runner import PROJECT_ROOT, run_training_job
 from shared.errors import DataError
 from shared.ports import ObjectStore
 
+JOB_NICENESS = 10  # jobs yield the cores to the stack's devices (detectors score in real time)
+
 
 def materialise(store: ObjectStore, manifest_key: str, dest: Path) -> int:
     """Copy every object a ManifestFile lists into dest/<key relative to the prefix>."""
@@ -124,4 +126,5 @@ def run_compile(record: JobRecord, jobs: JobTable, bus: EventBus, store: ObjectS
 
 
 if __name__ == "__main__":
+    print(f"job runner at nice {os.nice(JOB_NICENESS)}", flush=True)  # its training/compile process inherits it
     sys.exit(run(Path(sys.argv[1]), sys.argv[2]))

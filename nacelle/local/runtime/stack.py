@@ -185,6 +185,7 @@ class Stack:
         self.training = LocalTraining(self.paths, self.jobs)
         self.compiler = LocalCompile(self.paths, self.jobs)
         self.registry.ensure_group(self.settings.group, "Nacelle turbine anomaly detectors")
+        self.console_url: str | None = None  # set by `nacelle up` once the operator console serves
 
     def _registry_event(self, event: dict[str, Any]) -> None:
         self.bus.put(event)
@@ -213,6 +214,12 @@ class Stack:
                            s.canary_timeout_s, s.stuck_timeout_s, now, poll_s=s.rollout_poll_s,
                            detector_configuration=s.detector_configuration)
 
+    def operator_deps(self) -> Any:
+        """The operator console's dependencies (shared.usecases.operator.OperatorDeps)."""
+        from nacelle.local.runtime.operator_sources import operator_deps
+
+        return operator_deps(self)
+
     def deps_for(self, module: str) -> Any:
         builders: dict[str, Callable[[], Any]] = {
             "services.compilation_completed.app": self.rollout_deps,
@@ -221,6 +228,7 @@ class Stack:
             "services.training_completed.app": self.registration_deps,
             "services.model_approved.app": self.compile_deps,
             "services.anomaly_alert.app": self.alert_deps,
+            "services.console.app": self.operator_deps,
         }
         if module not in builders:
             raise ConfigurationError(f"the local stack has no adapters for {module}")

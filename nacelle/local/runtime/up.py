@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +20,7 @@ from nacelle.local.edge.broker import Broker, BrokerError
 from nacelle.local.edge.fleet import CANARY_GROUP, Fleet, thing_names
 from nacelle.local.edge.pki import LocalPki
 from nacelle.local.runtime.bus import Dispatcher
+from nacelle.local.runtime.console_server import DEFAULT_PORT, TOKEN_FILE, ConsoleServer
 from nacelle.local.runtime.rules import RuleEngine, ScheduleTicker
 from nacelle.local.runtime.s3events import NotifiedKeys, RawWatcher
 from nacelle.local.runtime.stack import Stack, StackLock
@@ -30,12 +33,16 @@ T = TypeVar("T")
 
 
 def run_up(home: Path, stop: threading.Event | None = None,
-           on_ready: Callable[[Stack], None] | None = None, devices: int = 0, canary_size: int = 1) -> int:
+           on_ready: Callable[[Stack], None] | None = None, devices: int = 0, canary_size: int = 1,
+           console_port: int | None = 0) -> int:
+    """Run the stack until `stop`; with `console_port` (0: any free port, None: no console) serve the operator
+    console on 127.0.0.1."""
     stop = stop or threading.Event()
     lock = StackLock(home / "up.lock")
     lock.acquire()
     try:
         stack = Stack(home)
+        console = _bind_console(stack, console_port)  # a port in use fails here, before anything else starts
         for job in stack.recover_orphans(adopt_standalone=True):
             print(f"job {job} was orphaned by a stopped stack: killed and reported Failed", flush=True)
         dispatcher = Dispatcher(stack.bus, stack.targets())
@@ -54,6 +61,8 @@ def run_up(home: Path, stop: threading.Event | None = None,
         keeper = (Periodic(BROKER_CHECK_S, lambda: keep_broker(broker, stack), "nacelle-broker-keeper").start()
                   if broker is not None else None)
         fleet = _start_fleet(stack, devices, canary_size, simulators=broker is not None)
+        if console is not None:
+            _start_console(stack, console)
         print(f"nacelle local stack up: data dir {home}, bucket {BUCKET}, "
               f"raw folder {stack.paths.raw_dir} (Ctrl-C to stop)", flush=True)
         if on_ready is not None:
@@ -62,6 +71,8 @@ def run_up(home: Path, stop: threading.Event | None = None,
             stop.wait()
         finally:
             print("stopping the local stack...", flush=True)
+            if console is not None:
+                console.stop()
             if fleet is not None:
                 fleet.stop()
             sweeper.stop()
@@ -81,6 +92,35 @@ def run_up(home: Path, stop: threading.Event | None = None,
         return 0
     finally:
         lock.release()
+
+
+def _bind_console(stack: Stack, port: int | None) -> ConsoleServer | None:
+    """The operator console bound to 127.0.0.1:`port` (0: any free port; None: no console), not serving yet."""
+    if port is None:
+        return None
+    try:
+        return ConsoleServer(stack.paths.home, stack.operator_deps(), getpass.getuser(), port)
+    except OSError as exc:
+        raise NacelleError(f"the operator console cannot listen on 127.0.0.1:{port}: {exc.strerror} "
+                           f"(choose another with --console-port, 0: any free port)") from exc
+
+
+def _start_console(stack: Stack, console: ConsoleServer) -> None:
+    """Serve the console; its URL (with the access token) is printed here, once."""
+    console.start()
+    stack.console_url = console.url
+    print(f"operator console: {console.url}  (port {console.port}; the token is also in "
+          f"{stack.paths.home / TOKEN_FILE})", flush=True)
+
+
+def free_console_port(preferred: int = DEFAULT_PORT) -> int:
+    """`preferred` when it is free on 127.0.0.1, else 0 (any free port)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", preferred))
+        except OSError:
+            return 0
+    return preferred
 
 
 def _publish_detector(stack: Stack) -> None:

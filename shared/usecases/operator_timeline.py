@@ -1,0 +1,54 @@
+"""One turbine's timeline from what the stores hold: its anomaly episodes (start, end, peak score as a multiple of
+the detector's threshold, so the threshold is 1.0), the alerts it raised (and their acknowledgements), and the
+model swaps its deployments made (each execution of a rollout deployment, with the version it carried)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.errors import NotFound
+from shared.records import (
+    DeploymentRecord,
+    DeviceRecord,
+    EpisodeAlert,
+    ExecutionRecord,
+    alert_from_item,
+    load,
+    records,
+)
+from shared.usecases.operator import OperatorDeps
+from shared.usecases.operator_alerts import alert_items
+from shared.usecases.rollout import DEPLOYMENT, DEVICES_PK, device_pk
+from shared.usecases.state_keys import group_pk
+
+THRESHOLD = 1.0  # scores are peak score / the model's threshold
+
+
+def timeline(deps: OperatorDeps, turbine: str) -> dict[str, Any]:
+    alerts = [alert_from_item(i) for i in alert_items(deps) if i.get("turbine_id") == turbine]
+    device = load(DeviceRecord, deps.rollout.state.get(DEVICES_PK, turbine))
+    executions = records(ExecutionRecord, deps.rollout.state.query(device_pk(turbine), DEPLOYMENT))
+    if not alerts and device is None and not executions:
+        raise NotFound(f"no turbine {turbine!r}: no health, alert or deployment recorded for it")
+    episodes = [{"alert_id": a.alert_id, "episode_id": a.episode_id, "started_at": a.started_at,
+                 "ended_at": a.ended_at or a.last_message_at or a.opened_at, "open": a.status == "open",
+                 "score": a.score, "severity": a.severity, "model_version": a.model_version,
+                 "features": list(a.features)}
+                for a in alerts if isinstance(a, EpisodeAlert) and a.started_at]
+    raised = [{"alert_id": a.alert_id, "kind": a.kind, "severity": a.severity, "status": a.status,
+               "at": getattr(a, "alert_at", None) or a.since or None, "verdict": a.verdict,
+               "acks": [{"by": k.by, "at": k.at, "verdict": k.verdict, "note": k.note} for k in a.acks]}
+              for a in alerts]
+    versions = {r.deployment_id: r.version for r in
+                records(DeploymentRecord, deps.rollout.state.query(group_pk(deps.group), DEPLOYMENT))}
+    swaps: list[dict[str, Any]] = [{"at": e.event_time or e.at, "deployment_id": e.deployment_id, "status": e.status,
+                                    "model_version": versions.get(e.deployment_id), "reason": e.reason}
+                                   for e in sorted(executions, key=lambda e: e.event_time or e.at)]
+    times = [t for t in [*(e["started_at"] for e in episodes), *(e["ended_at"] for e in episodes),
+                         *(a["at"] for a in raised), *(s["at"] for s in swaps),
+                         device.last_health_at if device is not None else None] if t]
+    return {"turbine": turbine, "threshold": THRESHOLD, "episodes": sorted(episodes, key=lambda e: e["started_at"]),
+            "alerts": sorted(raised, key=lambda a: a["at"] or 0), "model_swaps": swaps,
+            "model_version": device.model_version if device is not None else None,
+            "last_health_at": (device.last_health_at or None) if device is not None else None,
+            "first_at": min(times, default=None), "last_at": max(times, default=None)}
