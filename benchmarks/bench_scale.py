@@ -79,7 +79,7 @@ from shared.records import (
     RolloutRecord,
     load,
 )
-from shared.usecases.alerts import ALERTS, AlertDeps, AlertPolicy
+from shared.usecases.alerts import ALERTS, AlertDeps, AlertPolicy, sighting_key
 from shared.usecases.rollout import FleetProgress, RolloutDeps
 from tests.fakes import MemoryRegistry, MemoryStore
 
@@ -328,7 +328,7 @@ class AlertRun:
             seen = moved(sighting, delta, base)
             own_window = math.floor(seen.seen_at / 3600.0) * 3600.0
             items += [(ALERTS, alert_id, alert.to_item()),
-                      (f"turbine#{thing}", f"{seen.seen_at:017.6f}#{episode}", replace(seen, alert_id=alert_id)
+                      (f"turbine#{thing}", sighting_key(seen.seen_at, episode), replace(seen, alert_id=alert_id)
                        .to_item()),
                       (f"rate#{thing}", str(int(own_window)),
                        replace(moved(slot, delta, base), episodes=(alert_id,), rev=1).to_item())]

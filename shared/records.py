@@ -321,7 +321,8 @@ def alert_from_item(item: Mapping[str, Any]) -> AlertRecord:
 
 @dataclass(frozen=True)
 class EpisodeSighting(Record):
-    """pk "turbine#<thing>", sk "<first seen, 017.6f>#<episode id>": a turbine's episodes, for the repeat rule."""
+    """pk "turbine#<thing>", sk "<day, 06d>#<first seen, 017.6f>#<episode id>" (alerts.sighting_key): a turbine's
+    episodes, for the repeat rule."""
 
     alert_id: str
     seen_at: float

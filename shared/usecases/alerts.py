@@ -271,7 +271,7 @@ def on_anomaly(row: EpisodeRow, deps: AlertDeps) -> Outcome:
     else:
         deps.alerts.delete(OPEN, alert_id)
     seen = item.since  # the turbine's episode index, for the repeat rule
-    deps.alerts.put(f"turbine#{row.thing_name}", f"{seen:017.6f}#{row.episode_id}",
+    deps.alerts.put(f"turbine#{row.thing_name}", sighting_key(seen, row.episode_id),
                     EpisodeSighting(alert_id, seen, item.expires_at).to_item(), if_absent=True)
     sent = list(_settle_episode(item, deps))
     if row.kind == "close" and item.status == "closed":
@@ -343,9 +343,19 @@ def _rate_slot(item: EpisodeAlert, deps: AlertDeps) -> tuple[float, int]:
     return window, slot.episodes.index(item.alert_id)
 
 
+SIGHTING_DAY_S = 86_400  # sightings are keyed by day: the repeat rule reads only the days of its window
+
+
+def sighting_key(seen_at: float, episode_id: str) -> str:
+    return f"{int(seen_at // SIGHTING_DAY_S):06d}#{seen_at:017.6f}#{episode_id}"
+
+
 def _recent_episodes(turbine: str, deps: AlertDeps) -> int:
-    since = deps.clock().timestamp() - deps.policy.repeat_window_s
-    return sum(s.seen_at >= since for s in records(EpisodeSighting, deps.alerts.query(f"turbine#{turbine}")))
+    now = deps.clock().timestamp()
+    since = now - deps.policy.repeat_window_s
+    days = range(int(since // SIGHTING_DAY_S), int(now // SIGHTING_DAY_S) + 1)
+    return sum(s.seen_at >= since for day in days
+               for s in records(EpisodeSighting, deps.alerts.query(f"turbine#{turbine}", f"{day:06d}#")))
 
 
 def _episode_message(item: EpisodeAlert, deps: AlertDeps, repeats: int) -> tuple[str, str, dict[str, str]]:

@@ -659,10 +659,11 @@ def _items_read_by_one_episode(tmp_path: Path, clock: Clock, history: int) -> tu
     deps = make_deps(tmp_path, clock, rate_limit=10_000)
     counting = CountingState(tmp_path / "counted.db")
     deps.alerts = counting
-    for k in range(history):  # closed episodes of many turbines: the fleet's past
-        turbine = f"wt-{k % 50:02d}"
+    for k in range(history):  # closed episodes of many turbines, the new episode's one too: the fleet's past
+        turbine = f"wt-{k % 50 + 50:02d}"
         on_anomaly(row("open", f"{turbine}-{k}", turbine=turbine), deps)
         on_anomaly(row("close", f"{turbine}-{k}", seq=2, turbine=turbine), deps)
+    clock.advance(deps.policy.repeat_window_s + 86_400)  # the repeat rule's window holds none of them
     counting.read = 0
     on_anomaly(row("open", "wt-99-new", turbine="wt-99"), deps)
     on_anomaly(row("close", "wt-99-new", seq=2, turbine="wt-99"), deps)
