@@ -75,12 +75,13 @@ from shared.records import (
     EpisodeSighting,
     ExecutionRecord,
     FleetAssignment,
+    FleetProgress,
     RateSlot,
     RolloutRecord,
     load,
 )
 from shared.usecases.alerts import ALERTS, AlertDeps, AlertPolicy, sighting_key
-from shared.usecases.rollout import FleetProgress, RolloutDeps
+from shared.usecases.rollout import RolloutDeps
 from tests.fakes import MemoryRegistry, MemoryStore
 
 FLEET = 10_000

@@ -430,6 +430,26 @@ class HealthStreak(Record):
 
 
 @dataclass(frozen=True)
+class FleetProgress(Record):
+    """pk "group#<group>", sk "succeeded#<deployment id>": how many devices the fleet deployment's status
+    events saw succeed (each device counted once, when its recorded status became a success). It only says
+    when to look: the rollout is done when every device's recorded execution succeeded
+    (shared.usecases.rollout). It can count short (a crash after the execution was recorded), never long but
+    for a device whose success was later replaced: the watchdog's check looks at every device whatever the
+    count."""
+
+    deployment_id: str
+    succeeded: int = 0
+
+    def to_item(self) -> dict[str, Any]:
+        return {"deployment_id": self.deployment_id, "succeeded": self.succeeded}
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> Self:
+        return cls(deployment_id=str(item.get("deployment_id") or ""), succeeded=int(item.get("succeeded") or 0))
+
+
+@dataclass(frozen=True)
 class ExecutionRecord(Record):
     """pk "device#<thing>", sk "deployment#<id>": the device's execution of a deployment, the latest by event time."""
 
@@ -598,8 +618,30 @@ def records(cls: type[R], items: Iterable[Mapping[str, Any]]) -> list[R]:
 
 
 __all__ = [
-    "ALERT_KINDS", "SEVERITIES", "VERDICTS", "Ack", "AlertRecord", "CanaryAssignment", "ConflictRecord",
-    "DeploymentRecord", "DeviceOutage", "DeviceRecord", "EpisodeAlert", "EpisodeSighting", "ExecutionRecord",
-    "FleetAssignment", "HealthStreak", "OfflineAlert", "RateSlot", "Record", "RolloutRecord", "Severity",
-    "SummaryAlert", "Verdict", "alert_from_item", "load", "records",
+    "ALERT_KINDS",
+    "SEVERITIES",
+    "VERDICTS",
+    "Ack",
+    "AlertRecord",
+    "CanaryAssignment",
+    "ConflictRecord",
+    "DeploymentRecord",
+    "DeviceOutage",
+    "DeviceRecord",
+    "EpisodeAlert",
+    "EpisodeSighting",
+    "ExecutionRecord",
+    "FleetAssignment",
+    "FleetProgress",
+    "HealthStreak",
+    "OfflineAlert",
+    "RateSlot",
+    "Record",
+    "RolloutRecord",
+    "Severity",
+    "SummaryAlert",
+    "Verdict",
+    "alert_from_item",
+    "load",
+    "records",
 ]

@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any
 
 from shared.components import component_version
 from shared.errors import Conflict, ModelVersionNotFound, NotFound
@@ -33,8 +33,8 @@ from shared.records import (
     DeviceRecord,
     ExecutionRecord,
     FleetAssignment,
+    FleetProgress,
     HealthStreak,
-    Record,
     RolloutRecord,
     load,
     records,
@@ -98,25 +98,6 @@ class RolloutDeps:
     clock: Callable[[], datetime]
     poll_s: float = 60.0  # the watchdog's period (RolloutCheck events)
     detector_configuration: Mapping[str, Any] = field(default_factory=dict)  # merged into every deployment
-
-
-@dataclass(frozen=True)
-class FleetProgress(Record):
-    """sk "succeeded#<deployment id>": how many devices the fleet deployment's status events saw succeed (each
-    device counted once, when its recorded status became a success). It only says when to look: the rollout is
-    done when every device's recorded execution succeeded (_maybe_done). It can count short (a crash after the
-    execution was recorded), never long but for a device whose success was later replaced: the watchdog's
-    check looks at every device whatever the count."""
-
-    deployment_id: str
-    succeeded: int = 0
-
-    def to_item(self) -> dict[str, Any]:
-        return {"deployment_id": self.deployment_id, "succeeded": self.succeeded}
-
-    @classmethod
-    def from_item(cls, item: Mapping[str, Any]) -> Self:
-        return cls(deployment_id=str(item.get("deployment_id") or ""), succeeded=int(item.get("succeeded") or 0))
 
 
 def device_pk(thing: str) -> str:

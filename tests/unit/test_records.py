@@ -21,6 +21,7 @@ from shared.records import (
     EpisodeSighting,
     ExecutionRecord,
     FleetAssignment,
+    FleetProgress,
     HealthStreak,
     OfflineAlert,
     RateSlot,
@@ -63,6 +64,7 @@ EXAMPLES: list[Record] = [
     FleetAssignment(3, {"nacelle.model": {"componentVersion": "3.0.0"}}, "d-2", "promotion", previous=2, since=T0,
                     generation=4),
     ConflictRecord(3, "other digests"),
+    FleetProgress("d-2", 7),
 ]
 
 
