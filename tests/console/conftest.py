@@ -4,7 +4,7 @@ a caller that sends API Gateway proxy events to the console app."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ import pytest
 from chalice.local import RouteMatcher
 
 from benchmarks.console_seed import Seeded, seed
-from nacelle.local.runtime.console_server import proxy_event
+from nacelle.local.runtime.console_server import ConsoleServer, proxy_event
 from services.console.app import app, handle
 from shared.usecases.operator import OperatorDeps
 
@@ -61,3 +61,12 @@ def seeded(tmp_path: Path) -> Seeded:
 @pytest.fixture
 def call(seeded: Seeded) -> Caller:
     return Caller(seeded.stack.operator_deps())
+
+
+@pytest.fixture
+def server(seeded: Seeded) -> Iterator[ConsoleServer]:
+    console = ConsoleServer(seeded.stack.paths.home, seeded.stack.operator_deps(), "erin", 0).start()
+    try:
+        yield console
+    finally:
+        console.stop()

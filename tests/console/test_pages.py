@@ -17,15 +17,6 @@ pytestmark = [needs_chromium]
 
 
 @pytest.fixture
-def server(seeded: Seeded) -> Iterator[ConsoleServer]:
-    console = ConsoleServer(seeded.stack.paths.home, seeded.stack.operator_deps(), "erin", 0).start()
-    try:
-        yield console
-    finally:
-        console.stop()
-
-
-@pytest.fixture
 def page(server: ConsoleServer) -> Iterator[Any]:
     with browser_page() as p:
         p.goto(server.url)  # the token once, then the cookie

@@ -6,22 +6,12 @@ from __future__ import annotations
 import http.client
 import json
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from benchmarks.console_seed import Seeded
 from nacelle.local.runtime.console_server import INFO_FILE, TOKEN_FILE, ConsoleServer, console_url
-
-
-@pytest.fixture
-def server(seeded: Seeded) -> Iterator[ConsoleServer]:
-    console = ConsoleServer(seeded.stack.paths.home, seeded.stack.operator_deps(), "erin", 0).start()
-    try:
-        yield console
-    finally:
-        console.stop()
 
 
 def request(server: ConsoleServer, method: str, path: str, body: bytes | None = None,
