@@ -36,10 +36,11 @@ def approve(registry: ModelRegistry, group: str, version: int, actor: str, reaso
     if override:
         if not override_gate:
             raise Conflict(f"{group} v{version} failed the quality gate "
-                           f"({current.metadata.get(GATE_REASONS) or 'no reason recorded'}); approve it with "
-                           f"--override-gate and a --reason to roll it out anyway")
+                           f"({current.metadata.get(GATE_REASONS) or 'no reason recorded'}); to roll it out anyway, "
+                           f"approve it with a recorded gate override and a reason (CLI: --override-gate --reason; "
+                           f"console: 'override the quality gate')")
         if not reason.strip():
-            raise Conflict(f"overriding the quality gate of {group} v{version} needs a --reason")
+            raise Conflict(f"overriding the quality gate of {group} v{version} needs a reason (CLI: --reason)")
         retract = state == lifecycle.APPROVED_AGAINST_GATE  # already Approved: an unchanged status sends no event
         if retract:
             state = REGISTRY.target(state, lifecycle.REJECT)

@@ -110,7 +110,7 @@ def test_the_override_is_explicit_needs_a_reason_and_is_recorded(deps):
     now = datetime(2026, 3, 1, tzinfo=UTC)
     with pytest.raises(Conflict, match="--override-gate"):
         approve_version(deps.registry, GROUP, 2, "dave", "looks fine", now)
-    with pytest.raises(Conflict, match="needs a --reason"):
+    with pytest.raises(Conflict, match="needs a reason"):
         approve_version(deps.registry, GROUP, 2, "dave", " ", now, override_gate=True)
     assert deps.registry.get(GROUP, 2).status == "Rejected"
     v = approve_version(deps.registry, GROUP, 2, "dave", "faults were mislabelled", now, override_gate=True)

@@ -351,7 +351,7 @@ def test_a_gate_rejected_version_approved_without_the_override_is_refused_once(w
         (lc.REGISTRY, lc.REJECTED, lc.APPROVE, lc.APPROVED), (lc.COMPILE, lc.ABSENT, lc.APPROVED_EVENT, lc.IN_PROGRESS))
 def test_the_override_of_the_gate_is_recorded_then_the_version_approved_and_compiled(world):
     v = world.train(good=False)
-    with pytest.raises(Conflict, match="needs a --reason"):
+    with pytest.raises(Conflict, match="needs a reason"):
         world.approve(v, override=True, reason=" ")
     approved = world.approve(v, override=True, reason="faults were mislabelled")
     assert approved.status == "Approved" and "faults were mislabelled" in approved.metadata["nacelle:gate_override"]
