@@ -36,7 +36,10 @@ BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THR
 def job_threads(hyperparameters: Mapping[str, Any]) -> int:
     """The threads a local job computes with: its `threads` hyperparameter, else the cores this process may
     run on (its CPU affinity, not the machine's count: oversubscribed threads slow training many times)."""
-    requested = int(hyperparameters.get("threads") or 0)
+    try:
+        requested = int(hyperparameters.get("threads") or 0)
+    except (TypeError, ValueError):  # the job itself refuses it, naming the hyperparameter
+        requested = 0
     return requested if requested > 0 else available_cores()
 
 

@@ -105,3 +105,27 @@ def test_a_console_port_in_use_is_a_clear_error_before_the_stack_starts(seeded: 
             _bind_console(seeded.stack, port)
         assert free_console_port(port) == 0  # taken: any free port instead
     assert _bind_console(seeded.stack, None) is None
+
+
+def test_oversized_malformed_and_non_json_bodies_are_refused_naming_why(server: ConsoleServer,
+                                                                        seeded: Seeded) -> None:
+    same_site = {"Cookie": f"{server.cookie}={server.token}", "X-Nacelle-Console": "1",
+                 "Origin": server.base_url.rstrip("/"), "Sec-Fetch-Site": "same-origin",
+                 "Content-Type": "application/json"}
+    path = f"/api/models/{seeded.pending}/approve"
+    status, _, body = request(server, "POST", path, b"{" + b" " * 1_000_001 + b"}", same_site)
+    assert status == 413 and b"at most" in body
+    for declared in ("-5", "abc"):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            conn.putrequest("POST", path)
+            for name, value in {**same_site, "Content-Length": declared}.items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            resp = conn.getresponse()
+            assert resp.status == 400 and b"Content-Length" in resp.read()
+        finally:
+            conn.close()
+    status, _, body = request(server, "POST", path, b'{"reason": ', same_site)
+    assert status == 400 and b"not JSON" in body
+    assert seeded.stack.registry.get(seeded.stack.settings.group, seeded.pending).status == "PendingManualApproval"

@@ -692,3 +692,13 @@ def test_open_episodes_and_pending_summaries_are_indexed_until_they_are_settled(
     on_scheduled_check(deps)  # escalates from the index and drops the stale entry
     assert [m.attributes["kind"] for m in sent(deps)] == ["alert", "resolution", "alert", "escalation"]
     assert [i["sk"] for i in deps.alerts.query("open")] == ["episode:wt-01:wt-01-2"]
+
+
+def test_a_crash_before_the_index_entry_is_repaired_by_the_redelivered_message(deps: AlertDeps, clock: Clock) -> None:
+    on_anomaly(row("open", "wt-01-1"), deps)
+    deps.alerts.delete("open", "episode:wt-01:wt-01-1")  # killed after the alert item, before its entry
+    on_anomaly(row("open", "wt-01-1"), deps)  # the bus delivers it again
+    assert [i["sk"] for i in deps.alerts.query("open")] == ["episode:wt-01:wt-01-1"]
+    clock.advance(deps.policy.escalate_after_s + 1)
+    on_scheduled_check(deps)
+    assert [m.attributes["kind"] for m in sent(deps)] == ["alert", "escalation"]

@@ -183,6 +183,7 @@ def test_a_local_job_computes_with_no_more_threads_than_the_cores_it_is_given(tr
     threads = int(re.search(r"(\d+) thread\(s\)", log).group(1))  # type: ignore[union-attr]
     assert threads == min(available_cores(), int(os.environ.get("OMP_NUM_THREADS") or available_cores()))
     assert job_threads({"threads": "1"}) == 1 and job_threads({}) == available_cores() == len(os.sched_getaffinity(0))
+    assert job_threads({"threads": "many"}) == available_cores()  # the job reports the bad value, not the runner
 
 
 def test_the_job_runner_yields_the_cores_to_the_devices(tmp_path):

@@ -188,7 +188,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not console.authorised(self._presented_token()):
             return self._error(HTTPStatus.UNAUTHORIZED, "open the console with the URL `nacelle up` or "
                                                         "`nacelle console` prints (it carries the access token)")
-        length = int(self.headers.get("Content-Length") or 0)
+        declared = self.headers.get("Content-Length") or "0"
+        if not declared.isdigit():  # a negative length would read to the end of the connection
+            return self._error(HTTPStatus.BAD_REQUEST, f"Content-Length {declared[:40]!r} is not a byte count")
+        length = int(declared)
         if length > MAX_BODY:
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a request body is at most {MAX_BODY} bytes")
         body = self.rfile.read(length) if length else None
