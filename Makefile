@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench venv clean mosquitto chromium wheelhouse components
+.PHONY: run test lint typecheck unit bench venv clean mosquitto chromium wheelhouse wheelhouse-sensors components
 
 venv: $(STAMP)
 
@@ -20,7 +20,7 @@ run: $(STAMP) wheelhouse mosquitto
 	$(BIN)/nacelle demo
 
 test: $(STAMP) wheelhouse mosquitto chromium lint typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 # The local stack's broker (and its tests) need mosquitto: installed here as root, else a clear message.
 mosquitto:
@@ -51,6 +51,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy shared training_jobs nacelle services benchmarks greengrass_components/nacelle.detector/src train_entry.py \
 	  tests greengrass_components/nacelle.detector/tests
+	cd greengrass_components/nacelle.sensors && ../../$(BIN)/mypy src tests  # its own `main`, like the detector's
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
@@ -69,8 +70,19 @@ $(WHEELHOUSE_STAMP): $(DETECTOR_REQS) | $(STAMP)
 	$(BIN)/pip download --quiet --only-binary=:all: -d build/wheelhouse -r $(DETECTOR_REQS)
 	@touch $(WHEELHOUSE_STAMP)
 
-# build/components/nacelle.detector/<VERSION>/: detector.zip, wheels/, recipe.json
-components: wheelhouse
-	$(BIN)/python -m nacelle.components
+# The sensors component's wheels (pymodbus, asyncua...), in a wheelhouse of their own: only `make components` needs them.
+SENSORS_REQS := greengrass_components/nacelle.sensors/requirements.txt
+SENSORS_WHEELHOUSE_STAMP := build/wheelhouse-sensors/.downloaded
+
+wheelhouse-sensors: $(SENSORS_WHEELHOUSE_STAMP)
+
+$(SENSORS_WHEELHOUSE_STAMP): $(SENSORS_REQS) | $(STAMP)
+	@rm -rf build/wheelhouse-sensors && mkdir -p build/wheelhouse-sensors
+	$(BIN)/pip download --quiet --only-binary=:all: -d build/wheelhouse-sensors -r $(SENSORS_REQS)
+	@touch $(SENSORS_WHEELHOUSE_STAMP)
+
+# build/components/<name>/<VERSION>/: <package>.zip, wheels/, recipe.json (nacelle.detector, nacelle.sensors)
+components: wheelhouse wheelhouse-sensors
+	$(BIN)/python -m nacelle.components --component all
 
 include deploy/Makefile.deploy

@@ -489,9 +489,11 @@ def publish_detector(bucket: str, build_root: Path, region: str, client: Any = N
 
 
 def add_aws_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """`nacelle aws images|package|region|upload-code` (see docs/aws.md)."""
-    aws = sub.add_parser("aws", parents=[common], help="deploy to AWS: image URIs, code packages, uploads",
-                         description="Helpers behind `make deploy` (docs/aws.md).").add_subparsers(
+    """`nacelle aws images|package|region|upload-code` (see docs/aws.md), the core-device commands
+    (docs/devices.md) and the twin fleet."""
+    aws = sub.add_parser("aws", parents=[common], help="deploy to AWS: image URIs, code packages, uploads, devices",
+                         description="Helpers behind `make deploy` (docs/aws.md) and core devices "
+                                     "(docs/devices.md).").add_subparsers(
         dest="aws_command", required=True, metavar="ACTION")
     samconfig_help = f"SAM config file (default {DEFAULT_SAMCONFIG})"
 
@@ -532,3 +534,9 @@ def add_aws_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     upload.add_argument("--samconfig", default=str(DEFAULT_SAMCONFIG), help=samconfig_help)
     upload.add_argument("--key", default=SOURCE_KEY, help=f"object key (default {SOURCE_KEY})")
     upload.set_defaults(func=cmd_aws_upload_code)
+
+    from nacelle.aws_device_cli import add_device_commands
+    from nacelle.aws_twin import add_twin_commands
+
+    add_device_commands(aws, common)  # provision-device, provision-claim, devices, decommission-device
+    add_twin_commands(aws, common)  # twin-up, twin-down

@@ -49,7 +49,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     port = args.console_port if args.console_port is not None else free_console_port()
     return run_up(data_dir(args, create=True), devices=args.devices, canary_size=args.canary_size,
-                  console_port=port)
+                  console_port=port, source=args.source)
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -648,6 +648,18 @@ def cmd_fleet_inject(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fleet_drift(args: argparse.Namespace) -> int:
+    from nacelle.simulator.device import request_drift
+
+    stack = _stack(args)
+    if args.turbine not in {d.thing for d in stack.greengrass.devices()}:
+        raise NacelleError(f"no device {args.turbine} (see `nacelle fleet status`)")
+    path = request_drift(stack.paths.home, args.turbine, args.drift, args.magnitude)
+    print(f"{args.turbine}: {args.drift} drift (magnitude {args.magnitude:g}) requested ({path.name}); it lasts, "
+          f"labelled in devices/{args.turbine}/sim/drifts.jsonl")
+    return 0
+
+
 def cmd_fleet_rollback(args: argparse.Namespace) -> int:
     from shared.usecases.rollout_ops import rollback_to
 
@@ -695,6 +707,7 @@ ALERT: Positional = ("alert_id", str, "alert id (see `nacelle alerts list`)")
 
 
 def add_fleet_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    from nacelle.simulator.drifts import DRIFTS
     from nacelle.simulator.faults import FAULTS, SEVERITIES
 
     fleet = _group(sub, common, "fleet", "the simulated core devices and their deployments")
@@ -709,6 +722,12 @@ def add_fleet_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     inject.add_argument("--severity", default="medium", choices=list(SEVERITIES),
                         help=f"{' | '.join(SEVERITIES)} (default medium)")
     inject.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    drift = _action(fleet, common, "drift", "make a turbine's simulator drift for good (not a fault: the season, a "
+                                           "recalibrated sensor, a replaced component)", cmd_fleet_drift,
+                    ("turbine", str, "the device, e.g. turbine-02 (see `nacelle fleet status`)"))
+    drift.add_argument("drift", choices=DRIFTS, metavar="kind", help=f"one of: {', '.join(DRIFTS)}")
+    drift.add_argument("--magnitude", type=float, default=1.0,
+                       help="scales the kind's change (default 1; docs/fleet.md \"Drift monitoring\")")
     _action(fleet, common, "rollback", "deploy an earlier approved version to both thing groups",
             cmd_fleet_rollback).add_argument("--to", type=parse_version, required=True, metavar="VERSION",
                                               help="the model version to roll back to, e.g. 1 or v1")
@@ -721,6 +740,9 @@ def add_stack_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                                     "directory", cmd_up)
     up.add_argument("--devices", type=int, default=5, help="simulated core devices turbine-01… (default 5; 0: none)")
     up.add_argument("--canary-size", type=int, default=1, help="devices in nacelle-canary (default 1)")
+    up.add_argument("--source", choices=("sim", "modbus", "opcua"), default="sim",
+                    help="each device's sensor stream: sim (the simulator publishes it), modbus or opcua (a simulated "
+                         "controller serves it and the nacelle.sensors component reads it; docs/sensors.md)")
     up.add_argument("--console-port", type=int, metavar="PORT",
                     help="the operator console's port on 127.0.0.1 (default 8640 when free, else any free port; "
                          "0: any free port)")

@@ -1,12 +1,16 @@
-"""Build and publish the nacelle.detector component (`make components`; docs/fleet.md "Components").
+"""Build and publish the Nacelle components (`make components`; docs/fleet.md "Components").
 
-build: a deterministic detector.zip (the `detector` package, main.py, requirements.txt, install_venv.py
-at the root as the recipe expects, and the shared modules the detector imports — found by walking the
-imports, never listed by hand), one artifact per wheel of the wheelhouse, and recipe.yaml rendered with
-their URIs and base64 SHA-256 digests into build/components/nacelle.detector/<VERSION>/recipe.json.
+Two components are built from this checkout, each described by a ComponentSource: nacelle.detector and
+nacelle.sensors (docs/sensors.md).
 
-publish: copies recipe and artifacts to components/nacelle.detector/<VERSION>/ with put_if_absent; an
-existing object with other bytes means the code changed without bumping VERSION -> Conflict.
+build: a deterministic <package>.zip (the component's package, main.py, requirements.txt, install_venv.py at
+the root as the recipe expects, and the repository modules it imports — found by walking the imports, never
+listed by hand: `shared` for both, plus the simulator's physics, `nacelle.simulator`, for the sensors), one
+artifact per wheel of its wheelhouse, and recipe.yaml rendered with their URIs and base64 SHA-256 digests into
+build/components/<name>/<VERSION>/recipe.json.
+
+publish: copies recipe and artifacts to components/<name>/<VERSION>/ with put_if_absent; an existing object
+with other bytes means the code changed without bumping VERSION -> Conflict.
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ from typing import Any
 
 import yaml
 
-from shared.components import DETECTOR_COMPONENT, artifact_digest, detector_prefix, deterministic_zip
+from shared.components import (
+    DETECTOR_COMPONENT,
+    SENSORS_COMPONENT,
+    artifact_digest,
+    component_prefix,
+    deterministic_zip,
+)
 from shared.errors import ConfigurationError, Conflict
 from shared.ports import ObjectStore
 
@@ -37,8 +47,34 @@ RECIPE_FILE = "recipe.json"
 WHEELS = "wheels"
 INSTALLER = "install_venv.py"
 SHARED = "shared"
-# Never on a device: Lambda-side dependencies (heavy, and not in the detector's requirements).
+# Never on a device: Lambda-side dependencies (heavy, and not in the components' requirements).
 FORBIDDEN_IMPORTS = frozenset({"pydantic", "boto3", "botocore", "aws_lambda_powertools"})
+
+
+@dataclass(frozen=True)
+class ComponentSource:
+    """One component of this repository: where its sources are and what its archive holds."""
+
+    name: str
+    directory: Path  # greengrass_components/<name>: VERSION, recipe.yaml, requirements.txt, src/
+    package: str  # src/<package>/: the component's code
+    installer: Path  # install_venv.py (the detector's, shared by both: one installer)
+    wheelhouse: Path
+    packaged: tuple[str, ...] = (SHARED,)  # repository modules followed and packaged when imported
+    data: tuple[str, ...] = ()  # repository files the modules read at run time
+
+    @property
+    def archive(self) -> str:
+        return f"{self.package}.zip"
+
+
+DETECTOR = ComponentSource(DETECTOR_COMPONENT, COMPONENT_DIR, "detector",
+                           COMPONENT_DIR / "src" / "detector" / INSTALLER, WHEELHOUSE)
+SENSORS_DIR = REPO / "greengrass_components" / SENSORS_COMPONENT
+SENSORS = ComponentSource(SENSORS_COMPONENT, SENSORS_DIR, "sensors", DETECTOR.installer,
+                          BUILD_ROOT / "wheelhouse-sensors", packaged=(SHARED, "nacelle.simulator"),
+                          data=("shared/specs/mini-turbine.yaml",))
+COMPONENTS = {c.name: c for c in (DETECTOR, SENSORS)}
 
 
 @dataclass(frozen=True)
@@ -49,8 +85,8 @@ class BuiltComponent:
 
 
 def read_version(component_dir: Path = COMPONENT_DIR) -> str:
-    """The pinned detector component version (its VERSION file): what `make components` builds and the local
-    stack deploys; the one reader of the file."""
+    """A component's pinned version (its VERSION file; default the detector's): what `make components` builds and
+    the local stack deploys; the one reader of the file."""
     path = component_dir / "VERSION"
     try:
         version = path.read_text().strip()
@@ -96,9 +132,13 @@ def _module_file(repo: Path, module: str) -> Path | None:
     return None
 
 
-def shared_closure(entry_files: Iterable[Path], repo: Path = REPO) -> dict[str, Path]:
-    """{archive name: file} of the shared modules the entry files import, transitively, with the
-    `__init__.py` of every package on the way. Raises ConfigurationError on a forbidden import."""
+def shared_closure(entry_files: Iterable[Path], repo: Path = REPO,
+                   packaged: tuple[str, ...] = (SHARED,)) -> dict[str, Path]:
+    """{archive name: file} of the repository modules the entry files import, transitively, with the
+    `__init__.py` of every package on the way: modules under `packaged` (e.g. `shared`, `nacelle.simulator`).
+    Raises ConfigurationError on a forbidden import, or one of another module of the same top-level package
+    (e.g. `nacelle.local` when only `nacelle.simulator` is packaged)."""
+    tops = {p.split(".")[0] for p in packaged}
     out: dict[str, Path] = {}
     todo: list[tuple[Path, str, bool]] = [(f, f.stem, False) for f in entry_files]
     seen: set[Path] = set()
@@ -112,8 +152,11 @@ def shared_closure(entry_files: Iterable[Path], repo: Path = REPO) -> dict[str, 
             if top in FORBIDDEN_IMPORTS:
                 raise ConfigurationError(f"{path}: imports {name!r}, which must not reach the device "
                                          f"(forbidden: {', '.join(sorted(FORBIDDEN_IMPORTS))})")
-            if top != SHARED:
+            if top not in tops:
                 continue
+            if not any(name == p or name.startswith(p + ".") or p.startswith(name + ".") for p in packaged):
+                raise ConfigurationError(f"{path}: imports {name!r}, which is not packaged with the component "
+                                         f"(packaged: {', '.join(packaged)})")
             candidates = [name, *(f"{name}.{n}" for n in names if n != "*")]
             for mod in candidates:
                 parts = mod.split(".")
@@ -131,39 +174,50 @@ def shared_closure(entry_files: Iterable[Path], repo: Path = REPO) -> dict[str, 
     return dict(sorted(out.items()))
 
 
-# ------------------------------------------------------------------ detector.zip
+# ------------------------------------------------------------------ <package>.zip
 def detector_entries(component_dir: Path = COMPONENT_DIR, repo: Path = REPO) -> dict[str, bytes]:
     """Archive name -> bytes of detector.zip."""
+    return component_entries(DETECTOR, component_dir, repo)
+
+
+def component_entries(source: ComponentSource, component_dir: Path | None = None,
+                      repo: Path = REPO) -> dict[str, bytes]:
+    """Archive name -> bytes of the component's zip."""
+    component_dir = component_dir or source.directory
     src = component_dir / "src"
-    package = src / "detector"
+    package = src / source.package
+    installer = package / INSTALLER if (package / INSTALLER).is_file() else source.installer
     required = {"main.py": src / "main.py", "requirements.txt": component_dir / "requirements.txt",
-                INSTALLER: package / INSTALLER}
+                INSTALLER: installer, "VERSION": component_dir / "VERSION"}
     for name, path in required.items():
         if not path.is_file():
-            raise ConfigurationError(f"{path}: missing ({name} is part of {DETECTOR_ZIP})")
+            raise ConfigurationError(f"{path}: missing ({name} is part of {source.archive})")
     modules = sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts and p.name != INSTALLER)
     if not (package / "__init__.py").is_file():
         raise ConfigurationError(f"{package}: not a package (no __init__.py)")
     entries = {name: path.read_bytes() for name, path in required.items()}
     entries.update({p.relative_to(src).as_posix(): p.read_bytes() for p in modules})
     # main.py runs as a script: `import detector.x` there is absolute, so walk it as module "main"
-    closure = shared_closure([src / "main.py", *modules], repo)
+    closure = shared_closure([src / "main.py", *modules], repo, source.packaged)
+    closure.update({name: repo / name for name in source.data})
     for arcname, path in closure.items():
         if arcname in entries:
             raise ConfigurationError(f"{path}: {arcname} clashes with a file of the component")
+        if not path.is_file():
+            raise ConfigurationError(f"{path}: missing (a data file of {source.archive})")
         entries[arcname] = path.read_bytes()
     return entries
 
 
 # ------------------------------------------------------------------ recipe
-def load_template(component_dir: Path = COMPONENT_DIR) -> dict[str, Any]:
+def load_template(component_dir: Path = COMPONENT_DIR, name: str = DETECTOR_COMPONENT) -> dict[str, Any]:
     path = component_dir / "recipe.yaml"
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigurationError(f"{path}: cannot read the recipe template: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("ComponentName") != DETECTOR_COMPONENT:
-        raise ConfigurationError(f"{path}: ComponentName must be {DETECTOR_COMPONENT}")
+    if not isinstance(doc, dict) or doc.get("ComponentName") != name:
+        raise ConfigurationError(f"{path}: ComponentName must be {name}")
     linux = [m for m in doc.get("Manifests") or [] if (m.get("Platform") or {}).get("os") == "linux"]
     if len(linux) != 1:
         raise ConfigurationError(f"{path}: Manifests must hold exactly one linux manifest, found {len(linux)}")
@@ -173,12 +227,12 @@ def load_template(component_dir: Path = COMPONENT_DIR) -> dict[str, Any]:
 def render_recipe(template: Mapping[str, Any], version: str, artifacts: Mapping[str, bytes],
                   uri: Callable[[str], str]) -> dict[str, Any]:
     """The recipe with ComponentVersion and the linux manifest's Artifacts; `artifacts` maps names
-    relative to the component prefix (detector.zip, wheels/<file>) to bytes; only zips are unarchived."""
+    relative to the component prefix (<package>.zip, wheels/<file>) to bytes; only zips are unarchived."""
     recipe = json.loads(json.dumps(template))
     recipe["ComponentVersion"] = version
-    prefix = detector_prefix(version)
+    prefix = component_prefix(str(recipe["ComponentName"]), version)
     rendered = []
-    for name in sorted(artifacts, key=lambda n: (n != DETECTOR_ZIP, n)):
+    for name in sorted(artifacts, key=lambda n: (not n.endswith(".zip"), n)):
         entry: dict[str, Any] = {"Uri": uri(prefix + name), "Digest": artifact_digest(artifacts[name]),
                                  "Algorithm": "SHA-256"}
         if name.endswith(".zip"):
@@ -195,18 +249,21 @@ def _s3_uri(bucket: str) -> Callable[[str], str]:
 
 
 # ------------------------------------------------------------------ build and publish
-def build(out_root: Path = BUILD_ROOT, wheelhouse: Path = WHEELHOUSE, bucket: str = LOCAL_BUCKET,
-          component_dir: Path = COMPONENT_DIR, repo: Path = REPO) -> BuiltComponent:
+def build(out_root: Path = BUILD_ROOT, wheelhouse: Path | None = None, bucket: str = LOCAL_BUCKET,
+          component_dir: Path | None = None, repo: Path = REPO, source: ComponentSource = DETECTOR) -> BuiltComponent:
+    wheelhouse = wheelhouse or source.wheelhouse
+    component_dir = component_dir or source.directory
     wheels = sorted(wheelhouse.glob("*.whl")) if wheelhouse.is_dir() else []
     if not wheels:
-        raise ConfigurationError(f"{wheelhouse}: no wheels (run `make wheelhouse` first)")
+        target = "wheelhouse" if source is DETECTOR else f"wheelhouse-{source.package}"
+        raise ConfigurationError(f"{wheelhouse}: no wheels (run `make {target}` first)")
     version = read_version(component_dir)
-    template = load_template(component_dir)
-    directory = out_root / "components" / DETECTOR_COMPONENT / version
+    template = load_template(component_dir, source.name)
+    directory = out_root / "components" / source.name / version
     if directory.exists():
         shutil.rmtree(directory)  # nothing stale from an earlier build
     (directory / WHEELS).mkdir(parents=True)
-    artifacts = {DETECTOR_ZIP: deterministic_zip(detector_entries(component_dir, repo))}
+    artifacts = {source.archive: deterministic_zip(component_entries(source, component_dir, repo))}
     artifacts.update({f"{WHEELS}/{w.name}": w.read_bytes() for w in wheels})
     for name, data in artifacts.items():
         (directory / name).write_bytes(data)
@@ -216,11 +273,10 @@ def build(out_root: Path = BUILD_ROOT, wheelhouse: Path = WHEELHOUSE, bucket: st
 
 
 def publish(store: ObjectStore, build_dir: Path) -> list[str]:
-    """Put a built component (build/components/nacelle.detector/<ver>) under components/nacelle.detector/<ver>/
-    of the store; the recipe's URIs are re-rendered for the store's bucket. Returns the keys newly written.
-    Idempotent; raises Conflict when an object already there has other bytes."""
+    """Put a built component (build/components/<name>/<ver>) under components/<name>/<ver>/ of the store; the
+    recipe's URIs are re-rendered for the store's bucket. Returns the keys newly written. Idempotent; raises
+    Conflict when an object already there has other bytes."""
     version = build_dir.name
-    prefix = detector_prefix(version)
     recipe_path = build_dir / RECIPE_FILE
     try:
         built = json.loads(recipe_path.read_text())
@@ -229,7 +285,12 @@ def publish(store: ObjectStore, build_dir: Path) -> list[str]:
     if built.get("ComponentVersion") != version:
         raise ConfigurationError(f"{recipe_path}: ComponentVersion {built.get('ComponentVersion')!r} "
                                  f"does not match the build directory {version!r}")
-    artifacts = {DETECTOR_ZIP: (build_dir / DETECTOR_ZIP).read_bytes()}
+    name = str(built.get("ComponentName"))
+    if name not in COMPONENTS:
+        raise ConfigurationError(f"{recipe_path}: ComponentName {name!r} is not one of {', '.join(COMPONENTS)}")
+    prefix = component_prefix(name, version)
+    archive = COMPONENTS[name].archive
+    artifacts = {archive: (build_dir / archive).read_bytes()}
     artifacts.update({f"{WHEELS}/{w.name}": w.read_bytes() for w in sorted((build_dir / WHEELS).glob("*.whl"))})
     recipe = render_recipe(built, version, artifacts, store.uri)
     objects = {**artifacts, RECIPE_FILE: (json.dumps(recipe, indent=2, sort_keys=True) + "\n").encode()}
@@ -240,25 +301,28 @@ def publish(store: ObjectStore, build_dir: Path) -> list[str]:
         if store.put_if_absent(key, data, content_type):
             written.append(key)
         elif store.get(key) != data:
-            raise Conflict(f"{store.uri(key)} already exists with other content: the {DETECTOR_COMPONENT} "
+            raise Conflict(f"{store.uri(key)} already exists with other content: the {name} "
                            f"component changed without bumping VERSION ({version}) in "
-                           f"greengrass_components/{DETECTOR_COMPONENT}/VERSION")
+                           f"greengrass_components/{name}/VERSION")
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nacelle.components", description="Build the detector component.")
+    parser = argparse.ArgumentParser(prog="python -m nacelle.components", description="Build the components.")
     parser.add_argument("--out", type=Path, default=BUILD_ROOT)
-    parser.add_argument("--wheelhouse", type=Path, default=WHEELHOUSE)
+    parser.add_argument("--component", choices=[*COMPONENTS, "all"], default=DETECTOR_COMPONENT)
+    parser.add_argument("--wheelhouse", type=Path, default=None, help="default: the component's own")
     parser.add_argument("--bucket", default=LOCAL_BUCKET, help="bucket named in the built recipe's URIs")
     args = parser.parse_args(argv)
-    try:
-        built = build(args.out, args.wheelhouse, args.bucket)
-    except ConfigurationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    artifacts = built.recipe["Manifests"][0]["Artifacts"]
-    print(f"{DETECTOR_COMPONENT} {built.version}: {built.directory / RECIPE_FILE} ({len(artifacts)} artifacts)")
+    chosen = list(COMPONENTS.values()) if args.component == "all" else [COMPONENTS[args.component]]
+    for source in chosen:
+        try:
+            built = build(args.out, args.wheelhouse, args.bucket, source=source)
+        except ConfigurationError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        artifacts = built.recipe["Manifests"][0]["Artifacts"]
+        print(f"{source.name} {built.version}: {built.directory / RECIPE_FILE} ({len(artifacts)} artifacts)")
     return 0
 
 

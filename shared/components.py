@@ -17,6 +17,7 @@ from shared.errors import BundleError
 
 MODEL_COMPONENT = "nacelle.model"
 DETECTOR_COMPONENT = "nacelle.detector"
+SENSORS_COMPONENT = "nacelle.sensors"  # deployed by operators per device (docs/sensors.md), not by the rollout
 RECIPE_FORMAT = "2020-01-25"
 MANIFEST_FILE = "manifest.json"
 BUNDLE_ZIP = "bundle.zip"
@@ -34,8 +35,9 @@ _VERIFY_BUNDLE = (
 )
 
 __all__ = [
-    "DETECTOR_COMPONENT", "MODEL_COMPONENT", "artifact_digest", "artifact_digests", "component_version",
-    "detector_prefix", "deterministic_zip", "model_artifact_key", "model_bundle_zip", "model_recipe",
+    "DETECTOR_COMPONENT", "MODEL_COMPONENT", "SENSORS_COMPONENT", "artifact_digest", "artifact_digests",
+    "component_prefix", "component_version", "detector_prefix", "deterministic_zip", "model_artifact_key",
+    "model_bundle_zip", "model_recipe",
 ]
 
 
@@ -51,9 +53,14 @@ def model_artifact_key(model_version: int) -> str:
 
 
 def detector_prefix(version: str) -> str:
+    return component_prefix(DETECTOR_COMPONENT, version)
+
+
+def component_prefix(name: str, version: str) -> str:
+    """components/<name>/<version>/: where a component's recipe and artifacts are published."""
     if not version or "/" in version:
-        raise ValueError(f"invalid detector component version {version!r}")
-    return f"{COMPONENTS_PREFIX}{DETECTOR_COMPONENT}/{version}/"
+        raise ValueError(f"invalid {name} component version {version!r}")
+    return f"{COMPONENTS_PREFIX}{name}/{version}/"
 
 
 def artifact_digest(data: bytes) -> str:

@@ -1,4 +1,5 @@
-"""The quality gate: absolute thresholds, and no regression against the champion on the same data."""
+"""The quality gate: absolute thresholds, and no regression against the champion on the same data, nor on the
+episodes operators called false alarms (hard examples, training_jobs/field_data.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared import settings as defaults
-from shared.ml.metrics import headline
+from shared.ml.metrics import hard_examples, headline
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class GateDecision:
     figures: dict[str, float | None]
     champion_figures: dict[str, float | None] | None = None
     notes: list[str] = field(default_factory=list)
+    hard_examples: str | None = None  # "the candidate fires on k of n episodes operators called false alarms ..."
 
 
 def apply_gate(evaluation: dict[str, Any], policy: GatePolicy) -> GateDecision:
@@ -71,4 +73,8 @@ def apply_gate(evaluation: dict[str, Any], policy: GatePolicy) -> GateDecision:
                 notes.append(f"event_f1 {ours:.3f} vs champion {theirs:.3f}")
     else:
         notes.append("no champion to compare with")
-    return GateDecision(not reasons, reasons, figures, champion_figures, notes)
+    hard = hard_examples(evaluation.get("hard_examples"))
+    if hard is not None:
+        text, regression = hard
+        (reasons if regression else notes).append(text)
+    return GateDecision(not reasons, reasons, figures, champion_figures, notes, hard[0] if hard else None)

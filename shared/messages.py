@@ -23,6 +23,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from itertools import pairwise
 from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 from shared.errors import DataError
@@ -32,6 +33,7 @@ MAX_TEXT = 200  # characters of any text field
 MAX_ERROR_TEXT = 2000  # characters of an error message
 MAX_ITEMS = 256  # entries of any list or map field (unless its field says otherwise)
 MAX_SAMPLES = 10_000  # samples of one sensor message
+MAX_LEVELS = 99  # quantile levels of a stats message's sketches
 EPISODE_KINDS = ("open", "update", "close", "interrupt")  # interrupt: the detector stopped, no end seen
 
 M = TypeVar("M", bound="Message")
@@ -51,7 +53,7 @@ def _min(value: float) -> dict[str, Any]:
 
 @dataclass(frozen=True, kw_only=True)
 class Message:
-    STREAM: ClassVar[str] = ""  # the topic's last level: turbines/<thing>/<STREAM>
+    STREAM: ClassVar[str] = ""  # the topic below the turbine: turbines/<thing>/<STREAM>
     VERSION: ClassVar[int] = 0
     MAX_BYTES: ClassVar[int] = MAX_MESSAGE_BYTES
     v: int
@@ -125,6 +127,63 @@ class HealthMessage(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
+class StatsMessage(Message):
+    """turbines/<thing>/stats, v1: what the detector scored in one period, summarised for drift monitoring
+    (shared/ml/drift.py, docs/fleet.md "Drift monitoring"). Over the windows in the operating regime: per feature (its
+    value at each window's last sample) and for the anomaly score, the count, mean, standard deviation and the
+    quantiles at `levels`. `period_start` is the period's start in sample time (epoch s, a multiple of `period_s`);
+    `windows` counts every window scored in it, `operating_windows` those summarised."""
+
+    STREAM: ClassVar[str] = "stats"
+    VERSION: ClassVar[int] = 1
+    model_version: int | None = None
+    period_start: float = field(metadata=_min(0))
+    period_s: float = field(metadata=_min(1))
+    windows: int = field(default=0, metadata=_min(0))
+    operating_windows: int = field(default=0, metadata=_min(0))
+    levels: list[float] = field(default_factory=list, metadata={"max_items": MAX_LEVELS})
+    count: dict[str, int] = field(default_factory=dict, metadata=_min(1))
+    mean: dict[str, float] = field(default_factory=dict)
+    std: dict[str, float] = field(default_factory=dict, metadata=_min(0))
+    quantiles: dict[str, list[float]] = field(default_factory=dict)
+    score_count: int = field(default=0, metadata=_min(0))
+    score_mean: float | None = None
+    score_std: float | None = field(default=None, metadata=_min(0))
+    score_quantiles: list[float] = field(default_factory=list, metadata={"max_items": MAX_LEVELS})
+
+    def __post_init__(self) -> None:
+        """What the field types cannot say: levels in (0, 1) increasing, one non-decreasing quantile per level for
+        every summary, the same features in every map, counts within the windows summarised."""
+        levels = self.levels
+        if not levels or not (levels[0] > 0 and levels[-1] < 1) or any(b <= a for a, b in pairwise(levels)):
+            raise BadMessage("field 'levels' must be increasing numbers in (0, 1)")
+        if self.operating_windows > self.windows:
+            raise BadMessage(f"field 'operating_windows' ({self.operating_windows}) exceeds 'windows' ({self.windows})")
+        names = set(self.count)
+        for name in ("mean", "std", "quantiles"):
+            if set(getattr(self, name)) != names:
+                raise BadMessage(f"field '{name}' must name the same features as 'count'")
+        for feature, n in self.count.items():
+            if n > self.operating_windows:
+                raise BadMessage(f"field 'count.{feature}' ({n}) exceeds 'operating_windows' "
+                                 f"({self.operating_windows})")
+            _sketch(f"quantiles.{feature}", self.quantiles[feature], len(levels))
+        if self.score_count > self.operating_windows:
+            raise BadMessage(f"field 'score_count' ({self.score_count}) exceeds 'operating_windows'")
+        if self.score_count:
+            if self.score_mean is None or self.score_std is None:
+                raise BadMessage("fields 'score_mean' and 'score_std' are needed when 'score_count' > 0")
+            _sketch("score_quantiles", self.score_quantiles, len(levels))
+        elif self.score_quantiles:
+            raise BadMessage("field 'score_quantiles' must be empty when 'score_count' is 0")
+
+
+def _sketch(name: str, quantiles: list[float], levels: int) -> None:
+    if len(quantiles) != levels or any(b < a for a, b in pairwise(quantiles)):
+        raise BadMessage(f"field '{name}' must hold {levels} non-decreasing quantiles, one per level")
+
+
+@dataclass(frozen=True, kw_only=True)
 class SensorMessage(Message):
     """turbines/<thing>/sensors, v1 (from the turbine's sensor source to its detector, on the device): a batch of
     samples, each `{"seq": int >= 0, "ts": epoch s, <raw input column>: number or null (a missing reading)}`,
@@ -149,6 +208,30 @@ class SensorMessage(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SensorHealthMessage(Message):
+    """turbines/<thing>/sensors/health, v1 (the nacelle.sensors component, docs/sensors.md): how the turbine's signal
+    source is doing. `samples_missing` counts samples published with no value at all (a failed or timed-out read, no
+    connection, a tick the component could not serve), `values_missing` single signals without a reading."""
+
+    STREAM: ClassVar[str] = "sensors/health"
+    VERSION: ClassVar[int] = 1
+    source: Literal["modbus", "opcua", "replay", "simulator"]
+    endpoint: str = ""
+    state: Literal["connecting", "connected", "disconnected", "finished"]
+    rate_hz: float = field(metadata=_min(0))
+    last_sample_age_s: float | None = field(default=None, metadata=_min(0))
+    samples: int = field(default=0, metadata=_min(0))
+    samples_missing: int = field(default=0, metadata=_min(0))
+    values_missing: int = field(default=0, metadata=_min(0))
+    reads_failed: int = field(default=0, metadata=_min(0))
+    reconnects: int = field(default=0, metadata=_min(0))
+    dropped: int = field(default=0, metadata=_min(0))
+    last_error: str | None = field(default=None, metadata={"max_len": MAX_ERROR_TEXT})
+    uptime_s: float = field(default=0.0, metadata=_min(0))
+    component_version: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class _RowFields:
     """What the IoT rule adds: topic(2), timestamp() (epoch ms), clientid()."""
 
@@ -168,6 +251,11 @@ class EpisodeRow(EpisodeMessage, _RowFields):
 
 @dataclass(frozen=True, kw_only=True)
 class HealthRow(HealthMessage, _RowFields):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatsRow(StatsMessage, _RowFields):
     pass
 
 

@@ -253,3 +253,11 @@ class Greengrass(Protocol):
     def thing_group_arn(self, group_name: str) -> str: ...  # raises NotFound
 
     def things_in_group(self, group_name: str) -> list[str]: ...  # thing names, sorted
+
+
+class ThingRegistry(Protocol):
+    """The AWS IoT registry, read only: what the pre-provisioning hook needs to know about a requested thing."""
+
+    def thing_certificates(self, thing_name: str) -> tuple[str, ...] | None:
+        """The ids of the certificates attached to the thing (sorted); None when no such thing exists."""
+        ...

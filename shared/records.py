@@ -311,7 +311,40 @@ class OfflineAlert(AlertRecord):
                    last_health_at=_float(item.get("last_health_at")))
 
 
-ALERT_KINDS: dict[str, type[AlertRecord]] = {c.KIND: c for c in (EpisodeAlert, SummaryAlert, OfflineAlert)}
+@dataclass(frozen=True, kw_only=True)
+class DriftAlert(AlertRecord):
+    """sk "drift:<thing>:<model version>:<since>": one drift of a turbine's data (shared/usecases/drift.py), from the
+    first of the periods that raised it until enough periods look as before. `features` names the drifting
+    features; `distances` (to the training baseline) and `turbine_changes` (from the turbine's own first periods) are
+    those of the latest drifting period, in training standard deviations."""
+
+    KIND: ClassVar[str] = "drift"
+    severity: Severity = "medium"
+    model_version: int | None = None
+    since: float = 0.0  # start of the first drifting period (sample time)
+    last_period: float = 0.0  # start of the latest drifting period
+    distances: Mapping[str, float] = field(default_factory=dict)
+    turbine_changes: Mapping[str, float] = field(default_factory=dict)
+    score_distance: float | None = None
+    score_change: float | None = None
+
+    def to_item(self) -> dict[str, Any]:
+        return {**self._common_item(), "model_version": self.model_version, "since": self.since,
+                "last_period": self.last_period, "distances": dict(sorted(self.distances.items())),
+                "turbine_changes": dict(sorted(self.turbine_changes.items())), "score_distance": self.score_distance,
+                "score_change": self.score_change}
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> DriftAlert:
+        return cls(**{**cls._common_fields(item), "severity": _severity(item.get("severity"), "medium")},
+                   model_version=_opt_int(item.get("model_version")), since=_float(item.get("since")),
+                   last_period=_float(item.get("last_period")), distances=_shares(item.get("distances")),
+                   turbine_changes=_shares(item.get("turbine_changes")),
+                   score_distance=_opt_float(item.get("score_distance")),
+                   score_change=_opt_float(item.get("score_change")))
+
+
+ALERT_KINDS: dict[str, type[AlertRecord]] = {c.KIND: c for c in (EpisodeAlert, SummaryAlert, OfflineAlert, DriftAlert)}
 
 
 def alert_from_item(item: Mapping[str, Any]) -> AlertRecord:
@@ -613,6 +646,43 @@ class ConflictRecord(Record):
         return cls(_int(item.get("version")), _str(item.get("reason")))
 
 
+@dataclass(frozen=True)
+class DriftState(Record):
+    """pk "drift", sk <thing> in the state table: where a turbine's drift monitoring stands for the model version it
+    runs. `periods`: the latest judged periods (start -> drifting); `reference`: per feature (and `score_reference`
+    for the anomaly score) the sum of the quantile sketches of the turbine's first judged periods, started at
+    `reference_starts`; `status` "ok" or "drifting" since `since`, with its open `alert_id`."""
+
+    thing_name: str
+    model_version: int | None = None
+    periods: Mapping[str, bool] = field(default_factory=dict)
+    reference_starts: tuple[str, ...] = ()
+    reference: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    score_reference: tuple[float, ...] = ()
+    status: str = "ok"
+    since: float | None = None
+    alert_id: str | None = None
+    rev: int = 0
+
+    def to_item(self) -> dict[str, Any]:
+        return {"thing_name": self.thing_name, "model_version": self.model_version,
+                "periods": dict(sorted(self.periods.items())), "reference_starts": list(self.reference_starts),
+                "reference": {k: list(v) for k, v in sorted(self.reference.items())},
+                "score_reference": list(self.score_reference), "status": self.status, "since": self.since,
+                "alert_id": self.alert_id, "rev": self.rev}
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> DriftState:
+        return cls(thing_name=_str(item.get("thing_name")) or _key(item),
+                   model_version=_opt_int(item.get("model_version")),
+                   periods={str(k): bool(v) for k, v in (item.get("periods") or {}).items()},
+                   reference_starts=_strs(item.get("reference_starts")),
+                   reference={str(k): tuple(float(x) for x in v) for k, v in (item.get("reference") or {}).items()},
+                   score_reference=tuple(float(x) for x in item.get("score_reference") or ()),
+                   status=_str(item.get("status"), "ok"), since=_opt_float(item.get("since")),
+                   alert_id=_opt_str(item.get("alert_id")), rev=_int(item.get("rev")))
+
+
 def records(cls: type[R], items: Iterable[Mapping[str, Any]]) -> list[R]:
     return [cls.from_item(i) for i in items]
 
@@ -628,6 +698,8 @@ __all__ = [
     "DeploymentRecord",
     "DeviceOutage",
     "DeviceRecord",
+    "DriftAlert",
+    "DriftState",
     "EpisodeAlert",
     "EpisodeSighting",
     "ExecutionRecord",

@@ -54,4 +54,5 @@ def rollout_deps(s: RolloutSettings) -> RolloutDeps:
         stuck_timeout_s=s.stuck_timeout_s,
         clock=lambda: datetime.now(UTC),
         poll_s=s.poll_s,
+        detector_configuration={"capture": {"bucket": s.data_bucket}},  # where devices upload captured data
     )

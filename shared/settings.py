@@ -52,6 +52,18 @@ ALERT_RETENTION_S = 90 * 86400.0  # expires_at (DynamoDB TTL) of alert items
 SEVERITY_RATIOS = (1.5, 3.0, 6.0)
 SEVERITY_DURATIONS_S = (0.0, 5.0, 60.0)
 
+# drift monitoring (DriftPolicy, drift_monitor; docs/fleet.md "Drift monitoring"): distances in training standard
+# deviations (shared/ml/drift.py)
+DRIFT_MIN_WINDOWS = 600  # windows in the operating regime a period needs to be judged (5 min at the default stride)
+DRIFT_FLEET_FACTOR = 5.0  # far from training: a distance of at least this times the baseline's tolerance...
+DRIFT_MIN_DISTANCE = 0.3  # ...and at least this
+DRIFT_CHANGE_THRESHOLD = 0.5  # changed: this far from the turbine's own first periods with the model version
+DRIFT_REFERENCE_PERIODS = 3  # those first judged periods (their mean sketch is the turbine's reference)
+DRIFT_ALERT_PERIODS = 2  # consecutive drifting periods raise a drift alert; as many calm ones resolve it
+DRIFT_RETRAIN_TURBINES = 2  # retraining starts when at least this many turbines drift...
+DRIFT_RETRAIN_AFTER_S = 7200.0  # ...each for at least this long (sample time)...
+DRIFT_RETRAIN_MIN_CAPTURED_HOURS = 1.0  # ...with this much normal data captured on them since their drift began
+
 # rollout (RolloutSettings, compilation_completed and deployment_status)
 CANARY_GROUP = "nacelle-canary"
 FLEET_GROUP = "nacelle-fleet"
@@ -59,6 +71,11 @@ CANARY_SOAK_S = 600.0  # every canary device serves the new model this long befo
 CANARY_TIMEOUT_S = 3600.0
 STUCK_TIMEOUT_S = 1800.0
 ROLLOUT_POLL_S = 60.0  # the watchdog's period
+
+# device provisioning (the pre-provisioning hook, `nacelle aws provision-device`; docs/devices.md): lower case only,
+# so `WT-07` and `wt-07` can never be two turbines
+DEVICE_NAME_PATTERN = "^[a-z0-9][a-z0-9-]{0,63}$"
+DEVICE_SERIAL_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 # the local stack (LocalSettings): the same defaults, except these timescales suited to a laptop's demo
 LOCAL_QUIET_PERIOD_S = 15.0

@@ -19,8 +19,8 @@ IDENTITIES = (*DEVICES, CLOUD)
 OUTSIDE_TOPIC = "plant/status"  # a topic outside turbines/
 Action = Literal["publish", "subscribe"]
 
-__all__ = ["CLOUD", "DEVICES", "IDENTITIES", "OUTSIDE_TOPIC", "Access", "Connect", "access_table",
-           "connect_table", "other_device"]
+__all__ = ["CLOUD", "DEVICES", "IDENTITIES", "OUTSIDE_TOPIC", "Access", "CaptureUpload", "Connect", "access_table",
+           "capture_table", "connect_table", "other_device"]
 
 
 def other_device(identity: str) -> str:
@@ -85,5 +85,36 @@ def access_table() -> list[Access]:
             Access(identity, "subscribe", "turbines/#", not device),
             Access(identity, "subscribe", "$SYS/#", False),
             Access(identity, "subscribe", OUTSIDE_TOPIC, False),
+        ]
+    return rows
+
+
+CAPTURE_FILE = "20250101T000000.000Z_20250101T000100.000Z_normal_m1_p1.csv"
+
+
+@dataclass(frozen=True)
+class CaptureUpload:
+    identity: str  # the device whose certificate (locally) or credentials (AWS, via its role alias) upload
+    key: str
+    allowed: bool
+
+    @property
+    def id(self) -> str:
+        return f"{self.identity}-put-{self.key}"
+
+
+def capture_table() -> list[CaptureUpload]:
+    """Captured data: a device writes under raw/capture/<its thing>/ and nowhere else. Checked against the local
+    capture gateway (tests/unit/test_capture_gateway.py) and template.yaml's token exchange role
+    (tests/unit/test_capture_policy.py)."""
+    rows = []
+    for identity in DEVICES:
+        other = other_device(identity)
+        rows += [
+            CaptureUpload(identity, f"raw/capture/{identity}/{CAPTURE_FILE}", True),
+            CaptureUpload(identity, f"raw/capture/{other}/{CAPTURE_FILE}", False),
+            CaptureUpload(identity, f"raw/capture/{identity}0/{CAPTURE_FILE}", False),  # a longer thing name
+            CaptureUpload(identity, f"raw/{identity}/{CAPTURE_FILE}", False),
+            CaptureUpload(identity, f"labels/capture/{identity}/x/labels.json", False),
         ]
     return rows

@@ -264,3 +264,16 @@ class Clock:
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
 
+
+
+class MemoryThings:
+    """ThingRegistry: thing name -> the ids of the certificates attached to it."""
+
+    def __init__(self, things: Mapping[str, tuple[str, ...]] | None = None) -> None:
+        self.things = dict(things or {})
+        self.reads: list[str] = []
+
+    def thing_certificates(self, thing_name: str) -> tuple[str, ...] | None:
+        self.reads.append(thing_name)
+        certificates = self.things.get(thing_name)
+        return None if certificates is None else tuple(sorted(certificates))

@@ -27,13 +27,23 @@ import torch
 from shared.errors import BundleError, NacelleError, TrainingError
 from shared.ml.bundle import BUNDLE_FORMAT_VERSION, EVALUATION_FILE
 from shared.ml.dataset import TurbineSeries, load_all_labels, load_dataset
+from shared.ml.drift import BASELINE_KEY
 from shared.ml.feasibility import drifting_features, too_little_data, usable
-from shared.ml.metrics import Allowance, Fault, headline
+from shared.ml.metrics import Allowance, Fault, hard_examples, headline
 from shared.ml.spec import FeatureSpec, default_spec, load_spec
 from shared.version import code_version
+from training_jobs.baseline import drift_baseline
 from training_jobs.bundle_io import load_model, save_model_dir
 from training_jobs.contract import JobEnvironment, from_environ
 from training_jobs.evaluation import Detector, EvalSet, eval_set, evaluate
+from training_jobs.field_data import (
+    candidate_judge,
+    captured_summary,
+    champion_detector,
+    false_alarm_spans,
+    hard_example_report,
+    unverified_captures,
+)
 from training_jobs.fit import Fitted, score_windows
 from training_jobs.hyperparameters import Hyperparameters
 from training_jobs.onnx_export import INPUT_NAME
@@ -89,7 +99,10 @@ def train(env: JobEnvironment) -> dict[str, Any]:
     roots = [env.channels["train"]]
     log(f"job {env.job_name}: spec {requested.name} {requested.version} ({requested.digest()[:12]}), data {roots[0]}, "
         f"{torch.get_num_threads()} thread(s)")
-    series = load_dataset(roots, requested)
+    left_out = unverified_captures(roots)  # captured episodes no operator verdict labels (field_data.py)
+    if left_out:
+        log(f"left out {len(left_out)} captured episode file(s) that no operator verdict labels")
+    series = load_dataset(roots, requested, skip=left_out)
     faults = load_all_labels(roots, series)
     log(f"loaded {sum(len(s.t) for s in series)} samples of {len(series)} turbine(s), "
         f"{len(faults)} labelled fault episode(s)")
@@ -107,6 +120,7 @@ def train(env: JobEnvironment) -> dict[str, Any]:
     candidates, validation = run_candidates(the_plan, spec, faults, hp, log)
     chosen, reason = choose(candidates)
     log(f"chosen: {reason}")
+    baseline = drift_baseline(validation, chosen.detectors, spec, _margin(hp, spec), log)
     final, evaluation_set, metrics = _deliver(the_plan.mode, chosen, the_plan.test, validation, spec, faults,
                                               series, hp, env)
     threshold = chosen.calibration.threshold
@@ -121,6 +135,13 @@ def train(env: JobEnvironment) -> dict[str, Any]:
     champion_root = env.channel("champion")
     if champion_root is not None:
         evaluation["champion"] = score_champion(champion_root, evaluation_set, spec, allowance)
+    evaluation["data"].update(captured_summary(roots, left_out))
+    hard = hard_example_report(false_alarm_spans(roots), series,
+                               candidate_judge(the_plan, chosen, detector_of(final, spec, threshold)),
+                               champion_detector(champion_root, spec))
+    if hard is not None:  # operators' false-alarm verdicts: the gate reports on them
+        evaluation["hard_examples"] = hard
+        log((hard_examples(hard) or ("no false-alarm verdict covers the data",))[0])
 
     scorer = final.scorer
     prep = scorer.prep
@@ -146,6 +167,7 @@ def train(env: JobEnvironment) -> dict[str, Any]:
                     "mode": the_plan.mode, "started_at": started.isoformat(),
                     "finished_at": datetime.now(UTC).isoformat()},
         "hyperparameters": hp.to_dict(),
+        **({BASELINE_KEY: baseline} if baseline is not None else {}),
     }
     save_model_dir(env.model_dir, scorer, manifest)
     for folder in (env.model_dir, env.output_data_dir):
@@ -188,6 +210,11 @@ def _deliver(mode: str, chosen: Candidate, test: list[TurbineSeries], validation
     log(f"refit {chosen.family} on all {len(train_x)} normal windows")
     final = fit_family(chosen.family, spec, train_x, train_x[:0], refit, log)
     return final, validation, chosen.validation
+
+
+def _margin(hp: Hyperparameters, spec: FeatureSpec) -> float:
+    """How far from a labelled fault a window counts as normal (the hyperparameter, else the spec's tolerance)."""
+    return hp.label_margin_s if hp.label_margin_s >= 0 else spec.evaluation.detection_tolerance_s
 
 
 def score_champion(root: Path, pieces: EvalSet, spec: FeatureSpec, allowance: Allowance) -> dict[str, Any] | None:

@@ -1,7 +1,7 @@
 """Physics-informed mini wind turbine simulator with labelled fault episodes.
 
-physics: the normal turbine (a chunked stepper); faults: the fault library and schedule;
-generate: hourly gzip CSV datasets with labels.json; stream: the same samples as a live stream.
+physics: the normal turbine (a chunked stepper); faults: the fault library and schedule; drifts: lasting changes
+that are not faults; generate: hourly gzip CSV datasets with labels.json; stream: the same samples as a live stream.
 """
 
 from nacelle.simulator.faults import (

@@ -14,6 +14,10 @@ into the stream at its current time, appends the episode to `sim/labels.jsonl` (
 start, end in epoch seconds) and moves the file to `sim/done/` (an invalid one to `sim/rejected/` next to a
 `.error` file). `--schedule` takes a JSON list of `{"fault", "severity", "duration_s", "at_s"}`, `at_s` being
 seconds of stream time after the start. SIGTERM or SIGINT stops it cleanly.
+
+Drifts on demand (nacelle.simulator.drifts: lasting changes that are not faults): `request_drift` drops
+`{"drift", "magnitude"}` into the same inbox; the drift starts at the stream's current time, never ends, and is
+labelled in `sim/drifts.jsonl` (turbine, drift, magnitude, start and full_at in epoch seconds, end null).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from nacelle.local.edge.pki import validate_thing_name
+from nacelle.simulator.drifts import DRIFTS, MAX_MAGNITUDE, DriftEpisode
 from nacelle.simulator.faults import FAULTS, SEVERITIES, FaultEpisode, stable_int
 from nacelle.simulator.stream import TurbineStream, paced
 from shared.errors import ConfigurationError, NacelleError
@@ -88,6 +93,10 @@ class SimPaths:
     def samples(self) -> Path:
         return self.root / "samples.jsonl"
 
+    @property
+    def drifts(self) -> Path:
+        return self.root / "drifts.jsonl"
+
 
 @dataclass(frozen=True)
 class FaultRequest:
@@ -115,6 +124,41 @@ class FaultRequest:
         return cls(fault, severity, duration, at)
 
 
+@dataclass(frozen=True)
+class DriftRequest:
+    drift: str
+    magnitude: float = 1.0
+
+    @classmethod
+    def parse(cls, raw: Any, where: str) -> DriftRequest:
+        if not isinstance(raw, dict):
+            raise ConfigurationError(f"{where}: a drift request must be a JSON object, got {type(raw).__name__}")
+        if unknown := set(raw) - {"drift", "magnitude"}:
+            raise ConfigurationError(f"{where}: unknown keys {sorted(unknown)} (allowed: ['drift', 'magnitude'])")
+        drift, magnitude = raw.get("drift"), raw.get("magnitude", 1.0)
+        if drift not in DRIFTS:
+            raise ConfigurationError(f"{where}: drift: unknown drift {drift!r}; valid: {', '.join(DRIFTS)}")
+        if isinstance(magnitude, bool) or not isinstance(magnitude, int | float) or not 0 < magnitude <= MAX_MAGNITUDE:
+            raise ConfigurationError(f"{where}: magnitude: must be a number in (0, {MAX_MAGNITUDE:g}], "
+                                     f"got {magnitude!r}")
+        return cls(drift, float(magnitude))
+
+
+def request_drift(home: Path, thing: str, drift: str, magnitude: float = 1.0) -> Path:
+    """Ask the running simulator of `thing` to start a drift; returns the request file (in the inbox)."""
+    request = DriftRequest.parse({"drift": drift, "magnitude": magnitude}, f"drift request for {thing}")
+    return _drop(home, thing, {"drift": request.drift, "magnitude": request.magnitude})
+
+
+def _drop(home: Path, thing: str, doc: dict[str, Any]) -> Path:
+    paths = SimPaths.of(home, thing)
+    paths.inbox.mkdir(parents=True, exist_ok=True)
+    name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
+    tmp = paths.inbox / f".{name}.tmp"  # not *.json: the simulator ignores it until the rename
+    tmp.write_text(json.dumps(doc))
+    return tmp.replace(paths.inbox / name)
+
+
 def _seconds(value: Any, where: str, positive: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
             or value < 0 or (positive and value == 0):
@@ -127,13 +171,7 @@ def request_fault(home: Path, thing: str, fault: str, severity: str = "medium", 
     """Ask the running simulator of `thing` to inject a fault; returns the request file (in the inbox)."""
     request = FaultRequest.parse({"fault": fault, "severity": severity, "duration_s": duration_s},
                                  f"fault request for {thing}")
-    paths = SimPaths.of(home, thing)
-    paths.inbox.mkdir(parents=True, exist_ok=True)
-    name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
-    tmp = paths.inbox / f".{name}.tmp"  # not *.json: the simulator ignores it until the rename
-    tmp.write_text(json.dumps({"fault": request.fault, "severity": request.severity,
-                               "duration_s": request.duration_s}))
-    return tmp.replace(paths.inbox / name)
+    return _drop(home, thing, {"fault": request.fault, "severity": request.severity, "duration_s": request.duration_s})
 
 
 def load_schedule(path: Path) -> list[FaultRequest]:
@@ -180,18 +218,29 @@ class Simulator:
                  ep.start.isoformat())
         return ep
 
+    def drift(self, request: DriftRequest) -> DriftEpisode:
+        """Start a drift at the stream's current time; labelled in sim/drifts.jsonl."""
+        ep = self.stream.drift(request.drift, request.magnitude)
+        with self.paths.drifts.open("a") as f:  # one short line per write: appends stay whole
+            f.write(json.dumps(ep.label()) + "\n")
+        log.info("drift started: %s (magnitude %g) from %s", ep.kind, ep.magnitude, ep.start.isoformat())
+        return ep
+
     def poll_inbox(self) -> list[FaultEpisode]:
-        """Inject every request waiting in the inbox, oldest first."""
+        """Inject every request waiting in the inbox, oldest first (faults are returned; drifts are labelled)."""
         injected = []
         for path in sorted(self.paths.inbox.glob("*.json")):
             try:
-                request = FaultRequest.parse(json.loads(path.read_text()), str(path))
+                raw = json.loads(path.read_text())
+                if isinstance(raw, dict) and "drift" in raw:
+                    self.drift(DriftRequest.parse(raw, str(path)))
+                else:
+                    injected.append(self._inject(FaultRequest.parse(raw, str(path))))
             except (ValueError, ConfigurationError) as exc:
-                log.error("fault request rejected: %s", exc)
+                log.error("request rejected: %s", exc)
                 (self.paths.rejected / f"{path.name}.error").write_text(f"{exc}\n")
                 path.replace(self.paths.rejected / path.name)
                 continue
-            injected.append(self._inject(request))
             path.replace(self.paths.done / path.name)
         return injected
 

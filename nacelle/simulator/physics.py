@@ -4,7 +4,8 @@ Randomness is drawn in fixed 10 s blocks aligned to the series start, so `step()
 samples however a series is chunked. Continuous physics (wind, rotor, temperatures) runs on a 0.1 s grid
 and is interpolated to the jittered ~20 Hz sample times. Faults act inside a block on the physical
 signals before quantisation, from their own random streams: outside its episodes a faulty run equals
-the fault-free run of the same seed.
+the fault-free run of the same seed. Drifts (nacelle.simulator.drifts: lasting, not faults) act likewise, without
+random draws of their own.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from nacelle.simulator.drifts import DriftEpisode, DriftWindow, ambient_offset, apply_drifts
 from nacelle.simulator.faults import (
     FaultEpisode,
     Window,
@@ -196,6 +198,7 @@ class TurbineModel:
         self.params = TurbineParams.draw(np.random.default_rng([*self._entropy, 0]))
         self._windows: list[Window] = []  # pending and active episodes, by start
         self._done: list[Window] = []  # episodes over before the current block
+        self._drifts: list[DriftWindow] = []  # lasting changes that are not faults (nacelle.simulator.drifts)
         self._st = self._initial_state(np.random.default_rng([*self._entropy, 1]))
         self._snapshot = copy.deepcopy(self._st)
         self._cursor_us = 0
@@ -226,7 +229,29 @@ class TurbineModel:
                       vib=rng.standard_normal(2),
                       gear=p.ambtemp + env[0] + p.die_offset + p.heat * rotor**2, env=env)
 
-    # -- faults ------------------------------------------------------------------------------------------
+    @property
+    def drifts(self) -> list[DriftEpisode]:
+        return [w.ep for w in self._drifts]
+
+    # -- faults and drifts -------------------------------------------------------------------------------
+    def add_drift(self, ep: DriftEpisode) -> None:
+        """Start a drift (it never ends); it must not start before the samples already returned end."""
+        if ep.turbine_id != self.turbine_id:
+            raise ConfigurationError(f"drift for {ep.turbine_id!r} given to turbine {self.turbine_id!r}")
+        start_us = (ep.start - self.start) // ONE_US
+        if start_us < self._cursor_us:
+            raise ConfigurationError(f"drift starts at {ep.start.isoformat()}, before the simulator's "
+                                     f"current time {self.now.isoformat()}")
+        self._drifts.append(DriftWindow(ep, start_us))
+        if start_us < self._st.block * BLOCK_US:  # the buffered block was made without it: redo it
+            self._redo_block()
+
+    def _redo_block(self) -> None:
+        self._st = copy.deepcopy(self._snapshot)
+        block = self._block()
+        keep = block["_t"] >= self._cursor_us
+        self._buffer = {k: v[keep] for k, v in block.items()}
+
     def add_episode(self, ep: FaultEpisode) -> None:
         """Schedule a fault; it must not start before the samples already returned end."""
         if ep.turbine_id != self.turbine_id:
@@ -237,10 +262,7 @@ class TurbineModel:
                                      f"current time {self.now.isoformat()}")
         bisect.insort(self._windows, w, key=lambda v: v.start_us)
         if w.start_us < self._st.block * BLOCK_US:  # the buffered block was made without it: redo it
-            self._st = copy.deepcopy(self._snapshot)
-            block = self._block()
-            keep = block["_t"] >= self._cursor_us
-            self._buffer = {k: v[keep] for k, v in block.items()}
+            self._redo_block()
 
     # -- stepping ----------------------------------------------------------------------------------------
     def step(self, seconds: float) -> dict[str, np.ndarray]:
@@ -317,6 +339,8 @@ class TurbineModel:
             + p.ripple * np.sin(2 * np.pi * 4 * phase) + rng.standard_normal(n),
             "rps": rps_sec[sec], "wind_speed_rps": wind_sec[sec],
         }
+        if self._drifts:
+            apply_drifts(self._drifts, t, sig, theta, (shake * vib[0], shake * vib[1]), p.tilt, p.tilt_phase)
         env = self._environment(rotor, j)
 
         def rng_for(ep: FaultEpisode) -> np.random.Generator:
@@ -414,7 +438,7 @@ class TurbineModel:
         for i, (tau, sd) in enumerate(ENV_OU):
             b = math.exp(-BLOCK_S / tau)
             st.env[i] = b * st.env[i] + sd * math.sqrt(1 - b * b) * rng.standard_normal()
-        ambient = p.ambtemp + st.env[0]
+        ambient = p.ambtemp + st.env[0] + (ambient_offset(self._drifts, st.block * BLOCK_US) if self._drifts else 0.0)
         a = math.exp(-DT / 900.0)
         gear = _ar1(st.gear, a, (1 - a) * (ambient + p.die_offset + p.heat * rotor[:-1] ** 2))
         st.gear = float(gear[-1])

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from nacelle.simulator.drifts import DriftEpisode
 from nacelle.simulator.faults import FaultEpisode
 from nacelle.simulator.generate import DEFAULT_START
 from nacelle.simulator.physics import TurbineModel
@@ -56,6 +57,12 @@ class TurbineStream:
         ep = FaultEpisode(self.turbine_id, fault, severity, begin, begin + timedelta(seconds=duration_s))
         self.model.add_episode(ep)
         self.labels.append(ep)
+        return ep
+
+    def drift(self, kind: str, magnitude: float = 1.0, start: datetime | None = None) -> DriftEpisode:
+        """Start a lasting drift (nacelle.simulator.drifts) now, or at `start` (not in the past)."""
+        ep = DriftEpisode(self.turbine_id, kind, start or self.now, magnitude)
+        self.model.add_drift(ep)
         return ep
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -62,14 +63,17 @@ def dataset_hash(root: Path) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def load_dataset(roots: list[Path], spec: FeatureSpec) -> list[TurbineSeries]:
-    """Validate and load every data file under the roots; one series per turbine, in time order.
+def load_dataset(roots: list[Path], spec: FeatureSpec, skip: Collection[Path] = ()) -> list[TurbineSeries]:
+    """Validate and load every data file under the roots (but those in `skip`); one series per turbine, in time
+    order.
 
     Raises ValidationFailed for the first invalid file (the message names it and every problem).
     """
     frames: dict[str, list[Frame]] = defaultdict(list)
     for root in roots:
         for path in data_files(root):
+            if path in skip:
+                continue
             hint = path.parent.name if path.parent != root else None
             for frame in load_file(path, spec, turbine_hint=hint)[0]:
                 frames[frame.turbine_id].append(frame)

@@ -23,7 +23,7 @@ def quaternion_to_euler(w: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarr
     """Roll, pitch, yaw in radians (ZYX convention, as the seed)."""
     yy = y * y
     roll = np.arctan2(2.0 * (w * x + y * z), 1.0 - 2.0 * (x * x + yy))
-    pitch = np.arcsin(np.clip(2.0 * (w * y - z * x), -1.0, 1.0))
+    pitch = np.arcsin(np.minimum(np.maximum(2.0 * (w * y - z * x), -1.0), 1.0))  # np.clip, minus its wrapper's cost
     yaw = np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (yy + z * z))
     return roll, pitch, yaw
 
@@ -103,16 +103,18 @@ def window_starts(t: np.ndarray, spec: FeatureSpec, stride: int | None = None) -
     return np.concatenate(starts).astype(np.int64) if starts else np.zeros(0, dtype=np.int64)
 
 
-def make_windows(features: np.ndarray, starts: np.ndarray, offsets: list[int] | np.ndarray) -> np.ndarray:
+def make_windows(features: np.ndarray, starts: np.ndarray | list[int], offsets: list[int] | np.ndarray) -> np.ndarray:
     """Model inputs as (W, F, len(offsets)) float32: channel = feature, the samples at `offsets` from each
     window's first scored sample (spec.geometry.offsets()); NaN before the first sample of the data."""
     offsets = np.asarray(offsets, dtype=np.int64)
     if len(starts) == 0:
         return np.zeros((0, features.shape[1], len(offsets)), dtype=np.float32)
-    rows = np.asarray(starts, dtype=np.int64)[:, None] + offsets[None, :]  # (W, P)
+    rows = np.add.outer(np.asarray(starts, dtype=np.int64), offsets)  # (W, P)
+    before = np.minimum.reduce(rows, axis=None) < 0  # a window reaches before the first sample
     # ndarray.take: the same rows as features[...], at a fraction of fancy indexing's cost on a few windows
-    x = np.ascontiguousarray(features.take(np.maximum(rows, 0), axis=0).transpose(0, 2, 1), dtype=np.float32)
-    if rows.min() < 0:  # a window reaches before the first sample
+    x = np.ascontiguousarray(features.take(np.maximum(rows, 0) if before else rows, axis=0).transpose(0, 2, 1),
+                             dtype=np.float32)
+    if before:
         x[np.broadcast_to((rows < 0)[:, None, :], x.shape)] = np.nan
     return x
 

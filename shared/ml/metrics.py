@@ -259,3 +259,20 @@ def headline(metrics: dict[str, Any]) -> dict[str, float | None]:
         "point_mar": (metrics.get("point") or {}).get("mar") if event else None,
         "false_alarms_per_turbine_day": metrics.get("false_alarms_per_turbine_day"),
     }
+
+
+def hard_examples(report: dict[str, Any] | None) -> tuple[str, bool] | None:
+    """The sentence on the operators' false alarms, and whether the candidate fires on more of them than the
+    champion (a regression). None when no such episode could be scored."""
+    if not report or not report.get("episodes"):
+        return None
+    k, n, champion = int(report["fired"]), int(report["episodes"]), report.get("champion_fired")
+    text = f"the candidate fires on {k} of {n} episodes operators called false alarms"
+    seen = n - int(report.get("held_out", n))
+    if seen:
+        text += f" ({seen} of them in its training data)"
+    if champion is None:
+        return text, False
+    if k > int(champion):
+        return f"{text}, more than the champion's {int(champion)}", True
+    return f"{text}; the champion on {int(champion)}", False

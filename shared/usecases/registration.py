@@ -137,6 +137,8 @@ def _metadata(job_name: str, manifest: dict[str, Any], decision: GateDecision) -
             f"fa {_figure(c['validation'].get('false_alarms_per_turbine_day'))}" for c in candidates)
     if decision.reasons:
         meta["nacelle:gate_reasons"] = metadata_value(" / ".join(decision.reasons))
+    if decision.hard_examples:
+        meta["nacelle:hard_examples"] = decision.hard_examples.replace(";", " /").replace(",", " /")
     for name, value in decision.figures.items():
         if value is not None:
             meta[f"metric:{name}"] = f"{value:.4g}"

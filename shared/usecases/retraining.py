@@ -21,7 +21,7 @@ from shared.errors import Conflict, DataError, JobAlreadyExists, JobNotFound, No
 from shared.events import NACELLE_SOURCE, RETRAIN_CHECK
 from shared.ml.metrics import Fault, parse_false_alarms, parse_labels
 from shared.ml.spec import FeatureSpec, default_spec, parse_spec_text
-from shared.ml.validation import validate_bytes
+from shared.ml.validation import Problem, validate_bytes
 from shared.observability import correlate, logger
 from shared.ports import (
     Envelope,
@@ -35,6 +35,7 @@ from shared.ports import (
     TrainingService,
 )
 from shared.usecases import state_keys as sk
+from shared.usecases.capture_labels import capture_problem, link_captures
 from shared.usecases.outcome import Outcome
 
 RAW_PREFIX = "raw/"
@@ -74,6 +75,13 @@ def load_group_spec(store: ObjectStore, group: str) -> tuple[FeatureSpec, str | 
 
 
 def on_object_created(key: str, deps: ArrivalDeps) -> Outcome:
+    outcome = _on_object(key, deps)
+    if outcome.action in ("accepted", "duplicate"):  # a redelivery links too: the first may have died before
+        link_captures(key, deps.store, deps.state, deps.policy.group)  # labels meet data (capture_labels.py)
+    return outcome
+
+
+def _on_object(key: str, deps: ArrivalDeps) -> Outcome:
     if key.startswith(LABELS_PREFIX) and not key.endswith("/"):
         return on_labels_created(key, deps)
     if not key.startswith(RAW_PREFIX) or key.endswith("/"):
@@ -87,6 +95,8 @@ def on_object_created(key: str, deps: ArrivalDeps) -> Outcome:
     parts = PurePosixPath(key).parts
     turbine_hint = parts[-2] if len(parts) > 2 else None  # raw/<turbine>/<file>: the file's folder
     report = validate_bytes(data, key, spec, turbine_hint=turbine_hint)
+    if problem := capture_problem(key, report.turbines):
+        report.errors.append(Problem("foreign_capture", problem))
     now = deps.clock()
     record: dict[str, Any] = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
                               "rows": report.rows, "turbines": report.turbines, "start": report.start,

@@ -266,7 +266,9 @@ def test_a_sensor_source_writes_its_turbines_sensor_topic_only(tmp_path: Path, c
 
         plc = source("turbine-01")
         assert allowed(plc, "turbines/turbine-01/sensors")
+        assert allowed(plc, "turbines/turbine-01/sensors/health")  # the nacelle.sensors component's health
         for topic in ("turbines/turbine-01/anomalies", "turbines/turbine-01/health", "turbines/turbine-02/sensors",
+                      "turbines/turbine-02/sensors/health", "turbines/turbine-01/sensors/x",
                       "turbines/turbine-01.sensors/anomalies", OUTSIDE_TOPIC):
             assert not allowed(plc, topic), topic
         late = source("turbine-02")  # issued after the broker started: nothing until the ACL is reloaded

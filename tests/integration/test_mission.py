@@ -29,6 +29,8 @@ from nacelle.components import WHEELHOUSE
 from nacelle.local.edge.broker import find_mosquitto
 from nacelle.local.runtime.stack import Stack
 from nacelle.simulator.device import SimPaths, request_fault
+from shared.capture import CaptureName, capture_label_key, parse_capture_key
+from shared.usecases import state_keys as sk
 from shared.usecases.alerts import SEVERITIES, label_key, list_alerts
 from tests.console.browser import CHROMIUM, browser_page, screenshot
 from tests.integration.conftest import LENIENT_GATE, running_stack, wait_for, write_config
@@ -89,9 +91,26 @@ def _ack_in_the_console(page: Any, home: Path, alert_id: str) -> None:
     screenshot(page, home, "mission-turbine")
 
 
+def _captured(stack: Stack, thing: str, episode_id: str) -> tuple[str, CaptureName] | None:
+    """The first file the device captured around the episode, once data_arrival accepted it."""
+    for obj in stack.store.list(f"raw/capture/{thing}/"):
+        parsed = parse_capture_key(obj.key)
+        record = stack.state.get(sk.group_pk(GROUP), sk.FILE + obj.key) or {}
+        if parsed is not None and parsed[1].episode_id == episode_id and record.get("status") == "accepted":
+            return obj.key, parsed[1]
+    return None
+
+
+def _capture_label(stack: Stack, key: str) -> dict[str, Any] | None:
+    label = capture_label_key(key)
+    return json.loads(stack.store.get(label)) if stack.store.exists(label) else None
+
+
 def test_data_drop_to_acknowledged_alert(tmp_path: Path, small_dataset: Path) -> None:
     home = tmp_path / "home"
-    write_config(home, **LENIENT_GATE, canary_soak_s=2.0, rollout_poll_s=2.0, simulator_speed=SPEED)
+    write_config(home, **LENIENT_GATE, canary_soak_s=2.0, rollout_poll_s=2.0, simulator_speed=SPEED,
+                 detector_configuration={"healthIntervalSeconds": 1,
+                                         "capture": {"episodeBeforeSeconds": 20, "episodeAfterSeconds": 4}})
     started = time.monotonic()
     marks: dict[str, float] = {}
     operator = getpass.getuser() if CHROMIUM.is_file() else "test-operator"
@@ -157,5 +176,14 @@ def test_data_drop_to_acknowledged_alert(tmp_path: Path, small_dataset: Path) ->
                                  "verdict": "fault", "by": operator, "note": "",
                                  "model_version": version.version}
         assert [(a["by"], a["verdict"]) for a in acks] == [(operator, "fault")]  # the history
+
+        # 6. the device captured the episode's samples; the verdict labels them (labels meet data)
+        captured = wait_for(lambda: _captured(stack, FAULTY, item["episode_id"]), 30, "the captured episode")
+        name = captured[1]
+        assert name.start <= item["started_at"] - 19.0 and name.end >= item["ended_at"]  # with its context
+        labelled = wait_for(lambda: _capture_label(stack, captured[0]), 30, "the captured episode's label")
+        assert [(e["turbine_id"], e["start"], e["end"]) for e in labelled["episodes"]] == \
+            [(FAULTY, name.start, name.end)]
+        assert not stack.store.list(f"raw/capture/{HEALTHY}/")  # no episode there; its normal sample waits a day
     print(f"mission timeline (s from start): {', '.join(f'{k}={v:.1f}' for k, v in marks.items())}; "
           f"total {time.monotonic() - started:.1f}")

@@ -177,6 +177,8 @@ def first_release(d: Device) -> str:
 
 def test_apply_then_soft_update_keeps_the_dependant_running(device: Device) -> None:
     d = device
+    (d.home / "capture-gateway").mkdir(parents=True)
+    (d.home / "capture-gateway" / "port").write_text("4443\n")  # the stack's capture gateway
     first = first_release(d)
     assert (d.root / "packages/artifacts/nacelle.model/1.0.0/bundle.zip").is_file()
     assert json.loads((d.root / "packages/artifacts-unarchived/nacelle.model/1.0.0/bundle/manifest.json")
@@ -185,6 +187,7 @@ def test_apply_then_soft_update_keeps_the_dependant_running(device: Device) -> N
     device_config = json.loads(Path((d.root / "work" / DETECTOR / "device-config-path").read_text()).read_text())
     assert device_config["configuration"] == str(d.root / "config" / f"{DETECTOR}.json")
     assert device_config["cert"].endswith(f"{THING}.pem") and device_config["work"] == str(d.root / "work" / DETECTOR)
+    assert device_config["capture_url"] == "https://127.0.0.1:4443"  # where its captured data goes
     detector_pid = d.starts(DETECTOR)[0]
     assert [len(d.starts(c)) for c in (MODEL, DETECTOR, "nacelle.hard")] == [1, 1, 1]
     assert d.gg.devices()[0].components == {MODEL: "1.0.0", DETECTOR: "1.0.0", "nacelle.hard": "1.0.0"}

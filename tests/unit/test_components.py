@@ -221,8 +221,9 @@ def test_build_renders_the_recipe_with_digests_of_the_artifacts(component: Path,
     assert recipe == built.recipe
     assert recipe["RecipeFormatVersion"] == "2020-01-25"
     assert (recipe["ComponentName"], recipe["ComponentVersion"]) == (DETECTOR_COMPONENT, version)
-    assert recipe["ComponentDependencies"] == {MODEL_COMPONENT: {"VersionRequirement": ">=1.0.0",
-                                                                 "DependencyType": "SOFT"}}
+    assert recipe["ComponentDependencies"] == {
+        MODEL_COMPONENT: {"VersionRequirement": ">=1.0.0", "DependencyType": "SOFT"},
+        "aws.greengrass.TokenExchangeService": {"VersionRequirement": ">=2.0.0 <3.0.0", "DependencyType": "SOFT"}}
     [manifest] = recipe["Manifests"]
     assert manifest["Platform"] == {"os": "linux"}
     prefix = f"s3://my-bucket/{detector_prefix(version)}"
@@ -236,15 +237,17 @@ def test_build_renders_the_recipe_with_digests_of_the_artifacts(component: Path,
 
     config = recipe["ComponentConfiguration"]["DefaultConfiguration"]
     assert config["topics"] == {"sensors": "turbines/{thing}/sensors", "anomalies": "turbines/{thing}/anomalies",
-                                "health": "turbines/{thing}/health"}
+                                "health": "turbines/{thing}/health", "stats": "turbines/{thing}/stats"}
     assert config["healthIntervalSeconds"] == 60 and config["spool"] == {"maxMessages": 10000}
+    assert config["statsPeriodSeconds"] == 1800
     assert config["model"] == {"component": MODEL_COMPONENT, "version": ""}
     access = config["accessControl"]
     assert [(p["operations"], p["resources"]) for p in access["aws.greengrass.ipc.pubsub"].values()] == [
         (["aws.greengrass#SubscribeToTopic"], ["turbines/{iot:thingName}/sensors"])]
     assert [(p["operations"], p["resources"]) for p in access["aws.greengrass.ipc.mqttproxy"].values()] == [
         (["aws.greengrass#PublishToIoTCore"], ["turbines/{iot:thingName}/anomalies",
-                                               "turbines/{iot:thingName}/health"])]
+                                               "turbines/{iot:thingName}/health",
+                                               "turbines/{iot:thingName}/stats"])]
     assert set(access) == {"aws.greengrass.ipc.pubsub", "aws.greengrass.ipc.mqttproxy"}
     lifecycle = manifest["Lifecycle"]
     assert lifecycle["Install"]["RequiresPrivilege"] is False and lifecycle["Run"]["RequiresPrivilege"] is False

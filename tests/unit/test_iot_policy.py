@@ -29,26 +29,36 @@ STATEMENT_KEYS = {"Sid", "Effect", "Action", "Resource"}  # anything else (Condi
 # ------------------------------------------------------------------ the evaluator
 
 
+# What the stack's own resources resolve to (stack `nacelle`): the provisioning template's name and the role alias.
+STACK_REFS = {"GreengrassProvisioningTemplate": "nacelle-greengrass"}
+ROLE_ALIAS_ARN = f"{ARN}:rolealias/nacelle-greengrass-tes"
+STACK_ATTRIBUTES = {("GreengrassTokenExchangeRoleAlias", "RoleAliasArn"): ROLE_ALIAS_ARN}
+
+
 def _sub(text: str) -> str:
-    """Fn::Sub as CloudFormation applies it: pseudo parameters replaced, `${!x}` left as the literal `${x}`."""
+    """Fn::Sub as CloudFormation applies it: pseudo parameters and STACK_REFS replaced, `${!x}` left as the literal
+    `${x}`."""
     def one(m: re.Match[str]) -> str:
         name = m.group(1)
         if name.startswith("!"):
             return "${" + name[1:] + "}"
-        if name not in PSEUDO:
+        value = PSEUDO.get(name, STACK_REFS.get(name))
+        if value is None:
             raise AssertionError(f"the evaluator cannot resolve ${{{name}}} in {text!r}")
-        return PSEUDO[name]
+        return value
 
     return re.sub(r"\$\{([^}]*)\}", one, text)
 
 
 def _deployed(resource: Any) -> str:
-    """A Resource entry as deployed. References to other resources (!GetAtt of the role alias) become an opaque
-    string that no client, topic or topic filter ARN can match."""
+    """A Resource entry as deployed. A reference the evaluator does not know becomes an opaque string that no
+    ARN can match."""
     if isinstance(resource, str):
         return resource
     if isinstance(resource, dict) and set(resource) == {"Fn::Sub"} and isinstance(resource["Fn::Sub"], str):
         return _sub(resource["Fn::Sub"])
+    if isinstance(resource, dict) and set(resource) == {"Fn::GetAtt"}:
+        return STACK_ATTRIBUTES.get(tuple(resource["Fn::GetAtt"]), f"unresolved:{resource!r}")
     return f"unresolved:{resource!r}"
 
 
@@ -109,11 +119,19 @@ class IotPolicy:
 
 
 def device_policy(thing: str) -> IotPolicy:
-    """Every AWS::IoT::Policy of the template, as if all were attached to the device's certificate (the
-    conservative reading: a grant in any of them counts)."""
-    policies = resources("AWS::IoT::Policy")
-    assert policies, "template.yaml has no AWS::IoT::Policy"
-    return IotPolicy([p["Properties"]["PolicyDocument"] for p in policies.values()], thing)
+    """CoreDevicePolicy, the one policy on a core device's certificate (provision-device and the provisioning
+    template attach it and nothing else; tests/unit/test_device_provisioning.py), for the device's thing."""
+    return IotPolicy([resources("AWS::IoT::Policy")["CoreDevicePolicy"]["Properties"]["PolicyDocument"]], thing)
+
+
+def claim_policy() -> IotPolicy:
+    """ClaimCertificatePolicy: a claim certificate belongs to no thing, so the thing variable resolves to nothing."""
+    return IotPolicy([resources("AWS::IoT::Policy")["ClaimCertificatePolicy"]["Properties"]["PolicyDocument"]], "")
+
+
+def test_only_the_two_policies_exist() -> None:
+    """A new AWS::IoT::Policy needs its own evaluation here."""
+    assert set(resources("AWS::IoT::Policy")) == {"CoreDevicePolicy", "ClaimCertificatePolicy"}
 
 
 # ------------------------------------------------------------------ the evaluator itself
@@ -197,3 +215,47 @@ def test_a_thing_name_prefix_reaches_no_longer_name() -> None:
     assert not policy.publish("turbines/turbine-01/anomalies")
     assert not policy.subscribe("turbines/turbine-01/anomalies")
     assert not policy.publish("$aws/things/turbine-01/shadow/update")
+
+
+# ------------------------------------------------------------------ credentials and provisioned names
+
+
+@pytest.mark.parametrize("thing", ["wt-07", "twin-i-0a1b2c3d4e5f60718"])
+def test_a_provisioned_device_gets_only_the_stacks_role_alias_and_its_own_topics(thing: str) -> None:
+    """Names as `nacelle aws provision-device` and fleet provisioning create them; another turbine stays closed."""
+    policy, other = device_policy(thing), "wt-08"
+    assert policy.allows("iot:AssumeRoleWithCertificate", ROLE_ALIAS_ARN)
+    assert not policy.allows("iot:AssumeRoleWithCertificate", f"{ARN}:rolealias/admin")
+    assert not policy.allows("iot:Publish", ROLE_ALIAS_ARN) and not policy.allows("iot:Connect", ROLE_ALIAS_ARN)
+    assert policy.connect(thing) and policy.publish(f"turbines/{thing}/anomalies")
+    assert policy.subscribe(f"turbines/{thing}/config")
+    for topic in (f"turbines/{other}/anomalies", f"turbines/{other}/health", f"$aws/things/{other}/shadow/update"):
+        assert not policy.publish(topic) and not policy.receive(topic) and not policy.subscribe(topic), topic
+    assert not policy.connect(other) and not policy.connect(f"provision-{thing}")
+
+
+# ------------------------------------------------------------------ the claim certificate
+
+
+TEMPLATE_TOPICS = "$aws/provisioning-templates/nacelle-greengrass/provision"
+
+
+def test_a_claim_certificate_only_provisions() -> None:
+    claim = claim_policy()
+    assert claim.connect("provision-wt-07") and claim.connect("provision-0b6f")
+    # never a turbine's, the cloud's or an empty client id: a claim cannot take over a device's MQTT session
+    for client in ("wt-07", "turbine-01", "nacelle-cloud", "", "wt-07#2", "xprovision-wt-07"):
+        assert not claim.connect(client), client
+    for topic in ("$aws/certificates/create/json", f"{TEMPLATE_TOPICS}/json", f"{TEMPLATE_TOPICS}/json/accepted"):
+        assert claim.publish(topic) and claim.receive(topic), topic
+    for topic_filter in ("$aws/certificates/create/json/accepted", f"{TEMPLATE_TOPICS}/json/rejected"):
+        assert claim.subscribe(topic_filter), topic_filter
+    for topic in ("turbines/wt-07/anomalies", "turbines/wt-07/health", "$aws/things/wt-07/shadow/update",
+                  "$aws/provisioning-templates/other-template/provision/json",
+                  "$aws/certificates/create-from-csr/json", "$aws/events/presence/connected/wt-07"):
+        assert not claim.publish(topic) and not claim.receive(topic) and not claim.subscribe(topic), topic
+    for topic_filter in ("#", "turbines/#", "$aws/provisioning-templates/+/provision/#", "$aws/certificates/#"):
+        assert not claim.subscribe(topic_filter), topic_filter
+    assert not claim.allows("iot:AssumeRoleWithCertificate", ROLE_ALIAS_ARN)
+    assert not claim.allows("greengrass:GetComponentVersionArtifact",
+                            f"arn:aws:greengrass:{REGION}:{ACCOUNT}:components:nacelle.detector")

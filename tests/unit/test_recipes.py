@@ -135,6 +135,17 @@ def test_unknown_components_and_cycles_are_rejected() -> None:
         recipes.dependencies(recipe("c", "1.0.0", deps={"a": {"DependencyType": "WEAK"}}))
 
 
+def test_the_token_exchange_service_is_provided_by_the_local_stack() -> None:
+    tes = {"aws.greengrass.TokenExchangeService": {"VersionRequirement": ">=2.0.0 <3.0.0", "DependencyType": "SOFT"}}
+    detector = recipe("nacelle.detector", "1.0.0", deps=tes)
+    out = recipes.resolve({"nacelle.detector": {"componentVersion": "1.0.0"}}, store(detector))
+    assert list(out) == ["nacelle.detector"]  # nothing to install: the capture gateway plays its role
+    too_new = recipe("nacelle.detector", "1.0.0", deps={"aws.greengrass.TokenExchangeService":
+                                                        {"VersionRequirement": ">=3.0.0"}})
+    with pytest.raises(ResolutionError, match=r"requires aws\.greengrass\.TokenExchangeService '>=3\.0\.0'"):
+        recipes.resolve({"nacelle.detector": {"componentVersion": "1.0.0"}}, store(too_new))
+
+
 def test_dependency_type_defaults_to_hard() -> None:
     assert recipes.dependencies(recipe("c", "1.0.0", deps={"a": {"VersionRequirement": "^1.0.0"}}))[0].hard
 

@@ -18,6 +18,7 @@ from shared.gate import GatePolicy
 from shared.rollout_wiring import RolloutSettings
 from shared.settings import Settings
 from shared.usecases.alerts import AlertPolicy
+from shared.usecases.drift import DriftPolicy
 from shared.usecases.retraining import RetrainPolicy
 from tests.unit.test_template import SAMCONFIG, function_env, functions, load_template
 
@@ -42,6 +43,11 @@ PARAMETER_DEFAULTS: dict[str, Any] = {
     "CanaryTimeoutSeconds": defaults.CANARY_TIMEOUT_S,
     "DeploymentStuckSeconds": defaults.STUCK_TIMEOUT_S,
     "RolloutPollSeconds": defaults.ROLLOUT_POLL_S,
+    "DeviceNamePattern": defaults.DEVICE_NAME_PATTERN,
+    "DeviceSerialPattern": defaults.DEVICE_SERIAL_PATTERN,
+    "DriftRetrainTurbines": defaults.DRIFT_RETRAIN_TURBINES,
+    "DriftRetrainAfterSeconds": defaults.DRIFT_RETRAIN_AFTER_S,
+    "DriftRetrainMinCapturedHours": defaults.DRIFT_RETRAIN_MIN_CAPTURED_HOURS,
 }
 # parameters with a default that set no tunable of ours
 NOT_TUNABLES = {"LogLevel", "AlertEmail", "NeoTarget"}
@@ -132,11 +138,15 @@ def lambda_settings(settings: type[Settings]) -> Any:
 def test_the_lambda_settings_and_the_policies_take_the_shared_defaults() -> None:
     from services.anomaly_alert.app import AnomalyAlertSettings
     from services.data_arrival.app import DataArrivalSettings
+    from services.drift_monitor.app import DriftMonitorSettings
     from services.training_completed.app import TrainingCompletedSettings
 
     assert lambda_settings(TrainingCompletedSettings).gate() == GatePolicy()
     assert lambda_settings(AnomalyAlertSettings).policy() == AlertPolicy()
     assert lambda_settings(DataArrivalSettings).policy() == RetrainPolicy(defaults.MODEL_PACKAGE_GROUP)
+    assert lambda_settings(DriftMonitorSettings).policy() == DriftPolicy()
+    assert (DriftPolicy().retrain_turbines, DriftPolicy().change_threshold) == (defaults.DRIFT_RETRAIN_TURBINES,
+                                                                                defaults.DRIFT_CHANGE_THRESHOLD)
     assert GatePolicy().min_faults == defaults.GATE_MIN_FAULTS
     assert (AlertPolicy().rate_limit, AlertPolicy().severity_durations_s) == (defaults.ALERT_RATE_LIMIT,
                                                                               defaults.SEVERITY_DURATIONS_S)
@@ -150,6 +160,7 @@ def test_the_local_stack_takes_the_shared_defaults_with_its_own_timescales() -> 
     local = LocalSettings.model_validate({})
     assert local.gate() == GatePolicy()
     assert local.alert_policy() == AlertPolicy()
+    assert local.drift_policy() == DriftPolicy()
     assert local.retrain_policy() == RetrainPolicy(defaults.MODEL_PACKAGE_GROUP,
                                                    quiet_period_s=defaults.LOCAL_QUIET_PERIOD_S)
     assert (local.group, local.canary_group, local.fleet_group) == (

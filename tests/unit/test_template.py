@@ -23,6 +23,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
+TWIN_TEMPLATE = ROOT / "deploy" / "twin-fleet.yaml"
 SAMCONFIG = ROOT / "samconfig.toml"
 
 # Actions that support no resource-level permission, so `Resource: "*"` is the only option. Each entry:
@@ -128,9 +129,11 @@ def eventbridge_events(props: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_cfn_lint_is_clean() -> None:
-    # cfn-lint has no `python -m` entry point; run its console script's main() under this interpreter.
+    # cfn-lint has no `python -m` entry point; run its console script's main() under this interpreter. One run for
+    # both templates: the optional twin fleet (deploy/twin-fleet.yaml, tests/unit/test_twin_fleet.py) too.
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from cfnlint.runner import main; sys.exit(main())", "--", str(TEMPLATE)],
+        [sys.executable, "-c", "import sys; from cfnlint.runner import main; sys.exit(main())", "--", str(TEMPLATE),
+         str(TWIN_TEMPLATE)],
         capture_output=True, text=True, cwd=ROOT, timeout=240, check=False,
     )
     assert proc.returncode == 0, f"cfn-lint exit {proc.returncode}:\n{proc.stdout}{proc.stderr}"
@@ -482,7 +485,7 @@ def test_health_rule_selects_what_deployment_status_parses() -> None:
 
 
 def test_device_policy_reaches_only_the_devices_own_topics() -> None:
-    (policy,) = resources("AWS::IoT::Policy").values()
+    policy = resources("AWS::IoT::Policy")["CoreDevicePolicy"]  # ClaimCertificatePolicy: tests/unit/test_iot_policy.py
     own = "/${!iot:Connection.Thing.ThingName}"  # ${! ...} keeps the IoT policy variable through Fn::Sub
     for statement in as_list(policy["Properties"]["PolicyDocument"]["Statement"]):
         actions = set(as_list(statement["Action"]))

@@ -238,12 +238,16 @@ def test_stop_flushes_the_open_episode_into_the_spool(harness, fault_messages: l
             break
     wait_for(lambda: app._queue.empty(), what="handling")
     app.stop(drain_s=0)
-    kinds = []
+    kinds, stats = [], []
     while (entry := app.spool.peek()) is not None:
-        if entry.kind != "health":  # health is spooled too (one right after the model swap)
+        if entry.kind == "stats":  # the drift statistics of the period so far
+            stats.append((entry.topic, json.loads(entry.payload)))
+        elif entry.kind != "health":  # health is spooled too (one right after the model swap)
             kinds.append(json.loads(entry.payload)["kind"])
         app.spool.ack(entry.id)
     assert kinds[0] == "open" and kinds[-1] == "close"
+    [(topic, period)] = stats
+    assert topic == f"turbines/{THING}/stats" and period["windows"] == app.windows_scored and period["seq"] == 1
 
 
 def test_no_model_then_a_bad_version_then_a_good_one(harness, fault_messages: list[bytes]) -> None:

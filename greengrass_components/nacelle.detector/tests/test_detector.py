@@ -190,6 +190,21 @@ def test_handle_samples_matches_handle(model_v1: EdgeModel, streams) -> None:
     assert by_samples.handle_samples(older[::-1]).stale == len(older)
 
 
+def test_a_partly_redelivered_message_scores_only_its_new_samples(model_v1: EdgeModel, streams) -> None:
+    """Each message repeats the last 15 samples of the one before (a publisher resending a tail): those are
+    dropped, and the windows, scores and episodes are the ones of the stream sent once."""
+    stream = next(iter(streams.values()))
+    rows, tid = stream.rows[:600], stream.turbine_id
+    once, overlapped = TurbinePipeline(tid, model_v1), TurbinePipeline(tid, model_v1)
+    a = [once.handle(sensor_message(tid, rows[i:i + BATCH])) for i in range(0, len(rows), BATCH)]
+    b = [overlapped.handle(sensor_message(tid, rows[max(0, i - 15):i + BATCH])) for i in range(0, len(rows), BATCH)]
+    assert [r.stale for r in b] == [0] + [15] * (len(b) - 1) and all(r.accepted == BATCH for r in b)
+    assert [(w.t_end, w.score) for r in b for w in r.windows] == [(w.t_end, w.score) for r in a for w in r.windows]
+    taken = [[r.batch.ts.tolist() if r.batch is not None else None for r in results] for results in (a, b)]
+    assert taken[0] == taken[1]  # the samples taken in, only
+    assert overlapped.snapshot()[2:] == once.snapshot()[2:] and overlapped.windows_scored == once.windows_scored > 0
+
+
 def test_redelivered_samples_are_dropped(model_v1: EdgeModel, streams) -> None:
     stream = next(iter(streams.values()))
     pipeline = TurbinePipeline(stream.turbine_id, model_v1)
@@ -242,6 +257,8 @@ def test_message_forms_accepted(model_v1: EdgeModel) -> None:
     batch = parse_sensor_message(json.dumps(doc).encode(), spec, "turbine-1")
     assert [s.seq for s in batch] == [0, 1, 2] and len(batch[0].values) == len(spec.input_columns)
     assert math.isnan(batch[1].values[0]) and batch[1].ts == doc["samples"][1]["ts"]
+    doc["samples"][2]["seq"] = 2**62 + 1  # beyond float64's integers: kept exact
+    assert parse_sensor_message(json.dumps(doc).encode(), spec, "turbine-1")[2].seq == 2**62 + 1
     single = {"v": 1, "turbine_id": "turbine-1", **doc["samples"][0]}  # not a SensorMessage: no "samples"
     with pytest.raises(BadMessage):
         parse_sensor_message(json.dumps(single).encode(), spec, "turbine-1")
@@ -260,7 +277,7 @@ def test_default_size_limit(model_v1: EdgeModel) -> None:
     "garbage", "truncated", "oversized", "not_object", "no_version", "version_2", "version_str",
     "wrong_turbine", "no_turbine", "samples_not_list", "samples_empty", "sample_not_object", "seq_str",
     "seq_bool", "ts_str", "ts_nan_token", "value_str", "value_bool", "value_list", "missing_column",
-    "ts_backwards", "not_utf8",
+    "ts_backwards", "ts_repeated", "not_utf8",
 ])
 def test_bad_messages_leave_state_unchanged(model_v1: EdgeModel, streams, case: str) -> None:
     spec = model_v1.spec
@@ -294,13 +311,15 @@ def test_bad_messages_leave_state_unchanged(model_v1: EdgeModel, streams, case: 
         "value_list": _mutate(doc, ("samples", 1, col), [1.0]),
         "missing_column": _mutate(doc, ("samples", 2, col), _DELETE),
         "ts_backwards": _mutate(doc, ("samples", 2, "ts"), 1_600_000_000.0),
+        "ts_repeated": _mutate(doc, ("samples", 2, "ts"), doc["samples"][1]["ts"]),
         "not_utf8": json.dumps(doc).encode().replace(b"turbine_id", b"turbine_\xff"),
     }[case]
     with pytest.raises(BadMessage) as info:
         pipeline.handle(payload, max_bytes=64_000)
     assert info.value.reason
     expected = {"oversized": "exceeds", "wrong_turbine": "someone-else", "version_2": "unknown schema version",
-                "truncated": "not valid JSON", "missing_column": col, "garbage": "JSON"}
+                "truncated": "not valid JSON", "missing_column": col, "garbage": "JSON",
+                "ts_backwards": "$.samples[2].ts", "ts_repeated": "$.samples[2].ts"}
     assert expected.get(case, "") in info.value.reason
     assert pipeline.snapshot() == before
     assert pipeline.bad_messages == 1
@@ -523,6 +542,33 @@ def test_step_many_is_step_window_by_window() -> None:
         i = j
     assert len(expected) > 10 and got == expected
     assert one.flush() == many.flush()
+
+
+def test_window_ends_are_training_windows_in_any_split(model_v1: EdgeModel) -> None:
+    """window_ends, fed a series in pieces of any size (gaps anywhere, also between two pieces, steps exactly at
+    the gap limit), ends the windows that shared.ml.features.window_starts cuts from the whole series."""
+    from dataclasses import replace
+
+    from detector.pipeline import window_ends
+
+    from shared.ml.features import window_starts
+
+    spec = model_v1.spec
+    rng = np.random.default_rng(4)
+    for length_s, stride_s in ((5.0, 0.5), (0.35, 0.15), (0.1, 0.05)):
+        s = replace(spec, windows=replace(spec.windows, length_s=length_s, stride_s=stride_s))
+        g, n = s.geometry, 3000
+        steps = rng.choice([spec.sampling.interval_s, g.max_gap_s, g.max_gap_s + 0.01, 40.0], n, p=[.96, .02, .01, .01])
+        t = 1_700_000_000.0 + np.cumsum(steps)
+        expected = (window_starts(t, s) + g.length - 1).tolist()
+        got: list[int] = []
+        prev, run, i = None, 0, 0
+        while i < n:
+            piece = t[i:i + int(rng.integers(1, 45))].tolist()
+            ends, run = window_ends(piece, prev, run, g.length, g.stride, g.max_gap_s)
+            got += [i + e for e in ends]
+            prev, i = piece[-1], i + len(piece)
+        assert got == expected and len(expected) > 50
 
 
 def test_operating_regime_is_judged_as_in_training(model_v1: EdgeModel) -> None:

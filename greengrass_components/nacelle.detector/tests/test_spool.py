@@ -49,6 +49,18 @@ def test_drop_policy_health_then_update_then_oldest(tmp_path: Path) -> None:
     assert [p for _, _, p in drain(spool)] == [b"close1", b"open2", b"close2", b"h3"]
 
 
+def test_stats_go_after_health_and_updates_but_before_episode_opens_and_closes(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", 3)
+    spool.append("t/stats", b"s1", "stats")
+    spool.append("t/anomalies", b"upd1", "update")
+    spool.append("t/health", b"h1", "health")
+    spool.append("t/anomalies", b"open1", "open")  # h1 goes
+    spool.append("t/anomalies", b"close1", "close")  # upd1 goes
+    assert [p for _, _, p in _all(spool)] == [b"s1", b"open1", b"close1"]
+    spool.append("t/stats", b"s2", "stats")  # s1 goes, not an episode message
+    assert [p for _, _, p in drain(spool)] == [b"open1", b"close1", b"s2"] and spool.dropped == 3
+
+
 def _all(spool: Spool) -> list[tuple[int, str, bytes]]:
     rows = spool._db.execute("SELECT id, kind, payload FROM outbox ORDER BY id").fetchall()
     return [(r[0], r[1], bytes(r[2])) for r in rows]

@@ -1,5 +1,6 @@
 """The local fleet: N simulated core devices `turbine-01`…, each a nucleus process (nacelle/local/edge/nucleus.py) and a
-turbine simulator process (nacelle/simulator/device.py).
+sensor source: the turbine simulator process (nacelle/simulator/device.py), or with `source` modbus/opcua a simulated
+controller and the nacelle.sensors component reading it (nacelle/local/edge/sensor_sources.py).
 
 Provisioning gives each device its client certificate (nacelle/local/edge/pki.py) and its thing group: the first
 `canary_size` devices in `nacelle-canary`, the rest in `nacelle-fleet`. A monitor thread restarts a process that
@@ -31,6 +32,7 @@ from nacelle.local.edge.component_user import MAX_DEVICES, ComponentUser, device
 from nacelle.local.edge.component_user import resolve as resolve_user
 from nacelle.local.edge.nucleus import die_with_parent, process_start_time, write_json
 from nacelle.local.edge.pki import LocalPki
+from nacelle.local.edge.sensor_sources import check_source, source_processes
 from shared.errors import ConfigurationError
 from shared.observability import logger
 from shared.ports import StateStore
@@ -72,9 +74,10 @@ class _Managed:
     """One supervised process (a device's nucleus or simulator)."""
 
     thing: str
-    kind: str  # "nucleus" | "simulator"
+    kind: str  # "nucleus" | "simulator" | "controller" | "sensors"
     argv: list[str]
     log: Path
+    env: dict[str, str] = field(default_factory=dict)
     popen: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -89,7 +92,7 @@ class Fleet:
     def __init__(self, home: Path, greengrass: FleetGreengrass, *, size: int = 5, canary_size: int = 1,
                  state: StateStore | None = None, alerts: StateStore | None = None, simulators: bool = True,
                  nucleus_args: Sequence[str] = (), simulator_args: Sequence[str] = (),
-                 component_id_base: int = 0) -> None:
+                 component_id_base: int = 0, source: str = "sim") -> None:
         if not 0 <= canary_size <= size:
             raise ConfigurationError(f"canary_size must be between 0 and the fleet size {size}, got {canary_size}")
         self.home = Path(home).resolve()
@@ -98,6 +101,7 @@ class Fleet:
         self.canary_size = canary_size
         self.state, self.alerts = state, alerts
         self.simulators = simulators
+        self.source = check_source(source)  # the turbines' sensor source (nacelle/local/edge/sensor_sources.py)
         self.component_id_base = component_id_base  # 0: components run as the nucleus's user
         self.nucleus_args = list(nucleus_args)
         self.simulator_args = list(simulator_args)
@@ -168,9 +172,9 @@ class Fleet:
                 thing, "nucleus", [python, "-m", "nacelle.local.runtime.devicerunner", "--thing", thing,
                                    "--home", str(self.home), *self.nucleus_args, *user], logs / "nucleus.log")
             if self.simulators:
-                self.procs[f"{thing}/simulator"] = _Managed(
-                    thing, "simulator", [python, "-m", "nacelle.simulator.device", "--thing", thing, "--home",
-                                         str(self.home), *self.simulator_args], logs / "simulator.log")
+                for proc in source_processes(self.home, thing, self.source, self.simulator_args):
+                    self.procs[f"{thing}/{proc.kind}"] = _Managed(thing, proc.kind, proc.argv,
+                                                                  logs / f"{proc.kind}.log", proc.env)
         with self._lock:
             for managed in self.procs.values():
                 self._spawn(managed)
@@ -218,7 +222,7 @@ class Fleet:
         with m.log.open("ab") as log:
             m.popen = subprocess.Popen(m.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                        cwd=self.home, start_new_session=True, preexec_fn=die_with_parent,
-                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1", **m.env})
         m.history.append(time.monotonic())
 
     def _watch(self) -> None:
@@ -341,9 +345,16 @@ class Fleet:
                 "unexpected_version": record.unexpected_version if record is not None else None,
                 "messages_missing": missing_messages(self.state, thing) if self.state is not None else {},
                 "messages_refused": refused.get(thing, {}),
-                "processes": {kind: self._process_state(thing, kind, recorded) for kind in ("nucleus", "simulator")},
+                "processes": {kind: self._process_state(thing, kind, recorded)
+                              for kind in self._kinds(thing, recorded)},
             })
         return rows
+
+    def _kinds(self, thing: str, recorded: Mapping[str, Any]) -> tuple[str, ...]:
+        """nucleus, then the sensor source's processes: the simulator, or a controller and nacelle.sensors."""
+        known = set(self.procs) | set(recorded)
+        protocol = tuple(k for k in ("controller", "sensors") if f"{thing}/{k}" in known)
+        return ("nucleus", *(protocol or ("simulator",)))
 
     def _process_state(self, thing: str, kind: str, recorded: Mapping[str, Any]) -> str:
         m = self.procs.get(f"{thing}/{kind}")

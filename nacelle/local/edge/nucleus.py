@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 from nacelle.local.adapters.objectstore import FsObjectStore
 from nacelle.local.edge import recipes
+from nacelle.local.edge.capture_gateway import gateway_url
 from nacelle.local.edge.component_user import ComponentUser
 from nacelle.local.edge.component_user import resolve as resolve_user
 from nacelle.local.edge.recipes import DevicePaths, RecipeError
@@ -498,7 +499,8 @@ class Nucleus:
             cert, key = self._credentials(cert, key)
         write_json(self._device_file(c.name), {
             "endpoint": "127.0.0.1", "port": port, "ca": str(ca), "cert": str(cert), "key": str(key),
-            "configuration": str(path), "work": str(self.paths.work(c.name))}, self.user)
+            "configuration": str(path), "work": str(self.paths.work(c.name)),
+            "capture_url": gateway_url(self.home)}, self.user)
 
     def _credentials(self, cert: Path, key: Path) -> tuple[Path, Path]:
         """Copies of the device's certificate and key in `<root>/credentials/`: the identity's, 0600. The directory

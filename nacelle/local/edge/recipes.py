@@ -29,6 +29,10 @@ __all__ = [
 ]
 
 LIFECYCLE_STEPS = ("Setenv", "Install", "Startup", "Run", "Shutdown")
+# AWS-provided components a recipe may depend on that the local stack provides itself, with the version it stands
+# in for: the token exchange service's role (AWS credentials for the device's own data) is played by the stack's
+# capture gateway (nacelle/local/edge/capture_gateway.py).
+PLATFORM_COMPONENTS = {"aws.greengrass.TokenExchangeService": "2.0.3"}
 
 
 class RecipeError(ConfigurationError):
@@ -247,6 +251,12 @@ def resolve(deployment: Mapping[str, Mapping[str, Any]], recipe_of: RecipeSource
     while pending:
         current = chosen[pending.pop()]
         for dep in dependencies(current.recipe):
+            if dep.name in PLATFORM_COMPONENTS and dep.name not in chosen:
+                if not matches(PLATFORM_COMPONENTS[dep.name], dep.requirement):
+                    raise ResolutionError(f"{current.name} {current.version} requires {dep.name} "
+                                          f"{dep.requirement!r}; the local stack provides "
+                                          f"{PLATFORM_COMPONENTS[dep.name]}")
+                continue
             requirements.setdefault(dep.name, []).append((current.name, dep.requirement))
             if dep.name not in chosen:
                 version = installed.get(dep.name)

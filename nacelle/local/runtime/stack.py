@@ -44,6 +44,7 @@ from shared.gate import GatePolicy
 from shared.settings import Settings
 from shared.usecases.alerts import AlertDeps, AlertPolicy
 from shared.usecases.compilation import CompileDeps
+from shared.usecases.drift import BaselineCache, DriftDeps, DriftPolicy
 from shared.usecases.registration import RegistrationDeps
 from shared.usecases.retraining import ArrivalDeps, RetrainPolicy
 from shared.usecases.rollout import RolloutDeps
@@ -77,6 +78,16 @@ class LocalSettings(Settings):
     alert_rate_window_s: float = defaults.ALERT_RATE_WINDOW_S
     offline_after_s: float = defaults.OFFLINE_AFTER_S
     offline_check_interval_s: float = defaults.OFFLINE_CHECK_INTERVAL_S
+    # drift monitoring (shared.usecases.drift.DriftPolicy)
+    drift_min_windows: int = defaults.DRIFT_MIN_WINDOWS
+    drift_fleet_factor: float = defaults.DRIFT_FLEET_FACTOR
+    drift_min_distance: float = defaults.DRIFT_MIN_DISTANCE
+    drift_change_threshold: float = defaults.DRIFT_CHANGE_THRESHOLD
+    drift_reference_periods: int = defaults.DRIFT_REFERENCE_PERIODS
+    drift_alert_periods: int = defaults.DRIFT_ALERT_PERIODS
+    drift_retrain_turbines: int = defaults.DRIFT_RETRAIN_TURBINES
+    drift_retrain_after_s: float = defaults.DRIFT_RETRAIN_AFTER_S
+    drift_retrain_min_captured_hours: float = defaults.DRIFT_RETRAIN_MIN_CAPTURED_HOURS
     # rollout (shared.usecases.rollout): thing groups, soak, timeouts; detector_version "" = the VERSION file
     detector_version: str = ""
     canary_group: str = defaults.CANARY_GROUP
@@ -114,6 +125,13 @@ class LocalSettings(Settings):
         return AlertPolicy(escalate_after_s=self.alert_escalate_after_s, repeat_episodes=self.alert_repeat_episodes,
                            repeat_window_s=self.alert_repeat_window_s, rate_limit=self.alert_rate_limit,
                            rate_window_s=self.alert_rate_window_s, offline_after_s=self.offline_after_s)
+
+    def drift_policy(self) -> DriftPolicy:
+        return DriftPolicy(min_windows=self.drift_min_windows, fleet_factor=self.drift_fleet_factor,
+                           min_distance=self.drift_min_distance, change_threshold=self.drift_change_threshold,
+                           reference_periods=self.drift_reference_periods, alert_periods=self.drift_alert_periods,
+                           retrain_turbines=self.drift_retrain_turbines, retrain_after_s=self.drift_retrain_after_s,
+                           retrain_min_captured_hours=self.drift_retrain_min_captured_hours)
 
     @classmethod
     def load(cls, path: Path) -> LocalSettings:
@@ -186,6 +204,7 @@ class Stack:
         self.compiler = LocalCompile(self.paths, self.jobs)
         self.registry.ensure_group(self.settings.group, "Nacelle turbine anomaly detectors")
         self.console_url: str | None = None  # set by `nacelle up` once the operator console serves
+        self._baselines = BaselineCache()
 
     def _registry_event(self, event: dict[str, Any]) -> None:
         self.bus.put(event)
@@ -206,6 +225,11 @@ class Stack:
         s = self.settings
         return AlertDeps(SqliteStateStore(self.paths.alerts_db), self.state, self.registry, self.notifier, now,
                          s.group, s.alert_policy(), store=self.store)
+
+    def drift_deps(self) -> DriftDeps:
+        """One baseline cache per stack, like a warm Lambda container's."""
+        return DriftDeps(self.alert_deps(), self.state, self.store, self.bus, self.settings.drift_policy(),
+                         self._baselines)
 
     def rollout_deps(self) -> RolloutDeps:
         s = self.settings
@@ -228,6 +252,7 @@ class Stack:
             "services.training_completed.app": self.registration_deps,
             "services.model_approved.app": self.compile_deps,
             "services.anomaly_alert.app": self.alert_deps,
+            "services.drift_monitor.app": self.drift_deps,
             "services.console.app": self.operator_deps,
         }
         if module not in builders:

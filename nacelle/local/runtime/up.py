@@ -17,6 +17,7 @@ from typing import TypeVar
 from nacelle.local.adapters.paths import ACCOUNT, BUCKET, REGION
 from nacelle.local.adapters.state import SqliteStateStore
 from nacelle.local.edge.broker import Broker, BrokerError
+from nacelle.local.edge.capture_gateway import CaptureGateway
 from nacelle.local.edge.fleet import CANARY_GROUP, Fleet, thing_names
 from nacelle.local.edge.pki import LocalPki
 from nacelle.local.runtime.bus import Dispatcher
@@ -34,9 +35,10 @@ T = TypeVar("T")
 
 def run_up(home: Path, stop: threading.Event | None = None,
            on_ready: Callable[[Stack], None] | None = None, devices: int = 0, canary_size: int = 1,
-           console_port: int | None = 0) -> int:
+           console_port: int | None = 0, source: str = "sim") -> int:
     """Run the stack until `stop`; with `console_port` (0: any free port, None: no console) serve the operator
-    console on 127.0.0.1."""
+    console on 127.0.0.1. `source`: where the devices' sensor streams come from (sim, modbus, opcua;
+    nacelle/local/edge/sensor_sources.py)."""
     stop = stop or threading.Event()
     lock = StackLock(home / "up.lock")
     lock.acquire()
@@ -53,6 +55,7 @@ def run_up(home: Path, stop: threading.Event | None = None,
         dispatcher.start()
         watcher.start()
         broker, rule_engine = _start_iot(stack, thing_names(devices))
+        gateway = _start_capture_gateway(stack)
         ticker = ScheduleTicker(stack.bus.put, [r.pattern["resources"][0] for r in
                                                schedule_routes(load_template(), REGION, ACCOUNT)],
                                 stack.settings.offline_check_interval_s).start()
@@ -60,7 +63,7 @@ def run_up(home: Path, stop: threading.Event | None = None,
         sweeper = Periodic(1.0, stack.greengrass.sweep, "nacelle-greengrass-sweep").start()
         keeper = (Periodic(BROKER_CHECK_S, lambda: keep_broker(broker, stack), "nacelle-broker-keeper").start()
                   if broker is not None else None)
-        fleet = _start_fleet(stack, devices, canary_size, simulators=broker is not None)
+        fleet = _start_fleet(stack, devices, canary_size, simulators=broker is not None, source=source)
         if console is not None:
             _start_console(stack, console)
         print(f"nacelle local stack up: data dir {home}, bucket {BUCKET}, "
@@ -81,6 +84,8 @@ def run_up(home: Path, stop: threading.Event | None = None,
             ticker.stop()
             if rule_engine is not None:
                 rule_engine.stop()
+            if gateway is not None:
+                gateway.stop()
             if broker is not None:
                 broker.stop()
             watcher.stop()
@@ -208,19 +213,32 @@ def _start_iot(stack: Stack, things: list[str]) -> tuple[Broker | None, RuleEngi
     return broker, engine
 
 
-def _start_fleet(stack: Stack, devices: int, canary_size: int, simulators: bool) -> Fleet | None:
-    """`devices` simulated core devices (nucleus + turbine simulator each), after the broker is up."""
+def _start_capture_gateway(stack: Stack) -> CaptureGateway | None:
+    """Where devices upload their captured data (mutual TLS, each to its own raw/capture/<thing>/ only)."""
+    try:
+        gateway = CaptureGateway(stack.paths.home, LocalPki(stack.paths.home / "pki"), stack.store).start()
+    except OSError as exc:
+        print(f"data capture uploads disabled (no capture gateway): {exc}", flush=True)
+        return None
+    print(f"local capture gateway: {gateway.url} (devices upload raw/capture/<thing>/ there)", flush=True)
+    return gateway
+
+
+def _start_fleet(stack: Stack, devices: int, canary_size: int, simulators: bool, source: str = "sim") -> Fleet | None:
+    """`devices` simulated core devices (nucleus + sensor source each), after the broker is up."""
     if devices <= 0:
         return None
     s = stack.settings
     simulator_args = ["--speed", str(s.simulator_speed), *(["--record"] if s.record_samples else [])]
     fleet = Fleet(stack.paths.home, stack.greengrass, size=devices, canary_size=min(canary_size, devices),
                   state=stack.state, alerts=SqliteStateStore(stack.paths.alerts_db), simulators=simulators,
-                  simulator_args=simulator_args, component_id_base=s.component_id_base)
+                  simulator_args=simulator_args, component_id_base=s.component_id_base, source=source)
     fleet.start()
     fleet.prepare_runtime()
     print(f"local fleet: {', '.join(fleet.things)} ({', '.join(fleet.things[:fleet.canary_size]) or 'none'} "
-          f"in {CANARY_GROUP}){'' if simulators else '; no simulators without a broker'}", flush=True)
+          f"in {CANARY_GROUP}){'' if simulators else '; no simulators without a broker'}"
+          f"{f'; sensor streams from {source} controllers read by nacelle.sensors' if source != 'sim' else ''}",
+          flush=True)
     return fleet
 
 

@@ -23,11 +23,13 @@ from typing import Any
 
 from shared.errors import NacelleError
 
+from .capture import Capture
 from .config import ConfigSource, DetectorConfig
 from .messages import BadMessage, MessageBuilder
 from .pipeline import Result, TurbinePipeline
 from .scoring import EdgeModel
 from .spool import Spool
+from .stats import PeriodStats
 from .transport import PublishRejected, Transport, TransportError
 
 log = logging.getLogger("detector.app")
@@ -58,7 +60,7 @@ class DetectorApp:
                  *, clock: Callable[[], float] = time.monotonic,
                  loader: Callable[[Path], EdgeModel] = EdgeModel.load, version: str | None = None,
                  queue_size: int = QUEUE_SIZE, publish_timeout: float = PUBLISH_TIMEOUT_S,
-                 observer: Callable[[Result], None] | None = None) -> None:
+                 observer: Callable[[Result], None] | None = None, capture: Capture | None = None) -> None:
         self.source = config_source
         self.transport = transport
         self.spool = spool
@@ -68,7 +70,9 @@ class DetectorApp:
         self.version = version or detector_version()
         self.publish_timeout = publish_timeout
         self.observer = observer
+        self.capture = capture  # data capture (capture.py): fed after each scored message, uploads on its own
         self.config: DetectorConfig = config_source.current()
+        self.drift_stats = PeriodStats(self.config.thing, self.config.stats_period_s)  # drift statistics (stats.py)
         self.builder = MessageBuilder(self.config.thing)
         self.pipeline: TurbinePipeline | None = None
         self.model_error: str | None = None
@@ -110,6 +114,8 @@ class DetectorApp:
             self._apply_pending()
         self.source.on_change(self._on_config)
         self.source.start()
+        if self.capture is not None:
+            self.capture.start()
         for name, target in (("detector-worker", self._work), ("detector-publisher", self._publish_loop)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -126,6 +132,8 @@ class DetectorApp:
         self.source.stop()
         self._queue.put(_STOP)
         self._worker_done.wait(30)
+        if self.capture is not None:
+            self.capture.stop()
         deadline = time.monotonic() + drain_s
         while self.spool.depth() and self.transport.is_connected and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -170,6 +178,7 @@ class DetectorApp:
             self._apply_pending()
             if self.pipeline is not None:
                 self._spool_events(self.pipeline.stop())
+            self._spool_stats(self.drift_stats.flush())  # the period so far
         except Exception:  # the worker must never die silently
             log.exception("detector worker failed")
             raise
@@ -198,8 +207,18 @@ class DetectorApp:
             self._announce = False
             self.request_health()
         self._spool_events(result)
+        self._spool_stats(self.drift_stats.observe(result, pipeline.model.spec))
+        if self.capture is not None:
+            self.capture.observe(result, pipeline.model.spec)
         if self.observer is not None:
             self.observer(result)
+
+    def _spool_stats(self, messages: list[dict[str, Any]]) -> None:
+        topic = self.config.stats_topic or f"turbines/{self.config.thing}/stats"
+        for message in messages:
+            self.spool.append_message(topic, "stats", "stats", message)
+        if messages:
+            self._spooled.set()
 
     def _spool_events(self, result: Result) -> None:
         for event in result.events:
@@ -238,6 +257,9 @@ class DetectorApp:
             self.config = DetectorConfig(**{**config.__dict__, "sensors_topic": old.sensors_topic,
                                             "anomalies_topic": old.anomalies_topic, "health_topic": old.health_topic})
         self.spool.max_messages = config.spool_max_messages
+        self.drift_stats.period_s = config.stats_period_s  # from the next period on
+        if self.capture is not None:
+            self.capture.reconfigure(config.capture)
         with self._state:
             if config.model_version == self._wanted:
                 return
@@ -331,4 +353,4 @@ class DetectorApp:
                 "unscored_messages": self.unscored_messages, "anomalies_spooled": self.anomalies_spooled,
                 "published": self.published, "spool_depth": self.spool.depth(),
                 "model_version": None if self.pipeline is None else self.pipeline.model_version,
-                "model_error": self.model_error}
+                "model_error": self.model_error, **(self.capture.stats() if self.capture is not None else {})}

@@ -12,20 +12,25 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from shared.errors import ConfigurationError
 
+from .capture import DEFAULTS as CAPTURE_DEFAULTS
+from .capture import CaptureConfig
+
 log = logging.getLogger("detector.config")
 
 DEFAULTS: dict[str, Any] = {
     "topics": {"sensors": "turbines/{thing}/sensors", "anomalies": "turbines/{thing}/anomalies",
-               "health": "turbines/{thing}/health"},
+               "health": "turbines/{thing}/health", "stats": "turbines/{thing}/stats"},
     "healthIntervalSeconds": 60,
+    "statsPeriodSeconds": 1800,
     "spool": {"maxMessages": 10000},
     "model": {"component": "nacelle.model", "version": ""},
+    "capture": CAPTURE_DEFAULTS,
 }
 POLL_S = 0.2
 
@@ -40,6 +45,9 @@ class DetectorConfig:
     spool_max_messages: int
     model_component: str
     model_version: str  # "" = no model configured yet
+    capture: CaptureConfig = field(default_factory=CaptureConfig)  # data capture (capture.py)
+    stats_topic: str = ""  # drift statistics (stats.py); "" = turbines/<thing>/stats
+    stats_period_s: float = 1800.0
 
     def model_dir(self, models_root: Path) -> Path | None:
         """<models-root>/<component>/<version>/bundle, or None when no model is configured."""
@@ -62,8 +70,11 @@ class DetectorConfig:
         max_messages = spool.get("maxMessages")
         if not isinstance(max_messages, int) or isinstance(max_messages, bool) or max_messages < 1:
             raise ConfigurationError(f"{where}: spool.maxMessages must be a positive integer, got {max_messages!r}")
+        period = doc["statsPeriodSeconds"]
+        if not _number(period) or not 60 <= period <= 86400:
+            raise ConfigurationError(f"{where}: statsPeriodSeconds must be a number in [60, 86400], got {period!r}")
         resolved = {}
-        for name in ("sensors", "anomalies", "health"):
+        for name in ("sensors", "anomalies", "health", "stats"):
             topic = topics.get(name)
             if not isinstance(topic, str) or not topic:
                 raise ConfigurationError(f"{where}: topics.{name} must be a non-empty string, got {topic!r}")
@@ -77,7 +88,8 @@ class DetectorConfig:
             raise ConfigurationError(f"{where}: model.version must be a version string (\"\" = none), "
                                      f"got {version!r}")
         return cls(thing, resolved["sensors"], resolved["anomalies"], resolved["health"], float(interval),
-                   max_messages, component, version.strip())
+                   max_messages, component, version.strip(), CaptureConfig.from_dict(doc["capture"], where),
+                   resolved["stats"], float(period))
 
 
 def _number(x: Any) -> bool:
@@ -248,6 +260,7 @@ class DeviceConfig:
     key: Path
     configuration: Path
     work: Path
+    capture_url: str = ""  # the local stack's capture gateway (https://127.0.0.1:<port>); "": no upload
 
     @classmethod
     def load(cls, path: str | Path) -> DeviceConfig:
@@ -269,4 +282,7 @@ class DeviceConfig:
         port = doc.get("port")
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise ConfigurationError(f"{path}: port must be an integer in 1..65535, got {port!r}")
-        return cls(port=port, **values)
+        capture_url = doc.get("capture_url", "")
+        if not isinstance(capture_url, str) or (capture_url and not capture_url.startswith("https://")):
+            raise ConfigurationError(f"{path}: capture_url must be an https:// URL or \"\", got {capture_url!r}")
+        return cls(port=port, capture_url=capture_url, **values)

@@ -30,6 +30,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from itertools import chain
+from operator import itemgetter, lt
 from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
@@ -147,12 +149,13 @@ def parse_sensor_batch(payload: bytes, spec: FeatureSpec, turbine_id: str,
         raise BadMessage(str(exc)) from None
     rows = list(map(msgspec.structs.astuple, samples))  # (seq, ts, *columns)
     times = [row[1] for row in rows]
-    for i in range(1, len(times)):
-        if not times[i] > times[i - 1]:
-            raise BadMessage(f"Expected a time after the previous sample's {times[i - 1]!r}, got {times[i]!r} "
-                             f"- at `$.samples[{i}].ts`")
-    table = np.array(rows, dtype=np.float64)  # null -> NaN
-    return SampleBatch(np.array([row[0] for row in rows], dtype=np.int64), table[:, 1], table[:, 2:])
+    if not all(map(lt, times, times[1:])):
+        i = next(i for i in range(1, len(times)) if not times[i] > times[i - 1])
+        raise BadMessage(f"Expected a time after the previous sample's {times[i - 1]!r}, got {times[i]!r} "
+                         f"- at `$.samples[{i}].ts`")
+    n, width = len(rows), len(rows[0])
+    table = np.fromiter(chain.from_iterable(rows), np.float64, n * width).reshape(n, width)  # null -> NaN
+    return SampleBatch(np.fromiter(map(itemgetter(0), rows), np.int64, n), table[:, 1], table[:, 2:])
 
 
 def _refused_entry(payload: bytes) -> str | None:

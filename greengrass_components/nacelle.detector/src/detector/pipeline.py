@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import sub
 from typing import NamedTuple, overload
 
 import numpy as np
@@ -60,6 +61,11 @@ class WindowRecords(Sequence[WindowRecord]):
     def __len__(self) -> int:
         return len(self._columns[0])
 
+    @property
+    def ends_scores_operating(self) -> tuple[list[float], np.ndarray, list[bool]]:
+        """The windows' end times, scores and operating flags as columns (drift statistics, stats.py)."""
+        return self._columns[0], self._columns[1], self._columns[4]
+
     @overload
     def __getitem__(self, i: int) -> WindowRecord: ...
     @overload
@@ -84,6 +90,8 @@ class Result:
     model_version: int | None = None
     accepted: int = 0  # samples taken into the buffer
     stale: int = 0  # samples at or before the last one seen (redelivered), dropped
+    # the samples taken in (raw inputs), for data capture (capture.py)
+    batch: SampleBatch | None = field(default=None, compare=False, repr=False)
 
 
 def pipeline_key(spec: FeatureSpec) -> tuple[object, ...]:
@@ -93,18 +101,25 @@ def pipeline_key(spec: FeatureSpec) -> tuple[object, ...]:
 
 def window_ends(t: list[float], prev: float | None, run_len: int, length: int, stride: int,
                 max_gap: float) -> tuple[list[int], int]:
-    """Indices of the new samples `t` that end a window, and the run length after the last one.
+    """Indices of the new samples `t` (increasing) that end a window, and the run length after the last one.
 
     A run restarts after a gap longer than `max_gap`; within a run the first window ends at its
     `length`-th sample and then one every `stride` samples (shared.ml.features.window_starts)."""
+    if prev is not None and t[0] - prev > max_gap:
+        run_len = 0
     ends: list[int] = []
-    for i, ti in enumerate(t):
-        if prev is not None and ti - prev > max_gap:
+    begin = 0
+    steps = list(map(sub, t[1:], t))  # steps[i - 1] = t[i] - t[i - 1]
+    gaps = [i for i, step in enumerate(steps, 1) if step > max_gap] if steps and max(steps) > max_gap else []
+    for stop in [*gaps, len(t)]:  # each gap-free stretch t[begin:stop] of the run
+        if begin:  # t[begin] follows a gap: a new run
             run_len = 0
-        run_len += 1
-        if run_len >= length and (run_len - length) % stride == 0:
-            ends.append(i)
-        prev = ti
+        after = run_len + 1  # the run's length at t[begin]
+        # the first end: where the run reaches `length` samples, else the next multiple of `stride` past that
+        first = begin + (length - after if after <= length else (length - after) % stride)
+        ends += range(first, stop, stride)
+        run_len += stop - begin
+        begin = stop
     return ends, run_len
 
 
@@ -180,24 +195,23 @@ class TurbinePipeline:
         model = self.model
         spec, version = model.spec, model.model_version
         g = spec.geometry
-        ts, values, last = batch.ts, batch.values, self._last_ts
+        times, last = batch.ts.tolist(), self._last_ts
         stale = 0
-        if last is not None:  # samples at or before the newest one seen: redelivered, dropped
-            fresh = ts > last
-            if not fresh.all():
-                ts, values = ts[fresh], values[fresh]
-                stale = len(fresh) - len(ts)
-        n = len(ts)
+        if last is not None and min(times) <= last:  # samples at or before the newest one seen: redelivered, dropped
+            fresh = batch.ts > last
+            batch = SampleBatch(batch.seq[fresh], batch.ts[fresh], batch.values[fresh])
+            stale = len(times) - len(batch.ts)
+            times = batch.ts.tolist()
+        n = len(times)
         if not n:
             self.stale_samples += stale
             return Result(model_version=version, stale=stale)
         kept = self._features
-        features = np.concatenate((kept, feature_matrix(values, self._plan)))
-        times = ts.tolist()
+        features = np.concatenate((kept, feature_matrix(batch.values, self._plan)))
         ends, run_len = window_ends(times, last, self._run_len, g.length, g.stride, g.max_gap_s)
         if ends:
-            starts = np.asarray(ends, dtype=np.int64) + (len(kept) - g.length + 1)  # first scored sample
-            x = make_windows(features, starts, self._offsets)  # NaN before the first sample kept
+            first = len(kept) - g.length + 1  # the first scored sample of a window ending at times[0]
+            x = make_windows(features, [first + e for e in ends], self._offsets)  # NaN before the first sample kept
             scores, contributions, missing = model.score(x)
             operating = operating_mask(x, spec).tolist()
 
@@ -207,7 +221,7 @@ class TurbinePipeline:
         self.samples_seen += n
         self.stale_samples += stale
         if not ends:
-            return Result(model_version=version, accepted=n, stale=stale)
+            return Result(model_version=version, accepted=n, stale=stale, batch=batch)
         t_ends = [times[e] for e in ends]
         events = self.tracker.step_many(t_ends, scores, contributions, missing, operating)
         now = time.perf_counter()
@@ -217,7 +231,7 @@ class TurbinePipeline:
         self._decisions.extend([now] * k)
         self.windows_scored += k
         windows = WindowRecords(t_ends, scores, contributions, missing, operating, version, latency)
-        return Result(windows, events, version, n, stale)
+        return Result(windows, events, version, n, stale, batch)
 
     # -- model swap and shutdown -------------------------------------------------------------------
     def swap(self, new_model: EdgeModel) -> Result:

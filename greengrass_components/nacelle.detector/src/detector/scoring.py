@@ -83,5 +83,5 @@ class EdgeModel:
     def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(B, F, geometry.width) float32 windows -> score (B,), contributions (B, F), missing (B, F)."""
         x = np.ascontiguousarray(windows, dtype=np.float32)
-        score, contributions, missing = self.session.run(self.output_names, {self.input_name: x})
-        return np.asarray(score), np.asarray(contributions), np.asarray(missing)
+        score, contributions, missing = self.session.run(self.output_names, {self.input_name: x})  # already ndarrays
+        return score, contributions, missing

@@ -3,10 +3,12 @@
 * `append` gives each message the next order number; `peek` returns the oldest, `ack` removes it
   after the broker's PUBACK.
 * Bounded by `max_messages`: when full, the oldest `health` message goes first, then the oldest
-  anomaly `update`, then the oldest message of any kind (docs/fleet.md). Drops are counted in the
+  anomaly `update` (a later update or the close carries what it said), then the oldest `stats` (a
+  period's drift statistics: no later message repeats them, but one lost period only delays drift
+  monitoring), then the oldest message of any kind (docs/fleet.md). Drops are counted in the
   database, so `dropped` survives restarts, and logged.
 * Message `seq`: `append_message` takes the next value of the message's stream counter (one per
-  topic kind: "anomalies", "health") and writes it into the payload in the same transaction as the
+  topic kind: "anomalies", "health", "stats") and writes it into the payload in the same transaction as the
   insert, so `seq` keeps increasing across restarts and MessageBuilder's own counter is overridden.
 """
 
@@ -24,7 +26,7 @@ from shared.errors import ConfigurationError
 
 log = logging.getLogger("detector.spool")
 
-DROP_ORDER = ("health", "update")  # kinds dropped first, oldest first; then the oldest of any kind
+DROP_ORDER = ("health", "update", "stats")  # kinds dropped first, oldest first; then the oldest of any kind
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,

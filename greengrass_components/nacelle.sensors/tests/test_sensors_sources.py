@@ -1,0 +1,284 @@
+"""The sensors component against real protocol servers on loopback (pymodbus, asyncua): a fault injected at the
+controller reaches the detector pipeline as an episode; a server restart and a stalled server give samples marked
+missing (nothing held over or invented), then reconnect; OPC UA subscription and SignAndEncrypt work."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sensors.config import SensorsConfig
+from sensors.modbus import ModbusSource
+from sensors.opcua import OpcUaSource
+from sensors.publisher import encode_samples
+from sensors.sampler import PollingRunner, Sample, SourceStats
+
+from nacelle.simulator.controller import Controller, ModbusEndpoint, OpcUaEndpoint, opcua_certificate
+from nacelle.simulator.stream import TurbineStream
+from shared.errors import ConfigurationError
+from shared.ml.spec import default_spec
+from shared.sensor_map import default_node_ids, default_register_map, parse_node_ids, parse_register_map
+
+THING = "turbine-01"
+COLUMNS = default_spec().input_columns
+SIGNALS = (*COLUMNS, "counter")
+FAST_HZ = 50.0  # the real-time scenarios sample faster than the spec to stay short
+
+
+# ------------------------------------------------------------------ servers
+@pytest.fixture
+def modbus_controller() -> Iterator[Controller]:
+    controller = Controller(ModbusEndpoint(parse_register_map(default_register_map(SIGNALS), "test")))
+    controller.start()
+    yield controller
+    controller.close()
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("opcua-pki")
+    server_cert, server_key = opcua_certificate(d, "controller", "urn:nacelle:controller", server=True)
+    client_cert, client_key = opcua_certificate(d, "sensors", "urn:nacelle:sensors")
+    return {"server": server_cert, "server_key": server_key, "client": client_cert, "client_key": client_key}
+
+
+@pytest.fixture(scope="module")
+def opcua_controller(certificates: dict[str, Path]) -> Iterator[Controller]:
+    """One server for the module (its address space takes seconds to build); tests leave it serving."""
+    endpoint = OpcUaEndpoint(parse_node_ids(default_node_ids(SIGNALS), "test"), certificates["server"],
+                             certificates["server_key"])
+    controller = Controller(endpoint)
+    controller.start()
+    yield controller
+    controller.close()
+
+
+def modbus_config(port: int, rate: float | None = None, **over: Any) -> SensorsConfig:
+    section = {"host": "127.0.0.1", "port": port, "timeoutSeconds": 0.1,
+               "registers": default_register_map(SIGNALS), **over}
+    return SensorsConfig.from_dict({"source": "modbus", "rateHz": rate or 0, "modbus": section,
+                                    "reconnect": {"minSeconds": 0.05, "maxSeconds": 0.2}}, THING)
+
+
+def opcua_config(port: int, rate: float | None = None, **over: Any) -> SensorsConfig:
+    section = {"endpoint": f"opc.tcp://127.0.0.1:{port}/nacelle", "timeoutSeconds": 0.1,
+               "nodes": default_node_ids(SIGNALS), **over}
+    return SensorsConfig.from_dict({"source": "opcua", "rateHz": rate or 0, "opcua": section,
+                                    "reconnect": {"minSeconds": 0.05, "maxSeconds": 0.2}}, THING)
+
+
+def runner_for(config: SensorsConfig, out: list[Sample]) -> PollingRunner:
+    if config.modbus is not None:
+        source: Any = ModbusSource(config.modbus)
+        timeout = config.modbus.timeout_s
+    else:
+        assert config.opcua is not None
+        source, timeout = OpcUaSource(config.opcua, 1.0 / config.rate_hz), config.opcua.timeout_s
+    return PollingRunner(source, config.signals, config.rate_hz, out.append, SourceStats(), timeout_s=timeout,
+                         reconnect_min_s=config.reconnect_min_s, reconnect_max_s=config.reconnect_max_s)
+
+
+# ------------------------------------------------------------------ a fault at the controller reaches the detector
+@pytest.fixture(scope="module")
+def edge_model(tmp_path_factory: pytest.TempPathFactory, trained_model: Any) -> Any:
+    from detector.scoring import EdgeModel
+
+    from training_jobs.compile import compile_bundle
+
+    bundle = tmp_path_factory.mktemp("sensors-model") / "bundle"
+    compile_bundle(trained_model.model_archive, bundle, None, 1, warmup=2, runs=5)
+    return EdgeModel.load(bundle)
+
+
+def detect(controller: Controller, config: SensorsConfig, edge_model: Any, fault: str | None) -> list[Any]:
+    """Each simulated sample is written to the controller, read back over the protocol by the component, encoded
+    by it ten samples per message and scored by the detector's pipeline. Returns the episodes opened."""
+    from detector.pipeline import TurbinePipeline
+
+    out: list[Sample] = []
+    runner = runner_for(config, out)
+    stream = TurbineStream(THING, 7)
+    if fault is not None:
+        stream.inject(fault, "high", 40, start=stream.now + timedelta(seconds=10))
+    fault_ts = stream.now.timestamp() + 10
+
+    async def run() -> None:
+        await runner.source.connect()
+        for _ in range(30 * 20):
+            for simulated in stream.next_batch(0.05):
+                controller.set({c: simulated[c] for c in COLUMNS})
+                runner.out.sample(simulated["seq"], simulated["ts"], await runner.poll())
+        await runner.source.close()
+
+    asyncio.run(run())
+    assert len(out) > 500 and all(s[c] is not None for s in out for c in COLUMNS)  # every read answered
+    pipeline = TurbinePipeline(THING, edge_model)
+    events = []
+    for i in range(0, len(out), 10):
+        [payload] = encode_samples(THING, out[i:i + 10])
+        events += pipeline.handle(payload).events
+    opened = [e for e in events if e.kind == "open"]
+    assert all(e.episode["opened_at"] >= fault_ts for e in opened)  # nothing before the fault started
+    return opened
+
+
+def test_a_fault_injected_at_the_modbus_controller_opens_an_episode(modbus_controller: Controller,
+                                                                    edge_model: Any) -> None:
+    config = modbus_config(modbus_controller.port, registers=default_register_map(COLUMNS))
+    assert detect(modbus_controller, config, edge_model, None) == []  # the healthy turbine: nothing
+    [episode] = detect(modbus_controller, config, edge_model, "overspeed")
+    assert "voltage" in episode.episode["features"]
+
+
+def test_a_fault_injected_at_the_opcua_server_opens_an_episode(opcua_controller: Controller, edge_model: Any) -> None:
+    config = opcua_config(opcua_controller.port, nodes=default_node_ids(COLUMNS))
+    [episode] = detect(opcua_controller, config, edge_model, "overspeed")
+    assert "voltage" in episode.episode["features"]
+
+
+# ------------------------------------------------------------------ restarts and stalls, in real time
+class Plc(threading.Thread):
+    """Writes a new sample (an increasing `counter`) to the controller every 10 ms."""
+
+    def __init__(self, controller: Controller) -> None:
+        super().__init__(daemon=True)
+        self.controller, self.counter, self.halt = controller, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            self.counter += 1
+            self.controller.set({**dict.fromkeys(COLUMNS, 1.5), "counter": float(self.counter)})
+            time.sleep(0.01)
+
+
+def restart_and_stall(controller: Controller, config: SensorsConfig) -> tuple[list[Sample], SourceStats,
+                                                                               dict[str, float]]:
+    out: list[Sample] = []
+    runner = runner_for(config, out)
+    plc = Plc(controller)
+    plc.start()
+    marks: dict[str, float] = {}
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        await asyncio.sleep(0.4)
+        marks["down"] = time.time()
+        await asyncio.to_thread(controller.stop)
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(controller.start)
+        marks["up"] = time.time()
+        await asyncio.sleep(0.5)
+        marks["stall"] = time.time()
+        controller.stall(0.35)
+        await asyncio.sleep(0.35)
+        marks["resumed"] = time.time()
+        await asyncio.sleep(0.5)
+        stop.set()
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        plc.halt.set()
+        plc.join(5)
+        if not controller.up:
+            controller.start()
+    return out, runner.stats, marks
+
+
+def check_outages(out: list[Sample], stats: SourceStats, marks: dict[str, float], rate: float) -> None:
+    seqs = [s["seq"] for s in out]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # one sample per tick, none skipped
+    assert all(s["ts"] == pytest.approx(s["seq"] / rate) for s in out)
+    empty = [all(s[c] is None for c in SIGNALS) for s in out]
+    assert all(all(s[c] is not None for c in SIGNALS) or e for s, e in zip(out, empty, strict=True))  # all or none
+
+    def window(start: float, end: float) -> list[bool]:
+        return [e for s, e in zip(out, empty, strict=True) if start <= s["ts"] <= end]
+
+    # a sample is stamped when its read is requested; the answer may come up to the timeout (0.1 s) later
+    tick, late = 1 / rate, 0.1 + 1 / rate
+    assert not any(window(out[0]["ts"] + 0.2, marks["down"] - tick))  # connected: every sample has values
+    assert all(window(marks["down"] + tick, marks["up"] - late))  # server down: marked missing, nothing held
+    assert not any(window(marks["up"] + 0.35, marks["stall"] - tick))  # reconnected with the backoff
+    assert all(window(marks["stall"] + late, marks["resumed"] - late))  # stalled: reads time out
+    assert not any(window(marks["resumed"] + 0.4, out[-1]["ts"]))  # and it reads again
+    counters = [s["counter"] for s in out if s["counter"] is not None]
+    assert counters == sorted(counters)  # never an older value after a newer one
+    assert stats.reconnects >= 1 and stats.reads_failed >= 1
+    assert stats.samples == len(out) and stats.samples_missing == sum(empty)
+    assert stats.samples_missing >= 0.6 * rate * 0.5  # at least half of the outage and the stall
+
+
+def test_modbus_survives_a_server_restart_and_a_stall(modbus_controller: Controller) -> None:
+    out, stats, marks = restart_and_stall(modbus_controller, modbus_config(modbus_controller.port, FAST_HZ))
+    check_outages(out, stats, marks, FAST_HZ)
+
+
+def test_opcua_polling_survives_a_server_restart_and_a_stall(opcua_controller: Controller) -> None:
+    out, stats, marks = restart_and_stall(opcua_controller, opcua_config(opcua_controller.port, FAST_HZ))
+    check_outages(out, stats, marks, FAST_HZ)
+
+
+def run_for(config: SensorsConfig, seconds: float, during: Any = None) -> tuple[list[Sample], SourceStats]:
+    out: list[Sample] = []
+    runner = runner_for(config, out)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        await asyncio.sleep(seconds)
+        if during is not None:
+            await asyncio.to_thread(during)
+            await asyncio.sleep(seconds)
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+    return out, runner.stats
+
+
+def test_opcua_subscription_over_sign_and_encrypt_loses_values_with_the_server(
+        opcua_controller: Controller, certificates: dict[str, Path], tmp_path: Path) -> None:
+    """Subscription mode on a SignAndEncrypt channel with a client certificate: the values arrive; when the
+    server goes, the subscription's values go too (missing, never held)."""
+    opcua_controller.set({**dict.fromkeys(COLUMNS, 2.0), "counter": 7.0})
+    security = {"mode": "SignAndEncrypt", "policy": "Basic256Sha256", "certificate": str(certificates["client"]),
+                "privateKey": str(certificates["client_key"]), "serverCertificate": str(certificates["server"]),
+                "applicationUri": "urn:nacelle:sensors"}
+    config = opcua_config(opcua_controller.port, FAST_HZ, mode="subscription", security=security)
+    down: list[float] = []
+
+    def stop_server() -> None:
+        down.append(time.time())
+        opcua_controller.stop()
+
+    try:
+        out, stats = run_for(config, 0.5, during=stop_server)
+    finally:
+        opcua_controller.start()
+    before = [s for s in out if s["ts"] < down[0]]
+    after = [s for s in out if s["ts"] > down[0] + 0.1]
+    assert any(s["counter"] == 7.0 and s["rps"] == 2.0 for s in before)
+    assert after and all(s[c] is None for s in after for c in SIGNALS)  # the subscription is gone: missing
+    assert stats.reads_failed >= 1
+    missing = {**security, "certificate": str(tmp_path / "absent.der")}
+    with pytest.raises(ConfigurationError, match=r"opcua\.security\.certificate: .*absent\.der"):
+        OpcUaSource(opcua_config(opcua_controller.port, security=missing).opcua, 0.05)  # type: ignore[arg-type]
+
+
+def test_modbus_exception_responses_fail_reads_without_reconnecting(modbus_controller: Controller) -> None:
+    """A register map that reaches past the controller's registers, or another unit id: the controller answers
+    with an exception; those reads are missing and counted, the connection is kept."""
+    regs = {**default_register_map(SIGNALS), "extra": {"address": 500, "registerType": "input"}}
+    out, stats = run_for(modbus_config(modbus_controller.port, FAST_HZ, registers=regs), 0.4)
+    assert out and all(s["qw"] is None for s in out)
+    assert stats.reads_failed >= len(out) - 2 and stats.connects == 1
+    assert "illegal data address" in (stats.last_error or "")

@@ -1,0 +1,419 @@
+"""drift_monitor: each detector's period statistics (turbines/<thing>/stats) against the training baseline of the model
+version it runs; one drift alert per drift of a turbine, and retraining when drift persists across the fleet.
+
+Judging a period (docs/fleet.md "Drift monitoring"): every series (each feature, and the anomaly score) with at
+least `min_windows` values is compared, as a quantile sketch (shared/ml/drift.py), with
+* the training baseline stored in the version's bundle: "far from training" at a distance of at least
+  max(min_distance, fleet_factor x the baseline's tolerance of the series). Turbines differ from one another; the
+  tolerance is how far one held-out training turbine's period lay from the other turbines' data;
+* the turbine's own reference, the mean sketch (the Wasserstein barycentre) of its first `reference_periods` judged
+  periods with that model version: "changed" at a distance of at least `change_threshold`.
+A period drifts when any series is far or changed. `alert_periods` consecutive drifting periods (in period order)
+raise one drift alert naming the series and their distances; as many consecutive calm periods resolve it.
+
+Exactly once and O(1) per message: the turbine's one state item (pk "drift", sk <thing>) is read and written back
+conditionally on its revision; a period it already holds (a redelivery) changes nothing, a late one takes its place in
+the period order. The alert is an item of the alert table, created once and claimed before each notification is sent
+(the machinery of alerts.py). A version's baseline is read once (compiled/<group>/<version>/manifest.json) and kept;
+stats of a version without one (an older bundle, a version never compiled) are logged and left.
+
+Retraining: a drifting turbine has an entry in the small index pk "drift-open" (what is drifting now, never the
+history). When one of them has drifted for `retrain_after_s`, at most once per period and version, the policy
+counts the turbines of the index drifting that long with the same model version; with at least `retrain_turbines`
+of them and `retrain_min_captured_hours` of normal data captured on them since their drift began (raw/capture/), it
+asks for a retrain check once per model version (the existing debounced retraining policy then trains on every
+accepted file: the history plus the captured data). Approving the new version stays a person's decision.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+import numpy as np
+
+from shared import settings as defaults
+from shared.capture import CAPTURE_PREFIX, NORMAL, CaptureName
+from shared.errors import BundleError, ConfigurationError, ObjectNotFound
+from shared.events import NACELLE_SOURCE, RETRAIN_CHECK
+from shared.messages import BadMessage, StatsRow
+from shared.ml.drift import BASELINE_KEY, LEVELS, Baseline, Distances, Summary, distances, scale
+from shared.observability import correlate, logger
+from shared.ports import Envelope, EventPublisher, ObjectStore, StateStore
+from shared.records import DriftAlert, DriftState, load
+from shared.usecases import state_keys as sk
+from shared.usecases.alerts import ALERTS, AlertDeps, _attributes, _claim, _iso, _send
+from shared.usecases.outcome import Outcome
+
+DRIFT = "drift"  # pk of the turbines' drift states (state table)
+DRIFTING = "drift-open"  # pk of the index of drifting turbines, sk <thing>
+RETRAIN = "drift-retrain#v"  # sk (under the group's pk) of the retraining request of a model version
+HISTORY = 12  # judged periods kept per turbine
+SCORE = "anomaly score"  # how messages name the score
+NAMED = 3  # series a subject names at most
+MAX_ATTEMPTS = 20  # optimistic-concurrency retries of the state item
+BASELINE_RETRY_S = 300.0  # a version without a baseline is looked for again after this
+
+
+@dataclass(frozen=True)
+class DriftPolicy:
+    min_windows: int = defaults.DRIFT_MIN_WINDOWS
+    fleet_factor: float = defaults.DRIFT_FLEET_FACTOR
+    min_distance: float = defaults.DRIFT_MIN_DISTANCE
+    change_threshold: float = defaults.DRIFT_CHANGE_THRESHOLD
+    reference_periods: int = defaults.DRIFT_REFERENCE_PERIODS
+    alert_periods: int = defaults.DRIFT_ALERT_PERIODS
+    retrain_turbines: int = defaults.DRIFT_RETRAIN_TURBINES
+    retrain_after_s: float = defaults.DRIFT_RETRAIN_AFTER_S
+    retrain_min_captured_hours: float = defaults.DRIFT_RETRAIN_MIN_CAPTURED_HOURS
+    retention_s: float = defaults.ALERT_RETENTION_S
+
+    def __post_init__(self) -> None:
+        if (self.min_windows < 1 or self.reference_periods < 1 or not 1 <= self.alert_periods <= HISTORY
+                or self.retrain_turbines < 1 or min(self.fleet_factor, self.change_threshold) <= 0
+                or min(self.min_distance, self.retrain_after_s, self.retrain_min_captured_hours) < 0):
+            raise ConfigurationError(f"invalid drift policy {self}: counts >= 1 (alert_periods <= {HISTORY}), "
+                                     "factor and change threshold > 0, the rest >= 0")
+
+
+class BaselineCache:
+    """The baseline of each model version, read once; a version without one is looked for again after a while."""
+
+    def __init__(self, retry_s: float = BASELINE_RETRY_S) -> None:
+        self.retry_s = retry_s
+        self._found: dict[int, Baseline] = {}
+        self._missing: dict[int, tuple[float, str]] = {}  # version -> (when, why)
+        self.reads = 0
+
+    def get(self, version: int, store: ObjectStore, group: str, now: float) -> Baseline | str:
+        """The baseline, or why there is none."""
+        if version in self._found:
+            return self._found[version]
+        missing = self._missing.get(version)
+        if missing is not None and now - missing[0] < self.retry_s:
+            return missing[1]
+        key = f"compiled/{group}/{version}/manifest.json"
+        self.reads += 1
+        try:
+            manifest = json.loads(store.get(key))
+            if not isinstance(manifest, dict) or BASELINE_KEY not in manifest:
+                raise BundleError(f"{key} has no {BASELINE_KEY} (a bundle trained before drift monitoring)")
+            baseline = Baseline.from_dict(manifest[BASELINE_KEY], f"{key}: {BASELINE_KEY}")
+        except ObjectNotFound:
+            why = f"{key} does not exist (a version never compiled)"
+        except (BundleError, ValueError) as exc:
+            why = str(exc)
+        else:
+            self._found[version] = baseline
+            self._missing.pop(version, None)
+            return baseline
+        self._missing[version] = (now, why)
+        return why
+
+
+@dataclass
+class DriftDeps:
+    alerts: AlertDeps  # the alert table, notifier, clock and group (drift alerts live with the others)
+    state: StateStore  # the state table: turbine states, the drifting index, retraining requests
+    store: ObjectStore  # compiled bundles' manifests, raw/capture/
+    events: EventPublisher  # the retrain check
+    policy: DriftPolicy = field(default_factory=DriftPolicy)
+    baselines: BaselineCache = field(default_factory=BaselineCache)
+
+    @property
+    def group(self) -> str:
+        return self.alerts.group
+
+    @property
+    def clock(self) -> Callable[[], datetime]:
+        return self.alerts.clock
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One period judged: per series the distance to the training baseline and the change from the turbine's
+    reference (None: not judged), and which of them are over their thresholds."""
+
+    distances: dict[str, float]
+    changes: dict[str, float]
+    far: dict[str, float]
+    changed: dict[str, float]
+    ratio: float = 0.0  # the largest distance or change over its threshold (>= 1: drifting)
+
+    @property
+    def drifting(self) -> bool:
+        return bool(self.far or self.changed)
+
+    def features(self) -> tuple[str, ...]:
+        return tuple(sorted(n for n in {*self.far, *self.changed} if n != SCORE))
+
+
+# -- the message -----------------------------------------------------------------------------------------
+def summaries(row: StatsRow) -> tuple[dict[str, Summary], Summary | None]:
+    """The row's sketches (the message definition checked their shapes)."""
+    if tuple(row.levels) != LEVELS:
+        raise BadMessage(f"stats levels {row.levels[:3]}... are not the sketch levels {list(LEVELS[:3])}...")
+    features = {n: Summary(row.count[n], row.mean[n], row.std[n], tuple(row.quantiles[n])) for n in row.count}
+    score = (Summary(row.score_count, row.score_mean or 0.0, row.score_std or 0.0, tuple(row.score_quantiles))
+             if row.score_count else None)
+    return features, score
+
+
+def period_key(start: float) -> str:
+    return f"{start:015.3f}"  # sorts by time as text
+
+
+def on_stats(row: StatsRow, deps: DriftDeps) -> Outcome:
+    if row.turbine_id != row.thing_name:  # validate() refuses it; this guards rows built in code
+        raise BadMessage(f"stats on turbines/{row.thing_name}/stats claim turbine {row.turbine_id!r}")
+    thing, version = row.thing_name, row.model_version
+    correlate(turbine_id=thing, model_version=version)
+    if version is None:
+        return Outcome("ignored", f"{thing}: stats of a detector without a model")
+    baseline = deps.baselines.get(version, deps.store, deps.group, deps.clock().timestamp())
+    if isinstance(baseline, str):
+        logger.warning("stats of a model version without a drift baseline", thing_name=thing, reason=baseline)
+        return Outcome("ignored", f"{thing}: no drift baseline for v{version}: {baseline}")
+    try:
+        features, score = summaries(row)
+    except BadMessage as exc:
+        logger.warning("stats not comparable", thing_name=thing, reason=exc.reason)
+        return Outcome("ignored", f"{thing}: {exc.reason}")
+    judged = distances(features, score, baseline, deps.policy.min_windows)
+    if not judged.features and judged.score is None:
+        return Outcome("ignored", f"{thing}: period {_iso(row.period_start)} has fewer than "
+                                  f"{deps.policy.min_windows} windows in the operating regime")
+    return _record(row, features, score, judged, baseline, deps)
+
+
+def _record(row: StatsRow, features: Mapping[str, Summary], score: Summary | None, judged: Distances,
+            baseline: Baseline, deps: DriftDeps) -> Outcome:
+    policy, thing, key = deps.policy, row.thing_name, period_key(row.period_start)
+    verdict = Verdict({}, {}, {}, {})
+    for _ in range(MAX_ATTEMPTS):
+        item = deps.state.get(DRIFT, thing)
+        before = load(DriftState, item) or DriftState(thing)
+        if before.model_version != row.model_version:
+            newest = max(before.periods, default="")
+            if before.model_version is not None and key < newest:
+                return Outcome("ignored", f"{thing}: stale stats of v{row.model_version} (now v{before.model_version})")
+            before = replace(before, model_version=row.model_version, periods={}, reference_starts=(), reference={},
+                             score_reference=())  # a new version: the score is another model's
+        if key in before.periods:  # a redelivery: finish what a crash may have left undone
+            sent = _settle(before, Verdict({}, {}, {}, {}), row, deps)
+            return Outcome("duplicate", f"{thing}: period {_iso(row.period_start)} already judged", sent=tuple(sent))
+        verdict = _judge(before, features, score, judged, baseline, policy)
+        after = _status(_remember(before, key, features, score, verdict.drifting, policy), policy)
+        written = (deps.state.put(DRIFT, thing, replace(after, rev=1).to_item(), if_absent=True) if item is None else
+                   deps.state.update_if(DRIFT, thing, replace(after, rev=before.rev + 1).to_item(),
+                                        {"rev": before.rev if "rev" in item else None}))
+        if written:
+            break
+    else:
+        raise ConfigurationError(f"{DRIFT}/{thing}: too much contention after {MAX_ATTEMPTS} attempts")
+    sent = _settle(after, verdict, row, deps)
+    if after.status == "drifting":
+        sent += _retrain_if_due(after, row, deps)
+    action = "drifting" if verdict.drifting else "calm"
+    logger.info("stats judged", thing_name=thing, period=row.period_start, drifting=verdict.drifting,
+                status=after.status, far=verdict.far, changed=verdict.changed)
+    return Outcome(action, f"{thing} period {_iso(row.period_start)}: {_describe(verdict)}; status {after.status}",
+                   {"distances": verdict.distances, "changes": verdict.changes, "ratio": verdict.ratio}, tuple(sent))
+
+
+# -- judging -----------------------------------------------------------------------------------------
+def _judge(state: DriftState, features: Mapping[str, Summary], score: Summary | None, judged: Distances,
+           baseline: Baseline, policy: DriftPolicy) -> Verdict:
+    """Far from training, changed from the turbine's reference: every judged series against its threshold."""
+    dist = {n: round(d, 4) for n, d in judged.features.items()}
+    limits = {n: max(policy.min_distance, policy.fleet_factor * baseline.tolerance.get(n, 0.0)) for n in dist}
+    if judged.score is not None:
+        dist[SCORE] = round(judged.score, 4)
+        limits[SCORE] = max(policy.min_distance, policy.fleet_factor * baseline.score_tolerance)
+    changes: dict[str, float] = {}
+    if len(state.reference_starts) >= policy.reference_periods:
+        n = len(state.reference_starts)
+        for name in judged.features:
+            if name in state.reference:
+                changes[name] = _change(features[name], state.reference[name], n, baseline.features[name])
+        if judged.score is not None and score is not None and state.score_reference:
+            changes[SCORE] = _change(score, state.score_reference, n, baseline.score)
+    ratio = max([d / limits[n] for n, d in dist.items()] + [c / policy.change_threshold for c in changes.values()],
+                default=0.0)
+    return Verdict(dist, changes, {n: d for n, d in dist.items() if d >= limits[n]},
+                   {n: c for n, c in changes.items() if c >= policy.change_threshold}, round(ratio, 4))
+
+
+def _change(current: Summary, reference_sum: tuple[float, ...], periods: int, base: Summary) -> float:
+    """W1 between the period and the turbine's reference (the mean of its first periods' sketches), in training
+    standard deviations."""
+    reference = np.asarray(reference_sum) / periods
+    return round(float(np.abs(np.asarray(current.quantiles) - reference).mean() / scale(base)), 4)
+
+
+def _remember(state: DriftState, key: str, features: Mapping[str, Summary], score: Summary | None, drifting: bool,
+              policy: DriftPolicy) -> DriftState:
+    """The period's verdict into the history (the latest HISTORY periods), and its sketches into the reference
+    while the reference is not complete."""
+    periods = dict(sorted({**state.periods, key: drifting}.items())[-HISTORY:])
+    if len(state.reference_starts) >= policy.reference_periods or key not in periods:
+        return replace(state, periods=periods)
+    reference = {n: tuple(a + b for a, b in zip(state.reference.get(n, (0.0,) * len(LEVELS)), s.quantiles,
+                                                strict=True)) for n, s in features.items()}
+    score_reference = state.score_reference
+    if score is not None:
+        score_reference = tuple(a + b for a, b in zip(state.score_reference or (0.0,) * len(LEVELS), score.quantiles,
+                                                      strict=True))
+    return replace(state, periods=periods, reference_starts=(*state.reference_starts, key), reference=reference,
+                   score_reference=score_reference)
+
+
+def _status(state: DriftState, policy: DriftPolicy) -> DriftState:
+    """ok -> drifting when the latest alert_periods periods all drift, drifting -> ok when they are all calm."""
+    latest = [drifting for _, drifting in sorted(state.periods.items())][-policy.alert_periods:]
+    if len(latest) < policy.alert_periods:
+        return state
+    if state.status != "drifting" and all(latest):
+        keys = sorted(state.periods)[-policy.alert_periods:]
+        since = float(keys[0])
+        alert_id = f"drift:{state.thing_name}:{state.model_version}:{int(since)}"
+        return replace(state, status="drifting", since=since, alert_id=alert_id)
+    if state.status == "drifting" and not any(latest):
+        return replace(state, status="ok")
+    return state
+
+
+# -- alerts ----------------------------------------------------------------------------------------
+def _settle(state: DriftState, verdict: Verdict, row: StatsRow, deps: DriftDeps) -> list[str]:
+    """Bring the turbine's drift alert (and its entry in the drifting index) in line with its state: open, update
+    and send it while drifting; close it and send its resolution once calm, then forget it. Idempotent: a
+    redelivery finishes what a crash left undone."""
+    alert_deps, thing, alert_id, now = deps.alerts, state.thing_name, state.alert_id, deps.clock().timestamp()
+    if alert_id is None:
+        return []
+    if state.status == "drifting":
+        deps.state.put(DRIFTING, thing, {"since": state.since, "model_version": state.model_version,
+                                         "alert_id": alert_id})
+        alert = DriftAlert(alert_id=alert_id, turbine_id=thing, first_seen_at=now,
+                           expires_at=int(now + deps.policy.retention_s), model_version=state.model_version,
+                           since=state.since or row.period_start)
+        alert_deps.alerts.put(ALERTS, alert_id, alert.to_item(), if_absent=True)
+        if verdict.drifting:  # the latest drifting period's figures
+            alert_deps.alerts.update_if(ALERTS, alert_id, DriftAlert.changes(
+                features=verdict.features(), last_period=row.period_start,
+                distances={n: d for n, d in verdict.distances.items() if n != SCORE},
+                turbine_changes={n: c for n, c in verdict.changes.items() if n != SCORE},
+                score_distance=verdict.distances.get(SCORE), score_change=verdict.changes.get(SCORE)),
+                {"status": "open"})
+        current = load(DriftAlert, alert_deps.alerts.get(ALERTS, alert_id))
+        if current is not None and current.alert is None and _claim(alert_deps, alert_id, "alert"):
+            return [_send(alert_deps, alert_id, "alert", *_drift_message(current, row, deps))]
+        return []
+    deps.state.delete(DRIFTING, thing)
+    alert_deps.alerts.update_if(ALERTS, alert_id, DriftAlert.changes(status="closed", ended_at=row.period_start),
+                                {"status": "open"})
+    current = load(DriftAlert, alert_deps.alerts.get(ALERTS, alert_id))
+    sent = []
+    if current is not None and current.alert == "sent" and current.resolution is None \
+            and _claim(alert_deps, alert_id, "resolution"):
+        sent.append(_send(alert_deps, alert_id, "resolution", *_resolution_message(current, row)))
+    if current is None or current.alert != "claimed":  # settled (a claimed alert is still being sent)
+        deps.state.update_if(DRIFT, thing, {"alert_id": None}, {"alert_id": alert_id, "status": "ok"})
+    return sent
+
+
+def _describe(verdict: Verdict) -> str:
+    if not verdict.drifting:
+        return "calm"
+    parts = [f"{n} {d:.2f} from training" for n, d in sorted(verdict.far.items())]
+    parts += [f"{n} changed {c:.2f}" for n, c in sorted(verdict.changed.items())]
+    return "drifting: " + ", ".join(parts)
+
+
+def _drift_message(alert: DriftAlert, row: StatsRow, deps: DriftDeps) -> tuple[str, str, dict[str, str]]:
+    """The alert's text from its item (the latest drifting period's figures)."""
+    thing = alert.turbine_id
+    distances = {**alert.distances, **({SCORE: alert.score_distance} if alert.score_distance is not None else {})}
+    changes = {**alert.turbine_changes, **({SCORE: alert.score_change} if alert.score_change is not None else {})}
+    worst = {n: max(distances.get(n, 0.0), changes.get(n, 0.0)) for n in {*distances, *changes}}
+    named = sorted(worst, key=lambda n: -worst[n])[:NAMED]
+    lines = [f"Turbine {thing}: its data no longer looks like it did (model v{alert.model_version}) since the period "
+             f"starting {_iso(alert.since)} ({deps.policy.alert_periods} consecutive drifting periods).", "",
+             "Distances in training standard deviations (Wasserstein-1 of the central 90 %), from the training data"
+             " and from this turbine's first periods:",
+             *(f"  {n}: {distances[n]:.2f}" + (f", {changes[n]:.2f}" if n in changes else "")
+               + ("  <- drifting" if n in alert.features or n == SCORE else "") for n in sorted(distances)),
+             "", f"Latest period: {_iso(row.period_start)} + {row.period_s / 60:g} min, {row.operating_windows} of "
+                 f"{row.windows} windows in the operating regime.",
+             f"Retraining starts by itself when at least {deps.policy.retrain_turbines} turbines drift for "
+             f"{deps.policy.retrain_after_s / 3600:g} h with {deps.policy.retrain_min_captured_hours:g} h of captured "
+             "normal data; approving the new version stays yours.",
+             "", f"Acknowledge: nacelle alerts ack {alert.alert_id}"]
+    top = ", ".join(f"{n} ({worst[n]:.1f} sd)" for n in named)
+    return (f"[MEDIUM] {thing}: data drift in {top}", "\n".join(lines),
+            _attributes(thing, "medium", alert.features, "drift"))
+
+
+def _resolution_message(alert: DriftAlert, row: StatsRow) -> tuple[str, str, dict[str, str]]:
+    thing = alert.turbine_id
+    body = (f"Turbine {thing}: its data looks like model v{alert.model_version}'s training data again since the "
+            f"period starting {_iso(row.period_start)} (drifting since {_iso(alert.since)}).\n\n"
+            f"Alert: {alert.alert_id}")
+    return f"[RESOLVED] {thing}: data drift", body, _attributes(thing, "medium", alert.features, "drift-resolved")
+
+
+# -- retraining ---------------------------------------------------------------------------------------
+def _retrain_if_due(state: DriftState, row: StatsRow, deps: DriftDeps) -> list[str]:
+    policy, now = deps.policy, row.period_start + row.period_s
+    if state.since is None or now - state.since < policy.retrain_after_s:
+        return []
+    pk, key = sk.group_pk(deps.group), f"{RETRAIN}{state.model_version}"
+    marker = deps.state.get(pk, key) or {}
+    if marker.get("status") == "requested" or now - float(marker.get("checked_at") or -math.inf) < row.period_s:
+        return []  # asked already, or checked this period
+    if not deps.state.update_if(pk, key, {"checked_at": now}, {"checked_at": marker.get("checked_at")}):
+        return []  # another delivery checks it
+    since = {str(e["sk"]): float(e.get("since") or now) for e in deps.state.query(DRIFTING)
+             if e.get("model_version") == state.model_version}
+    long = sorted(t for t, start in since.items() if now - start >= policy.retrain_after_s)
+    if len(long) < policy.retrain_turbines:
+        return []
+    hours = captured_normal_hours(deps, {t: since[t] for t in long}, policy.retrain_min_captured_hours)
+    if hours < policy.retrain_min_captured_hours:
+        logger.info("drift retraining waits for captured data", turbines=long, captured_hours=round(hours, 2))
+        return []
+    reason = (f"drift on {', '.join(long)} for at least {policy.retrain_after_s / 3600:g} h "
+              f"(model v{state.model_version}), {hours:.1f} h of normal data captured on them since")
+    requested = deps.clock().isoformat()
+    # the check first: a redelivery may ask twice (a check is idempotent), a crash never leaves it unasked
+    deps.events.publish(Envelope(NACELLE_SOURCE, RETRAIN_CHECK, {"group": deps.group, "requested_at": requested,
+                                                                "reason": reason}))
+    if not deps.state.update_if(pk, key, {"status": "requested", "turbines": long, "captured_hours": round(hours, 3),
+                                          "requested_at": requested}, {"status": None}):
+        return []
+    logger.warning("drift retraining requested", turbines=long, captured_hours=round(hours, 2))
+    body = (f"{reason}.\n\nThe retraining policy trains on every accepted file (the history and the captured data); "
+            "the new version waits for approval as usual.")
+    return [f"retrain:{state.model_version}:"
+            + deps.alerts.notifier.publish("alerts", f"[MEDIUM] drift on {len(long)} turbines: retraining requested",
+                                           body, _attributes(long[0], "medium", [], "drift-retrain"))]
+
+
+def captured_normal_hours(deps: DriftDeps, since: Mapping[str, float], enough: float) -> float:
+    """Hours of accepted normal-operation captures (raw/capture/<thing>/, shared.capture names) of each turbine
+    starting at or after its `since`; counting stops at `enough`."""
+    total, pk = 0.0, sk.group_pk(deps.group)
+    for thing, start in sorted(since.items()):
+        for obj in deps.store.list(f"{CAPTURE_PREFIX}{thing}/"):
+            name = CaptureName.parse(obj.key.rsplit("/", 1)[-1])
+            if name is None or name.kind != NORMAL or name.start < start:
+                continue
+            record = deps.state.get(pk, sk.FILE + obj.key) or {}
+            if record.get("status") == "accepted":
+                total += (name.end - name.start) / 3600
+                if total >= enough:
+                    return total
+    return total

@@ -1,0 +1,112 @@
+"""The local capture gateway (nacelle/local/edge/capture_gateway.py), over real mutual TLS on loopback: a device's
+certificate uploads captured files under its own raw/capture/<thing>/ only (tests/access_matrix.py's capture_table,
+the table template.yaml's token exchange role is tested against too), anything else is refused and never stored,
+and what is stored is announced like any raw object."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nacelle.local.adapters.objectstore import FsObjectStore
+from nacelle.local.edge.capture_gateway import CaptureGateway, gateway_url
+from nacelle.local.edge.pki import DeviceCredentials, LocalPki
+from nacelle.local.runtime.s3events import EventingObjectStore, NotifiedKeys
+from tests.access_matrix import CAPTURE_FILE, CaptureUpload, capture_table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "greengrass_components" / "nacelle.detector" / "src"))
+from detector.upload import GatewayUploader, UploadError, UploadRefused
+
+BODY = b"eventTime,rps\n2025-01-01T00:00:00+00:00,1.0\n"
+
+
+class Stack:
+    def __init__(self, root: Path) -> None:
+        self.pki = LocalPki(root / "pki")
+        self.events: list[dict[str, Any]] = []
+        self.store = EventingObjectStore(FsObjectStore(root / "objects", "nacelle-data"), self.events.append,
+                                         NotifiedKeys(root / "s3events.db"))
+        self.gateway = CaptureGateway(root, self.pki, self.store, max_bytes=4096).start()
+
+    def uploader(self, credentials: DeviceCredentials) -> GatewayUploader:
+        return GatewayUploader(self.gateway.url, credentials.ca_path, credentials.cert_path, credentials.key_path,
+                               timeout_s=5)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(tmp_path_factory.mktemp("gateway"))
+    yield s
+    s.gateway.stop()
+
+
+@pytest.mark.parametrize("row", capture_table(), ids=lambda r: r.id)
+def test_a_device_uploads_under_its_own_thing_only(stack: Stack, row: CaptureUpload) -> None:
+    uploader = stack.uploader(stack.pki.device(row.identity))
+    before = len(stack.events)
+    body = BODY + row.identity.encode()
+    if row.allowed:
+        uploader.put(row.key, body)
+        assert stack.store.get(row.key) == body
+        assert stack.events[-1]["detail"]["object"]["key"] == row.key  # data_arrival hears of it
+        return
+    with pytest.raises(UploadRefused, match=r"HTTP 40[03]"):
+        uploader.put(row.key, body)
+    assert len(stack.events) == before
+    assert not stack.store.exists(row.key) or stack.store.get(row.key) != body
+
+
+def test_identities_that_are_no_device_are_refused(stack: Stack) -> None:
+    key = f"raw/capture/turbine-01/{CAPTURE_FILE}".replace("normal_m1", "normal_m2")
+    for credentials in (stack.pki.sensor_source("turbine-01"), stack.pki.cloud()):
+        with pytest.raises(UploadRefused, match=r"403.*names no device"):
+            stack.uploader(credentials).put(key, BODY)
+    assert not stack.store.exists(key)
+
+
+def test_no_certificate_no_upload(stack: Stack, tmp_path: Path) -> None:
+    import http.client
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(stack.pki.ca_path))  # trusts the server, presents nothing
+    conn = http.client.HTTPSConnection("127.0.0.1", stack.gateway.port, context=context, timeout=5)
+    with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
+        conn.request("PUT", f"/raw/capture/turbine-01/{CAPTURE_FILE}", body=BODY)
+        conn.getresponse().read()
+    conn.close()
+    stranger = LocalPki(tmp_path / "other-ca").device("turbine-01")  # the right name from another CA
+    with pytest.raises(UploadError):
+        GatewayUploader(stack.gateway.url, stack.pki.ca_path, stranger.cert_path, stranger.key_path, 5).put(
+            f"raw/capture/turbine-01/{CAPTURE_FILE}".replace("m1", "m3"), BODY)
+
+
+def test_malformed_uploads_are_refused(stack: Stack) -> None:
+    device = stack.pki.device("turbine-02")
+    uploader = stack.uploader(device)
+    fresh = f"raw/capture/turbine-02/{CAPTURE_FILE}".replace("_m1_", "_m9_")  # a key no other test writes
+    for key in ("raw/capture/turbine-02/../turbine-01/" + CAPTURE_FILE, "raw/capture/turbine-02/notes.txt",
+                "raw/capture/turbine-02/%2e%2e/x.csv", "raw/capture/turbine-02/sub/" + CAPTURE_FILE):
+        with pytest.raises(UploadRefused, match=r"400.*not a captured file"):
+            uploader.put(key, BODY)
+    with pytest.raises(UploadRefused, match="413"):
+        uploader.put(fresh, b"x" * 5000)
+    import http.client
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(device.ca_path))
+    context.load_cert_chain(str(device.cert_path), str(device.key_path))
+    conn = http.client.HTTPSConnection("127.0.0.1", stack.gateway.port, context=context, timeout=5)
+    conn.request("PUT", "/" + fresh, body=BODY, headers={"Content-MD5": "AAAA"})
+    response = conn.getresponse()
+    assert response.status == 400 and b"Content-MD5" in response.read()
+    conn.close()
+    assert not stack.store.exists(fresh)
+
+
+def test_devices_find_the_gateway_in_the_data_directory(stack: Stack) -> None:
+    assert gateway_url(stack.gateway.dir.parent) == stack.gateway.url
+    assert gateway_url(stack.gateway.dir.parent / "elsewhere") == ""
