@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from shared.device_config import read_device_config
 from shared.errors import ConfigurationError
 
 from .capture import DEFAULTS as CAPTURE_DEFAULTS
@@ -264,25 +265,8 @@ class DeviceConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> DeviceConfig:
-        path = Path(path)
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigurationError(f"{path}: cannot read the device configuration: {exc.strerror}") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigurationError(f"{path}: invalid JSON: {exc.msg} at line {exc.lineno}") from exc
-        if not isinstance(doc, dict):
-            raise ConfigurationError(f"{path}: must be a JSON object")
-        values: dict[str, Any] = {}
-        for key in ("endpoint", "ca", "cert", "key", "configuration", "work"):
-            value = doc.get(key)
-            if not isinstance(value, str) or not value:
-                raise ConfigurationError(f"{path}: {key} must be a non-empty string, got {value!r}")
-            values[key] = value if key == "endpoint" else Path(value)
-        port = doc.get("port")
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-            raise ConfigurationError(f"{path}: port must be an integer in 1..65535, got {port!r}")
+        values, doc = read_device_config(path)
         capture_url = doc.get("capture_url", "")
         if not isinstance(capture_url, str) or (capture_url and not capture_url.startswith("https://")):
             raise ConfigurationError(f"{path}: capture_url must be an https:// URL or \"\", got {capture_url!r}")
-        return cls(port=port, capture_url=capture_url, **values)
+        return cls(capture_url=capture_url, **values)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from shared.device_config import read_device_config
 from shared.errors import ConfigurationError, SpecError
 from shared.ml.spec import FeatureSpec, default_spec
 from shared.sensor_map import Register, parse_node_ids, parse_register_map
@@ -317,28 +318,11 @@ class DeviceConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> DeviceConfig:
-        path = Path(path)
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigurationError(f"{path}: cannot read the device configuration: {exc.strerror}") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigurationError(f"{path}: invalid JSON: {exc.msg} at line {exc.lineno}") from exc
-        if not isinstance(doc, dict):
-            raise ConfigurationError(f"{path}: must be a JSON object")
-        values: dict[str, Any] = {}
-        for key in ("endpoint", "ca", "cert", "key", "configuration", "work"):
-            value = doc.get(key)
-            if not isinstance(value, str) or not value:
-                raise ConfigurationError(f"{path}: {key} must be a non-empty string, got {value!r}")
-            values[key] = value if key == "endpoint" else Path(value)
-        port = doc.get("port")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ConfigurationError(f"{path}: port must be an integer in 1..65535, got {port!r}")
+        values, doc = read_device_config(path)
         client_id = doc.get("client_id", "")
         if not isinstance(client_id, str) or len(client_id) > 128:
             raise ConfigurationError(f"{path}: client_id must be a string of at most 128 characters")
-        return cls(port=port, client_id=client_id, **values)
+        return cls(client_id=client_id, **values)
 
 
 def read_config_file(path: Path, thing: str) -> SensorsConfig:
