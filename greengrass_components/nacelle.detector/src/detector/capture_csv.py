@@ -1,6 +1,6 @@
 """Captured samples as a CSV file of the model's feature spec (what the capture buffer writes and uploads).
 
-Formatting numbers is the capture's main cost on the device (benchmarks/bench_capture.py), so they are written as
+Formatting numbers is the capture's main cost on the device (benchmarks/capture_figures.py), so they are written as
 integers where they can be (see spec_csv); the csv module's quoting is used only for a delimiter that can appear in
 a value.
 """

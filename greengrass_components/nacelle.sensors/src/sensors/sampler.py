@@ -7,7 +7,8 @@ failed or timed-out read, or no connection, gives a sample whose signals are all
 read is outstanding (or while the process was not scheduled) give such samples too. Nothing is held over, repeated
 or interpolated. A background task (re)connects with exponential backoff and jitter; a failed read drops the
 connection and the backoff is reset only by a successful read. A refused connection (nothing listens: a server
-restarting) is retried every `reconnect_min_s` without growing the backoff.
+restarting) is retried every quarter of a sample interval (at most `reconnect_min_s`) without growing the
+backoff, so a restarted server is read again within the tick it comes back.
 
 StreamRunner (replay, simulator) releases the source's own samples as their stream time elapses at `speed`.
 """
@@ -126,6 +127,7 @@ class PollingRunner:
         self.timeout_s = timeout_s
         self.connect_timeout_s = max(1.0, 2 * timeout_s)
         self.backoff_min, self.backoff_max = reconnect_min_s, reconnect_max_s
+        self.refused_retry_s = min(reconnect_min_s, 0.25 / rate_hz)
         self.wall, self.mono = wall, mono
         self._backoff = reconnect_min_s
         self._failures = 0  # consecutive failed connects and reads; a successful read resets it
@@ -215,7 +217,7 @@ class PollingRunner:
                     await _first(stop.wait(), self._lost.wait())
                 continue
             if self._failures:
-                wait = self.backoff_min if self._refused else self._backoff
+                wait = self.refused_retry_s if self._refused else self._backoff
                 if await _stopped(stop, wait * random.uniform(0.8, 1.2)):
                     return
                 if not self._refused:
@@ -224,12 +226,13 @@ class PollingRunner:
                 await asyncio.wait_for(self.source.connect(), self.connect_timeout_s)
             except Exception as exc:  # refused, unreachable, handshake or security failure
                 self._failures += 1
-                # a refused connection costs the server nothing: retried every minSeconds, so a restarted server is
-                # read again at once; anything else (no answer, a handshake or session refused) backs off
+                # a refused connection costs the server nothing: retried within a quarter of a sample interval, so a
+                # restarted server is read again at once; anything else (no answer, a handshake or session refused)
+                # backs off
                 self._refused = getattr(exc, "refused", False) or isinstance(exc, ConnectionRefusedError)
                 reason = f"cannot connect to {self.source.endpoint}: {_text(exc)}"
                 if self.stats.last_error != reason:
-                    log.warning("%s (retrying %s)", reason, f"every {self.backoff_min:g}s" if self._refused
+                    log.warning("%s (retrying %s)", reason, f"every {self.refused_retry_s:g}s" if self._refused
                                 else f"with backoff up to {self.backoff_max:g}s")
                 self.stats.last_error = reason
                 self.stats.state = "disconnected" if self.stats.connects else "connecting"

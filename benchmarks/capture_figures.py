@@ -17,7 +17,8 @@ producing episode and normal files from a stream at SPEED x real time; then it c
 files the device wrote minus distinct files the gateway stored; also capture_files_written,
 capture_files_duplicated (stored twice) and capture_recovery_s (gateway back -> every file uploaded).
 
-Run alone: `.venv/bin/python -m benchmarks.bench_capture [--outage-s 60]`.
+Printed by benchmarks/bench_drift.py with the drift figures; alone: `.venv/bin/python -m benchmarks.capture_figures
+[--outage-s 60]`.
 """
 
 from __future__ import annotations
@@ -210,13 +211,18 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    return 0 if report(args.outage_s) else 1
+
+
+def report(outage_s: float) -> bool:
+    """Measure and print the capture figures; True when both goals are met."""
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         figures.update(cost(Path(tmp) / "cost"))
-        figures.update(outage(Path(tmp) / "outage", args.outage_s))
+        figures.update(outage(Path(tmp) / "outage", outage_s))
     for key, value in figures.items():
         print(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}", flush=True)
-    return 0 if figures["captured_files_lost"] == 0 and figures["capture_cost_ratio"] <= 1.05 else 1
+    return bool(figures["captured_files_lost"] == 0 and figures["capture_cost_ratio"] <= 1.05)
 
 
 if __name__ == "__main__":
