@@ -110,3 +110,13 @@ def test_malformed_uploads_are_refused(stack: Stack) -> None:
 def test_devices_find_the_gateway_in_the_data_directory(stack: Stack) -> None:
     assert gateway_url(stack.gateway.dir.parent) == stack.gateway.url
     assert gateway_url(stack.gateway.dir.parent / "elsewhere") == ""
+
+
+def test_a_stored_file_is_never_rewritten_but_a_retry_succeeds(stack: Stack) -> None:
+    uploader = stack.uploader(stack.pki.device("wt-retry"))
+    key = f"raw/capture/wt-retry/{CAPTURE_FILE}"
+    uploader.put(key, BODY)
+    uploader.put(key, BODY)  # the device retries after a lost answer: accepted, the same bytes
+    with pytest.raises(UploadRefused, match=r"HTTP 409"):
+        uploader.put(key, BODY + b"2025-01-01T00:00:01+00:00,9.9\n")
+    assert stack.store.get(key) == BODY

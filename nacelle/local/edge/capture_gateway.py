@@ -7,7 +7,8 @@ service, the role alias's IAM role and S3): an HTTPS server on 127.0.0.1 with mu
 * What: a captured file's key (shared/capture.py) under the caller's own thing only, as the IAM policy
   `raw/capture/${credentials-iot:ThingName}/*` allows on AWS. Another turbine's prefix, any other key, a body
   over MAX_BYTES, a body shorter than its Content-Length or not matching its Content-MD5 are refused (403, 400,
-  413), logged, and never stored.
+  413), logged, and never stored. A stored file is never rewritten: the same bytes again is a retry (200), other
+  bytes are refused (409).
 * Then: the object is written through the stack's eventing store, so data_arrival validates it as any raw file.
 
 Under `<home>/capture-gateway/`: `port` (kept across restarts while free), read by each device's nucleus into the
@@ -123,8 +124,11 @@ class CaptureGateway:
             return HTTPStatus.FORBIDDEN, f"{thing} may write raw/capture/{thing}/ only, not {key!r}"
         if md5 is not None and md5 != base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode():
             return HTTPStatus.BAD_REQUEST, "the body does not match its Content-MD5"
-        try:
-            self.store.put(key, body, "text/csv")
+        try:  # raw data is never rewritten: other bytes under a stored key are refused
+            if not self.store.put_if_absent(key, body, "text/csv"):
+                if self.store.get(key) != body:
+                    return HTTPStatus.CONFLICT, f"{key} exists with other content; a captured file is never rewritten"
+                self.store.put(key, body, "text/csv")  # the same bytes: a retry, announced again like the first
         except NacelleError as exc:
             return HTTPStatus.INTERNAL_SERVER_ERROR, f"cannot store {key}: {exc}"
         return HTTPStatus.OK, key
