@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench venv clean mosquitto chromium wheelhouse wheelhouse-sensors components
+.PHONY: run demo-drift test lint typecheck unit bench venv clean mosquitto chromium wheelhouse wheelhouse-sensors components
 
 venv: $(STAMP)
 
@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP) wheelhouse mosquitto
 	$(BIN)/nacelle demo
 
-test: $(STAMP) wheelhouse mosquitto chromium lint typecheck
+# The field loop: drift on two turbines, drift alerts, captured data, retraining, canary-only approval, fleet.
+demo-drift: $(STAMP) wheelhouse mosquitto
+	$(BIN)/nacelle demo drift
+
+test: $(STAMP) wheelhouse wheelhouse-sensors mosquitto chromium lint typecheck
 	$(BIN)/python -m pytest -q -n 2
 
 # The local stack's broker (and its tests) need mosquitto: installed here as root, else a clear message.
@@ -70,7 +74,8 @@ $(WHEELHOUSE_STAMP): $(DETECTOR_REQS) | $(STAMP)
 	$(BIN)/pip download --quiet --only-binary=:all: -d build/wheelhouse -r $(DETECTOR_REQS)
 	@touch $(WHEELHOUSE_STAMP)
 
-# The sensors component's wheels (pymodbus, asyncua...), in a wheelhouse of their own: only `make components` needs them.
+# The sensors component's wheels (pymodbus, asyncua...), in a wheelhouse of their own: `make components`, `nacelle up
+# --source modbus|opcua` (its devices' nucleus installs the component from them) and its test need them.
 SENSORS_REQS := greengrass_components/nacelle.sensors/requirements.txt
 SENSORS_WHEELHOUSE_STAMP := build/wheelhouse-sensors/.downloaded
 

@@ -1,8 +1,10 @@
-"""The operator console under a fleet's worth of state: 100 devices, 50 model versions and 10,000 alerts in the local
-stores (benchmarks/console_seed.py), served by the local console server (the Chalice app behind the stdlib HTTP
+"""The operator console under a fleet's worth of state: 100 devices, 50 model versions, 10,000 alerts and each
+device's full history of detector periods (48) in the local stores, plus the first turbine's captured samples
+(benchmarks/console_seed.py), served by the local console server (the Chalice app behind the stdlib HTTP
 adapter, as `nacelle up` serves it).
 
-console_api_p95_ms: the 95th percentile over every read route of the API (each requested REPEAT times over
+console_api_p95_ms: the 95th percentile over every read route of the API (the signals route reading the two
+captured files, 3000 samples) (each requested REPEAT times over
 loopback HTTP with the access token; the first round is a warm-up). Goal <= 100 ms.
 console_page_render_ms: for each page (Models, Fleet, Alerts, Data, a turbine's timeline), from the navigation's
 first request to its data on screen in headless Chromium (/usr/bin/chromium), on the browser's clock, every page
@@ -22,8 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.console_seed import seed
+from benchmarks.console_seed import Seeded, seed
 from nacelle.local.runtime.console_server import ConsoleServer
+from shared.capture import CaptureName
+from shared.jsonview import iso
+from shared.usecases.turbine_periods import KEEP
 
 DEVICES, VERSIONS, ALERTS = 100, 50, 10_000
 REPEAT = 20
@@ -31,11 +36,18 @@ GOAL_API_P95_MS, GOAL_PAGE_MS = 100.0, 1000.0
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-def _routes(alert_id: str, turbine: str) -> list[str]:
+def _routes(alert_id: str, turbine: str, signals: str) -> list[str]:
     return ["/api/models", f"/api/models/{VERSIONS}", f"/api/models/1/compare/{VERSIONS}", "/api/fleet",
             "/api/fleet/deployments", "/api/alerts", f"/api/alerts?turbine={turbine}&severity=high",
             "/api/alerts?state=open", f"/api/alerts/{alert_id}", "/api/data", "/api/jobs",
-            f"/api/turbines/{turbine}/timeline"]
+            f"/api/turbines/{turbine}/timeline", f"/api/turbines/{turbine}/signals?{signals}"]
+
+
+def _captured(seeded: Seeded) -> str:
+    """The query of the range from the first captured file's start to the last one's end."""
+    names = [CaptureName.parse(key.rsplit("/", 1)[-1]) for key in seeded.captures]
+    start, end = min(n.start for n in names if n), max(n.end for n in names if n)
+    return f"start={iso(start, precise=True)}&end={iso(end + 0.001, precise=True)}"
 
 
 def api_latencies(server: ConsoleServer, routes: list[str]) -> dict[str, list[float]]:
@@ -101,12 +113,12 @@ def page_renders(server: ConsoleServer, turbine: str) -> dict[str, float]:
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        seeded = seed(Path(tmp) / "home", devices=DEVICES, versions=VERSIONS, alerts=ALERTS, stale=5)
+        seeded = seed(Path(tmp) / "home", devices=DEVICES, versions=VERSIONS, alerts=ALERTS, stale=5, periods=KEEP)
         print(f"# seeded {DEVICES} devices, {VERSIONS} versions, {ALERTS} alerts in "
               f"{time.perf_counter() - started:.1f} s", flush=True)
         server = ConsoleServer(seeded.stack.paths.home, seeded.stack.operator_deps(), "bench", 0).start()
         try:
-            latencies = api_latencies(server, _routes(seeded.alert_ids[0], seeded.things[0]))
+            latencies = api_latencies(server, _routes(seeded.alert_ids[0], seeded.things[0], _captured(seeded)))
             renders = page_renders(server, seeded.things[0]) if CHROMIUM.is_file() else {}
         finally:
             server.stop()

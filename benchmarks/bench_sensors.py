@@ -5,7 +5,8 @@ Two turbines run at once for `--minutes` (default 10): turbine-01 reads a Modbus
 server (polling), each controller a process of its own. Each produces one sample per sample interval, half an
 interval after the component's reading grid (a PLC scan and a poller on independent schedules meet on average half
 a period apart), holding the simulated turbine's signals plus `server_seq` (the sample's number) and `server_ts`
-(when it was produced). The component is the packaged archive run as its own process with the turbine's
+(when it was produced); `server_seq` is the component's `sampleCounter`, so a sample read twice (a poll delayed past
+the next sample) is published once. The component is the packaged archive run as its own process with the turbine's
 sensor-source certificate; the detector (DetectorApp with the small trained model) subscribes to the turbine's
 sensor topic. Halfway through, each server stops for RESTART_S seconds and starts again on its port (the turbine
 keeps producing meanwhile).
@@ -26,6 +27,9 @@ Figures (per protocol, `modbus_...` and `opcua_...`):
 * `sensor_to_score_p99_ms` (and p50): from a sample's production at the server (`server_ts`) to the moment the
   detector has scored the window ending with it, over both turbines; includes the half interval the sample waits
   for the next read. Goal <= 50 ms.
+* `<p>_component_samples_repeated`, `<p>_component_reconnects`: the component's own counts, from its last health
+  report as the detector forwards it in the device's health message (readings its `sampleCounter` showed to be a
+  repeat, published as missing; reconnections).
 * `sensors_cpu_percent`: CPU time of the component process over its wall time after a 10 s warm-up, percent of one
   core, the higher of the two (each is printed too). Goal <= 5.
 
@@ -46,7 +50,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -105,6 +109,10 @@ class TeeTransport(MqttTransport):
         self._tee = on_message
 
     def subscribe(self, topic: str, callback: Callable[[bytes], None]) -> None:
+        if not topic.endswith("/sensors"):  # the source's health reports
+            super().subscribe(topic, callback)
+            return
+
         def both(payload: bytes) -> None:
             self._tee(payload)
             callback(payload)
@@ -183,9 +191,9 @@ def _config(protocol: str, port: int) -> dict[str, Any]:
         registers["server_seq"]["dataType"] = "uint64"
         registers["server_ts"] = {"address": registers["server_seq"]["address"] + 4, "registerType": "input",
                                   "dataType": "float64"}
-        return {"source": "modbus", "healthIntervalSeconds": 10,
+        return {"source": "modbus", "healthIntervalSeconds": 10, "sampleCounter": "server_seq",
                 "modbus": {"host": "127.0.0.1", "port": port, "timeoutSeconds": 0.5, "registers": registers}}
-    return {"source": "opcua", "healthIntervalSeconds": 10,
+    return {"source": "opcua", "healthIntervalSeconds": 10, "sampleCounter": "server_seq",
             "opcua": {"endpoint": f"opc.tcp://127.0.0.1:{port}/nacelle", "mode": "polling", "timeoutSeconds": 0.5,
                       "nodes": default_node_ids(signals)}}
 
@@ -268,7 +276,8 @@ def run_bench(home: Path, models_root: Path, minutes: float, echo: Callable[[str
         time.sleep(STOP_MARGIN_S)  # what was produced last reaches the detector
         for t in turbines:
             if t.app is not None:
-                t.detector_stats = t.app.stats()
+                report = t.app.source_health.summary()  # the component's last report, as the device sends it
+                t.detector_stats = {**t.app.stats(), "source": None if report is None else asdict(report)}
         return turbines
     finally:
         for t in turbines:
@@ -316,6 +325,10 @@ def report(turbines: list[Turbine], rate: float) -> dict[str, float]:
             figures[f"sensors_cpu_percent_{p}"] = round(100 * t.cpu[0] / t.cpu[1], 2)
         if t.detector_stats:
             figures[f"{p}_detector_bad_messages"] = t.detector_stats["bad_messages"] + t.detector_stats["overflow"]
+            source = t.detector_stats.get("source") or {}
+            for key in ("samples_repeated", "reconnects"):  # as the device's health message reports them
+                if key in source:
+                    figures[f"{p}_component_{key}"] = source[key]
     if latencies:
         figures["sensor_to_score_p50_ms"] = round(float(np.percentile(latencies, 50)), 1)
         figures["sensor_to_score_p99_ms"] = round(float(np.percentile(latencies, 99)), 1)

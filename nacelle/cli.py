@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -90,9 +92,13 @@ def cmd_spec_check(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")  # the demo prints its own progress
+    if args.which == "drift":
+        from nacelle.demo_drift import run_drift_demo
+
+        return run_drift_demo(Path(args.workdir or ".nacelle/demo-drift").resolve())
     from nacelle.demo import run_demo
 
-    return run_demo(Path(args.workdir).resolve())
+    return run_demo(Path(args.workdir or ".nacelle/demo").resolve())
 
 
 def package_version() -> str:
@@ -180,9 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     sput.add_argument("--group", help="model package group (default: the stack's, normally nacelle-turbine)")
     sput.set_defaults(func=cmd_spec_put)
 
-    demo = sub.add_parser("demo", help="the main job on the local stack (what `make run` runs)")
-    demo.add_argument("--workdir", default=".nacelle/demo",
-                      help="the demo's own data directory, wiped at the start (default .nacelle/demo)")
+    demo = sub.add_parser("demo", help="the main job on the local stack (what `make run` runs); `demo drift`: the "
+                                       "field loop (drift, captured data, retraining, canary, fleet)")
+    demo.add_argument("which", nargs="?", choices=("mission", "drift"), default="mission",
+                      help="mission (default, `make run`) or drift (`make demo-drift`)")
+    demo.add_argument("--workdir", default=None,
+                      help="the demo's own data directory, wiped at the start (default .nacelle/demo, "
+                           ".nacelle/demo-drift)")
     demo.set_defaults(func=cmd_demo)
     add_stack_commands(sub, common)
     from nacelle.aws_tools import add_aws_commands
@@ -214,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _quiet_stdout()
         raise
     handler: Handler = args.func
+    previous = _terminate_as_interrupt()
     try:
         code = handler(args)
         sys.stdout.flush()  # a reader that left (`| head`) is noticed here, not at exit
@@ -226,6 +237,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_as_interrupt() -> Any:
+    """SIGTERM unwinds a command as Ctrl-C does, so that what it started (a stack, a demo's devices) is stopped
+    by the same cleanup; returns the handler it replaced (None off the main thread, where none can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def entry() -> Any:

@@ -49,7 +49,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     port = args.console_port if args.console_port is not None else free_console_port()
     return run_up(data_dir(args, create=True), devices=args.devices, canary_size=args.canary_size,
-                  console_port=port, source=args.source)
+                  console_port=port, source=args.source, full_devices=args.full_devices)
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -212,7 +212,9 @@ def _registry_view(stack: Any) -> tuple[int | None, dict[int, list[str]]]:
 
 
 def _status_text(doc: Mapping[str, Any]) -> str:
-    extra = [word for word, on in (("champion", doc["champion"]), ("failed", doc["failed"])) if on]
+    canary_only = doc["status"] == "Approved" and doc["metadata"].get("nacelle:approval_scope") == "canary"
+    extra = [word for word, on in (("champion", doc["champion"]), ("failed", doc["failed"]),
+                                   ("canary only", canary_only)) if on]
     return doc["status"] + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -229,7 +231,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     print(table(["version", "status", "deployed", "event F1", "FA/day", "created"],
                 [[f"v{d['version']}", _status_text(d), "+".join(d["deployed"]) or "-", d["metrics"].get("event_f1"),
                   d["metrics"].get("false_alarms_per_turbine_day"), iso(d["created_at"])] for d in docs]))
-    print(f"champion: {f'v{champion}' if champion else 'none'} (the newest approved version not marked failed)")
+    print(f"champion: {f'v{champion}' if champion else 'none'} (the newest approved version not marked failed nor "
+          "approved for the canary only)")
     return 0
 
 
@@ -267,12 +270,16 @@ def cmd_models_approve(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from shared.usecases.approval import approve
+    from shared.usecases.approval_scope import canary_only
 
     stack = _stack(args)
+    widened = canary_only(stack.registry.get(stack.settings.group, args.version))
     v = approve(stack.registry, stack.settings.group, args.version, args.by or getpass.getuser(),
                 args.reason or "", datetime.now(UTC), override_gate=args.override_gate)
     override = " (quality gate overridden)" if args.override_gate and v.metadata.get("nacelle:gate_override") else ""
-    print(f"{v.group} v{v.version} is now {v.status}{override}")
+    fleet = " for the fleet (it was approved for the canary only; the rollout promotes it after the soak)" \
+        if widened else ""
+    print(f"{v.group} v{v.version} is now {v.status}{override}{fleet}")
     return 0
 
 
@@ -553,7 +560,30 @@ def device_state(row: Mapping[str, Any], offline_after_s: float, now: float) -> 
 
     last = as_datetime(row.get("last_health_at"))
     return state(last.timestamp() if last is not None else None, offline_after_s, now,
-                 running=str(row["processes"]["nucleus"]).startswith("running"))
+                 running=str(row["processes"].get("nucleus") or row["processes"].get("light")).startswith("running"))
+
+
+def source_cell(source: Mapping[str, Any] | None, now: float) -> str:
+    """ok | down <age> | stale <age> | finished | - (no sensors block: shared.source_status)."""
+    from nacelle.console import age
+
+    if not source:
+        return "-"
+    if source["status"] in ("down", "stale"):
+        return f"{source['status']} {age(source['since'], now)}" if source.get("since") else source["status"]
+    return str(source["status"])
+
+
+def source_note(source: Mapping[str, Any] | None) -> str:
+    """The note under the table for a source that is not ok: since when, and why."""
+    from nacelle.console import iso
+
+    if not source or source["status"] in ("ok", "finished"):
+        return ""
+    since = f" since {iso(source['since'])}" if source.get("since") else " (no value read yet)"
+    what = "stopped reporting" if source["status"] == "stale" else f"down ({source['state']})"
+    error = f": {source['last_error']}" if source.get("last_error") else ""
+    return f"{source['source']} source {what}{since}{error}"
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
@@ -571,13 +601,14 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
         print("no devices yet: `nacelle up --devices N` provisions and starts them")
         return 0
     roles = _roles(stack)
-    print(table(["device", "group", "model", "rate Hz", "last health", "state", "episodes", "deployment"],
+    print(table(["device", "group", "model", "rate Hz", "last health", "state", "source", "episodes", "deployment"],
                 [[r["thing"], ",".join(roles.get(g, g.removeprefix("nacelle-")) for g in r["groups"]) or "-",
                   "-" if r["model_version"] is None else f"v{r['model_version']}",
                   r["inference_rate_hz"] if r["state"] == ONLINE else None, age(r["last_health_at"], now),
-                  r["state"], f"{r['episodes']['total']} ({r['episodes']['open']} open)",
+                  r["state"], source_cell(r.get("source"), now),
+                  f"{r['episodes']['total']} ({r['episodes']['open']} open)",
                   r["deployment"]["status"] if r["deployment"] else "-"] for r in rows]))
-    print(f"(OFFLINE: no health for over {limit:g} s; details: --json)")
+    print(f"(OFFLINE: no health for over {limit:g} s; source: the sensor source its health reports; details: --json)")
     running_anywhere = any(p.startswith("running") for r in rows for p in r["processes"].values())
     if not running_anywhere:
         print("no device process runs on this data directory (`nacelle up --devices N` starts them)")
@@ -588,6 +619,7 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
         if running_anywhere:
             notes += [f"{kind} {state}" for kind, state in r["processes"].items() if state != "running"]
         missing = {k: n for k, n in r["messages_missing"].items() if n}  # what the cloud noticed of its messages
+        notes.append(source_note(r.get("source")))
         notes += [r["unexpected_version"] or "",
                   ", ".join(f"{n} {stream} message(s) missing" for stream, n in sorted(missing.items())),
                   ", ".join(f"{n} refused ({reason})" for reason, n in sorted(r["messages_refused"].items()))]
@@ -611,6 +643,8 @@ def cmd_fleet_deployments(args: argparse.Namespace) -> int:
         owner = load(DeploymentRecord, stack.state.get(sk.group_pk(stack.settings.group), DEPLOYMENT + d.deployment_id))
         executions = stack.greengrass.executions(d.deployment_id)
         group = d.target_arn.rsplit("/", 1)[-1]
+        if ":thing/" in d.target_arn:  # a deployment to one device (its nacelle.sensors): "thing/<name>"
+            group = d.target_arn.rsplit(":", 1)[-1]
         docs.append({"deployment_id": d.deployment_id, "name": d.name, "model_version": model_version_of(d.components),
                      "stage": owner.stage if owner is not None else None, "target_group": group,
                      "role": roles.get(group),
@@ -740,6 +774,9 @@ def add_stack_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                                     "directory", cmd_up)
     up.add_argument("--devices", type=int, default=5, help="simulated core devices turbine-01… (default 5; 0: none)")
     up.add_argument("--canary-size", type=int, default=1, help="devices in nacelle-canary (default 1)")
+    up.add_argument("--full-devices", type=int, metavar="K",
+                    help="run only the first K devices in full (nucleus + simulator processes), the others as light "
+                         "devices, many per process (default: all up to 10 devices, else 3; README \"Light devices\")")
     up.add_argument("--source", choices=("sim", "modbus", "opcua"), default="sim",
                     help="each device's sensor stream: sim (the simulator publishes it), modbus or opcua (a simulated "
                          "controller serves it and the nacelle.sensors component reads it; docs/sensors.md)")

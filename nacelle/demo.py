@@ -16,6 +16,7 @@ import json
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -73,14 +74,18 @@ class Step:
 
 def run_demo(home: Path, step: Step | None = None) -> int:
     """The mission; `step` (optional) collects each step's duration for the caller (benchmarks)."""
-    step = step or Step()
+    return run_steps(_run, home, step or Step(), "make_run_seconds")
+
+
+def run_steps(body: Callable[[Path, Step], int], home: Path, step: Step, figure: str) -> int:
+    """A demo's steps: a failure named by its step, the whole run's seconds printed as `figure`."""
     started = time.perf_counter()
     try:
-        code = _run(home, step)
+        code = body(home, step)
     except (NacelleError, OSError) as exc:
         print(f"\nFAILED at step '{step.name}': {exc}", flush=True)
         return 1
-    print(f"\nmake_run_seconds={time.perf_counter() - started:.1f}")
+    print(f"\n{figure}={time.perf_counter() - started:.1f}")
     return code
 
 
@@ -91,9 +96,10 @@ def _run(home: Path, step: Step) -> int:
         shutil.rmtree(home)
     home.mkdir(parents=True)
     # one torch thread for training (the fleet shares the two cores), a short quiet period before retraining,
-    # and simulators that keep their samples for the timelines
+    # simulators that keep their samples for the timelines, and one-minute detector statistics (the console's
+    # turbine timeline shows them; too few windows for drift judging, so no drift alert)
     (home / "config.yaml").write_text(yaml.safe_dump(
-        {"hyperparameters": {"threads": "1"}, "record_samples": True, "quiet_period_s": 5.0}))
+        {"hyperparameters": {"threads": "1"}, "record_samples": True, "quiet_period_s": 5.0, "stats_period_s": 60}))
     generated = home / "generated"
     swaps: dict[str, list[ModelSwap]] = {}  # per turbine, when it began scoring with each version
     step(f"1. start the local stack with {DEVICES} simulated turbines (equivalent: nacelle up --devices {DEVICES})")
@@ -102,13 +108,13 @@ def _run(home: Path, step: Step) -> int:
         print(f"   operator console while the demo runs: the URL printed above (again: nacelle --data-dir {home} "
               "console)", flush=True)
         with AlertPrinter(stack.paths.notifications):
-            v1 = _train_version(stack, step, generated / "batch-1", "2", seed=7, turbines=3, hours=1.5)
+            v1 = train_version(stack, step, generated / "batch-1", "2", seed=7, turbines=3, hours=1.5)
             _approve_and_roll_out(stack, step, v1, "3", "4", swaps)
             faults = _inject(stack, step, "5", FAULTS_V1)
             step("6. alerts as they arrive (detectors publish episodes over MQTT; anomaly_alert de-duplicates)")
             _wait_alerts(stack, faults)
             step.done()
-            v2 = _train_version(stack, step, generated / "batch-2", "7", seed=11, turbines=2, hours=1.0,
+            v2 = train_version(stack, step, generated / "batch-2", "7", seed=11, turbines=2, hours=1.0,
                                 start=DEFAULT_START + timedelta(days=1))  # the next day's data
             _approve_and_roll_out(stack, step, v2, "7b", "7c", swaps)
             faults += _inject(stack, step, "7d", FAULTS_V2)
@@ -123,7 +129,7 @@ def _run(home: Path, step: Step) -> int:
     return 0
 
 
-def _train_version(stack: Stack, step: Step, folder: Path, label: str, *, seed: int, turbines: int,
+def train_version(stack: Stack, step: Step, folder: Path, label: str, *, seed: int, turbines: int,
                    hours: float, start: datetime = DEFAULT_START) -> ModelVersion:
     step(f"{label}. generate {turbines} turbines x {hours:g} h of labelled data (seed {seed}) and drop it in the "
          f"raw area (equivalent: nacelle data put {folder}); validation, training, gate, registration follow")
@@ -131,7 +137,7 @@ def _train_version(stack: Stack, step: Step, folder: Path, label: str, *, seed: 
     known = {v.version for v in stack.registry.list(stack.settings.group)}
     for path, key in upload_keys([folder]).files:
         stack.store.put_if_absent(key, path.read_bytes())
-    version = _follow_training(stack, known)
+    version = follow_training(stack, known)
     step.done(f"v{version.version} is {version.status}: {_headline(version)}")
     if version.status != "PendingManualApproval":
         raise NacelleError(f"v{version.version} did not pass the quality gate: {version.description}")
@@ -162,7 +168,7 @@ class JobWatch:
                 self._done.add(job.name)
 
 
-def _follow_training(stack: Stack, known: set[int]) -> ModelVersion:
+def follow_training(stack: Stack, known: set[int]) -> ModelVersion:
     seen: set[str] = set()
     watch = JobWatch()
 
@@ -195,14 +201,14 @@ def _approve_and_roll_out(stack: Stack, step: Step, v: ModelVersion, label: str,
     step.done()
     step(f"{follow_label}. compile for the edge, deploy to the canary, soak, then the fleet (automatic; "
          "watch: nacelle fleet status)")
-    for thing, at in _follow_rollout(stack, v.version).items():
+    for thing, at in follow_rollout(stack, v.version).items():
         swaps.setdefault(thing, []).append(ModelSwap(at, v.version))
     step.done(f"all {DEVICES} turbines report v{v.version}")
 
 
-def _follow_rollout(stack: Stack, version: int) -> dict[str, float]:
-    """Follows the rollout until every turbine scores with `version`; returns when each began to (the
-    device's health report first naming it, as polled: at most a health interval late)."""
+def follow_rollout(stack: Stack, version: int, devices: int = DEVICES) -> dict[str, float]:
+    """Follows the rollout until every one of the `devices` turbines scores with `version`; returns when each
+    began to (the device's health report first naming it, as polled: at most a health interval late)."""
     seen: set[str] = set()
     group = stack.settings.group
     started: dict[str, float] = {}
@@ -230,7 +236,7 @@ def _follow_rollout(stack: Stack, version: int) -> dict[str, float]:
             if line not in seen:
                 seen.add(line)
                 print(f"   {line}", flush=True)
-        return len(running) == DEVICES
+        return len(running) == devices
 
     wait_for(progress, 180, f"every turbine to run v{version}", interval_s=0.5)
     return started

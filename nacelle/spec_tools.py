@@ -373,8 +373,9 @@ def _render_settings(s: dict[str, Any]) -> list[str]:
         f"{src('validation.max_gap_s', 'validation.max_nan_fraction', 'validation.min_windows')}",
     ]
     if s["operating"]:
+        top = s["operating"].get("max")
         lines.append(f"  operating        windows scored while median {s['operating']['feature']} >= "
-                     f"{_num(s['operating']['min'])}")
+                     f"{_num(s['operating']['min'])}" + ("" if top is None else f" and < {_num(top)}"))
     return lines
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 TIME_KEYS = frozenset({"at", "since", "time", "last_seen", "window_start"})  # besides every key ending in _at
+_PLAIN = frozenset({int, float, str, bool, type(None)})  # values JSON takes as they are (outside time keys)
 _MS_EPOCH = 1e11  # a larger epoch number is in milliseconds (the IoT rule's received_at)
 
 
@@ -47,6 +48,8 @@ def json_ready(value: Any, key: str = "") -> Any:
     if isinstance(value, Mapping):
         return {str(k): json_ready(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
+        if not is_time_key(key) and all(type(v) in _PLAIN for v in value):  # e.g. a series: nothing to convert
+            return list(value)
         return [json_ready(v, key) for v in value]
     if isinstance(value, datetime) or (key and is_time_key(key) and as_datetime(value) is not None):
         return iso(value, precise=True)

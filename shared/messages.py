@@ -22,7 +22,7 @@ import math
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from itertools import pairwise
 from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
@@ -107,12 +107,55 @@ class EpisodeMessage(Message):
                 "contributions": {k: float(r) / total for k, r in ratios.items()} if total > 0 else {}}
 
 
+SourceKind = Literal["modbus", "opcua", "replay", "simulator"]
+SourceState = Literal["connecting", "connected", "disconnected", "finished"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SensorsSummary:
+    """The `sensors` block of a health message: the turbine's signal source as its nacelle.sensors component last
+    reported it to the detector (SensorHealthMessage on the device), ages taken when the detector sent its health.
+    `report_age_s`: how old that report was; `report_interval_s`: how often the component reports (a report much
+    older than that means the component stopped reporting)."""
+
+    source: SourceKind
+    state: SourceState
+    rate_hz: float = field(metadata=_min(0))
+    last_sample_age_s: float | None = field(default=None, metadata=_min(0))
+    report_age_s: float = field(metadata=_min(0))
+    report_interval_s: float | None = field(default=None, metadata=_min(0))
+    samples: int = field(default=0, metadata=_min(0))
+    samples_missing: int = field(default=0, metadata=_min(0))
+    values_missing: int = field(default=0, metadata=_min(0))
+    samples_repeated: int = field(default=0, metadata=_min(0))
+    reconnects: int = field(default=0, metadata=_min(0))
+    last_error: str | None = field(default=None, metadata={"max_len": MAX_TEXT})
+    component_version: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptureSummary:
+    """The `capture` block of a health message: the detector's data capture buffer (docs/fleet.md "Data capture"),
+    counted since the buffer was created on the device. `pending_files`/`pending_bytes`: written, not yet uploaded;
+    `dropped_*`: files the bounded buffer gave up (normal ones first); `failures`: upload attempts that failed."""
+
+    pending_files: int = field(default=0, metadata=_min(0))
+    pending_bytes: int = field(default=0, metadata=_min(0))
+    written: int = field(default=0, metadata=_min(0))
+    uploaded: int = field(default=0, metadata=_min(0))
+    dropped_normal: int = field(default=0, metadata=_min(0))
+    dropped_episode: int = field(default=0, metadata=_min(0))
+    failures: int = field(default=0, metadata=_min(0))
+
+
 @dataclass(frozen=True, kw_only=True)
 class HealthMessage(Message):
-    """turbines/<thing>/health, v1: what the detector serves and how it is doing."""
+    """turbines/<thing>/health, v2: what the detector serves and how it is doing; new in v2, both optional: `sensors`,
+    its signal source's health (SensorsSummary), and `capture`, its data capture buffer (CaptureSummary). A v1
+    message is read as v2 without them."""
 
     STREAM: ClassVar[str] = "health"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
     model_version: int | None = None
     detector_version: str | None = None
     inference_rate_hz: float = field(default=0.0, metadata=_min(0))
@@ -124,6 +167,18 @@ class HealthMessage(Message):
     uptime_s: float = field(default=0.0, metadata=_min(0))
     windows_scored: int = field(default=0, metadata=_min(0))
     model_error: str | None = field(default=None, metadata={"max_len": MAX_ERROR_TEXT})
+    sensors: SensorsSummary | None = None
+    capture: CaptureSummary | None = None
+
+    @classmethod
+    def upgrade(cls, doc: dict[str, Any]) -> dict[str, Any]:
+        """v1 (a detector not yet updated) has the same fields but `sensors` and `capture`."""
+        if doc.get("v") != 1:
+            return doc
+        for name in ("sensors", "capture"):
+            if doc.get(name) is not None:
+                raise BadMessage(f"field '{name}' needs schema version v=2")
+        return {**doc, "v": cls.VERSION}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,15 +264,17 @@ class SensorMessage(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class SensorHealthMessage(Message):
-    """turbines/<thing>/sensors/health, v1 (the nacelle.sensors component, docs/sensors.md): how the turbine's signal
-    source is doing. `samples_missing` counts samples published with no value at all (a failed or timed-out read, no
-    connection, a tick the component could not serve), `values_missing` single signals without a reading."""
+    """turbines/<thing>/sensors/health, v2 (the nacelle.sensors component, docs/sensors.md): how the turbine's signal
+    source is doing, on the device's local pub/sub for its detector. `samples_missing` counts samples published with no
+    value at all (a failed or timed-out read, no connection, a tick the component could not serve, a reading the
+    controller's sample counter showed to be a repeat), `values_missing` single signals without a reading,
+    `samples_repeated` those repeats. v2 added `health_interval_s` and `samples_repeated` (v1 reads as v2 without)."""
 
     STREAM: ClassVar[str] = "sensors/health"
-    VERSION: ClassVar[int] = 1
-    source: Literal["modbus", "opcua", "replay", "simulator"]
+    VERSION: ClassVar[int] = 2
+    source: SourceKind
     endpoint: str = ""
-    state: Literal["connecting", "connected", "disconnected", "finished"]
+    state: SourceState
     rate_hz: float = field(metadata=_min(0))
     last_sample_age_s: float | None = field(default=None, metadata=_min(0))
     samples: int = field(default=0, metadata=_min(0))
@@ -229,6 +286,17 @@ class SensorHealthMessage(Message):
     last_error: str | None = field(default=None, metadata={"max_len": MAX_ERROR_TEXT})
     uptime_s: float = field(default=0.0, metadata=_min(0))
     component_version: str | None = None
+    health_interval_s: float | None = field(default=None, metadata=_min(0))
+    samples_repeated: int = field(default=0, metadata=_min(0))
+
+    @classmethod
+    def upgrade(cls, doc: dict[str, Any]) -> dict[str, Any]:
+        if doc.get("v") != 1:
+            return doc
+        for name in ("health_interval_s", "samples_repeated"):
+            if doc.get(name) is not None:
+                raise BadMessage(f"field '{name}' needs schema version v=2")
+        return {**doc, "v": cls.VERSION}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -279,29 +347,34 @@ def validate(cls: type[M], doc: Any) -> M:
     if doc.get("v") != cls.VERSION:
         raise BadMessage(f"unsupported schema version v={doc.get('v')!r} on {cls.STREAM}; this reads "
                          f"v={cls.VERSION}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(doc) - set(known))
-    if unknown:
-        raise BadMessage(f"unknown field(s) {unknown[:5]}")
-    hints = _hints(cls)
-    values = {}
-    for name, f in known.items():
-        if name not in doc:
-            if f.default is MISSING and f.default_factory is MISSING:
-                raise BadMessage(f"field '{name}' is missing")
-            continue
-        values[name] = _check(name, doc[name], hints[name], f.metadata)
-    message = cls(**values)
+    message = _fields(cls, doc, "")
     thing = getattr(message, "thing_name", None)
     if thing is not None and message.turbine_id != thing:
         raise BadMessage(f"turbine_id {message.turbine_id!r} is not the sending thing {thing!r}")
     return message
 
 
+def _fields(cls: type[Any], doc: Mapping[str, Any], prefix: str) -> Any:
+    """A dataclass from a document whose keys are its fields (`prefix`: where it sits, for the errors)."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(doc) - set(known))
+    if unknown:
+        raise BadMessage(f"unknown field(s) {[prefix + str(u) for u in unknown[:5]]}")
+    hints = _hints(cls)
+    values = {}
+    for name, f in known.items():
+        if name not in doc:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise BadMessage(f"field '{prefix}{name}' is missing")
+            continue
+        values[name] = _check(prefix + name, doc[name], hints[name], f.metadata)
+    return cls(**values)
+
+
 _HINTS: dict[str, dict[str, Any]] = {}  # class name -> its resolved annotations (resolving is slow)
 
 
-def _hints(cls: type[Message]) -> dict[str, Any]:
+def _hints(cls: type[Any]) -> dict[str, Any]:
     hints = _HINTS.get(cls.__qualname__)
     if hints is None:
         hints = _HINTS[cls.__qualname__] = typing.get_type_hints(cls)
@@ -332,6 +405,10 @@ def _check(name: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
         if value not in args:
             raise BadMessage(f"field '{name}' must be one of {list(args)}, got {_show(value)}")
         return value
+    if isinstance(hint, type) and is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise BadMessage(f"field '{name}' must be an object, got {_show(value)}")
+        return _fields(hint, value, f"{name}.")
     limit = meta.get("max_items", MAX_ITEMS)
     inner_meta = {k: v for k, v in meta.items() if k != "max_items"}
     if origin is list:

@@ -413,6 +413,12 @@ class DeviceRecord(Record):
     health: Mapping[str, Any] = field(default_factory=dict)  # the row itself
     unexpected_version: str | None = None  # why the model version it serves was never deployed to it
 
+    @property
+    def sensors(self) -> Mapping[str, Any] | None:
+        """Its signal source as the row reported it (shared.messages.SensorsSummary; None: not reported)."""
+        block = self.health.get("sensors")
+        return block if isinstance(block, Mapping) else None
+
     def to_item(self) -> dict[str, Any]:
         return {"thing_name": self.thing_name, "last_health_at": self.last_health_at,
                 "received_at_ms": self.received_at_ms, "model_version": self.model_version,
@@ -530,6 +536,8 @@ class RolloutRecord(Record):
     failed_at: float | None = None
     canceled_at: float | None = None
     superseded_by: int | str | None = None  # the newer version, or "rollback to v<n>"
+    canary_only: bool | None = None  # approved for the canary only: the promotion waits for a person's approval
+    canary_passed_at: float | None = None  # a canary-only rollout's canary soaked (it holds there)
 
     def deployment_id(self, stage: str) -> str:
         """The deployment of stage canary or fleet ("" when it has none, or for another stage)."""
@@ -550,7 +558,8 @@ class RolloutRecord(Record):
                 "fleet_things": list(self.fleet_things), "readiness": dict(self.readiness),
                 "stuck_reported_canary": self.stuck_reported_canary, "stuck_reported_fleet": self.stuck_reported_fleet,
                 "done_at": self.done_at, "failed_stage": self.failed_stage, "failure_reason": self.failure_reason,
-                "failed_at": self.failed_at, "canceled_at": self.canceled_at, "superseded_by": self.superseded_by}
+                "failed_at": self.failed_at, "canceled_at": self.canceled_at, "superseded_by": self.superseded_by,
+                "canary_only": self.canary_only, "canary_passed_at": self.canary_passed_at}
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> RolloutRecord:
@@ -569,7 +578,9 @@ class RolloutRecord(Record):
                    done_at=_opt_float(item.get("done_at")), failed_stage=_opt_str(item.get("failed_stage")),
                    failure_reason=_opt_str(item.get("failure_reason")), failed_at=_opt_float(item.get("failed_at")),
                    canceled_at=_opt_float(item.get("canceled_at")),
-                   superseded_by=superseded if isinstance(superseded, int | str) else None)
+                   superseded_by=superseded if isinstance(superseded, int | str) else None,
+                   canary_only=_opt_bool(item.get("canary_only")),
+                   canary_passed_at=_opt_float(item.get("canary_passed_at")))
 
 
 def _opt_bool(value: Any) -> bool | None:
@@ -683,6 +694,56 @@ class DriftState(Record):
                    alert_id=_opt_str(item.get("alert_id")), rev=_int(item.get("rev")))
 
 
+
+@dataclass(frozen=True)
+class PeriodSummary(Record):
+    """One detector period as the console's timeline draws it (shared/usecases/turbine_periods.py): the anomaly
+    score's quantiles at SCORE_LEVELS divided by the model version's threshold (1.0 is the threshold; () when the
+    threshold is unknown), and per feature its p05, p50, p95 and mean."""
+
+    start: float
+    period_s: float
+    model_version: int | None
+    seq: int = 0
+    windows: int = 0
+    operating_windows: int = 0
+    threshold: float | None = None  # the version's threshold on its raw score
+    score: tuple[float, ...] = ()
+    features: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def to_item(self) -> dict[str, Any]:
+        return {"start": self.start, "period_s": self.period_s, "model_version": self.model_version, "seq": self.seq,
+                "windows": self.windows, "operating_windows": self.operating_windows, "threshold": self.threshold,
+                "score": list(self.score), "features": {k: list(v) for k, v in sorted(self.features.items())}}
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> PeriodSummary:
+        return cls(start=_float(item.get("start")), period_s=_float(item.get("period_s")),
+                   model_version=_opt_int(item.get("model_version")), seq=_int(item.get("seq")),
+                   windows=_int(item.get("windows")), operating_windows=_int(item.get("operating_windows")),
+                   threshold=_opt_float(item.get("threshold")),
+                   score=tuple(map(float, item.get("score") or ())),
+                   features={str(k): tuple(map(float, v)) for k, v in (item.get("features") or {}).items()})
+
+
+@dataclass(frozen=True)
+class PeriodHistory(Record):
+    """pk "periods", sk <thing> in the state table: the turbine's latest period summaries, by period key (start, then
+    model version: a swap splits a period in two), newest last; `rev` for conditional writes."""
+
+    thing_name: str
+    periods: Mapping[str, PeriodSummary] = field(default_factory=dict)
+    rev: int = 0
+
+    def to_item(self) -> dict[str, Any]:
+        return {"thing_name": self.thing_name, "rev": self.rev,
+                "periods": {k: p.to_item() for k, p in sorted(self.periods.items())}}
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> PeriodHistory:
+        return cls(thing_name=_str(item.get("thing_name")) or _key(item), rev=_int(item.get("rev")),
+                   periods={str(k): PeriodSummary.from_item(v) for k, v in (item.get("periods") or {}).items()})
+
 def records(cls: type[R], items: Iterable[Mapping[str, Any]]) -> list[R]:
     return [cls.from_item(i) for i in items]
 
@@ -707,6 +768,8 @@ __all__ = [
     "FleetProgress",
     "HealthStreak",
     "OfflineAlert",
+    "PeriodHistory",
+    "PeriodSummary",
     "RateSlot",
     "Record",
     "RolloutRecord",

@@ -63,6 +63,9 @@ DRIFT_ALERT_PERIODS = 2  # consecutive drifting periods raise a drift alert; as 
 DRIFT_RETRAIN_TURBINES = 2  # retraining starts when at least this many turbines drift...
 DRIFT_RETRAIN_AFTER_S = 7200.0  # ...each for at least this long (sample time)...
 DRIFT_RETRAIN_MIN_CAPTURED_HOURS = 1.0  # ...with this much normal data captured on them since their drift began
+# a version trained for a drift retraining request that passes the gate is approved for the canary group only, by
+# training_completed (recorded as automatic); promotion to the fleet stays a person's approval. Off: a person approves.
+DRIFT_AUTO_APPROVE_CANARY = False
 
 # rollout (RolloutSettings, compilation_completed and deployment_status)
 CANARY_GROUP = "nacelle-canary"

@@ -10,7 +10,9 @@ nodes hold, like a PLC's process image. Faults requested with `nacelle fleet inj
 inbox as the MQTT simulator (nacelle/simulator/device.py) and are labelled the same way.
 
 The register map and node ids are those of shared/sensor_map.py (the defaults: float32 input registers from 0, in
-the spec's input column order; nodes `ns=2;s=Turbine.<signal>`), so the component decodes what this encodes.
+the spec's input column order; nodes `ns=2;s=Turbine.<signal>`), so the component decodes what this encodes. The
+process also serves `scan`, its sample counter (uint32 after the spec's signals; `turbine_signals`,
+`turbine_register_map`), which the local stack maps as the component's `sampleCounter`.
 `Controller` runs either server in a thread of its own for tests and benchmarks: set values, restart the server on
 its port, stall it (its event loop stops answering, connections stay open).
 """
@@ -228,11 +230,27 @@ async def _cancel_tasks() -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+SCAN = "scan"  # the simulated controller's sample counter: one more for every sample it produces (mod 2**32)
+
+
+def turbine_signals(columns: Sequence[str]) -> tuple[str, ...]:
+    """What a simulated turbine controller serves: the spec's input columns, then its sample counter."""
+    return (*columns, SCAN)
+
+
+def turbine_register_map(signals: Sequence[str]) -> dict[str, Any]:
+    """shared.sensor_map's default register map, the sample counter as a uint32 (a float32 is exact to 2**24 only)."""
+    registers = default_register_map(signals)
+    if SCAN in registers:
+        registers[SCAN] = {**registers[SCAN], "dataType": "uint32"}
+    return registers
+
+
 def endpoint_for(protocol: str, signals: Sequence[str], *, certificate: Path | None = None,
                  private_key: Path | None = None) -> ModbusEndpoint | OpcUaEndpoint:
     """The default endpoint of `signals` (shared.sensor_map's default register map or node ids)."""
     if protocol == "modbus":
-        return ModbusEndpoint(parse_register_map(default_register_map(signals), "controller registers"))
+        return ModbusEndpoint(parse_register_map(turbine_register_map(signals), "controller registers"))
     if protocol == "opcua":
         return OpcUaEndpoint(parse_node_ids(default_node_ids(signals), "controller nodes"), certificate, private_key)
     raise ConfigurationError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
@@ -274,8 +292,9 @@ def serve_turbine(controller: Controller, thing: str, home: Path, stop: threadin
         batch = sim.stream.next_batch(step)
         elapsed += step
         if batch:
-            controller.set({k: _number(v) for k, v in batch[-1].items() if k not in ("seq", "ts")})
             produced += len(batch)
+            controller.set({**{k: _number(v) for k, v in batch[-1].items() if k not in ("seq", "ts")},
+                            SCAN: float(produced % 2**32)})
         if elapsed - last_inbox >= 0.2:
             last_inbox = elapsed
             sim.poll_inbox()
@@ -306,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    controller = Controller(endpoint_for(args.protocol, spec.input_columns))
+    controller = Controller(endpoint_for(args.protocol, turbine_signals(spec.input_columns)))
     try:
         port = controller.start(args.port)
         log.info("serving %s on 127.0.0.1:%d (%s)", args.protocol, port, ", ".join(spec.input_columns))

@@ -17,7 +17,14 @@ from shared.errors import ConfigurationError
 from shared.observability import logger
 from shared.ports import TrainingJob, TrainingRequest
 from shared.rollout_wiring import RolloutSettings, rollout_deps
-from shared.usecases import operator_alerts, operator_data, operator_fleet, operator_models, operator_timeline
+from shared.usecases import (
+    operator_alerts,
+    operator_data,
+    operator_fleet,
+    operator_models,
+    operator_signals,
+    operator_timeline,
+)
 from shared.usecases.alerts import AlertDeps, AlertPolicy
 from shared.usecases.operator import (
     InvalidRequest,
@@ -189,6 +196,16 @@ def ack(alert_id: str) -> Any:
 @web.api
 def turbine_timeline(turbine: str) -> Any:
     return operator_timeline.timeline(deps(), _unquote(turbine))
+
+
+@app.route("/api/turbines/{turbine}/signals")
+@web.api
+def turbine_signals(turbine: str) -> Any:
+    d, name = deps(), _unquote(turbine)
+    start, end = operator_signals.time_range(web.query(app))
+    if not operator_timeline.known(d, name):
+        raise operator_timeline.unknown(name)
+    return operator_signals.signals(d, name, start, end)
 
 
 def _unquote(value: str) -> str:

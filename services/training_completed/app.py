@@ -30,6 +30,8 @@ class TrainingCompletedSettings(CommonSettings):
                                              alias="NACELLE_GATE_REGRESSION_TOLERANCE")
     gate_min_faults: int = Field(defaults.GATE_MIN_FAULTS, alias="NACELLE_GATE_MIN_FAULTS")
     event_bus_name: str = Field("default", alias="NACELLE_EVENT_BUS_NAME")
+    drift_auto_approve_canary: bool = Field(defaults.DRIFT_AUTO_APPROVE_CANARY,
+                                            alias="NACELLE_DRIFT_AUTO_APPROVE_CANARY")
 
     def gate(self) -> GatePolicy:
         return GatePolicy(self.gate_min_event_f1, self.gate_min_recall_medium_high,
@@ -68,6 +70,7 @@ def aws_deps() -> RegistrationDeps:
         gate=s.gate(),
         group=s.model_package_group,
         clock=lambda: datetime.now(UTC),
+        auto_approve_canary=s.drift_auto_approve_canary,
     )
 
 

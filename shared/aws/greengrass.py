@@ -100,6 +100,11 @@ def thing_group_arn(region: str, account: str, group: str) -> str:
     return f"arn:aws:iot:{region}:{account}:thinggroup/{group}"
 
 
+def thing_arn(region: str, account: str, thing: str) -> str:
+    """A thing as a deployment target (a deployment to the core device itself)."""
+    return f"arn:aws:iot:{region}:{account}:thing/{thing}"
+
+
 def core_device_arn(region: str, account: str, thing: str) -> str:
     return f"arn:aws:greengrass:{region}:{account}:coreDevices:{thing}"
 

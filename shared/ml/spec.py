@@ -132,14 +132,17 @@ class Geometry:
 
 @dataclass(frozen=True)
 class Operating:
-    """Score a window only while the turbine should be producing: median of `feature` >= `min`.
+    """Score a window only while the turbine should be producing: median of `feature` >= `min` and, when
+    `max` is set, < `max`.
 
     Like the status filters of SCADA normal-behaviour models: calm spells (rotor stopped for lack of
-    wind) are a normal regime, not an anomaly. A window whose feature is entirely missing is scored.
+    wind) and storm cut-outs (stopped above the cut-out wind speed) are normal regimes, not anomalies.
+    A window whose feature is entirely missing is scored.
     """
 
     feature: str
     min: float
+    max: float | None = None
 
 
 @dataclass(frozen=True)
@@ -250,7 +253,7 @@ class FeatureSpec:
         out["drift"] = {"features": AUTO if self.drift.features is None else list(self.drift.features),
                         "baseline_s": self.drift.baseline_s}
         out["derived"] = [asdict(d) for d in self.derived]
-        out["operating"] = asdict(self.operating) if self.operating else None
+        out["operating"] = _operating_dict(self.operating)
         return out
 
     @classmethod
@@ -449,9 +452,22 @@ def _derived(raw: Any, source: str) -> DerivedFeature:
 def _operating(raw: Any, source: str) -> Operating | None:
     if raw is None:
         return None
-    if not isinstance(raw, dict) or set(raw) != {"feature", "min"}:
-        raise SpecError(f"{source}: operating needs exactly feature and min")
-    return Operating(feature=str(raw["feature"]), min=float(raw["min"]))
+    if not isinstance(raw, dict) or not {"feature", "min"} <= set(raw) <= {"feature", "min", "max"}:
+        raise SpecError(f"{source}: operating needs feature and min, and optionally max")
+    top = None if raw.get("max") is None else float(raw["max"])
+    if top is not None and not top > float(raw["min"]):
+        raise SpecError(f"{source}: operating.max ({top:g}) must be greater than operating.min ({raw['min']})")
+    return Operating(feature=str(raw["feature"]), min=float(raw["min"]), max=top)
+
+
+def _operating_dict(operating: Operating | None) -> dict[str, Any] | None:
+    """The regime as written; `max` only when set (a spec without it keeps its digest)."""
+    if operating is None:
+        return None
+    out = asdict(operating)
+    if operating.max is None:
+        del out["max"]
+    return out
 
 
 def _opt_str(value: Any) -> str | None:

@@ -1,6 +1,12 @@
 """An operator's approval: a version the quality gate rejected is approved only with an explicit,
 recorded override; `compilation.on_model_package_change` refuses an approval made without one (e.g.
-in the SageMaker console). The states and moves are lifecycle.REGISTRY."""
+in the SageMaker console). The states and moves are lifecycle.REGISTRY.
+
+With `DriftAutoApproveCanary` on, training_completed approves a version trained for a drift retraining request that
+passed the gate for the canary group only (registration.approve_for_canary; shared.usecases.approval_scope). Its
+rollout holds after the canary soak; a person's `approve` of it widens the approval to the fleet (recorded) and the
+rollout watchdog promotes it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from datetime import datetime
 from shared.errors import Conflict
 from shared.ports import ModelRegistry, ModelVersion
 from shared.usecases import lifecycle
+from shared.usecases.approval_scope import APPROVAL_SCOPE, FLEET_APPROVAL, SCOPE_FLEET, canary_only
 from shared.usecases.lifecycle import APPROVE, OVERRIDE_GATE, REGISTRY, REGISTRY_STATUS
 from shared.usecases.registration import metadata_value
 
@@ -31,7 +38,12 @@ def approval_state(version: ModelVersion) -> str:
 
 def approve(registry: ModelRegistry, group: str, version: int, actor: str, reason: str, now: datetime,
             override_gate: bool = False) -> ModelVersion:
+    """A person's approval. Of a version approved for the canary only, it is the promotion to the fleet."""
     current = registry.get(group, version)
+    if canary_only(current):
+        registry.update_metadata(group, version, {APPROVAL_SCOPE: SCOPE_FLEET, FLEET_APPROVAL: metadata_value(
+            f"{actor} at {now.isoformat(timespec='seconds')}: {reason or 'approved for the fleet'}")})
+        return registry.set_status(group, version, "Approved", reason or "approved for the fleet", actor)
     state, override, retract = approval_state(current), gate_refused(current), False
     if override:
         if not override_gate:

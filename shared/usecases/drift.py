@@ -16,6 +16,8 @@ conditionally on its revision; a period it already holds (a redelivery) changes 
 the period order. The alert is an item of the alert table, created once and claimed before each notification is sent
 (the machinery of alerts.py). A version's baseline is read once (compiled/<group>/<version>/manifest.json) and kept;
 stats of a version without one (an older bundle, a version never compiled) are logged and left.
+Every period, judged or not, also goes to the turbine's recent periods (turbine_periods.py), which the operator
+console's timeline draws.
 
 Retraining: a drifting turbine has an entry in the small index pk "drift-open" (what is drifting now, never the
 history). When one of them has drifted for `retrain_after_s`, at most once per period and version, the policy
@@ -47,10 +49,11 @@ from shared.records import DriftAlert, DriftState, load
 from shared.usecases import state_keys as sk
 from shared.usecases.alerts import ALERTS, AlertDeps, _attributes, _claim, _iso, _send
 from shared.usecases.outcome import Outcome
+from shared.usecases.turbine_periods import manifest_threshold, remember_period
 
 DRIFT = "drift"  # pk of the turbines' drift states (state table)
 DRIFTING = "drift-open"  # pk of the index of drifting turbines, sk <thing>
-RETRAIN = "drift-retrain#v"  # sk (under the group's pk) of the retraining request of a model version
+RETRAIN = sk.DRIFT_RETRAIN  # sk (under the group's pk) of the retraining request of a model version
 HISTORY = 12  # judged periods kept per turbine
 SCORE = "anomaly score"  # how messages name the score
 NAMED = 3  # series a subject names at most
@@ -86,7 +89,13 @@ class BaselineCache:
         self.retry_s = retry_s
         self._found: dict[int, Baseline] = {}
         self._missing: dict[int, tuple[float, str]] = {}  # version -> (when, why)
+        self._thresholds: dict[int, float | None] = {}  # from the same manifest (the console's timeline)
         self.reads = 0
+
+    def threshold(self, version: int, store: ObjectStore, group: str, now: float) -> float | None:
+        """The version's threshold on its raw score, None when unknown (read with the baseline)."""
+        self.get(version, store, group, now)
+        return self._thresholds.get(version)
 
     def get(self, version: int, store: ObjectStore, group: str, now: float) -> Baseline | str:
         """The baseline, or why there is none."""
@@ -99,6 +108,7 @@ class BaselineCache:
         self.reads += 1
         try:
             manifest = json.loads(store.get(key))
+            self._thresholds[version] = manifest_threshold(manifest)
             if not isinstance(manifest, dict) or BASELINE_KEY not in manifest:
                 raise BundleError(f"{key} has no {BASELINE_KEY} (a bundle trained before drift monitoring)")
             baseline = Baseline.from_dict(manifest[BASELINE_KEY], f"{key}: {BASELINE_KEY}")
@@ -173,7 +183,9 @@ def on_stats(row: StatsRow, deps: DriftDeps) -> Outcome:
     correlate(turbine_id=thing, model_version=version)
     if version is None:
         return Outcome("ignored", f"{thing}: stats of a detector without a model")
-    baseline = deps.baselines.get(version, deps.store, deps.group, deps.clock().timestamp())
+    now = deps.clock().timestamp()
+    remember_period(deps.state, row, deps.baselines.threshold(version, deps.store, deps.group, now))  # the timeline
+    baseline = deps.baselines.get(version, deps.store, deps.group, now)
     if isinstance(baseline, str):
         logger.warning("stats of a model version without a drift baseline", thing_name=thing, reason=baseline)
         return Outcome("ignored", f"{thing}: no drift baseline for v{version}: {baseline}")
@@ -200,8 +212,11 @@ def _record(row: StatsRow, features: Mapping[str, Summary], score: Summary | Non
             newest = max(before.periods, default="")
             if before.model_version is not None and key < newest:
                 return Outcome("ignored", f"{thing}: stale stats of v{row.model_version} (now v{before.model_version})")
+            # a new version: the score is another model's, and a drift still on is timed from this version's first
+            # period (the retraining it may ask for is this version's, on data captured since)
+            since = row.period_start if before.status == "drifting" else before.since
             before = replace(before, model_version=row.model_version, periods={}, reference_starts=(), reference={},
-                             score_reference=())  # a new version: the score is another model's
+                             score_reference=(), since=since)
         if key in before.periods:  # a redelivery: finish what a crash may have left undone
             sent = _settle(before, Verdict({}, {}, {}, {}), row, deps)
             return Outcome("duplicate", f"{thing}: period {_iso(row.period_start)} already judged", sent=tuple(sent))

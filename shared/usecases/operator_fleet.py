@@ -1,6 +1,6 @@
-"""The fleet as operators read it: per device its component versions, health, inference rate, last report and
-state (OFFLINE when its health is stale); the rollout's deployments with their stage and failures; and the one
-fleet action, rollback (shared.usecases.rollout_ops.rollback_to)."""
+"""The fleet as operators read it: per device its component versions, health, inference rate, last report,
+state (OFFLINE when its health is stale) and signal source (shared.source_status); the rollout's deployments with
+their stage and failures; and the one fleet action, rollback (shared.usecases.rollout_ops.rollback_to)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from shared.components import MODEL_COMPONENT
 from shared.errors import NotFound
 from shared.records import DeviceRecord, ExecutionRecord, RolloutRecord, records
+from shared.source_status import source_status
 from shared.usecases.operator import DeviceInventory, OperatorDeps
 from shared.usecases.operator_alerts import alert_items
 from shared.usecases.operator_models import recent_deployments, roles
@@ -30,7 +31,7 @@ from shared.usecases.state_keys import group_pk
 ONLINE, STOPPED, OFFLINE = "ONLINE", "STOPPED", "OFFLINE"
 DETECTOR_COMPONENT = "nacelle.detector"
 HEALTH_FIGURES = ("latency_p50_ms", "latency_p99_ms", "spool_depth", "spool_dropped", "bad_messages", "uptime_s",
-                  "windows_scored", "model_error")
+                  "windows_scored", "model_error", "capture")
 
 
 def device_state(last_health_at: float | None, offline_after_s: float, now: float, running: bool = True) -> str:
@@ -106,6 +107,7 @@ def _devices(deps: OperatorDeps) -> list[dict[str, Any]]:
             "state": state,
             "health": {k: row_health.get(k) for k in HEALTH_FIGURES if k in row_health},
             "unexpected_version": record.unexpected_version if record is not None else None,
+            "source": source_status(record.sensors, last) if record is not None else None,
             "episodes": episodes.get(thing, {"total": 0, "open": 0}),
             "deployment": _latest_execution(deps, thing)})
     return rows

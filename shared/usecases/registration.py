@@ -3,6 +3,11 @@
 Failed or Stopped: notify with the reason. Completed: read evaluation.json from model.tar.gz, apply
 the quality gate, register the package (PendingManualApproval or Rejected with reasons), notify the
 approvers with the metrics and the exact command. Either way the retraining policy runs again.
+
+With `auto_approve_canary` (DriftAutoApproveCanary), a version that passed the gate and was trained for a drift
+retraining request (the job took it: retraining.drift_requests_of) is approved for the canary group only, recorded
+as automatic with the reason (approve_for_canary); a redelivery finishes an approval a crash interrupted and never
+approves twice or over a person's decision.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from shared.ml.bundle import EVALUATION_FILE, MANIFEST_FILE, input_shape, read_t
 from shared.observability import correlate, logger
 from shared.ports import EventPublisher, ModelRegistry, ModelVersion, Notifier, ObjectStore, StateStore
 from shared.usecases import state_keys as sk
-from shared.usecases.lifecycle import ABSENT, GATE_REJECT, REGISTER, REGISTRY, REGISTRY_STATUS
+from shared.usecases.approval_scope import APPROVAL_SCOPE, AUTO_APPROVED, AUTO_APPROVER, SCOPE_CANARY, canary_only
+from shared.usecases.lifecycle import ABSENT, APPROVE, GATE_REJECT, PENDING, REGISTER, REGISTRY, REGISTRY_STATUS
 from shared.usecases.outcome import Outcome
-from shared.usecases.retraining import release_active_job, request_check
+from shared.usecases.retraining import drift_requests_of, release_active_job, request_check
 
 TERMINAL = ("Completed", "Failed", "Stopped")
 METADATA_LIMIT = 256
@@ -37,6 +43,7 @@ class RegistrationDeps:
     gate: GatePolicy
     group: str
     clock: Callable[[], datetime]
+    auto_approve_canary: bool = False  # DriftAutoApproveCanary
 
 
 def on_training_finished(job_name: str, status: str, failure_reason: str | None, model_key: str | None,
@@ -49,6 +56,8 @@ def on_training_finished(job_name: str, status: str, failure_reason: str | None,
     if job is None:
         return Outcome("ignored", f"{job_name} was not started by group {deps.group}")
     if job.get("status") in TERMINAL and job.get("finished"):
+        if job.get("gate") == "passed" and job.get("model_version") is not None:
+            _auto_approve(int(job["model_version"]), job_name, job, deps, notify=True)  # a crash came before it?
         _after_job(job_name, job, deps)
         return Outcome("duplicate", f"{job_name} was already handled ({job['status']})")
     correlate(dataset_hash=job.get("dataset_hash"))
@@ -88,6 +97,8 @@ def _completed(job_name: str, job: dict[str, Any], model_key: str | None, deps: 
     version = deps.registry.register(deps.group, model_key, REGISTRY_STATUS[state], _description(decision),
                                      _metadata(job_name, manifest, decision), idempotency_token=job_name)
     correlate(model_version=version.version)
+    auto = _auto_approve(version.version, job_name, job, deps, notify=False) if decision.passed else None
+    version = auto or version
     first = deps.state.update_if(pk, sk.JOB + job_name, {"status": "Completed", "finished": True,
                                                          "model_version": version.version,
                                                          "gate": "passed" if decision.passed else "rejected",
@@ -100,11 +111,60 @@ def _completed(job_name: str, job: dict[str, Any], model_key: str | None, deps: 
     if trained_until > float(watermark.get("trained_until", 0.0)):
         deps.state.put(pk, sk.WATERMARK, {"trained_until": trained_until, "dataset_hash": job["dataset_hash"]})
     if first:
-        _notify(version, decision, job_name, deps)
+        _notify(version, decision, job_name, deps, automatic=canary_only(version))  # also after a crash
     logger.info("model registered", model_version=version.version, status=version.status,
                 reasons=decision.reasons)
     return Outcome("registered", f"version {version.version} {version.status}",
                    {"version": version.version, "status": version.status, "reasons": decision.reasons})
+
+
+def _auto_approve(version: int, job_name: str, job: dict[str, Any], deps: RegistrationDeps,
+                  notify: bool) -> ModelVersion | None:
+    """The canary-only approval of a drift retraining's version, when the setting is on; None when not made now.
+    `notify`: tell the approvers here (the first delivery's registration notice says it otherwise)."""
+    if not deps.auto_approve_canary:
+        return None
+    requests = drift_requests_of(deps.state, deps.group, job_name, job)
+    if not requests:
+        return None
+    details = [deps.state.get(sk.group_pk(deps.group), key) or {} for key in requests]
+    turbines = sorted({str(t) for d in details for t in d.get("turbines") or []})
+    reason = (f"trained by {job_name} for the drift retraining request of model "
+              f"{', '.join('v' + k.removeprefix(sk.DRIFT_RETRAIN) for k in requests)} (drift on "
+              f"{', '.join(turbines) or 'the fleet'}) and passed the quality gate")
+    approved = approve_for_canary(deps.registry, deps.group, version, reason, deps.clock())
+    if approved is not None:
+        logger.warning("approved automatically for the canary group only", model_version=version, requests=requests)
+        if notify:
+            deps.notifier.publish("approvals", f"Model {deps.group} v{version} {AUTO_SUBJECT}",
+                                  f"{_promotion_hint(approved)}",
+                                  {"model_version": str(version), "status": "Approved", "job_name": job_name,
+                                   "scope": SCOPE_CANARY})
+    return approved
+
+
+AUTO_SUBJECT = "approved automatically for the canary only"
+
+
+def _promotion_hint(version: ModelVersion) -> str:
+    return (f"{version.metadata.get(AUTO_APPROVED, '')}\n\nIt goes to the canary group and soaks there; promotion to "
+            f"the fleet stays yours: approve it again (nacelle models approve {version.version} --reason \"...\", or "
+            "Approve in the console) and the rollout promotes it once the canary has soaked.")
+
+
+def approve_for_canary(registry: ModelRegistry, group: str, version: int, reason: str,
+                       now: datetime) -> ModelVersion | None:
+    """The automatic approval of a version for the canary group only; None when the version is no longer pending (a
+    person decided, or an earlier delivery approved it). The scope is written before the status: the approval event
+    that follows (compile, then the canary) must find it."""
+    current = registry.get(group, version)
+    if current.status != REGISTRY_STATUS[PENDING]:
+        return None
+    status = REGISTRY_STATUS[REGISTRY.target(PENDING, APPROVE)]
+    registry.update_metadata(group, version, {APPROVAL_SCOPE: SCOPE_CANARY, AUTO_APPROVED: metadata_value(
+        f"{now.isoformat(timespec='seconds')}: {reason}")})
+    return registry.set_status(group, version, status, f"automatic approval for the canary group only: {reason}",
+                               AUTO_APPROVER)
 
 
 def _after_job(job_name: str, job: dict[str, Any], deps: RegistrationDeps) -> None:
@@ -158,9 +218,13 @@ def metadata_value(text: str) -> str:
     return cleaned[:METADATA_LIMIT].strip() or "-"
 
 
-def _notify(version: ModelVersion, decision: GateDecision, job_name: str, deps: RegistrationDeps) -> None:
+def _notify(version: ModelVersion, decision: GateDecision, job_name: str, deps: RegistrationDeps,
+            automatic: bool = False) -> None:
     lines = [f"{name:30s} {'-' if value is None else f'{value:.3f}'}" for name, value in decision.figures.items()]
-    if decision.passed:
+    if automatic:
+        subject = f"Model {deps.group} v{version.version} passed the gate: {AUTO_SUBJECT}"
+        action = _promotion_hint(version)
+    elif decision.passed:
         subject = f"Model {deps.group} v{version.version} passed the quality gate: approve to roll out"
         # the ARN when the registry gave it; else the CLI looks it up by the versioned package's name
         arn = version.arn or (f'"$(aws sagemaker describe-model-package --model-package-name '

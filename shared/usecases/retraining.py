@@ -35,6 +35,7 @@ from shared.ports import (
     TrainingService,
 )
 from shared.usecases import state_keys as sk
+from shared.usecases.approval_scope import canary_only
 from shared.usecases.capture_labels import capture_problem, link_captures
 from shared.usecases.outcome import Outcome
 
@@ -305,7 +306,7 @@ def _retrain_state(deps: ArrivalDeps) -> tuple[RetrainStatus, list[dict[str, Any
         blocker = "debounced: more data arrived; a later check will decide"
     elif active:
         blocker = f"job {active} is running; the policy runs again when it ends"
-    elif new_hours < policy.min_new_turbine_hours:
+    elif new_hours < policy.min_new_turbine_hours and not _drift_requested(state, policy.group):
         blocker = f"{new_hours:.2f} new turbine-hours < {policy.min_new_turbine_hours} needed"
     elif rows < policy.min_rows:
         blocker = f"{rows} accepted rows < {policy.min_rows} the training needs"
@@ -313,6 +314,13 @@ def _retrain_state(deps: ArrivalDeps) -> tuple[RetrainStatus, list[dict[str, Any
                            last_arrival or None, policy.quiet_period_s, quiet_left, active, watermark or None,
                            blocker)
     return status, files
+
+
+def _drift_requested(state: StateStore, group: str) -> bool:
+    """A drift retraining request no job has taken: reason enough to train without the minimum of new data
+    (drift_monitor asked only once the drifting turbines had captured enough normal data)."""
+    return any(r.get("status") == "requested" and not r.get("job_name")
+               for r in state.query(sk.group_pk(group), sk.DRIFT_RETRAIN))
 
 
 def on_retrain_check(deps: ArrivalDeps, requested_at: datetime, reason: str = "") -> Outcome:
@@ -408,11 +416,31 @@ def retry_training(deps: ArrivalDeps, job_name: str) -> Outcome:
                        f"(dataset status {dataset.get('status')}, latest job {dataset.get('last_job')})")
     return launch(deps, job["dataset_hash"], dataset["manifest_key"], attempt=int(dataset["attempts"]) + 1,
                   reason=f"retry of {job_name}", new_hours=float(job.get("new_turbine_hours", 0.0)),
-                  files=int(dataset.get("files", 0)), max_accepted_at=float(dataset.get("max_accepted_at", 0.0)))
+                  files=int(dataset.get("files", 0)), max_accepted_at=float(dataset.get("max_accepted_at", 0.0)),
+                  drift_requests=drift_requests_of(deps.state, deps.policy.group, job_name, job))
+
+
+def drift_requests_of(state: StateStore, group: str, job_name: str, job: Mapping[str, Any]) -> list[str]:
+    """The drift retraining requests (drift_monitor's, sk.DRIFT_RETRAIN keys) a job serves: those it took when it
+    started, those its job record lists (a retry carries its failed attempt's)."""
+    taken = {str(r["sk"]) for r in state.query(sk.group_pk(group), sk.DRIFT_RETRAIN) if r.get("job_name") == job_name}
+    return sorted(taken | {str(k) for k in job.get("drift_requests") or []})
+
+
+def _take_drift_requests(state: StateStore, group: str, job_name: str) -> list[str]:
+    """Claim the drift retraining requests no job has taken yet for this job (it trains on every accepted file,
+    the captured data the request counted included)."""
+    pk, taken = sk.group_pk(group), []
+    for request in state.query(pk, sk.DRIFT_RETRAIN):
+        key = str(request["sk"])
+        if request.get("status") == "requested" and not request.get("job_name") \
+                and state.update_if(pk, key, {"job_name": job_name}, {"status": "requested", "job_name": None}):
+            taken.append(key)
+    return taken
 
 
 def launch(deps: ArrivalDeps, digest: str, manifest_key: str, *, attempt: int, reason: str, new_hours: float,
-           files: int, max_accepted_at: float) -> Outcome:
+           files: int, max_accepted_at: float, drift_requests: list[str] | None = None) -> Outcome:
     policy, state = deps.policy, deps.state
     pk = sk.group_pk(policy.group)
     job_name = f"nacelle-{digest[:16]}-{attempt}"
@@ -420,12 +448,14 @@ def launch(deps: ArrivalDeps, digest: str, manifest_key: str, *, attempt: int, r
     now = deps.clock()
     if not claim_active_job(state, policy.group, job_name, now):
         return Outcome("skipped", "another job is running")
+    drift_requests = sorted({*(drift_requests or []), *_take_drift_requests(state, policy.group, job_name)})
     state.put(pk, sk.DATASET + digest, {"hash": digest, "manifest_key": manifest_key, "attempts": attempt,
                                         "status": "running", "last_job": job_name, "files": files,
                                         "max_accepted_at": max_accepted_at})
     state.put(pk, sk.JOB + job_name, {"job_name": job_name, "dataset_hash": digest, "attempt": attempt,
                                       "status": "InProgress", "started_at": now.isoformat(), "reason": reason,
-                                      "new_turbine_hours": round(new_hours, 3), "kind": "training"})
+                                      "new_turbine_hours": round(new_hours, 3), "kind": "training",
+                                      "drift_requests": drift_requests})
     spec_key = load_group_spec(deps.store, policy.group)[1]
     champion_key = champion_model_key(deps.registry, policy.group)
     request = TrainingRequest(job_name=job_name, dataset_manifest_key=manifest_key,
@@ -460,8 +490,8 @@ def release_active_job(state: StateStore, group: str, job_name: str) -> bool:
 
 
 def champion(registry: ModelRegistry, group: str) -> ModelVersion | None:
-    """The champion: the newest Approved version not marked failed, or None."""
-    approved = [v for v in registry.list(group, "Approved") if not v.failed]
+    """The champion: the newest Approved version not marked failed nor approved for the canary only, or None."""
+    approved = [v for v in registry.list(group, "Approved") if not v.failed and not canary_only(v)]
     return approved[-1] if approved else None
 
 

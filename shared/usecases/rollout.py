@@ -41,6 +41,7 @@ from shared.records import (
 )
 from shared.usecases import lifecycle
 from shared.usecases import state_keys as sk
+from shared.usecases.approval_scope import canary_only
 from shared.usecases.lifecycle import (
     ABSENT,
     DEPLOY,
@@ -57,11 +58,12 @@ from shared.usecases.outcome import Outcome
 from shared.usecases.registration import metadata_value
 from shared.usecases.rollout_components import (
     DEPLOYMENT_POLICIES,
-    IOT_JOB_CONFIGURATION,
+    ROLLOUT_MAX_PER_MINUTE,
     client_token,
     deployment_components,
     ensure_detector_component,
     ensure_model_component,
+    job_configuration,
     parse_manifest_key,
 )
 
@@ -98,6 +100,7 @@ class RolloutDeps:
     clock: Callable[[], datetime]
     poll_s: float = 60.0  # the watchdog's period (RolloutCheck events)
     detector_configuration: Mapping[str, Any] = field(default_factory=dict)  # merged into every deployment
+    max_per_minute: int = ROLLOUT_MAX_PER_MINUTE  # devices that may receive a deployment per minute (IoT Jobs rate)
 
 
 def device_pk(thing: str) -> str:
@@ -170,7 +173,8 @@ def _alert_conflict(version: int, exc: Conflict, deps: RolloutDeps) -> None:
 
 def _deploy(group_name: str, name: str, components: Mapping[str, Any], token: str, deps: RolloutDeps) -> str:
     return deps.greengrass.create_deployment(deps.greengrass.thing_group_arn(group_name), name, components,
-                                             DEPLOYMENT_POLICIES, IOT_JOB_CONFIGURATION, client_token(token))
+                                             DEPLOYMENT_POLICIES, job_configuration(deps.max_per_minute),
+                                             client_token(token))
 
 
 def _start_canary(version: int, deps: RolloutDeps) -> Outcome:
@@ -185,8 +189,9 @@ def _start_canary(version: int, deps: RolloutDeps) -> Outcome:
     deployment = _deploy(deps.canary_group, f"nacelle-{g}-v{version}-canary", components, f"{g}:{version}:canary",
                          deps)
     deps.state.put(pk, DEPLOYMENT + deployment, DeploymentRecord(deployment, version, CANARY).to_item())
+    scope = canary_only(deps.registry.get(g, version))  # the promotion then waits for a person's approval
     record = RolloutRecord.changes(version=version, components=components, canary_deployment_id=deployment,
-                                   canary_started_at=_now(deps), canary_things=things)
+                                   canary_started_at=_now(deps), canary_things=things, canary_only=scope or None)
     if not (advance_stage(version, ABSENT, DEPLOY, CANARY, record, deps)
             or advance_stage(version, WAITING, DEPLOY, CANARY, record, deps)):
         return Outcome("duplicate", f"v{version} was started concurrently")
@@ -417,6 +422,8 @@ def _try_promote(record: RolloutRecord, deps: RolloutDeps) -> Outcome | None:
     soaked = readiness(record, deps)
     if not soaked or min(soaked.values()) < deps.soak_s:
         return None
+    if record.canary_only:
+        return _hold(record, soaked, deps)
     version = record.version
     record = replace(record, stage=FLEET, fleet_deployment_id="", fleet_started_at=_now(deps), readiness=soaked)
     changes = RolloutRecord.changes(stage=record.stage, fleet_deployment_id=record.fleet_deployment_id,
@@ -433,6 +440,24 @@ def _try_promote(record: RolloutRecord, deps: RolloutDeps) -> Outcome | None:
     return _maybe_done(_rollout(version, deps) or record, deps) or Outcome(
         "promoted", f"v{version} to {deps.fleet_group} ({deployment})",
         {"version": version, "deployment_id": deployment, "stage": FLEET})
+
+
+def _hold(record: RolloutRecord, soaked: Mapping[str, float], deps: RolloutDeps) -> Outcome:
+    """A canary-only rollout whose canary soaked stays there: recorded and announced once; the watchdog promotes it
+    when a person has approved the version for the fleet (rollout_ops.on_rollout_check)."""
+    version = record.version
+    if record.canary_passed_at is None and deps.state.update_if(
+            _pk(deps), ROLLOUT + str(version), RolloutRecord.changes(canary_passed_at=_now(deps), readiness=soaked),
+            RolloutRecord.changes(stage=CANARY, canary_passed_at=None)):
+        logger.info("canary passed; held for a person's approval", model_version=version)
+        deps.notifier.publish(
+            "approvals", f"{deps.group} v{version} passed the canary: approve it to roll it out to the fleet",
+            f"Every canary device served v{version} for at least {deps.soak_s:.0f} s ({dict(soaked)}). v{version} was "
+            f"approved automatically for the canary group only, so it stays there: promote it to {deps.fleet_group} "
+            f"with nacelle models approve {version} --reason \"...\" (or Approve in the console); roll the canary "
+            f"back with nacelle fleet rollback.", {"model_version": str(version), "status": "held"})
+    return Outcome("held", f"v{version} passed the canary; the fleet waits for a person's approval",
+                   {"version": version, "stage": CANARY})
 
 
 def start_fleet(record: RolloutRecord, deps: RolloutDeps) -> str:

@@ -30,12 +30,20 @@ DEPLOYMENT_POLICIES: dict[str, Any] = {
     "componentUpdatePolicy": {"action": "NOTIFY_COMPONENTS", "timeoutInSeconds": 60},
     "configurationValidationPolicy": {"timeoutInSeconds": 30},
 }
+ROLLOUT_MAX_PER_MINUTE = 50
 IOT_JOB_CONFIGURATION: dict[str, Any] = {
-    "jobExecutionsRolloutConfig": {"maximumPerMinute": 50},
+    "jobExecutionsRolloutConfig": {"maximumPerMinute": ROLLOUT_MAX_PER_MINUTE},
     "abortConfig": {"criteriaList": [{"failureType": "FAILED", "action": "CANCEL", "thresholdPercentage": 10,
                                       "minNumberOfExecutedThings": 1}]},
     "timeoutConfig": {"inProgressTimeoutInMinutes": 10},
 }
+
+
+def job_configuration(max_per_minute: int = ROLLOUT_MAX_PER_MINUTE) -> dict[str, Any]:
+    """IOT_JOB_CONFIGURATION with another rollout rate (AWS IoT Jobs: 1 to 1000 devices per minute)."""
+    if isinstance(max_per_minute, bool) or not isinstance(max_per_minute, int) or not 1 <= max_per_minute <= 1000:
+        raise ConfigurationError(f"rollout rate maximumPerMinute: an integer in [1, 1000], got {max_per_minute!r}")
+    return {**IOT_JOB_CONFIGURATION, "jobExecutionsRolloutConfig": {"maximumPerMinute": max_per_minute}}
 
 
 def manifest_key(group: str, version: int) -> str:

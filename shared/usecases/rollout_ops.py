@@ -7,9 +7,12 @@ schedules itself again while the rollout is active.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from shared.errors import Conflict, ModelVersionNotFound, NotFound, ObjectNotFound
 from shared.observability import correlate, logger
 from shared.records import RolloutRecord, records
+from shared.usecases.approval_scope import fleet_approved
 from shared.usecases.lifecycle import CANCEL, CANCELED, NEWER_VERSION, ROLLBACK, SUPERSEDED
 from shared.usecases.outcome import Outcome
 from shared.usecases.rollout import (
@@ -79,10 +82,12 @@ def on_rollout_check(group: str, version: int, deps: RolloutDeps) -> Outcome:
                     return outcome
     record = _rollout(version, deps) or record
     if stage == CANARY:
+        record = _widened(record, deps)
         promoted = _try_promote(record, deps)
-        if promoted is not None:
+        if promoted is not None and promoted.action != "held":
             return promoted
-        if _now(deps) > record.started_at(CANARY) + deps.canary_timeout_s:
+        if promoted is None and record.canary_passed_at is None \
+                and _now(deps) > record.started_at(CANARY) + deps.canary_timeout_s:
             soaked = readiness(record, deps)
             return _fail(record, f"the canary showed no readiness within {deps.canary_timeout_s:.0f} s "
                                  f"(seconds soaked on v{version} per device: {soaked}; {deps.soak_s:.0f} s needed)",
@@ -92,6 +97,23 @@ def on_rollout_check(group: str, version: int, deps: RolloutDeps) -> Outcome:
     _report_stuck(record, stage, deployment, things, deps)
     schedule_check(version, deps)
     return Outcome("waiting", f"v{version} in the {stage}", {"version": version, "stage": stage})
+
+
+def _widened(record: RolloutRecord, deps: RolloutDeps) -> RolloutRecord:
+    """A canary-only rollout whose version a person has since approved for the fleet may be promoted (one registry
+    read per watchdog check while it is canary-only)."""
+    if not record.canary_only:
+        return record
+    try:
+        model = deps.registry.get(deps.group, record.version)
+    except ModelVersionNotFound:
+        return record
+    if not fleet_approved(model):
+        return record
+    deps.state.update_if(_pk(deps), ROLLOUT + str(record.version), RolloutRecord.changes(canary_only=False),
+                         RolloutRecord.changes(stage=CANARY, canary_only=True))
+    logger.info("canary-only approval widened to the fleet", model_version=record.version)
+    return replace(record, canary_only=False)
 
 
 def _report_stuck(record: RolloutRecord, stage: str, deployment: str, things: list[str],

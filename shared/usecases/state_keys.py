@@ -13,3 +13,4 @@ JOB = "job#"  # one per training job: dataset, attempt, status, model version
 ACTIVE_JOB = "active-job"  # the group's running job (a conditional write makes it exclusive)
 ARRIVALS = "arrivals"  # last_arrival_at, for debouncing
 WATERMARK = "watermark"  # accepted_at of the newest file that a completed job trained on
+DRIFT_RETRAIN = "drift-retrain#v"  # one per model version: drift_monitor's retraining request, the job that took it

@@ -80,9 +80,16 @@ def test_acknowledge_on_the_alerts_page_keeps_the_history(page: Any, server: Con
     assert page.locator("[data-testid=ack-history] tbody tr").count() == 2
 
 
-def test_the_timeline_zooms_and_explains_on_hover(page: Any, server: ConsoleServer) -> None:
+def test_the_timeline_zooms_and_explains_on_hover(page: Any, server: ConsoleServer, seeded: Seeded) -> None:
     page.goto(server.base_url + "turbines/turbine-01")
     dot = page.wait_for_selector("[data-testid=timeline-chart] circle[data-kind=episode]")
+    # the score band of every period, the captured files, and per feature its bands and the captured samples
+    assert page.locator("[data-testid=timeline-chart] rect[data-kind=period]").count() == 24
+    assert page.locator("[data-testid=timeline-chart] rect[data-kind=capture]").count() == len(seeded.captures)
+    page.wait_for_selector("[data-testid=signal-charts] svg[data-feature=rps] path[data-kind=raw]")
+    assert page.locator("[data-testid=signal-charts] svg[data-feature=rps] rect[data-kind=band]").count() == 24
+    assert "captured samples: 3000 from 2 file(s)" in page.inner_text("[data-testid=signals-note]")
+    screenshot(page, seeded.stack.paths.home, "turbine-signals")
     box = dot.bounding_box()
     assert box is not None
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
@@ -94,3 +101,8 @@ def test_the_timeline_zooms_and_explains_on_hover(page: Any, server: ConsoleServ
     assert page.locator("[data-testid=timeline-chart] text").all_text_contents() != before  # other ticks: zoomed
     page.dblclick("[data-testid=timeline-chart] svg")
     assert page.locator("[data-testid=timeline-chart] text").all_text_contents() == before
+    # zoomed far out of the captures: the samples go, the note says why
+    for _ in range(8):
+        page.click("[data-testid=timeline-chart] button:has-text('−')")
+    page.wait_for_selector("[data-testid=signals-note] >> text=zoom in to at most 6 h")
+    assert page.locator("[data-testid=signal-charts] path[data-kind=raw]").count() == 0

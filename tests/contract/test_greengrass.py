@@ -283,6 +283,32 @@ def test_effective_deployments_newest_first(h: Harness) -> None:
     assert got[1].modified_at == T0
 
 
+def test_a_thing_deployment_lives_beside_its_groups(h: Harness) -> None:
+    """A deployment to the core device itself (its sensors) is superseded by the next one to the thing only: the
+    group's rollouts leave it in force, and the device's effective deployments list both targets."""
+    group = _ready(h)
+    thing = f"arn:aws:iot:{h.region}:{h.account}:thing/turbine-01"
+    sensors = _deploy(h, thing, "3" * 64, "7b0e7a52-3c0e-4c8e-9d55-0f6c2b7a1d10", name="turbine-01-sensors")
+    h.device_reports("turbine-01", sensors, "SUCCEEDED")
+    first = _deploy(h, group, "4" * 64, "8b0e7a52-3c0e-4c8e-9d55-0f6c2b7a1d10")
+    second = _deploy(h, group, "5" * 64, "9c0e7a52-3c0e-4c8e-9d55-0f6c2b7a1d10", name="nacelle-canary-v8-canary")
+    _stub_get(h, sensors, thing, "COMPLETED", "1", name="turbine-01-sensors")
+    _stub_get(h, first, group, "INACTIVE", "1")
+    got = h.gg.get_deployment(sensors)
+    assert (got.target_arn, got.status, got.name) == (thing, "COMPLETED", "turbine-01-sensors")
+    assert h.gg.get_deployment(first).status == "INACTIVE"
+    h.device_reports("turbine-01", second, "IN_PROGRESS")
+    h.stub("list_effective_deployments", {"coreDeviceThingName": "turbine-01"}, {"effectiveDeployments": [
+        {"deploymentId": sensors, "deploymentName": "turbine-01-sensors", "targetArn": thing,
+         "coreDeviceExecutionStatus": "SUCCEEDED", "creationTimestamp": T0, "modifiedTimestamp": T0},
+        {"deploymentId": second, "deploymentName": "nacelle-canary-v8-canary", "targetArn": group,
+         "coreDeviceExecutionStatus": "IN_PROGRESS", "creationTimestamp": T0.replace(minute=5),
+         "modifiedTimestamp": T0}]})
+    got_effective = h.gg.list_effective_deployments("turbine-01")
+    assert [(e.deployment_id, e.target_arn, e.execution_status) for e in got_effective] == [
+        (second, group, "IN_PROGRESS"), (sensors, thing, "SUCCEEDED")]
+
+
 def test_effective_deployments_of_an_unknown_device(h: Harness) -> None:
     h.stub_error("list_effective_deployments", "ResourceNotFoundException",
                  {"coreDeviceThingName": "turbine-99"}, 404)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
+from nacelle import cli
 from nacelle.cli import build_parser, main
 from tests.unit.tiny_plant import write_plant, write_spec
 
@@ -389,3 +393,24 @@ def test_json_piped_into_a_reader_that_leaves_exits_quietly(tmp_path):
     proc.stdout.close()  # `| head` that has read all it wanted, before the first line
     err = proc.stderr.read().decode()
     assert proc.wait(60) == 141 and err == ""
+
+
+def test_sigterm_unwinds_a_command_as_ctrl_c_does(monkeypatch):
+    """A demo or stack killed with SIGTERM (a CI timeout, `kill`) runs the same cleanup as Ctrl-C: nothing left."""
+    cleaned = []
+
+    def command(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # interrupted by the handler
+            return 0
+        finally:
+            cleaned.append(True)
+
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(func=command)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    before = signal.getsignal(signal.SIGTERM)
+    started = time.monotonic()
+    assert main([]) == 130 and cleaned == [True] and time.monotonic() - started < 5
+    assert signal.getsignal(signal.SIGTERM) is before

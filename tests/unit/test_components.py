@@ -243,7 +243,8 @@ def test_build_renders_the_recipe_with_digests_of_the_artifacts(component: Path,
     assert config["model"] == {"component": MODEL_COMPONENT, "version": ""}
     access = config["accessControl"]
     assert [(p["operations"], p["resources"]) for p in access["aws.greengrass.ipc.pubsub"].values()] == [
-        (["aws.greengrass#SubscribeToTopic"], ["turbines/{iot:thingName}/sensors"])]
+        (["aws.greengrass#SubscribeToTopic"], ["turbines/{iot:thingName}/sensors",
+                                               "turbines/{iot:thingName}/sensors/health"])]
     assert [(p["operations"], p["resources"]) for p in access["aws.greengrass.ipc.mqttproxy"].values()] == [
         (["aws.greengrass#PublishToIoTCore"], ["turbines/{iot:thingName}/anomalies",
                                                "turbines/{iot:thingName}/health",

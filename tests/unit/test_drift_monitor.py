@@ -67,6 +67,10 @@ def stats_row(thing: str, period: int, *, shift: float = 0.0, n: int = 3600, ver
 
 @pytest.fixture
 def deps() -> DriftDeps:
+    return make_deps()
+
+
+def make_deps() -> DriftDeps:
     clock = Clock()
     state = MemoryState()
     alerts = AlertDeps(MemoryState(), state, MemoryRegistry(), RecordingNotifier(), clock, GROUP, AlertPolicy())

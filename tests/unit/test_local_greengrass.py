@@ -229,8 +229,12 @@ def test_bad_requests(world: World) -> None:
         world.gg.create_deployment(ARN, "other", COMPONENTS, POLICIES, {}, "t1")
     with pytest.raises(NotFound, match=r"nacelle\.detector@1\.0\.0"):
         world.gg.create_deployment(ARN, "d", {"nacelle.detector": {"componentVersion": "1.0.0"}}, POLICIES, {}, "t3")
-    with pytest.raises(ConfigurationError, match="thing groups only"):
-        world.gg.create_deployment("arn:aws:iot:local:000000000000:thing/turbine-01", "d", COMPONENTS, POLICIES,
+    for target in ("arn:aws:iot:local:000000000000:thing/", "arn:aws:iot:local:000000000000:thinggroup/a/b",
+                   "arn:aws:iot:local:000000000000:role/turbine-01", "turbine-01"):
+        with pytest.raises(ConfigurationError, match=r"deploys to thing groups .* and things"):
+            world.gg.create_deployment(target, "d", COMPONENTS, POLICIES, {}, "t4")
+    with pytest.raises(NotFound, match="no thing turbine-99"):
+        world.gg.create_deployment("arn:aws:iot:local:000000000000:thing/turbine-99", "d", COMPONENTS, POLICIES,
                                    {}, "t4")
     with pytest.raises(NotFound, match="no thing group nope"):
         world.gg.create_deployment(ARN.replace(GROUP, "nope"), "d", COMPONENTS, POLICIES, {}, "t5")

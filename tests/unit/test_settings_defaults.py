@@ -48,6 +48,7 @@ PARAMETER_DEFAULTS: dict[str, Any] = {
     "DriftRetrainTurbines": defaults.DRIFT_RETRAIN_TURBINES,
     "DriftRetrainAfterSeconds": defaults.DRIFT_RETRAIN_AFTER_S,
     "DriftRetrainMinCapturedHours": defaults.DRIFT_RETRAIN_MIN_CAPTURED_HOURS,
+    "DriftAutoApproveCanary": defaults.DRIFT_AUTO_APPROVE_CANARY,
 }
 # parameters with a default that set no tunable of ours
 NOT_TUNABLES = {"LogLevel", "AlertEmail", "NeoTarget"}
@@ -55,7 +56,9 @@ NOT_TUNABLES = {"LogLevel", "AlertEmail", "NeoTarget"}
 
 def same(value: Any, default: Any) -> bool:
     """A template value (a string or a YAML number) against a default, as the settings would parse it."""
-    if isinstance(default, bool) or not isinstance(default, int | float):
+    if isinstance(default, bool):  # a template's "false"/"true", as pydantic reads it
+        return str(value).lower() == str(default).lower()
+    if not isinstance(default, int | float):
         return str(value) == str(default)
     try:
         return float(value) == float(default)
@@ -145,6 +148,9 @@ def test_the_lambda_settings_and_the_policies_take_the_shared_defaults() -> None
     assert lambda_settings(AnomalyAlertSettings).policy() == AlertPolicy()
     assert lambda_settings(DataArrivalSettings).policy() == RetrainPolicy(defaults.MODEL_PACKAGE_GROUP)
     assert lambda_settings(DriftMonitorSettings).policy() == DriftPolicy()
+    assert lambda_settings(TrainingCompletedSettings).drift_auto_approve_canary is False
+    assert TrainingCompletedSettings.from_env({**{v: "x" for v, r in TrainingCompletedSettings.env_vars().items() if r},
+                                              "NACELLE_DRIFT_AUTO_APPROVE_CANARY": "true"}).drift_auto_approve_canary
     assert (DriftPolicy().retrain_turbines, DriftPolicy().change_threshold) == (defaults.DRIFT_RETRAIN_TURBINES,
                                                                                 defaults.DRIFT_CHANGE_THRESHOLD)
     assert GatePolicy().min_faults == defaults.GATE_MIN_FAULTS
@@ -161,6 +167,7 @@ def test_the_local_stack_takes_the_shared_defaults_with_its_own_timescales() -> 
     assert local.gate() == GatePolicy()
     assert local.alert_policy() == AlertPolicy()
     assert local.drift_policy() == DriftPolicy()
+    assert local.drift_auto_approve_canary is defaults.DRIFT_AUTO_APPROVE_CANARY is False
     assert local.retrain_policy() == RetrainPolicy(defaults.MODEL_PACKAGE_GROUP,
                                                    quiet_period_s=defaults.LOCAL_QUIET_PERIOD_S)
     assert (local.group, local.canary_group, local.fleet_group) == (

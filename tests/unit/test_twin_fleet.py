@@ -276,3 +276,23 @@ def test_the_claim_is_created_once_its_key_only_in_a_secure_string_and_removed_w
     done = remove_claim(iot, ssm, path)
     assert done[0].startswith("claim certificate") and len(done) == 4
     assert ssm.items == {} and remove_claim(iot, ssm, path) == []
+
+
+def test_the_twins_sensors_configuration_is_the_components_simulator_source() -> None:
+    """The twins' deployment merges {"source": "simulator"} onto the recipe's defaults, as Greengrass does: the
+    component itself accepts it (its simulator source, seeded from the thing name, at the spec's rate)."""
+    import sys
+
+    from nacelle.components import SENSORS, load_template
+
+    src = str(SENSORS.directory / "src")
+    if src not in sys.path:
+        sys.path.append(src)
+    from sensors.config import SensorsConfig
+
+    deployment = of_type("AWS::GreengrassV2::Deployment")["SensorsDeployment"]["Properties"]
+    merge = json.loads(deployment["Components"]["nacelle.sensors"]["ConfigurationUpdate"]["Merge"])
+    defaults = load_template(SENSORS.directory, SENSORS.name)["ComponentConfiguration"]["DefaultConfiguration"]
+    config = SensorsConfig.from_dict({**defaults, **merge}, "twin-i-0a1b2c3d4e5f60718")
+    assert (config.source, config.endpoint, config.rate_hz) == ("simulator", "simulator", 20.0)
+    assert config.simulator is not None and config.simulator.seed is None  # derived from the thing name

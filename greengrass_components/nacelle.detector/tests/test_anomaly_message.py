@@ -37,7 +37,7 @@ def messages() -> list[dict[str, Any]]:
 
 
 def test_the_anomaly_message_is_schema_v2() -> None:
-    assert (EpisodeMessage.VERSION, HealthMessage.VERSION, SCHEMA_VERSION, SensorMessage.VERSION) == (2, 1, 1, 1)
+    assert (EpisodeMessage.VERSION, HealthMessage.VERSION, SCHEMA_VERSION, SensorMessage.VERSION) == (2, 2, 1, 1)
     opened, updated, closed = messages()
     assert [sorted(m) for m in (opened, updated, closed)] == [sorted(KEYS)] * 3
     assert {k: opened[k] for k in KEYS if k not in ("contributions",)} == {

@@ -164,7 +164,7 @@ def test_bad_messages_are_counted_and_the_app_survives(harness, fault_messages: 
     assert health["bad_messages"] == len(bad) == app.bad_messages
     assert health["windows_scored"] == app.windows_scored > 0
     assert health["model_version"] == 1 and health["detector_version"] == "test" and health["model_error"] is None
-    assert health["turbine_id"] == THING and health["v"] == 1 and health["seq"] == len(transport.messages("health"))
+    assert health["turbine_id"] == THING and health["v"] == 2 and health["seq"] == len(transport.messages("health"))
     assert set(health) >= {"inference_rate_hz", "latency_p50_ms", "latency_p99_ms", "spool_depth", "spool_dropped",
                            "uptime_s"}
 

@@ -25,7 +25,7 @@ from detector.capture import Capture, CaptureConfig
 from detector.capture_csv import spec_csv
 from detector.capture_store import CaptureJob, CaptureStore
 from detector.config import DetectorConfig, FileConfigSource
-from detector.messages import SampleBatch, sensor_message
+from detector.messages import SampleBatch, encode, sensor_message
 from detector.pipeline import Result
 from detector.scoring import EdgeModel
 from detector.spool import Spool
@@ -33,6 +33,7 @@ from detector.upload import UploadError, UploadWorker
 
 from shared.capture import EPISODE, NORMAL, CaptureName
 from shared.errors import ConfigurationError
+from shared.messages import HealthMessage, decode
 from shared.ml.episodes import EpisodeEvent, EventKind
 from shared.ml.spec import default_spec
 from shared.ml.validation import load_frames, validate_bytes
@@ -422,6 +423,9 @@ def test_the_detector_captures_what_its_pipeline_scores(tmp_path: Path) -> None:
     finally:
         app.stop(drain_s=0)
         source.stop()
+    health = decode(HealthMessage, encode(app.health()))  # the buffer as the cloud stores it on the device
+    assert health.capture is not None and health.capture.written >= 1 and health.capture.uploaded == 0
+    assert health.capture.pending_files == health.capture.written and health.capture.pending_bytes > 0
     [(name, data)] = [(n, d) for n, d in files(tmp_path / "capture") if n.kind == EPISODE]
     assert validate_bytes(data, name.file_name, SPEC).ok
     assert name.model_version == 3 and name.episode_id is not None and name.episode_id.startswith(THING)

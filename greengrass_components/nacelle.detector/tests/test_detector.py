@@ -483,7 +483,7 @@ def test_outgoing_messages(model_v1: EdgeModel, streams, reference) -> None:
                         bad_messages=pipeline.bad_messages, uptime_s=1.5, windows_scored=pipeline.windows_scored)
     h2 = builder.health(model_version=1, inference_rate_hz=0, latency_p50_ms=None, latency_p99_ms=None,
                         spool_depth=0, spool_dropped=0, bad_messages=0, uptime_s=2, windows_scored=0)
-    assert (h1["seq"], h2["seq"]) == (1, 2) and h1["v"] == 1 and h1["windows_scored"] > 0
+    assert (h1["seq"], h2["seq"]) == (1, 2) and h1["v"] == 2 and h1["windows_scored"] > 0
     assert p50 is not None and p99 is not None and 0 < p50 <= p99
     for m in [*out, h1, h2]:
         json.dumps(m, allow_nan=False)

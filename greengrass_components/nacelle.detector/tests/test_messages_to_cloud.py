@@ -80,6 +80,11 @@ def test_the_builder_refuses_what_the_cloud_would_refuse() -> None:
                                      latency_p99_ms=None, spool_depth=0, spool_dropped=0, bad_messages=0,
                                      uptime_s=1.0, windows_scored=0)
     assert json.loads(HealthMessage(v=1, turbine_id=THING, seq=1).to_json())["model_version"] is None
+    v1 = {"v": 1, "turbine_id": THING, "seq": 1, "capture": {"written": 1}}
+    with pytest.raises(BadMessage, match="'capture' needs schema version v=2"):
+        decode(HealthMessage, json.dumps(v1).encode())
+    with pytest.raises(BadMessage, match=r"capture\.uploaded"):
+        decode(HealthMessage, json.dumps({**v1, "v": 2, "capture": {"uploaded": -1}}).encode())
 
 
 def _sensor_changes(columns: list[str]) -> list[tuple[str, dict[str, Any]]]:

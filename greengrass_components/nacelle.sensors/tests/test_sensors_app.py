@@ -36,20 +36,20 @@ class Recorder:
     """The Publisher protocol in memory."""
 
     def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, bool]] = []
+        self.sent: list[tuple[str, bytes]] = []
         self.dropped = self.failed = 0
         self.lock = threading.Lock()
 
-    def publish(self, topic: str, payload: bytes, *, cloud: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes) -> None:
         with self.lock:
-            self.sent.append((topic, payload, cloud))
+            self.sent.append((topic, payload))
 
     def close(self) -> None:
         pass
 
     def on(self, suffix: str) -> list[dict[str, Any]]:
         with self.lock:
-            return [json.loads(p) for t, p, _ in self.sent if t == f"turbines/{THING}/{suffix}"]
+            return [json.loads(p) for t, p in self.sent if t == f"turbines/{THING}/{suffix}"]
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_the_app_publishes_what_the_detector_accepts_and_swaps_sources(controlle
         wait(lambda: len(recorder.on("sensors/health")) >= 3)
     finally:
         app.stop()
-    messages = [p for t, p, cloud in recorder.sent if t.endswith("/sensors") and not cloud]
+    messages = [p for t, p in recorder.sent if t.endswith("/sensors")]
     spec = default_spec()
     seqs = []
     for payload in messages:
@@ -104,17 +104,17 @@ def test_the_app_publishes_what_the_detector_accepts_and_swaps_sources(controlle
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # every tick, in order, across the swap
     rps = [s["rps"] for m in recorder.on("sensors") for s in m["samples"] if s["rps"] is not None]
     assert rps.index(2.0) > rps.index(1.0) and 1.0 not in rps[rps.index(2.0):]
-    health = [decode(SensorHealthMessage, p) for t, p, cloud in recorder.sent if t.endswith("/sensors/health")]
-    assert all(cloud for t, _, cloud in recorder.sent if t.endswith("/sensors/health"))
+    health = [decode(SensorHealthMessage, p) for t, p in recorder.sent if t.endswith("/sensors/health")]
     last = health[-1]
     assert (last.source, last.state, last.component_version) == ("modbus", "connected", "9.9.9") or \
         last.state == "disconnected"  # the final report, sent as the source closes
     assert last.endpoint == f"modbus://127.0.0.1:{controllers[1].port}/1"
     assert last.samples == len(seqs) and last.samples_missing <= 5 and last.dropped == 0
+    assert (last.v, last.health_interval_s, last.samples_repeated) == (2, 0.2, 0)
     assert [h.seq for h in health] == list(range(1, len(health) + 1))
 
 
-def test_ipc_publisher_uses_local_pubsub_for_samples_and_iot_core_for_health() -> None:
+def test_ipc_publisher_uses_local_pubsub_for_samples_and_health() -> None:
     from concurrent.futures import Future
 
     from awsiot.greengrasscoreipc.model import UnauthorizedError
@@ -132,32 +132,27 @@ def test_ipc_publisher_uses_local_pubsub_for_samples_and_iot_core_for_health() -
     class Client:
         def publish_to_topic_async(self, **kw: Any) -> Future[Any]:
             calls.append(("local", kw))
-            return done()
-
-        def publish_to_iot_core_async(self, **kw: Any) -> Future[Any]:
-            calls.append(("cloud", kw))
-            return done(UnauthorizedError(message="not in accessControl"))
+            other = kw["topic"].startswith("turbines/turbine-02/")
+            return done(UnauthorizedError(message="not in accessControl") if other else None)
 
     publisher = IpcPublisher(Client())
     publisher.publish(f"turbines/{THING}/sensors", b"{}")
-    publisher.publish(f"turbines/{THING}/sensors/health", b"{}", cloud=True)
-    assert calls[0][0] == "local" and calls[0][1]["topic"] == f"turbines/{THING}/sensors"
+    publisher.publish(f"turbines/{THING}/sensors/health", b"{}")
+    publisher.publish("turbines/turbine-02/sensors/health", b"{}")
+    assert [(kind, kw["topic"]) for kind, kw in calls] == [
+        ("local", f"turbines/{THING}/sensors"), ("local", f"turbines/{THING}/sensors/health"),
+        ("local", "turbines/turbine-02/sensors/health")]
     assert calls[0][1]["publish_message"].binary_message.message == b"{}"
-    assert calls[1][0] == "cloud" and calls[1][1]["topic_name"] == f"turbines/{THING}/sensors/health"
-    assert calls[1][1]["qos"] == "1"
-    assert publisher.failed == 1 and publisher.dropped == 0
+    assert publisher.failed == 1 and publisher.dropped == 0  # the refused one is counted, nothing blocks
 
 
 def test_the_recipe_allows_its_own_turbines_topics_only() -> None:
     recipe = load_template(SENSORS.directory, SENSORS.name)
     access = recipe["ComponentConfiguration"]["DefaultConfiguration"]["accessControl"]
-    assert set(access) == {"aws.greengrass.ipc.pubsub", "aws.greengrass.ipc.mqttproxy"}
+    assert set(access) == {"aws.greengrass.ipc.pubsub"}  # nothing straight to AWS IoT Core
     [pubsub] = access["aws.greengrass.ipc.pubsub"].values()
-    [mqtt] = access["aws.greengrass.ipc.mqttproxy"].values()
     assert pubsub["operations"] == ["aws.greengrass#PublishToTopic"]
-    assert pubsub["resources"] == ["turbines/{iot:thingName}/sensors"]
-    assert mqtt["operations"] == ["aws.greengrass#PublishToIoTCore"]
-    assert mqtt["resources"] == ["turbines/{iot:thingName}/sensors/health"]
+    assert pubsub["resources"] == ["turbines/{iot:thingName}/sensors", "turbines/{iot:thingName}/sensors/health"]
     defaults = recipe["ComponentConfiguration"]["DefaultConfiguration"]
     assert defaults["source"] == ""  # never simulated data unless configured
     # what GetConfiguration returns (accessControl and venvRoot included) is a valid configuration once a source is set

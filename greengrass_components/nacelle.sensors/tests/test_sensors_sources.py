@@ -282,3 +282,74 @@ def test_modbus_exception_responses_fail_reads_without_reconnecting(modbus_contr
     assert out and all(s["qw"] is None for s in out)
     assert stats.reads_failed >= len(out) - 2 and stats.connects == 1
     assert "illegal data address" in (stats.last_error or "")
+
+
+# ------------------------------------------------------------------ a delayed poll never publishes a sample twice
+def test_a_poll_delayed_past_the_controllers_next_sample_never_publishes_it_twice(
+        modbus_controller: Controller) -> None:
+    """The controller produces sample k half an interval after tick k of the reading grid (a PLC scan and a poller
+    meet on average half a period apart). A slow publisher holds the sampling loop for 1.7 intervals after every
+    tenth sample: the next poll, late, reads the controller's next sample, and the poll after it, on time, reads that
+    same sample again. With the controller's counter mapped as `sampleCounter` each controller sample is published
+    at most once: the repeat goes out as a missing sample and is counted."""
+    rate = 20.0
+    config = SensorsConfig.from_dict({"source": "modbus", "rateHz": rate, "sampleCounter": "counter",
+                                      "modbus": {"host": "127.0.0.1", "port": modbus_controller.port,
+                                                 "timeoutSeconds": 0.1, "registers": default_register_map(SIGNALS)}},
+                                     THING)
+    assert config.sample_counter == "counter"
+    halt = threading.Event()
+
+    def plc() -> None:
+        k0 = k = int(time.time() * rate) + 1
+        while not halt.is_set():
+            delay = (k + 0.5) / rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            modbus_controller.set({**dict.fromkeys(COLUMNS, 1.5), "counter": float(k - k0)})  # float32: kept small
+            k += 1
+
+    out: list[Sample] = []
+
+    def slow_publisher(sample: Sample) -> None:
+        out.append(sample)
+        if len(out) % 10 == 0:
+            time.sleep(1.7 / rate)  # blocks the sampling loop, as a stuck publish or an unscheduled process would
+
+    stats = SourceStats()
+    assert config.modbus is not None
+    runner = PollingRunner(ModbusSource(config.modbus), config.signals, rate, slow_publisher, stats,
+                           timeout_s=0.1, counter=config.sample_counter)
+    writer = threading.Thread(target=plc, daemon=True)
+    writer.start()
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        await asyncio.sleep(3.5)
+        stop.set()
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        halt.set()
+        writer.join(5)
+    counters = [s["counter"] for s in out if s["counter"] is not None]
+    assert len(counters) > 30
+    assert len(counters) == len(set(counters)) and counters == sorted(counters)  # each controller sample at most once
+    assert stats.samples_repeated >= 1  # the slow publisher made polls read a sample again: caught, not published
+    repeats = [s for s in out if all(s[c] is None for c in SIGNALS)]
+    assert len(repeats) >= stats.samples_repeated and stats.samples_missing == len(repeats)
+    seqs = [s["seq"] for s in out]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # one sample per tick all the same
+
+
+def test_sample_counter_settings_are_checked() -> None:
+    base = {"source": "modbus", "modbus": {"host": "plc", "registers": default_register_map(SIGNALS)}}
+    with pytest.raises(ConfigurationError, match=r"sampleCounter: 'scan' is not one of the signals of modbus\.reg"):
+        SensorsConfig.from_dict({**base, "sampleCounter": "scan"}, THING)
+    with pytest.raises(ConfigurationError, match="sampleCounter must be the name of a mapped signal"):
+        SensorsConfig.from_dict({**base, "sampleCounter": 7}, THING)
+    with pytest.raises(ConfigurationError, match="sampleCounter applies to the modbus and opcua sources only"):
+        SensorsConfig.from_dict({"source": "simulator", "sampleCounter": "counter"}, THING)

@@ -8,6 +8,12 @@ deployment becomes CANCELED with its unfinished executions; jobExecutionsRollout
 many things receive the deployment per 60 s. A deployment stays ACTIVE until every current member of its group
 SUCCEEDED (then COMPLETED); failures alone leave it ACTIVE, as on AWS (aws/aws-cli#6185). Terminal executions are
 final (IoT Jobs refuses later updates); a device's later report on them is ignored.
+
+Targets: a thing group, or a thing (a deployment to the core device itself, e.g. its nacelle.sensors with its own
+configuration). A new deployment supersedes only its own target's. A device applies the deployments of its targets
+oldest first, and runs their union as Greengrass v2 does: the deployment it applies plus, for each of its other
+targets, the newest deployment to that target it applied successfully (DeviceTarget.effective_components), so a group
+rollout leaves the thing deployment's components running and the reverse.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import shared.aws.greengrass as rules
 from nacelle.local.adapters.greengrass_model import (
     SCHEMA,
     SUCCESS,
+    THING_TARGET,
     CoreDeviceInfo,
     DeviceExecution,
     DeviceTarget,
@@ -48,6 +55,7 @@ from shared.ports import (
 
 __all__ = ["CoreDeviceInfo", "DeviceExecution", "DeviceTarget", "LocalGreengrass"]
 _GROUP_ARN_PREFIX = rules.thing_group_arn(REGION, ACCOUNT, "")
+_THING_ARN_PREFIX = rules.thing_arn(REGION, ACCOUNT, "")
 
 
 def _now() -> datetime:
@@ -143,10 +151,7 @@ class LocalGreengrass:
                           client_token: str) -> str:
         rules.check_deployment_request(name, client_token)
         rules.job_config(iot_job_configuration)
-        if not target_arn.startswith(_GROUP_ARN_PREFIX) or target_arn == _GROUP_ARN_PREFIX:
-            raise ConfigurationError(f"deployment target {target_arn!r}: the local Greengrass deploys to thing "
-                                     f"groups only ({_GROUP_ARN_PREFIX}<name>)")
-        group = target_arn[len(_GROUP_ARN_PREFIX):]
+        group = _target_key(target_arn)
         request = json.dumps({"targetArn": target_arn, "deploymentName": name, "components": rules.plain(components),
                               "deploymentPolicies": rules.plain(deployment_policies),
                               "iotJobConfiguration": rules.plain(iot_job_configuration)}, sort_keys=True)
@@ -157,7 +162,7 @@ class LocalGreengrass:
                 if same["request"] != request:
                     raise Conflict(f"clientToken {client_token} was used for another deployment request")
                 return str(same["id"])
-            self._group(tx.db, group)
+            self._check_target(tx.db, group)
             for comp, spec in components.items():
                 if not isinstance(spec, Mapping) or not isinstance(spec.get("componentVersion"), str):
                     raise ConfigurationError(f"deployment {name}: components.{comp}.componentVersion is required")
@@ -212,31 +217,70 @@ class LocalGreengrass:
     # -- device side --------------------------------------------------------------------------------------------
 
     def target_for(self, thing: str) -> DeviceTarget | None:
-        """The newest deployment in force (ACTIVE or COMPLETED) for one of the thing's groups, None when there is
-        none or the rollout rate holds this thing back for now. Handing it out creates the QUEUED execution."""
+        """The deployment in force (ACTIVE or COMPLETED) to the thing or one of its groups that it is to apply: the
+        oldest it has not finished (as IoT jobs queue), else the newest (already applied); None when there is none
+        or the rollout rate holds this thing back for now. Handing it out creates the QUEUED execution. It carries
+        what the thing's other targets deployed to it (DeviceTarget.others)."""
+        return self.targets_for([thing])[thing]
+
+    def targets_for(self, things: Sequence[str]) -> dict[str, DeviceTarget | None]:
+        """`target_for` of many things in one transaction, in their order (a host of light devices polls for all
+        of its turbines at once; nacelle/local/edge/light.py)."""
         with self._tx() as tx:
-            self._seen(tx, thing)
-            rows = tx.db.execute(
-                "SELECT d.id FROM deployments d JOIN members m ON m.grp = d.grp WHERE m.thing = ?"
-                " AND d.status = 'ACTIVE' ORDER BY d.seq DESC", (thing,)).fetchall()
-            for (dep,) in rows:
-                row = self._refresh(tx, dep)
-                if row["status"] == "ACTIVE":
-                    break
-            else:
-                return None
-            req = json.loads(row["request"])
-            if tx.db.execute("SELECT 1 FROM executions WHERE deployment_id = ? AND thing = ?",
-                             (dep, thing)).fetchone() is None:
-                per_minute = rules.job_config(req["iotJobConfiguration"]).maximum_per_minute
-                started = tx.db.execute("SELECT COUNT(*) FROM executions WHERE deployment_id = ? AND created_at > ?",
-                                        (dep, tx.now - 60)).fetchone()[0]
-                if per_minute is not None and started >= per_minute:
-                    return None
-                tx.db.execute("INSERT INTO executions VALUES (?, ?, 'QUEUED', '', '[]', '[]', ?, NULL, ?)",
-                              (dep, thing, tx.now, tx.now))
-            return DeviceTarget(dep, row["name"], req["targetArn"], req["components"], req["deploymentPolicies"],
-                                req["iotJobConfiguration"], dt(row["created_at"]))
+            return {thing: self._target_for(tx, thing) for thing in things}
+
+    def _target_for(self, tx: Tx, thing: str) -> DeviceTarget | None:
+        self._seen(tx, thing)
+        targets = self._targets_of(tx.db, thing)
+        in_force = []  # at most one per target, oldest first
+        for (dep,) in tx.db.execute(f"SELECT id FROM deployments WHERE status = 'ACTIVE' AND grp IN"
+                                    f" ({', '.join('?' * len(targets))}) ORDER BY seq", targets).fetchall():
+            row = self._refresh(tx, dep)
+            if row["status"] == "ACTIVE":
+                in_force.append(row)
+        finished = {r[0] for r in tx.db.execute(
+            f"SELECT deployment_id FROM executions WHERE thing = ? AND status IN"
+            f" ({', '.join('?' * len(TERMINAL_EXECUTION))})", (thing, *TERMINAL_EXECUTION))}
+        pending = [row for row in in_force if row["id"] not in finished]
+        for row in pending:
+            if self._start_execution(tx, row, thing):
+                return self._device_target(tx, row, thing, targets)
+        if pending or not in_force:
+            return None  # held back by a rollout rate, or nothing deployed to it
+        return self._device_target(tx, in_force[-1], thing, targets)
+
+    def _start_execution(self, tx: Tx, row: sqlite3.Row, thing: str) -> bool:
+        """The thing's execution of the deployment exists, or was just QUEUED; False: the rollout rate holds it."""
+        dep = row["id"]
+        if tx.db.execute("SELECT 1 FROM executions WHERE deployment_id = ? AND thing = ?",
+                         (dep, thing)).fetchone() is not None:
+            return True
+        per_minute = rules.job_config(json.loads(row["request"])["iotJobConfiguration"]).maximum_per_minute
+        started = tx.db.execute("SELECT COUNT(*) FROM executions WHERE deployment_id = ? AND created_at > ?",
+                                (dep, tx.now - 60)).fetchone()[0]
+        if per_minute is not None and started >= per_minute:
+            return False
+        tx.db.execute("INSERT INTO executions VALUES (?, ?, 'QUEUED', '', '[]', '[]', ?, NULL, ?)",
+                      (dep, thing, tx.now, tx.now))
+        return True
+
+    @staticmethod
+    def _device_target(tx: Tx, row: sqlite3.Row, thing: str, targets: Sequence[str]) -> DeviceTarget:
+        """The deployment with, for each other target of the thing, its newest deployment the thing applied."""
+        others: dict[str, Any] = {}
+        for target in targets:
+            if target == row["grp"]:
+                continue
+            last = tx.db.execute(
+                "SELECT d.request FROM deployments d JOIN executions x ON x.deployment_id = d.id WHERE d.grp = ?"
+                " AND x.thing = ? AND x.status IN (?, ?) ORDER BY d.seq DESC LIMIT 1", (target, thing, *SUCCESS),
+            ).fetchone()
+            if last is not None:
+                applied = json.loads(last[0])
+                others[applied["targetArn"]] = applied["components"]
+        req = json.loads(row["request"])
+        return DeviceTarget(row["id"], row["name"], req["targetArn"], req["components"], req["deploymentPolicies"],
+                            req["iotJobConfiguration"], dt(row["created_at"]), others)
 
     def report(self, thing: str, deployment_id: str, status: str, reason: str = "", error_stack: Sequence[str] = (),
                error_types: Sequence[str] = (), components: Mapping[str, str] | None = None) -> None:
@@ -250,6 +294,8 @@ class LocalGreengrass:
                                     (deployment_id, thing)).fetchone()
             if current is None and row["status"] != "ACTIVE":
                 return  # a deployment no longer in force is not started any more
+            if current is None and thing not in self._things_of(tx.db, row["grp"]):
+                raise NotFound(f"{thing} is not a target of deployment {deployment_id} (it has no execution of it)")
             if current is not None and current[0] in TERMINAL_EXECUTION:
                 return  # terminal executions are final
             if current is None:
@@ -262,11 +308,13 @@ class LocalGreengrass:
         with self._tx() as tx:
             self._seen(tx, thing)
 
-    def list_deployments(self, group: str | None = None) -> list[Deployment]:
-        """Every deployment (to one thing group when `group` is given), newest first."""
+    def list_deployments(self, group: str | None = None, *, thing: str | None = None) -> list[Deployment]:
+        """Every deployment (to one thing group when `group` is given, to the thing itself when `thing` is), newest
+        first."""
+        key = THING_TARGET + thing if thing is not None else group
         with self._tx() as tx:
             ids = [r[0] for r in tx.db.execute(
-                "SELECT id FROM deployments WHERE ? IS NULL OR grp = ? ORDER BY seq DESC", (group, group)).fetchall()]
+                "SELECT id FROM deployments WHERE ? IS NULL OR grp = ? ORDER BY seq DESC", (key, key)).fetchall()]
             out = []
             for deployment_id in ids:
                 row = self._refresh(tx, deployment_id)
@@ -312,8 +360,22 @@ class LocalGreengrass:
 
     @staticmethod
     def _target(db: sqlite3.Connection, deployment_id: str) -> str:
-        return rules.thing_group_arn(REGION, ACCOUNT, db.execute("SELECT grp FROM deployments WHERE id = ?",
-                                                           (deployment_id,)).fetchone()[0])
+        request = db.execute("SELECT request FROM deployments WHERE id = ?", (deployment_id,)).fetchone()[0]
+        return str(json.loads(request)["targetArn"])
+
+    def _check_target(self, db: sqlite3.Connection, target: str) -> None:
+        if not target.startswith(THING_TARGET):
+            self._group(db, target)
+        elif not self._known(db, target[len(THING_TARGET):]):
+            raise NotFound(f"no thing {target[len(THING_TARGET):]} in the local Greengrass (provision it first)")
+
+    def _targets_of(self, db: sqlite3.Connection, thing: str) -> list[str]:
+        """The deployment targets a thing belongs to: its groups and itself."""
+        return [*(r[0] for r in db.execute("SELECT grp FROM members WHERE thing = ? ORDER BY grp", (thing,))),
+                THING_TARGET + thing]
+
+    def _things_of(self, db: sqlite3.Connection, target: str) -> list[str]:
+        return [target[len(THING_TARGET):]] if target.startswith(THING_TARGET) else self._members(db, target)
 
     @staticmethod
     def _executions(db: sqlite3.Connection, where: str, arg: str) -> list[DeviceExecution]:
@@ -324,7 +386,7 @@ class LocalGreengrass:
     def _status(self, db: sqlite3.Connection, row: sqlite3.Row) -> DeploymentStatus:
         if row["status"] != "ACTIVE":
             return cast(DeploymentStatus, row["status"])
-        members = self._members(db, row["grp"])
+        members = self._things_of(db, row["grp"])
         done = {r[0] for r in db.execute("SELECT thing FROM executions WHERE deployment_id = ? AND status IN (?, ?)",
                                          (row["id"], *SUCCESS))}
         return "COMPLETED" if members and done.issuperset(members) else "ACTIVE"
@@ -367,3 +429,15 @@ class LocalGreengrass:
                 "INSERT OR IGNORE INTO emitted VALUES (?, ?, ?)", (thing, deployment_id, status)).rowcount:
             tx.events.append(status_change_event(thing, deployment_id, status, reason, error_stack, error_types,
                                                  tx.now))
+
+
+def _target_key(target_arn: str) -> str:
+    """deployments.grp of a target ARN: a thing group's name, or THING_TARGET + a thing's name."""
+    for prefix, key in ((_GROUP_ARN_PREFIX, ""), (_THING_ARN_PREFIX, THING_TARGET)):
+        name = target_arn[len(prefix):] if target_arn.startswith(prefix) else ""
+        if name:
+            if "/" in name:
+                break
+            return key + name
+    raise ConfigurationError(f"deployment target {target_arn!r}: the local Greengrass deploys to thing groups "
+                             f"({_GROUP_ARN_PREFIX}<name>) and things ({_THING_ARN_PREFIX}<name>)")

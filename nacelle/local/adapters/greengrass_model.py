@@ -12,11 +12,14 @@ from typing import Any
 
 from nacelle.local.adapters.paths import ACCOUNT, REGION
 from shared.aws.greengrass import STATUS_CHANGE, STATUS_SOURCE, JobConfig, core_device_arn
+from shared.errors import Conflict
 from shared.ports import TERMINAL_EXECUTION, ExecutionStatus
 
 SUCCESS = ("SUCCEEDED", "COMPLETED")
 FAILURES = {"FAILED": {"FAILED"}, "REJECTED": {"REJECTED"}, "TIMED_OUT": {"TIMED_OUT"},
             "ALL": {"FAILED", "REJECTED", "TIMED_OUT"}}  # an abort criterion's failureType -> execution statuses
+# deployments.grp is the target: a thing group's name, or THING_TARGET + a thing's name (a group name has no "/")
+THING_TARGET = "thing/"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS components (name TEXT, version TEXT, recipe TEXT NOT NULL, created_at REAL NOT NULL,
@@ -39,15 +42,41 @@ CREATE TABLE IF NOT EXISTS emitted (thing TEXT, deployment_id TEXT, status TEXT,
 
 @dataclass(frozen=True)
 class DeviceTarget:
-    """What a core device should run: the newest deployment in force for one of its groups."""
+    """The deployment a core device is to apply next (to the thing itself or to one of its thing groups), and what
+    its other targets last deployed to it: Greengrass v2 runs the union (`effective_components`)."""
 
     deployment_id: str
     name: str
     target_arn: str
-    components: Mapping[str, Mapping[str, Any]]
+    components: Mapping[str, Mapping[str, Any]]  # this deployment's, as created
     deployment_policies: Mapping[str, Any]
     iot_job_configuration: Mapping[str, Any]
     created_at: datetime
+    # each other target of the device (ARN) -> the components of its newest deployment the device applied
+    others: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
+
+    def effective_components(self) -> dict[str, Mapping[str, Any]]:
+        """The device's components once this deployment is applied: its own plus those of the other targets (a
+        group rollout leaves a thing deployment's components running, and the reverse). A component two targets
+        name with different versions cannot be resolved: Conflict naming both (the device fails the deployment)."""
+        merged: dict[str, Mapping[str, Any]] = {}
+        origin: dict[str, str] = {}
+        for target, components in sorted(self.others.items()):
+            for name, spec in components.items():
+                if name in merged and merged[name].get("componentVersion") != spec.get("componentVersion"):
+                    raise Conflict(_clash(name, origin[name], merged[name], target, spec))
+                merged.setdefault(name, spec)
+                origin.setdefault(name, target)
+        for name, spec in self.components.items():
+            if name in merged and merged[name].get("componentVersion") != spec.get("componentVersion"):
+                raise Conflict(_clash(name, origin[name], merged[name], self.target_arn, spec))
+            merged[name] = spec  # the same version: this deployment's configuration update
+        return merged
+
+
+def _clash(name: str, first: str, a: Mapping[str, Any], second: str, b: Mapping[str, Any]) -> str:
+    return (f"component {name}: {first} deploys version {a.get('componentVersion')} and {second} version "
+            f"{b.get('componentVersion')}; a core device runs one version of a component")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The local fleet: N simulated core devices `turbine-01`…, each a nucleus process (nacelle/local/edge/nucleus.py) and a
 sensor source: the turbine simulator process (nacelle/simulator/device.py), or with `source` modbus/opcua a simulated
-controller and the nacelle.sensors component reading it (nacelle/local/edge/sensor_sources.py).
+controller process and the nacelle.sensors component reading it, deployed to each device by a deployment to its
+thing and run by its nucleus (nacelle/local/edge/sensor_sources.py).
 
 Provisioning gives each device its client certificate (nacelle/local/edge/pki.py) and its thing group: the first
 `canary_size` devices in `nacelle-canary`, the rest in `nacelle-fleet`. A monitor thread restarts a process that
@@ -10,6 +11,11 @@ started after a crash kills what the previous one left behind. `status()` works 
 With `component_id_base` and root, device k's nucleus runs its components as uid = gid = base + k, and the venvs
 the devices share belong to base: built by it (`prepare_runtime`), only read by the devices
 (nacelle/local/edge/component_user.py).
+
+Light mode (nacelle/local/edge/light.py): beyond FULL_UP_TO devices, only the first FULL_IN_LARGE_FLEET (or
+`full_devices`) are full devices; the others are light devices, up to LIGHT_HOST_SIZE per host process (one
+supervised process `light-<k>/light` each, recorded with its turbines). They are provisioned like full devices
+(certificate, thing group), take part in the same deployments, and need the broker and the simulator source.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -32,11 +39,22 @@ from nacelle.local.edge.component_user import MAX_DEVICES, ComponentUser, device
 from nacelle.local.edge.component_user import resolve as resolve_user
 from nacelle.local.edge.nucleus import die_with_parent, process_start_time, write_json
 from nacelle.local.edge.pki import LocalPki
-from nacelle.local.edge.sensor_sources import check_source, source_processes
+from nacelle.local.edge.sensor_sources import (
+    PROTOCOLS,
+    SensorsGreengrass,
+    check_source,
+    controller_port,
+    deploy_sensors,
+    publish_sensors,
+    sensors_configuration,
+    source_processes,
+    withdraw_sensors,
+)
 from shared.errors import ConfigurationError
 from shared.observability import logger
 from shared.ports import StateStore
 from shared.records import DeviceRecord, EpisodeAlert, alert_from_item, records
+from shared.source_status import source_status
 from shared.usecases.intake import REJECTED, missing_messages
 
 CANARY_GROUP = "nacelle-canary"
@@ -46,11 +64,14 @@ ALERTS_PK = "alerts"  # anomaly_alert's alert items
 STOP_TIMEOUT_S = 15.0
 MONITOR_S = 0.5
 MAX_BACKOFF_S = 30.0
+FULL_UP_TO = 10  # a fleet this small runs every device in full (nucleus + simulator processes)
+FULL_IN_LARGE_FLEET = 3  # a larger fleet runs its first 3 in full, the others as light devices
+LIGHT_HOST_SIZE = 100  # light turbines per host process
 
 __all__ = ["CANARY_GROUP", "FLEET_GROUP", "Fleet", "thing_names"]
 
 
-class FleetGreengrass(Protocol):
+class FleetGreengrass(SensorsGreengrass, Protocol):
     """What the fleet needs of nacelle/local/adapters/greengrass.py."""
 
     def ensure_thing_group(self, name: str) -> str: ...
@@ -60,6 +81,13 @@ class FleetGreengrass(Protocol):
     def groups_of(self, thing: str) -> list[str]: ...
 
     def devices(self) -> Sequence[Any]: ...
+
+
+def host_ids(things: Sequence[str], size: int = LIGHT_HOST_SIZE) -> dict[str, list[str]]:
+    """Light host id -> its turbines: consecutive chunks of `size`, `light-1`, `light-2`..."""
+    if size < 1:
+        raise ConfigurationError(f"light host size must be at least 1, got {size}")
+    return {f"light-{k // size + 1}": list(things[k:k + size]) for k in range(0, len(things), size)}
 
 
 def thing_names(count: int) -> list[str]:
@@ -74,10 +102,11 @@ class _Managed:
     """One supervised process (a device's nucleus or simulator)."""
 
     thing: str
-    kind: str  # "nucleus" | "simulator" | "controller" | "sensors"
+    kind: str  # "nucleus" | "simulator" | "controller" | "light" (thing = the light host's id)
     argv: list[str]
     log: Path
     env: dict[str, str] = field(default_factory=dict)
+    things: list[str] = field(default_factory=list)  # a light host's turbines
     popen: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -92,7 +121,8 @@ class Fleet:
     def __init__(self, home: Path, greengrass: FleetGreengrass, *, size: int = 5, canary_size: int = 1,
                  state: StateStore | None = None, alerts: StateStore | None = None, simulators: bool = True,
                  nucleus_args: Sequence[str] = (), simulator_args: Sequence[str] = (),
-                 component_id_base: int = 0, source: str = "sim") -> None:
+                 component_id_base: int = 0, source: str = "sim", full_devices: int | None = None,
+                 light_args: Sequence[str] = ()) -> None:
         if not 0 <= canary_size <= size:
             raise ConfigurationError(f"canary_size must be between 0 and the fleet size {size}, got {canary_size}")
         self.home = Path(home).resolve()
@@ -105,11 +135,25 @@ class Fleet:
         self.component_id_base = component_id_base  # 0: components run as the nucleus's user
         self.nucleus_args = list(nucleus_args)
         self.simulator_args = list(simulator_args)
+        self.light_args = list(light_args)
+        if full_devices is not None and not 0 <= full_devices <= size:
+            raise ConfigurationError(f"full_devices must be between 0 and the fleet size {size}, got {full_devices}")
+        full = size if size <= FULL_UP_TO else FULL_IN_LARGE_FLEET
+        if full_devices is not None:
+            full = full_devices
+        if not simulators or self.source != "sim":
+            full = size  # a light device's sensor stream is its simulator, and it needs the broker
+        self.full_things, self.light_things = self.things[:full], self.things[full:]
         self.procs: dict[str, _Managed] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
         self._prepare: subprocess.Popen[bytes] | None = None
+
+    @property
+    def _deploys_sensors(self) -> bool:
+        """Each device gets nacelle.sensors through a deployment to its thing (a protocol source)."""
+        return self.simulators and self.source in PROTOCOLS
 
     @property
     def record_path(self) -> Path:
@@ -163,8 +207,16 @@ class Fleet:
         identities = self.identities()
         if identities:
             self._share_venvs()
+        sensors = publish_sensors(self.home, self.gg) if self._deploys_sensors else ""
+        if self.simulators and not sensors:
+            for thing in self.things:  # run with a protocol source before: its sensors would fight the simulator
+                withdraw_sensors(self.gg, thing)
+        if sensors and identities:  # the devices' identities cannot write the shared venvs: ready before they run
+            from nacelle.components import SENSORS
+
+            self._build_venvs([SENSORS], wait=True)
         python = sys.executable
-        for thing in self.things:
+        for thing in self.full_things:
             logs = self.device_root(thing) / "logs"
             logs.mkdir(parents=True, exist_ok=True)
             user = ["--component-user", identities[thing]] if thing in identities else []
@@ -172,9 +224,18 @@ class Fleet:
                 thing, "nucleus", [python, "-m", "nacelle.local.runtime.devicerunner", "--thing", thing,
                                    "--home", str(self.home), *self.nucleus_args, *user], logs / "nucleus.log")
             if self.simulators:
-                for proc in source_processes(self.home, thing, self.source, self.simulator_args):
+                port = controller_port(self.home, thing) if sensors else None
+                for proc in source_processes(self.home, thing, self.source, self.simulator_args, port):
                     self.procs[f"{thing}/{proc.kind}"] = _Managed(thing, proc.kind, proc.argv,
                                                                   logs / f"{proc.kind}.log", proc.env)
+                if sensors and port is not None:  # its nucleus runs nacelle.sensors against that controller
+                    deploy_sensors(self.gg, thing, sensors, sensors_configuration(thing, self.source, port))
+        for host, things in host_ids(self.light_things).items():
+            log = self.home / "light" / host / "host.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            argv = [python, "-m", "nacelle.local.runtime.devicerunner", "--light", host, "--home", str(self.home),
+                    *self.light_args, *(a for t in things for a in ("--thing", t))]
+            self.procs[f"{host}/light"] = _Managed(host, "light", argv, log, things=things)
         with self._lock:
             for managed in self.procs.values():
                 self._spawn(managed)
@@ -182,7 +243,8 @@ class Fleet:
         self._stop.clear()
         self._monitor = threading.Thread(target=self._watch, name="nacelle-fleet", daemon=True)
         self._monitor.start()
-        logger.info("fleet started", devices=len(self.things), canary=self.things[:self.canary_size])
+        logger.info("fleet started", devices=len(self.things), canary=self.things[:self.canary_size],
+                    light=len(self.light_things))
         return self
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
@@ -256,7 +318,8 @@ class Fleet:
                 self._record()
 
     def _record(self) -> None:
-        write_json(self.record_path, {m.key: {"pid": m.popen.pid, "start": process_start_time(m.popen.pid)}
+        write_json(self.record_path, {m.key: {"pid": m.popen.pid, "start": process_start_time(m.popen.pid),
+                                              **({"things": m.things} if m.things else {})}
                                        for m in self.procs.values() if m.popen is not None})
 
     def _kill_recorded(self) -> None:
@@ -274,28 +337,46 @@ class Fleet:
         self.record_path.unlink(missing_ok=True)
 
     def prepare_runtime(self) -> None:
-        """Build the detector's shared venv now, in the background, as a device image would ship it: the first
-        deployment's Install step then finds it complete instead of building it (same requirements hash)."""
-        from nacelle.components import COMPONENT_DIR, WHEELHOUSE
+        """Build the detector's shared venv now (and, with a protocol source, nacelle.sensors's after it), in the
+        background, as a device image would ship them: the first deployments' Install steps then find them complete
+        instead of building them (same requirements hash)."""
+        from nacelle.components import DETECTOR, SENSORS
 
-        script = COMPONENT_DIR / "src" / "detector" / "install_venv.py"
-        if not any(WHEELHOUSE.glob("*.whl")):
-            return  # nothing to install from: the Install step reports it
-        requirements = COMPONENT_DIR / "requirements.txt"
+        self._prepare = self._build_venvs([DETECTOR, *([SENSORS] if self._deploys_sensors else [])])
+
+    def _build_venvs(self, sources: Sequence[Any], wait: bool = False) -> subprocess.Popen[bytes] | None:
+        """Build the components' venvs in the shared root, one after the other (two cores are shared with the
+        devices), as the venvs' owner; `wait`: until done (an unfinished one is rebuilt by the next run)."""
+        sources = [c for c in sources if any(c.wheelhouse.glob("*.whl"))]  # else the Install step reports it
+        if not sources:
+            return None
         root = self.venvs_root
         root.mkdir(parents=True, exist_ok=True)
         log = self.home / "greengrass" / "prepare-runtime.log"
         identity: dict[str, Any] = {}
         user = self._share_venvs()
         if user is not None:  # built by the venvs' owner; a device's Install only reads them
-            _shared_lock(root, script, requirements)
+            for c in sources:
+                _shared_lock(root, c.installer, c.directory / "requirements.txt")
             identity = {"user": user.uid, "group": user.gid, "extra_groups": [], "cwd": root,
                         "env": {**os.environ, "HOME": str(root)}}
+        builds = [shlex.join(["python3", "-u", str(c.installer), "--requirements",
+                              str(c.directory / "requirements.txt"), "--wheels", str(c.wheelhouse),
+                              "--venvs-root", str(root), "--default-venvs-root", str(root)]) for c in sources]
         with log.open("ab") as out:
-            self._prepare = subprocess.Popen(
-                ["python3", "-u", str(script), "--requirements", str(requirements),
-                 "--wheels", str(WHEELHOUSE), "--venvs-root", str(root), "--default-venvs-root", str(root)],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **identity)
+            proc = subprocess.Popen(["sh", "-c", " && ".join(builds)], stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True, **identity)
+        if wait:
+            try:
+                rc = proc.wait()
+            except BaseException:  # e.g. Ctrl-C: no build left behind (an unfinished venv has no completion marker)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                raise
+            if rc != 0:
+                raise ConfigurationError(f"building the venvs of {', '.join(c.name for c in sources)} failed: "
+                                         f"see {log}")
+        return proc
 
     def _share_venvs(self) -> ComponentUser | None:
         """The shared venvs root, the runtime identity's and 0755 (devices read it, none can write it)."""
@@ -325,6 +406,8 @@ class Fleet:
             for reason, n in item.get("by_reason", {}).items():
                 counts[reason] = counts.get(reason, 0) + int(n)
         rows = []
+        hosts = {t: key for key, entry in recorded.items() for t in entry.get("things") or []}
+        hosts.update({t: key for key, m in self.procs.items() for t in m.things})
         known = {d.thing: d for d in self.gg.devices()}
         for thing in sorted(set(known) | set(self.things) | set(health)):  # and any device the cloud hears from
             info = known.get(thing)
@@ -343,18 +426,21 @@ class Fleet:
                 "last_health_at": (record.last_health_at or None) if record is not None else None,
                 "episodes": episodes.get(thing, {"total": 0, "open": 0}),
                 "unexpected_version": record.unexpected_version if record is not None else None,
+                "source": source_status(record.sensors, record.last_health_at) if record is not None else None,
                 "messages_missing": missing_messages(self.state, thing) if self.state is not None else {},
                 "messages_refused": refused.get(thing, {}),
-                "processes": {kind: self._process_state(thing, kind, recorded)
-                              for kind in self._kinds(thing, recorded)},
+                "processes": ({"light": self._process_state(hosts[thing].split("/")[0], "light", recorded)}
+                              if thing in hosts
+                              else {kind: self._process_state(thing, kind, recorded)
+                                    for kind in self._kinds(thing, recorded)}),
             })
         return rows
 
     def _kinds(self, thing: str, recorded: Mapping[str, Any]) -> tuple[str, ...]:
-        """nucleus, then the sensor source's processes: the simulator, or a controller and nacelle.sensors."""
+        """nucleus, then the sensor source's process: the simulator, or a controller (nacelle.sensors reading it
+        runs under the nucleus: the device's `components`)."""
         known = set(self.procs) | set(recorded)
-        protocol = tuple(k for k in ("controller", "sensors") if f"{thing}/{k}" in known)
-        return ("nucleus", *(protocol or ("simulator",)))
+        return ("nucleus", "controller" if f"{thing}/controller" in known else "simulator")
 
     def _process_state(self, thing: str, kind: str, recorded: Mapping[str, Any]) -> str:
         m = self.procs.get(f"{thing}/{kind}")

@@ -1,8 +1,9 @@
 """A simulated Greengrass core device, run as a process by `python -m nacelle.local.runtime.devicerunner`.
 
-It applies the deployments LocalGreengrass targets at the thing, from the same recipes the real nucleus uses:
-resolve → fetch and verify artifacts (shared by-digest cache) → unarchive → write each component's effective
-configuration → Install → Run, watched for `grace_s`. A component whose Install fails or whose Run exits
+It applies the deployments LocalGreengrass targets at the thing (to the thing itself or to its thing groups, each
+merged with what the other targets last deployed to it, as Greengrass v2 does), from the same recipes the real
+nucleus uses: resolve → fetch and verify artifacts (shared by-digest cache) → unarchive → write each component's
+effective configuration → Install → Run, watched for `grace_s`. A component whose Install fails or whose Run exits
 non-zero within the grace is BROKEN: the previous components come back (failureHandlingPolicy ROLLBACK) and
 the execution is FAILED. A component whose version and interpolated lifecycle are unchanged keeps running;
 only its configuration file is rewritten (the detector hot-swaps). `<root>/state.json` remembers the applied
@@ -17,8 +18,8 @@ With a component identity, other devices cannot read this device's files: `<root
 work dir (spool included) is the identity's and 0700, its certificate and private key are copied, the identity's
 and 0600, into `<root>/credentials/`, configuration files are the identity's and 0600, logs and state are the
 nucleus's and 0600. The shared CA certificate, the artifacts and the shared venvs stay readable. Components get
-no IPC variables (they use MQTT with the device's certificate, from `NACELLE_DEVICE_CONFIG`) and none of the
-operator's AWS credentials.
+no IPC variables (they use MQTT, from `NACELLE_DEVICE_CONFIG`: with the device's certificate and client id, or
+nacelle.sensors with the turbine's sensor source's, `mqtt_identity`) and none of the operator's AWS credentials.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import subprocess
 import tempfile
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,8 +46,10 @@ from nacelle.local.edge import recipes
 from nacelle.local.edge.capture_gateway import gateway_url
 from nacelle.local.edge.component_user import ComponentUser
 from nacelle.local.edge.component_user import resolve as resolve_user
+from nacelle.local.edge.pki import SENSOR_SOURCE
 from nacelle.local.edge.recipes import DevicePaths, RecipeError
-from shared.errors import NacelleError, NotFound
+from shared.components import SENSORS_COMPONENT
+from shared.errors import Conflict, NacelleError, NotFound
 from shared.observability import logger
 
 POLL_S = 0.3
@@ -55,6 +58,8 @@ GRACE_S = 5.0
 INSTALL_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 5.0
 MAX_RESTARTS = 3
+# components that talk MQTT as an identity of their own (CN and client id `<thing><suffix>`, nacelle/local/edge/pki.py)
+COMPONENT_IDENTITIES = {SENSORS_COMPONENT: SENSOR_SOURCE}
 _KEEP_HANDLED = 50
 # variables that would make a component believe it runs under a real nucleus (IPC)
 _IPC_ENV = ("SVCUID", "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT", "AWS_CONTAINER_AUTHORIZATION_TOKEN")
@@ -85,6 +90,23 @@ class DeploymentFailed(NacelleError):
         super().__init__(reason)
         self.error_stack = error_stack
         self.error_types = error_types
+
+
+@contextlib.contextmanager
+def resolution_failures() -> Iterator[None]:
+    """Resolving a deployment's components: a missing version, unmet requirements or a bad recipe become the
+    DeploymentFailed a Greengrass nucleus reports for them."""
+    try:
+        yield
+    except NotFound as e:
+        raise DeploymentFailed(str(e), ("DEPLOYMENT_FAILURE", "NO_AVAILABLE_COMPONENT_VERSION"),
+                               ("REQUEST_ERROR",)) from e
+    except recipes.ResolutionError as e:
+        raise DeploymentFailed(str(e), ("DEPLOYMENT_FAILURE", "COMPONENT_VERSION_REQUIREMENTS_NOT_MET"),
+                               ("REQUEST_ERROR",)) from e
+    except RecipeError as e:
+        raise DeploymentFailed(str(e), ("DEPLOYMENT_FAILURE", "RECIPE_PARSE_ERROR"),
+                               ("COMPONENT_RECIPE_ERROR",)) from e
 
 
 class Interrupted(NacelleError):
@@ -151,16 +173,23 @@ def write_json(path: Path, doc: Any, owner: ComponentUser | None = None) -> None
         raise
 
 
+def mqtt_identity(thing: str, component: str) -> str:
+    """Whom a component connects to the local broker as: its certificate's CN and its client id. nacelle.sensors
+    as the turbine's sensor source (`<thing>.sensors`: it may write the turbine's sensor topics only, and never
+    touches the detector's session); every other component as the device (`<thing>`)."""
+    return thing + COMPONENT_IDENTITIES.get(component, "")
+
+
 class Nucleus:
     def __init__(self, thing: str, home: Path, greengrass: DeviceGreengrass, *, grace_s: float = GRACE_S,
                  poll_s: float = POLL_S, install_timeout_s: float = INSTALL_TIMEOUT_S,
-                 stop_timeout_s: float = STOP_TIMEOUT_S, component_user: str = "") -> None:
+                 stop_timeout_s: float = STOP_TIMEOUT_S, component_user: str = "", root: Path | None = None) -> None:
         self.thing = thing
         self.home = Path(home).resolve()
         self.user = resolve_user(component_user, self.home)
         self.venvs = self.home / "greengrass" / "venvs"
         self.gg = greengrass
-        self.paths = DevicePaths(self.home / "devices" / thing, thing)
+        self.paths = DevicePaths(Path(root) if root is not None else self.home / "devices" / thing, thing)
         self.root = self.paths.root
         self.cache = self.home / "greengrass" / "artifact-cache"
         self.grace_s, self.poll_s = grace_s, poll_s
@@ -281,7 +310,7 @@ class Nucleus:
         self.gg.report(self.thing, dep_id, "IN_PROGRESS")
         previous = {n: ComponentState(**asdict(c)) for n, c in self.components.items()}
         try:
-            desired = self.plan(target.components)
+            desired = self.plan(self._effective(target))
             for name in desired:
                 self._fetch(name, desired[name].version)
             broken = self._converge(desired)
@@ -300,6 +329,16 @@ class Nucleus:
                 reason += f" (the rollback left {rollback_broken[0]} BROKEN: {rollback_broken[1]})"
         return self._finish(dep_id, "FAILED", reason, ("DEPLOYMENT_FAILURE", "COMPONENT_UPDATE_ERROR",
                                                       "COMPONENT_BROKEN"), ("USER_COMPONENT_ERROR",))
+
+    @staticmethod
+    def _effective(target: Any) -> Mapping[str, Mapping[str, Any]]:
+        """The deployment's components merged with what the thing's other targets deployed to it (Greengrass v2:
+        a group rollout leaves the thing deployment's components running)."""
+        try:
+            return dict(target.effective_components())
+        except Conflict as e:
+            raise DeploymentFailed(str(e), ("DEPLOYMENT_FAILURE", "COMPONENT_VERSION_REQUIREMENTS_NOT_MET"),
+                                   ("REQUEST_ERROR",)) from e
 
     def _finish(self, dep_id: str, status: str, reason: str, error_stack: tuple[str, ...] = (),
                 error_types: tuple[str, ...] = ()) -> str:
@@ -321,7 +360,7 @@ class Nucleus:
             found = self.gg.get_component(name, version)
             return None if found is None else found.recipe
 
-        try:
+        with resolution_failures():
             resolved = recipes.resolve(deployment, recipe_of, {n: c.version for n, c in self.components.items()})
             configs = {}
             for name, rc in resolved.items():
@@ -335,18 +374,15 @@ class Nucleus:
                 hard = sorted(d.name for d in recipes.dependencies(rc.recipe) if d.hard)
                 life = recipes.interpolated_lifecycle(name, view, rc.recipe, self.paths, deps)
                 out[name] = ComponentState(name, rc.version, configs[name], life, sorted(deps[name]), hard)
-        except NotFound as e:
-            raise DeploymentFailed(str(e), ("DEPLOYMENT_FAILURE", "NO_AVAILABLE_COMPONENT_VERSION"),
-                                   ("REQUEST_ERROR",)) from e
-        except recipes.ResolutionError as e:
-            raise DeploymentFailed(str(e), ("DEPLOYMENT_FAILURE", "COMPONENT_VERSION_REQUIREMENTS_NOT_MET"),
-                                   ("REQUEST_ERROR",)) from e
-        except RecipeError as e:
-            raise DeploymentFailed(str(e), ("DEPLOYMENT_FAILURE", "RECIPE_PARSE_ERROR"),
-                                   ("COMPONENT_RECIPE_ERROR",)) from e
         return out
 
     # ------------------------------------------------------------------ artifacts
+    def fetch(self, name: str, version: str) -> Path:
+        """Download, verify and unarchive a component version's artifacts (raises DeploymentFailed); returns
+        `{artifacts:decompressedPath}` (a host of light devices shares one copy: nacelle/local/edge/light.py)."""
+        self._fetch(name, version)
+        return self.paths.unarchived(name, version)
+
     def _fetch(self, name: str, version: str) -> None:
         found = self.gg.get_component(name, version)
         if found is None:
@@ -494,12 +530,13 @@ class Nucleus:
         except (OSError, ValueError):
             port = 8883
         pki = self.home / "pki"
-        ca, cert, key = pki / "ca.pem", pki / "clients" / f"{self.thing}.pem", pki / "clients" / f"{self.thing}.key"
+        identity = mqtt_identity(self.thing, c.name)
+        ca, cert, key = pki / "ca.pem", pki / "clients" / f"{identity}.pem", pki / "clients" / f"{identity}.key"
         if self.user is not None:  # pki/clients is the nucleus's: the device's own pair, readable by it only
             cert, key = self._credentials(cert, key)
         write_json(self._device_file(c.name), {
             "endpoint": "127.0.0.1", "port": port, "ca": str(ca), "cert": str(cert), "key": str(key),
-            "configuration": str(path), "work": str(self.paths.work(c.name)),
+            "client_id": identity, "configuration": str(path), "work": str(self.paths.work(c.name)),
             "capture_url": gateway_url(self.home)}, self.user)
 
     def _credentials(self, cert: Path, key: Path) -> tuple[Path, Path]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from nacelle.components import read_version
 from nacelle.local.adapters.greengrass import LocalGreengrass
@@ -88,6 +88,7 @@ class LocalSettings(Settings):
     drift_retrain_turbines: int = defaults.DRIFT_RETRAIN_TURBINES
     drift_retrain_after_s: float = defaults.DRIFT_RETRAIN_AFTER_S
     drift_retrain_min_captured_hours: float = defaults.DRIFT_RETRAIN_MIN_CAPTURED_HOURS
+    drift_auto_approve_canary: bool = defaults.DRIFT_AUTO_APPROVE_CANARY  # training_completed, canary only
     # rollout (shared.usecases.rollout): thing groups, soak, timeouts; detector_version "" = the VERSION file
     detector_version: str = ""
     canary_group: str = defaults.CANARY_GROUP
@@ -96,6 +97,7 @@ class LocalSettings(Settings):
     canary_timeout_s: float = defaults.LOCAL_CANARY_TIMEOUT_S
     stuck_timeout_s: float = defaults.LOCAL_STUCK_TIMEOUT_S
     rollout_poll_s: float = defaults.LOCAL_ROLLOUT_POLL_S
+    rollout_max_per_minute: int = Field(default=50, ge=1, le=1000)  # devices receiving a deployment per minute
     # when the stack runs as root, device k's components run as uid = gid = base + k and the shared venvs belong to
     # base (nacelle/local/edge/component_user.py); 0: components run as root
     component_id_base: int = 400_000
@@ -103,6 +105,10 @@ class LocalSettings(Settings):
     record_samples: bool = False  # simulators also keep every published sample (devices/<t>/sim/samples.jsonl)
     # merged into every deployment's detector configuration (recipe defaults suit AWS: health every 60 s)
     detector_configuration: dict[str, Any] = Field(default_factory=lambda: {"healthIntervalSeconds": 1})
+    # the detectors' statistics period (statsPeriodSeconds; None: the recipe's 30 min). A demo stack sets 60 so that
+    # periods reach drift_monitor and the console's timeline within minutes (too few windows to be judged for drift
+    # unless drift_min_windows is lowered too)
+    stats_period_s: float | None = Field(default=None, ge=60, le=86400)
 
     @field_validator("component_id_base")
     @classmethod
@@ -113,6 +119,20 @@ class LocalSettings(Settings):
             except ConfigurationError as exc:
                 raise ValueError(str(exc)) from exc
         return base
+
+    @model_validator(mode="after")
+    def _one_stats_period(self) -> LocalSettings:
+        other = self.detector_configuration.get("statsPeriodSeconds")
+        if self.stats_period_s is not None and other is not None and other != self.stats_period_s:
+            raise ValueError(f"stats_period_s ({self.stats_period_s:g}) and detector_configuration.statsPeriodSeconds "
+                             f"({other!r}) differ: set one of them")
+        return self
+
+    def detector_config(self) -> dict[str, Any]:
+        """What every deployment merges into the detector's configuration."""
+        if self.stats_period_s is None:
+            return dict(self.detector_configuration)
+        return {**self.detector_configuration, "statsPeriodSeconds": self.stats_period_s}
 
     def retrain_policy(self) -> RetrainPolicy:
         return RetrainPolicy(self.group, self.min_new_turbine_hours, self.quiet_period_s, self.hyperparameters)
@@ -215,7 +235,8 @@ class Stack:
 
     def registration_deps(self) -> RegistrationDeps:
         s = self.settings
-        return RegistrationDeps(self.store, self.state, self.registry, self.notifier, self.bus, s.gate(), s.group, now)
+        return RegistrationDeps(self.store, self.state, self.registry, self.notifier, self.bus, s.gate(), s.group, now,
+                                auto_approve_canary=s.drift_auto_approve_canary)
 
     def compile_deps(self) -> CompileDeps:
         return CompileDeps(self.store, self.state, self.registry, self.notifier, self.compiler, self.settings.group,
@@ -236,7 +257,7 @@ class Stack:
         return RolloutDeps(self.store, self.state, self.registry, self.notifier, self.greengrass, self.bus, s.group,
                            s.detector_version or read_version(), s.canary_group, s.fleet_group, s.canary_soak_s,
                            s.canary_timeout_s, s.stuck_timeout_s, now, poll_s=s.rollout_poll_s,
-                           detector_configuration=s.detector_configuration)
+                           detector_configuration=s.detector_config(), max_per_minute=s.rollout_max_per_minute)
 
     def operator_deps(self) -> Any:
         """The operator console's dependencies (shared.usecases.operator.OperatorDeps)."""

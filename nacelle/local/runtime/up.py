@@ -20,6 +20,7 @@ from nacelle.local.edge.broker import Broker, BrokerError
 from nacelle.local.edge.capture_gateway import CaptureGateway
 from nacelle.local.edge.fleet import CANARY_GROUP, Fleet, thing_names
 from nacelle.local.edge.pki import LocalPki
+from nacelle.local.edge.sensor_sources import PROTOCOLS, check_deployable, publish_sensors
 from nacelle.local.runtime.bus import Dispatcher
 from nacelle.local.runtime.console_server import DEFAULT_PORT, TOKEN_FILE, ConsoleServer
 from nacelle.local.runtime.rules import RuleEngine, ScheduleTicker
@@ -35,15 +36,22 @@ T = TypeVar("T")
 
 def run_up(home: Path, stop: threading.Event | None = None,
            on_ready: Callable[[Stack], None] | None = None, devices: int = 0, canary_size: int = 1,
-           console_port: int | None = 0, source: str = "sim") -> int:
+           console_port: int | None = 0, source: str = "sim", full_devices: int | None = None) -> int:
     """Run the stack until `stop`; with `console_port` (0: any free port, None: no console) serve the operator
     console on 127.0.0.1. `source`: where the devices' sensor streams come from (sim, modbus, opcua;
-    nacelle/local/edge/sensor_sources.py)."""
+    nacelle/local/edge/sensor_sources.py). `full_devices`: how many devices run in full (nucleus + simulator
+    processes), the others being light devices (None: all up to 10 devices, else 3; nacelle/local/edge/light.py)."""
+    if full_devices is not None and not 0 <= full_devices <= devices:
+        raise ConfigurationError(f"--full-devices {full_devices}: between 0 and --devices ({devices})")
+    if devices > 0:
+        check_deployable(source)  # before anything starts
     stop = stop or threading.Event()
     lock = StackLock(home / "up.lock")
     lock.acquire()
     try:
         stack = Stack(home)
+        if devices > 0 and source in PROTOCOLS:  # a build or version refused stops here, before anything runs
+            publish_sensors(home, stack.greengrass)
         console = _bind_console(stack, console_port)  # a port in use fails here, before anything else starts
         for job in stack.recover_orphans(adopt_standalone=True):
             print(f"job {job} was orphaned by a stopped stack: killed and reported Failed", flush=True)
@@ -63,7 +71,8 @@ def run_up(home: Path, stop: threading.Event | None = None,
         sweeper = Periodic(1.0, stack.greengrass.sweep, "nacelle-greengrass-sweep").start()
         keeper = (Periodic(BROKER_CHECK_S, lambda: keep_broker(broker, stack), "nacelle-broker-keeper").start()
                   if broker is not None else None)
-        fleet = _start_fleet(stack, devices, canary_size, simulators=broker is not None, source=source)
+        fleet = _start_fleet(stack, devices, canary_size, simulators=broker is not None, source=source,
+                             full_devices=full_devices)
         if console is not None:
             _start_console(stack, console)
         print(f"nacelle local stack up: data dir {home}, bucket {BUCKET}, "
@@ -224,20 +233,34 @@ def _start_capture_gateway(stack: Stack) -> CaptureGateway | None:
     return gateway
 
 
-def _start_fleet(stack: Stack, devices: int, canary_size: int, simulators: bool, source: str = "sim") -> Fleet | None:
-    """`devices` simulated core devices (nucleus + sensor source each), after the broker is up."""
+HEALTH_MSGS_PER_S_HINT = 50.0  # what the local deployment_status keeps up with, with margin, on 2 shared cores
+
+
+def _start_fleet(stack: Stack, devices: int, canary_size: int, simulators: bool, source: str = "sim",
+                 full_devices: int | None = None) -> Fleet | None:
+    """`devices` simulated core devices (nucleus + sensor source each, or light devices), after the broker is up."""
     if devices <= 0:
         return None
     s = stack.settings
     simulator_args = ["--speed", str(s.simulator_speed), *(["--record"] if s.record_samples else [])]
     fleet = Fleet(stack.paths.home, stack.greengrass, size=devices, canary_size=min(canary_size, devices),
                   state=stack.state, alerts=SqliteStateStore(stack.paths.alerts_db), simulators=simulators,
-                  simulator_args=simulator_args, component_id_base=s.component_id_base, source=source)
+                  simulator_args=simulator_args, component_id_base=s.component_id_base, source=source,
+                  full_devices=full_devices, light_args=["--speed", str(s.simulator_speed)])
     fleet.start()
     fleet.prepare_runtime()
-    print(f"local fleet: {', '.join(fleet.things)} ({', '.join(fleet.things[:fleet.canary_size]) or 'none'} "
+    light = fleet.light_things
+    interval = float(s.detector_configuration.get("healthIntervalSeconds", 60) or 60)
+    if devices / interval > HEALTH_MSGS_PER_S_HINT:
+        print(f"note: {devices} devices sending health every {interval:g} s make {devices / interval:.0f} "
+              f"messages/s for the local functions, more than a 2-core machine keeps up with; set "
+              f"`detector_configuration: {{healthIntervalSeconds: 10}}` in {stack.paths.config} "
+              f"(docs/fleet.md \"Light devices\")", flush=True)
+    print(f"local fleet: {', '.join(fleet.full_things)}"
+          f"{f' and {len(light)} light devices {light[0]}..{light[-1]}' if light else ''}"
+          f" ({', '.join(fleet.things[:fleet.canary_size]) or 'none'} "
           f"in {CANARY_GROUP}){'' if simulators else '; no simulators without a broker'}"
-          f"{f'; sensor streams from {source} controllers read by nacelle.sensors' if source != 'sim' else ''}",
+          f"{f'; {source} controllers read by nacelle.sensors, deployed to each device' if source != 'sim' else ''}",
           flush=True)
     return fleet
 
@@ -258,7 +281,8 @@ def _restore_signals(previous: dict[int, object]) -> None:
 
 
 @contextmanager
-def background_stack(home: Path, start_timeout_s: float = 60.0, devices: int = 0) -> Iterator[Stack]:
+def background_stack(home: Path, start_timeout_s: float = 60.0, devices: int = 0,
+                     full_devices: int | None = None, canary_size: int = 1) -> Iterator[Stack]:
     """`nacelle up` in a background thread of this process (the demo, benchmarks and tests use it)."""
     stop = threading.Event()
     ready: list[Stack] = []
@@ -271,7 +295,7 @@ def background_stack(home: Path, start_timeout_s: float = 60.0, devices: int = 0
 
     def target() -> None:
         try:
-            run_up(home, stop, on_ready=on_ready, devices=devices)
+            run_up(home, stop, on_ready=on_ready, devices=devices, full_devices=full_devices, canary_size=canary_size)
         except BaseException as exc:  # handed to the caller below
             errors.append(exc)
             started.set()

@@ -1,5 +1,6 @@
-// The turbine timeline chart: inline SVG, time on x, peak score / threshold on y (log-free, the threshold at 1.0).
-// Episodes are shaded spans with their peak as a dot, model swaps vertical lines, alerts triangles on top.
+// The turbine timeline chart: inline SVG, time on x, score / threshold on y (log-free, the threshold at 1.0).
+// Each detector period is a score band (p05-p95, p25-p75 darker, the median a line), episodes are shaded spans with
+// their peak as a dot, model swaps vertical lines, alerts triangles on top, captured raw-sample files bars at the foot.
 // Zoom: wheel (around the pointer) or the +/- buttons; pan: drag; reset: double-click or the reset button.
 "use strict";
 
@@ -7,7 +8,8 @@ window.NacelleChart = (() => {
   const NS = "http://www.w3.org/2000/svg";
   const M = {left: 48, right: 16, top: 26, bottom: 28};
   const COLORS = {score: "#cf222e", episode: "rgba(207,34,46,0.18)", threshold: "#9a6700", swap: "#1f6feb", alert: "#8250df",
-    grid: "#e6eaef", text: "#5b6876"};
+    grid: "#e6eaef", text: "#5b6876", band: "rgba(31,111,235,0.14)", core: "rgba(31,111,235,0.28)", median: "#1f6feb",
+    capture: "#1a7f37"};
   const s = (tag, attrs) => {
     const el = document.createElementNS(NS, tag);
     for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
@@ -19,7 +21,8 @@ window.NacelleChart = (() => {
     return span < 3 * 86400e3 ? d.slice(11, 19) : d.slice(5, 16).replace("T", " ");
   };
 
-  function create(holder) {
+  // opts.onView(view): called with [t0, t1] (epoch ms) after every drawing (zoom, pan, new data)
+  function create(holder, opts = {}) {
     const svg = s("svg", {role: "img", "aria-label": "turbine timeline"});
     const tip = document.createElement("div");
     tip.className = "tip";
@@ -40,6 +43,7 @@ window.NacelleChart = (() => {
       t.episodes.forEach((e) => times.push(ms(e.started_at), ms(e.ended_at)));
       t.alerts.forEach((a) => times.push(ms(a.at)));
       t.model_swaps.forEach((m) => times.push(ms(m.at)));
+      (t.periods || []).forEach((p) => times.push(ms(p.started_at), ms(p.ended_at)));
       if (t.last_health_at) times.push(ms(t.last_health_at));
       const ok = times.filter((x) => !Number.isNaN(x));
       if (!ok.length) { const now = Date.now(); return [now - 3600e3, now]; }
@@ -67,7 +71,8 @@ window.NacelleChart = (() => {
     }
     function geometry() {
       const w = svg.clientWidth || 800, hgt = svg.clientHeight || 360;
-      const maxScore = Math.max(2, ...data.episodes.map((e) => e.score || 0)) * 1.1;
+      const maxScore = Math.max(2, ...data.episodes.map((e) => e.score || 0),
+        ...(data.periods || []).map((p) => (p.score ? p.score.p95 : 0))) * 1.1;
       const x = (t) => M.left + (t - view[0]) / (view[1] - view[0]) * (w - M.left - M.right);
       const y = (v) => hgt - M.bottom - v / maxScore * (hgt - M.top - M.bottom);
       const tAt = (px) => view[0] + (px - M.left) / (w - M.left - M.right) * (view[1] - view[0]);
@@ -98,6 +103,21 @@ window.NacelleChart = (() => {
       }
       const plot = s("g", {"clip-path": "url(#plot)"});
       svg.append(plot);
+      for (const p of data.periods || []) {  // the score band of each period
+        if (!p.score) continue;
+        const x0 = g.x(ms(p.started_at)), x1 = Math.max(g.x(ms(p.ended_at)), x0 + 1), w = x1 - x0;
+        plot.append(s("rect", {x: x0, y: g.y(p.score.p95), width: w, height: g.y(p.score.p05) - g.y(p.score.p95), fill: COLORS.band, "data-kind": "period"}));
+        plot.append(s("rect", {x: x0, y: g.y(p.score.p75), width: w, height: g.y(p.score.p25) - g.y(p.score.p75), fill: COLORS.core}));
+        plot.append(s("line", {x1: x0, x2: x1, y1: g.y(p.score.p50), y2: g.y(p.score.p50), stroke: COLORS.median, "stroke-width": 1.5}));
+        items.push({x: (x0 + x1) / 2, y: g.y(p.score.p50), text: `period ${p.started_at} → ${p.ended_at} · model ${p.model_version ? "v" + p.model_version : "-"}\n` +
+          `score / threshold: median ${p.score.p50.toFixed(2)}, p05–p95 ${p.score.p05.toFixed(2)}–${p.score.p95.toFixed(2)}\n` +
+          `${p.operating_windows} of ${p.windows} windows in the operating regime`});
+      }
+      for (const c of data.captures || []) {  // captured raw samples: a bar at the foot
+        const x0 = g.x(ms(c.started_at)), x1 = Math.max(g.x(ms(c.ended_at)), x0 + 2), yy = g.hgt - M.bottom - 4;
+        plot.append(s("rect", {x: x0, y: yy, width: x1 - x0, height: 4, fill: COLORS.capture, "data-kind": "capture"}));
+        items.push({x: (x0 + x1) / 2, y: yy, text: `captured ${c.kind} samples${c.episode_id ? " of " + c.episode_id : ""}\n${c.started_at} → ${c.ended_at}\nzoom in to see them below`});
+      }
       const thr = g.y(data.threshold);
       plot.append(s("line", {x1: M.left, x2: g.w - M.right, y1: thr, y2: thr, stroke: COLORS.threshold, "stroke-dasharray": "6 4"}));
       for (const e of data.episodes) {
@@ -124,11 +144,12 @@ window.NacelleChart = (() => {
         items.push({x: xx, y: yy, text: `${a.kind} alert ${a.alert_id}\n${a.at} · ${a.severity} · ${a.status}` +
           (a.acks.length ? `\nacknowledged by ${a.acks[a.acks.length - 1].by}${a.verdict ? " (" + a.verdict + ")" : ""}` : "")});
       }
-      if (!data.episodes.length && !data.model_swaps.length && !data.alerts.length) {
+      if (!data.episodes.length && !data.model_swaps.length && !data.alerts.length && !(data.periods || []).length) {
         const tx = s("text", {x: g.w / 2, y: g.hgt / 2, "text-anchor": "middle", fill: COLORS.text});
         tx.textContent = "nothing recorded for this turbine yet";
         svg.append(tx);
       }
+      if (opts.onView) opts.onView(view.slice());
     }
     function pointer(ev) {
       const r = svg.getBoundingClientRect();

@@ -193,6 +193,15 @@ function modelsPage(main) {
 }
 
 // -- Fleet -------------------------------------------------------------------------------------------
+// The signal source as the device's health last reported it (shared/source_status.py): ok, down or stale since when.
+function sourceCell(s) {
+  if (!s) return "-";
+  const cls = {ok: "ok", finished: "ok", down: "bad", stale: "warn"}[s.status] || "";
+  const since = s.status === "down" || s.status === "stale" ? (s.since ? ` since ${fmtTime(s.since)}` : " (no value yet)") : "";
+  return h("span", {"data-testid": "source", title: [s.source, s.state, s.last_error].filter(Boolean).join(" · ")},
+    badge(s.status, cls), since);
+}
+
 function fleetPage(main) {
   main.append(h("h1", {}, "Fleet"));
   const summary = region(main, "fleet-summary");
@@ -210,9 +219,9 @@ function fleetPage(main) {
       const [doc, dep] = await Promise.all([api("/api/fleet?limit=500"), pending]);
       summary.replaceChildren(h("p", {}, `${doc.total} devices: ${doc.counts.ONLINE} online, ${doc.counts.OFFLINE} offline `,
         h("span", {class: "muted"}, `(OFFLINE: no health for over ${doc.offline_after_s} s)`)));
-      devices.replaceChildren(table(["device", "role", "model", "detector", "components", "state", "inference Hz", "last seen", "episodes", "last deployment"],
+      devices.replaceChildren(table(["device", "role", "model", "detector", "components", "state", "source", "inference Hz", "last seen", "episodes", "last deployment"],
         doc.items.map((d) => [turbineLink(d.thing), d.role || "-", d.model_version ? `v${d.model_version}` : "-", d.detector_version || "-",
-          Object.entries(d.components).sort().map(([k, v]) => `${k} ${v}`).join(", ") || "-", badge(d.state),
+          Object.entries(d.components).sort().map(([k, v]) => `${k} ${v}`).join(", ") || "-", badge(d.state), sourceCell(d.source),
           d.inference_rate_hz === null ? "-" : Number(d.inference_rate_hz.toFixed(2)), ago(d.last_seen),
           `${d.episodes.total} (${d.episodes.open} open)`, d.deployment ? `${d.deployment.status}${d.deployment.reason ? ": " + d.deployment.reason : ""}` : "-"]),
         {keys: doc.items.map((d) => d.thing), testid: "device-table", empty: "no devices yet"}));
@@ -337,17 +346,26 @@ function dataPage(main) {
 function turbinePage(main, turbine) {
   main.append(h("h1", {}, `Turbine ${turbine}`));
   const facts = region(main, "turbine-facts");
-  const legend = h("div", {class: "legend"}, ...[["episode", "episode (open to close)"], ["score", "peak score"],
-    ["threshold", "threshold (1.0)"], ["swap", "model swap"], ["alert", "alert"]].map(([c, t]) => h("span", {}, h("span", {class: `swatch ${c}`}), t)));
+  const legend = h("div", {class: "legend"}, ...[["band", "score / threshold per period (p05–p95, p25–p75, median)"],
+    ["episode", "episode (open to close)"], ["score", "peak score"], ["threshold", "threshold (1.0)"], ["swap", "model swap"],
+    ["alert", "alert"], ["capture", "captured samples"]].map(([c, t]) => h("span", {}, h("span", {class: `swatch ${c}`}), t)));
   const holder = h("div", {class: "chart", "data-testid": "timeline-chart"});
   main.append(legend, holder, h("p", {class: "muted"}, "Wheel or +/− to zoom, drag to pan, double-click to reset; hover for details."));
+  main.append(h("h2", {}, "Signals"), h("p", {class: "muted"}, "Per feature: each period's p05–p95 band and median; " +
+    "the captured raw samples where the range shown has them."));
+  const signalsHolder = h("div", {class: "signals", "data-testid": "signal-charts"});
+  main.append(signalsHolder);
   const lists = region(main, "turbine-lists");
-  const chart = window.NacelleChart.create(holder);
+  const signals = window.NacelleSignals.create(signalsHolder, (start, end) => api(
+    `/api/turbines/${encodeURIComponent(turbine)}/signals?start=${encodeURIComponent(start)}&end=${encodeURIComponent(end)}`));
+  const chart = window.NacelleChart.create(holder, {onView: (v) => signals.setView(v)});
   return {
     async refresh() {
       const t = await api(`/api/turbines/${encodeURIComponent(turbine)}/timeline`);
       facts.replaceChildren(h("p", {}, `model ${t.model_version ? "v" + t.model_version : "-"} · last health ${ago(t.last_health_at)} · `,
-        `${t.episodes.length} episode(s), ${t.alerts.length} alert(s), ${t.model_swaps.length} deployment event(s)`));
+        `${t.episodes.length} episode(s), ${t.alerts.length} alert(s), ${t.model_swaps.length} deployment event(s), ` +
+        `${t.periods.length} period(s), ${t.captures.length} captured file(s)`));
+      signals.update(t);
       chart.update(t);
       lists.replaceChildren(h("h2", {}, "Model swaps"), table(["at", "model", "status", "deployment"],
         t.model_swaps.map((s) => [fmtTime(s.at), s.model_version ? `v${s.model_version}` : "-", s.status, s.deployment_id.slice(0, 8)]), {empty: "none"}),

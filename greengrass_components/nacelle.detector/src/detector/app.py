@@ -28,6 +28,7 @@ from .config import ConfigSource, DetectorConfig
 from .messages import BadMessage, MessageBuilder
 from .pipeline import Result, TurbinePipeline
 from .scoring import EdgeModel
+from .source_health import SourceHealth
 from .spool import Spool
 from .stats import PeriodStats
 from .transport import PublishRejected, Transport, TransportError
@@ -74,6 +75,7 @@ class DetectorApp:
         self.config: DetectorConfig = config_source.current()
         self.drift_stats = PeriodStats(self.config.thing, self.config.stats_period_s)  # drift statistics (stats.py)
         self.builder = MessageBuilder(self.config.thing)
+        self.source_health = SourceHealth(self.config.thing, self.request_health)  # the sensor source's reports
         self.pipeline: TurbinePipeline | None = None
         self.model_error: str | None = None
         # counters (health)
@@ -105,6 +107,7 @@ class DetectorApp:
         self._next_health = self._started_at + self.config.health_interval_s
         # Connect first: sensor messages queue up while the first model loads, then it scores them (the first
         # window fills during the load instead of after it).
+        self.transport.subscribe(f"{self.config.sensors_topic}/health", self.source_health.on_message)
         self.transport.subscribe(self.config.sensors_topic, self.on_sensor_message)
         self.transport.on_connection_change(lambda up: self._spooled.set() if up else None)
         self.transport.connect()
@@ -240,13 +243,14 @@ class DetectorApp:
     def health(self) -> dict[str, Any]:
         p = self.pipeline
         p50, p99 = p.latency_ms() if p is not None else (None, None)
-        return self.builder.health(
+        return self.source_health.with_summary(self.builder.health(
             model_version=p.model_version if p is not None else None,
             inference_rate_hz=p.inference_rate_hz() if p is not None else 0.0,
             latency_p50_ms=p50, latency_p99_ms=p99, spool_depth=self.spool.depth(),
             spool_dropped=self.spool.dropped, bad_messages=self.bad_messages + self.overflow,
             uptime_s=self.clock() - self._started_at, windows_scored=self.windows_scored,
-            detector_version=self.version, model_error=self.model_error)
+            detector_version=self.version, model_error=self.model_error,
+            capture=self.capture.summary() if self.capture is not None else None))
 
     # -- model changes ---------------------------------------------------------------------------------
     def _on_config(self, config: DetectorConfig) -> None:

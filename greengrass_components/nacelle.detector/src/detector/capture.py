@@ -30,6 +30,7 @@ import numpy as np
 
 from shared.capture import EPISODE, NORMAL
 from shared.errors import ConfigurationError
+from shared.messages import CaptureSummary
 from shared.ml.episodes import EpisodeEvent
 from shared.ml.spec import FeatureSpec
 
@@ -337,3 +338,11 @@ class Capture:
 
     def stats(self) -> dict[str, Any]:
         return {**self.store.stats(), "capture_failures": self.failures}
+
+    def summary(self) -> CaptureSummary:
+        """The health message's `capture` block."""
+        s = self.stats()
+        return CaptureSummary(pending_files=s["capture_pending"], pending_bytes=s["capture_bytes"],
+                              written=s["capture_written"], uploaded=s["capture_uploaded"],
+                              dropped_normal=s["capture_dropped_normal"], dropped_episode=s["capture_dropped_episode"],
+                              failures=s["capture_failures"])

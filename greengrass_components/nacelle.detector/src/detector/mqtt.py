@@ -2,7 +2,8 @@
 
 Client id = thing name; the session is rejoined (REJOIN_ALWAYS + session expiry) so the broker keeps
 the sensors subscription and queues QoS 1 sensor messages while the detector is away. Subscriptions
-are re-sent whenever the broker reports no session. A publish that times out may still be in the
+are re-sent whenever the broker reports no session, and each is sent once per process even into a rejoined one (an
+earlier version of the detector may not have subscribed to it). A publish that times out may still be in the
 client's queue (un-acked QoS 1 publishes are retransmitted on reconnect): the next attempt of the
 same message waits for that one instead of sending it again, so a retry adds no duplicate.
 """
@@ -42,6 +43,7 @@ class MqttTransport:
     def __init__(self, settings: MqttSettings, client_factory: Any = None) -> None:
         self.settings = settings
         self._subscriptions: dict[str, MessageCallback] = {}
+        self._sent: set[str] = set()  # topics subscribed to by this process (a rejoined session may lack a new one)
         self._listeners: list[ConnectionCallback] = []
         self._connected = threading.Event()
         self._failures = 0  # consecutive failed connection attempts (logged once, then every 100th)
@@ -91,8 +93,8 @@ class MqttTransport:
         present = bool(data.connack_packet and data.connack_packet.session_present)
         log.info("connected to %s:%d as %s (session present: %s)", self.settings.endpoint, self.settings.port,
                  self.settings.client_id, present)
-        if not present:
-            for topic in list(self._subscriptions):
+        for topic in list(self._subscriptions):
+            if not present or topic not in self._sent:
                 self._send_subscribe(topic)
         self._failures = 0
         self._set_connected(True)
@@ -128,6 +130,7 @@ class MqttTransport:
             else:
                 log.info("subscribed to %s", topic)
 
+        self._sent.add(topic)
         self._client.subscribe(packet).add_done_callback(done)
 
     def _on_publish(self, data: Any) -> None:

@@ -1,8 +1,9 @@
 """SensorsApp: source -> sampler -> batches -> publisher, with health and configuration changes.
 
 One thread runs an asyncio loop: the sampler (its reads, timeouts and reconnects), the batches it fills, and the
-health report. Health (shared.messages.SensorHealthMessage) goes to `topics.health` every healthIntervalSeconds and,
-at most once a second, when the source's state changes (connected, disconnected...). A valid configuration change
+health report. Health (shared.messages.SensorHealthMessage) goes to `topics.health` on the device's local pub/sub
+(the detector reports it to the cloud in the device's health message) every healthIntervalSeconds and, at most once
+a second, when the source's state changes (connected, disconnected...). A valid configuration change
 builds the new source first (a file that cannot be read keeps the old one running), then replaces the old one
 between two ticks.
 """
@@ -51,13 +52,13 @@ def build_runner(config: SensorsConfig, emit: Callable[[Sample], None], stats: S
 
         return PollingRunner(ModbusSource(config.modbus), signals, config.rate_hz, emit, stats,
                              timeout_s=config.modbus.timeout_s, reconnect_min_s=config.reconnect_min_s,
-                             reconnect_max_s=config.reconnect_max_s)
+                             reconnect_max_s=config.reconnect_max_s, counter=config.sample_counter)
     if config.opcua is not None:
         from .opcua import OpcUaSource
 
         return PollingRunner(OpcUaSource(config.opcua, 1.0 / config.rate_hz), signals, config.rate_hz, emit, stats,
                              timeout_s=config.opcua.timeout_s, reconnect_min_s=config.reconnect_min_s,
-                             reconnect_max_s=config.reconnect_max_s)
+                             reconnect_max_s=config.reconnect_max_s, counter=config.sample_counter)
     from .streams import ReplaySource, SimulatedSource
 
     source: ReplaySource | SimulatedSource
@@ -144,6 +145,8 @@ class SensorsApp:
                     same_grid = isinstance(old, PollingRunner) and isinstance(self.runner, PollingRunner) \
                         and old.rate == self.runner.rate
                     resume = old.next_tick if same_grid else None  # type: ignore[union-attr]
+                    if same_grid and old.counter == self.runner.counter:  # type: ignore[union-attr]
+                        self.runner.last_counter = old.last_counter  # type: ignore[union-attr]
                     self._pending = None
                     self.batcher.flush()
                     self.batcher = Batcher(self.config.thing, self.config.sensors_topic, self.config.batch_samples,
@@ -203,11 +206,13 @@ class SensorsApp:
             rate_hz=self.config.rate_hz, last_sample_age_s=age, samples=s.samples, samples_missing=s.samples_missing,
             values_missing=s.values_missing, reads_failed=s.reads_failed, reconnects=s.reconnects,
             dropped=self.publisher.dropped, last_error=None if s.last_error is None else s.last_error[:2000],
-            uptime_s=round(time.monotonic() - self._started, 3), component_version=self.version)
+            uptime_s=round(time.monotonic() - self._started, 3), component_version=self.version,
+            health_interval_s=self.config.health_interval_s, samples_repeated=s.samples_repeated)
         return asdict(message)
 
     def _send_health(self) -> None:
+        """On the device's local pub/sub: the detector folds it into the device's health message to the cloud."""
         doc = self.health()
         payload = SensorHealthMessage(**doc).to_json()  # the same check any reader applies
-        self.publisher.publish(self.config.health_topic, payload, cloud=True)
+        self.publisher.publish(self.config.health_topic, payload)
         self.health_sent += 1

@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "spec": "",  # "": the packaged default spec (mini-turbine); else a spec object (docs/data.md)
     "rateHz": 0,  # 0: the spec's sampling.rate_hz
     "batchSamples": 1,  # samples per sensor message (1: each sample as soon as it is read)
+    "sampleCounter": "",  # modbus/opcua: a mapped signal the controller changes with every new sample (counter, time)
     "healthIntervalSeconds": 60,
     "topics": {"sensors": "turbines/{thing}/sensors", "health": "turbines/{thing}/sensors/health"},
     "reconnect": {"minSeconds": 0.1, "maxSeconds": 5.0},
@@ -110,6 +111,7 @@ class SensorsConfig:
     replay: ReplaySettings | None = None
     simulator: SimulatorSettings | None = None
     extra_signals: tuple[str, ...] = field(default=())  # mapped signals the spec does not use: carried along
+    sample_counter: str = ""  # a mapped signal that changes with every new controller sample ("": none)
 
     @property
     def signals(self) -> tuple[str, ...]:
@@ -167,6 +169,17 @@ class SensorsConfig:
             settings["replay"] = _replay(section, here)
         else:
             settings["simulator"] = _simulator(section, here)
+        counter = doc["sampleCounter"]
+        if not isinstance(counter, str):
+            raise ConfigurationError(f"{where}: sampleCounter must be the name of a mapped signal, got {counter!r}")
+        if counter and source not in ("modbus", "opcua"):
+            raise ConfigurationError(f"{where}: sampleCounter applies to the modbus and opcua sources only "
+                                     f"(source is {source})")
+        if counter and counter not in (*spec.input_columns, *extra):
+            mapped = "registers" if source == "modbus" else "nodes"
+            raise ConfigurationError(f"{where}: sampleCounter: {counter!r} is not one of the signals of "
+                                     f"{source}.{mapped}")
+        settings["sample_counter"] = counter
         return cls(thing, cast(Source, source), spec, float(rate), batch, health, resolved["sensors"],
                    resolved["health"], low, high, extra_signals=extra, **settings)
 

@@ -1,12 +1,13 @@
-"""Out of the component: sensor messages on the local sensor topic, health towards the cloud.
+"""Out of the component: sensor messages on the local sensor topic, and its health beside them for the detector.
 
 Publishing never blocks the sampling loop: each publish is handed to the client, which completes it in the
 background; at most MAX_IN_FLIGHT stay unacknowledged (the broker or the nucleus is away), beyond that a message is
 dropped and counted (`dropped`, reported in health). Two clients:
 
-* IpcPublisher (under Greengrass): local pub/sub `PublishToTopic` for the sensor stream, `PublishToIoTCore` (QoS 1)
-  for health, through an injected GreengrassCoreIPCClientV2;
-* MqttPublisher (outside Greengrass, the local stack): MQTT 5 with mutual TLS (awsiotsdk), QoS 1 for both.
+* IpcPublisher (under Greengrass): local pub/sub `PublishToTopic`, through an injected GreengrassCoreIPCClientV2;
+* MqttPublisher (outside Greengrass, the local stack): MQTT 5 with mutual TLS (awsiotsdk), QoS 1.
+
+Nothing goes to AWS IoT Core directly: the detector reports the source's health in the device's health message.
 """
 
 from __future__ import annotations
@@ -25,15 +26,14 @@ from .sampler import Sample
 log = logging.getLogger("sensors.publisher")
 
 MAX_IN_FLIGHT = 2000  # unacknowledged messages (100 s of a 20 Hz stream published sample by sample)
-QOS_AT_LEAST_ONCE = "1"  # awsiot.greengrasscoreipc.model.QOS.AT_LEAST_ONCE
 
 
 class Publisher(Protocol):
     dropped: int
     failed: int
 
-    def publish(self, topic: str, payload: bytes, *, cloud: bool = False) -> None:
-        """Hand a message over without waiting; `cloud`: for AWS IoT Core (health), else the local sensor topic."""
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Hand a message over without waiting (on the device's local pub/sub)."""
 
     def close(self) -> None: ...
 
@@ -134,7 +134,7 @@ class MqttPublisher:
     def failed(self) -> int:
         return self._flight.failed
 
-    def publish(self, topic: str, payload: bytes, *, cloud: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes) -> None:
         if not self._flight.take():
             return
         packet = self._mqtt5.PublishPacket(topic=topic, payload=payload, qos=self._mqtt5.QoS.AT_LEAST_ONCE)
@@ -171,15 +171,11 @@ class IpcPublisher:
     def failed(self) -> int:
         return self._flight.failed
 
-    def publish(self, topic: str, payload: bytes, *, cloud: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes) -> None:
         if not self._flight.take():
             return
         try:
-            if cloud:
-                future = self.client.publish_to_iot_core_async(topic_name=topic, qos=QOS_AT_LEAST_ONCE,
-                                                               payload=payload)
-            else:
-                future = self.client.publish_to_topic_async(topic=topic, publish_message=self._message(payload))
+            future = self.client.publish_to_topic_async(topic=topic, publish_message=self._message(payload))
         except Exception as exc:  # the IPC connection is gone
             self._flight.done(False, f"{topic}: {exc!r}")
             return

@@ -10,6 +10,13 @@ connection and the backoff is reset only by a successful read. A refused connect
 restarting) is retried every quarter of a sample interval (at most `reconnect_min_s`) without growing the
 backoff, so a restarted server is read again within the tick it comes back.
 
+A poll delayed by load (a slow publisher, a process not scheduled, a server answering late) may read the controller's
+next sample, and the tick after it read that same sample again. With `counter` (the configuration's sampleCounter: a
+mapped signal the controller changes with every new sample, a scan counter or the sample's time) a reading whose
+counter equals the last one published with values is a repeat: that tick is published as missing and counted
+(`samples_repeated`), so each controller sample reaches the sensor topic at most once. Without a counter a repeat
+cannot be told from a signal that holds still.
+
 StreamRunner (replay, simulator) releases the source's own samples as their stream time elapses at `speed`.
 """
 
@@ -79,6 +86,7 @@ class SourceStats:
     state: State = "connecting"
     samples: int = 0  # published (or handed to the publisher)
     samples_missing: int = 0  # samples with no value at all
+    samples_repeated: int = 0  # readings the sample counter showed to be a repeat (published as missing)
     values_missing: int = 0  # single signals without a reading in samples that have others
     reads_failed: int = 0
     connects: int = 0
@@ -119,8 +127,11 @@ class Counting:
 class PollingRunner:
     def __init__(self, source: PolledSource, signals: Sequence[str], rate_hz: float, emit: Emit,
                  stats: SourceStats, *, timeout_s: float, reconnect_min_s: float = 0.1, reconnect_max_s: float = 5.0,
-                 wall: Callable[[], float] = time.time, mono: Callable[[], float] = time.monotonic) -> None:
+                 counter: str = "", wall: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic) -> None:
         self.source = source
+        self.counter = counter
+        self.last_counter: Any = None  # the counter of the last sample published with values
         self.rate = rate_hz
         self.out = Counting(signals, emit, stats)
         self.stats = stats
@@ -153,7 +164,7 @@ class PollingRunner:
                 latest = max(tick, math.floor((self.mono() + offset) * self.rate + 1e-9))
                 self.missed(tick, latest)
                 self.next_tick = latest
-                self.out.sample(latest, self.ts(latest), await self.poll())
+                self.out.sample(latest, self.ts(latest), self.unrepeated(await self.poll()))
                 tick = latest + 1
             self.next_tick = tick
         finally:
@@ -174,6 +185,22 @@ class PollingRunner:
         self.stats.samples_missing += keep - first
         for tick in range(keep, end):
             self.out.sample(tick, self.ts(tick), None)
+
+    def unrepeated(self, values: Mapping[str, float | None] | None) -> Mapping[str, float | None] | None:
+        """The reading, or None when its sample counter says the last published sample was read again."""
+        if not self.counter or values is None:
+            return values
+        counter = values.get(self.counter)
+        if counter is None:
+            return values
+        if counter == self.last_counter:
+            self.stats.samples_repeated += 1
+            if self.stats.samples_repeated % 100 == 1:
+                log.warning("%s: %s %r read again (the controller had no new sample): published as missing "
+                            "(%d so far)", self.source.endpoint, self.counter, counter, self.stats.samples_repeated)
+            return None
+        self.last_counter = counter
+        return values
 
     async def poll(self) -> Mapping[str, float | None] | None:
         """One read of the source, or None (not connected, failed, timed out)."""

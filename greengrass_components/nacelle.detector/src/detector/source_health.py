@@ -1,0 +1,102 @@
+"""The turbine's signal source in the device's health message.
+
+The nacelle.sensors component reports its source's health (shared.messages.SensorHealthMessage) on the device's
+local pub/sub, `<sensors topic>/health` (turbines/<thing>/sensors/health). SourceHealth keeps the newest report and
+turns it into the `sensors` block of the detector's health message (shared.messages.SensorsSummary), so the cloud
+stores it with the device's health and an operator sees a source that is down or no longer reports.
+
+A report that fails its definition or speaks for another turbine is refused, counted and logged, never kept. Reports
+are ordered by the component's run (its start time, now - uptime_s) and `seq`: a duplicate or a late report of an
+earlier run never replaces a newer one. A change of the source's state asks for a health message at once (at most
+one every CHANGE_HEALTH_MIN_S), so the cloud learns of an outage without waiting for the next interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from shared.messages import BadMessage, HealthMessage, SensorHealthMessage, SensorsSummary, decode, validate
+
+log = logging.getLogger("detector.source_health")
+
+CHANGE_HEALTH_MIN_S = 5.0
+SAME_RUN_S = 2.0  # two reports whose start times differ by less than this come from one run of the component
+MAX_ERROR = 200  # characters of the source's last error kept in the block
+
+
+class SourceHealth:
+    def __init__(self, thing: str, on_change: Callable[[], None] | None = None, *,
+                 wall: Callable[[], float] = time.time, mono: Callable[[], float] = time.monotonic) -> None:
+        self.thing = thing
+        self.on_change = on_change
+        self.wall, self.mono = wall, mono
+        self.refused = 0
+        self._lock = threading.Lock()
+        self._latest: SensorHealthMessage | None = None
+        self._received = 0.0  # mono time the latest report arrived
+        self._run_start = 0.0  # wall time its component run started
+        self._last_change_health = -CHANGE_HEALTH_MIN_S
+
+    def on_message(self, payload: bytes) -> None:
+        """A report off the local topic (the transport's thread)."""
+        try:
+            report = decode(SensorHealthMessage, payload)
+        except BadMessage as exc:
+            self._refuse(f"sensor-source health refused: {exc.reason}")
+            return
+        if report.turbine_id != self.thing:
+            self._refuse(f"sensor-source health for {report.turbine_id!r} refused: this is {self.thing!r}")
+            return
+        now, run_start = self.mono(), self.wall() - report.uptime_s
+        with self._lock:
+            latest = self._latest
+            if latest is not None:
+                same_run = abs(run_start - self._run_start) < SAME_RUN_S
+                if (same_run and report.seq <= latest.seq) or (not same_run and run_start < self._run_start):
+                    return  # a duplicate, or older than what is kept
+            self._latest, self._received = report, now
+            self._run_start = run_start if latest is None or not same_run else self._run_start
+            changed = latest is None or latest.state != report.state
+            ask = changed and now - self._last_change_health >= CHANGE_HEALTH_MIN_S
+            if ask:
+                self._last_change_health = now
+        if changed:
+            log.info("sensor source %s %s%s", report.source, report.state,
+                     f": {report.last_error}" if report.state != "connected" and report.last_error else "")
+        if ask and self.on_change is not None:
+            self.on_change()
+
+    def _refuse(self, reason: str) -> None:
+        with self._lock:
+            self.refused += 1
+            n = self.refused
+        if n == 1 or n % 100 == 0:
+            log.warning("%s (%d refused so far)", reason, n)
+
+    def summary(self) -> SensorsSummary | None:
+        """The `sensors` block as of now (None: no report yet, e.g. the sensor topic is fed by something else)."""
+        with self._lock:
+            r, received = self._latest, self._received
+        if r is None:
+            return None
+        waited = max(0.0, self.mono() - received)
+        error = r.last_error
+        return SensorsSummary(
+            source=r.source, state=r.state, rate_hz=r.rate_hz,
+            last_sample_age_s=None if r.last_sample_age_s is None else round(r.last_sample_age_s + waited, 3),
+            report_age_s=round(waited, 3), report_interval_s=r.health_interval_s, samples=r.samples,
+            samples_missing=r.samples_missing, values_missing=r.values_missing, samples_repeated=r.samples_repeated,
+            reconnects=r.reconnects, last_error=None if error is None else error[:MAX_ERROR],
+            component_version=r.component_version)
+
+    def with_summary(self, health: dict[str, Any]) -> dict[str, Any]:
+        """The detector's health message with the `sensors` block (checked as the cloud checks it)."""
+        summary = self.summary()
+        if summary is None:
+            return health
+        return asdict(validate(HealthMessage, {**health, "sensors": asdict(summary)}))
