@@ -279,6 +279,13 @@ def _approve_retrained(stack: Stack, step: Step, v: ModelVersion) -> None:
     group = stack.settings.group
     if v.status == "Rejected":
         raise NacelleError(f"v{v.version} did not pass the quality gate: {v.description}")
+    # training_completed registers the version, then approves it for the canary (drift_auto_approve_canary)
+    try:
+        wait_for(lambda: stack.registry.get(group, v.version).status != "PendingManualApproval", 60,
+                 f"the automatic canary-only approval of v{v.version}", interval_s=0.5)
+    except NacelleError as exc:
+        print(f"   not approved automatically ({exc}): the operator approves it for the fleet", flush=True)
+    v = stack.registry.get(group, v.version)
     if canary_only(v):
         auto = [h for h in stack.registry.history(group, v.version) if h["actor"] == AUTO_APPROVER]
         print(f"   registry: v{v.version} approved by {AUTO_APPROVER}: {auto[-1]['reason'] if auto else '?'}")

@@ -41,9 +41,7 @@ def approve(registry: ModelRegistry, group: str, version: int, actor: str, reaso
     """A person's approval. Of a version approved for the canary only, it is the promotion to the fleet."""
     current = registry.get(group, version)
     if canary_only(current):
-        registry.update_metadata(group, version, {APPROVAL_SCOPE: SCOPE_FLEET, FLEET_APPROVAL: metadata_value(
-            f"{actor} at {now.isoformat(timespec='seconds')}: {reason or 'approved for the fleet'}")})
-        return registry.set_status(group, version, "Approved", reason or "approved for the fleet", actor)
+        return _widen_to_fleet(registry, group, version, actor, reason, now)
     state, override, retract = approval_state(current), gate_refused(current), False
     if override:
         if not override_gate:
@@ -64,7 +62,18 @@ def approve(registry: ModelRegistry, group: str, version: int, actor: str, reaso
         # written before the status: the approval event that follows must find it
         registry.update_metadata(group, version, {GATE_OVERRIDE: metadata_value(
             f"{actor} at {now.isoformat(timespec='seconds')}: {reason}")})
-    return registry.set_status(group, version, status, reason, actor)
+    approved = registry.set_status(group, version, status, reason, actor)
+    if canary_only(registry.get(group, version)):
+        # an automatic canary-only approval landed between this one's read and its write: a person's is for the fleet
+        return _widen_to_fleet(registry, group, version, actor, reason, now)
+    return approved
+
+
+def _widen_to_fleet(registry: ModelRegistry, group: str, version: int, actor: str, reason: str,
+                    now: datetime) -> ModelVersion:
+    registry.update_metadata(group, version, {APPROVAL_SCOPE: SCOPE_FLEET, FLEET_APPROVAL: metadata_value(
+        f"{actor} at {now.isoformat(timespec='seconds')}: {reason or 'approved for the fleet'}")})
+    return registry.set_status(group, version, "Approved", reason or "approved for the fleet", actor)
 
 
 def reject(registry: ModelRegistry, group: str, version: int, actor: str, reason: str) -> ModelVersion:

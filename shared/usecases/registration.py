@@ -24,7 +24,14 @@ from shared.ml.bundle import EVALUATION_FILE, MANIFEST_FILE, input_shape, read_t
 from shared.observability import correlate, logger
 from shared.ports import EventPublisher, ModelRegistry, ModelVersion, Notifier, ObjectStore, StateStore
 from shared.usecases import state_keys as sk
-from shared.usecases.approval_scope import APPROVAL_SCOPE, AUTO_APPROVED, AUTO_APPROVER, SCOPE_CANARY, canary_only
+from shared.usecases.approval_scope import (
+    APPROVAL_SCOPE,
+    AUTO_APPROVED,
+    AUTO_APPROVER,
+    SCOPE_CANARY,
+    SCOPE_FLEET,
+    canary_only,
+)
 from shared.usecases.lifecycle import ABSENT, APPROVE, GATE_REJECT, PENDING, REGISTER, REGISTRY, REGISTRY_STATUS
 from shared.usecases.outcome import Outcome
 from shared.usecases.retraining import drift_requests_of, release_active_job, request_check
@@ -156,13 +163,18 @@ def approve_for_canary(registry: ModelRegistry, group: str, version: int, reason
                        now: datetime) -> ModelVersion | None:
     """The automatic approval of a version for the canary group only; None when the version is no longer pending (a
     person decided, or an earlier delivery approved it). The scope is written before the status: the approval event
-    that follows (compile, then the canary) must find it."""
+    that follows (compile, then the canary) must find it. A person deciding at the same moment wins: a status that
+    left Pending while the scope was written takes the scope back (and a person's approval that reads the scope
+    after this write widens it to the fleet itself: shared/usecases/approval.py)."""
     current = registry.get(group, version)
     if current.status != REGISTRY_STATUS[PENDING]:
         return None
     status = REGISTRY_STATUS[REGISTRY.target(PENDING, APPROVE)]
     registry.update_metadata(group, version, {APPROVAL_SCOPE: SCOPE_CANARY, AUTO_APPROVED: metadata_value(
         f"{now.isoformat(timespec='seconds')}: {reason}")})
+    if registry.get(group, version).status != REGISTRY_STATUS[PENDING]:
+        registry.update_metadata(group, version, {APPROVAL_SCOPE: SCOPE_FLEET})
+        return None
     return registry.set_status(group, version, status, f"automatic approval for the canary group only: {reason}",
                                AUTO_APPROVER)
 

@@ -4,16 +4,19 @@ takes it to the fleet. Off by default."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from nacelle.local.adapters.registry import SqliteRegistry
 from shared.gate import GatePolicy
+from shared.ports import ModelVersion
 from shared.usecases import state_keys as sk
 from shared.usecases.approval import approve, reject
 from shared.usecases.approval_scope import APPROVAL_SCOPE, AUTO_APPROVER, canary_only
-from shared.usecases.registration import RegistrationDeps, on_training_finished
+from shared.usecases.registration import RegistrationDeps, approve_for_canary, on_training_finished
 from shared.usecases.retraining import ArrivalDeps, RetrainPolicy, champion, launch, retry_training
 from tests.fakes import (
     Clock,
@@ -232,3 +235,58 @@ def test_a_new_model_version_times_a_drift_still_on_afresh_before_asking_again()
     for thing in ("a", "b"):
         handle(stats_row(thing, 12, shift=3.0, version=2), deps)
     assert len(events.published) == 2  # v2's own, an hour of its drift later with data captured since
+
+
+
+class Interleaving(SqliteRegistry):
+    """A registry where another actor acts at a chosen moment: `between` runs once, right after the first write of
+    the scope metadata; `stale` is what the next `get` returns (a read made before the other actor wrote)."""
+
+    def __init__(self, path: Path, clock: Callable[[], datetime]) -> None:
+        super().__init__(path, "nacelle-data", clock=clock)
+        self.between: Callable[[], object] | None = None
+        self.stale: ModelVersion | None = None
+
+    def update_metadata(self, group: str, version: int, metadata: Mapping[str, str]) -> ModelVersion:
+        out = super().update_metadata(group, version, metadata)
+        if APPROVAL_SCOPE in metadata and self.between is not None:
+            act, self.between = self.between, None
+            act()
+        return out
+
+    def get(self, group: str, version: int) -> ModelVersion:
+        stale, self.stale = self.stale, None
+        return stale if stale is not None else super().get(group, version)
+
+
+def racing(tmp_path: Path) -> tuple[RegistrationDeps, Interleaving]:
+    deps = registration(tmp_path, auto=True)
+    registry = Interleaving(tmp_path / "race.db", deps.clock)
+    registry.ensure_group(GROUP)
+    deps.registry = registry
+    return deps, registry
+
+
+def fleet_approved_by_a_person(registry: Interleaving) -> bool:
+    version = registry.get(GROUP, 1)
+    return (version.status == "Approved" and version.metadata.get(APPROVAL_SCOPE) == "fleet"
+            and "alice" in [h["actor"] for h in registry.history(GROUP, 1)])
+
+
+def test_a_person_approving_between_the_automatic_scope_and_status_keeps_the_fleet(tmp_path):
+    deps, registry = racing(tmp_path)
+    registry.between = lambda: approve(registry, GROUP, 1, "alice", "looks right", deps.clock())
+    finish(deps)  # training_completed: registered, then the automatic approval, which the person interrupts
+    assert fleet_approved_by_a_person(registry)
+
+
+def test_a_person_whose_read_predates_the_automatic_approval_keeps_the_fleet(tmp_path):
+    deps, registry = racing(tmp_path)
+    deps.auto_approve_canary = False
+    finish(deps)
+    seen_by_the_person = registry.get(GROUP, 1)  # Pending, no scope
+    approve_for_canary(registry, GROUP, 1, "drift on turbine-02", deps.clock())
+    assert canary_only(registry.get(GROUP, 1))
+    registry.stale = seen_by_the_person
+    approve(registry, GROUP, 1, "alice", "looks right", deps.clock())
+    assert fleet_approved_by_a_person(registry)
