@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from nacelle.local.adapters.objectstore import FsObjectStore
-from nacelle.local.edge.capture_gateway import CaptureGateway, gateway_url
+from nacelle.local.edge.capture_gateway import STABLE_PORTS, CaptureGateway, gateway_url
 from nacelle.local.edge.pki import DeviceCredentials, LocalPki
 from nacelle.local.runtime.s3events import EventingObjectStore, NotifiedKeys
 from tests.access_matrix import CAPTURE_FILE, CaptureUpload, capture_table
@@ -120,3 +120,17 @@ def test_a_stored_file_is_never_rewritten_but_a_retry_succeeds(stack: Stack) -> 
     with pytest.raises(UploadRefused, match=r"HTTP 409"):
         uploader.put(key, BODY + b"2025-01-01T00:00:01+00:00,9.9\n")
     assert stack.store.get(key) == BODY
+
+
+def test_the_gateway_comes_back_on_its_port_below_the_ephemeral_range(tmp_path: Path) -> None:
+    """Devices keep the URL they started with: a port the kernel hands out to outgoing connections could be taken
+    while the gateway is down (a 10-minute outage lost every captured file that way)."""
+    pki, store = LocalPki(tmp_path / "pki"), FsObjectStore(tmp_path / "objects", "nacelle-data")
+    first = CaptureGateway(tmp_path, pki, store).start()
+    port = first.port
+    first.stop()
+    again = CaptureGateway(tmp_path, pki, store).start()
+    try:
+        assert port in STABLE_PORTS and again.port == port and gateway_url(tmp_path) == again.url
+    finally:
+        again.stop()

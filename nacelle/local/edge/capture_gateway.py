@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import random
 import socket
 import ssl
 import threading
@@ -35,6 +36,7 @@ from shared.errors import NacelleError
 from shared.observability import logger
 from shared.ports import ObjectStore
 
+STABLE_PORTS = range(20_000, 32_768)  # below Linux's default ephemeral range (32768-60999)
 HOST = "127.0.0.1"
 MAX_BYTES = 64 * 1024 * 1024  # far above one capture file (an episode part of 30 min at 20 Hz is a few MB)
 TIMEOUT_S = 30.0
@@ -84,13 +86,15 @@ class CaptureGateway:
                                         daemon=True)
 
     def _remembered_port(self) -> int:
-        """The port of the last run when it is free (devices started earlier keep their URL), else any."""
+        """The port of the last run when it is free (devices started earlier keep their URL), else a free one below
+        the kernel's ephemeral range (STABLE_PORTS): outgoing connections never take it while the gateway is down."""
         with contextlib.suppress(OSError, ValueError):
             port = int((self.dir / "port").read_text().strip())
-            with socket.socket() as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds (TIME_WAIT is free)
-                probe.bind((HOST, port))
-            return port
+            if _free(port):
+                return port
+        for port in random.sample(STABLE_PORTS, 50):
+            if _free(port):
+                return port
         return 0
 
     @property
@@ -200,3 +204,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # http.server.BaseHTTPRequestHandler's signature
         return  # refusals are logged with their reason above; accepted uploads by data_arrival
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds (TIME_WAIT is free)
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+    return True
