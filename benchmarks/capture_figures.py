@@ -126,7 +126,8 @@ def cost(root: Path) -> dict[str, float]:
 
 # -- outage -----------------------------------------------------------------------------------------------------
 class CountingStore(FsObjectStore):
-    """The bucket behind the gateway, counting each key's puts."""
+    """The bucket behind the gateway, counting how often each key was written or re-announced (a retried upload
+    of the same bytes)."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root, "nacelle-data")
@@ -135,6 +136,12 @@ class CountingStore(FsObjectStore):
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         super().put(key, data, content_type)
         self.puts[key] = self.puts.get(key, 0) + 1
+
+    def put_if_absent(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> bool:
+        created = super().put_if_absent(key, data, content_type)
+        if created:
+            self.puts[key] = self.puts.get(key, 0) + 1
+        return created
 
 
 class Stream:
@@ -196,10 +203,10 @@ def outage(root: Path, outage_s: float, before_s: float = 30.0) -> dict[str, flo
         stream.stop.set()
         capture.stop()
         gateway.stop()
-    stored = {k for k in store.puts if k.startswith(f"{CAPTURE_PREFIX}{THING}/")}
+    stored = {o.key for o in store.list(f"{CAPTURE_PREFIX}{THING}/")}  # what the bucket holds
     lost = stats["capture_written"] - len(stored) + stats["capture_dropped_normal"] + stats["capture_dropped_episode"]
     return {"captured_files_lost": lost, "capture_files_written": stats["capture_written"],
-            "capture_files_duplicated": sum(n - 1 for n in store.puts.values()),
+            "capture_files_uploaded_again": sum(n - 1 for n in store.puts.values()),
             "capture_pending_at_recovery": pending, "capture_recovery_s": recovery,
             "capture_outage_s": outage_s}
 

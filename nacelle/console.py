@@ -66,8 +66,11 @@ def selection_table(selection: dict[str, Any]) -> str:
              c["validation"].get("event_f1"), c["validation"].get("point_f1"),
              c["validation"].get("false_alarms_per_turbine_day"), c["calibration"]["threshold"]]
             for c in selection["candidates"]]
-    return "\n".join([table(["family", "event F1", "point F1", "false alarms/day", "threshold"], rows),
-                      f"chosen: {selection['reason']}"])
+    rows += [[f"{s['family']} (not fitted)", None, None, None, None] for s in selection.get("skipped") or ()]
+    lines = [table(["family", "event F1", "point F1", "false alarms/day", "threshold"], rows),
+             f"chosen: {selection['reason']}"]
+    lines += [f"{s['family']} not fitted: {s['reason']}" for s in selection.get("skipped") or ()]
+    return "\n".join(lines)
 
 
 # -- times and JSON (shared.jsonview, which the console uses too) ---------------------------------------

@@ -3,8 +3,9 @@
 Starts the stack with 5 simulated turbines (a Greengrass-like nucleus and a sensor simulator each), drops
 generated training data in the raw area, lets validation, training, the quality gate and registration
 happen, approves the pending version as an operator would, follows compilation, canary and fleet
-rollout, injects labelled faults into several turbines, shows the alerts as they arrive, retrains on a
-second batch and rolls version 2 out while the detectors keep running, and ends with a per-turbine
+rollout, injects labelled faults into several turbines, shows the alerts as they arrive, retrains on the
+next day's data (dropped while version 1 rolls out, so that training runs meanwhile, niced below the
+devices) and rolls version 2 out while the detectors keep running, and ends with a per-turbine
 summary and PNG timelines (scores per model segment, swaps marked). While a job trains, its progress
 (candidate, split, epoch k/n and loss) is printed as its log shows it. Exits non-zero naming the step
 that failed; the data directory stays for inspection with the `nacelle` commands.
@@ -17,7 +18,8 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +47,10 @@ from nacelle.simulator.generate import DEFAULT_START, generate_dataset
 from shared.errors import NacelleError
 from shared.ml.metrics import Fault
 from shared.ports import ModelVersion
+from shared.usecases.approval import approve
 
 DEVICES = 5
+OPERATOR = "make-run"
 # (turbine, fault, severity, duration s): injected after each rollout, into different turbines
 FAULTS_V1 = [("turbine-02", "generator_fault", "high", 40.0), ("turbine-03", "overspeed", "high", 40.0),
              ("turbine-04", "yaw_misalignment", "high", 40.0)]
@@ -109,18 +113,23 @@ def _run(home: Path, step: Step) -> int:
               "console)", flush=True)
         with AlertPrinter(stack.paths.notifications):
             v1 = train_version(stack, step, generated / "batch-1", "2", seed=7, turbines=3, hours=1.5)
-            _approve_and_roll_out(stack, step, v1, "3", "4", swaps)
-            faults = _inject(stack, step, "5", FAULTS_V1)
-            step("6. alerts as they arrive (detectors publish episodes over MQTT; anomaly_alert de-duplicates)")
+            approve_version(stack, step, v1, "3", OPERATOR, "first model")
+            # the next day's data arrives while v1 rolls out: v2 trains meanwhile (niced below the devices)
+            known = drop_data(stack, step, generated / "batch-2", "4", seed=11, turbines=2, hours=1.0,
+                              start=DEFAULT_START + timedelta(days=1))
+            _roll_out(stack, step, v1, "5", swaps)
+            faults = _inject(stack, step, "6", FAULTS_V1)
+            step("7. alerts as they arrive (detectors publish episodes over MQTT; anomaly_alert de-duplicates)")
             _wait_alerts(stack, faults)
             step.done()
-            v2 = train_version(stack, step, generated / "batch-2", "7", seed=11, turbines=2, hours=1.0,
-                                start=DEFAULT_START + timedelta(days=1))  # the next day's data
-            _approve_and_roll_out(stack, step, v2, "7b", "7c", swaps)
-            faults += _inject(stack, step, "7d", FAULTS_V2)
+            step("8. v2, trained on both days' data since step 4: validation, training, gate, registration")
+            v2 = registered_version(stack, step, known)
+            approve_version(stack, step, v2, "8b", OPERATOR, "the next day's data")
+            _roll_out(stack, step, v2, "8c", swaps)
+            faults += _inject(stack, step, "8d", FAULTS_V2)
             _wait_alerts(stack, faults)
             step.done()
-        step("8. summary and timelines")
+        step("9. summary and timelines")
         _report(stack, v2, swaps)
         step.done()
     print("\nstep durations: " + ", ".join(f"{name.split('.')[0]}={s:.0f}s" for name, s in step.durations.items()))
@@ -130,13 +139,41 @@ def _run(home: Path, step: Step) -> int:
 
 
 def train_version(stack: Stack, step: Step, folder: Path, label: str, *, seed: int, turbines: int,
-                   hours: float, start: datetime = DEFAULT_START) -> ModelVersion:
+                  hours: float, start: datetime = DEFAULT_START) -> ModelVersion:
+    """Drops generated data and waits for the version trained on it."""
+    known = drop_data(stack, step, folder, label, seed=seed, turbines=turbines, hours=hours, start=start,
+                      then="; validation, training, gate, registration follow")
+    return registered_version(stack, step, known)
+
+
+@dataclass(frozen=True)
+class Before:
+    """The versions and jobs there were before something happened: what follows is new."""
+    versions: frozenset[int]
+    jobs: frozenset[str]
+
+    @classmethod
+    def now(cls, stack: Stack) -> Before:
+        return cls(frozenset(v.version for v in stack.registry.list(stack.settings.group)),
+                   frozenset(j.name for j in stack.jobs.list()))
+
+
+def drop_data(stack: Stack, step: Step, folder: Path, label: str, *, seed: int, turbines: int, hours: float,
+              start: datetime = DEFAULT_START, then: str = "") -> Before:
+    """Generates labelled data and drops it in the raw area; returns what there was before it."""
     step(f"{label}. generate {turbines} turbines x {hours:g} h of labelled data (seed {seed}) and drop it in the "
-         f"raw area (equivalent: nacelle data put {folder}); validation, training, gate, registration follow")
+         f"raw area (equivalent: nacelle data put {folder}){then}")
     generate_dataset(folder, turbines, hours, "default", seed, start)
-    known = {v.version for v in stack.registry.list(stack.settings.group)}
+    known = Before.now(stack)
     for path, key in upload_keys([folder]).files:
         stack.store.put_if_absent(key, path.read_bytes())
+    if not then:
+        step.done()
+    return known
+
+
+def registered_version(stack: Stack, step: Step, known: Before) -> ModelVersion:
+    """Waits for the version trained after `known`; it must pass the gate."""
     version = follow_training(stack, known)
     step.done(f"v{version.version} is {version.status}: {_headline(version)}")
     if version.status != "PendingManualApproval":
@@ -168,12 +205,13 @@ class JobWatch:
                 self._done.add(job.name)
 
 
-def follow_training(stack: Stack, known: set[int]) -> ModelVersion:
+def follow_training(stack: Stack, known: Before) -> ModelVersion:
+    """Prints the progress of the jobs started since `known` until a new version is registered."""
     seen: set[str] = set()
     watch = JobWatch()
 
     def registered() -> ModelVersion | None:
-        jobs = stack.jobs.list()
+        jobs = [j for j in stack.jobs.list() if j.name not in known.jobs]
         watch.poll(jobs)
         for job in jobs:
             line = f"job {job.name}: {job.status}"
@@ -182,7 +220,7 @@ def follow_training(stack: Stack, known: set[int]) -> ModelVersion:
                 print(f"   {line}", flush=True)
             if job.status == "Failed" and job.kind == "training":
                 raise NacelleError(f"training job {job.name} failed: {job.failure_reason}")
-        new = [v for v in stack.registry.list(stack.settings.group) if v.version not in known]
+        new = [v for v in stack.registry.list(stack.settings.group) if v.version not in known.versions]
         return new[-1] if new else None
 
     return wait_for(registered, 300, "a newly registered model version", interval_s=0.5)
@@ -193,17 +231,25 @@ def _headline(v: ModelVersion) -> str:
     return ", ".join(f"{k.removeprefix('metric:')} {v.metadata[k]}" for k in keys if k in v.metadata)
 
 
-def _approve_and_roll_out(stack: Stack, step: Step, v: ModelVersion, label: str, follow_label: str,
-                          swaps: dict[str, list[ModelSwap]]) -> None:
+def approve_version(stack: Stack, step: Step, v: ModelVersion, label: str, actor: str, reason: str) -> None:
     step(f"{label}. approve v{v.version} as an operator would "
-         f"(equivalent: nacelle --data-dir {stack.paths.home} models approve {v.version})")
-    stack.registry.set_status(v.group, v.version, "Approved", "approved by make run", "make-run")
+         f"(equivalent: nacelle --data-dir {stack.paths.home} models approve {v.version} --reason '{reason}')")
+    approve(stack.registry, v.group, v.version, actor, reason, datetime.now(UTC))
     step.done()
-    step(f"{follow_label}. compile for the edge, deploy to the canary, soak, then the fleet (automatic; "
+
+
+def roll_out(stack: Stack, step: Step, version: int, label: str, devices: int = DEVICES) -> dict[str, float]:
+    """Follows the automatic rollout (step `label`); when each turbine began scoring with `version`."""
+    step(f"{label}. compile v{version} for the edge, deploy to the canary, soak, then the fleet (automatic; "
          "watch: nacelle fleet status)")
-    for thing, at in follow_rollout(stack, v.version).items():
+    started = follow_rollout(stack, version, devices)
+    step.done(f"all {devices} turbines score with v{version}")
+    return started
+
+
+def _roll_out(stack: Stack, step: Step, v: ModelVersion, label: str, swaps: dict[str, list[ModelSwap]]) -> None:
+    for thing, at in roll_out(stack, step, v.version, label).items():
         swaps.setdefault(thing, []).append(ModelSwap(at, v.version))
-    step.done(f"all {DEVICES} turbines report v{v.version}")
 
 
 def follow_rollout(stack: Stack, version: int, devices: int = DEVICES) -> dict[str, float]:

@@ -26,7 +26,16 @@ from typing import Any
 import yaml
 
 from nacelle.console import table
-from nacelle.demo import AlertPrinter, Step, follow_rollout, follow_training, run_steps, train_version
+from nacelle.demo import (
+    AlertPrinter,
+    Before,
+    Step,
+    approve_version,
+    follow_training,
+    roll_out,
+    run_steps,
+    train_version,
+)
 from nacelle.drift_report import HEADERS, FalseAlarm, Period, back_to_baseline, plot, rows, summarise
 from nacelle.local.edge.broker import INSTALL_HINT, find_mosquitto
 from nacelle.local.runtime.stack import Stack
@@ -192,11 +201,12 @@ def _run(home: Path, step: Step) -> int:
         watch = FieldWatch(stack, tuple(f"turbine-{k:02d}" for k in range(1, DEVICES + 1)))
         with AlertPrinter(stack.paths.notifications), watch:
             v1 = train_version(stack, step, home / "generated" / "history", "2", seed=7, turbines=3, hours=1.5)
-            _approve(stack, step, v1, "3")
-            _roll_out(stack, step, v1.version, "3b")
+            approve_version(stack, step, v1, "3", OPERATOR, "demo: first model")
+            roll_out(stack, step, v1.version, "3b", DEVICES)
+            before_drift = Before.now(stack)
             onsets = _baseline_then_drift(stack, step, watch, v1.version)
             _until_retraining(stack, step, watch, v1.version, onsets)
-            v2 = follow_training(stack, {v1.version})
+            v2 = follow_training(stack, before_drift)
             step.done(f"v{v2.version} is {v2.status}")
             _approve_retrained(stack, step, v2)
             _after(stack, step, watch, v2.version)
@@ -205,19 +215,6 @@ def _run(home: Path, step: Step) -> int:
         step.done()
     print(f"inspect: .venv/bin/nacelle --data-dir {home} alerts list | models show {v2.version} | data status")
     return 0 if ok else 1
-
-
-def _approve(stack: Stack, step: Step, v: ModelVersion, label: str) -> None:
-    step(f"{label}. approve v{v.version} as an operator would (equivalent: nacelle --data-dir {stack.paths.home} "
-         f"models approve {v.version} --reason ...)")
-    approve(stack.registry, v.group, v.version, OPERATOR, "demo: first model", datetime.now(UTC))
-    step.done()
-
-
-def _roll_out(stack: Stack, step: Step, version: int, label: str) -> None:
-    step(f"{label}. compile, canary, soak, fleet (watch: nacelle fleet status)")
-    follow_rollout(stack, version, devices=DEVICES)
-    step.done(f"all {DEVICES} turbines score with v{version}")
 
 
 def _baseline_then_drift(stack: Stack, step: Step, watch: FieldWatch, version: int) -> dict[str, float]:
@@ -303,7 +300,7 @@ def _approve_retrained(stack: Stack, step: Step, v: ModelVersion) -> None:
          f"{stack.paths.home} models approve {v.version} --reason ...)")
     approve(stack.registry, group, v.version, OPERATOR, "demo: the canary looks right", datetime.now(UTC))
     step.done()
-    _roll_out(stack, step, v.version, "8b")
+    roll_out(stack, step, v.version, "8b", DEVICES)
 
 
 def _after(stack: Stack, step: Step, watch: FieldWatch, version: int) -> None:

@@ -13,6 +13,8 @@ ones), the mean of event F1 (are the faults found, without false episodes) and p
 covered for its duration: a model that catches a fault's first minutes and then loses it scores low);
 candidates within 0.1 of it are ranked by fewer false alarms per turbine-day, then the simpler family
 (PCA before the autoencoder): a more complex model must be clearly better on the validation faults.
+A family the rule can no longer choose (a simpler one already scores within 0.1 of a perfect detection
+score with no false alarm) is not fitted: the choice is the same, the job is shorter.
 """
 
 from __future__ import annotations
@@ -141,8 +143,9 @@ def detector_of(fitted: Fitted, spec: FeatureSpec, threshold: float) -> Detector
 
 
 def run_candidates(the_plan: Plan, spec: FeatureSpec, faults: list[Fault], hp: Hyperparameters, log: Log
-                   ) -> tuple[list[Candidate], EvalSet]:
-    """Fit, calibrate and validate every candidate family on the plan's held-out data."""
+                   ) -> tuple[list[Candidate], EvalSet, list[dict[str, str]]]:
+    """Fit, calibrate and validate every candidate family on the plan's held-out data; also the families
+    left unfitted because the choice rule could no longer pick them (family and reason)."""
     margin = hp.label_margin_s if hp.label_margin_s >= 0 else spec.evaluation.detection_tolerance_s
     rule, stride_s = spec.rule(), spec.geometry.stride / spec.sampling.rate_hz
     train_stride = hp.train_stride or (1 if the_plan.mode == "folds" else None)
@@ -152,8 +155,16 @@ def run_candidates(the_plan: Plan, spec: FeatureSpec, faults: list[Fault], hp: H
     log(f"{the_plan.mode}: {len(the_plan.splits)} split(s); validation on {len(held)} held-out piece(s) with "
         f"{len(validation.faults)} {validation.labels} fault(s)")
     allowance = Allowance.of(spec)
-    candidates = []
+    candidates: list[Candidate] = []
+    skipped: list[dict[str, str]] = []
     for family in hp.candidates:
+        winner = unbeatable(candidates, family)
+        if winner is not None:
+            reason = (f"{winner.family} scores {detection(winner):.3f} with no false alarm: the choice rule "
+                      f"cannot pick {family}")
+            log(f"candidate {family}: not fitted ({reason})")
+            skipped.append({"family": family, "reason": reason})
+            continue
         fits, per_split = [], []
         for k, split in enumerate(the_plan.splits):
             train_x = subsample(normal_windows(split.train, spec, faults, margin, train_stride), hp.max_train_windows)
@@ -178,30 +189,44 @@ def run_candidates(the_plan: Plan, spec: FeatureSpec, faults: list[Fault], hp: H
         log(f"candidate {family}: threshold {calibration.threshold:.4g} ({calibration.method}); validation "
             + ", ".join(f"{k}={_fmt(figures[k])}" for k in ("event_f1", "point_f1", "false_alarms_per_turbine_day")))
         candidates.append(candidate)
-    return candidates, validation
+    return candidates, validation, skipped
+
+
+def detection(c: Candidate) -> float:
+    """The validation detection score: the mean of event F1 and point F1."""
+    figures = headline(c.validation)
+    return ((figures["event_f1"] or 0.0) + (figures["point_f1"] or 0.0)) / 2
+
+
+def _false_alarms(c: Candidate) -> float:
+    value = headline(c.validation)["false_alarms_per_turbine_day"]
+    return float("inf") if value is None else value
+
+
+def _simplicity(family: str) -> int:
+    return FAMILIES.index(family) if family in FAMILIES else len(FAMILIES)
+
+
+def unbeatable(candidates: list[Candidate], family: str) -> Candidate | None:
+    """A candidate that CHOICE_RULE prefers to `family` whatever `family` would score: within the tie of a
+    perfect detection score (so always a contender), no false alarm (the fewest possible) and simpler."""
+    for c in candidates:
+        if (detection(c) >= 1.0 - DETECTION_TIE and _false_alarms(c) == 0
+                and _simplicity(c.family) < _simplicity(family)):
+            return c
+    return None
 
 
 def choose(candidates: list[Candidate]) -> tuple[Candidate, str]:
     """CHOICE_RULE, with the reason in words."""
-    def f1(c: Candidate) -> float:
-        return headline(c.validation)["event_f1"] or 0.0
-
-    def detection(c: Candidate) -> float:
-        figures = headline(c.validation)
-        return ((figures["event_f1"] or 0.0) + (figures["point_f1"] or 0.0)) / 2
-
-    def fa(c: Candidate) -> float:
-        value = headline(c.validation)["false_alarms_per_turbine_day"]
-        return float("inf") if value is None else value
-
     best = max(detection(c) for c in candidates)
     contenders = [c for c in candidates if detection(c) >= best - DETECTION_TIE]
-    order = {name: i for i, name in enumerate(FAMILIES)}
-    chosen = min(contenders, key=lambda c: (fa(c), order.get(c.family, len(order))))
+    chosen = min(contenders, key=lambda c: (_false_alarms(c), _simplicity(c.family)))
     others = ", ".join(f"{c.family} {detection(c):.3f}" for c in candidates if c is not chosen)
-    point_f1 = headline(chosen.validation)["point_f1"] or 0.0
-    reason = (f"{chosen.family}: validation detection {detection(chosen):.3f} (event F1 {f1(chosen):.3f}, point F1 "
-              f"{point_f1:.3f}), {fa(chosen):.2f} false alarms/turbine-day")
+    figures = headline(chosen.validation)
+    reason = (f"{chosen.family}: validation detection {detection(chosen):.3f} (event F1 "
+              f"{figures['event_f1'] or 0.0:.3f}, point F1 {figures['point_f1'] or 0.0:.3f}), "
+              f"{_false_alarms(chosen):.2f} false alarms/turbine-day")
     if others:
         reason += f" (others: {others}; rule: {CHOICE_RULE})"
     return chosen, reason

@@ -117,7 +117,7 @@ def train(env: JobEnvironment) -> dict[str, Any]:
         f"episodes open at {rule.k} of {rule.n} windows, close after {rule.m}; {available.samples} usable samples")
 
     the_plan = plan(series, spec, hp, available.samples)
-    candidates, validation = run_candidates(the_plan, spec, faults, hp, log)
+    candidates, validation, skipped = run_candidates(the_plan, spec, faults, hp, log)
     chosen, reason = choose(candidates)
     log(f"chosen: {reason}")
     baseline = drift_baseline(validation, chosen.detectors, spec, _margin(hp, spec), log)
@@ -130,7 +130,7 @@ def train(env: JobEnvironment) -> dict[str, Any]:
         "data": {"turbines": sorted({p.turbine_id for p in evaluation_set.clean}), "labels": metrics["labels"],
                  "mode": the_plan.mode},
         "selection": {"chosen": chosen.family, "reason": reason, "rule": CHOICE_RULE,
-                      "candidates": [c.summary() for c in candidates]},
+                      "candidates": [c.summary() for c in candidates], "skipped": skipped},
     }
     champion_root = env.channel("champion")
     if champion_root is not None:

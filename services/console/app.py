@@ -168,6 +168,18 @@ def rollback() -> Any:
     return operator_fleet.rollback(deps(), version)
 
 
+@app.route("/api/fleet/cancel", methods=["POST"], content_types=ANY_BODY)
+@web.api
+def cancel_deployment() -> Any:
+    web.check_same_origin(app)
+    b = web.body(app)
+    deployment_id = b.get("deployment_id")
+    if not isinstance(deployment_id, str) or not deployment_id.strip():
+        raise InvalidRequest("deployment_id", "is required (the deployment to cancel)")
+    logger.info("deployment cancel requested in the console", actor=web.actor(app), deployment_id=deployment_id)
+    return operator_fleet.cancel_deployment(deps(), deployment_id.strip())
+
+
 # -- alerts and turbines -----------------------------------------------------------------------------------------------
 @app.route("/api/alerts")
 @web.api

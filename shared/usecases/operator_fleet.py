@@ -1,6 +1,6 @@
 """The fleet as operators read it: per device its component versions, health, inference rate, last report,
 state (OFFLINE when its health is stale) and signal source (shared.source_status); the rollout's deployments with
-their stage and failures; and the one fleet action, rollback (shared.usecases.rollout_ops.rollback_to)."""
+their stage and failures; and the fleet actions, rollback and cancelling a deployment (shared.usecases.rollout_ops)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from shared.usecases.rollout import (
     WAITING,
     device_pk,
 )
-from shared.usecases.rollout_ops import rollback_to
+from shared.usecases.rollout_ops import cancel, rollback_to
 from shared.usecases.state_keys import group_pk
 
 ONLINE, STOPPED, OFFLINE = "ONLINE", "STOPPED", "OFFLINE"
@@ -154,5 +154,12 @@ def deployments_view(deps: OperatorDeps) -> dict[str, Any]:
 
 def rollback(deps: OperatorDeps, version: int) -> dict[str, Any]:
     outcome = rollback_to(version, deps.rollout)
+    deps.changed()
+    return {"action": outcome.action, "detail": outcome.detail, **outcome.data}
+
+
+def cancel_deployment(deps: OperatorDeps, deployment_id: str) -> dict[str, Any]:
+    """Cancels a deployment; the rollout waiting on it stops (rollout_ops.cancel)."""
+    outcome = cancel(deployment_id, deps.rollout)
     deps.changed()
     return {"action": outcome.action, "detail": outcome.detail, **outcome.data}

@@ -202,11 +202,13 @@ def _metadata(job_name: str, manifest: dict[str, Any], decision: GateDecision) -
             "nacelle:gate": "passed" if decision.passed else "rejected",
             "nacelle:family": str(model.get("family") or ""),
             "nacelle:input_shape": ",".join(str(x) for x in input_shape(manifest))}
-    candidates = (manifest.get("selection") or {}).get("candidates") or []
+    selection = manifest.get("selection") or {}
+    candidates = [f"{c['family']} f1 {_figure(c['validation'].get('event_f1'))} "
+                  f"fa {_figure(c['validation'].get('false_alarms_per_turbine_day'))}"
+                  for c in selection.get("candidates") or ()]
+    candidates += [f"{s['family']} not fitted" for s in selection.get("skipped") or ()]
     if candidates:
-        meta["nacelle:candidates"] = " / ".join(
-            f"{c['family']} f1 {_figure(c['validation'].get('event_f1'))} "
-            f"fa {_figure(c['validation'].get('false_alarms_per_turbine_day'))}" for c in candidates)
+        meta["nacelle:candidates"] = " / ".join(candidates)
     if decision.reasons:
         meta["nacelle:gate_reasons"] = metadata_value(" / ".join(decision.reasons))
     if decision.hard_examples:

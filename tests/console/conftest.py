@@ -15,7 +15,10 @@ from chalice.local import RouteMatcher
 from benchmarks.console_seed import Seeded, seed
 from nacelle.local.runtime.console_server import ConsoleServer, proxy_event
 from services.console.app import app, handle
+from shared.records import DeploymentRecord
+from shared.usecases import state_keys as sk
 from shared.usecases.operator import OperatorDeps
+from shared.usecases.rollout import DEPLOYMENT
 
 OPERATOR = "arn:aws:iam::123456789012:user/erin"
 SAME_ORIGIN = {"x-nacelle-console": "1", "origin": "http://console.test", "host": "console.test",
@@ -51,6 +54,17 @@ class Caller:
         reply = self("GET", path)
         assert reply.status == 200, reply.text
         return reply.json()
+
+
+def active_deployment(seeded: Seeded, version: int, stage: str) -> str:
+    """A rollout's deployment of `version` to the `stage` group that no device has finished yet."""
+    stack, gg = seeded.stack, seeded.stack.greengrass
+    group = stack.settings.canary_group if stage == "canary" else stack.settings.fleet_group
+    deployment = gg.create_deployment(gg.thing_group_arn(group), f"nacelle-v{version}-{stage}", {}, {}, {},
+                                      f"v{version}-{stage}")
+    stack.state.put(sk.group_pk(stack.settings.group), DEPLOYMENT + deployment,
+                    DeploymentRecord(deployment, version, stage).to_item())
+    return deployment
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from benchmarks.console_seed import Seeded
 from shared.usecases import state_keys as sk
 from shared.usecases.alerts import label_key
-from tests.console.conftest import OPERATOR, Caller
+from tests.console.conftest import OPERATOR, Caller, active_deployment
 
 ISO_Z = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$"
 
@@ -122,6 +122,19 @@ def test_rollback_goes_through_the_rollout_use_case(call: Caller, seeded: Seeded
     assert never_compiled.status == 404 and "never compiled" in never_compiled.json()["error"]["message"]
 
 
+def test_cancel_stops_an_active_deployment_through_the_rollout_use_case(call: Caller, seeded: Seeded) -> None:
+    assert call("POST", "/api/fleet/cancel", {}).json()["error"]["field"] == "deployment_id"
+    assert call("POST", "/api/fleet/cancel", {"deployment_id": 7}).json()["error"]["field"] == "deployment_id"
+    assert call("POST", "/api/fleet/cancel", {"deployment_id": "nope"}).status == 404
+    active = active_deployment(seeded, 9, "canary")
+    assert next(d for d in call.get("/api/fleet/deployments")["deployments"]
+                if d["deployment_id"] == active)["status"] == "ACTIVE"
+    reply = call("POST", "/api/fleet/cancel", {"deployment_id": active})
+    assert reply.status == 200, reply.text
+    assert reply.json()["action"] == "canceled" and reply.json()["deployment_id"] == active
+    assert seeded.stack.greengrass.get_deployment(active).status == "CANCELED"
+
+
 def test_alerts_filter_and_page(call: Caller, seeded: Seeded) -> None:
     everything = call.get("/api/alerts?limit=500")
     assert everything["total"] == len(seeded.alert_ids)
@@ -206,7 +219,8 @@ def test_pages_are_served_with_a_strict_policy(call: Caller) -> None:
 ])
 def test_cross_site_mutations_are_refused(call: Caller, seeded: Seeded, headers: dict[str, str], why: str) -> None:
     for path in (f"/api/models/{seeded.pending}/approve", f"/api/alerts/{seeded.alert_ids[0]}/ack",
-                 "/api/fleet/rollback", "/api/jobs/x/retry", f"/api/models/{seeded.pending}/reject"):
+                 "/api/fleet/rollback", "/api/fleet/cancel", "/api/jobs/x/retry",
+                 f"/api/models/{seeded.pending}/reject"):
         reply = call("POST", path, {"reason": "x", "version": 1}, headers=headers)
         assert reply.status == 403 and why in reply.json()["error"]["message"], path
     assert call.get(f"/api/models/{seeded.pending}")["status"] == "PendingManualApproval"

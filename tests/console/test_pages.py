@@ -12,6 +12,7 @@ import pytest
 from benchmarks.console_seed import Seeded
 from nacelle.local.runtime.console_server import ConsoleServer
 from tests.console.browser import browser_page, needs_chromium, screenshot
+from tests.console.conftest import active_deployment
 
 pytestmark = [needs_chromium]
 
@@ -62,6 +63,18 @@ def test_approve_and_override_on_the_models_page(page: Any, seeded: Seeded) -> N
     page.fill(f"{detail} [data-testid=reason]", "labels were late")
     page.click(f"{detail} button:has-text('Approve')")
     page.wait_for_selector("[data-testid=history] >> text=labels were late")
+
+
+def test_cancel_an_active_deployment_on_the_fleet_page(server: ConsoleServer, seeded: Seeded) -> None:
+    active = active_deployment(seeded, 9, "fleet")
+    with browser_page() as page:  # opened after the deployment exists (the console reuses a read for a moment)
+        page.goto(server.url)
+        page.click("nav >> text=Fleet")
+        row = f"[data-testid=deployment-table] tr[data-key='{active}']"
+        page.click(f"{row} [data-testid=cancel-deployment]")
+        page.wait_for_selector(f"{row} >> text=CANCELED")
+        assert seeded.stack.greengrass.get_deployment(active).status == "CANCELED"
+        assert page.locator(f"{row} [data-testid=cancel-deployment]").count() == 0  # nothing left to cancel
 
 
 def test_acknowledge_on_the_alerts_page_keeps_the_history(page: Any, server: ConsoleServer, seeded: Seeded) -> None:

@@ -24,6 +24,8 @@ import yaml
 
 from nacelle.cli import main
 from nacelle.components import WHEELHOUSE
+from nacelle.local.adapters.objectstore import FsObjectStore
+from nacelle.local.adapters.paths import BUCKET
 from nacelle.local.edge.broker import find_mosquitto
 from nacelle.local.runtime.stack import Stack
 from nacelle.train_runner import JobResult
@@ -230,12 +232,21 @@ def test_b_a_bundle_with_a_wrong_inner_digest_never_passes_the_canary(env: Env):
 
 def test_d_a_device_killed_while_applying_comes_back_and_converges(env: Env):
     assert env.register("fleet-test-v3") == 3
-    env.approve(3)  # a real compile this time (the bundle must say model_version 3)
-    deployment = wait_for(lambda: env.rollout(3).get("canary_deployment_id"), WAIT_S, "v3's canary deployment")
-    wait_for(lambda: env.execution(deployment, CANARY) == "IN_PROGRESS", 30, "the canary applying v3")
     pid = env.nucleus_pid(CANARY)
-    os.kill(pid, signal.SIGKILL)  # mid-apply: the nucleus watches a new component for its grace period (5 s)
+    os.kill(pid, signal.SIGSTOP)  # it takes the deployment only once its bundle download is held
+    try:
+        env.approve(3)  # a real compile this time (the bundle must say model_version 3)
+        deployment = wait_for(lambda: env.rollout(3).get("canary_deployment_id"), WAIT_S, "v3's canary deployment")
+        bundle = FsObjectStore(env.home / "objects", BUCKET).path(f"components/{MODEL_COMPONENT}/3.0.0/bundle.zip")
+        kept = bundle.with_name("kept.zip")
+        bundle.replace(kept)
+        os.mkfifo(bundle)  # reading it blocks: the download hangs mid-apply
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: env.execution(deployment, CANARY) == "IN_PROGRESS", 30, "the canary applying v3")
+    os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in _proc_state(pid), 10, "the nucleus gone")
+    kept.replace(bundle)
     state = json.loads((env.home / "devices" / CANARY / "state.json").read_text())
     assert state["pending"] == deployment  # it died with the deployment unfinished
 

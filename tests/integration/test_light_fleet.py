@@ -163,11 +163,18 @@ def test_c_a_bundle_failing_verification_stops_at_the_light_canary(env: Env):
         store.put(v2 + name, data + b"\0corrupt" if name == "model.onnx" else data)
     store.put(v2 + MANIFEST_FILE, store.get(v1 + MANIFEST_FILE), "application/json")  # last, as the compiler does
     assert env.register("light-test-v2") == 2
-    env.approve(2)
-    wait_for(lambda: env.rollout(2).get("canary_deployment_id"), WAIT_S, "the v2 canary deployment")
-    canary = env.rollout(2)["canary_deployment_id"]
-    wait_for(lambda: getattr(env.executions(canary).get(LIGHT_CANARY), "status", None) == "FAILED", WAIT_S,
-             f"the light canary's FAILED report (log:\n{env.logs()})")
+    # the full canary waits: its own FAILED would end the rollout (and cancel the deployment) before the light
+    # canary's report, which is what this test is about
+    full = int(json.loads((env.home / "fleet.json").read_text())[f"{FULL_DEVICE}/nucleus"]["pid"])
+    os.kill(full, signal.SIGSTOP)
+    try:
+        env.approve(2)
+        wait_for(lambda: env.rollout(2).get("canary_deployment_id"), WAIT_S, "the v2 canary deployment")
+        canary = env.rollout(2)["canary_deployment_id"]
+        wait_for(lambda: getattr(env.executions(canary).get(LIGHT_CANARY), "status", None) == "FAILED", WAIT_S,
+                 f"the light canary's FAILED report (log:\n{env.logs()})")
+    finally:
+        os.kill(full, signal.SIGCONT)
     failed = env.executions(canary)[LIGHT_CANARY]
     assert "COMPONENT_BROKEN" in failed.error_stack and "fails verification" in failed.reason
     wait_for(lambda: env.rollout(2).get("stage") == "failed", WAIT_S,

@@ -12,6 +12,7 @@ import pytest
 
 from nacelle import cli
 from nacelle.cli import build_parser, main
+from nacelle.console import selection_table
 from tests.unit.tiny_plant import write_plant, write_spec
 
 
@@ -52,6 +53,16 @@ def test_train_with_a_relative_out_directory(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "job" / "output" / "model.tar.gz").is_file()
     assert (tmp_path / "job" / "input" / "data" / "spec" / "tiny.yaml").is_file()
     assert "model:  " in capsys.readouterr().out
+
+
+def test_the_candidates_table_names_a_family_left_unfitted():
+    out = selection_table({"chosen": "pca", "reason": "pca: validation detection 0.990",
+                           "candidates": [{"family": "pca", "validation": {"event_f1": 1.0, "point_f1": 0.98,
+                                                                           "false_alarms_per_turbine_day": 0.0},
+                                           "calibration": {"threshold": 1.5}}],
+                           "skipped": [{"family": "conv1d", "reason": "pca scores 0.990 with no false alarm"}]})
+    assert "pca (chosen)" in out and "conv1d (not fitted)" in out
+    assert out.endswith("conv1d not fitted: pca scores 0.990 with no false alarm")
 
 
 def test_fleet_status_shows_what_the_cloud_noticed_of_a_devices_messages(tmp_path, capsys):

@@ -155,6 +155,16 @@ def test_too_few_faults_to_judge_recall_are_reported_not_enforced(deps):
     assert "only 3 scored fault(s)" in deps.registry.list(GROUP)[0].description
 
 
+def test_a_family_left_unfitted_is_named_among_the_candidates(deps):
+    pca = {"family": "pca", "validation": {"event_f1": 0.9512, "false_alarms_per_turbine_day": 0.25}}
+    manifest = {**MANIFEST, "selection": {"chosen": "pca", "candidates": [pca],
+                                          "skipped": [{"family": "conv1d", "reason": "pca scores 1.000"}]}}
+    deps.store.put(f"jobs/{JOB}/output/model.tar.gz", model_tar(metrics(0.95, 1.0, 0.5), manifest=manifest))
+    finish(deps)
+    (version,) = deps.registry.list(GROUP)
+    assert version.metadata["nacelle:candidates"] == "pca f1 0.951 fa 0.25 / conv1d not fitted"
+
+
 def test_a_manifest_without_model_or_selection_still_registers(deps):
     bare = {"lineage": MANIFEST["lineage"]}
     deps.store.put(f"jobs/{JOB}/output/model.tar.gz", model_tar(metrics(0.95, 1.0, 0.5), manifest=bare))

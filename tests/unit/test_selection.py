@@ -9,7 +9,7 @@ from shared.ml.features import window_starts
 from shared.ml.spec import FeatureSpec
 from training_jobs.calibration import Calibration
 from training_jobs.hyperparameters import Hyperparameters
-from training_jobs.selection import CHOICE_RULE, DETECTION_TIE, Candidate, choose, plan
+from training_jobs.selection import CHOICE_RULE, DETECTION_TIE, Candidate, choose, plan, unbeatable
 
 # -- choose: CHOICE_RULE -------------------------------------------------------------------------------
 
@@ -63,6 +63,23 @@ def test_the_reason_names_the_figures_and_the_rule():
     assert "pca 0.675" in reason and CHOICE_RULE in reason
     alone, reason = choose([candidate("pca", 0.7)])
     assert alone.family == "pca" and "others" not in reason
+
+
+def test_a_family_is_left_unfitted_only_when_the_rule_could_never_choose_it():
+    grid = [(f1, fa, point) for f1 in (None, 0.5, 0.85, 0.9, 0.95, 1.0) for fa in (None, 0.0, 0.3)
+            for point in (0.7, 0.8, 0.9, 1.0)]
+    pruned = 0
+    for f1, fa, point in grid:
+        simple = candidate("pca", f1, fa=fa, point_f1=point)
+        if unbeatable([simple], "conv1d") is None:
+            continue
+        pruned += 1
+        for other in grid:  # whatever the autoencoder would have scored, pca is chosen
+            assert chosen(simple, candidate("conv1d", *other[:1], fa=other[1], point_f1=other[2])) == "pca"
+    assert pruned > 0
+    assert unbeatable([candidate("pca", 1.0, fa=0.0, point_f1=0.79)], "conv1d") is None  # detection 0.895
+    assert unbeatable([candidate("pca", 1.0, fa=0.01, point_f1=1.0)], "conv1d") is None  # a false alarm
+    assert unbeatable([candidate("conv1d", 1.0, fa=0.0, point_f1=1.0)], "pca") is None  # pca is simpler
 
 
 # -- plan: holdout slices and blocked folds ----------------------------------------------------------------

@@ -71,7 +71,7 @@ def config_for(port: int, **over: Any) -> SensorsConfig:
                                                "registers": default_register_map(COLUMNS)}, **over}, THING)
 
 
-def wait(condition: Any, timeout: float = 5.0) -> None:
+def wait(condition: Any, timeout: float = 20.0) -> None:  # an upper bound: two busy test workers share the cores
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"

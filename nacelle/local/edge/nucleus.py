@@ -3,7 +3,8 @@
 It applies the deployments LocalGreengrass targets at the thing (to the thing itself or to its thing groups, each
 merged with what the other targets last deployed to it, as Greengrass v2 does), from the same recipes the real
 nucleus uses: resolve → fetch and verify artifacts (shared by-digest cache) → unarchive → write each component's
-effective configuration → Install → Run, watched for `grace_s`. A component whose Install fails or whose Run exits
+effective configuration → Install → Run, watched for `grace_s` (a deployment that starts no Run process, such as a
+new model bundle, is not watched). A component whose Install fails or whose Run exits
 non-zero within the grace is BROKEN: the previous components come back (failureHandlingPolicy ROLLBACK) and
 the execution is FAILED. A component whose version and interpolated lifecycle are unchanged keeps running;
 only its configuration file is rewritten (the detector hot-swaps). `<root>/state.json` remembers the applied
@@ -492,9 +493,10 @@ class Nucleus:
                 return name, why
             started.append(name)
         self._save()
-        deadline = time.monotonic() + self.grace_s
+        running = [name for name in started if name in self.procs]  # a component without Run is done
+        deadline = time.monotonic() + (self.grace_s if running else 0.0)
         while True:
-            for name in started:
+            for name in running:
                 proc = self.procs.get(name)
                 rc = proc.popen.poll() if proc else None
                 if rc not in (None, 0):

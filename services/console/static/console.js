@@ -214,6 +214,15 @@ function fleetPage(main) {
   main.append(h("h2", {}, "Roll back"), h("p", {class: "muted"},
     "Deploys an earlier approved version to both thing groups at once."),
   actionForm([version], "Roll back", () => api("/api/fleet/rollback", {version: version.value}), "danger"));
+  const cancelMsg = h("div", {class: "error", role: "alert"});
+  // Cancelling an active deployment stops the rollout waiting on it (its version is not marked failed).
+  const cancelButton = (d) => h("button", {type: "button", class: "danger", "data-testid": "cancel-deployment",
+    onclick: async (e) => {
+      cancelMsg.textContent = "";
+      e.target.disabled = true;
+      try { await api("/api/fleet/cancel", {deployment_id: d.deployment_id}); await refresh(); }
+      catch (err) { cancelMsg.textContent = err.message; e.target.disabled = false; }
+    }}, "Cancel");
   return {
     async refresh(pending) {
       const [doc, dep] = await Promise.all([api("/api/fleet?limit=500"), pending]);
@@ -228,9 +237,10 @@ function fleetPage(main) {
       rollouts.replaceChildren(table(["version", "stage", "canary", "fleet", "done", "failure"],
         dep.rollouts.map((r) => [`v${r.version}`, badge(r.stage), r.canary_things.join(", ") || "-", r.fleet_things.join(", ") || "-",
           fmtTime(r.done_at), r.failure_reason || "-"]), {keys: dep.rollouts.map((r) => `v${r.version}`), testid: "rollout-table"}));
-      deployments.replaceChildren(table(["deployment", "model", "stage", "group", "status", "devices ok", "failed", "created"],
+      deployments.replaceChildren(table(["deployment", "model", "stage", "group", "status", "devices ok", "failed", "created", ""],
         dep.deployments.map((d) => [d.deployment_id.slice(0, 8), `v${d.model_version}`, d.stage, d.target_group, badge(d.status),
-          `${d.succeeded}/${d.executions.length}`, d.failed, fmtTime(d.created_at)])));
+          `${d.succeeded}/${d.executions.length}`, d.failed, fmtTime(d.created_at), d.status === "ACTIVE" ? cancelButton(d) : ""]),
+        {keys: dep.deployments.map((d) => d.deployment_id), testid: "deployment-table"}), cancelMsg);
     },
   };
 }
