@@ -136,7 +136,7 @@ class RuleEngine:
             session_expiry_interval_sec=SESSION_EXPIRY_S, on_publish_received=self._on_publish,
             on_lifecycle_connection_success=self._on_connected,
             on_lifecycle_connection_failure=self._on_failure,
-            on_lifecycle_disconnection=lambda d: log.warning("rule engine disconnected: %r", d.exception),
+            on_lifecycle_disconnection=self._on_disconnected,
             on_lifecycle_stopped=lambda _d: self._stopped.set(),
             connack_timeout_ms=5000, min_reconnect_delay_ms=200, max_reconnect_delay_ms=5000)
         self._client.start()
@@ -158,6 +158,12 @@ class RuleEngine:
         if client is not None:
             client.stop()
             self._stopped.wait(timeout_s)
+
+    def _on_disconnected(self, data: Any) -> None:
+        if self._stopping.is_set():  # our own stop: nothing to warn about
+            log.info("rule engine disconnected (stopping)")
+        else:
+            log.warning("rule engine disconnected: %r", data.exception)
 
     def _on_connected(self, data: Any) -> None:
         """Subscribe on every connection: a resumed session keeps its subscriptions (a no-op then), a lost
