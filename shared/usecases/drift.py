@@ -24,7 +24,9 @@ history). When one of them has drifted for `retrain_after_s`, at most once per p
 counts the turbines of the index drifting that long with the same model version; with at least `retrain_turbines`
 of them and `retrain_min_captured_hours` of normal data captured on them since their drift began (raw/capture/), it
 asks for a retrain check once per model version (the existing debounced retraining policy then trains on every
-accepted file: the history plus the captured data). Approving the new version stays a person's decision.
+accepted file: the history plus the captured data). Approving the new version stays a person's decision. A turbine
+whose drift the version was itself trained on (its job took an earlier drift request naming the turbine) does not
+count again.
 """
 
 from __future__ import annotations
@@ -90,12 +92,18 @@ class BaselineCache:
         self._found: dict[int, Baseline] = {}
         self._missing: dict[int, tuple[float, str]] = {}  # version -> (when, why)
         self._thresholds: dict[int, float | None] = {}  # from the same manifest (the console's timeline)
+        self._jobs: dict[int, str | None] = {}  # the training job of each version (its lineage)
         self.reads = 0
 
     def threshold(self, version: int, store: ObjectStore, group: str, now: float) -> float | None:
         """The version's threshold on its raw score, None when unknown (read with the baseline)."""
         self.get(version, store, group, now)
         return self._thresholds.get(version)
+
+    def job(self, version: int, store: ObjectStore, group: str, now: float) -> str | None:
+        """The training job that made the version, None when unknown (read with the baseline)."""
+        self.get(version, store, group, now)
+        return self._jobs.get(version)
 
     def get(self, version: int, store: ObjectStore, group: str, now: float) -> Baseline | str:
         """The baseline, or why there is none."""
@@ -109,6 +117,8 @@ class BaselineCache:
         try:
             manifest = json.loads(store.get(key))
             self._thresholds[version] = manifest_threshold(manifest)
+            lineage = manifest.get("lineage") if isinstance(manifest, dict) else None
+            self._jobs[version] = str(lineage.get("job_name") or "") or None if isinstance(lineage, dict) else None
             if not isinstance(manifest, dict) or BASELINE_KEY not in manifest:
                 raise BundleError(f"{key} has no {BASELINE_KEY} (a bundle trained before drift monitoring)")
             baseline = Baseline.from_dict(manifest[BASELINE_KEY], f"{key}: {BASELINE_KEY}")
@@ -394,6 +404,11 @@ def _retrain_if_due(state: DriftState, row: StatsRow, deps: DriftDeps) -> list[s
     since = {str(e["sk"]): float(e.get("since") or now) for e in deps.state.query(DRIFTING)
              if e.get("model_version") == state.model_version}
     long = sorted(t for t, start in since.items() if now - start >= policy.retrain_after_s)
+    learned = _trained_on_their_drift(deps, state.model_version, now)
+    if learned & set(long):
+        logger.info("drift the version was trained on does not ask for another retraining",
+                    model_version=state.model_version, turbines=sorted(learned & set(long)))
+        long = [t for t in long if t not in learned]
     if len(long) < policy.retrain_turbines:
         return []
     hours = captured_normal_hours(deps, {t: since[t] for t in long}, policy.retrain_min_captured_hours)
@@ -415,6 +430,17 @@ def _retrain_if_due(state: DriftState, row: StatsRow, deps: DriftDeps) -> list[s
     return [f"retrain:{state.model_version}:"
             + deps.alerts.notifier.publish("alerts", f"[MEDIUM] drift on {len(long)} turbines: retraining requested",
                                            body, _attributes(long[0], "medium", [], "drift-retrain"))]
+
+
+def _trained_on_their_drift(deps: DriftDeps, version: int | None, now: float) -> set[str]:
+    """The turbines whose drift an earlier drift retraining handed to the job that trained `version`: their
+    captured data since the drift is in its training data, so asking again would train on the same drift (their
+    alert stays open: they still differ from the rest of the training data)."""
+    job = None if version is None else deps.baselines.job(version, deps.store, deps.group, now)
+    if job is None:
+        return set()
+    return {str(t) for request in deps.state.query(sk.group_pk(deps.group), RETRAIN)
+            if request.get("job_name") == job for t in request.get("turbines") or ()}
 
 
 def captured_normal_hours(deps: DriftDeps, since: Mapping[str, float], enough: float) -> float:

@@ -21,7 +21,7 @@ from shared.ml import drift
 from shared.records import DriftAlert, DriftState, load
 from shared.usecases import state_keys as sk
 from shared.usecases.alerts import ALERTS, AlertDeps, AlertPolicy
-from shared.usecases.drift import DRIFT, DRIFTING, HISTORY, DriftDeps, DriftPolicy
+from shared.usecases.drift import DRIFT, DRIFTING, HISTORY, RETRAIN, DriftDeps, DriftPolicy
 from tests.fakes import Clock, MemoryRegistry, MemoryState, MemoryStore, RecordingEvents, RecordingNotifier
 from tests.unit.test_template import ref_target, resources
 
@@ -232,6 +232,35 @@ def test_retraining_is_asked_once_when_drift_lasts_on_enough_turbines_with_captu
     handle(stats_row("a", 8, shift=3.0), deps)  # redelivered
     assert len(events.published) == 1
     assert any("retraining requested" in s for s in notified(deps))
+
+
+@pytest.mark.parametrize("trained_by_the_request", [True, False])
+def test_a_version_trained_on_the_drift_does_not_ask_again_for_it(deps: DriftDeps,
+                                                                  trained_by_the_request: bool) -> None:
+    deps.policy = replace(deps.policy, retrain_turbines=2, retrain_after_s=3600.0, retrain_min_captured_hours=0.5)
+    events = deps.events
+    assert isinstance(events, RecordingEvents)
+    for p in range(3, 9):
+        capture(deps, "a", T0 + p * PERIOD, 30)
+        capture(deps, "b", T0 + p * PERIOD, 30)
+    for p in range(8):  # a and b drift on v1 from period 3: one retraining asked
+        for thing in ("a", "b"):
+            handle(stats_row(thing, p, shift=3.0 if p >= 3 else 0.0), deps)
+    assert len(events.published) == 1
+    pk = sk.group_pk(GROUP)
+    [request] = deps.state.query(pk, RETRAIN)
+    assert deps.state.update_if(pk, str(request["sk"]), {"job_name": "job-2"}, {"job_name": None})  # the job took it
+    manifest = {"drift_baseline": baseline().to_dict(),
+                "lineage": {"job_name": "job-2" if trained_by_the_request else "job-routine"}}
+    deps.store.put(f"compiled/{GROUP}/2/manifest.json", json.dumps(manifest).encode())
+    for p in range(8, 16):  # v2 runs; a and b still differ from the pooled training data, with fresh captures
+        capture(deps, "a", T0 + p * PERIOD, 30)
+        capture(deps, "b", T0 + p * PERIOD, 30)
+        for thing in ("a", "b"):
+            handle(stats_row(thing, p, shift=3.0, version=2), deps)
+    assert state_of(deps, "a").status == "drifting" and state_of(deps, "a").model_version == 2
+    # trained on their drift: not asked again; a version from another job (e.g. before the captures): asked
+    assert len(events.published) == (1 if trained_by_the_request else 2)
 
 
 def test_the_local_stack_routes_the_drift_rule_to_drift_monitor(tmp_path: Path) -> None:
