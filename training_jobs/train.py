@@ -5,9 +5,9 @@ champion channels; writes the model bundle to SM_MODEL_DIR, the report and evalu
 SM_OUTPUT_DATA_DIR, metrics as `name=value` lines, and a short reason to the failure file on error.
 
 The job resolves the spec's automatic choices (drifting features), refuses data too short for its
-windows, fits every candidate family on held-out splits (training_jobs.selection), calibrates one
-threshold per candidate, picks one by the documented rule, and scores the chosen model (and the
-champion) on the same held-out data for the quality gate.
+windows, fits each candidate family the rule could still pick on held-out splits
+(training_jobs.selection), calibrates one threshold per candidate, picks one by the documented rule,
+and scores the chosen model (and the champion) on the same held-out data for the quality gate.
 """
 
 from __future__ import annotations
