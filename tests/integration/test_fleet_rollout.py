@@ -15,24 +15,22 @@ import signal
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from nacelle.cli import main
 from nacelle.components import WHEELHOUSE
 from nacelle.local.adapters.objectstore import FsObjectStore
 from nacelle.local.adapters.paths import BUCKET
 from nacelle.local.edge.broker import find_mosquitto
-from nacelle.local.runtime.stack import Stack
 from nacelle.train_runner import JobResult
 from shared.components import DETECTOR_COMPONENT, MODEL_COMPONENT
-from shared.ml.bundle import MANIFEST_FILE, input_shape, read_tar_documents
+from shared.ml.bundle import MANIFEST_FILE
 from shared.usecases.state_keys import group_pk
-from tests.integration.conftest import running_stack, wait_for
+from tests.integration.conftest import wait_for
+from tests.integration.rollout_env import GROUP, RolloutEnv, rollout_env
 
 pytestmark = [
     pytest.mark.integration,
@@ -42,39 +40,12 @@ pytestmark = [
                        reason=f"{WHEELHOUSE} has no wheels: run `make wheelhouse` (the detector component needs it)"),
 ]
 
-GROUP = "nacelle-turbine"
 CANARY, FLEET = "turbine-01", "turbine-02"
 SOAK_S = 4.0  # the local default is 10 s; the soak logic is the same
 WAIT_S = 90.0
 
 
-@dataclass
-class Env:
-    home: Path
-    stack: Stack
-    model_key: str
-    metadata: dict[str, str]
-
-    def register(self, token: str) -> int:
-        version = self.stack.registry.register(GROUP, self.model_key, "PendingManualApproval", "fleet test",
-                                               {**self.metadata, "nacelle:job": token}, idempotency_token=token)
-        return version.version
-
-    def approve(self, version: int) -> None:
-        self.stack.registry.set_status(GROUP, version, "Approved", "fleet rollout test", "tester")
-
-    def rollout(self, version: int) -> dict[str, Any]:
-        return self.stack.state.get(group_pk(GROUP), f"rollout#{version}") or {}
-
-    def health(self, thing: str) -> dict[str, Any]:
-        return self.stack.state.get("devices", thing) or {}
-
-    def serving(self, thing: str, version: int, after: float = 0.0) -> bool:
-        """A health row (received after `after`, epoch s) shows `version` scored at a non-zero rate."""
-        h = self.health(thing)
-        return (str(h.get("model_version")) in (str(version), f"{version}.0.0")
-                and float(h.get("inference_rate_hz") or 0.0) > 0 and float(h.get("last_health_at") or 0) > after)
-
+class Env(RolloutEnv):
     def components(self, thing: str) -> dict[str, str]:
         return next(dict(d.components) for d in self.stack.greengrass.devices() if d.thing == thing)
 
@@ -110,9 +81,6 @@ class Env:
         path = self.home / "notifications.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
-    def nucleus_pid(self, thing: str) -> int:
-        return int(json.loads((self.home / "fleet.json").read_text())[f"{thing}/nucleus"]["pid"])
-
     def logs(self, thing: str) -> str:
         root = self.home / "devices" / thing / "logs"
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}" for p in sorted(root.glob("*.log")))
@@ -124,20 +92,9 @@ def manifest_key(version: int) -> str:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, trained_model: JobResult) -> Iterator[Env]:
-    assert trained_model.model_archive is not None
-    home = tmp_path_factory.mktemp("fleet") / "home"
-    home.mkdir()
-    (home / "config.yaml").write_text(yaml.safe_dump({"canary_soak_s": SOAK_S}))
-    archive = trained_model.model_archive.read_bytes()
-    manifest = read_tar_documents(archive, (MANIFEST_FILE,))[MANIFEST_FILE]
-    lineage = manifest.get("lineage", {})
-    metadata = {"nacelle:dataset_hash": str(lineage.get("dataset_hash") or ""),
-                "nacelle:gate": "passed",
-                "nacelle:input_shape": " ".join(map(str, input_shape(manifest)))}  # as registered
-    with running_stack(home, devices=2) as stack:
-        model_key = "jobs/fleet-test/output/model.tar.gz"
-        stack.store.put_if_absent(model_key, archive)
-        yield Env(home, stack, model_key, metadata)
+    with rollout_env(Env, tmp_path_factory.mktemp("fleet") / "home", trained_model, "fleet rollout test", SOAK_S,
+                     devices=2) as env:
+        yield env
 
 
 def test_a_approving_a_version_rolls_it_out_canary_first_then_the_fleet(env: Env, capsys: pytest.CaptureFixture[str]):

@@ -16,26 +16,22 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
-import yaml
 
 from benchmarks.device_attack import connect, health, publish
 from nacelle.cli import main
 from nacelle.components import WHEELHOUSE
 from nacelle.local.edge.broker import find_mosquitto
 from nacelle.local.edge.pki import LocalPki
-from nacelle.local.runtime.stack import Stack
 from nacelle.train_runner import JobResult
 from shared.components import DETECTOR_COMPONENT, MODEL_COMPONENT
-from shared.ml.bundle import MANIFEST_FILE, input_shape, read_tar_documents
+from shared.ml.bundle import MANIFEST_FILE
 from shared.usecases.intake import REJECTED, missing_messages
-from shared.usecases.state_keys import group_pk
-from tests.integration.conftest import running_stack, wait_for
+from tests.integration.conftest import wait_for
+from tests.integration.rollout_env import GROUP, RolloutEnv, rollout_env
 
 pytestmark = [
     pytest.mark.integration,
@@ -45,7 +41,6 @@ pytestmark = [
                        reason=f"{WHEELHOUSE} has no wheels: run `make wheelhouse` (the full device needs it)"),
 ]
 
-GROUP = "nacelle-turbine"
 DEVICES, FULL = 21, 1
 THINGS = [f"turbine-{i:02d}" for i in range(1, DEVICES + 1)]
 FULL_DEVICE, LIGHT_CANARY = THINGS[0], THINGS[1]
@@ -54,31 +49,7 @@ SOAK_S = 2.0
 WAIT_S = 90.0
 
 
-@dataclass
-class Env:
-    home: Path
-    stack: Stack
-    model_key: str
-    metadata: dict[str, str]
-
-    def register(self, token: str) -> int:
-        return self.stack.registry.register(GROUP, self.model_key, "PendingManualApproval", "light test",
-                                            {**self.metadata, "nacelle:job": token}, idempotency_token=token).version
-
-    def approve(self, version: int) -> None:
-        self.stack.registry.set_status(GROUP, version, "Approved", "light fleet test", "tester")
-
-    def rollout(self, version: int) -> dict[str, Any]:
-        return self.stack.state.get(group_pk(GROUP), f"rollout#{version}") or {}
-
-    def health(self, thing: str) -> dict[str, Any]:
-        return self.stack.state.get("devices", thing) or {}
-
-    def serving(self, thing: str, version: int) -> bool:
-        h = self.health(thing)
-        return str(h.get("model_version")) in (str(version), f"{version}.0.0") and \
-            float(h.get("inference_rate_hz") or 0.0) > 0
-
+class Env(RolloutEnv):
     def executions(self, deployment_id: str) -> dict[str, Any]:
         return {e.thing: e for e in self.stack.greengrass.executions(deployment_id)}
 
@@ -89,18 +60,9 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, trained_model: JobResult) -> Iterator[Env]:
-    assert trained_model.model_archive is not None
-    home = tmp_path_factory.mktemp("light") / "home"
-    home.mkdir()
-    (home / "config.yaml").write_text(yaml.safe_dump({"canary_soak_s": SOAK_S}))
-    archive = trained_model.model_archive.read_bytes()
-    manifest = read_tar_documents(archive, (MANIFEST_FILE,))[MANIFEST_FILE]
-    metadata = {"nacelle:dataset_hash": str(manifest.get("lineage", {}).get("dataset_hash") or ""),
-                "nacelle:gate": "passed", "nacelle:input_shape": " ".join(map(str, input_shape(manifest)))}
-    with running_stack(home, devices=DEVICES, full_devices=FULL, canary_size=2) as stack:  # canary: 01 and 02
-        model_key = "jobs/light-test/output/model.tar.gz"
-        stack.store.put_if_absent(model_key, archive)
-        yield Env(home, stack, model_key, metadata)
+    with rollout_env(Env, tmp_path_factory.mktemp("light") / "home", trained_model, "light fleet test", SOAK_S,
+                     devices=DEVICES, full_devices=FULL, canary_size=2) as env:  # canary: 01 and 02
+        yield env
 
 
 def test_a_an_approval_reaches_the_full_and_the_light_devices(env: Env, capsys: pytest.CaptureFixture[str]):
@@ -165,7 +127,7 @@ def test_c_a_bundle_failing_verification_stops_at_the_light_canary(env: Env):
     assert env.register("light-test-v2") == 2
     # the full canary waits: its own FAILED would end the rollout (and cancel the deployment) before the light
     # canary's report, which is what this test is about
-    full = int(json.loads((env.home / "fleet.json").read_text())[f"{FULL_DEVICE}/nucleus"]["pid"])
+    full = env.nucleus_pid(FULL_DEVICE)
     os.kill(full, signal.SIGSTOP)
     try:
         env.approve(2)
