@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 
@@ -363,15 +363,17 @@ def _report(stack: Stack, final: ModelVersion, swaps: dict[str, list[ModelSwap]]
          for tl in timelines}, indent=2))
 
 
-class AlertPrinter:
-    """Prints each alert-topic notification as it lands in the notifier's JSON-lines log."""
+class Background:
+    """A context manager calling `tick` every `interval_s` on a daemon thread while its block runs."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    interval_s = 1.0
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="alert-printer", daemon=True)
-
-    def __enter__(self) -> AlertPrinter:
+        self._thread = threading.Thread(target=self._loop, name=type(self).__name__, daemon=True)
         self._thread.start()
         return self
 
@@ -379,20 +381,32 @@ class AlertPrinter:
         self._stop.set()
         self._thread.join(5)
 
-    def _run(self) -> None:
-        offset = 0
-        while not self._stop.wait(0.5):
-            if not self.path.is_file():
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.tick()
+
+
+class AlertPrinter(Background):
+    """Prints each alert-topic notification as it lands in the notifier's JSON-lines log."""
+
+    interval_s = 0.5
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+
+    def tick(self) -> None:
+        if not self.path.is_file():
+            return
+        with self.path.open("rb") as fh:
+            fh.seek(self._offset)
+            chunk = fh.read()
+        complete = chunk[:chunk.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        for line in complete.splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
                 continue
-            with self.path.open("rb") as fh:
-                fh.seek(offset)
-                chunk = fh.read()
-            complete = chunk[:chunk.rfind(b"\n") + 1]
-            offset += len(complete)
-            for line in complete.splitlines():
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if row.get("topic") == "alerts":
-                    print(f"   ALERT {row['time'][11:19]} {row['subject']}", flush=True)
+            if row.get("topic") == "alerts":
+                print(f"   ALERT {row['time'][11:19]} {row['subject']}", flush=True)

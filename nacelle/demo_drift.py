@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +27,7 @@ import yaml
 from nacelle.console import table
 from nacelle.demo import (
     AlertPrinter,
+    Background,
     Before,
     Step,
     approve_version,
@@ -92,7 +92,7 @@ def demo_config() -> dict[str, Any]:
 
 
 @dataclass
-class FieldWatch:
+class FieldWatch(Background):
     """What the demo follows, polled from the stack's own tables: each turbine's judged periods (drift_monitor's
     state, with the model version that scored them), the episodes (every one a false alarm: no fault is injected),
     drift alerts and the captured files."""
@@ -103,24 +103,13 @@ class FieldWatch:
     printed: set[str] = field(default_factory=set)
     acked: set[str] = field(default_factory=set)
 
-    def __enter__(self) -> FieldWatch:
-        """Poll every second in the background: drift_monitor keeps a turbine's latest periods only, and forgets
-        them when the turbine changes model version."""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="field-watch", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            try:
-                self.poll()
-            except Exception as exc:  # a busy database now and then: the next poll reads it again
-                print(f"   (field watch: {exc})", flush=True)
+    def tick(self) -> None:
+        """Every second: drift_monitor keeps a turbine's latest periods only, and forgets them when the turbine
+        changes model version."""
+        try:
+            self.poll()
+        except Exception as exc:  # a busy database now and then: the next poll reads it again
+            print(f"   (field watch: {exc})", flush=True)
 
     def poll(self) -> None:
         for thing in self.things:
