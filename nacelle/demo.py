@@ -112,7 +112,7 @@ def _run(home: Path, step: Step) -> int:
         print(f"   operator console while the demo runs: the URL printed above (again: nacelle --data-dir {home} "
               "console)", flush=True)
         with AlertPrinter(stack.paths.notifications):
-            v1 = train_version(stack, step, generated / "batch-1", "2", seed=7, turbines=3, hours=1.5)
+            v1 = train_version(stack, step, generated / "batch-1", "2", seed=7, turbines=3, hours=2.0)
             approve_version(stack, step, v1, "3", OPERATOR, "first model")
             # the next day's data arrives while v1 rolls out: v2 trains meanwhile (niced below the devices)
             known = drop_data(stack, step, generated / "batch-2", "4", seed=11, turbines=2, hours=1.0,
@@ -364,7 +364,8 @@ def _report(stack: Stack, final: ModelVersion, swaps: dict[str, list[ModelSwap]]
 
 
 class Background:
-    """A context manager calling `tick` every `interval_s` on a daemon thread while its block runs."""
+    """A context manager calling `tick` every `interval_s` on a daemon thread while its block runs, and once more
+    as it ends (what landed since the last tick is not missed)."""
 
     interval_s = 1.0
 
@@ -380,6 +381,8 @@ class Background:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self.tick()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -5,13 +5,15 @@ exactly when the k-th largest score of n consecutive windows does. The threshold
 that rolling statistic, not on single windows: isolated outliers (a bad reading stays in a window for
 a window's length, fewer than k windows) cost nothing, and a sustained excursion is what is measured.
 The threshold is the level the statistic's maxima over blocks of n windows exceed once per
-1 / target_false_alarms_per_day days: read off the block maxima when the data holds that many blocks,
-else extrapolated from them, and then never less than the highest value seen. The extrapolation fits a
-Gumbel law to the logarithm of the maxima (method of moments), i.e. a heavy, Fréchet-like tail: normal
-operation over a day holds rarer conditions than a short validation shows, and a light-tailed fit
-underestimates them. The extrapolation reaches at most MAX_EXTRAPOLATION times the span of the data
-(a few minutes of held-out data say nothing about once-a-month events). Few blocks (short data): the
-highest value seen x FALLBACK_MARGIN.
+1 / target_false_alarms_per_day days: read off the block maxima when the data shows that level exceeded
+at least EMPIRICAL_EXCEEDANCES times (fewer values above a quantile are noise), else extrapolated from
+them, and then never less than the highest value seen. Blocks wholly outside the operating regime score
+0 and cannot alarm: the law is fitted to the scored blocks, at the rate per scored block that gives the
+target per day. The extrapolation fits a Gumbel law to the logarithm of the maxima (method of moments),
+i.e. a heavy, Fréchet-like tail: normal operation over a day holds rarer conditions than a short validation
+shows, and a light-tailed fit underestimates them. The extrapolation reaches at most MAX_EXTRAPOLATION
+times the span of the data (a few minutes of held-out data say nothing about once-a-month events). Few
+blocks (short data): the highest value seen x FALLBACK_MARGIN.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from shared.ml.episodes import EpisodeRule
 
 EULER_GAMMA = 0.5772156649015329
 MIN_BLOCKS = 8
+EMPIRICAL_EXCEEDANCES = 10
 FALLBACK_MARGIN = 1.5
 MAX_EXTRAPOLATION = 100.0
 SECONDS_PER_DAY = 86_400.0
@@ -72,16 +75,20 @@ def calibrate(segments: list[np.ndarray], rule: EpisodeRule, stride_s: float, ta
         threshold = max(highest * FALLBACK_MARGIN, 1e-9) * margin
         return Calibration(threshold, "max", len(values), len(maxima), highest,
                            target_false_alarms_per_day=target_per_day)
-    logs = np.log(np.maximum(maxima, 1e-12))
-    scale = float(np.std(logs, ddof=1)) * math.sqrt(6.0) / math.pi
-    location = float(np.mean(logs)) - EULER_GAMMA * scale
     blocks_per_day = SECONDS_PER_DAY / (rule.n * stride_s)
     return_period = max(blocks_per_day / target_per_day, 1.0 + 1e-9)
-    if len(maxima) >= return_period:  # the data itself shows the level exceeded once per period
+    scored = maxima[maxima > 0]
+    logs = np.log(scored)
+    scale = float(np.std(logs, ddof=1)) * math.sqrt(6.0) / math.pi if len(scored) > 1 else 0.0
+    location = float(np.mean(logs)) - EULER_GAMMA * scale if len(scored) else 0.0
+    if len(maxima) >= EMPIRICAL_EXCEEDANCES * return_period:  # the data shows the level exceeded
         level = float(np.quantile(maxima, 1.0 - 1.0 / return_period))
         return Calibration(max(level, 1e-9) * margin, "empirical", len(values), len(maxima), highest, location,
                            scale, target_per_day)
-    reach = min(return_period, MAX_EXTRAPOLATION * len(maxima))
+    if len(scored) < MIN_BLOCKS or not scale > 0:
+        return Calibration(max(highest * FALLBACK_MARGIN, 1e-9) * margin, "max", len(values), len(maxima),
+                           highest, target_false_alarms_per_day=target_per_day)
+    reach = max(min(return_period, MAX_EXTRAPOLATION * len(maxima)) * len(scored) / len(maxima), 1.0 + 1e-9)
     level = math.exp(location - scale * math.log(-math.log1p(-1.0 / reach)))
     threshold = max(level, highest, 1e-9) * margin
     return Calibration(threshold, "gumbel", len(values), len(maxima), highest, location, scale, target_per_day)

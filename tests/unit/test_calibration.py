@@ -77,6 +77,29 @@ def test_with_enough_blocks_the_rate_is_read_off_the_data():
     assert np.mean(maxima > c.threshold) <= target / blocks_per_day + 1e-3  # exceeded at most at the target rate
 
 
+def test_the_rate_is_read_off_the_data_only_where_it_shows_at_least_ten_exceedances():
+    """The (1 - 1/R) quantile of N block maxima rests on N/R values above it: one or two are noise."""
+    segments = [normal_scores(6000, seed) for seed in range(3)]  # 3000 blocks
+    blocks_per_day = 86_400.0 / (RULE.n * STRIDE_S)
+    assert calibrate(segments, RULE, STRIDE_S, blocks_per_day * 10 / 3000).method == "empirical"
+    sparse = calibrate(segments, RULE, STRIDE_S, blocks_per_day * 3 / 3000)  # 3 exceedances expected
+    assert sparse.method == "gumbel" and sparse.threshold >= sparse.highest
+
+
+def test_blocks_outside_the_operating_regime_neither_inflate_nor_skew_the_fit():
+    """A block of windows all outside the operating regime scores 0 (the rule counts them as clean): the law
+    is fitted to the scored blocks, and the rate asked of them rises with the share they do not fill."""
+    operating = [normal_scores(3000, seed) for seed in range(2)]
+    idle = [np.zeros(3000) for _ in range(2)]  # as long again, every window outside the regime
+    alone = calibrate(operating, RULE, STRIDE_S, 1.0)
+    mixed = calibrate(operating + idle, RULE, STRIDE_S, 1.0)
+    assert mixed.method == alone.method == "gumbel"
+    assert (mixed.location, mixed.scale) == (alone.location, alone.scale)
+    assert mixed.highest == alone.highest <= mixed.threshold < alone.threshold  # idle time: fewer scored blocks a day
+    only_idle = calibrate([*idle, normal_scores(RULE.n * 3)], RULE, STRIDE_S, 1.0)  # 3 scored blocks: no fit
+    assert only_idle.method == "max" and only_idle.threshold == pytest.approx(only_idle.highest * FALLBACK_MARGIN)
+
+
 def test_a_lower_false_alarm_target_gives_a_higher_threshold():
     segments = [normal_scores(3000)]  # 500 blocks of 3 s
     thresholds = [calibrate(segments, RULE, STRIDE_S, target).threshold for target in (100.0, 10.0, 1.0)]

@@ -106,3 +106,15 @@ def test_read_jsonl_skips_a_line_cut_short(tmp_path: Path) -> None:
     path = tmp_path / "x.jsonl"
     path.write_text('{"a": 1}\n{"a": 2')
     assert read_jsonl(path) == [{"a": 1}] and read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+def test_the_alert_printer_prints_what_landed_just_before_the_demo_moved_on(tmp_path: Path, capsys) -> None:
+    from nacelle.demo import AlertPrinter
+
+    log = tmp_path / "notifications.jsonl"
+    alert = '{"topic": "alerts", "time": "2026-12-05T11:56:19Z", "subject": "[HIGH] turbine-01: score 9x"}\n'
+    log.write_text('{"topic": "approvals", "time": "2026-12-05T11:56:18Z", "subject": "v2"}\n' + alert
+                   + '{"topic": "alerts", "time": "2026-12-05T11:5')  # the last line is still being written
+    with AlertPrinter(log):  # the block ends before the first tick (every 0.5 s)
+        pass
+    assert capsys.readouterr().out == "   ALERT 11:56:19 [HIGH] turbine-01: score 9x\n"
