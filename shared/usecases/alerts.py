@@ -588,8 +588,9 @@ def _write_label(item: EpisodeAlert, deps: AlertDeps) -> str:
     """
     assert deps.store is not None  # acknowledge() checked it
     latest = next(a for a in reversed(item.acks) if a.verdict is not None)
-    end = item.ended_at or item.last_message_at or item.opened_at
-    span = {"turbine_id": item.turbine_id, "start": item.started_at, "end": float(end)}
+    # the span in the device's clock, as the samples it labels: never the cloud's receive time (clocks differ)
+    end = item.ended_at or item.last_flagged_at or item.opened_at
+    span = {"turbine_id": item.turbine_id, "start": item.started_at, "end": max(float(end), item.started_at)}
     severity = {"critical": "high"}.get(item.severity, item.severity)  # the simulator's scale
     doc = {"episodes": [{**span, "fault": "operator-confirmed", "severity": severity}]
            if latest.verdict == "fault" else [],

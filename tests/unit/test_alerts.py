@@ -18,7 +18,7 @@ from services.anomaly_alert.app import handle
 from shared.aws.sns import sns_subject
 from shared.errors import ConfigurationError, NotFound
 from shared.messages import MAX_MESSAGE_BYTES, BadMessage, EpisodeMessage, EpisodeRow, decode, validate
-from shared.ml.metrics import load_labels
+from shared.ml.metrics import load_labels, parse_false_alarms
 from shared.usecases.alerts import (
     AlertDeps,
     AlertPolicy,
@@ -533,7 +533,21 @@ def test_a_false_alarm_verdict_keeps_the_span_normal(deps: AlertDeps, tmp_path: 
     path.write_bytes(deps.store.get(item["label_key"]))
     assert load_labels(path) == []
     assert json.loads(path.read_text())["false_alarms"] == [{"turbine_id": "wt-01", "start": T0 - 120,
-                                                             "end": T0}]
+                                                             "end": T0 - 50}]  # its last flagged window
+
+
+def test_a_verdict_on_a_turbine_whose_clock_runs_ahead_still_labels_its_samples(deps: AlertDeps,
+                                                                                tmp_path: Path) -> None:
+    """The span is in the turbine's clock (its samples'), not the cloud's: ten minutes of skew must not give a
+    span that ends before it starts (training would quarantine it and the operator's verdict would be lost)."""
+    ahead = 600.0
+    on_anomaly(row("open", started_at=T0 + ahead - 120, opened_at=T0 + ahead - 60, last_flagged_at=T0 + ahead - 50),
+               deps)
+    item = acknowledge("episode:wt-01:wt-01-1000", "bob", deps, verdict="false-alarm")
+    doc, faults = label(deps, tmp_path, item["label_key"])
+    assert faults == [] and doc["false_alarms"] == [{"turbine_id": "wt-01", "start": T0 + ahead - 120,
+                                                     "end": T0 + ahead - 50}]
+    assert parse_false_alarms(json.dumps(doc), item["label_key"])  # what training reads: no error
 
 
 def label(deps: AlertDeps, tmp_path: Path, key: str) -> tuple[dict[str, Any], list[Any]]:
