@@ -295,6 +295,7 @@ class MqttPublisher:
         creds = LocalPki(Path(home) / "pki").sensor_source(thing)
         self.connected = threading.Event()
         self.stopped = threading.Event()
+        self._stopping = False
         self._lock = threading.Lock()
         self.in_flight = self.acked = self.failed = self.dropped = 0
         self.client = mqtt5_client_builder.mtls_from_path(
@@ -313,7 +314,10 @@ class MqttPublisher:
 
     def _on_disconnected(self, data: Any) -> None:
         self.connected.clear()
-        log.warning("disconnected from the broker: %s", getattr(data, "exception", None))
+        if self._stopping:  # our own stop: nothing to warn about
+            log.info("disconnected from the broker (stopping)")
+        else:
+            log.warning("disconnected from the broker: %s", getattr(data, "exception", None))
 
     def publish(self, topic: str, payload: bytes) -> None:
         with self._lock:
@@ -338,6 +342,7 @@ class MqttPublisher:
             self.failed += not ok
 
     def close(self, timeout: float = 5.0) -> None:
+        self._stopping = True
         self.client.stop()
         self.stopped.wait(timeout)
 

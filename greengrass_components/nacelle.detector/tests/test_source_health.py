@@ -6,11 +6,13 @@ subscribes to the new topic even in a session an earlier detector left."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from detector.app import DetectorApp
 from detector.config import FileConfigSource
 from detector.source_health import CHANGE_HEALTH_MIN_S, SourceHealth
@@ -194,3 +196,25 @@ def test_a_rejoined_session_still_gets_a_subscription_this_detector_adds(tmp_pat
     assert len(sent) == 2
     on_success(SimpleNamespace(connack_packet=SimpleNamespace(session_present=False)))  # a lost session: again
     assert len(sent) == 4
+
+
+def test_its_own_stop_is_no_warning_but_a_lost_connection_is(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from detector.mqtt import MqttSettings, MqttTransport
+
+    class Client:
+        def __init__(self, **kwargs: Any) -> None:
+            self.kwargs = kwargs
+
+        def stop(self) -> None:  # the SDK reports its own stop as a disconnection
+            self.kwargs["on_lifecycle_disconnection"](SimpleNamespace(exception="USER_REQUESTED_STOP"))
+
+    made: list[Client] = []
+    transport = MqttTransport(MqttSettings("127.0.0.1", 8883, tmp_path / "ca", tmp_path / "c", tmp_path / "k", THING),
+                              client_factory=lambda **kwargs: made.append(Client(**kwargs)) or made[-1])
+    with caplog.at_level(logging.INFO, logger="detector.mqtt"):
+        made[0].kwargs["on_lifecycle_disconnection"](SimpleNamespace(exception="CONNECTION_RESET"))
+        transport.stop()
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "disconnected: CONNECTION_RESET"), (logging.INFO, "disconnected (stopping)")]

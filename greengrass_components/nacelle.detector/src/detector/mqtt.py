@@ -47,6 +47,7 @@ class MqttTransport:
         self._listeners: list[ConnectionCallback] = []
         self._connected = threading.Event()
         self._failures = 0  # consecutive failed connection attempts (logged once, then every 100th)
+        self._stopping = False
         self._lock = threading.Lock()
         self._pending: tuple[str, bytes, concurrent.futures.Future[Any]] | None = None
         factory = client_factory or mqtt5_client_builder.mtls_from_path
@@ -66,6 +67,7 @@ class MqttTransport:
         self._client.start()
 
     def stop(self) -> None:
+        self._stopping = True
         self._client.stop()
         self._set_connected(False)
 
@@ -106,7 +108,10 @@ class MqttTransport:
                 self._failures, data.exception)
 
     def _on_disconnect(self, data: Any) -> None:
-        log.warning("disconnected: %s", data.exception)
+        if self._stopping:  # our own stop: nothing to warn about
+            log.info("disconnected (stopping)")
+        else:
+            log.warning("disconnected: %s", data.exception)
         self._set_connected(False)
 
     # -- subscribe -----------------------------------------------------------------------------------
