@@ -211,8 +211,13 @@ def test_its_own_stop_is_no_warning_but_a_lost_connection_is(tmp_path: Path, cap
             self.kwargs["on_lifecycle_disconnection"](SimpleNamespace(exception="USER_REQUESTED_STOP"))
 
     made: list[Client] = []
+
+    def factory(**kwargs: Any) -> Client:
+        made.append(Client(**kwargs))
+        return made[-1]
+
     transport = MqttTransport(MqttSettings("127.0.0.1", 8883, tmp_path / "ca", tmp_path / "c", tmp_path / "k", THING),
-                              client_factory=lambda **kwargs: made.append(Client(**kwargs)) or made[-1])
+                              client_factory=factory)
     with caplog.at_level(logging.INFO, logger="detector.mqtt"):
         made[0].kwargs["on_lifecycle_disconnection"](SimpleNamespace(exception="CONNECTION_RESET"))
         transport.stop()
