@@ -1,7 +1,7 @@
 """`make run` timed: the duration of each stage of the mission and `make_run_seconds` (goal <= 120 s).
 
 Runs the real mission (5 simulated turbines, two trainings, two rollouts, injected faults, alerts) in a
-temporary data directory; takes about 2.5 minutes on 2 cores.
+temporary data directory; takes under 2 minutes on 2 cores.
 """
 
 from __future__ import annotations
