@@ -32,7 +32,7 @@ from shared.ml.dataset import data_files, load_dataset, series_windows
 from shared.ml.edge_bundle import EDGE_FORMAT_VERSION, MODEL_FILE, EdgeManifest, sha256_file, verify
 from shared.version import code_version
 from training_jobs.bundle_io import load_model
-from training_jobs.model import Scorer
+from training_jobs.model import Scorer, torch_threads
 from training_jobs.onnx_export import (
     DEFAULT_OPSET,
     INPUT_NAME,
@@ -178,9 +178,7 @@ def measure_latency(onnx_path: Path, scoring: Scorer, window: np.ndarray, warmup
         session.run(None, feed)
         return time.perf_counter_ns() - start
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         tx = torch.from_numpy(x)
         scoring.eval()
 
@@ -195,8 +193,6 @@ def measure_latency(onnx_path: Path, scoring: Scorer, window: np.ndarray, warmup
             for _ in range(warmup):
                 fn()
             results[name] = _stats([fn() for _ in range(runs)])
-    finally:
-        torch.set_num_threads(threads)
     import onnxruntime
 
     return {**results, "batch": 1, "threads": 1, "warmup": warmup, "runs": runs,

@@ -14,10 +14,21 @@ import torch
 from shared.errors import TrainingError
 from shared.ml.spec import FeatureSpec
 from training_jobs.hyperparameters import Hyperparameters
-from training_jobs.model import AutoencoderScorer, PCAScorer, Preprocess, Scorer, build_autoencoder, masked_loss
+from training_jobs.model import (
+    AutoencoderScorer,
+    PCAScorer,
+    Preprocess,
+    Scorer,
+    build_autoencoder,
+    masked_loss,
+    torch_threads,
+)
 
 Log = Callable[[str], None]
 BATCH = 4096  # windows per forward pass when scoring
+# Below this many input values per training batch the autoencoder fits on one thread (400 rows at 1 Hz, batches of
+# 38 x 8 x 30: 8.2 s on one thread, 15.6 s on two; 20 Hz batches of 256 x 6 x 100 take the same time either way).
+SMALL_BATCH_VALUES = 65_536
 
 
 def _stdout(line: str) -> None:
@@ -129,8 +140,21 @@ def autoencoder_settings(hp: Hyperparameters, windows: int, n_features: int, len
 
 def fit_autoencoder(spec: FeatureSpec, train_x: np.ndarray, val_x: np.ndarray, hp: Hyperparameters,
                     log: Log = _stdout) -> Fitted:
+    """Fits on one thread when a batch holds fewer than SMALL_BATCH_VALUES inputs: so little work per step
+    costs more to share between threads than it gains."""
     g = spec.geometry
     settings = autoencoder_settings(hp, len(train_x), spec.n_features, g.length)
+    batch = (settings["batch_size"], spec.n_features, g.width)
+    if math.prod(batch) >= SMALL_BATCH_VALUES or torch.get_num_threads() == 1:
+        return _fit_autoencoder(spec, train_x, val_x, hp, settings, log)
+    log(f"autoencoder: 1 thread (batches of {' x '.join(map(str, batch))} inputs are too small to share)")
+    with torch_threads(1):
+        return _fit_autoencoder(spec, train_x, val_x, hp, settings, log)
+
+
+def _fit_autoencoder(spec: FeatureSpec, train_x: np.ndarray, val_x: np.ndarray, hp: Hyperparameters,
+                     settings: dict[str, int], log: Log) -> Fitted:
+    g = spec.geometry
     torch.manual_seed(hp.seed)
     prep = preprocess_for(spec, train_x)
     ae = build_autoencoder(hp.architecture, spec.n_features, g.length, settings["channels"], settings["latent"],

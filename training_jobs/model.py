@@ -23,6 +23,8 @@ Families:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -256,3 +258,14 @@ def empty_scorer(description: dict[str, Any], drift: tuple[bool, ...], context: 
         return AutoencoderScorer(prep, build_autoencoder(str(family), n_features, length, channels, latent),
                                  str(family), channels, latent)
     raise ValueError(f"unknown model family {family!r}; known: {(*FAMILIES, 'seed')}")
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` inside the block, as they were after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -13,6 +13,7 @@ from shared.ml.spec import FeatureSpec
 from training_jobs.bundle_io import load_model, load_model_dir, pack_model_dir, save_model_dir
 from training_jobs.fit import fit_autoencoder, fit_pca, score_windows
 from training_jobs.hyperparameters import Hyperparameters
+from training_jobs.model import torch_threads
 
 SPEC = FeatureSpec.from_dict({
     "name": "io", "time_column": "t", "columns": ["t", "a", "b", "c"], "features": ["a", "b", "c"],
@@ -132,3 +133,21 @@ def test_the_onnx_graph_of_a_drift_model_agrees_with_torch(family, data, fitted,
     report = check_equivalence(tmp_path / "model.onnx", scorer, np.ascontiguousarray(x), threshold=1.0,
                                atol=1e-5, rtol=1e-4)
     assert report["passed"] and report["flags"]["agree"]
+
+
+def test_small_batches_fit_on_one_thread_with_the_same_result_and_the_threads_come_back(data):
+    """Sharing a few thousand inputs per step between threads costs more than it gains (twice the time on the
+    400-row 1 Hz runs); large batches keep the threads they were given."""
+    train, _ = data
+    hp = Hyperparameters(epochs=1, seed=3)
+    said: list[str] = []
+    with torch_threads(2):
+        shared = fit_autoencoder(SPEC, train, train[:50], hp, said.append)
+        assert torch.get_num_threads() == 2
+        fit_autoencoder(SPEC, train, train[:50], Hyperparameters(epochs=1, seed=3, batch_size=1000), said.append)
+    assert [line for line in said if "thread" in line] == [
+        "autoencoder: 1 thread (batches of 37 x 3 x 32 inputs are too small to share)"]
+    with torch_threads(1):
+        alone = fit_autoencoder(SPEC, train, train[:50], hp, quiet)
+    for name, value in alone.scorer.state_dict().items():
+        assert torch.equal(value, shared.scorer.state_dict()[name]), name
