@@ -87,16 +87,29 @@ def test_bad_foreign_duplicated_and_reordered_reports_never_replace_a_newer_one(
     assert health.summary().state == "connecting"  # type: ignore[union-attr]
 
 
-def test_a_state_change_asks_for_a_health_message_at_most_every_few_seconds() -> None:
+def test_a_state_change_asks_for_a_health_message_and_a_recovery_cannot_hide_the_next_outage() -> None:
     asked: list[float] = []
     health, clocks = make(lambda: asked.append(clocks.t))
     health.on_message(report(seq=1))
     health.on_message(report(seq=2))  # same state: nothing asked
     clocks.t += 1.0
-    health.on_message(report(seq=3, state="disconnected"))  # a change, but too soon after the first
+    health.on_message(report(seq=3, state="disconnected"))  # an outage a second after the start: at once
+    clocks.t += 1.0
+    health.on_message(report(seq=4, state="connected"))  # a recovery too soon after the last one (the start)
     clocks.t += CHANGE_HEALTH_MIN_S
-    health.on_message(report(seq=4, state="connected"))
-    assert asked == [1_000.0, 1_000.0 + 1.0 + CHANGE_HEALTH_MIN_S]
+    health.on_message(report(seq=5, state="disconnected"))
+    health.on_message(report(seq=6, state="connected"))
+    assert asked == [1_000.0, 1_001.0, 1_002.0 + CHANGE_HEALTH_MIN_S, 1_002.0 + CHANGE_HEALTH_MIN_S]
+
+
+def test_a_flapping_source_asks_for_at_most_two_health_messages_every_few_seconds() -> None:
+    asked: list[float] = []
+    health, clocks = make(lambda: asked.append(clocks.t))
+    for seq in range(1, 201):  # flapping every 0.1 s for 20 s
+        health.on_message(report(seq=seq, state="connected" if seq % 2 else "disconnected"))
+        clocks.t += 0.1
+    assert len(asked) <= 2 * (20 / CHANGE_HEALTH_MIN_S + 1)
+    assert health.summary().state == "disconnected"  # type: ignore[union-attr]
 
 
 class Link:

@@ -7,8 +7,10 @@ stores it with the device's health and an operator sees a source that is down or
 
 A report that fails its definition or speaks for another turbine is refused, counted and logged, never kept. Reports
 are ordered by the component's run (its start time, now - uptime_s) and `seq`: a duplicate or a late report of an
-earlier run never replaces a newer one. A change of the source's state asks for a health message at once (at most
-one every CHANGE_HEALTH_MIN_S), so the cloud learns of an outage without waiting for the next interval.
+earlier run never replaces a newer one. A change of the source's state asks for a health message at once, so the
+cloud learns of an outage without waiting for the next interval: at most one every CHANGE_HEALTH_MIN_S for changes
+to "connected" and as many for changes away from it, so a flapping source cannot flood the link and a recovery (or
+the start) just before an outage cannot hide it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class SourceHealth:
         self._latest: SensorHealthMessage | None = None
         self._received = 0.0  # mono time the latest report arrived
         self._run_start = 0.0  # wall time its component run started
-        self._last_change_health = -CHANGE_HEALTH_MIN_S
+        self._last_asked = {True: -CHANGE_HEALTH_MIN_S, False: -CHANGE_HEALTH_MIN_S}  # by "to connected"
 
     def on_message(self, payload: bytes) -> None:
         """A report off the local topic (the transport's thread)."""
@@ -62,9 +64,10 @@ class SourceHealth:
             self._latest, self._received = report, now
             self._run_start = run_start if latest is None or not same_run else self._run_start
             changed = latest is None or latest.state != report.state
-            ask = changed and now - self._last_change_health >= CHANGE_HEALTH_MIN_S
+            healthy = report.state == "connected"
+            ask = changed and now - self._last_asked[healthy] >= CHANGE_HEALTH_MIN_S
             if ask:
-                self._last_change_health = now
+                self._last_asked[healthy] = now
         if changed:
             log.info("sensor source %s %s%s", report.source, report.state,
                      f": {report.last_error}" if report.state != "connected" and report.last_error else "")
