@@ -277,12 +277,14 @@ def test_a_nucleus_killed_mid_deployment_converges_after_restart(device: Device)
                 install="echo $$ > '{work:path}/installing'; sleep 2")
     dep = d.deploy(release("5.0.0"))
     installing = d.root / "work" / MODEL / "installing"
-    wait(installing.is_file, "the slow install to start")
+    # the shell creates the file before `echo` writes the pid into it
+    wait(lambda: installing.is_file() and installing.read_text().strip(), "the slow install to start")
+    installer = int(installing.read_text())
     assert d.execution(dep).status == "IN_PROGRESS"
     running = [d.starts(c)[-1] for c in (DETECTOR, "nacelle.hard")]
     d.kill(signal.SIGKILL)
     # the killed nucleus's children follow it (parent-death signal)
-    wait(lambda: not any(alive(p) for p in [*running, int(installing.read_text())]), "orphans to die")
+    wait(lambda: not any(alive(p) for p in [*running, installer]), "orphans to die")
     d.start()
     e = d.wait_terminal(dep)
     assert e.status == "SUCCEEDED", (e, d.log())
