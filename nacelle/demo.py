@@ -17,6 +17,7 @@ import json
 import shutil
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -363,14 +364,14 @@ def _report(stack: Stack, final: ModelVersion, swaps: dict[str, list[ModelSwap]]
          for tl in timelines}, indent=2))
 
 
-class Background:
+class Background(ABC):
     """A context manager calling `tick` every `interval_s` on a daemon thread while its block runs, and once more
     as it ends (what landed since the last tick is not missed)."""
 
     interval_s = 1.0
 
-    def tick(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def tick(self) -> None: ...
 
     def __enter__(self) -> Self:
         self._stop = threading.Event()

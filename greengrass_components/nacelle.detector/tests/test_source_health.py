@@ -9,12 +9,15 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from detector.app import DetectorApp
 from detector.config import FileConfigSource
+from detector.mqtt import MqttSettings, MqttTransport
 from detector.source_health import CHANGE_HEALTH_MIN_S, SourceHealth
 from detector.spool import Spool
 
@@ -171,37 +174,44 @@ def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def test_a_rejoined_session_still_gets_a_subscription_this_detector_adds(tmp_path: Path) -> None:
-    """An earlier detector's persistent session has no `sensors/health` subscription: each topic is subscribed once
-    per process even when the broker says the session is present, and not again on later reconnections."""
-    from concurrent.futures import Future
-    from types import SimpleNamespace
+class FakeMqttClient:
+    """The SDK client surface MqttTransport uses: its callbacks kept, subscriptions recorded, and its own stop
+    reported as a disconnection, as the SDK does."""
 
-    from detector.mqtt import MqttSettings, MqttTransport
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+        self.subscribed: list[str] = []
 
-    sent: list[str] = []
+    def subscribe(self, packet: Any) -> Future[Any]:
+        self.subscribed.extend(s.topic_filter for s in packet.subscriptions)
+        done: Future[Any] = Future()
+        done.set_result(SimpleNamespace(reason_codes=[1]))
+        return done
 
-    class Client:
-        def __init__(self, **kwargs: Any) -> None:
-            self.kwargs = kwargs
+    def stop(self) -> None:
+        self.kwargs["on_lifecycle_disconnection"](SimpleNamespace(exception="USER_REQUESTED_STOP"))
 
-        def subscribe(self, packet: Any) -> Future[Any]:
-            sent.extend(s.topic_filter for s in packet.subscriptions)
-            done: Future[Any] = Future()
-            done.set_result(SimpleNamespace(reason_codes=[1]))
-            return done
 
-    made: list[Client] = []
+def fake_transport(tmp_path: Path) -> tuple[MqttTransport, FakeMqttClient]:
+    made: list[FakeMqttClient] = []
 
-    def factory(**kwargs: Any) -> Client:
-        made.append(Client(**kwargs))
+    def factory(**kwargs: Any) -> FakeMqttClient:
+        made.append(FakeMqttClient(**kwargs))
         return made[-1]
 
     transport = MqttTransport(MqttSettings("127.0.0.1", 8883, tmp_path / "ca", tmp_path / "c", tmp_path / "k", THING),
                               client_factory=factory)
+    return transport, made[0]
+
+
+def test_a_rejoined_session_still_gets_a_subscription_this_detector_adds(tmp_path: Path) -> None:
+    """An earlier detector's persistent session has no `sensors/health` subscription: each topic is subscribed once
+    per process even when the broker says the session is present, and not again on later reconnections."""
+    transport, client = fake_transport(tmp_path)
+    sent = client.subscribed
     transport.subscribe(f"turbines/{THING}/sensors/health", lambda _p: None)
     transport.subscribe(f"turbines/{THING}/sensors", lambda _p: None)
-    on_success = made[0].kwargs["on_lifecycle_connection_success"]
+    on_success = client.kwargs["on_lifecycle_connection_success"]
     rejoined = SimpleNamespace(connack_packet=SimpleNamespace(session_present=True))
     on_success(rejoined)
     assert sorted(sent) == [f"turbines/{THING}/sensors", f"turbines/{THING}/sensors/health"]
@@ -212,27 +222,9 @@ def test_a_rejoined_session_still_gets_a_subscription_this_detector_adds(tmp_pat
 
 
 def test_its_own_stop_is_no_warning_but_a_lost_connection_is(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from types import SimpleNamespace
-
-    from detector.mqtt import MqttSettings, MqttTransport
-
-    class Client:
-        def __init__(self, **kwargs: Any) -> None:
-            self.kwargs = kwargs
-
-        def stop(self) -> None:  # the SDK reports its own stop as a disconnection
-            self.kwargs["on_lifecycle_disconnection"](SimpleNamespace(exception="USER_REQUESTED_STOP"))
-
-    made: list[Client] = []
-
-    def factory(**kwargs: Any) -> Client:
-        made.append(Client(**kwargs))
-        return made[-1]
-
-    transport = MqttTransport(MqttSettings("127.0.0.1", 8883, tmp_path / "ca", tmp_path / "c", tmp_path / "k", THING),
-                              client_factory=factory)
+    transport, client = fake_transport(tmp_path)
     with caplog.at_level(logging.INFO, logger="detector.mqtt"):
-        made[0].kwargs["on_lifecycle_disconnection"](SimpleNamespace(exception="CONNECTION_RESET"))
+        client.kwargs["on_lifecycle_disconnection"](SimpleNamespace(exception="CONNECTION_RESET"))
         transport.stop()
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.WARNING, "disconnected: CONNECTION_RESET"), (logging.INFO, "disconnected (stopping)")]
