@@ -46,6 +46,9 @@ def load_model_dir(model_dir: Path) -> LoadedModel:
     scorer = build_scorer(manifest)
     try:
         state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        for key, placeholder in scorer.state_dict().items():  # weights saved before the frozen-sensor check
+            if key.endswith("prep.frozen_check") and key not in state:
+                state[key] = torch.zeros_like(placeholder)  # its check stays off, as it was trained
         scorer.load_state_dict(state)
     except (OSError, RuntimeError, KeyError) as exc:
         raise BundleError(f"{model_dir / WEIGHTS_FILE}: cannot load weights: {exc}") from exc

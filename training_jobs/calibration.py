@@ -64,7 +64,7 @@ def rolling_kth(scores: np.ndarray, k: int, n: int) -> np.ndarray:
 def calibrate(segments: list[np.ndarray], rule: EpisodeRule, stride_s: float, target_per_day: float,
               margin: float = 1.0) -> Calibration:
     """`segments`: scores of consecutive normal windows (time order), one array per gap-free run; windows
-    outside the operating regime score 0 (the rule counts them as clean)."""
+    outside the operating regime score 0 (the rule cannot open an episode on them)."""
     rolled = [rolling_kth(s, rule.k, rule.n) for s in segments if len(s)]
     if not rolled:
         raise TrainingError("no normal held-out windows to calibrate the threshold on")

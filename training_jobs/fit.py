@@ -20,6 +20,7 @@ from training_jobs.model import (
     Preprocess,
     Scorer,
     build_autoencoder,
+    frozen_windows,
     masked_loss,
     torch_threads,
 )
@@ -29,6 +30,8 @@ BATCH = 4096  # windows per forward pass when scoring
 # Below this many input values per training batch the autoencoder fits on one thread (400 rows at 1 Hz, batches of
 # 38 x 8 x 30: 8.2 s on one thread, 15.6 s on two; 20 Hz batches of 256 x 6 x 100 take the same time either way).
 SMALL_BATCH_VALUES = 65_536
+# The frozen-sensor check holds for a feature that held one value over none of at least this many training windows
+FROZEN_CHECK_WINDOWS = 200
 
 
 def _stdout(line: str) -> None:
@@ -45,7 +48,8 @@ class Fitted:
 
 def preprocess_for(spec: FeatureSpec, x: np.ndarray) -> Preprocess:
     """Standardisation fitted on (W, F, geometry.width) windows: per-feature mean and std of the scored
-    samples after the drift baseline (NaN ignored)."""
+    samples after the drift baseline (NaN ignored); the frozen-sensor check for the features that never
+    held one value over a window (a setpoint or a coarse reading that often stands still is left out)."""
     g = spec.geometry
     drift = torch.tensor(spec.drift_mask, dtype=torch.float32)
     n = spec.n_features
@@ -63,7 +67,19 @@ def preprocess_for(spec: FeatureSpec, x: np.ndarray) -> Preprocess:
         bad = [spec.features[j] for j in np.flatnonzero(~np.isfinite(mean))]
         raise TrainingError(f"feature(s) {bad} have no valid sample in the training windows")
     std = np.where(np.isfinite(std) & (std > 1e-9 * np.maximum(1.0, np.abs(mean))), std, 1.0)
-    return Preprocess(torch.tensor(mean), torch.tensor(std), drift, g.context_inputs, g.length)
+    return Preprocess(torch.tensor(mean), torch.tensor(std), drift, g.context_inputs, g.length,
+                      frozen_check_for(x[..., g.context_inputs:]))
+
+
+def frozen_check_for(scored: np.ndarray) -> torch.Tensor:
+    """(F,) 1.0 for each feature never frozen over the (W, F, L) training windows, given enough of them."""
+    if len(scored) < FROZEN_CHECK_WINDOWS:
+        return torch.zeros(scored.shape[1])
+    frozen = torch.zeros(scored.shape[:2], dtype=torch.bool)
+    with torch.no_grad():
+        for i in range(0, len(scored), BATCH):
+            frozen[i:i + BATCH] = frozen_windows(torch.from_numpy(np.ascontiguousarray(scored[i:i + BATCH])))
+    return (~frozen.any(dim=0)).float()
 
 
 def score_windows(scorer: Scorer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -8,8 +8,10 @@ Each feature's error a_j is first measured against its own 99th percentile on th
 the score is the power mean (mean of a_j**4) ** (1/4): every feature counts, the worst ones dominate,
 so a fault in one sensor is not averaged away among many and one threshold still fits all of them.
 The contributions are a_j**4 / F (summing to score**4).
-`Preprocess` is shared: drifting features are taken relative to their mean over the context before
-the scored samples, every feature is standardised, missing samples are set to the mean. The exported
+`Preprocess` is shared: drifting features are taken relative to their median over the context before
+the scored samples, every feature is standardised, missing samples are set to the mean; a feature that
+never stood still over a training window and holds one value over a scored window is reported missing
+(a frozen sensor). The exported
 ONNX graph holds all of it, so the device keeps no second copy of the math.
 
 Families:
@@ -38,14 +40,19 @@ class Preprocess(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
     drift: torch.Tensor
+    frozen_check: torch.Tensor
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, drift: torch.Tensor, context: int, length: int) -> None:
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, drift: torch.Tensor, context: int, length: int,
+                 frozen_check: torch.Tensor | None = None) -> None:
         super().__init__()
         self.context, self.length = int(context), int(length)
         self.register_buffer("mean", _own(mean).reshape(1, -1, 1))
         self.register_buffer("std", _own(std).reshape(1, -1, 1))
         self.register_buffer("drift", _own(drift).reshape(1, -1))  # 1.0 for a drifting feature
         self.any_drift = bool((drift > 0).any())
+        # 1.0 for a feature that never stood still over a training window: a window of one value is frozen
+        checked = torch.zeros_like(drift) if frozen_check is None else frozen_check
+        self.register_buffer("frozen_check", _own(checked).reshape(1, -1))
 
     def relative(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The scored samples (drifting features minus their baseline) and their missing mask.
@@ -66,11 +73,22 @@ class Preprocess(nn.Module):
         return scored, missing
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """z (B, F, L) standardised with missing samples at 0, valid mask (B, F, L), missing fraction (B, F)."""
+        """z (B, F, L) standardised with missing samples at 0, valid mask (B, F, L), missing fraction (B, F):
+        1 for a checked feature frozen over the window (a stuck sensor reports nothing, like a silent one)."""
         scored, missing = self.relative(x)
         valid = (~missing).float()
         z = torch.where(missing, torch.zeros_like(scored), (scored - self.mean) / self.std)
-        return z, valid, 1.0 - valid.sum(dim=2) / self.length
+        fraction = 1.0 - valid.sum(dim=2) / self.length
+        frozen = frozen_windows(x[..., self.context:]) & (self.frozen_check > 0)
+        return z, valid, torch.where(frozen, torch.ones_like(fraction), fraction)
+
+
+def frozen_windows(x: torch.Tensor) -> torch.Tensor:
+    """(B, F) of (B, F, L) samples: at least two values and all of them equal (NaN ignored)."""
+    ok = ~torch.isnan(x)
+    highest = torch.where(ok, x, torch.full_like(x, -math.inf)).amax(dim=2)
+    lowest = torch.where(ok, x, torch.full_like(x, math.inf)).amin(dim=2)
+    return (ok.sum(dim=2) >= 2) & (highest == lowest)
 
 
 def _own(values: torch.Tensor) -> torch.Tensor:

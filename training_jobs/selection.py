@@ -114,7 +114,7 @@ def subsample(x: np.ndarray, limit: int) -> np.ndarray:
 def normal_segments(pieces: list[TurbineSeries], detector: Detector, faults: list[Fault],
                     margin_s: float) -> list[np.ndarray]:
     """Scores of the held-out windows in time order, split at gaps and around labelled faults; windows
-    outside the operating regime score 0 (the episode rule counts them as clean)."""
+    outside the operating regime score 0 (the episode rule cannot open an episode on them)."""
     out = []
     for scored in score_series(pieces, detector):
         w_start = scored.t_end - detector.spec.window_seconds

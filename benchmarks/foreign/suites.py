@@ -1,6 +1,7 @@
 """The three suites on disk: per case a training folder, a test folder with labels.json, and a spec that
 declares only what an operator knows (columns, time format, sampling rate; for SCADA its operating
-status filter and the temperatures that follow the seasons, judged against their last week). Window
+status filter, the turbine's wind range from cut-in to its 25 m/s cut-out, and the temperatures that follow
+the seasons, judged against their last week). Window
 timescales, model family and threshold are left to the defaults.
 
 Seeds: "dev" seeds were the only ones looked at while the defaults were tuned; "eval" seeds (the
@@ -72,7 +73,7 @@ def scada_cases(root: Path, seed: int) -> Iterator[Case]:
     wind, ambient = scada.weather(rng, n)
     first = SCADA_TRAIN_DAYS * scada.PER_DAY
     spec = _spec(root / "spec.yaml", "farm-scada", "timestamp", scada.CHANNELS, 1 / scada.STEP_S, ",",
-                 "time_format: iso8601\noperating: {feature: wind_speed, min: 3.5}\n"
+                 "time_format: iso8601\noperating: {feature: wind_speed, min: 3.5, max: 25}\n"
                  f"drift: {{features: [{', '.join(scada.SEASONAL)}], baseline_s: {7 * 86400}}}\n")
     faults: list = []
     for k in range(SCADA_TURBINES):

@@ -2,7 +2,8 @@
 
 A window is flagged when its anomaly score exceeds the model's one threshold, or when a feature misses
 more than `missing_tolerance` of its samples. An episode opens when at least k of the last n windows
-are flagged and closes after m consecutive clean windows. All times are sample timestamps (the end of
+are flagged and closes after m consecutive clean windows; windows outside the operating regime are not
+judged (clean for opening, not counted for closing). All times are sample timestamps (the end of
 each window), never the wall clock. The per-feature contributions of the peak window say which
 sensors explain the episode.
 """
@@ -106,9 +107,11 @@ class EpisodeTracker:
 
     def step(self, t_end: float, score: float, contributions: Sequence[float] | np.ndarray,
              missing: Sequence[float] | np.ndarray, operating: bool = True) -> list[EpisodeEvent]:
-        """One scored window; a window outside the operating regime counts as clean."""
+        """One scored window. A window outside the operating regime is not judged: it enters the k-of-n
+        history as clean (it cannot open an episode) but does not count towards closing one, so a fault
+        that outlasts a calm spell or a stop stays one episode, not a false "resolved" and a new alert."""
         if not operating:
-            return self._advance(float(t_end), 0.0, None, [])
+            return self._advance(float(t_end), 0.0, None, [], judged=False)
         ratio = float(score) / self.threshold
         gone = [self.feature_names[i] for i, v in enumerate(np.asarray(missing).tolist())
                 if v > self.rule.missing_tolerance]
@@ -140,8 +143,8 @@ class EpisodeTracker:
             recent.append((t, 0.0, None, []))
         return []
 
-    def _advance(self, t_end: float, ratio: float, row: Sequence[float] | None, gone: list[str]
-                 ) -> list[EpisodeEvent]:
+    def _advance(self, t_end: float, ratio: float, row: Sequence[float] | None, gone: list[str],
+                 judged: bool = True) -> list[EpisodeEvent]:
         events: list[EpisodeEvent] = []
         if self._last_t is not None and t_end - self._last_t > self.rule.max_silence_s:
             events += self._close(self._last_t)
@@ -158,7 +161,7 @@ class EpisodeTracker:
             self._absorb(self.current, t_end, ratio, row, gone)
             if self._worth_reporting(t_end):
                 events.append(self._event("update", t_end))
-        else:
+        elif judged:
             self._clean_run += 1
             if self._clean_run >= self.rule.m:
                 events += self._close(t_end)

@@ -211,7 +211,7 @@ def _deviation(item: EpisodeAlert) -> list[str]:
     if len(shares) > len(listed):
         rest = shares[len(listed):]
         lines.append(f"  {len(rest)} other feature(s): {_pct(sum(s for _, s in rest))} of the score together")
-    lines += [f"  {name}: samples missing" for name in item.missing]
+    lines += [f"  {name}: samples missing or frozen" for name in item.missing]
     return lines or ["  (no feature details)"]
 
 
@@ -225,7 +225,7 @@ def _top(item: EpisodeAlert) -> str:
         parts.append(("mostly " if len(shares) > 1 else "") + ", ".join(named))
     text = ", ".join(parts)
     if item.missing:
-        text += ("; " if text else "") + ", ".join(item.missing) + " missing"
+        text += ("; " if text else "") + ", ".join(item.missing) + " missing or frozen"
     return text or "anomaly"
 
 

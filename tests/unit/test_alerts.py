@@ -338,8 +338,8 @@ def test_severity_of_an_episode_follows_its_peak_score(deps: AlertDeps) -> None:
 def test_missing_samples_alone_read_as_missing_sensors(deps: AlertDeps) -> None:
     on_anomaly(row("open", score=0.0, contributions={}, features=["voltage"], missing=["voltage"]), deps)
     [alert] = sent(deps)
-    assert alert.subject == "[MEDIUM] wt-01: voltage missing"
-    assert "  voltage: samples missing" in alert.message and "anomaly score:" not in alert.message
+    assert alert.subject == "[MEDIUM] wt-01: voltage missing or frozen"
+    assert "  voltage: samples missing or frozen" in alert.message and "anomaly score:" not in alert.message
 
 
 def test_a_higher_score_replaces_the_contributions(deps: AlertDeps) -> None:
@@ -364,9 +364,9 @@ def test_a_body_lists_every_share_and_folds_the_tiny_ones(deps: AlertDeps) -> No
     [alert] = sent(deps)
     # cut to SNS's subject limit when longer
     assert alert.subject == sns_subject("[HIGH] wt-01: score 3.4x threshold, mostly rpm (64 %), voltage (21 %), "
-                                        "wind (15 %); pitch missing")
+                                        "wind (15 %); pitch missing or frozen")
     assert ("  rpm: 64 % of the score\n  voltage: 21 % of the score\n  wind: 15 % of the score\n"
-            "  2 other feature(s): <1 % of the score together\n  pitch: samples missing") in alert.message
+            "  2 other feature(s): <1 % of the score together\n  pitch: samples missing or frozen") in alert.message
 
 
 MESSAGES = [row("open"), update(2), update(3), row("close", seq=4)]

@@ -66,13 +66,18 @@ def test_missing_at_the_tolerance_does_not_flag():
     assert events == []
 
 
-def test_a_window_outside_the_operating_regime_is_clean():
+def test_a_window_outside_the_operating_regime_neither_opens_nor_closes_an_episode():
+    """A calm spell or a stop says nothing about the fault: no opening on it, and no false "resolved"."""
     tracker = EpisodeTracker("wt-01", EpisodeRule(k=1, n=1, m=2), THRESHOLD, NAMES)
-    hot = (10.0, [9.0, 1.0], [0.0, 1.0])
+    hot, calm = (10.0, [9.0, 1.0], [0.0, 1.0]), (0.0, [0.0, 0.0], [0.0, 0.0])
     assert tracker.step(0.0, *hot, operating=False) == []  # neither the score nor the missing samples count
     assert [e.kind for e in tracker.step(0.5, *hot)] == ["open"]
-    assert tracker.step(1.0, *hot, operating=False) == []
-    assert [e.kind for e in tracker.step(1.5, *hot, operating=False)] == ["close"]
+    for i in range(20):
+        assert tracker.step(1.0 + 0.5 * i, *hot, operating=False) == []
+    assert tracker.step(11.0, *calm) == []
+    assert tracker.step(11.5, *calm, operating=False) == []  # between two clean judged windows
+    assert [e.kind for e in tracker.step(12.0, *calm)] == ["close"]
+    assert len(tracker.closed) == 1 and tracker.closed[0].last_flagged_at == 0.5
 
 
 def test_silence_closes_and_resets():

@@ -151,3 +151,49 @@ def test_small_batches_fit_on_one_thread_with_the_same_result_and_the_threads_co
         alone = fit_autoencoder(SPEC, train, train[:50], hp, quiet)
     for name, value in alone.scorer.state_dict().items():
         assert torch.equal(value, shared.scorer.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("family", ["pca", "conv1d"])
+def test_a_sensor_frozen_over_a_window_is_reported_missing_and_the_onnx_graph_agrees(family, data, fitted,
+                                                                                     tmp_path: Path):
+    """A stuck reading (one value over the window) says as little as no reading: the feature is flagged."""
+    from training_jobs.compile import check_equivalence
+    from training_jobs.onnx_export import export_onnx
+
+    _, probe = data
+    scorer = fitted[family].scorer
+    assert scorer.prep.frozen_check.flatten().tolist() == [1.0, 1.0, 1.0]  # none stood still in training
+    g = SPEC.geometry
+    frozen = probe[[1, 2, 4, 6]].copy()  # windows without missing samples
+    frozen[0, 0, g.context_inputs:] = frozen[0, 0, g.context_inputs]  # 'a' stuck
+    frozen[1, 2, g.context_inputs:] = 50.0  # 'c' stuck, a drifting feature
+    frozen[1, 2, g.context_inputs + 3] = np.nan  # a gap in a frozen stretch changes nothing
+    frozen[2, 1, g.context_inputs:-1] = np.nan  # a single value is missing data, not frozen
+    _, _, missing = score_windows(scorer, frozen)
+    assert missing[0].tolist() == [1.0, 0.0, 0.0] and missing[1].tolist() == [0.0, 0.0, 1.0]
+    assert missing[2, 1] == pytest.approx((g.length - 1) / g.length) and missing[3].tolist() == [0.0, 0.0, 0.0]
+    export_onnx(scorer, 3, g.width, tmp_path / "model.onnx")
+    report = check_equivalence(tmp_path / "model.onnx", scorer, np.ascontiguousarray(frozen), threshold=1.0,
+                               atol=1e-5, rtol=1e-4)
+    assert report["passed"] and report["flags"]["agree"]
+
+
+def test_a_feature_that_stands_still_in_training_or_too_few_windows_leave_the_frozen_check_off(data):
+    from training_jobs.fit import FROZEN_CHECK_WINDOWS, frozen_check_for
+
+    train, _ = data
+    g = SPEC.geometry
+    scored = train[:, :, g.context_inputs:].copy()
+    scored[7, 1, :] = 3.0  # 'b' held one value over one training window (a setpoint, a coarse reading)
+    assert frozen_check_for(scored).tolist() == [1.0, 0.0, 1.0]
+    assert frozen_check_for(scored[:FROZEN_CHECK_WINDOWS - 1]).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_weights_saved_before_the_frozen_check_load_with_it_off(fitted, tmp_path: Path):
+    scorer = fitted["pca"].scorer
+    save_model_dir(tmp_path / "model", scorer, manifest_for(scorer))
+    weights = tmp_path / "model" / "model.pt"
+    state = torch.load(weights, weights_only=True)
+    del state["prep.frozen_check"]
+    torch.save(state, weights)
+    assert load_model_dir(tmp_path / "model").scorer.prep.frozen_check.flatten().tolist() == [0.0, 0.0, 0.0]

@@ -156,12 +156,14 @@ def test_evaluate_without_labels_gives_null_event_metrics_and_exit_0(trained_mod
 def test_loaded_model_scores_windows(fixture, request):
     model = load_model(request.getfixturevalue(fixture).model_archive)
     width = model.manifest.spec.geometry.width
-    x = np.zeros((3, 6, width), dtype=np.float32)
+    x = np.random.default_rng(0).normal(0, 1, (3, 6, width)).astype(np.float32)
     x[1, 5, -50:] = np.nan  # half of the scored samples of one feature
+    x[2, 0, :] = 0.25  # a frozen sensor: as good as missing
     with torch.no_grad():
         score, contributions, missing = model.scorer(torch.from_numpy(x))
     assert score.shape == (3,) and contributions.shape == missing.shape == (3, 6)
     assert missing[1, 5].item() == pytest.approx(0.5) and missing[0].sum().item() == 0
+    assert missing[2].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     assert torch.isfinite(score).all() and (contributions >= 0).all()
     # The contributions are the terms of the power mean: score**4 is their sum, plus for PCA the
     # weighted Hotelling T² term, which no feature owns.
