@@ -11,8 +11,7 @@ The contributions are a_j**4 / F (summing to score**4).
 `Preprocess` is shared: drifting features are taken relative to their median over the context before
 the scored samples, every feature is standardised, missing samples are set to the mean; a feature that
 never stood still over a training window and holds one value over a scored window is reported missing
-(a frozen sensor). The exported
-ONNX graph holds all of it, so the device keeps no second copy of the math.
+(a frozen sensor). The exported ONNX graph holds all of it, so the device keeps no second copy of the math.
 
 Families:
 * "pca": PCA of the flattened standardised window: the SPE/Q residual per feature, and Hotelling's T²

@@ -86,7 +86,7 @@ def resolve_spec(spec: FeatureSpec, series: list[TurbineSeries]) -> FeatureSpec:
         return spec
     chosen = drifting_features(series, spec)
     log(f"drift.features auto: {list(chosen) or 'none'}"
-        + (f" (judged against their mean over the {spec.drift.baseline_s:g} s before each window)" if chosen else ""))
+        + (f" (judged against their median over the {spec.drift.baseline_s:g} s before each window)" if chosen else ""))
     return spec.with_drift(chosen)
 
 

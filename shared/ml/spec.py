@@ -68,7 +68,7 @@ class Windows:
 @dataclass(frozen=True)
 class Drift:
     """Features that drift slowly under normal operation (temperatures, pressures): each is scored on its
-    level relative to its own mean over the `baseline_s` seconds before the scored window (0: the
+    level relative to its own median over the `baseline_s` seconds before the scored window (0: the
     window's own mean), so a drift slower than that is normal and a step or a faster trend is not.
     `features` None means "auto": the training job picks the features whose level follows a trend."""
 

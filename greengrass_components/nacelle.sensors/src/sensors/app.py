@@ -28,6 +28,7 @@ from .publisher import Batcher, Publisher
 from .sampler import PollingRunner, Sample, SourceStats, StreamRunner
 
 log = logging.getLogger("sensors.app")
+RUNNER_STOP_S = 5.0  # a replaced or stopped runner returns within a tick; past this it is cancelled
 
 STATE_HEALTH_MIN_S = 1.0  # health on a state change, at most this often
 Runner = PollingRunner | StreamRunner
@@ -129,16 +130,25 @@ class SensorsApp:
             resume: int | None = None
             while not self._stop.is_set():
                 self._swap.clear()
-                sampling = asyncio.create_task(self._run_runner(resume), name="sensors-sampling")
-                swap = asyncio.create_task(self._swap.wait())
-                await asyncio.wait({sampling, swap}, return_when=asyncio.FIRST_COMPLETED)
-                swap.cancel()
-                if sampling.done():
-                    sampling.result()  # the runners return when stopped; anything else is a bug: raise it
-                else:  # a configuration change: the old runner closes its source between two ticks
+                halt = asyncio.Event()  # this runner's own stop: set on a configuration change or the app's stop
+                sampling = asyncio.create_task(self._run_runner(resume, halt), name="sensors-sampling")
+                waits = {asyncio.create_task(self._swap.wait()), asyncio.create_task(self._stop.wait())}
+                await asyncio.wait({sampling, *waits}, return_when=asyncio.FIRST_COMPLETED)
+                for wait in waits:
+                    wait.cancel()
+                # The runner returns at its next tick, its source closed. Not Task.cancel(): Python 3.11's
+                # asyncio.wait_for can swallow a cancellation that meets a finishing read, and the old source would
+                # then go on sampling for good.
+                halt.set()
+                done, _ = await asyncio.wait({sampling}, timeout=RUNNER_STOP_S)
+                if not done:  # stuck in a library call
+                    log.warning("the %s source did not stop within %g s: cancelled", self.config.source,
+                                RUNNER_STOP_S)
                     sampling.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await sampling
+                else:
+                    sampling.result()  # the runners return when stopped; anything else is a bug: raise it
                 if self._pending is not None:
                     old = self.runner
                     self.config, self.runner = self._pending
@@ -159,12 +169,11 @@ class SensorsApp:
                 await health
             self._send_health()
 
-    async def _run_runner(self, resume: int | None) -> None:
-        assert self._stop is not None
+    async def _run_runner(self, resume: int | None, halt: asyncio.Event) -> None:
         if isinstance(self.runner, PollingRunner):
-            await self.runner.run(self._stop, resume)
+            await self.runner.run(halt, resume)
         else:
-            await self.runner.run(self._stop)
+            await self.runner.run(halt)
 
     def reconfigure(self, config: SensorsConfig) -> None:
         """A new configuration (from any thread): its source is built now; an unusable one is logged and ignored."""
