@@ -123,6 +123,9 @@ def train(env: JobEnvironment) -> dict[str, Any]:
     baseline = drift_baseline(validation, chosen.detectors, spec, _margin(hp, spec), log)
     final, evaluation_set, metrics = _deliver(the_plan.mode, chosen, the_plan.test, validation, spec, faults,
                                               series, hp, env)
+    checked = [name for name, on in zip(spec.features, final.scorer.prep.frozen_check.flatten().tolist(), strict=True)
+               if on]
+    log(f"frozen-sensor check: {checked or 'none'} (the features that never held one value over a training window)")
     threshold = chosen.calibration.threshold
     allowance = Allowance.of(spec)
     evaluation: dict[str, Any] = {
