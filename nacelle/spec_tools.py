@@ -375,7 +375,7 @@ def _render_settings(s: dict[str, Any]) -> list[str]:
     if s["operating"]:
         top = s["operating"].get("max")
         lines.append(f"  operating        windows scored while median {s['operating']['feature']} >= "
-                     f"{_num(s['operating']['min'])}" + ("" if top is None else f" and < {_num(top)}"))
+                     f"{_num(s['operating']['min'])}" + ("" if top is None else f" and every value < {_num(top)}"))
     return lines
 
 

@@ -11,9 +11,9 @@ Two ways to hold data out, both in time order per turbine:
 The choice: the highest detection score on the validation faults (labelled, else at least 20 injected
 ones), the mean of event F1 (are the faults found, without false episodes) and point F1 (is each fault
 covered for its duration: a model that catches a fault's first minutes and then loses it scores low);
-candidates within 0.1 of it are ranked by fewer false alarms per turbine-day, then the simpler family
+candidates within 0.05 of it are ranked by fewer false alarms per turbine-day, then the simpler family
 (PCA before the autoencoder): a more complex model must be clearly better on the validation faults.
-A family the rule can no longer choose (a simpler one already scores within 0.1 of a perfect detection
+A family the rule can no longer choose (a simpler one already scores within 0.05 of a perfect detection
 score with no false alarm) is not fitted: the choice is the same, the job is shorter.
 """
 
@@ -35,8 +35,8 @@ from training_jobs.hyperparameters import Hyperparameters
 from training_jobs.model import FAMILIES
 
 Log = Callable[[str], None]
-DETECTION_TIE = 0.1
-CHOICE_RULE = ("highest validation detection score, the mean of event F1 and point F1; within 0.1 of it, fewer "
+DETECTION_TIE = 0.05
+CHOICE_RULE = ("highest validation detection score, the mean of event F1 and point F1; within 0.05 of it, fewer "
                "false alarms per turbine-day, then the "
                "simpler family (pca before conv1d)")
 

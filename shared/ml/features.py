@@ -122,18 +122,20 @@ def make_windows(features: np.ndarray, starts: np.ndarray | list[int], offsets: 
 def operating_mask(windows: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """(W,) True for windows the model should score (see FeatureSpec.operating), judged on the scored
     samples (the last spec.geometry.length of each window): the median of the operating feature is at least
-    `min` and, when the spec sets `max`, below it. A window whose feature is entirely missing is scored."""
+    `min` and, when the spec sets `max`, no sample reaches it (a cut-out stops the machine at once: a window
+    holding a stop and a restart is not normal operation, while below `min` it idles into it). A window whose
+    feature is entirely missing is scored."""
     if spec.operating is None or len(windows) == 0:
         return np.ones(len(windows), dtype=bool)
     column = windows[:, spec.features.index(spec.operating.feature), -spec.geometry.length:]
-    inside = _median_at_least(column, spec.operating.min, True)
+    inside = _median_at_least(column, spec.operating.min)
     if spec.operating.max is not None:
-        inside &= ~_median_at_least(column, spec.operating.max, False)
+        inside &= ~np.logical_or.reduce(np.greater_equal(column, spec.operating.max), axis=1)
     return inside
 
 
-def _median_at_least(column: np.ndarray, level: float, if_missing: bool) -> np.ndarray:
-    """(W,) per row of (W, L): its (nan)median >= level; `if_missing` for a row without any value."""
+def _median_at_least(column: np.ndarray, level: float) -> np.ndarray:
+    """(W,) per row of (W, L): its (nan)median >= level; True for a row without any value."""
     # More than half the samples >= level puts both middle ones there, so the (nan)median too: the
     # usual case, decided by counting (float rounding of the middle pair's mean cannot undo it).
     # ufunc methods, not ndarray.all(): their Python wrappers cost more than the work on a few windows.
@@ -143,10 +145,10 @@ def _median_at_least(column: np.ndarray, level: float, if_missing: bool) -> np.n
         return sure
     if not np.isnan(np.add.reduce(column, axis=None)):  # no NaN (inf - inf only sends it the slow way)
         if not np.logical_or.reduce(count, axis=None):
-            return sure  # no sample reaches the level (a cut-out bound, usually)
+            return sure  # no sample reaches the level (calm)
         return np.asarray(_median(column) >= level)  # nanmedian is far slower on small arrays
     nan = np.isnan(column)
-    median = np.full(len(column), np.inf if if_missing else -np.inf)
+    median = np.full(len(column), np.inf)
     partial = ~nan.all(axis=1)
     median[partial] = np.nanmedian(column[partial], axis=1)
     return np.asarray(median >= level)

@@ -133,7 +133,8 @@ class Geometry:
 @dataclass(frozen=True)
 class Operating:
     """Score a window only while the turbine should be producing: median of `feature` >= `min` and, when
-    `max` is set, < `max`.
+    `max` is set, no sample >= `max` (a cut-out stops the turbine at once; a stop and restart is no
+    normal operation).
 
     Like the status filters of SCADA normal-behaviour models: calm spells (rotor stopped for lack of
     wind) and storm cut-outs (stopped above the cut-out wind speed) are normal regimes, not anomalies.

@@ -1,6 +1,6 @@
-"""The spec's operating regime as a band: windows are scored while the operating feature's median lies in
-[min, max) (a storm cut-out is a normal stop, not an anomaly); `max` is optional and a spec without it keeps
-its meaning and its digest."""
+"""The spec's operating regime as a band: windows are scored while the operating feature's median is at least
+`min` and none of its samples reaches `max` (a storm cut-out, and the stop and restart around it, is no anomaly);
+`max` is optional and a spec without it keeps its meaning and its digest."""
 
 from dataclasses import replace
 
@@ -29,10 +29,11 @@ def _windows(wind_rows: list[np.ndarray]) -> np.ndarray:
 def test_windows_above_the_cut_out_or_below_the_cut_in_are_not_scored():
     spec = _spec({"feature": "wind_speed_rps", "min": 1.5, "max": 25.0})
     storm = np.full(100, 30.0)
-    straddling = np.concatenate([np.full(60, 20.0), np.full(40, 26.0)])  # median 20: producing
-    mostly_storm = np.concatenate([np.full(40, 20.0), np.full(60, 26.0)])  # median 26: stopped
-    rows = [np.full(100, 10.0), storm, np.full(100, 1.0), straddling, mostly_storm, np.full(100, 25.0)]
-    assert operating_mask(_windows(rows), spec).tolist() == [True, False, False, True, False, False]
+    gusting = np.concatenate([np.full(95, 20.0), np.full(5, 25.0)])  # one gust to cut-out: a stop and restart
+    calm_edge = np.concatenate([np.full(60, 2.0), np.full(40, 1.0)])  # median 2: idling into the regime
+    below_max = np.full(100, 24.99)
+    rows = [np.full(100, 10.0), storm, np.full(100, 1.0), gusting, calm_edge, np.full(100, 25.0), below_max]
+    assert operating_mask(_windows(rows), spec).tolist() == [True, False, False, False, True, False, True]
 
 
 def test_missing_readings_follow_the_median_of_the_rest_and_a_window_without_any_is_scored():
@@ -73,7 +74,7 @@ def test_spec_check_shows_the_band():
 
     banded = _spec({"feature": "wind_speed_rps", "min": 1.5, "max": 25.0})
     lines = [line for line in _render_settings(settings_of(banded, banded, [])) if "operating" in line]
-    assert lines == ["  operating        windows scored while median wind_speed_rps >= 1.5 and < 25"]
+    assert lines == ["  operating        windows scored while median wind_speed_rps >= 1.5 and every value < 25"]
     plain = default_spec()
     assert [line for line in _render_settings(settings_of(plain, plain, [])) if "operating" in line] == [
         "  operating        windows scored while median wind_speed_rps >= 1.5"]
