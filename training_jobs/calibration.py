@@ -71,10 +71,13 @@ def calibrate(segments: list[np.ndarray], rule: EpisodeRule, stride_s: float, ta
     values = np.concatenate(rolled)
     highest = float(values.max())
     maxima = np.asarray([r[i:i + rule.n].max() for r in rolled for i in range(0, len(r) - rule.n + 1, rule.n)])
-    if len(maxima) < MIN_BLOCKS or not np.std(maxima) > 0:
-        threshold = max(highest * FALLBACK_MARGIN, 1e-9) * margin
-        return Calibration(threshold, "max", len(values), len(maxima), highest,
+
+    def highest_seen() -> Calibration:  # too few blocks (or no spread) to read or fit a rate
+        return Calibration(max(highest * FALLBACK_MARGIN, 1e-9) * margin, "max", len(values), len(maxima), highest,
                            target_false_alarms_per_day=target_per_day)
+
+    if len(maxima) < MIN_BLOCKS or not np.std(maxima) > 0:
+        return highest_seen()
     blocks_per_day = SECONDS_PER_DAY / (rule.n * stride_s)
     return_period = max(blocks_per_day / target_per_day, 1.0 + 1e-9)
     scored = maxima[maxima > 0]
@@ -86,8 +89,7 @@ def calibrate(segments: list[np.ndarray], rule: EpisodeRule, stride_s: float, ta
         return Calibration(max(level, 1e-9) * margin, "empirical", len(values), len(maxima), highest, location,
                            scale, target_per_day)
     if len(scored) < MIN_BLOCKS or not scale > 0:
-        return Calibration(max(highest * FALLBACK_MARGIN, 1e-9) * margin, "max", len(values), len(maxima),
-                           highest, target_false_alarms_per_day=target_per_day)
+        return highest_seen()
     reach = max(min(return_period, MAX_EXTRAPOLATION * len(maxima)) * len(scored) / len(maxima), 1.0 + 1e-9)
     level = math.exp(location - scale * math.log(-math.log1p(-1.0 / reach)))
     threshold = max(level, highest, 1e-9) * margin
