@@ -3,7 +3,8 @@
 A window is flagged when its anomaly score exceeds the model's one threshold, or when a feature misses
 more than `missing_tolerance` of its samples. An episode opens when at least k of the last n windows
 are flagged and closes after m consecutive clean windows; windows outside the operating regime are not
-judged (clean for opening, not counted for closing). All times are sample timestamps (the end of
+judged (clean for opening, not counted for closing), unless the feature the regime is read from is itself
+missing or frozen there: a failed sensor cannot say the machine is idle. All times are sample timestamps (the end of
 each window), never the wall clock. The per-feature contributions of the peak window say which
 sensors explain the episode.
 """
@@ -91,13 +92,15 @@ class EpisodeTracker:
     """Turns a stream of per-window (score, contributions, missing) into episode open/update/close events."""
 
     def __init__(self, turbine_id: str, rule: EpisodeRule, threshold: float,
-                 feature_names: list[str] | tuple[str, ...]) -> None:
+                 feature_names: list[str] | tuple[str, ...], regime_feature: str | None = None) -> None:
+        """`regime_feature`: the feature the operating regime is read from (FeatureSpec.operating), if any."""
         if not threshold > 0:
             raise ValueError(f"the score threshold must be positive, got {threshold!r}")
         self.turbine_id = turbine_id
         self.rule = rule
         self.threshold = float(threshold)
         self.feature_names = list(feature_names)
+        self.regime_feature = regime_feature
         self.current: Episode | None = None
         self.closed: list[Episode] = []
         self._recent: deque[_Entry] = deque(maxlen=rule.n)
@@ -109,12 +112,13 @@ class EpisodeTracker:
              missing: Sequence[float] | np.ndarray, operating: bool = True) -> list[EpisodeEvent]:
         """One scored window. A window outside the operating regime is not judged: it enters the k-of-n
         history as clean (it cannot open an episode) but does not count towards closing one, so a fault
-        that outlasts a calm spell or a stop stays one episode, not a false "resolved" and a new alert."""
-        if not operating:
-            return self._advance(float(t_end), 0.0, None, [], judged=False)
-        ratio = float(score) / self.threshold
+        that outlasts a calm spell or a stop stays one episode, not a false "resolved" and a new alert.
+        When the regime feature is missing or frozen in the window, the regime is unknown: it is judged."""
         gone = [self.feature_names[i] for i, v in enumerate(np.asarray(missing).tolist())
                 if v > self.rule.missing_tolerance]
+        if not operating and self.regime_feature not in gone:
+            return self._advance(float(t_end), 0.0, None, [], judged=False)
+        ratio = float(score) / self.threshold
         over = ratio > 1.0
         return self._advance(float(t_end), ratio if over else 0.0,
                              np.asarray(contributions).tolist() if over else None, gone)
@@ -231,9 +235,9 @@ class EpisodeTracker:
 
 def run_episodes(turbine_id: str, rule: EpisodeRule, threshold: float, feature_names: list[str],
                  t_end: np.ndarray, scores: np.ndarray, contributions: np.ndarray, missing: np.ndarray,
-                 operating: np.ndarray | None = None) -> list[Episode]:
+                 operating: np.ndarray | None = None, regime_feature: str | None = None) -> list[Episode]:
     """Every episode of one turbine's scored windows (in time order), the last one closed at the end."""
-    tracker = EpisodeTracker(turbine_id, rule, threshold, feature_names)
+    tracker = EpisodeTracker(turbine_id, rule, threshold, feature_names, regime_feature)
     on = np.ones(len(t_end), dtype=bool) if operating is None else np.asarray(operating, dtype=bool)
     tracker.step_many(np.asarray(t_end, dtype=np.float64).tolist(), scores, contributions, missing, on)
     tracker.flush()

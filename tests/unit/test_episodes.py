@@ -167,3 +167,21 @@ def test_rule_is_checked(kwargs):
 def test_rule_round_trips_through_a_dict():
     rule = EpisodeRule(k=16, n=20, m=20, missing_tolerance=0.2, max_silence_s=15.0, update_interval_s=30.0)
     assert EpisodeRule.from_dict(rule.to_dict()) == rule
+
+
+def test_a_window_outside_the_regime_is_judged_when_its_regime_sensor_failed():
+    """A wind sensor stuck below cut-in puts every window outside the regime by its own reading: the window
+    still counts when that sensor is missing or frozen there, so the failure cannot hide itself. Another
+    feature missing while the machine idles is not judged."""
+    names = ["wind", "temp"]
+
+    def events_with_missing(feature: int) -> list[str]:
+        tracker = EpisodeTracker("wt-01", EpisodeRule(k=2, n=3, m=2), THRESHOLD, names, regime_feature="wind")
+        missing = [0.0, 0.0]
+        missing[feature] = 1.0
+        return [e.kind for i in range(4) for e in tracker.step(float(i), 0.1, [0.0, 0.0], missing, operating=False)]
+
+    assert events_with_missing(0) == ["open"]
+    assert events_with_missing(1) == []
+    tracker = EpisodeTracker("wt-01", EpisodeRule(k=2, n=3, m=2), THRESHOLD, names)  # no regime declared
+    assert [e for i in range(4) for e in tracker.step(float(i), 0.1, [0.0, 0.0], [1.0, 0.0], operating=False)] == []

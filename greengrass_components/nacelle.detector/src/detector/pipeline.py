@@ -150,7 +150,9 @@ class TurbinePipeline:
 
     # -- state -------------------------------------------------------------------------------------
     def _new_tracker(self, model: EdgeModel) -> EpisodeTracker:
-        return EpisodeTracker(self.turbine_id, model.rule, model.threshold, list(model.spec.features))
+        spec = model.spec
+        return EpisodeTracker(self.turbine_id, model.rule, model.threshold, list(spec.features),
+                              spec.operating.feature if spec.operating else None)
 
     def _reset_buffer(self) -> None:
         spec = self.model.spec
