@@ -27,14 +27,15 @@ DEFAULT_SPEC_NAME = "mini-turbine"
 AUTO = "auto"
 
 # Defaults derived from sampling.rate_hz (docs/data.md): a window of 5 s of samples, kept between 10 and
-# 100 samples; a score every tenth of a window; an episode opens after 60 % of two windows' time in
-# alarm (more than one window's time: a single bad reading cannot open one) and closes after two
-# windows' time clear; drifting features are judged against the two windows
-# before the scored one; a fault counts as detected when an episode opens up to 12 windows after its end.
+# 100 samples; a score every tenth of a window; an episode opens after 75 % of two windows' time in
+# alarm (a single bad reading flags one window's time of scores: half a window more is needed, so a few
+# marginal windows beside it cannot open one either) and closes after two windows' time clear; drifting
+# features are judged against the two windows before the scored one; a fault counts as detected when an
+# episode opens up to 12 windows after its end.
 DEFAULT_WINDOW_S = 5.0
 MIN_WINDOW_SAMPLES, MAX_WINDOW_SAMPLES = 10, 100
 STRIDES_PER_WINDOW = 10
-WITHIN_WINDOWS, OPEN_FRACTION, CLOSE_WINDOWS = 2.0, 0.6, 2.0
+WITHIN_WINDOWS, OPEN_FRACTION, CLOSE_WINDOWS = 2.0, 0.75, 2.0
 BASELINE_WINDOWS = 2.0
 TOLERANCE_WINDOWS = 12.0
 

@@ -39,14 +39,14 @@ def test_the_examples_give_what_the_doc_says():
     assert (pump.delimiter, pump.sampling.rate_hz, pump.drift.features) == (";", 1.0, ("Temperature", "Thermocouple"))
     assert (pump.geometry.length, pump.geometry.context, pump.geometry.stride) == (10, 60, 1)
     rule = pump.rule()
-    assert (rule.k, rule.n, rule.m) == (12, 20, 20)
+    assert (rule.k, rule.n, rule.m) == (15, 20, 20)
 
     scada = specs()["farm-scada"]
     assert scada.operating is not None and (scada.operating.feature, scada.operating.min) == ("wind_speed", 3.5)
     assert scada.drift.baseline_s == 604_800 and len(scada.drift.features or ()) == 4
     assert (scada.geometry.length, scada.geometry.total, scada.geometry.stride) == (10, 1018, 1)
     assert (scada.windows.length_s, scada.windows.max_gap_s, scada.validation.max_gap_s) == (6000, 3000, 86_400)
-    assert (scada.episodes.open_after_s, scada.episodes.within_s, scada.episodes.close_after_s) == (7200, 12000, 12000)
+    assert (scada.episodes.open_after_s, scada.episodes.within_s, scada.episodes.close_after_s) == (9000, 12000, 12000)
 
 
 def test_the_defaults_table_matches_the_spec_code():
@@ -58,6 +58,6 @@ def test_the_defaults_table_matches_the_spec_code():
                 s.episodes.open_after_s, s.episodes.within_s, r.k, r.n, r.m, s.evaluation.detection_tolerance_s,
                 s.validation.max_gap_s)
 
-    assert derived("20") == (5, 100, 0.5, 1, 10, 6, 10, 12, 20, 20, 60, 30)
-    assert derived("1") == (10, 10, 1, 5, 20, 12, 20, 12, 20, 20, 120, 144)
-    assert derived("0.0016666666666666668") == (6000, 10, 600, 3000, 12000, 7200, 12000, 12, 20, 20, 72000, 86400)
+    assert derived("20") == (5, 100, 0.5, 1, 10, 7.5, 10, 15, 20, 20, 60, 30)
+    assert derived("1") == (10, 10, 1, 5, 20, 15, 20, 15, 20, 20, 120, 144)
+    assert derived("0.0016666666666666668") == (6000, 10, 600, 3000, 12000, 9000, 12000, 15, 20, 20, 72000, 86400)

@@ -30,7 +30,7 @@ def test_a_good_dataset_is_trainable_and_shows_what_the_defaults_become(tmp_path
     assert "10 s = 10 samples" in out and "[default: length_s]" in out  # 5 s at 1 Hz is below 10 samples
     assert "stride           1 s = 1 sample(s)" in out
     assert "auto -> c (on this data)" in out  # the warming channel
-    assert "k = 12 of n = 20 windows" in out and "m = 20 windows" in out
+    assert "k = 15 of n = 20 windows" in out and "m = 20 windows" in out
     assert "5 blocked time-series folds" in out and "pca, conv1d" in out
     assert "verdict: trainable: enough data: 400 usable samples" in out
 
@@ -80,7 +80,7 @@ def test_json_output(tmp_path, spec_file, capsys):
     s = doc["settings"]
     assert s["windows"]["length_samples"] == 10 and s["windows"]["stride_samples"] == 1
     assert s["drift"] == {"declared": "auto", "features": ["c"], "baseline_s": 20.0, "baseline_samples": 20}
-    assert (s["episodes"]["k"], s["episodes"]["n"], s["episodes"]["m"]) == (12, 20, 20)
+    assert (s["episodes"]["k"], s["episodes"]["n"], s["episodes"]["m"]) == (15, 20, 20)
     assert s["evaluation"]["detection_tolerance_s"] == 120.0 and s["validation"]["max_gap_s"] == 144.0
     assert "windows.length_s" in s["defaulted"] and "sampling.tolerance" in s["defaulted"]
     t = doc["training"]
@@ -105,7 +105,7 @@ def test_declared_timescales_are_not_defaults(tmp_path, capsys):
     s = json.loads(out)["settings"]
     assert code == 0 and s["windows"]["stride_samples"] == 5 and s["drift"]["features"] == []
     assert "windows.length_s" not in s["defaulted"] and "drift.features" not in s["defaulted"]
-    assert (s["episodes"]["k"], s["episodes"]["n"], s["episodes"]["m"]) == (5, 8, 8)  # 24 s of 40 s, 40 s at 5 s
+    assert (s["episodes"]["k"], s["episodes"]["n"], s["episodes"]["m"]) == (6, 8, 8)  # 30 s of 40 s, 40 s at 5 s
 
 
 def test_usage_errors_exit_2(tmp_path, spec_file, capsys):
