@@ -680,3 +680,29 @@ def test_drift_baseline_parity_across_a_gap(drift_case) -> None:
     opened = [e.episode["opened_at"] for e in events if e.kind == "open"]
     assert opened == [ep.opened_at for ep in episodes["loop-1"]]
     assert any(ref.t[500] <= t <= ref.t[500] + 60 for t in opened), "the temperature step opens an episode"
+
+
+def test_a_failed_regime_sensor_is_reported_although_it_reads_below_the_regime(model_v1: EdgeModel, streams) -> None:
+    """The wind sensor reads below the operating minimum, so its windows are outside the regime. When it is
+    stuck there or drops 40 % of its readings, the regime is unknown: those windows are judged and the failed
+    wind opens an episode (before, the failure hid itself). A live reading below the minimum opens nothing."""
+    spec = model_v1.spec
+    assert spec.operating is not None
+    wind, interval = spec.operating.feature, spec.sampling.interval_s
+    stream = next(iter(streams.values()))
+    a, b = 200, 200 + round(30 / interval)  # 30 s of calm or of sensor failure
+
+    def missing_features(failure: str) -> set[str]:
+        rng = np.random.default_rng(5)
+        rows = [dict(r) for r in stream.rows[:b + 400]]
+        for i in range(a, b):
+            calm = spec.operating.min - 1.0 + (0.0 if failure == "stuck" else float(rng.uniform(-0.2, 0.2)))
+            rows[i][wind] = None if failure == "dropping" and rng.random() < 0.4 else calm
+        pipeline = TurbinePipeline(stream.turbine_id, model_v1)
+        events = [e for p in Stream(stream.turbine_id, stream.t, rows).messages() for e in pipeline.handle(p).events]
+        events += pipeline.flush().events
+        return {name for e in events for name in e.episode["missing"]}
+
+    assert wind not in missing_features("none")
+    assert wind in missing_features("stuck")
+    assert wind in missing_features("dropping")
