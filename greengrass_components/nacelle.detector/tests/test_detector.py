@@ -688,7 +688,7 @@ def test_a_failed_regime_sensor_is_reported_although_it_reads_below_the_regime(m
     wind opens an episode (before, the failure hid itself). A live reading below the minimum opens nothing."""
     spec = model_v1.spec
     assert spec.operating is not None
-    wind, interval = spec.operating.feature, spec.sampling.interval_s
+    wind, minimum, interval = spec.operating.feature, spec.operating.min, spec.sampling.interval_s
     stream = next(iter(streams.values()))
     a, b = 200, 200 + round(30 / interval)  # 30 s of calm or of sensor failure
 
@@ -696,7 +696,7 @@ def test_a_failed_regime_sensor_is_reported_although_it_reads_below_the_regime(m
         rng = np.random.default_rng(5)
         rows = [dict(r) for r in stream.rows[:b + 400]]
         for i in range(a, b):
-            calm = spec.operating.min - 1.0 + (0.0 if failure == "stuck" else float(rng.uniform(-0.2, 0.2)))
+            calm = minimum - 1.0 + (0.0 if failure == "stuck" else float(rng.uniform(-0.2, 0.2)))
             rows[i][wind] = None if failure == "dropping" and rng.random() < 0.4 else calm
         pipeline = TurbinePipeline(stream.turbine_id, model_v1)
         events = [e for p in Stream(stream.turbine_id, stream.t, rows).messages() for e in pipeline.handle(p).events]
