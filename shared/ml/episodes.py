@@ -4,9 +4,9 @@ A window is flagged when its anomaly score exceeds the model's one threshold, or
 more than `missing_tolerance` of its samples. An episode opens when at least k of the last n windows
 are flagged and closes after m consecutive clean windows; windows outside the operating regime are not
 judged (clean for opening, not counted for closing), unless the feature the regime is read from is itself
-missing or frozen there: a failed sensor cannot say the machine is idle. All times are sample timestamps (the end of
-each window), never the wall clock. The per-feature contributions of the peak window say which
-sensors explain the episode.
+missing or frozen there: a failed sensor cannot say the machine is idle. All times are sample timestamps
+(the end of each window), never the wall clock. The per-feature contributions of the peak window say
+which sensors explain the episode.
 """
 
 from __future__ import annotations
