@@ -185,3 +185,31 @@ def test_a_window_outside_the_regime_is_judged_when_its_regime_sensor_failed():
     assert events_with_missing(1) == []
     tracker = EpisodeTracker("wt-01", EpisodeRule(k=2, n=3, m=2), THRESHOLD, names)  # no regime declared
     assert [e for i in range(4) for e in tracker.step(float(i), 0.1, [0.0, 0.0], [1.0, 0.0], operating=False)] == []
+
+
+def test_the_mini_turbine_reports_a_sensor_losing_a_fifth_of_its_readings_for_twelve_seconds():
+    """At 20 Hz a sensor losing 22 % of its readings at random for 12 s (a low-severity dropout) flags enough
+    windows under the spec's missing tolerance to open an episode naming it; a clean stream opens none."""
+    from shared.ml.spec import default_spec
+
+    spec = default_spec()
+    g, rate = spec.geometry, spec.sampling.rate_hz
+    names = list(spec.features)
+    voltage = names.index("voltage")
+    n = round(60 * rate)
+    lost = np.zeros(n, dtype=bool)
+    start, stop = round(20 * rate), round(32 * rate)
+    lost[start:stop] = np.random.default_rng(3).random(stop - start) < 0.22
+
+    def episodes(lost: np.ndarray) -> list:
+        tracker = EpisodeTracker("wt-01", spec.rule(), 1.0, names)
+        for end in range(g.length, n + 1, g.stride):
+            missing = np.zeros(len(names))
+            missing[voltage] = lost[end - g.length:end].mean()
+            tracker.step(end / rate, 0.1, np.zeros(len(names)), missing)
+        tracker.flush()
+        return tracker.closed
+
+    (episode,) = episodes(lost)
+    assert episode.missing == ["voltage"] and 20.0 <= episode.opened_at <= 32.0
+    assert episodes(np.zeros(n, dtype=bool)) == []

@@ -125,7 +125,7 @@ def test_defaults_follow_the_sampling_rate(rate, length, stride, tolerance_s, ma
 
 def test_the_mini_turbine_rule_is_16_of_20_close_after_20():  # its YAML gives the episode seconds
     spec = default_spec()
-    assert spec.rule() == EpisodeRule(k=16, n=20, m=20, missing_tolerance=0.2, max_silence_s=15.0,
+    assert spec.rule() == EpisodeRule(k=16, n=20, m=20, missing_tolerance=0.15, max_silence_s=15.0,
                                       update_interval_s=30.0)
     assert spec.evaluation.detection_tolerance_s == 60.0
 
@@ -159,7 +159,7 @@ def test_explicit_seconds_are_converted_to_samples_once():
     assert (g.length, g.stride) == (100, 11)  # round(100.4), round(10.6)
     assert odd.window_seconds == 5.0  # seconds of the samples the model scores, not the given 5.02
     # the rule divides the episode seconds by the rounded stride (0.55 s), once
-    assert odd.rule() == EpisodeRule(k=15, n=18, m=19, missing_tolerance=0.2, max_silence_s=15.0,
+    assert odd.rule() == EpisodeRule(k=15, n=18, m=19, missing_tolerance=0.15, max_silence_s=15.0,
                                      update_interval_s=30.0)
     assert spec.geometry.length == 100
 
