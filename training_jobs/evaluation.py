@@ -102,10 +102,10 @@ def score_series(series: Sequence[TurbineSeries], detector: Detector) -> list[Sc
 
 def detect(scored: Sequence[Scored], detector: Detector) -> list[Episode]:
     spec = detector.spec
-    names, regime = list(spec.features), spec.operating.feature if spec.operating else None
+    names = list(spec.features)
     return [ep for s in scored
             for ep in run_episodes(s.turbine_id, detector.rule, detector.threshold, names, s.t_end, s.scores,
-                                   s.contributions, s.missing, s.operating, regime)]
+                                   s.contributions, s.missing, s.operating, spec.regime_feature)]
 
 
 def _episodes(pieces: list[TurbineSeries], group: list[int], detectors: Sequence[Detector]) -> list[Episode]:

@@ -93,7 +93,7 @@ class EpisodeTracker:
 
     def __init__(self, turbine_id: str, rule: EpisodeRule, threshold: float,
                  feature_names: list[str] | tuple[str, ...], regime_feature: str | None = None) -> None:
-        """`regime_feature`: the feature the operating regime is read from (FeatureSpec.operating), if any."""
+        """`regime_feature`: the feature the operating regime is read from (FeatureSpec.regime_feature), if any."""
         if not threshold > 0:
             raise ValueError(f"the score threshold must be positive, got {threshold!r}")
         self.turbine_id = turbine_id

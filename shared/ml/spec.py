@@ -218,6 +218,11 @@ class FeatureSpec:
         return self.geometry.context / self.sampling.rate_hz
 
     @property
+    def regime_feature(self) -> str | None:
+        """The feature the operating regime is read from, if the spec declares one."""
+        return self.operating.feature if self.operating else None
+
+    @property
     def drift_mask(self) -> tuple[bool, ...]:
         """Per feature: judged against its baseline. Resolve "auto" first (with_drift)."""
         chosen = set(self.drift.features or ())

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from shared.ml.episodes import EpisodeRule, EpisodeTracker, explaining, run_episodes
+from shared.ml.spec import default_spec
 
 NAMES = ["a", "b"]
 THRESHOLD = 2.0
@@ -190,8 +191,6 @@ def test_a_window_outside_the_regime_is_judged_when_its_regime_sensor_failed():
 def test_the_mini_turbine_reports_a_sensor_losing_a_fifth_of_its_readings_for_twelve_seconds():
     """At 20 Hz a sensor losing 22 % of its readings at random for 12 s (a low-severity dropout) flags enough
     windows under the spec's missing tolerance to open an episode naming it; a clean stream opens none."""
-    from shared.ml.spec import default_spec
-
     spec = default_spec()
     g, rate = spec.geometry, spec.sampling.rate_hz
     names = list(spec.features)

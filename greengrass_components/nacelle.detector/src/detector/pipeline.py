@@ -151,8 +151,7 @@ class TurbinePipeline:
     # -- state -------------------------------------------------------------------------------------
     def _new_tracker(self, model: EdgeModel) -> EpisodeTracker:
         spec = model.spec
-        return EpisodeTracker(self.turbine_id, model.rule, model.threshold, list(spec.features),
-                              spec.operating.feature if spec.operating else None)
+        return EpisodeTracker(self.turbine_id, model.rule, model.threshold, list(spec.features), spec.regime_feature)
 
     def _reset_buffer(self) -> None:
         spec = self.model.spec
