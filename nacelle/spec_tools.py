@@ -212,6 +212,7 @@ def training_of(series: list[TurbineSeries], spec: FeatureSpec, hp: Any, availab
     """What the training job would do: folds or holdout, candidates, the autoencoder's data-sized settings
     (from the windows one fit trains on: before the operating filter and labelled faults, so at most)."""
     from training_jobs.fit import autoencoder_settings
+    from training_jobs.selection import threshold_margin
 
     folds = available.samples < hp.fold_below_samples
     if folds:
@@ -227,6 +228,7 @@ def training_of(series: list[TurbineSeries], spec: FeatureSpec, hp: Any, availab
                                       "validation": hp.val_fraction, "test": hp.test_fraction},
         "families": list(hp.candidates),
         "validation_faults": "labelled" if labelled else "injected",
+        "threshold_margin": threshold_margin(hp, "folds" if folds else "holdout"),
         "autoencoder": {"train_windows": windows,
                         **autoencoder_settings(hp, windows, spec.n_features, spec.geometry.length)},
     }
@@ -392,6 +394,8 @@ def _render_training(t: dict[str, Any]) -> list[str]:
     return ["training:", f"  mode             {mode}",
             f"  families         {', '.join(t['families'])}: each fitted and validated on "
             f"{t['validation_faults']} faults, one chosen",
+            f"  threshold        calibrated for the false-alarm target on held-out normal windows, "
+            f"x {t['threshold_margin']:g}" + (" (short data)" if t["mode"] == "folds" else ""),
             f"  autoencoder      about {ae['train_windows']} training windows per fit -> batch {ae['batch_size']}, "
             f"epochs {ae['epochs']} (patience {ae['patience']}), latent {ae['latent']}"]
 

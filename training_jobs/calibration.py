@@ -45,6 +45,7 @@ class Calibration:
     location: float | None = None  # Gumbel fit of log(block maxima)
     scale: float | None = None
     target_false_alarms_per_day: float = 0.0
+    margin: float = 1.0  # the threshold is the calibrated level times this
 
     def to_dict(self) -> dict[str, float | int | str | None]:
         return asdict(self)
@@ -74,7 +75,7 @@ def calibrate(segments: list[np.ndarray], rule: EpisodeRule, stride_s: float, ta
 
     def highest_seen() -> Calibration:  # too few blocks (or no spread) to read or fit a rate
         return Calibration(max(highest * FALLBACK_MARGIN, 1e-9) * margin, "max", len(values), len(maxima), highest,
-                           target_false_alarms_per_day=target_per_day)
+                           target_false_alarms_per_day=target_per_day, margin=margin)
 
     if len(maxima) < MIN_BLOCKS or not np.std(maxima) > 0:
         return highest_seen()
@@ -87,10 +88,11 @@ def calibrate(segments: list[np.ndarray], rule: EpisodeRule, stride_s: float, ta
     if len(maxima) >= EMPIRICAL_EXCEEDANCES * return_period:  # the data shows the level exceeded
         level = float(np.quantile(maxima, 1.0 - 1.0 / return_period))
         return Calibration(max(level, 1e-9) * margin, "empirical", len(values), len(maxima), highest, location,
-                           scale, target_per_day)
+                           scale, target_per_day, margin)
     if len(scored) < MIN_BLOCKS or not scale > 0:
         return highest_seen()
     reach = max(min(return_period, MAX_EXTRAPOLATION * len(maxima)) * len(scored) / len(maxima), 1.0 + 1e-9)
     level = math.exp(location - scale * math.log(-math.log1p(-1.0 / reach)))
     threshold = max(level, highest, 1e-9) * margin
-    return Calibration(threshold, "gumbel", len(values), len(maxima), highest, location, scale, target_per_day)
+    return Calibration(threshold, "gumbel", len(values), len(maxima), highest, location, scale, target_per_day,
+                       margin)

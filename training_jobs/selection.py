@@ -6,7 +6,8 @@ Two ways to hold data out, both in time order per turbine:
 * "folds" (short data, below `fold_below_samples` usable samples): K blocked folds; each fold's model
   is fitted on the other blocks and scores its own block, so thresholds are calibrated on every normal
   window. A block is judged with the threshold calibrated on the other blocks (so its false alarms are
-  honest); the delivered model is refitted on all data with the threshold of all blocks.
+  honest); the delivered model is refitted on all data with the threshold of all blocks. Every threshold
+  calibrated on folds is widened by SHORT_DATA_MARGIN (hyperparameter `threshold_margin`).
 
 The choice: the highest detection score on the validation faults (labelled, else at least 20 injected
 ones), the mean of event F1 (are the faults found, without false episodes) and point F1 (is each fault
@@ -36,6 +37,9 @@ from training_jobs.model import FAMILIES
 
 Log = Callable[[str], None]
 DETECTION_TIE = 0.05
+# Short data (folds): minutes of a process show little of its slower variation, and the target rate lies far
+# beyond what they can show (the fit extrapolates at most calibration.MAX_EXTRAPOLATION times the data's span).
+SHORT_DATA_MARGIN = 1.15
 CHOICE_RULE = ("highest validation detection score, the mean of event F1 and point F1; within 0.05 of it, fewer "
                "false alarms per turbine-day, then the "
                "simpler family (pca before conv1d)")
@@ -155,6 +159,7 @@ def run_candidates(the_plan: Plan, spec: FeatureSpec, faults: list[Fault], hp: H
     log(f"{the_plan.mode}: {len(the_plan.splits)} split(s); validation on {len(held)} held-out piece(s) with "
         f"{len(validation.faults)} {validation.labels} fault(s)")
     allowance = Allowance.of(spec)
+    factor = threshold_margin(hp, the_plan.mode)
     candidates: list[Candidate] = []
     skipped: list[dict[str, str]] = []
     for family in hp.candidates:
@@ -175,13 +180,13 @@ def run_candidates(the_plan: Plan, spec: FeatureSpec, faults: list[Fault], hp: H
             fits.append(fitted)
             per_split.append(normal_segments(split.held, detector_of(fitted, spec, 1.0), faults, margin))
         every = [s for segments in per_split for s in segments]
-        calibration = calibrate(every, rule, stride_s, hp.target_false_alarms_per_day, hp.threshold_margin)
+        calibration = calibrate(every, rule, stride_s, hp.target_false_alarms_per_day, factor)
         detectors = []
         for k, fitted in enumerate(fits):
             own = calibration
             if len(fits) > 1:  # judge each block with a threshold that never saw it
                 others = [s for j, segments in enumerate(per_split) if j != k for s in segments]
-                own = calibrate(others, rule, stride_s, hp.target_false_alarms_per_day, hp.threshold_margin)
+                own = calibrate(others, rule, stride_s, hp.target_false_alarms_per_day, factor)
             detectors.append(detector_of(fitted, spec, own.threshold))
         metrics = evaluate(validation, detectors, allowance)
         candidate = Candidate(family, fits, calibration, detectors, metrics)
@@ -190,6 +195,13 @@ def run_candidates(the_plan: Plan, spec: FeatureSpec, faults: list[Fault], hp: H
             + ", ".join(f"{k}={_fmt(figures[k])}" for k in ("event_f1", "point_f1", "false_alarms_per_turbine_day")))
         candidates.append(candidate)
     return candidates, validation, skipped
+
+
+def threshold_margin(hp: Hyperparameters, mode: str) -> float:
+    """The factor on every calibrated threshold: hp.threshold_margin, else SHORT_DATA_MARGIN with folds."""
+    if hp.threshold_margin > 0:
+        return hp.threshold_margin
+    return SHORT_DATA_MARGIN if mode == "folds" else 1.0
 
 
 def detection(c: Candidate) -> float:

@@ -104,7 +104,8 @@ def test_a_lower_false_alarm_target_gives_a_higher_threshold():
     segments = [normal_scores(3000)]  # 500 blocks of 3 s
     thresholds = [calibrate(segments, RULE, STRIDE_S, target).threshold for target in (100.0, 10.0, 1.0)]
     assert thresholds[0] < thresholds[1] < thresholds[2]
-    assert calibrate(segments, RULE, STRIDE_S, 10.0, margin=1.5).threshold == pytest.approx(1.5 * thresholds[1])
+    widened = calibrate(segments, RULE, STRIDE_S, 10.0, margin=1.5)
+    assert widened.threshold == pytest.approx(1.5 * thresholds[1]) and widened.to_dict()["margin"] == 1.5
 
 
 def test_the_extrapolation_reaches_at_most_a_hundred_times_the_data():

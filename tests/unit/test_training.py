@@ -45,6 +45,7 @@ def test_manifest_carries_spec_statistics_threshold_rule_metrics_lineage(trained
     assert manifest.threshold > 0 and calibration["threshold"] == manifest.threshold
     assert calibration["target_false_alarms_per_day"] == Hyperparameters().target_false_alarms_per_day
     assert calibration["method"] in ("gumbel", "max") and manifest.threshold >= calibration["highest"]
+    assert calibration["margin"] == 1.0  # enough data for the calibrated level itself
     assert manifest.rule == manifest.spec.rule() and (manifest.rule.k, manifest.rule.n) == (16, 20)
     g = manifest.spec.geometry
     model = raw["model"]

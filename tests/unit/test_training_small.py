@@ -11,7 +11,7 @@ import pytest
 from nacelle.train_runner import run_training_job
 from shared.ml.bundle import Manifest
 from training_jobs.bundle_io import read_manifest_from_tar
-from training_jobs.selection import CHOICE_RULE
+from training_jobs.selection import CHOICE_RULE, SHORT_DATA_MARGIN
 
 SPEC = """\
 spec_version: 2
@@ -78,6 +78,7 @@ def test_a_small_slow_dataset_trains_with_folds_and_injected_faults(tmp_path, sp
     assert raw["lineage"]["mode"] == "folds" and raw["lineage"]["usable_samples"] == 3000
     chosen = next(c for c in selection["candidates"] if c["family"] == selection["chosen"])
     assert manifest.threshold == chosen["calibration"]["threshold"]
+    assert chosen["calibration"]["margin"] == SHORT_DATA_MARGIN  # minutes of data: a wider threshold
     assert len(chosen["settings"]) == 5  # one fit per fold
 
 
