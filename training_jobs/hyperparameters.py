@@ -37,7 +37,7 @@ class Hyperparameters:
     label_margin_s: float = -1.0  # windows this close to a labelled fault never count as normal; < 0: the
     #                               spec's detection tolerance
     target_false_alarms_per_day: float = 0.02  # per turbine: one a day across a 50-turbine farm
-    threshold_margin: float = 0.0  # x the calibrated threshold; 0: 1.15 on short data (folds), else 1
+    threshold_margin: float = 0.0  # x the calibrated threshold; 0: selection.SHORT_DATA_MARGIN on folds, else 1
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0: torch's default (local jobs: the cores the job may use)
     dataset_hash: str = ""  # lineage, set by the chain (sha256 of the dataset manifest)

@@ -9,7 +9,16 @@ from shared.ml.features import window_starts
 from shared.ml.spec import FeatureSpec
 from training_jobs.calibration import Calibration
 from training_jobs.hyperparameters import Hyperparameters
-from training_jobs.selection import CHOICE_RULE, DETECTION_TIE, Candidate, choose, plan, unbeatable
+from training_jobs.selection import (
+    CHOICE_RULE,
+    DETECTION_TIE,
+    SHORT_DATA_MARGIN,
+    Candidate,
+    choose,
+    plan,
+    threshold_margin,
+    unbeatable,
+)
 
 # -- choose: CHOICE_RULE -------------------------------------------------------------------------------
 
@@ -152,3 +161,10 @@ def test_fold_blocks_with_a_drift_baseline_score_each_sample_once():
     the_plan = plan(turbines(3000, count=1), spec, Hyperparameters(), usable_samples=3000)
     blocks = [scored_times(p, spec) for split in the_plan.splits for p in split.held]
     assert sum(len(b) for b in blocks) == len(set().union(*blocks))
+
+
+def test_short_data_widens_the_threshold_unless_the_operator_sets_the_margin():
+    assert threshold_margin(Hyperparameters(), "folds") == SHORT_DATA_MARGIN > 1.0
+    assert threshold_margin(Hyperparameters(), "holdout") == 1.0
+    assert threshold_margin(Hyperparameters(threshold_margin=1.0), "folds") == 1.0  # the calibrated level itself
+    assert threshold_margin(Hyperparameters(threshold_margin=2.0), "holdout") == 2.0
