@@ -32,8 +32,8 @@ SPEC_SUFFIXES = (".yaml", ".yml", ".json")  # what the data_arrival use case rea
 # Keys a spec may leave out (their values then follow from sampling.rate_hz and the windows).
 DEFAULTABLE = ("sampling.tolerance", "windows.length_s", "windows.stride_s", "windows.max_gap_s", "drift.features",
                "drift.baseline_s", "episodes.open_after_s", "episodes.within_s", "episodes.close_after_s",
-               "episodes.missing_tolerance", "evaluation.detection_tolerance_s", "validation.max_nan_fraction",
-               "validation.max_gap_s", "validation.min_windows")
+               "episodes.missing_tolerance", "episodes.release_ratio", "evaluation.detection_tolerance_s",
+               "validation.max_nan_fraction", "validation.max_gap_s", "validation.min_windows")
 V1_WINDOW_KEYS = {"length": "length_s", "stride": "stride_s"}  # version 1 gave these in samples
 
 
@@ -191,7 +191,8 @@ def settings_of(spec: FeatureSpec, requested: FeatureSpec, defaulted: list[str])
                   "features": None if spec.drift.features is None else list(spec.drift.features),
                   "baseline_s": spec.drift.baseline_s, "baseline_samples": round(spec.drift.baseline_s * rate)},
         "episodes": {"open_after_s": e.open_after_s, "within_s": e.within_s, "close_after_s": e.close_after_s,
-                     "missing_tolerance": e.missing_tolerance, "k": rule.k, "n": rule.n, "m": rule.m},
+                     "missing_tolerance": e.missing_tolerance, "release_ratio": e.release_ratio,
+                     "k": rule.k, "n": rule.n, "m": rule.m},
         "evaluation": {"detection_tolerance_s": spec.evaluation.detection_tolerance_s},
         "validation": {"max_nan_fraction": v.max_nan_fraction, "max_gap_s": v.max_gap_s,
                        "min_windows": v.min_windows},
@@ -354,6 +355,8 @@ def _render_settings(s: dict[str, Any]) -> list[str]:
         features = f"auto -> {', '.join(d['features']) or 'none'} (on this data)"
     else:
         features = ", ".join(d["features"]) or "none"
+    hold = (f"a window stays in alarm down to {e['release_ratio']:.0%} of the threshold" if e["release_ratio"] < 1
+            else "a window under the threshold counts as clear (no hysteresis)")
     lines = [
         f"settings (omitted ones derive from sampling.rate_hz = {_num(sampling['rate_hz'])} Hz, "
         f"interval {_seconds(sampling['interval_s'])}):",
@@ -366,6 +369,7 @@ def _render_settings(s: dict[str, Any]) -> list[str]:
         f"k = {e['k']} of n = {e['n']} windows{src('episodes.open_after_s', 'episodes.within_s')}",
         f"  episode closes   after {_seconds(e['close_after_s'])} clear: m = {e['m']} windows"
         f"{src('episodes.close_after_s')}",
+        f"  while open       {hold}{src('episodes.release_ratio')}",
         f"  missing          a feature missing > {e['missing_tolerance']:.0%} of a window flags it"
         f"{src('episodes.missing_tolerance')}",
         f"  detection        a fault counts as detected when an episode opens before its end + "

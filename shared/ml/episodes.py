@@ -31,10 +31,15 @@ class EpisodeRule:
     missing_tolerance: float = 0.2
     max_silence_s: float = 60.0  # a longer pause between windows closes the episode and resets history
     update_interval_s: float = 30.0  # an open episode re-reports at least this often while flagged
+    # While an episode is open, a window stays flagged down to this share of the threshold (hysteresis; 1: none,
+    # as in bundles written before the field existed).
+    release_ratio: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (1 <= self.k <= self.n and self.m >= 1 and 0 <= self.missing_tolerance < 1):
-            raise ValueError(f"episode rule needs 1 <= k <= n, m >= 1, 0 <= missing_tolerance < 1: {self}")
+        if not (1 <= self.k <= self.n and self.m >= 1 and 0 <= self.missing_tolerance < 1
+                and 0 < self.release_ratio <= 1):
+            raise ValueError(f"episode rule needs 1 <= k <= n, m >= 1, 0 <= missing_tolerance < 1 and "
+                             f"0 < release_ratio <= 1: {self}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,13 +118,15 @@ class EpisodeTracker:
         """One scored window. A window outside the operating regime is not judged: it enters the k-of-n
         history as clean (it cannot open an episode) but does not count towards closing one, so a fault
         that outlasts a calm spell or a stop stays one episode, not a false "resolved" and a new alert.
-        When the regime feature is missing or frozen in the window, the regime is unknown: it is judged."""
+        When the regime feature is missing or frozen in the window, the regime is unknown: it is judged.
+        A window opens an episode above the threshold; once one is open, it is flagged above
+        rule.release_ratio of it, so a condition whose score wavers around the threshold stays one episode."""
         gone = [self.feature_names[i] for i, v in enumerate(np.asarray(missing).tolist())
                 if v > self.rule.missing_tolerance]
         if not operating and self.regime_feature not in gone:
             return self._advance(float(t_end), 0.0, None, [], judged=False)
         ratio = float(score) / self.threshold
-        over = ratio > 1.0
+        over = ratio > (1.0 if self.current is None else self.rule.release_ratio)
         return self._advance(float(t_end), ratio if over else 0.0,
                              np.asarray(contributions).tolist() if over else None, gone)
 

@@ -31,13 +31,15 @@ AUTO = "auto"
 # alarm (a single bad reading flags one window's time of scores: half a window more is needed, so a few
 # marginal windows beside it cannot open one either) and closes after two windows' time clear; drifting
 # features are judged against the two windows before the scored one; a fault counts as detected when an
-# episode opens up to 12 windows after its end.
+# episode opens up to 12 windows after its end. An open episode ends below the threshold itself: no
+# hysteresis unless the spec sets episodes.release_ratio (docs/data.md weighs it).
 DEFAULT_WINDOW_S = 5.0
 MIN_WINDOW_SAMPLES, MAX_WINDOW_SAMPLES = 10, 100
 STRIDES_PER_WINDOW = 10
 WITHIN_WINDOWS, OPEN_FRACTION, CLOSE_WINDOWS = 2.0, 0.75, 2.0
 BASELINE_WINDOWS = 2.0
 TOLERANCE_WINDOWS = 12.0
+RELEASE_RATIO = 1.0
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,14 @@ class Drift:
 class Episodes:
     """The episode rule in seconds: open after `open_after_s` of alarm within the last `within_s`, close
     after `close_after_s` without alarm; a feature missing more than `missing_tolerance` of a window's
-    samples flags it too."""
+    samples flags it too. While an episode is open, a window is in alarm down to `release_ratio` of the
+    threshold."""
 
     open_after_s: float
     within_s: float
     close_after_s: float
     missing_tolerance: float = 0.2
+    release_ratio: float = RELEASE_RATIO
 
 
 @dataclass(frozen=True)
@@ -242,7 +246,7 @@ class FeatureSpec:
         m = max(1, math.ceil(e.close_after_s / stride_s - 1e-9))
         return EpisodeRule(k=k, n=n, m=m, missing_tolerance=e.missing_tolerance,
                            max_silence_s=e.close_after_s + self.window_seconds,
-                           update_interval_s=max(30.0, 2 * stride_s))
+                           update_interval_s=max(30.0, 2 * stride_s), release_ratio=e.release_ratio)
 
     def digest(self) -> str:
         """sha256 of the canonical JSON form: equal specs have equal digests."""
@@ -375,9 +379,10 @@ class FeatureSpec:
             raise SpecError(f"{where}: windows.max_gap_s must be at least one sample interval ({interval:g} s)")
         if self.drift.baseline_s < 0:
             raise SpecError(f"{where}: drift.baseline_s must be >= 0")
-        if not (0 < e.open_after_s <= e.within_s and e.close_after_s > 0 and 0 <= e.missing_tolerance < 1):
-            raise SpecError(f"{where}: episodes need 0 < open_after_s <= within_s, close_after_s > 0 and "
-                            "0 <= missing_tolerance < 1")
+        if not (0 < e.open_after_s <= e.within_s and e.close_after_s > 0 and 0 <= e.missing_tolerance < 1
+                and 0 < e.release_ratio <= 1):
+            raise SpecError(f"{where}: episodes need 0 < open_after_s <= within_s, close_after_s > 0, "
+                            "0 <= missing_tolerance < 1 and 0 < release_ratio <= 1")
         if self.evaluation.detection_tolerance_s < 0:
             raise SpecError(f"{where}: evaluation.detection_tolerance_s must be >= 0")
         if not 0 <= v.max_nan_fraction < 1 or v.max_gap_s < w.max_gap_s or v.min_windows < 1:

@@ -133,18 +133,19 @@ def test_run_episodes_matches_streaming_and_flushes():
     assert episodes[0].last_flagged_at == 102.0
 
 
-def test_step_many_gives_the_same_episodes_as_step():
+@pytest.mark.parametrize("release", [1.0, 0.6])
+def test_step_many_gives_the_same_episodes_as_step(release):
     rng = np.random.default_rng(7)
     n = 600
     t = 0.5 * np.arange(n)
     t[300:] += 100.0  # a silence longer than max_silence_s
-    scores = np.where(rng.random(n) < 0.35, 3.0, 0.5) * rng.uniform(0.8, 1.2, n)
+    scores = np.where(rng.random(n) < 0.35, 3.0 * rng.uniform(0.8, 1.2, n), rng.uniform(0.4, 1.9, n))
     scores[100:160] = 0.1  # quiet stretches take the fast path
     contributions = np.stack([scores * 0.7, scores * 0.3], axis=1)
     missing = np.zeros((n, 2))
     missing[400:405, 1] = 0.5
     operating = rng.random(n) > 0.05
-    rule = EpisodeRule(k=3, n=5, m=4, max_silence_s=20.0)
+    rule = EpisodeRule(k=3, n=5, m=4, max_silence_s=20.0, release_ratio=release)
     batched = run_episodes("wt-01", rule, THRESHOLD, NAMES, t, scores, contributions, missing, operating)
     tracker = EpisodeTracker("wt-01", rule, THRESHOLD, NAMES)
     for i in range(n):
@@ -152,6 +153,10 @@ def test_step_many_gives_the_same_episodes_as_step():
     tracker.flush()
     assert len(batched) > 3
     assert [e.snapshot() for e in batched] == [e.snapshot() for e in tracker.closed]
+    if release < 1:  # the hold made a difference here
+        plain = run_episodes("wt-01", EpisodeRule(k=3, n=5, m=4, max_silence_s=20.0), THRESHOLD, NAMES, t, scores,
+                             contributions, missing, operating)
+        assert len(batched) < len(plain)
 
 
 def test_the_threshold_must_be_positive():
@@ -159,15 +164,37 @@ def test_the_threshold_must_be_positive():
         EpisodeTracker("wt-01", RULE, 0.0, NAMES)
 
 
-@pytest.mark.parametrize("kwargs", [{"k": 0}, {"k": 6, "n": 5}, {"m": 0}, {"missing_tolerance": 1.0}])
+def test_an_open_episode_holds_while_the_score_stays_above_the_release_ratio():
+    """Heat that grows with load wavers around the threshold: below it, but above release_ratio of it, an
+    open episode stays open (and its windows flagged), so the fault stays one alert; only m windows under
+    release_ratio close it. Before an episode opens the threshold itself counts."""
+    ratios = [1.5, 1.5, 1.5, 0.7, 0.7, 0.7, 0.7, 0.7, 1.5, 0.5, 0.5, 0.5, 0.5]
+    outcomes = {}
+    for release in (1.0, 0.6):
+        tracker = EpisodeTracker("wt-01", EpisodeRule(k=3, n=5, m=4, release_ratio=release), THRESHOLD, NAMES)
+        for i, ratio in enumerate(ratios):
+            tracker.step(100.0 + i, ratio * THRESHOLD, [ratio, 0.0], [0.0, 0.0])
+        tracker.flush()
+        outcomes[release] = [(e.started_at, e.last_flagged_at, e.closed_at) for e in tracker.closed]
+    assert outcomes[1.0] == [(100.0, 102.0, 106.0)]  # the lull closed it; the flag at 108 alone opens nothing
+    assert outcomes[0.6] == [(100.0, 108.0, 112.0)]  # one episode over the lull
+    quiet = EpisodeTracker("wt-01", EpisodeRule(k=1, n=1, m=1, release_ratio=0.6), THRESHOLD, NAMES)
+    assert quiet.step(0.0, 0.9 * THRESHOLD, [1.0, 0.0], [0.0, 0.0]) == []  # opening still needs the threshold
+
+
+@pytest.mark.parametrize("kwargs", [{"k": 0}, {"k": 6, "n": 5}, {"m": 0}, {"missing_tolerance": 1.0},
+                                    {"release_ratio": 0.0}, {"release_ratio": 1.2}])
 def test_rule_is_checked(kwargs):
     with pytest.raises(ValueError):
         EpisodeRule(**kwargs)
 
 
 def test_rule_round_trips_through_a_dict():
-    rule = EpisodeRule(k=16, n=20, m=20, missing_tolerance=0.2, max_silence_s=15.0, update_interval_s=30.0)
+    rule = EpisodeRule(k=16, n=20, m=20, missing_tolerance=0.2, max_silence_s=15.0, update_interval_s=30.0,
+                       release_ratio=0.6)
     assert EpisodeRule.from_dict(rule.to_dict()) == rule
+    written_before = {k: v for k, v in rule.to_dict().items() if k != "release_ratio"}
+    assert EpisodeRule.from_dict(written_before).release_ratio == 1.0  # older bundles keep the rule they were judged by
 
 
 def test_a_window_outside_the_regime_is_judged_when_its_regime_sensor_failed():

@@ -12,6 +12,7 @@ from shared.ml.episodes import EpisodeRule
 from shared.ml.spec import (
     MAX_CONTEXT_SAMPLES,
     OPEN_FRACTION,
+    RELEASE_RATIO,
     FeatureSpec,
     default_spec,
     load_spec,
@@ -126,8 +127,10 @@ def test_defaults_follow_the_sampling_rate(rate, length, stride, tolerance_s, ma
 def test_the_mini_turbine_rule_is_16_of_20_close_after_20():  # its YAML gives the episode seconds
     spec = default_spec()
     assert spec.rule() == EpisodeRule(k=16, n=20, m=20, missing_tolerance=0.15, max_silence_s=15.0,
-                                      update_interval_s=30.0)
+                                      update_interval_s=30.0, release_ratio=RELEASE_RATIO)
     assert spec.evaluation.detection_tolerance_s == 60.0
+    held = FeatureSpec.from_dict({**spec.to_dict(), "episodes": {**spec.to_dict()["episodes"], "release_ratio": 0.6}})
+    assert RELEASE_RATIO == 1.0 and held.rule().release_ratio == 0.6  # no hysteresis unless a spec asks for it
 
 
 def test_a_version_1_spec_converts_windows_in_samples_to_seconds():
@@ -160,7 +163,7 @@ def test_explicit_seconds_are_converted_to_samples_once():
     assert odd.window_seconds == 5.0  # seconds of the samples the model scores, not the given 5.02
     # the rule divides the episode seconds by the rounded stride (0.55 s), once
     assert odd.rule() == EpisodeRule(k=15, n=18, m=19, missing_tolerance=0.15, max_silence_s=15.0,
-                                     update_interval_s=30.0)
+                                     update_interval_s=30.0, release_ratio=RELEASE_RATIO)
     assert spec.geometry.length == 100
 
 
@@ -173,6 +176,7 @@ def test_explicit_seconds_are_converted_to_samples_once():
     ("episodes", {"open_after_s": 12.0, "within_s": 10.0}, "open_after_s <= within_s"),
     ("episodes", {"close_after_s": 0}, "close_after_s > 0"),
     ("episodes", {"missing_tolerance": 1.0}, "missing_tolerance < 1"),
+    ("episodes", {"release_ratio": 0}, "0 < release_ratio <= 1"),
     ("evaluation", {"detection_tolerance_s": -5}, "evaluation.detection_tolerance_s"),
     ("validation", {"max_gap_s": 0.5}, "max_gap_s >= windows.max_gap_s"),
     ("sampling", {"rate_hz": 0}, "sampling.rate_hz"),
