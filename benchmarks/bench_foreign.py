@@ -134,8 +134,8 @@ def with_spec_settings(spec: Path, settings: dict[str, str], out: Path) -> Path:
     spec refuses fails here, before any training."""
     raw = parse_spec_text(spec.read_text(encoding="utf-8"), str(spec)).to_dict()
     for key, value in settings.items():
-        section, _, name = key.partition(".")
-        raw[section] = {**(raw.get(section) or {}), name: yaml.safe_load(value)} if name else yaml.safe_load(value)
+        section, name = key.split(".", 1)
+        raw[section] = {**(raw.get(section) or {}), name: yaml.safe_load(value)}
     FeatureSpec.from_dict(raw, f"{spec} with {settings}")
     out.write_text(json.dumps(raw, indent=2), encoding="utf-8")
     return out
@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.hp)
     spec_settings = dict(item.split("=", 1) for item in args.spec_set)
+    if not all("." in key for key in spec_settings):
+        parser.error("--spec-set takes SECTION.KEY=VALUE, e.g. episodes.release_ratio=0.6")
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
     unknown = sorted(set(suites) - set(SUITES))
     if unknown:

@@ -167,6 +167,9 @@ def test_verify_refuses_a_tampered_model(edge_dir, tmp_path):
     (lambda m: m.update(format_version=99), "bundle format version 99"),
     (lambda m: m["edge"]["equivalence"].update(passed=False), "equivalence"),
     (lambda m: m["edge"]["artifacts"].update({"../x": m["edge"]["artifacts"][MODEL_FILE]}), "plain file name"),
+    (lambda m: m["episode_rule"].update(release_ratio=0), "0 < release_ratio <= 1"),  # would never close
+    (lambda m: m["episode_rule"].update(release_ratio="0.6"), "malformed manifest"),
+    (lambda m: m["episode_rule"].update(hold_ratio=0.6), "malformed manifest"),  # a key this detector cannot apply
 ])
 def test_verify_refuses_unknown_versions_and_malformed_manifests(edge_dir, tmp_path, edit, match):
     bundle = copy_bundle(edge_dir, tmp_path / "bundle")
