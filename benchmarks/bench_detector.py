@@ -2,9 +2,9 @@
 
 Three paths over the same windows of the same model:
 
-- full: sensor message bytes -> episode decision (the one parser: a typed decode of the message
-  definition and the spec's column checks; the shared features, windows and operating regime of
-  training, ONNX Runtime, the episode rule), through TurbinePipeline.handle;
+- full: sensor message bytes -> episode decision (the one parser: one typed decode of the message as
+  the feature spec reads it; the shared features, windows and operating regime of training, ONNX
+  Runtime, the episode rule), through TurbinePipeline.handle;
 - torch: the same path, the same parsing and feature code, with the PyTorch eager scoring model in
   place of ONNX Runtime;
 - bare ORT: EdgeModel.score on windows built beforehand, batched exactly as the full path batches

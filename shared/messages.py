@@ -244,7 +244,8 @@ class SensorMessage(Message):
     samples, each `{"seq": int >= 0, "ts": epoch s, <raw input column>: number or null (a missing reading)}`,
     timestamps strictly increasing; other keys (text or numbers, e.g. a source id) are carried along. Which
     columns must be there, as numbers, is the feature spec's business: the detector checks them
-    (detector/messages.py parses this definition on its fast path). The top-level `seq` is unused."""
+    (detector/messages.py reads `seq`, `ts` and the spec's columns, and skips other keys unjudged). The
+    top-level `seq` is unused."""
 
     STREAM: ClassVar[str] = "sensors"
     VERSION: ClassVar[int] = 1

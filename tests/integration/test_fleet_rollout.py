@@ -190,7 +190,8 @@ def test_b_a_bundle_with_a_wrong_inner_digest_never_passes_the_canary(env: Env):
 def test_d_a_device_killed_while_applying_comes_back_and_converges(env: Env):
     assert env.register("fleet-test-v3") == 3
     pid = env.nucleus_pid(CANARY)
-    os.kill(pid, signal.SIGSTOP)  # it takes the deployment only once its bundle download is held
+    _stop_outside_transactions(pid, [env.stack.paths.greengrass_db, env.stack.paths.bus_db])
+    # stopped, it takes the deployment only once its bundle download is held
     try:
         env.approve(3)  # a real compile this time (the bundle must say model_version 3)
         deployment = wait_for(lambda: env.rollout(3).get("canary_deployment_id"), WAIT_S, "v3's canary deployment")
@@ -213,6 +214,30 @@ def test_d_a_device_killed_while_applying_comes_back_and_converges(env: Env):
     assert env.components(CANARY)[MODEL_COMPONENT] == "3.0.0"
     wait_for(lambda: env.serving(CANARY, 3), 30, "the canary's health on v3")
     assert env.rollout(3)["stage"] in ("canary", "fleet", "done")
+
+
+def _stop_outside_transactions(pid: int, dbs: list[Path]) -> None:
+    """SIGSTOP the process at a moment it holds no write lock on these databases: stopped inside a transaction,
+    it would hold every other writer of the stack until it resumes."""
+    for _ in range(100):
+        os.kill(pid, signal.SIGSTOP)
+        if all(_writable(db) for db in dbs):
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError(f"process {pid} kept a write lock on {dbs} at every try")
+
+
+def _writable(db: Path) -> bool:
+    conn = sqlite3.connect(db, timeout=0.2, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:  # "database is locked"
+        return False
+    finally:
+        conn.close()
 
 
 def _proc_state(pid: int) -> str:

@@ -348,7 +348,7 @@ def test_numbers_parse_as_the_stdlib_reads_them(model_v1: EdgeModel) -> None:
 
 
 @pytest.mark.parametrize(("literal", "reason"), [
-    (b"1" + b"0" * 400, "Expected `int` <= 9223372036854775807"),  # an integer beyond int64 (and float) range
+    (b"1" + b"0" * 400, "Number out of range"),  # an integer beyond the float range
     (b"1e999", "Number out of range"),  # would parse to inf
 ])
 def test_out_of_range_numbers_are_bad_messages(model_v1: EdgeModel, literal: bytes, reason: str) -> None:
