@@ -305,7 +305,7 @@ def _split_offsets(cells: Sequence[str]) -> tuple[list[str], np.ndarray | float]
         offset = _offset_seconds(tails.pop())
         if offset is not None:
             bases = [c[:-6] for c in cells]
-            if all(b[:4].isdigit() for b in bases):  # numpy would also accept "NaT", "now", "today"
+            if all(map(_extended_date, bases)):
                 return bases, offset
     bases = []
     offsets = np.zeros(len(cells), dtype=np.float64)
@@ -318,8 +318,16 @@ def _split_offsets(cells: Sequence[str]) -> tuple[list[str], np.ndarray | float]
             if offset is None:
                 return None
             offsets[i], s = offset, s[:-6]
-        bases.append(s if s[:4].isdigit() else "NaT")
+        if s[:1].isdigit() and not _extended_date(s):
+            return None  # e.g. a basic-format date (20200309T101433), or a number
+        bases.append(s if _extended_date(s) else "NaT")
     return bases, offsets
+
+
+def _extended_date(text: str) -> bool:
+    """Starts with YYYY-MM-: numpy reads it as ISO 8601 does. Bare digits numpy would read as a year ("2020", or
+    epoch seconds "1770000000" as the year 1770000000), "NaT", "now" and "today" as no ISO time."""
+    return text[4:5] == "-" and text[7:8] == "-" and text[:4].isdigit()
 
 
 def _offset_seconds(tail: str) -> float | None:
@@ -351,4 +359,4 @@ def iso_utc(t: float) -> str:
     try:
         return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds")
     except (OverflowError, OSError, ValueError):
-        return f"{t!r} s since 1970"
+        return f"{float(t)!r} s since 1970"

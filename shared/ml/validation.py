@@ -158,7 +158,8 @@ def _check_table(table: Table, spec: FeatureSpec, hint: str | None, log: Problem
     cells = table.column(tcol)
     t, bad = parse_times(cells, spec.time_format)
     log.rows("bad_timestamp", tcol, bad, lines,
-             lambda i: f"cannot parse {_short(cells[i])} as a {spec.time_format} timestamp")
+             lambda i: f"cannot parse {_short(cells[i])} as a {spec.time_format} timestamp"
+                       f"{_time_format_hint(cells[i], spec.time_format)}")
     keep = np.isfinite(t)
 
     values: dict[str, np.ndarray] = {}
@@ -276,6 +277,20 @@ def _mask(n: int, idx: np.ndarray) -> np.ndarray:
     mask = np.zeros(n, dtype=bool)
     mask[idx] = True
     return mask
+
+
+def _time_format_hint(cell: str, time_format: str) -> str:
+    """What the cell looks like when another time_format would read it ("" when none would)."""
+    try:
+        number = float(cell)
+    except ValueError:
+        return "; it looks like a date: set time_format: iso8601" if time_format != "iso8601" and cell[:1].isdigit() \
+            and "-" in cell else ""
+    if time_format == "iso8601" and 1e8 <= number < 1e10:  # 1973 to 2286
+        return "; it looks like epoch seconds: set time_format: epoch_s"
+    if time_format == "iso8601" and 1e11 <= number < 1e13:
+        return "; it looks like epoch milliseconds: set time_format: epoch_ms"
+    return ""
 
 
 def _short(text: str, limit: int = 40) -> str:

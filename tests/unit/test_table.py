@@ -154,6 +154,16 @@ def test_iso_uniform_offset_with_a_bad_cell() -> None:
     assert bad.tolist() == [1] and t[2] == T0 + 2
 
 
+def test_iso_refuses_numbers_and_bare_years() -> None:
+    """numpy reads bare digits as a year: epoch seconds in an iso8601 file must be bad cells, not dates."""
+    t, bad = parse_times(["1767225600", "1767225601", "2026", "1767225600.5"], "iso8601")
+    assert bad.tolist() == [0, 1, 2, 3] and np.isnan(t).all()
+    t, bad = parse_times(["2026-01-01T00:00:00+00:00", "1767225601+00:00"], "iso8601")  # one offset, one number
+    assert bad.tolist() == [1] and t[0] == T0
+    t, bad = parse_times(["20260101T000000", "2026-01-01T00:00:01"], "iso8601")  # ISO 8601's basic format
+    assert bad.size == 0 and t.tolist() == [T0, T0 + 1]
+
+
 def test_epoch_formats() -> None:
     t, bad = parse_times(["1767225600000", "1767225600050", "", "x", "inf"], "epoch_ms")
     assert t[:2].tolist() == [T0, T0 + 0.05] and bad.tolist() == [2, 3, 4]
@@ -163,7 +173,7 @@ def test_epoch_formats() -> None:
 
 def test_iso_utc() -> None:
     assert iso_utc(T0 + 0.05) == "2026-01-01T00:00:00.050000+00:00"
-    assert "since 1970" in iso_utc(1e20)
+    assert iso_utc(np.float64(1e20)) == "1e+20 s since 1970"
 
 
 # -- ProblemLog --------------------------------------------------------------------------------------------

@@ -292,6 +292,26 @@ def test_unparseable_timestamp() -> None:
     assert "2026-01-01T25:00:00+00:00" in errors[0].message
 
 
+@pytest.mark.parametrize(("time_format", "cell", "hint"), [
+    ("iso8601", "1767225600.05", "; it looks like epoch seconds: set time_format: epoch_s"),
+    ("iso8601", "1767225600050", "; it looks like epoch milliseconds: set time_format: epoch_ms"),
+    ("iso8601", "12.5", ""),  # no plausible epoch: no guess
+    ("epoch_s", "2026-01-01 00:00:00", "; it looks like a date: set time_format: iso8601"),
+    ("epoch_ms", "noon", ""),
+])
+def test_a_timestamp_in_another_format_names_the_setting_that_reads_it(time_format: str, cell: str,
+                                                                       hint: str) -> None:
+    rows = mini_rows(200)
+    if time_format != "iso8601":  # the other rows in the spec's format
+        scale = 1000 if time_format == "epoch_ms" else 1
+        for row in rows:
+            row["eventTime"] = repr(round(datetime.fromisoformat(row["eventTime"]).timestamp() * scale, 3))
+    rows[7]["eventTime"] = cell
+    (error,) = only(validate_bytes(to_csv(rows), SOURCE, with_spec(time_format=time_format)), "bad_timestamp")
+    assert error.row == line_of(7)
+    assert error.message.endswith(f"cannot parse {cell!r} as a {time_format} timestamp{hint}")
+
+
 def test_time_going_back() -> None:
     rows = mini_rows(200)
     rows[50]["eventTime"], rows[51]["eventTime"] = rows[51]["eventTime"], rows[50]["eventTime"]
