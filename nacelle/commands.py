@@ -502,6 +502,10 @@ def cmd_alerts_show(args: argparse.Namespace) -> int:
         rows.append(("top features", _top_features(item)))
     if item.get("alert") == "folded":
         rows.append(("notified in", f"summary {item.get('summary_id')} (the turbine's alert rate limit)"))
+    if item.get("continues"):
+        rows.append(("notified in", f"{item['continues']} (this episode carries that interrupted one on)"))
+    if item.get("continued_by"):
+        rows.append(("carried on by", f"episode {item['continued_by']} (the detector changed model or restarted)"))
     if item.get("episodes"):
         rows.append(("episodes", ", ".join(item["episodes"])))
     for name, value in rows:

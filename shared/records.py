@@ -120,7 +120,8 @@ class Ack(Record):
 @dataclass(frozen=True, kw_only=True)
 class AlertRecord(Record):
     """pk "alerts": what every alert has. Each notification (alert, escalation, resolution) is None, then
-    "claimed" by a conditional write, then "sent" (the alert of a rate-limited episode: "folded")."""
+    "claimed" by a conditional write, then "sent" (the alert of a rate-limited episode: "folded"; of an episode
+    that continues an interrupted one, whose alert stands for both: "continued")."""
 
     KIND: ClassVar[str] = ""
     alert_id: str
@@ -238,6 +239,8 @@ class EpisodeAlert(AlertRecord):
     last_message_at: float | None = None
     interrupted_at: float | None = None  # the detector stopped or changed model while it was open
     ended_with: str | None = None  # the later episode whose end ended this interrupted one
+    continues: str | None = None  # the interrupted episode's alert id this episode carries on (no alert of its own)
+    continued_by: str | None = None  # the episode id that carries this interrupted one on
     escalated: str | None = None  # "repeated" | "open-too-long"
     summary_id: str | None = None  # folded into this summary by the rate limit
 
@@ -253,7 +256,8 @@ class EpisodeAlert(AlertRecord):
                 "last_seq": self.last_seq, "started_at": self.started_at, "opened_at": self.opened_at,
                 "last_flagged_at": self.last_flagged_at, "model_version": self.model_version,
                 "last_message_at": self.last_message_at, "interrupted_at": self.interrupted_at,
-                "ended_with": self.ended_with, "escalated": self.escalated, "summary_id": self.summary_id}
+                "ended_with": self.ended_with, "continues": self.continues, "continued_by": self.continued_by,
+                "escalated": self.escalated, "summary_id": self.summary_id}
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> EpisodeAlert:
@@ -265,6 +269,7 @@ class EpisodeAlert(AlertRecord):
                    model_version=_opt_int(item.get("model_version")),
                    last_message_at=_opt_float(item.get("last_message_at")),
                    interrupted_at=_opt_float(item.get("interrupted_at")), ended_with=_opt_str(item.get("ended_with")),
+                   continues=_opt_str(item.get("continues")), continued_by=_opt_str(item.get("continued_by")),
                    escalated=_opt_str(item.get("escalated")), summary_id=_opt_str(item.get("summary_id")))
 
 

@@ -4,7 +4,9 @@ Every alert is one item (pk "alerts", sk = alert id) in the alert-state table, r
 record (shared.records: EpisodeAlert, SummaryAlert, OfflineAlert); each notification is claimed
 by a conditional write before it is published (and released if publishing fails), so redelivered, duplicated
 or out-of-order messages give one alert and one resolution per episode. A close seen before its open still
-gives the alert, then the resolution; a late open never reopens a closed episode.
+gives the alert, then the resolution; a late open never reopens a closed episode. An episode that carries on an
+interrupted one (the detector changed model or restarted while the condition went on) sends no alert of its own:
+the first episode's alert stands for both, and is resolved when the later one ends.
 
 Per turbine, at most `rate_limit` episode alerts go out per fixed window; later episodes of the window are
 folded into one summary alert sent when the window ends (never dropped). An alert escalates once when its
@@ -242,12 +244,14 @@ def on_anomaly(row: EpisodeRow, deps: AlertDeps) -> Outcome:
     correlate(turbine_id=row.thing_name, episode_id=row.episode_id)
     alert_id = episode_alert_id(row.thing_name, row.episode_id)
     now = deps.clock().timestamp()
+    carried = None if deps.alerts.get(ALERTS, alert_id) is not None else _carried_on(row, deps)
 
     def merge(current: EpisodeAlert | None) -> EpisodeAlert:
         item = current or EpisodeAlert(
             alert_id=alert_id, turbine_id=row.thing_name, episode_id=row.episode_id, first_seen_at=now,
             started_at=row.started_at, opened_at=row.opened_at, model_version=row.model_version,
-            expires_at=int(now + deps.policy.retention_s))
+            expires_at=int(now + deps.policy.retention_s), continues=carried.alert_id if carried else None,
+            alert="continued" if carried else None)
         peak = row.score > item.score  # the peak so far, with its window's explanation (first one on ties)
         flagged = [t for t in (item.last_flagged_at, row.last_flagged_at) if t is not None]
         item = replace(item, score=row.score if peak else item.score,
@@ -270,14 +274,38 @@ def on_anomaly(row: EpisodeRow, deps: AlertDeps) -> Outcome:
         deps.alerts.put(OPEN, alert_id, {"expires_at": item.expires_at}, if_absent=True)
     else:
         deps.alerts.delete(OPEN, alert_id)
-    seen = item.since  # the turbine's episode index, for the repeat rule
-    deps.alerts.put(f"turbine#{row.thing_name}", sighting_key(seen, row.episode_id),
-                    EpisodeSighting(alert_id, seen, item.expires_at).to_item(), if_absent=True)
+    if item.continues is None:  # the turbine's episode index, for the repeat rule (a continuation adds none)
+        seen = item.since
+        deps.alerts.put(f"turbine#{row.thing_name}", sighting_key(seen, row.episode_id),
+                        EpisodeSighting(alert_id, seen, item.expires_at).to_item(), if_absent=True)
+    else:  # (again, after a crash) the interrupted episode learns which one carries it on
+        deps.alerts.update_if(ALERTS, item.continues, EpisodeAlert.changes(continued_by=row.episode_id),
+                              {"continued_by": None})
     sent = list(_settle_episode(item, deps))
     if row.kind == "close" and item.status == "closed":
         sent += _end_interrupted(item, deps)
     action = "new" if before is None else "duplicate" if before.rev == item.rev else "updated"
     return Outcome(action, f"{alert_id} {item.status} ({row.kind} #{row.seq})", sent=tuple(sent))
+
+
+def _carried_on(row: EpisodeRow, deps: AlertDeps) -> EpisodeAlert | None:
+    """The interrupted episode of the turbine that this new one carries on: still open (its end unseen), carried
+    on by no other, started before it and last flagged at most the offline limit before it started (the detector
+    changed model or restarted while the condition went on). Its alert stands for both: one condition, one alert
+    and one resolution, sent when this one ends."""
+    interrupted = [item for item in _open(EpisodeAlert, deps, f"episode:{row.thing_name}:")
+                   if item.status == "open" and item.interrupted_at is not None and item.continued_by is None
+                   and item.started_at < row.started_at
+                   and row.started_at - (item.last_flagged_at or item.opened_at) <= deps.policy.offline_after_s]
+    return max(interrupted, key=lambda item: item.started_at, default=None)
+
+
+def _still_carried_on(item: EpisodeAlert, deps: AlertDeps) -> bool:
+    """The episode that carries this interrupted one on is still open."""
+    if item.continued_by is None:
+        return False
+    later = load(EpisodeAlert, deps.alerts.get(ALERTS, episode_alert_id(item.turbine_id, item.continued_by)))
+    return later is not None and later.status == "open"
 
 
 def _settle_episode(item: EpisodeAlert, deps: AlertDeps) -> list[str]:
@@ -402,12 +430,12 @@ def _open(kind: type[Open], deps: AlertDeps, prefix: str) -> list[Open]:
 
 def sweep(deps: AlertDeps) -> list[str]:
     """Escalate long-open unacknowledged episodes, settle interrupted ones whose end was never seen
-    as "unknown" (after the offline limit), and send summaries whose window has ended: from the open
-    index, so its cost follows what is open, not the history."""
+    as "unknown" (after the offline limit, unless a later episode still open carries them on), and send
+    summaries whose window has ended: from the open index, so its cost follows what is open, not the history."""
     now, sent = deps.clock().timestamp(), []
     for item in _open(EpisodeAlert, deps, "episode:"):
         if (item.status == "open" and item.interrupted_at is not None
-                and now - item.interrupted_at >= deps.policy.offline_after_s
+                and now - item.interrupted_at >= deps.policy.offline_after_s and not _still_carried_on(item, deps)
                 and deps.alerts.update_if(ALERTS, item.alert_id, {"status": "unknown"}, {"status": "open"})):
             if item.alert == "sent" and _claim(deps, item.alert_id, "resolution"):
                 sent.append(_send(deps, item.alert_id, "resolution", *_unknown_message(item, deps)))

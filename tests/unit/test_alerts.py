@@ -90,19 +90,65 @@ def test_an_interrupted_episode_stays_open_and_becomes_unknown_after_the_offline
     assert "unknown" in unknown.message and get_alert("episode:wt-01:wt-01-1000", deps)["status"] == "unknown"
 
 
-def test_an_interrupted_episode_ends_with_the_next_episode_that_really_ends(deps: AlertDeps, clock: Clock) -> None:
+def test_an_episode_that_carries_on_an_interrupted_one_shares_its_alert_and_ends_it(deps: AlertDeps,
+                                                                                     clock: Clock) -> None:
     on_anomaly(row("open"), deps)
     on_anomaly(row("interrupt", seq=2), deps)
     clock.advance(30)  # the new model opens its own episode on the same condition, which then ends
-    later: dict[str, Any] = {"started_at": T0 - 30, "opened_at": T0 - 20}
+    later: dict[str, Any] = {"started_at": T0 - 30, "opened_at": T0 - 20, "score": 5.0}
     on_anomaly(row("open", episode="wt-01-2000", **later), deps)
-    assert sent(deps, "resolution") == []
+    on_anomaly(row("open", episode="wt-01-2000", **later), deps)  # redelivered
+    assert [m.subject for m in sent(deps)] == [sent(deps, "alert")[0].subject]  # one alert for the condition
+    carried = get_alert("episode:wt-01:wt-01-2000", deps)
+    assert carried["continues"] == "episode:wt-01:wt-01-1000" and carried["alert"] == "continued"
+    assert get_alert("episode:wt-01:wt-01-1000", deps)["continued_by"] == "wt-01-2000"
     on_anomaly(row("close", episode="wt-01-2000", seq=2, **later), deps)
-    resolutions = sorted(m.message.split("anomaly episode ")[1].split()[0] for m in sent(deps, "resolution"))
-    assert resolutions == ["wt-01-1000", "wt-01-2000"]
+    on_anomaly(row("close", episode="wt-01-2000", seq=2, **later), deps)  # redelivered
+    (resolution,) = sent(deps, "resolution")
+    assert "anomaly episode wt-01-1000 ended" in resolution.message
+    assert "it ended with episode wt-01-2000" in resolution.message
     first = get_alert("episode:wt-01:wt-01-1000", deps)
     assert first["status"] == "closed" and first["ended_with"] == "wt-01-2000"
-    assert any("it ended with episode wt-01-2000" in m.message for m in sent(deps, "resolution"))
+    assert len(sent(deps)) == 2
+
+
+def test_a_carried_on_episode_is_not_unknown_while_its_continuation_is_open(tmp_path: Path, clock: Clock) -> None:
+    deps = make_deps(tmp_path, clock, offline_after_s=300.0)
+    on_anomaly(row("open"), deps)
+    on_anomaly(row("interrupt", seq=2), deps)
+    later: dict[str, Any] = {"started_at": T0, "opened_at": T0 + 10}
+    on_anomaly(row("open", episode="wt-01-2000", **later), deps)
+    clock.advance(600)  # the condition goes on under the new model, past the offline limit
+    sweep(deps)
+    assert sent(deps, "unknown") == [] and get_alert("episode:wt-01:wt-01-1000", deps)["status"] == "open"
+    on_anomaly(row("interrupt", episode="wt-01-2000", seq=2, **later), deps)  # stopped again, and never back
+    clock.advance(301)
+    sweep(deps)
+    sweep(deps)
+    assert [get_alert(f"episode:wt-01:wt-01-{e}", deps)["status"] for e in (1000, 2000)] == ["unknown", "unknown"]
+    (unknown,) = sent(deps, "unknown")  # one notice, on the alert that went out
+    assert "wt-01-1000" in unknown.message and sent(deps, "resolution") == []
+
+
+def test_an_episode_long_after_an_interrupted_one_is_an_alert_of_its_own(tmp_path: Path, clock: Clock) -> None:
+    deps = make_deps(tmp_path, clock, offline_after_s=300.0)
+    on_anomaly(row("open"), deps)
+    on_anomaly(row("interrupt", seq=2), deps)  # last flagged at T0 - 40
+    later: dict[str, Any] = {"started_at": T0 + 261, "opened_at": T0 + 270}  # 301 s after its last flagged window
+    on_anomaly(row("open", episode="wt-01-2000", **later), deps)
+    assert len(sent(deps, "alert")) == 2 and get_alert("episode:wt-01:wt-01-2000", deps)["continues"] is None
+
+
+def test_a_continuation_relinks_after_a_crash_and_its_close_before_its_open_still_ends_both(deps: AlertDeps) -> None:
+    on_anomaly(row("open"), deps)
+    on_anomaly(row("interrupt", seq=2), deps)
+    later: dict[str, Any] = {"started_at": T0 - 30, "opened_at": T0 - 20}
+    on_anomaly(row("close", episode="wt-01-2000", seq=2, **later), deps)  # its close overtook its open
+    assert deps.alerts.update_if("alerts", "episode:wt-01:wt-01-1000", {"continued_by": None}, {})  # a lost link
+    on_anomaly(row("open", episode="wt-01-2000", **later), deps)
+    first = get_alert("episode:wt-01:wt-01-1000", deps)
+    assert first["status"] == "closed" and first["continued_by"] == "wt-01-2000"
+    assert [m.attributes["kind"] for m in sent(deps)] == ["alert", "resolution"]
 
 
 def test_an_episode_of_another_turbine_ends_nothing_here(deps: AlertDeps) -> None:

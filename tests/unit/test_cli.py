@@ -365,6 +365,35 @@ def test_alerts_show_reads_as_the_operator_got_it(tmp_path, capsys):
     assert doc["acks"][0]["verdict"] == "fault" and "pk" not in doc
 
 
+def test_alerts_show_links_an_episode_carried_on_after_a_model_change(tmp_path, capsys):
+    import time
+
+    from shared.messages import EpisodeRow, validate
+    from shared.usecases.alerts import on_anomaly
+
+    home = tmp_path / "home"
+    deps = stack_at(home).alert_deps()
+    now = time.time()
+
+    def row(kind: str, episode: str, started: float, seq: int) -> EpisodeRow:
+        return validate(EpisodeRow, {
+            "v": 2, "kind": kind, "episode_id": episode, "turbine_id": "turbine-02", "features": ["rps"], "score": 3.2,
+            "contributions": {"rps": 1.0}, "missing": [], "started_at": started, "opened_at": started + 5,
+            "last_flagged_at": started + 10, "ended_at": None, "model_version": 1, "seq": seq,
+            "thing_name": "turbine-02", "received_at": int(now * 1000), "client_id": "turbine-02"})
+
+    on_anomaly(row("open", "e1", now - 60, 1), deps)
+    on_anomaly(row("interrupt", "e1", now - 60, 2), deps)  # the model changed while the condition went on
+    on_anomaly(row("open", "e2", now - 20, 1), deps)
+    capsys.readouterr()
+    assert main(["--data-dir", str(home), "alerts", "show", "episode:turbine-02:e2"]) == 0
+    out = capsys.readouterr().out
+    assert "notified in   episode:turbine-02:e1 (this episode carries that interrupted one on)" in out
+    assert "  alert continued" in out and "[HIGH]" not in out  # no alert of its own
+    assert main(["--data-dir", str(home), "alerts", "show", "episode:turbine-02:e1"]) == 0
+    assert "carried on by episode e2" in capsys.readouterr().out
+
+
 def test_data_status_reads_the_retraining_policy(tmp_path, capsys):
     import json
 
