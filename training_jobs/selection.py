@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from shared.ml.dataset import TurbineSeries, overlaps_fault, series_windows
+from shared.ml.dataset import TurbineSeries, overlaps_fault, windows_at
+from shared.ml.features import make_windows, window_starts
 from shared.ml.metrics import Allowance, Fault, headline
 from shared.ml.spec import FeatureSpec
 from training_jobs.calibration import Calibration, calibrate
@@ -36,6 +37,7 @@ from training_jobs.hyperparameters import Hyperparameters
 from training_jobs.model import FAMILIES
 
 Log = Callable[[str], None]
+WINDOW_CHUNK = 65_536  # windows judged at once while choosing the normal ones
 DETECTION_TIE = 0.05
 # Short data (folds): minutes of a process show little of its slower variation, and the target rate lies far
 # beyond what they can show (the fit extrapolates at most calibration.MAX_EXTRAPOLATION times the data's span).
@@ -99,20 +101,26 @@ def plan(series: list[TurbineSeries], spec: FeatureSpec, hp: Hyperparameters, us
 
 
 def normal_windows(pieces: list[TurbineSeries], spec: FeatureSpec, faults: list[Fault], margin_s: float,
-                   stride: int | None = None) -> np.ndarray:
-    """Operating windows that touch no labelled fault (labels decide what is normal, never a threshold)."""
-    chunks = []
+                   stride: int | None = None, limit: int | None = None) -> np.ndarray:
+    """Operating windows that touch no labelled fault (labels decide what is normal, never a threshold), in
+    time order; beyond `limit`, that many evenly spaced among them. Windows are judged WINDOW_CHUNK at a time
+    and only the kept ones are built, so months of data never sit in memory as windows."""
+    kept: list[np.ndarray] = []  # per piece: the starts of its normal windows
     for s in pieces:
-        w = series_windows(s, spec, stride)
-        chunks.append(w.x[w.operating & ~overlaps_fault(w, faults, margin_s)])
+        starts = window_starts(s.t, spec, stride)
+        normal = []
+        for i in range(0, len(starts), WINDOW_CHUNK):
+            w = windows_at(s, spec, starts[i:i + WINDOW_CHUNK])
+            normal.append(starts[i:i + WINDOW_CHUNK][w.operating & ~overlaps_fault(w, faults, margin_s)])
+        kept.append(np.concatenate(normal) if normal else starts)
+    total = sum(len(k) for k in kept)
+    if limit is not None and total > limit:
+        pick = np.linspace(0, total - 1, limit).astype(np.int64)  # positions in the time-ordered whole
+        first = np.cumsum([0] + [len(k) for k in kept])
+        kept = [k[pick[(pick >= a) & (pick < b)] - a] for k, a, b in zip(kept, first[:-1], first[1:], strict=True)]
     g = spec.geometry
+    chunks = [make_windows(s.features, k, g.offsets()) for s, k in zip(pieces, kept, strict=True)]
     return np.concatenate(chunks) if chunks else np.zeros((0, spec.n_features, g.width), np.float32)
-
-
-def subsample(x: np.ndarray, limit: int) -> np.ndarray:
-    if len(x) <= limit:
-        return x
-    return x[np.linspace(0, len(x) - 1, limit).astype(np.int64)]
 
 
 def normal_segments(pieces: list[TurbineSeries], detector: Detector, faults: list[Fault],
@@ -172,8 +180,8 @@ def run_candidates(the_plan: Plan, spec: FeatureSpec, faults: list[Fault], hp: H
             continue
         fits, per_split = [], []
         for k, split in enumerate(the_plan.splits):
-            train_x = subsample(normal_windows(split.train, spec, faults, margin, train_stride), hp.max_train_windows)
-            val_x = normal_windows(split.held, spec, faults, margin)
+            train_x = normal_windows(split.train, spec, faults, margin, train_stride, hp.max_train_windows)
+            val_x = normal_windows(split.held, spec, faults, margin, limit=hp.max_train_windows)  # early stopping
             log(f"{family} split {k + 1}/{len(the_plan.splits)}: {len(train_x)} train, {len(val_x)} held-out "
                 "normal windows")
             fitted = fit_family(family, spec, train_x, val_x, hp, log)

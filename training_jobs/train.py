@@ -57,7 +57,6 @@ from training_jobs.selection import (
     normal_windows,
     plan,
     run_candidates,
-    subsample,
 )
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
@@ -205,7 +204,7 @@ def _deliver(mode: str, chosen: Candidate, test: list[TurbineSeries], validation
         detector = detector_of(final, spec, chosen.calibration.threshold)
         return final, test_set, evaluate(test_set, [detector], allowance)
     margin = hp.label_margin_s if hp.label_margin_s >= 0 else spec.evaluation.detection_tolerance_s
-    train_x = subsample(normal_windows(series, spec, faults, margin, hp.train_stride or 1), hp.max_train_windows)
+    train_x = normal_windows(series, spec, faults, margin, hp.train_stride or 1, hp.max_train_windows)
     refit = hp
     if chosen.family != "pca":
         epochs = max(1, round(statistics.median(f.best_epoch for f in chosen.fits)))

@@ -105,7 +105,11 @@ def load_all_labels(roots: list[Path], series: list[TurbineSeries]) -> list[Faul
 
 
 def series_windows(series: TurbineSeries, spec: FeatureSpec, stride: int | None = None) -> Windows:
-    starts = window_starts(series.t, spec, stride)
+    return windows_at(series, spec, window_starts(series.t, spec, stride))
+
+
+def windows_at(series: TurbineSeries, spec: FeatureSpec, starts: np.ndarray) -> Windows:
+    """The windows whose first scored sample is at these indices of the series."""
     length = spec.geometry.length
     x = make_windows(series.features, starts, spec.geometry.offsets())
     return Windows(series.turbine_id, x,

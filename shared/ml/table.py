@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import gc
-import gzip
 import io
 import math
 import warnings
@@ -25,6 +24,9 @@ import numpy as np
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
 MAX_REPEATS = 10  # messages kept per (code, column); the rest become one summary message
+# A file's size, decompressed: validation holds about 20 times it in memory, and a small gzip file can unpack to
+# gigabytes (a "bomb"); beyond this the file is refused unread, and decompression stops there.
+MAX_TEXT_BYTES = 512 * 2**20
 _EPOCH_US = np.datetime64(0, "us")
 
 
@@ -119,14 +121,18 @@ def decode_text(data: bytes, log: ProblemLog) -> str | None:
     if data[:2] == GZIP_MAGIC:
         what = "decompressed data"
         try:
-            raw = gzip.decompress(data)
+            raw = _gunzip(data, MAX_TEXT_BYTES)
         except EOFError:
             log.error("truncated_gzip", f"gzip data is truncated ({len(data)} bytes read; "
                                         "the end-of-stream marker is missing)")
             return None
-        except (OSError, zlib.error) as exc:  # BadGzipFile is an OSError
+        except zlib.error as exc:
             log.error("corrupt_gzip", f"gzip data is corrupt: {exc}")
             return None
+    if len(raw) > MAX_TEXT_BYTES:
+        log.error("file_too_large", f"the {what} exceeds {MAX_TEXT_BYTES // 2**20} MiB (validation holds about 20 "
+                                    "times a file in memory): split it, e.g. one file per turbine and day")
+        return None
     skip = len(UTF8_BOM) if raw.startswith(UTF8_BOM) else 0
     try:
         text = raw[skip:].decode("utf-8")
@@ -140,6 +146,24 @@ def decode_text(data: bytes, log: ProblemLog) -> str | None:
         log.error("empty_file", f"the {what} holds no text")
         return None
     return text
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """The gzip members' data, decompressed up to limit + 1 bytes (then the caller refuses it). EOFError when the
+    last member is cut short, zlib.error when the data is no gzip or fails its checksum."""
+    out = bytearray()
+    rest = data
+    while rest and len(out) <= limit:
+        member = zlib.decompressobj(wbits=31)  # a gzip header and trailer (CRC-32 and size checked)
+        out += member.decompress(rest, limit + 1 - len(out))
+        if len(out) > limit:
+            break
+        if not member.eof:
+            raise EOFError("the end of the gzip stream is missing")
+        rest = member.unused_data
+        if not rest.strip(b"\x00"):  # zero padding after the last member, as gzip allows
+            break
+    return bytes(out)
 
 
 # -- text -> rows -------------------------------------------------------------------------------------

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
+import tracemalloc
 
-from shared.ml.dataset import TurbineSeries
+import numpy as np
+import pytest
+
+from shared.ml.dataset import TurbineSeries, overlaps_fault, series_windows
 from shared.ml.features import window_starts
+from shared.ml.metrics import Fault
 from shared.ml.spec import FeatureSpec
 from training_jobs.calibration import Calibration
 from training_jobs.hyperparameters import Hyperparameters
@@ -15,6 +19,7 @@ from training_jobs.selection import (
     SHORT_DATA_MARGIN,
     Candidate,
     choose,
+    normal_windows,
     plan,
     threshold_margin,
     unbeatable,
@@ -168,3 +173,52 @@ def test_short_data_widens_the_threshold_unless_the_operator_sets_the_margin():
     assert threshold_margin(Hyperparameters(), "holdout") == 1.0
     assert threshold_margin(Hyperparameters(threshold_margin=1.0), "folds") == 1.0  # the calibrated level itself
     assert threshold_margin(Hyperparameters(threshold_margin=2.0), "holdout") == 2.0
+
+
+# -- normal_windows: the training windows ---------------------------------------------------------------------
+def _plant(n: int, seed: int = 3) -> tuple[FeatureSpec, list[TurbineSeries], list[Fault]]:
+    """Two machines with a stopped stretch (outside the operating regime), a gap and a labelled fault."""
+    spec = FeatureSpec.from_dict({"name": "p", "time_column": "t", "columns": ["t", "a", "b"], "features": ["a", "b"],
+                                  "sampling": {"rate_hz": 1.0}, "operating": {"feature": "a", "min": 0.0}})
+    rng = np.random.default_rng(seed)
+    pieces = []
+    for k in range(2):
+        t = 1e9 + k * 1e7 + np.arange(n, dtype=float)
+        t[n // 2:] += 600.0  # a gap
+        x = rng.normal(1.0, 0.1, (n, 2)).astype(np.float32)
+        x[n // 5: n // 5 + 50, 0] = -1.0  # stopped
+        pieces.append(TurbineSeries(f"m{k}", t, x))
+    faults = [Fault("m1", "f", "high", float(pieces[1].t[n // 3]), float(pieces[1].t[n // 3 + 40]))]
+    return spec, pieces, faults
+
+
+def test_normal_windows_are_the_evenly_spaced_ones_of_all_normal_windows() -> None:
+    spec, pieces, faults = _plant(3000)
+    every = normal_windows(pieces, spec, faults, 10.0, 1)
+    windows = [series_windows(p, spec, 1) for p in pieces]  # all of them, then the normal ones: the definition
+    reference = [w.x[w.operating & ~overlaps_fault(w, faults, 10.0)] for w in windows]
+    assert np.array_equal(every, np.concatenate(reference), equal_nan=True)
+    assert 0 < len(every) < 2 * 3000  # stopped, fault and gap-crossing windows left out
+    assert np.isfinite(every[:, :, -spec.geometry.length:]).all()  # (the context may reach before the data)
+    assert np.array_equal(normal_windows(pieces, spec, faults, 10.0, 1, len(every) + 5), every, equal_nan=True)
+    for limit in (1, 2, 777, len(every) - 1):
+        picked = every[np.linspace(0, len(every) - 1, limit).astype(np.int64)]
+        assert np.array_equal(normal_windows(pieces, spec, faults, 10.0, 1, limit), picked, equal_nan=True)
+
+
+def test_normal_windows_never_builds_more_windows_than_it_keeps_and_one_chunk(monkeypatch: pytest.MonkeyPatch
+                                                                               ) -> None:
+    """Months of samples: the windows of all of them would not fit in memory; the job builds only those it keeps."""
+    import training_jobs.selection as selection
+
+    spec, pieces, faults = _plant(20_000)
+    monkeypatch.setattr(selection, "WINDOW_CHUNK", 1_000)
+    tracemalloc.start()
+    try:
+        kept = normal_windows(pieces, spec, faults, 10.0, 1, 500)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    window_bytes = spec.n_features * spec.geometry.width * 4
+    assert len(kept) == 500
+    assert peak < 8 * (1_000 + 500) * window_bytes + 2_000_000  # all 40,000 windows took 24 MB

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from shared.errors import DataError, ValidationFailed
+from shared.ml import table
 from shared.ml.schema import RAW_COLUMNS
 from shared.ml.spec import FeatureSpec, default_spec
 from shared.ml.table import MAX_REPEATS
@@ -184,6 +185,26 @@ def test_truncated_gzip() -> None:
     packed = gzip.compress(mini_csv(200))
     [p] = validate_bytes(packed[: len(packed) // 2], SOURCE, SPEC).errors
     assert p.code == "truncated_gzip" and SOURCE in p.message and "truncated" in p.message
+
+
+def test_gzip_members_and_zero_padding_read_as_gzip_does() -> None:
+    data = mini_csv(200)
+    cut = data.index(b"\n", len(data) // 2) + 1
+    packed = gzip.compress(data[:cut]) + gzip.compress(data[cut:]) + b"\x00" * 8
+    assert gzip.decompress(packed) == data
+    report = validate_bytes(packed, SOURCE, SPEC)
+    assert report.ok and report.rows == 200
+
+
+def test_a_file_too_large_or_a_gzip_bomb_is_refused_unread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(table, "MAX_TEXT_BYTES", 5_000)
+    big = mini_csv(200)
+    assert len(big) > 5_000
+    bomb = gzip.compress(big + b"0" * 10_000_000)  # 10 MB of text in about 10 kB
+    for data in (big, bomb):
+        [p] = validate_bytes(data, SOURCE, SPEC).errors
+        assert p.code == "file_too_large" and SOURCE in p.message and "split it" in p.message
+    assert len(table._gunzip(bomb, 5_000)) == 5_001  # decompression stopped at the limit
 
 
 @pytest.mark.parametrize("data", [b"", b"\n\n  \n", gzip.compress(b"", mtime=0), b"\xef\xbb\xbf"])
