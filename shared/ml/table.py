@@ -13,10 +13,11 @@ import math
 import warnings
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ import numpy as np
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
 MAX_REPEATS = 10  # messages kept per (code, column); the rest become one summary message
-# A file's size, decompressed: validation holds about 20 times it in memory, and a small gzip file can unpack to
+# A file's size, decompressed: validation holds several times it in memory, and a small gzip file can unpack to
 # gigabytes (a "bomb"); beyond this the file is refused unread, and decompression stops there.
 MAX_TEXT_BYTES = 512 * 2**20
 _EPOCH_US = np.datetime64(0, "us")
@@ -130,7 +131,7 @@ def decode_text(data: bytes, log: ProblemLog) -> str | None:
             log.error("corrupt_gzip", f"gzip data is corrupt: {exc}")
             return None
     if len(raw) > MAX_TEXT_BYTES:
-        log.error("file_too_large", f"the {what} exceeds {MAX_TEXT_BYTES // 2**20} MiB (validation holds about 20 "
+        log.error("file_too_large", f"the {what} exceeds {MAX_TEXT_BYTES // 2**20} MiB (validation holds several "
                                     "times a file in memory): split it, e.g. one file per turbine and day")
         return None
     skip = len(UTF8_BOM) if raw.startswith(UTF8_BOM) else 0
@@ -169,78 +170,126 @@ def _gunzip(data: bytes, limit: int) -> bytes:
 # -- text -> rows -------------------------------------------------------------------------------------
 
 
+CHUNK_ROWS = 65_536  # records parsed at once: a file's cells are never all Python strings at the same time
+Parser = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]  # cells -> (values, indices of the bad cells)
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """One column of the well-formed rows, parsed as it was read."""
+
+    values: np.ndarray
+    bad: np.ndarray  # int64: rows whose cell the parser refused
+    texts: dict[int, str]  # the text of the first MAX_REPEATS of them, for the messages
+
+
 @dataclass(frozen=True)
 class Table:
-    """The header and the well-formed data rows of a CSV file, as strings."""
+    """The header of a CSV file and its well-formed data rows: where each starts, and the columns asked for."""
 
     header: tuple[str, ...]
-    rows: list[list[str]]
     lines: np.ndarray  # int64: 1-based line in the file where each row starts
+    columns: dict[str, Parsed]
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.lines)
 
     def index(self, name: str) -> int | None:
         """Position of the first header field called ``name``."""
         return self.header.index(name) if name in self.header else None
 
-    def column(self, name: str) -> list[str]:
-        i = self.header.index(name)
-        return [row[i] for row in self.rows]
 
-
-def read_table(text: str, delimiter: str, log: ProblemLog) -> Table | None:
-    """Parse CSV text. Rows with the wrong number of fields are reported and left out.
+def read_table(text: str, delimiter: str, log: ProblemLog,
+               parsers: Callable[[tuple[str, ...]], Mapping[str, Parser]]) -> Table | None:
+    """Parse CSV text CHUNK_ROWS records at a time; `parsers(header)` says which columns to parse and how (the
+    first field of that name). Rows with the wrong number of fields are reported and left out.
 
     Blank lines are skipped; the first non-blank record is the header. None when there is no header.
     """
-    with _gc_paused():
-        records, starts = _records(text, delimiter, log)
-    lines = np.arange(1, len(records) + 1) if starts is None else np.asarray(starts, dtype=np.int64)
-    lengths = np.fromiter(map(len, records), np.int64, len(records))
-    blank = lengths == 0
-    for k in np.flatnonzero(lengths == 1).tolist():
-        blank[k] = not records[k][0].strip()
-    content = np.flatnonzero(~blank)
-    if not content.size:
+    header: tuple[str, ...] | None = None
+    wanted: dict[str, tuple[int, Parser]] = {}
+    lines: list[np.ndarray] = []
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    texts: dict[str, dict[int, str]] = {}
+    rows = 0
+    for records, starts in _chunks(text, delimiter, log):
+        lengths = np.fromiter(map(len, records), np.int64, len(records))
+        blank = lengths == 0
+        for k in np.flatnonzero(lengths == 1).tolist():
+            blank[k] = not records[k][0].strip()
+        content = np.flatnonzero(~blank)
+        if header is None:
+            if not content.size:
+                continue
+            header = tuple(name.strip() for name in records[content[0]])
+            wanted = {name: (header.index(name), parse) for name, parse in parsers(header).items()}
+            parts, texts = {name: [] for name in wanted}, {name: {} for name in wanted}
+            content = content[1:]
+        width = len(header)
+        wrong = content[lengths[content] != width]
+
+        def wrong_width(k: int, n: np.ndarray = lengths, w: int = width) -> str:
+            return f"{n[k]} field(s) where the header has {w} (delimiter {delimiter!r}); the row is skipped"
+
+        log.rows("wrong_field_count", None, wrong, starts, wrong_width)
+        good = content[lengths[content] == width]
+        kept = records if len(good) == len(records) else [records[k] for k in good.tolist()]
+        for name, (i, parse) in wanted.items():
+            cells = [row[i] for row in kept]
+            values, bad = parse(cells)
+            parts[name].append((values, bad + rows))
+            seen = texts[name]
+            for k in bad[:max(0, MAX_REPEATS - len(seen))].tolist():
+                seen[rows + k] = cells[k]
+        lines.append(starts[good])
+        rows += len(good)
+    if header is None:
         log.error("empty_file", "the file holds no header row")
         return None
-    header = tuple(name.strip() for name in records[content[0]])
-    data = content[1:]
-    wrong = data[lengths[data] != len(header)]
-    log.rows("wrong_field_count", None, wrong, lines,
-             lambda k: f"{lengths[k]} field(s) where the header has {len(header)} "
-                       f"(delimiter {delimiter!r}); the row is skipped")
-    if len(data) == len(records) - content[0] - 1 and not wrong.size:
-        rows = records[content[0] + 1:]  # the usual case: no blank or malformed lines
-    else:
-        data = data[lengths[data] == len(header)]
-        rows = [records[k] for k in data.tolist()]
-    return Table(header, rows, lines[data])
+    columns = {name: Parsed(np.concatenate([v for v, _ in chunks]) if chunks else np.zeros(0),
+                            np.concatenate([b for _, b in chunks]) if chunks else np.zeros(0, np.int64),
+                            texts[name])
+               for name, chunks in parts.items()}
+    return Table(header, np.concatenate(lines) if lines else np.zeros(0, np.int64), columns)
 
 
-def _records(text: str, delimiter: str, log: ProblemLog) -> tuple[list[list[str]], list[int] | None]:
-    """All CSV records, and the line where each starts (None: record k is line k + 1)."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        records = list(reader)
-        if reader.line_num == len(records):
-            return records, None
-    except csv.Error:
-        pass
-    # Quoted line breaks or a CSV error: read again, noting where each record starts.
+def _chunks(text: str, delimiter: str, log: ProblemLog) -> Iterator[tuple[list[list[str]], np.ndarray]]:
+    """The CSV records, CHUNK_ROWS at a time, with the line where each starts. A chunk with quoted line breaks is
+    read again record by record; a CSV error ends the file there (reported with its line)."""
+    buf = io.StringIO(text, newline="")
+    reader = csv.reader(buf, delimiter=delimiter)
+    line = 0  # lines consumed
+    while True:
+        at = buf.tell()
+        try:
+            with _gc_paused():
+                records = list(islice(reader, CHUNK_ROWS))
+        except csv.Error:
+            yield _records(text[at:], delimiter, line, log)
+            return
+        if not records:
+            return
+        if reader.line_num - line == len(records):  # the usual case: a record per line
+            yield records, np.arange(line + 1, reader.line_num + 1, dtype=np.int64)
+        else:
+            yield _records(text[at:buf.tell()], delimiter, line, log)
+        line = reader.line_num
+
+
+def _records(text: str, delimiter: str, line: int, log: ProblemLog) -> tuple[list[list[str]], np.ndarray]:
+    """The records of text that starts after `line` lines, each with the line it starts on; a CSV error ends it."""
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     records, starts = [], []
-    end = 0  # last line consumed
+    end = 0  # lines consumed
     try:
         for record in reader:
-            starts.append(end + 1)
+            starts.append(line + end + 1)
             records.append(record)
             end = reader.line_num
     except csv.Error as exc:
         log.error("unparseable_csv", f"cannot parse CSV: {exc}; the rest of the file is not read",
-                  row=end + 1)
-    return records, starts
+                  row=line + end + 1)
+    return records, np.asarray(starts, dtype=np.int64)
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from shared.errors import DataError, ValidationFailed
 from shared.ml.spec import FeatureSpec
 from shared.ml.table import (
     Frame,
+    Parser,
     Problem,
     ProblemLog,
     Table,
@@ -120,12 +121,29 @@ def _validate(data: bytes, source: str, spec: FeatureSpec,
     report = ValidationReport(source, spec.name, spec.digest())
     frames: list[Frame] = []
     text = decode_text(data, log)
-    table = read_table(text, spec.delimiter, log) if text is not None else None
+    table = read_table(text, spec.delimiter, log, lambda header: _parsers(header, spec)) if text is not None else None
     if table is not None:
         frames = _check_table(table, spec, turbine_hint, log, report)
     log.finish()
     report.errors, report.warnings = log.errors, log.warnings
     return report, (frames if report.ok else [])
+
+
+def _parsers(header: tuple[str, ...], spec: FeatureSpec) -> dict[str, Parser]:
+    """How each column the checks read is parsed: the time, the numbers (inputs, label), the turbine ids."""
+    parsers: dict[str, Parser] = {}
+    if spec.time_column in header:
+        parsers[spec.time_column] = lambda cells: parse_times(cells, spec.time_format)
+    for col in (*spec.input_columns, *([spec.label_column] if spec.label_column else [])):
+        if col in header:
+            parsers[col] = parse_numbers
+    if spec.turbine_id_column is not None and spec.turbine_id_column in header:
+        parsers[spec.turbine_id_column] = _turbine_ids
+    return parsers
+
+
+def _turbine_ids(cells: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray([c.strip() for c in cells], dtype=str), np.zeros(0, np.int64)
 
 
 def _check_header(header: tuple[str, ...], spec: FeatureSpec, log: ProblemLog) -> None:
@@ -155,11 +173,11 @@ def _check_table(table: Table, spec: FeatureSpec, hint: str | None, log: Problem
 
     # Cell checks, whole file: times, numbers, labels, turbine ids.
     tcol = spec.time_column
-    cells = table.column(tcol)
-    t, bad = parse_times(cells, spec.time_format)
+    times = table.columns[tcol]
+    t, bad = times.values, times.bad
     log.rows("bad_timestamp", tcol, bad, lines,
-             lambda i: f"cannot parse {_short(cells[i])} as a {spec.time_format} timestamp"
-                       f"{_time_format_hint(cells[i], spec.time_format)}")
+             lambda i: f"cannot parse {_short(times.texts[i])} as a {spec.time_format} timestamp"
+                       f"{_time_format_hint(times.texts[i], spec.time_format)}")
     keep = np.isfinite(t)
 
     values: dict[str, np.ndarray] = {}
@@ -199,10 +217,9 @@ def _check_table(table: Table, spec: FeatureSpec, hint: str | None, log: Problem
 
 
 def _numeric_column(table: Table, col: str, log: ProblemLog) -> tuple[np.ndarray, np.ndarray]:
-    cells = table.column(col)
-    v, bad = parse_numbers(cells)
-    log.rows("non_numeric", col, bad, table.lines, lambda i: f"{_short(cells[i])} is not a number")
-    return v, bad
+    parsed = table.columns[col]
+    log.rows("non_numeric", col, parsed.bad, table.lines, lambda i: f"{_short(parsed.texts[i])} is not a number")
+    return parsed.values, parsed.bad
 
 
 def _turbine_groups(table: Table, spec: FeatureSpec, hint: str | None, keep: np.ndarray,
@@ -213,7 +230,7 @@ def _turbine_groups(table: Table, spec: FeatureSpec, hint: str | None, keep: np.
         return [(turbine_from_name(log.source, hint), np.flatnonzero(keep))]
     if table.index(col) is None:
         return []  # reported as missing_column: rows cannot be assigned to turbines
-    ids = np.asarray([c.strip() for c in table.column(col)])
+    ids = table.columns[col].values
     empty = ids == ""
     log.rows("empty_turbine_id", col, np.flatnonzero(empty), table.lines, lambda i: "turbine id is empty")
     names, first, inverse = np.unique(ids, return_index=True, return_inverse=True)

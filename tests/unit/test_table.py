@@ -11,6 +11,7 @@ import pytest
 
 from shared.ml.table import (
     MAX_REPEATS,
+    Parser,
     Problem,
     ProblemLog,
     decode_text,
@@ -68,34 +69,72 @@ def test_decode_gzip_problems() -> None:
 # -- read_table --------------------------------------------------------------------------------------------
 
 
+def as_text(cells: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(cells, dtype=object), np.zeros(0, np.int64)
+
+
+def every_column(header: tuple[str, ...]) -> dict[str, Parser]:
+    return dict.fromkeys(header, as_text)
+
+
 def test_read_table_header_rows_and_line_numbers() -> None:
     problems = log()
-    table = read_table(" a , b \r\n1,2\r\n\r\n3,4\r\n", ",", problems)
+    table = read_table(" a , b \r\n1,2\r\n\r\n3,4\r\n", ",", problems, every_column)
     assert table is not None and problems.errors == []
-    assert table.header == ("a", "b") and table.rows == [["1", "2"], ["3", "4"]]
-    assert table.lines.tolist() == [2, 4]
-    assert table.column("b") == ["2", "4"] and table.index("b") == 1 and table.index("c") is None
+    assert table.header == ("a", "b") and table.lines.tolist() == [2, 4]
+    assert table.columns["b"].values.tolist() == ["2", "4"] and table.index("b") == 1 and table.index("c") is None
     assert len(table) == 2
 
 
 def test_read_table_quoted_line_breaks_keep_line_numbers() -> None:
     problems = log()
-    table = read_table('a;b\n1;"x\ny"\n2;z;extra\n3;w\n', ";", problems)
+    table = read_table('a;b\n1;"x\ny"\n2;z;extra\n3;w\n', ";", problems, every_column)
     assert table is not None
-    assert table.rows == [["1", "x\ny"], ["3", "w"]] and table.lines.tolist() == [2, 5]
+    assert table.columns["b"].values.tolist() == ["x\ny", "w"] and table.lines.tolist() == [2, 5]
     [p] = problems.errors
     assert (p.code, p.row) == ("wrong_field_count", 4) and "line 4" in p.message and SOURCE in p.message
 
 
 def test_read_table_without_header() -> None:
     problems = log()
-    assert read_table("\n  \n", ",", problems) is None
+    assert read_table("\n  \n", ",", problems, every_column) is None
     assert [p.code for p in problems.errors] == ["empty_file"]
 
 
 def test_read_table_header_only() -> None:
-    table = read_table("a,b\n", ",", log())
+    table = read_table("a,b\n", ",", log(), every_column)
     assert table is not None and len(table) == 0 and table.header == ("a", "b")
+    assert table.columns["a"].values.size == 0
+
+
+def test_read_table_parses_only_the_columns_asked_for_and_keeps_the_first_bad_texts() -> None:
+    rows = "".join(f"{k},{'x' if k % 2 else k},{k}\n" for k in range(30))
+    table = read_table("t,v,w\n" + rows, ",", log(), lambda header: {"v": parse_numbers})
+    assert table is not None and set(table.columns) == {"v"}
+    v = table.columns["v"]
+    assert v.bad.tolist() == list(range(1, 30, 2)) and np.isnan(v.values[v.bad]).all()
+    assert v.texts == dict.fromkeys(list(range(1, 30, 2))[:MAX_REPEATS], "x")
+
+
+def test_read_table_in_chunks_reads_as_in_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunk borders through blank lines before the header, quoted line breaks, wrong rows and a CSV error."""
+    import shared.ml.table as table_module
+
+    text = ('\n\n\n\nt;v\n1;"a\nb"\n2;c\n\n3;d;extra\n4;"e\n\nf"\n' + "".join(f"{k};g\n" for k in range(5, 12))
+            + '12;"' + "x" * 200_000 + '"\n13;h\n')  # over csv's field limit: the rest is not read
+
+    def read() -> tuple[object, ...]:
+        problems = log()
+        table = read_table(text, ";", problems, every_column)
+        assert table is not None
+        return (table.header, table.lines.tolist(), {k: c.values.tolist() for k, c in table.columns.items()},
+                sorted((p.code, p.row) for p in problems.errors))
+
+    whole = read()
+    assert whole[1] == [6, 8, 11, *range(14, 21)] and whole[3] == [("unparseable_csv", 21), ("wrong_field_count", 10)]
+    for size in (1, 2, 3, 5):
+        monkeypatch.setattr(table_module, "CHUNK_ROWS", size)
+        assert read() == whole, size
 
 
 # -- parse_numbers -----------------------------------------------------------------------------------------
@@ -205,5 +244,6 @@ def test_messages_need_no_extra_context() -> None:
 
 @pytest.mark.parametrize("delimiter", [",", ";", "\t"])
 def test_any_delimiter(delimiter: str) -> None:
-    table = read_table(delimiter.join("abc") + "\n" + delimiter.join("123") + "\n", delimiter, log())
-    assert table is not None and table.header == ("a", "b", "c") and table.rows == [["1", "2", "3"]]
+    table = read_table(delimiter.join("abc") + "\n" + delimiter.join("123") + "\n", delimiter, log(), every_column)
+    assert table is not None and table.header == ("a", "b", "c")
+    assert [table.columns[c].values.tolist() for c in "abc"] == [["1"], ["2"], ["3"]]
