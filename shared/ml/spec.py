@@ -175,6 +175,7 @@ class FeatureSpec:
     turbine_id_column: str | None = None
     label_column: str | None = None
     delimiter: str = ","
+    decimal: str = "."  # the decimal mark of numbers: "." or "," (then "." reads too)
     text_columns: tuple[str, ...] = ()
     derived: tuple[DerivedFeature, ...] = ()
     operating: Operating | None = None
@@ -313,6 +314,7 @@ class FeatureSpec:
                 turbine_id_column=_opt_str(raw.get("turbine_id_column")),
                 label_column=_opt_str(raw.get("label_column")),
                 delimiter=str(raw.get("delimiter", ",")),
+                decimal=str(raw.get("decimal", ".")),
                 text_columns=tuple(str(c) for c in raw.get("text_columns") or ()),
                 derived=tuple(_derived(d, source) for d in raw.get("derived") or ()),
                 operating=_operating(raw.get("operating"), source),
@@ -330,6 +332,11 @@ class FeatureSpec:
             raise SpecError(f"{where}: time_format must be one of {TIME_FORMATS}, got {self.time_format!r}")
         if len(self.delimiter) != 1:
             raise SpecError(f"{where}: delimiter must be one character, got {self.delimiter!r}")
+        if self.decimal not in (".", ","):
+            raise SpecError(f"{where}: decimal must be '.' or ',', got {self.decimal!r}")
+        if self.decimal == self.delimiter:
+            raise SpecError(f"{where}: decimal and delimiter are both {self.delimiter!r}: a decimal comma needs "
+                            "another delimiter, e.g. ';'")
         if len(set(self.columns)) != len(self.columns):
             raise SpecError(f"{where}: columns are listed twice: {_dupes(self.columns)}")
         for role, col in (("time_column", self.time_column), ("turbine_id_column", self.turbine_id_column),

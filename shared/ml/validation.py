@@ -136,10 +136,14 @@ def _parsers(header: tuple[str, ...], spec: FeatureSpec) -> dict[str, Parser]:
         parsers[spec.time_column] = lambda cells: parse_times(cells, spec.time_format)
     for col in (*spec.input_columns, *([spec.label_column] if spec.label_column else [])):
         if col in header:
-            parsers[col] = parse_numbers
+            parsers[col] = parse_numbers if spec.decimal == "." else _decimal_comma_numbers
     if spec.turbine_id_column is not None and spec.turbine_id_column in header:
         parsers[spec.turbine_id_column] = _turbine_ids
     return parsers
+
+
+def _decimal_comma_numbers(cells: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return parse_numbers([c.replace(",", ".") for c in cells])
 
 
 def _turbine_ids(cells: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -218,7 +222,8 @@ def _check_table(table: Table, spec: FeatureSpec, hint: str | None, log: Problem
 
 def _numeric_column(table: Table, col: str, log: ProblemLog) -> tuple[np.ndarray, np.ndarray]:
     parsed = table.columns[col]
-    log.rows("non_numeric", col, parsed.bad, table.lines, lambda i: f"{_short(parsed.texts[i])} is not a number")
+    log.rows("non_numeric", col, parsed.bad, table.lines,
+             lambda i: f"{_short(parsed.texts[i])} is not a number{_decimal_hint(parsed.texts[i])}")
     return parsed.values, parsed.bad
 
 
@@ -294,6 +299,15 @@ def _mask(n: int, idx: np.ndarray) -> np.ndarray:
     mask = np.zeros(n, dtype=bool)
     mask[idx] = True
     return mask
+
+
+def _decimal_hint(cell: str) -> str:
+    """When the cell reads as a number with a decimal comma (the spec's decimal is then '.')."""
+    try:
+        float(cell.replace(",", ".", 1))
+    except ValueError:
+        return ""
+    return "; it looks like a decimal comma: set decimal: ','" if "," in cell else ""
 
 
 def _time_format_hint(cell: str, time_format: str) -> str:

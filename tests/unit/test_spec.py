@@ -63,6 +63,8 @@ def _raw(**changes):
     ({"time_column": "nope"}, "time_column 'nope'"),
     ({"time_format": "rfc"}, "time_format"),
     ({"delimiter": ";;"}, "delimiter"),
+    ({"decimal": "·"}, "decimal must be '.' or ','"),
+    ({"decimal": ","}, "decimal and delimiter are both ','"),
     ({"windows": {"length_s": 1.0, "stride_s": 2.0}}, "stride_s"),
     ({"windows": {"length": 100, "stride": 10}}, r"unknown key\(s\) \['length', 'stride'\]"),  # v1 keys in v2
     ({"features": ["nanoId"]}, "non-numeric"),

@@ -287,6 +287,17 @@ def test_non_numeric_value_names_row_column_and_text() -> None:
     assert "'12,5V'" in p.message
 
 
+def test_a_decimal_comma_reads_with_the_spec_that_says_so_and_is_named_without_it() -> None:
+    rows = mini_rows(200)
+    rows[7]["voltage"], rows[8]["voltage"] = "12,5", "3.25"  # a '.' still reads under decimal ','
+    data = to_csv(rows, delimiter=";")
+    [frame], report = load_frames(data, SOURCE, with_spec(delimiter=";", decimal=","))
+    assert report.ok and frame.values["voltage"][7:9].tolist() == [12.5, 3.25]
+    [p] = validate_bytes(data, SOURCE, with_spec(delimiter=";")).errors
+    assert (p.code, p.row) == ("non_numeric", line_of(7))
+    assert p.message.endswith("'12,5' is not a number; it looks like a decimal comma: set decimal: ','")
+
+
 def test_repeated_problems_are_capped_with_a_summary() -> None:
     rows = mini_rows(200)
     for i in range(25):
