@@ -284,7 +284,7 @@ class FeatureSpec:
             if version not in READABLE_VERSIONS:
                 raise SpecError(f"{source}: spec_version {version} is not supported "
                                 f"(this code reads versions {', '.join(map(str, READABLE_VERSIONS))})")
-            sampling = _sub(Sampling, raw["sampling"], f"{source}: sampling")
+            sampling = _sub(Sampling, _sampling_in_hz(raw["sampling"], source), f"{source}: sampling")
             if not sampling.rate_hz > 0:
                 raise SpecError(f"{source}: sampling.rate_hz must be > 0")
             windows_raw = _windows_in_seconds(raw.get("windows") or {}, version, sampling, source)
@@ -445,6 +445,18 @@ def _drift(raw: Any, windows: Windows, source: str) -> Drift:
     else:
         raise SpecError(f"{source}: drift.features must be \"auto\" or a list of feature names, got {chosen!r}")
     return Drift(features, float(raw.get("baseline_s", BASELINE_WINDOWS * windows.length_s)))
+
+
+def _sampling_in_hz(raw: Any, source: str) -> Any:
+    """`sampling.interval_s` (seconds between samples, e.g. 600 for 10-minute SCADA) as rate_hz, the one it keeps."""
+    if not isinstance(raw, dict) or "interval_s" not in raw:
+        return raw
+    if "rate_hz" in raw:
+        raise SpecError(f"{source}: sampling: give rate_hz or interval_s, not both")
+    interval = float(raw["interval_s"])
+    if not interval > 0:
+        raise SpecError(f"{source}: sampling.interval_s must be > 0, got {raw['interval_s']!r}")
+    return {**{k: v for k, v in raw.items() if k != "interval_s"}, "rate_hz": 1.0 / interval}
 
 
 def _sub(cls: Any, raw: Any, where: str) -> Any:

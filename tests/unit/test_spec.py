@@ -63,6 +63,8 @@ def _raw(**changes):
     ({"time_column": "nope"}, "time_column 'nope'"),
     ({"time_format": "rfc"}, "time_format"),
     ({"delimiter": ";;"}, "delimiter"),
+    ({"sampling": {"rate_hz": 1.0, "interval_s": 1.0}}, "give rate_hz or interval_s, not both"),
+    ({"sampling": {"interval_s": 0}}, r"sampling\.interval_s must be > 0"),
     ({"decimal": "·"}, "decimal must be '.' or ','"),
     ({"decimal": ","}, "decimal and delimiter are both ','"),
     ({"windows": {"length_s": 1.0, "stride_s": 2.0}}, "stride_s"),
@@ -236,3 +238,13 @@ def test_without_drift_features_a_window_is_just_its_scored_samples():
     g = spec.geometry
     assert (g.context, g.width, g.offsets()) == (0, 10, list(range(10)))
     assert spec.context_seconds == 0
+
+
+def test_a_sampling_interval_in_seconds_is_the_same_spec_as_its_rate():
+    def spec(sampling: dict) -> FeatureSpec:
+        return FeatureSpec.from_dict({"name": "s", "time_column": "t", "columns": ["t", "a"], "features": ["a"],
+                                      "sampling": sampling}, "scada.yaml")
+
+    by_interval, by_rate = spec({"interval_s": 600, "tolerance": 0.1}), spec({"rate_hz": 1 / 600, "tolerance": 0.1})
+    assert by_interval.sampling.interval_s == 600.0 and by_interval.digest() == by_rate.digest()
+    assert "interval_s" not in by_interval.to_dict()["sampling"]
