@@ -188,7 +188,7 @@ def _check_table(table: Table, spec: FeatureSpec, hint: str | None, log: Problem
     bad_cells: dict[str, np.ndarray] = {}
     for col in (*spec.input_columns, *([spec.label_column] if spec.label_column else [])):
         if table.index(col) is not None:
-            values[col], bad_cells[col] = _numeric_column(table, col, log)
+            values[col], bad_cells[col] = _numeric_column(table, col, spec.decimal, log)
     for col in spec.input_columns:
         if col in values:
             log.rows("infinite_value", col, np.flatnonzero(np.isinf(values[col])), lines,
@@ -220,10 +220,10 @@ def _check_table(table: Table, spec: FeatureSpec, hint: str | None, log: Problem
                   None if labels is None else labels[idx]) for tid, idx in groups]
 
 
-def _numeric_column(table: Table, col: str, log: ProblemLog) -> tuple[np.ndarray, np.ndarray]:
+def _numeric_column(table: Table, col: str, decimal: str, log: ProblemLog) -> tuple[np.ndarray, np.ndarray]:
     parsed = table.columns[col]
     log.rows("non_numeric", col, parsed.bad, table.lines,
-             lambda i: f"{_short(parsed.texts[i])} is not a number{_decimal_hint(parsed.texts[i])}")
+             lambda i: f"{_short(parsed.texts[i])} is not a number{_decimal_hint(parsed.texts[i], decimal)}")
     return parsed.values, parsed.bad
 
 
@@ -301,13 +301,15 @@ def _mask(n: int, idx: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _decimal_hint(cell: str) -> str:
-    """When the cell reads as a number with a decimal comma (the spec's decimal is then '.')."""
+def _decimal_hint(cell: str, decimal: str) -> str:
+    """When the spec's decimal is '.' and the cell reads as a number with a decimal comma."""
+    if decimal != "." or "," not in cell:
+        return ""
     try:
         float(cell.replace(",", ".", 1))
     except ValueError:
         return ""
-    return "; it looks like a decimal comma: set decimal: ','" if "," in cell else ""
+    return "; it looks like a decimal comma: set decimal: ','"
 
 
 def _time_format_hint(cell: str, time_format: str) -> str:
