@@ -301,12 +301,21 @@ def check(data: Path, spec_path: Path, hp: Any) -> CheckResult:
 
 
 # -- the text report ----------------------------------------------------------------------------------
+def _file_format(spec: FeatureSpec) -> str:
+    """How a file's cells are read: delimiter, decimal mark, times, the turbine."""
+    times = {"iso8601": "ISO 8601 times (UTC without an offset)", "epoch_s": "epoch seconds",
+             "epoch_ms": "epoch milliseconds"}[spec.time_format]
+    turbine = (f"the turbine from column {spec.turbine_id_column!r}" if spec.turbine_id_column
+               else "the turbine from the file's folder (or name)")
+    return (f"delimiter {spec.delimiter!r}, decimal {spec.decimal!r}, {times} in {spec.time_column!r}, {turbine}")
+
+
 def render(result: CheckResult) -> str:
     from nacelle.console import table
 
     spec = result.requested
     out = [f"spec {spec.name!r} version {spec.version} (format {spec.spec_version}, digest {spec.digest()[:12]}) "
-           f"from {result.spec_source}", "", f"files ({len(result.files)}):"]
+           f"from {result.spec_source}", f"reads       {_file_format(spec)}", "", f"files ({len(result.files)}):"]
     for f in result.files:
         if f.ok:
             out.append(f"  ok      {f.path}: {f.rows} rows, turbine(s) {', '.join(f.turbines) or '-'}, "

@@ -27,6 +27,8 @@ def test_a_good_dataset_is_trainable_and_shows_what_the_defaults_become(tmp_path
     code, out, _ = run(capsys, "spec", "check", str(tmp_path / "data"), "--spec", str(spec_file))
     assert code == 0, out
     assert "ok      " in out and "p1_day1.csv: 400 rows, turbine(s) p1" in out
+    assert ("reads       delimiter ',', decimal '.', epoch seconds in 'time', the turbine from the file's folder "
+            "(or name)") in out  # how its cells are read
     assert "10 s = 10 samples" in out and "[default: length_s]" in out  # 5 s at 1 Hz is below 10 samples
     assert "stride           1 s = 1 sample(s)" in out
     assert "auto -> c (on this data)" in out  # the warming channel
