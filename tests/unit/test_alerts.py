@@ -158,6 +158,9 @@ def test_an_episode_of_another_turbine_ends_nothing_here(deps: AlertDeps) -> Non
     on_anomaly(row("open", episode="wt-02-2000", turbine="wt-02", **later), deps)
     on_anomaly(row("close", episode="wt-02-2000", turbine="wt-02", seq=2, **later), deps)
     assert get_alert("episode:wt-01:wt-01-1000", deps)["status"] == "open"
+    other = get_alert("episode:wt-02:wt-02-2000", deps)  # carries nothing of wt-01 on: its own alert
+    assert other["continues"] is None and other["alert"] == "sent"
+    assert get_alert("episode:wt-01:wt-01-1000", deps)["continued_by"] is None
 
 
 # -- exactly once ---------------------------------------------------------------------------------
