@@ -36,6 +36,7 @@ import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, Literal, TypeVar
 
 from shared import settings as defaults
@@ -244,14 +245,17 @@ def on_anomaly(row: EpisodeRow, deps: AlertDeps) -> Outcome:
     correlate(turbine_id=row.thing_name, episode_id=row.episode_id)
     alert_id = episode_alert_id(row.thing_name, row.episode_id)
     now = deps.clock().timestamp()
-    carried = None if deps.alerts.get(ALERTS, alert_id) is not None else _carried_on(row, deps)
+    carried = cache(lambda: _carried_on(row, deps))  # looked up once, and only for a new episode
 
     def merge(current: EpisodeAlert | None) -> EpisodeAlert:
-        item = current or EpisodeAlert(
-            alert_id=alert_id, turbine_id=row.thing_name, episode_id=row.episode_id, first_seen_at=now,
-            started_at=row.started_at, opened_at=row.opened_at, model_version=row.model_version,
-            expires_at=int(now + deps.policy.retention_s), continues=carried.alert_id if carried else None,
-            alert="continued" if carried else None)
+        if current is None:
+            earlier = carried()
+            current = EpisodeAlert(
+                alert_id=alert_id, turbine_id=row.thing_name, episode_id=row.episode_id, first_seen_at=now,
+                started_at=row.started_at, opened_at=row.opened_at, model_version=row.model_version,
+                expires_at=int(now + deps.policy.retention_s), continues=earlier.alert_id if earlier else None,
+                alert="continued" if earlier else None)
+        item = current
         peak = row.score > item.score  # the peak so far, with its window's explanation (first one on ties)
         flagged = [t for t in (item.last_flagged_at, row.last_flagged_at) if t is not None]
         item = replace(item, score=row.score if peak else item.score,
