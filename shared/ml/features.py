@@ -20,11 +20,14 @@ from shared.ml.spec import FeatureSpec
 
 def quaternion_to_euler(w: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Roll, pitch, yaw in radians (ZYX convention, as the seed)."""
+    """Roll, pitch, yaw in radians (ZYX convention, as the seed). atan2(2a, 1 - 2b) is computed as
+    atan2(a, 0.5 - b): halving both arguments is exact in binary floating point, so the angles are the same
+    to the bit with fewer array operations."""
     yy = y * y
-    roll = np.arctan2(2.0 * (w * x + y * z), 1.0 - 2.0 * (x * x + yy))
-    pitch = np.arcsin(np.minimum(np.maximum(2.0 * (w * y - z * x), -1.0), 1.0))  # np.clip, minus its wrapper's cost
-    yaw = np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (yy + z * z))
+    roll = np.arctan2(w * x + y * z, 0.5 - (x * x + yy))
+    sine = w * y - z * x
+    pitch = np.arcsin(np.minimum(np.maximum(sine + sine, -1.0), 1.0))  # np.clip, minus its wrapper's cost
+    yaw = np.arctan2(w * z + x * y, 0.5 - (yy + z * z))
     return roll, pitch, yaw
 
 

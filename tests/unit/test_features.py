@@ -35,6 +35,19 @@ def test_quaternion_to_euler_known_rotations():
     np.testing.assert_allclose(yaw, [0, 0, 0, np.pi / 6], atol=1e-12)
 
 
+def test_quaternion_to_euler_is_the_textbook_formula_to_the_bit():
+    rng = np.random.default_rng(7)
+    q = rng.standard_normal((4, 200_000))
+    q[:, :100_000] /= np.linalg.norm(q[:, :100_000], axis=0)  # unit quaternions, then raw sensor noise
+    q[:, -1000:] = np.round(q[:, -1000:], 1)  # exact ties: gimbal lock, zero arguments
+    w, x, y, z = q
+    textbook = (np.arctan2(2.0 * (w * x + y * z), 1.0 - 2.0 * (x * x + y * y)),
+                np.arcsin(np.clip(2.0 * (w * y - z * x), -1.0, 1.0)),
+                np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z)))
+    for ours, expected in zip(quaternion_to_euler(w, x, y, z), textbook, strict=True):
+        assert np.array_equal(ours, expected, equal_nan=True)
+
+
 def test_windows_never_cross_a_gap_and_follow_the_stride():
     t, _ = golden_input()
     spec = default_spec()
