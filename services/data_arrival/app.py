@@ -16,7 +16,13 @@ from shared import settings as defaults
 from shared.events import OBJECT_CREATED, RETRAIN_CHECK, ObjectCreated, RetrainCheck, parse_event
 from shared.observability import correlate, logger, new_invocation, tracer
 from shared.settings import CommonSettings
-from shared.usecases.retraining import ArrivalDeps, RetrainPolicy, on_object_created, on_retrain_check
+from shared.usecases.retraining import (
+    ArrivalDeps,
+    RetrainPolicy,
+    max_file_bytes,
+    on_object_created,
+    on_retrain_check,
+)
 
 
 class DataArrivalSettings(CommonSettings):
@@ -33,10 +39,12 @@ class DataArrivalSettings(CommonSettings):
     scheduler_role_arn: str = Field(alias="NACELLE_SCHEDULER_ROLE_ARN")
     scheduler_group: str = Field("default", alias="NACELLE_SCHEDULER_GROUP")
     hyperparameters: str = Field("{}", alias="NACELLE_HYPERPARAMETERS")
+    memory_mb: int | None = Field(None, alias="AWS_LAMBDA_FUNCTION_MEMORY_SIZE")  # set by Lambda itself
 
     def policy(self) -> RetrainPolicy:
         return RetrainPolicy(self.model_package_group, self.min_new_turbine_hours, self.quiet_period_s,
-                             {str(k): str(v) for k, v in json.loads(self.hyperparameters).items()})
+                             {str(k): str(v) for k, v in json.loads(self.hyperparameters).items()},
+                             max_file_bytes=max_file_bytes(self.memory_mb))
 
 
 SETTINGS = DataArrivalSettings

@@ -110,11 +110,15 @@ class Frame:
         return len(self.t)
 
 
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.4g}"
+
 # -- bytes -> text ------------------------------------------------------------------------------------
 
 
-def decode_text(data: bytes, log: ProblemLog) -> str | None:
-    """Gunzip (detected by magic bytes) and decode UTF-8 (optional BOM). None after an error."""
+def decode_text(data: bytes, log: ProblemLog, max_bytes: int = MAX_TEXT_BYTES) -> str | None:
+    """Gunzip (detected by magic bytes) and decode UTF-8 (optional BOM). None after an error, among them a
+    text of more than `max_bytes` (never unpacked past that)."""
     if not data:
         log.error("empty_file", "the file is empty (0 bytes)")
         return None
@@ -122,7 +126,7 @@ def decode_text(data: bytes, log: ProblemLog) -> str | None:
     if data[:2] == GZIP_MAGIC:
         what = "decompressed data"
         try:
-            raw = _gunzip(data, MAX_TEXT_BYTES)
+            raw = _gunzip(data, max_bytes)
         except EOFError:
             log.error("truncated_gzip", f"gzip data is truncated ({len(data)} bytes read; "
                                         "the end-of-stream marker is missing)")
@@ -130,9 +134,10 @@ def decode_text(data: bytes, log: ProblemLog) -> str | None:
         except zlib.error as exc:
             log.error("corrupt_gzip", f"gzip data is corrupt: {exc}")
             return None
-    if len(raw) > MAX_TEXT_BYTES:
-        log.error("file_too_large", f"the {what} exceeds {MAX_TEXT_BYTES // 2**20} MiB (validation holds several "
-                                    "times a file in memory): split it, e.g. one file per turbine and day")
+    if len(raw) > max_bytes:
+        log.error("file_too_large", f"the {what} exceeds {_mib(max_bytes)} MiB, the most validation takes on here "
+                                    "(it holds several times a file in memory): split it, e.g. one file per "
+                                    "turbine and day")
         return None
     skip = len(UTF8_BOM) if raw.startswith(UTF8_BOM) else 0
     try:

@@ -18,6 +18,7 @@ import numpy as np
 from shared.errors import DataError, ValidationFailed
 from shared.ml.spec import FeatureSpec
 from shared.ml.table import (
+    MAX_TEXT_BYTES,
     Frame,
     Parser,
     Problem,
@@ -30,7 +31,7 @@ from shared.ml.table import (
     read_table,
 )
 
-__all__ = ["Frame", "Problem", "ValidationReport", "load_file", "load_frames", "turbine_from_name",
+__all__ = ["MAX_TEXT_BYTES", "Frame", "Problem", "ValidationReport", "load_file", "load_frames", "turbine_from_name",
            "validate_bytes"]
 
 
@@ -88,16 +89,17 @@ def turbine_from_name(source: str, hint: str | None = None) -> str:
     return re.split(r"[_.]", name, maxsplit=1)[0] or name
 
 
-def validate_bytes(data: bytes, source: str, spec: FeatureSpec,
-                   turbine_hint: str | None = None) -> ValidationReport:
-    """Every problem of one raw file (plain or gzip CSV) against ``spec``."""
-    return _validate(data, source, spec, turbine_hint)[0]
+def validate_bytes(data: bytes, source: str, spec: FeatureSpec, turbine_hint: str | None = None,
+                   max_text_bytes: int = MAX_TEXT_BYTES) -> ValidationReport:
+    """Every problem of one raw file (plain or gzip CSV) against ``spec``; a file whose text (decompressed)
+    exceeds `max_text_bytes` is refused unread (file_too_large)."""
+    return _validate(data, source, spec, turbine_hint, max_text_bytes)[0]
 
 
 def load_frames(data: bytes, source: str, spec: FeatureSpec,
                 turbine_hint: str | None = None) -> tuple[list[Frame], ValidationReport]:
     """One Frame per turbine; raises ValidationFailed (with the report) if there is any error."""
-    report, frames = _validate(data, source, spec, turbine_hint)
+    report, frames = _validate(data, source, spec, turbine_hint, MAX_TEXT_BYTES)
     if not report.ok:
         raise ValidationFailed(report.summary(), report)
     return frames, report
@@ -115,12 +117,12 @@ def load_file(path: Path, spec: FeatureSpec,
 # -- the checks ----------------------------------------------------------------------------------------
 
 
-def _validate(data: bytes, source: str, spec: FeatureSpec,
-              turbine_hint: str | None) -> tuple[ValidationReport, list[Frame]]:
+def _validate(data: bytes, source: str, spec: FeatureSpec, turbine_hint: str | None,
+              max_text_bytes: int) -> tuple[ValidationReport, list[Frame]]:
     log = ProblemLog(source)
     report = ValidationReport(source, spec.name, spec.digest())
     frames: list[Frame] = []
-    text = decode_text(data, log)
+    text = decode_text(data, log, max_text_bytes)
     table = read_table(text, spec.delimiter, log, lambda header: _parsers(header, spec)) if text is not None else None
     if table is not None:
         frames = _check_table(table, spec, turbine_hint, log, report)

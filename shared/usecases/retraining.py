@@ -21,7 +21,7 @@ from shared.errors import Conflict, DataError, JobAlreadyExists, JobNotFound, No
 from shared.events import NACELLE_SOURCE, RETRAIN_CHECK
 from shared.ml.metrics import Fault, parse_false_alarms, parse_labels
 from shared.ml.spec import FeatureSpec, default_spec, parse_spec_text
-from shared.ml.validation import Problem, validate_bytes
+from shared.ml.validation import MAX_TEXT_BYTES, Problem, validate_bytes
 from shared.observability import correlate, logger
 from shared.ports import (
     Envelope,
@@ -53,6 +53,20 @@ class RetrainPolicy:
     quiet_period_s: float = defaults.QUIET_PERIOD_S
     hyperparameters: Mapping[str, str] = field(default_factory=dict)
     min_rows: int = MIN_TRAINING_ROWS  # in all accepted data: a job on fewer could only fail
+    max_file_bytes: int = MAX_TEXT_BYTES  # of a file's (decompressed) text: max_file_bytes() for a memory size
+
+
+# A file's validation peaks at about 8 times its text in memory; the rest is the runtime and the bytes read.
+VALIDATION_MEMORY_FACTOR = 12
+
+
+def max_file_bytes(memory_mb: int | None) -> int:
+    """The largest file text validation takes on within `memory_mb` (a Lambda function's memory size; None:
+    validation's own bound): a larger file is quarantined as file_too_large, where it would otherwise crash
+    the function out of memory at every delivery and never be reported."""
+    if memory_mb is None:
+        return MAX_TEXT_BYTES
+    return min(MAX_TEXT_BYTES, memory_mb * 2**20 // VALIDATION_MEMORY_FACTOR)
 
 
 @dataclass
@@ -95,7 +109,7 @@ def _on_object(key: str, deps: ArrivalDeps) -> Outcome:
     spec, _ = load_group_spec(deps.store, deps.policy.group)
     parts = PurePosixPath(key).parts
     turbine_hint = parts[-2] if len(parts) > 2 else None  # raw/<turbine>/<file>: the file's folder
-    report = validate_bytes(data, key, spec, turbine_hint=turbine_hint)
+    report = validate_bytes(data, key, spec, turbine_hint, deps.policy.max_file_bytes)
     if problem := capture_problem(key, report.turbines):
         report.errors.append(Problem("foreign_capture", problem))
     now = deps.clock()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -283,3 +284,19 @@ def test_a_new_version_of_a_key_is_validated_as_new_data(deps, ten_minutes):
     assert record["status"] == "accepted" and record["replaces_sha256"] is not None
     assert record.get("quarantine_key") is None and record.get("errors") is None  # nothing of the old version
     assert on_object_created(key, deps).action == "duplicate"
+
+
+def test_a_file_larger_than_the_function_can_validate_is_quarantined_with_the_reason(deps, ten_minutes):
+    text_bytes = len(gzip.decompress(ten_minutes[0]))
+    deps.policy = RetrainPolicy(GROUP, min_new_turbine_hours=0.4, quiet_period_s=15.0, max_file_bytes=text_bytes - 1)
+    key = "raw/wt-01/month.csv.gz"
+    deps.store.put(key, ten_minutes[0])
+    outcome = on_object_created(key, deps)
+    assert outcome.action == "quarantined" and "split it, e.g. one file per turbine and day" in outcome.detail
+    report = json.loads(deps.store.get(f"quarantine/{key}.report.json"))
+    assert [e["code"] for e in report["errors"]] == ["file_too_large"]
+    assert deps.store.get(key) == ten_minutes[0]  # the original stays as it was
+    assert deps.events.published == [] and deps.training.started == []
+    deps.policy = RetrainPolicy(GROUP, min_new_turbine_hours=0.4, quiet_period_s=15.0, max_file_bytes=text_bytes)
+    deps.store.put(key, ten_minutes[0] + gzip.compress(b"", mtime=0))  # a new version, the same text: fits
+    assert on_object_created(key, deps).action == "accepted"

@@ -20,7 +20,7 @@ from shared.settings import Settings
 from shared.usecases.alerts import AlertPolicy
 from shared.usecases.drift import DriftPolicy
 from shared.usecases.retraining import RetrainPolicy
-from tests.unit.test_template import SAMCONFIG, function_env, functions, load_template
+from tests.unit.test_template import SAMCONFIG, function_env, function_setting, functions, load_template
 
 # template parameter -> the default it must have
 PARAMETER_DEFAULTS: dict[str, Any] = {
@@ -185,3 +185,17 @@ def test_the_local_rollout_deploys_the_pinned_detector_version(tmp_path: Path) -
 
     pinned = (COMPONENT_DIR / "VERSION").read_text().strip()
     assert read_version() == pinned and Stack(tmp_path / "home").rollout_deps().detector_version == pinned
+
+
+def test_data_arrival_takes_on_only_files_its_memory_can_validate() -> None:
+    from services.data_arrival.app import DataArrivalSettings
+    from shared.ml.validation import MAX_TEXT_BYTES
+    from shared.usecases.retraining import VALIDATION_MEMORY_FACTOR
+
+    memory_mb = int(function_setting(functions()["DataArrivalFunction"]["Properties"], "MemorySize"))
+    required = {variable: "x" for variable, needed in DataArrivalSettings.env_vars().items() if needed}
+    on_aws = DataArrivalSettings.from_env({**required, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory_mb)})
+    limit = on_aws.policy().max_file_bytes
+    assert limit == memory_mb * 2**20 // VALIDATION_MEMORY_FACTOR < MAX_TEXT_BYTES  # 1 GB: about 85 MiB
+    assert limit * 8 < memory_mb * 2**20 * 0.7  # validation's measured peak (8 x the text) leaves room for the rest
+    assert lambda_settings(DataArrivalSettings).policy().max_file_bytes == MAX_TEXT_BYTES  # off Lambda

@@ -196,14 +196,15 @@ def test_gzip_members_and_zero_padding_read_as_gzip_does() -> None:
     assert report.ok and report.rows == 200
 
 
-def test_a_file_too_large_or_a_gzip_bomb_is_refused_unread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(table, "MAX_TEXT_BYTES", 5_000)
+def test_a_file_too_large_or_a_gzip_bomb_is_refused_unread() -> None:
     big = mini_csv(200)
-    assert len(big) > 5_000
+    assert 5_000 < len(big) < 2**20
     bomb = gzip.compress(big + b"0" * 10_000_000)  # 10 MB of text in about 10 kB
     for data in (big, bomb):
-        [p] = validate_bytes(data, SOURCE, SPEC).errors
+        [p] = validate_bytes(data, SOURCE, SPEC, max_text_bytes=5_000).errors
         assert p.code == "file_too_large" and SOURCE in p.message and "split it" in p.message
+        assert "exceeds 0.004768 MiB" in p.message  # the limit, as set
+    assert validate_bytes(big, SOURCE, SPEC, max_text_bytes=len(big)).ok  # up to the limit: read
     assert len(table._gunzip(bomb, 5_000)) == 5_001  # decompression stopped at the limit
 
 
