@@ -26,7 +26,7 @@ STREAMS = "streams"
 M = TypeVar("M", bound=Message)
 MAX_ATTEMPTS = 20  # optimistic-concurrency retries of one item
 MAX_MISSING_KEPT = 1000  # holes remembered one by one; beyond, only counted
-REASONS = ("schema", "oversize", "json", "quota", "queue-full")
+REASONS = ("schema", "oversize", "json", "quota")
 
 
 def admit(store: StateStore, row_type: type[M], raw: Mapping[str, Any], now: float) -> M | None:

@@ -10,7 +10,7 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +207,59 @@ def test_a_flooding_turbine_is_held_to_its_quota_and_delays_no_other(stack: tupl
         flooder.stop()
         other.stop()
         engine.stop()
+
+
+def test_a_burst_larger_than_the_bus_takes_at_once_waits_and_none_is_dropped(stack: tuple[Stack, Broker]) -> None:
+    """A fleet flushing its spools after an outage: more arrives within the quota than the bus takes at once;
+    every message waits its turn, none the broker acknowledged is dropped."""
+    local, broker = stack
+    engine = RuleEngine(topic_rules(load_template()), local.bus.put_many, broker.endpoint, broker.pki.cloud(),
+                        quota_per_s=1e9, quota_burst=1e9).start()
+    device = Device(broker, "turbine-01", unthrottled=True)
+    total = 6000
+    try:
+        payloads = [json.dumps(health("turbine-01", seq)).encode() for seq in range(1, total + 1)]
+        burst = [device.client.publish(mqtt5.PublishPacket(topic="turbines/turbine-01/health", payload=p,
+                                                           qos=mqtt5.QoS.AT_LEAST_ONCE)) for p in payloads]
+        for future in burst:
+            future.result(20)
+        assert wait_until(lambda: engine.matched + sum(engine.refused.values()) >= total, 30.0)
+        assert dict(engine.refused) == {}
+        assert sorted(r["seq"] for r in iot_rows(local, "turbine-01", "HealthRule")) == list(range(1, total + 1))
+    finally:
+        device.stop()
+        engine.stop()
+
+
+def test_an_engine_stopped_with_messages_waiting_loses_nothing(stack: tuple[Stack, Broker]) -> None:
+    """A slow bus, messages waiting in the engine's queue, and the engine stops: what it had not put on the bus it
+    had not acknowledged either, so the broker delivers it again to the next engine."""
+    local, broker = stack
+
+    def slow_bus(events: Sequence[Mapping[str, Any]]) -> None:
+        time.sleep(0.3)
+        local.bus.put_many(events)
+
+    first = RuleEngine(topic_rules(load_template()), slow_bus, broker.endpoint, broker.pki.cloud(),
+                       quota_per_s=1e9, quota_burst=1e9).start()
+    device = Device(broker, "turbine-01", unthrottled=True)
+    total = 3000
+    try:
+        burst = [device.client.publish(mqtt5.PublishPacket(
+            topic="turbines/turbine-01/health", payload=json.dumps(health("turbine-01", seq)).encode(),
+            qos=mqtt5.QoS.AT_LEAST_ONCE)) for seq in range(1, total + 1)]
+        assert wait_until(lambda: sum(len(q) for q in first._queues.values()) >= 500, 10.0)
+        first.stop()
+        for future in burst:
+            future.result(20)
+        assert dict(first.refused) == {} and first.matched < total
+        second = RuleEngine(topic_rules(load_template()), local.bus.put_many, broker.endpoint, broker.pki.cloud(),
+                            quota_per_s=1e9, quota_burst=1e9).start()
+        try:
+            assert wait_until(lambda: {r["seq"] for r in iot_rows(local, "turbine-01", "HealthRule")}
+                              == set(range(1, total + 1)), 30.0)
+        finally:
+            second.stop()
+    finally:
+        device.stop()
+        first.stop()

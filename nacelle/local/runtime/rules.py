@@ -6,13 +6,15 @@ and subscribes again on every connection (a session the broker lost is rebuilt, 
 Every selected row goes on the bus as `{"source": "nacelle.iot", "detail-type": <rule id>, "detail": row}`;
 the PUBACK of a message leaves only after its rows are committed, so delivery is at-least-once.
 
-Fairness: messages wait in one bounded queue per turbine, and a worker takes them round-robin across
+Fairness: messages wait in one queue per turbine, and a worker takes them round-robin across
 turbines, up to BATCH_MAX at a time, in one bus transaction (one commit per batch). A turbine over its
 quota (QUOTA_PER_S sustained, QUOTA_BURST at once: AWS IoT Core's inbound limit of 100 publishes per second
-per connection) or with a full queue has the excess refused; so is a message over AWS IoT Core's 128 KB or
-one a rule cannot read (not JSON). Refused messages are acknowledged (the broker would otherwise resend
-them) and counted per turbine and reason (`reject`, the IoT rule's error action on AWS); one turbine's flood
-neither delays nor drops another turbine's messages.
+per connection) has the excess refused; so is a message over AWS IoT Core's 128 KB or one a rule cannot read
+(not JSON). Refused messages are acknowledged (the broker would otherwise resend them) and counted per turbine
+and reason (`reject`, the IoT rule's error action on AWS); one turbine's flood neither delays nor drops another
+turbine's messages. A message within its quota is never refused for want of room: when more arrives than the
+bus takes (a fleet flushing its spools after an outage) it waits in its queue, unacknowledged, for its turn
+(20,000 messages published at once by one client without a quota peaked at about 10,000 waiting).
 
 `clientid()`: an MQTT subscriber never sees the publisher's client id. The broker's ACL lets a client write
 only under `turbines/<its certificate CN>/` and fixes its client id to that CN, so the engine reports the
@@ -44,7 +46,6 @@ CONNECT_TIMEOUT_S = 10.0
 SESSION_EXPIRY_S = 7 * 86400
 QUOTA_PER_S = 100.0  # publishes per second per turbine, sustained (AWS IoT Core: per connection)
 QUOTA_BURST = 200.0
-QUEUE_PER_TURBINE = 2000  # messages waiting for the worker, per turbine
 BATCH_MAX = 500  # messages per bus transaction
 
 Reject = Callable[[str, str, str, str, int], object]  # (thing, stream, reason, detail, count)
@@ -209,17 +210,11 @@ class RuleEngine:
             return
         with self._wakeup:
             queue = self._queues.setdefault(thing, deque())
-            if len(queue) >= QUEUE_PER_TURBINE:
-                full = True
-            else:
-                full = False
-                ack = data.acquire_publish_acknowledgement_control() if packet.qos == mqtt5.QoS.AT_LEAST_ONCE else None
-                if not queue:
-                    self._ready.append(thing)
-                queue.append(_Message(topic, payload, ack, self._client))
-                self._wakeup.notify()
-        if full:
-            self._refuse(thing, topic, "queue-full", f"{QUEUE_PER_TURBINE} messages already waiting")
+            ack = data.acquire_publish_acknowledgement_control() if packet.qos == mqtt5.QoS.AT_LEAST_ONCE else None
+            if not queue:
+                self._ready.append(thing)
+            queue.append(_Message(topic, payload, ack, self._client))
+            self._wakeup.notify()
 
     def _refuse(self, thing: str, topic: str, reason: str, detail: str, count: int = 1) -> None:
         """Count now; the worker records the counts (once a second, not once per message of a flood)."""
