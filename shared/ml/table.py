@@ -110,10 +110,11 @@ class Frame:
         return len(self.t)
 
 
+# -- bytes -> text ------------------------------------------------------------------------------------
+
+
 def _mib(size: int) -> str:
     return f"{size / 2**20:.4g}"
-
-# -- bytes -> text ------------------------------------------------------------------------------------
 
 
 def decode_text(data: bytes, log: ProblemLog, max_bytes: int = MAX_TEXT_BYTES) -> str | None:

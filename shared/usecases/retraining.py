@@ -63,7 +63,7 @@ VALIDATION_MEMORY_FACTOR = 12
 def max_file_bytes(memory_mb: int | None) -> int:
     """The largest file text validation takes on within `memory_mb` (a Lambda function's memory size; None:
     validation's own bound): a larger file is quarantined as file_too_large, where it would otherwise crash
-    the function out of memory at every delivery and never be reported."""
+    the function out of memory at every delivery and end at the failure destination without a report."""
     if memory_mb is None:
         return MAX_TEXT_BYTES
     return min(MAX_TEXT_BYTES, memory_mb * 2**20 // VALIDATION_MEMORY_FACTOR)
