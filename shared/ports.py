@@ -28,6 +28,8 @@ class ObjectStore(Protocol):
 
     def get(self, key: str) -> bytes: ...  # raises ObjectNotFound
 
+    def size(self, key: str) -> int: ...  # the object's size in bytes, without reading it; raises ObjectNotFound
+
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
 
     def put_if_absent(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> bool:

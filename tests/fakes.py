@@ -51,6 +51,11 @@ class MemoryStore:
             raise ObjectNotFound(key)
         return self.objects[key]
 
+    def size(self, key: str) -> int:
+        if key not in self.objects:
+            raise ObjectNotFound(key)
+        return len(self.objects[key])
+
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self.objects[key] = bytes(data)
 

@@ -43,6 +43,14 @@ class S3ObjectStore:
                 raise ObjectNotFound(f"no object {self.uri(key)}") from e
             raise AdapterError(f"S3 GetObject {self.uri(key)} failed: {_code(e)}") from e
 
+    def size(self, key: str) -> int:
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except ClientError as e:
+            if _code(e) in _NOT_FOUND:
+                raise ObjectNotFound(f"no object {self.uri(key)}") from e
+            raise AdapterError(f"S3 HeadObject {self.uri(key)} failed: {_code(e)}") from e
+
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)

@@ -21,7 +21,7 @@ from shared.errors import Conflict, DataError, JobAlreadyExists, JobNotFound, No
 from shared.events import NACELLE_SOURCE, RETRAIN_CHECK
 from shared.ml.metrics import Fault, parse_false_alarms, parse_labels
 from shared.ml.spec import FeatureSpec, default_spec, parse_spec_text
-from shared.ml.validation import MAX_TEXT_BYTES, Problem, validate_bytes
+from shared.ml.validation import MAX_TEXT_BYTES, Problem, ValidationReport, validate_bytes
 from shared.observability import correlate, logger
 from shared.ports import (
     Envelope,
@@ -134,6 +134,9 @@ def _new_content(key: str, deps: ArrivalDeps) -> tuple[dict[str, Any] | None, by
     version of one (S3 versioning: other content under the same name); else the Outcome."""
     previous = deps.state.get(sk.group_pk(deps.policy.group), sk.FILE + key)
     try:
+        size = deps.store.size(key)
+        if size > deps.policy.max_file_bytes:  # its text is at least as long: refused before it is read
+            return _too_large(key, size, previous, deps)
         data = deps.store.get(key)
     except ObjectNotFound:
         return Outcome("ignored", f"{key} no longer exists")
@@ -236,18 +239,36 @@ def _record_file(pk: str, key: str, record: dict[str, Any], previous: dict[str, 
     return deps.state.update_if(pk, sk.FILE + key, {**stale, **record}, {"sha256": previous.get("sha256")})
 
 
-def _quarantine(key: str, data: bytes, report: dict[str, Any], summary: str, record: dict[str, Any],
+def _too_large(key: str, size: int, previous: dict[str, Any] | None, deps: ArrivalDeps) -> Outcome:
+    """A file larger than validation takes on here, quarantined unread (reading it could exhaust the function's
+    memory): its report only; any content of that size gets the same verdict, so a redelivery changes nothing."""
+    if previous is not None and previous.get("status") == "quarantined" and previous.get("unread_size") == size:
+        return Outcome("duplicate", f"{key} was already quarantined unread")
+    spec, _ = load_group_spec(deps.store, deps.policy.group)
+    report = ValidationReport(key, spec.name, spec.digest())
+    report.errors.append(Problem("file_too_large", (
+        f"{key}: the file is {size / 2**20:.4g} MiB, over the {deps.policy.max_file_bytes / 2**20:.4g} MiB "
+        "validation takes on here (it holds several times a file in memory): split it, e.g. one file per turbine "
+        "and day")))
+    record: dict[str, Any] = {"key": key, "size": size, "unread_size": size, "checked_at": deps.clock().isoformat()}
+    return _quarantine(key, None, report.to_dict(), report.summary(), record, deps, previous)
+
+
+def _quarantine(key: str, data: bytes | None, report: dict[str, Any], summary: str, record: dict[str, Any],
                 deps: ArrivalDeps, previous: dict[str, Any] | None = None) -> Outcome:
-    """Copy the file and its report to quarantine/; the original stays byte for byte where it was."""
+    """Copy the file (unless it was too large to read) and its report to quarantine/; the original stays byte
+    for byte where it was."""
     qkey = f"quarantine/{key}"
-    deps.store.put(qkey, data)
+    if data is not None:
+        deps.store.put(qkey, data)
     deps.store.put(f"{qkey}.report.json", json.dumps(report, indent=2).encode(), "application/json")
     record.update(status="quarantined", quarantine_key=qkey, errors=len(report["errors"]))
     if _record_file(sk.group_pk(deps.policy.group), key, record, previous, deps):
+        copy = f"Copy and report: {deps.store.uri(qkey)} and " if data is not None else "Report (no copy): "
         deps.notifier.publish(
             "data_quality", f"Quarantined {key}: {len(report['errors'])} problem(s)",
             f"{summary}\n\nThe original is untouched at {deps.store.uri(key)}.\n"
-            f"Copy and report: {deps.store.uri(qkey)} and {deps.store.uri(qkey)}.report.json",
+            f"{copy}{deps.store.uri(qkey)}.report.json",
             {"key": key, "errors": str(len(report["errors"]))})
     logger.warning("file quarantined", key=key, errors=len(report["errors"]))
     return Outcome("quarantined", summary, record)

@@ -44,7 +44,15 @@ def test_unicode_key(object_store: ObjectStore) -> None:
 def test_missing_object(object_store: ObjectStore) -> None:
     with pytest.raises(ObjectNotFound, match=re.escape("models/none/model.tar.gz")):
         object_store.get("models/none/model.tar.gz")
+    with pytest.raises(ObjectNotFound, match=re.escape("models/none/model.tar.gz")):
+        object_store.size("models/none/model.tar.gz")
     assert not object_store.exists("models/none/model.tar.gz")
+
+
+@pytest.mark.parametrize("data", [b"", b"a,b\n1,2\n", bytes(range(256)) * 64], ids=["empty", "text", "binary"])
+def test_size_without_reading(object_store: ObjectStore, data: bytes) -> None:
+    object_store.put("raw/T01/day.csv", data)
+    assert object_store.size("raw/T01/day.csv") == len(data)
 
 
 def test_a_prefix_is_not_an_object(object_store: ObjectStore) -> None:
@@ -52,6 +60,8 @@ def test_a_prefix_is_not_an_object(object_store: ObjectStore) -> None:
     assert not object_store.exists("dir")
     with pytest.raises(ObjectNotFound):
         object_store.get("dir")
+    with pytest.raises(ObjectNotFound):
+        object_store.size("dir")
     with pytest.raises(ObjectNotFound):
         object_store.get("dir/file/deeper")
 

@@ -300,3 +300,30 @@ def test_a_file_larger_than_the_function_can_validate_is_quarantined_with_the_re
     deps.policy = RetrainPolicy(GROUP, min_new_turbine_hours=0.4, quiet_period_s=15.0, max_file_bytes=text_bytes)
     deps.store.put(key, ten_minutes[0] + gzip.compress(b"", mtime=0))  # a new version, the same text: fits
     assert on_object_created(key, deps).action == "accepted"
+
+
+def test_a_file_too_large_to_read_is_quarantined_unread_and_a_smaller_version_is_read_again(deps, ten_minutes):
+    plain = gzip.decompress(ten_minutes[0])
+    deps.policy = RetrainPolicy(GROUP, min_new_turbine_hours=0.4, quiet_period_s=15.0, max_file_bytes=len(plain) - 1)
+    key = "raw/wt-01/year.csv"
+    deps.store.put(key, plain)
+    read: list[str] = []
+    get = deps.store.get
+
+    def reading(k: str) -> bytes:
+        read.append(k)
+        return get(k)
+
+    deps.store.get = reading
+    outcome = on_object_created(key, deps)
+    assert outcome.action == "quarantined" and key not in read  # refused on its size alone
+    report = json.loads(deps.store.get(f"quarantine/{key}.report.json"))
+    assert [e["code"] for e in report["errors"]] == ["file_too_large"] and "split it" in report["errors"][0]["message"]
+    assert not deps.store.exists(f"quarantine/{key}")  # no copy: it was not read
+    assert [m.subject for m in deps.notifier.messages] == [f"Quarantined {key}: 1 problem(s)"]
+    assert on_object_created(key, deps).action == "duplicate"  # redelivered: the same verdict, no second notice
+    assert len(deps.notifier.messages) == 1 and deps.events.published == []
+    deps.store.put(key, plain[: plain.index(b"\n", len(plain) // 2) + 1])  # a new, smaller version: read again
+    assert on_object_created(key, deps).action == "accepted"
+    record = deps.state.get(sk.group_pk(GROUP), sk.FILE + key)
+    assert record["status"] == "accepted" and record.get("unread_size") is None and key in read

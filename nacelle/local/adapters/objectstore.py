@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from stat import S_ISREG
 
 from shared.errors import AdapterError, ConfigurationError, Conflict, ObjectNotFound
 from shared.ports import ObjectInfo
@@ -98,6 +99,18 @@ class FsObjectStore:
             raise ObjectNotFound(f"no object {self.uri(key)}") from e
         except OSError as e:
             raise AdapterError(f"cannot read {path}: {e}") from e
+
+    def size(self, key: str) -> int:
+        path = self.path(key)
+        try:
+            stat = path.stat()
+        except (FileNotFoundError, NotADirectoryError) as e:
+            raise ObjectNotFound(f"no object {self.uri(key)}") from e
+        except OSError as e:
+            raise AdapterError(f"cannot read {path}: {e}") from e
+        if not S_ISREG(stat.st_mode):  # a prefix of other objects
+            raise ObjectNotFound(f"no object {self.uri(key)}")
+        return stat.st_size
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         path = self.path(key)

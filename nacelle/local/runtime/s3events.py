@@ -87,6 +87,9 @@ class EventingObjectStore:
     def get(self, key: str) -> bytes:
         return bytes(self.inner.get(key))
 
+    def size(self, key: str) -> int:
+        return int(self.inner.size(key))
+
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self.inner.put(key, data, content_type)
         self._announce(key, data)
