@@ -135,7 +135,7 @@ def _new_content(key: str, deps: ArrivalDeps) -> tuple[dict[str, Any] | None, by
     previous = deps.state.get(sk.group_pk(deps.policy.group), sk.FILE + key)
     try:
         size = deps.store.size(key)
-        if size > deps.policy.max_file_bytes:  # its text is at least as long: refused before it is read
+        if size > deps.policy.max_file_bytes:  # its text is no shorter (but for gzip framing): refused unread
             return _too_large(key, size, previous, deps)
         data = deps.store.get(key)
     except ObjectNotFound:
@@ -251,6 +251,8 @@ def _too_large(key: str, size: int, previous: dict[str, Any] | None, deps: Arriv
         "validation takes on here (it holds several times a file in memory): split it, e.g. one file per turbine "
         "and day")))
     record: dict[str, Any] = {"key": key, "size": size, "unread_size": size, "checked_at": deps.clock().isoformat()}
+    if previous is not None:
+        record["replaces_sha256"] = previous.get("sha256")
     return _quarantine(key, None, report.to_dict(), report.summary(), record, deps, previous)
 
 
