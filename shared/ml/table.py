@@ -113,8 +113,12 @@ class Frame:
 # -- bytes -> text ------------------------------------------------------------------------------------
 
 
-def _mib(size: int) -> str:
-    return f"{size / 2**20:.4g}"
+def refuse_too_large(log: ProblemLog, what: str, max_bytes: int) -> None:
+    """The one `file_too_large` problem: `what` ("file", "decompressed data", "file of 90 MiB") is over the
+    `max_bytes` validation takes on."""
+    log.error("file_too_large", f"the {what} exceeds {max_bytes / 2**20:.4g} MiB, the most validation takes on "
+                                "here (it holds several times a file in memory): split it, e.g. one file per "
+                                "turbine and day")
 
 
 def decode_text(data: bytes, log: ProblemLog, max_bytes: int = MAX_TEXT_BYTES) -> str | None:
@@ -136,9 +140,7 @@ def decode_text(data: bytes, log: ProblemLog, max_bytes: int = MAX_TEXT_BYTES) -
             log.error("corrupt_gzip", f"gzip data is corrupt: {exc}")
             return None
     if len(raw) > max_bytes:
-        log.error("file_too_large", f"the {what} exceeds {_mib(max_bytes)} MiB, the most validation takes on here "
-                                    "(it holds several times a file in memory): split it, e.g. one file per "
-                                    "turbine and day")
+        refuse_too_large(log, what, max_bytes)
         return None
     skip = len(UTF8_BOM) if raw.startswith(UTF8_BOM) else 0
     try:

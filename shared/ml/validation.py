@@ -29,10 +29,11 @@ from shared.ml.table import (
     parse_numbers,
     parse_times,
     read_table,
+    refuse_too_large,
 )
 
-__all__ = ["MAX_TEXT_BYTES", "Frame", "Problem", "ValidationReport", "load_file", "load_frames", "turbine_from_name",
-           "validate_bytes"]
+__all__ = ["MAX_TEXT_BYTES", "Frame", "Problem", "ProblemLog", "ValidationReport", "load_file", "load_frames",
+           "refuse_too_large", "turbine_from_name", "validate_bytes"]
 
 
 @dataclass

@@ -21,7 +21,14 @@ from shared.errors import Conflict, DataError, JobAlreadyExists, JobNotFound, No
 from shared.events import NACELLE_SOURCE, RETRAIN_CHECK
 from shared.ml.metrics import Fault, parse_false_alarms, parse_labels
 from shared.ml.spec import FeatureSpec, default_spec, parse_spec_text
-from shared.ml.validation import MAX_TEXT_BYTES, Problem, ValidationReport, validate_bytes
+from shared.ml.validation import (
+    MAX_TEXT_BYTES,
+    Problem,
+    ProblemLog,
+    ValidationReport,
+    refuse_too_large,
+    validate_bytes,
+)
 from shared.observability import correlate, logger
 from shared.ports import (
     Envelope,
@@ -246,10 +253,9 @@ def _too_large(key: str, size: int, previous: dict[str, Any] | None, deps: Arriv
         return Outcome("duplicate", f"{key} was already quarantined unread")
     spec, _ = load_group_spec(deps.store, deps.policy.group)
     report = ValidationReport(key, spec.name, spec.digest())
-    report.errors.append(Problem("file_too_large", (
-        f"{key}: the file is {size / 2**20:.4g} MiB, over the {deps.policy.max_file_bytes / 2**20:.4g} MiB "
-        "validation takes on here (it holds several times a file in memory): split it, e.g. one file per turbine "
-        "and day")))
+    log = ProblemLog(key)
+    refuse_too_large(log, f"file of {size / 2**20:.4g} MiB", deps.policy.max_file_bytes)
+    report.errors = log.errors
     record: dict[str, Any] = {"key": key, "size": size, "unread_size": size, "checked_at": deps.clock().isoformat()}
     if previous is not None:
         record["replaces_sha256"] = previous.get("sha256")
