@@ -21,6 +21,8 @@ import numpy as np
 EventKind = Literal["open", "update", "close", "interrupt"]
 MAX_EXPLAINING = 3  # features named as the explanation of one window
 EXPLAINING_SHARE = 0.5  # ...each with at least this fraction of the top feature's share
+KEEP_CLOSED = 100  # closed episodes a streaming tracker keeps (run_episodes keeps them all)
+MAX_SCORE = float(np.finfo(np.float32).max)  # an overflowed (infinite) score or contribution counts as this
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,10 @@ class EpisodeTracker:
     """Turns a stream of per-window (score, contributions, missing) into episode open/update/close events."""
 
     def __init__(self, turbine_id: str, rule: EpisodeRule, threshold: float,
-                 feature_names: list[str] | tuple[str, ...], regime_feature: str | None = None) -> None:
-        """`regime_feature`: the feature the operating regime is read from (FeatureSpec.regime_feature), if any."""
+                 feature_names: list[str] | tuple[str, ...], regime_feature: str | None = None,
+                 keep_closed: int | None = KEEP_CLOSED) -> None:
+        """`regime_feature`: the feature the operating regime is read from (FeatureSpec.regime_feature), if any;
+        `keep_closed`: how many of the latest closed episodes `closed` holds (None: all)."""
         if not threshold > 0:
             raise ValueError(f"the score threshold must be positive, got {threshold!r}")
         self.turbine_id = turbine_id
@@ -107,7 +111,8 @@ class EpisodeTracker:
         self.feature_names = list(feature_names)
         self.regime_feature = regime_feature
         self.current: Episode | None = None
-        self.closed: list[Episode] = []
+        self.closed: list[Episode] = []  # the latest `keep_closed`
+        self.keep_closed = keep_closed
         self._recent: deque[_Entry] = deque(maxlen=rule.n)
         self._clean_run = 0
         self._last_t: float | None = None
@@ -120,15 +125,16 @@ class EpisodeTracker:
         that outlasts a calm spell or a stop stays one episode, not a false "resolved" and a new alert.
         When the regime feature is missing or frozen in the window, the regime is unknown: it is judged.
         A window opens an episode above the threshold; once one is open, it is flagged above
-        rule.release_ratio of it, so a condition whose score wavers around the threshold stays one episode."""
+        rule.release_ratio of it, so a condition whose score wavers around the threshold stays one episode.
+        An infinite score or contribution (the model overflowed on a huge reading) counts as MAX_SCORE."""
         gone = [self.feature_names[i] for i, v in enumerate(np.asarray(missing).tolist())
                 if v > self.rule.missing_tolerance]
         if not operating and self.regime_feature not in gone:
             return self._advance(float(t_end), 0.0, None, [], judged=False)
-        ratio = float(score) / self.threshold
+        ratio = min(float(score), MAX_SCORE) / self.threshold  # NaN stays NaN: not flagged
         over = ratio > (1.0 if self.current is None else self.rule.release_ratio)
-        return self._advance(float(t_end), ratio if over else 0.0,
-                             np.asarray(contributions).tolist() if over else None, gone)
+        row = [min(v, MAX_SCORE) for v in np.asarray(contributions).tolist()] if over else None
+        return self._advance(float(t_end), ratio if over else 0.0, row, gone)
 
     def step_many(self, t_end: Sequence[float], scores: np.ndarray, contributions: np.ndarray,
                   missing: np.ndarray, operating: Sequence[bool] | np.ndarray) -> list[EpisodeEvent]:
@@ -232,6 +238,8 @@ class EpisodeTracker:
         self.current.closed_at = t_end
         event = self._event("close", t_end)
         self.closed.append(self.current)
+        if self.keep_closed is not None and len(self.closed) > self.keep_closed:
+            del self.closed[0]
         self.current = None
         return [event]
 
@@ -244,7 +252,7 @@ def run_episodes(turbine_id: str, rule: EpisodeRule, threshold: float, feature_n
                  t_end: np.ndarray, scores: np.ndarray, contributions: np.ndarray, missing: np.ndarray,
                  operating: np.ndarray | None = None, regime_feature: str | None = None) -> list[Episode]:
     """Every episode of one turbine's scored windows (in time order), the last one closed at the end."""
-    tracker = EpisodeTracker(turbine_id, rule, threshold, feature_names, regime_feature)
+    tracker = EpisodeTracker(turbine_id, rule, threshold, feature_names, regime_feature, keep_closed=None)
     on = np.ones(len(t_end), dtype=bool) if operating is None else np.asarray(operating, dtype=bool)
     tracker.step_many(np.asarray(t_end, dtype=np.float64).tolist(), scores, contributions, missing, on)
     tracker.flush()

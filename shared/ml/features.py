@@ -64,14 +64,18 @@ class FeaturePlan:
 
 def feature_matrix(raw: np.ndarray, plan: FeaturePlan) -> np.ndarray:
     """(N, C) float64 raw inputs in spec.input_columns order -> (N, F) float32 features. The one place the
-    features are computed (training and the detector both call it), so they agree bit for bit."""
+    features are computed (training and the detector both call it), so they agree bit for bit. A value with
+    no finite float32 (beyond about 3.4e38, or infinite) is missing, like NaN."""
     out = np.empty((raw.shape[0], plan.n_features), dtype=np.float32)
     for feature, column in plan.raw:
-        out[:, feature] = raw[:, column]
+        out[:, feature] = raw[:, column]  # beyond float32: inf (numpy warns once), made NaN below
     for (w, x, y, z), pairs in plan.quaternions:
         angles = quaternion_to_euler(raw[:, w], raw[:, x], raw[:, y], raw[:, z])
         for feature, angle in pairs:
             out[:, feature] = angles[angle]  # float64 -> float32, each value rounded once
+    infinite = np.isinf(out)
+    if np.logical_or.reduce(infinite, axis=None):
+        out[infinite] = np.nan
     return out
 
 

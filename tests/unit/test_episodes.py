@@ -239,3 +239,35 @@ def test_the_mini_turbine_reports_a_sensor_losing_a_fifth_of_its_readings_for_tw
     (episode,) = episodes(lost)
     assert episode.missing == ["voltage"] and 20.0 <= episode.opened_at <= 32.0
     assert episodes(np.zeros(n, dtype=bool)) == []
+
+
+def test_an_infinite_score_opens_an_episode_with_a_finite_peak():
+    """A model that overflows on a huge reading scores inf: the window is flagged, and the episode's peak and
+    shares stay numbers a message can carry."""
+    tracker = EpisodeTracker("wt-01", EpisodeRule(k=1, n=1, m=1), THRESHOLD, NAMES)
+    [opened] = tracker.step(100.0, np.inf, np.array([np.inf, 1.0]), np.zeros(2))
+    episode = opened.episode
+    assert opened.kind == "open" and np.isfinite(episode["peak_ratio"]) and episode["peak_ratio"] > 1e30
+    assert episode["contributions"]["a"] == 1.0 and episode["features"] == ["a"]
+    [closed] = tracker.step(100.5, np.nan, np.array([np.nan, np.nan]), np.zeros(2))  # NaN: not flagged
+    assert closed.kind == "close"
+
+
+def test_a_streaming_tracker_keeps_only_the_latest_closed_episodes():
+    """A flapping condition on a detector that runs for months must not grow memory; offline evaluation still gets
+    every episode, the same ones."""
+    from shared.ml.episodes import KEEP_CLOSED
+
+    flags = [1, 0] * (KEEP_CLOSED + 20)
+    t = 100.0 + 0.5 * np.arange(len(flags))
+    scores = np.array([3.0 if f else 0.4 for f in flags])
+    contributions = np.stack([0.9 * scores, 0.1 * scores], axis=1)
+    rule = EpisodeRule(k=1, n=1, m=1)
+    episodes = run_episodes("wt-01", rule, THRESHOLD, NAMES, t, scores, contributions, np.zeros_like(contributions))
+    tracker = EpisodeTracker("wt-01", rule, THRESHOLD, NAMES)
+    opened = 0
+    for i in range(len(flags)):
+        opened += sum(e.kind == "open" for e in tracker.step(t[i], scores[i], contributions[i], np.zeros(2)))
+    assert opened == len(episodes) == KEEP_CLOSED + 20
+    assert len(tracker.closed) == KEEP_CLOSED
+    assert [e.snapshot() for e in tracker.closed] == [e.snapshot() for e in episodes[-KEEP_CLOSED:]]

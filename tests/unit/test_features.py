@@ -146,3 +146,19 @@ def test_window_starts_never_let_scored_samples_cross_a_gap():
     for a, b in pairwise(edges):
         expected += list(range(a, b - g.length + 1, g.stride))
     assert starts.tolist() == expected
+
+
+def test_a_value_beyond_float32_is_missing():
+    """A reading with no finite float32 (a huge glitch, inf) is missing, as NaN is, in training and on the edge;
+    float32's own maximum (a Modbus FLT_MAX register) stays a value."""
+    spec = default_spec()
+    _, values = golden_input()
+    values = {c: v[:4].copy() for c, v in values.items()}
+    values["voltage"][:4] = [1e39, -np.inf, float(np.finfo(np.float32).max), 70.0]
+    values["qw"][0] = 1e39  # a quaternion angle is never infinite
+    voltage = spec.features.index("voltage")
+    features = compute_features(values, spec)
+    assert np.isnan(features[:2, voltage]).all()
+    assert features[2, voltage] == np.finfo(np.float32).max and features[3, voltage] == 70.0
+    others = np.delete(features, voltage, axis=1)
+    assert not np.isinf(others).any()

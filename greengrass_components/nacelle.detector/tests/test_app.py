@@ -115,7 +115,8 @@ def harness(tmp_path: Path, models_root: Path) -> Iterator[Callable[..., tuple[D
     apps: list[DetectorApp] = []
 
     def make(version: str = "1.0.0", *, observer: Callable[[Result], None] | None = None,
-             health_s: float = 3600, max_messages: int = 10000) -> tuple[DetectorApp, FakeTransport, Path]:
+             health_s: float = 3600, max_messages: int = 10000,
+             **options: Any) -> tuple[DetectorApp, FakeTransport, Path]:
         config_path = tmp_path / "config" / "nacelle.detector.json"
         config_path.parent.mkdir(exist_ok=True)
         write_config(config_path, version, healthIntervalSeconds=health_s, spool={"maxMessages": max_messages})
@@ -124,7 +125,7 @@ def harness(tmp_path: Path, models_root: Path) -> Iterator[Callable[..., tuple[D
         transport = FakeTransport()
         spool = Spool(tmp_path / "work" / "spool.db", max_messages)
         app = DetectorApp(source, transport, spool, models_root, observer=observer, version="test",
-                          publish_timeout=0.5)
+                          publish_timeout=0.5, **options)
         apps.append(app.start())
         return app, transport, config_path
 
@@ -295,6 +296,127 @@ def test_a_full_queue_counts_dropped_sensor_messages(tmp_path: Path) -> None:
     app.on_sensor_message(b"{}")
     app.on_sensor_message(b"{}")
     assert app.overflow == 1 and app.health()["bad_messages"] == 1
+
+
+def _samples_with(payload: bytes, **changes: Any) -> bytes:
+    doc = json.loads(payload)
+    for sample in doc["samples"]:
+        sample.update(changes)
+    return json.dumps(doc).encode()
+
+
+def test_a_huge_reading_opens_an_episode_and_scoring_goes_on(harness) -> None:
+    """40 s of a sensor reading float32's maximum (a Modbus register glitch): the model overflows, the episode is
+    reported with a finite score, and every later message is scored."""
+    import numpy as np
+
+    app, transport, _ = harness()
+    messages = stream_messages(300)
+    glitch = float(np.finfo(np.float32).max)
+    for i, payload in enumerate(messages):
+        transport.deliver(_samples_with(payload, voltage=glitch) if 100 <= i < 140 else payload)
+    assert app.pipeline is not None
+    reference = TurbinePipeline(THING, app.pipeline.model)
+    expected = sum(len(reference.handle(p).windows) for p in messages)
+    wait_for(lambda: app.windows_scored == expected, what="every window scored")
+    wait_for(lambda: [m["kind"] for m in transport.messages("anomalies")][-1:] == ["close"], what="the episode")
+    anomalies = transport.messages("anomalies")
+    assert anomalies[0]["kind"] == "open" and anomalies[0]["score"] > 1e30 and anomalies[0]["features"]
+    assert app.bad_messages == 0 and app.errors == 0
+
+
+def test_a_failure_handling_one_message_is_counted_and_scoring_goes_on(harness, fault_messages: list[bytes]) -> None:
+    calls: list[Result] = []
+
+    def observer(result: Result) -> None:
+        calls.append(result)
+        if len(calls) == 30:
+            raise RuntimeError("boom")
+
+    app, transport, _ = harness(observer=observer)
+    for payload in fault_messages:
+        transport.deliver(payload)
+    wait_for(lambda: len(calls) == len(fault_messages), what="every message handled")
+    app.request_health()
+    wait_for(lambda: transport.messages("health")[-1:] and transport.messages("health")[-1]["bad_messages"] == 1,
+             what="health counting the message")
+    assert app.bad_messages == 1 and app.errors == 1
+    kinds = [m["kind"] for m in transport.messages("anomalies")]
+    assert kinds[0] == "open" and kinds[-1] == "close"
+
+
+def test_a_far_future_timestamp_is_a_bad_message_and_stale_samples_are_counted(harness,
+                                                                               fault_messages: list[bytes]) -> None:
+    """A sensor clock glitch (one sample ten years ahead) is refused and counted; it does not hold back the samples
+    after it. A redelivered message's samples are dropped and counted."""
+    now = json.loads(fault_messages[0])["samples"][0]["ts"]
+    app, transport, _ = harness(wall_clock=lambda: now)
+    glitch = json.loads(fault_messages[100])
+    glitch["samples"][-1]["ts"] += 10 * 365 * 86400.0
+    for i, payload in enumerate(fault_messages):
+        transport.deliver(json.dumps(glitch).encode() if i == 100 else payload)
+    transport.deliver(fault_messages[-1])  # redelivered
+    wait_for(lambda: app.stats()["stale_samples"] == len(json.loads(fault_messages[-1])["samples"]),
+             what="the redelivered samples counted")
+    app.request_health()
+    wait_for(lambda: transport.messages("health")[-1:] and transport.messages("health")[-1]["bad_messages"] == 1,
+             what="health counting the refused message")
+    kinds = [m["kind"] for m in transport.messages("anomalies")]
+    assert kinds[0] == "open" and kinds[-1] == "close"
+
+
+def test_a_bundle_that_fails_to_load_or_to_score_is_reported_at_start_and_on_a_swap(harness, models_root: Path) -> None:
+    """Whatever a bad bundle raises (a malformed manifest's RecursionError, MemoryError, a model the pipeline cannot
+    take), the detector starts or keeps its model and says why in model_error."""
+    unusable = SimpleNamespace(spec=None, rule=None, threshold=0.0, model_version=4)
+
+    def loader(path: Path) -> Any:
+        version = path.parent.name
+        if version == "3.0.0":
+            raise RecursionError("maximum recursion depth exceeded while decoding a JSON object")
+        if version == "5.0.0":
+            raise MemoryError
+        return unusable if version == "4.0.0" else EdgeModel.load(path)
+
+    for bad in ("3.0.0", "4.0.0"):
+        app, transport, config_path = harness(bad, loader=loader)
+        assert app.pipeline is None and app.model_error is not None and bad in app.model_error
+        app.request_health()
+        wait_for(lambda: bool(transport.messages("health")), what="health")  # noqa: B023 (called at once)
+        assert transport.messages("health")[-1]["model_error"] == app.model_error
+        app.stop(drain_s=0)
+        app.spool.close()
+    app, transport, config_path = harness("1.0.0", loader=loader)
+    for bad in ("3.0.0", "4.0.0", "5.0.0"):
+        write_config(config_path, bad)
+        wait_for(lambda: app.model_error is not None and bad in app.model_error,  # noqa: B023 (called at once)
+                 what=f"the failure of {bad}")
+        assert app.pipeline is not None and app.pipeline.model_version == 1
+        write_config(config_path, "1.0.0")
+        wait_for(lambda: app.model_error is None, what="back to 1.0.0")
+    write_config(config_path, "2.0.0")
+    wait_for(lambda: app.pipeline is not None and app.pipeline.model_version == 2, what="a good swap")
+    assert app._loader_thread is not None and app.errors == 0
+
+
+def test_a_full_spool_disk_neither_stops_scoring_nor_publishing(harness, fault_messages: list[bytes]) -> None:
+    """While the spool cannot write, messages are lost but counted as dropped; once it can, what follows is spooled
+    and sent, and health says how many were lost."""
+    app, transport, _ = harness(health_s=0.05)
+    transport.set_up(False)
+    pages = app.spool._db.execute("PRAGMA page_count").fetchone()[0]
+    app.spool._db.execute(f"PRAGMA max_page_count = {pages}")  # writes fail as on a full disk
+    for payload in fault_messages[:200]:
+        transport.deliver(payload)
+    wait_for(lambda: app._queue.empty() and app.spool.dropped > 0, what="lost messages")
+    transport.set_up(True)  # and the publisher sends what was spooled before
+    wait_for(lambda: app.spool.depth() == 0, what="the spool to drain")
+    app.spool._db.execute("PRAGMA max_page_count = 1000000")  # space is back
+    for payload in fault_messages[200:]:
+        transport.deliver(payload)
+    wait_for(lambda: [m["kind"] for m in transport.messages("anomalies")][-1:] == ["close"], what="the episode")
+    wait_for(lambda: transport.messages("health")[-1]["spool_dropped"] > 0, what="health counting the loss")
+    assert app.windows_scored > 0 and app.errors == 0 and app.stats()["spool_failures"] > 0
 
 
 # -- configuration -----------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from detector.messages import BadMessage, MessageBuilder, parse_sensor_message, sensor_message
+from detector.messages import MAX_AHEAD_S, BadMessage, MessageBuilder, parse_sensor_message, sensor_message
 from detector.pipeline import Result, TurbinePipeline, WindowRecord
 from detector.scoring import EdgeModel
 
@@ -217,6 +218,27 @@ def test_redelivered_samples_are_dropped(model_v1: EdgeModel, streams) -> None:
     assert ends == sorted(set(ends))
 
 
+def test_a_sample_time_far_ahead_of_the_device_clock_is_refused_not_waited_for(model_v1: EdgeModel, streams) -> None:
+    """One glitched timestamp years ahead would make every later sample look redelivered: it is a bad message
+    (up to MAX_AHEAD_S ahead of the device's clock is taken), and the stream goes on being scored."""
+    stream = next(iter(streams.values()))
+    payloads = list(stream.messages())[:40]
+    now = stream.rows[0]["ts"]
+    pipeline = TurbinePipeline(stream.turbine_id, model_v1, clock=lambda: now)
+    for p in payloads[:10]:
+        pipeline.handle(p)
+    glitch = json.loads(payloads[10])
+    glitch["samples"][-1]["ts"] += 10 * 365 * 86400.0
+    with pytest.raises(BadMessage, match=re.escape(f"- at `$.samples[{BATCH - 1}].ts`")):
+        pipeline.handle(json.dumps(glitch).encode())
+    rest = [pipeline.handle(p) for p in payloads[10:]]
+    assert sum(r.stale for r in rest) == 0 and sum(r.accepted for r in rest) == 30 * BATCH
+    ahead = json.loads(payloads[0])
+    ahead["samples"] = ahead["samples"][:1]
+    ahead["samples"][0]["ts"] = now + MAX_AHEAD_S  # at the bound: taken
+    assert pipeline.handle(json.dumps(ahead).encode()).accepted == 1
+
+
 def test_gap_restarts_the_window_run(model_v1: EdgeModel) -> None:
     spec = model_v1.spec
     length, stride, dt = spec.geometry.length, spec.geometry.stride, spec.sampling.interval_s
@@ -277,7 +299,7 @@ def test_default_size_limit(model_v1: EdgeModel) -> None:
     "garbage", "truncated", "oversized", "not_object", "no_version", "version_2", "version_str",
     "wrong_turbine", "no_turbine", "samples_not_list", "samples_empty", "sample_not_object", "seq_str",
     "seq_bool", "ts_str", "ts_nan_token", "value_str", "value_bool", "value_list", "missing_column",
-    "ts_backwards", "ts_repeated", "not_utf8",
+    "ts_backwards", "ts_repeated", "ts_far_future", "not_utf8",
 ])
 def test_bad_messages_leave_state_unchanged(model_v1: EdgeModel, streams, case: str) -> None:
     spec = model_v1.spec
@@ -312,6 +334,7 @@ def test_bad_messages_leave_state_unchanged(model_v1: EdgeModel, streams, case: 
         "missing_column": _mutate(doc, ("samples", 2, col), _DELETE),
         "ts_backwards": _mutate(doc, ("samples", 2, "ts"), 1_600_000_000.0),
         "ts_repeated": _mutate(doc, ("samples", 2, "ts"), doc["samples"][1]["ts"]),
+        "ts_far_future": _mutate(doc, ("samples", 2, "ts"), time.time() + MAX_AHEAD_S + 3600),
         "not_utf8": json.dumps(doc).encode().replace(b"turbine_id", b"turbine_\xff"),
     }[case]
     with pytest.raises(BadMessage) as info:
@@ -319,7 +342,8 @@ def test_bad_messages_leave_state_unchanged(model_v1: EdgeModel, streams, case: 
     assert info.value.reason
     expected = {"oversized": "exceeds", "wrong_turbine": "someone-else", "version_2": "unknown schema version",
                 "truncated": "not valid JSON", "missing_column": col, "garbage": "JSON",
-                "ts_backwards": "$.samples[2].ts", "ts_repeated": "$.samples[2].ts"}
+                "ts_backwards": "$.samples[2].ts", "ts_repeated": "$.samples[2].ts",
+                "ts_far_future": "device's clock"}
     assert expected.get(case, "") in info.value.reason
     assert pipeline.snapshot() == before
     assert pipeline.bad_messages == 1
@@ -457,6 +481,25 @@ def test_load_refuses_a_tampered_bundle(bundles, tmp_path: Path) -> None:
     shutil.copytree(bundles[1], copy)
     with (copy / "model.onnx").open("ab") as f:
         f.write(b"\0")
+    with pytest.raises(BundleError):
+        EdgeModel.load(copy)
+
+
+@pytest.mark.parametrize("case", ["windows_not_an_object", "window_not_the_graph_width", "deep_manifest"])
+def test_load_turns_any_bundle_failure_into_a_bundle_error(bundles, tmp_path: Path, case: str) -> None:
+    """A malformed manifest or one the graph disagrees with is a BundleError (reported as model_error), never
+    another exception that would stop the detector."""
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundles[1], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    if case == "windows_not_an_object":
+        manifest["feature_spec"]["windows"] = "x"
+    elif case == "window_not_the_graph_width":
+        manifest["feature_spec"]["windows"]["length_s"] *= 2
+    text = '{"a":' * 100_000 + "1" + "}" * 100_000 if case == "deep_manifest" else json.dumps(manifest)
+    (copy / "manifest.json").write_text(text)
     with pytest.raises(BundleError):
         EdgeModel.load(copy)
 

@@ -5,8 +5,10 @@ Threads:
   for QUEUE_PUT_S the message is dropped, counted in `bad_messages` and logged);
 * one worker thread does everything that touches scoring state, in order: handle a message, swap in
   a freshly loaded model between two messages, emit health when due, flush on stop. So anomaly
-  messages enter the spool in the order the episodes happened, the swap's close event included;
-* a loader thread opens and warms up a new model (EdgeModel.load) without stopping detection;
+  messages enter the spool in the order the episodes happened, the swap's close event included. A
+  failure in one step is logged and counted (a message's: in `bad_messages`), and the worker carries on;
+* a loader thread opens and warms up a new model (EdgeModel.load) without stopping detection; a model
+  that fails to load or to start scoring is reported in `model_error` and the current one kept;
 * a publisher thread sends the spool's oldest message, one at a time (at most PUBLISH_MAX_PER_S), acks
   it after PUBACK, and on failure backs off and retries the same message (never reorders).
 """
@@ -20,8 +22,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from shared.errors import NacelleError
 
 from .capture import Capture
 from .config import ConfigSource, DetectorConfig
@@ -58,7 +58,7 @@ def detector_version(here: Path | None = None) -> str:
 
 class DetectorApp:
     def __init__(self, config_source: ConfigSource, transport: Transport, spool: Spool, models_root: str | Path,
-                 *, clock: Callable[[], float] = time.monotonic,
+                 *, clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
                  loader: Callable[[Path], EdgeModel] = EdgeModel.load, version: str | None = None,
                  queue_size: int = QUEUE_SIZE, publish_timeout: float = PUBLISH_TIMEOUT_S,
                  observer: Callable[[Result], None] | None = None, capture: Capture | None = None) -> None:
@@ -67,6 +67,7 @@ class DetectorApp:
         self.spool = spool
         self.models_root = Path(models_root)
         self.clock = clock
+        self.wall_clock = wall_clock  # the device's epoch clock: sample times far ahead of it are refused
         self.loader = loader
         self.version = version or detector_version()
         self.publish_timeout = publish_timeout
@@ -83,6 +84,9 @@ class DetectorApp:
         self.overflow = 0
         self.windows_scored = 0
         self.unscored_messages = 0  # received while no model is loaded
+        self.stale_samples = 0  # at or before the newest sample seen: redelivered, or the sensor clock went back
+        self.errors = 0  # failed worker or publisher steps (a message's failure also counts in bad_messages)
+        self._stale_logged = float("-inf")
         self._announce = False  # report health after the first window a newly swapped model scores
         self.anomalies_spooled = 0
         self.published = 0
@@ -169,24 +173,36 @@ class DetectorApp:
                     item = self._queue.get(timeout=0.05)
                 except queue.Empty:
                     item = None
-                self._apply_pending()
                 if item is _STOP:
                     break
-                if isinstance(item, bytes | bytearray | memoryview):
-                    self._handle(bytes(item))
-                if self._health_now.is_set() or self.clock() >= self._next_health:
-                    self._health_now.clear()
-                    self._next_health = self.clock() + self.config.health_interval_s
-                    self._emit_health()
-            self._apply_pending()
-            if self.pipeline is not None:
-                self._spool_events(self.pipeline.stop())
-            self._spool_stats(self.drift_stats.flush())  # the period so far
-        except Exception:  # the worker must never die silently
-            log.exception("detector worker failed")
-            raise
+                self._guarded(self._turn, item)
+            self._guarded(self._finish)
         finally:
             self._worker_done.set()
+
+    def _guarded(self, step: Callable[..., None], *args: object) -> None:
+        """Run one step of a thread; a failure is logged and counted, never the end of the thread."""
+        try:
+            step(*args)
+        except Exception:
+            with self._state:
+                self.errors += 1
+            log.exception("detector step %s failed; carrying on", getattr(step, "__name__", step))
+
+    def _turn(self, item: object) -> None:
+        self._apply_pending()
+        if isinstance(item, bytes | bytearray | memoryview):
+            self._handle(bytes(item))
+        if self._health_now.is_set() or self.clock() >= self._next_health:
+            self._health_now.clear()
+            self._next_health = self.clock() + self.config.health_interval_s
+            self._emit_health()
+
+    def _finish(self) -> None:
+        self._apply_pending()
+        if self.pipeline is not None:
+            self._spool_events(self.pipeline.stop())
+        self._spool_stats(self.drift_stats.flush())  # the period so far
 
     def _handle(self, payload: bytes) -> None:
         pipeline = self.pipeline
@@ -205,7 +221,17 @@ class DetectorApp:
                 self.bad_messages += 1
             log.exception("sensor message could not be scored")
             return
+        try:
+            self._handle_result(result, pipeline)
+        except Exception:  # what the message led to is lost; the message counts as bad, the next one is handled
+            with self._state:
+                self.bad_messages += 1
+            raise
+
+    def _handle_result(self, result: Result, pipeline: TurbinePipeline) -> None:
         self.windows_scored += len(result.windows)
+        if result.stale:
+            self._count_stale(result)
         if self._announce and result.windows:  # the first window of a new model: say so at once (canary soak)
             self._announce = False
             self.request_health()
@@ -215,6 +241,13 @@ class DetectorApp:
             self.capture.observe(result, pipeline.model.spec)
         if self.observer is not None:
             self.observer(result)
+
+    def _count_stale(self, result: Result) -> None:
+        self.stale_samples += result.stale
+        if self.clock() - self._stale_logged >= 60.0:  # at most once a minute
+            self._stale_logged = self.clock()
+            log.warning("%d sample(s) at or before the newest one seen dropped (%d so far): redelivered, or the "
+                        "sensor clock went back", result.stale, self.stale_samples)
 
     def _spool_stats(self, messages: list[dict[str, Any]]) -> None:
         topic = self.config.stats_topic or f"turbines/{self.config.thing}/stats"
@@ -226,9 +259,12 @@ class DetectorApp:
     def _spool_events(self, result: Result) -> None:
         for event in result.events:
             message = self.builder.anomaly(event, result.model_version)
-            _, seq = self.spool.append_message(self.config.anomalies_topic, event.kind, "anomalies", message)
+            spooled = self.spool.append_message(self.config.anomalies_topic, event.kind, "anomalies", message)
+            if spooled is None:  # not written (counted as dropped by the spool)
+                log.error("episode %s %s lost: the spool cannot write", event.episode["episode_id"], event.kind)
+                continue
             self.anomalies_spooled += 1
-            log.info("episode %s %s (seq %d)", event.episode["episode_id"], event.kind, seq)
+            log.info("episode %s %s (seq %d)", event.episode["episode_id"], event.kind, spooled[1])
         if result.events:
             self._spooled.set()
 
@@ -291,18 +327,20 @@ class DetectorApp:
         started = time.perf_counter()
         try:
             model = self.loader(path)
-        except (NacelleError, OSError) as exc:
-            reason = f"model {version} at {path}: {exc}"
-            log.error("cannot load %s; keeping the current model", reason)
-            with self._state:
-                self.model_error = reason
-                self._loaded = version  # do not retry this version until the configuration changes
-            self.request_health()  # report the failure now: a canary fails fast
+        except Exception as exc:  # NacelleError, OSError, or whatever a malformed bundle raises
+            self._model_failed(version, f"model {version} at {path}: {exc}")
             return
         log.info("model %s loaded and warmed up in %.0f ms", version, (time.perf_counter() - started) * 1000)
         with self._state:
             self._pending, self._loaded = (version, model), version
             self.model_error = None
+
+    def _model_failed(self, version: str, reason: str) -> None:
+        log.error("cannot use %s; keeping the current model", reason)
+        with self._state:
+            self.model_error = reason
+            self._loaded = version  # do not retry this version until the configuration changes
+        self.request_health()  # report the failure now: a canary fails fast
 
     def _apply_pending(self) -> None:
         """Runs on the worker (or before it starts): swap between two messages."""
@@ -312,49 +350,62 @@ class DetectorApp:
             return
         version, model = pending
         if model is None:
-            if self.pipeline is not None:
-                self._spool_events(self.pipeline.stop())
+            old, self.pipeline = self.pipeline, None
+            if old is not None:
                 log.warning("model unset by the configuration: detection paused")
-            self.pipeline = None
+                self._spool_events(old.stop())
             return
-        if self.pipeline is None:
-            self.pipeline = TurbinePipeline(self.config.thing, model)
-        else:
-            self._spool_events(self.pipeline.swap(model))
+        try:  # a model the pipeline cannot take fails here, before anything changes
+            if self.pipeline is None:
+                self.pipeline, interrupted = TurbinePipeline(self.config.thing, model, self.wall_clock), Result()
+            else:
+                interrupted = self.pipeline.swap(model)
+        except Exception as exc:
+            self._model_failed(version, f"model {version} cannot score: {type(exc).__name__}: {exc}")
+            return
         log.info("now scoring with model %s (version %s)", version, model.model_version)
         self.request_health()  # the cloud learns of the new version now, not at the next interval
         self._announce = True
+        self._spool_events(interrupted)
 
     # -- publisher ---------------------------------------------------------------------------------------
     def _publish_loop(self) -> None:
         backoff = BACKOFF_MIN_S
         next_slot = 0.0
         while not self._stopping.is_set():
-            entry = self.spool.peek()
-            if entry is None or not self.transport.is_connected:
-                self._spooled.wait(0.5)
-                self._spooled.clear()
-                continue
-            if self._stopping.wait(max(0.0, next_slot - time.monotonic())):
-                break
-            next_slot = time.monotonic() + 1.0 / PUBLISH_MAX_PER_S
             try:
-                self.transport.publish(entry.topic, entry.payload, self.publish_timeout)
-            except PublishRejected as exc:
-                self.spool.discard(entry.id, str(exc))
-                continue
-            except TransportError as exc:
-                log.warning("publish failed, retrying in %.1fs: %s", backoff, exc)
+                entry = self.spool.peek()
+                if entry is None or not self.transport.is_connected:
+                    self._spooled.wait(0.5)
+                    self._spooled.clear()
+                    continue
+                if self._stopping.wait(max(0.0, next_slot - time.monotonic())):
+                    break
+                next_slot = time.monotonic() + 1.0 / PUBLISH_MAX_PER_S
+                try:
+                    self.transport.publish(entry.topic, entry.payload, self.publish_timeout)
+                except PublishRejected as exc:
+                    self.spool.discard(entry.id, str(exc))
+                    continue
+                except TransportError as exc:
+                    log.warning("publish failed, retrying in %.1fs: %s", backoff, exc)
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+                    continue
+                self.spool.ack(entry.id)
+                self.published += 1
+                backoff = BACKOFF_MIN_S
+            except Exception:  # e.g. the spool cannot be read: retry, never stop sending
+                with self._state:
+                    self.errors += 1
+                log.exception("publisher failed, retrying in %.1fs", backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
-                continue
-            self.spool.ack(entry.id)
-            self.published += 1
-            backoff = BACKOFF_MIN_S
 
     def stats(self) -> dict[str, Any]:
         return {"windows_scored": self.windows_scored, "bad_messages": self.bad_messages, "overflow": self.overflow,
-                "unscored_messages": self.unscored_messages, "anomalies_spooled": self.anomalies_spooled,
-                "published": self.published, "spool_depth": self.spool.depth(),
+                "unscored_messages": self.unscored_messages, "stale_samples": self.stale_samples,
+                "errors": self.errors, "anomalies_spooled": self.anomalies_spooled,
+                "published": self.published, "spool_depth": self.spool.depth(), "spool_failures": self.spool.failures,
                 "model_version": None if self.pipeline is None else self.pipeline.model_version,
                 "model_error": self.model_error, **(self.capture.stats() if self.capture is not None else {})}

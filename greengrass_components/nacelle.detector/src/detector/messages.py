@@ -12,7 +12,8 @@ it, and one comparison:
    and every raw input column of the spec, a finite number or null (null = a missing reading); a sample's
    other keys (e.g. a source id) are skipped unread, so they are not judged beyond being JSON (the payload's
    byte limit bounds them);
-2. timestamps strictly increase.
+2. timestamps strictly increase and, when the caller gives its clock (`not_after`), none is more than
+   MAX_AHEAD_S ahead of it (a sensor clock glitch would otherwise hold back every later sample as stale).
 
 Anything else is a BadMessage whose reason names the first bad field by its JSON path
 (`... - at $.samples[3].rps`), raised before any state is touched.
@@ -53,10 +54,11 @@ from shared.ml.spec import FeatureSpec
 
 from . import SCHEMA_VERSION
 
-__all__ = ["MAX_MESSAGE_BYTES", "BadMessage", "MessageBuilder", "Sample", "SampleBatch", "encode",
+__all__ = ["MAX_AHEAD_S", "MAX_MESSAGE_BYTES", "BadMessage", "MessageBuilder", "Sample", "SampleBatch", "encode",
            "parse_sensor_batch", "parse_sensor_message", "sensor_message"]
 
 MAX_MESSAGE_BYTES = SensorMessage.MAX_BYTES
+MAX_AHEAD_S = 86400.0  # a sample time more than this ahead of the device's clock is refused
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,9 @@ def parse_sensor_message(payload: bytes, spec: FeatureSpec, turbine_id: str,
 
 
 def parse_sensor_batch(payload: bytes, spec: FeatureSpec, turbine_id: str,
-                       max_bytes: int = MAX_MESSAGE_BYTES) -> SampleBatch:
-    """One sensor message as columns, or BadMessage naming the first bad field."""
+                       max_bytes: int = MAX_MESSAGE_BYTES, not_after: float | None = None) -> SampleBatch:
+    """One sensor message as columns, or BadMessage naming the first bad field. `not_after`: the latest
+    sample time taken (epoch seconds; the device's clock + MAX_AHEAD_S), None for no bound."""
     if len(payload) > max_bytes:
         raise BadMessage(f"payload of {len(payload)} bytes exceeds the {max_bytes}-byte limit")
     try:
@@ -135,6 +138,10 @@ def parse_sensor_batch(payload: bytes, spec: FeatureSpec, turbine_id: str,
         i = next(i for i in range(1, len(times)) if not times[i] > times[i - 1])
         raise BadMessage(f"Expected a time after the previous sample's {times[i - 1]!r}, got {times[i]!r} "
                          f"- at `$.samples[{i}].ts`")
+    if not_after is not None and times[-1] > not_after:
+        i = next(i for i, t in enumerate(times) if t > not_after)
+        raise BadMessage(f"Expected a time at most {not_after!r} (the device's clock + {MAX_AHEAD_S:g} s), "
+                         f"got {times[i]!r} - at `$.samples[{i}].ts`")
     n, width = len(rows), len(rows[0])
     table = np.fromiter(chain.from_iterable(rows), np.float64, n * width).reshape(n, width)  # null -> NaN
     return SampleBatch(np.fromiter(map(itemgetter(0), rows), np.int64, n), table[:, 1], table[:, 2:])

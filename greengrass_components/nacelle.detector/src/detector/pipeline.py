@@ -4,7 +4,8 @@ Windows are aligned exactly like shared.ml.features.window_starts on the whole s
 samples restarts after a gap longer than spec.windows.max_gap_s, the first window ends at the
 run's `length`-th sample and then one every `stride` samples. So the detector scores the same
 windows as `nacelle evaluate` does offline, and every sample takes part. All times are sample
-timestamps; the wall clock is used only to measure latency.
+timestamps; the wall clock is used only to measure latency and to refuse sample times implausibly far
+ahead of it (messages.MAX_AHEAD_S).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import sub
 from typing import NamedTuple, overload
@@ -23,7 +24,7 @@ from shared.ml.episodes import EpisodeEvent, EpisodeTracker
 from shared.ml.features import FeaturePlan, feature_matrix, make_windows, operating_mask
 from shared.ml.spec import FeatureSpec
 
-from .messages import MAX_MESSAGE_BYTES, BadMessage, Sample, SampleBatch, parse_sensor_batch
+from .messages import MAX_AHEAD_S, MAX_MESSAGE_BYTES, BadMessage, Sample, SampleBatch, parse_sensor_batch
 from .scoring import EdgeModel
 
 LATENCY_HISTORY = 4096  # per-window latencies kept for the p50/p99 of health messages
@@ -89,7 +90,7 @@ class Result:
     events: list[EpisodeEvent] = field(default_factory=list)
     model_version: int | None = None
     accepted: int = 0  # samples taken into the buffer
-    stale: int = 0  # samples at or before the last one seen (redelivered), dropped
+    stale: int = 0  # samples at or before the last one seen (redelivered, or the sensor clock went back), dropped
     # the samples taken in (raw inputs), for data capture (capture.py)
     batch: SampleBatch | None = field(default=None, compare=False, repr=False)
 
@@ -134,12 +135,14 @@ class TurbinePipeline:
     operating_mask (shared.ml.features, as in training), and the buffer replaced only on commit.
     """
 
-    def __init__(self, turbine_id: str, model: EdgeModel) -> None:
+    def __init__(self, turbine_id: str, model: EdgeModel, clock: Callable[[], float] = time.time) -> None:
+        """`clock`: the device's epoch clock, against which sample times are judged (messages.MAX_AHEAD_S)."""
         self.turbine_id = turbine_id
         self.model = model
+        self.clock = clock
         self._lock = threading.Lock()
         self.tracker = self._new_tracker(model)
-        self._reset_buffer()
+        self._reset_buffer(FeaturePlan.of(model.spec))
         self.windows_scored = 0
         self.samples_seen = 0
         self.stale_samples = 0
@@ -153,9 +156,9 @@ class TurbinePipeline:
         spec = model.spec
         return EpisodeTracker(self.turbine_id, model.rule, model.threshold, list(spec.features), spec.regime_feature)
 
-    def _reset_buffer(self) -> None:
+    def _reset_buffer(self, plan: FeaturePlan) -> None:
         spec = self.model.spec
-        self._plan = FeaturePlan.of(spec)
+        self._plan = plan
         self._offsets = np.asarray(spec.geometry.offsets(), dtype=np.int64)
         self._features = np.zeros((0, spec.n_features), dtype=np.float32)  # (<= geometry.total, F)
         self._run_len = 0  # samples in the current gap-free run
@@ -181,7 +184,8 @@ class TurbinePipeline:
         with self._lock:
             try:
                 batch = parse_sensor_batch(payload, self.model.spec, self.turbine_id,
-                                           MAX_MESSAGE_BYTES if max_bytes is None else max_bytes)
+                                           MAX_MESSAGE_BYTES if max_bytes is None else max_bytes,
+                                           self.clock() + MAX_AHEAD_S)
             except BadMessage:
                 self.bad_messages += 1
                 raise
@@ -242,14 +246,15 @@ class TurbinePipeline:
         ended) and the episode tracker restarts with the new threshold and rule. The feature buffer is kept
         when the feature pipeline is the same (features, inputs, window geometry), so no sample is
         scored twice or skipped; otherwise the run restarts. Returns the interrupt event (if any),
-        attributed to the outgoing model's version."""
+        attributed to the outgoing model's version. A model the pipeline cannot take (its tracker or
+        feature plan fails) raises before anything changes."""
         with self._lock:
+            tracker, plan = self._new_tracker(new_model), FeaturePlan.of(new_model.spec)
             result = Result(events=self.tracker.interrupt(), model_version=self.model.model_version)
             keep = pipeline_key(new_model.spec) == pipeline_key(self.model.spec)
-            self.model = new_model
-            self.tracker = self._new_tracker(new_model)
+            self.model, self.tracker = new_model, tracker
             if not keep:
-                self._reset_buffer()
+                self._reset_buffer(plan)
             self.swaps += 1
             return result
 

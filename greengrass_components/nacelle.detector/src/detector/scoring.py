@@ -45,20 +45,27 @@ class EdgeModel:
     @classmethod
     def load(cls, bundle_dir: str | Path, warmup_runs: int = WARMUP_RUNS) -> EdgeModel:
         """Verify the bundle (format versions, digests, equivalence), open it on one CPU thread and
-        warm it up, so the first real window pays no initialisation cost. Raises BundleError."""
+        warm it up, so the first real window pays no initialisation cost. Raises BundleError, whatever
+        the failure (a malformed manifest, a graph that disagrees with it, ONNX Runtime's own errors)."""
+        bundle_dir = Path(bundle_dir)
+        try:
+            return cls._load(bundle_dir, warmup_runs)
+        except BundleError:
+            raise
+        except Exception as exc:  # MemoryError and RecursionError included: a bundle cannot stop the detector
+            raise BundleError(f"{bundle_dir}: cannot load the bundle: {type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def _load(cls, bundle_dir: Path, warmup_runs: int) -> EdgeModel:
         import onnxruntime as ort
 
-        bundle_dir = Path(bundle_dir)
         manifest = verify(bundle_dir)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        try:
-            session = ort.InferenceSession(os.fspath(bundle_dir / manifest.model_file), options,
-                                           providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise BundleError(f"{bundle_dir}: ONNX Runtime cannot load {manifest.model_file}: {exc}") from exc
+        session = ort.InferenceSession(os.fspath(bundle_dir / manifest.model_file), options,
+                                       providers=["CPUExecutionProvider"])
         inputs = [i.name for i in session.get_inputs()]
         outputs = [o.name for o in session.get_outputs()]
         if manifest.input_name not in inputs:

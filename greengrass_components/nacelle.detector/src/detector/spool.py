@@ -10,22 +10,29 @@
 * Message `seq`: `append_message` takes the next value of the message's stream counter (one per
   topic kind: "anomalies", "health", "stats") and writes it into the payload in the same transaction as the
   insert, so `seq` keeps increasing across restarts and MessageBuilder's own counter is overridden.
+* A failed write (disk full, I/O error) never raises: an append that cannot be written is counted as
+  dropped (added to the stored counter by the next write that succeeds) and returns None; an ack that cannot
+  delete its message hides it from `peek` and `depth` and is retried with the next write. `failures` counts
+  both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.errors import ConfigurationError
 
 log = logging.getLogger("detector.spool")
 
+T = TypeVar("T")
 DROP_ORDER = ("health", "update", "stats")  # kinds dropped first, oldest first; then the oldest of any kind
 
 _SCHEMA = """
@@ -54,25 +61,49 @@ class Spool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_messages = max_messages
         self._lock = threading.Lock()
+        self.failures = 0  # writes that failed (appends and acks)
+        self._lost = 0  # messages not written, not yet in the stored `dropped` counter
+        self._gone: set[int] = set()  # acked or discarded, but the delete failed
+        self._failing = False
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
 
     # -- producers -----------------------------------------------------------------------------------
-    def append(self, topic: str, payload: bytes, kind: str) -> int:
-        """Queue one message; returns its order number."""
-        with self._lock, self._tx():
-            return self._insert(topic, bytes(payload), kind)
+    def append(self, topic: str, payload: bytes, kind: str) -> int | None:
+        """Queue one message; returns its order number (None: not written, counted as dropped)."""
+        with self._lock:
+            return self._write(lambda: self._insert(topic, bytes(payload), kind))
 
-    def append_message(self, topic: str, kind: str, stream: str, message: dict[str, Any]) -> tuple[int, int]:
-        """Queue a JSON message with `seq` = the next number of `stream`; returns (order, seq)."""
-        with self._lock, self._tx():
+    def append_message(self, topic: str, kind: str, stream: str, message: dict[str, Any]) -> tuple[int, int] | None:
+        """Queue a JSON message with `seq` = the next number of `stream`; returns (order, seq) (None: not
+        written, counted as dropped; its seq is given to the next message)."""
+        def insert() -> tuple[int, int]:
             seq = self._counter(stream) + 1
             self._set_counter(stream, seq)
-            body = {**message, "seq": seq}
-            payload = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+            payload = json.dumps({**message, "seq": seq}, separators=(",", ":"), allow_nan=False).encode()
             return self._insert(topic, payload, kind), seq
+
+        with self._lock:
+            return self._write(insert)
+
+    def _write(self, insert: Callable[[], T]) -> T | None:
+        """One transaction: the pending deletes, the drops not yet counted, then `insert`."""
+        try:
+            with self._tx():
+                self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in self._gone])
+                if self._lost:
+                    self._set_counter("dropped", self._counter("dropped") + self._lost)
+                out = insert()
+        except sqlite3.Error as exc:
+            self._lost += 1
+            self._failed("message not spooled (counted as dropped)", exc)
+            return None
+        self._gone.clear()
+        self._lost = 0
+        self._recovered()
+        return out
 
     def _insert(self, topic: str, payload: bytes, kind: str) -> int:
         depth = self._depth()
@@ -99,29 +130,41 @@ class Spool:
     # -- publisher -----------------------------------------------------------------------------------
     def peek(self) -> SpoolEntry | None:
         with self._lock:
-            row = self._db.execute("SELECT id, topic, kind, payload FROM outbox ORDER BY id LIMIT 1").fetchone()
+            rows = self._db.execute("SELECT id, topic, kind, payload FROM outbox ORDER BY id LIMIT ?",
+                                    (len(self._gone) + 1,)).fetchall()
+        row = next((r for r in rows if r[0] not in self._gone), None)
         return None if row is None else SpoolEntry(int(row[0]), row[1], row[2], bytes(row[3]))
 
     def ack(self, entry_id: int) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+            try:
+                self._db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+            except sqlite3.Error as exc:
+                self._gone.add(entry_id)
+                self._failed(f"message {entry_id} sent but not deleted (hidden, deleted with the next write)", exc)
 
     def discard(self, entry_id: int, reason: str) -> None:
         """Remove a message the broker refused for good (counted as dropped)."""
-        with self._lock, self._tx():
-            if self._db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,)).rowcount:
-                self._set_counter("dropped", self._counter("dropped") + 1)
-                log.error("dropped message %d: %s", entry_id, reason)
+        with self._lock:
+            log.error("dropped message %d: %s", entry_id, reason)
+            try:
+                with self._tx():
+                    if self._db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,)).rowcount:
+                        self._set_counter("dropped", self._counter("dropped") + 1)
+            except sqlite3.Error as exc:
+                self._gone.add(entry_id)
+                self._lost += 1
+                self._failed(f"message {entry_id} not deleted (hidden, deleted with the next write)", exc)
 
     # -- state ---------------------------------------------------------------------------------------
     def depth(self) -> int:
         with self._lock:
-            return self._depth()
+            return self._depth() - len(self._gone)
 
     @property
     def dropped(self) -> int:
         with self._lock:
-            return self._counter("dropped")
+            return self._counter("dropped") + self._lost
 
     def seq(self, stream: str) -> int:
         """The last seq given out on `stream` (0 = none yet)."""
@@ -135,6 +178,25 @@ class Spool:
     # -- internals -----------------------------------------------------------------------------------
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
+
+    def _failed(self, what: str, exc: sqlite3.Error) -> None:
+        self.failures += 1
+        if not self._failing:  # once per failing spell; `failures` counts them all
+            log.error("spool write failed: %s: %s", what, exc)
+        self._failing = True
+        self._checkpoint()
+
+    def _recovered(self) -> None:
+        if self._failing:
+            log.warning("spool writes succeed again (%d failed writes so far)", self.failures)
+            self._checkpoint()
+        self._failing = False
+
+    def _checkpoint(self) -> None:
+        """Move the write-ahead log into the database and truncate it: a full disk gets its space back as soon
+        as there is room for the move (best effort)."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _depth(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
@@ -159,4 +221,15 @@ class _Transaction:
         return self.db
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:  # SQLite may have rolled back already (e.g. on a full disk)
+            self.db.execute("ROLLBACK")
