@@ -14,19 +14,19 @@ _MS_EPOCH = 1e11  # a larger epoch number is in milliseconds (the IoT rule's rec
 
 
 def as_datetime(value: Any) -> datetime | None:
-    """An epoch (seconds or milliseconds), an ISO 8601 string or a datetime, as an aware UTC datetime."""
+    """An epoch (seconds or milliseconds), an ISO 8601 string or a datetime, as an aware UTC datetime; None for no
+    time, or one no datetime holds (NaN, 1e20, 0001-01-01T00:00+01:00)."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value / 1000 if abs(value) > _MS_EPOCH else value, UTC)
-    if isinstance(value, str) and value:
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        return as_datetime(parsed)
+    try:
+        if isinstance(value, datetime):
+            return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(value / 1000 if abs(value) > _MS_EPOCH else value, UTC)
+        if isinstance(value, str) and value:
+            return as_datetime(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except (ValueError, OverflowError, OSError):
+        return None
     return None
 
 
@@ -44,7 +44,8 @@ def is_time_key(key: str) -> bool:
 
 def json_ready(value: Any, key: str = "") -> Any:
     """A value for JSON output: times (datetimes, and epoch numbers or ISO strings under a time key) as
-    ISO 8601 UTC strings, paths as strings, tuples as lists."""
+    ISO 8601 UTC strings, paths as strings, tuples as lists. A number under a time key that is no time is None
+    (unknown)."""
     if isinstance(value, Mapping):
         return {str(k): json_ready(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -53,6 +54,8 @@ def json_ready(value: Any, key: str = "") -> Any:
         return [json_ready(v, key) for v in value]
     if isinstance(value, datetime) or (key and is_time_key(key) and as_datetime(value) is not None):
         return iso(value, precise=True)
+    if key and is_time_key(key) and isinstance(value, int | float) and not isinstance(value, bool):
+        return None
     if isinstance(value, Path):
         return str(value)
     return value

@@ -12,7 +12,8 @@ or rollout state.
 
 A cloud row is what an IoT rule's `SELECT *, topic(2) AS thing_name, timestamp() AS received_at,
 clientid() AS client_id` hands the function: the message plus those three fields (EpisodeRow, HealthRow).
-A row whose `turbine_id` is not its topic's thing is refused: a device speaks only for itself.
+A row whose `turbine_id` is not its topic's thing is refused: a device speaks only for itself; so is a row whose
+times (Message.TIMES) are not epoch seconds before 2100.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from itertools import pairwise
-from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeGuard, TypeVar, get_args, get_origin
 
 from shared.errors import DataError
 
@@ -35,6 +36,8 @@ MAX_ITEMS = 256  # entries of any list or map field (unless its field says other
 MAX_SAMPLES = 10_000  # samples of one sensor message
 MAX_LEVELS = 99  # quantile levels of a stats message's sketches
 EPISODE_KINDS = ("open", "update", "close", "interrupt")  # interrupt: the detector stopped, no end seen
+MAX_SEQ = 2**53 - 1  # the largest integer a JSON number carries exactly
+MAX_EPOCH_S = 4_102_444_800.0  # 2100-01-01T00:00:00Z: a cloud row's time past it is in ms or ns, or made up
 
 M = TypeVar("M", bound="Message")
 
@@ -56,9 +59,10 @@ class Message:
     STREAM: ClassVar[str] = ""  # the topic below the turbine: turbines/<thing>/<STREAM>
     VERSION: ClassVar[int] = 0
     MAX_BYTES: ClassVar[int] = MAX_MESSAGE_BYTES
+    TIMES: ClassVar[tuple[str, ...]] = ()  # fields in epoch seconds (bounded in the cloud's rows)
     v: int
     turbine_id: str = field(metadata={"min_len": 1})
-    seq: int = field(default=0, metadata=_min(0))
+    seq: int = field(default=0, metadata={"min": 0, "max": MAX_SEQ})
 
     def to_json(self) -> bytes:
         """The wire form (compact JSON); refuses to produce a message its own decode would refuse."""
@@ -79,6 +83,7 @@ class EpisodeMessage(Message):
 
     STREAM: ClassVar[str] = "anomalies"
     VERSION: ClassVar[int] = 2
+    TIMES: ClassVar[tuple[str, ...]] = ("started_at", "opened_at", "last_flagged_at", "ended_at")
     kind: Literal["open", "update", "close", "interrupt"]
     episode_id: str = field(metadata={"min_len": 1})
     features: list[str] = field(default_factory=list)
@@ -102,9 +107,9 @@ class EpisodeMessage(Message):
         rest = {k: v for k, v in doc.items() if k != "ratios"}
         if not isinstance(ratios, Mapping) or not all(_is_number(r) and r >= 0 for r in ratios.values()):
             return {**rest, "v": cls.VERSION, "score": ratios, "contributions": {}}
-        total = float(sum(ratios.values()))
+        total = sum(float(r) for r in ratios.values())  # floats: a sum of huge integers overflows to inf, not raises
         return {**rest, "v": cls.VERSION, "score": float(max(ratios.values(), default=0.0)),
-                "contributions": {k: float(r) / total for k, r in ratios.items()} if total > 0 else {}}
+                "contributions": {k: float(r) / total for k, r in ratios.items()} if 0 < total < math.inf else {}}
 
 
 SourceKind = Literal["modbus", "opcua", "replay", "simulator"]
@@ -191,6 +196,7 @@ class StatsMessage(Message):
 
     STREAM: ClassVar[str] = "stats"
     VERSION: ClassVar[int] = 1
+    TIMES: ClassVar[tuple[str, ...]] = ("period_start",)
     model_version: int | None = None
     period_start: float = field(metadata=_min(0))
     period_s: float = field(metadata=_min(1))
@@ -256,8 +262,8 @@ class SensorMessage(Message):
         last = -math.inf
         for i, sample in enumerate(self.samples):
             seq, ts = sample.get("seq"), sample.get("ts")
-            if not (isinstance(seq, int | float) and float(seq).is_integer() and seq >= 0):
-                raise BadMessage(f"sample {i}: 'seq' must be a non-negative integer, got {_show(seq)}")
+            if not (_is_number(seq) and float(seq).is_integer() and 0 <= seq <= MAX_SEQ):
+                raise BadMessage(f"sample {i}: 'seq' must be an integer in 0..{MAX_SEQ}, got {_show(seq)}")
             if not isinstance(ts, int | float) or ts <= last:
                 raise BadMessage(f"sample {i}: 'ts' must be a number greater than the previous one, got {_show(ts)}")
             last = ts
@@ -305,7 +311,7 @@ class _RowFields:
     """What the IoT rule adds: topic(2), timestamp() (epoch ms), clientid()."""
 
     thing_name: str = field(metadata={"min_len": 1})
-    received_at: int = field(metadata=_min(0))
+    received_at: int = field(metadata={"min": 0, "max": int(MAX_EPOCH_S * 1000)})
     client_id: str = ""
 
     @property
@@ -335,7 +341,9 @@ def decode(cls: type[M], payload: bytes) -> M:
         raise BadMessage(f"{len(payload)} bytes is over the {cls.MAX_BYTES}-byte message limit")
     try:
         doc = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except BadMessage:
+        raise
+    except (ValueError, RecursionError) as exc:  # ValueError: not UTF-8, not JSON, an integer of too many digits
         raise BadMessage(f"not UTF-8 JSON: {exc}") from None
     return validate(cls, doc)
 
@@ -352,7 +360,20 @@ def validate(cls: type[M], doc: Any) -> M:
     thing = getattr(message, "thing_name", None)
     if thing is not None and message.turbine_id != thing:
         raise BadMessage(f"turbine_id {message.turbine_id!r} is not the sending thing {thing!r}")
+    if thing is not None:  # a cloud row
+        _check_times(message)
     return message
+
+
+def _check_times(row: Message) -> None:
+    """A row's times are epoch seconds before 2100 (the stores and the console turn them into dates). Checked on
+    the cloud's rows only: the device builds its messages from its samples' times and is not to fail on them."""
+    for name in row.TIMES:
+        value = getattr(row, name)
+        if value is not None and not 0 <= value < MAX_EPOCH_S:
+            raise BadMessage(f"field '{name}' must be epoch seconds before 2100, got {_show(value)}")
+    if isinstance(row, StatsMessage) and row.period_start + row.period_s >= MAX_EPOCH_S:
+        raise BadMessage(f"field 'period_s' ends the period after 2100, got {_show(row.period_s)}")
 
 
 def _fields(cls: type[Any], doc: Mapping[str, Any], prefix: str) -> Any:
@@ -386,8 +407,14 @@ def _no_constant(token: str) -> Any:
     raise BadMessage(f"{token} is not a JSON number")
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+def _is_number(x: Any) -> TypeGuard[int | float]:
+    """A finite JSON number a float can hold (an integer past the float range is not one)."""
+    if not isinstance(x, int | float) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 def _check(name: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
@@ -436,9 +463,13 @@ def _scalar(name: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
         raise BadMessage(f"field '{name}' must be a finite number, got {_show(value)}")
     if "min" in meta and value < meta["min"]:
         raise BadMessage(f"field '{name}' must be >= {meta['min']}, got {_show(value)}")
+    if "max" in meta and value > meta["max"]:
+        raise BadMessage(f"field '{name}' must be <= {meta['max']}, got {_show(value)}")
     return value  # an integer stays one (JSON does not tell 7 from 7.0; a sample's seq must stay 7)
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, int) and value.bit_length() > 200:  # repr of a huge integer is slow or refused
+        return f"an integer of {value.bit_length()} bits"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."

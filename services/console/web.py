@@ -78,6 +78,7 @@ def api(view: Callable[..., Any]) -> Callable[..., Response]:
     def wrapped(*args: Any, **kwargs: Any) -> Response:
         try:
             result = view(*args, **kwargs)
+            return result if isinstance(result, Response) else json_response(result)  # rendering may fail too
         except InvalidRequest as exc:
             return error_response(400, "bad_request", str(exc), exc.field)
         except NacelleError as exc:
@@ -86,7 +87,6 @@ def api(view: Callable[..., Any]) -> Callable[..., Response]:
         except Exception:
             logger.exception("console request failed")
             return error_response(500, "internal", "the console failed to answer; see its log")
-        return result if isinstance(result, Response) else json_response(result)
 
     return wrapped
 
@@ -112,7 +112,19 @@ def body(app: Chalice) -> dict[str, Any]:
         raise InvalidRequest("body", f"not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidRequest("body", "must be a JSON object")
+    for name, value in doc.items():  # JSON may escape a lone surrogate ("\ud800"): no store takes it
+        if not (_unicode(name) and _unicode(value)):
+            raise InvalidRequest(name if _unicode(name) else "body", "holds a lone surrogate (\\ud800-\\udfff), "
+                                 "not Unicode text")
     return doc
+
+
+def _unicode(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def actor(app: Chalice) -> str:

@@ -21,6 +21,7 @@ from shared.usecases.rollout import RolloutDeps
 
 T = TypeVar("T")
 MAX_LIMIT = 500
+MAX_VERSION = 2**31 - 1  # a registry's version numbers are 32-bit
 
 
 class InvalidRequest(DataError):
@@ -115,12 +116,19 @@ def integer(params: Mapping[str, str | None], name: str, default: int, low: int,
     text = params.get(name)
     if text is None or text == "":
         return default
-    if not text.strip().lstrip("-").isdigit():
-        raise InvalidRequest(name, f"{text!r} is not a whole number")
-    value = int(text)
-    if not low <= value <= high:
-        raise InvalidRequest(name, f"{value} is outside {low}..{high}")
+    raw = text.strip()
+    digits = raw.removeprefix("-")
+    if not _ascii_digits(digits):
+        raise InvalidRequest(name, f"{text[:40]!r} is not a whole number")
+    value = int(raw) if len(digits) <= 18 else None  # no int() of an endless number
+    if value is None or not low <= value <= high:
+        raise InvalidRequest(name, f"{raw[:40]} is outside {low}..{high}")
     return value
+
+
+def _ascii_digits(text: str) -> bool:
+    """0-9 only: str.isdigit() also takes '²' (which int() refuses) and other scripts' digits."""
+    return text.isascii() and text.isdigit()
 
 
 def paging(params: Mapping[str, str | None], default_limit: int = 50) -> tuple[int, int]:
@@ -141,8 +149,8 @@ def version_number(text: Any, field: str = "version") -> int:
     """A model version as operators write it: 2, "2" or "v2"."""
     raw = str(text).strip()
     digits = raw[1:] if raw[:1] in ("v", "V") else raw
-    if isinstance(text, bool) or not digits.isdigit() or int(digits) < 1:
-        raise InvalidRequest(field, f"{text!r} is not a model version (e.g. 2 or v2)")
+    if isinstance(text, bool) or not _ascii_digits(digits) or len(digits) > 10 or not 1 <= int(digits) <= MAX_VERSION:
+        raise InvalidRequest(field, f"{raw[:40]!r} is not a model version (e.g. 2 or v2)")
     return int(digits)
 
 

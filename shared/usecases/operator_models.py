@@ -15,6 +15,7 @@ from shared.ports import ModelVersion
 from shared.records import DeploymentRecord, records
 from shared.usecases import state_keys as sk
 from shared.usecases.approval import GATE, GATE_OVERRIDE, GATE_REASONS, approve, gate_refused, reject
+from shared.usecases.approval_scope import canary_only
 from shared.usecases.operator import InvalidRequest, OperatorDeps
 from shared.usecases.retraining import champion
 from shared.usecases.rollout import DEPLOYMENT, RolloutDeps
@@ -141,13 +142,14 @@ def compare(deps: OperatorDeps, a: int, b: int) -> dict[str, Any]:
 
 def decide(deps: OperatorDeps, version: int, decision: Decision, actor: str, reason: str,
            override_gate: bool = False) -> dict[str, Any]:
-    """Approve or reject; doing what is already done changes nothing ("changed": false)."""
+    """Approve or reject; doing what is already done changes nothing ("changed": false). Approving a version approved
+    for the canary only widens it to the fleet (approval.approve)."""
     if override_gate and not reason:
         raise InvalidRequest("reason", "overriding the quality gate needs a reason (it is recorded)")
     registry, group = deps.rollout.registry, deps.group
     current = registry.get(group, version)
     if decision == "approve":
-        done = current.status == "Approved" and not gate_refused(current)
+        done = current.status == "Approved" and not gate_refused(current) and not canary_only(current)
         if not done:
             approve(registry, group, version, actor, reason, deps.rollout.clock(), override_gate=override_gate)
     else:

@@ -20,6 +20,7 @@ import numpy as np
 from shared.capture import CAPTURE_PREFIX, CaptureName
 from shared.errors import DataError, ObjectNotFound, ValidationFailed
 from shared.jsonview import as_datetime
+from shared.messages import MAX_EPOCH_S
 from shared.ml.features import compute_features
 from shared.ml.spec import FeatureSpec
 from shared.ml.validation import Frame, load_frames
@@ -82,6 +83,8 @@ def time_param(params: Mapping[str, str | None], name: str) -> float:
     moment = as_datetime(value) if isinstance(value, str) or np.isfinite(value) else None
     if moment is None:
         raise InvalidRequest(name, f"{text[:40]!r} is not an ISO 8601 time or epoch seconds")
+    if not 0 <= moment.timestamp() < MAX_EPOCH_S:
+        raise InvalidRequest(name, f"{text[:40]!r} is not between 1970 and 2100")
     return moment.timestamp()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.errors import NotFound
+from shared.messages import MAX_EPOCH_S
 from shared.records import (
     DeploymentRecord,
     DeviceRecord,
@@ -50,10 +51,10 @@ def timeline(deps: OperatorDeps, turbine: str) -> dict[str, Any]:
     if not alerts and device is None and not executions and not periods:
         raise unknown(turbine)
     episodes = [{"alert_id": a.alert_id, "episode_id": a.episode_id, "started_at": a.started_at,
-                 "ended_at": a.ended_at or a.last_message_at or a.opened_at, "open": a.status == "open",
+                 "ended_at": _first_time(a.ended_at, a.last_message_at, a.opened_at), "open": a.status == "open",
                  "score": a.score, "severity": a.severity, "model_version": a.model_version,
                  "features": list(a.features)}
-                for a in alerts if isinstance(a, EpisodeAlert) and a.started_at]
+                for a in alerts if isinstance(a, EpisodeAlert) and _epoch_s(a.started_at)]
     raised = [{"alert_id": a.alert_id, "kind": a.kind, "severity": a.severity, "status": a.status,
                "at": getattr(a, "alert_at", None) or a.since or None, "verdict": a.verdict,
                "acks": [{"by": k.by, "at": k.at, "verdict": k.verdict, "note": k.note} for k in a.acks]}
@@ -66,7 +67,7 @@ def timeline(deps: OperatorDeps, turbine: str) -> dict[str, Any]:
     times = [t for t in [*(e["started_at"] for e in episodes), *(e["ended_at"] for e in episodes),
                          *(a["at"] for a in raised), *(s["at"] for s in swaps),
                          *(p["started_at"] for p in periods), *(p["ended_at"] for p in periods),
-                         device.last_health_at if device is not None else None] if t]
+                         device.last_health_at if device is not None else None] if _epoch_s(t)]
     last = max(times, default=deps.now())
     captured = capture_files(deps.rollout.store, turbine, last - CAPTURE_DAYS * 86400, last)[-MAX_CAPTURES:]
     return {"turbine": turbine, "threshold": THRESHOLD, "episodes": sorted(episodes, key=lambda e: e["started_at"]),
@@ -75,6 +76,16 @@ def timeline(deps: OperatorDeps, turbine: str) -> dict[str, Any]:
             "last_health_at": (device.last_health_at or None) if device is not None else None,
             "periods": periods, "captures": [describe(o.key, n) for o, n in captured],
             "first_at": min(times, default=None), "last_at": max(times, default=None)}
+
+
+def _epoch_s(t: Any) -> bool:
+    """A time the timeline can place: epoch seconds after 1970 and before 2100 (a stored row's time in ms or ns,
+    or made up, is left out: the view shows it as unknown)."""
+    return isinstance(t, int | float) and not isinstance(t, bool) and 0 < t < MAX_EPOCH_S
+
+
+def _first_time(*times: float | None) -> float | None:
+    return next((t for t in times if _epoch_s(t)), None)
 
 
 def _period(p: PeriodSummary) -> dict[str, Any]:

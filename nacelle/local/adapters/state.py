@@ -21,8 +21,11 @@ KEYS = ("pk", "sk")
 
 def plain(value: Any, path: str) -> Any:
     """`value` as plain JSON (dicts and lists), refusing what DynamoStateStore refuses: non-string map keys,
-    NaN and infinities, non-JSON types."""
-    if value is None or isinstance(value, str | bool | int):
+    NaN and infinities, text that is not Unicode (a lone surrogate), non-JSON types."""
+    if isinstance(value, str):
+        _check_text(value, path)
+        return value
+    if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -33,8 +36,18 @@ def plain(value: Any, path: str) -> Any:
     if isinstance(value, Mapping):
         if not all(isinstance(k, str) for k in value):
             raise ConfigurationError(f"state attribute {path} has a non-string map key")
+        for k in value:
+            _check_text(k, f"{path} key")
         return {k: plain(v, f"{path}.{k}") for k, v in value.items()}
     raise ConfigurationError(f"state attribute {path} is a {type(value).__name__}, not a JSON value")
+
+
+def _check_text(value: str, path: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigurationError(f"state attribute {path} is not Unicode text (a lone surrogate): "
+                                 "it cannot be stored") from None
 
 
 def _dumps(attributes: Mapping[str, Any]) -> str:

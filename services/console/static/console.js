@@ -75,7 +75,11 @@ const PAGES = {models: modelsPage, fleet: fleetPage, alerts: alertsPage, data: d
 function route() {
   const path = location.pathname.slice(BASE.length) || "/";
   const parts = path.split("/").filter(Boolean);
-  return {name: parts[0] || "models", arg: parts[1] ? decodeURIComponent(parts[1]) : null};
+  try {
+    return {name: parts[0] || "models", arg: parts[1] ? decodeURIComponent(parts[1]) : null};
+  } catch (err) {  // URIError: broken percent-encoding in the address
+    return {name: parts[0], arg: null, bad: parts[1]};
+  }
 }
 function go(path) { history.pushState({}, "", BASE + path); start(); }
 window.addEventListener("popstate", start);
@@ -87,6 +91,14 @@ function start() {
   const page = PAGES[r.name] || modelsPage;
   const main = document.getElementById("main");
   main.replaceChildren();
+  if (r.bad !== undefined) {
+    clearTimeout(timer);
+    currentPage = null;
+    main.append(h("p", {class: "error", role: "alert", "data-testid": "bad-address"},
+      `"${r.bad}" in the address is not valid percent-encoding: nothing to show`));
+    setStatus("bad address", true);
+    return;
+  }
   currentPage = page(main, r.arg);
   refresh();
 }
