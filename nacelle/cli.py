@@ -62,6 +62,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_outputs(data: Path, model: Path, outputs: dict[str, str | None]) -> None:
+    """Exports never overwrite the data, the model or each other (checked before anything is scored)."""
+    seen: dict[Path, str] = {}
+    for option, target in outputs.items():
+        if not target or target == "-":
+            continue
+        path = Path(target).resolve()
+        if path in seen:
+            raise NacelleError(f"{option} and {seen[path]} name the same file {target}")
+        if path == model.resolve() or path == data.resolve() or data.resolve() in path.parents:
+            raise NacelleError(f"{option} {target}: would overwrite the model or the data it scores; "
+                               "write it outside --data")
+        seen[path] = option
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from nacelle.eval_exports import STDOUT, episode_table, has_labels, output_format, point_table, write_table
     from training_jobs.evaluation import evaluate_model_on
@@ -69,6 +84,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.episodes == STDOUT and args.points == STDOUT:
         raise NacelleError("only one of --episodes and --points can go to stdout ('-')")
     data = Path(args.data)
+    _check_outputs(data, Path(args.model), {"--episodes": args.episodes, "--points": args.points})
     metrics, scored, episodes, faults, detector = evaluate_model_on(Path(args.model), data)
     if args.episodes:
         write_table(episode_table(episodes), args.episodes, output_format(args.episodes, args.format))

@@ -131,7 +131,27 @@ def cmd_data_put(args: argparse.Namespace) -> int:
         print(f"refused {name}: {reason}", file=sys.stderr)
     print(f"{uploaded} uploaded, {skipped} already present (identical; {announced} of them announced now), "
           f"{len(plan.refused)} refused")
+    if (readings := turbines_read(plan.files, stack)) is not None:
+        print(f"the stack reads each file's turbine from its folder: {readings}")
     return 1 if plan.refused else 0
+
+
+def turbines_read(files: list[tuple[Path, str]], stack: Any) -> str | None:
+    """What the stack will read as the turbines of the put data files (None: the spec names a turbine column).
+    Files lying directly in the folder given are read as that folder's turbine, not as their names say."""
+    from shared.ml.validation import turbine_from_name
+    from shared.usecases.retraining import load_group_spec
+
+    deps = stack.arrival_deps()
+    if load_group_spec(deps.store, deps.policy.group)[0].turbine_id_column:
+        return None
+    counts: dict[str, int] = {}
+    for _, key in files:
+        if key.startswith("raw/"):
+            parts = key.split("/")
+            turbine = parts[-2] if len(parts) > 2 else turbine_from_name(key)
+            counts[turbine] = counts.get(turbine, 0) + 1
+    return ", ".join(f"{t} ({n} file{'s' if n > 1 else ''})" for t, n in sorted(counts.items())) or None
 
 
 def cmd_data_retire(args: argparse.Namespace) -> int:

@@ -53,6 +53,9 @@ class Windows:
 
 
 def data_files(root: Path) -> list[Path]:
+    """The data files under a directory, or the one file named."""
+    if root.is_file():
+        return [root] if root.name.endswith(DATA_SUFFIXES) else []
     return sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(DATA_SUFFIXES))
 
 
@@ -74,7 +77,7 @@ def load_dataset(roots: list[Path], spec: FeatureSpec, skip: Collection[Path] = 
         for path in data_files(root):
             if path in skip:
                 continue
-            hint = path.parent.name if path.parent != root else None
+            hint = path.parent.name if path.parent != root and path != root else None  # else: the file name
             for frame in load_file(path, spec, turbine_hint=hint)[0]:
                 frames[frame.turbine_id].append(frame)
     if not frames:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 from importlib import resources
@@ -287,11 +288,12 @@ class FeatureSpec:
             sampling = _sub(Sampling, _sampling_in_hz(raw["sampling"], source), f"{source}: sampling")
             if not sampling.rate_hz > 0:
                 raise SpecError(f"{source}: sampling.rate_hz must be > 0")
-            windows_raw = _windows_in_seconds(raw.get("windows") or {}, version, sampling, source)
+            windows_raw = _windows_in_seconds(_mapping(raw.get("windows") or {}, f"{source}: windows"), version,
+                                              sampling, source)
             windows = _sub(Windows, _with_defaults(windows_raw, _window_defaults(sampling, windows_raw)),
                            f"{source}: windows")
             drift = _drift(raw.get("drift") or {}, windows, source)
-            episodes_raw = raw.get("episodes") or {}
+            episodes_raw = _mapping(raw.get("episodes") or {}, f"{source}: episodes")
             episodes = _sub(Episodes, _with_defaults(episodes_raw, _episode_defaults(windows, episodes_raw)),
                             f"{source}: episodes")
             evaluation = _sub(Evaluation, _with_defaults(raw.get("evaluation") or {}, {
@@ -302,8 +304,8 @@ class FeatureSpec:
                 name=str(raw["name"]),
                 version=str(raw.get("version", "1")),
                 time_column=str(raw["time_column"]),
-                columns=tuple(str(c) for c in raw["columns"]),
-                features=tuple(str(c) for c in raw["features"]),
+                columns=_names(raw["columns"], f"{source}: columns"),
+                features=_names(raw["features"], f"{source}: features"),
                 sampling=sampling,
                 windows=windows,
                 drift=drift,
@@ -315,11 +317,11 @@ class FeatureSpec:
                 label_column=_opt_str(raw.get("label_column")),
                 delimiter=str(raw.get("delimiter", ",")),
                 decimal=str(raw.get("decimal", ".")),
-                text_columns=tuple(str(c) for c in raw.get("text_columns") or ()),
+                text_columns=_names(raw.get("text_columns") or [], f"{source}: text_columns"),
                 derived=tuple(_derived(d, source) for d in raw.get("derived") or ()),
                 operating=_operating(raw.get("operating"), source),
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise SpecError(f"{source}: {exc}") from exc
 
     # -- consistency ---------------------------------------------------------------------------
@@ -404,14 +406,14 @@ def default_window_samples(rate_hz: float) -> int:
 
 def _window_defaults(sampling: Sampling, given: dict[str, Any]) -> dict[str, float]:
     rate = sampling.rate_hz
-    length_s = float(given.get("length_s", default_window_samples(rate) / rate))
+    length_s = _number(given.get("length_s", default_window_samples(rate) / rate), "windows.length_s")
     samples = max(2, round(length_s * rate))
     return {"length_s": length_s, "stride_s": max(1, round(samples / STRIDES_PER_WINDOW)) / rate,
             "max_gap_s": max(1.0, 5.0 / rate)}
 
 
 def _episode_defaults(windows: Windows, given: dict[str, Any]) -> dict[str, float]:
-    within = float(given.get("within_s", WITHIN_WINDOWS * windows.length_s))
+    within = _number(given.get("within_s", WITHIN_WINDOWS * windows.length_s), "episodes.within_s")
     return {"within_s": within, "open_after_s": OPEN_FRACTION * within,
             "close_after_s": CLOSE_WINDOWS * windows.length_s}
 
@@ -444,7 +446,8 @@ def _drift(raw: Any, windows: Windows, source: str) -> Drift:
         features = tuple(str(f) for f in chosen)
     else:
         raise SpecError(f"{source}: drift.features must be \"auto\" or a list of feature names, got {chosen!r}")
-    return Drift(features, float(raw.get("baseline_s", BASELINE_WINDOWS * windows.length_s)))
+    return Drift(features, _number(raw.get("baseline_s", BASELINE_WINDOWS * windows.length_s),
+                                   f"{source}: drift.baseline_s"))
 
 
 def _sampling_in_hz(raw: Any, source: str) -> Any:
@@ -453,7 +456,7 @@ def _sampling_in_hz(raw: Any, source: str) -> Any:
         return raw
     if "rate_hz" in raw:
         raise SpecError(f"{source}: sampling: give rate_hz or interval_s, not both")
-    interval = float(raw["interval_s"])
+    interval = _number(raw["interval_s"], f"{source}: sampling.interval_s")
     if not interval > 0:
         raise SpecError(f"{source}: sampling.interval_s must be > 0, got {raw['interval_s']!r}")
     return {**{k: v for k, v in raw.items() if k != "interval_s"}, "rate_hz": 1.0 / interval}
@@ -466,11 +469,36 @@ def _sub(cls: Any, raw: Any, where: str) -> Any:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise SpecError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
-    typed = {f.name: (int if f.type == "int" else float)(raw[f.name]) for f in fields(cls) if f.name in raw}
+    typed = {f.name: _number(raw[f.name], f"{where}.{f.name}", f.type == "int") for f in fields(cls) if f.name in raw}
     try:
         return cls(**typed)
     except TypeError as exc:
         raise SpecError(f"{where}: {exc}") from exc
+
+
+def _number(value: Any, where: str, whole: bool = False) -> Any:
+    """A finite number (a whole one when `whole`), else SpecError naming the key: never a bool, NaN or infinity."""
+    number = None
+    if not isinstance(value, bool):
+        with suppress(TypeError, ValueError, OverflowError):
+            number = float(value)
+    if number is None or not math.isfinite(number) or (whole and number != int(number)):
+        kind = "a whole number" if whole else "a finite number"
+        raise SpecError(f"{where} must be {kind}, got {value!r}")
+    return int(number) if whole else number
+
+
+def _names(raw: Any, where: str) -> tuple[str, ...]:
+    """A list of names (a bare string would be read letter by letter)."""
+    if not isinstance(raw, list | tuple) or not all(isinstance(n, str | int | float) and n != "" for n in raw):
+        raise SpecError(f"{where} must be a list of names, e.g. [a, b], got {raw!r}"[:300])
+    return tuple(str(n) for n in raw)
+
+
+def _mapping(raw: Any, where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where} must be a mapping, got {raw!r}"[:300])
+    return raw
 
 
 def _derived(raw: Any, source: str) -> DerivedFeature:
@@ -485,10 +513,11 @@ def _operating(raw: Any, source: str) -> Operating | None:
         return None
     if not isinstance(raw, dict) or not {"feature", "min"} <= set(raw) <= {"feature", "min", "max"}:
         raise SpecError(f"{source}: operating needs feature and min, and optionally max")
-    top = None if raw.get("max") is None else float(raw["max"])
-    if top is not None and not top > float(raw["min"]):
-        raise SpecError(f"{source}: operating.max ({top:g}) must be greater than operating.min ({raw['min']})")
-    return Operating(feature=str(raw["feature"]), min=float(raw["min"]), max=top)
+    low = _number(raw["min"], f"{source}: operating.min")
+    top = None if raw.get("max") is None else _number(raw["max"], f"{source}: operating.max")
+    if top is not None and not top > low:
+        raise SpecError(f"{source}: operating.max ({top:g}) must be greater than operating.min ({low:g})")
+    return Operating(feature=str(raw["feature"]), min=low, max=top)
 
 
 def _operating_dict(operating: Operating | None) -> dict[str, Any] | None:

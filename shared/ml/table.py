@@ -322,19 +322,24 @@ def parse_numbers(cells: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     returned as bad. Vectorised; falls back to one float() per cell only to locate bad cells.
     """
     no_bad = np.empty(0, dtype=np.int64)
+    underscores = "_" in "".join(cells)  # Python reads 5_0.1 as 50.1: no CSV writer means that
     try:  # every cell a number
-        return np.fromiter(map(float, cells), np.float64, len(cells)), no_bad
+        if not underscores:
+            return np.fromiter(map(float, cells), np.float64, len(cells)), no_bad
     except ValueError:
         pass
     try:  # numbers and empty cells
-        arr = np.asarray(cells, dtype=str)
-        return np.where(arr == "", "nan", arr).astype(np.float64), no_bad
+        if not underscores:
+            arr = np.asarray(cells, dtype=str)
+            return np.where(arr == "", "nan", arr).astype(np.float64), no_bad
     except ValueError:
         pass
     values = np.empty(len(cells), dtype=np.float64)
     bad: list[int] = []
     for i, cell in enumerate(cells):
         try:
+            if "_" in cell:
+                raise ValueError(cell)
             values[i] = float(cell) if cell.strip() else math.nan
         except ValueError:
             values[i] = math.nan
@@ -412,8 +417,10 @@ def _extended_date(text: str) -> bool:
 
 
 def _offset_seconds(tail: str) -> float | None:
-    """'+HH:MM' / '-HH:MM' -> seconds east of UTC; None if ``tail`` is not such an offset."""
-    if len(tail) != 6 or tail[0] not in "+-" or tail[3] != ":" or not (tail[1:3] + tail[4:]).isdigit():
+    """'+HH:MM' / '-HH:MM' -> seconds east of UTC; None if ``tail`` is not such an offset (hours 0-23, minutes
+    0-59, as datetime.fromisoformat reads them)."""
+    if len(tail) != 6 or tail[0] not in "+-" or tail[3] != ":" or not (tail[1:3] + tail[4:]).isascii() \
+            or not (tail[1:3] + tail[4:]).isdigit() or int(tail[1:3]) > 23 or int(tail[4:]) > 59:
         return None
     seconds = int(tail[1:3]) * 3600 + int(tail[4:]) * 60
     return float(seconds if tail[0] == "+" else -seconds)

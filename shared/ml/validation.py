@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,15 @@ class ValidationReport:
         elif self.warnings:
             text += f". First warning: {self.warnings[0].message}"
         return text + "."
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _beyond_float32(column: np.ndarray, i: int) -> str:
+    if np.isinf(column[i]):
+        return "value is infinite"
+    return f"value {column[i]:g} is beyond the model's float32 range (±{FLOAT32_MAX:.4g})"
 
 
 def turbine_from_name(source: str, hint: str | None = None) -> str:
@@ -193,9 +203,9 @@ def _check_table(table: Table, spec: FeatureSpec, hint: str | None, log: Problem
         if table.index(col) is not None:
             values[col], bad_cells[col] = _numeric_column(table, col, spec.decimal, log)
     for col in spec.input_columns:
-        if col in values:
-            log.rows("infinite_value", col, np.flatnonzero(np.isinf(values[col])), lines,
-                     lambda i: "value is infinite")
+        if col in values:  # the model reads float32: a larger magnitude becomes infinite there
+            log.rows("infinite_value", col, np.flatnonzero(np.abs(values[col]) > FLOAT32_MAX), lines,
+                     partial(_beyond_float32, values[col]))
     labels = values.pop(spec.label_column, None) if spec.label_column else None
     if labels is not None:
         not_binary = (labels != 0.0) & (labels != 1.0)

@@ -454,3 +454,17 @@ def test_sigterm_unwinds_a_command_as_ctrl_c_does(monkeypatch):
     started = time.monotonic()
     assert main([]) == 130 and cleaned == [True] and time.monotonic() - started < 5
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_data_put_says_which_turbines_the_stack_reads(tmp_path, capsys):
+    flat = tmp_path / "flat"  # two turbines' files in one folder: the stack reads the folder as their turbine
+    flat.mkdir()
+    for name in ("wt01_a.csv", "wt02_a.csv"):
+        (flat / name).write_text("x\n")
+    (tmp_path / "wt03").mkdir()
+    (tmp_path / "wt03" / "jan.csv").write_text("x\n")
+    home = str(tmp_path / "home")
+    assert main(["--data-dir", home, "spec", "put", str(write_spec(tmp_path / "plant.yaml"))]) == 0  # no id column
+    assert main(["--data-dir", home, "data", "put", str(flat), str(tmp_path / "wt03")]) == 0
+    out = capsys.readouterr().out
+    assert "the stack reads each file's turbine from its folder: flat (2 files), wt03 (1 file)" in out

@@ -127,3 +127,20 @@ def test_without_labels_points_have_no_fault_column(tmp_path, tiny_model, unlabe
 def test_only_one_output_can_use_stdout(tiny_model, labelled, capsys):
     code, _, err = evaluate(capsys, tiny_model, labelled, "--points", "-", "--episodes", "-")
     assert code == 2 and "only one of --episodes and --points" in err
+
+
+def test_exports_never_overwrite_the_data_or_each_other(tmp_path, tiny_model, labelled, capsys):
+    data_file = next(p for p in sorted(labelled.rglob("*")) if p.is_file())
+    before = data_file.read_bytes()
+    for extra, says in ((["--points", str(data_file)], "would overwrite"),
+                        (["--episodes", str(labelled / "new.csv")], "would overwrite"),
+                        (["--points", str(tmp_path / "x.csv"), "--episodes", str(tmp_path / "x.csv")], "same file")):
+        code, _, err = evaluate(capsys, tiny_model, labelled, *extra)
+        assert code == 2 and says in err
+    assert data_file.read_bytes() == before and not (labelled / "new.csv").exists()
+
+
+def test_one_data_file_can_be_evaluated_like_a_folder(tiny_model, unlabelled, capsys):
+    data_file = next(p for p in sorted(unlabelled.rglob("*.csv")))
+    code, out, _ = evaluate(capsys, tiny_model, data_file)
+    assert code == 0 and json.loads(out)["counts"]["turbine_days"] > 0

@@ -185,6 +185,16 @@ def test_explicit_seconds_are_converted_to_samples_once():
     ("validation", {"max_gap_s": 0.5}, "max_gap_s >= windows.max_gap_s"),
     ("sampling", {"rate_hz": 0}, "sampling.rate_hz"),
     ("sampling", {"rate_hz": 20.0, "tolerance": 1.5}, "sampling.tolerance"),
+    # not a finite number: NaN slips through every comparison, infinity overflows the conversion to samples
+    ("drift", {"baseline_s": float("nan")}, "drift.baseline_s must be a finite number"),
+    ("windows", {"length_s": float("inf")}, "windows.length_s must be a finite number"),
+    ("windows", {"length_s": 5.0, "max_gap_s": float("nan")}, "windows.max_gap_s must be a finite number"),
+    ("validation", {"max_gap_s": float("inf")}, "validation.max_gap_s must be a finite number"),
+    ("validation", {"min_windows": 2.7}, "validation.min_windows must be a whole number"),
+    ("evaluation", {"detection_tolerance_s": float("nan")}, "evaluation.detection_tolerance_s must be a finite"),
+    ("sampling", {"rate_hz": float("inf")}, "sampling.rate_hz must be a finite number"),
+    ("sampling", {"rate_hz": True}, "sampling.rate_hz must be a finite number"),
+    ("episodes", {"within_s": "soon"}, "episodes.within_s must be a finite number"),
 ])
 def test_bad_timescales_are_refused_with_the_key_named(section, values, key):
     raw = default_spec().to_dict()
@@ -193,6 +203,20 @@ def test_bad_timescales_are_refused_with_the_key_named(section, values, key):
     else:
         raw[section] = {**raw[section], **values}
     with pytest.raises(SpecError, match=key.replace(".", r"\.")):
+        FeatureSpec.from_dict(raw, "my-spec.yaml")
+
+
+@pytest.mark.parametrize("key", ["columns", "features", "text_columns"])
+def test_names_must_be_a_list_not_a_string_read_letter_by_letter(key):
+    raw = {**default_spec().to_dict(), key: "abc"}
+    with pytest.raises(SpecError, match=f"{key} must be a list of names"):
+        FeatureSpec.from_dict(raw, "my-spec.yaml")
+
+
+@pytest.mark.parametrize("section", ["windows", "episodes"])
+def test_a_section_that_is_not_a_mapping_is_refused_by_name(section):
+    raw = {**default_spec().to_dict(), section: [1, 2]}
+    with pytest.raises(SpecError, match=f"{section} must be a mapping"):
         FeatureSpec.from_dict(raw, "my-spec.yaml")
 
 

@@ -247,3 +247,17 @@ def test_any_delimiter(delimiter: str) -> None:
     table = read_table(delimiter.join("abc") + "\n" + delimiter.join("123") + "\n", delimiter, log(), every_column)
     assert table is not None and table.header == ("a", "b", "c")
     assert [table.columns[c].values.tolist() for c in "abc"] == [["1"], ["2"], ["3"]]
+
+
+def test_iso_offsets_beyond_a_day_are_bad_cells_not_shifted_times() -> None:
+    t, bad = parse_times(["2026-01-01T00:00:00+99:99", "2026-01-01T00:00:01+24:30"], "iso8601")
+    assert bad.tolist() == [0, 1] and np.isnan(t).all()
+    t, bad = parse_times(["2026-01-01T23:59:00+23:59", "2026-01-01T00:00:00+24:30"], "iso8601")
+    assert bad.tolist() == [1] and t[0] == T0  # 23:59 at +23:59 is midnight UTC
+
+
+def test_numbers_with_underscores_are_not_numbers() -> None:
+    values, bad = parse_numbers(["5_0.1", "50.1", "1_000"])
+    assert bad.tolist() == [0, 2] and values[1] == 50.1
+    times, bad = parse_times(["1767_225630.0", "1767225631.0"], "epoch_s")
+    assert bad.tolist() == [0] and times[1] == 1767225631.0

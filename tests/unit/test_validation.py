@@ -386,9 +386,11 @@ def test_infinite_values() -> None:
     rows = mini_rows(200)
     rows[9]["qx"] = "inf"
     rows[10]["qy"] = "-inf"
+    rows[11]["rps"] = "1e39"  # finite here, infinite in the model's float32
+    rows[12]["rps"] = "3.4e38"  # within float32
     errors = only(validate_bytes(to_csv(rows), SOURCE, SPEC), "infinite_value")
-    assert [(p.column, p.row) for p in errors] == [("qx", line_of(9)), ("qy", line_of(10))]
-    assert all(SOURCE in p.message for p in errors)
+    assert [(p.column, p.row) for p in errors] == [("qx", line_of(9)), ("qy", line_of(10)), ("rps", line_of(11))]
+    assert all(SOURCE in p.message for p in errors) and "1e+39 is beyond the model's float32 range" in errors[2].message
 
 
 def test_sampling_rate_outside_tolerance() -> None:
