@@ -543,6 +543,7 @@ class RolloutRecord(Record):
     superseded_by: int | str | None = None  # the newer version, or "rollback to v<n>"
     canary_only: bool | None = None  # approved for the canary only: the promotion waits for a person's approval
     canary_passed_at: float | None = None  # a canary-only rollout's canary soaked (it holds there)
+    promotion_refused_at: float | None = None  # soaked, but the version was no longer approved: never promoted
 
     def deployment_id(self, stage: str) -> str:
         """The deployment of stage canary or fleet ("" when it has none, or for another stage)."""
@@ -564,7 +565,8 @@ class RolloutRecord(Record):
                 "stuck_reported_canary": self.stuck_reported_canary, "stuck_reported_fleet": self.stuck_reported_fleet,
                 "done_at": self.done_at, "failed_stage": self.failed_stage, "failure_reason": self.failure_reason,
                 "failed_at": self.failed_at, "canceled_at": self.canceled_at, "superseded_by": self.superseded_by,
-                "canary_only": self.canary_only, "canary_passed_at": self.canary_passed_at}
+                "canary_only": self.canary_only, "canary_passed_at": self.canary_passed_at,
+                "promotion_refused_at": self.promotion_refused_at}
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> RolloutRecord:
@@ -585,7 +587,8 @@ class RolloutRecord(Record):
                    canceled_at=_opt_float(item.get("canceled_at")),
                    superseded_by=superseded if isinstance(superseded, int | str) else None,
                    canary_only=_opt_bool(item.get("canary_only")),
-                   canary_passed_at=_opt_float(item.get("canary_passed_at")))
+                   canary_passed_at=_opt_float(item.get("canary_passed_at")),
+                   promotion_refused_at=_opt_float(item.get("promotion_refused_at")))
 
 
 def _opt_bool(value: Any) -> bool | None:

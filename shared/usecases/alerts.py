@@ -36,7 +36,7 @@ import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, partial
 from typing import Any, Literal, TypeVar
 
 from shared import settings as defaults
@@ -162,14 +162,34 @@ def _mutate(store: StateStore, pk: str, sk: str, read: Callable[[Mapping[str, An
 
 
 def _claim(deps: AlertDeps, alert_id: str, flag: Notice, extra: Mapping[str, Any] | None = None) -> bool:
-    """Take the right to send notification `flag` of an alert (None -> 'claimed')."""
-    return deps.alerts.update_if(ALERTS, alert_id, {flag: "claimed", **(extra or {})}, {flag: None})
+    """Take the right to send notification `flag` of an alert (None -> 'claimed'; `<flag>_at` the claim's time
+    until the send records its own)."""
+    return deps.alerts.update_if(ALERTS, alert_id, {flag: "claimed", f"{flag}_at": deps.clock().timestamp(),
+                                                    **(extra or {})}, {flag: None})
 
 
-def _send(deps: AlertDeps, alert_id: str, flag: Notice, subject: str, body: str, attributes: Mapping[str, str]
-          ) -> str:
-    """Publish a claimed notification; a failed publish gives the claim back so a retry sends it."""
+STALE_CLAIM_S = 900.0  # a claimed notification not sent by then was claimed by a function that died (15 min max)
+
+
+def _release_stale_claims(item: EpisodeAlert, now: float, deps: AlertDeps) -> bool:
+    """Give back an episode's alert or resolution claimed by a function that died before sending it."""
+    released = False
+    for flag, state, at in (("alert", item.alert, item.alert_at), ("resolution", item.resolution, item.resolution_at)):
+        if state == "claimed" and at is not None and now - at >= STALE_CLAIM_S \
+                and deps.alerts.update_if(ALERTS, item.alert_id, {flag: None}, {flag: "claimed"}):
+            logger.warning("a claimed notification was never sent: claimed again", alert_id=item.alert_id,
+                           notification=flag)
+            released = True
+    return released
+
+
+Message = tuple[str, str, Mapping[str, str]]  # subject, body, attributes
+
+
+def _send(deps: AlertDeps, alert_id: str, flag: Notice, message: Callable[[], Message]) -> str:
+    """Build and publish a claimed notification; a failure in either gives the claim back so a retry sends it."""
     try:
+        subject, body, attributes = message()
         message_id = deps.notifier.publish("alerts", subject, body, attributes)
     except Exception:
         deps.alerts.update_if(ALERTS, alert_id, {flag: None}, {flag: "claimed"})
@@ -335,11 +355,11 @@ def _settle_episode(item: EpisodeAlert, deps: AlertDeps) -> list[str]:
             else:
                 extra = {}
             if _claim(deps, alert_id, "alert", extra):
-                sent.append(_send(deps, alert_id, "alert", *_episode_message(item, deps, repeats)))
+                sent.append(_send(deps, alert_id, "alert", lambda: _episode_message(item, deps, repeats)))
     current = load(EpisodeAlert, deps.alerts.get(ALERTS, alert_id)) or item
     if current.status == "closed" and current.alert == "sent" and current.resolution is None \
             and _claim(deps, alert_id, "resolution"):
-        sent.append(_send(deps, alert_id, "resolution", *_resolution_message(current, deps)))
+        sent.append(_send(deps, alert_id, "resolution", lambda: _resolution_message(current, deps)))
     return sent
 
 
@@ -438,16 +458,19 @@ def sweep(deps: AlertDeps) -> list[str]:
     summaries whose window has ended: from the open index, so its cost follows what is open, not the history."""
     now, sent = deps.clock().timestamp(), []
     for item in _open(EpisodeAlert, deps, "episode:"):
+        if _release_stale_claims(item, now, deps):
+            sent += _settle_episode(load(EpisodeAlert, deps.alerts.get(ALERTS, item.alert_id)) or item, deps)
+            continue
         if (item.status == "open" and item.interrupted_at is not None
                 and now - item.interrupted_at >= deps.policy.offline_after_s and not _still_carried_on(item, deps)
                 and deps.alerts.update_if(ALERTS, item.alert_id, {"status": "unknown"}, {"status": "open"})):
             if item.alert == "sent" and _claim(deps, item.alert_id, "resolution"):
-                sent.append(_send(deps, item.alert_id, "resolution", *_unknown_message(item, deps)))
+                sent.append(_send(deps, item.alert_id, "resolution", partial(_unknown_message, item, deps)))
             continue
         if (item.status == "open" and item.alert == "sent" and not item.escalated and not item.acks
                 and now - item.since >= deps.policy.escalate_after_s
                 and _claim(deps, item.alert_id, "escalation", EpisodeAlert.changes(escalated="open-too-long"))):
-            sent.append(_send(deps, item.alert_id, "escalation", *_escalation_message(item, now, deps)))
+            sent.append(_send(deps, item.alert_id, "escalation", partial(_escalation_message, item, now, deps)))
     for summary in _open(SummaryAlert, deps, "summary:"):
         if summary.status == "pending" and summary.due_at <= now \
                 and deps.alerts.update_if(ALERTS, summary.alert_id, {"status": "sending"}, {"status": "pending"}):
@@ -532,8 +555,8 @@ def _offline(thing: str, last: float, now: float, deps: AlertDeps) -> list[str]:
     body = (f"Turbine {thing} has sent no health report {silent} (last one at {_iso(last or None)}; "
             f"the limit is {deps.policy.offline_after_s / 60:g} min). Its anomaly detection is not being "
             f"reported either.\n\nAlert: {alert_id}")
-    return [_send(deps, alert_id, "alert", f"[HIGH] {thing}: turbine offline", body,
-                  _attributes(thing, "high", [], "offline"))]
+    return [_send(deps, alert_id, "alert", lambda: (f"[HIGH] {thing}: turbine offline", body,
+                                                    _attributes(thing, "high", [], "offline")))]
 
 
 def _back_online(thing: str, last: float, outage: str, deps: AlertDeps) -> list[str]:
@@ -545,8 +568,8 @@ def _back_online(thing: str, last: float, outage: str, deps: AlertDeps) -> list[
     if item.alert == "sent" and _claim(deps, outage, "resolution"):
         body = (f"Turbine {thing} is reporting health again since {_iso(last)} (silent since "
                 f"{_iso(item.last_health_at or None)}).\n\nAlert: {outage}")
-        sent.append(_send(deps, outage, "resolution", f"[RESOLVED] {thing}: back online", body,
-                          _attributes(thing, "high", [], "online")))
+        sent.append(_send(deps, outage, "resolution", lambda: (f"[RESOLVED] {thing}: back online", body,
+                                                               _attributes(thing, "high", [], "online"))))
     if item.alert in ("sent", None):
         deps.alerts.update_if("device", thing, {"outage": None}, {"outage": outage})
     return sent

@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -100,7 +100,13 @@ def on_model_package_change(group: str, version: int, status: str, deps: Compile
               "started_at": deps.clock().isoformat(), "input_shape": current.metadata.get("nacelle:input_shape", "")}
     if not lifecycle.advance(deps.state, lifecycle.COMPILE, pk, COMPILE + str(version), ABSENT, APPROVED_EVENT,
                              IN_PROGRESS, record):
-        return Outcome("duplicate", f"the compile of v{version} was already started")
+        claimed = deps.state.get(pk, COMPILE + str(version))
+        if claimed is None or claimed.get("status") != IN_PROGRESS:
+            return Outcome("duplicate", f"the compile of v{version} was already started")
+        # claimed by a delivery that may have failed or died before its job was created: starting the job again
+        # is a no-op when it exists (its name is the claim's), so a redelivery always completes the work
+        return _launch(current.model_data_key, current.metadata.get("nacelle:dataset_hash", ""), claimed, deps,
+                       resumed=True)
     return _launch(current.model_data_key, current.metadata.get("nacelle:dataset_hash", ""), record, deps)
 
 
@@ -121,11 +127,15 @@ def retry_compile(version: int, deps: CompileDeps) -> Outcome:
     record = deps.state.get(pk, COMPILE + str(version))
     if record is None:
         raise JobNotFound(f"v{version} of {deps.group} was never compiled")
+    if record["status"] == IN_PROGRESS and not _job_exists(str(record["job_name"]), deps):
+        current = deps.registry.get(deps.group, version)  # claimed, but its job was never created: create it
+        return _launch(current.model_data_key, current.metadata.get("nacelle:dataset_hash", ""), record, deps)
     if record["status"] != FAILED:
         raise Conflict(f"the compile of v{version} is {record['status']}, not Failed")
     attempt = int(record["attempt"]) + 1
     changes = {"attempt": attempt, "job_name": compile_job_name(deps.group, version, attempt),
-               "failure_reason": None, "started_at": deps.clock().isoformat()}  # never the key (pk, sk)
+               "failure_reason": None, "followed_up": None,
+               "started_at": deps.clock().isoformat()}  # never the key (pk, sk)
     if not lifecycle.advance(deps.state, lifecycle.COMPILE, pk, COMPILE + str(version), FAILED, RETRY, IN_PROGRESS,
                              changes, {"attempt": record["attempt"]}):
         raise Conflict(f"the compile of v{version} changed concurrently")
@@ -134,7 +144,16 @@ def retry_compile(version: int, deps: CompileDeps) -> Outcome:
                    deps)
 
 
-def _launch(model_key: str, dataset_hash: str, record: dict[str, object], deps: CompileDeps) -> Outcome:
+def _job_exists(job_name: str, deps: CompileDeps) -> bool:
+    try:
+        deps.compiler.describe(job_name)
+    except JobNotFound:
+        return False
+    return True
+
+
+def _launch(model_key: str, dataset_hash: str, record: Mapping[str, object], deps: CompileDeps,
+            resumed: bool = False) -> Outcome:
     version = int(str(record["version"]))
     job_name = str(record["job_name"])
     correlate(job_name=job_name)
@@ -146,6 +165,8 @@ def _launch(model_key: str, dataset_hash: str, record: dict[str, object], deps: 
         deps.compiler.start(request)
     except JobAlreadyExists:
         logger.info("compile job already exists", job_name=job_name)
+        if resumed:
+            return Outcome("duplicate", f"the compile of v{version} was already started ({job_name})")
     logger.info("compile started", job_name=job_name, version=version)
     return Outcome("started", job_name, {"job_name": job_name, "version": version})
 
@@ -161,9 +182,13 @@ def on_compile_finished(job_name: str, status: str, failure_reason: str | None, 
     event = COMPLETED_EVENT if status == "Completed" else FAILED_EVENT  # Failed or Stopped
     final = lifecycle.COMPILE.target(IN_PROGRESS, event)
     changes = {"failure_reason": failure_reason, "ended_at": deps.clock().isoformat()}
-    if not lifecycle.advance(deps.state, lifecycle.COMPILE, pk, COMPILE + str(record["version"]), IN_PROGRESS, event,
-                             final, changes, {"job_name": job_name}):
+    key = COMPILE + str(record["version"])
+    moved = lifecycle.advance(deps.state, lifecycle.COMPILE, pk, key, IN_PROGRESS, event, final, changes,
+                              {"job_name": job_name})
+    if not moved and (record.get("status") != final or record.get("followed_up")):
         return Outcome("duplicate", f"{job_name} was already recorded")
+    # what follows the record is idempotent and runs again on a redelivery until it is recorded as done (a failed
+    # or interrupted publish is retried with the event: at least once)
     if final == "Completed":
         _start_neo(int(record["version"]), str(record.get("input_shape") or ""), deps)
     if final == "Failed":
@@ -173,7 +198,8 @@ def on_compile_finished(job_name: str, status: str, failure_reason: str | None, 
             f"v{record['version']} stays Approved but is not compiled and will not be deployed.\n"
             f"Retry with: nacelle jobs retry {job_name}",
             {"model_version": str(record["version"]), "job_name": job_name, "status": final})
-    return Outcome(final.lower(), job_name, {"version": record["version"]})
+    deps.state.update_if(pk, key, {"followed_up": True}, {"job_name": job_name})
+    return Outcome(final.lower() if moved else "resumed", job_name, {"version": record["version"]})
 
 
 def _start_neo(version: int, input_shape: str, deps: CompileDeps) -> None:

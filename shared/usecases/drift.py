@@ -36,6 +36,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 
 import numpy as np
 
@@ -335,7 +336,7 @@ def _settle(state: DriftState, verdict: Verdict, row: StatsRow, deps: DriftDeps)
                 {"status": "open"})
         current = load(DriftAlert, alert_deps.alerts.get(ALERTS, alert_id))
         if current is not None and current.alert is None and _claim(alert_deps, alert_id, "alert"):
-            return [_send(alert_deps, alert_id, "alert", *_drift_message(current, row, deps))]
+            return [_send(alert_deps, alert_id, "alert", partial(_drift_message, current, row, deps))]
         return []
     deps.state.delete(DRIFTING, thing)
     alert_deps.alerts.update_if(ALERTS, alert_id, DriftAlert.changes(status="closed", ended_at=row.period_start),
@@ -344,7 +345,7 @@ def _settle(state: DriftState, verdict: Verdict, row: StatsRow, deps: DriftDeps)
     sent = []
     if current is not None and current.alert == "sent" and current.resolution is None \
             and _claim(alert_deps, alert_id, "resolution"):
-        sent.append(_send(alert_deps, alert_id, "resolution", *_resolution_message(current, row)))
+        sent.append(_send(alert_deps, alert_id, "resolution", partial(_resolution_message, current, row)))
     if current is None or current.alert != "claimed":  # settled (a claimed alert is still being sent)
         deps.state.update_if(DRIFT, thing, {"alert_id": None}, {"alert_id": alert_id, "status": "ok"})
     return sent

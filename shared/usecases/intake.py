@@ -37,7 +37,8 @@ def admit(store: StateStore, row_type: type[M], raw: Mapping[str, Any], now: flo
         thing = raw.get("thing_name") if isinstance(raw, Mapping) else None
         record_rejected(store, str(thing)[:128] if thing else "?", row_type.STREAM, "schema", exc.reason, now)
         return None
-    track_sequence(store, row.turbine_id, row.STREAM, row.seq)
+    received = getattr(row, "received_at", None)  # every cloud row has it (the rule's timestamp())
+    track_sequence(store, row.turbine_id, row.STREAM, row.seq, None if received is None else int(received))
     return row
 
 
@@ -62,29 +63,34 @@ def rejected(store: StateStore) -> list[dict[str, Any]]:
     return store.query(REJECTED)
 
 
-def track_sequence(store: StateStore, thing: str, stream: str, seq: int) -> list[int]:
-    """Note message `seq` of `thing`'s `stream`; returns the numbers newly found missing (a gap)."""
+def track_sequence(store: StateStore, thing: str, stream: str, seq: int, received_at: int | None = None) -> list[int]:
+    """Note message `seq` of `thing`'s `stream` (`received_at`: when the broker received it, ms); returns the
+    numbers newly found missing (a gap; of a longer one, its last MAX_MISSING_KEPT)."""
     if seq < 1:
         return []  # unnumbered (an older device)
     found: list[int] = []
 
     def change(item: Mapping[str, Any] | None) -> dict[str, Any] | None:
         found.clear()
-        if item is None or seq == 1 < int(item["high"]):  # first message seen, or a reset spool
+        # message 1 again: a reset spool when received after the stream's highest (the same delivery again
+        # is a duplicate, not a restart of the numbering)
+        if item is None or (seq == 1 < int(item["high"]) and (
+                received_at is None or received_at > int(item.get("high_received_at") or -1))):
             past = item or {}
-            return {"thing_name": thing, "stream": stream, "high": seq, "missing": [],
+            return {"thing_name": thing, "stream": stream, "high": seq, "missing": [], "high_received_at": received_at,
                     "lost_uncounted": int(past.get("lost_uncounted", 0)), "gaps": int(past.get("gaps", 0))}
         high, missing = int(item["high"]), [int(m) for m in item.get("missing", [])]
         if seq in missing:
             return {**item, "missing": [m for m in missing if m != seq]}
         if seq <= high:
             return None  # a duplicate
-        hole = list(range(high + 1, seq))
+        size = seq - high - 1
+        hole = list(range(max(high + 1, seq - MAX_MISSING_KEPT), seq))  # never the whole of a huge jump
         found.extend(hole)
         kept = (missing + hole)[-MAX_MISSING_KEPT:]
-        overflow = len(missing) + len(hole) - len(kept)
-        return {**item, "high": seq, "missing": kept, "gaps": int(item.get("gaps", 0)) + (1 if hole else 0),
-                "lost_uncounted": int(item.get("lost_uncounted", 0)) + overflow}
+        overflow = len(missing) + size - len(kept)
+        return {**item, "high": seq, "missing": kept, "gaps": int(item.get("gaps", 0)) + (1 if size else 0),
+                "lost_uncounted": int(item.get("lost_uncounted", 0)) + overflow, "high_received_at": received_at}
 
     _update(store, STREAMS, f"{thing}#{stream}", change)
     if found:

@@ -40,6 +40,7 @@ superseded and canceled are final.
 |---------|-----------------|------------|------------------------------------------------------------|
 | absent  | no-devices      | waiting    | compilation_completed: the canary group has no device      |
 | absent  | deploy          | canary     | compilation_completed: the canary deployment               |
+| absent  | newer-version   | superseded | a late bundle event: a newer version is on its way or done |
 | waiting | deploy          | canary     | a watchdog check finds a device                            |
 | waiting | newer-version   | superseded | a newer version waits too, or is further on                |
 | canary  | newer-version   | superseded | a newer version's canary deployment                        |
@@ -143,6 +144,7 @@ ROLLOUT = Machine("rollout", "stage",
                   (ABSENT, WAITING, CANARY, FLEET, DONE, FAILING, FAILED_STAGE, SUPERSEDED, CANCELED), _table(
     (ABSENT, NO_DEVICES, WAITING),
     (ABSENT, DEPLOY, CANARY),
+    (ABSENT, NEWER_VERSION, SUPERSEDED),
     (WAITING, DEPLOY, CANARY),
     (WAITING, NEWER_VERSION, SUPERSEDED),
     (CANARY, NEWER_VERSION, SUPERSEDED),

@@ -5,10 +5,11 @@ A device holding the shared claim certificate asks (RegisterThing) to become thi
 
 * the name and serial match the stack's patterns (DeviceNamePattern, DeviceSerialPattern);
 * the group is the canary or the fleet group (no other group: the claim cannot place a device anywhere else);
-* no thing of that name exists yet, or the thing's only certificate is the very one being provisioned (the same
-  request retried after its answer was lost). Anything else would attach a new certificate to an existing
-  turbine and let the claim holder speak as it: replacing a device goes through decommissioning first
-  (docs/devices.md).
+* no thing of that name exists yet, or it exists without any certificate (created ahead of its device), or the
+  thing's only certificate is the very one being provisioned (the same request retried after its answer was
+  lost). Anything else would attach a new certificate to an existing turbine and let the claim holder speak as
+  it: replacing a device goes through decommissioning first (docs/devices.md), which deletes the thing, so an
+  interrupted decommissioning must be run to its end before the name is free again.
 
 The decision depends only on the request and the registry, so a redelivered request gets the same answer.
 """

@@ -62,6 +62,12 @@ def on_training_finished(job_name: str, status: str, failure_reason: str | None,
     job = deps.state.get(pk, sk.JOB + job_name)
     if job is None:
         return Outcome("ignored", f"{job_name} was not started by group {deps.group}")
+    if job.get("status") in TERMINAL and job.get("finished") and not job.get("notified"):
+        # recorded, but its notice failed or the function died before sending it: handled again (idempotent)
+        redone = (_completed(job_name, job, model_key, deps) if job["status"] == "Completed"
+                  else _failed(job_name, job, str(job["status"]), str(job.get("failure_reason") or ""), deps))
+        _after_job(job_name, job, deps)
+        return Outcome("resumed", redone.detail, redone.data)
     if job.get("status") in TERMINAL and job.get("finished"):
         if job.get("gate") == "passed" and job.get("model_version") is not None:
             _auto_approve(int(job["model_version"]), job_name, job, deps, notify=True)  # a crash came before it?
@@ -82,11 +88,12 @@ def _failed(job_name: str, job: dict[str, Any], status: str, reason: str, deps: 
                                                          "finished": True, "ended_at": deps.clock().isoformat()},
                                  {"status": "InProgress"})
     deps.state.update_if(pk, sk.DATASET + job["dataset_hash"], {"status": "failed"}, {"status": "running"})
-    if first:
+    if first or _unsent(job):
         deps.notifier.publish("approvals", f"Training job {job_name} {status.lower()}",
                               f"Training job {job_name} ({status}) did not produce a model.\nReason: {reason}\n\n"
                               f"Retry it with: nacelle jobs retry {job_name}",
                               {"job_name": job_name, "status": status})
+        _sent(job_name, deps)
     logger.warning("training job did not complete", status=status, reason=reason)
     return Outcome("failed", reason, {"job_name": job_name, "status": status})
 
@@ -117,12 +124,23 @@ def _completed(job_name: str, job: dict[str, Any], model_key: str | None, deps: 
     trained_until = float(dataset.get("max_accepted_at", 0.0))
     if trained_until > float(watermark.get("trained_until", 0.0)):
         deps.state.put(pk, sk.WATERMARK, {"trained_until": trained_until, "dataset_hash": job["dataset_hash"]})
-    if first:
-        _notify(version, decision, job_name, deps, automatic=canary_only(version))  # also after a crash
+    if first or _unsent(job):
+        _notify(version, decision, job_name, deps, automatic=canary_only(version))
+        _sent(job_name, deps)
     logger.info("model registered", model_version=version.version, status=version.status,
                 reasons=decision.reasons)
     return Outcome("registered", f"version {version.version} {version.status}",
                    {"version": version.version, "status": version.status, "reasons": decision.reasons})
+
+
+def _unsent(job: dict[str, Any]) -> bool:
+    """A job recorded as finished (as it was read) whose notice was never recorded as sent: a redelivery sends it
+    (at least once: a crash between the publish and its record sends it twice)."""
+    return bool(job.get("finished")) and not job.get("notified")
+
+
+def _sent(job_name: str, deps: RegistrationDeps) -> None:
+    deps.state.update_if(sk.group_pk(deps.group), sk.JOB + job_name, {"notified": True}, {})
 
 
 def _auto_approve(version: int, job_name: str, job: dict[str, Any], deps: RegistrationDeps,

@@ -367,6 +367,7 @@ def _drift_requested(state: StateStore, group: str) -> bool:
 
 
 def on_retrain_check(deps: ArrivalDeps, requested_at: datetime, reason: str = "") -> Outcome:
+    _free_unstarted_claim(deps)
     status, files = _retrain_state(deps)
     if status.blocker is not None:
         return Outcome("skipped", status.blocker, status.figures)
@@ -491,33 +492,66 @@ def launch(deps: ArrivalDeps, digest: str, manifest_key: str, *, attempt: int, r
     now = deps.clock()
     if not claim_active_job(state, policy.group, job_name, now):
         return Outcome("skipped", "another job is running")
-    drift_requests = sorted({*(drift_requests or []), *_take_drift_requests(state, policy.group, job_name)})
-    state.put(pk, sk.DATASET + digest, {"hash": digest, "manifest_key": manifest_key, "attempts": attempt,
-                                        "status": "running", "last_job": job_name, "files": files,
-                                        "max_accepted_at": max_accepted_at})
-    state.put(pk, sk.JOB + job_name, {"job_name": job_name, "dataset_hash": digest, "attempt": attempt,
-                                      "status": "InProgress", "started_at": now.isoformat(), "reason": reason,
-                                      "new_turbine_hours": round(new_hours, 3), "kind": "training",
-                                      "drift_requests": drift_requests})
-    spec_key = load_group_spec(deps.store, policy.group)[1]
-    champion_key = champion_model_key(deps.registry, policy.group)
-    request = TrainingRequest(job_name=job_name, dataset_manifest_key=manifest_key,
-                              hyperparameters={**policy.hyperparameters, "dataset_hash": digest},
-                              spec_key=spec_key, champion_model_key=champion_key,
-                              tags={"nacelle:dataset_hash": digest, "nacelle:group": policy.group})
-    try:
+    try:  # anything failing before the job exists gives the claim back: the next check or a retry starts it
+        drift_requests = sorted({*(drift_requests or []), *_take_drift_requests(state, policy.group, job_name)})
+        state.put(pk, sk.DATASET + digest, {"hash": digest, "manifest_key": manifest_key, "attempts": attempt,
+                                            "status": "running", "last_job": job_name, "files": files,
+                                            "max_accepted_at": max_accepted_at})
+        state.put(pk, sk.JOB + job_name, {"job_name": job_name, "dataset_hash": digest, "attempt": attempt,
+                                          "status": "InProgress", "started_at": now.isoformat(), "reason": reason,
+                                          "new_turbine_hours": round(new_hours, 3), "kind": "training",
+                                          "drift_requests": drift_requests})
+        spec_key = load_group_spec(deps.store, policy.group)[1]
+        champion_key = champion_model_key(deps.registry, policy.group)
+        request = TrainingRequest(job_name=job_name, dataset_manifest_key=manifest_key,
+                                  hyperparameters={**policy.hyperparameters, "dataset_hash": digest},
+                                  spec_key=spec_key, champion_model_key=champion_key,
+                                  tags={"nacelle:dataset_hash": digest, "nacelle:group": policy.group})
         deps.training.start(request)
     except JobAlreadyExists:
         logger.info("training job already exists", job_name=job_name)
     except Exception:
-        release_active_job(state, policy.group, job_name)
-        state.update_if(pk, sk.DATASET + digest, {"status": "failed"}, {"status": "running"})
-        state.update_if(pk, sk.JOB + job_name, {"status": "Failed", "failure_reason": "could not start"},
-                        {"status": "InProgress"})
+        _unclaim(deps, digest, job_name, attempt, "could not start")
         raise
     logger.info("training started", job_name=job_name, files=files, new_turbine_hours=new_hours)
     return Outcome("started", job_name, {"job_name": job_name, "dataset_hash": digest, "files": files,
                                          "champion": champion_key, "attempt": attempt})
+
+
+CLAIM_GRACE_S = 900.0  # a function that claimed a job has created it or stopped by then (Lambda: 15 min at most)
+
+
+def _free_unstarted_claim(deps: ArrivalDeps) -> None:
+    """The group's job claim whose job was never created (the claiming function was killed in between) is
+    given back once CLAIM_GRACE_S has passed, its dataset failed (a retry starts it again)."""
+    pk = sk.group_pk(deps.policy.group)
+    active = deps.state.get(pk, sk.ACTIVE_JOB) or {}
+    job_name, since = str(active.get("job_name") or ""), str(active.get("since") or "")
+    if not job_name or not since or (deps.clock() - datetime.fromisoformat(since)).total_seconds() < CLAIM_GRACE_S:
+        return
+    try:
+        deps.training.describe(job_name)
+        return
+    except JobNotFound:
+        pass
+    job = deps.state.get(pk, sk.JOB + job_name) or {}
+    logger.warning("a claimed training job was never created: the claim is given back", job_name=job_name)
+    if job.get("dataset_hash"):
+        _unclaim(deps, str(job["dataset_hash"]), job_name, int(job.get("attempt", 1)),
+                 "never started: the function that claimed it stopped")
+    else:
+        release_active_job(deps.state, deps.policy.group, job_name)
+
+
+def _unclaim(deps: ArrivalDeps, digest: str, job_name: str, attempt: int, reason: str) -> None:
+    """A claimed job that never started: the group is free again. A first attempt's dataset is left unstarted (the
+    redelivered check, or the next one, starts it); a retry's fails again (`nacelle jobs retry` once more)."""
+    pk = sk.group_pk(deps.policy.group)
+    release_active_job(deps.state, deps.policy.group, job_name)
+    deps.state.update_if(pk, sk.DATASET + digest, {"status": "unstarted" if attempt == 1 else "failed"},
+                         {"status": "running"})
+    deps.state.update_if(pk, sk.JOB + job_name, {"status": "Failed", "failure_reason": reason},
+                         {"status": "InProgress"})
 
 
 def claim_active_job(state: StateStore, group: str, job_name: str, now: datetime) -> bool:

@@ -158,7 +158,25 @@ def on_manifest_created(key: str, deps: RolloutDeps) -> Outcome:
     existing = _rollout(version, deps)
     if existing is not None and existing.stage != WAITING:  # a redelivered manifest event
         return Outcome("duplicate", f"v{version} is already rolling out ({existing.stage})")
+    newer = _newer_rollout(version, deps)
+    if newer is not None:  # a late bundle event: the fleet never goes back to an older version by itself
+        if existing is None:
+            advance_stage(version, ABSENT, NEWER_VERSION, SUPERSEDED, RolloutRecord.changes(
+                version=version, superseded_by=newer.version), deps)
+        else:
+            advance_stage(version, WAITING, NEWER_VERSION, SUPERSEDED, RolloutRecord.changes(
+                superseded_by=newer.version), deps)
+        return Outcome("superseded", f"v{newer.version} is already {newer.stage}: v{version} is not rolled out",
+                       {"version": version, "stage": SUPERSEDED})
     return _start_canary(version, deps)
+
+
+def _newer_rollout(version: int, deps: RolloutDeps) -> RolloutRecord | None:
+    """The newest rollout of a later version that is on its way or done (a failed, canceled or rolled-back one
+    does not count: the older version may then still go out)."""
+    newer = [r for r in records(RolloutRecord, deps.state.query(_pk(deps), ROLLOUT))
+             if r.version > version and r.stage in (WAITING, CANARY, FLEET, lifecycle.DONE)]
+    return max(newer, key=lambda r: r.version, default=None)
 
 
 def _alert_conflict(version: int, exc: Conflict, deps: RolloutDeps) -> None:
@@ -424,6 +442,9 @@ def _try_promote(record: RolloutRecord, deps: RolloutDeps) -> Outcome | None:
         return None
     if record.canary_only:
         return _hold(record, soaked, deps)
+    refused = _no_longer_approved(record, deps)
+    if refused is not None:
+        return refused
     version = record.version
     record = replace(record, stage=FLEET, fleet_deployment_id="", fleet_started_at=_now(deps), readiness=soaked)
     changes = RolloutRecord.changes(stage=record.stage, fleet_deployment_id=record.fleet_deployment_id,
@@ -440,6 +461,30 @@ def _try_promote(record: RolloutRecord, deps: RolloutDeps) -> Outcome | None:
     return _maybe_done(_rollout(version, deps) or record, deps) or Outcome(
         "promoted", f"v{version} to {deps.fleet_group} ({deployment})",
         {"version": version, "deployment_id": deployment, "stage": FLEET})
+
+
+def _no_longer_approved(record: RolloutRecord, deps: RolloutDeps) -> Outcome | None:
+    """A version rejected (or marked failed) while its canary soaked is never promoted: it stays on the canary,
+    announced once, until a person rolls the canary back or approves it again."""
+    version = record.version
+    try:
+        model = deps.registry.get(deps.group, version)
+    except ModelVersionNotFound:
+        model = None
+    if model is not None and model.status == "Approved" and not model.failed:
+        return None
+    now = model.status if model is not None else "gone from the registry"
+    if record.promotion_refused_at is None and deps.state.update_if(
+            _pk(deps), ROLLOUT + str(version), RolloutRecord.changes(promotion_refused_at=_now(deps)),
+            RolloutRecord.changes(stage=CANARY, promotion_refused_at=None)):
+        logger.warning("canary soaked but the version is no longer approved: not promoted", model_version=version)
+        deps.notifier.publish(
+            "approvals", f"{deps.group} v{version} soaked on the canary but is {now}: not promoted",
+            f"v{version} is {now}{' and marked failed' if model is not None and model.failed else ''}, so it is not "
+            f"deployed to {deps.fleet_group}. The canary group still runs it: roll it back with nacelle fleet "
+            f"rollback --to <version>, or approve v{version} again to promote it.",
+            {"model_version": str(version), "status": "not-promoted"})
+    return Outcome("held", f"v{version} is {now}: not promoted", {"version": version, "stage": CANARY})
 
 
 def _hold(record: RolloutRecord, soaked: Mapping[str, float], deps: RolloutDeps) -> Outcome:

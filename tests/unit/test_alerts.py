@@ -20,6 +20,7 @@ from shared.errors import ConfigurationError, NotFound
 from shared.messages import MAX_MESSAGE_BYTES, BadMessage, EpisodeMessage, EpisodeRow, decode, validate
 from shared.ml.metrics import load_labels, parse_false_alarms
 from shared.usecases.alerts import (
+    STALE_CLAIM_S,
     AlertDeps,
     AlertPolicy,
     acknowledge,
@@ -245,6 +246,48 @@ def test_a_failed_publish_releases_the_claim_so_the_retry_sends_it(deps: AlertDe
     on_anomaly(row("open"), deps)  # the retry
     on_anomaly(row("open"), deps)
     assert [m.attributes["kind"] for m in sent(deps)] == ["alert"]
+
+
+def test_a_failure_building_the_alert_releases_the_claim_so_the_retry_sends_it(deps: AlertDeps) -> None:
+    registry = deps.registry
+    real = registry.get
+    calls = {"n": 0}
+
+    def throttled_once(*args: Any) -> Any:  # the lineage line reads the registry
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("ThrottlingException: Rate exceeded")
+        return real(*args)
+
+    registry.get = throttled_once  # type: ignore[method-assign,assignment]
+    with pytest.raises(RuntimeError):
+        on_anomaly(row("open"), deps)
+    on_anomaly(row("open"), deps)  # the retry
+    on_anomaly(row("close", seq=2), deps)
+    assert [m.attributes["kind"] for m in sent(deps)] == ["alert", "resolution"]
+
+
+def test_an_alert_claimed_by_a_function_that_died_is_sent_by_the_sweep(deps: AlertDeps, clock: Clock) -> None:
+    notifier = deps.notifier
+    assert isinstance(notifier, RecordingNotifier)
+    real = notifier.publish
+
+    def killed(*args: Any) -> str:
+        raise SystemExit("kill -9")  # nothing after the claim runs, not even the release
+
+    notifier.publish = killed  # type: ignore[method-assign,assignment]
+    alerts = deps.alerts
+    release = alerts.update_if
+    alerts.update_if = lambda pk, sk, changes, expected: (  # type: ignore[method-assign]
+        False if changes.get("alert", "x") is None else release(pk, sk, changes, expected))
+    with pytest.raises(SystemExit):
+        on_anomaly(row("open"), deps)
+    notifier.publish, alerts.update_if = real, release  # type: ignore[method-assign]
+    on_anomaly(row("open"), deps)  # a redelivery: the claim is held, nothing is sent yet
+    assert sent(deps) == [] and sweep(deps) == []
+    clock.advance(STALE_CLAIM_S)
+    assert len(sweep(deps)) == 1 and [m.attributes["kind"] for m in sent(deps)] == ["alert"]
+    assert sweep(deps) == []
 
 
 def refused(deps: AlertDeps, thing: str = "wt-01") -> dict[str, Any]:

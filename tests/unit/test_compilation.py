@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 
 from shared.errors import Conflict
+from shared.ports import CompileRequest, Topic
 from shared.usecases.compilation import CompileDeps, on_compile_finished, on_model_package_change, retry_compile
 from tests.fakes import Clock, FakeCompile, MemoryRegistry, MemoryState, MemoryStore, RecordingNotifier
 
@@ -175,3 +178,67 @@ def test_a_neo_artifact_and_its_digest_are_recorded_beside_the_manifest_once(dep
     assert neo == {"key": key, "sha256": hashlib.sha256(b"neo-artifact").hexdigest(), "size": 12, "target": "ml_c5"}
     assert deps.store.get(prefix + "manifest.json") == manifest  # untouched: no second rollout
     assert on_neo_output(prefix + "model.onnx", deps).action == "ignored"
+
+
+class ThrottledOnce(FakeCompile):
+    """CreateProcessingJob refuses the first call (throttling), then works."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusals = 1
+
+    def start(self, request: CompileRequest) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise RuntimeError("ThrottlingException: Rate exceeded")
+        super().start(request)
+
+
+def test_an_approval_whose_compile_could_not_start_is_completed_by_its_redelivery(deps):
+    deps.compiler = ThrottledOnce()
+    with pytest.raises(RuntimeError):
+        approve(deps)  # claimed, but the job was never created
+    assert approve(deps).action == "started"  # the redelivery creates it
+    assert [r.job_name for r in deps.compiler.started] == [f"nacelle-compile-{GROUP}-1-1"]
+    assert approve(deps).action == "duplicate" and len(deps.compiler.started) == 1
+
+
+def test_the_operator_retry_creates_a_claimed_compile_whose_job_never_started(deps):
+    deps.compiler = ThrottledOnce()
+    with pytest.raises(RuntimeError):
+        approve(deps)
+    assert retry_compile(1, deps).action == "started"  # not "is InProgress, not Failed"
+    assert len(deps.compiler.started) == 1
+    with pytest.raises(Conflict):
+        retry_compile(1, deps)  # now it runs
+
+
+class ThrottledOnceNotifier(RecordingNotifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusals = 1
+
+    def publish(self, topic: Topic, subject: str, message: str, attributes: Mapping[str, str]) -> str:
+        if self.refusals:
+            self.refusals -= 1
+            raise RuntimeError("Throttling: Rate exceeded")
+        return super().publish(topic, subject, message, attributes)
+
+
+def test_a_compile_failure_notice_that_failed_is_sent_by_the_redelivery_once(deps):
+    approve(deps)
+    job = deps.compiler.started[0].job_name
+    deps.notifier = ThrottledOnceNotifier()
+    with pytest.raises(RuntimeError):
+        on_compile_finished(job, "Failed", "boom", deps)
+    assert on_compile_finished(job, "Failed", "boom", deps).action == "resumed"
+    assert on_compile_finished(job, "Failed", "boom", deps).action == "duplicate"
+    (notice,) = deps.notifier.messages
+    assert job in notice.message
+    retry_compile(1, deps)  # the next attempt's failure is reported even if its first publish fails too
+    deps.notifier.refusals = 1
+    second = f"nacelle-compile-{GROUP}-1-2"
+    with pytest.raises(RuntimeError):
+        on_compile_finished(second, "Failed", "boom again", deps)
+    on_compile_finished(second, "Failed", "boom again", deps)
+    assert [second in m.message for m in deps.notifier.messages] == [False, True]

@@ -62,11 +62,27 @@ def test_a_reset_spool_starts_again_and_a_huge_hole_is_counted_not_listed(store:
     track_sequence(store, "wt-01", "health", 40)
     assert track_sequence(store, "wt-01", "health", 1) == []  # reinstalled device: numbering restarts
     assert stored(store, STREAMS, "wt-01#health")["high"] == 1
-    assert len(track_sequence(store, "wt-01", "health", MAX_MISSING_KEPT + 500)) == MAX_MISSING_KEPT + 498
+    assert len(track_sequence(store, "wt-01", "health", MAX_MISSING_KEPT + 500)) == MAX_MISSING_KEPT  # the last
     item = stored(store, STREAMS, "wt-01#health")
     assert len(item["missing"]) == MAX_MISSING_KEPT and item["lost_uncounted"] == 498
     assert missing_messages(store, "wt-01") == {"health": MAX_MISSING_KEPT + 498}
     assert track_sequence(store, "wt-01", "health", 0) == []  # unnumbered: ignored
+
+
+def test_a_huge_jump_in_the_numbering_costs_no_more_than_a_small_one(store: SqliteStateStore) -> None:
+    track_sequence(store, "wt-01", "health", 1)
+    assert track_sequence(store, "wt-01", "health", 2 ** 53 - 1)[-1] == 2 ** 53 - 2  # not a list of 2**53 numbers
+    assert missing_messages(store, "wt-01") == {"health": 2 ** 53 - 3}
+
+
+def test_message_1_delivered_again_is_a_duplicate_not_a_reset(store: SqliteStateStore) -> None:
+    for seq in range(1, 6):
+        track_sequence(store, "wt-01", "health", seq, 1000 * seq)
+    assert track_sequence(store, "wt-01", "health", 1, 1000) == []  # the same delivery again
+    assert track_sequence(store, "wt-01", "health", 6, 6000) == []
+    assert missing_messages(store, "wt-01") == {"health": 0}
+    assert track_sequence(store, "wt-01", "health", 1, 9000) == []  # numbering restarted after the last one
+    assert stored(store, STREAMS, "wt-01#health")["high"] == 1 and missing_messages(store, "wt-01") == {"health": 0}
 
 
 def test_refusals_are_counted_per_reason(store: SqliteStateStore) -> None:

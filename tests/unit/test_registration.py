@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Mapping
 
 import pytest
 
 from shared.gate import GatePolicy
-from shared.ports import StateStore
+from shared.ports import StateStore, Topic
 from shared.usecases import state_keys as sk
 from shared.usecases.registration import RegistrationDeps, on_training_finished
 from tests.fakes import Clock, MemoryRegistry, MemoryState, MemoryStore, RecordingEvents, RecordingNotifier
@@ -188,3 +189,39 @@ def test_an_approval_notice_without_the_packages_arn_looks_it_up_instead_of_leav
     assert "--model-package-arn --" not in message.message
     assert (f'--model-package-arn "$(aws sagemaker describe-model-package --model-package-name {GROUP}/4 '
             f'--query ModelPackageArn --output text)" --model-approval-status Approved') in message.message
+
+
+class ThrottledOnceNotifier(RecordingNotifier):
+    """SNS refuses the first publish (throttling), then works."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusals = 1
+
+    def publish(self, topic: Topic, subject: str, message: str, attributes: Mapping[str, str]) -> str:
+        if self.refusals:
+            self.refusals -= 1
+            raise RuntimeError("Throttling: Rate exceeded")
+        return super().publish(topic, subject, message, attributes)
+
+
+def test_a_registration_notice_that_failed_is_sent_by_the_redelivery_once(deps):
+    deps.notifier = ThrottledOnceNotifier()
+    deps.store.put(f"jobs/{JOB}/output/model.tar.gz", model_tar(metrics(0.95, 1.0, 0.5)))
+    with pytest.raises(RuntimeError):
+        finish(deps)  # registered, then the publish failed
+    assert finish(deps).action == "resumed"
+    assert [finish(deps).action for _ in range(2)] == ["duplicate", "duplicate"]
+    assert [v.version for v in deps.registry.list(GROUP)] == [1]
+    (notice,) = deps.notifier.messages
+    assert notice.attributes["model_version"] == "1"
+
+
+def test_a_training_failure_notice_that_failed_is_sent_by_the_redelivery_once(deps):
+    deps.notifier = ThrottledOnceNotifier()
+    with pytest.raises(RuntimeError):
+        finish(deps, "Failed", "AlgorithmError: OOM")
+    finish(deps, "Failed", "AlgorithmError: OOM")
+    finish(deps, "Failed", "AlgorithmError: OOM")
+    (notice,) = deps.notifier.messages
+    assert "AlgorithmError: OOM" in notice.message

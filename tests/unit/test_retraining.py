@@ -11,8 +11,10 @@ import pytest
 from nacelle.simulator.generate import csv_bytes
 from nacelle.simulator.physics import TurbineModel
 from shared.errors import Conflict
+from shared.ports import ApprovalStatus, ModelVersion
 from shared.usecases import state_keys as sk
 from shared.usecases.retraining import (
+    CLAIM_GRACE_S,
     ArrivalDeps,
     RetrainPolicy,
     on_object_created,
@@ -327,3 +329,42 @@ def test_a_file_too_large_to_read_is_quarantined_unread_and_a_smaller_version_is
     assert on_object_created(key, deps).action == "accepted"
     record = deps.state.get(sk.group_pk(GROUP), sk.FILE + key)
     assert record["status"] == "accepted" and record.get("unread_size") is None and key in read
+
+
+class ThrottledOnceRegistry(MemoryRegistry):
+    """ListModelPackages (the champion lookup) refuses the first call (throttling), then works."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusals = 1
+
+    def list(self, group: str, status: ApprovalStatus | None = None) -> list[ModelVersion]:
+        if self.refusals:
+            self.refusals -= 1
+            raise RuntimeError("ThrottlingException: Rate exceeded")
+        return super().list(group, status)
+
+
+def test_a_failure_after_the_job_claim_gives_it_back_and_the_redelivery_starts_the_job(deps, ten_minutes):
+    deps.registry = ThrottledOnceRegistry()
+    drop(deps, ten_minutes)
+    deps.clock.advance(20)
+    with pytest.raises(RuntimeError):
+        on_retrain_check(deps, deps.clock())  # claimed, then the champion lookup failed before the job existed
+    pk = sk.group_pk(GROUP)
+    assert deps.state.get(pk, sk.ACTIVE_JOB)["job_name"] == ""  # the group is free, not held by a phantom job
+    started = on_retrain_check(deps, deps.clock())  # the same check delivered again
+    assert started.action == "started" and [r.job_name for r in deps.training.started] == [started.detail]
+    assert on_retrain_check(deps, deps.clock()).action == "skipped"
+
+
+def test_a_claim_whose_job_was_never_created_is_given_back_by_a_later_check(deps, ten_minutes):
+    drop(deps, ten_minutes)
+    deps.clock.advance(20)
+    pk = sk.group_pk(GROUP)
+    # the function that claimed the job was killed before it created it
+    deps.state.put(pk, sk.ACTIVE_JOB, {"job_name": "nacelle-0123456789abcdef-1", "since": deps.clock().isoformat()})
+    assert "is running" in on_retrain_check(deps, deps.clock()).detail  # within the grace period: it may be starting
+    deps.clock.advance(CLAIM_GRACE_S + 1)
+    outcome = on_retrain_check(deps, deps.clock())
+    assert outcome.action == "started" and len(deps.training.started) == 1  # the claim was given back

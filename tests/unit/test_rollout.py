@@ -22,6 +22,7 @@ from services.deployment_status import app as status_app
 from shared.components import DETECTOR_COMPONENT, MODEL_COMPONENT, artifact_digest, artifact_digests
 from shared.errors import ConfigurationError, Conflict, DataError
 from shared.messages import HealthRow, validate
+from shared.usecases.approval import reject
 from shared.usecases.intake import REJECTED
 from shared.usecases.rollout import RolloutDeps, on_health
 from shared.usecases.rollout_ops import cancel, on_rollout_check, rollback_to
@@ -572,3 +573,26 @@ def test_a_newer_version_supersedes_a_waiting_one(tmp_path: Path):
     assert h.check(1).action == "ignored"
     assert h.check(2).action == "deployed"
     assert [d["components"][MODEL_COMPONENT]["componentVersion"] for d in h.deployments(CANARY)] == ["2.0.0"]
+
+
+def test_a_version_rejected_while_its_canary_soaks_is_never_promoted(h: Harness) -> None:
+    h.to_fleet_done(1)
+    h.deliver_manifest(h.compile(2))
+    reject(h.deps.registry, GROUP, 2, "bob", "bad model, stop it")  # while v2 soaks on the canary
+    h.soak(2)
+    assert h.rollout(2)["stage"] == "canary" and (h.deps.state.get(f"group#{GROUP}", "fleet") or {})["version"] == 1
+    assert [d["components"][MODEL_COMPONENT]["componentVersion"] for d in h.deployments(FLEET)] == ["1.0.0"]
+    assert h.check(2).action == "waiting" and h.rollout(2)["stage"] == "canary"
+    notices = [m.subject for m in h.notifier.messages if "not promoted" in m.subject]
+    assert notices == [f"{GROUP} v2 soaked on the canary but is Rejected: not promoted"]  # once
+
+
+def test_a_late_bundle_event_of_an_older_version_never_replaces_a_newer_one(h: Harness) -> None:
+    h.compile(1)  # v1 approved and compiled, its Object Created delayed
+    h.deliver_manifest(h.compile(2))
+    assert h.deliver_manifest(f"compiled/{GROUP}/1/manifest.json")["action"] == "superseded"
+    assert (h.rollout(1)["stage"], h.rollout(2)["stage"]) == ("superseded", "canary")
+    assert [d["components"][MODEL_COMPONENT]["componentVersion"] for d in h.deployments(CANARY)] == ["2.0.0"]
+    h.soak(2)
+    h.deliver_manifest(f"compiled/{GROUP}/1/manifest.json")  # again, once v2 is on the fleet
+    assert (h.deps.state.get(f"group#{GROUP}", "fleet") or {})["version"] == 2

@@ -460,6 +460,15 @@ def test_a_newer_canary_supersedes_one_still_soaking(world):
     assert h.check(1).action == "ignored" and not world.registry.get(GROUP, 1).failed
 
 
+@drives((lc.ROLLOUT, lc.ABSENT, lc.NEWER_VERSION, lc.SUPERSEDED))
+def test_a_late_bundle_of_an_older_version_is_superseded_by_the_newer_rollout(world):
+    h = world.h
+    first = h.compile(1)  # its bundle event comes late
+    h.deliver_manifest(h.compile(2))
+    assert [h.deliver_manifest(first)["action"] for _ in range(2)] == ["superseded", "duplicate"]
+    assert (world.stage(1), world.stage(2)) == (lc.SUPERSEDED, lc.CANARY)
+
+
 @drives((lc.ROLLOUT, lc.CANARY, lc.SOAKED, lc.FLEET))
 def test_the_soak_promotes_once_with_duplicated_and_reordered_health_rows(world):
     h = world.h
