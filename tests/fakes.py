@@ -132,8 +132,12 @@ class RecordingNotifier:
 
     def __init__(self) -> None:
         self.messages: list[Published] = []
+        self.refusals = 0  # publishes still to refuse, as SNS does when it throttles
 
     def publish(self, topic: Topic, subject: str, message: str, attributes: Mapping[str, str]) -> str:
+        if self.refusals:
+            self.refusals -= 1
+            raise ConnectionError("Throttling: Rate exceeded")
         if topic not in TOPICS:
             raise ConfigurationError(f"unknown topic {topic!r}")
         check_message(message, attributes)

@@ -474,9 +474,7 @@ def _no_longer_approved(record: RolloutRecord, deps: RolloutDeps) -> Outcome | N
     if model is not None and model.status == "Approved" and not model.failed:
         return None
     now = model.status if model is not None else "gone from the registry"
-    if record.promotion_refused_at is None and deps.state.update_if(
-            _pk(deps), ROLLOUT + str(version), RolloutRecord.changes(promotion_refused_at=_now(deps)),
-            RolloutRecord.changes(stage=CANARY, promotion_refused_at=None)):
+    if record.promotion_refused_at is None and _first_on_canary(version, "promotion_refused_at", deps):
         logger.warning("canary soaked but the version is no longer approved: not promoted", model_version=version)
         deps.notifier.publish(
             "approvals", f"{deps.group} v{version} soaked on the canary but is {now}: not promoted",
@@ -487,13 +485,19 @@ def _no_longer_approved(record: RolloutRecord, deps: RolloutDeps) -> Outcome | N
     return Outcome("held", f"v{version} is {now}: not promoted", {"version": version, "stage": CANARY})
 
 
+def _first_on_canary(version: int, flag: str, deps: RolloutDeps, **changes: Any) -> bool:
+    """Set the rollout's time `flag` (and `changes`) while it is on the canary and the flag unset: True the
+    first time only, so what follows is announced once whatever the deliveries."""
+    return deps.state.update_if(_pk(deps), ROLLOUT + str(version),
+                                RolloutRecord.changes(**{flag: _now(deps)}, **changes),
+                                RolloutRecord.changes(stage=CANARY, **{flag: None}))
+
+
 def _hold(record: RolloutRecord, soaked: Mapping[str, float], deps: RolloutDeps) -> Outcome:
     """A canary-only rollout whose canary soaked stays there: recorded and announced once; the watchdog promotes it
     when a person has approved the version for the fleet (rollout_ops.on_rollout_check)."""
     version = record.version
-    if record.canary_passed_at is None and deps.state.update_if(
-            _pk(deps), ROLLOUT + str(version), RolloutRecord.changes(canary_passed_at=_now(deps), readiness=soaked),
-            RolloutRecord.changes(stage=CANARY, canary_passed_at=None)):
+    if record.canary_passed_at is None and _first_on_canary(version, "canary_passed_at", deps, readiness=soaked):
         logger.info("canary passed; held for a person's approval", model_version=version)
         deps.notifier.publish(
             "approvals", f"{deps.group} v{version} passed the canary: approve it to roll it out to the fleet",

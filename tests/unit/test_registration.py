@@ -5,12 +5,11 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Mapping
 
 import pytest
 
 from shared.gate import GatePolicy
-from shared.ports import StateStore, Topic
+from shared.ports import StateStore
 from shared.usecases import state_keys as sk
 from shared.usecases.registration import RegistrationDeps, on_training_finished
 from tests.fakes import Clock, MemoryRegistry, MemoryState, MemoryStore, RecordingEvents, RecordingNotifier
@@ -191,24 +190,10 @@ def test_an_approval_notice_without_the_packages_arn_looks_it_up_instead_of_leav
             f'--query ModelPackageArn --output text)" --model-approval-status Approved') in message.message
 
 
-class ThrottledOnceNotifier(RecordingNotifier):
-    """SNS refuses the first publish (throttling), then works."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.refusals = 1
-
-    def publish(self, topic: Topic, subject: str, message: str, attributes: Mapping[str, str]) -> str:
-        if self.refusals:
-            self.refusals -= 1
-            raise RuntimeError("Throttling: Rate exceeded")
-        return super().publish(topic, subject, message, attributes)
-
-
 def test_a_registration_notice_that_failed_is_sent_by_the_redelivery_once(deps):
-    deps.notifier = ThrottledOnceNotifier()
+    deps.notifier.refusals = 1
     deps.store.put(f"jobs/{JOB}/output/model.tar.gz", model_tar(metrics(0.95, 1.0, 0.5)))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ConnectionError):
         finish(deps)  # registered, then the publish failed
     assert finish(deps).action == "resumed"
     assert [finish(deps).action for _ in range(2)] == ["duplicate", "duplicate"]
@@ -218,8 +203,8 @@ def test_a_registration_notice_that_failed_is_sent_by_the_redelivery_once(deps):
 
 
 def test_a_training_failure_notice_that_failed_is_sent_by_the_redelivery_once(deps):
-    deps.notifier = ThrottledOnceNotifier()
-    with pytest.raises(RuntimeError):
+    deps.notifier.refusals = 1
+    with pytest.raises(ConnectionError):
         finish(deps, "Failed", "AlgorithmError: OOM")
     finish(deps, "Failed", "AlgorithmError: OOM")
     finish(deps, "Failed", "AlgorithmError: OOM")
