@@ -290,11 +290,11 @@ class FeatureSpec:
                 raise SpecError(f"{source}: sampling.rate_hz must be > 0")
             windows_raw = _windows_in_seconds(_mapping(raw.get("windows") or {}, f"{source}: windows"), version,
                                               sampling, source)
-            windows = _sub(Windows, _with_defaults(windows_raw, _window_defaults(sampling, windows_raw)),
+            windows = _sub(Windows, _with_defaults(windows_raw, _window_defaults(sampling, windows_raw, source)),
                            f"{source}: windows")
             drift = _drift(raw.get("drift") or {}, windows, source)
             episodes_raw = _mapping(raw.get("episodes") or {}, f"{source}: episodes")
-            episodes = _sub(Episodes, _with_defaults(episodes_raw, _episode_defaults(windows, episodes_raw)),
+            episodes = _sub(Episodes, _with_defaults(episodes_raw, _episode_defaults(windows, episodes_raw, source)),
                             f"{source}: episodes")
             evaluation = _sub(Evaluation, _with_defaults(raw.get("evaluation") or {}, {
                 "detection_tolerance_s": TOLERANCE_WINDOWS * windows.length_s}), f"{source}: evaluation")
@@ -404,16 +404,16 @@ def default_window_samples(rate_hz: float) -> int:
     return int(min(MAX_WINDOW_SAMPLES, max(MIN_WINDOW_SAMPLES, round(DEFAULT_WINDOW_S * rate_hz))))
 
 
-def _window_defaults(sampling: Sampling, given: dict[str, Any]) -> dict[str, float]:
+def _window_defaults(sampling: Sampling, given: dict[str, Any], source: str) -> dict[str, float]:
     rate = sampling.rate_hz
-    length_s = _number(given.get("length_s", default_window_samples(rate) / rate), "windows.length_s")
+    length_s = _number(given.get("length_s", default_window_samples(rate) / rate), f"{source}: windows.length_s")
     samples = max(2, round(length_s * rate))
     return {"length_s": length_s, "stride_s": max(1, round(samples / STRIDES_PER_WINDOW)) / rate,
             "max_gap_s": max(1.0, 5.0 / rate)}
 
 
-def _episode_defaults(windows: Windows, given: dict[str, Any]) -> dict[str, float]:
-    within = _number(given.get("within_s", WITHIN_WINDOWS * windows.length_s), "episodes.within_s")
+def _episode_defaults(windows: Windows, given: dict[str, Any], source: str) -> dict[str, float]:
+    within = _number(given.get("within_s", WITHIN_WINDOWS * windows.length_s), f"{source}: episodes.within_s")
     return {"within_s": within, "open_after_s": OPEN_FRACTION * within,
             "close_after_s": CLOSE_WINDOWS * windows.length_s}
 

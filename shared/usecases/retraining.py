@@ -523,7 +523,7 @@ CLAIM_GRACE_S = 900.0  # a function that claimed a job has created it or stopped
 
 def _free_unstarted_claim(deps: ArrivalDeps) -> None:
     """The group's job claim whose job was never created (the claiming function was killed in between) is
-    given back once CLAIM_GRACE_S has passed, its dataset failed (a retry starts it again)."""
+    given back once CLAIM_GRACE_S has passed (_unclaim)."""
     pk = sk.group_pk(deps.policy.group)
     active = deps.state.get(pk, sk.ACTIVE_JOB) or {}
     job_name, since = str(active.get("job_name") or ""), str(active.get("since") or "")
