@@ -27,8 +27,10 @@ CAPTURE_LABELS_PREFIX = "labels/capture/"
 EPISODE, NORMAL = "episode", "normal"
 KINDS = (EPISODE, NORMAL)
 _STAMP = "%Y%m%dT%H%M%S.%fZ"
+# ASCII digits only, numbers without leading zeros: one capture has one spelling (`m1`, never `m01` or `m١`)
 _NAME = re.compile(r"(?P<start>\d{8}T\d{6}\.\d{3}Z)_(?P<end>\d{8}T\d{6}\.\d{3}Z)_(?P<kind>episode|normal)"
-                   r"_m(?P<model>\d{1,9}|none)(?:_(?P<episode>[A-Za-z0-9_.-]{1,200}?))?_p(?P<part>[1-9]\d{0,5})\.csv")
+                   r"_m(?P<model>0|[1-9]\d{0,8}|none)(?:_(?P<episode>[A-Za-z0-9_.-]{1,200}?))?_p(?P<part>[1-9]\d{0,5})"
+                   r"\.csv", re.ASCII)
 
 
 def stamp(epoch_s: float, up: bool = False) -> str:

@@ -5,6 +5,7 @@ One broker per module (fast); the persistence test restarts it and therefore run
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import stat
 import threading
@@ -189,6 +190,19 @@ def test_publish_to_another_devices_topic_is_not_authorized(broker: Broker, clie
     # the broker handles one client's packets in order: once this witness arrives, the forbidden one never will
     device.publish("turbines/wt-01/anomalies", b"witness")
     assert cloud.next_message() == ("turbines/wt-01/anomalies", b"witness")
+    time.sleep(QUIET_S)
+    assert cloud.drain() == []
+
+
+def test_a_device_cannot_leave_a_retained_message_for_later_subscribers(broker: Broker, clients: list[Client]
+                                                                        ) -> None:
+    device = connect(clients, broker, broker.pki.device("wt-07")).wait_connected()
+    forged = mqtt5.PublishPacket(topic="turbines/wt-07/anomalies", payload=b"forged", qos=mqtt5.QoS.AT_LEAST_ONCE,
+                                 retain=True)
+    with contextlib.suppress(Exception):  # refused by the client (retain not available) or the broker
+        device.client.publish(forged).result(WAIT_S)
+    cloud = connect(clients, broker, broker.pki.cloud()).wait_connected()  # a subscriber that comes later
+    cloud.subscribe("turbines/+/anomalies")
     time.sleep(QUIET_S)
     assert cloud.drain() == []
 

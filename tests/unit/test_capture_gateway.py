@@ -5,7 +5,9 @@ and what is stored is announced like any raw object."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,7 +91,9 @@ def test_malformed_uploads_are_refused(stack: Stack) -> None:
     uploader = stack.uploader(device)
     fresh = f"raw/capture/turbine-02/{CAPTURE_FILE}".replace("_m1_", "_m9_")  # a key no other test writes
     for key in ("raw/capture/turbine-02/../turbine-01/" + CAPTURE_FILE, "raw/capture/turbine-02/notes.txt",
-                "raw/capture/turbine-02/%2e%2e/x.csv", "raw/capture/turbine-02/sub/" + CAPTURE_FILE):
+                "raw/capture/turbine-02/%2e%2e/x.csv", "raw/capture/turbine-02/sub/" + CAPTURE_FILE,
+                # one capture, one spelling: no leading zero, no other script's digits
+                fresh.replace("_m9_", "_m09_"), fresh.replace("_m9_", "_m\u0669_")):
         with pytest.raises(UploadRefused, match=r"400.*not a captured file"):
             uploader.put(key, BODY)
     with pytest.raises(UploadRefused, match="413"):
@@ -105,6 +109,74 @@ def test_malformed_uploads_are_refused(stack: Stack) -> None:
     assert response.status == 400 and b"Content-MD5" in response.read()
     conn.close()
     assert not stack.store.exists(fresh)
+
+
+def test_a_name_too_long_for_a_file_is_refused_not_a_server_error(stack: Stack) -> None:
+    long = CAPTURE_FILE.replace("_m1_", "_m1_" + "e" * 240 + "_")
+    with pytest.raises(UploadRefused, match=r"400.*over 255 bytes"):
+        stack.uploader(stack.pki.device("turbine-02")).put(f"raw/capture/turbine-02/{long}", BODY)
+
+
+def test_one_device_holds_at_most_two_uploads_at_once(stack: Stack) -> None:
+    import http.client
+    import ssl
+
+    device = stack.pki.device("wt-slow")
+    context = ssl.create_default_context(cafile=str(device.ca_path))
+    context.load_cert_chain(str(device.cert_path), str(device.key_path))
+    slow = []
+    for i in range(2):  # two uploads trickling in: each holds a connection and its buffer
+        conn = http.client.HTTPSConnection("127.0.0.1", stack.gateway.port, context=context, timeout=5)
+        conn.putrequest("PUT", f"/raw/capture/wt-slow/{CAPTURE_FILE.replace('_m1_', f'_m{i + 2}_')}")
+        conn.putheader("Content-Length", "1000")
+        conn.endheaders(b"x")
+        slow.append(conn)
+    try:
+        deadline = time.monotonic() + 5
+        while sum(stack.gateway.httpd.uploads.values()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(UploadError, match="503") as refused:  # retried later, like any outage
+            stack.uploader(device).put(f"raw/capture/wt-slow/{CAPTURE_FILE}", BODY)
+        assert not isinstance(refused.value, UploadRefused)
+        stack.uploader(stack.pki.device("wt-other")).put(f"raw/capture/wt-other/{CAPTURE_FILE}", BODY)  # others go on
+    finally:
+        for conn in slow:
+            conn.close()
+    deadline = time.monotonic() + 5
+    while any(stack.gateway.httpd.uploads.values()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stack.uploader(device).put(f"raw/capture/wt-slow/{CAPTURE_FILE}", BODY)  # its slots are free again
+
+
+def test_a_body_trickling_in_is_cut_at_the_request_deadline(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    import http.client
+    import ssl
+
+    from nacelle.local.edge import capture_gateway
+
+    monkeypatch.setattr(capture_gateway, "REQUEST_S", 0.5)
+    device = stack.pki.device("wt-trickle")
+    context = ssl.create_default_context(cafile=str(device.ca_path))
+    context.load_cert_chain(str(device.cert_path), str(device.key_path))
+    conn = http.client.HTTPSConnection("127.0.0.1", stack.gateway.port, context=context, timeout=5)
+    conn.putrequest("PUT", f"/raw/capture/wt-trickle/{CAPTURE_FILE}")
+    conn.putheader("Content-Length", "1000")
+    conn.endheaders(b"x")
+    try:
+        deadline = time.monotonic() + 5
+        while stack.gateway.httpd.uploads.get("wt-trickle") != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stack.gateway.httpd.uploads.get("wt-trickle") == 1
+        for _ in range(10):  # a byte now and then: each read is quick, the whole body is not
+            with contextlib.suppress(OSError):  # the gateway may have hung up already
+                conn.send(b"x")
+            time.sleep(0.1)
+            if stack.gateway.httpd.uploads.get("wt-trickle") == 0:
+                break
+        assert stack.gateway.httpd.uploads.get("wt-trickle") == 0  # the upload was cut, its slot free
+    finally:
+        conn.close()
+    assert not stack.store.exists(f"raw/capture/wt-trickle/{CAPTURE_FILE}")
 
 
 def test_devices_find_the_gateway_in_the_data_directory(stack: Stack) -> None:

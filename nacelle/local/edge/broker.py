@@ -167,6 +167,9 @@ class Broker:
             "per_listener_settings false",
             "set_tcp_nodelay true",  # PUBACKs and small messages leave at once (no Nagle delay)
             "allow_anonymous false",
+            # as on AWS (no iot:RetainPublish): a device cannot leave a message, or a will, replayed to every
+            # later subscriber; a retained PUBLISH disconnects its client
+            "retain_available false",
             f"acl_file {self.acl_path}",
             "persistence true",
             f"persistence_location {self.data_dir}/",

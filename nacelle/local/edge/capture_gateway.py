@@ -7,7 +7,8 @@ service, the role alias's IAM role and S3): an HTTPS server on 127.0.0.1 with mu
 * What: a captured file's key (shared/capture.py) under the caller's own thing only, as the IAM policy
   `raw/capture/${credentials-iot:ThingName}/*` allows on AWS. Another turbine's prefix, any other key, a body
   over MAX_BYTES, a body shorter than its Content-Length or not matching its Content-MD5 are refused (403, 400,
-  413), logged, and never stored. A stored file is never rewritten: the same bytes again is a retry (200), other
+  413), logged, and never stored. At most MAX_CONNECTIONS at once, MAX_PER_THING uploads per device (503: retried
+  later), and a body within REQUEST_S: one certificate cannot hold the gateway's memory. A stored file is never rewritten: the same bytes again is a retry (200), other
   bytes are refused (409).
 * Then: the object is written through the stack's eventing store, so data_arrival validates it as any raw file.
 
@@ -24,6 +25,7 @@ import random
 import socket
 import ssl
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,7 +41,11 @@ from shared.ports import ObjectStore
 STABLE_PORTS = range(20_000, 32_768)  # below Linux's default ephemeral range (32768-60999)
 HOST = "127.0.0.1"
 MAX_BYTES = 64 * 1024 * 1024  # far above one capture file (an episode part of 30 min at 20 Hz is a few MB)
-TIMEOUT_S = 30.0
+TIMEOUT_S = 30.0  # per read, and for the TLS handshake
+REQUEST_S = 300.0  # a whole body, however slowly it trickles in
+MAX_CONNECTIONS = 16  # at once: each may buffer a body of up to MAX_BYTES
+MAX_PER_THING = 2  # uploads of one device at once (its uploader sends one file at a time)
+MAX_NAME_BYTES = 255  # a key segment longer than this is no name the detector writes (and no file name)
 
 
 def gateway_dir(home: Path) -> Path:
@@ -121,6 +127,8 @@ class CaptureGateway:
         if thing is None:
             return HTTPStatus.FORBIDDEN, "the client certificate names no device"
         key = unquote(path.lstrip("/"))
+        if any(len(part.encode()) > MAX_NAME_BYTES for part in key.split("/")):
+            return HTTPStatus.BAD_REQUEST, f"a name in {key[:100]!r}... is over {MAX_NAME_BYTES} bytes"
         parsed = parse_capture_key(key)
         if parsed is None:
             return HTTPStatus.BAD_REQUEST, f"{key!r} is not a captured file's key (raw/capture/<thing>/<file>.csv)"
@@ -144,7 +152,42 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], gateway: CaptureGateway,
                  context: ssl.SSLContext) -> None:
         self.gateway, self.context = gateway, context
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.uploads: dict[str, int] = {}  # device -> uploads in progress
+        self.uploads_lock = threading.Lock()
         super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """At most MAX_CONNECTIONS at once: another is closed at once (the device retries later)."""
+        if not self.slots.acquire(blocking=False):
+            logger.warning("capture gateway: too many connections, one refused", client=str(client_address))
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    @contextlib.contextmanager
+    def upload_of(self, thing: str | None) -> Any:
+        """Count one upload of `thing`; yields False when it already has MAX_PER_THING in progress."""
+        with self.uploads_lock:
+            busy = thing is not None and self.uploads.get(thing, 0) >= MAX_PER_THING
+            if thing is not None and not busy:
+                self.uploads[thing] = self.uploads.get(thing, 0) + 1
+        try:
+            yield not busy
+        finally:
+            if thing is not None and not busy:
+                with self.uploads_lock:
+                    self.uploads[thing] -= 1
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """The TLS handshake in the request's own thread: a slow or refused client holds up no other."""
@@ -166,23 +209,53 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_PUT(self) -> None:
-        gateway = self.server.gateway
         thing = _thing_of(self.connection.getpeercert())
+        with self.server.upload_of(thing) as free:
+            if not free:
+                self._drain()
+                return self._answer(HTTPStatus.SERVICE_UNAVAILABLE,
+                                    f"{thing} has {MAX_PER_THING} uploads in progress already", thing)
+            self._put(thing)
+
+    def _drain(self) -> None:
+        """Read and drop a refused body (up to 4 x MAX_BYTES, within REQUEST_S), so the client reads the answer."""
+        length_text = self.headers.get("Content-Length") or ""
+        length = int(length_text) if length_text.isdigit() else 0
+        if length <= 4 * self.server.gateway.max_bytes:
+            self._body(length, keep=False)
+
+    def _put(self, thing: str | None) -> None:
+        gateway = self.server.gateway
         length_text = self.headers.get("Content-Length")
         if length_text is None or not length_text.isdigit():
             return self._answer(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required", thing)
         length = int(length_text)
         if length > gateway.max_bytes:
-            if length <= 4 * gateway.max_bytes:  # read and drop it, so the client gets to read the answer
-                for _ in range(0, length, 1 << 16):
-                    self.rfile.read(min(1 << 16, length))
+            self._drain()
             return self._answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                 f"{length} bytes exceed the {gateway.max_bytes}-byte limit", thing)
-        body = self.rfile.read(length)
+        body = self._body(length)
         if len(body) != length:
             return self._answer(HTTPStatus.BAD_REQUEST, f"body ended after {len(body)} of {length} bytes", thing)
         status, detail = gateway.store_upload(thing, self.path, body, self.headers.get("Content-MD5"))
         self._answer(status, detail, thing)
+
+    def _body(self, length: int, keep: bool = True) -> bytes:
+        """The body (`keep`; else read and dropped), read by chunks within REQUEST_S in all (TimeoutError after
+        it: the connection is closed)."""
+        deadline, chunks, got = time.monotonic() + REQUEST_S, [], 0
+        while got < length:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"body not received within {REQUEST_S:g} s")
+            self.connection.settimeout(min(TIMEOUT_S, left))
+            chunk = self.rfile.read1(min(1 << 16, length - got))
+            if not chunk:
+                break
+            if keep:
+                chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
 
     def _refuse_method(self) -> None:
         self._answer(HTTPStatus.METHOD_NOT_ALLOWED, "only PUT of a captured file", None)
