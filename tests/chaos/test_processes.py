@@ -15,6 +15,7 @@ from nacelle.local.edge.broker import Broker
 from nacelle.local.edge.pki import LocalPki
 from nacelle.local.runtime.stack import Stack
 from nacelle.local.runtime.up import keep_broker
+from shared.events import TRAINING_STATE_CHANGE
 from tests.integration.conftest import write_config
 
 pytestmark = pytest.mark.integration
@@ -112,3 +113,62 @@ def test_a_running_stack_owns_the_jobs_it_starts(tmp_path: Path) -> None:
         assert job_owner(home) == STACK
     finally:
         lock.release()
+
+
+def test_a_job_whose_runner_dies_while_the_stack_runs_is_reported_failed_and_retriable(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from nacelle.local.adapters.jobs import STACK
+
+    home = tmp_path / "home"
+    write_config(home)
+    stack = Stack(home)
+    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    stack.jobs.create("nacelle-killed-1", "training", {"hyperparameters": {}}, home / "jobs" / "nacelle-killed-1")
+    stack.jobs.set_pid("nacelle-killed-1", runner.pid, STACK)
+    stack.jobs.create("nacelle-starting-1", "training", {"hyperparameters": {}}, home / "jobs" / "nacelle-starting-1")
+    try:
+        assert stack.reap_jobs() == []  # alive, and one whose runner is still starting (no pid yet)
+        runner.kill()
+        runner.wait()
+        assert stack.reap_jobs() == ["nacelle-killed-1"] and stack.reap_jobs() == []
+        job = stack.jobs.get("nacelle-killed-1")
+        assert job.status == "Failed" and "runner died" in str(job.failure_reason)
+        assert stack.jobs.get("nacelle-starting-1").status == "InProgress"
+        events = [e for e, _ in stack.bus.events(TRAINING_STATE_CHANGE) if e["detail"]["TrainingJobName"] == job.name]
+        assert [e["detail"]["TrainingJobStatus"] for e in events] == ["Failed"]  # once: training_completed hears it
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        runner.wait()
+
+
+def test_the_end_event_a_killed_runner_did_not_put_is_put_by_the_stack_once(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    write_config(home)
+    stack = Stack(home)
+    stack.jobs.create("nacelle-done-1", "training", {"hyperparameters": {}}, home / "jobs" / "nacelle-done-1")
+    stack.jobs.finish("nacelle-done-1", "Completed", None, "jobs/nacelle-done-1/output/model.tar.gz")  # then killed
+    stack.reap_jobs()
+    stack.reap_jobs()
+    events = [e for e, _ in stack.bus.events(TRAINING_STATE_CHANGE)
+              if e["detail"]["TrainingJobName"] == "nacelle-done-1"]
+    assert len(events) == 1 and events[0]["detail"]["TrainingJobStatus"] == "Completed"
+
+
+def test_a_stack_that_fails_to_start_leaves_no_broker_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from nacelle.local.runtime import up
+
+    def refused(stack: object) -> None:
+        raise RuntimeError("components/nacelle.detector/1.3.0/detector.zip already exists with other content")
+
+    home = tmp_path / "home"
+    write_config(home)
+    monkeypatch.setattr(up, "_publish_detector", refused)  # fails after the broker started
+    with pytest.raises(RuntimeError, match="other content"):
+        up.run_up(home, console_port=None)
+    left = subprocess.run(["pgrep", "-f", str(home / "broker")], capture_output=True, text=True, check=False)
+    assert left.stdout.strip() == ""

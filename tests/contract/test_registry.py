@@ -397,3 +397,22 @@ def test_database_is_in_wal_mode(tmp_path: Path) -> None:
     SqliteRegistry(tmp_path / "registry.db", BUCKET)
     with sqlite3.connect(tmp_path / "registry.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_change_committed_by_a_process_killed_before_its_event_is_announced_later(tmp_path: Path) -> None:
+    events: list[dict[str, Any]] = []
+
+    def killed(event: dict[str, Any]) -> None:
+        raise SystemExit("kill -9 right after the commit")
+
+    registry = SqliteRegistry(tmp_path / "registry.db", BUCKET, on_change=events.append)
+    registry.ensure_group(GROUP)
+    _register(registry, 1)
+    registry.on_change = killed
+    with pytest.raises(SystemExit):
+        registry.set_status(GROUP, 1, "Approved", "ship it", "alice")  # committed, its event never put
+    assert registry.get(GROUP, 1).status == "Approved" and len(events) == 1
+    SqliteRegistry(tmp_path / "registry.db", BUCKET, on_change=events.append)  # the next process to open it
+    assert [e["detail"]["ModelApprovalStatus"] for e in events] == ["PendingManualApproval", "Approved"]
+    SqliteRegistry(tmp_path / "registry.db", BUCKET, on_change=events.append)
+    assert len(events) == 2  # announced once it was put

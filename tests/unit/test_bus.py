@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from nacelle.local.runtime.bus import Dispatcher, EventBus, Rule, socket_path_for
-from shared.errors import ConfigurationError, Conflict, DataError, NotFound
+from shared.errors import ConfigurationError, Conflict, DataError, NacelleError, NotFound
 from shared.ports import Envelope
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -533,3 +533,10 @@ def test_a_long_database_path_gets_a_short_hashed_socket_in_tmp(tmp_path):
         assert received.wait(1.0)
     assert not path.exists()
     bus.close()
+
+
+def test_a_damaged_bus_file_is_named_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "bus.db"
+    path.write_bytes(b"GARBAGE" * 200)
+    with pytest.raises(NacelleError, match=r"bus\.db: the event bus cannot be read .*move it aside"):
+        EventBus(path, [])

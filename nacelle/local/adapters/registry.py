@@ -59,6 +59,11 @@ CREATE TABLE IF NOT EXISTS history (
     at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_version ON history (grp, version, id);
+CREATE TABLE IF NOT EXISTS outbox (  -- state changes committed but not yet announced (their event put after)
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    grp TEXT NOT NULL,
+    version INTEGER NOT NULL
+);
 """
 
 
@@ -92,6 +97,7 @@ class SqliteRegistry:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+        self._announce()  # what a process killed between a commit and its event left unannounced
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -156,10 +162,24 @@ class SqliteRegistry:
             "detail": detail,
         }
 
-    def _notify(self, row: sqlite3.Row) -> None:
-        # Called after the commit, so a listener reading the registry sees the new state.
-        if self.on_change is not None:
+    def _announce(self) -> None:
+        """Put the state change event of every change in the outbox (written in the change's own transaction), then
+        drop it: a change is announced at least once, even when its process was killed right after the commit.
+        Called after each commit, so a listener reading the registry sees the new state."""
+        if self.on_change is None:
+            return
+        with self._connect() as db:
+            pending = db.execute("SELECT id, grp, version FROM outbox ORDER BY id").fetchall()
+        for entry_id, group, version in pending:
+            with self._connect() as db:
+                row = self._row(db, group, version)
             self.on_change(self._state_change_event(row))
+            with self._write() as db:
+                db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+
+    @staticmethod
+    def _to_announce(db: sqlite3.Connection, group: str, version: int) -> None:
+        db.execute("INSERT INTO outbox (grp, version) VALUES (?, ?)", (group, version))
 
     # -- ModelRegistry --------------------------------------------------------------------------------------------
 
@@ -187,8 +207,9 @@ class SqliteRegistry:
                         idempotency_token, now, now))
             db.execute("INSERT INTO history (grp, version, status, actor, reason, at) VALUES (?, ?, ?, ?, ?, ?)",
                        (group, version, status, REGISTER_ACTOR, "registered", now))
+            self._to_announce(db, group, version)
             row = self._row(db, group, version)
-        self._notify(row)
+        self._announce()
         return self._version(row)
 
     def get(self, group: str, version: int) -> ModelVersion:
@@ -210,9 +231,10 @@ class SqliteRegistry:
                        (status, approval_description(actor, reason), now, group, version))
             db.execute("INSERT INTO history (grp, version, status, actor, reason, at) VALUES (?, ?, ?, ?, ?, ?)",
                        (group, version, status, actor, reason, now))
+            if before["status"] != status:
+                self._to_announce(db, group, version)
             row = self._row(db, group, version)
-        if before["status"] != status:
-            self._notify(row)
+        self._announce()
         return self._version(row)
 
     def update_metadata(self, group: str, version: int, metadata: Mapping[str, str]) -> ModelVersion:

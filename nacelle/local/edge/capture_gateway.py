@@ -8,8 +8,8 @@ service, the role alias's IAM role and S3): an HTTPS server on 127.0.0.1 with mu
   `raw/capture/${credentials-iot:ThingName}/*` allows on AWS. Another turbine's prefix, any other key, a body
   over MAX_BYTES, a body shorter than its Content-Length or not matching its Content-MD5 are refused (403, 400,
   413), logged, and never stored. At most MAX_CONNECTIONS at once, MAX_PER_THING uploads per device (503: retried
-  later), and a body within REQUEST_S: one certificate cannot hold the gateway's memory. A stored file is never rewritten: the same bytes again is a retry (200), other
-  bytes are refused (409).
+  later), and a body within REQUEST_S: one certificate cannot hold the gateway's memory. A stored file is never
+  rewritten: the same bytes again is a retry (200), other bytes are refused (409).
 * Then: the object is written through the stack's eventing store, so data_arrival validates it as any raw file.
 
 Under `<home>/capture-gateway/`: `port` (kept across restarts while free), read by each device's nucleus into the

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus
 
-from nacelle.local.adapters.paths import ACCOUNT, REGION
+from nacelle.local.adapters.paths import ACCOUNT, BUCKET, REGION
 from shared.events import OBJECT_CREATED, PROCESSING_STATE_CHANGE, TRAINING_STATE_CHANGE
+
+if TYPE_CHECKING:
+    from nacelle.local.adapters.jobs import JobRecord
+
+JOB_END = "job-end:"  # the dedup key of a job's end event (with its name): put once, whoever puts it
 
 
 def object_created(bucket: str, key: str, size: int, etag: str, reason: str = "PutObject") -> dict[str, Any]:
@@ -57,3 +62,11 @@ def processing_state_change(job: str, status: str, bucket: str, output_prefix: s
         detail["FailureReason"] = failure_reason
     return {"version": "0", "detail-type": PROCESSING_STATE_CHANGE, "source": "aws.sagemaker", "account": ACCOUNT,
             "region": REGION, "resources": [arn], "detail": detail}
+
+
+def job_end_event(job: JobRecord) -> dict[str, Any]:
+    """The state change event of an ended local job, as SageMaker sends it (its dedup key: JOB_END + name)."""
+    if job.kind == "compile":
+        return processing_state_change(job.name, job.status, BUCKET, job.request["output_prefix"], job.failure_reason)
+    return training_state_change(job.name, job.status, BUCKET, job.request.get("hyperparameters", {}),
+                                 datetime.fromisoformat(job.created_at), job.failure_reason, job.model_key)

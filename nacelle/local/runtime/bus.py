@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from nacelle.local.adapters.sqlite import immediate
 from nacelle.local.runtime.patterns import EventTest, compile_pattern
-from shared.errors import AdapterError, ConfigurationError, Conflict, DataError, NotFound
+from shared.errors import AdapterError, ConfigurationError, Conflict, DataError, NacelleError, NotFound
 from shared.ports import Envelope
 
 log = logging.getLogger(__name__)
@@ -160,8 +160,12 @@ class EventBus:
         self._leading = False
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.executescript(SCHEMA)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one
+            raise NacelleError(f"{self.db_path}: the event bus cannot be read ({exc}); move it aside to start a new "
+                               "one (the events and deliveries it held, pending ones included, are lost)") from exc
 
     # -- publishing ------------------------------------------------------------------------------
     def put(self, envelope: Envelope | Mapping[str, Any], deliver_at: datetime | None = None,

@@ -13,12 +13,11 @@ import shutil
 import subprocess
 import sys
 import traceback
-from datetime import datetime
 from pathlib import Path
 
 from nacelle.local.adapters.jobs import JobRecord, JobTable
 from nacelle.local.adapters.paths import BUCKET, StackPaths
-from nacelle.local.runtime.awsevents import processing_state_change, training_state_change
+from nacelle.local.runtime.awsevents import JOB_END, job_end_event
 from nacelle.local.runtime.bus import EventBus
 from nacelle.local.runtime.stack import build_bus, build_store
 from nacelle.train_runner import PROJECT_ROOT, run_training_job
@@ -80,9 +79,8 @@ def run(home: Path, name: str) -> int:
     except Exception as exc:  # any failure is reported, never lost
         traceback.print_exc()
         reason = f"{type(exc).__name__}: {exc}"
-    if jobs.finish(name, status, reason, model_key):
-        bus.put(training_state_change(name, status, BUCKET, request["hyperparameters"],
-                                      datetime.fromisoformat(record.created_at), reason, model_key))
+    if jobs.finish(name, status, reason, model_key):  # killed here, the stack puts the event (Stack.reap_jobs)
+        bus.put(job_end_event(jobs.get(name)), dedup_key=JOB_END + name)
     print(f"job {name}: {status}" + (f" ({reason})" if reason else ""), flush=True)
     return 0 if status == "Completed" else 1
 
@@ -120,7 +118,7 @@ def run_compile(record: JobRecord, jobs: JobTable, bus: EventBus, store: ObjectS
         reason = f"{type(exc).__name__}: {exc}"
     if jobs.finish(record.name, status, reason, request["output_prefix"] + "manifest.json" if status == "Completed"
                    else None):
-        bus.put(processing_state_change(record.name, status, BUCKET, request["output_prefix"], reason))
+        bus.put(job_end_event(jobs.get(record.name)), dedup_key=JOB_END + record.name)
     print(f"job {record.name}: {status}" + (f" ({reason})" if reason else ""), flush=True)
     return 0 if status == "Completed" else 1
 

@@ -296,9 +296,8 @@ class Stack:
     def recover_orphans(self, adopt_standalone: bool = False) -> list[str]:
         """Jobs left InProgress by a stack that died (or, at shutdown, by this one): kill what still
         runs, report them Failed. With `adopt_standalone` (at start-up), a job a command started while
-        no stack ran is left running and adopted; it reports its own end."""
-        from nacelle.local.runtime.awsevents import processing_state_change, training_state_change
-
+        no stack ran is left running and adopted; it reports its own end. At start-up, also the end events
+        of the last day's ended jobs their runners did not get to put."""
         reported = []
         for job in self.jobs.list():
             if job.status != "InProgress":
@@ -307,16 +306,41 @@ class Stack:
                 continue
             if alive(job.pid):
                 kill_group(job.pid or 0)
-            reason = "the local stack stopped while the job ran; retry it with `nacelle jobs retry`"
-            if self.jobs.finish(job.name, "Failed", reason):
-                if job.kind == "compile":
-                    event = processing_state_change(job.name, "Failed", BUCKET, job.request["output_prefix"], reason)
-                else:
-                    event = training_state_change(job.name, "Failed", BUCKET, job.request.get("hyperparameters", {}),
-                                                  datetime.fromisoformat(job.created_at), reason)
-                self.bus.put(event)
+            if self._report_failed(job.name, "the local stack stopped while the job ran"):
                 reported.append(job.name)
+        if adopt_standalone:
+            self._announce_ended(ANNOUNCE_AT_START_S)
         return reported
+
+    def reap_jobs(self) -> list[str]:
+        """While the stack runs (every JOB_CHECK_S): a job whose runner died is reported Failed, and a job that
+        ended lately gets its end event if its runner died before putting it (the put is deduplicated)."""
+        reported = [job.name for job in self.jobs.list() if job.status == "InProgress" and job.pid is not None
+                    and not alive(job.pid) and self._report_failed(job.name, "its job runner died")]
+        self._announce_ended(ANNOUNCE_WHILE_UP_S)
+        return reported
+
+    def _report_failed(self, name: str, why: str) -> bool:
+        from nacelle.local.runtime.awsevents import JOB_END, job_end_event
+
+        if not self.jobs.finish(name, "Failed", f"{why}; retry it with `nacelle jobs retry`"):
+            return False  # it ended meanwhile
+        self.bus.put(job_end_event(self.jobs.get(name)), dedup_key=JOB_END + name)
+        return True
+
+    def _announce_ended(self, within_s: float) -> None:
+        from nacelle.local.runtime.awsevents import JOB_END, job_end_event
+
+        now = datetime.now(UTC)
+        for job in self.jobs.list():
+            if job.status != "InProgress" and job.ended_at \
+                    and (now - datetime.fromisoformat(job.ended_at)).total_seconds() <= within_s:
+                self.bus.put(job_end_event(job), dedup_key=JOB_END + job.name)
+
+
+JOB_CHECK_S = 10.0  # how often a running stack looks for jobs whose runner died
+ANNOUNCE_WHILE_UP_S = 120.0  # ended jobs whose end event is put again (deduplicated) at each check
+ANNOUNCE_AT_START_S = 86400.0  # ... and at start-up
 
 
 def _bind(handle: Callable[[dict[str, Any], Any], object], deps: Any) -> Callable[[dict[str, Any]], object]:

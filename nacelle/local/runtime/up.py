@@ -25,7 +25,7 @@ from nacelle.local.runtime.bus import Dispatcher
 from nacelle.local.runtime.console_server import DEFAULT_PORT, TOKEN_FILE, ConsoleServer
 from nacelle.local.runtime.rules import RuleEngine, ScheduleTicker
 from nacelle.local.runtime.s3events import NotifiedKeys, RawWatcher
-from nacelle.local.runtime.stack import Stack, StackLock
+from nacelle.local.runtime.stack import JOB_CHECK_S, Stack, StackLock
 from nacelle.local.runtime.template import load_template, schedule_routes, topic_rules
 from shared.errors import ConfigurationError, NacelleError
 from shared.observability import logger
@@ -60,45 +60,46 @@ def run_up(home: Path, stop: threading.Event | None = None,
             print(f"removed {tmp}, left half-written by a killed writer", flush=True)
         watcher = RawWatcher(stack.paths.bucket_dir, BUCKET, stack.bus.put, NotifiedKeys(home / "s3events.db"))
         previous = _install_signals(stop)
-        dispatcher.start()
-        watcher.start()
-        broker, rule_engine = _start_iot(stack, thing_names(devices))
-        gateway = _start_capture_gateway(stack)
-        ticker = ScheduleTicker(stack.bus.put, [r.pattern["resources"][0] for r in
-                                               schedule_routes(load_template(), REGION, ACCOUNT)],
-                                stack.settings.offline_check_interval_s).start()
-        _publish_detector(stack)
-        sweeper = Periodic(1.0, stack.greengrass.sweep, "nacelle-greengrass-sweep").start()
-        keeper = (Periodic(BROKER_CHECK_S, lambda: keep_broker(broker, stack), "nacelle-broker-keeper").start()
-                  if broker is not None else None)
-        fleet = _start_fleet(stack, devices, canary_size, simulators=broker is not None, source=source,
-                             full_devices=full_devices)
-        if console is not None:
-            _start_console(stack, console)
-        print(f"nacelle local stack up: data dir {home}, bucket {BUCKET}, "
-              f"raw folder {stack.paths.raw_dir} (Ctrl-C to stop)", flush=True)
-        if on_ready is not None:
-            on_ready(stack)
-        try:
+        started: list[Callable[[], object]] = []  # how to stop what runs, in the order it started
+        try:  # a failure while starting stops what had started (a broker is never left behind)
+            dispatcher.start()
+            started.append(lambda: dispatcher.stop(timeout=10))
+            watcher.start()
+            started.append(watcher.stop)
+            broker, rule_engine = _start_iot(stack, thing_names(devices))
+            if broker is not None:
+                started.append(broker.stop)
+            if rule_engine is not None:
+                started.append(rule_engine.stop)
+            gateway = _start_capture_gateway(stack)
+            if gateway is not None:
+                started.append(gateway.stop)
+            ticker = ScheduleTicker(stack.bus.put, [r.pattern["resources"][0] for r in
+                                                   schedule_routes(load_template(), REGION, ACCOUNT)],
+                                    stack.settings.offline_check_interval_s).start()
+            started.append(ticker.stop)
+            _publish_detector(stack)
+            started.append(Periodic(1.0, stack.greengrass.sweep, "nacelle-greengrass-sweep").start().stop)
+            started.append(Periodic(JOB_CHECK_S, stack.reap_jobs, "nacelle-job-reaper").start().stop)
+            if broker is not None:
+                started.append(Periodic(BROKER_CHECK_S, lambda: keep_broker(broker, stack),
+                                        "nacelle-broker-keeper").start().stop)
+            fleet = _start_fleet(stack, devices, canary_size, simulators=broker is not None, source=source,
+                                 full_devices=full_devices)
+            if fleet is not None:
+                started.append(fleet.stop)
+            if console is not None:
+                _start_console(stack, console)
+                started.append(console.stop)
+            print(f"nacelle local stack up: data dir {home}, bucket {BUCKET}, "
+                  f"raw folder {stack.paths.raw_dir} (Ctrl-C to stop)", flush=True)
+            if on_ready is not None:
+                on_ready(stack)
             stop.wait()
         finally:
             print("stopping the local stack...", flush=True)
-            if console is not None:
-                console.stop()
-            if fleet is not None:
-                fleet.stop()
-            sweeper.stop()
-            if keeper is not None:
-                keeper.stop()
-            ticker.stop()
-            if rule_engine is not None:
-                rule_engine.stop()
-            if gateway is not None:
-                gateway.stop()
-            if broker is not None:
-                broker.stop()
-            watcher.stop()
-            dispatcher.stop(timeout=10)
+            for stop_part in reversed(started):  # the devices and the console first, the dispatcher last
+                stop_part()
             for job in stack.recover_orphans():
                 print(f"job {job} was stopped with the stack and reported Failed", flush=True)
             _restore_signals(previous)
