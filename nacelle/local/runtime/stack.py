@@ -315,8 +315,12 @@ class Stack:
     def reap_jobs(self) -> list[str]:
         """While the stack runs (every JOB_CHECK_S): a job whose runner died is reported Failed, and a job that
         ended lately gets its end event if its runner died before putting it (the put is deduplicated)."""
-        reported = [job.name for job in self.jobs.list() if job.status == "InProgress" and job.pid is not None
-                    and not alive(job.pid) and self._report_failed(job.name, "its job runner died")]
+        reported = []
+        for job in self.jobs.list():
+            if job.status == "InProgress" and job.pid is not None and not alive(job.pid):
+                kill_group(job.pid)  # what the runner started (its process group) would run on unheard
+                if self._report_failed(job.name, "its job runner died"):
+                    reported.append(job.name)
         self._announce_ended(ANNOUNCE_WHILE_UP_S)
         return reported
 
