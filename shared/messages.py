@@ -169,6 +169,8 @@ class HealthMessage(Message):
     spool_depth: int = field(default=0, metadata=_min(0))
     spool_dropped: int = field(default=0, metadata=_min(0))
     bad_messages: int = field(default=0, metadata=_min(0))
+    stale_samples: int = field(default=0, metadata=_min(0))  # at or before the newest seen: redelivered, clock back
+    errors: int = field(default=0, metadata=_min(0))  # failed steps of the detector's threads (logged)
     uptime_s: float = field(default=0.0, metadata=_min(0))
     windows_scored: int = field(default=0, metadata=_min(0))
     model_error: str | None = field(default=None, metadata={"max_len": MAX_ERROR_TEXT})

@@ -30,8 +30,8 @@ from shared.usecases.state_keys import group_pk
 
 ONLINE, STOPPED, OFFLINE = "ONLINE", "STOPPED", "OFFLINE"
 DETECTOR_COMPONENT = "nacelle.detector"
-HEALTH_FIGURES = ("latency_p50_ms", "latency_p99_ms", "spool_depth", "spool_dropped", "bad_messages", "uptime_s",
-                  "windows_scored", "model_error", "capture")
+HEALTH_FIGURES = ("latency_p50_ms", "latency_p99_ms", "spool_depth", "spool_dropped", "bad_messages",
+                  "stale_samples", "errors", "uptime_s", "windows_scored", "model_error", "capture")
 
 
 def device_state(last_health_at: float | None, offline_after_s: float, now: float, running: bool = True) -> str:

@@ -340,7 +340,7 @@ def test_a_failure_handling_one_message_is_counted_and_scoring_goes_on(harness, 
     app.request_health()
     wait_for(lambda: transport.messages("health")[-1:] and transport.messages("health")[-1]["bad_messages"] == 1,
              what="health counting the message")
-    assert app.bad_messages == 1 and app.errors == 1
+    assert app.bad_messages == 1 and app.errors == 1 and transport.messages("health")[-1]["errors"] == 1
     kinds = [m["kind"] for m in transport.messages("anomalies")]
     assert kinds[0] == "open" and kinds[-1] == "close"
 
@@ -361,6 +361,7 @@ def test_a_far_future_timestamp_is_a_bad_message_and_stale_samples_are_counted(h
     app.request_health()
     wait_for(lambda: transport.messages("health")[-1:] and transport.messages("health")[-1]["bad_messages"] == 1,
              what="health counting the refused message")
+    assert transport.messages("health")[-1]["stale_samples"] == app.stale_samples > 0  # the cloud hears of both
     kinds = [m["kind"] for m in transport.messages("anomalies")]
     assert kinds[0] == "open" and kinds[-1] == "close"
 

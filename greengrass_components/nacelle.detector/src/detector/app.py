@@ -284,6 +284,7 @@ class DetectorApp:
             inference_rate_hz=p.inference_rate_hz() if p is not None else 0.0,
             latency_p50_ms=p50, latency_p99_ms=p99, spool_depth=self.spool.depth(),
             spool_dropped=self.spool.dropped, bad_messages=self.bad_messages + self.overflow,
+            stale_samples=self.stale_samples, errors=self.errors + self.spool.failures,
             uptime_s=self.clock() - self._started_at, windows_scored=self.windows_scored,
             detector_version=self.version, model_error=self.model_error,
             capture=self.capture.summary() if self.capture is not None else None))

@@ -189,13 +189,15 @@ class MessageBuilder:
     def health(self, *, model_version: int | None, inference_rate_hz: float, latency_p50_ms: float | None,
                latency_p99_ms: float | None, spool_depth: int, spool_dropped: int, bad_messages: int,
                uptime_s: float, windows_scored: int, detector_version: str | None = None,
-               model_error: str | None = None, capture: CaptureSummary | None = None) -> dict[str, Any]:
+               model_error: str | None = None, capture: CaptureSummary | None = None, stale_samples: int = 0,
+               errors: int = 0) -> dict[str, Any]:
         return _checked(HealthMessage(
             v=HealthMessage.VERSION, turbine_id=self.turbine_id, model_version=model_version,
             detector_version=detector_version, inference_rate_hz=round(float(inference_rate_hz), 3),
             latency_p50_ms=None if latency_p50_ms is None else round(float(latency_p50_ms), 3),
             latency_p99_ms=None if latency_p99_ms is None else round(float(latency_p99_ms), 3),
             spool_depth=int(spool_depth), spool_dropped=int(spool_dropped), bad_messages=int(bad_messages),
+            stale_samples=int(stale_samples), errors=int(errors),
             uptime_s=round(max(0.0, float(uptime_s)), 3), windows_scored=int(windows_scored),
             model_error=None if model_error is None else model_error[:MAX_ERROR_TEXT], capture=capture,
             seq=self._next("health")))
