@@ -6,6 +6,8 @@ and what is stored is announced like any raw object."""
 from __future__ import annotations
 
 import contextlib
+import http.client
+import ssl
 import sys
 import time
 from collections.abc import Iterator
@@ -33,6 +35,20 @@ class Stack:
         self.store = EventingObjectStore(FsObjectStore(root / "objects", "nacelle-data"), self.events.append,
                                          NotifiedKeys(root / "s3events.db"))
         self.gateway = CaptureGateway(root, self.pki, self.store, max_bytes=4096).start()
+
+    def connection(self, credentials: DeviceCredentials) -> http.client.HTTPSConnection:
+        """A raw HTTPS connection with the device's certificate (what the uploader would not send)."""
+        context = ssl.create_default_context(cafile=str(credentials.ca_path))
+        context.load_cert_chain(str(credentials.cert_path), str(credentials.key_path))
+        return http.client.HTTPSConnection("127.0.0.1", self.gateway.port, context=context, timeout=5)
+
+    def trickle(self, credentials: DeviceCredentials, key: str) -> http.client.HTTPSConnection:
+        """A PUT of 1,000 bytes of which one is sent: it holds a connection until its body is complete."""
+        conn = self.connection(credentials)
+        conn.putrequest("PUT", "/" + key)
+        conn.putheader("Content-Length", "1000")
+        conn.endheaders(b"x")
+        return conn
 
     def uploader(self, credentials: DeviceCredentials) -> GatewayUploader:
         return GatewayUploader(self.gateway.url, credentials.ca_path, credentials.cert_path, credentials.key_path,
@@ -71,9 +87,6 @@ def test_identities_that_are_no_device_are_refused(stack: Stack) -> None:
 
 
 def test_no_certificate_no_upload(stack: Stack, tmp_path: Path) -> None:
-    import http.client
-    import ssl
-
     context = ssl.create_default_context(cafile=str(stack.pki.ca_path))  # trusts the server, presents nothing
     conn = http.client.HTTPSConnection("127.0.0.1", stack.gateway.port, context=context, timeout=5)
     with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
@@ -98,12 +111,7 @@ def test_malformed_uploads_are_refused(stack: Stack) -> None:
             uploader.put(key, BODY)
     with pytest.raises(UploadRefused, match="413"):
         uploader.put(fresh, b"x" * 5000)
-    import http.client
-    import ssl
-
-    context = ssl.create_default_context(cafile=str(device.ca_path))
-    context.load_cert_chain(str(device.cert_path), str(device.key_path))
-    conn = http.client.HTTPSConnection("127.0.0.1", stack.gateway.port, context=context, timeout=5)
+    conn = stack.connection(device)
     conn.request("PUT", "/" + fresh, body=BODY, headers={"Content-MD5": "AAAA"})
     response = conn.getresponse()
     assert response.status == 400 and b"Content-MD5" in response.read()
@@ -118,19 +126,9 @@ def test_a_name_too_long_for_a_file_is_refused_not_a_server_error(stack: Stack) 
 
 
 def test_one_device_holds_at_most_two_uploads_at_once(stack: Stack) -> None:
-    import http.client
-    import ssl
-
     device = stack.pki.device("wt-slow")
-    context = ssl.create_default_context(cafile=str(device.ca_path))
-    context.load_cert_chain(str(device.cert_path), str(device.key_path))
-    slow = []
-    for i in range(2):  # two uploads trickling in: each holds a connection and its buffer
-        conn = http.client.HTTPSConnection("127.0.0.1", stack.gateway.port, context=context, timeout=5)
-        conn.putrequest("PUT", f"/raw/capture/wt-slow/{CAPTURE_FILE.replace('_m1_', f'_m{i + 2}_')}")
-        conn.putheader("Content-Length", "1000")
-        conn.endheaders(b"x")
-        slow.append(conn)
+    slow = [stack.trickle(device, f"raw/capture/wt-slow/{CAPTURE_FILE.replace('_m1_', f'_m{i + 2}_')}")
+            for i in range(2)]  # two uploads trickling in: each holds a connection and its buffer
     try:
         deadline = time.monotonic() + 5
         while sum(stack.gateway.httpd.uploads.values()) < 2 and time.monotonic() < deadline:
@@ -149,19 +147,10 @@ def test_one_device_holds_at_most_two_uploads_at_once(stack: Stack) -> None:
 
 
 def test_a_body_trickling_in_is_cut_at_the_request_deadline(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    import http.client
-    import ssl
-
     from nacelle.local.edge import capture_gateway
 
     monkeypatch.setattr(capture_gateway, "REQUEST_S", 0.5)
-    device = stack.pki.device("wt-trickle")
-    context = ssl.create_default_context(cafile=str(device.ca_path))
-    context.load_cert_chain(str(device.cert_path), str(device.key_path))
-    conn = http.client.HTTPSConnection("127.0.0.1", stack.gateway.port, context=context, timeout=5)
-    conn.putrequest("PUT", f"/raw/capture/wt-trickle/{CAPTURE_FILE}")
-    conn.putheader("Content-Length", "1000")
-    conn.endheaders(b"x")
+    conn = stack.trickle(stack.pki.device("wt-trickle"), f"raw/capture/wt-trickle/{CAPTURE_FILE}")
     try:
         deadline = time.monotonic() + 5
         while stack.gateway.httpd.uploads.get("wt-trickle") != 1 and time.monotonic() < deadline:
