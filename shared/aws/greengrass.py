@@ -92,8 +92,8 @@ def job_config(config: Mapping[str, Any]) -> JobConfig:
         None if timeout is None else _int(timeout, "timeoutConfig.inProgressTimeoutInMinutes", 1))
 
 
-def component_arn(region: str, account: str, name: str, version: str) -> str:
-    return f"arn:aws:greengrass:{region}:{account}:components:{name}:versions:{version}"
+def component_arn(region: str, account: str, name: str, version: str, partition: str = "aws") -> str:
+    return f"arn:{partition}:greengrass:{region}:{account}:components:{name}:versions:{version}"
 
 
 def thing_group_arn(region: str, account: str, group: str) -> str:
@@ -144,7 +144,7 @@ class AwsGreengrass:
     # -- components ---------------------------------------------------------------------------------------------
 
     def get_component(self, name: str, version: str) -> ComponentVersion | None:
-        arn = component_arn(self.client.meta.region_name, self.account, name, version)
+        arn = component_arn(self.client.meta.region_name, self.account, name, version, self.client.meta.partition)
         try:
             out = self.client.get_component(arn=arn, recipeOutputFormat="JSON")
         except ClientError as e:
@@ -170,7 +170,8 @@ class AwsGreengrass:
         if status.get("componentState") == "FAILED":
             raise AdapterError(f"component {name}@{version} failed: {status.get('message', '')} "
                                f"{status.get('errors', {})}")
-        arn = out.get("arn") or component_arn(self.client.meta.region_name, self.account, name, version)
+        arn = out.get("arn") or component_arn(self.client.meta.region_name, self.account, name, version,
+                                              self.client.meta.partition)
         return ComponentVersion(name, version, arn, json.loads(blob))
 
     # -- deployments --------------------------------------------------------------------------------------------

@@ -367,3 +367,14 @@ def test_aws_reads_the_account_from_sts_when_not_given() -> None:
                                  expected_params={"arn": arn, "recipeOutputFormat": "JSON"})
         assert AwsGreengrass(gg, sts_client=sts).get_component("c", "1.0.0") is None
         gg_stub.assert_no_pending_responses()
+
+
+def test_component_arns_follow_the_clients_partition() -> None:
+    """In China and GovCloud regions a component's ARN starts arn:aws-cn / arn:aws-us-gov, not arn:aws."""
+    client = boto3.client("greengrassv2", region_name="cn-north-1", aws_access_key_id="x", aws_secret_access_key="x")
+    arn = f"arn:aws-cn:greengrass:cn-north-1:{ACCOUNT}:components:nacelle.model:versions:7.0.0"
+    with Stubber(client) as stub:
+        stub.add_response("get_component", {"recipeOutputFormat": "JSON", "recipe": json.dumps(RECIPE).encode()},
+                          {"arn": arn, "recipeOutputFormat": "JSON"})
+        found = AwsGreengrass(client=client, account=ACCOUNT).get_component("nacelle.model", "7.0.0")
+    assert found is not None and found.arn == arn
