@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import io
-import json
+import pickle
 import tarfile
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,15 @@ from typing import Any
 import torch
 
 from shared.errors import BundleError
-from shared.ml.bundle import MANIFEST_FILE, WEIGHTS_FILE, Manifest, read_manifest
+from shared.ml.bundle import (
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    Manifest,
+    open_archive,
+    read_manifest,
+    read_tar_documents,
+    unpack_archive,
+)
 from training_jobs.model import Scorer, empty_scorer
 
 
@@ -44,16 +52,39 @@ def save_model_dir(model_dir: Path, scorer: Scorer, manifest: dict[str, Any]) ->
 def load_model_dir(model_dir: Path) -> LoadedModel:
     manifest = read_manifest(model_dir)
     scorer = build_scorer(manifest)
+    path = model_dir / WEIGHTS_FILE
+    state = read_weights(path)
+    for key, placeholder in scorer.state_dict().items():  # weights saved before the frozen-sensor check
+        if key.endswith("prep.frozen_check") and key not in state:
+            state[key] = torch.zeros_like(placeholder)  # its check stays off, as it was trained
     try:
-        state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        for key, placeholder in scorer.state_dict().items():  # weights saved before the frozen-sensor check
-            if key.endswith("prep.frozen_check") and key not in state:
-                state[key] = torch.zeros_like(placeholder)  # its check stays off, as it was trained
         scorer.load_state_dict(state)
-    except (OSError, RuntimeError, KeyError) as exc:
-        raise BundleError(f"{model_dir / WEIGHTS_FILE}: cannot load weights: {exc}") from exc
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise BundleError(f"{path}: the weights do not fit the manifest's model: {_short(exc)}") from exc
     scorer.eval()
     return LoadedModel(manifest, scorer)
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file; BundleError with a short reason for anything else."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's own message suggests loading it without weights_only
+        raise BundleError(f"{path}: not a PyTorch weights file of plain tensors") from exc
+    except EOFError as exc:
+        raise BundleError(f"{path}: the weights file is empty or cut short") from exc
+    except Exception as exc:  # torch.load reports damaged input in many ways (RuntimeError, ValueError, ...)
+        raise BundleError(f"{path}: cannot read the weights: {_short(exc)}") from exc
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise BundleError(f"{path}: the weights are not a mapping of names to tensors")
+    return state
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    """One line of an exception's message (torch's span several)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def load_model(path: Path) -> LoadedModel:
@@ -64,15 +95,16 @@ def load_model(path: Path) -> LoadedModel:
         raise BundleError(f"{path}: no such model (expected model.tar.gz or a model directory)")
     with tempfile.TemporaryDirectory() as tmp:
         extract_tar(path, Path(tmp))
-        return load_model_dir(Path(tmp))
+        try:
+            return load_model_dir(Path(tmp))
+        except BundleError as exc:  # named after the archive, not the temporary directory it was unpacked to
+            raise BundleError(f"{path}: {str(exc).removeprefix(f'{tmp}/')}") from exc
 
 
 def extract_tar(archive: Path, dest: Path) -> None:
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(dest, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BundleError(f"{archive}: not a readable model.tar.gz: {exc}") from exc
+    """The archive's members into `dest`, one by one, under the names and limits unpack_archive allows."""
+    with ExitStack() as files, open_archive(archive) as fileobj:
+        unpack_archive(fileobj, lambda name: files.enter_context((dest / name).open("wb")), str(archive))
 
 
 def pack_model_dir(model_dir: Path, archive: Path) -> Path:
@@ -86,11 +118,4 @@ def pack_model_dir(model_dir: Path, archive: Path) -> Path:
 
 
 def read_manifest_from_tar(archive: Path) -> dict[str, Any]:
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            member = tar.extractfile(MANIFEST_FILE)
-            if member is None:
-                raise BundleError(f"{archive}: no {MANIFEST_FILE} inside")
-            return dict(json.load(io.TextIOWrapper(member, encoding="utf-8")))
-    except (tarfile.TarError, KeyError, OSError) as exc:
-        raise BundleError(f"{archive}: cannot read {MANIFEST_FILE}: {exc}") from exc
+    return read_tar_documents(archive, (MANIFEST_FILE,), str(archive))[MANIFEST_FILE]

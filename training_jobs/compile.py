@@ -7,7 +7,8 @@ $NACELLE_PROCESSING_ROOT). On error it writes a short reason to <output>/failure
 
 The compile fails (BundleError) when ONNX Runtime and PyTorch disagree beyond the tolerance on the
 validation windows (sensor files when given, else windows synthesised from the bundle's
-normalisation statistics), always with NaN-block variants of those windows added.
+normalisation statistics), always with NaN-block variants of those windows added, or when either
+scores a window without missing samples as NaN or infinite.
 """
 
 from __future__ import annotations
@@ -131,12 +132,29 @@ def _differences(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) ->
             "beyond_tolerance": int((~ok).sum())}
 
 
+def check_finite_scores(onnx_path: Path, x: np.ndarray, torch_score: np.ndarray, onnx_score: np.ndarray) -> None:
+    """BundleError when a window without missing samples scores NaN or infinity in either runtime.
+
+    The equivalence check counts NaN as equal to NaN, so a model whose weights are damaged (or whose
+    training diverged) would otherwise pass and never flag anything on the edge."""
+    observed = np.isfinite(x).all(axis=(1, 2))  # readers turn an infinite reading into a missing one
+    bad = observed & ~(np.isfinite(torch_score) & np.isfinite(onnx_score))
+    if bad.any():
+        raise BundleError(f"{onnx_path}: the model scores {int(bad.sum())} of {int(observed.sum())} windows "
+                          f"without missing samples as NaN or infinite (PyTorch: "
+                          f"{int((observed & ~np.isfinite(torch_score)).sum())}, ONNX Runtime: "
+                          f"{int((observed & ~np.isfinite(onnx_score)).sum())}): its weights may be damaged "
+                          f"or its training diverged")
+
+
 def check_equivalence(onnx_path: Path, scoring: Scorer, x: np.ndarray, threshold: float,
                       atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> dict[str, Any]:
     """Compare ONNX Runtime (CPU, 1 thread) with torch on `x`; BundleError beyond the tolerance
-    (per element: |onnx - torch| <= atol + rtol * |torch|, numpy.isclose)."""
+    (per element: |onnx - torch| <= atol + rtol * |torch|, numpy.isclose) or on a non-finite score
+    (check_finite_scores)."""
     onnx_out = run_onnx(ort_session(onnx_path), x)
     torch_out = run_torch(scoring, x)
+    check_finite_scores(onnx_path, x, torch_out["score"], onnx_out["score"])
     outputs = {name: _differences(onnx_out[name], torch_out[name], atol, rtol) for name in OUTPUT_NAMES}
     # A window is flagged when its score exceeds the threshold. A flip within tolerance is a window
     # sitting on the threshold; it is reported, and fails the check only through the tolerance.

@@ -36,13 +36,15 @@ class JobEnvironment:
 
 
 def _decode(value: Any) -> Any:
-    """SageMaker passes hyperparameters as strings; JSON-decode them when they are JSON."""
-    if not isinstance(value, str):
+    """SageMaker passes hyperparameters as strings, script mode's JSON-quoted ("\"auto\""): unquote those and leave
+    the rest as written, for the field's own type to read (a dataset hash "0e12" must not become the float 0.0)."""
+    if not isinstance(value, str) or not value.startswith('"'):
         return value
     try:
-        return json.loads(value)
+        decoded = json.loads(value)
     except json.JSONDecodeError:
         return value
+    return decoded if isinstance(decoded, str) else value
 
 
 def from_environ(env: Mapping[str, str] | None = None) -> JobEnvironment:

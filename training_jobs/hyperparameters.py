@@ -6,11 +6,106 @@ training_jobs.train. Timescales (windows, episode rule, detection tolerance) bel
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from shared.errors import ConfigurationError
 from training_jobs.model import AUTOENCODERS, FAMILIES
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric hyperparameter may take: low..high, each end included unless open."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return math.isfinite(value) and above and below
+
+    def __str__(self) -> str:
+        low = "(-inf" if self.low == -math.inf else f"{'(' if self.low_open else '['}{_plain(self.low)}"
+        return f"{low}, {_plain(self.high)}{')' if self.high_open else ']'}"
+
+
+def _plain(x: float) -> str:
+    """4294967295, not 4.29497e+09."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+MAX_SEED = 2**32 - 1  # seeds must be non-negative (numpy); 32 bits are plenty
+# Upper bounds keep a mistyped value (epochs=1e9) from running a job for days or exhausting memory.
+RANGES: dict[str, Range] = {
+    "channels": Range(1, 1024),
+    "latent": Range(1, 1024),
+    "dropout": Range(0, 1, high_open=True),
+    "epochs": Range(0, 10_000),
+    "batch_size": Range(0, 65_536),
+    "train_steps": Range(1, 1_000_000),
+    "learning_rate": Range(0, 1, low_open=True),
+    "patience": Range(0, 10_000),
+    "pca_variance": Range(0, 1, low_open=True, high_open=True),
+    "pca_t2_weight": Range(0, 100),
+    "train_stride": Range(0, 1_000_000),
+    "max_train_windows": Range(1, 1_000_000),
+    "val_fraction": Range(0, 0.8, low_open=True, high_open=True),
+    "test_fraction": Range(0, 0.8, low_open=True, high_open=True),
+    "folds": Range(2, 50),
+    "fold_below_samples": Range(0, 1e12),
+    "min_samples": Range(2, 1e12),
+    "label_margin_s": Range(-math.inf, 86_400),  # < 0: the spec's detection tolerance
+    "target_false_alarms_per_day": Range(0, 100, low_open=True),
+    "threshold_margin": Range(0, 100),
+    "seed": Range(0, MAX_SEED),
+    "threads": Range(0, 1024),
+    "injection_seed": Range(0, MAX_SEED),
+}
+_WHOLE = re.compile(r"[+-]?\d+")
+
+
+def _typed(key: str, kind: str, value: Any) -> Any:
+    """`value` as the field's type. SageMaker passes strings (JSON-decoded where they parse): "2.9" or "true"
+    for a count, "NaN" or "Infinity" for a float are refused, not truncated or carried into the bundle."""
+    if kind == "str":
+        return str(value)
+    allowed = RANGES[key]
+    if kind == "int":
+        number = _whole(value)
+        if number is None:
+            raise ConfigurationError(f"hyperparameter {key}={value!r} must be a whole number in {allowed}")
+        return number
+    real = _real(value)
+    if real is None:
+        raise ConfigurationError(f"hyperparameter {key}={value!r} must be a finite number in {allowed}")
+    return real
+
+
+def _whole(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():  # 3.0 from a JSON writer
+        return int(value)
+    if isinstance(value, str) and _WHOLE.fullmatch(value.strip()):
+        return int(value)
+    return None
+
+
+def _real(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True)
@@ -51,13 +146,7 @@ class Hyperparameters:
         unknown = sorted(set(raw) - set(known))
         if unknown:
             raise ConfigurationError(f"unknown hyperparameter(s) {unknown}; known: {sorted(known)}")
-        typed: dict[str, Any] = {}
-        for key, value in raw.items():
-            kind = {"int": int, "float": float, "str": str}[str(known[key].type)]
-            try:
-                typed[key] = kind(value)
-            except (TypeError, ValueError) as exc:
-                raise ConfigurationError(f"hyperparameter {key}={value!r} is not a valid {kind.__name__}") from exc
+        typed = {key: _typed(key, str(known[key].type), value) for key, value in raw.items()}
         hp = cls(**typed)
         hp.check()
         return hp
@@ -75,18 +164,12 @@ class Hyperparameters:
                                      f"got {self.families!r}")
         if self.architecture not in AUTOENCODERS:
             raise ConfigurationError(f"architecture must be one of {AUTOENCODERS}, got {self.architecture!r}")
-        if self.val_fraction <= 0 or self.test_fraction <= 0 or self.val_fraction + self.test_fraction >= 0.8:
+        for key, allowed in RANGES.items():
+            value = getattr(self, key)
+            if not allowed.holds(value):
+                raise ConfigurationError(f"hyperparameter {key}={value!r} must lie in {allowed}")
+        if self.val_fraction + self.test_fraction >= 0.8:
             raise ConfigurationError("val_fraction and test_fraction must be > 0 and leave >= 20 % for training")
-        if min(self.epochs, self.batch_size, self.patience) < 0 or self.learning_rate <= 0 or self.train_steps < 1:
-            raise ConfigurationError("epochs, batch_size and patience must be >= 0 (0: from the data); "
-                                     "learning_rate and train_steps > 0")
-        if not 0 < self.pca_variance < 1 or self.pca_t2_weight < 0:
-            raise ConfigurationError("pca_variance must lie in (0, 1) and pca_t2_weight be >= 0")
-        if self.folds < 2 or self.min_samples < 2:
-            raise ConfigurationError("folds must be >= 2 and min_samples >= 2")
-        if not self.target_false_alarms_per_day > 0 or self.threshold_margin < 0:
-            raise ConfigurationError("target_false_alarms_per_day must be > 0 and threshold_margin >= 0 "
-                                     "(0: from the data)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,9 +11,11 @@ which sensors explain the episode.
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from numbers import Integral, Real
 from typing import Any, Literal
 
 import numpy as np
@@ -23,6 +25,16 @@ MAX_EXPLAINING = 3  # features named as the explanation of one window
 EXPLAINING_SHARE = 0.5  # ...each with at least this fraction of the top feature's share
 KEEP_CLOSED = 100  # closed episodes a streaming tracker keeps (run_episodes keeps them all)
 MAX_SCORE = float(np.finfo(np.float32).max)  # an overflowed (infinite) score or contribution counts as this
+
+
+# The rule's real-valued fields: name, condition, check. A max_silence_s <= 0 would close every episode at the
+# next window (a deaf detector); an update_interval_s of 0 would re-report an open episode on every window.
+_REAL_FIELDS: tuple[tuple[str, str, Callable[[float], bool]], ...] = (
+    ("missing_tolerance", "0 <= missing_tolerance < 1", lambda v: 0 <= v < 1),
+    ("max_silence_s", "max_silence_s > 0", lambda v: v > 0),
+    ("update_interval_s", "update_interval_s > 0", lambda v: v > 0),
+    ("release_ratio", "0 < release_ratio <= 1", lambda v: 0 < v <= 1),
+)
 
 
 @dataclass(frozen=True)
@@ -38,17 +50,24 @@ class EpisodeRule:
     release_ratio: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (1 <= self.k <= self.n and self.m >= 1 and 0 <= self.missing_tolerance < 1
-                and 0 < self.release_ratio <= 1):
-            raise ValueError(f"episode rule needs 1 <= k <= n, m >= 1, 0 <= missing_tolerance < 1 and "
-                             f"0 < release_ratio <= 1: {self}")
+        for name in ("k", "n", "m"):  # counts of windows
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+                raise ValueError(f"episode rule {name} must be a whole number >= 1, got {value!r}")
+        if self.k > self.n:
+            raise ValueError(f"episode rule needs k <= n, got k={self.k}, n={self.n}")
+        for name, condition, ok in _REAL_FIELDS:
+            value = getattr(self, name)
+            real = not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(value)
+            if not (real and ok(float(value))):
+                raise ValueError(f"episode rule needs a finite {condition}, got {name}={value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> EpisodeRule:
-        return cls(**{k: type(getattr(cls, k))(v) for k, v in raw.items()})
+        return cls(**raw)
 
 
 def explaining(shares: dict[str, float]) -> list[str]:

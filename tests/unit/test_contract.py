@@ -23,6 +23,13 @@ def test_job_environ_round_trips_through_the_sagemaker_variables(tmp_path):
     assert hp.candidates == ("pca",)
 
 
+def test_strings_stay_strings_whatever_they_look_like(tmp_path):
+    """A dataset hash of digits and one "e" is a string, not the float 0.0; script mode's quoted strings unquote."""
+    env = job_environ(tmp_path, "j", {"train": tmp_path}, {"dataset_hash": "0e12", "families": '"pca"', "epochs": 3})
+    hp = Hyperparameters.from_mapping(from_environ(env).hyperparameters)
+    assert (hp.dataset_hash, hp.candidates, hp.epochs) == ("0e12", ("pca",), 3)
+
+
 def test_sm_hps_wins_over_the_file(tmp_path):
     env = job_environ(tmp_path, "j", {"train": tmp_path}, {"epochs": 3})
     env["SM_HPS"] = json.dumps({"epochs": 7})
@@ -42,7 +49,7 @@ def test_missing_train_channel_is_a_configuration_error(tmp_path):
     ({"families": "pca,xgboost"}, "families must be"),
     ({"families": ","}, "families must be"),
     ({"architecture": "lstm"}, "architecture"),
-    ({"folds": 1}, "folds must be >= 2"),
+    ({"folds": 1}, r"folds=1 must lie in \[2, 50\]"),
     ({"min_samples": 1}, "min_samples"),
     ({"pca_variance": 1.0}, "pca_variance"),
     ({"val_fraction": 0.5, "test_fraction": 0.3}, "val_fraction"),
