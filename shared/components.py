@@ -84,7 +84,8 @@ def deterministic_zip(entries: Mapping[str, bytes]) -> bytes:
 def model_bundle_zip(manifest: bytes, read: Callable[[str], bytes]) -> bytes:
     """bundle.zip of a compiled model: the manifest (without a `neo` section, which manifests of earlier
     releases carried; Neo's result now goes to neo.json beside it) plus every artifact the manifest lists,
-    read by name."""
+    read by name. Each artifact must have the manifest's sha256 and size, else BundleError: the compile's files
+    land in S3 in no set order, so what `read` returns may still be another compile's (retry later)."""
     try:
         raw = json.loads(manifest)
         artifacts = raw["edge"]["artifacts"]
@@ -98,8 +99,18 @@ def model_bundle_zip(manifest: bytes, read: Callable[[str], bytes]) -> bytes:
         if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..",
                                                                                          MANIFEST_FILE):
             raise BundleError(f"{MANIFEST_FILE}: artifact name {name!r} is not a plain file name")
-        entries[name] = read(name)
+        entries[name] = _checked(name, artifacts[name], read(name))
     return deterministic_zip(entries)
+
+
+def _checked(name: str, entry: Any, data: bytes) -> bytes:
+    """`data` if it is the artifact the manifest entry describes (sha256 and size)."""
+    want = (entry.get("sha256"), entry.get("size")) if isinstance(entry, dict) else (None, None)
+    got = (hashlib.sha256(data).hexdigest(), len(data))
+    if got != want:
+        raise BundleError(f"{MANIFEST_FILE}: artifact {name} is {got[1]} bytes with sha256 {got[0]}; the manifest "
+                          f"lists {want[1]} bytes with sha256 {want[0]} (not uploaded yet, or another compile's)")
+    return data
 
 
 def model_recipe(model_version: int, bundle_uri: str, bundle_digest: str) -> dict[str, Any]:

@@ -544,6 +544,12 @@ class RolloutRecord(Record):
     canary_only: bool | None = None  # approved for the canary only: the promotion waits for a person's approval
     canary_passed_at: float | None = None  # a canary-only rollout's canary soaked (it holds there)
     promotion_refused_at: float | None = None  # soaked, but the version was no longer approved: never promoted
+    refused_status: str | None = None  # the registry status that refused the promotion (its notice names it)
+    refused_failed: bool | None = None  # ... and whether the version was marked failed then
+    stuck_note_canary: str | None = None  # how long and on which devices the stage's deployment was stuck
+    stuck_note_fleet: str | None = None
+    restore_note: str | None = None  # what the failure did to the thing groups (its notice says it)
+    notified: tuple[str, ...] | None = None  # notice kinds sent; None: stored before they were noted (all sent)
 
     def deployment_id(self, stage: str) -> str:
         """The deployment of stage canary or fleet ("" when it has none, or for another stage)."""
@@ -566,7 +572,10 @@ class RolloutRecord(Record):
                 "done_at": self.done_at, "failed_stage": self.failed_stage, "failure_reason": self.failure_reason,
                 "failed_at": self.failed_at, "canceled_at": self.canceled_at, "superseded_by": self.superseded_by,
                 "canary_only": self.canary_only, "canary_passed_at": self.canary_passed_at,
-                "promotion_refused_at": self.promotion_refused_at}
+                "promotion_refused_at": self.promotion_refused_at, "refused_status": self.refused_status,
+                "refused_failed": self.refused_failed, "stuck_note_canary": self.stuck_note_canary,
+                "stuck_note_fleet": self.stuck_note_fleet, "restore_note": self.restore_note,
+                "notified": None if self.notified is None else list(self.notified)}
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> RolloutRecord:
@@ -588,7 +597,13 @@ class RolloutRecord(Record):
                    superseded_by=superseded if isinstance(superseded, int | str) else None,
                    canary_only=_opt_bool(item.get("canary_only")),
                    canary_passed_at=_opt_float(item.get("canary_passed_at")),
-                   promotion_refused_at=_opt_float(item.get("promotion_refused_at")))
+                   promotion_refused_at=_opt_float(item.get("promotion_refused_at")),
+                   refused_status=_opt_str(item.get("refused_status")),
+                   refused_failed=_opt_bool(item.get("refused_failed")),
+                   stuck_note_canary=_opt_str(item.get("stuck_note_canary")),
+                   stuck_note_fleet=_opt_str(item.get("stuck_note_fleet")),
+                   restore_note=_opt_str(item.get("restore_note")),
+                   notified=None if item.get("notified") is None else _strs(item.get("notified")))
 
 
 def _opt_bool(value: Any) -> bool | None:
@@ -597,18 +612,23 @@ def _opt_bool(value: Any) -> bool | None:
 
 @dataclass(frozen=True)
 class DeploymentRecord(Record):
-    """sk "deployment#<id>": which version a deployment carries, and why (canary, fleet, restore, rollback-<n>...)."""
+    """sk "deployment#<id>": which version a deployment carries, and why (canary, fleet, restore-after-<v>,
+    rollback-<n>); a restore or a rollback also keeps the first device failure of it and whether it was notified."""
 
     deployment_id: str
     version: int
     stage: str
+    failure: str | None = None  # a restore or rollback deployment: the first device that failed it, and how
+    notified: bool | None = None  # True once the failure's notice was sent
 
     def to_item(self) -> dict[str, Any]:
-        return {"deployment_id": self.deployment_id, "version": self.version, "stage": self.stage}
+        return {"deployment_id": self.deployment_id, "version": self.version, "stage": self.stage,
+                "failure": self.failure, "notified": self.notified}
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> DeploymentRecord:
-        return cls(_str(item.get("deployment_id")), _int(item.get("version")), _str(item.get("stage")))
+        return cls(_str(item.get("deployment_id")), _int(item.get("version")), _str(item.get("stage")),
+                   _opt_str(item.get("failure")), _opt_bool(item.get("notified")))
 
 
 @dataclass(frozen=True)
@@ -638,16 +658,18 @@ class FleetAssignment(Record):
     previous: int | None = None
     since: float = 0.0
     generation: int = 0
+    notified: bool | None = None  # a rollback: False until its notice was sent (None: nothing to announce)
 
     def to_item(self) -> dict[str, Any]:
         return {"version": self.version, "components": dict(self.components), "deployment_id": self.deployment_id,
-                "kind": self.kind, "previous": self.previous, "since": self.since, "generation": self.generation}
+                "kind": self.kind, "previous": self.previous, "since": self.since, "generation": self.generation,
+                "notified": self.notified}
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> FleetAssignment:
         return cls(_int(item.get("version")), dict(item.get("components") or {}), _str(item.get("deployment_id")),
                    _str(item.get("kind")), _opt_int(item.get("previous")), _float(item.get("since")),
-                   _int(item.get("generation")))
+                   _int(item.get("generation")), _opt_bool(item.get("notified")))
 
 
 @dataclass(frozen=True)

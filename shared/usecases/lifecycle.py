@@ -34,7 +34,8 @@ exists already, the approval announces it again (same bytes) and its Object Crea
 | Failed     | retry     | InProgress | `nacelle jobs retry`                                |
 
 ROLLOUT: `rollout#<v>` stage. Starts from the bundle of an Approved, not failed version; done, failed,
-superseded and canceled are final.
+superseded and canceled are final. A move only records what happened; the notice it calls for is sent after it,
+and noted on the record (rollout._announce), so that a failed publish is sent again.
 
 | from    | event           | to         | by                                                         |
 |---------|-----------------|------------|------------------------------------------------------------|
@@ -43,13 +44,17 @@ superseded and canceled are final.
 | absent  | newer-version   | superseded | a late bundle event: a newer version is on its way or done |
 | waiting | deploy          | canary     | a watchdog check finds a device                            |
 | waiting | newer-version   | superseded | a newer version waits too, or is further on                |
-| canary  | newer-version   | superseded | a newer version's canary deployment                        |
+| canary  | newer-version   | superseded | a newer version's canary (its start, a redelivery or the   |
+|         |                 |            | older version's watchdog finishing it); an older start that|
+|         |                 |            | finds a newer canary after its own claim gives way         |
 | canary  | soaked          | fleet      | every canary device soaked: the fleet deployment           |
 | fleet   | fleet-completed | done       | every fleet device completed                               |
 | canary  | fail            | failing    | a device failed, or no readiness in the canary timeout     |
 | fleet   | fail            | failing    | a device failed                                            |
-| failing | restored        | failed     | marked failed, groups restored, alerted (watchdog resumes) |
-| canary  | rollback        | superseded | `nacelle fleet rollback --to` an earlier version           |
+| failing | restored        | failed     | marked failed, the groups still on it restored (watchdog   |
+|         |                 |            | resumes); its notice then due                              |
+| canary  | rollback        | superseded | `nacelle fleet rollback --to` an earlier version, before   |
+|         |                 |            | it deploys                                                 |
 | fleet   | rollback        | superseded |                                                            |
 | canary  | cancel          | canceled   | `nacelle fleet cancel` of the stage's deployment           |
 | fleet   | cancel          | canceled   |                                                            |

@@ -98,7 +98,11 @@ def _create(greengrass: Greengrass, recipe: dict[str, Any], what: str) -> Compon
 
 def ensure_model_component(store: ObjectStore, greengrass: Greengrass, group: str,
                            version: int) -> tuple[ComponentVersion, str]:
-    """nacelle.model <version>.0.0 from compiled/<group>/<version>/: (component, bundle digest)."""
+    """nacelle.model <version>.0.0 from compiled/<group>/<version>/: (component, bundle digest).
+
+    The artifacts are checked against the manifest before anything is stored or created: S3 may deliver the
+    manifest's event before the compile's other files (or while an earlier compile's are still there), and a
+    version made of those would be immutable. A mismatch raises BundleError, so the event is retried."""
     prefix = f"compiled/{group}/{version}/"
     bundle = model_bundle_zip(store.get(prefix + "manifest.json"), lambda name: store.get(prefix + name))
     digest = artifact_digest(bundle)

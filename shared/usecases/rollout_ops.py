@@ -2,7 +2,8 @@
 
 Status-change events are best effort, so the watchdog polls each device's effective deployments, fails a
 canary that shows no readiness within the canary timeout, reports a deployment stuck in progress once, and
-schedules itself again while the rollout is active.
+schedules itself again while the rollout is active. Each check first sends the rollout's notices still due (a
+publish that failed), and again after what it changed.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from dataclasses import replace
 
 from shared.errors import Conflict, ModelVersionNotFound, NotFound, ObjectNotFound
 from shared.observability import correlate, logger
-from shared.records import RolloutRecord, records
+from shared.records import FleetAssignment, RolloutRecord, records
 from shared.usecases.approval_scope import fleet_approved
 from shared.usecases.lifecycle import CANCEL, CANCELED, NEWER_VERSION, ROLLBACK, SUPERSEDED
 from shared.usecases.outcome import Outcome
 from shared.usecases.rollout import (
     ACTIVE_STAGES,
+    AHEAD,
     CANARY,
     FAILING,
     FLEET,
@@ -24,16 +26,22 @@ from shared.usecases.rollout import (
     TERMINAL_EXECUTION,
     WAITING,
     RolloutDeps,
+    _announce,
+    _canary,
+    _due,
     _evaluate_execution,
     _execution,
     _fail,
     _fleet,
+    _keep_on_canary,
     _maybe_done,
+    _newer_rollout,
     _now,
     _owner,
     _pk,
     _record_execution,
     _rollout,
+    _settle_canary,
     _start_canary,
     _try_promote,
     advance_stage,
@@ -49,7 +57,23 @@ def on_rollout_check(group: str, version: int, deps: RolloutDeps) -> Outcome:
     if group != deps.group:
         return Outcome("ignored", f"group {group} is not {deps.group}")
     correlate(model_version=version)
-    record = _rollout(version, deps)
+    record = _noting(_rollout(version, deps), deps)
+    _announce(record, deps)
+    outcome = _check(version, record, deps)
+    _announce(_rollout(version, deps), deps)
+    return outcome
+
+
+def _noting(record: RolloutRecord | None, deps: RolloutDeps) -> RolloutRecord | None:
+    """A record stored before notices were noted starts noting them here, as having sent all those due now."""
+    if record is None or record.notified is not None:
+        return record
+    deps.state.update_if(_pk(deps), ROLLOUT + str(record.version), RolloutRecord.changes(notified=_due(record)),
+                         RolloutRecord.changes(notified=None))
+    return _rollout(record.version, deps)
+
+
+def _check(version: int, record: RolloutRecord | None, deps: RolloutDeps) -> Outcome:
     if record is not None and record.stage == WAITING:  # no device yet: look again, unless overtaken
         newer = [r.version for r in records(RolloutRecord, deps.state.query(_pk(deps), ROLLOUT)) if r.version > version]
         if newer:
@@ -64,6 +88,8 @@ def on_rollout_check(group: str, version: int, deps: RolloutDeps) -> Outcome:
         record = _rollout(version, deps)
     if record is None or record.stage not in ACTIVE_STAGES:
         return Outcome("ignored", f"v{version} is not rolling out ({record.stage if record else 'unknown'})")
+    if record.stage == CANARY and (ahead := _newer_rollout(version, deps, AHEAD)) is not None:
+        return _overtaken(version, ahead, deps)
     stage = record.stage
     deployment, things = record.deployment_id(stage), list(record.things(stage))
     for thing in things:  # poll: the status events may have been lost
@@ -82,7 +108,8 @@ def on_rollout_check(group: str, version: int, deps: RolloutDeps) -> Outcome:
                     return outcome
     record = _rollout(version, deps) or record
     if stage == CANARY:
-        record = _widened(record, deps)
+        _keep_on_canary(version, deps)  # an older start or restore racing it may have deployed over it
+        record = _widened(_rollout(version, deps) or record, deps)
         promoted = _try_promote(record, deps)
         if promoted is not None and promoted.action != "held":
             return promoted
@@ -97,6 +124,15 @@ def on_rollout_check(group: str, version: int, deps: RolloutDeps) -> Outcome:
     _report_stuck(record, stage, deployment, things, deps)
     schedule_check(version, deps)
     return Outcome("waiting", f"v{version} in the {stage}", {"version": version, "stage": stage})
+
+
+def _overtaken(version: int, newer: RolloutRecord, deps: RolloutDeps) -> Outcome:
+    """A newer version's canary started while this one was on the canary, and its start was interrupted before it
+    superseded this one: finish that start (which supersedes this one) rather than judge this canary."""
+    if newer.stage == CANARY:
+        _settle_canary(newer, False, deps)
+    advance_stage(version, CANARY, NEWER_VERSION, SUPERSEDED, RolloutRecord.changes(superseded_by=newer.version), deps)
+    return Outcome("ignored", f"v{version} was overtaken by v{newer.version} ({newer.stage})")
 
 
 def _widened(record: RolloutRecord, deps: RolloutDeps) -> RolloutRecord:
@@ -125,19 +161,34 @@ def _report_stuck(record: RolloutRecord, stage: str, deployment: str, things: li
     if not pending or waited <= deps.stuck_timeout_s:
         return
     flag = f"stuck_reported_{stage}"
-    if deps.state.update_if(_pk(deps), ROLLOUT + str(version), RolloutRecord.changes(**{flag: True}),
+    note = f"has been in progress for {waited:.0f} s (limit {deps.stuck_timeout_s:.0f} s) on {', '.join(pending)}"
+    if deps.state.update_if(_pk(deps), ROLLOUT + str(version),
+                            RolloutRecord.changes(**{flag: True, f"stuck_note_{stage}": note}),
                             RolloutRecord.changes(**{flag: None, "stage": stage})):
         logger.warning("deployment stuck", model_version=version, deployment_id=deployment, pending=pending)
-        deps.notifier.publish(
-            "approvals", f"{deps.group} v{version}: {stage} deployment stuck in progress",
-            f"Deployment {deployment} has been in progress for {waited:.0f} s (limit {deps.stuck_timeout_s:.0f} s) "
-            f"on {', '.join(pending)}. Check the devices' connectivity and Greengrass logs; cancel it if needed.",
-            {"model_version": str(version), "status": "stuck", "stage": stage, "deployment_id": deployment})
 
 
 def rollback_to(version: int, deps: RolloutDeps) -> Outcome:
-    """Operator action: an earlier, approved, not failed, compiled version to both thing groups at once."""
-    pk = _pk(deps)
+    """Operator action: an earlier, approved, not failed, compiled version to both thing groups at once. The newer
+    rollouts on their way are superseded first, so that none of them deploys after the rollback; a retry deploys
+    again unless the last rollback to this version still stands."""
+    _check_rollback_target(version, deps)
+    _supersede_newer(version, deps)
+    fleet = _fleet(deps)
+    if fleet is not None and fleet.version == version and fleet.kind.startswith("rollback-") \
+            and _stands(fleet, deps):
+        _announce_rollback(deps)
+        return Outcome("duplicate", f"both groups were already rolled back to v{version}",
+                       {"version": version, "deployment_id": fleet.deployment_id})
+    ensure_model_component(deps.store, deps.greengrass, deps.group, version)
+    ensure_detector_component(deps.store, deps.greengrass, deps.detector_version)
+    ids = deploy_both(version, f"rollback-{(fleet.generation if fleet is not None else 0) + 1}", deps)
+    logger.warning("rolled back", model_version=version, deployments=ids)
+    _announce_rollback(deps)
+    return Outcome("rolled-back", f"v{version} to both groups", {"version": version, "deployments": ids})
+
+
+def _check_rollback_target(version: int, deps: RolloutDeps) -> None:
     try:
         model = deps.registry.get(deps.group, version)
     except ModelVersionNotFound as exc:
@@ -148,25 +199,57 @@ def rollback_to(version: int, deps: RolloutDeps) -> Outcome:
     if not deps.store.exists(manifest_key(deps.group, version)):
         raise ObjectNotFound(f"{deps.store.uri(manifest_key(deps.group, version))} does not exist: "
                              f"v{version} was never compiled")
-    started = [r.version for r in records(RolloutRecord, deps.state.query(pk, ROLLOUT))]
+    started = [r.version for r in records(RolloutRecord, deps.state.query(_pk(deps), ROLLOUT))]
     if not started or version >= max(started):
         raise Conflict(f"v{version} is not earlier than the newest rollout ({max(started) if started else 'none'})")
-    fleet = _fleet(deps)
-    if fleet is not None and fleet.version == version and fleet.kind.startswith("rollback-"):
-        return Outcome("duplicate", f"both groups were already rolled back to v{version}",
-                       {"version": version, "deployment_id": fleet.deployment_id})
-    ensure_model_component(deps.store, deps.greengrass, deps.group, version)
-    ensure_detector_component(deps.store, deps.greengrass, deps.detector_version)
-    ids = deploy_both(version, f"rollback-{(fleet.generation if fleet is not None else 0) + 1}", deps)
-    for record in records(RolloutRecord, deps.state.query(pk, ROLLOUT)):
-        if record.version > version and record.stage in ACTIVE_STAGES:
+
+
+def _supersede_newer(version: int, deps: RolloutDeps) -> None:
+    """Every newer rollout on the canary or the fleet -> superseded (conditional on the stage read; read again while
+    a concurrent promotion moves one)."""
+    for _ in range(5):
+        active = [r for r in records(RolloutRecord, deps.state.query(_pk(deps), ROLLOUT))
+                  if r.version > version and r.stage in ACTIVE_STAGES]
+        if not active:
+            return
+        for record in active:
             advance_stage(record.version, record.stage, ROLLBACK, SUPERSEDED,
                           RolloutRecord.changes(superseded_by=f"rollback to v{version}"), deps)
-    logger.warning("rolled back", model_version=version, deployments=ids)
-    deps.notifier.publish("approvals", f"{deps.group} rolled back to v{version}",
+    raise Conflict(f"newer rollouts kept changing stage while the rollback to v{version} superseded them: try again")
+
+
+def _stands(fleet: FleetAssignment, deps: RolloutDeps) -> bool:
+    """The rollback's deployments are still the groups' own and none failed, was canceled or replaced."""
+    canary = _canary(deps)
+    if canary is None or canary.version != fleet.version:
+        return False
+    for deployment_id in (canary.deployment_id, fleet.deployment_id):
+        owner = _owner(deployment_id, deps)
+        if owner is None or owner.failure or _status(deployment_id, deps) in ("CANCELED", "FAILED", "INACTIVE"):
+            return False
+    return True
+
+
+def _status(deployment_id: str, deps: RolloutDeps) -> str:
+    try:
+        return deps.greengrass.get_deployment(deployment_id).status
+    except NotFound:
+        return "FAILED"
+
+
+def _announce_rollback(deps: RolloutDeps) -> None:
+    """The rollback's notice, at least once: the fleet assignment owes it until noted after the publish."""
+    fleet, canary = _fleet(deps), _canary(deps)
+    if fleet is None or fleet.notified is not False:
+        return
+    ids = {CANARY: canary.deployment_id if canary is not None and canary.version == fleet.version else None,
+           FLEET: fleet.deployment_id}
+    deps.notifier.publish("approvals", f"{deps.group} rolled back to v{fleet.version}",
                           f"Both thing groups ({deps.canary_group}, {deps.fleet_group}) are being deployed "
-                          f"v{version}: deployments {ids}.", {"model_version": str(version), "status": "rollback"})
-    return Outcome("rolled-back", f"v{version} to both groups", {"version": version, "deployments": ids})
+                          f"v{fleet.version}: deployments {ids}.",
+                          {"model_version": str(fleet.version), "status": "rollback"})
+    deps.state.update_if(_pk(deps), FLEET, FleetAssignment.changes(notified=True),
+                         FleetAssignment.changes(deployment_id=fleet.deployment_id, notified=False))
 
 
 def cancel(deployment_id: str, deps: RolloutDeps) -> Outcome:

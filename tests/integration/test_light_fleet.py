@@ -3,14 +3,15 @@ devices in one host process (nacelle/local/edge/light.py), mosquitto with mutual
 use cases. turbine-01 and the light turbine-02 form the canary group.
 
 The tests run in file order on one stack: an approval reaches all 21 turbines, canary first (a); a light turbine's
-certificate can neither publish as another turbine nor under another turbine's topics (b); a bundle failing its
-verification is refused by the light canary with Greengrass's error codes, the rollout fails and no fleet device
+certificate can neither publish as another turbine nor under another turbine's topics (b); a bundle whose model
+cannot be loaded is refused by the light canary with Greengrass's error codes, the rollout fails and no fleet device
 ever receives it (c); the light host killed with SIGKILL is restarted, its turbines resume their deployments and
 every message they numbered reaches the cloud (d). The model is the session's `trained_model`, registered directly.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -120,10 +121,14 @@ def test_b_a_light_turbines_certificate_cannot_act_as_another_turbine(env: Env):
 def test_c_a_bundle_failing_verification_stops_at_the_light_canary(env: Env):
     store = env.stack.store
     v1, v2 = f"compiled/{GROUP}/1/", f"compiled/{GROUP}/2/"
+    manifest = json.loads(store.get(v1 + MANIFEST_FILE))
     for name in [o.key.removeprefix(v1) for o in store.list(v1) if not o.key.endswith(MANIFEST_FILE)]:
         data = store.get(v1 + name)
-        store.put(v2 + name, data + b"\0corrupt" if name == "model.onnx" else data)
-    store.put(v2 + MANIFEST_FILE, store.get(v1 + MANIFEST_FILE), "application/json")  # last, as the compiler does
+        if name == "model.onnx":  # digests that match (the cloud checks them), bytes no runtime can load
+            data = b"not an ONNX graph"
+            manifest["edge"]["artifacts"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        store.put(v2 + name, data)
+    store.put(v2 + MANIFEST_FILE, json.dumps(manifest).encode(), "application/json")  # last, as the compiler does
     assert env.register("light-test-v2") == 2
     # the full canary waits: its own FAILED would end the rollout (and cancel the deployment) before the light
     # canary's report, which is what this test is about

@@ -107,7 +107,8 @@ def test_model_bundle_zip_drops_neo_and_keeps_its_digest() -> None:
         assert zf.namelist() == ["manifest.json", "model.onnx", "thresholds.json"]
         assert "neo" not in json.loads(zf.read("manifest.json"))
         assert zf.read("model.onnx") == b"onnx-bytes"
-    changed = model_bundle_zip(manifest, {**files, "model.onnx": b"other"}.__getitem__)
+    other = {**files, "model.onnx": b"other"}
+    changed = model_bundle_zip(_manifest(other), other.__getitem__)
     assert artifact_digest(changed) != artifact_digest(first)
 
 

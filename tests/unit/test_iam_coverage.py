@@ -236,7 +236,10 @@ def rollout(run: Run) -> None:
         h.deliver_manifest(key)  # a duplicate
         h.deliver_manifest(f"compiled/{GROUP}/9/manifest.json")  # a version the registry does not know
         h.report("turbine-01", h.rollout(2)["canary_deployment_id"], "FAILED", "broke")  # fail, restore v1
-        h.deliver_manifest(h.compile(3))
+        h.compile(3)  # approved and compiled, never rolled out: no component yet
+        h.deliver_manifest(h.compile(4))
+        h.report("turbine-01", h.rollout(4)["canary_deployment_id"], "FAILED", "broke")  # restore v3: built now
+        h.deliver_manifest(h.compile(5))
         h.clock.advance(4 * 3600)  # the watchdog's checks are due: timeout, stuck
         handle = service_module(status).handle
         for event in due_events(h.events.published, h.clock):

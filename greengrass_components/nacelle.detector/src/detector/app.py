@@ -8,7 +8,10 @@ Threads:
   messages enter the spool in the order the episodes happened, the swap's close event included. A
   failure in one step is logged and counted (a message's: in `bad_messages`), and the worker carries on;
 * a loader thread opens and warms up a new model (EdgeModel.load) without stopping detection; a model
-  that fails to load or to start scoring is reported in `model_error` and the current one kept;
+  that fails to load or to start scoring is reported in `model_error` and the current one kept. The load itself
+  runs on a thread of its own, waited for at most `load_timeout` (LOAD_TIMEOUT_S; the first model's too, at
+  start): one that takes longer is reported like any other failure and abandoned (its result is dropped; the
+  warm-up stops its own runs at that limit), so later versions still load;
 * a publisher thread sends the spool's oldest message, one at a time (at most PUBLISH_MAX_PER_S), acks
   it after PUBACK, and on failure backs off and retries the same message (never reorders).
 """
@@ -21,13 +24,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
+
+from shared.errors import BundleError
 
 from .capture import Capture
 from .config import ConfigSource, DetectorConfig
 from .messages import BadMessage, MessageBuilder
 from .pipeline import Result, TurbinePipeline
-from .scoring import EdgeModel
+from .scoring import LOAD_TIMEOUT_S, EdgeModel
 from .source_health import SourceHealth
 from .spool import Spool
 from .stats import PeriodStats
@@ -42,6 +47,7 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
 PUBLISH_MAX_PER_S = 50.0  # a spool drained after an outage stays under the cloud's 100 messages/s per device
 DRAIN_S = 3.0  # on stop: how long the publisher may keep sending what is spooled
 _STOP = object()
+T = TypeVar("T")
 
 
 def detector_version(here: Path | None = None) -> str:
@@ -56,12 +62,34 @@ def detector_version(here: Path | None = None) -> str:
     return "dev"
 
 
+def load_within(timeout_s: float, load: Callable[[], T], name: str) -> T:
+    """load() on a daemon thread, waited for at most `timeout_s` (then a BundleError). A load still running then
+    is abandoned: it can only ever write to its own box, which nobody reads any more."""
+    box: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+
+    def run() -> None:
+        try:
+            box.put((True, load()))
+        except Exception as exc:
+            box.put((False, exc))
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    try:
+        ok, value = box.get(timeout=timeout_s)
+    except queue.Empty:
+        raise BundleError(f"loading and warming up took more than {timeout_s:g} s; abandoned") from None
+    if not ok:
+        raise value
+    return cast(T, value)
+
+
 class DetectorApp:
     def __init__(self, config_source: ConfigSource, transport: Transport, spool: Spool, models_root: str | Path,
                  *, clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
                  loader: Callable[[Path], EdgeModel] = EdgeModel.load, version: str | None = None,
                  queue_size: int = QUEUE_SIZE, publish_timeout: float = PUBLISH_TIMEOUT_S,
-                 observer: Callable[[Result], None] | None = None, capture: Capture | None = None) -> None:
+                 load_timeout: float = LOAD_TIMEOUT_S, observer: Callable[[Result], None] | None = None,
+                 capture: Capture | None = None) -> None:
         self.source = config_source
         self.transport = transport
         self.spool = spool
@@ -71,6 +99,7 @@ class DetectorApp:
         self.loader = loader
         self.version = version or detector_version()
         self.publish_timeout = publish_timeout
+        self.load_timeout = load_timeout
         self.observer = observer
         self.capture = capture  # data capture (capture.py): fed after each scored message, uploads on its own
         self.config: DetectorConfig = config_source.current()
@@ -327,7 +356,7 @@ class DetectorApp:
         path = self.models_root / self.config.model_component / version / "bundle"
         started = time.perf_counter()
         try:
-            model = self.loader(path)
+            model = load_within(self.load_timeout, lambda: self.loader(path), f"model-load-{version}")
         except Exception as exc:  # NacelleError, OSError, or whatever a malformed bundle raises
             self._model_failed(version, f"model {version} at {path}: {exc}")
             return

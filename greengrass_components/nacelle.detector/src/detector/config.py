@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ DEFAULTS: dict[str, Any] = {
     "capture": CAPTURE_DEFAULTS,
 }
 POLL_S = 0.2
+# A Greengrass component version (semantic versioning): never a path, never "." or "..".
+VERSION_PATTERN = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+(?:[-+][0-9A-Za-z.+-]+)?")
 
 
 @dataclass(frozen=True)
@@ -82,15 +85,21 @@ class DetectorConfig:
             resolved[name] = topic.replace("{thing}", thing)
             if "+" in resolved[name] or "#" in resolved[name]:
                 raise ConfigurationError(f"{where}: topics.{name} must be a plain topic, got {topic!r}")
-        component, version = model.get("component"), model.get("version", "")
+        component = model.get("component")
         if not isinstance(component, str) or not component or "/" in component or component.startswith("."):
             raise ConfigurationError(f"{where}: model.component must be a component name, got {component!r}")
-        if not isinstance(version, str) or "/" in version or version.startswith("."):
-            raise ConfigurationError(f"{where}: model.version must be a version string (\"\" = none), "
-                                     f"got {version!r}")
         return cls(thing, resolved["sensors"], resolved["anomalies"], resolved["health"], float(interval),
-                   max_messages, component, version.strip(), CaptureConfig.from_dict(doc["capture"], where),
-                   resolved["stats"], float(period))
+                   max_messages, component, _model_version(model.get("version", ""), where),
+                   CaptureConfig.from_dict(doc["capture"], where), resolved["stats"], float(period))
+
+
+def _model_version(raw: Any, where: str) -> str:
+    """The stripped version, checked after stripping: it becomes a directory name under the models root."""
+    version = raw.strip() if isinstance(raw, str) else raw
+    if not isinstance(version, str) or (version and not VERSION_PATTERN.fullmatch(version)):
+        raise ConfigurationError(f"{where}: model.version must be a component version like 7.0.0 (\"\" = none), "
+                                 f"got {raw!r}")
+    return version
 
 
 def _number(x: Any) -> bool:
