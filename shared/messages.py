@@ -12,8 +12,9 @@ or rollout state.
 
 A cloud row is what an IoT rule's `SELECT *, topic(2) AS thing_name, timestamp() AS received_at,
 clientid() AS client_id` hands the function: the message plus those three fields (EpisodeRow, HealthRow).
-A row whose `turbine_id` is not its topic's thing is refused: a device speaks only for itself; so is a row whose
-times (Message.TIMES) are not epoch seconds before 2100.
+A row whose `turbine_id` is not its topic's thing is refused: a device speaks only for itself; so is an episode row
+whose `episode_id` is not one of that thing's (`<thing>-...`), a row whose times (Message.TIMES) are not epoch
+seconds before 2100, and a stats row whose period ends more than MAX_CLOCK_AHEAD_S after the broker received it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ MAX_LEVELS = 99  # quantile levels of a stats message's sketches
 EPISODE_KINDS = ("open", "update", "close", "interrupt")  # interrupt: the detector stopped, no end seen
 MAX_SEQ = 2**53 - 1  # the largest integer a JSON number carries exactly
 MAX_EPOCH_S = 4_102_444_800.0  # 2100-01-01T00:00:00Z: a cloud row's time past it is in ms or ns, or made up
+# How far a stats period may end after the broker received it: a day, as far as the detector lets samples run ahead of
+# its own clock (a simulation run faster than real time runs ahead too); a row dated years ahead is refused.
+MAX_CLOCK_AHEAD_S = 86_400.0
+MAX_STAT = 3.4028234663852886e38  # |a stats value| at most: the largest float32 (the model's input type)
 
 M = TypeVar("M", bound="Message")
 
@@ -52,6 +57,11 @@ class BadMessage(DataError, ValueError):
 
 def _min(value: float) -> dict[str, Any]:
     return {"min": value}
+
+
+def _stat(low: float = -MAX_STAT) -> dict[str, Any]:
+    """A stats value: bounded so that distances between sketches stay finite."""
+    return {"min": low, "max": MAX_STAT}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,13 +216,13 @@ class StatsMessage(Message):
     operating_windows: int = field(default=0, metadata=_min(0))
     levels: list[float] = field(default_factory=list, metadata={"max_items": MAX_LEVELS})
     count: dict[str, int] = field(default_factory=dict, metadata=_min(1))
-    mean: dict[str, float] = field(default_factory=dict)
-    std: dict[str, float] = field(default_factory=dict, metadata=_min(0))
-    quantiles: dict[str, list[float]] = field(default_factory=dict)
+    mean: dict[str, float] = field(default_factory=dict, metadata=_stat())
+    std: dict[str, float] = field(default_factory=dict, metadata=_stat(0))
+    quantiles: dict[str, list[float]] = field(default_factory=dict, metadata=_stat())
     score_count: int = field(default=0, metadata=_min(0))
-    score_mean: float | None = None
-    score_std: float | None = field(default=None, metadata=_min(0))
-    score_quantiles: list[float] = field(default_factory=list, metadata={"max_items": MAX_LEVELS})
+    score_mean: float | None = field(default=None, metadata=_stat())
+    score_std: float | None = field(default=None, metadata=_stat(0))
+    score_quantiles: list[float] = field(default_factory=list, metadata={"max_items": MAX_LEVELS, **_stat()})
 
     def __post_init__(self) -> None:
         """What the field types cannot say: levels in (0, 1) increasing, one non-decreasing quantile per level for
@@ -363,19 +373,31 @@ def validate(cls: type[M], doc: Any) -> M:
     if thing is not None and message.turbine_id != thing:
         raise BadMessage(f"turbine_id {message.turbine_id!r} is not the sending thing {thing!r}")
     if thing is not None:  # a cloud row
+        if isinstance(message, EpisodeMessage) and not message.episode_id.startswith(f"{thing}-"):
+            # the cloud finds an episode's captured data by its id: another turbine's id would reach its data
+            raise BadMessage(f"field 'episode_id' must start with the sending thing's name {thing + '-'!r}, "
+                             f"got {_show(message.episode_id)}")
         _check_times(message)
     return message
 
 
 def _check_times(row: Message) -> None:
-    """A row's times are epoch seconds before 2100 (the stores and the console turn them into dates). Checked on
-    the cloud's rows only: the device builds its messages from its samples' times and is not to fail on them."""
+    """A row's times are epoch seconds before 2100 (the stores and the console turn them into dates), and a stats
+    period ended by the time the broker received it, give or take MAX_CLOCK_AHEAD_S: drift monitoring keeps the
+    newest periods, which one row from a wrong clock would otherwise hold for good. Checked on the cloud's rows
+    only: the device builds its messages from its samples' times and is not to fail on them."""
     for name in row.TIMES:
         value = getattr(row, name)
         if value is not None and not 0 <= value < MAX_EPOCH_S:
             raise BadMessage(f"field '{name}' must be epoch seconds before 2100, got {_show(value)}")
     if isinstance(row, StatsMessage) and row.period_start + row.period_s >= MAX_EPOCH_S:
         raise BadMessage(f"field 'period_s' ends the period after 2100, got {_show(row.period_s)}")
+    received = getattr(row, "received_at", None)
+    if isinstance(row, StatsMessage) and received is not None:
+        ahead = row.period_start + row.period_s - received / 1000.0
+        if ahead > MAX_CLOCK_AHEAD_S:
+            raise BadMessage(f"field 'period_start' ends the period {ahead:.0f} s after the row was received "
+                             f"(at most {MAX_CLOCK_AHEAD_S:g} s: the device's clock is ahead)")
 
 
 def _fields(cls: type[Any], doc: Mapping[str, Any], prefix: str) -> Any:

@@ -36,6 +36,7 @@ BASELINE_KEY = "drift_baseline"  # the manifest's section (training_jobs.baselin
 BASELINE_FORMAT_VERSION = 1
 DISTANCE = "wasserstein1/std"
 MIN_SCALE = 1e-9  # a feature constant in training: any change of it is a drift
+MAX_DISTANCE = 1e12  # distances beyond say no more than 'far' (and stay storable numbers)
 DEFAULT_PERIOD_S = 1800.0  # the detector's statsPeriodSeconds default; the baseline's tolerances are measured on it
 MIN_CHUNK_WINDOWS = 600  # windows a held-out period needs to measure a tolerance (5 min at the default stride)
 
@@ -113,8 +114,15 @@ def scale(baseline: Summary) -> float:
 
 def distance(current: Summary, baseline: Summary) -> float:
     """Wasserstein-1 between the two sketches, in baseline standard deviations (module docstring)."""
-    diff = np.abs(np.asarray(current.quantiles) - np.asarray(baseline.quantiles))
-    return float(diff.mean() / scale(baseline))
+    return sketch_distance(current.quantiles, baseline.quantiles, scale(baseline))
+
+
+def sketch_distance(a: Sequence[float], b: Sequence[float], unit: float) -> float:
+    """The mean absolute difference of two quantile sketches, in `unit`, at most MAX_DISTANCE: finite however
+    large the (finite) quantiles, so that it can be stored and compared."""
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values: inf, capped below
+        value = float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).mean() / unit)
+    return value if value <= MAX_DISTANCE else MAX_DISTANCE
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Any
 from shared.capture import CAPTURE_PREFIX, EPISODE, CaptureName, capture_label_key, parse_capture_key
 from shared.errors import DataError, ObjectNotFound
 from shared.ml.metrics import parse_false_alarms, parse_labels
+from shared.ml.validation import Problem, ValidationReport
 from shared.observability import logger
 from shared.ports import ObjectStore, StateStore
 from shared.usecases import state_keys as sk
@@ -30,20 +31,50 @@ from shared.usecases.alerts import LABELS_PREFIX as ALERT_LABELS_PREFIX
 from shared.usecases.alerts import label_key as alert_label_key
 
 VERDICTS = ("fault", "false-alarm")
+SPAN_SLACK_S = 0.002  # a name's times are milliseconds rounded outwards (shared.capture.stamp)
+MIN_SPAN_COVERED = 0.9  # of a name's span its rows cover at least (the detector names a file by its rows)
 
 
-def capture_problem(key: str, turbines: list[str]) -> str | None:
-    """Why a file under raw/capture/<thing>/ cannot be that thing's captured data (None: it can). A device writes
+def capture_problems(key: str, report: ValidationReport, time_column: str) -> list[Problem]:
+    """Why a file under raw/capture/<thing>/ cannot be that thing's captured data (none: it can). A device writes
     only its own prefix (the role alias's policy, the local gateway), but could still name another turbine in the
-    file's rows: those rows would then train and judge another turbine's model."""
+    file's rows: those rows would then train and judge another turbine's model. Nor may the name claim another span
+    than the rows': drift retraining counts captured hours, and a verdict labels the named span."""
     parsed = parse_capture_key(key)
     if parsed is None:
-        return None if not key.startswith(CAPTURE_PREFIX) else (
-            f"{key}: not a captured file's name (raw/capture/<thing>/<start>_<end>_<kind>_m<version>..._p<n>.csv)")
-    foreign = sorted(set(turbines) - {parsed[0]})
+        return [] if not key.startswith(CAPTURE_PREFIX) else [Problem("foreign_capture", (
+            f"{key}: not a captured file's name (raw/capture/<thing>/<start>_<end>_<kind>_m<version>..._p<n>.csv)"))]
+    problems = []
+    foreign = sorted(set(report.turbines) - {parsed[0]})
     if foreign:
-        return f"{key}: captured under {parsed[0]} but holds rows of turbine(s) {', '.join(foreign)}"
+        problems.append(Problem("foreign_capture",
+                                f"{key}: captured under {parsed[0]} but holds rows of turbine(s) {', '.join(foreign)}"))
+    span = _span_problem(key, parsed[1], report)
+    if span is not None:
+        problems.append(Problem("capture_span", span, column=time_column))
+    return problems
+
+
+def _span_problem(key: str, name: CaptureName, report: ValidationReport) -> str | None:
+    """The rows' first and last times against the span the file's name gives (its <start>_<end>, in ms rounded
+    outwards): inside it, and covering at least MIN_SPAN_COVERED of it."""
+    if report.start is None or report.end is None:
+        return None  # no valid row: reported as such
+    try:
+        first, last = datetime.fromisoformat(report.start).timestamp(), datetime.fromisoformat(report.end).timestamp()
+    except ValueError:
+        return None  # a time out of range: reported as such
+    claimed = f"the name's span {_iso(name.start)} to {_iso(name.end)} (its <start>_<end>)"
+    if first < name.start - SPAN_SLACK_S or last > name.end + SPAN_SLACK_S:
+        return f"{key}: rows from {report.start} to {report.end} fall outside {claimed}"
+    if (last - first) < MIN_SPAN_COVERED * (name.end - name.start) - SPAN_SLACK_S:
+        return (f"{key}: rows from {report.start} to {report.end} cover {last - first:.3f} s of {claimed}, "
+                f"{name.end - name.start:.3f} s (at least {MIN_SPAN_COVERED:.0%} needed)")
     return None
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
 
 
 def link_captures(key: str, store: ObjectStore, state: StateStore, group: str) -> list[str]:
@@ -75,15 +106,28 @@ def _verdict(label: str, store: ObjectStore) -> dict[str, Any] | None:
     except (ObjectNotFound, DataError, UnicodeDecodeError, AttributeError) as exc:
         logger.warning("alert label unreadable: captured data stays unlabelled", key=label, reason=str(exc))
         return None
+    if not isinstance(source, dict):
+        return None
     verdict = source.get("verdict")
-    if verdict not in VERDICTS or not source.get("episode_id"):
+    thing = _turbine_of(label, source)
+    if verdict not in VERDICTS or thing is None:
         return None
     fault = faults[0] if faults else None
     spans = [*faults, *normal]
     return {"verdict": verdict, "episode_id": str(source["episode_id"]), "by": source.get("by"),
-            "fault": fault.fault if fault else None, "severity": fault.severity if fault else None,
-            "turbines": {f.turbine_id for f in spans},
+            "fault": fault.fault if fault else None, "severity": fault.severity if fault else None, "thing": thing,
             "days": _days(min((f.start for f in spans), default=0.0), max((f.end for f in spans), default=0.0))}
+
+
+def _turbine_of(label: str, source: dict[str, Any]) -> str | None:
+    """The turbine whose alert the label is (`episode:<thing>:<episode id>`, the thing its topic named), when the
+    label is that alert's: its captures only are labelled, whatever the episode id (chosen by a device) says."""
+    alert_id, episode = str(source.get("alert_id") or ""), str(source.get("episode_id") or "")
+    kind, _, rest = alert_id.partition(":")
+    thing, _, named = rest.partition(":")
+    if kind != "episode" or not thing or not episode or named != episode or alert_label_key(alert_id) != label:
+        return None
+    return thing
 
 
 def _days(start: float, end: float) -> list[str]:
@@ -100,21 +144,14 @@ def _from_alert_label(label: str, store: ObjectStore, state: StateStore, group: 
     verdict = _verdict(label, store)
     if verdict is None:
         return []
-    written = []
-    for thing in sorted({*verdict["turbines"], *_things_of(verdict["episode_id"])}):
-        for day in verdict["days"]:  # listing a day's captures, not the turbine's whole history
-            for obj in store.list(f"{CAPTURE_PREFIX}{thing}/{day}"):
-                parsed = parse_capture_key(obj.key)
-                if (parsed is not None and parsed[1].episode_id == verdict["episode_id"]
-                        and _accepted(state, group, obj.key)):
-                    written.append(_write(obj.key, parsed[0], parsed[1], label, verdict, store))
+    written, thing = [], verdict["thing"]
+    for day in verdict["days"]:  # listing a day's captures, not the turbine's whole history
+        for obj in store.list(f"{CAPTURE_PREFIX}{thing}/{day}"):
+            parsed = parse_capture_key(obj.key)
+            if (parsed is not None and parsed[1].episode_id == verdict["episode_id"]
+                    and _accepted(state, group, obj.key)):
+                written.append(_write(obj.key, parsed[0], parsed[1], label, verdict, store))
     return written
-
-
-def _things_of(episode_id: str) -> set[str]:
-    """Episode ids are `<thing>-<ms>` (shared.ml.episodes): the thing they start with."""
-    head, _, ms = episode_id.rpartition("-")
-    return {head} if head and ms.isdigit() else set()
 
 
 def _write(capture: str, thing: str, name: CaptureName, label: str, verdict: dict[str, Any],

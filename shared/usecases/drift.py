@@ -14,19 +14,22 @@ raise one drift alert naming the series and their distances; as many consecutive
 Exactly once and O(1) per message: the turbine's one state item (pk "drift", sk <thing>) is read and written back
 conditionally on its revision; a period it already holds (a redelivery) changes nothing, a late one takes its place in
 the period order. The alert is an item of the alert table, created once and claimed before each notification is sent
-(the machinery of alerts.py). A version's baseline is read once (compiled/<group>/<version>/manifest.json) and kept;
-stats of a version without one (an older bundle, a version never compiled) are logged and left.
+(the machinery of alerts.py); a claim a dead function left is given back after STALE_CLAIM_S by the turbine's next
+row or a redelivery, so that every notification is sent at least once. A version's baseline is read once
+(compiled/<group>/<version>/manifest.json) and kept; stats of a version without one (an older bundle, a version never
+compiled) are logged and left.
 Every period, judged or not, also goes to the turbine's recent periods (turbine_periods.py), which the operator
 console's timeline draws.
 
 Retraining: a drifting turbine has an entry in the small index pk "drift-open" (what is drifting now, never the
-history). When one of them has drifted for `retrain_after_s`, at most once per period and version, the policy
-counts the turbines of the index drifting that long with the same model version; with at least `retrain_turbines`
-of them and `retrain_min_captured_hours` of normal data captured on them since their drift began (raw/capture/), it
-asks for a retrain check once per model version (the existing debounced retraining policy then trains on every
-accepted file: the history plus the captured data). Approving the new version stays a person's decision. A turbine
-whose drift the version was itself trained on (its job took an earlier drift request naming the turbine) does not
-count again.
+history), with its latest judged period. When one of them has drifted for `retrain_after_s` (sample time, never
+later than the broker's clock), at most once per period and version, the policy counts the turbines of the index
+drifting that long with the same model version and judged within RECENT_S; with at least `retrain_turbines` of them
+and `retrain_min_captured_hours` of normal data captured on them since their drift began (raw/capture/, the span of
+the files' rows), it asks for a retrain check once per model version and tells the operators at least once (the
+existing debounced retraining policy then trains on every accepted file: the history plus the captured data).
+Approving the new version stays a person's decision. A turbine whose drift the version was itself trained on (its
+job took an earlier drift request naming the turbine) does not count again.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -45,12 +49,12 @@ from shared.capture import CAPTURE_PREFIX, NORMAL, CaptureName
 from shared.errors import BundleError, ConfigurationError, ObjectNotFound
 from shared.events import NACELLE_SOURCE, RETRAIN_CHECK
 from shared.messages import BadMessage, StatsRow
-from shared.ml.drift import BASELINE_KEY, LEVELS, Baseline, Distances, Summary, distances, scale
+from shared.ml.drift import BASELINE_KEY, LEVELS, Baseline, Distances, Summary, distances, scale, sketch_distance
 from shared.observability import correlate, logger
 from shared.ports import Envelope, EventPublisher, ObjectStore, StateStore
 from shared.records import DriftAlert, DriftState, load
 from shared.usecases import state_keys as sk
-from shared.usecases.alerts import ALERTS, AlertDeps, _attributes, _claim, _iso, _send
+from shared.usecases.alerts import ALERTS, STALE_CLAIM_S, AlertDeps, Notice, _attributes, _claim, _iso, _send
 from shared.usecases.outcome import Outcome
 from shared.usecases.turbine_periods import manifest_threshold, remember_period
 
@@ -62,6 +66,7 @@ SCORE = "anomaly score"  # how messages name the score
 NAMED = 3  # series a subject names at most
 MAX_ATTEMPTS = 20  # optimistic-concurrency retries of the state item
 BASELINE_RETRY_S = 300.0  # a version without a baseline is looked for again after this
+RECENT_S = 6 * 3600.0  # a drifting turbine counts towards retraining while its last judged period is this recent
 
 
 @dataclass(frozen=True)
@@ -220,8 +225,7 @@ def _record(row: StatsRow, features: Mapping[str, Summary], score: Summary | Non
         item = deps.state.get(DRIFT, thing)
         before = load(DriftState, item) or DriftState(thing)
         if before.model_version != row.model_version:
-            newest = max(before.periods, default="")
-            if before.model_version is not None and key < newest:
+            if _stale(key, row.model_version, before):
                 return Outcome("ignored", f"{thing}: stale stats of v{row.model_version} (now v{before.model_version})")
             # a new version: the score is another model's, and a drift still on is timed from this version's first
             # period (the retraining it may ask for is this version's, on data captured since)
@@ -230,6 +234,8 @@ def _record(row: StatsRow, features: Mapping[str, Summary], score: Summary | Non
                              score_reference=(), since=since)
         if key in before.periods:  # a redelivery: finish what a crash may have left undone
             sent = _settle(before, Verdict({}, {}, {}, {}), row, deps)
+            if before.status == "drifting":
+                sent += _retrain_if_due(before, row, deps)
             return Outcome("duplicate", f"{thing}: period {_iso(row.period_start)} already judged", sent=tuple(sent))
         verdict = _judge(before, features, score, judged, baseline, policy)
         after = _status(_remember(before, key, features, score, verdict.drifting, policy), policy)
@@ -248,6 +254,15 @@ def _record(row: StatsRow, features: Mapping[str, Summary], score: Summary | Non
                 status=after.status, far=verdict.far, changed=verdict.changed)
     return Outcome(action, f"{thing} period {_iso(row.period_start)}: {_describe(verdict)}; status {after.status}",
                    {"distances": verdict.distances, "changes": verdict.changes, "ratio": verdict.ratio}, tuple(sent))
+
+
+def _stale(key: str, version: int | None, state: DriftState) -> bool:
+    """Stats of another version than the state's are stale when the state holds a later period, or the same period
+    of a newer version: a model swap splits its period into two rows, which may arrive in either order."""
+    if state.model_version is None:
+        return False
+    newest = max(state.periods, default="")
+    return key < newest or (key == newest and (version or 0) < state.model_version)
 
 
 # -- judging -----------------------------------------------------------------------------------------
@@ -276,8 +291,8 @@ def _judge(state: DriftState, features: Mapping[str, Summary], score: Summary | 
 def _change(current: Summary, reference_sum: tuple[float, ...], periods: int, base: Summary) -> float:
     """W1 between the period and the turbine's reference (the mean of its first periods' sketches), in training
     standard deviations."""
-    reference = np.asarray(reference_sum) / periods
-    return round(float(np.abs(np.asarray(current.quantiles) - reference).mean() / scale(base)), 4)
+    reference = (np.asarray(reference_sum) / periods).tolist()
+    return round(sketch_distance(current.quantiles, reference, scale(base)), 4)
 
 
 def _remember(state: DriftState, key: str, features: Mapping[str, Summary], score: Summary | None, drifting: bool,
@@ -316,39 +331,75 @@ def _status(state: DriftState, policy: DriftPolicy) -> DriftState:
 def _settle(state: DriftState, verdict: Verdict, row: StatsRow, deps: DriftDeps) -> list[str]:
     """Bring the turbine's drift alert (and its entry in the drifting index) in line with its state: open, update
     and send it while drifting; close it and send its resolution once calm, then forget it. Idempotent: a
-    redelivery finishes what a crash left undone."""
-    alert_deps, thing, alert_id, now = deps.alerts, state.thing_name, state.alert_id, deps.clock().timestamp()
+    redelivery (or the turbine's next row) finishes what a crash left undone, a claim a dead function never sent
+    included."""
+    alert_id = state.alert_id
     if alert_id is None:
         return []
     if state.status == "drifting":
-        deps.state.put(DRIFTING, thing, {"since": state.since, "model_version": state.model_version,
-                                         "alert_id": alert_id})
-        alert = DriftAlert(alert_id=alert_id, turbine_id=thing, first_seen_at=now,
-                           expires_at=int(now + deps.policy.retention_s), model_version=state.model_version,
-                           since=state.since or row.period_start)
-        alert_deps.alerts.put(ALERTS, alert_id, alert.to_item(), if_absent=True)
-        if verdict.drifting:  # the latest drifting period's figures
-            alert_deps.alerts.update_if(ALERTS, alert_id, DriftAlert.changes(
-                features=verdict.features(), last_period=row.period_start,
-                distances={n: d for n, d in verdict.distances.items() if n != SCORE},
-                turbine_changes={n: c for n, c in verdict.changes.items() if n != SCORE},
-                score_distance=verdict.distances.get(SCORE), score_change=verdict.changes.get(SCORE)),
-                {"status": "open"})
-        current = load(DriftAlert, alert_deps.alerts.get(ALERTS, alert_id))
-        if current is not None and current.alert is None and _claim(alert_deps, alert_id, "alert"):
-            return [_send(alert_deps, alert_id, "alert", partial(_drift_message, current, row, deps))]
-        return []
-    deps.state.delete(DRIFTING, thing)
-    alert_deps.alerts.update_if(ALERTS, alert_id, DriftAlert.changes(status="closed", ended_at=row.period_start),
-                                {"status": "open"})
-    current = load(DriftAlert, alert_deps.alerts.get(ALERTS, alert_id))
-    sent = []
+        _keep_open(state, verdict, row, deps)
+    else:
+        _close(state, row, deps)
+    current, sent = _current(alert_id, deps), []
+    if current is not None and current.alert is None and _claim(deps.alerts, alert_id, "alert"):
+        sent.append(_send(deps.alerts, alert_id, "alert", partial(_drift_message, current, row, deps)))
+        current = _current(alert_id, deps)
+    if state.status == "drifting":
+        return sent
     if current is not None and current.alert == "sent" and current.resolution is None \
-            and _claim(alert_deps, alert_id, "resolution"):
-        sent.append(_send(alert_deps, alert_id, "resolution", partial(_resolution_message, current, row)))
-    if current is None or current.alert != "claimed":  # settled (a claimed alert is still being sent)
-        deps.state.update_if(DRIFT, thing, {"alert_id": None}, {"alert_id": alert_id, "status": "ok"})
+            and _claim(deps.alerts, alert_id, "resolution"):
+        sent.append(_send(deps.alerts, alert_id, "resolution", partial(_resolution_message, current, row)))
+        current = _current(alert_id, deps)
+    if current is None or (current.alert == "sent" and current.resolution == "sent"):  # settled: forget it
+        deps.state.update_if(DRIFT, state.thing_name, {"alert_id": None}, {"alert_id": alert_id, "status": "ok"})
     return sent
+
+
+def _keep_open(state: DriftState, verdict: Verdict, row: StatsRow, deps: DriftDeps) -> None:
+    """The turbine in the drifting index (with its latest judged period: a silent turbine stops counting), its
+    alert item, and the latest drifting period's figures on it."""
+    alert_id, now = str(state.alert_id), deps.clock().timestamp()
+    deps.state.put(DRIFTING, state.thing_name, {"since": state.since, "model_version": state.model_version,
+                                                "alert_id": alert_id, "last_period": _last_period(state, row)})
+    alert = DriftAlert(alert_id=alert_id, turbine_id=state.thing_name, first_seen_at=now,
+                       expires_at=int(now + deps.policy.retention_s), model_version=state.model_version,
+                       since=state.since or row.period_start)
+    deps.alerts.alerts.put(ALERTS, alert_id, alert.to_item(), if_absent=True)
+    if verdict.drifting:  # the latest drifting period's figures
+        deps.alerts.alerts.update_if(ALERTS, alert_id, DriftAlert.changes(
+            features=verdict.features(), last_period=row.period_start,
+            distances={n: d for n, d in verdict.distances.items() if n != SCORE},
+            turbine_changes={n: c for n, c in verdict.changes.items() if n != SCORE},
+            score_distance=verdict.distances.get(SCORE), score_change=verdict.changes.get(SCORE)),
+            {"status": "open"})
+
+
+def _close(state: DriftState, row: StatsRow, deps: DriftDeps) -> None:
+    deps.state.delete(DRIFTING, state.thing_name)
+    deps.alerts.alerts.update_if(ALERTS, str(state.alert_id),
+                                 DriftAlert.changes(status="closed", ended_at=row.period_start), {"status": "open"})
+
+
+def _last_period(state: DriftState, row: StatsRow) -> float:
+    return float(max(state.periods)) if state.periods else row.period_start
+
+
+def _current(alert_id: str, deps: DriftDeps) -> DriftAlert | None:
+    """The alert item, its notifications claimed by a function that died before sending them (STALE_CLAIM_S ago)
+    given back so that they are sent."""
+    current = load(DriftAlert, deps.alerts.alerts.get(ALERTS, alert_id))
+    if current is None:
+        return None
+    now, released = deps.clock().timestamp(), False
+    claims: tuple[tuple[Notice, str | None, float | None], ...] = (
+        ("alert", current.alert, current.alert_at), ("resolution", current.resolution, current.resolution_at))
+    for flag, claim, at in claims:
+        if claim == "claimed" and (at is None or now - at >= STALE_CLAIM_S) and deps.alerts.alerts.update_if(
+                ALERTS, alert_id, {flag: None}, {flag: "claimed", f"{flag}_at": at}):
+            logger.warning("a claimed notification was never sent: claimed again", alert_id=alert_id,
+                           notification=flag)
+            released = True
+    return load(DriftAlert, deps.alerts.alerts.get(ALERTS, alert_id)) if released else current
 
 
 def _describe(verdict: Verdict) -> str:
@@ -372,8 +423,7 @@ def _drift_message(alert: DriftAlert, row: StatsRow, deps: DriftDeps) -> tuple[s
              " and from this turbine's first periods:",
              *(f"  {n}: {distances[n]:.2f}" + (f", {changes[n]:.2f}" if n in changes else "")
                + ("  <- drifting" if n in alert.features or n == SCORE else "") for n in sorted(distances)),
-             "", f"Latest period: {_iso(row.period_start)} + {row.period_s / 60:g} min, {row.operating_windows} of "
-                 f"{row.windows} windows in the operating regime.",
+             "", _latest(alert, row),
              f"Retraining starts by itself when at least {deps.policy.retrain_turbines} turbines drift for "
              f"{deps.policy.retrain_after_s / 3600:g} h with {deps.policy.retrain_min_captured_hours:g} h of captured "
              "normal data; approving the new version stays yours.",
@@ -381,6 +431,13 @@ def _drift_message(alert: DriftAlert, row: StatsRow, deps: DriftDeps) -> tuple[s
     top = ", ".join(f"{n} ({worst[n]:.1f} sd)" for n in named)
     return (f"[MEDIUM] {thing}: data drift in {top}", "\n".join(lines),
             _attributes(thing, "medium", alert.features, "drift"))
+
+
+def _latest(alert: DriftAlert, row: StatsRow) -> str:
+    if alert.status == "closed":  # sent late (its first send never finished): the drift is already over
+        return f"The drift ended with the period starting {_iso(alert.ended_at)}."
+    return (f"Latest period: {_iso(row.period_start)} + {row.period_s / 60:g} min, {row.operating_windows} of "
+            f"{row.windows} windows in the operating regime.")
 
 
 def _resolution_message(alert: DriftAlert, row: StatsRow) -> tuple[str, str, dict[str, str]]:
@@ -393,17 +450,20 @@ def _resolution_message(alert: DriftAlert, row: StatsRow) -> tuple[str, str, dic
 
 # -- retraining ---------------------------------------------------------------------------------------
 def _retrain_if_due(state: DriftState, row: StatsRow, deps: DriftDeps) -> list[str]:
-    policy, now = deps.policy, row.period_start + row.period_s
+    policy, now = deps.policy, _retrain_clock(row)
     if state.since is None or now - state.since < policy.retrain_after_s:
         return []
     pk, key = sk.group_pk(deps.group), f"{RETRAIN}{state.model_version}"
     marker = deps.state.get(pk, key) or {}
-    if marker.get("status") == "requested" or now - float(marker.get("checked_at") or -math.inf) < row.period_s:
-        return []  # asked already, or checked this period
+    if marker.get("status") == "requested":
+        return _notify_retraining(marker, pk, key, deps)  # asked already: its notice until one was sent
+    # checked this period (a check dated after `now` is not trusted to be one)
+    if 0 <= now - float(marker.get("checked_at") or -math.inf) < row.period_s:
+        return []
     if not deps.state.update_if(pk, key, {"checked_at": now}, {"checked_at": marker.get("checked_at")}):
         return []  # another delivery checks it
     since = {str(e["sk"]): float(e.get("since") or now) for e in deps.state.query(DRIFTING)
-             if e.get("model_version") == state.model_version}
+             if e.get("model_version") == state.model_version and _recent(e, now)}
     long = sorted(t for t, start in since.items() if now - start >= policy.retrain_after_s)
     learned = _trained_on_their_drift(deps, state.model_version, now)
     if learned & set(long):
@@ -422,15 +482,50 @@ def _retrain_if_due(state: DriftState, row: StatsRow, deps: DriftDeps) -> list[s
     # the check first: a redelivery may ask twice (a check is idempotent), a crash never leaves it unasked
     deps.events.publish(Envelope(NACELLE_SOURCE, RETRAIN_CHECK, {"group": deps.group, "requested_at": requested,
                                                                 "reason": reason}))
-    if not deps.state.update_if(pk, key, {"status": "requested", "turbines": long, "captured_hours": round(hours, 3),
-                                          "requested_at": requested}, {"status": None}):
+    request = {"status": "requested", "turbines": long, "captured_hours": round(hours, 3), "requested_at": requested,
+               "reason": reason}
+    if not deps.state.update_if(pk, key, request, {"status": None}):
         return []
     logger.warning("drift retraining requested", turbines=long, captured_hours=round(hours, 2))
-    body = (f"{reason}.\n\nThe retraining policy trains on every accepted file (the history and the captured data); "
-            "the new version waits for approval as usual.")
-    return [f"retrain:{state.model_version}:"
-            + deps.alerts.notifier.publish("alerts", f"[MEDIUM] drift on {len(long)} turbines: retraining requested",
-                                           body, _attributes(long[0], "medium", [], "drift-retrain"))]
+    return _notify_retraining({**marker, **request}, pk, key, deps)
+
+
+def _retrain_clock(row: StatsRow) -> float:
+    """The row's time for the retraining policy: the end of its period (sample time; intake refused periods ending
+    more than MAX_CLOCK_AHEAD_S after the broker received them)."""
+    return row.period_start + row.period_s
+
+
+def _recent(entry: Mapping[str, Any], now: float) -> bool:
+    """A drifting turbine still reporting: one that stopped (decommissioned, detector off, on a version without a
+    baseline) leaves an entry that nothing closes; it no longer counts."""
+    last = entry.get("last_period")
+    return isinstance(last, int | float) and now - float(last) <= RECENT_S
+
+
+def _notify_retraining(request: Mapping[str, Any], pk: str, key: str, deps: DriftDeps) -> list[str]:
+    """The operators' notice of a retraining request, at least once: claimed, published, then marked sent; a
+    failed publish gives the claim back, and a claim a dead function left is taken again after STALE_CLAIM_S."""
+    if request.get("notified_at") is not None or "reason" not in request:  # sent (or asked before notices were marked)
+        return []
+    clock, claimed = deps.clock().timestamp(), request.get("notice_claimed_at")
+    if isinstance(claimed, int | float) and clock - claimed < STALE_CLAIM_S:
+        return []  # another delivery is sending it
+    if not deps.state.update_if(pk, key, {"notice_claimed_at": clock}, {"notice_claimed_at": claimed,
+                                                                         "notified_at": None}):
+        return []
+    turbines = [str(t) for t in request.get("turbines") or ()]
+    body = (f"{request['reason']}.\n\nThe retraining policy trains on every accepted file (the history and the "
+            "captured data); the new version waits for approval as usual.")
+    try:
+        message_id = deps.alerts.notifier.publish(
+            "alerts", f"[MEDIUM] drift on {len(turbines)} turbines: retraining requested", body,
+            _attributes(turbines[0] if turbines else "", "medium", [], "drift-retrain"))
+    except Exception:
+        deps.state.update_if(pk, key, {"notice_claimed_at": None}, {"notice_claimed_at": clock})
+        raise
+    deps.state.update_if(pk, key, {"notified_at": clock, "notice_message_id": message_id}, {"notified_at": None})
+    return [f"retrain:{key.removeprefix(RETRAIN)}:{message_id}"]
 
 
 def _trained_on_their_drift(deps: DriftDeps, version: int | None, now: float) -> set[str]:
@@ -446,16 +541,39 @@ def _trained_on_their_drift(deps: DriftDeps, version: int | None, now: float) ->
 
 def captured_normal_hours(deps: DriftDeps, since: Mapping[str, float], enough: float) -> float:
     """Hours of accepted normal-operation captures (raw/capture/<thing>/, shared.capture names) of each turbine
-    starting at or after its `since`; counting stops at `enough`."""
+    starting at or after its `since`: the span of each file's validated rows (its record), never the span its name
+    claims, and time covered by several files once; counting stops at `enough`."""
     total, pk = 0.0, sk.group_pk(deps.group)
     for thing, start in sorted(since.items()):
+        spans = []
         for obj in deps.store.list(f"{CAPTURE_PREFIX}{thing}/"):
             name = CaptureName.parse(obj.key.rsplit("/", 1)[-1])
             if name is None or name.kind != NORMAL or name.start < start:
                 continue
             record = deps.state.get(pk, sk.FILE + obj.key) or {}
-            if record.get("status") == "accepted":
-                total += (name.end - name.start) / 3600
-                if total >= enough:
-                    return total
+            span = _rows_span(record) if record.get("status") == "accepted" else None
+            if span is not None:
+                spans.append(span)
+        total += _covered_s(spans) / 3600
+        if total >= enough:
+            return total
     return total
+
+
+def _rows_span(record: Mapping[str, Any]) -> tuple[float, float] | None:
+    """(first, last) sample time of an accepted file's rows, from its record (None: unknown)."""
+    try:
+        first, last = (datetime.fromisoformat(str(record[k])).timestamp() for k in ("start", "end"))
+    except (KeyError, ValueError):
+        return None
+    return (first, last) if last >= first else None
+
+
+def _covered_s(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by the union of the spans."""
+    covered, reach = 0.0, -math.inf
+    for first, last in sorted(spans):
+        if last > reach:
+            covered += last - max(first, reach)
+            reach = last
+    return covered

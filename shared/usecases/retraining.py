@@ -23,7 +23,6 @@ from shared.ml.metrics import Fault, parse_false_alarms, parse_labels
 from shared.ml.spec import FeatureSpec, default_spec, parse_spec_text
 from shared.ml.validation import (
     MAX_TEXT_BYTES,
-    Problem,
     ProblemLog,
     ValidationReport,
     refuse_too_large,
@@ -43,7 +42,7 @@ from shared.ports import (
 )
 from shared.usecases import state_keys as sk
 from shared.usecases.approval_scope import canary_only
-from shared.usecases.capture_labels import capture_problem, link_captures
+from shared.usecases.capture_labels import capture_problems, link_captures
 from shared.usecases.outcome import Outcome
 
 RAW_PREFIX = "raw/"
@@ -117,8 +116,7 @@ def _on_object(key: str, deps: ArrivalDeps) -> Outcome:
     parts = PurePosixPath(key).parts
     turbine_hint = parts[-2] if len(parts) > 2 else None  # raw/<turbine>/<file>: the file's folder
     report = validate_bytes(data, key, spec, turbine_hint, deps.policy.max_file_bytes)
-    if problem := capture_problem(key, report.turbines):
-        report.errors.append(Problem("foreign_capture", problem))
+    report.errors.extend(capture_problems(key, report, spec.time_column))
     now = deps.clock()
     record: dict[str, Any] = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
                               "rows": report.rows, "turbines": report.turbines, "start": report.start,

@@ -28,8 +28,8 @@ def test_one_turbines_certificate_reaches_no_other_turbine(tmp_path: Path) -> No
     assert found.flood_msgs_per_s > 500 and found.other_lost_during_flood == 0
     assert found.refused_by_reason["quota"] > 1000 and found.refused_by_reason["oversize"] == 1
     assert found.refused_by_reason["json"] == 2  # NaN and "not json"
-    # the cloud functions refused the rest and counted it: foreign turbine ids, {} and a foreign object
-    assert refused[f"{ATTACKER}#anomalies"]["by_reason"]["schema"] == len(VICTIMS)
+    # the cloud functions refused the rest and counted it: foreign turbine ids and episode ids, {} and a foreign object
+    assert refused[f"{ATTACKER}#anomalies"]["by_reason"]["schema"] == 3 * len(VICTIMS)
     assert refused[f"{ATTACKER}#health"]["by_reason"]["schema"] == 2
     assert refused[f"{ATTACKER}#anomalies"]["by_reason"]["quota"] == found.refused_by_reason["quota"]
     assert "v999, which was never deployed to it" in device["unexpected_version"]

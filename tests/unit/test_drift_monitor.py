@@ -18,6 +18,7 @@ from shared.events import RETRAIN_CHECK
 from shared.iot_sql import parse
 from shared.messages import BadMessage, StatsMessage, decode
 from shared.ml import drift
+from shared.ml.table import iso_utc
 from shared.records import DriftAlert, DriftState, load
 from shared.usecases import state_keys as sk
 from shared.usecases.alerts import ALERTS, AlertDeps, AlertPolicy
@@ -62,7 +63,8 @@ def stats_row(thing: str, period: int, *, shift: float = 0.0, n: int = 3600, ver
         count={k: s.count for k, s in feats.items() if s}, mean={k: s.mean for k, s in feats.items() if s},
         std={k: s.std for k, s in feats.items() if s}, quantiles={k: list(s.quantiles) for k, s in feats.items() if s},
         score_count=score.count, score_mean=score.mean, score_std=score.std, score_quantiles=list(score.quantiles))
-    return {**json.loads(message.to_json()), "thing_name": thing, "received_at": 1, "client_id": thing}
+    received = int((T0 + (period + 1) * PERIOD) * 1000) + 5_000  # the broker's clock: just after the period ended
+    return {**json.loads(message.to_json()), "thing_name": thing, "received_at": received, "client_id": thing}
 
 
 @pytest.fixture
@@ -201,7 +203,8 @@ def capture(deps: DriftDeps, thing: str, start: float, minutes: float, status: s
     name = CaptureName(start, start + 60 * minutes, "normal", 1).file_name
     key = f"raw/capture/{thing}/{name}"
     deps.store.put(key, b"csv")
-    deps.state.put(sk.group_pk(GROUP), sk.FILE + key, {"status": status})
+    span = {"start": iso_utc(start), "end": iso_utc(start + 60 * minutes)}  # its rows' (data_arrival's record)
+    deps.state.put(sk.group_pk(GROUP), sk.FILE + key, {"status": status, **span})
 
 
 def test_retraining_is_asked_once_when_drift_lasts_on_enough_turbines_with_captured_data(deps: DriftDeps) -> None:

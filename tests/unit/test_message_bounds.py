@@ -31,7 +31,7 @@ def health_row(**change: Any) -> dict[str, Any]:
 
 def stats_row(**change: Any) -> dict[str, Any]:
     return {"v": 1, "turbine_id": "wt-01", "seq": 1, "period_start": NOW, "period_s": 1800.0, "levels": [0.5],
-            "thing_name": "wt-01", "received_at": int(NOW * 1000), **change}
+            "thing_name": "wt-01", "received_at": int((NOW + 1800) * 1000), **change}  # when its period ended
 
 
 @pytest.mark.parametrize("field", ["started_at", "opened_at", "last_flagged_at", "ended_at"])

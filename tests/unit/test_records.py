@@ -107,8 +107,9 @@ def test_changes_name_fields_only() -> None:
 
 # -- items written by earlier versions ----------------------------------------------------------------------------
 EPISODE_V1 = {  # an episode item from before schema v2, the acknowledgement history and the typed records
-    "pk": "alerts", "sk": "episode:wt-01:e1", "kind": "episode", "alert_id": "episode:wt-01:e1", "turbine_id": "wt-01",
-    "episode_id": "e1", "status": "open", "first_seen_at": T0, "missing": [], "features": ["rpm"], "last_seq": 1,
+    "pk": "alerts", "sk": "episode:wt-01:wt-01-1", "kind": "episode", "alert_id": "episode:wt-01:wt-01-1",
+    "turbine_id": "wt-01", "episode_id": "wt-01-1", "status": "open", "first_seen_at": T0, "missing": [],
+    "features": ["rpm"], "last_seq": 1,
     "started_at": T0 - 30, "opened_at": T0 - 20, "last_flagged_at": None, "ended_at": None, "model_version": 3,
     "expires_at": int(T0) + 100, "severity": "critical", "alert": "sent", "rev": 2, "ratios": {"rpm": 2.0},
     "acked_by": "alice", "acked_at": T0 + 10, "note": "on it"}
@@ -140,14 +141,14 @@ def test_an_older_episode_in_a_data_directory_goes_on(tmp_path: Path) -> None:
     deps = AlertDeps(alerts=SqliteStateStore(tmp_path / "alerts.db"), devices=SqliteStateStore(tmp_path / "s.db"),
                      registry=MemoryRegistry(), notifier=notifier, clock=Clock(), group="g", policy=AlertPolicy(),
                      store=MemoryStore())
-    deps.alerts.put("alerts", "episode:wt-01:e1", EPISODE_V1)
+    deps.alerts.put("alerts", "episode:wt-01:wt-01-1", EPISODE_V1)
     on_anomaly(validate(EpisodeRow, {
-        "v": 2, "kind": "close", "episode_id": "e1", "turbine_id": "wt-01", "features": ["rpm"], "score": 2.0,
+        "v": 2, "kind": "close", "episode_id": "wt-01-1", "turbine_id": "wt-01", "features": ["rpm"], "score": 2.0,
         "contributions": {"rpm": 1.0}, "missing": [], "started_at": T0 - 30, "opened_at": T0 - 20,
         "last_flagged_at": T0 + 10, "ended_at": T0 + 20, "model_version": 3, "seq": 2, "thing_name": "wt-01",
         "received_at": int(T0 * 1000), "client_id": "wt-01"}), deps)
-    item = acknowledge("episode:wt-01:e1", "bob", deps, verdict="fault")
+    item = acknowledge("episode:wt-01:wt-01-1", "bob", deps, verdict="fault")
     assert (item["status"], item["score"], item["severity"], item["rev"]) == ("closed", 2.0, "medium", 4)
     assert [(a["by"], a["verdict"]) for a in item["acks"]] == [("alice", None), ("bob", "fault")]
     assert [m.attributes["kind"] for m in notifier.messages] == ["resolution"]  # its alert was sent before
-    assert "ratios" not in get_alert("episode:wt-01:e1", deps)
+    assert "ratios" not in get_alert("episode:wt-01:wt-01-1", deps)
