@@ -85,7 +85,7 @@ from shared.records import (
     load,
 )
 from shared.usecases.alerts import ALERTS, AlertDeps, AlertPolicy, sighting_key
-from shared.usecases.rollout import RolloutDeps
+from shared.usecases.rollout_state import RolloutDeps
 from tests.fakes import MemoryRegistry, MemoryStore
 
 FLEET = 10_000

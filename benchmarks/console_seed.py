@@ -32,7 +32,7 @@ from shared.records import (
 )
 from shared.usecases import state_keys as sk
 from shared.usecases.alerts import ALERTS, episode_alert_id
-from shared.usecases.rollout import DEPLOYMENT, DEVICES_PK, ROLLOUT, device_pk
+from shared.usecases.rollout_state import DEPLOYMENT, DEVICES_PK, ROLLOUT, device_pk
 from shared.usecases.turbine_periods import PERIODS, merged, period_key, summary_of
 
 SEVERITIES = ("low", "medium", "high", "critical")

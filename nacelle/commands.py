@@ -657,7 +657,7 @@ def cmd_fleet_deployments(args: argparse.Namespace) -> int:
     from shared.records import DeploymentRecord, load
     from shared.usecases import state_keys as sk
     from shared.usecases.operator_models import model_version_of
-    from shared.usecases.rollout import DEPLOYMENT
+    from shared.usecases.rollout_state import DEPLOYMENT
 
     stack = _stack(args)
     roles = _roles(stack)

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from shared import settings as defaults
 from shared.settings import CommonSettings
-from shared.usecases.rollout import RolloutDeps
+from shared.usecases.rollout_state import RolloutDeps
 
 
 class RolloutSettings(CommonSettings):

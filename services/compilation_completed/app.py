@@ -13,7 +13,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from shared.events import OBJECT_CREATED, ObjectCreated, parse_event
 from shared.observability import logger, new_invocation, tracer
 from shared.rollout_wiring import RolloutSettings, rollout_deps
-from shared.usecases.rollout import RolloutDeps, on_manifest_created
+from shared.usecases.rollout import on_manifest_created
+from shared.usecases.rollout_state import RolloutDeps
 
 SETTINGS = RolloutSettings  # shared with the other rollout function
 MODELS: dict[str, type[EventBridgeModel]] = {OBJECT_CREATED: ObjectCreated}

@@ -27,8 +27,9 @@ from shared.observability import correlate, logger, new_invocation, tracer
 from shared.rollout_wiring import RolloutSettings, rollout_deps
 from shared.usecases.intake import admit
 from shared.usecases.outcome import Outcome
-from shared.usecases.rollout import RolloutDeps, on_deployment_status, on_health
+from shared.usecases.rollout import on_deployment_status, on_health
 from shared.usecases.rollout_ops import on_rollout_check
+from shared.usecases.rollout_state import RolloutDeps
 
 SETTINGS = RolloutSettings  # shared with the other rollout function
 MODELS: dict[str, type[EventBridgeModel]] = {DEPLOYMENT_STATUS_CHANGE: GreengrassDeploymentStatusChange,

@@ -35,7 +35,7 @@ exists already, the approval announces it again (same bytes) and its Object Crea
 
 ROLLOUT: `rollout#<v>` stage. Starts from the bundle of an Approved, not failed version; done, failed,
 superseded and canceled are final. A move only records what happened; the notice it calls for is sent after it,
-and noted on the record (rollout._announce), so that a failed publish is sent again.
+and noted on the record (rollout_notices.announce), so that a failed publish is sent again.
 
 | from    | event           | to         | by                                                         |
 |---------|-----------------|------------|------------------------------------------------------------|

@@ -17,7 +17,7 @@ from shared.errors import DataError
 from shared.usecases.alerts import AlertDeps
 from shared.usecases.compilation import CompileDeps
 from shared.usecases.retraining import ArrivalDeps
-from shared.usecases.rollout import RolloutDeps
+from shared.usecases.rollout_state import RolloutDeps
 
 T = TypeVar("T")
 MAX_LIMIT = 500

@@ -14,7 +14,8 @@ from shared.source_status import source_status
 from shared.usecases.operator import DeviceInventory, OperatorDeps
 from shared.usecases.operator_alerts import alert_items
 from shared.usecases.operator_models import recent_deployments, roles
-from shared.usecases.rollout import (
+from shared.usecases.rollout_ops import cancel, rollback_to
+from shared.usecases.rollout_state import (
     ACTIVE_STAGES,
     DEPLOYMENT,
     DEVICES_PK,
@@ -25,7 +26,6 @@ from shared.usecases.rollout import (
     WAITING,
     device_pk,
 )
-from shared.usecases.rollout_ops import cancel, rollback_to
 from shared.usecases.state_keys import group_pk
 
 ONLINE, STOPPED, OFFLINE = "ONLINE", "STOPPED", "OFFLINE"

@@ -18,7 +18,7 @@ from shared.usecases.approval import GATE, GATE_OVERRIDE, GATE_REASONS, approve,
 from shared.usecases.approval_scope import canary_only
 from shared.usecases.operator import InvalidRequest, OperatorDeps
 from shared.usecases.retraining import champion
-from shared.usecases.rollout import DEPLOYMENT, RolloutDeps
+from shared.usecases.rollout_state import DEPLOYMENT, RolloutDeps
 
 Decision = Literal["approve", "reject"]
 LINEAGE = ("nacelle:job", "nacelle:dataset_hash", "nacelle:code_version", "nacelle:spec_digest")

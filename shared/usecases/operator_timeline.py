@@ -23,7 +23,7 @@ from shared.records import (
 from shared.usecases.operator import OperatorDeps
 from shared.usecases.operator_alerts import alert_items
 from shared.usecases.operator_signals import MAX_CAPTURES, capture_files, describe
-from shared.usecases.rollout import DEPLOYMENT, DEVICES_PK, device_pk
+from shared.usecases.rollout_state import DEPLOYMENT, DEVICES_PK, device_pk
 from shared.usecases.state_keys import group_pk
 from shared.usecases.turbine_periods import FEATURE_VALUES, SCORE_LEVELS, history
 

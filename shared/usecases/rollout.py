@@ -1,44 +1,26 @@
 """Rollout: a compiled model version goes to the canary thing group, soaks, then goes to the fleet.
 
-State (docs/fleet.md), each item read and written as a record of shared.records: `group#<g>` / `rollout#<v>`
-(RolloutRecord: its stage, lifecycle.ROLLOUT), `group#<g>` / `deployment#<id>` (DeploymentRecord: which rollout and
-stage a deployment belongs to), `group#<g>` / `canary` and `fleet` (CanaryAssignment, FleetAssignment: what each
-thing group was last given), `device#<thing>` / `deployment#<id>` (ExecutionRecord: that device's execution),
-`device#<thing>` / `health` (HealthStreak: its readiness streak), `devices` / `<thing>` (DeviceRecord) and
-`group#<g>` / `succeeded#<deployment id>` (FleetProgress: how many of a fleet deployment's devices have succeeded,
-so a status event costs the same however large the fleet and however far the rollout). Every
-stage change goes through `advance_stage`: checked against the table, and a conditional update on the stage, so
-duplicated or reordered events act once; Greengrass calls are idempotent through client tokens derived from group,
-version and purpose.
-
-Notices go out at least once: a transition only records what happened (the stage, a flag, the text a notice needs),
-and `_announce` sends every notice the record calls for that its `notified` list does not name yet, then notes it.
-Every entry point announces for the rollout it touched, so a publish that failed is sent by the redelivery of the
-event, or by the next watchdog check (one is scheduled while a rollout is active).
+The entry points (a compiled bundle, a deployment's status, a health row) and what they decide. The state a rollout
+keeps and the writes shared by every part are in rollout_state (its docstring: the state layout), a failure and its
+restore in rollout_failure, the operators' notices in rollout_notices, the watchdog and the operator's actions in
+rollout_ops.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
-from functools import partial
+from collections.abc import Mapping
+from dataclasses import asdict, replace
+from datetime import datetime
 from typing import Any
 
 from shared.components import component_version
 from shared.errors import Conflict, ModelVersionNotFound, NotFound
-from shared.events import NACELLE_SOURCE, ROLLOUT_CHECK
 from shared.messages import HealthRow
 from shared.observability import correlate, logger
-from shared.ports import Envelope, EventPublisher, Greengrass, ModelRegistry, Notifier, ObjectStore, StateStore
 from shared.records import (
-    CanaryAssignment,
     ConflictRecord,
-    DeploymentRecord,
     DeviceRecord,
     ExecutionRecord,
-    FleetAssignment,
     FleetProgress,
     HealthStreak,
     RolloutRecord,
@@ -46,114 +28,54 @@ from shared.records import (
     records,
 )
 from shared.usecases import lifecycle
-from shared.usecases import state_keys as sk
 from shared.usecases.approval_scope import canary_only
 from shared.usecases.lifecycle import (
     ABSENT,
     DEPLOY,
-    FAIL,
-    FAILED_STAGE,
     FLEET_COMPLETED,
     NEWER_VERSION,
     NO_DEVICES,
-    RESTORED,
     SOAKED,
     SUPERSEDED,
 )
 from shared.usecases.outcome import Outcome
-from shared.usecases.registration import metadata_value
 from shared.usecases.rollout_components import (
-    DEPLOYMENT_POLICIES,
-    ROLLOUT_MAX_PER_MINUTE,
-    client_token,
     deployment_components,
     ensure_detector_component,
     ensure_model_component,
-    job_configuration,
-    manifest_key,
     parse_manifest_key,
 )
-
-ROLLOUT = "rollout#"
-DEPLOYMENT = "deployment#"
-CANARY = "canary"
-FLEET = "fleet"
-SUCCEEDED = "succeeded#"
-HEALTH = "health"
-DEVICES_PK = "devices"  # pk="devices", sk=<thing>: the record anomaly_alert's offline check reads
-FAILED_EXECUTION = frozenset({"FAILED", "REJECTED", "TIMED_OUT"})
-SUCCEEDED_EXECUTION = frozenset({"COMPLETED", "SUCCEEDED"})
-TERMINAL_EXECUTION = FAILED_EXECUTION | SUCCEEDED_EXECUTION | {"CANCELED"}
-WAITING = lifecycle.WAITING  # approved and compiled; no device in the canary group yet
-ACTIVE_STAGES = (CANARY, FLEET)
-FAILING = lifecycle.FAILING  # claimed by a failure whose restore is under way
-AHEAD = (CANARY, FLEET, lifecycle.DONE)  # a rollout in these stages holds the canary group against older versions
-
-
-@dataclass
-class RolloutDeps:
-    store: ObjectStore
-    state: StateStore
-    registry: ModelRegistry
-    notifier: Notifier
-    greengrass: Greengrass
-    events: EventPublisher
-    group: str
-    detector_version: str
-    canary_group: str
-    fleet_group: str
-    soak_s: float
-    canary_timeout_s: float
-    stuck_timeout_s: float
-    clock: Callable[[], datetime]
-    poll_s: float = 60.0  # the watchdog's period (RolloutCheck events)
-    detector_configuration: Mapping[str, Any] = field(default_factory=dict)  # merged into every deployment
-    max_per_minute: int = ROLLOUT_MAX_PER_MINUTE  # devices that may receive a deployment per minute (IoT Jobs rate)
-
-
-def device_pk(thing: str) -> str:
-    return f"device#{thing}"
-
-
-def _now(deps: RolloutDeps) -> float:
-    return deps.clock().timestamp()
-
-
-def _pk(deps: RolloutDeps) -> str:
-    return sk.group_pk(deps.group)
-
-
-def _rollout(version: int, deps: RolloutDeps) -> RolloutRecord | None:
-    return load(RolloutRecord, deps.state.get(_pk(deps), ROLLOUT + str(version)))
-
-
-def _owner(deployment_id: str, deps: RolloutDeps) -> DeploymentRecord | None:
-    return load(DeploymentRecord, deps.state.get(_pk(deps), DEPLOYMENT + deployment_id))
-
-
-def _fleet(deps: RolloutDeps) -> FleetAssignment | None:
-    return load(FleetAssignment, deps.state.get(_pk(deps), FLEET))
-
-
-def _canary(deps: RolloutDeps) -> CanaryAssignment | None:
-    return load(CanaryAssignment, deps.state.get(_pk(deps), CANARY))
-
-
-def _own(deployment: str, version: int, stage: str, deps: RolloutDeps) -> None:
-    """Record which version and stage a deployment belongs to (if absent: a redelivery keeps a recorded failure)."""
-    deps.state.put(_pk(deps), DEPLOYMENT + deployment, DeploymentRecord(deployment, version, stage).to_item(),
-                   if_absent=True)
-
-
-def advance_stage(version: int, source: str, event: str, target: str, changes: Mapping[str, Any],
-                  deps: RolloutDeps) -> bool:
-    """The one way a rollout's stage changes (lifecycle.advance on lifecycle.ROLLOUT); True when this call moved it.
-    A record it creates starts with no notice sent."""
-    if source == ABSENT:
-        changes = {**changes, **RolloutRecord.changes(notified=())}
-    return lifecycle.advance(deps.state, lifecycle.ROLLOUT, _pk(deps), ROLLOUT + str(version), source, event, target,
-                             changes)
-
+from shared.usecases.rollout_failure import announce_put_back, evaluate_put_back, fail
+from shared.usecases.rollout_notices import announce
+from shared.usecases.rollout_state import (
+    ACTIVE_STAGES,
+    AHEAD,
+    CANARY,
+    DEPLOYMENT,
+    DEVICES_PK,
+    FAILED_EXECUTION,
+    FLEET,
+    HEALTH,
+    ROLLOUT,
+    SUCCEEDED,
+    SUCCEEDED_EXECUTION,
+    TERMINAL_EXECUTION,
+    WAITING,
+    RolloutDeps,
+    _canary,
+    _deploy,
+    _now,
+    _own,
+    _owner,
+    _pk,
+    _rollout,
+    advance_stage,
+    assign_canary,
+    deploy_canary_again,
+    device_pk,
+    schedule_check,
+    set_fleet,
+)
 
 # ------------------------------------------------------------------ 1. a compiled bundle -> canary
 
@@ -165,7 +87,7 @@ def on_manifest_created(key: str, deps: RolloutDeps) -> Outcome:
     version = parsed[1]
     correlate(model_version=version)
     outcome = _on_bundle(key, version, deps)
-    _announce(_rollout(version, deps), deps)
+    announce(_rollout(version, deps), deps)
     return outcome
 
 
@@ -219,12 +141,6 @@ def _alert_conflict(version: int, exc: Conflict, deps: RolloutDeps) -> None:
     logger.error("component conflict", model_version=version, reason=str(exc))
 
 
-def _deploy(group_name: str, name: str, components: Mapping[str, Any], token: str, deps: RolloutDeps) -> str:
-    return deps.greengrass.create_deployment(deps.greengrass.thing_group_arn(group_name), name, components,
-                                             DEPLOYMENT_POLICIES, job_configuration(deps.max_per_minute),
-                                             client_token(token))
-
-
 def _start_canary(version: int, deps: RolloutDeps) -> Outcome:
     g = deps.group
     components = deployment_components(version, deps.detector_version, deps.detector_configuration)
@@ -258,14 +174,14 @@ def _settle_canary(record: RolloutRecord, claimed: bool, deps: RolloutDeps) -> O
         advance_stage(version, CANARY, NEWER_VERSION, SUPERSEDED, RolloutRecord.changes(superseded_by=newer.version),
                       deps)
         if newer.stage == CANARY:  # this deployment may have gone out after the newer one's: deploy that again
-            _deploy_canary_again(newer, deps)
+            deploy_canary_again(newer, deps)
         return Outcome("superseded", f"v{newer.version} is already {newer.stage}: v{version} is not rolled out",
                        {"version": version, "stage": SUPERSEDED})
     for older in records(RolloutRecord, deps.state.query(_pk(deps), ROLLOUT)):
         if older.version < version and older.stage == CANARY:
             advance_stage(older.version, CANARY, NEWER_VERSION, SUPERSEDED,
                           RolloutRecord.changes(superseded_by=version), deps)
-    _assign_canary(version, deployment, deps)
+    assign_canary(version, deployment, deps)
     schedule_check(version, deps)
     if not claimed:
         return Outcome("duplicate", f"v{version} is already on the canary ({deployment})")
@@ -273,56 +189,6 @@ def _settle_canary(record: RolloutRecord, claimed: bool, deps: RolloutDeps) -> O
                 things=list(record.canary_things))
     return Outcome("deployed", f"v{version} to {deps.canary_group} ({deployment})",
                    {"version": version, "deployment_id": deployment, "stage": CANARY})
-
-
-def _assign_canary(version: int, deployment: str, deps: RolloutDeps, replaces: str = "") -> None:
-    """Name a canary deployment in the canary assignment: never in place of a newer version still ahead, and within a
-    version only in place of the deployment it `replaces` (a restore or a rollback sets it back, elsewhere)."""
-    pk = _pk(deps)
-    for _ in range(5):  # optimistic, on the assignment read
-        current = _canary(deps)
-        if current is not None and _holds_canary(current, version, replaces, deps):
-            return
-        item = CanaryAssignment(version, deployment).to_item()
-        if current is None:
-            if deps.state.put(pk, CANARY, item, if_absent=True):
-                return
-        elif deps.state.update_if(pk, CANARY, item, CanaryAssignment.changes(
-                version=current.version, deployment_id=current.deployment_id)):
-            return
-    raise Conflict(f"the canary assignment kept changing while v{version} was being assigned")
-
-
-def _holds_canary(current: CanaryAssignment, version: int, replaces: str, deps: RolloutDeps) -> bool:
-    if current.version == version:
-        return current.deployment_id != replaces
-    if current.version < version:
-        return False
-    holder = _rollout(current.version, deps)
-    return holder is not None and holder.stage in AHEAD
-
-
-def _keep_on_canary(version: int, deps: RolloutDeps) -> None:
-    """Greengrass runs a group's last deployment: when a racing deployment of an older version (its start, a failure's
-    restore) went out after this canary's and made it INACTIVE, the canary is deployed again."""
-    record = _rollout(version, deps)
-    if record is not None and record.stage == CANARY and record.canary_deployment_id \
-            and deps.greengrass.get_deployment(record.canary_deployment_id).status == "INACTIVE":
-        _deploy_canary_again(record, deps)
-
-
-def _deploy_canary_again(record: RolloutRecord, deps: RolloutDeps) -> None:
-    """The canary's components to the canary group again (a token per replaced deployment); the rollout and the
-    canary assignment follow the new deployment."""
-    version, old, g = record.version, str(record.canary_deployment_id), deps.group
-    again = _deploy(deps.canary_group, f"nacelle-{g}-v{version}-canary", record.components,
-                    f"{g}:{version}:canary-again:{old}", deps)
-    _own(again, version, CANARY, deps)
-    if deps.state.update_if(_pk(deps), ROLLOUT + str(version), RolloutRecord.changes(canary_deployment_id=again),
-                            RolloutRecord.changes(stage=CANARY, canary_deployment_id=old)):
-        _assign_canary(version, again, deps, replaces=old)
-    logger.warning("canary deployed again over a racing older deployment", model_version=version,
-                   deployment_id=again, replaced=old)
 
 
 def _wait_for_devices(version: int, deps: RolloutDeps) -> Outcome:
@@ -340,16 +206,6 @@ def _wait_for_devices(version: int, deps: RolloutDeps) -> Outcome:
                    {"version": version, "stage": WAITING})
 
 
-def schedule_check(version: int, deps: RolloutDeps) -> None:
-    """The watchdog's next RolloutCheck, on a grid of poll_s so concurrent schedulers share one schedule."""
-    now = deps.clock()
-    slot = math.ceil((now.timestamp() + deps.poll_s) / deps.poll_s)
-    deps.events.publish(
-        Envelope(NACELLE_SOURCE, ROLLOUT_CHECK, {"group": deps.group, "version": version,
-                                                 "requested_at": now.isoformat()}),
-        deliver_at=datetime.fromtimestamp(slot * deps.poll_s, UTC), dedup_key=f"rollout-{deps.group}-{version}-{slot}")
-
-
 # ------------------------------------------------------------------ 2. deployment status (events and polling)
 
 
@@ -363,8 +219,8 @@ def on_deployment_status(deployment_id: str, thing: str, status: str, reason: st
         return Outcome("recorded", f"{thing}: {deployment_id} {recorded} (not a rollout deployment)")
     correlate(model_version=owner.version, deployment_id=deployment_id)
     if owner.stage not in ACTIVE_STAGES:  # a restore's or a rollback's deployment
-        outcome = _evaluate_put_back(owner, thing, recorded, reason if recorded == status else "", deps)
-        _announce_put_back(_owner(deployment_id, deps), deps)
+        outcome = evaluate_put_back(owner, thing, recorded, reason if recorded == status else "", deps)
+        announce_put_back(_owner(deployment_id, deps), deps)
         return outcome
     if recorded != status:
         return Outcome("recorded", f"{thing}: {deployment_id} {status} is older than the {recorded} recorded")
@@ -409,7 +265,7 @@ def _evaluate_execution(version: int, stage: str, deployment_id: str, thing: str
     Then the notices due: on the record read when nothing moved (it is the largest item a status event reads)."""
     record = _rollout(version, deps)
     outcome = _judge_execution(record, version, stage, deployment_id, thing, status, reason, deps, newly_succeeded)
-    _announce(record if outcome.action == "recorded" else _rollout(version, deps), deps)
+    announce(record if outcome.action == "recorded" else _rollout(version, deps), deps)
     return outcome
 
 
@@ -423,7 +279,7 @@ def _judge_execution(record: RolloutRecord | None, version: int, stage: str, dep
                                    f"recorded, the rollout is not judged on it")
     if status in FAILED_EXECUTION:
         detail = f": {reason}" if reason else ""
-        return _fail(record, f"{thing} reported {status} for the {stage} deployment{detail}", deps)
+        return fail(record, f"{thing} reported {status} for the {stage} deployment{detail}", deps)
     if status in SUCCEEDED_EXECUTION and stage == FLEET:
         counted = _count_success(deployment_id, deps, add=newly_succeeded and thing in record.fleet_things)
         if counted < len(record.fleet_things):  # some device has not succeeded yet: no need to look at each
@@ -469,13 +325,13 @@ def on_health(row: HealthRow, deps: RolloutDeps) -> Outcome:
         return Outcome("flagged", unexpected)
     canary = _canary(deps)
     record = _rollout(canary.version, deps) if canary is not None else None
-    _announce(record, deps)  # a redelivered row after a notice failed to go out
+    announce(record, deps)  # a redelivered row after a notice failed to go out
     if record is None or record.stage != CANARY or row.thing_name not in record.canary_things:
         return Outcome("recorded", f"health of {row.thing_name}")
     outcome = _try_promote(record, deps)
     if outcome is None:
         return Outcome("recorded", f"health of {row.thing_name}; canary soaking")
-    _announce(_rollout(record.version, deps), deps)
+    announce(_rollout(record.version, deps), deps)
     return outcome
 
 
@@ -593,7 +449,7 @@ def _no_longer_approved(record: RolloutRecord, deps: RolloutDeps) -> Outcome | N
 
 def _first_on_canary(version: int, flag: str, deps: RolloutDeps, **changes: Any) -> bool:
     """Set the rollout's time `flag` (and `changes`) while it is on the canary and the flag unset: True the
-    first time only (the flag makes its notice due: _announce)."""
+    first time only (the flag makes its notice due: rollout_notices.announce)."""
     return deps.state.update_if(_pk(deps), ROLLOUT + str(version),
                                 RolloutRecord.changes(**{flag: _now(deps)}, **changes),
                                 RolloutRecord.changes(stage=CANARY, **{flag: None}))
@@ -616,295 +472,8 @@ def start_fleet(record: RolloutRecord, deps: RolloutDeps) -> str:
     deployment = _deploy(deps.fleet_group, f"nacelle-{g}-v{version}-fleet", record.components,
                          f"{g}:{version}:fleet", deps)
     _own(deployment, version, FLEET, deps)
-    _set_fleet(version, record.components, deployment, "promotion", deps)
+    set_fleet(version, record.components, deployment, "promotion", deps)
     deps.state.update_if(pk, ROLLOUT + str(version),
                          RolloutRecord.changes(fleet_deployment_id=deployment, fleet_things=things),
                          RolloutRecord.changes(stage=FLEET, fleet_deployment_id=""))
     return deployment
-
-
-def _set_fleet(version: int, components: Mapping[str, Any], deployment: str, kind: str, deps: RolloutDeps,
-               notice: bool = False) -> None:
-    """`notice`: the assignment owes a notice (a rollback's, sent by rollout_ops)."""
-    current = _fleet(deps)
-    if current is not None and current.deployment_id == deployment:
-        return
-    deps.state.put(_pk(deps), FLEET, FleetAssignment(
-        version, dict(components), deployment, kind, previous=current.version if current is not None else None,
-        since=_now(deps), generation=(current.generation if current is not None else 0) + 1,
-        notified=False if notice else None).to_item())
-
-
-# ------------------------------------------------------------------ 4. failure
-
-
-def _fail(record: RolloutRecord, reason: str, deps: RolloutDeps) -> Outcome:
-    """Claim the failure (stage -> failing), mark the version failed, put the thing groups still on it back on an
-    earlier version, then stage -> failed (its notice then due). A crash in between is resumed by the watchdog."""
-    version, g = record.version, deps.group
-    stage = record.stage
-    if stage == FAILING:
-        stage, reason = str(record.failed_stage), str(record.failure_reason)
-    elif not advance_stage(version, stage, FAIL, FAILING,
-                           RolloutRecord.changes(failed_stage=stage, failure_reason=reason), deps):
-        return Outcome("duplicate", f"v{version} had already left the {stage} stage")
-    deps.registry.update_metadata(g, version, {"nacelle:failed": "true",
-                                               "nacelle:failed_reason": metadata_value(reason)})
-    after = _restore(record, stage, deps)
-    if not advance_stage(version, FAILING, RESTORED, FAILED_STAGE,
-                         RolloutRecord.changes(failed_at=_now(deps), restore_note=after), deps):
-        return Outcome("duplicate", f"v{version} was already failed")
-    logger.error("rollout failed", model_version=version, stage=stage, reason=reason)
-    return Outcome("failed", reason, {"version": version, "stage": stage})
-
-
-def _restore(record: RolloutRecord, stage: str, deps: RolloutDeps) -> str:
-    """Put the thing groups that still run the failing version on the newest earlier version that may run; the
-    sentence the failure's notice says about it."""
-    version = record.version
-    groups = _groups_to_restore(version, stage, deps)
-    if not groups:
-        return "A newer rollout or a rollback has since taken over the thing groups: nothing was restored."
-    good = _restorable(version, deps)
-    if good is None:
-        outcome = _cancel_quietly(record.deployment_id(stage), deps)
-        return (f"No earlier version is approved, compiled and not failed, so nothing was restored; the {stage} "
-                f"deployment was {outcome}.")
-    ids = _put_back(good, version, groups, deps)
-    if not ids:
-        return "A newer canary took the canary group over meanwhile: it keeps it, nothing was restored."
-    which = "Both thing groups are" if len(ids) == 2 else f"The {next(iter(ids))} group is"
-    return f"{which} going back to v{good} (deployments {ids})."
-
-
-def _restore_tag(version: int) -> str:
-    return f"restore-after-{version}"
-
-
-def _groups_to_restore(version: int, stage: str, deps: RolloutDeps) -> list[str]:
-    """The fleet group after a fleet failure, while its assignment names the version (or this failure's restore, when
-    resumed); the canary group while it runs the version (_on_failing). A group a newer canary or a rollback has
-    taken over keeps what it was given."""
-    groups = []
-    fleet = _fleet(deps)
-    if stage == FLEET and fleet is not None and (fleet.version == version or fleet.kind == _restore_tag(version)):
-        groups.append(FLEET)
-    canary = _canary(deps)
-    if canary is None:  # the first start was interrupted before naming itself
-        groups += [CANARY] if stage == CANARY else []
-    elif _on_failing(canary, version, deps):
-        groups.append(CANARY)
-    return groups
-
-
-def _on_failing(canary: CanaryAssignment, version: int, deps: RolloutDeps) -> bool:
-    """The canary assignment still stands for the failing version: it names it, or an older version's canary (the
-    failing start was interrupted before naming itself), or this failure's restore (a resumed failure)."""
-    if canary.version == version:
-        return True
-    owner = _owner(canary.deployment_id, deps)
-    stage = owner.stage if owner is not None else ""
-    return stage == _restore_tag(version) or (canary.version < version and stage == CANARY)
-
-
-def _restorable(version: int, deps: RolloutDeps) -> int | None:
-    """The newest earlier version that may run again: approved, not marked failed, compiled (as rollback_to asks)."""
-    for model in sorted(deps.registry.list(deps.group), key=lambda m: m.version, reverse=True):
-        if (model.version < version and model.status == "Approved" and not model.failed
-                and deps.store.exists(manifest_key(deps.group, model.version))):
-            return model.version
-    return None
-
-
-def _put_back(good: int, version: int, groups: list[str], deps: RolloutDeps) -> dict[str, str]:
-    """Deploy `good` to each group; the tokens name the failure and the group, so a resumed failure makes the same
-    deployments. The groups' deployments that stand (not the canary's when a newer canary took it meanwhile)."""
-    g, tag = deps.group, _restore_tag(version)
-    ensure_model_component(deps.store, deps.greengrass, g, good)  # it may never have been deployed
-    ensure_detector_component(deps.store, deps.greengrass, deps.detector_version)
-    components = deployment_components(good, deps.detector_version, deps.detector_configuration)
-    ids = {}
-    for which in groups:
-        group_name = deps.canary_group if which == CANARY else deps.fleet_group
-        ids[which] = _deploy(group_name, f"nacelle-{g}-v{good}-{tag}-{which}", components,
-                             f"{g}:{good}:{tag}:{which}", deps)
-        _own(ids[which], good, tag, deps)
-    if FLEET in ids:
-        _set_fleet(good, components, ids[FLEET], tag, deps)
-    if CANARY in ids and not _canary_back(good, ids[CANARY], version, deps):
-        del ids[CANARY]
-    return ids
-
-
-def _canary_back(good: int, deployment: str, version: int, deps: RolloutDeps) -> bool:
-    """Name the restore in the canary assignment, conditionally on the one read (True when it does): a newer canary
-    that took the group meanwhile keeps it, and since the restore went out over it, that canary is deployed again."""
-    current = _canary(deps)
-    if current is None or current.deployment_id == deployment:
-        return True
-    if _on_failing(current, version, deps) and deps.state.update_if(
-            _pk(deps), CANARY, CanaryAssignment(good, deployment).to_item(),
-            CanaryAssignment.changes(version=current.version, deployment_id=current.deployment_id)):
-        return True
-    taken = _canary(deps)
-    if taken is not None:
-        _keep_on_canary(taken.version, deps)
-    return False
-
-
-def deploy_both(version: int, tag: str, deps: RolloutDeps) -> dict[str, str]:
-    """An operator's rollback: the same components to both thing groups at once; tokens carry the tag. The fleet
-    assignment then owes its notice (rollout_ops)."""
-    g = deps.group
-    components = deployment_components(version, deps.detector_version, deps.detector_configuration)
-    ids = {}
-    for stage, group_name in ((CANARY, deps.canary_group), (FLEET, deps.fleet_group)):
-        ids[stage] = _deploy(group_name, f"nacelle-{g}-v{version}-{tag}-{stage}", components,
-                             f"{g}:{version}:{tag}:{stage}", deps)
-        _own(ids[stage], version, tag, deps)
-    _set_fleet(version, components, ids[FLEET], tag, deps, notice=True)
-    deps.state.put(_pk(deps), CANARY, CanaryAssignment(version, ids[CANARY]).to_item())
-    return ids
-
-
-def _cancel_quietly(deployment_id: str, deps: RolloutDeps) -> str:
-    if not deployment_id:
-        return "not created yet"
-    try:
-        deps.greengrass.cancel_deployment(deployment_id)
-    except (Conflict, NotFound):
-        return "already finished"
-    return "canceled"
-
-
-def _evaluate_put_back(owner: DeploymentRecord, thing: str, status: str, reason: str, deps: RolloutDeps) -> Outcome:
-    """A restore's or a rollback's deployment has no stage to advance, but a device that fails it may stay on a version
-    nobody chose: the first failure is kept on the deployment's record (its notice then due)."""
-    if status not in FAILED_EXECUTION:
-        return Outcome("recorded", f"{thing}: {owner.deployment_id} {status} ({owner.stage}, v{owner.version})")
-    failure = f"{thing} reported {status}{f': {reason}' if reason else ''}"
-    if not deps.state.update_if(_pk(deps), DEPLOYMENT + owner.deployment_id, DeploymentRecord.changes(failure=failure),
-                                DeploymentRecord.changes(failure=None)):
-        return Outcome("recorded", f"{thing}: {owner.deployment_id} {status} (a failure was recorded before)")
-    logger.error("restore or rollback deployment failed", deployment_id=owner.deployment_id, stage=owner.stage,
-                 failure=failure)
-    return Outcome("alerted", f"the {owner.stage} deployment {owner.deployment_id} of v{owner.version}: {failure}",
-                   {"version": owner.version, "deployment_id": owner.deployment_id})
-
-
-def _announce_put_back(owner: DeploymentRecord | None, deps: RolloutDeps) -> None:
-    """The notice of a failed restore or rollback deployment, at least once: noted after the publish."""
-    if owner is None or not owner.failure or owner.notified:
-        return
-    what = "rollback" if owner.stage.startswith("rollback-") else "restore"
-    deps.notifier.publish(
-        "approvals", f"{deps.group}: the {what} to v{owner.version} failed on a device",
-        f"{owner.failure} for deployment {owner.deployment_id} ({owner.stage}), which puts v{owner.version} back on "
-        f"its thing group. That device may still run the version it had before (Greengrass rolls a failed deployment "
-        f"back). Check it, then roll back again with nacelle fleet rollback --to <version>.",
-        {"model_version": str(owner.version), "status": f"{what}-failed", "deployment_id": owner.deployment_id})
-    deps.state.update_if(_pk(deps), DEPLOYMENT + owner.deployment_id, DeploymentRecord.changes(notified=True),
-                         DeploymentRecord.changes(notified=None))
-
-
-# ------------------------------------------------------------------ 5. notices
-
-Notice = tuple[str, str, dict[str, str]]  # subject, message, attributes
-
-
-def _due(record: RolloutRecord) -> list[str]:
-    """The notices the record calls for, in the order they happen; one that no longer applies (the hold of a canary
-    that has moved on since, say) is not due."""
-    stage = record.stage
-    due = {"waiting": stage == WAITING,
-           "held": stage == CANARY and record.canary_passed_at is not None,
-           "not-promoted": stage == CANARY and record.promotion_refused_at is not None,
-           "fleet": bool(record.fleet_deployment_id) and stage not in (SUPERSEDED, lifecycle.CANCELED),
-           "stuck-canary": stage == CANARY and bool(record.stuck_reported_canary),
-           "stuck-fleet": stage == FLEET and bool(record.stuck_reported_fleet),
-           "done": stage == lifecycle.DONE,
-           "failed": stage == FAILED_STAGE}
-    return [kind for kind, is_due in due.items() if is_due]
-
-
-def _announce(record: RolloutRecord | None, deps: RolloutDeps) -> None:
-    """Send each notice the record calls for that `notified` does not name, then name it there: a publish that fails
-    leaves it due for the next delivery or watchdog check (at least once; a concurrent delivery may repeat one)."""
-    if record is None or record.notified is None:  # stored before notices were noted: it sent all it would
-        return
-    for kind in _due(record):
-        if kind not in (record.notified or ()):
-            subject, message, attributes = NOTICES[kind](record, deps)
-            deps.notifier.publish("approvals", subject, message, attributes)
-            logger.info("rollout notice sent", model_version=record.version, notice=kind)
-            record = _noted(record, kind, deps)
-
-
-def _noted(record: RolloutRecord, kind: str, deps: RolloutDeps) -> RolloutRecord:
-    """Add `kind` to the record's `notified`, conditionally on the list read (read again when it changed)."""
-    for _ in range(5):
-        sent = record.notified or ()
-        if kind in sent:
-            return record
-        if deps.state.update_if(_pk(deps), ROLLOUT + str(record.version), RolloutRecord.changes(notified=(*sent, kind)),
-                                RolloutRecord.changes(notified=sent)):
-            return replace(record, notified=(*sent, kind))
-        record = _rollout(record.version, deps) or record
-    raise Conflict(f"v{record.version}: its notices kept changing while {kind} was noted")
-
-
-def _waiting_notice(r: RolloutRecord, deps: RolloutDeps) -> Notice:
-    return (f"{deps.group} v{r.version} waits for devices",
-            f"v{r.version} is approved and compiled, but thing group {deps.canary_group} has no device. The rollout "
-            f"starts by itself when a device joins it.", {"model_version": str(r.version), "status": WAITING})
-
-
-def _held_notice(r: RolloutRecord, deps: RolloutDeps) -> Notice:
-    v = r.version
-    return (f"{deps.group} v{v} passed the canary: approve it to roll it out to the fleet",
-            f"Every canary device served v{v} for at least {deps.soak_s:.0f} s ({dict(r.readiness)}). v{v} was "
-            f"approved automatically for the canary group only, so it stays there: promote it to {deps.fleet_group} "
-            f"with nacelle models approve {v} --reason \"...\" (or Approve in the console); roll the canary back with "
-            f"nacelle fleet rollback.", {"model_version": str(v), "status": "held"})
-
-
-def _not_promoted_notice(r: RolloutRecord, deps: RolloutDeps) -> Notice:
-    v, now = r.version, r.refused_status or "no longer approved"
-    return (f"{deps.group} v{v} soaked on the canary but is {now}: not promoted",
-            f"v{v} is {now}{' and marked failed' if r.refused_failed else ''}, so it is not deployed to "
-            f"{deps.fleet_group}. The canary group still runs it: roll it back with nacelle fleet rollback --to "
-            f"<version>, or approve v{v} again to promote it.", {"model_version": str(v), "status": "not-promoted"})
-
-
-def _fleet_notice(r: RolloutRecord, deps: RolloutDeps) -> Notice:
-    v = r.version
-    return (f"{deps.group} v{v} passed the canary: deploying to the fleet",
-            f"Every canary device served v{v} for at least {deps.soak_s:.0f} s ({dict(r.readiness)}). Fleet "
-            f"deployment: {r.fleet_deployment_id}.", {"model_version": str(v), "status": "fleet"})
-
-
-def _stuck_notice(stage: str, r: RolloutRecord, deps: RolloutDeps) -> Notice:
-    v, deployment = r.version, r.deployment_id(stage)
-    note = {CANARY: r.stuck_note_canary, FLEET: r.stuck_note_fleet}[stage] or "is still in progress"
-    return (f"{deps.group} v{v}: {stage} deployment stuck in progress",
-            f"Deployment {deployment} {note}. Check the devices' connectivity and Greengrass logs; cancel it if "
-            f"needed.", {"model_version": str(v), "status": "stuck", "stage": stage, "deployment_id": deployment})
-
-
-def _done_notice(r: RolloutRecord, deps: RolloutDeps) -> Notice:
-    return (f"{deps.group} v{r.version} is on the whole fleet",
-            f"Every device of {deps.fleet_group} completed deployment {r.fleet_deployment_id}.",
-            {"model_version": str(r.version), "status": "done"})
-
-
-def _failed_notice(r: RolloutRecord, deps: RolloutDeps) -> Notice:
-    v, stage = r.version, str(r.failed_stage)
-    return (f"Rollout of {deps.group} v{v} failed in the {stage}",
-            f"{r.failure_reason}\n\nv{v} is marked failed in the registry (nacelle:failed=true) and will never be the "
-            f"champion. {r.restore_note or ''}".rstrip(), {"model_version": str(v), "status": "failed", "stage": stage})
-
-
-NOTICES: dict[str, Callable[[RolloutRecord, RolloutDeps], Notice]] = {
-    "waiting": _waiting_notice, "held": _held_notice, "not-promoted": _not_promoted_notice, "fleet": _fleet_notice,
-    "stuck-canary": partial(_stuck_notice, CANARY), "stuck-fleet": partial(_stuck_notice, FLEET),
-    "done": _done_notice, "failed": _failed_notice}

@@ -17,6 +17,21 @@ from shared.usecases.approval_scope import fleet_approved
 from shared.usecases.lifecycle import CANCEL, CANCELED, NEWER_VERSION, ROLLBACK, SUPERSEDED
 from shared.usecases.outcome import Outcome
 from shared.usecases.rollout import (
+    _evaluate_execution,
+    _execution,
+    _maybe_done,
+    _newer_rollout,
+    _record_execution,
+    _settle_canary,
+    _start_canary,
+    _try_promote,
+    readiness,
+    start_fleet,
+)
+from shared.usecases.rollout_components import ensure_detector_component, ensure_model_component, manifest_key
+from shared.usecases.rollout_failure import deploy_both, fail
+from shared.usecases.rollout_notices import announce, due
+from shared.usecases.rollout_state import (
     ACTIVE_STAGES,
     AHEAD,
     CANARY,
@@ -26,31 +41,16 @@ from shared.usecases.rollout import (
     TERMINAL_EXECUTION,
     WAITING,
     RolloutDeps,
-    _announce,
     _canary,
-    _due,
-    _evaluate_execution,
-    _execution,
-    _fail,
     _fleet,
-    _keep_on_canary,
-    _maybe_done,
-    _newer_rollout,
     _now,
     _owner,
     _pk,
-    _record_execution,
     _rollout,
-    _settle_canary,
-    _start_canary,
-    _try_promote,
     advance_stage,
-    deploy_both,
-    readiness,
+    keep_on_canary,
     schedule_check,
-    start_fleet,
 )
-from shared.usecases.rollout_components import ensure_detector_component, ensure_model_component, manifest_key
 
 
 def on_rollout_check(group: str, version: int, deps: RolloutDeps) -> Outcome:
@@ -58,9 +58,9 @@ def on_rollout_check(group: str, version: int, deps: RolloutDeps) -> Outcome:
         return Outcome("ignored", f"group {group} is not {deps.group}")
     correlate(model_version=version)
     record = _noting(_rollout(version, deps), deps)
-    _announce(record, deps)
+    announce(record, deps)
     outcome = _check(version, record, deps)
-    _announce(_rollout(version, deps), deps)
+    announce(_rollout(version, deps), deps)
     return outcome
 
 
@@ -68,7 +68,7 @@ def _noting(record: RolloutRecord | None, deps: RolloutDeps) -> RolloutRecord | 
     """A record stored before notices were noted starts noting them here, as having sent all those due now."""
     if record is None or record.notified is not None:
         return record
-    deps.state.update_if(_pk(deps), ROLLOUT + str(record.version), RolloutRecord.changes(notified=_due(record)),
+    deps.state.update_if(_pk(deps), ROLLOUT + str(record.version), RolloutRecord.changes(notified=due(record)),
                          RolloutRecord.changes(notified=None))
     return _rollout(record.version, deps)
 
@@ -82,7 +82,7 @@ def _check(version: int, record: RolloutRecord | None, deps: RolloutDeps) -> Out
             return Outcome("ignored", f"v{version} no longer waits: v{max(newer)} came after it")
         return _start_canary(version, deps)
     if record is not None and record.stage == FAILING:  # a failure interrupted mid-way
-        return _fail(record, str(record.failure_reason), deps)
+        return fail(record, str(record.failure_reason), deps)
     if record is not None and record.stage == FLEET and not record.fleet_deployment_id:
         start_fleet(record, deps)  # a promotion interrupted mid-way
         record = _rollout(version, deps)
@@ -108,7 +108,7 @@ def _check(version: int, record: RolloutRecord | None, deps: RolloutDeps) -> Out
                     return outcome
     record = _rollout(version, deps) or record
     if stage == CANARY:
-        _keep_on_canary(version, deps)  # an older start or restore racing it may have deployed over it
+        keep_on_canary(version, deps)  # an older start or restore racing it may have deployed over it
         record = _widened(_rollout(version, deps) or record, deps)
         promoted = _try_promote(record, deps)
         if promoted is not None and promoted.action != "held":
@@ -116,9 +116,9 @@ def _check(version: int, record: RolloutRecord | None, deps: RolloutDeps) -> Out
         if promoted is None and record.canary_passed_at is None \
                 and _now(deps) > record.started_at(CANARY) + deps.canary_timeout_s:
             soaked = readiness(record, deps)
-            return _fail(record, f"the canary showed no readiness within {deps.canary_timeout_s:.0f} s "
-                                 f"(seconds soaked on v{version} per device: {soaked}; {deps.soak_s:.0f} s needed)",
-                         deps)
+            return fail(record, f"the canary showed no readiness within {deps.canary_timeout_s:.0f} s "
+                                f"(seconds soaked on v{version} per device: {soaked}; {deps.soak_s:.0f} s needed)",
+                        deps)
     elif (done := _maybe_done(record, deps)) is not None:
         return done
     _report_stuck(record, stage, deployment, things, deps)

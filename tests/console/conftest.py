@@ -18,7 +18,7 @@ from services.console.app import app, handle
 from shared.records import DeploymentRecord
 from shared.usecases import state_keys as sk
 from shared.usecases.operator import OperatorDeps
-from shared.usecases.rollout import DEPLOYMENT
+from shared.usecases.rollout_state import DEPLOYMENT
 
 OPERATOR = "arn:aws:iam::123456789012:user/erin"
 SAME_ORIGIN = {"x-nacelle-console": "1", "origin": "http://console.test", "host": "console.test",

@@ -183,7 +183,7 @@ def deploy(stack, group: str, version: int, stage: str) -> str:
     from shared.components import component_version
     from shared.records import DeploymentRecord
     from shared.usecases import state_keys as sk
-    from shared.usecases.rollout import DEPLOYMENT
+    from shared.usecases.rollout_state import DEPLOYMENT
 
     gg = stack.greengrass
     gg.ensure_thing_group(group)
@@ -341,24 +341,26 @@ def test_alerts_show_reads_as_the_operator_got_it(tmp_path, capsys):
     home = tmp_path / "home"
     deps = stack_at(home).alert_deps()
     now = time.time()
-    row = {"v": 2, "kind": "open", "episode_id": "e1", "turbine_id": "turbine-02", "features": ["rps"], "score": 3.2,
+    row = {"v": 2, "kind": "open", "episode_id": "turbine-02-1", "turbine_id": "turbine-02", "features": ["rps"],
+           "score": 3.2,
            "contributions": {"rps": 0.7, "voltage": 0.25, "yaw": 0.05}, "missing": [], "started_at": now - 60,
            "opened_at": now - 50, "last_flagged_at": now - 40, "ended_at": None, "model_version": 1, "seq": 1,
            "thing_name": "turbine-02", "received_at": int(now * 1000), "client_id": "turbine-02"}
     on_anomaly(validate(EpisodeRow, row), deps)
-    acknowledge("episode:turbine-02:e1", "bob", deps, verdict="fault", note="bearing noise")
+    acknowledge("episode:turbine-02:turbine-02-1", "bob", deps, verdict="fault", note="bearing noise")
     capsys.readouterr()
-    assert main(["--data-dir", str(home), "alerts", "show", "episode:turbine-02:e1"]) == 0
+    assert main(["--data-dir", str(home), "alerts", "show", "episode:turbine-02:turbine-02-1"]) == 0
     out = capsys.readouterr().out
     for wanted in ("turbine       turbine-02", "severity      high", "status        open",
                    "top features  rps (70 %), voltage (25 %), yaw (5 %)", "notifications:",
-                   "    [HIGH] turbine-02: score 3.2x threshold", "    | Turbine turbine-02: anomaly episode e1",
+                   "    [HIGH] turbine-02: score 3.2x threshold",
+                   "    | Turbine turbine-02: anomaly episode turbine-02-1",
                    "acknowledgements:", "bob, verdict fault"):
         assert wanted in out
     assert "bearing noise" in out and "first_seen_at" not in out and "rev" not in out.split()
     started = next(line for line in out.splitlines() if line.startswith("started"))
     assert started.split()[1].endswith("Z") and "T" in started.split()[1]
-    assert main(["--data-dir", str(home), "alerts", "show", "episode:turbine-02:e1", "--json"]) == 0
+    assert main(["--data-dir", str(home), "alerts", "show", "episode:turbine-02:turbine-02-1", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["started_at"].endswith("Z") and doc["first_seen_at"].endswith("Z")  # never epoch numbers
     assert doc["notifications"][0]["kind"] == "alert" and doc["notifications"][0]["message"].startswith("Turbine")
@@ -382,16 +384,16 @@ def test_alerts_show_links_an_episode_carried_on_after_a_model_change(tmp_path, 
             "last_flagged_at": started + 10, "ended_at": None, "model_version": 1, "seq": seq,
             "thing_name": "turbine-02", "received_at": int(now * 1000), "client_id": "turbine-02"})
 
-    on_anomaly(row("open", "e1", now - 60, 1), deps)
-    on_anomaly(row("interrupt", "e1", now - 60, 2), deps)  # the model changed while the condition went on
-    on_anomaly(row("open", "e2", now - 20, 1), deps)
+    on_anomaly(row("open", "turbine-02-1", now - 60, 1), deps)
+    on_anomaly(row("interrupt", "turbine-02-1", now - 60, 2), deps)  # the model changed while the condition went on
+    on_anomaly(row("open", "turbine-02-2", now - 20, 1), deps)
     capsys.readouterr()
-    assert main(["--data-dir", str(home), "alerts", "show", "episode:turbine-02:e2"]) == 0
+    assert main(["--data-dir", str(home), "alerts", "show", "episode:turbine-02:turbine-02-2"]) == 0
     out = capsys.readouterr().out
-    assert "notified in   episode:turbine-02:e1 (this episode carries that interrupted one on)" in out
+    assert "notified in   episode:turbine-02:turbine-02-1 (this episode carries that interrupted one on)" in out
     assert "  alert continued" in out and "[HIGH]" not in out  # no alert of its own
-    assert main(["--data-dir", str(home), "alerts", "show", "episode:turbine-02:e1"]) == 0
-    assert "carried on by episode e2" in capsys.readouterr().out
+    assert main(["--data-dir", str(home), "alerts", "show", "episode:turbine-02:turbine-02-1"]) == 0
+    assert "carried on by episode turbine-02-2" in capsys.readouterr().out
 
 
 def test_data_status_reads_the_retraining_policy(tmp_path, capsys):

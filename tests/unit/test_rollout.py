@@ -24,8 +24,9 @@ from shared.errors import ConfigurationError, Conflict, DataError
 from shared.messages import HealthRow, validate
 from shared.usecases.approval import reject
 from shared.usecases.intake import REJECTED
-from shared.usecases.rollout import RolloutDeps, on_health
+from shared.usecases.rollout import on_health
 from shared.usecases.rollout_ops import cancel, on_rollout_check, rollback_to
+from shared.usecases.rollout_state import RolloutDeps
 from tests.fakes import Clock, MemoryRegistry, MemoryState, MemoryStore, RecordingEvents, RecordingNotifier
 
 GROUP = "nacelle-turbine"

@@ -13,7 +13,8 @@ from nacelle.commands import source_cell, source_note
 from shared.messages import BadMessage, HealthRow, validate
 from shared.records import DeviceRecord, load
 from shared.source_status import source_status
-from shared.usecases.rollout import DEVICES_PK, on_health
+from shared.usecases.rollout import on_health
+from shared.usecases.rollout_state import DEVICES_PK
 from tests.unit.test_rollout import Harness
 
 T = 1_780_000_000.0

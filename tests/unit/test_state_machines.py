@@ -31,9 +31,9 @@ from shared.usecases.compilation import (
     retry_compile,
 )
 from shared.usecases.registration import RegistrationDeps, on_training_finished
-from shared.usecases.rollout import ROLLOUT
 from shared.usecases.rollout_components import manifest_key
 from shared.usecases.rollout_ops import cancel, rollback_to
+from shared.usecases.rollout_state import ROLLOUT
 from tests.fakes import FakeCompile, MemoryRegistry, MemoryState
 from tests.unit.test_registration import metrics, model_tar, running_job
 from tests.unit.test_rollout import CANARY as CANARY_GROUP

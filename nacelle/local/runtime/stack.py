@@ -47,7 +47,7 @@ from shared.usecases.compilation import CompileDeps
 from shared.usecases.drift import BaselineCache, DriftDeps, DriftPolicy
 from shared.usecases.registration import RegistrationDeps
 from shared.usecases.retraining import ArrivalDeps, RetrainPolicy
-from shared.usecases.rollout import RolloutDeps
+from shared.usecases.rollout_state import RolloutDeps
 
 DEFAULT_HOME = Path(".nacelle")
 
