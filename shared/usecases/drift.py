@@ -22,9 +22,9 @@ Every period, judged or not, also goes to the turbine's recent periods (turbine_
 console's timeline draws.
 
 Retraining: a drifting turbine has an entry in the small index pk "drift-open" (what is drifting now, never the
-history), with its latest judged period. When one of them has drifted for `retrain_after_s` (sample time, never
-later than the broker's clock), at most once per period and version, the policy counts the turbines of the index
-drifting that long with the same model version and judged within RECENT_S; with at least `retrain_turbines` of them
+history), with its latest judged period. When one of them has drifted for `retrain_after_s` (sample time), at most
+once per period and version, the policy counts the turbines of the index drifting that long with the same model
+version and judged within RECENT_S; with at least `retrain_turbines` of them
 and `retrain_min_captured_hours` of normal data captured on them since their drift began (raw/capture/, the span of
 the files' rows), it asks for a retrain check once per model version and tells the operators at least once (the
 existing debounced retraining policy then trains on every accepted file: the history plus the captured data).
