@@ -186,7 +186,8 @@ def add_device_commands(aws: Any, common: argparse.ArgumentParser) -> None:
 
     p = aws.add_parser("decommission-device", parents=[common], help="retire a core device for good",
                        description="Deactivate and delete its certificates, delete the thing and the Greengrass core "
-                                   "device. Its data, alerts and history stay.")
+                                   "device. Its data, alerts and history stay. An interrupted run is finished by "
+                                   "running it again.")
     p.add_argument("name", metavar="NAME", help="the thing name of the core device to retire")
     stack_options(p, stack=False)
     p.set_defaults(func=aws_errors(cmd_decommission_device))

@@ -16,6 +16,9 @@ finished by running it again.
 
 Re-running without `--rotate` issues nothing: an active certificate of the journal is kept, an `issued` one is
 finished. A certificate the journal calls active that is no longer ACTIVE was revoked: only `--rotate` goes on.
+An active certificate of the thing that the journal neither names nor replaces is refused, before and after the
+certificate steps: only `--rotate` (which replaces it) or decommissioning goes on. provision-device never marks a
+thing claimable (docs/devices.md): a thing it created is never the fleet-provisioning hook's to hand out.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from nacelle import device_bundle as bundle
 from nacelle.console import iso, table
 from shared.devices import certificate_id, check_thing_name
 from shared.errors import AdapterError, ConfigurationError
+from shared.usecases.provisioning import CLAIMABLE_ATTRIBUTE
 
 JOURNAL = "bundle.json"
 CERTIFICATES = "certificates"
@@ -173,13 +177,34 @@ def _principals(iot: Any, thing: str) -> dict[str, str]:
     return out
 
 
-def _status(iot: Any, cert_id: str) -> str | None:
+def _certificate(iot: Any, cert_id: str) -> dict[str, Any] | None:
+    """The certificate's description (status, certificateArn, ...); None when it was deleted."""
     try:
-        return str(iot.describe_certificate(certificateId=cert_id)["certificateDescription"]["status"])
+        return dict(iot.describe_certificate(certificateId=cert_id)["certificateDescription"])
     except client_error() as exc:
         if error_code(exc) == "ResourceNotFoundException":
             return None
         raise AdapterError(f"IoT DescribeCertificate {cert_id[:12]}... failed: {error_code(exc)}") from exc
+
+
+def _status(iot: Any, cert_id: str) -> str | None:
+    described = _certificate(iot, cert_id)
+    return None if described is None else str(described["status"])
+
+
+def _active(iot: Any, attached: Mapping[str, str]) -> dict[str, str]:
+    return {c: arn for c, arn in attached.items() if _status(iot, c) == "ACTIVE"}
+
+
+def _refuse_foreign(thing: str, active: Mapping[str, str], journal: Journal) -> None:
+    """An active certificate of the thing that this bundle neither issued nor replaces: someone else can speak as
+    the turbine (another --out, a claim, a hand-made one). Never finished over silently."""
+    foreign = sorted(set(active) - {journal.certificate_id} - set(journal.replaces))
+    if foreign:
+        raise ConfigurationError(f"thing {thing} also holds active certificate(s) {', '.join(foreign)}, which this "
+                                 f"bundle did not issue: `nacelle aws decommission-device {thing}` retires the thing "
+                                 f"and every certificate of it; --rotate issues a new certificate and deactivates "
+                                 f"them")
 
 
 def _attach(iot: Any, stack: StackDevices, thing: str, arn: str) -> None:
@@ -227,11 +252,13 @@ def provision_device(iot: Any, stack: StackDevices, points: bundle.Endpoints, th
     _ensure_thing(iot, thing)
     _ensure_group(iot, stack, thing, role)
     attached = _principals(iot, thing)
-    active = {c: arn for c, arn in attached.items() if _status(iot, c) == "ACTIVE"}
+    active = _active(iot, attached)
 
     issued = False
-    if journal is not None and journal.state == "issued":
-        pass  # a run killed before the certificate was active: finish it (with --rotate too)
+    if journal is not None and journal.state == "issued":  # a run killed before the certificate was active: finish it
+        if rotate:  # and, asked to, replace whatever else became active meanwhile
+            journal.replaces = sorted((set(journal.replaces) | set(active)) - {journal.certificate_id})
+            journal.write(directory)
     elif rotate or (journal is None and not active):
         journal = _issue(iot, directory, thing, role, sorted(active))
         issued = True
@@ -245,6 +272,7 @@ def provision_device(iot: Any, stack: StackDevices, points: bundle.Endpoints, th
         attached_text = "" if journal.certificate_id in attached else ", not attached to the thing"
         raise ConfigurationError(f"certificate {journal.certificate_id[:12]}... of {directory} is {status}"
                                  f"{attached_text} (revoked or rotated elsewhere): --rotate issues a new one")
+    _refuse_foreign(thing, active, journal)
 
     if journal.state == "issued":  # attach first, activate last: never an active certificate without its policy
         _attach(iot, stack, thing, journal.certificate_arn)
@@ -253,6 +281,8 @@ def provision_device(iot: Any, stack: StackDevices, points: bundle.Endpoints, th
         journal.write(directory)
     else:
         iot.attach_policy(policyName=stack.policy, target=journal.certificate_arn)  # still there (a no-op if so)
+    # Again now: one attached while this run held the thing without an active certificate is caught here.
+    _refuse_foreign(thing, _active(iot, _principals(iot, thing)), journal)
     retired = []
     for old in journal.replaces:
         if old != journal.certificate_id:
@@ -376,26 +406,83 @@ def devices_table(rows: list[dict[str, Any]], width: int = TABLE_WIDTH) -> str:
 
 
 # -- decommissioning ------------------------------------------------------------------------------------
-def decommission_device(iot: Any, greengrass: Any, thing: str) -> list[str]:
-    """Deactivate and delete every certificate of the thing, delete the thing and its Greengrass core device.
-    Idempotent: what is already gone is skipped. Returns what was done."""
-    done: list[str] = []
+# The certificate ids a run works through are written on the thing before anything is detached from it: once a
+# certificate is detached, ListThingPrincipals no longer finds it, and a run killed there would leave it behind.
+# Each certificate then goes inactive, loses its policies, leaves the thing and is deleted, every step a no-op when
+# already done; the thing goes last, so whatever a killed run left, the next run still finds through it.
+DECOMMISSION_ATTRIBUTE = "nacelle_decommission"
+RECORDED_IDS = 12  # an attribute value holds 800 characters: 12 ids of 64 and their commas
+
+
+def _thing_attributes(iot: Any, thing: str) -> dict[str, str] | None:
     try:
-        principals = _principals(iot, thing)
+        return {str(k): str(v) for k, v in iot.describe_thing(thingName=thing).get("attributes", {}).items()}
     except client_error() as exc:
         if error_code(exc) != "ResourceNotFoundException":
-            raise AdapterError(f"IoT ListThingPrincipals {thing} failed: {error_code(exc)}") from exc
-        principals = {}
-    for cert_id, arn in sorted(principals.items()):
+            raise AdapterError(f"IoT DescribeThing {thing} failed: {error_code(exc)}") from exc
+        return None
+
+
+def _record(iot: Any, thing: str, cert_ids: list[str]) -> None:
+    # "" removes an attribute: the claimable mark goes too, so a thing being emptied is never claimed.
+    attributes = {DECOMMISSION_ATTRIBUTE: ",".join(cert_ids), CLAIMABLE_ATTRIBUTE: ""}
+    iot.update_thing(thingName=thing, attributePayload={"attributes": attributes, "merge": True})
+
+
+def _next_batch(iot: Any, thing: str) -> list[str]:
+    """The certificate ids an earlier run recorded, or else (recorded now) up to RECORDED_IDS of those still
+    attached; [] when the thing is gone or has none left."""
+    attributes = _thing_attributes(iot, thing)
+    if attributes is None:
+        return []
+    recorded = [c for c in attributes.get(DECOMMISSION_ATTRIBUTE, "").split(",") if c]
+    if recorded:
+        return recorded
+    batch = sorted(_principals(iot, thing))[:RECORDED_IDS]
+    if batch:
+        _record(iot, thing, batch)
+    return batch
+
+
+def _ignore_not_found(call: Any, **kwargs: Any) -> None:
+    try:
+        call(**kwargs)
+    except client_error() as exc:  # already done by an earlier, interrupted run
+        if error_code(exc) != "ResourceNotFoundException":
+            raise
+
+
+def _remove_certificate(iot: Any, thing: str, cert_id: str) -> str | None:
+    """Deactivate, detach its policies, detach it from the thing, delete it (kept, inactive, when another thing
+    still holds it). None when an earlier run already deleted it."""
+    described = _certificate(iot, cert_id)
+    if described is None:
+        return None
+    arn = str(described["certificateArn"])
+    if described["status"] not in ("INACTIVE", "REVOKED"):
         iot.update_certificate(certificateId=cert_id, newStatus="INACTIVE")
-        iot.detach_thing_principal(thingName=thing, principal=arn)
-        for policy in _paginate(iot, "list_attached_policies", "policies", target=arn):
-            iot.detach_policy(policyName=policy["policyName"], target=arn)
-        if not _paginate(iot, "list_principal_things", "things", principal=arn):  # shared with nothing else
-            iot.delete_certificate(certificateId=cert_id, forceDelete=False)
-            done.append(f"certificate {cert_id[:12]}... deleted")
-        else:
-            done.append(f"certificate {cert_id[:12]}... deactivated (attached to other things too)")
+    for policy in _paginate(iot, "list_attached_policies", "policies", target=arn):
+        _ignore_not_found(iot.detach_policy, policyName=policy["policyName"], target=arn)
+    _ignore_not_found(iot.detach_thing_principal, thingName=thing, principal=arn)
+    if _paginate(iot, "list_principal_things", "things", principal=arn):  # shared with another thing
+        return f"certificate {cert_id[:12]}... deactivated (attached to other things too)"
+    _ignore_not_found(iot.delete_certificate, certificateId=cert_id, forceDelete=False)
+    return f"certificate {cert_id[:12]}... deleted"
+
+
+def decommission_device(iot: Any, greengrass: Any, thing: str) -> list[str]:
+    """Deactivate and delete every certificate of the thing, delete the thing and its Greengrass core device.
+    Idempotent: what is already gone is skipped, and a run killed anywhere is finished by the next. Returns what
+    was done."""
+    done: list[str] = []
+    finished: set[str] = set()
+    while batch := _next_batch(iot, thing):
+        if finished.issuperset(batch):
+            raise AdapterError(f"thing {thing} still holds certificate(s) {', '.join(batch)} after they were "
+                               f"detached: run decommission-device again")
+        done += [line for c in batch if (line := _remove_certificate(iot, thing, c)) is not None]
+        finished |= set(batch)
+        _record(iot, thing, [])
     try:
         iot.delete_thing(thingName=thing)
         done.append(f"thing {thing} deleted")

@@ -263,3 +263,11 @@ class ThingRegistry(Protocol):
     def thing_certificates(self, thing_name: str) -> tuple[str, ...] | None:
         """The ids of the certificates attached to the thing (sorted); None when no such thing exists."""
         ...
+
+    def thing_attributes(self, thing_name: str) -> dict[str, str] | None:
+        """The thing's attributes; None when no such thing exists."""
+        ...
+
+    def thing_groups(self, thing_name: str) -> frozenset[str]:
+        """The names of the thing groups the thing is in; empty when no such thing exists."""
+        ...

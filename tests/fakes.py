@@ -276,13 +276,24 @@ class Clock:
 
 
 class MemoryThings:
-    """ThingRegistry: thing name -> the ids of the certificates attached to it."""
+    """ThingRegistry: thing name -> the ids of the certificates attached to it; and, of some of those things,
+    their attributes and groups."""
 
-    def __init__(self, things: Mapping[str, tuple[str, ...]] | None = None) -> None:
+    def __init__(self, things: Mapping[str, tuple[str, ...]] | None = None,
+                 attributes: Mapping[str, Mapping[str, str]] | None = None,
+                 groups: Mapping[str, frozenset[str]] | None = None) -> None:
         self.things = dict(things or {})
+        self.attributes = {k: dict(v) for k, v in (attributes or {}).items()}
+        self.groups = dict(groups or {})
         self.reads: list[str] = []
 
     def thing_certificates(self, thing_name: str) -> tuple[str, ...] | None:
         self.reads.append(thing_name)
         certificates = self.things.get(thing_name)
         return None if certificates is None else tuple(sorted(certificates))
+
+    def thing_attributes(self, thing_name: str) -> dict[str, str] | None:
+        return None if thing_name not in self.things else dict(self.attributes.get(thing_name, {}))
+
+    def thing_groups(self, thing_name: str) -> frozenset[str]:
+        return frozenset(self.groups.get(thing_name, ())) if thing_name in self.things else frozenset()

@@ -11,12 +11,18 @@ from pydantic import Field
 
 from shared import settings as defaults
 from shared.observability import logger, new_invocation, tracer
-from shared.ports import ThingRegistry
 from shared.settings import Settings
-from shared.usecases.provisioning import ProvisioningDecision, ProvisioningPolicy, ProvisioningRequest, decide
+from shared.usecases.provisioning import (
+    ProvisioningDecision,
+    ProvisioningDeps,
+    ProvisioningPolicy,
+    ProvisioningRequest,
+    decide,
+)
 
 
 class ProvisioningHookSettings(Settings):
+    state_table: str = Field(alias="NACELLE_STATE_TABLE")  # the names' reservations (partition "provisioning")
     canary_group: str = Field(alias="NACELLE_CANARY_GROUP")
     fleet_group: str = Field(alias="NACELLE_FLEET_GROUP")
     device_name_pattern: str = Field(defaults.DEVICE_NAME_PATTERN, alias="NACELLE_DEVICE_NAME_PATTERN")
@@ -30,30 +36,31 @@ class ProvisioningHookSettings(Settings):
 SETTINGS = ProvisioningHookSettings
 
 
-def handle(event: dict[str, Any], registry: ThingRegistry, policy: ProvisioningPolicy) -> dict[str, Any]:
-    """A malformed request is refused (never raised: IoT would only report a failed hook); a registry that
-    cannot be read raises, which also refuses, and the device may retry."""
+def handle(event: dict[str, Any], deps: ProvisioningDeps) -> dict[str, Any]:
+    """A malformed request is refused (never raised: IoT would only report a failed hook); a registry or table
+    that cannot be reached raises, which also refuses, and the device may retry."""
     new_invocation()
     try:
         request = ProvisioningRequest.from_event(event)
     except ValueError as exc:
         decision = ProvisioningDecision(False, f"malformed hook input: {exc}")
     else:
-        decision = decide(request, policy, registry)
+        decision = decide(request, deps)
     logger.info("provisioning_hook done", allowed=decision.allowed, reason=decision.reason,
                 thing=decision.thing_name)
     return decision.response()
 
 
 @cache
-def aws_deps() -> tuple[ThingRegistry, ProvisioningPolicy]:
+def aws_deps() -> ProvisioningDeps:
+    from shared.aws.dynamodb import DynamoStateStore
     from shared.aws.iot_registry import AwsThingRegistry
 
     s = SETTINGS.from_env()
-    return AwsThingRegistry(), s.policy()
+    return ProvisioningDeps(AwsThingRegistry(), DynamoStateStore(s.state_table), s.policy())
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return handle(event, *aws_deps())
+    return handle(event, aws_deps())

@@ -5,28 +5,37 @@ A device holding the shared claim certificate asks (RegisterThing) to become thi
 
 * the name and serial match the stack's patterns (DeviceNamePattern, DeviceSerialPattern);
 * the group is the canary or the fleet group (no other group: the claim cannot place a device anywhere else);
-* no thing of that name exists yet, or it exists without any certificate (created ahead of its device), or the
-  thing's only certificate is the very one being provisioned (the same request retried after its answer was
-  lost). Anything else would attach a new certificate to an existing turbine and let the claim holder speak as
-  it: replacing a device goes through decommissioning first (docs/devices.md), which deletes the thing, so an
-  interrupted decommissioning must be run to its end before the name is free again.
-
-The decision depends only on the request and the registry, so a redelivered request gets the same answer.
+* no thing of that name exists yet; or the thing's only certificate is the very one being provisioned (the same
+  request retried after its answer was lost); or an operator marked the thing claimable (attribute
+  `nacelle_claimable=true`), it has no certificate, and its only group is the requested one (the template keeps an
+  existing thing's groups, so the group check must hold for the thing itself). Any other existing thing is refused:
+  one created by `provision-device` has no certificate for a moment, one left by an interrupted run or
+  decommissioning has none at all, and attaching the claim holder's certificate to it would let it speak as that
+  turbine;
+* it wins the name's reservation: a conditional write of (RESERVATIONS, thing) -> certificate id in the state
+  table. Two devices asking for one new name at once both find no thing in the registry; only the first write
+  wins, and the same certificate asking again finds its own reservation. A reservation only has to outlive the
+  RegisterThing it admits (after that the registry answers), so an expired one may be taken over.
 """
 
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from shared.devices import ATTRIBUTE_VALUE, THING_NAME
 from shared.errors import ConfigurationError
-from shared.ports import ThingRegistry
+from shared.ports import StateStore, ThingRegistry
 
 THING_NAME_PARAMETER = "ThingName"
 GROUP_PARAMETER = "ThingGroupName"
 SERIAL_PARAMETER = "SerialNumber"
+CLAIMABLE_ATTRIBUTE = "nacelle_claimable"  # set by an operator only (docs/devices.md); provision-device never sets it
+RESERVATIONS = "provisioning"  # the state table's partition: sk the thing name, certificate_id the winner
+RESERVATION_S = 900.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,7 @@ class ProvisioningPolicy:
     name_pattern: str
     serial_pattern: str
     groups: frozenset[str]  # the canary and the fleet group
+    reservation_s: float = RESERVATION_S
 
     def __post_init__(self) -> None:
         for field in ("name_pattern", "serial_pattern"):
@@ -87,25 +97,73 @@ def _parameter(request: ProvisioningRequest, name: str) -> str:
     return value
 
 
-def decide(request: ProvisioningRequest, policy: ProvisioningPolicy, registry: ThingRegistry) -> ProvisioningDecision:
-    def refuse(reason: str, thing: str | None = None) -> ProvisioningDecision:
-        return ProvisioningDecision(False, reason, thing)
+@dataclass(frozen=True)
+class ProvisioningDeps:
+    registry: ThingRegistry
+    reservations: StateStore
+    policy: ProvisioningPolicy
+    clock: Callable[[], float] = time.time  # epoch seconds, as the table's TTL attribute expires_at
 
-    try:
-        thing, group, serial = (_parameter(request, p) for p in (THING_NAME_PARAMETER, GROUP_PARAMETER,
-                                                                  SERIAL_PARAMETER))
-    except ValueError as exc:
-        return refuse(str(exc))
+
+def _checked_parameters(request: ProvisioningRequest, policy: ProvisioningPolicy) -> tuple[str, str]:
+    """(thing, group) when the request's parameters are acceptable; ValueError naming the first that is not."""
+    thing, group, serial = (_parameter(request, p) for p in (THING_NAME_PARAMETER, GROUP_PARAMETER, SERIAL_PARAMETER))
     if not THING_NAME.fullmatch(thing) or not re.search(policy.name_pattern, thing):
-        return refuse(f"parameter {THING_NAME_PARAMETER}: {thing[:130]!r} does not match {policy.name_pattern}")
+        raise ValueError(f"parameter {THING_NAME_PARAMETER}: {thing[:130]!r} does not match {policy.name_pattern}")
     if not ATTRIBUTE_VALUE.fullmatch(serial) or not re.search(policy.serial_pattern, serial):
-        return refuse(f"parameter {SERIAL_PARAMETER}: {serial[:70]!r} does not match {policy.serial_pattern}", thing)
+        raise ValueError(f"parameter {SERIAL_PARAMETER}: {serial[:70]!r} does not match {policy.serial_pattern}")
     if group not in policy.groups:
-        return refuse(f"parameter {GROUP_PARAMETER}: {group[:130]!r} is not one of {sorted(policy.groups)}", thing)
+        raise ValueError(f"parameter {GROUP_PARAMETER}: {group[:130]!r} is not one of {sorted(policy.groups)}")
+    return thing, group
+
+
+def _registry_verdict(registry: ThingRegistry, thing: str, group: str, certificate: str) -> tuple[bool, str]:
+    """(allowed, why) from what the registry holds under that name."""
     certificates = registry.thing_certificates(thing)
-    if certificates is None or certificates == ():
-        return ProvisioningDecision(True, "new device", thing)
-    if certificates == (request.certificate_id,):
-        return ProvisioningDecision(True, "the same request again (its certificate is already the thing's)", thing)
-    return refuse(f"thing {thing} already exists with another certificate: decommission it before provisioning "
-                  f"a replacement", thing)
+    if certificates is None:
+        return True, "new device"
+    if certificates == (certificate,):
+        return True, "the same request again (its certificate is already the thing's)"
+    if certificates:
+        return False, (f"thing {thing} already exists with another certificate: decommission it before provisioning "
+                       f"a replacement")
+    attributes = registry.thing_attributes(thing) or {}
+    if attributes.get(CLAIMABLE_ATTRIBUTE) != "true":
+        return False, (f"thing {thing} already exists without a certificate and is not marked "
+                       f"{CLAIMABLE_ATTRIBUTE}=true: finish its provision-device or decommission-device run")
+    groups = registry.thing_groups(thing)
+    if groups != {group}:
+        return False, f"thing {thing} is marked claimable but is in {sorted(groups)}, not in {group} alone"
+    return True, "a thing marked claimable"
+
+
+def _reserve(deps: ProvisioningDeps, thing: str, certificate: str) -> bool:
+    """Put-if-absent of the name's reservation; True when this certificate holds it afterwards."""
+    now = deps.clock()
+    mine = {"certificate_id": certificate, "expires_at": int(now + deps.policy.reservation_s)}
+    if deps.reservations.put(RESERVATIONS, thing, mine, if_absent=True):
+        return True
+    held = deps.reservations.get(RESERVATIONS, thing)
+    if held is None:  # expired and removed in between
+        return deps.reservations.put(RESERVATIONS, thing, mine, if_absent=True)
+    if held.get("certificate_id") == certificate:
+        return True
+    expires_at = held.get("expires_at")
+    if not isinstance(expires_at, int | float) or expires_at > now:
+        return False
+    # The table's TTL removes expired items late: take it over, conditional on it being the one just read.
+    return deps.reservations.update_if(RESERVATIONS, thing, mine, {"certificate_id": held.get("certificate_id"),
+                                                                    "expires_at": expires_at})
+
+
+def decide(request: ProvisioningRequest, deps: ProvisioningDeps) -> ProvisioningDecision:
+    thing = request.parameters.get(THING_NAME_PARAMETER)
+    named = thing if isinstance(thing, str) and THING_NAME.fullmatch(thing) else None
+    try:
+        thing, group = _checked_parameters(request, deps.policy)
+    except ValueError as exc:
+        return ProvisioningDecision(False, str(exc), named)
+    allowed, reason = _registry_verdict(deps.registry, thing, group, request.certificate_id)
+    if allowed and not _reserve(deps, thing, request.certificate_id):
+        allowed, reason = False, f"thing {thing} is being provisioned with another certificate"
+    return ProvisioningDecision(allowed, reason, thing)

@@ -174,7 +174,11 @@ def greengrass(gg: AwsGreengrass, method: str, a: Mapping[str, Any], out: Any, n
 
 def things(reg: AwsThingRegistry, method: str, a: Mapping[str, Any], out: Any, now: datetime) -> list[Request]:
     thing = arn("iot", f"thing/{a['thing_name']}")
-    return [request("iot:DescribeThing", thing), request("iot:ListThingPrincipals", thing)]
+    actions = {"thing_certificates": ("DescribeThing", "ListThingPrincipals"), "thing_attributes": ("DescribeThing",),
+               "thing_groups": ("ListThingGroupsForThing",)}
+    if method not in actions:
+        raise unmapped(reg, method)
+    return [request(f"iot:{action}", thing) for action in actions[method]]
 
 
 def unwired(adapter: Any, method: str, a: Mapping[str, Any], out: Any, now: datetime) -> list[Request]:

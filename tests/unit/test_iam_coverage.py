@@ -304,14 +304,22 @@ def console(run: Run) -> None:
 
 
 def provisioning_hook(run: Run) -> None:
-    from tests.fakes import MemoryThings
-    from tests.unit.test_provisioning_hook import NEW_CERT, POLICY, hook_input
+    from shared.usecases.provisioning import CLAIMABLE_ATTRIBUTE, ProvisioningDeps
+    from tests.fakes import MemoryState, MemoryThings
+    from tests.unit.test_provisioning_hook import CANARY, NEW_CERT, OTHER_CERT, POLICY, hook_input
 
     fn = "ProvisioningHookFunction"
-    registry, policy = run.wire(fn, (MemoryThings({"wt-08": (NEW_CERT,)}), POLICY))
+    now = [1_772_323_200.0]
+    things = MemoryThings({"wt-08": (NEW_CERT,), "wt-12": ()}, {"wt-12": {CLAIMABLE_ATTRIBUTE: "true"}},
+                          {"wt-12": frozenset({CANARY})})
+    deps = run.wire(fn, ProvisioningDeps(things, MemoryState(), POLICY, lambda: now[0]))
     handle = run.handle(fn)
-    handle(hook_input(), registry, policy)
-    handle(hook_input("wt-08"), registry, policy)
+    handle(hook_input(), deps)  # a new name: reserved
+    handle(hook_input("wt-08"), deps)  # a retry
+    handle(hook_input("wt-12"), deps)  # a thing marked claimable: its attributes and groups are read
+    handle(hook_input(certificateId=OTHER_CERT), deps)  # another device for the reserved name: refused
+    now[0] += POLICY.reservation_s + 1
+    handle(hook_input(certificateId=OTHER_CERT), deps)  # the reservation expired: taken over
 
 
 SCENARIOS: dict[str, Callable[[Run], None]] = {
