@@ -6,7 +6,8 @@ of the local stack (nacelle/simulator/controller.py) serve with it, so both side
 A register entry: `address` (0-based protocol address), `registerType` holding | input, `dataType` int16 | uint16 |
 int32 | uint32 | int64 | uint64 | float32 | float64, `wordOrder` big (high word first) | little, `scale` and
 `offset` (value = raw * scale + offset), `unit` (text, for people), and `missing` (a raw value that means "no
-reading", e.g. -32768). A float NaN is a missing reading too. Parsing raises ConfigurationError naming the field.
+reading", e.g. -32768; kept as the register holds it, so a float32 sentinel such as -999.9 matches what a controller
+serves). A float NaN is a missing reading too. Parsing raises ConfigurationError naming the field.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Register:
     scale: float = 1.0
     offset: float = 0.0
     unit: str = ""
-    missing: float | None = None  # raw value meaning "no reading"
+    missing: float | None = None  # raw value meaning "no reading", as the data type holds it
 
     @property
     def words(self) -> int:
@@ -172,14 +173,44 @@ def parse_register(signal: str, raw: Any, where: str) -> Register:
     unit = raw.get("unit", "")
     if not isinstance(unit, str) or len(unit) > 32:
         raise ConfigurationError(f"{where}.unit: must be text of at most 32 characters, got {unit!r}")
-    missing = raw.get("missing")
-    if missing is not None:
-        missing = _number(raw, "missing", where, 0.0)
+    missing = _sentinel(raw.get("missing"), picked["dataType"], f"{where}.missing")
     reg = Register(signal, address, picked["registerType"], picked["dataType"], picked["wordOrder"], scale,
                    _number(raw, "offset", where, 0.0), unit, missing)
     if reg.end - 1 > MAX_ADDRESS:
         raise ConfigurationError(f"{where}.address: a {reg.data_type} at {address} runs past register {MAX_ADDRESS}")
     return reg
+
+
+def _sentinel(value: Any, data_type: str, where: str) -> float | None:
+    """The `missing` value as a register of `data_type` holds it: a reading is compared with what the controller can
+    serve (a float32 holds -999.9 as -999.9000244...). A value the type cannot hold is refused."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigurationError(f"{where}: must be a finite number, got {value!r}")
+    code = DATA_TYPES[data_type][0]
+    if code in "fd":
+        return _float_sentinel(value, code, data_type, where)
+    if value != int(value):
+        raise ConfigurationError(f"{where}: must be an integer for a {data_type} register, got {value!r}")
+    try:
+        struct.pack(">" + code, int(value))
+    except struct.error as exc:
+        raise ConfigurationError(f"{where}: {value!r} is out of range for a {data_type} register") from exc
+    return int(value)
+
+
+def _float_sentinel(value: float, code: str, data_type: str, where: str) -> float:
+    try:
+        held: float = struct.unpack(">" + code, struct.pack(">" + code, value))[0]
+    except OverflowError as exc:
+        raise ConfigurationError(f"{where}: {value!r} is out of range for a {data_type} register") from exc
+    # rounding to the nearest float32 is expected; losing the value (underflow to 0 or a subnormal) is not: the
+    # sentinel would then match real readings
+    if not math.isclose(held, value, rel_tol=2**-23):
+        raise ConfigurationError(f"{where}: {value!r} cannot be held by a {data_type} register (it reads as "
+                                 f"{held!r})")
+    return held
 
 
 def parse_register_map(raw: Any, where: str) -> tuple[Register, ...]:

@@ -68,7 +68,7 @@ def controllers() -> Iterator[list[Controller]]:
 
 
 def config_for(port: int, **over: Any) -> SensorsConfig:
-    return SensorsConfig.from_dict({"source": "modbus", "rateHz": 50, "batchSamples": 5, "healthIntervalSeconds": 0.2,
+    return SensorsConfig.from_dict({"source": "modbus", "rateHz": 50, "batchSamples": 5, "healthIntervalSeconds": 1,
                                     "modbus": {"host": "127.0.0.1", "port": port, "timeoutSeconds": 0.1,
                                                "registers": default_register_map(COLUMNS)}, **over}, THING)
 
@@ -112,7 +112,7 @@ def test_the_app_publishes_what_the_detector_accepts_and_swaps_sources(controlle
         last.state == "disconnected"  # the final report, sent as the source closes
     assert last.endpoint == f"modbus://127.0.0.1:{controllers[1].port}/1"
     assert last.samples == len(seqs) and last.samples_missing <= 5 and last.dropped == 0
-    assert (last.v, last.health_interval_s, last.samples_repeated) == (2, 0.2, 0)
+    assert (last.v, last.health_interval_s, last.samples_repeated) == (2, 1.0, 0)
     assert [h.seq for h in health] == list(range(1, len(health) + 1))
 
 
@@ -139,6 +139,45 @@ def test_a_configuration_change_replaces_a_source_whose_runner_loses_a_cancellat
     finally:
         app.stop()
     assert not app.alive
+
+
+def test_a_change_reverted_before_its_swap_keeps_the_running_source(controllers: list[Controller]) -> None:
+    """A -> B -> A faster than a tick (a deployment and its rollback): the newest configuration wins, and the running
+    source goes on without a gap; a change back to the running configuration cancels the pending one."""
+    first, second = config_for(controllers[0].port, rateHz=2), config_for(controllers[1].port, rateHz=2)
+    recorder = Recorder()
+    app = SensorsApp(first, recorder, version="9.9.9").start()
+
+    def samples() -> list[dict[str, Any]]:
+        return [s for m in recorder.on("sensors") for s in m["samples"]]
+
+    try:
+        wait(lambda: any(s["rps"] == 1.0 for s in samples()))
+        app.reconfigure(second)
+        app.reconfigure(first)
+        seen = len(samples())
+        wait(lambda: len(samples()) >= seen + 4)
+    finally:
+        app.stop()
+    assert app.config == first
+    assert all(s["rps"] != 2.0 for s in samples())  # B never ran
+    seqs = [s["seq"] for s in samples()]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+def test_a_change_is_compared_with_the_pending_one() -> None:
+    """Before the loop runs: B is pending, B again changes nothing, A (the running one) cancels it, B again is
+    pending again."""
+    first, second = config_for(1502), config_for(1503)
+    app = SensorsApp(first, Recorder(), version="9.9.9")
+    app.reconfigure(second)
+    pending = app._pending
+    app.reconfigure(second)
+    assert app._pending is pending is not None
+    app.reconfigure(first)
+    assert app._pending is None
+    app.reconfigure(second)
+    assert app._pending is not None and app._pending[0] == second
 
 
 def test_ipc_publisher_uses_local_pubsub_for_samples_and_health() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,12 @@ def test_a_valid_modbus_configuration_takes_the_spec_rate_and_carries_extra_sign
     ({"source": "replay", "replay": {"file": "x.csv", "loop": "yes"}}, ("replay.loop",)),
     ({"source": "simulator", "simulator": {"seed": -1}}, ("simulator.seed",)),
     ({"source": "simulator", "rateHz": -1}, ("rateHz",)),
+    ({"source": "simulator", "rateHz": 1e-9}, ("rateHz", "0 (the spec's rate) or a number in [0.01, 1000]")),
+    ({"source": "simulator", "rateHz": 1001}, ("rateHz", "[0.01, 1000]")),
+    ({"source": "simulator", "healthIntervalSeconds": 1e-6}, ("healthIntervalSeconds", "[1, 86400]")),
+    ({"source": "simulator", "healthIntervalSeconds": 86401}, ("healthIntervalSeconds", "[1, 86400]")),
+    ({"source": "simulator", "reconnect": {"minSeconds": 1e-9, "maxSeconds": 1e-9}},
+     ("reconnect.minSeconds", "[0.01, 60]")),
     ({"source": "simulator", "batchSamples": 0}, ("batchSamples", "1..1000")),
     ({"source": "simulator", "healthIntervalSeconds": True}, ("healthIntervalSeconds",)),
     ({"source": "simulator", "topics": {"sensors": "turbines/+/sensors"}}, ("topics.sensors", "plain topic")),
@@ -153,6 +160,48 @@ def test_known_register_layouts_decode_like_a_controller_sends_them() -> None:
         i16.encode(1e6)
     with pytest.raises(ValueError, match="no missing value"):
         u32.encode(None)
+
+
+def test_intervals_at_their_bounds_are_accepted() -> None:
+    config = SensorsConfig.from_dict({"source": "simulator", "rateHz": 0.01, "healthIntervalSeconds": 1,
+                                      "reconnect": {"minSeconds": 0.01, "maxSeconds": 0.01}}, THING)
+    assert (config.rate_hz, config.health_interval_s, config.reconnect_min_s) == (0.01, 1.0, 0.01)
+    assert SensorsConfig.from_dict({"source": "simulator", "rateHz": 0}, THING).rate_hz == 20.0  # the spec's
+
+
+@pytest.mark.parametrize("sentinel", [-9999.0, -999.9, 0.1, -1e20, 3.4028235e38])
+@pytest.mark.parametrize("word_order", ["big", "little"])
+def test_a_float32_missing_value_is_recognised_as_the_register_holds_it(sentinel: float, word_order: str) -> None:
+    reg = parse_register("rps", {"address": 0, "dataType": "float32", "wordOrder": word_order, "missing": sentinel},
+                         "m.rps")
+    assert reg.decode(reg.encode(None)) is None  # what a controller serves for "no reading"
+    served = list(struct.unpack(">2H", struct.pack(">f", sentinel)))
+    assert reg.decode(served if word_order == "big" else served[::-1]) is None
+    assert reg.decode(reg.encode(1.5)) == 1.5
+    wide = parse_register("rps", {"address": 0, "dataType": "float64", "missing": sentinel}, "m.rps")
+    assert wide.missing == sentinel and wide.decode(wide.encode(None)) is None
+
+
+@pytest.mark.parametrize(("data_type", "sentinel", "reason"), [
+    ("int16", 1.5, "must be an integer for a int16 register"),
+    ("int16", 32768, "out of range for a int16 register"),
+    ("uint16", -1, "out of range for a uint16 register"),
+    ("uint32", 2.0**32, "out of range for a uint32 register"),
+    ("float32", 1e39, "out of range for a float32 register"),
+    ("float32", 1e-50, "cannot be held by a float32 register"),
+    ("float32", math.inf, "finite number"),
+    ("int16", "x", "finite number"),
+])
+def test_a_missing_value_the_data_type_cannot_hold_is_refused(data_type: str, sentinel: Any, reason: str) -> None:
+    regs = {**default_register_map(COLUMNS), "rps": {"address": 90, "dataType": data_type, "missing": sentinel}}
+    refused(modbus(registers=regs), "modbus.registers.rps.missing: ", reason)
+
+
+def test_integer_missing_values_are_exact() -> None:
+    big = parse_register("c", {"address": 0, "dataType": "uint64", "missing": 2**64 - 1}, "m.c")
+    assert big.decode([0xFFFF] * 4) is None and big.decode([0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE]) is not None
+    i16 = parse_register("t", {"address": 0, "dataType": "int16", "missing": -32768.0}, "m.t")
+    assert i16.missing == -32768 and i16.decode([0x8000]) is None
 
 
 def test_read_blocks_are_contiguous_per_type_and_bounded() -> None:

@@ -5,6 +5,7 @@ missing (nothing held over or invented), then reconnect; OPC UA subscription and
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from sensors.config import SensorsConfig
 from sensors.modbus import ModbusSource
 from sensors.opcua import OpcUaSource
 from sensors.publisher import encode_samples
-from sensors.sampler import PollingRunner, Sample, SourceStats
+from sensors.sampler import PollingRunner, Sample, SourceError, SourceStats
 
 from nacelle.simulator.controller import Controller, ModbusEndpoint, OpcUaEndpoint, opcua_certificate
 from nacelle.simulator.stream import TurbineStream
@@ -353,3 +354,206 @@ def test_sample_counter_settings_are_checked() -> None:
         SensorsConfig.from_dict({**base, "sampleCounter": 7}, THING)
     with pytest.raises(ConfigurationError, match="sampleCounter applies to the modbus and opcua sources only"):
         SensorsConfig.from_dict({"source": "simulator", "sampleCounter": "counter"}, THING)
+
+
+# ------------------------------------------------------------------ slow, silent and refusing servers
+class SlowLink:
+    """A TCP proxy in front of a server that delays each chunk the server sends by `delay` seconds: every answer is
+    late but within the client's timeout. `open` counts the client connections it holds."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.port, self.delay, self.open = port, delay, 0
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._client, "127.0.0.1", 0), self.loop).result(5)
+        self.listen_port = self.server.sockets[0].getsockname()[1]
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
+        self.writers.add(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+            self.writers.add(up_writer)
+            await asyncio.gather(self._pipe(reader, up_writer, 0.0), self._pipe(up_reader, writer, self.delay))
+        finally:
+            self.open -= 1
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+        try:
+            while data := await reader.read(65536):
+                await asyncio.sleep(delay)
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    def wait_closed(self, seconds: float = 3.0) -> int:
+        """The client connections still open once they all closed or `seconds` passed."""
+        deadline = time.monotonic() + seconds
+        while self.open and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.open
+
+    def close(self) -> None:
+        async def shut() -> None:
+            self.server.close()
+            for writer in self.writers:
+                writer.transport.abort()
+            while self.open:
+                await asyncio.sleep(0.05)
+
+        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def slow_opcua(opcua_controller: Controller) -> Iterator[SlowLink]:
+    link = SlowLink(opcua_controller.port, 0.3)
+    yield link
+    link.close()
+
+
+def test_a_slow_opcua_handshake_connects_and_one_cut_short_leaves_nothing_open(
+        opcua_controller: Controller, slow_opcua: SlowLink) -> None:
+    """Each answer takes 0.3 s of a 0.5 s timeout: the handshake (hello, channel, session, activation) takes longer
+    than one request's timeout, yet connects; cancelled half way, it closes its socket all the same."""
+    opcua_controller.set({**dict.fromkeys(COLUMNS, 3.0), "counter": 1.0})
+    config = opcua_config(slow_opcua.listen_port, 5.0, timeoutSeconds=0.5)
+    assert config.opcua is not None
+    source = OpcUaSource(config.opcua, 0.2)
+
+    async def cut_short() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(source.connect(), 0.5)
+
+    asyncio.run(cut_short())
+    assert not source.connected and slow_opcua.wait_closed() == 0
+    out, stats = run_for(config, 4.0)
+    assert stats.connects >= 1 and any(s["rps"] == 3.0 for s in out)
+    assert slow_opcua.wait_closed() == 0  # and closed when the runner stopped
+
+
+def subscription_config(port: int) -> SensorsConfig:
+    return opcua_config(port, 20.0, mode="subscription", timeoutSeconds=0.5)
+
+
+def test_an_opcua_subscription_is_judged_by_the_publishing_interval_the_server_granted(
+        opcua_controller: Controller, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server revises the 50 ms publishing interval to 1 s (many controllers' minimum) and the values hold
+    still: it publishes them once, then keep-alives every 10 s. That is a live subscription, not a silent one."""
+    from asyncua.server.subscription_service import SubscriptionService
+
+    original = SubscriptionService.create_subscription
+
+    async def at_most_every_second(self: Any, params: Any, *args: Any, **kwargs: Any) -> Any:
+        params.RequestedPublishingInterval = max(params.RequestedPublishingInterval, 1000.0)
+        return await original(self, params, *args, **kwargs)
+
+    monkeypatch.setattr(SubscriptionService, "create_subscription", at_most_every_second)
+    opcua_controller.set({**dict.fromkeys(COLUMNS, 4.0), "counter": 2.0})
+    out, stats = run_for(subscription_config(opcua_controller.port), 4.0)
+    assert stats.connects == 1 and stats.reads_failed == 0, stats.last_error
+    first = next(i for i, s in enumerate(out) if s["rps"] is not None)
+    assert out[first:] and all(s["rps"] == 4.0 for s in out[first:])
+
+
+def test_an_opcua_subscription_that_never_publishes_is_dead(
+        opcua_controller: Controller, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server accepts the subscription but never publishes, not even a keep-alive: after the keep-alive period
+    (twice, plus a second: 2 s here) from its creation the read fails and the source reconnects."""
+    from asyncua.server.internal_subscription import InternalSubscription
+
+    async def never_publishes(self: Any) -> None:
+        pass
+
+    monkeypatch.setattr(InternalSubscription, "start", never_publishes)
+    out, stats = run_for(subscription_config(opcua_controller.port), 3.0)
+    assert all(s["rps"] is None for s in out)
+    assert stats.reads_failed >= 1 and "subscription silent for more than 2.0s" in (stats.last_error or "")
+
+
+class CountedModbus(ModbusSource):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.attempts: list[float] = []
+
+    async def connect(self) -> None:
+        self.attempts.append(time.monotonic())
+        await super().connect()
+
+
+def test_a_refused_connection_is_retried_at_once_early_in_an_outage_then_backs_off() -> None:
+    """Nothing listens: retried every quarter tick while a restart is likely, then with the backoff (0.05 doubling
+    to 0.4 s here) instead of 80 attempts a second for good."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = modbus_config(port, 20.0)
+    assert config.modbus is not None
+    source = CountedModbus(config.modbus)
+    out: list[Sample] = []
+    runner = PollingRunner(source, config.signals, 20.0, out.append, SourceStats(), timeout_s=0.1,
+                           reconnect_min_s=0.05, reconnect_max_s=0.4)
+    runner.refused_fast_s = 0.5
+
+    async def scenario() -> float:
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        started = time.monotonic()
+        await asyncio.sleep(2.5)
+        stop.set()
+        await task
+        return started
+
+    started = asyncio.run(scenario())
+    early = [t for t in source.attempts if t - started < 0.4]
+    late = [t for t in source.attempts if t - started > 1.0]
+    assert len(early) >= 8  # a quarter tick apart (12.5 ms)
+    assert 1 <= len(late) <= 8  # 0.4 s apart at most 1.5 s: about 4
+    assert runner.stats.state == "connecting" and "refused" in (runner.stats.last_error or "")
+
+
+def test_a_modbus_response_to_another_function_is_a_failed_read() -> None:
+    """pymodbus matches a response to its request by transaction id: input registers answering a holding register
+    request would pass as the holding registers' values."""
+    from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
+
+    config = modbus_config(502, registers=default_register_map(SIGNALS, register_type="holding"))
+    assert config.modbus is not None
+    answers: list[Any] = []
+
+    class Client:
+        connected = True
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        async def connect(self) -> bool:
+            return True
+
+        async def read_holding_registers(self, address: int, *, count: int, device_id: int) -> Any:
+            return answers.pop(0)
+
+        def close(self) -> None:
+            pass
+
+    source = ModbusSource(config.modbus, client_factory=Client)
+    words = [0x4120, 0] * len(SIGNALS)  # 10.0 each
+
+    async def read(answer: Any) -> Any:
+        answers.append(answer)
+        await source.connect()
+        return await source.read()
+
+    assert asyncio.run(read(ReadHoldingRegistersResponse(registers=words))) == dict.fromkeys(SIGNALS, 10.0)
+    with pytest.raises(SourceError, match=r"expected function code 3 for holding registers 0\.\.15, got 4") as info:
+        asyncio.run(read(ReadInputRegistersResponse(registers=words)))
+    assert info.value.reconnect is False  # like any malformed response: the connection is kept

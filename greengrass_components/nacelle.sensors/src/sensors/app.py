@@ -5,7 +5,8 @@ health report. Health (shared.messages.SensorHealthMessage) goes to `topics.heal
 (the detector reports it to the cloud in the device's health message) every healthIntervalSeconds and, at most once
 a second, when the source's state changes (connected, disconnected...). A valid configuration change
 builds the new source first (a file that cannot be read keeps the old one running), then replaces the old one
-between two ticks.
+between two ticks. Changes are compared with the newest one: a change reverted before its swap leaves the running
+source alone.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class SensorsApp:
         self._stop: asyncio.Event | None = None
         self._swap: asyncio.Event | None = None
         self._pending: tuple[SensorsConfig, Runner] | None = None
+        self._pending_lock = threading.Lock()  # reconfigure() runs on the caller's thread, the swap on the loop's
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._last_state = ""
@@ -129,13 +131,9 @@ class SensorsApp:
         try:
             resume: int | None = None
             while not self._stop.is_set():
-                self._swap.clear()
                 halt = asyncio.Event()  # this runner's own stop: set on a configuration change or the app's stop
                 sampling = asyncio.create_task(self._run_runner(resume, halt), name="sensors-sampling")
-                waits = {asyncio.create_task(self._swap.wait()), asyncio.create_task(self._stop.wait())}
-                await asyncio.wait({sampling, *waits}, return_when=asyncio.FIRST_COMPLETED)
-                for wait in waits:
-                    wait.cancel()
+                await self._until_change(sampling)
                 # The runner returns at its next tick, its source closed. Not Task.cancel(): Python 3.11's
                 # asyncio.wait_for can swallow a cancellation that meets a finishing read, and the old source would
                 # then go on sampling for good.
@@ -149,15 +147,16 @@ class SensorsApp:
                         await sampling
                 else:
                     sampling.result()  # the runners return when stopped; anything else is a bug: raise it
-                if self._pending is not None:
-                    old = self.runner
-                    self.config, self.runner = self._pending
+                pending = self._take_pending()
+                if pending is None:  # stopped, or a change reverted meanwhile: the same runner goes on where it was
+                    resume = self.runner.next_tick if isinstance(self.runner, PollingRunner) else None
+                else:
+                    old, self.runner = self.runner, pending[1]
                     same_grid = isinstance(old, PollingRunner) and isinstance(self.runner, PollingRunner) \
                         and old.rate == self.runner.rate
                     resume = old.next_tick if same_grid else None  # type: ignore[union-attr]
                     if same_grid and old.counter == self.runner.counter:  # type: ignore[union-attr]
                         self.runner.last_counter = old.last_counter  # type: ignore[union-attr]
-                    self._pending = None
                     self.batcher.flush()
                     self.batcher = Batcher(self.config.thing, self.config.sensors_topic, self.config.batch_samples,
                                            self.publisher)
@@ -169,6 +168,31 @@ class SensorsApp:
                 await health
             self._send_health()
 
+    async def _until_change(self, sampling: asyncio.Task[None]) -> None:
+        """Until the runner ends, the app stops or a configuration change is pending (a swap signalled for a change
+        reverted since is no change)."""
+        assert self._swap is not None and self._stop is not None
+        while not sampling.done() and not self._stop.is_set():
+            self._swap.clear()  # before looking: a change made after this sets it again
+            if self._has_pending():
+                return
+            waits = {asyncio.create_task(self._swap.wait()), asyncio.create_task(self._stop.wait())}
+            await asyncio.wait({sampling, *waits}, return_when=asyncio.FIRST_COMPLETED)
+            for wait in waits:
+                wait.cancel()
+
+    def _has_pending(self) -> bool:
+        with self._pending_lock:
+            return self._pending is not None
+
+    def _take_pending(self) -> tuple[SensorsConfig, Runner] | None:
+        """The pending change, now the running configuration (under the lock: reconfigure() compares with it)."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                self.config = pending[0]
+            return pending
+
     async def _run_runner(self, resume: int | None, halt: asyncio.Event) -> None:
         if isinstance(self.runner, PollingRunner):
             await self.runner.run(halt, resume)
@@ -176,15 +200,22 @@ class SensorsApp:
             await self.runner.run(halt)
 
     def reconfigure(self, config: SensorsConfig) -> None:
-        """A new configuration (from any thread): its source is built now; an unusable one is logged and ignored."""
-        if config == self.config:
-            return
+        """A new configuration (from any thread): its source is built now; an unusable one is logged and ignored.
+        It is compared with the newest configuration, the pending one when there is one: a change back to the running
+        configuration before the swap cancels the swap."""
+        with self._pending_lock:
+            if self._pending is not None and config == self._pending[0]:
+                return
+            if config == self.config:
+                self._pending = None
+                return
         try:
             runner = self.runner_factory(config, self._emit, self.stats)
         except ConfigurationError as exc:
             log.error("ignoring the configuration change: %s", exc)
             return
-        self._pending = (config, runner)
+        with self._pending_lock:
+            self._pending = (config, runner)
         if self._loop is not None and self._swap is not None:
             self._loop.call_soon_threadsafe(self._swap.set)
 

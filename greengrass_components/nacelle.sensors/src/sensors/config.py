@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeGuard, cast
 
 from shared.device_config import read_device_config
 from shared.errors import ConfigurationError, SpecError
@@ -41,6 +41,10 @@ DEFAULTS: dict[str, Any] = {
 }
 Source = Literal["modbus", "opcua", "replay", "simulator"]
 MAX_RATE_HZ = 1000.0
+MIN_RATE_HZ = 0.01  # a sample every 100 s at most: slower is no stream the detector can score
+MIN_HEALTH_INTERVAL_S = 1.0  # health on the local pub/sub shares the publisher's bound with the samples
+MAX_HEALTH_INTERVAL_S = 86400.0
+MIN_RECONNECT_S = 0.01  # a reconnect loop tighter than this would spin on a dead controller
 MAX_BATCH = 1000
 OPCUA_MODES = ("polling", "subscription")
 SECURITY_MODES = ("None", "Sign", "SignAndEncrypt")
@@ -140,9 +144,9 @@ class SensorsConfig:
         if source not in SOURCES:
             raise ConfigurationError(f"{where}: source must be one of {', '.join(SOURCES)}, got {source!r}")
         spec = _spec(doc["spec"], where)
-        rate = _number(doc, "rateHz", where, low=0, high=MAX_RATE_HZ) or spec.sampling.rate_hz
+        rate = _rate(doc, where) or spec.sampling.rate_hz
         batch = _integer(doc, "batchSamples", where, 1, MAX_BATCH)
-        health = _number(doc, "healthIntervalSeconds", where, low=0, high=86400, open_low=True)
+        health = _number(doc, "healthIntervalSeconds", where, low=MIN_HEALTH_INTERVAL_S, high=MAX_HEALTH_INTERVAL_S)
         topics = _obj(doc, "topics", where)
         resolved = {}
         for name in ("sensors", "health"):
@@ -153,7 +157,7 @@ class SensorsConfig:
             if "+" in resolved[name] or "#" in resolved[name]:
                 raise ConfigurationError(f"{where}: topics.{name} must be a plain topic, got {topic!r}")
         reconnect = _obj(doc, "reconnect", where)
-        low = _number(reconnect, "minSeconds", f"{where}: reconnect", low=0, high=60, open_low=True)
+        low = _number(reconnect, "minSeconds", f"{where}: reconnect", low=MIN_RECONNECT_S, high=60)
         high = _number(reconnect, "maxSeconds", f"{where}: reconnect", low=low, high=3600)
         settings: dict[str, Any] = {}
         extra: tuple[str, ...] = ()
@@ -296,10 +300,24 @@ def _integer(doc: Mapping[str, Any], key: str, where: str, low: int, high: int) 
     return value
 
 
+def _rate(doc: Mapping[str, Any], where: str) -> float:
+    """rateHz: 0 (the spec's rate) or a rate in [MIN_RATE_HZ, MAX_RATE_HZ]."""
+    value = doc.get("rateHz")
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    if not _is_number(value) or not MIN_RATE_HZ <= value <= MAX_RATE_HZ:
+        raise ConfigurationError(f"{where}.rateHz: must be 0 (the spec's rate) or a number in [{MIN_RATE_HZ:g}, "
+                                 f"{MAX_RATE_HZ:g}], got {value!r}")
+    return float(value)
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _number(doc: Mapping[str, Any], key: str, where: str, *, low: float, high: float, open_low: bool = False) -> float:
     value = doc.get(key)
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) \
-            or not (value > low if open_low else value >= low) or value > high:
+    if not _is_number(value) or not (value > low if open_low else value >= low) or value > high:
         bracket = "(" if open_low else "["
         raise ConfigurationError(f"{where}.{key}: must be a number in {bracket}{low:g}, {high:g}], got {value!r}")
     return float(value)

@@ -15,13 +15,14 @@ from typing import Any
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from shared.sensor_map import read_blocks
+from shared.sensor_map import ReadBlock, read_blocks
 
 from .config import ModbusSettings
 from .sampler import SourceError
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # it logs every failed frame; the sampler reports reads
 
+FUNCTION_CODES = {"holding": 3, "input": 4}  # read holding registers, read input registers
 EXCEPTION_CODES = {1: "illegal function", 2: "illegal data address", 3: "illegal data value", 4: "device failure",
                    5: "acknowledge", 6: "device busy", 10: "gateway path unavailable",
                    11: "gateway target failed to respond"}
@@ -36,6 +37,7 @@ class ModbusSource:
         self.blocks = read_blocks(settings.registers)
         self._factory = client_factory
         self._client: Any = None
+        self.connect_timeout_s = max(1.0, 2 * settings.timeout_s)  # one TCP connect
 
     @property
     def connected(self) -> bool:
@@ -78,7 +80,7 @@ class ModbusSource:
                                   f"{block.address}..{block.address + block.count - 1} with exception {code} "
                                   f"({EXCEPTION_CODES.get(code, 'unknown')})", reconnect=False)
             try:
-                values.update(block.decode(response.registers))
+                values.update(_decode(block, response))
             except ValueError as exc:
                 raise SourceError(f"unit {self.settings.unit_id}: {exc}", reconnect=False) from exc
         return values
@@ -87,3 +89,13 @@ class ModbusSource:
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+def _decode(block: ReadBlock, response: Any) -> dict[str, float | None]:
+    """The block's values from a response to its request; ValueError when the response answers another request
+    (pymodbus matches responses by transaction id only, so registers of another type would pass as these)."""
+    expected = FUNCTION_CODES[block.register_type]
+    if response.function_code != expected:
+        raise ValueError(f"expected function code {expected} for {block.register_type} registers "
+                         f"{block.address}..{block.address + block.count - 1}, got {response.function_code}")
+    return block.decode(response.registers)

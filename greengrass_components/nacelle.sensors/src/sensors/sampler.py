@@ -7,8 +7,9 @@ failed or timed-out read, or no connection, gives a sample whose signals are all
 read is outstanding (or while the process was not scheduled) give such samples too. Nothing is held over, repeated
 or interpolated. A background task (re)connects with exponential backoff and jitter; a failed read drops the
 connection and the backoff is reset only by a successful read. A refused connection (nothing listens: a server
-restarting) is retried every quarter of a sample interval (at most `reconnect_min_s`) without growing the
-backoff, so a restarted server is read again within the tick it comes back.
+restarting) is retried every quarter of a sample interval (at most `reconnect_min_s`, at least REFUSED_RETRY_MIN_S)
+for the first REFUSED_FAST_S of an outage, so a restarted server is read again within the tick it comes back; past
+that it backs off like any other failure (a controller that is gone for good is not hammered).
 
 A poll delayed by load (a slow publisher, a process not scheduled, a server answering late) may read the controller's
 next sample, and the tick after it read that same sample again. With `counter` (the configuration's sampleCounter: a
@@ -40,6 +41,8 @@ Sample = dict[str, Any]  # {"seq": int, "ts": float, <signal>: float | None, ...
 Emit = Callable[[Sample], None]
 State = Literal["connecting", "connected", "disconnected", "finished"]
 MAX_CATCHUP_S = 10.0  # missed ticks beyond this are counted but not published one by one (a gap instead)
+REFUSED_FAST_S = 2.0  # a refused connection is retried at once this long into an outage (a restart), then backs off
+REFUSED_RETRY_MIN_S = 0.01  # the fast retry's floor: at high rates a quarter tick is shorter than a connection attempt
 
 
 class SourceError(AdapterError):
@@ -55,6 +58,7 @@ class SourceError(AdapterError):
 class PolledSource(Protocol):
     kind: str
     endpoint: str
+    connect_timeout_s: float  # the whole connection attempt (a handshake may take several requests)
 
     @property
     def connected(self) -> bool: ...
@@ -136,12 +140,14 @@ class PollingRunner:
         self.out = Counting(signals, emit, stats)
         self.stats = stats
         self.timeout_s = timeout_s
-        self.connect_timeout_s = max(1.0, 2 * timeout_s)
+        self.connect_timeout_s = source.connect_timeout_s
         self.backoff_min, self.backoff_max = reconnect_min_s, reconnect_max_s
-        self.refused_retry_s = min(reconnect_min_s, 0.25 / rate_hz)
+        self.refused_retry_s = max(REFUSED_RETRY_MIN_S, min(reconnect_min_s, 0.25 / rate_hz))
+        self.refused_fast_s = REFUSED_FAST_S
         self.wall, self.mono = wall, mono
         self._backoff = reconnect_min_s
         self._failures = 0  # consecutive failed connects and reads; a successful read resets it
+        self._failing_since: float | None = None  # when the current run of failures began (mono)
         self._refused = False  # the last connection attempt was refused
         self._lost = asyncio.Event()
         self.next_tick: int | None = None  # the first tick not published yet
@@ -208,7 +214,7 @@ class PollingRunner:
             if self.stats.state == "connected":  # the library saw the connection go before a read failed
                 self.stats.last_error = f"connection to {self.source.endpoint} lost"
                 log.warning("%s", self.stats.last_error)
-                self._failures += 1
+                self._failed()
                 await self._close()
             return None
         try:
@@ -220,13 +226,23 @@ class PollingRunner:
                 log.warning("%s", reason)
             self.stats.last_error = reason
             if getattr(exc, "reconnect", True):
-                self._failures += 1
+                self._failed()
                 await self._close()
             return None
         if self._failures:
             log.info("reading %s again", self.source.endpoint)
-        self._failures, self._backoff = 0, self.backoff_min
+        self._failures, self._failing_since, self._backoff = 0, None, self.backoff_min
         return values
+
+    def _failed(self) -> None:
+        self._failures += 1
+        if self._failing_since is None:
+            self._failing_since = self.mono()
+
+    def _retry_at_once(self) -> bool:
+        """A refused connection early in an outage: the server is likely restarting and will be back shortly."""
+        started = self._failing_since
+        return self._refused and started is not None and self.mono() - started < self.refused_fast_s
 
     # -- the connection ------------------------------------------------------------------------------------
     async def _close(self) -> None:
@@ -244,23 +260,25 @@ class PollingRunner:
                     await _first(stop.wait(), self._lost.wait())
                 continue
             if self._failures:
-                wait = self.refused_retry_s if self._refused else self._backoff
+                fast = self._retry_at_once()
+                wait = self.refused_retry_s if fast else self._backoff
                 if await _stopped(stop, wait * random.uniform(0.8, 1.2)):
                     return
-                if not self._refused:
+                if not fast:
                     self._backoff = min(self._backoff * 2, self.backoff_max)
             try:
                 await asyncio.wait_for(self.source.connect(), self.connect_timeout_s)
             except Exception as exc:  # refused, unreachable, handshake or security failure
-                self._failures += 1
-                # a refused connection costs the server nothing: retried within a quarter of a sample interval, so a
-                # restarted server is read again at once; anything else (no answer, a handshake or session refused)
-                # backs off
+                self._failed()
+                # a refused connection costs the server little: early in an outage it is retried within a quarter of
+                # a sample interval, so a restarted server is read again at once; anything else (no answer, a
+                # handshake or session refused), or a server that stays away, backs off
                 self._refused = getattr(exc, "refused", False) or isinstance(exc, ConnectionRefusedError)
                 reason = f"cannot connect to {self.source.endpoint}: {_text(exc)}"
                 if self.stats.last_error != reason:
-                    log.warning("%s (retrying %s)", reason, f"every {self.refused_retry_s:g}s" if self._refused
-                                else f"with backoff up to {self.backoff_max:g}s")
+                    log.warning("%s (retrying %s)", reason, f"every {self.refused_retry_s:g}s for "
+                                f"{self.refused_fast_s:g}s, then with backoff up to {self.backoff_max:g}s"
+                                if self._refused else f"with backoff up to {self.backoff_max:g}s")
                 self.stats.last_error = reason
                 self.stats.state = "disconnected" if self.stats.connects else "connecting"
                 with contextlib.suppress(Exception):
