@@ -4,8 +4,12 @@ an operator would, with the reads the rollout tests share (rollout record, devic
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sqlite3
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +55,22 @@ class RolloutEnv:
 
     def nucleus_pid(self, thing: str) -> int:
         return int(json.loads((self.home / "fleet.json").read_text())[f"{thing}/nucleus"]["pid"])
+
+    def pause_nucleus(self, thing: str) -> int:
+        """SIGSTOP the device's nucleus at a moment it holds no write lock on the local Greengrass database (a
+        nucleus frozen inside a transaction would lock every other writer out until it resumes); its pid."""
+        pid = self.nucleus_pid(thing)
+        for _ in range(200):
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                with closing(sqlite3.connect(self.stack.greengrass.db_path, timeout=0)) as db:
+                    db.execute("BEGIN IMMEDIATE")
+                    db.rollback()
+                return pid
+            except sqlite3.OperationalError:  # locked, perhaps by the frozen nucleus: let it finish, then again
+                os.kill(pid, signal.SIGCONT)
+                time.sleep(0.05)
+        raise AssertionError(f"{thing}'s nucleus could not be paused outside a Greengrass transaction")
 
 
 E = TypeVar("E", bound=RolloutEnv)

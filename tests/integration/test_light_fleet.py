@@ -132,8 +132,7 @@ def test_c_a_bundle_failing_verification_stops_at_the_light_canary(env: Env):
     assert env.register("light-test-v2") == 2
     # the full canary waits: its own FAILED would end the rollout (and cancel the deployment) before the light
     # canary's report, which is what this test is about
-    full = env.nucleus_pid(FULL_DEVICE)
-    os.kill(full, signal.SIGSTOP)
+    full = env.pause_nucleus(FULL_DEVICE)
     try:
         env.approve(2)
         wait_for(lambda: env.rollout(2).get("canary_deployment_id"), WAIT_S, "the v2 canary deployment")
