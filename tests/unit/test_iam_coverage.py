@@ -117,21 +117,13 @@ def data_arrival(run: Run) -> None:
     from nacelle.simulator.generate import csv_bytes
     from nacelle.simulator.physics import TurbineModel
     from shared.usecases.retraining import ArrivalDeps, RetrainPolicy
-    from tests.fakes import (
-        Clock,
-        FakeTraining,
-        MemoryRegistry,
-        MemoryState,
-        MemoryStore,
-        RecordingEvents,
-        RecordingNotifier,
-    )
+    from tests import fakes
 
     fn, group = "DataArrivalFunction", "nacelle-turbine"
-    clock = Clock()
-    bus = RecordingEvents(clock)
-    raw = ArrivalDeps(MemoryStore("nacelle-data"), MemoryState(), RecordingNotifier(), bus, FakeTraining(),
-                      MemoryRegistry(),
+    clock = fakes.Clock()
+    bus = fakes.RecordingEvents(clock)
+    raw = ArrivalDeps(fakes.MemoryStore("nacelle-data"), fakes.MemoryState(), fakes.RecordingNotifier(), bus,
+                      fakes.FakeTraining(), fakes.MemoryRegistry(),
                       RetrainPolicy(group, min_new_turbine_hours=0.4, quiet_period_s=15.0,
                                     hyperparameters={"epochs": "3"}), clock)
     raw.registry.ensure_group(group)
