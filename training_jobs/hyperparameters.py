@@ -70,8 +70,9 @@ _WHOLE = re.compile(r"[+-]?\d+")
 
 
 def _typed(key: str, kind: str, value: Any) -> Any:
-    """`value` as the field's type. SageMaker passes strings (JSON-decoded where they parse): "2.9" or "true"
-    for a count, "NaN" or "Infinity" for a float are refused, not truncated or carried into the bundle."""
+    """`value` as the field's type. SageMaker passes strings (training_jobs.contract unquotes JSON strings only):
+    "2.9" or "true" for a count, "NaN" or "Infinity" for a float are refused, not truncated or carried into the
+    bundle."""
     if kind == "str":
         return str(value)
     allowed = RANGES[key]
