@@ -54,9 +54,11 @@ def load_model_dir(model_dir: Path) -> LoadedModel:
     scorer = build_scorer(manifest)
     path = model_dir / WEIGHTS_FILE
     state = read_weights(path)
-    for key, placeholder in scorer.state_dict().items():  # weights saved before the frozen-sensor check
+    for key, placeholder in scorer.state_dict().items():  # weights saved before these buffers existed
         if key.endswith("prep.frozen_check") and key not in state:
             state[key] = torch.zeros_like(placeholder)  # its check stays off, as it was trained
+        if key == "tail_power" and key not in state:
+            state[key] = torch.ones_like(placeholder)  # errors in their 99th percentile, as it was trained
     try:
         scorer.load_state_dict(state)
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:

@@ -108,6 +108,23 @@ def typical(values: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(q) & (q > 1e-9), q, 1.0)
 
 
+TAIL_QUANTILE, TAIL_RATIO = 0.999, 1.6
+MIN_TAIL_WINDOWS = 10_000  # ten windows beyond the 99.9th percentile
+TAIL_POWER_RANGE = (0.5, 3.0)
+
+
+def tail_powers(values: np.ndarray) -> np.ndarray:
+    """Per column of errors (windows, F): the power that takes its 99.9th percentile, measured in its 99th,
+    to TAIL_RATIO, so every feature's tail has one shape; 1 with fewer than MIN_TAIL_WINDOWS windows
+    (too few to read a 99.9th percentile) or no spread between the two."""
+    if len(values) < MIN_TAIL_WINDOWS:
+        return np.ones(values.shape[1])
+    with np.errstate(all="ignore"):
+        low, high = np.nanquantile(values.astype(np.float64), [SCALE_QUANTILE, TAIL_QUANTILE], axis=0)
+        power = math.log(TAIL_RATIO) / np.log(high / low)
+    return np.where(np.isfinite(power) & (power > 0), np.clip(power, *TAIL_POWER_RANGE), 1.0)
+
+
 # -- PCA ---------------------------------------------------------------------------------------------
 def fit_pca(spec: FeatureSpec, train_x: np.ndarray, hp: Hyperparameters, log: Log = _stdout) -> Fitted:
     """Principal components keeping `pca_variance` of the standardised windows' variance; Q per feature
@@ -134,7 +151,9 @@ def fit_pca(spec: FeatureSpec, train_x: np.ndarray, hp: Hyperparameters, log: Lo
             q, t2, _ = scorer.parts(torch.from_numpy(train_x[i:i + BATCH]))
             q_parts.append(q.numpy())
             t2_parts.append(t2.numpy())
-    scorer.q_scale.copy_(torch.tensor(typical(np.concatenate(q_parts))).reshape(1, -1))
+    q_all = np.concatenate(q_parts)
+    scorer.q_scale.copy_(torch.tensor(typical(q_all)).reshape(1, -1))
+    scorer.tail_power.copy_(torch.tensor(tail_powers(q_all)).reshape(1, -1))
     scorer.t2_scale.copy_(torch.tensor(float(typical(np.concatenate(t2_parts)[:, None])[0])))
     seconds = time.perf_counter() - started
     log(f"pca: {k} of {flat.shape[1]} components keep {share[k - 1]:.1%} of the variance "
@@ -230,6 +249,7 @@ def _fit_autoencoder(spec: FeatureSpec, train_x: np.ndarray, val_x: np.ndarray, 
     with torch.no_grad():
         for i in range(0, len(train_x), BATCH):
             errors.append(scorer.errors(torch.from_numpy(train_x[i:i + BATCH]))[0].numpy())
-    scale = typical(np.concatenate(errors))
-    scorer.error_scale.copy_(torch.tensor(scale).reshape(1, -1))
+    every = np.concatenate(errors)
+    scorer.error_scale.copy_(torch.tensor(typical(every)).reshape(1, -1))
+    scorer.tail_power.copy_(torch.tensor(tail_powers(every)).reshape(1, -1))
     return Fitted(scorer, history, best_epoch, {**settings, "best_epoch": best_epoch})

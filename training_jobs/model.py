@@ -4,7 +4,9 @@ Every scorer maps raw feature windows (B, F, sampled context + length), NaN wher
   score (B,)            one anomaly score, compared with one calibrated threshold;
   contributions (B, F)  each feature's non-negative part of the score (which sensors explain it);
   missing (B, F)        the fraction of each feature's scored samples that are missing.
-Each feature's error a_j is first measured against its own 99th percentile on the training windows;
+Each feature's error e_j becomes a_j = (e_j / p99_j) ** tail_j, 1 at its 99th percentile on the training
+windows and TAIL_RATIO (training_jobs.fit) at its 99.9th: every feature's tail has one shape, so a steady
+sensor's rare error counts as much as a gusty sensor's (tail_j = 1 on too few windows to tell);
 the score is the power mean (mean of a_j**4) ** (1/4): every feature counts, the worst ones dominate,
 so a fault in one sensor is not averaged away among many and one threshold still fits all of them.
 The contributions are a_j**4 / F (summing to score**4).
@@ -118,8 +120,11 @@ def _per_feature_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor
 POWER = 4.0  # of the power mean that combines the features' errors into the score
 
 
-def _combine(ratios: torch.Tensor, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(score, contributions) from per-feature error ratios (B, F) and an optional extra term (B,)."""
+def _combine(errors: torch.Tensor, scale: torch.Tensor, tail: torch.Tensor, extra: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(score, contributions) from per-feature errors (B, F), their scales and tail powers (1, F), and an
+    optional extra term (B,)."""
+    ratios = (errors / scale).pow(tail)
     contributions = ratios.pow(POWER) / ratios.shape[1]
     total = contributions.sum(dim=1)
     if extra is not None:
@@ -133,6 +138,7 @@ class PCAScorer(nn.Module):
     components: torch.Tensor
     inv_variance: torch.Tensor
     q_scale: torch.Tensor
+    tail_power: torch.Tensor
     t2_scale: torch.Tensor
     t2_weight: torch.Tensor
 
@@ -144,6 +150,7 @@ class PCAScorer(nn.Module):
         self.register_buffer("components", _own(components))  # (F*L, k)
         self.register_buffer("inv_variance", _own(1.0 / variance.clamp(min=1e-12)).reshape(1, -1))
         self.register_buffer("q_scale", _own(q_scale).reshape(1, -1))
+        self.register_buffer("tail_power", torch.ones(1, q_scale.numel()))
         self.register_buffer("t2_scale", torch.tensor(float(t2_scale)))
         self.register_buffer("t2_weight", torch.tensor(float(t2_weight)))
 
@@ -160,7 +167,7 @@ class PCAScorer(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, t2, missing = self.parts(x)
         t2_term = self.t2_weight * (t2 / self.t2_scale).pow(POWER) / q.shape[1]
-        score, contributions = _combine(q / self.q_scale, t2_term)
+        score, contributions = _combine(q, self.q_scale, self.tail_power, t2_term)
         return score, contributions, missing
 
     def describe(self) -> dict[str, Any]:
@@ -170,6 +177,7 @@ class PCAScorer(nn.Module):
 
 class AutoencoderScorer(nn.Module):
     error_scale: torch.Tensor
+    tail_power: torch.Tensor
 
     def __init__(self, prep: Preprocess, autoencoder: nn.Module, architecture: str, channels: int, latent: int,
                  error_scale: torch.Tensor | None = None) -> None:
@@ -180,6 +188,7 @@ class AutoencoderScorer(nn.Module):
         self.channels, self.latent = int(channels), int(latent)
         n = int(prep.mean.shape[1])
         self.register_buffer("error_scale", _own(torch.ones(n) if error_scale is None else error_scale).reshape(1, -1))
+        self.register_buffer("tail_power", torch.ones(1, n))
 
     def errors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-feature mean squared reconstruction error (B, F) and missing fraction (B, F)."""
@@ -189,7 +198,7 @@ class AutoencoderScorer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         errors, missing = self.errors(x)
-        score, contributions = _combine(errors / self.error_scale)
+        score, contributions = _combine(errors, self.error_scale, self.tail_power)
         return score, contributions, missing
 
     def describe(self) -> dict[str, Any]:

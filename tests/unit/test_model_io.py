@@ -189,11 +189,56 @@ def test_a_feature_that_stands_still_in_training_or_too_few_windows_leave_the_fr
     assert frozen_check_for(scored[:FROZEN_CHECK_WINDOWS - 1]).tolist() == [0.0, 0.0, 0.0]
 
 
-def test_weights_saved_before_the_frozen_check_load_with_it_off(fitted, tmp_path: Path):
+def test_weights_saved_before_the_frozen_check_and_tail_powers_load_as_they_were_trained(data, fitted,
+                                                                                      tmp_path: Path):
+    _, probe = data
     scorer = fitted["pca"].scorer
     save_model_dir(tmp_path / "model", scorer, manifest_for(scorer))
     weights = tmp_path / "model" / "model.pt"
     state = torch.load(weights, weights_only=True)
-    del state["prep.frozen_check"]
+    del state["prep.frozen_check"], state["tail_power"]
     torch.save(state, weights)
-    assert load_model_dir(tmp_path / "model").scorer.prep.frozen_check.flatten().tolist() == [0.0, 0.0, 0.0]
+    loaded = load_model_dir(tmp_path / "model").scorer
+    assert loaded.prep.frozen_check.flatten().tolist() == [0.0, 0.0, 0.0]  # the check stays off
+    assert loaded.tail_power.flatten().tolist() == [1.0, 1.0, 1.0]  # errors in their 99th percentile
+    for want, got in zip(score_windows(scorer, probe), score_windows(loaded, probe), strict=True):
+        np.testing.assert_array_equal(got, want)  # no window of the probe is frozen
+
+
+def test_every_feature_error_gets_one_tail_shape_when_enough_windows_show_it():
+    from training_jobs.fit import MIN_TAIL_WINDOWS, TAIL_RATIO, tail_powers, typical
+
+    rng = np.random.default_rng(4)
+    n = MIN_TAIL_WINDOWS + 2_000
+    errors = np.column_stack([rng.lognormal(0.0, 1.0, n),  # gusty: rare errors far beyond the usual
+                              np.abs(rng.normal(0.0, 1.0, n)),  # steady
+                              np.full(n, 2.0)])  # no spread: left alone
+    power = tail_powers(errors)
+    assert power[0] < 1.0 < power[1] and power[2] == 1.0
+    mapped = (errors / typical(errors)) ** power
+    high = np.quantile(mapped[:, :2], 0.999, axis=0)
+    np.testing.assert_allclose(high, TAIL_RATIO, rtol=1e-6)  # both reach the same level at their 99.9th
+    assert tail_powers(errors[:MIN_TAIL_WINDOWS - 1]).tolist() == [1.0, 1.0, 1.0]  # too few to read it
+
+
+@pytest.mark.parametrize("family", ["pca", "conv1d"])
+def test_a_model_with_tail_powers_saves_loads_and_exports_alike(family, data, fitted, tmp_path: Path):
+    import copy
+
+    from training_jobs.compile import check_equivalence
+    from training_jobs.onnx_export import export_onnx
+
+    _, probe = data
+    scorer = copy.deepcopy(fitted[family].scorer)
+    plain = score_windows(scorer, probe)
+    scorer.tail_power.copy_(torch.tensor([[0.6, 1.0, 2.5]]))
+    shaped = score_windows(scorer, probe)
+    assert not np.array_equal(shaped[1][:, 0], plain[1][:, 0])  # the powers are in the graph
+    np.testing.assert_array_equal(shaped[1][:, 1], plain[1][:, 1])
+    save_model_dir(tmp_path / "model", scorer, manifest_for(scorer))
+    for want, got in zip(shaped, score_windows(load_model_dir(tmp_path / "model").scorer, probe), strict=True):
+        np.testing.assert_array_equal(got, want)
+    export_onnx(scorer, 3, SPEC.geometry.width, tmp_path / "model.onnx")
+    report = check_equivalence(tmp_path / "model.onnx", scorer, np.ascontiguousarray(probe), threshold=1.0,
+                               atol=1e-5, rtol=1e-4)
+    assert report["passed"] and report["flags"]["agree"]
