@@ -53,8 +53,9 @@ and noted on the record (rollout_notices.announce), so that a failed publish is 
 | fleet   | fail            | failing    | a device failed                                            |
 | failing | restored        | failed     | marked failed, the groups still on it restored (watchdog   |
 |         |                 |            | resumes); its notice then due                              |
-| canary  | rollback        | superseded | `nacelle fleet rollback --to` an earlier version, before   |
+| waiting | rollback        | superseded | `nacelle fleet rollback --to` an earlier version, before   |
 |         |                 |            | it deploys                                                 |
+| canary  | rollback        | superseded |                                                            |
 | fleet   | rollback        | superseded |                                                            |
 | canary  | cancel          | canceled   | `nacelle fleet cancel` of the stage's deployment           |
 | fleet   | cancel          | canceled   |                                                            |
@@ -158,6 +159,7 @@ ROLLOUT = Machine("rollout", "stage",
     (CANARY, FAIL, FAILING),
     (FLEET, FAIL, FAILING),
     (FAILING, RESTORED, FAILED_STAGE),
+    (WAITING, ROLLBACK, SUPERSEDED),
     (CANARY, ROLLBACK, SUPERSEDED),
     (FLEET, ROLLBACK, SUPERSEDED),
     (CANARY, CANCEL, CANCELED),

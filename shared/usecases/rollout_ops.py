@@ -205,11 +205,11 @@ def _check_rollback_target(version: int, deps: RolloutDeps) -> None:
 
 
 def _supersede_newer(version: int, deps: RolloutDeps) -> None:
-    """Every newer rollout on the canary or the fleet -> superseded (conditional on the stage read; read again while
-    a concurrent promotion moves one)."""
+    """Every newer rollout waiting for a canary device, on the canary or on the fleet -> superseded (conditional on
+    the stage read; read again while a concurrent start or promotion moves one)."""
     for _ in range(5):
         active = [r for r in records(RolloutRecord, deps.state.query(_pk(deps), ROLLOUT))
-                  if r.version > version and r.stage in ACTIVE_STAGES]
+                  if r.version > version and r.stage in (WAITING, *ACTIVE_STAGES)]
         if not active:
             return
         for record in active:

@@ -37,7 +37,8 @@ from shared.usecases.rollout_state import ROLLOUT
 from tests.fakes import FakeCompile, MemoryRegistry, MemoryState
 from tests.unit.test_registration import metrics, model_tar, running_job
 from tests.unit.test_rollout import CANARY as CANARY_GROUP
-from tests.unit.test_rollout import CANARY_TIMEOUT, GROUP, SOAK, Harness, aws_status_event
+from tests.unit.test_rollout import CANARY_TIMEOUT, GROUP, MODEL_COMPONENT, SOAK, Harness, aws_status_event
+from tests.unit.test_rollout import FLEET as FLEET_GROUP
 
 Move = tuple[str, str | None, str | None]  # (machine, from, to) as written; None: a record without the field
 ALLOWED = {(m.name, t.source, t.target) for m in lc.MACHINES for t in m.transitions}
@@ -551,6 +552,22 @@ def test_a_rollback_supersedes_the_newer_versions_in_the_canary_and_the_fleet(wo
     assert (world.stage(2), world.stage(3)) == (lc.FLEET, lc.CANARY)
     assert [rollback_to(1, h.deps).action for _ in range(2)] == ["rolled-back", "duplicate"]
     assert (world.stage(1), world.stage(2), world.stage(3)) == (lc.DONE, lc.SUPERSEDED, lc.SUPERSEDED)
+
+
+@drives((lc.ROLLOUT, lc.WAITING, lc.ROLLBACK, lc.SUPERSEDED))
+def test_a_rollback_supersedes_a_newer_version_still_waiting_for_a_canary_device(world):
+    world.without_devices()
+    h = world.h
+    h.deliver_manifest(h.compile(1))
+    h.deliver_manifest(h.compile(2))
+    assert (world.stage(1), world.stage(2)) == (lc.SUPERSEDED, lc.WAITING)
+    h.gg.ensure_thing_group(FLEET_GROUP)
+    h.gg.ensure_thing_group(CANARY_GROUP)
+    h.gg.add_thing("turbine-01", CANARY_GROUP)
+    assert rollback_to(1, h.deps).action == "rolled-back"
+    assert world.stage(2) == lc.SUPERSEDED
+    assert h.check(2).action == "ignored"  # a device joined: v2 must not deploy over the rollback
+    assert [d["components"][MODEL_COMPONENT]["componentVersion"] for d in h.deployments(CANARY_GROUP)] == ["1.0.0"]
 
 
 @drives((lc.ROLLOUT, lc.CANARY, lc.CANCEL, lc.CANCELED), (lc.ROLLOUT, lc.FLEET, lc.CANCEL, lc.CANCELED))
