@@ -145,6 +145,15 @@ class World:
         h.gg = LocalGreengrass(h.db, on_status_event=h.status_events.append, clock=h.clock)
         h.deps = replace(h.deps, greengrass=h.gg)
 
+    def two_waiting_versions(self) -> Harness:
+        """Without devices, v1 and then v2 compiled: v1 superseded by v2, which waits for a canary device."""
+        self.without_devices()
+        h = self.h
+        h.deliver_manifest(h.compile(1))
+        h.deliver_manifest(h.compile(2))
+        assert (self.stage(1), self.stage(2)) == (lc.SUPERSEDED, lc.WAITING)
+        return h
+
     def train(self, good: bool = True) -> int:
         """A training job completes (its event delivered twice); the version it registered."""
         job = f"nacelle-job-{len(self.registry.list(GROUP)) + 1}"
@@ -431,11 +440,7 @@ def test_without_devices_the_version_waits_and_deploys_once_a_device_joins(world
 
 @drives((lc.ROLLOUT, lc.ABSENT, lc.NO_DEVICES, lc.WAITING), (lc.ROLLOUT, lc.WAITING, lc.NEWER_VERSION, lc.SUPERSEDED))
 def test_a_newer_waiting_version_supersedes_a_waiting_one(world):
-    world.without_devices()
-    h = world.h
-    h.deliver_manifest(h.compile(1))
-    h.deliver_manifest(h.compile(2))
-    assert (world.stage(1), world.stage(2)) == (lc.SUPERSEDED, lc.WAITING)
+    h = world.two_waiting_versions()
     assert h.check(1).action == "ignored"
 
 
@@ -556,11 +561,7 @@ def test_a_rollback_supersedes_the_newer_versions_in_the_canary_and_the_fleet(wo
 
 @drives((lc.ROLLOUT, lc.WAITING, lc.ROLLBACK, lc.SUPERSEDED))
 def test_a_rollback_supersedes_a_newer_version_still_waiting_for_a_canary_device(world):
-    world.without_devices()
-    h = world.h
-    h.deliver_manifest(h.compile(1))
-    h.deliver_manifest(h.compile(2))
-    assert (world.stage(1), world.stage(2)) == (lc.SUPERSEDED, lc.WAITING)
+    h = world.two_waiting_versions()
     h.gg.ensure_thing_group(FLEET_GROUP)
     h.gg.ensure_thing_group(CANARY_GROUP)
     h.gg.add_thing("turbine-01", CANARY_GROUP)
