@@ -125,6 +125,13 @@ def tail_powers(values: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(power) & (power > 0), np.clip(power, *TAIL_POWER_RANGE), 1.0)
 
 
+def _set_tails(scorer: Scorer, spec: FeatureSpec, errors: np.ndarray, log: Log) -> None:
+    powers = tail_powers(errors)
+    scorer.tail_power.copy_(torch.tensor(powers).reshape(1, -1))
+    if (powers != 1.0).any():
+        log("tail powers: " + ", ".join(f"{name} {p:.2f}" for name, p in zip(spec.features, powers, strict=True)))
+
+
 # -- PCA ---------------------------------------------------------------------------------------------
 def fit_pca(spec: FeatureSpec, train_x: np.ndarray, hp: Hyperparameters, log: Log = _stdout) -> Fitted:
     """Principal components keeping `pca_variance` of the standardised windows' variance; Q per feature
@@ -153,7 +160,7 @@ def fit_pca(spec: FeatureSpec, train_x: np.ndarray, hp: Hyperparameters, log: Lo
             t2_parts.append(t2.numpy())
     q_all = np.concatenate(q_parts)
     scorer.q_scale.copy_(torch.tensor(typical(q_all)).reshape(1, -1))
-    scorer.tail_power.copy_(torch.tensor(tail_powers(q_all)).reshape(1, -1))
+    _set_tails(scorer, spec, q_all, log)
     scorer.t2_scale.copy_(torch.tensor(float(typical(np.concatenate(t2_parts)[:, None])[0])))
     seconds = time.perf_counter() - started
     log(f"pca: {k} of {flat.shape[1]} components keep {share[k - 1]:.1%} of the variance "
@@ -251,5 +258,5 @@ def _fit_autoencoder(spec: FeatureSpec, train_x: np.ndarray, val_x: np.ndarray, 
             errors.append(scorer.errors(torch.from_numpy(train_x[i:i + BATCH]))[0].numpy())
     every = np.concatenate(errors)
     scorer.error_scale.copy_(torch.tensor(typical(every)).reshape(1, -1))
-    scorer.tail_power.copy_(torch.tensor(tail_powers(every)).reshape(1, -1))
+    _set_tails(scorer, spec, every, log)
     return Fitted(scorer, history, best_epoch, {**settings, "best_epoch": best_epoch})
