@@ -22,7 +22,8 @@ from tests.unit.test_template import as_list, resources
 BUCKET_ARN = "arn:aws:s3:::nacelle-data-123456789012"
 ROLE = "GreengrassTokenExchangeRole"
 THING_VARIABLE = "credentials-iot:ThingName"
-STATEMENT_KEYS = {"Sid", "Effect", "Action", "Resource"}  # a Condition would need modelling: refused
+STATEMENT_KEYS = {"Sid", "Effect", "Action", "Resource", "Condition"}
+CONDITIONS = {"Null": {"s3:if-none-match"}}  # modelled; any other condition is refused
 
 
 def _resource(value: Any, thing: str) -> str:
@@ -44,6 +45,18 @@ def _resource(value: Any, thing: str) -> str:
     return f"unresolved:{value!r}"
 
 
+def _condition_holds(condition: dict[str, Any], keys: set[str]) -> bool:
+    """`Null` as IAM evaluates it: {"key": "false"} holds when the request carries the key, "true" when it does not.
+    `keys`: the condition keys the request carries (for S3, the If-None-Match header is s3:if-none-match)."""
+    for operator, tests in condition.items():
+        assert operator in CONDITIONS and set(tests) <= CONDITIONS[operator], f"not modelled: {operator} {tests}"
+        for key, value in tests.items():
+            assert value in ("true", "false"), f"Null takes 'true' or 'false', got {value!r}"
+            if (key in keys) != (value == "false"):
+                return False
+    return True
+
+
 class RolePolicy:
     """Every inline policy of the role, for the credentials of `thing`."""
 
@@ -53,13 +66,14 @@ class RolePolicy:
             for raw in as_list(policy["PolicyDocument"]["Statement"]):
                 assert set(raw) <= STATEMENT_KEYS, f"the evaluator does not model {sorted(set(raw) - STATEMENT_KEYS)}"
                 self.statements.append((raw["Effect"], [str(a) for a in as_list(raw["Action"])],
-                                        [_resource(r, thing) for r in as_list(raw["Resource"])]))
+                                        [_resource(r, thing) for r in as_list(raw["Resource"])],
+                                        raw.get("Condition", {})))
         assert not role["Properties"].get("ManagedPolicyArns"), "a managed policy would escape this evaluation"
 
-    def allows(self, action: str, arn: str) -> bool:
-        matching = [effect for effect, actions, arns in self.statements
+    def allows(self, action: str, arn: str, keys: frozenset[str] = frozenset({"s3:if-none-match"})) -> bool:
+        matching = [effect for effect, actions, arns, condition in self.statements
                     if any(wildcard_match(a, action, ignore_case=True) for a in actions)
-                    and any(wildcard_match(r, arn) for r in arns)]
+                    and any(wildcard_match(r, arn) for r in arns) and _condition_holds(condition, set(keys))]
         return "Allow" in matching and "Deny" not in matching
 
 
@@ -70,6 +84,13 @@ def role_policy(thing: str) -> RolePolicy:
 @pytest.mark.parametrize("row", capture_table(), ids=lambda r: r.id)
 def test_a_device_writes_captured_data_under_its_own_thing_only(row: CaptureUpload) -> None:
     assert role_policy(row.identity).allows("s3:PutObject", f"{BUCKET_ARN}/{row.key}") is row.allowed
+
+
+@pytest.mark.parametrize("thing", DEVICES)
+def test_a_device_only_creates_captured_files_and_never_replaces_one(thing: str) -> None:
+    arn = f"{BUCKET_ARN}/raw/capture/{thing}/x.csv"
+    assert role_policy(thing).allows("s3:PutObject", arn, frozenset({"s3:if-none-match"}))  # If-None-Match: *
+    assert not role_policy(thing).allows("s3:PutObject", arn, frozenset())  # a plain PUT would overwrite
 
 
 @pytest.mark.parametrize("thing", DEVICES)

@@ -130,6 +130,9 @@ def test_put_object_is_signed_and_answers_are_classified(server: Loopback) -> No
     assert (put["method"], put["path"], put["body"]) == ("PUT", f"/nacelle-data/{KEY}", b"a,b\n1,2\n")
     assert put["headers"]["x-amz-security-token"] == "session-token"
     assert put["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20250301/eu-west-1/s3/")
+    assert put["headers"]["if-none-match"] == "*" and "if-none-match" in put["headers"]["authorization"]  # signed
+    server.responses = [(412, {"Code": "PreconditionFailed"})]  # uploaded before a crash kept the copy: done
+    uploader.put(KEY, b"a,b\n1,2\n")
     server.responses = [(403, {"Code": "AccessDenied"})]
     with pytest.raises(UploadRefused, match="403"):
         uploader.put(KEY, b"x")

@@ -8,13 +8,16 @@
   gives the component two environment variables: AWS_CONTAINER_CREDENTIALS_FULL_URI (the local service's URL) and
   AWS_CONTAINER_AUTHORIZATION_TOKEN (sent as the Authorization header; or AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE).
   The service exchanges the device's certificate for temporary credentials of the role alias's IAM role, which
-  may put objects under `raw/capture/${credentials-iot:ThingName}/` only (template.yaml GreengrassTokenExchangeRole).
+  may put objects under `raw/capture/${credentials-iot:ThingName}/` only, and only with `If-None-Match: *`
+  (template.yaml GreengrassTokenExchangeRole): S3 answers 412 when the key exists, i.e. this device uploaded the
+  file before a crash kept it from deleting its copy (a name says its span, kind, model and part), and the upload
+  counts as done.
   Standard library only: boto3 never reaches the device (nacelle/components.py FORBIDDEN_IMPORTS).
 
 UploadWorker sends the oldest finished file, deletes it after the upload succeeded, and on a failure keeps it and
 retries after an exponential backoff (the buffer's drop policy bounds what waits). It runs on its own thread: a
-slow or failing upload never delays scoring. An upload repeated after a crash writes the same bytes under the same
-key, which data_arrival recognises as a duplicate.
+slow or failing upload never delays scoring. An upload repeated after a crash rewrites nothing: the gateway takes
+the same bytes again as a retry, S3 refuses the conditional write (412), and both count as done.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote, urlsplit
@@ -65,7 +69,8 @@ def _content_md5(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
 
-def _send(conn: http.client.HTTPConnection, path: str, data: bytes, headers: Mapping[str, str], what: str) -> None:
+def _send(conn: http.client.HTTPConnection, path: str, data: bytes, headers: Mapping[str, str], what: str,
+          done: tuple[int, ...] = (200, 201)) -> None:
     try:
         conn.request("PUT", path, body=data, headers=dict(headers))
         response = conn.getresponse()
@@ -74,7 +79,7 @@ def _send(conn: http.client.HTTPConnection, path: str, data: bytes, headers: Map
         raise UploadError(f"{what}: {type(exc).__name__}: {exc}") from exc
     finally:
         conn.close()
-    if response.status in (200, 201):
+    if response.status in done:
         return
     error = UploadRefused if 400 <= response.status < 500 else UploadError
     raise error(f"{what}: HTTP {response.status} {response.reason}: {detail[:300]}")
@@ -227,14 +232,16 @@ class S3Uploader:
         else:
             host, path, secure = f"{self.bucket}.s3.{self.region}.amazonaws.com", "/" + quote(key, safe="/"), True
         headers = sigv4_headers("PUT", host, path, self.region, "s3", credentials, data,
-                                {"content-type": "text/csv", "content-md5": _content_md5(data)}, self.clock())
+                                {"content-type": "text/csv", "content-md5": _content_md5(data), "if-none-match": "*"},
+                                self.clock())
         del headers["host"]  # http.client sends it
         name, _, port = host.partition(":")
         conn: http.client.HTTPConnection = (
             http.client.HTTPSConnection(name, int(port) if port else None, timeout=self.timeout_s,
                                         context=ssl.create_default_context())
             if secure else http.client.HTTPConnection(name, int(port) if port else None, timeout=self.timeout_s))
-        _send(conn, path, data, headers, f"PutObject s3://{self.bucket}/{key}")
+        _send(conn, path, data, headers, f"PutObject s3://{self.bucket}/{key}",
+              (200, 201, HTTPStatus.PRECONDITION_FAILED))  # 412: uploaded before, never replaced
 
 
 class UploadWorker:
