@@ -171,12 +171,13 @@ def _claim(deps: AlertDeps, alert_id: str, flag: Notice, extra: Mapping[str, Any
 STALE_CLAIM_S = 900.0  # a claimed notification not sent by then was claimed by a function that died (15 min max)
 
 
-def _release_stale_claims(item: EpisodeAlert, now: float, deps: AlertDeps) -> bool:
-    """Give back an episode's alert or resolution claimed by a function that died before sending it."""
+def _release_stale_claims(item: AlertRecord, now: float, deps: AlertDeps) -> bool:
+    """Give back an alert's alert or resolution claimed by a function that died before sending it (that very claim:
+    a fresh one taken meanwhile stays)."""
     released = False
     for flag, state, at in (("alert", item.alert, item.alert_at), ("resolution", item.resolution, item.resolution_at)):
         if state == "claimed" and at is not None and now - at >= STALE_CLAIM_S \
-                and deps.alerts.update_if(ALERTS, item.alert_id, {flag: None}, {flag: "claimed"}):
+                and deps.alerts.update_if(ALERTS, item.alert_id, {flag: None}, {flag: "claimed", f"{flag}_at": at}):
             logger.warning("a claimed notification was never sent: claimed again", alert_id=item.alert_id,
                            notification=flag)
             released = True

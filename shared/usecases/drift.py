@@ -54,7 +54,16 @@ from shared.observability import correlate, logger
 from shared.ports import Envelope, EventPublisher, ObjectStore, StateStore
 from shared.records import DriftAlert, DriftState, load
 from shared.usecases import state_keys as sk
-from shared.usecases.alerts import ALERTS, STALE_CLAIM_S, AlertDeps, Notice, _attributes, _claim, _iso, _send
+from shared.usecases.alerts import (
+    ALERTS,
+    STALE_CLAIM_S,
+    AlertDeps,
+    _attributes,
+    _claim,
+    _iso,
+    _release_stale_claims,
+    _send,
+)
 from shared.usecases.outcome import Outcome
 from shared.usecases.turbine_periods import manifest_threshold, remember_period
 
@@ -388,18 +397,9 @@ def _current(alert_id: str, deps: DriftDeps) -> DriftAlert | None:
     """The alert item, its notifications claimed by a function that died before sending them (STALE_CLAIM_S ago)
     given back so that they are sent."""
     current = load(DriftAlert, deps.alerts.alerts.get(ALERTS, alert_id))
-    if current is None:
-        return None
-    now, released = deps.clock().timestamp(), False
-    claims: tuple[tuple[Notice, str | None, float | None], ...] = (
-        ("alert", current.alert, current.alert_at), ("resolution", current.resolution, current.resolution_at))
-    for flag, claim, at in claims:
-        if claim == "claimed" and (at is None or now - at >= STALE_CLAIM_S) and deps.alerts.alerts.update_if(
-                ALERTS, alert_id, {flag: None}, {flag: "claimed", f"{flag}_at": at}):
-            logger.warning("a claimed notification was never sent: claimed again", alert_id=alert_id,
-                           notification=flag)
-            released = True
-    return load(DriftAlert, deps.alerts.alerts.get(ALERTS, alert_id)) if released else current
+    if current is not None and _release_stale_claims(current, deps.clock().timestamp(), deps.alerts):
+        return load(DriftAlert, deps.alerts.alerts.get(ALERTS, alert_id))
+    return current
 
 
 def _describe(verdict: Verdict) -> str:
