@@ -31,6 +31,7 @@ from typing import Any
 
 from nacelle import device_bundle as bundle
 from nacelle.console import iso, table
+from shared.aws.iot_registry import AwsThingRegistry
 from shared.devices import certificate_id, check_thing_name
 from shared.errors import AdapterError, ConfigurationError
 from shared.usecases.provisioning import CLAIMABLE_ATTRIBUTE
@@ -414,15 +415,6 @@ DECOMMISSION_ATTRIBUTE = "nacelle_decommission"
 RECORDED_IDS = 12  # an attribute value holds 800 characters: 12 ids of 64 and their commas
 
 
-def _thing_attributes(iot: Any, thing: str) -> dict[str, str] | None:
-    try:
-        return {str(k): str(v) for k, v in iot.describe_thing(thingName=thing).get("attributes", {}).items()}
-    except client_error() as exc:
-        if error_code(exc) != "ResourceNotFoundException":
-            raise AdapterError(f"IoT DescribeThing {thing} failed: {error_code(exc)}") from exc
-        return None
-
-
 def _record(iot: Any, thing: str, cert_ids: list[str]) -> None:
     # "" removes an attribute: the claimable mark goes too, so a thing being emptied is never claimed.
     attributes = {DECOMMISSION_ATTRIBUTE: ",".join(cert_ids), CLAIMABLE_ATTRIBUTE: ""}
@@ -432,7 +424,7 @@ def _record(iot: Any, thing: str, cert_ids: list[str]) -> None:
 def _next_batch(iot: Any, thing: str) -> list[str]:
     """The certificate ids an earlier run recorded, or else (recorded now) up to RECORDED_IDS of those still
     attached; [] when the thing is gone or has none left."""
-    attributes = _thing_attributes(iot, thing)
+    attributes = AwsThingRegistry(iot).thing_attributes(thing)
     if attributes is None:
         return []
     recorded = [c for c in attributes.get(DECOMMISSION_ATTRIBUTE, "").split(",") if c]
