@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from shared.errors import TrainingError
+from shared.ml.feasibility import GLITCH_QUANTILE, GLITCH_RATIO
 from shared.ml.spec import FeatureSpec
 from training_jobs.hyperparameters import Hyperparameters
 from training_jobs.model import (
@@ -22,6 +23,7 @@ from training_jobs.model import (
     build_autoencoder,
     frozen_windows,
     masked_loss,
+    median_of_three,
     torch_threads,
 )
 
@@ -46,14 +48,17 @@ class Fitted:
     settings: dict[str, float] = field(default_factory=dict)  # what the data-sized defaults became
 
 
-def preprocess_for(spec: FeatureSpec, x: np.ndarray) -> Preprocess:
+def preprocess_for(spec: FeatureSpec, x: np.ndarray, glitch_filter: bool = False) -> Preprocess:
     """Standardisation fitted on (W, F, geometry.width) windows: per-feature mean and std of the scored
     samples after the drift baseline (NaN ignored); the frozen-sensor check for the features that never
-    held one value over a window (a setpoint or a coarse reading that often stands still is left out)."""
+    held one value over a window (a setpoint or a coarse reading that often stands still is left out);
+    with `glitch_filter`, the limits beyond which a lone reading is a glitch (else none is)."""
     g = spec.geometry
     drift = torch.tensor(spec.drift_mask, dtype=torch.float32)
     n = spec.n_features
     raw = Preprocess(torch.zeros(n), torch.ones(n), drift, g.context_inputs, g.length)
+    spike = spike_limits(x[..., g.context_inputs:]) if glitch_filter else torch.full((1, n, 1), math.inf)
+    raw.spike.copy_(spike)
     parts = []
     with torch.no_grad():
         for i in range(0, len(x), BATCH):
@@ -67,8 +72,31 @@ def preprocess_for(spec: FeatureSpec, x: np.ndarray) -> Preprocess:
         bad = [spec.features[j] for j in np.flatnonzero(~np.isfinite(mean))]
         raise TrainingError(f"feature(s) {bad} have no valid sample in the training windows")
     std = np.where(np.isfinite(std) & (std > 1e-9 * np.maximum(1.0, np.abs(mean))), std, 1.0)
-    return Preprocess(torch.tensor(mean), torch.tensor(std), drift, g.context_inputs, g.length,
+    prep = Preprocess(torch.tensor(mean), torch.tensor(std), drift, g.context_inputs, g.length,
                       frozen_check_for(x[..., g.context_inputs:]))
+    prep.spike.copy_(spike)
+    return prep
+
+
+SPIKE_WINDOWS = 2000  # evenly spread training windows are enough to read the 99th percentile
+
+
+def spike_limits(scored: np.ndarray) -> torch.Tensor:
+    """(1, F, 1): per feature, GLITCH_RATIO times the GLITCH_QUANTILE of a sample's distance from the median
+    of it and its two neighbours over the (W, F, L) training windows; inf (never a glitch) where that is 0 or the
+    windows are shorter than three samples."""
+    n = scored.shape[1]
+    if scored.shape[-1] < 3 or not len(scored):
+        return torch.full((1, n, 1), math.inf)
+    pick = np.unique(np.linspace(0, len(scored) - 1, min(len(scored), SPIKE_WINDOWS)).astype(int))
+    x = torch.from_numpy(np.ascontiguousarray(scored[pick], dtype=np.float32))
+    median, ok = median_of_three(x[..., :-2], x[..., 1:-1], x[..., 2:])
+    distance = torch.where(ok, (x[..., 1:-1] - median).abs(), torch.full_like(median, math.nan))
+    flat = np.moveaxis(distance.numpy().astype(np.float64), 1, 0).reshape(n, -1)
+    with np.errstate(all="ignore"):
+        q = np.nanquantile(flat, GLITCH_QUANTILE, axis=1)
+    limit = np.where(np.isfinite(q) & (q > 0), GLITCH_RATIO * q, math.inf)
+    return torch.tensor(limit, dtype=torch.float32).reshape(1, n, 1)
 
 
 def frozen_check_for(scored: np.ndarray) -> torch.Tensor:
@@ -133,11 +161,12 @@ def _set_tails(scorer: Scorer, spec: FeatureSpec, errors: np.ndarray, log: Log) 
 
 
 # -- PCA ---------------------------------------------------------------------------------------------
-def fit_pca(spec: FeatureSpec, train_x: np.ndarray, hp: Hyperparameters, log: Log = _stdout) -> Fitted:
+def fit_pca(spec: FeatureSpec, train_x: np.ndarray, hp: Hyperparameters, log: Log = _stdout,
+            glitch_filter: bool = False) -> Fitted:
     """Principal components keeping `pca_variance` of the standardised windows' variance; Q per feature
     and T² normalised by their means on the training windows."""
     started = time.perf_counter()
-    prep = preprocess_for(spec, train_x)
+    prep = preprocess_for(spec, train_x, glitch_filter)
     with torch.no_grad():
         flat = np.concatenate([prep(torch.from_numpy(train_x[i:i + BATCH]))[0].flatten(1).numpy()
                                for i in range(0, len(train_x), BATCH)]).astype(np.float64)
@@ -181,24 +210,24 @@ def autoencoder_settings(hp: Hyperparameters, windows: int, n_features: int, len
 
 
 def fit_autoencoder(spec: FeatureSpec, train_x: np.ndarray, val_x: np.ndarray, hp: Hyperparameters,
-                    log: Log = _stdout) -> Fitted:
+                    log: Log = _stdout, glitch_filter: bool = False) -> Fitted:
     """Fits on one thread when a batch holds fewer than SMALL_BATCH_VALUES inputs: so little work per step
     costs more to share between threads than it gains."""
     g = spec.geometry
     settings = autoencoder_settings(hp, len(train_x), spec.n_features, g.length)
     batch = (settings["batch_size"], spec.n_features, g.width)
     if math.prod(batch) >= SMALL_BATCH_VALUES or torch.get_num_threads() == 1:
-        return _fit_autoencoder(spec, train_x, val_x, hp, settings, log)
+        return _fit_autoencoder(spec, train_x, val_x, hp, settings, log, glitch_filter)
     log(f"autoencoder: 1 thread (batches of {' x '.join(map(str, batch))} inputs are too small to share)")
     with torch_threads(1):
-        return _fit_autoencoder(spec, train_x, val_x, hp, settings, log)
+        return _fit_autoencoder(spec, train_x, val_x, hp, settings, log, glitch_filter)
 
 
 def _fit_autoencoder(spec: FeatureSpec, train_x: np.ndarray, val_x: np.ndarray, hp: Hyperparameters,
-                     settings: dict[str, int], log: Log) -> Fitted:
+                     settings: dict[str, int], log: Log, glitch_filter: bool) -> Fitted:
     g = spec.geometry
     torch.manual_seed(hp.seed)
-    prep = preprocess_for(spec, train_x)
+    prep = preprocess_for(spec, train_x, glitch_filter)
     ae = build_autoencoder(hp.architecture, spec.n_features, g.length, settings["channels"], settings["latent"],
                            hp.dropout)
     scorer = AutoencoderScorer(prep, ae, hp.architecture, settings["channels"], settings["latent"])

@@ -10,10 +10,11 @@ sensor's rare error counts as much as a gusty sensor's (tail_j = 1 on too few wi
 the score is the power mean (mean of a_j**4) ** (1/4): every feature counts, the worst ones dominate,
 so a fault in one sensor is not averaged away among many and one threshold still fits all of them.
 The contributions are a_j**4 / F (summing to score**4).
-`Preprocess` is shared: drifting features are taken relative to their median over the context before
-the scored samples, every feature is standardised, missing samples are set to the mean; a feature that
-never stood still over a training window and holds one value over a scored window is reported missing
-(a frozen sensor). The exported ONNX graph holds all of it, so the device keeps no second copy of the math.
+`Preprocess` is shared: a lone bad reading (a glitch) is replaced by the median of it and its neighbours,
+drifting features are taken relative to their median over the context before the scored samples, every
+feature is standardised, missing samples are set to the mean; a feature that never stood still over a
+training window and holds one value over a scored window is reported missing (a frozen sensor). The
+exported ONNX graph holds all of it, so the device keeps no second copy of the math.
 
 Families:
 * "pca": PCA of the flattened standardised window: the SPE/Q residual per feature, and Hotelling's T²
@@ -42,6 +43,7 @@ class Preprocess(nn.Module):
     std: torch.Tensor
     drift: torch.Tensor
     frozen_check: torch.Tensor
+    spike: torch.Tensor
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, drift: torch.Tensor, context: int, length: int,
                  frozen_check: torch.Tensor | None = None) -> None:
@@ -54,6 +56,24 @@ class Preprocess(nn.Module):
         # 1.0 for a feature that never stood still over a training window: a window of one value is frozen
         checked = torch.zeros_like(drift) if frozen_check is None else frozen_check
         self.register_buffer("frozen_check", _own(checked).reshape(1, -1))
+        # a sample further than this from the median of it and its two neighbours is a glitch (inf: never)
+        self.register_buffer("spike", torch.full((1, int(drift.numel()), 1), math.inf))
+
+    def despike(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, F, L) with each glitch (a sample more than `spike` away from the median of it and its two
+        neighbours) replaced by that median; a step, a trend or a run of bad samples passes unchanged. At
+        either end the missing neighbour is the straight line through the two inward (filtered) samples."""
+        if self.length < 3:
+            return x
+        inner = self._replace(x[..., 1:-1], x[..., :-2], x[..., 2:])
+        y = torch.cat([x[..., :1], inner, x[..., -1:]], dim=-1)
+        head = self._replace(x[..., :1], 2 * y[..., 1:2] - y[..., 2:3], y[..., 1:2])
+        tail = self._replace(x[..., -1:], y[..., -2:-1], 2 * y[..., -2:-1] - y[..., -3:-2])
+        return torch.cat([head, inner, tail], dim=-1)
+
+    def _replace(self, x: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        median, ok = median_of_three(before, x, after)
+        return torch.where(ok & ((x - median).abs() > self.spike), median, x)
 
     def relative(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The scored samples (drifting features minus their baseline) and their missing mask.
@@ -61,7 +81,7 @@ class Preprocess(nn.Module):
         The baseline is the median of the context (the lower middle value: no arithmetic, the same bits in
         torch and ONNX Runtime), so a fault shorter than half the context neither shifts it nor, once
         over, leaves a false deviation behind; with no context sample, the window's own mean."""
-        scored = x[..., self.context:]
+        scored = self.despike(x[..., self.context:])
         missing = torch.isnan(scored)
         if self.any_drift:
             own, _ = _masked_mean(scored)
@@ -90,6 +110,14 @@ def frozen_windows(x: torch.Tensor) -> torch.Tensor:
     highest = torch.where(ok, x, torch.full_like(x, -math.inf)).amax(dim=2)
     lowest = torch.where(ok, x, torch.full_like(x, math.inf)).amin(dim=2)
     return (ok.sum(dim=2) >= 2) & (highest == lowest)
+
+
+def median_of_three(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elementwise median of three, and where all three are present. NaN is zeroed first so that no min/max
+    sees one (torch and ONNX Runtime treat it differently)."""
+    ok = ~(torch.isnan(a) | torch.isnan(b) | torch.isnan(c))
+    a, b, c = (torch.where(ok, v, torch.zeros_like(v)) for v in (a, b, c))
+    return torch.maximum(torch.minimum(a, b), torch.minimum(torch.maximum(a, b), c)), ok
 
 
 def _own(values: torch.Tensor) -> torch.Tensor:

@@ -210,7 +210,7 @@ def _deliver(mode: str, chosen: Candidate, test: list[TurbineSeries], validation
         epochs = max(1, round(statistics.median(f.best_epoch for f in chosen.fits)))
         refit = replace(hp, epochs=epochs, patience=epochs + 1)
     log(f"refit {chosen.family} on all {len(train_x)} normal windows")
-    final = fit_family(chosen.family, spec, train_x, train_x[:0], refit, log)
+    final = fit_family(chosen.family, spec, train_x, train_x[:0], refit, log, mode)
     return final, validation, chosen.validation
 
 

@@ -14,8 +14,28 @@ from shared.ml.dataset import TurbineSeries
 from shared.ml.features import segment_bounds
 from shared.ml.spec import FeatureSpec
 
-DRIFT_R2 = 0.5  # a straight line explains at least half of the feature's variance...
-DRIFT_STEPS = 3.0  # ...and moves it by at least 3 times its sample-to-sample noise over the data
+# A straight line explains at least 30 % of the feature's variance and moves it by at least 2.5 times its
+# sample-to-sample noise over the data: a warm-up of minutes shows that much within a few hundred samples.
+DRIFT_R2 = 0.3
+DRIFT_STEPS = 2.5
+# A glitch: a sample further from the median of it and its neighbours than GLITCH_RATIO times that distance's
+# GLITCH_QUANTILE over the data (the model replaces them by the same rule before scoring).
+GLITCH_QUANTILE, GLITCH_RATIO = 0.99, 4.0
+
+
+def without_glitches(x: np.ndarray) -> np.ndarray:
+    """A copy of the 1-D series (no NaN) with each glitch replaced by the median of it and its neighbours;
+    the two ends are kept. A few bad readings would otherwise hide a trend from the statistics below."""
+    if len(x) < 3:
+        return x
+    median = np.median(np.stack([x[:-2], x[1:-1], x[2:]]), axis=0)
+    distance = np.abs(x[1:-1] - median)
+    limit = GLITCH_RATIO * float(np.quantile(distance, GLITCH_QUANTILE))
+    out = x.copy()
+    if limit > 0:
+        glitch = distance > limit
+        out[1:-1][glitch] = median[glitch]
+    return out
 
 
 @dataclass(frozen=True)
@@ -58,9 +78,9 @@ def too_little_data(u: Usable, spec: FeatureSpec, minimum: int) -> str | None:
 
 def drift_statistics(t: np.ndarray, x: np.ndarray) -> tuple[float, float]:
     """(R² of a straight line through the feature over time, the line's total change in units of the
-    feature's sample-to-sample noise)."""
+    feature's sample-to-sample noise), glitches left out."""
     ok = np.isfinite(x)
-    t, x = t[ok], x[ok].astype(np.float64)
+    t, x = t[ok], without_glitches(x[ok].astype(np.float64))
     if len(x) < 3 or not np.std(x) > 0:
         return 0.0, 0.0
     tc = t - t.mean()
@@ -73,8 +93,8 @@ def drift_statistics(t: np.ndarray, x: np.ndarray) -> tuple[float, float]:
 
 
 def drifting_features(series: list[TurbineSeries], spec: FeatureSpec) -> tuple[str, ...]:
-    """`drift.features: auto`: the features that follow a trend (R² >= 0.5 and a change of >= 3 noise
-    steps) in at least half of the series, e.g. temperatures warming up. Features that swing with the
+    """`drift.features: auto`: the features that follow a trend (R² >= DRIFT_R2 and a change of >= DRIFT_STEPS
+    noise steps) in at least half of the series, e.g. temperatures warming up. Features that swing with the
     process (wind, load) have no such trend over the data and keep their level."""
     votes = np.zeros(spec.n_features)
     counted = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,8 @@ def data() -> tuple[np.ndarray, np.ndarray]:
 def fitted(data):
     train, _ = data
     hp = Hyperparameters(epochs=2, seed=3)
-    return {"pca": fit_pca(SPEC, train, hp, quiet), "conv1d": fit_autoencoder(SPEC, train, train[:50], hp, quiet)}
+    return {"pca": fit_pca(SPEC, train, hp, quiet, glitch_filter=True),
+            "conv1d": fit_autoencoder(SPEC, train, train[:50], hp, quiet, glitch_filter=True)}
 
 
 @pytest.mark.parametrize("family", ["pca", "conv1d"])
@@ -189,20 +191,57 @@ def test_a_feature_that_stands_still_in_training_or_too_few_windows_leave_the_fr
     assert frozen_check_for(scored[:FROZEN_CHECK_WINDOWS - 1]).tolist() == [0.0, 0.0, 0.0]
 
 
-def test_weights_saved_before_the_frozen_check_and_tail_powers_load_as_they_were_trained(data, fitted,
-                                                                                      tmp_path: Path):
+def test_weights_saved_before_the_frozen_check_tail_powers_and_glitch_filter_load_as_they_were_trained(
+        data, fitted, tmp_path: Path):
+    import copy
+
     _, probe = data
     scorer = fitted["pca"].scorer
     save_model_dir(tmp_path / "model", scorer, manifest_for(scorer))
     weights = tmp_path / "model" / "model.pt"
     state = torch.load(weights, weights_only=True)
-    del state["prep.frozen_check"], state["tail_power"]
+    del state["prep.frozen_check"], state["tail_power"], state["prep.spike"]
     torch.save(state, weights)
     loaded = load_model_dir(tmp_path / "model").scorer
     assert loaded.prep.frozen_check.flatten().tolist() == [0.0, 0.0, 0.0]  # the check stays off
     assert loaded.tail_power.flatten().tolist() == [1.0, 1.0, 1.0]  # errors in their 99th percentile
-    for want, got in zip(score_windows(scorer, probe), score_windows(loaded, probe), strict=True):
+    assert loaded.prep.spike.flatten().tolist() == [math.inf] * 3  # no reading is a glitch
+    unfiltered = copy.deepcopy(scorer)
+    unfiltered.prep.spike.fill_(math.inf)
+    for want, got in zip(score_windows(unfiltered, probe), score_windows(loaded, probe), strict=True):
         np.testing.assert_array_equal(got, want)  # no window of the probe is frozen
+
+
+@pytest.mark.parametrize("family", ["pca", "conv1d"])
+def test_a_lone_glitch_barely_moves_the_score_two_in_a_row_do_and_the_onnx_graph_agrees(family, data, fitted,
+                                                                                      tmp_path: Path):
+    """A logger's bad reading (one sample far off) is not an anomaly; the same value held for two samples is."""
+    import copy
+
+    from training_jobs.compile import check_equivalence
+    from training_jobs.onnx_export import export_onnx
+
+    _, probe = data
+    scorer = fitted[family].scorer
+    g = SPEC.geometry
+    clean = probe[[1, 2, 4, 6]].copy()  # windows without missing samples
+    middle = g.context_inputs + g.length // 2
+    glitch, pair = clean.copy(), clean.copy()
+    glitch[:, 0, middle] += 50.0  # 'a': its noise is 0.3
+    pair[:, 0, middle:middle + 2] += 50.0
+    base, lone, held = (score_windows(scorer, x)[0] for x in (clean, glitch, pair))
+    threshold = float(np.quantile(score_windows(scorer, probe)[0], 0.99))
+    assert (lone < threshold).all() and (held > 10 * threshold).all()
+    np.testing.assert_allclose(lone, base, rtol=0.5)
+    unfiltered = copy.deepcopy(scorer)
+    unfiltered.prep.spike.fill_(math.inf)
+    assert (score_windows(unfiltered, glitch)[0] > 10 * threshold).all()  # what the filter takes away
+    x = np.concatenate([glitch, pair])
+    x[0, 0, middle + 1] = np.nan  # a glitch beside a missing reading stays
+    export_onnx(scorer, 3, g.width, tmp_path / "model.onnx")
+    report = check_equivalence(tmp_path / "model.onnx", scorer, np.ascontiguousarray(x), threshold=threshold,
+                               atol=1e-5, rtol=1e-4)
+    assert report["passed"] and report["flags"]["agree"]
 
 
 def test_every_feature_error_gets_one_tail_shape_when_enough_windows_show_it():
