@@ -10,11 +10,12 @@ sensor's rare error counts as much as a gusty sensor's (tail_j = 1 on too few wi
 the score is the power mean (mean of a_j**4) ** (1/4): every feature counts, the worst ones dominate,
 so a fault in one sensor is not averaged away among many and one threshold still fits all of them.
 The contributions are a_j**4 / F (summing to score**4).
-`Preprocess` is shared: a lone bad reading (a glitch) is replaced by the median of it and its neighbours,
-drifting features are taken relative to their median over the context before the scored samples, every
-feature is standardised, missing samples are set to the mean; a feature that never stood still over a
-training window and holds one value over a scored window is reported missing (a frozen sensor). The
-exported ONNX graph holds all of it, so the device keeps no second copy of the math.
+`Preprocess` is shared: a lone bad reading (a glitch, beyond a per-feature limit the job sets on short data
+only) is replaced by the median of it and its neighbours, drifting features are taken relative to their
+median over the context before the scored samples, every feature is standardised, missing samples are
+set to the mean; a feature that never stood still over a training window and holds one value over a scored
+window is reported missing (a frozen sensor). The exported ONNX graph holds all of it, so the device keeps
+no second copy of the math.
 
 Families:
 * "pca": PCA of the flattened standardised window: the SPE/Q residual per feature, and Hotelling's T²

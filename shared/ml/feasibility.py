@@ -19,7 +19,7 @@ from shared.ml.spec import FeatureSpec
 DRIFT_R2 = 0.3
 DRIFT_STEPS = 2.5
 # A glitch: a sample further from the median of it and its neighbours than GLITCH_RATIO times that distance's
-# GLITCH_QUANTILE over the data (the model replaces them by the same rule before scoring).
+# GLITCH_QUANTILE over the data (on short data the model replaces them by the same rule before scoring).
 GLITCH_QUANTILE, GLITCH_RATIO = 0.99, 4.0
 
 
