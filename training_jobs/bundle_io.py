@@ -57,7 +57,7 @@ def load_model_dir(model_dir: Path) -> LoadedModel:
     for key, placeholder in scorer.state_dict().items():  # weights saved before these buffers existed
         if key.endswith("prep.frozen_check") and key not in state:
             state[key] = torch.zeros_like(placeholder)  # its check stays off, as it was trained
-        if key.endswith("prep.spike") and key not in state:
+        if key.endswith("prep.glitch_limit") and key not in state:
             state[key] = torch.full_like(placeholder, float("inf"))  # no glitch filter, as it was trained
         if key == "tail_power" and key not in state:
             state[key] = torch.ones_like(placeholder)  # errors in their 99th percentile, as it was trained

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from shared.errors import TrainingError
-from shared.ml.feasibility import GLITCH_QUANTILE, GLITCH_RATIO
+from shared.ml.feasibility import glitch_distance, glitch_limit
 from shared.ml.spec import FeatureSpec
 from training_jobs.hyperparameters import Hyperparameters
 from training_jobs.model import (
@@ -23,7 +23,6 @@ from training_jobs.model import (
     build_autoencoder,
     frozen_windows,
     masked_loss,
-    median_of_three,
     torch_threads,
 )
 
@@ -57,8 +56,8 @@ def preprocess_for(spec: FeatureSpec, x: np.ndarray, glitch_filter: bool = False
     drift = torch.tensor(spec.drift_mask, dtype=torch.float32)
     n = spec.n_features
     raw = Preprocess(torch.zeros(n), torch.ones(n), drift, g.context_inputs, g.length)
-    spike = spike_limits(x[..., g.context_inputs:]) if glitch_filter else torch.full((1, n, 1), math.inf)
-    raw.spike.copy_(spike)
+    limits = glitch_limits(x[..., g.context_inputs:]) if glitch_filter else torch.full((1, n, 1), math.inf)
+    raw.glitch_limit.copy_(limits)
     parts = []
     with torch.no_grad():
         for i in range(0, len(x), BATCH):
@@ -74,28 +73,22 @@ def preprocess_for(spec: FeatureSpec, x: np.ndarray, glitch_filter: bool = False
     std = np.where(np.isfinite(std) & (std > 1e-9 * np.maximum(1.0, np.abs(mean))), std, 1.0)
     prep = Preprocess(torch.tensor(mean), torch.tensor(std), drift, g.context_inputs, g.length,
                       frozen_check_for(x[..., g.context_inputs:]))
-    prep.spike.copy_(spike)
+    prep.glitch_limit.copy_(limits)
     return prep
 
 
-SPIKE_WINDOWS = 2000  # evenly spread training windows are enough to read the 99th percentile
+GLITCH_WINDOWS = 2000  # evenly spread training windows are enough to read the limits' quantile
 
 
-def spike_limits(scored: np.ndarray) -> torch.Tensor:
-    """(1, F, 1): per feature, GLITCH_RATIO times the GLITCH_QUANTILE of a sample's distance from the median
-    of it and its two neighbours over the (W, F, L) training windows; inf (never a glitch) where that is 0 or the
-    windows are shorter than three samples."""
+def glitch_limits(scored: np.ndarray) -> torch.Tensor:
+    """(1, F, 1): per feature, shared.ml.feasibility.glitch_limit of the samples' distances from the median of
+    three over the (W, F, L) training windows; inf (never a glitch) on windows shorter than three samples."""
     n = scored.shape[1]
     if scored.shape[-1] < 3 or not len(scored):
         return torch.full((1, n, 1), math.inf)
-    pick = np.unique(np.linspace(0, len(scored) - 1, min(len(scored), SPIKE_WINDOWS)).astype(int))
-    x = torch.from_numpy(np.ascontiguousarray(scored[pick], dtype=np.float32))
-    median, ok = median_of_three(x[..., :-2], x[..., 1:-1], x[..., 2:])
-    distance = torch.where(ok, (x[..., 1:-1] - median).abs(), torch.full_like(median, math.nan))
-    flat = np.moveaxis(distance.numpy().astype(np.float64), 1, 0).reshape(n, -1)
-    with np.errstate(all="ignore"):
-        q = np.nanquantile(flat, GLITCH_QUANTILE, axis=1)
-    limit = np.where(np.isfinite(q) & (q > 0), GLITCH_RATIO * q, math.inf)
+    pick = np.unique(np.linspace(0, len(scored) - 1, min(len(scored), GLITCH_WINDOWS)).astype(int))
+    distance, _ = glitch_distance(scored[pick].astype(np.float64))
+    limit = glitch_limit(np.moveaxis(distance, 1, 0).reshape(n, -1), axis=1)
     return torch.tensor(limit, dtype=torch.float32).reshape(1, n, 1)
 
 

@@ -44,7 +44,7 @@ class Preprocess(nn.Module):
     std: torch.Tensor
     drift: torch.Tensor
     frozen_check: torch.Tensor
-    spike: torch.Tensor
+    glitch_limit: torch.Tensor
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, drift: torch.Tensor, context: int, length: int,
                  frozen_check: torch.Tensor | None = None) -> None:
@@ -58,10 +58,10 @@ class Preprocess(nn.Module):
         checked = torch.zeros_like(drift) if frozen_check is None else frozen_check
         self.register_buffer("frozen_check", _own(checked).reshape(1, -1))
         # a sample further than this from the median of it and its two neighbours is a glitch (inf: never)
-        self.register_buffer("spike", torch.full((1, int(drift.numel()), 1), math.inf))
+        self.register_buffer("glitch_limit", torch.full((1, int(drift.numel()), 1), math.inf))
 
-    def despike(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, F, L) with each glitch (a sample more than `spike` away from the median of it and its two
+    def filter_glitches(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, F, L) with each glitch (a sample more than `glitch_limit` away from the median of it and its two
         neighbours) replaced by that median; a step, a trend or a run of bad samples passes unchanged. At
         either end the missing neighbour is the straight line through the two inward (filtered) samples."""
         if self.length < 3:
@@ -74,7 +74,7 @@ class Preprocess(nn.Module):
 
     def _replace(self, x: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         median, ok = median_of_three(before, x, after)
-        return torch.where(ok & ((x - median).abs() > self.spike), median, x)
+        return torch.where(ok & ((x - median).abs() > self.glitch_limit), median, x)
 
     def relative(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The scored samples (drifting features minus their baseline) and their missing mask.
@@ -82,7 +82,7 @@ class Preprocess(nn.Module):
         The baseline is the median of the context (the lower middle value: no arithmetic, the same bits in
         torch and ONNX Runtime), so a fault shorter than half the context neither shifts it nor, once
         over, leaves a false deviation behind; with no context sample, the window's own mean."""
-        scored = self.despike(x[..., self.context:])
+        scored = self.filter_glitches(x[..., self.context:])
         missing = torch.isnan(scored)
         if self.any_drift:
             own, _ = _masked_mean(scored)

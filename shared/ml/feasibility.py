@@ -23,18 +23,30 @@ DRIFT_STEPS = 2.5
 GLITCH_QUANTILE, GLITCH_RATIO = 0.99, 4.0
 
 
+def glitch_distance(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Along the last axis, for every sample but the two ends: its distance from the median of it and its two
+    neighbours (NaN where one of them is missing), and that median."""
+    median = np.median(np.stack([x[..., :-2], x[..., 1:-1], x[..., 2:]]), axis=0)
+    return np.abs(x[..., 1:-1] - median), median
+
+
+def glitch_limit(distance: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """GLITCH_RATIO times the GLITCH_QUANTILE of the distances (NaN ignored); inf (nothing is a glitch) where
+    that is 0 or there is no distance."""
+    with np.errstate(all="ignore"):
+        q = np.nanquantile(distance, GLITCH_QUANTILE, axis=axis)
+    return np.where(np.isfinite(q) & (q > 0), GLITCH_RATIO * q, np.inf)
+
+
 def without_glitches(x: np.ndarray) -> np.ndarray:
     """A copy of the 1-D series (no NaN) with each glitch replaced by the median of it and its neighbours;
     the two ends are kept. A few bad readings would otherwise hide a trend from the statistics below."""
     if len(x) < 3:
         return x
-    median = np.median(np.stack([x[:-2], x[1:-1], x[2:]]), axis=0)
-    distance = np.abs(x[1:-1] - median)
-    limit = GLITCH_RATIO * float(np.quantile(distance, GLITCH_QUANTILE))
+    distance, median = glitch_distance(x)
+    glitch = distance > glitch_limit(distance)
     out = x.copy()
-    if limit > 0:
-        glitch = distance > limit
-        out[1:-1][glitch] = median[glitch]
+    out[1:-1][glitch] = median[glitch]
     return out
 
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from shared.ml.feasibility import GLITCH_RATIO
-from training_jobs.fit import spike_limits
+from training_jobs.fit import glitch_limits
 from training_jobs.model import Preprocess, median_of_three
 
 
-def despiked(values: list[float], limit: float = 1.0) -> list[float]:
+def filtered(values: list[float], limit: float = 1.0) -> list[float]:
     prep = Preprocess(torch.zeros(1), torch.ones(1), torch.zeros(1), 0, len(values))
-    prep.spike.fill_(limit)
-    return prep.despike(torch.tensor([[values]], dtype=torch.float32))[0, 0].tolist()
+    prep.glitch_limit.fill_(limit)
+    return prep.filter_glitches(torch.tensor([[values]], dtype=torch.float32))[0, 0].tolist()
 
 
 @pytest.mark.parametrize(("values", "want"), [
@@ -33,13 +33,23 @@ def despiked(values: list[float], limit: float = 1.0) -> list[float]:
     ([0, 0, 0.5, 0, 0, 0], [0, 0, 0.5, 0, 0, 0]),  # within the limit
 ])
 def test_only_a_lone_reading_beyond_the_limit_is_replaced(values, want):
-    assert despiked([float(v) for v in values]) == want
+    assert filtered([float(v) for v in values]) == want
 
 
 def test_a_reading_beside_a_missing_one_is_left_as_it_is_and_missing_stays_missing():
-    got = despiked([0.0, math.nan, 9.0, 0.0, 0.0, 9.0])
+    got = filtered([0.0, math.nan, 9.0, 0.0, 0.0, 9.0])
     assert math.isnan(got[1]) and got[2] == 9.0 and got[5] == 0.0
-    assert despiked([0.0, 0.0, 9.0, 0.0], limit=math.inf) == [0.0, 0.0, 9.0, 0.0]  # no limit: no filter
+    assert filtered([0.0, 0.0, 9.0, 0.0], limit=math.inf) == [0.0, 0.0, 9.0, 0.0]  # no limit: no filter
+
+
+def test_an_overflowing_reading_is_a_glitch_too_and_infinities_in_a_row_stay():
+    """A register glitch reading float32's maximum or infinity is replaced; held over readings, it is no glitch
+    (and the arithmetic at the ends, inf - inf, never turns a reading into NaN)."""
+    big = float(np.finfo(np.float32).max)
+    assert filtered([0.0, 0.0, math.inf, 0.0, 0.0]) == [0.0] * 5
+    assert filtered([0.0, -big, 0.0, 0.0]) == [0.0] * 4
+    assert filtered([0.0, 0.0, math.inf, math.inf]) == [0.0, 0.0, math.inf, math.inf]
+    assert filtered([math.inf, math.inf, math.inf]) == [math.inf] * 3
 
 
 def test_median_of_three_zeroes_nan_before_comparing_and_says_where_all_three_were_present():
@@ -54,12 +64,12 @@ def test_the_limit_is_a_multiple_of_the_usual_distance_from_the_median_of_three(
     noise = rng.normal(0.0, 1.0, (400, 1, 10))
     alternating = np.tile([5.0, -5.0], 5) + 0.1 * noise  # an oscillation of two samples' period
     scored = np.concatenate([noise, 10 * noise, np.full_like(noise, 3.0), alternating], axis=1).astype(np.float32)
-    limits = spike_limits(scored).flatten().tolist()
+    limits = glitch_limits(scored).flatten().tolist()
     assert 2.0 * GLITCH_RATIO < limits[0] < 4.0 * GLITCH_RATIO  # white noise: its 99th percentile is 2-4 sigma
     assert limits[1] == pytest.approx(10 * limits[0], rel=1e-5)  # in the feature's own units
     assert limits[2] == math.inf  # a feature that never moves has no glitch to tell apart
-    assert despiked(alternating[0, 0].tolist(), limits[3]) == pytest.approx(alternating[0, 0].tolist())
-    assert spike_limits(scored[..., :2]).flatten().tolist() == [math.inf] * 4  # too short for a median of three
+    assert filtered(alternating[0, 0].tolist(), limits[3]) == pytest.approx(alternating[0, 0].tolist())
+    assert glitch_limits(scored[..., :2]).flatten().tolist() == [math.inf] * 4  # too short for a median of three
 
 
 def test_the_job_filters_glitches_on_short_data_only():
@@ -76,5 +86,5 @@ def test_the_job_filters_glitches_on_short_data_only():
     for family in ("pca", "conv1d"):
         short = fit_family(family, spec, train, train[:30], Hyperparameters(epochs=1), lambda _: None, "folds")
         long = fit_family(family, spec, train, train[:30], Hyperparameters(epochs=1), lambda _: None, "holdout")
-        assert np.isfinite(short.scorer.prep.spike.numpy()).all()
-        assert long.scorer.prep.spike.flatten().tolist() == [math.inf, math.inf]
+        assert np.isfinite(short.scorer.prep.glitch_limit.numpy()).all()
+        assert long.scorer.prep.glitch_limit.flatten().tolist() == [math.inf, math.inf]

@@ -200,14 +200,14 @@ def test_weights_saved_before_the_frozen_check_tail_powers_and_glitch_filter_loa
     save_model_dir(tmp_path / "model", scorer, manifest_for(scorer))
     weights = tmp_path / "model" / "model.pt"
     state = torch.load(weights, weights_only=True)
-    del state["prep.frozen_check"], state["tail_power"], state["prep.spike"]
+    del state["prep.frozen_check"], state["tail_power"], state["prep.glitch_limit"]
     torch.save(state, weights)
     loaded = load_model_dir(tmp_path / "model").scorer
     assert loaded.prep.frozen_check.flatten().tolist() == [0.0, 0.0, 0.0]  # the check stays off
     assert loaded.tail_power.flatten().tolist() == [1.0, 1.0, 1.0]  # errors in their 99th percentile
-    assert loaded.prep.spike.flatten().tolist() == [math.inf] * 3  # no reading is a glitch
+    assert loaded.prep.glitch_limit.flatten().tolist() == [math.inf] * 3  # no reading is a glitch
     unfiltered = copy.deepcopy(scorer)
-    unfiltered.prep.spike.fill_(math.inf)
+    unfiltered.prep.glitch_limit.fill_(math.inf)
     for want, got in zip(score_windows(unfiltered, probe), score_windows(loaded, probe), strict=True):
         np.testing.assert_array_equal(got, want)  # no window of the probe is frozen
 
@@ -234,7 +234,7 @@ def test_a_lone_glitch_barely_moves_the_score_two_in_a_row_do_and_the_onnx_graph
     assert (lone < threshold).all() and (held > 10 * threshold).all()
     np.testing.assert_allclose(lone, base, rtol=0.5)
     unfiltered = copy.deepcopy(scorer)
-    unfiltered.prep.spike.fill_(math.inf)
+    unfiltered.prep.glitch_limit.fill_(math.inf)
     assert (score_windows(unfiltered, glitch)[0] > 10 * threshold).all()  # what the filter takes away
     x = np.concatenate([glitch, pair])
     x[0, 0, middle + 1] = np.nan  # a glitch beside a missing reading stays
