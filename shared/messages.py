@@ -5,10 +5,10 @@ whose fields are its JSON keys, with a schema version `v` and a per-stream seque
 per topic, kept across restarts by the device's spool: a hole in it is a lost message).
 
 `decode(Message, payload)` is the strict check every hop applies: at most MAX_BYTES (AWS IoT Core's 128 KB
-for what goes to the cloud), UTF-8 JSON without NaN/Infinity, a known version, every field of its declared
-type (a bool is not a number, numbers finite, text and lists bounded), no unknown field. A failure raises
-BadMessage naming the field and the reason; callers count it as a refused message and never let it touch alert
-or rollout state.
+for what goes to the cloud), UTF-8 JSON without NaN/Infinity or a key twice in one object, a known version,
+every field of its declared type (a bool is not a number, numbers finite, text and lists bounded), no unknown
+field. A failure raises BadMessage naming the field and the reason; callers count it as a refused message and
+never let it touch alert or rollout state.
 
 A cloud row is what an IoT rule's `SELECT *, topic(2) AS thing_name, timestamp() AS received_at,
 clientid() AS client_id` hands the function: the message plus those three fields (EpisodeRow, HealthRow).
@@ -29,6 +29,7 @@ from itertools import pairwise
 from typing import Any, ClassVar, Literal, TypeGuard, TypeVar, get_args, get_origin
 
 from shared.errors import DataError
+from shared.jsonkeys import unique_keys
 
 MAX_MESSAGE_BYTES = 128 * 1024  # AWS IoT Core's message size limit
 MAX_TEXT = 200  # characters of any text field
@@ -352,7 +353,8 @@ def decode(cls: type[M], payload: bytes) -> M:
     if len(payload) > cls.MAX_BYTES:
         raise BadMessage(f"{len(payload)} bytes is over the {cls.MAX_BYTES}-byte message limit")
     try:
-        doc = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
+        doc = json.loads(payload.decode("utf-8"), parse_constant=_no_constant,
+                         object_pairs_hook=unique_keys(lambda key: _duplicate(cls, key)))
     except BadMessage:
         raise
     except (ValueError, RecursionError) as exc:  # ValueError: not UTF-8, not JSON, an integer of too many digits
@@ -429,6 +431,10 @@ def _hints(cls: type[Any]) -> dict[str, Any]:
 
 def _no_constant(token: str) -> Any:
     raise BadMessage(f"{token} is not a JSON number")
+
+
+def _duplicate(cls: type[Message], key: str) -> BadMessage:
+    return BadMessage(f"duplicate key {key!r} in a message on {cls.STREAM or 'a device topic'}")
 
 
 def _is_number(x: Any) -> TypeGuard[int | float]:

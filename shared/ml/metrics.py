@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shared.errors import DataError
+from shared.jsonkeys import unique_keys
 from shared.ml.episodes import Episode
 
 if TYPE_CHECKING:
@@ -74,7 +75,8 @@ def parse_false_alarms(text: str, source: str) -> list[Fault]:
 
 def _labels_document(text: str, source: str) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_keys(
+            lambda key: DataError(f"{source}: duplicate key {key!r}")))
     except ValueError as exc:
         raise DataError(f"{source}: not JSON ({exc})") from exc
 

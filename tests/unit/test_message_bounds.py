@@ -1,6 +1,7 @@
 """Numbers a device row may not carry: times no date holds (or in ms or ns), integers past what a float or a JSON
 number holds. Each is a BadMessage naming the field, so the intake refuses and counts the row; what the stores
-already hold shows as an unknown time, and the local state store refuses text no store takes."""
+already hold shows as an unknown time, and the local state store refuses text no store takes. On the wire, a key
+given twice in one object is a BadMessage too (JSON parsers disagree on which value counts)."""
 
 from __future__ import annotations
 
@@ -83,6 +84,18 @@ def test_an_integer_of_too_many_digits_on_the_wire_is_a_bad_message() -> None:
     payload = json.dumps(anomaly_row()).replace('"seq": 17', '"seq": ' + "9" * 5000).encode()
     with pytest.raises(BadMessage, match="not UTF-8 JSON"):
         decode(EpisodeRow, payload)
+
+
+def test_a_key_given_twice_on_the_wire_is_a_bad_message_naming_it() -> None:
+    text = json.dumps(anomaly_row())
+    assert decode(EpisodeRow, text.encode()).turbine_id == "turbine-03"
+    # the last value alone would pass: the repeat itself is refused
+    top = text.replace('"turbine_id": "turbine-03"', '"turbine_id": "turbine-04", "turbine_id": "turbine-03"')
+    with pytest.raises(BadMessage, match=r"^duplicate key 'turbine_id' in a message on anomalies$"):
+        decode(EpisodeRow, top.encode())
+    nested = text.replace('"contributions": {', '"contributions": {"rps": 0.9, ')
+    with pytest.raises(BadMessage, match=r"^duplicate key 'rps' in a message on anomalies$"):
+        decode(EpisodeRow, nested.encode())
 
 
 @pytest.mark.parametrize("value", [1e20, -1e20, NOW * 1e9, 10**400, float("nan")],

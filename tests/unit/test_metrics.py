@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from shared.errors import DataError
 from shared.ml.episodes import Episode
 from shared.ml.metrics import (
     Allowance,
@@ -10,6 +11,8 @@ from shared.ml.metrics import (
     faulty_samples,
     flagged_samples,
     headline,
+    parse_false_alarms,
+    parse_labels,
     point_summary,
     scorable,
 )
@@ -129,3 +132,16 @@ def test_label_column_runs_become_faults():
     t = np.arange(10.0)
     faults = faults_from_label_column("a", t, np.array([0, 1, 1, 0, 0, 1, 1, 1, 0, 0], dtype=float))
     assert [(f.start, f.end) for f in faults] == [(1.0, 2.0), (5.0, 7.0)]
+
+
+def test_a_labels_document_giving_a_key_twice_is_refused_naming_it():
+    episode = '{"turbine_id": "wt01", "fault": "stuck", "start": 10, "end": 20}'
+    text = f'{{"episodes": [{episode}], "false_alarms": []}}'
+    assert parse_labels(text, "labels.json") == [Fault("wt01", "stuck", "unknown", 10.0, 20.0)]
+    top = text.replace('"false_alarms": []', '"episodes": []')
+    with pytest.raises(DataError, match=r"^labels\.json: duplicate key 'episodes'$"):
+        parse_labels(top, "labels.json")
+    nested = text.replace('"turbine_id": "wt01"', '"turbine_id": "wt02", "turbine_id": "wt01"')
+    for parse in (parse_labels, parse_false_alarms):
+        with pytest.raises(DataError, match=r"^labels\.json: duplicate key 'turbine_id'$"):
+            parse(nested, "labels.json")

@@ -272,3 +272,22 @@ def test_a_sampling_interval_in_seconds_is_the_same_spec_as_its_rate():
     by_interval, by_rate = spec({"interval_s": 600, "tolerance": 0.1}), spec({"rate_hz": 1 / 600, "tolerance": 0.1})
     assert by_interval.sampling.interval_s == 600.0 and by_interval.digest() == by_rate.digest()
     assert "interval_s" not in by_interval.to_dict()["sampling"]
+
+
+def test_a_json_spec_giving_a_key_twice_is_refused_naming_it():
+    text = json.dumps(default_spec().to_dict())
+    assert parse_spec_text(text, "spec.json") == default_spec()
+    top = text.replace('"name": "mini-turbine"', '"name": "other", "name": "mini-turbine"')
+    with pytest.raises(SpecError, match=r"^spec\.json: duplicate key 'name'$"):
+        parse_spec_text(top, "spec.json")
+    nested = text.replace('"sampling": {"rate_hz": 20.0', '"sampling": {"rate_hz": 50.0, "rate_hz": 20.0')
+    with pytest.raises(SpecError, match=r"^spec\.json: duplicate key 'rate_hz'$"):
+        parse_spec_text(nested, "spec.json")
+
+
+def test_a_yaml_spec_giving_a_key_twice_is_refused_naming_it_and_its_line():
+    text = ("name: p\ntime_column: t\ncolumns: [t, a]\nfeatures: [a]\n"
+            "sampling:\n  rate_hz: 1.0\n  rate_hz: 20.0\n")
+    with pytest.raises(SpecError, match=r"(?s)^spec\.yaml: not valid YAML or JSON: duplicate key 'rate_hz'.*line 7"):
+        parse_spec_text(text, "spec.yaml")
+    assert parse_spec_text(text.replace("  rate_hz: 20.0\n", ""), "spec.yaml").sampling.rate_hz == 1.0
