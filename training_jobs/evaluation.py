@@ -71,18 +71,23 @@ def coverage_of(pieces: Sequence[TurbineSeries]) -> dict[str, tuple[np.ndarray, 
 
 
 def eval_set(pieces: list[TurbineSeries], faults: list[Fault], spec: FeatureSpec, seed: int,
-             group: list[int] | None = None) -> EvalSet:
+             group: list[int] | None = None, sizes: Sequence[float] = (1.0,)) -> EvalSet:
+    """Labelled faults when the pieces hold a scorable one, else injected ones whose magnitudes take
+    `sizes` in turn, continued across pieces and copies."""
     group = group if group is not None else [0] * len(pieces)
     allowance = Allowance.of(spec)
     coverage = coverage_of(pieces)
     if any(scorable(f, coverage, allowance) for f in faults):
         return EvalSet(pieces, pieces, faults, "labelled", group, faults)
-    copies, injected_faults, copy_group = [], [], []
+    copies: list[TurbineSeries] = []
+    injected_faults: list[Fault] = []
+    copy_group: list[int] = []
     for k in range(MAX_COPIES):
         for piece, g in zip(pieces, group, strict=True):
             source = piece if k == 0 else TurbineSeries(f"{piece.turbine_id}~{k}", piece.t, piece.features,
                                                         piece.sources)
-            copy, fs = inject_generic(source, spec, seed + k)
+            turn = len(injected_faults) % len(sizes)
+            copy, fs = inject_generic(source, spec, seed + k, [*sizes[turn:], *sizes[:turn]])
             copies.append(copy)
             injected_faults += fs
             copy_group.append(g)

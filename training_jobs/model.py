@@ -299,6 +299,15 @@ def masked_loss(reconstruction: torch.Tensor, target: torch.Tensor, valid: torch
 Scorer = PCAScorer | AutoencoderScorer
 
 
+def feature_settings(scorer: Scorer, names: tuple[str, ...]) -> dict[str, dict[str, float | None]]:
+    """Per feature, what the score does with it after normalising: the power its error's tail is raised
+    to, and the glitch limit (None: no glitch filter)."""
+    powers = scorer.tail_power.flatten().tolist()
+    limits = scorer.prep.glitch_limit.flatten().tolist()
+    return {name: {"tail_power": power, "glitch_limit": limit if math.isfinite(limit) else None}
+            for name, power, limit in zip(names, powers, limits, strict=True)}
+
+
 def empty_scorer(description: dict[str, Any], drift: tuple[bool, ...], context: int, length: int) -> Scorer:
     """A scorer of the described shape with placeholder values, ready for load_state_dict."""
     n_features = len(drift)

@@ -10,8 +10,10 @@ Two ways to hold data out, both in time order per turbine:
   calibrated on folds is widened by SHORT_DATA_MARGIN (hyperparameter `threshold_margin`).
 
 The choice: the highest detection score on the validation faults (labelled, else at least 20 injected
-ones), the mean of event F1 (are the faults found, without false episodes) and point F1 (is each fault
-covered for its duration: a model that catches a fault's first minutes and then loses it scores low);
+ones at full, half and quarter size in turn: every family finds the full-size ones, the smaller ones
+show which family sees a fault while it is still small), the mean of event F1 (are the faults found,
+without false episodes) and point F1 (is each fault covered for its duration: a model that catches a
+fault's first minutes and then loses it scores low);
 candidates within 0.05 of it are ranked by fewer false alarms per turbine-day, then the simpler family
 (PCA before the autoencoder): a more complex model must be clearly better on the validation faults.
 A family the rule can no longer choose (a simpler one already scores within 0.05 of a perfect detection
@@ -39,6 +41,7 @@ from training_jobs.model import FAMILIES
 Log = Callable[[str], None]
 WINDOW_CHUNK = 65_536  # windows judged at once while choosing the normal ones
 DETECTION_TIE = 0.05
+VALIDATION_SIZES = (1.0, 0.5, 0.25)  # injected validation faults, times the gate's size
 # Short data (folds): minutes of a process show little of its slower variation, and the target rate lies far
 # beyond what they can show (the fit extrapolates at most calibration.MAX_EXTRAPOLATION times the data's span).
 SHORT_DATA_MARGIN = 1.3
@@ -166,9 +169,11 @@ def run_candidates(the_plan: Plan, spec: FeatureSpec, faults: list[Fault], hp: H
     train_stride = hp.train_stride or (1 if the_plan.mode == "folds" else None)
     held = [p for split in the_plan.splits for p in split.held]
     group = [k for k, split in enumerate(the_plan.splits) for _ in split.held]
-    validation = eval_set(held, faults, spec, hp.injection_seed, group)
+    validation = eval_set(held, faults, spec, hp.injection_seed, group, VALIDATION_SIZES)
+    sizes = (f" (sized {', '.join(f'{s:g}' for s in VALIDATION_SIZES)} times the gate's, in turn)"
+             if validation.labels == "injected" else "")
     log(f"{the_plan.mode}: {len(the_plan.splits)} split(s); validation on {len(held)} held-out piece(s) with "
-        f"{len(validation.faults)} {validation.labels} fault(s)")
+        f"{len(validation.faults)} {validation.labels} fault(s){sizes}")
     allowance = Allowance.of(spec)
     factor = threshold_margin(hp, the_plan.mode)
     candidates: list[Candidate] = []

@@ -46,6 +46,7 @@ from training_jobs.field_data import (
 )
 from training_jobs.fit import Fitted, score_windows
 from training_jobs.hyperparameters import Hyperparameters
+from training_jobs.model import feature_settings
 from training_jobs.onnx_export import INPUT_NAME
 from training_jobs.report import write_report
 from training_jobs.selection import (
@@ -125,6 +126,10 @@ def train(env: JobEnvironment) -> dict[str, Any]:
     checked = [name for name, on in zip(spec.features, final.scorer.prep.frozen_check.flatten().tolist(), strict=True)
                if on]
     log(f"frozen-sensor check: {checked or 'none'} (the features that never held one value over a training window)")
+    per_feature = feature_settings(final.scorer, spec.features)
+    log("per feature (tail power, glitch limit): " + ", ".join(
+        f"{name} {v['tail_power']:.3g}, {'-' if v['glitch_limit'] is None else format(v['glitch_limit'], '.3g')}"
+        for name, v in per_feature.items()))
     threshold = chosen.calibration.threshold
     allowance = Allowance.of(spec)
     evaluation: dict[str, Any] = {
@@ -151,7 +156,7 @@ def train(env: JobEnvironment) -> dict[str, Any]:
         "format_version": BUNDLE_FORMAT_VERSION,
         "feature_spec": spec.to_dict(),
         "model": {**scorer.describe(), "n_features": spec.n_features, "context": g.context_inputs,
-                  "context_step": g.context_step, "length": g.length,
+                  "context_step": g.context_step, "length": g.length, "per_feature": per_feature,
                   "inputs": {INPUT_NAME: ["batch", spec.n_features, g.width]},
                   "outputs": {"score": ["batch"], "contributions": ["batch", spec.n_features],
                               "missing": ["batch", spec.n_features]}},
@@ -192,7 +197,8 @@ def _deliver(mode: str, chosen: Candidate, test: list[TurbineSeries], validation
     """The delivered model, the data the gate judges it on, and its metrics there.
 
     holdout: the model fitted on the train slice, judged on the test slice (or the validation channel).
-    folds: refitted on all data for the median of the folds' best epochs; judged by the folds' results."""
+    folds: refitted on all data for the median of the folds' best epochs; judged by the folds' models on
+    their own blocks, with injected faults at the gate's (full) size."""
     allowance = Allowance.of(spec)
     if mode == "holdout":
         final = chosen.fits[0]
@@ -211,7 +217,10 @@ def _deliver(mode: str, chosen: Candidate, test: list[TurbineSeries], validation
         refit = replace(hp, epochs=epochs, patience=epochs + 1)
     log(f"refit {chosen.family} on all {len(train_x)} normal windows")
     final = fit_family(chosen.family, spec, train_x, train_x[:0], refit, log, mode)
-    return final, validation, chosen.validation
+    if validation.labels == "labelled":
+        return final, validation, chosen.validation
+    gate_set = eval_set(validation.clean, faults, spec, hp.injection_seed, validation.group)
+    return final, gate_set, evaluate(gate_set, chosen.detectors, allowance)
 
 
 def _margin(hp: Hyperparameters, spec: FeatureSpec) -> float:

@@ -4,12 +4,13 @@ The quality gate always needs numbers: when held-out data has no labelled faults
 these generic faults into a copy of it (fixed seed) and counts false alarms on the untouched original.
 Durations are in windows of the spec (a 10-minute SCADA fault lasts hours, a 20 Hz one a minute) and
 shrink to fit short data; magnitudes are relative to each feature's own scale (for a drifting feature,
-its spread within a window, not its drift).
+its spread within a window, not its drift), times a size factor the caller chooses per fault.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -23,8 +24,10 @@ SHRINK_TO = 0.7  # in short data a fault takes at most this share of the room it
 MIN_DECISIONS = 1.5  # ...and at least this many times the rule's decision time, else none is injected
 
 
-def inject_generic(series: TurbineSeries, spec: FeatureSpec, seed: int = 1234) -> tuple[TurbineSeries, list[Fault]]:
-    """A copy of the series with generic faults injected, and the faults as labels.
+def inject_generic(series: TurbineSeries, spec: FeatureSpec, seed: int = 1234, sizes: Sequence[float] = (1.0,)
+                   ) -> tuple[TurbineSeries, list[Fault]]:
+    """A copy of the series with generic faults injected, and the faults as labels; the k-th fault's
+    magnitude is scaled by sizes[k % len(sizes)].
 
     The first fault starts once a full window and half a drift baseline lie before it; each leaves room
     after its onset for the episode rule to decide, and the next one waits for the close and the
@@ -50,8 +53,10 @@ def inject_generic(series: TurbineSeries, spec: FeatureSpec, seed: int = 1234) -
         feature = int(rng.integers(x.shape[1]))
         a, b = np.searchsorted(t, start), np.searchsorted(t, start + duration)
         if b - a >= 2:
-            _apply(kind, x[a:b, feature], float(scale[feature]), rng)
-            faults.append(Fault(series.turbine_id, kind, "medium", float(t[a]), float(t[b - 1])))
+            size = sizes[len(faults) % len(sizes)]
+            _apply(kind, x[a:b, feature], float(scale[feature]) * size, rng)
+            faults.append(Fault(series.turbine_id, kind, "medium" if size >= 1 else "low", float(t[a]),
+                                float(t[b - 1])))
         start += duration + after_s + lead_s
         i += 1
     return TurbineSeries(series.turbine_id, t, x, series.sources), faults

@@ -11,6 +11,7 @@ from shared.ml.dataset import TurbineSeries
 from shared.ml.injection import DURATION_WINDOWS, GENERIC_FAULTS, feature_scales, inject_generic
 from shared.ml.metrics import Allowance, scorable
 from shared.ml.spec import FeatureSpec
+from training_jobs.evaluation import eval_set
 
 
 def spec_at(rate_hz: float, drift: list[str] | None = None) -> FeatureSpec:
@@ -92,3 +93,26 @@ def test_feature_scales_of_a_drifting_feature_ignore_the_drift():
     assert scale[0] < 2.0  # the spread within a window, not the 300-unit drift
     assert scale[1] == pytest.approx(2.0, rel=0.1)
     assert scale[2] == 1.0  # constant: no scale to measure
+
+
+def test_sizes_scale_each_fault_in_turn():
+    spec = spec_at(1.0, drift=[])
+    s = TurbineSeries("m1", 1_767_225_600.0 + np.arange(3000.0), np.full((3000, 3), 10.0, np.float32))
+    full, faults = inject_generic(s, spec, seed=3)
+    graded, graded_faults = inject_generic(s, spec, seed=3, sizes=(1.0, 0.5))
+    assert len(faults) >= 4 and [(f.fault, f.start) for f in graded_faults] == [(f.fault, f.start) for f in faults]
+    assert [f.severity for f in graded_faults] == [("medium", "low")[k % 2] for k in range(len(faults))]
+    for k, f in enumerate(faults):
+        inside = (s.t >= f.start) & (s.t <= f.end)
+        delta, graded_delta = full.features[inside] - 10.0, graded.features[inside] - 10.0
+        assert np.any(delta != 0)  # every kind moves a constant signal (a dropout to NaN)
+        np.testing.assert_allclose(graded_delta, delta * (1.0, 0.5)[k % 2], atol=1e-5)
+
+
+def test_the_evaluation_set_carries_the_sizes_on_across_pieces_and_copies():
+    spec = spec_at(1.0)
+    pieces = [piece(1.0, 150, seed=k, turbine=f"m{k}") for k in range(4)]  # room for one fault each
+    held = eval_set(pieces, [], spec, seed=1, sizes=(1.0, 0.5, 0.25))
+    assert held.labels == "injected" and len(held.faults) >= 20  # short pieces: several copies of each
+    assert [f.severity for f in held.faults[:6]] == ["medium", "low", "low"] * 2
+    assert all(f.severity == "medium" for f in eval_set(pieces, [], spec, seed=1).faults)  # the gate's size

@@ -52,6 +52,8 @@ def test_manifest_carries_spec_statistics_threshold_rule_metrics_lineage(trained
     assert model["inputs"] == {"windows": ["batch", 6, g.width]}
     assert (model["length"], model["context"], model["context_step"]) == (g.length, g.context_inputs, g.context_step)
     assert model["outputs"] == {"score": ["batch"], "contributions": ["batch", 6], "missing": ["batch", 6]}
+    assert set(model["per_feature"]) == set(manifest.spec.features)  # enough data: no glitch filter
+    assert all(v["glitch_limit"] is None and v["tail_power"] > 0 for v in model["per_feature"].values())
     assert lineage["dataset_hash"] == "f" * 64 and lineage["job_name"] == "nacelle-test-conv1d"
     assert lineage["code_version"].startswith("0.1.0+")
     assert lineage["spec_digest"] == default_spec().digest()  # what was asked for...

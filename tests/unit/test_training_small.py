@@ -62,6 +62,8 @@ def test_a_small_slow_dataset_trains_with_folds_and_injected_faults(tmp_path, sp
     candidate = evaluation["candidate"]
     assert candidate["counts"]["faults"] > 0 and candidate["event"] is not None
     assert candidate["event"]["f1"] is not None and candidate["false_alarms_per_turbine_day"] is not None
+    assert "fault(s) (sized 1, 0.5, 0.25 times the gate's, in turn)" in log  # the choice sees smaller faults...
+    assert set(candidate["event"]["per_severity"]) == {"medium"}  # ...the gate judges full-size ones
     selection = evaluation["selection"]
     fitted = [c["family"] for c in selection["candidates"]]
     assert sorted(fitted + [s["family"] for s in selection["skipped"]]) == ["conv1d", "pca"] and "pca" in fitted
@@ -75,6 +77,10 @@ def test_a_small_slow_dataset_trains_with_folds_and_injected_faults(tmp_path, sp
     g = manifest.spec.geometry  # the 0.1 Hz defaults: 10 records scored after a 200 s baseline, every record
     assert (g.length, g.context, g.stride) == (10, 20, 1)
     assert raw["model"]["inputs"] == {"windows": ["batch", 3, 30]}
+    settings = raw["model"]["per_feature"]  # short data: lone bad readings filtered, each feature its own limit
+    assert set(settings) == {"flow", "pressure", "coolant"}
+    assert all(v["glitch_limit"] > 0 and v["tail_power"] > 0 for v in settings.values())
+    assert "per feature (tail power, glitch limit): flow " in log
     assert raw["lineage"]["mode"] == "folds" and raw["lineage"]["usable_samples"] == 3000
     chosen = next(c for c in selection["candidates"] if c["family"] == selection["chosen"])
     assert manifest.threshold == chosen["calibration"]["threshold"]
