@@ -31,7 +31,7 @@ LAYER_REQUIREMENTS = "deploy/layer-requirements.txt"
 
 # What the training and compile jobs import from shared/ (tests/unit/test_packaging.py runs both from the
 # unpacked archive, with nothing else on the path, so a missing module fails there and not in SageMaker).
-SOURCEDIR_SHARED_FILES = ("shared/__init__.py", "shared/capture.py", "shared/errors.py", "shared/jsonkeys.py",
+SOURCEDIR_SHARED_FILES = ("shared/__init__.py", "shared/capture.py", "shared/errors.py", "shared/unique_keys.py",
                           "shared/version.py")
 SOURCEDIR_SHARED_TREES = ("shared/ml", "shared/specs")
 

@@ -29,7 +29,7 @@ from itertools import pairwise
 from typing import Any, ClassVar, Literal, TypeGuard, TypeVar, get_args, get_origin
 
 from shared.errors import DataError
-from shared.jsonkeys import unique_keys
+from shared.unique_keys import unique_keys
 
 MAX_MESSAGE_BYTES = 128 * 1024  # AWS IoT Core's message size limit
 MAX_TEXT = 200  # characters of any text field

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shared.errors import DataError
-from shared.jsonkeys import unique_keys
 from shared.ml.episodes import Episode
+from shared.unique_keys import unique_keys
 
 if TYPE_CHECKING:
     from shared.ml.spec import FeatureSpec

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import SpecError
-from shared.jsonkeys import unique_keys
 from shared.ml.episodes import EpisodeRule
+from shared.unique_keys import load_yaml, unique_keys
 
 SPEC_FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 gave windows in samples; it is read and converted to seconds
@@ -549,32 +549,10 @@ def parse_spec_text(text: str, source: str) -> FeatureSpec:
         import yaml  # only needed for YAML specs; the detector reads JSON from the bundle
 
         try:
-            raw = yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader
+            raw = load_yaml(text)
         except yaml.YAMLError as exc:
             raise SpecError(f"{source}: not valid YAML or JSON: {exc}") from exc
     return FeatureSpec.from_dict(raw, source)
-
-
-def _unique_key_loader() -> type:
-    """yaml.SafeLoader refusing a key one mapping gives twice (it would keep the last)."""
-    import yaml
-
-    class UniqueKeyLoader(yaml.SafeLoader):
-        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-            seen: set[Any] = set()
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=deep)
-                try:
-                    repeated = key in seen
-                except TypeError:  # an unhashable key: the SafeLoader's own error follows
-                    break
-                if repeated:
-                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
-                                                            key_node.start_mark)
-                seen.add(key)
-            return super().construct_mapping(node, deep)
-
-    return UniqueKeyLoader
 
 
 def load_spec(path: str | Path) -> FeatureSpec:

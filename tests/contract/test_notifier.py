@@ -308,3 +308,13 @@ def test_missing_or_malformed_config_is_refused(tmp_path: Path) -> None:
         LocalNotifier(tmp_path / "bad.yaml", tmp_path / "n.jsonl")
     (tmp_path / "empty.yaml").write_text("")
     assert LocalNotifier(tmp_path / "empty.yaml", tmp_path / "n.jsonl").subscriptions == ()
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("twice.yaml", "subscribers:\n  - type: console\n    type: jsonl\n"),
+    ("twice.json", '{"subscribers": [{"type": "console", "type": "jsonl"}]}'),
+])
+def test_a_key_given_twice_is_refused_naming_it(tmp_path: Path, name: str, text: str) -> None:
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigurationError, match=f"{name}.*duplicate key 'type'"):
+        LocalNotifier(tmp_path / name, tmp_path / "n.jsonl")

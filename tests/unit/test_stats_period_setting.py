@@ -44,3 +44,13 @@ def test_bad_or_conflicting_periods_are_refused_naming_the_file(tmp_path: Path, 
     with pytest.raises(ConfigurationError, match=reason) as caught:
         settings(tmp_path, doc)
     assert str(tmp_path / "config.yaml") in str(caught.value)
+
+
+def test_a_setting_given_twice_or_bad_yaml_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("stats_period_s: 60\nstats_period_s: 120\n")  # which one would hold? neither
+    with pytest.raises(ConfigurationError, match=r"config\.yaml: not valid YAML: duplicate key 'stats_period_s'"):
+        LocalSettings.load(path)
+    path.write_text("stats_period_s: [60\n")
+    with pytest.raises(ConfigurationError, match=r"config\.yaml: not valid YAML"):
+        LocalSettings.load(path)

@@ -39,6 +39,7 @@ import yaml
 from shared.aws.sns import check_message, sns_subject
 from shared.errors import AdapterError, ConfigurationError
 from shared.ports import Topic
+from shared.unique_keys import load_yaml, unique_keys
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +207,8 @@ def load_subscriptions(config_path: Path) -> list[Subscription]:
     """Parse and validate a subscribers file (YAML, or JSON for *.json); every problem is a ConfigurationError."""
     try:
         text = config_path.read_text(encoding="utf-8")
-        doc = json.loads(text) if config_path.suffix == ".json" else yaml.safe_load(text)
+        doc = (json.loads(text, object_pairs_hook=unique_keys(lambda key: ValueError(f"duplicate key {key!r}")))
+               if config_path.suffix == ".json" else load_yaml(text))
     except (OSError, ValueError, yaml.YAMLError) as e:
         raise ConfigurationError(f"cannot read notifier config {config_path}: {e}") from e
     doc = {} if doc is None else doc

@@ -42,6 +42,7 @@ from shared import settings as defaults
 from shared.errors import ConfigurationError, NacelleError
 from shared.gate import GatePolicy
 from shared.settings import Settings
+from shared.unique_keys import load_yaml
 from shared.usecases.alerts import AlertDeps, AlertPolicy
 from shared.usecases.compilation import CompileDeps
 from shared.usecases.drift import BaselineCache, DriftDeps, DriftPolicy
@@ -157,7 +158,10 @@ class LocalSettings(Settings):
     def load(cls, path: Path) -> LocalSettings:
         raw: dict[str, Any] = {}
         if path.is_file():
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            try:
+                loaded = load_yaml(path.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigurationError(f"{path}: not valid YAML: {exc}") from exc
             if not isinstance(loaded, dict):
                 raise ConfigurationError(f"{path}: expected a mapping of settings")
             retired = sorted(set(loaded) & set(RETIRED_SETTINGS))
