@@ -37,13 +37,15 @@ _EULER_INDEX = {"quaternion_roll": 0, "quaternion_pitch": 1, "quaternion_yaw": 2
 @dataclass(frozen=True)
 class FeaturePlan:
     """Where each feature comes from, resolved once per spec: a column of the raw input matrix (columns in
-    spec.input_columns order) or an Euler angle of one of the spec's quaternions."""
+    spec.input_columns order), an Euler angle of one of the spec's quaternions, or the difference of two
+    columns."""
 
     n_inputs: int
     n_features: int
     raw: tuple[tuple[int, int], ...]  # (feature, input column) of the features copied from the inputs
     # per quaternion: its (w, x, y, z) input columns and the (feature, angle) pairs taken from it
     quaternions: tuple[tuple[tuple[int, int, int, int], tuple[tuple[int, int], ...]], ...]
+    differences: tuple[tuple[int, int, int], ...] = ()  # (feature, value column, reference column)
 
     @classmethod
     def of(cls, spec: FeatureSpec) -> FeaturePlan:
@@ -51,15 +53,18 @@ class FeaturePlan:
         derived = {d.name: d for d in spec.derived}
         raw: list[tuple[int, int]] = []
         quaternions: dict[tuple[int, int, int, int], list[tuple[int, int]]] = {}
+        differences: list[tuple[int, int, int]] = []
         for feature, name in enumerate(spec.features):
-            if name in derived:
-                d = derived[name]
+            d = derived.get(name)
+            if d is None:
+                raw.append((feature, inputs.index(name)))
+            elif d.kind == "difference":
+                differences.append((feature, inputs.index(d.inputs["value"]), inputs.index(d.inputs["reference"])))
+            else:
                 w, x, y, z = (inputs.index(d.inputs[k]) for k in ("w", "x", "y", "z"))
                 quaternions.setdefault((w, x, y, z), []).append((feature, _EULER_INDEX[d.kind]))
-            else:
-                raw.append((feature, inputs.index(name)))
         return cls(len(inputs), len(spec.features), tuple(raw),
-                   tuple((q, tuple(pairs)) for q, pairs in quaternions.items()))
+                   tuple((q, tuple(pairs)) for q, pairs in quaternions.items()), tuple(differences))
 
 
 def feature_matrix(raw: np.ndarray, plan: FeaturePlan) -> np.ndarray:
@@ -73,6 +78,8 @@ def feature_matrix(raw: np.ndarray, plan: FeaturePlan) -> np.ndarray:
         angles = quaternion_to_euler(raw[:, w], raw[:, x], raw[:, y], raw[:, z])
         for feature, angle in pairs:
             out[:, feature] = angles[angle]  # float64 -> float32, each value rounded once
+    for feature, value, reference in plan.differences:
+        out[:, feature] = raw[:, value] - raw[:, reference]  # in float64, rounded once; NaN in either: NaN
     infinite = np.isinf(out)
     if np.logical_or.reduce(infinite, axis=None):
         out[infinite] = np.nan

@@ -23,8 +23,10 @@ from shared.unique_keys import load_yaml, unique_keys
 SPEC_FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 gave windows in samples; it is read and converted to seconds
 TIME_FORMATS = ("iso8601", "epoch_s", "epoch_ms")
-DERIVED_KINDS = ("quaternion_roll", "quaternion_pitch", "quaternion_yaw")
+QUATERNION_KINDS = ("quaternion_roll", "quaternion_pitch", "quaternion_yaw")
+DERIVED_KINDS = (*QUATERNION_KINDS, "difference")
 QUATERNION_KEYS = frozenset({"w", "x", "y", "z"})
+DIFFERENCE_KEYS = frozenset({"value", "reference"})  # value - reference, e.g. a bearing's rise over ambient
 DEFAULT_SPEC_NAME = "mini-turbine"
 AUTO = "auto"
 
@@ -355,7 +357,11 @@ class FeatureSpec:
             if d.kind not in DERIVED_KINDS:
                 raise SpecError(f"{where}: derived feature {d.name!r} has unknown kind {d.kind!r}; "
                                 f"known: {DERIVED_KINDS}")
-            if set(d.inputs) != QUATERNION_KEYS:
+            if d.kind == "difference" and (set(d.inputs) != DIFFERENCE_KEYS
+                                           or d.inputs["value"] == d.inputs["reference"]):
+                raise SpecError(f"{where}: derived feature {d.name!r} (difference) needs inputs value and reference, "
+                                "two different columns")
+            if d.kind in QUATERNION_KINDS and set(d.inputs) != QUATERNION_KEYS:
                 raise SpecError(f"{where}: derived feature {d.name!r} needs inputs w, x, y, z")
             if d.name in self.columns:
                 raise SpecError(f"{where}: derived feature {d.name!r} shadows a raw column")

@@ -162,3 +162,22 @@ def test_a_value_beyond_float32_is_missing():
     assert features[2, voltage] == np.finfo(np.float32).max and features[3, voltage] == 70.0
     others = np.delete(features, voltage, axis=1)
     assert not np.isinf(others).any()
+
+
+def test_a_difference_feature_is_the_float64_difference_rounded_once():
+    from shared.ml.spec import FeatureSpec
+
+    raw = default_spec().to_dict()
+    raw.update(features=["rps", "voltage_over_wind"], operating=None, derived=[
+        {"name": "voltage_over_wind", "kind": "difference",
+         "inputs": {"value": "voltage", "reference": "wind_speed_rps"}}])
+    spec = FeatureSpec.from_dict(raw)
+    rng = np.random.default_rng(3)
+    voltage, wind = 70.0 + rng.standard_normal(50), 2.5 + rng.standard_normal(50) * 1e-3
+    voltage[4], wind[9] = np.nan, np.nan
+    feats = compute_features({"rps": np.ones(50), "voltage": voltage, "wind_speed_rps": wind}, spec)
+    expected = (voltage - wind).astype(np.float32)
+    assert feats.dtype == np.float32
+    assert np.array_equal(feats[:, 1], expected, equal_nan=True)  # bit for bit, NaN where either is missing
+    assert np.isnan(feats[[4, 9], 1]).all() and np.isfinite(np.delete(feats[:, 1], [4, 9])).all()
+    assert (feats[:, 1] != voltage.astype(np.float32) - wind.astype(np.float32)).any()  # not two roundings

@@ -46,6 +46,14 @@ def test_round_trip_through_dict_keeps_digest():
     assert default_spec().digest() != default_spec().with_drift([]).digest()  # the resolved choice counts
 
 
+def test_a_difference_feature_reads_both_columns_and_survives_the_round_trip():
+    raw = _raw(features=["rps", "rise"], operating=None, derived=[
+        {"name": "rise", "kind": "difference", "inputs": {"value": "voltage", "reference": "wind_speed_rps"}}])
+    spec = FeatureSpec.from_dict(raw)
+    assert spec.input_columns == ("rps", "voltage", "wind_speed_rps")
+    assert FeatureSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
 def test_yaml_and_json_files_load(tmp_path):
     as_json = tmp_path / "spec.json"
     as_json.write_text(json.dumps(default_spec().to_dict()))
@@ -75,6 +83,14 @@ def _raw(**changes):
     ({"drift": {"features": ["roll", "gearboxtemp"]}}, "drift.features names 'gearboxtemp'"),
     ({"drift": {"features": "some"}}, "drift.features must be"),
     ({"drift": {"window_s": 3}}, "drift: unknown key"),
+    ({"derived": [{"name": "rise", "kind": "difference", "inputs": {"value": "rps", "minus": "voltage"}}]},
+     r"derived feature 'rise' \(difference\) needs inputs value and reference"),
+    ({"derived": [{"name": "rise", "kind": "difference", "inputs": {"value": "rps", "reference": "rps"}}]},
+     "two different columns"),
+    ({"derived": [{"name": "rise", "kind": "difference", "inputs": {"value": "rps", "reference": "oil"}}],
+      "features": ["rps", "rise"]}, "feature 'rise' needs column 'oil'"),
+    ({"derived": [{"name": "rise", "kind": "ratio", "inputs": {"value": "rps", "reference": "voltage"}}]},
+     "unknown kind 'ratio'"),
 ])
 def test_invalid_specs_are_refused_with_the_reason(changes, fragment):
     with pytest.raises(SpecError, match=fragment):
