@@ -197,6 +197,7 @@ def settings_of(spec: FeatureSpec, requested: FeatureSpec, defaulted: list[str])
         "validation": {"max_nan_fraction": v.max_nan_fraction, "max_gap_s": v.max_gap_s,
                        "min_windows": v.min_windows},
         "operating": asdict(spec.operating) if spec.operating else None,
+        "turbine_levels": list(spec.turbine_levels),
         "defaulted": list(defaulted),
     }
 
@@ -391,6 +392,9 @@ def _render_settings(s: dict[str, Any]) -> list[str]:
         top = s["operating"].get("max")
         lines.append(f"  operating        windows scored while median {s['operating']['feature']} >= "
                      f"{_num(s['operating']['min'])}" + ("" if top is None else f" and every value < {_num(top)}"))
+    if s["turbine_levels"]:
+        lines.append(f"  turbine levels   {', '.join(s['turbine_levels'])}: each turbine's against its own level "
+                     "in the training data")
     return lines
 
 

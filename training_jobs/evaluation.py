@@ -16,6 +16,7 @@ import numpy as np
 from shared.ml.dataset import TurbineSeries, load_all_labels, load_dataset, series_windows
 from shared.ml.episodes import Episode, EpisodeRule, run_episodes
 from shared.ml.injection import inject_generic
+from shared.ml.levels import at_turbine_level
 from shared.ml.metrics import Allowance, Fault, evaluate_episodes, scorable
 from shared.ml.spec import FeatureSpec
 
@@ -143,7 +144,7 @@ def evaluate_model_on(model_path: Path, data_dir: Path) -> tuple[dict[str, Any],
     model = load_model(model_path)
     m = model.manifest
     detector = Detector(m.spec, lambda x: score_windows(model.scorer, x), m.threshold, m.rule)
-    series = load_dataset([data_dir], m.spec)
+    series = at_turbine_level(load_dataset([data_dir], m.spec), m.turbine_offsets)
     faults = load_all_labels([data_dir], series)
     scored = score_series(series, detector)
     episodes = detect(scored, detector)

@@ -22,6 +22,7 @@ from typing import Any
 from shared.capture import EPISODE, CaptureName
 from shared.errors import BundleError, DataError
 from shared.ml.dataset import LABELS_FILE, TurbineSeries, data_files
+from shared.ml.levels import Offsets, relevel
 from shared.ml.metrics import Fault, parse_false_alarms, parse_labels
 from shared.ml.spec import FeatureSpec
 from training_jobs.evaluation import Detector, detect, score_series
@@ -115,8 +116,9 @@ def fires(detector: Detector, series: TurbineSeries, span: Fault) -> bool | None
 
 
 def hard_example_report(spans: Sequence[Fault], series: Sequence[TurbineSeries], judge: Judge,
-                        champion: Detector | None) -> dict[str, Any] | None:
-    """evaluation.json's `hard_examples` (None without any false-alarm verdict)."""
+                        champion: tuple[Detector, Offsets] | None, offsets: Offsets) -> dict[str, Any] | None:
+    """evaluation.json's `hard_examples` (None without any false-alarm verdict). `series` are at the candidate's
+    turbine levels (`offsets`); `champion`: its detector and its own levels."""
     if not spans:
         return None
     by_turbine = {s.turbine_id: s for s in series}
@@ -131,7 +133,8 @@ def hard_example_report(spans: Sequence[Fault], series: Sequence[TurbineSeries],
             continue
         rows.append({"turbine_id": span.turbine_id, "start": span.start, "end": span.end, "fired": fired,
                      "seen_in_training": seen,
-                     "champion_fired": fires(champion, s, span) if champion is not None and s is not None else None})
+                     "champion_fired": None if champion is None or s is None
+                     else fires(champion[0], relevel([s], offsets, champion[1])[0], span)})
     fired = sum(r["fired"] for r in rows)
     held = [r for r in rows if not r["seen_in_training"]]
     return {
@@ -142,9 +145,9 @@ def hard_example_report(spans: Sequence[Fault], series: Sequence[TurbineSeries],
     }
 
 
-def champion_detector(root: Path | None, spec: FeatureSpec) -> Detector | None:
-    """The champion bundle of the `champion` channel as a Detector (its own windows, threshold and rule), when it
-    reads the same features."""
+def champion_detector(root: Path | None, spec: FeatureSpec) -> tuple[Detector, Offsets] | None:
+    """The champion bundle of the `champion` channel as a Detector (its own windows, threshold and rule) and its
+    turbine levels, when it reads the same features."""
     if root is None:
         return None
     from training_jobs.bundle_io import load_model
@@ -160,7 +163,7 @@ def champion_detector(root: Path | None, spec: FeatureSpec) -> Detector | None:
     m = champion.manifest
     if (m.spec.features, m.spec.derived) != (spec.features, spec.derived):
         return None
-    return Detector(m.spec, lambda x: score_windows(champion.scorer, x), m.threshold, m.rule)
+    return Detector(m.spec, lambda x: score_windows(champion.scorer, x), m.threshold, m.rule), m.turbine_offsets
 
 
 def captured_summary(roots: Sequence[Path], left_out: Sequence[Path]) -> dict[str, Any]:

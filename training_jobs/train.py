@@ -29,6 +29,7 @@ from shared.ml.bundle import BUNDLE_FORMAT_VERSION, EVALUATION_FILE
 from shared.ml.dataset import TurbineSeries, load_all_labels, load_dataset
 from shared.ml.drift import BASELINE_KEY
 from shared.ml.feasibility import drifting_features, too_little_data, usable
+from shared.ml.levels import at_turbine_level, relevel, turbine_offsets
 from shared.ml.metrics import Allowance, Fault, hard_examples, headline
 from shared.ml.spec import FeatureSpec, default_spec, load_spec
 from shared.version import code_version
@@ -107,6 +108,13 @@ def train(env: JobEnvironment) -> dict[str, Any]:
     log(f"loaded {sum(len(s.t) for s in series)} samples of {len(series)} turbine(s), "
         f"{len(faults)} labelled fault episode(s)")
     spec = resolve_spec(requested, series)
+    offsets = turbine_offsets(series, spec)
+    if offsets:
+        series = at_turbine_level(series, offsets)
+        log("turbine levels (offsets from the fleet's): " + "; ".join(
+            f"{turbine} " + ", ".join(f"{spec.features[j]} {row[j]:+.3g}" for j in range(spec.n_features)
+                                      if spec.features[j] in spec.turbine_levels)
+            for turbine, row in offsets.items()))
     g = spec.geometry
     available = usable(series, spec)
     refusal = too_little_data(available, spec, hp.min_samples)
@@ -122,7 +130,7 @@ def train(env: JobEnvironment) -> dict[str, Any]:
     log(f"chosen: {reason}")
     baseline = drift_baseline(validation, chosen.detectors, spec, _margin(hp, spec), log)
     final, evaluation_set, metrics = _deliver(the_plan.mode, chosen, the_plan.test, validation, spec, faults,
-                                              series, hp, env)
+                                              series, hp, env, offsets)
     checked = [name for name, on in zip(spec.features, final.scorer.prep.frozen_check.flatten().tolist(), strict=True)
                if on]
     log(f"frozen-sensor check: {checked or 'none'} (the features that never held one value over a training window)")
@@ -141,11 +149,11 @@ def train(env: JobEnvironment) -> dict[str, Any]:
     }
     champion_root = env.channel("champion")
     if champion_root is not None:
-        evaluation["champion"] = score_champion(champion_root, evaluation_set, spec, allowance)
+        evaluation["champion"] = score_champion(champion_root, evaluation_set, spec, allowance, offsets)
     evaluation["data"].update(captured_summary(roots, left_out))
     hard = hard_example_report(false_alarm_spans(roots), series,
                                candidate_judge(the_plan, chosen, detector_of(final, spec, threshold)),
-                               champion_detector(champion_root, spec))
+                               champion_detector(champion_root, spec), offsets)
     if hard is not None:  # operators' false-alarm verdicts: the gate reports on them
         evaluation["hard_examples"] = hard
         log((hard_examples(hard) or ("no false-alarm verdict covers the data",))[0])
@@ -160,7 +168,8 @@ def train(env: JobEnvironment) -> dict[str, Any]:
                   "inputs": {INPUT_NAME: ["batch", spec.n_features, g.width]},
                   "outputs": {"score": ["batch"], "contributions": ["batch", spec.n_features],
                               "missing": ["batch", spec.n_features]}},
-        "normalisation": {"mean": prep.mean.flatten().tolist(), "std": prep.std.flatten().tolist()},
+        "normalisation": {"mean": prep.mean.flatten().tolist(), "std": prep.std.flatten().tolist(),
+                          **({"turbine_offsets": offsets} if offsets else {})},
         "threshold": {"value": threshold, "calibration": chosen.calibration.to_dict()},
         "episode_rule": rule.to_dict(),
         "metrics": {"headline": headline(metrics), "evaluation": metrics, "history": final.history,
@@ -192,8 +201,8 @@ def train(env: JobEnvironment) -> dict[str, Any]:
 
 
 def _deliver(mode: str, chosen: Candidate, test: list[TurbineSeries], validation: EvalSet, spec: FeatureSpec,
-             faults: list[Fault], series: list[TurbineSeries], hp: Hyperparameters, env: JobEnvironment
-             ) -> tuple[Fitted, EvalSet, dict[str, Any]]:
+             faults: list[Fault], series: list[TurbineSeries], hp: Hyperparameters, env: JobEnvironment,
+             offsets: dict[str, list[float]]) -> tuple[Fitted, EvalSet, dict[str, Any]]:
     """The delivered model, the data the gate judges it on, and its metrics there.
 
     holdout: the model fitted on the train slice, judged on the test slice (or the validation channel).
@@ -204,7 +213,7 @@ def _deliver(mode: str, chosen: Candidate, test: list[TurbineSeries], validation
         final = chosen.fits[0]
         validation_root = env.channel("validation")
         if validation_root is not None:  # a separate held-out set replaces the test slice
-            test = load_dataset([validation_root], spec)
+            test = at_turbine_level(load_dataset([validation_root], spec), offsets)
             faults = load_all_labels([validation_root], test)
         test_set = eval_set(test, faults, spec, hp.injection_seed)
         detector = detector_of(final, spec, chosen.calibration.threshold)
@@ -228,9 +237,10 @@ def _margin(hp: Hyperparameters, spec: FeatureSpec) -> float:
     return hp.label_margin_s if hp.label_margin_s >= 0 else spec.evaluation.detection_tolerance_s
 
 
-def score_champion(root: Path, pieces: EvalSet, spec: FeatureSpec, allowance: Allowance) -> dict[str, Any] | None:
-    """Score the champion bundle on the candidate's held-out pieces and faults (its own windows,
-    threshold and rule)."""
+def score_champion(root: Path, pieces: EvalSet, spec: FeatureSpec, allowance: Allowance,
+                   offsets: dict[str, list[float]]) -> dict[str, Any] | None:
+    """Score the champion bundle on the candidate's held-out pieces and faults (its own windows, threshold,
+    rule and turbine levels; the pieces are at the candidate's, `offsets`)."""
     archives = sorted(root.rglob("model.tar.gz")) or ([root] if (root / "manifest.json").is_file() else [])
     if not archives:
         log(f"champion channel {root} holds no model.tar.gz; skipping the comparison")
@@ -245,6 +255,8 @@ def score_champion(root: Path, pieces: EvalSet, spec: FeatureSpec, allowance: Al
         log(f"champion not comparable: it reads features {list(m.spec.features)}")
         return None
     detector = Detector(m.spec, lambda x: score_windows(champion.scorer, x), m.threshold, m.rule)
+    pieces = replace(pieces, clean=relevel(pieces.clean, offsets, m.turbine_offsets),
+                     faulty=relevel(pieces.faulty, offsets, m.turbine_offsets))
     metrics = evaluate(pieces, [detector] * (max(pieces.group, default=0) + 1), allowance)
     for key, value in headline(metrics).items():
         log(f"champion_{key}={'nan' if value is None else f'{value:.6g}'}")

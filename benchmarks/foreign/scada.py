@@ -23,7 +23,11 @@ from shared.ml.metrics import Fault
 CHANNELS = ("wind_speed", "power", "rotor_speed", "pitch_angle", "gearbox_bearing_temp",
             "generator_bearing_temp", "nacelle_temp", "ambient_temp")
 DECIMALS = (2, 1, 2, 2, 1, 1, 1, 1)
-SEASONAL = ("gearbox_bearing_temp", "generator_bearing_temp", "nacelle_temp", "ambient_temp")
+# The model's inputs: the machine temperatures as their rise over ambient (through it they follow the
+# seasons), the ambient temperature itself.
+RISES = {"gearbox_bearing_rise": "gearbox_bearing_temp", "generator_bearing_rise": "generator_bearing_temp",
+         "nacelle_rise": "nacelle_temp"}
+FEATURES = ("wind_speed", "power", "rotor_speed", "pitch_angle", *RISES, "ambient_temp")
 STEP_S = 600.0
 PER_DAY = 144
 RATED_KW, CUT_IN, RATED_WIND, CUT_OUT = 2000.0, 3.0, 12.0, 25.0

@@ -1,7 +1,8 @@
 """The three suites on disk: per case a training folder, a test folder with labels.json, and a spec that
 declares only what an operator knows (columns, time format, sampling rate; for SCADA its operating
-status filter, the turbine's wind range from cut-in to its 25 m/s cut-out, and the temperatures that follow
-the seasons, judged against their last week). Window
+status filter, the turbine's wind range from cut-in to its 25 m/s cut-out, the machine temperatures as
+their rise over ambient, each turbine's judged against its own level, and the ambient temperature
+judged against its last week). Window
 timescales, model family and threshold are left to the defaults.
 
 Seeds: "dev" seeds (and a few more, never the "eval" ones: plant 12 and 13, SCADA 22 and 23, 20 Hz 17 to
@@ -40,10 +41,10 @@ class Case:
 
 
 def _spec(path: Path, name: str, time_column: str, channels: tuple[str, ...], rate_hz: float, delimiter: str,
-          extra: str = "") -> Path:
+          extra: str = "", features: tuple[str, ...] | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"spec_version: 2\nname: {name}\ntime_column: {time_column}\ndelimiter: \"{delimiter}\"\n"
-                    f"columns: [{time_column}, {', '.join(channels)}]\nfeatures: [{', '.join(channels)}]\n"
+                    f"columns: [{time_column}, {', '.join(channels)}]\nfeatures: [{', '.join(features or channels)}]\n"
                     f"sampling: {{rate_hz: {rate_hz!r}}}\n{extra}", encoding="utf-8")
     return path
 
@@ -73,9 +74,12 @@ def scada_cases(root: Path, seed: int) -> Iterator[Case]:
     n = 365 * scada.PER_DAY
     wind, ambient = scada.weather(rng, n)
     first = SCADA_TRAIN_DAYS * scada.PER_DAY
+    rises = "".join(f"  - {{name: {rise}, kind: difference, inputs: {{value: {value}, reference: ambient_temp}}}}\n"
+                    for rise, value in scada.RISES.items())
     spec = _spec(root / "spec.yaml", "farm-scada", "timestamp", scada.CHANNELS, 1 / scada.STEP_S, ",",
                  "time_format: iso8601\noperating: {feature: wind_speed, min: 3.5, max: 25}\n"
-                 f"drift: {{features: [{', '.join(scada.SEASONAL)}], baseline_s: {7 * 86400}}}\n")
+                 f"derived:\n{rises}turbine_levels: [{', '.join(scada.RISES)}]\n"
+                 f"drift: {{features: [ambient_temp], baseline_s: {7 * 86400}}}\n", scada.FEATURES)
     faults: list = []
     for k in range(SCADA_TURBINES):
         unit = f"wt{k + 1:02d}"

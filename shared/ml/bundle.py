@@ -11,7 +11,7 @@ import io
 import json
 import posixpath
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -61,6 +61,15 @@ class Manifest:
     def metrics(self) -> dict[str, Any]:
         return dict(self.raw["metrics"])
 
+    @property
+    def turbine_offsets(self) -> dict[str, list[float]]:
+        """turbine -> offsets subtracted from its features (shared.ml.levels); {} without turbine_levels."""
+        return dict(self.raw["normalisation"].get("turbine_offsets") or {})
+
+    def offsets(self, turbine_id: str) -> np.ndarray:
+        """(F,) float32 offsets subtracted from this turbine's features (zeros for one the training never saw)."""
+        return offsets_row(self.turbine_offsets, turbine_id, self.spec.n_features)
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = MANIFEST_FILE) -> Manifest:
         if not isinstance(raw, dict):
@@ -89,6 +98,7 @@ class Manifest:
                                   f"one per feature {list(spec.features)}")
         if np.any(std <= 0):
             raise BundleError(f"{source}: normalisation std must be positive")
+        _check_offsets(raw["normalisation"].get("turbine_offsets"), spec, source)
         if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold < float("inf"):
             raise BundleError(f"{source}: threshold.value must be a positive finite number, got {threshold!r}")
         if not isinstance(family, str) or not family:
@@ -97,6 +107,25 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps(self.raw, indent=2, sort_keys=True)
+
+
+def offsets_row(table: Mapping[str, Sequence[float]], turbine_id: str, n_features: int) -> np.ndarray:
+    """(F,) float32: a turbine's offsets from a turbine_offsets table, zeros for a turbine not in it."""
+    row = table.get(turbine_id)
+    return np.zeros(n_features, dtype=np.float32) if row is None else np.asarray(row, dtype=np.float32)
+
+
+def _check_offsets(table: Any, spec: FeatureSpec, source: str) -> None:
+    if table is None:
+        return
+    where = f"{source}: normalisation.turbine_offsets"
+    if not isinstance(table, dict):
+        raise BundleError(f"{where} must map turbine ids to offsets, got {type(table).__name__}")
+    for turbine, row in table.items():
+        ok = (isinstance(row, list) and len(row) == spec.n_features
+              and all(not isinstance(v, bool) and isinstance(v, int | float) and np.isfinite(v) for v in row))
+        if not ok:
+            raise BundleError(f"{where}[{turbine!r}] must hold {spec.n_features} finite numbers, one per feature")
 
 
 def _episode_rule(raw: Any, source: str) -> EpisodeRule:

@@ -183,6 +183,9 @@ class FeatureSpec:
     text_columns: tuple[str, ...] = ()
     derived: tuple[DerivedFeature, ...] = ()
     operating: Operating | None = None
+    # features whose level differs from turbine to turbine for no fault (a sensor's offset, a machine that runs a
+    # little warmer): each turbine's is taken relative to its own level in the training data (shared.ml.levels)
+    turbine_levels: tuple[str, ...] = ()
     spec_version: int = SPEC_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -270,6 +273,10 @@ class FeatureSpec:
                         "baseline_s": self.drift.baseline_s}
         out["derived"] = [asdict(d) for d in self.derived]
         out["operating"] = _operating_dict(self.operating)
+        if self.turbine_levels:  # written only when used: the digests of specs without it stay as they were
+            out["turbine_levels"] = list(self.turbine_levels)
+        else:
+            del out["turbine_levels"]
         return out
 
     @classmethod
@@ -323,6 +330,7 @@ class FeatureSpec:
                 text_columns=_names(raw.get("text_columns") or [], f"{source}: text_columns"),
                 derived=tuple(_derived(d, source) for d in raw.get("derived") or ()),
                 operating=_operating(raw.get("operating"), source),
+                turbine_levels=_names(raw.get("turbine_levels") or [], f"{source}: turbine_levels"),
             )
         except (TypeError, ValueError, OverflowError) as exc:
             raise SpecError(f"{source}: {exc}") from exc
@@ -378,6 +386,11 @@ class FeatureSpec:
         for name in self.drift.features or ():
             if name not in self.features:
                 raise SpecError(f"{where}: drift.features names {name!r}, which is not one of the features")
+        for name in self.turbine_levels:
+            if name not in self.features:
+                raise SpecError(f"{where}: turbine_levels names {name!r}, which is not one of the features")
+        if len(set(self.turbine_levels)) != len(self.turbine_levels):
+            raise SpecError(f"{where}: turbine_levels are listed twice: {_dupes(self.turbine_levels)}")
         self._check_timescales(where)
 
     def _check_timescales(self, where: str) -> None:

@@ -105,7 +105,7 @@ def test_a_damaged_champion_is_skipped_by_the_training_job(model_dir: Path, tmp_
     shutil.copytree(model_dir, tmp_path / "model")
     (tmp_path / "model" / WEIGHTS_FILE).write_bytes(b"")
     pack_model_dir(tmp_path / "model", champion / "model.tar.gz")
-    assert train.score_champion(champion, cast(EvalSet, None), SPEC, Allowance.of(SPEC)) is None
+    assert train.score_champion(champion, cast(EvalSet, None), SPEC, Allowance.of(SPEC), {}) is None
 
 
 # -- Archives: only the expected members, within their limits, never twice ------------------------

@@ -120,11 +120,11 @@ def test_the_report_counts_what_the_candidate_and_the_champion_fire_on(field: di
     spans = false_alarm_spans([field["root"]])
     quiet, loud = constant(0.1), constant(5.0)
     late = Fault("turbine-09", "false-alarm", "none", 0.0, 10.0)  # no data for it: not judged
-    report = hard_example_report([*spans, late], [series], lambda span: (quiet, False), champion=loud)
+    report = hard_example_report([*spans, late], [series], lambda span: (quiet, False), champion=(loud, {}), offsets={})
     assert report is not None
     assert (report["episodes"], report["fired"], report["champion_fired"], report["without_data"]) == (1, 0, 1, 1)
-    assert hard_example_report([], [series], lambda span: (quiet, False), None) is None
-    worse = hard_example_report(spans, [series], lambda span: (loud, True), champion=quiet)
+    assert hard_example_report([], [series], lambda span: (quiet, False), None, {}) is None
+    worse = hard_example_report(spans, [series], lambda span: (loud, True), champion=(quiet, {}), offsets={})
     assert worse is not None and (worse["fired"], worse["held_out"], worse["champion_fired"]) == (1, 0, 0)
 
 

@@ -170,3 +170,10 @@ def test_spec_put_refuses_an_invalid_spec(tmp_path, spec_file, capsys):
     fresh = tmp_path / "fresh"
     assert main(["--data-dir", str(fresh), "spec", "put", str(broken)]) == 2
     assert not fresh.exists()  # refused before the stack is created
+
+
+def test_turbine_levels_are_shown(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml", SPEC + "turbine_levels: [b]\n")
+    write_plant(tmp_path / "p1.csv", rows=400)
+    code, out, _ = run(capsys, "spec", "check", str(tmp_path / "p1.csv"), "--spec", str(spec))
+    assert code == 0 and "turbine levels   b: each turbine's against its own level in the training data" in out

@@ -126,11 +126,11 @@ def test_champion_is_scored_on_the_same_data(trained_model, trained_pca, small_d
     spec = load_model(trained_model.model_archive).manifest.spec
     pieces = [s.between(float(s.t[0]), float(s.t[0]) + 900.0) for s in load_dataset([small_dataset], spec)]
     held = eval_set(pieces, [], spec, Hyperparameters().injection_seed)
-    result = score_champion(champion_dir, held, spec, Allowance.of(spec))
+    result = score_champion(champion_dir, held, spec, Allowance.of(spec), {})
     assert result is not None and result["metrics"]["labels"] == "injected"
     assert result["metrics"]["counts"]["faults"] == len(held.faults) > 0  # the candidate's injected faults
     assert result["lineage"]["job_name"] == "nacelle-test-pca" and result["family"] == "pca"
-    assert score_champion(tmp_path / "nothing-here", held, spec, Allowance.of(spec)) is None
+    assert score_champion(tmp_path / "nothing-here", held, spec, Allowance.of(spec), {}) is None
 
 
 def test_evaluate_prints_one_json_object(trained_model, small_dataset, capsys):

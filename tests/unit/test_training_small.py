@@ -98,3 +98,32 @@ def test_too_little_data_is_refused_with_the_reason(tmp_path, spec_file):
     assert "only 250 usable sample(s): training needs at least 300 samples" in reason
     assert "Add data, shorten windows.length_s, or raise windows.max_gap_s" in reason
     assert not (result.job_dir / "model" / "manifest.json").exists()
+
+
+def test_turbine_levels_are_read_in_training_and_travel_in_the_model(tmp_path):
+    """Two units whose pressure sensors read 3 bar apart: each is placed at the fleet's level, the offsets
+    are logged and stored in the manifest, and `nacelle evaluate` applies them to the same units."""
+    from training_jobs.evaluation import evaluate_model_on
+
+    spec_file = tmp_path / "levels.yaml"
+    spec_file.write_text(SPEC + "turbine_levels: [pressure]\n", encoding="utf-8")
+    write_plant(tmp_path / "data" / "unit1" / "run.csv", 600, seed=1)
+    high = write_plant(tmp_path / "data" / "unit2" / "run.csv", 600, seed=2)
+    lines = high.read_text().splitlines()
+    shifted = [lines[0]] + [",".join([a, b, f"{float(c) + 3.0:.3f}", d]) for a, b, c, d in
+                            (line.split(",") for line in lines[1:])]
+    high.write_text("\n".join(shifted) + "\n", encoding="utf-8")
+    result = run_training_job(tmp_path / "job", "levels-job", {"train": tmp_path / "data"},
+                              {**HPS, "families": "pca"}, spec_file, echo=None)
+    log = result.log_file.read_text()
+    assert result.ok, log
+    assert "turbine levels (offsets from the fleet's): unit1 pressure -1.5" in log
+    assert result.model_archive is not None
+    manifest = Manifest.from_dict(read_manifest_from_tar(result.model_archive))
+    assert manifest.spec.turbine_levels == ("pressure",)
+    assert manifest.offsets("unit1")[1] == pytest.approx(-1.5, abs=0.05)
+    assert manifest.offsets("unit2")[1] == pytest.approx(1.5, abs=0.05)
+    assert manifest.offsets("unit1")[[0, 2]].tolist() == [0.0, 0.0]
+    _, scored, _, _, _ = evaluate_model_on(result.model_archive, tmp_path / "data")
+    assert {s.turbine_id for s in scored} == {"unit1", "unit2"}
+    assert max(float(np.median(s.scores)) for s in scored) < manifest.threshold  # neither unit reads as anomalous

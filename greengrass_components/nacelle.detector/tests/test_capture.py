@@ -376,6 +376,9 @@ class FakeModel:
     rule = SPEC.rule()
     model_version = 3
 
+    def offsets(self, turbine_id: str) -> np.ndarray:
+        return np.zeros(SPEC.n_features, np.float32)
+
     def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         wind = SPEC.features.index("wind_speed_rps")
         scores = np.where(x[:, wind, :].mean(axis=1) > 20.0, 10.0, 0.1).astype(np.float32)

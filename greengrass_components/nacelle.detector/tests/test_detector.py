@@ -162,6 +162,56 @@ def test_parity_with_the_evaluator(family: str, request: pytest.FixtureRequest, 
           f"p99 {np.percentile(ms, 99):.3f} ms over {len(ms)} windows; {opened_total} episodes identical")
 
 
+def test_turbine_levels_are_subtracted_on_the_device_as_in_the_evaluator(
+        tmp_path: Path, trained_pca, small_dataset: Path, streams) -> None:
+    """A model with per-turbine offsets (shared.ml.levels): the detector subtracts its own turbine's as `nacelle
+    evaluate` does (the same windows and episodes), its drift statistics summarise the same values, and a turbine
+    the model never saw is scored at its own level."""
+    from detector.stats import PeriodStats
+
+    from training_jobs.bundle_io import extract_tar, pack_model_dir
+    from training_jobs.compile import compile_bundle
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    extract_tar(trained_pca.model_archive, model_dir)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    features = manifest["feature_spec"]["features"]
+    first, second = sorted(streams)
+    shifted = [0.0] * len(features)
+    shifted[features.index("voltage")] = 4.0
+    shifted[features.index("rps")] = -0.25
+    manifest["normalisation"]["turbine_offsets"] = {first: shifted, "wt-elsewhere": [1.0] * len(features)}
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    archive = pack_model_dir(model_dir, tmp_path / "model.tar.gz")
+    compile_bundle(archive, tmp_path / "edge", None, 1, warmup=5, runs=20)
+    edge = EdgeModel.load(tmp_path / "edge")
+    scored, episodes = evaluator(archive, small_dataset)
+    plain, _ = evaluator(trained_pca.model_archive, small_dataset)
+    assert not np.array_equal(scored[first].scores, plain[first].scores)  # the offsets change the first turbine
+    np.testing.assert_array_equal(scored[second].scores, plain[second].scores)  # and only it
+    for tid in (first, second):
+        pipeline = TurbinePipeline(tid, edge)
+        leveled, unleveled = PeriodStats(tid, 1e9), PeriodStats(tid, 1e9)
+        windows: list[WindowRecord] = []
+        events: list[EpisodeEvent] = []
+        for payload in streams[tid].messages():
+            result = pipeline.handle(payload)
+            windows += result.windows
+            events += result.events
+            leveled.observe(result, edge.spec, pipeline.levels)
+            unleveled.observe(result, edge.spec)
+        events += pipeline.flush().events
+        np.testing.assert_array_equal([w.t_end for w in windows], scored[tid].t_end)
+        np.testing.assert_allclose([w.score for w in windows], scored[tid].scores, rtol=1e-4, atol=1e-5)
+        opened = [(e.episode["episode_id"], e.episode["opened_at"]) for e in events if e.kind == "open"]
+        assert opened == [(ep.episode_id, ep.opened_at) for ep in episodes[tid]]
+        (period,), (raw_period,) = leveled.flush(), unleveled.flush()
+        shift = raw_period["mean"]["voltage"] - period["mean"]["voltage"]  # the baseline summarises offset values
+        assert shift == pytest.approx(4.0 if tid == first else 0.0, abs=1e-3)
+    assert TurbinePipeline(first, edge).levels is not None and TurbinePipeline(second, edge).levels is None
+
+
 def test_batch_size_does_not_change_windows(model_v1: EdgeModel, streams) -> None:
     stream = next(iter(streams.values()))
     short = Stream(stream.turbine_id, stream.t[:3000], stream.rows[:3000])
@@ -541,6 +591,9 @@ def test_swap_to_another_window_geometry_restarts_the_run(model_v1: EdgeModel, s
     class Stub:  # a model whose feature pipeline differs (the ONNX graph's window length is fixed)
         def __init__(self) -> None:
             self.spec, self.threshold, self.rule, self.model_version = other, model_v1.threshold, model_v1.rule, 3
+
+        def offsets(self, turbine_id: str) -> np.ndarray:
+            return np.zeros(spec.n_features, np.float32)
 
         def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             assert x.shape[1:] == (spec.n_features, 50)

@@ -35,6 +35,9 @@ class MeanModel:
     def rule(self) -> EpisodeRule:
         return self.spec.rule()
 
+    def offsets(self, turbine_id: str) -> np.ndarray:
+        return np.zeros(self.spec.n_features, np.float32)
+
     def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = x.shape[1]
         return (np.nanmean(np.abs(x), axis=(1, 2)).astype(np.float32), np.zeros((len(x), n), np.float32),

@@ -265,7 +265,7 @@ class DetectorApp:
             self._announce = False
             self.request_health()
         self._spool_events(result)
-        self._spool_stats(self.drift_stats.observe(result, pipeline.model.spec))
+        self._spool_stats(self.drift_stats.observe(result, pipeline.model.spec, pipeline.levels))
         if self.capture is not None:
             self.capture.observe(result, pipeline.model.spec)
         if self.observer is not None:

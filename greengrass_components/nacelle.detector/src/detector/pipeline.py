@@ -142,6 +142,7 @@ class TurbinePipeline:
         self.clock = clock
         self._lock = threading.Lock()
         self.tracker = self._new_tracker(model)
+        self._levels = self._levels_of(model)
         self._reset_buffer(FeaturePlan.of(model.spec))
         self.windows_scored = 0
         self.samples_seen = 0
@@ -155,6 +156,16 @@ class TurbinePipeline:
     def _new_tracker(self, model: EdgeModel) -> EpisodeTracker:
         spec = model.spec
         return EpisodeTracker(self.turbine_id, model.rule, model.threshold, list(spec.features), spec.regime_feature)
+
+    def _levels_of(self, model: EdgeModel) -> np.ndarray | None:
+        """(F,) float32: this turbine's offsets from the fleet's level (shared.ml.levels), None if all 0."""
+        offsets = model.offsets(self.turbine_id)
+        return offsets if offsets.any() else None
+
+    @property
+    def levels(self) -> np.ndarray | None:
+        """The offsets subtracted from this turbine's features before scoring (None: none)."""
+        return self._levels
 
     def _reset_buffer(self, plan: FeaturePlan) -> None:
         spec = self.model.spec
@@ -217,6 +228,8 @@ class TurbinePipeline:
         if ends:
             first = len(kept) - g.length + 1  # the first scored sample of a window ending at times[0]
             x = make_windows(features, [first + e for e in ends], self._offsets)  # NaN before the first sample kept
+            if self._levels is not None:  # the buffer keeps raw features: a swap may bring other levels
+                x -= self._levels[:, None]
             scores, contributions, missing = model.score(x)
             operating = operating_mask(x, spec).tolist()
 
@@ -250,9 +263,10 @@ class TurbinePipeline:
         feature plan fails) raises before anything changes."""
         with self._lock:
             tracker, plan = self._new_tracker(new_model), FeaturePlan.of(new_model.spec)
+            levels = self._levels_of(new_model)
             result = Result(events=self.tracker.interrupt(), model_version=self.model.model_version)
             keep = pipeline_key(new_model.spec) == pipeline_key(self.model.spec)
-            self.model, self.tracker = new_model, tracker
+            self.model, self.tracker, self._levels = new_model, tracker, levels
             if not keep:
                 self._reset_buffer(plan)
             self.swaps += 1

@@ -45,6 +45,10 @@ class EdgeModel:
     def model_version(self) -> int | None:
         return self.manifest.model_version
 
+    def offsets(self, turbine_id: str) -> np.ndarray:
+        """(F,) float32 offsets subtracted from this turbine's features (the spec's turbine_levels)."""
+        return self.manifest.bundle.offsets(turbine_id)
+
     @classmethod
     def load(cls, bundle_dir: str | Path, warmup_runs: int = WARMUP_RUNS) -> EdgeModel:
         """Verify the bundle (format versions, digests, equivalence), open it on one CPU thread and

@@ -48,6 +48,7 @@ class PeriodStats:
         self._start: float | None = None  # the open period's start (sample time)
         self._end = 0.0
         self._version: int | None = None
+        self._levels: np.ndarray | None = None  # the open period's turbine offsets (Pipeline.levels)
         self._windows = 0
         self._seen = 0  # operating windows of the period
         self._rows = np.zeros((0, 0))  # raw inputs at the kept windows' ends (features are computed at the close)
@@ -56,8 +57,9 @@ class PeriodStats:
         self.periods_sent = 0
 
     # -- input ------------------------------------------------------------------------------------------
-    def observe(self, result: Result, spec: FeatureSpec) -> list[dict[str, Any]]:
-        """Add the windows of one handled message; returns the messages of the periods it closed."""
+    def observe(self, result: Result, spec: FeatureSpec, levels: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """Add the windows of one handled message; returns the messages of the periods it closed. `levels`: the
+        offsets the pipeline subtracts from this turbine's features (the training baseline summarises them so)."""
         windows, batch = result.windows, result.batch
         if not len(windows) or batch is None:
             return []
@@ -76,6 +78,7 @@ class PeriodStats:
         while cut < len(ends):  # windows in one or more periods
             if self._start is None:
                 self._open(float(np.floor(ends[cut] / self.period_s) * self.period_s), version, spec)
+                self._levels = levels
             stop = int(np.searchsorted(ends, self._end))  # the first window past the open period
             self._add(batch, t_end[cut:stop], scores[cut:stop], operating[cut:stop])
             if stop < len(ends):
@@ -146,7 +149,10 @@ class PeriodStats:
             return []
         kept = min(self._seen, len(self._rows))
         spec = self._spec
-        values = feature_matrix(self._rows[:kept], FeaturePlan.of(spec)).astype(np.float64)  # as in training
+        values = feature_matrix(self._rows[:kept], FeaturePlan.of(spec))
+        if self._levels is not None:
+            values = values - self._levels
+        values = values.astype(np.float64)  # as in training
         features = summarise_columns(values, spec.features)
         score = summarise(self._scores[:kept])
         message = StatsMessage(
