@@ -107,8 +107,8 @@ def test_turbine_levels_are_read_in_training_and_travel_in_the_model(tmp_path):
 
     spec_file = tmp_path / "levels.yaml"
     spec_file.write_text(SPEC + "turbine_levels: [pressure]\n", encoding="utf-8")
-    write_plant(tmp_path / "data" / "unit1" / "run.csv", 600, seed=1)
-    high = write_plant(tmp_path / "data" / "unit2" / "run.csv", 600, seed=2)
+    write_plant(tmp_path / "data" / "unit1" / "run.csv", 400, seed=1)
+    high = write_plant(tmp_path / "data" / "unit2" / "run.csv", 400, seed=2)
     lines = high.read_text().splitlines()
     shifted = [lines[0]] + [",".join([a, b, f"{float(c) + 3.0:.3f}", d]) for a, b, c, d in
                             (line.split(",") for line in lines[1:])]

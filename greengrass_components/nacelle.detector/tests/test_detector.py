@@ -95,6 +95,11 @@ def reference(trained_model, small_dataset: Path, model_v1: EdgeModel):
     return evaluator(trained_model.model_archive, small_dataset)
 
 
+@pytest.fixture(scope="session")
+def pca_reference(trained_pca, small_dataset: Path):
+    return evaluator(trained_pca.model_archive, small_dataset)
+
+
 def run_stream(pipeline: TurbinePipeline, stream: Stream, swap_at: int | None = None,
                new_model: EdgeModel | None = None) -> tuple[list[WindowRecord], list[EpisodeEvent], list[int | None]]:
     windows: list[WindowRecord] = []
@@ -120,7 +125,7 @@ def test_parity_with_the_evaluator(family: str, request: pytest.FixtureRequest, 
                                    record_property) -> None:
     if family == "pca":
         edge = EdgeModel.load(request.getfixturevalue("pca_bundle"))
-        scored, episodes = evaluator(request.getfixturevalue("trained_pca").model_archive, small_dataset)
+        scored, episodes = request.getfixturevalue("pca_reference")
     else:
         edge = request.getfixturevalue("model_v1")
         scored, episodes = request.getfixturevalue("reference")
@@ -163,7 +168,7 @@ def test_parity_with_the_evaluator(family: str, request: pytest.FixtureRequest, 
 
 
 def test_turbine_levels_are_subtracted_on_the_device_as_in_the_evaluator(
-        tmp_path: Path, trained_pca, small_dataset: Path, streams) -> None:
+        tmp_path: Path, trained_pca, pca_reference, small_dataset: Path, streams) -> None:
     """A model with per-turbine offsets (shared.ml.levels): the detector subtracts its own turbine's as `nacelle
     evaluate` does (the same windows and episodes), its drift statistics summarise the same values, and a turbine
     the model never saw is scored at its own level."""
@@ -184,10 +189,10 @@ def test_turbine_levels_are_subtracted_on_the_device_as_in_the_evaluator(
     manifest["normalisation"]["turbine_offsets"] = {first: shifted, "wt-elsewhere": [1.0] * len(features)}
     (model_dir / "manifest.json").write_text(json.dumps(manifest))
     archive = pack_model_dir(model_dir, tmp_path / "model.tar.gz")
-    compile_bundle(archive, tmp_path / "edge", None, 1, warmup=5, runs=20)
+    compile_bundle(archive, tmp_path / "edge", None, 1, warmup=1, runs=2)
     edge = EdgeModel.load(tmp_path / "edge")
     scored, episodes = evaluator(archive, small_dataset)
-    plain, _ = evaluator(trained_pca.model_archive, small_dataset)
+    plain, _ = pca_reference
     assert not np.array_equal(scored[first].scores, plain[first].scores)  # the offsets change the first turbine
     np.testing.assert_array_equal(scored[second].scores, plain[second].scores)  # and only it
     for tid in (first, second):
