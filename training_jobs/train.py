@@ -64,6 +64,7 @@ from training_jobs.selection import (
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 METRIC_KEYS = ("event_f1", "event_precision", "event_recall", "recall_medium_high", "mean_delay_s",
                "point_f1", "point_far", "point_mar", "false_alarms_per_turbine_day")
+MAX_LOGGED_TURBINES = 20  # turbines whose level offsets the training log lists (all are in the manifest)
 
 
 def log(line: str) -> None:
@@ -111,10 +112,12 @@ def train(env: JobEnvironment) -> dict[str, Any]:
     offsets = turbine_offsets(series, spec)
     if offsets:
         series = at_turbine_level(series, offsets)
+        shown = list(offsets.items())[:MAX_LOGGED_TURBINES]
+        more = f"; {len(offsets) - len(shown)} more in the manifest" if len(offsets) > len(shown) else ""
         log("turbine levels (offsets from the fleet's): " + "; ".join(
             f"{turbine} " + ", ".join(f"{spec.features[j]} {row[j]:+.3g}" for j in range(spec.n_features)
                                       if spec.features[j] in spec.turbine_levels)
-            for turbine, row in offsets.items()))
+            for turbine, row in shown) + more)
     g = spec.geometry
     available = usable(series, spec)
     refusal = too_little_data(available, spec, hp.min_samples)
