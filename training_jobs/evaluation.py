@@ -15,7 +15,7 @@ import numpy as np
 
 from shared.ml.dataset import TurbineSeries, load_all_labels, load_dataset, series_windows
 from shared.ml.episodes import Episode, EpisodeRule, run_episodes
-from shared.ml.injection import inject_generic
+from shared.ml.injection import copy_id, inject_generic
 from shared.ml.levels import at_turbine_level
 from shared.ml.metrics import Allowance, Fault, evaluate_episodes, scorable
 from shared.ml.spec import FeatureSpec
@@ -85,7 +85,7 @@ def eval_set(pieces: list[TurbineSeries], faults: list[Fault], spec: FeatureSpec
     copy_group: list[int] = []
     for k in range(MAX_COPIES):
         for piece, g in zip(pieces, group, strict=True):
-            source = piece if k == 0 else TurbineSeries(f"{piece.turbine_id}~{k}", piece.t, piece.features,
+            source = piece if k == 0 else TurbineSeries(copy_id(piece.turbine_id, k), piece.t, piece.features,
                                                         piece.sources)
             turn = len(injected_faults) % len(sizes)
             copy, fs = inject_generic(source, spec, seed + k, [*sizes[turn:], *sizes[:turn]])

@@ -18,6 +18,19 @@ from shared.ml.dataset import TurbineSeries
 from shared.ml.metrics import Fault
 from shared.ml.spec import FeatureSpec
 
+COPY_MARK = "~"  # an injected copy of a turbine's data is scored as the pseudo-turbine `<turbine>~<k>`
+
+
+def copy_id(turbine_id: str, k: int) -> str:
+    """The pseudo-turbine id of the k-th injected copy of a turbine's data."""
+    return f"{turbine_id}{COPY_MARK}{k}"
+
+
+def source_turbine(series_id: str) -> str:
+    """The turbine a series belongs to: itself, or the turbine an injected copy (copy_id) was made from."""
+    turbine, mark, k = series_id.rpartition(COPY_MARK)
+    return turbine if mark and k.isdigit() else series_id
+
 GENERIC_FAULTS = ("level_shift", "drift", "stuck_at", "noise_burst", "dropout")
 DURATION_WINDOWS = {"level_shift": 12.0, "drift": 24.0, "stuck_at": 12.0, "noise_burst": 12.0, "dropout": 6.0}
 SHRINK_TO = 0.7  # in short data a fault takes at most this share of the room it has

@@ -19,6 +19,7 @@ import numpy as np
 
 from shared.ml.bundle import offsets_row
 from shared.ml.dataset import TurbineSeries
+from shared.ml.injection import source_turbine
 from shared.ml.spec import FeatureSpec
 
 Offsets = Mapping[str, Sequence[float]]  # turbine -> one offset per feature (0 outside turbine_levels)
@@ -68,12 +69,12 @@ def at_turbine_level(series: Sequence[TurbineSeries], offsets: Offsets) -> list[
 
 def relevel(series: Sequence[TurbineSeries], current: Offsets, wanted: Offsets) -> list[TurbineSeries]:
     """Series at the `current` offsets moved to the `wanted` ones (a model trained with others: the champion);
-    an injected copy `<turbine>~<k>` counts as its turbine."""
+    an injected copy counts as its turbine."""
     if dict(current) == dict(wanted):
         return list(series)
     out = []
     for s in series:
-        base = s.turbine_id.split("~")[0]
+        base = source_turbine(s.turbine_id)
         n = s.features.shape[1]
         shift = offsets_row(wanted, base, n) - offsets_row(current, base, n)
         out.append(replace(s, features=s.features - shift) if shift.any() else s)

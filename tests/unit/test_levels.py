@@ -10,6 +10,7 @@ import pytest
 from shared.errors import BundleError, SpecError
 from shared.ml.bundle import Manifest, offsets_row
 from shared.ml.dataset import TurbineSeries
+from shared.ml.injection import copy_id, source_turbine
 from shared.ml.levels import at_turbine_level, relevel, turbine_offsets
 from shared.ml.spec import FeatureSpec
 
@@ -102,10 +103,15 @@ def test_series_at_the_candidates_levels_move_to_the_champions():
     candidate = {"wt01": [0.0, 1.0, 0.0]}
     champion = {"wt01": [0.0, 3.0, 0.0], "wt02": [0.0, -1.0, 0.0]}
     leveled = at_turbine_level(raw, candidate)
-    leveled.append(replace(leveled[0], turbine_id="wt01~2"))  # an injected copy, made from the leveled series
-    raw.append(replace(raw[0], turbine_id="wt01~2"))
+    leveled.append(replace(leveled[0], turbine_id=copy_id("wt01", 2)))  # an injected copy of the leveled series
+    raw.append(replace(raw[0], turbine_id=copy_id("wt01", 2)))
     moved = relevel(leveled, candidate, champion)
     for before, after in zip(raw, moved, strict=True):
-        expected = before.features[:, 1] - {"wt01": 3.0, "wt02": -1.0}[before.turbine_id.split("~")[0]]
+        expected = before.features[:, 1] - {"wt01": 3.0, "wt02": -1.0}[source_turbine(before.turbine_id)]
         np.testing.assert_allclose(after.features[:, 1], expected, atol=1e-5)
     assert relevel(raw, candidate, dict(candidate)) == raw  # the same levels: nothing to move
+
+
+def test_a_copy_names_its_turbine_and_a_turbine_named_with_the_mark_stays_itself():
+    assert source_turbine(copy_id("wt01", 3)) == "wt01" and source_turbine("wt01") == "wt01"
+    assert source_turbine("line~a") == "line~a" and source_turbine(copy_id("line~a", 1)) == "line~a"
