@@ -35,7 +35,8 @@ def build_scorer(manifest: Manifest) -> Scorer:
     """A scorer of the manifest's family and shapes, its values still to be loaded."""
     g = manifest.spec.geometry
     try:
-        return empty_scorer(manifest.raw["model"], manifest.spec.drift_mask, g.context_inputs, g.length)
+        return empty_scorer(manifest.raw["model"], manifest.spec.drift_mask, g.context_inputs, g.length,
+                            manifest.spec.hidden_inputs)
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"manifest model section {manifest.raw['model']!r}: {exc}") from exc
 

@@ -21,7 +21,6 @@ from training_jobs.model import (
     Preprocess,
     Scorer,
     build_autoencoder,
-    frozen_windows,
     masked_loss,
     torch_threads,
 )
@@ -55,7 +54,8 @@ def preprocess_for(spec: FeatureSpec, x: np.ndarray, glitch_filter: bool = False
     g = spec.geometry
     drift = torch.tensor(spec.drift_mask, dtype=torch.float32)
     n = spec.n_features
-    raw = Preprocess(torch.zeros(n), torch.ones(n), drift, g.context_inputs, g.length)
+    raw = Preprocess(torch.zeros(n), torch.ones(n), drift, g.context_inputs, g.length,
+                     hidden_inputs=spec.hidden_inputs)
     limits = glitch_limits(x[..., g.context_inputs:]) if glitch_filter else torch.full((1, n, 1), math.inf)
     raw.glitch_limit.copy_(limits)
     parts = []
@@ -72,7 +72,7 @@ def preprocess_for(spec: FeatureSpec, x: np.ndarray, glitch_filter: bool = False
         raise TrainingError(f"feature(s) {bad} have no valid sample in the training windows")
     std = np.where(np.isfinite(std) & (std > 1e-9 * np.maximum(1.0, np.abs(mean))), std, 1.0)
     prep = Preprocess(torch.tensor(mean), torch.tensor(std), drift, g.context_inputs, g.length,
-                      frozen_check_for(x[..., g.context_inputs:]))
+                      frozen_check_for(raw, x[..., g.context_inputs:]), spec.hidden_inputs)
     prep.glitch_limit.copy_(limits)
     return prep
 
@@ -92,14 +92,15 @@ def glitch_limits(scored: np.ndarray) -> torch.Tensor:
     return torch.tensor(limit, dtype=torch.float32).reshape(1, n, 1)
 
 
-def frozen_check_for(scored: np.ndarray) -> torch.Tensor:
-    """(F,) 1.0 for each feature never frozen over the (W, F, L) training windows, given enough of them."""
+def frozen_check_for(prep: Preprocess, scored: np.ndarray) -> torch.Tensor:
+    """(F,) 1.0 for each feature never frozen (Preprocess.frozen) over the (W, F, L) training windows, given
+    enough of them."""
     if len(scored) < FROZEN_CHECK_WINDOWS:
         return torch.zeros(scored.shape[1])
     frozen = torch.zeros(scored.shape[:2], dtype=torch.bool)
     with torch.no_grad():
         for i in range(0, len(scored), BATCH):
-            frozen[i:i + BATCH] = frozen_windows(torch.from_numpy(np.ascontiguousarray(scored[i:i + BATCH])))
+            frozen[i:i + BATCH] = prep.frozen(torch.from_numpy(np.ascontiguousarray(scored[i:i + BATCH])))
     return (~frozen.any(dim=0)).float()
 
 

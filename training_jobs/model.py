@@ -14,7 +14,9 @@ The contributions are a_j**4 / F (summing to score**4).
 only) is replaced by the median of it and its neighbours, drifting features are taken relative to their
 median over the context before the scored samples, every feature is standardised, missing samples are
 set to the mean; a feature that never stood still over a training window and holds one value over a scored
-window is reported missing (a frozen sensor). The exported ONNX graph holds all of it, so the device keeps
+window is reported missing (a frozen sensor), and so is a difference feature whose hidden input (the feature
+plus or minus the other feature it was taken from, e.g. a bearing's rise plus ambient) holds one value up to
+float32 rounding. The exported ONNX graph holds all of it, so the device keeps
 no second copy of the math.
 
 Families:
@@ -28,7 +30,7 @@ Families:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -45,9 +47,12 @@ class Preprocess(nn.Module):
     drift: torch.Tensor
     frozen_check: torch.Tensor
     glitch_limit: torch.Tensor
+    partner: torch.Tensor
+    partner_sign: torch.Tensor
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, drift: torch.Tensor, context: int, length: int,
-                 frozen_check: torch.Tensor | None = None) -> None:
+                 frozen_check: torch.Tensor | None = None,
+                 hidden_inputs: Sequence[tuple[int, float]] | None = None) -> None:
         super().__init__()
         self.context, self.length = int(context), int(length)
         self.register_buffer("mean", _own(mean).reshape(1, -1, 1))
@@ -57,6 +62,12 @@ class Preprocess(nn.Module):
         # 1.0 for a feature that never stood still over a training window: a window of one value is frozen
         checked = torch.zeros_like(drift) if frozen_check is None else frozen_check
         self.register_buffer("frozen_check", _own(checked).reshape(1, -1))
+        # FeatureSpec.hidden_inputs, read from the spec (not stored with the weights)
+        pairs = list(hidden_inputs) if hidden_inputs is not None else [(j, 0.0) for j in range(drift.numel())]
+        self.register_buffer("partner", torch.tensor([k for k, _ in pairs], dtype=torch.long), persistent=False)
+        self.register_buffer("partner_sign", torch.tensor([[s for _, s in pairs]], dtype=torch.float32).unsqueeze(-1),
+                             persistent=False)
+        self.any_hidden = any(s != 0 for _, s in pairs)
         # a sample further than this from the median of it and its two neighbours is a glitch (inf: never)
         self.register_buffer("glitch_limit", torch.full((1, int(drift.numel()), 1), math.inf))
 
@@ -101,8 +112,27 @@ class Preprocess(nn.Module):
         valid = (~missing).float()
         z = torch.where(missing, torch.zeros_like(scored), (scored - self.mean) / self.std)
         fraction = 1.0 - valid.sum(dim=2) / self.length
-        frozen = frozen_windows(x[..., self.context:]) & (self.frozen_check > 0)
+        frozen = self.frozen(x[..., self.context:]) & (self.frozen_check > 0)
         return z, valid, torch.where(frozen, torch.ones_like(fraction), fraction)
+
+    def frozen(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, F) of raw (B, F, L) samples: the feature, or the input a difference feature hides, stood still."""
+        frozen = frozen_windows(x)
+        if not self.any_hidden:
+            return frozen
+        other = x.index_select(1, self.partner)
+        hidden = x + self.partner_sign * other
+        ok = ~torch.isnan(hidden)
+        highest = torch.where(ok, hidden, torch.full_like(hidden, -math.inf)).amax(dim=2)
+        lowest = torch.where(ok, hidden, torch.full_like(hidden, math.inf)).amin(dim=2)
+        size = torch.where(ok, x.abs() + other.abs(), torch.zeros_like(x)).amax(dim=2)
+        still = (ok.sum(dim=2) >= 2) & (highest - lowest <= HIDDEN_ROUNDING * size)
+        return frozen | (still & (self.partner_sign.squeeze(-1) != 0))
+
+
+# float32 rounds a difference and its sum with the other input by a few 1e-8 of their size: a hidden input that
+# stands still varies this little, a working sensor far more
+HIDDEN_ROUNDING = 1e-6
 
 
 def frozen_windows(x: torch.Tensor) -> torch.Tensor:
@@ -308,11 +338,13 @@ def feature_settings(scorer: Scorer, names: tuple[str, ...]) -> dict[str, dict[s
             for name, power, limit in zip(names, powers, limits, strict=True)}
 
 
-def empty_scorer(description: dict[str, Any], drift: tuple[bool, ...], context: int, length: int) -> Scorer:
+def empty_scorer(description: dict[str, Any], drift: tuple[bool, ...], context: int, length: int,
+                 hidden_inputs: Sequence[tuple[int, float]] | None = None) -> Scorer:
     """A scorer of the described shape with placeholder values, ready for load_state_dict."""
     n_features = len(drift)
     ones = torch.ones(n_features)
-    prep = Preprocess(torch.zeros(n_features), ones, torch.tensor(drift, dtype=torch.float32), context, length)
+    prep = Preprocess(torch.zeros(n_features), ones, torch.tensor(drift, dtype=torch.float32), context, length,
+                      hidden_inputs=hidden_inputs)
     family = description.get("family")
     if family == "pca":
         k, d = int(description["components"]), n_features * length

@@ -134,8 +134,7 @@ def train(env: JobEnvironment) -> dict[str, Any]:
     baseline = drift_baseline(validation, chosen.detectors, spec, _margin(hp, spec), log)
     final, evaluation_set, metrics = _deliver(the_plan.mode, chosen, the_plan.test, validation, spec, faults,
                                               series, hp, env, offsets)
-    checked = [name for name, on in zip(spec.features, final.scorer.prep.frozen_check.flatten().tolist(), strict=True)
-               if on]
+    checked = frozen_checked(spec, final.scorer.prep.frozen_check.flatten().tolist())
     log(f"frozen-sensor check: {checked or 'none'} (the features that never held one value over a training window)")
     per_feature = feature_settings(final.scorer, spec.features)
     log("per feature (tail power, glitch limit): " + ", ".join(
@@ -233,6 +232,17 @@ def _deliver(mode: str, chosen: Candidate, test: list[TurbineSeries], validation
         return final, validation, chosen.validation
     gate_set = eval_set(validation.clean, faults, spec, hp.injection_seed, validation.group)
     return final, gate_set, evaluate(gate_set, chosen.detectors, allowance)
+
+
+def frozen_checked(spec: FeatureSpec, flags: list[float]) -> list[str]:
+    """The features the frozen-sensor check watches, each difference with the input it hides."""
+    derived = {d.name: d for d in spec.derived}
+    names = []
+    for name, on, (_, sign) in zip(spec.features, flags, spec.hidden_inputs, strict=True):
+        if on:
+            hidden = derived[name].inputs["value" if sign > 0 else "reference"] if sign else None
+            names.append(f"{name} (and {hidden} behind it)" if hidden else name)
+    return names
 
 
 def _margin(hp: Hyperparameters, spec: FeatureSpec) -> float:

@@ -240,6 +240,27 @@ class FeatureSpec:
         chosen = set(self.drift.features or ())
         return tuple(name in chosen for name in self.features)
 
+    @cached_property
+    def hidden_inputs(self) -> tuple[tuple[int, float], ...]:
+        """Per feature (k, s): a difference feature sharing one input with feature k hides its other input,
+        which is the feature plus s times feature k (s = 1 when feature k is its reference, -1 when it is
+        its value), so a stuck sensor behind a rise over ambient can still be seen; (its own index, 0.0)
+        for every other feature."""
+        derived = {d.name: d for d in self.derived}
+        index = {name: j for j, name in enumerate(self.features)}
+        pairs: list[tuple[int, float]] = []
+        for j, name in enumerate(self.features):
+            d = derived.get(name)
+            value, reference = (d.inputs["value"], d.inputs["reference"]) if d and d.kind == "difference" \
+                else (None, None)
+            if reference in index and value not in index:
+                pairs.append((index[reference], 1.0))
+            elif value in index and reference not in index:
+                pairs.append((index[value], -1.0))
+            else:
+                pairs.append((j, 0.0))
+        return tuple(pairs)
+
     def with_drift(self, features: tuple[str, ...] | list[str]) -> FeatureSpec:
         """The same spec with the drifting features named (what a trained model carries)."""
         ordered = tuple(f for f in self.features if f in set(features))

@@ -180,15 +180,72 @@ def test_a_sensor_frozen_over_a_window_is_reported_missing_and_the_onnx_graph_ag
     assert report["passed"] and report["flags"]["agree"]
 
 
-def test_a_feature_that_stands_still_in_training_or_too_few_windows_leave_the_frozen_check_off(data):
+def test_a_feature_that_stands_still_in_training_or_too_few_windows_leave_the_frozen_check_off(data, fitted):
     from training_jobs.fit import FROZEN_CHECK_WINDOWS, frozen_check_for
 
     train, _ = data
     g = SPEC.geometry
     scored = train[:, :, g.context_inputs:].copy()
     scored[7, 1, :] = 3.0  # 'b' held one value over one training window (a setpoint, a coarse reading)
-    assert frozen_check_for(scored).tolist() == [1.0, 0.0, 1.0]
-    assert frozen_check_for(scored[:FROZEN_CHECK_WINDOWS - 1]).tolist() == [0.0, 0.0, 0.0]
+    prep = fitted["pca"].scorer.prep
+    assert frozen_check_for(prep, scored).tolist() == [1.0, 0.0, 1.0]
+    assert frozen_check_for(prep, scored[:FROZEN_CHECK_WINDOWS - 1]).tolist() == [0.0, 0.0, 0.0]
+
+
+RISE = {"name": "rise", "time_column": "t", "columns": ["t", "ambient", "bearing"],
+        "features": ["ambient", "bearing_rise"],
+        "derived": [{"name": "bearing_rise", "kind": "difference",
+                     "inputs": {"value": "bearing", "reference": "ambient"}}],
+        "sampling": {"rate_hz": 1.0}, "windows": {"length_s": 12, "stride_s": 2}, "drift": {"features": []}}
+
+
+def rise_windows(ambient: np.ndarray, bearing: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """(W, 2, L) feature windows of (W, L) raw readings, computed as the job and the device compute them."""
+    from shared.ml.features import compute_features
+
+    features = compute_features({"ambient": ambient.ravel(), "bearing": bearing.ravel()}, spec)
+    return np.ascontiguousarray(features.reshape(*ambient.shape, 2).transpose(0, 2, 1))
+
+
+def test_a_stuck_sensor_behind_a_rise_over_ambient_is_reported_missing_in_torch_onnx_and_a_reloaded_model(
+        tmp_path: Path):
+    from training_jobs.compile import check_equivalence
+    from training_jobs.onnx_export import export_onnx
+    from training_jobs.train import frozen_checked
+
+    spec = FeatureSpec.from_dict(RISE)
+    assert spec.hidden_inputs == ((0, 0.0), (0, 1.0))  # bearing = bearing_rise + ambient
+    value_too = FeatureSpec.from_dict({**RISE, "features": ["ambient", "bearing", "bearing_rise"]})
+    assert value_too.hidden_inputs == ((0, 0.0), (1, 0.0), (2, 0.0))  # both inputs are checked themselves
+    value_only = FeatureSpec.from_dict({**RISE, "features": ["bearing", "bearing_rise"]})
+    assert value_only.hidden_inputs == ((0, 0.0), (0, -1.0))  # ambient = bearing - bearing_rise
+
+    rng = np.random.default_rng(5)
+    width = spec.geometry.width
+    ambient = 12.0 + np.cumsum(rng.normal(0, 0.05, (300, width)), axis=1) + rng.normal(0, 5, (300, 1))
+    bearing = ambient + 25.0 + rng.normal(0, 0.2, (300, width))
+    scorer = fit_pca(spec, rise_windows(ambient, bearing, spec), Hyperparameters(seed=3), quiet).scorer
+    assert scorer.prep.frozen_check.flatten().tolist() == [1.0, 1.0]
+    assert frozen_checked(spec, [1.0, 1.0]) == ["ambient", "bearing_rise (and bearing behind it)"]  # the log
+    assert frozen_checked(value_only, [0.0, 1.0]) == ["bearing_rise (and ambient behind it)"]
+
+    ambient, bearing = ambient[:4].copy(), bearing[:4].copy()
+    bearing[1] = 41.372618  # the bearing sensor stuck; its rise over ambient still moves
+    ambient[2] = 9.8137  # ambient stuck: the rise moves with the bearing, which works
+    bearing[3] = np.round(bearing[3, 0] + 0.01 * (np.arange(width) % 2), 2)  # a working sensor barely moving
+    probe = rise_windows(ambient, bearing, spec)
+    assert len(np.unique(probe[1, 1])) > 1  # the rise itself never stands still
+    _, _, missing = score_windows(scorer, probe)
+    assert missing.tolist() == [[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]]
+
+    export_onnx(scorer, 2, width, tmp_path / "model.onnx")
+    report = check_equivalence(tmp_path / "model.onnx", scorer, probe, threshold=1.0)
+    assert report["passed"] and report["outputs"]["missing"]["max_abs_diff"] == 0.0
+    manifest = {**manifest_for(scorer), "feature_spec": spec.to_dict()}
+    manifest["model"].update(n_features=2, inputs={"windows": ["batch", 2, width]})
+    save_model_dir(tmp_path / "model", scorer, manifest)
+    _, _, reloaded = score_windows(load_model_dir(tmp_path / "model").scorer, probe)
+    np.testing.assert_array_equal(reloaded, missing)  # the hidden inputs come from the spec, not the weights
 
 
 def test_weights_saved_before_the_frozen_check_tail_powers_and_glitch_filter_load_as_they_were_trained(
