@@ -18,7 +18,8 @@ Plus train_seconds_1hz_400_rows: one job on 400 rows at 1 Hz, alone, wall time.
 The rule for honesty: the defaults were tuned only on `--seeds dev` and a few other seeds that are not
 `eval` (listed in benchmarks/foreign/suites.py); the figures come from `--seeds eval` (the default), whose
 data no tuning saw, with one exception the README states (the frozen-sensor check, and its look behind a
-difference feature, were written after `eval` misses were seen). The generators were written before any tuning and not changed to suit a result.
+difference feature, were written after `eval` misses were seen). The generators were written before any
+tuning and not changed to suit a result.
 
 Run alone: `.venv/bin/python -m benchmarks.bench_foreign [--suites a,b] [--workdir DIR] [--jobs 2]`;
 `--spec-set episodes.release_ratio=0.6` sets a spec key in every suite's spec (what an option costs and gains).
