@@ -24,7 +24,9 @@ demo-drift: $(STAMP) wheelhouse mosquitto
 	$(BIN)/nacelle demo drift
 
 test: $(STAMP) wheelhouse wheelhouse-sensors mosquitto chromium lint typecheck
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile  # a file's tests on one worker, in order (some build on each other)
+	@# a file's tests on one worker, in order (some build on each other); bytecode caches on even where the
+	@# environment turns them off (PYTHONDONTWRITEBYTECODE): pytest then rewrites the tests' asserts once, not every run
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The local stack's broker (and its tests) need mosquitto: installed here as root, else a clear message.
 mosquitto:

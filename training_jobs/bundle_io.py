@@ -62,12 +62,25 @@ def load_model_dir(model_dir: Path) -> LoadedModel:
             state[key] = torch.full_like(placeholder, float("inf"))  # no glitch filter, as it was trained
         if key == "tail_power" and key not in state:
             state[key] = torch.ones_like(placeholder)  # errors in their 99th percentile, as it was trained
+        if key.endswith("prep.partner") and key not in state:
+            state[key] = torch.arange(placeholder.numel())
+        if key.endswith("prep.partner_sign") and key not in state:
+            state[key] = torch.zeros_like(placeholder)  # no look behind a difference, as it was trained
     try:
         scorer.load_state_dict(state)
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
         raise BundleError(f"{path}: the weights do not fit the manifest's model: {_short(exc)}") from exc
+    _check_hidden_inputs(path, scorer)
     scorer.eval()
     return LoadedModel(manifest, scorer)
+
+
+def _check_hidden_inputs(path: Path, scorer: Scorer) -> None:
+    """The frozen-sensor check's pairs must name features and add or subtract them (else scoring fails later)."""
+    partner, sign = scorer.prep.partner, scorer.prep.partner_sign.flatten()
+    n = int(sign.numel())
+    if bool(((partner < 0) | (partner >= n)).any()) or not bool(torch.isin(sign, torch.tensor([-1.0, 0.0, 1.0])).all()):
+        raise BundleError(f"{path}: prep.partner must index the {n} features and prep.partner_sign hold -1, 0 or 1")
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

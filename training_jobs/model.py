@@ -62,12 +62,11 @@ class Preprocess(nn.Module):
         # 1.0 for a feature that never stood still over a training window: a window of one value is frozen
         checked = torch.zeros_like(drift) if frozen_check is None else frozen_check
         self.register_buffer("frozen_check", _own(checked).reshape(1, -1))
-        # FeatureSpec.hidden_inputs, read from the spec (not stored with the weights)
+        # FeatureSpec.hidden_inputs; stored with the weights, so a model trained without the check keeps it off
         pairs = list(hidden_inputs) if hidden_inputs is not None else [(j, 0.0) for j in range(drift.numel())]
-        self.register_buffer("partner", torch.tensor([k for k, _ in pairs], dtype=torch.long), persistent=False)
-        self.register_buffer("partner_sign", torch.tensor([[s for _, s in pairs]], dtype=torch.float32).unsqueeze(-1),
-                             persistent=False)
-        self.any_hidden = any(s != 0 for _, s in pairs)
+        self.register_buffer("partner", torch.tensor([k for k, _ in pairs], dtype=torch.long))
+        self.register_buffer("partner_sign", torch.tensor([[s for _, s in pairs]], dtype=torch.float32).unsqueeze(-1))
+        self.any_hidden = any(s != 0 for _, s in pairs)  # the graph holds the check only when the spec can use it
         # a sample further than this from the median of it and its two neighbours is a glitch (inf: never)
         self.register_buffer("glitch_limit", torch.full((1, int(drift.numel()), 1), math.inf))
 

@@ -236,13 +236,9 @@ def _deliver(mode: str, chosen: Candidate, test: list[TurbineSeries], validation
 
 def frozen_checked(spec: FeatureSpec, flags: list[float]) -> list[str]:
     """The features the frozen-sensor check watches, each difference with the input it hides."""
-    derived = {d.name: d for d in spec.derived}
-    names = []
-    for name, on, (_, sign) in zip(spec.features, flags, spec.hidden_inputs, strict=True):
-        if on:
-            hidden = derived[name].inputs["value" if sign > 0 else "reference"] if sign else None
-            names.append(f"{name} (and {hidden} behind it)" if hidden else name)
-    return names
+    hidden = spec.hidden_columns
+    return [f"{name} (and {hidden[name]} behind it)" if name in hidden else name
+            for name, on in zip(spec.features, flags, strict=True) if on]
 
 
 def _margin(hp: Hyperparameters, spec: FeatureSpec) -> float:

@@ -261,6 +261,13 @@ class FeatureSpec:
                 pairs.append((j, 0.0))
         return tuple(pairs)
 
+    @property
+    def hidden_columns(self) -> dict[str, str]:
+        """Each difference feature with a hidden input (hidden_inputs) -> the raw column it hides."""
+        derived = {d.name: d for d in self.derived}
+        return {name: derived[name].inputs["value" if sign > 0 else "reference"]
+                for name, (_, sign) in zip(self.features, self.hidden_inputs, strict=True) if sign}
+
     def with_drift(self, features: tuple[str, ...] | list[str]) -> FeatureSpec:
         """The same spec with the drifting features named (what a trained model carries)."""
         ordered = tuple(f for f in self.features if f in set(features))

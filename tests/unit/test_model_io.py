@@ -209,6 +209,7 @@ def rise_windows(ambient: np.ndarray, bearing: np.ndarray, spec: FeatureSpec) ->
 
 def test_a_stuck_sensor_behind_a_rise_over_ambient_is_reported_missing_in_torch_onnx_and_a_reloaded_model(
         tmp_path: Path):
+    from shared.errors import BundleError
     from training_jobs.compile import check_equivalence
     from training_jobs.onnx_export import export_onnx
     from training_jobs.train import frozen_checked
@@ -245,7 +246,17 @@ def test_a_stuck_sensor_behind_a_rise_over_ambient_is_reported_missing_in_torch_
     manifest["model"].update(n_features=2, inputs={"windows": ["batch", 2, width]})
     save_model_dir(tmp_path / "model", scorer, manifest)
     _, _, reloaded = score_windows(load_model_dir(tmp_path / "model").scorer, probe)
-    np.testing.assert_array_equal(reloaded, missing)  # the hidden inputs come from the spec, not the weights
+    np.testing.assert_array_equal(reloaded, missing)
+
+    weights = tmp_path / "model" / "model.pt"
+    state = torch.load(weights, weights_only=True)
+    torch.save({**state, "prep.partner": torch.tensor([0, 2])}, weights)
+    with pytest.raises(BundleError, match=r"prep\.partner must index the 2 features"):
+        load_model_dir(tmp_path / "model")
+    del state["prep.partner"], state["prep.partner_sign"]  # weights from before the check looked behind
+    torch.save(state, weights)
+    _, _, older = score_windows(load_model_dir(tmp_path / "model").scorer, probe)
+    assert older.tolist() == [[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]]  # scored as it was trained
 
 
 def test_weights_saved_before_the_frozen_check_tail_powers_and_glitch_filter_load_as_they_were_trained(

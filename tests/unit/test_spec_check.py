@@ -172,8 +172,11 @@ def test_spec_put_refuses_an_invalid_spec(tmp_path, spec_file, capsys):
     assert not fresh.exists()  # refused before the stack is created
 
 
-def test_turbine_levels_are_shown(tmp_path, capsys):
-    spec = write_spec(tmp_path / "s.yaml", SPEC + "turbine_levels: [b]\n")
+def test_turbine_levels_and_a_stuck_sensor_seen_behind_a_difference_are_shown(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml", SPEC.replace("features: [a, b, c]", "features: [a, b, c_rise]")
+                      + "derived: [{name: c_rise, kind: difference, inputs: {value: c, reference: b}}]\n"
+                      + "turbine_levels: [b]\n")
     write_plant(tmp_path / "p1.csv", rows=400)
     code, out, _ = run(capsys, "spec", "check", str(tmp_path / "p1.csv"), "--spec", str(spec))
     assert code == 0 and "turbine levels   b: each turbine's against its own level in the training data" in out
+    assert "stuck sensors    also seen behind c_rise (c)" in out
