@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from nacelle.cli import main
+from nacelle.local.adapters.objectstore import TEMP_MIN_AGE_S
 from nacelle.local.adapters.paths import BUCKET
 from nacelle.local.runtime.s3events import NotifiedKeys, RawWatcher
 from nacelle.local.runtime.stack import Stack
@@ -76,7 +77,10 @@ def test_kill_9_during_put_then_a_rerun_loses_nothing(home: Path, tmp_path: Path
         proc.wait()
         interrupted += count() < FILES
     assert interrupted >= 3  # the kills landed mid-put
-    time.sleep(6)  # older than a writer could be before it locks its temp file
+    _, left = stored(Stack(home))
+    past = time.time() - TEMP_MIN_AGE_S - 1  # older than a writer could be before it locks its temp file
+    for tmp in left:
+        os.utime(tmp, (past, past))
     assert main(["--data-dir", str(home), "data", "put", str(src)]) == 0
     stack = Stack(home)
     keys, temps = stored(stack)
