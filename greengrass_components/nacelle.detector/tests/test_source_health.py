@@ -105,6 +105,30 @@ def test_a_state_change_asks_for_a_health_message_and_a_recovery_cannot_hide_the
     assert asked == [1_000.0, 1_001.0, 1_002.0 + CHANGE_HEALTH_MIN_S, 1_002.0 + CHANGE_HEALTH_MIN_S]
 
 
+def test_an_outage_held_back_by_the_limit_is_asked_for_once_the_limit_allows_while_it_lasts() -> None:
+    asked: list[float] = []
+    health, clocks = make(lambda: asked.append(clocks.t))
+    health.on_message(report(seq=1))
+    clocks.t += 1.0
+    health.on_message(report(seq=2, state="disconnected"))  # asked at once
+    clocks.t += 1.0
+    health.on_message(report(seq=3, state="connected"))  # too soon after the start: held back
+    clocks.t += 1.0
+    health.on_message(report(seq=4, state="disconnected"))  # too soon after the first outage: held back
+    assert asked == [1_000.0, 1_001.0] and not health.ask_due()
+    clocks.t = 1_001.0 + CHANGE_HEALTH_MIN_S
+    assert health.ask_due() and not health.ask_due()  # once, as soon as the limit allows, the source still down
+    clocks.t += 1.0
+    health.on_message(report(seq=5, state="connected"))  # 7 s after the start's report: asked at once
+    clocks.t += 1.0
+    health.on_message(report(seq=6, state="disconnected"))  # held back...
+    clocks.t += 1.0
+    health.on_message(report(seq=7, state="connected"))  # ...and undone: the recovery is held back in its turn
+    clocks.t += CHANGE_HEALTH_MIN_S
+    assert health.ask_due() and health.summary().state == "connected"  # type: ignore[union-attr]
+    assert asked == [1_000.0, 1_001.0, 1_002.0 + CHANGE_HEALTH_MIN_S]
+
+
 def test_a_flapping_source_asks_for_at_most_two_health_messages_every_few_seconds() -> None:
     asked: list[float] = []
     health, clocks = make(lambda: asked.append(clocks.t))

@@ -10,7 +10,9 @@ are ordered by the component's run (its start time, now - uptime_s) and `seq`: a
 earlier run never replaces a newer one. A change of the source's state asks for a health message at once, so the
 cloud learns of an outage without waiting for the next interval: at most one every CHANGE_HEALTH_MIN_S for changes
 to "connected" and as many for changes away from it, so a flapping source cannot flood the link and a recovery (or
-the start) just before an outage cannot hide it.
+the start) just before an outage cannot hide it. A change held back by that limit is asked for once the limit
+allows, if the source is still in that state (ask_due, polled by the detector's worker): an outage that begins soon
+after another one reaches the cloud within CHANGE_HEALTH_MIN_S, not at the next periodic health.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class SourceHealth:
         self._received = 0.0  # mono time the latest report arrived
         self._run_start = 0.0  # wall time its component run started
         self._last_asked = {True: -CHANGE_HEALTH_MIN_S, False: -CHANGE_HEALTH_MIN_S}  # by "to connected"
+        self._held: bool | None = None  # a change the limit held back: to "connected" or away from it
 
     def on_message(self, payload: bytes) -> None:
         """A report off the local topic (the transport's thread)."""
@@ -68,11 +71,29 @@ class SourceHealth:
             ask = changed and now - self._last_asked[healthy] >= CHANGE_HEALTH_MIN_S
             if ask:
                 self._last_asked[healthy] = now
+                self._held = None
+            elif changed:
+                self._held = healthy
         if changed:
             log.info("sensor source %s %s%s", report.source, report.state,
                      f": {report.last_error}" if report.state != "connected" and report.last_error else "")
         if ask and self.on_change is not None:
             self.on_change()
+
+    def ask_due(self) -> bool:
+        """True once when a held-back change may now be reported and the source is still in that state."""
+        with self._lock:
+            held, latest = self._held, self._latest
+            if held is None or latest is None:
+                return False
+            if (latest.state == "connected") != held:
+                self._held = None  # undone since: the newer state's own change decides
+                return False
+            now = self.mono()
+            if now - self._last_asked[held] < CHANGE_HEALTH_MIN_S:
+                return False
+            self._last_asked[held], self._held = now, None
+            return True
 
     def _refuse(self, reason: str) -> None:
         with self._lock:
