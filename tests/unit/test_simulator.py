@@ -258,7 +258,7 @@ def test_schedule_draws_kinds_and_severities() -> None:
 
 
 def test_dropout_writes_empty_fields_within_budget(tmp_path: Path) -> None:
-    res = generate_dataset(tmp_path, 1, 2.0, "sensor_dropout", 5)
+    res = generate_dataset(tmp_path, 1, 1.0, "sensor_dropout", 5)
     assert res.episodes and all(e.fault == "sensor_dropout" for e in res.episodes)
     for path in res.files:
         text = gzip.decompress(path.read_bytes())
