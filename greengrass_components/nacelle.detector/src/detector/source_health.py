@@ -81,7 +81,10 @@ class SourceHealth:
             self.on_change()
 
     def ask_due(self) -> bool:
-        """True once when a held-back change may now be reported and the source is still in that state."""
+        """True once when a held-back change may now be reported and the source is still in that state. Polled on
+        every worker turn: without a held-back change it returns before taking the lock."""
+        if self._held is None:  # one attribute read; a change held back meanwhile is seen on the next turn
+            return False
         with self._lock:
             held, latest = self._held, self._latest
             if held is None or latest is None:
