@@ -417,6 +417,10 @@ class FeatureSpec:
         for name in self.turbine_levels:
             if name not in self.features:
                 raise SpecError(f"{where}: turbine_levels names {name!r}, which is not one of the features")
+            if self.operating is not None and name == self.operating.feature:
+                raise SpecError(f"{where}: turbine_levels names {name!r}, the operating.feature: the regime's "
+                                f"min and max are read on its own values, not on its level relative to the fleet; "
+                                f"remove it from turbine_levels")
         if len(set(self.turbine_levels)) != len(self.turbine_levels):
             raise SpecError(f"{where}: turbine_levels are listed twice: {_dupes(self.turbine_levels)}")
         self._check_timescales(where)

@@ -69,6 +69,8 @@ def test_turbine_levels_must_name_features_once():
         _spec(turbine_levels=["gearbox"])
     with pytest.raises(SpecError, match="turbine_levels are listed twice"):
         _spec(turbine_levels=["bearing", "bearing"])
+    with pytest.raises(SpecError, match="turbine_levels names 'wind', the operating"):
+        _spec(turbine_levels=["wind"])
     with pytest.raises(SpecError, match="turbine_levels must be a list of names"):
         _spec(turbine_levels="bearing")
     spec = _spec()
