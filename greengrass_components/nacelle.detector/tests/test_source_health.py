@@ -90,53 +90,108 @@ def test_bad_foreign_duplicated_and_reordered_reports_never_replace_a_newer_one(
     assert health.summary().state == "connecting"  # type: ignore[union-attr]
 
 
+class Worker:
+    """What the detector's worker does with a SourceHealth: a health message when asked or when a change is due."""
+
+    def __init__(self) -> None:
+        self.health, self.clocks = make(self.ask)
+        self.asked: list[float] = []
+        self.sent: list[str] = []  # the state each health message carried
+
+    def ask(self) -> None:
+        self.asked.append(self.clocks.t)
+        self.send()
+
+    def send(self) -> None:
+        summary = self.health.summary()
+        assert summary is not None
+        self.sent.append(summary.state)
+
+    def turn(self) -> None:  # polled
+        if self.health.ask_due():
+            self.send()
+
+    def report(self, seq: int, state: str = "connected", after: float = 0.0) -> None:
+        self.clocks.t += after
+        self.health.on_message(report(seq=seq, state=state))
+
+
 def test_a_state_change_asks_for_a_health_message_and_a_recovery_cannot_hide_the_next_outage() -> None:
-    asked: list[float] = []
-    health, clocks = make(lambda: asked.append(clocks.t))
+    w = Worker()
+    w.report(1)
+    w.report(2)  # same state: nothing asked
+    w.report(3, "disconnected", after=1.0)  # an outage a second after the start: at once
+    w.report(4, "connected", after=1.0)  # a recovery too soon after the last one (the start): waits
+    assert w.sent == ["connected", "disconnected"] and not w.health.ask_due()
+    w.report(5, "disconnected", after=CHANGE_HEALTH_MIN_S)  # the waiting recovery goes first, then this outage
+    w.report(6, "connected")  # its own message although the source is back: its recovery waits for the limit
+    assert w.asked == [1_000.0, 1_001.0, 1_002.0 + CHANGE_HEALTH_MIN_S, 1_002.0 + CHANGE_HEALTH_MIN_S]
+    assert w.sent == ["connected", "disconnected", "connected", "disconnected"]
+    w.turn()
+    assert len(w.sent) == 4
+    w.clocks.t += CHANGE_HEALTH_MIN_S
+    w.turn()
+    assert w.sent[4:] == ["connected"] and not w.health.ask_due()
+
+
+def test_an_outage_shorter_than_the_worker_s_turn_still_reaches_the_cloud_as_an_outage() -> None:
+    health, clocks = make()
     health.on_message(report(seq=1))
-    health.on_message(report(seq=2))  # same state: nothing asked
-    clocks.t += 1.0
-    health.on_message(report(seq=3, state="disconnected"))  # an outage a second after the start: at once
-    clocks.t += 1.0
-    health.on_message(report(seq=4, state="connected"))  # a recovery too soon after the last one (the start)
-    clocks.t += CHANGE_HEALTH_MIN_S
-    health.on_message(report(seq=5, state="disconnected"))
-    health.on_message(report(seq=6, state="connected"))
-    assert asked == [1_000.0, 1_001.0, 1_002.0 + CHANGE_HEALTH_MIN_S, 1_002.0 + CHANGE_HEALTH_MIN_S]
+    assert health.summary().state == "connected"  # type: ignore[union-attr]
+    clocks.t += 60.0
+    health.on_message(report(seq=2, state="disconnected", last_error="no answer", last_sample_age_s=1.0))
+    clocks.t += 0.5
+    health.on_message(report(seq=3, state="connected"))  # back before the worker built the message
+    clocks.t += 0.1
+    first = health.summary()  # the message the outage asked for: the outage's report, aged as of now
+    assert first is not None and (first.state, first.last_error, first.report_age_s) == ("disconnected", "no answer",
+                                                                                          0.6)
+    assert first.last_sample_age_s == 1.6
+    assert health.ask_due()  # the recovery next, at once: its direction has sent nothing for 60 s
+    assert health.summary().state == "connected" and not health.ask_due()  # type: ignore[union-attr]
 
 
-def test_an_outage_held_back_by_the_limit_is_asked_for_once_the_limit_allows_while_it_lasts() -> None:
-    asked: list[float] = []
-    health, clocks = make(lambda: asked.append(clocks.t))
-    health.on_message(report(seq=1))
-    clocks.t += 1.0
-    health.on_message(report(seq=2, state="disconnected"))  # asked at once
-    clocks.t += 1.0
-    health.on_message(report(seq=3, state="connected"))  # too soon after the start: held back
-    clocks.t += 1.0
-    health.on_message(report(seq=4, state="disconnected"))  # too soon after the first outage: held back
-    assert asked == [1_000.0, 1_001.0] and not health.ask_due()
-    clocks.t = 1_001.0 + CHANGE_HEALTH_MIN_S
-    assert health.ask_due() and not health.ask_due()  # once, as soon as the limit allows, the source still down
-    clocks.t += 1.0
-    health.on_message(report(seq=5, state="connected"))  # 7 s after the start's report: asked at once
-    clocks.t += 1.0
-    health.on_message(report(seq=6, state="disconnected"))  # held back...
-    clocks.t += 1.0
-    health.on_message(report(seq=7, state="connected"))  # ...and undone: the recovery is held back in its turn
-    clocks.t += CHANGE_HEALTH_MIN_S
-    assert health.ask_due() and health.summary().state == "connected"  # type: ignore[union-attr]
-    assert asked == [1_000.0, 1_001.0, 1_002.0 + CHANGE_HEALTH_MIN_S]
+def test_a_held_back_change_is_sent_once_the_limit_allows_in_order_even_when_over() -> None:
+    w = Worker()
+    w.report(1)
+    w.report(2, "disconnected", after=1.0)  # sent at once
+    w.report(3, "connected", after=1.0)  # too soon after the start: waits
+    w.report(4, "disconnected", after=1.0)  # too soon after the first outage: waits behind the recovery
+    assert w.asked == [1_000.0, 1_001.0] and not w.health.ask_due()
+    w.clocks.t = 1_000.0 + CHANGE_HEALTH_MIN_S
+    w.turn()
+    w.turn()
+    assert w.sent == ["connected", "disconnected", "connected"]  # the recovery as soon as its limit allows...
+    w.clocks.t = 1_001.0 + CHANGE_HEALTH_MIN_S
+    w.turn()
+    assert w.sent[3:] == ["disconnected"] and not w.health.ask_due()  # ...then the second outage, in order
+    w.clocks.t = 1_020.0
+    w.report(5, "connected")  # at once
+    w.report(6, "disconnected", after=1.0)  # at once
+    w.report(7, "connected", after=1.0)  # waits...
+    w.report(8, "disconnected", after=1.0)  # ...a second outage waits behind it...
+    w.report(9, "connected", after=1.0)  # ...and is over: that outage and its recovery wait, in order
+    assert w.sent[4:] == ["connected", "disconnected"] and len(w.health._unsent) == 2
+    w.clocks.t = 1_021.0 + CHANGE_HEALTH_MIN_S
+    w.turn()
+    w.turn()
+    assert w.sent[6:] == ["disconnected", "connected"] and not w.health.ask_due()
+    assert w.asked == [1_000.0, 1_001.0, 1_020.0, 1_021.0]
 
 
-def test_a_flapping_source_asks_for_at_most_two_health_messages_every_few_seconds() -> None:
-    asked: list[float] = []
-    health, clocks = make(lambda: asked.append(clocks.t))
+def test_a_flapping_source_sends_at_most_two_health_messages_every_few_seconds_and_ends_right() -> None:
+    w = Worker()
     for seq in range(1, 201):  # flapping every 0.1 s for 20 s
-        health.on_message(report(seq=seq, state="connected" if seq % 2 else "disconnected"))
-        clocks.t += 0.1
-    assert len(asked) <= 2 * (20 / CHANGE_HEALTH_MIN_S + 1)
-    assert health.summary().state == "disconnected"  # type: ignore[union-attr]
+        w.report(seq, "connected" if seq % 2 else "disconnected")
+        w.turn()
+        w.clocks.t += 0.1
+    assert len(w.sent) <= 2 * (20 / CHANGE_HEALTH_MIN_S + 1)
+    assert len(w.health._unsent) <= 2  # what waits stays bounded
+    for _ in range(3):
+        w.clocks.t += CHANGE_HEALTH_MIN_S
+        w.turn()
+    assert w.sent[-1] == "disconnected" and not w.health.ask_due()  # the last message says how it is now
+
 
 
 class Link:

@@ -222,8 +222,8 @@ class DetectorApp:
         self._apply_pending()
         if isinstance(item, bytes | bytearray | memoryview):
             self._handle(bytes(item))
-        held_change = self.source_health.ask_due()
-        if held_change or self._health_now.is_set() or self.clock() >= self._next_health:
+        change_due = self.source_health.ask_due()  # a source-state change the last messages have not carried
+        if change_due or self._health_now.is_set() or self.clock() >= self._next_health:
             self._health_now.clear()
             self._next_health = self.clock() + self.config.health_interval_s
             self._emit_health()

@@ -7,12 +7,15 @@ stores it with the device's health and an operator sees a source that is down or
 
 A report that fails its definition or speaks for another turbine is refused, counted and logged, never kept. Reports
 are ordered by the component's run (its start time, now - uptime_s) and `seq`: a duplicate or a late report of an
-earlier run never replaces a newer one. A change of the source's state asks for a health message at once, so the
-cloud learns of an outage without waiting for the next interval: at most one every CHANGE_HEALTH_MIN_S for changes
-to "connected" and as many for changes away from it, so a flapping source cannot flood the link and a recovery (or
-the start) just before an outage cannot hide it. A change held back by that limit is asked for once the limit
-allows, if the source is still in that state (ask_due, polled by the detector's worker): an outage that begins soon
-after another one reaches the cloud within CHANGE_HEALTH_MIN_S, not at the next periodic health.
+earlier run never replaces a newer one.
+
+Every change of the source's state reaches the cloud, in order, each in a health message of its own that carries the
+report of that change, even when the source has changed again since (an outage of one second still shows as an
+outage, then its recovery). A change asks for a health message at once, at most one every CHANGE_HEALTH_MIN_S for
+changes to "connected" and as many for changes away from it, so a flapping source cannot flood the link and a
+recovery (or the start) just before an outage cannot hide it. A change held back by that limit is sent once it allows
+(ask_due, polled by the detector's worker); of a source that changes back and forth meanwhile, the last two changes
+wait (an outage and a recovery, in order), no more.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from shared.messages import BadMessage, HealthMessage, SensorHealthMessage, SensorsSummary, decode, validate
@@ -31,6 +34,13 @@ log = logging.getLogger("detector.source_health")
 CHANGE_HEALTH_MIN_S = 5.0
 SAME_RUN_S = 2.0  # two reports whose start times differ by less than this come from one run of the component
 MAX_ERROR = 200  # characters of the source's last error kept in the block
+
+
+@dataclass(frozen=True)
+class _Change:
+    healthy: bool  # to "connected", or away from it
+    report: SensorHealthMessage
+    received: float  # mono time
 
 
 class SourceHealth:
@@ -44,8 +54,8 @@ class SourceHealth:
         self._latest: SensorHealthMessage | None = None
         self._received = 0.0  # mono time the latest report arrived
         self._run_start = 0.0  # wall time its component run started
-        self._last_asked = {True: -CHANGE_HEALTH_MIN_S, False: -CHANGE_HEALTH_MIN_S}  # by "to connected"
-        self._held: bool | None = None  # a change the limit held back: to "connected" or away from it
+        self._last_sent = {True: -CHANGE_HEALTH_MIN_S, False: -CHANGE_HEALTH_MIN_S}  # by "to connected"
+        self._unsent: list[_Change] = []  # changes no health message has carried yet, oldest first (at most two)
 
     def on_message(self, payload: bytes) -> None:
         """A report off the local topic (the transport's thread)."""
@@ -67,36 +77,34 @@ class SourceHealth:
             self._latest, self._received = report, now
             self._run_start = run_start if latest is None or not same_run else self._run_start
             changed = latest is None or latest.state != report.state
-            healthy = report.state == "connected"
-            ask = changed and now - self._last_asked[healthy] >= CHANGE_HEALTH_MIN_S
-            if ask:
-                self._last_asked[healthy] = now
-                self._held = None
-            elif changed:
-                self._held = healthy
+            if changed:
+                self._queue(_Change(report.state == "connected", report, now))
+            ask = changed and self._due(now) is not None
         if changed:
             log.info("sensor source %s %s%s", report.source, report.state,
                      f": {report.last_error}" if report.state != "connected" and report.last_error else "")
         if ask and self.on_change is not None:
             self.on_change()
 
+    def _queue(self, change: _Change) -> None:
+        """Under the lock. The last two changes wait, no more: changes alternate, so they are one outage and one
+        recovery in their order, ending in the source's state now (an earlier waiting change merges into them)."""
+        self._unsent = [*self._unsent[-1:], change]
+
+    def _due(self, now: float) -> _Change | None:
+        """Under the lock: the oldest unsent change if the limit of its direction allows sending it now."""
+        if not self._unsent:
+            return None
+        first = self._unsent[0]
+        return first if now - self._last_sent[first.healthy] >= CHANGE_HEALTH_MIN_S else None
+
     def ask_due(self) -> bool:
-        """True once when a held-back change may now be reported and the source is still in that state. Polled on
-        every worker turn: without a held-back change it returns before taking the lock."""
-        if self._held is None:  # one attribute read; a change held back meanwhile is seen on the next turn
+        """True when a change waits to be sent and the limit now allows it: the next health message carries it.
+        Polled on every worker turn: with nothing waiting it returns before taking the lock."""
+        if not self._unsent:  # one attribute read; a change queued meanwhile is seen on the next turn
             return False
         with self._lock:
-            held, latest = self._held, self._latest
-            if held is None or latest is None:
-                return False
-            if (latest.state == "connected") != held:
-                self._held = None  # undone since: the newer state's own change decides
-                return False
-            now = self.mono()
-            if now - self._last_asked[held] < CHANGE_HEALTH_MIN_S:
-                return False
-            self._last_asked[held], self._held = now, None
-            return True
+            return self._due(self.mono()) is not None
 
     def _refuse(self, reason: str) -> None:
         with self._lock:
@@ -106,12 +114,21 @@ class SourceHealth:
             log.warning("%s (%d refused so far)", reason, n)
 
     def summary(self) -> SensorsSummary | None:
-        """The `sensors` block as of now (None: no report yet, e.g. the sensor topic is fed by something else)."""
+        """The `sensors` block for the health message being built (None: no report yet, e.g. the sensor topic is fed
+        by something else): the oldest unsent change when the limit allows sending it, else the newest report; its
+        ages as of now."""
         with self._lock:
-            r, received = self._latest, self._received
+            now = self.mono()
+            change = self._due(now)
+            r: SensorHealthMessage | None = self._latest
+            received = self._received
+            if change is not None:  # this message carries that change
+                self._unsent.pop(0)
+                self._last_sent[change.healthy] = now
+                r, received = change.report, change.received
         if r is None:
             return None
-        waited = max(0.0, self.mono() - received)
+        waited = max(0.0, now - received)
         error = r.last_error
         return SensorsSummary(
             source=r.source, state=r.state, rate_hz=r.rate_hz,
