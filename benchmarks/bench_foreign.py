@@ -75,7 +75,8 @@ class Tally:
     failures: list[str] = field(default_factory=list)
 
     def figures(self) -> dict[str, Any]:
-        precision = (self.episodes - self.false_alarms) / self.episodes if self.episodes else 0.0
+        found = self.detected + self.false_alarms  # a detected fault counts once (shared.ml.metrics)
+        precision = self.detected / found if found else 0.0
         recall = self.detected / self.faults if self.faults else 0.0
         point = point_summary({k: self.confusion[k] for k in ("tp", "fp", "fn", "tn")})
         return {"event_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,

@@ -2,7 +2,9 @@
 
 A labelled fault counts as detected when an episode of its turbine OPENS within
 [start, end + tolerance] (the spec's evaluation.detection_tolerance_s). An episode that opens inside no
-such interval is a false alarm. Point-wise, a sample is flagged when it lies inside an episode.
+such interval is a false alarm. Event precision counts each detected fault once: detected / (detected +
+false alarms), so a fault split into several episodes does not outweigh a false alarm. Point-wise, a
+sample is flagged when it lies inside an episode.
 """
 
 from __future__ import annotations
@@ -177,8 +179,9 @@ def evaluate_episodes(episodes: list[Episode], faults: list[Fault], coverage: di
                   and f.start <= ep.opened_at <= f.end + tolerance_s]
         if opened:
             delays[f] = min(opened) - f.start
-    precision = true_alarms / len(episodes) if episodes else 0.0
-    recall = len(delays) / len(faults)  # a fault is recalled once, however many episodes it opened
+    detected = len(delays)  # a fault counts once, however many episodes it opened
+    precision = detected / (detected + false_alarms) if detected + false_alarms else 0.0
+    recall = detected / len(faults)
     event: dict[str, Any] = {
         "precision": precision, "recall": recall,
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,

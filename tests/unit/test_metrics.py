@@ -64,6 +64,10 @@ def test_a_fault_counts_once_however_many_episodes_it_opens():
     m = evaluate_episodes([ep("a", 1010, 1020), ep("a", 1050, 1060)], [Fault("a", "x", "low", 1000, 1100)],
                           coverage(["a"]), ALLOWANCE)
     assert (m["event"]["recall"], m["event"]["precision"], m["event"]["mean_delay_s"]) == (1.0, 1.0, 10.0)
+    split = [ep("a", 1010, 1020), ep("a", 1040, 1050), ep("a", 1070, 1080), ep("a", 3000, 3010)]
+    m = evaluate_episodes(split, [Fault("a", "x", "low", 1000, 1100)], coverage(["a"]), ALLOWANCE)
+    assert m["event"]["precision"] == 0.5  # one fault found, one false alarm: its three episodes count once
+    assert m["counts"]["episodes"] == 4 and m["counts"]["false_alarms"] == 1
 
 
 def test_no_labels_gives_null_event_but_point_metrics():

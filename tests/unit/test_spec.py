@@ -149,8 +149,8 @@ def test_the_mini_turbine_rule_is_16_of_20_close_after_20():  # its YAML gives t
     assert spec.rule() == EpisodeRule(k=16, n=20, m=20, missing_tolerance=0.15, max_silence_s=15.0,
                                       update_interval_s=30.0, release_ratio=RELEASE_RATIO)
     assert spec.evaluation.detection_tolerance_s == 60.0
-    held = FeatureSpec.from_dict({**spec.to_dict(), "episodes": {**spec.to_dict()["episodes"], "release_ratio": 0.6}})
-    assert RELEASE_RATIO == 1.0 and held.rule().release_ratio == 0.6  # no hysteresis unless a spec asks for it
+    held = FeatureSpec.from_dict({**spec.to_dict(), "episodes": {**spec.to_dict()["episodes"], "release_ratio": 1.0}})
+    assert RELEASE_RATIO == 0.8 and held.rule().release_ratio == 1.0  # a spec may turn the hysteresis off
 
 
 def test_a_version_1_spec_converts_windows_in_samples_to_seconds():

@@ -35,7 +35,7 @@ def test_a_good_dataset_is_trainable_and_shows_what_the_defaults_become(tmp_path
     assert "k = 15 of n = 20 windows" in out and "m = 20 windows" in out
     assert "5 blocked time-series folds" in out and "pca, conv1d" in out
     assert "x 1.3 (short data)" in out  # the threshold margin the job will use
-    assert "under the threshold counts as clear (no hysteresis)  [default: release_ratio]" in out
+    assert "a window stays in alarm down to 80% of the threshold  [default: release_ratio]" in out
     assert "verdict: trainable: enough data: 400 usable samples" in out
 
 
