@@ -14,8 +14,8 @@ report of that change, even when the source has changed again since (an outage o
 outage, then its recovery). A change asks for a health message at once, at most one every CHANGE_HEALTH_MIN_S for
 changes to "connected" and as many for changes away from it, so a flapping source cannot flood the link and a
 recovery (or the start) just before an outage cannot hide it. A change held back by that limit is sent once it allows
-(ask_due, polled by the detector's worker); of a source that changes back and forth meanwhile, the last two changes
-wait (an outage and a recovery, in order), no more.
+(ask_due, polled by the detector's worker), and a change after it follows it, in order; at most the last two changes
+wait (of a flapping source, its last outage and recovery).
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ class SourceHealth:
             self.on_change()
 
     def _queue(self, change: _Change) -> None:
-        """Under the lock. The last two changes wait, no more: changes alternate, so they are one outage and one
-        recovery in their order, ending in the source's state now (an earlier waiting change merges into them)."""
+        """Under the lock. The last two changes wait, no more, in order, the newer one the source's state now: a
+        flapping source's last outage and recovery; an earlier waiting change merges into them."""
         self._unsent = [*self._unsent[-1:], change]
 
     def _due(self, now: float) -> _Change | None:
