@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="keep the data, model and state here (default: a temporary directory)")
     parser.add_argument("--outage-s", type=float, default=600.0,
                         help="the capture figures' upload outage in seconds (default 600)")
-    args = parser.parse_args(argv if argv is not None else [])
+    args = parser.parse_args(argv if argv is not None else [])  # `python -m benchmarks` runs it with the defaults
     torch.set_num_threads(1)
     begun = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,4 +200,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -57,6 +57,9 @@ SEVERITY_DURATIONS_S = (0.0, 5.0, 60.0)
 DRIFT_MIN_WINDOWS = 600  # windows in the operating regime a period needs to be judged (5 min at the default stride)
 DRIFT_FLEET_FACTOR = 5.0  # far from training: a distance of at least this times the baseline's tolerance...
 DRIFT_MIN_DISTANCE = 0.3  # ...and at least this
+# ...and for the anomaly score at least this: turbines differ in it by up to about 1 sd without any drift (a hub
+# mounted a little askew), more than the few training turbines' tolerance shows
+DRIFT_SCORE_MIN_DISTANCE = 1.5
 DRIFT_CHANGE_THRESHOLD = 0.5  # changed: this far from the turbine's own first periods with the model version
 DRIFT_REFERENCE_PERIODS = 3  # those first judged periods (their mean sketch is the turbine's reference)
 DRIFT_ALERT_PERIODS = 2  # consecutive drifting periods raise a drift alert; as many calm ones resolve it

@@ -28,6 +28,7 @@ class DriftMonitorSettings(CommonSettings):
     min_windows: int = Field(defaults.DRIFT_MIN_WINDOWS, alias="NACELLE_DRIFT_MIN_WINDOWS")
     fleet_factor: float = Field(defaults.DRIFT_FLEET_FACTOR, alias="NACELLE_DRIFT_FLEET_FACTOR")
     min_distance: float = Field(defaults.DRIFT_MIN_DISTANCE, alias="NACELLE_DRIFT_MIN_DISTANCE")
+    score_min_distance: float = Field(defaults.DRIFT_SCORE_MIN_DISTANCE, alias="NACELLE_DRIFT_SCORE_MIN_DISTANCE")
     change_threshold: float = Field(defaults.DRIFT_CHANGE_THRESHOLD, alias="NACELLE_DRIFT_CHANGE_THRESHOLD")
     reference_periods: int = Field(defaults.DRIFT_REFERENCE_PERIODS, alias="NACELLE_DRIFT_REFERENCE_PERIODS")
     alert_periods: int = Field(defaults.DRIFT_ALERT_PERIODS, alias="NACELLE_DRIFT_ALERT_PERIODS")
@@ -38,7 +39,8 @@ class DriftMonitorSettings(CommonSettings):
 
     def policy(self) -> DriftPolicy:
         return DriftPolicy(min_windows=self.min_windows, fleet_factor=self.fleet_factor,
-                           min_distance=self.min_distance, change_threshold=self.change_threshold,
+                           min_distance=self.min_distance, score_min_distance=self.score_min_distance,
+                           change_threshold=self.change_threshold,
                            reference_periods=self.reference_periods, alert_periods=self.alert_periods,
                            retrain_turbines=self.retrain_turbines, retrain_after_s=self.retrain_after_s,
                            retrain_min_captured_hours=self.retrain_min_captured_hours)

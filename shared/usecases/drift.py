@@ -4,8 +4,10 @@ version it runs; one drift alert per drift of a turbine, and retraining when dri
 Judging a period (docs/fleet.md "Drift monitoring"): every series (each feature, and the anomaly score) with at
 least `min_windows` values is compared, as a quantile sketch (shared/ml/drift.py), with
 * the training baseline stored in the version's bundle: "far from training" at a distance of at least
-  max(min_distance, fleet_factor x the baseline's tolerance of the series). Turbines differ from one another; the
-  tolerance is how far one held-out training turbine's period lay from the other turbines' data;
+  max(min_distance, fleet_factor x the baseline's tolerance of the series), for the anomaly score at least
+  score_min_distance too. Turbines differ from one another; the tolerance is how far one held-out training
+  turbine's period lay from the other turbines' data (a few training turbines show less of it in the score than a
+  fleet has);
 * the turbine's own reference, the mean sketch (the Wasserstein barycentre) of its first `reference_periods` judged
   periods with that model version: "changed" at a distance of at least `change_threshold`.
 A period drifts when any series is far or changed. `alert_periods` consecutive drifting periods (in period order)
@@ -83,6 +85,7 @@ class DriftPolicy:
     min_windows: int = defaults.DRIFT_MIN_WINDOWS
     fleet_factor: float = defaults.DRIFT_FLEET_FACTOR
     min_distance: float = defaults.DRIFT_MIN_DISTANCE
+    score_min_distance: float = defaults.DRIFT_SCORE_MIN_DISTANCE
     change_threshold: float = defaults.DRIFT_CHANGE_THRESHOLD
     reference_periods: int = defaults.DRIFT_REFERENCE_PERIODS
     alert_periods: int = defaults.DRIFT_ALERT_PERIODS
@@ -94,7 +97,8 @@ class DriftPolicy:
     def __post_init__(self) -> None:
         if (self.min_windows < 1 or self.reference_periods < 1 or not 1 <= self.alert_periods <= HISTORY
                 or self.retrain_turbines < 1 or min(self.fleet_factor, self.change_threshold) <= 0
-                or min(self.min_distance, self.retrain_after_s, self.retrain_min_captured_hours) < 0):
+                or min(self.min_distance, self.score_min_distance, self.retrain_after_s,
+                       self.retrain_min_captured_hours) < 0):
             raise ConfigurationError(f"invalid drift policy {self}: counts >= 1 (alert_periods <= {HISTORY}), "
                                      "factor and change threshold > 0, the rest >= 0")
 
@@ -282,7 +286,8 @@ def _judge(state: DriftState, features: Mapping[str, Summary], score: Summary | 
     limits = {n: max(policy.min_distance, policy.fleet_factor * baseline.tolerance.get(n, 0.0)) for n in dist}
     if judged.score is not None:
         dist[SCORE] = round(judged.score, 4)
-        limits[SCORE] = max(policy.min_distance, policy.fleet_factor * baseline.score_tolerance)
+        limits[SCORE] = max(policy.min_distance, policy.score_min_distance,
+                            policy.fleet_factor * baseline.score_tolerance)
     changes: dict[str, float] = {}
     if len(state.reference_starts) >= policy.reference_periods:
         n = len(state.reference_starts)

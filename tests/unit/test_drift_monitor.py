@@ -32,10 +32,10 @@ T0 = 1_772_323_200.0  # 2026-03-01, a multiple of the period
 FEATURES = {"rps": (2.25, 0.6), "voltage": (75.0, 26.0)}  # mean, sd
 
 
-def values(rng: np.random.Generator, n: int, shift: float) -> dict[str, np.ndarray]:
-    """Feature values shifted by `shift` sds, and scores."""
+def values(rng: np.random.Generator, n: int, shift: float, score_shift: float | None = None) -> dict[str, np.ndarray]:
+    """Feature values shifted by `shift` sds, and scores (by `score_shift` sds when given, else by `shift`)."""
     out = {name: rng.normal(mean + shift * sd, sd, n) for name, (mean, sd) in FEATURES.items()}
-    out["score"] = rng.normal(0.6 + 0.1 * shift, 0.1, n)
+    out["score"] = rng.normal(0.6 + 0.1 * (shift if score_shift is None else score_shift), 0.1, n)
     return out
 
 
@@ -51,9 +51,10 @@ def baseline() -> drift.Baseline:
 
 
 def stats_row(thing: str, period: int, *, shift: float = 0.0, n: int = 3600, version: int | None = 1,
-              turbine: str | None = None, seed: int | None = None) -> dict[str, Any]:
+              turbine: str | None = None, seed: int | None = None, score_shift: float | None = None) -> dict[str, Any]:
     """The DriftRule's row of a period's StatsMessage (what the detector sends, plus topic, time, client id)."""
-    v = values(np.random.default_rng(seed if seed is not None else hash((thing, period)) % 2**32), n, shift)
+    v = values(np.random.default_rng(seed if seed is not None else hash((thing, period)) % 2**32), n, shift,
+               score_shift)
     feats = {name: drift.summarise(v[name]) for name in FEATURES}
     score = drift.summarise(v["score"])
     assert score is not None and all(feats.values())
@@ -72,13 +73,13 @@ def deps() -> DriftDeps:
     return make_deps()
 
 
-def make_deps() -> DriftDeps:
+def make_deps(policy: DriftPolicy | None = None) -> DriftDeps:
     clock = Clock()
     state = MemoryState()
     alerts = AlertDeps(MemoryState(), state, MemoryRegistry(), RecordingNotifier(), clock, GROUP, AlertPolicy())
     store = MemoryStore()
     store.put(f"compiled/{GROUP}/1/manifest.json", json.dumps({"drift_baseline": baseline().to_dict()}).encode())
-    return DriftDeps(alerts, state, store, RecordingEvents(clock), DriftPolicy())
+    return DriftDeps(alerts, state, store, RecordingEvents(clock), policy or DriftPolicy())
 
 
 def notified(deps: DriftDeps) -> list[str]:
@@ -135,6 +136,19 @@ def test_a_change_from_the_turbines_own_start_is_drift_within_the_fleets_toleran
     assert [o["action"] for o in changed] == ["calm"] * 3 + ["drifting"] * 3
     assert changed[3]["changes"]["rps"] >= 0.5 and changed[3]["distances"]["rps"] < 1.5
     assert len(notified(deps)) == 1 and "moved" in notified(deps)[0]
+
+
+def test_a_turbines_own_score_level_is_no_drift_from_training_but_a_far_one_is() -> None:
+    """Turbines differ in their anomaly score by up to about 1 sd without drift, more than a few training turbines
+    show: the score is far from training at score_min_distance (1.5) however small the fleet factor makes it."""
+    loose = DriftPolicy(fleet_factor=2.0)  # features far at 0.6 sd here; the score still at 1.5
+    askew = feed(deps := make_deps(loose), [stats_row("askew", p, score_shift=1.2) for p in range(6)])
+    assert {o["action"] for o in askew} == {"calm"} and notified(deps) == []
+    far = feed(deps, [stats_row("far", p, score_shift=2.5) for p in range(3)])
+    assert far[0]["action"] == "drifting" and far[0]["distances"]["anomaly score"] > 1.5 and len(notified(deps)) == 1
+    unguarded = feed(deps := make_deps(replace(loose, score_min_distance=0.0)),
+                     [stats_row("askew", p, score_shift=1.2) for p in range(2)])
+    assert [o["action"] for o in unguarded] == ["drifting"] * 2 and len(notified(deps)) == 1
 
 
 def test_tiny_periods_and_stats_without_a_usable_baseline_are_left_alone(deps: DriftDeps) -> None:

@@ -83,6 +83,7 @@ class LocalSettings(Settings):
     drift_min_windows: int = defaults.DRIFT_MIN_WINDOWS
     drift_fleet_factor: float = defaults.DRIFT_FLEET_FACTOR
     drift_min_distance: float = defaults.DRIFT_MIN_DISTANCE
+    drift_score_min_distance: float = defaults.DRIFT_SCORE_MIN_DISTANCE
     drift_change_threshold: float = defaults.DRIFT_CHANGE_THRESHOLD
     drift_reference_periods: int = defaults.DRIFT_REFERENCE_PERIODS
     drift_alert_periods: int = defaults.DRIFT_ALERT_PERIODS
@@ -149,7 +150,8 @@ class LocalSettings(Settings):
 
     def drift_policy(self) -> DriftPolicy:
         return DriftPolicy(min_windows=self.drift_min_windows, fleet_factor=self.drift_fleet_factor,
-                           min_distance=self.drift_min_distance, change_threshold=self.drift_change_threshold,
+                           min_distance=self.drift_min_distance, score_min_distance=self.drift_score_min_distance,
+                           change_threshold=self.drift_change_threshold,
                            reference_periods=self.drift_reference_periods, alert_periods=self.drift_alert_periods,
                            retrain_turbines=self.drift_retrain_turbines, retrain_after_s=self.drift_retrain_after_s,
                            retrain_min_captured_hours=self.drift_retrain_min_captured_hours)
