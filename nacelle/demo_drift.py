@@ -79,7 +79,7 @@ def demo_config() -> dict[str, Any]:
         "drift_change_threshold": 2.5,
         "drift_retrain_turbines": 2,
         "drift_retrain_after_s": 8 * PERIOD_S,
-        "drift_retrain_min_captured_hours": 0.2,  # six minutes of normal data on each drifted turbine
+        "drift_retrain_min_captured_hours": 0.1,  # six minutes of normal data on each drifted turbine
         "drift_auto_approve_canary": True,
         "detector_configuration": {
             "healthIntervalSeconds": 1,
