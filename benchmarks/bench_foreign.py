@@ -67,7 +67,6 @@ class Tally:
     confusion: Counter[str] = field(default_factory=Counter)
     faults: int = 0
     detected: int = 0
-    episodes: int = 0
     false_alarms: int = 0
     free_false_alarms: int = 0
     free_days: float = 0.0
@@ -106,7 +105,6 @@ def judge(case: Case, model: Path, tally: Tally, fault_free_units: set[str]) -> 
                                 "fn": int((~predicted & actual).sum()), "tn": int((~predicted & ~actual).sum())})
         tally.faults += metrics["counts"]["faults"]
         tally.detected += round((metrics["event"] or {}).get("recall", 0.0) * metrics["counts"]["faults"])
-        tally.episodes += metrics["counts"]["episodes"]
         tally.false_alarms += metrics["counts"]["false_alarms"]
 
 

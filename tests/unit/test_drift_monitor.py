@@ -14,6 +14,7 @@ import pytest
 
 from services.drift_monitor.app import handle
 from shared.capture import CaptureName
+from shared.errors import ConfigurationError
 from shared.events import RETRAIN_CHECK
 from shared.iot_sql import parse
 from shared.messages import BadMessage, StatsMessage, decode
@@ -149,6 +150,16 @@ def test_a_turbines_own_score_level_is_no_drift_from_training_but_a_far_one_is()
     unguarded = feed(deps := make_deps(replace(loose, score_min_distance=0.0)),
                      [stats_row("askew", p, score_shift=1.2) for p in range(2)])
     assert [o["action"] for o in unguarded] == ["drifting"] * 2 and len(notified(deps)) == 1
+
+
+def test_a_malformed_or_negative_score_minimum_distance_is_refused_naming_it() -> None:
+    from services.drift_monitor.app import DriftMonitorSettings
+    required = {variable: "x" for variable, needed in DriftMonitorSettings.env_vars().items() if needed}
+    with pytest.raises(ConfigurationError, match="NACELLE_DRIFT_SCORE_MIN_DISTANCE"):
+        DriftMonitorSettings.from_env({**required, "NACELLE_DRIFT_SCORE_MIN_DISTANCE": "far"})
+    negative = DriftMonitorSettings.from_env({**required, "NACELLE_DRIFT_SCORE_MIN_DISTANCE": "-1"})
+    with pytest.raises(ConfigurationError, match=r"score_min_distance=-1\.0"):
+        negative.policy()
 
 
 def test_tiny_periods_and_stats_without_a_usable_baseline_are_left_alone(deps: DriftDeps) -> None:
