@@ -130,10 +130,13 @@ def turbine_cases(root: Path, seeds: tuple[int, int, int]) -> Iterator[Case]:
 
 
 def with_spec_settings(spec: Path, settings: dict[str, str], out: Path) -> Path:
-    """The spec with dotted keys set (`episodes.release_ratio=0.6`), written as a JSON spec; a setting the
-    spec refuses fails here, before any training."""
+    """The spec with keys set (`context_features=[a]`, dotted for a section's: `episodes.release_ratio=0.6`),
+    written as a JSON spec; a setting the spec refuses fails here, before any training."""
     raw = parse_spec_text(spec.read_text(encoding="utf-8"), str(spec)).to_dict()
     for key, value in settings.items():
+        if "." not in key:
+            raw[key] = yaml.safe_load(value)
+            continue
         section, name = key.split(".", 1)
         raw[section] = {**(raw.get(section) or {}), name: yaml.safe_load(value)}
     FeatureSpec.from_dict(raw, f"{spec} with {settings}")
@@ -200,13 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="keep data and models here (default: a temporary directory)")
     parser.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE",
                         help="hyperparameters for every job (for tuning on --seeds dev)")
-    parser.add_argument("--spec-set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+    parser.add_argument("--spec-set", nargs="*", default=[], metavar="[SECTION.]KEY=VALUE",
                         help="spec keys set for every suite, e.g. episodes.release_ratio=0.6")
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.hp)
     spec_settings = dict(item.split("=", 1) for item in args.spec_set)
-    if not all("." in key for key in spec_settings):
-        parser.error("--spec-set takes SECTION.KEY=VALUE, e.g. episodes.release_ratio=0.6")
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
     unknown = sorted(set(suites) - set(SUITES))
     if unknown:

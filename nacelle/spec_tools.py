@@ -198,6 +198,7 @@ def settings_of(spec: FeatureSpec, requested: FeatureSpec, defaulted: list[str])
                        "min_windows": v.min_windows},
         "operating": asdict(spec.operating) if spec.operating else None,
         "turbine_levels": list(spec.turbine_levels),
+        "context_features": list(spec.context_features),
         "frozen_behind": spec.hidden_columns,
         "defaulted": list(defaulted),
     }
@@ -396,6 +397,9 @@ def _render_settings(s: dict[str, Any]) -> list[str]:
     if s["turbine_levels"]:
         lines.append(f"  turbine levels   {', '.join(s['turbine_levels'])}: each turbine's against its own level "
                      "in the training data")
+    if s["context_features"]:
+        lines.append(f"  context          {', '.join(s['context_features'])}: inputs the others are judged by, never "
+                     "an alarm by themselves (still flagged when missing or stuck)")
     if s["frozen_behind"]:
         lines.append("  stuck sensors    also seen behind " + ", ".join(
             f"{name} ({column})" for name, column in s["frozen_behind"].items()))

@@ -36,7 +36,7 @@ def build_scorer(manifest: Manifest) -> Scorer:
     g = manifest.spec.geometry
     try:
         return empty_scorer(manifest.raw["model"], manifest.spec.drift_mask, g.context_inputs, g.length,
-                            manifest.spec.hidden_inputs)
+                            manifest.spec.hidden_inputs, manifest.spec.alarm_mask)
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"manifest model section {manifest.raw['model']!r}: {exc}") from exc
 
@@ -66,11 +66,16 @@ def load_model_dir(model_dir: Path) -> LoadedModel:
             state[key] = torch.arange(placeholder.numel())
         if key.endswith("prep.partner_sign") and key not in state:
             state[key] = torch.zeros_like(placeholder)  # no look behind a difference, as it was trained
+        if key.endswith("prep.alarm") and key not in state:
+            state[key] = placeholder  # every feature alarms: a spec of that time has no context_features
     try:
         scorer.load_state_dict(state)
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
         raise BundleError(f"{path}: the weights do not fit the manifest's model: {_short(exc)}") from exc
     _check_hidden_inputs(path, scorer)
+    if scorer.prep.alarm.flatten().tolist() != [float(a) for a in manifest.spec.alarm_mask]:
+        raise BundleError(f"{path}: the weights' alarm weights {scorer.prep.alarm.flatten().tolist()} do not match "
+                          f"the spec's context_features {list(manifest.spec.context_features)}")
     scorer.eval()
     return LoadedModel(manifest, scorer)
 

@@ -55,7 +55,7 @@ def preprocess_for(spec: FeatureSpec, x: np.ndarray, glitch_filter: bool = False
     drift = torch.tensor(spec.drift_mask, dtype=torch.float32)
     n = spec.n_features
     raw = Preprocess(torch.zeros(n), torch.ones(n), drift, g.context_inputs, g.length,
-                     hidden_inputs=spec.hidden_inputs)
+                     hidden_inputs=spec.hidden_inputs, alarm=spec.alarm_mask)
     limits = glitch_limits(x[..., g.context_inputs:]) if glitch_filter else torch.full((1, n, 1), math.inf)
     raw.glitch_limit.copy_(limits)
     parts = []
@@ -72,7 +72,7 @@ def preprocess_for(spec: FeatureSpec, x: np.ndarray, glitch_filter: bool = False
         raise TrainingError(f"feature(s) {bad} have no valid sample in the training windows")
     std = np.where(np.isfinite(std) & (std > 1e-9 * np.maximum(1.0, np.abs(mean))), std, 1.0)
     prep = Preprocess(torch.tensor(mean), torch.tensor(std), drift, g.context_inputs, g.length,
-                      frozen_check_for(raw, x[..., g.context_inputs:]), spec.hidden_inputs)
+                      frozen_check_for(raw, x[..., g.context_inputs:]), spec.hidden_inputs, spec.alarm_mask)
     prep.glitch_limit.copy_(limits)
     return prep
 

@@ -49,10 +49,12 @@ class Preprocess(nn.Module):
     glitch_limit: torch.Tensor
     partner: torch.Tensor
     partner_sign: torch.Tensor
+    alarm: torch.Tensor
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, drift: torch.Tensor, context: int, length: int,
                  frozen_check: torch.Tensor | None = None,
-                 hidden_inputs: Sequence[tuple[int, float]] | None = None) -> None:
+                 hidden_inputs: Sequence[tuple[int, float]] | None = None,
+                 alarm: Sequence[bool] | None = None) -> None:
         super().__init__()
         self.context, self.length = int(context), int(length)
         self.register_buffer("mean", _own(mean).reshape(1, -1, 1))
@@ -69,6 +71,9 @@ class Preprocess(nn.Module):
         self.any_hidden = any(s != 0 for _, s in pairs)  # the graph holds the check only when the spec can use it
         # a sample further than this from the median of it and its two neighbours is a glitch (inf: never)
         self.register_buffer("glitch_limit", torch.full((1, int(drift.numel()), 1), math.inf))
+        # 1.0 for a feature whose error counts in the score, 0.0 for a context feature (FeatureSpec.alarm_mask)
+        kept = [True] * int(drift.numel()) if alarm is None else list(alarm)
+        self.register_buffer("alarm", torch.tensor([kept], dtype=torch.float32))
 
     def filter_glitches(self, x: torch.Tensor) -> torch.Tensor:
         """(B, F, L) with each glitch (a sample more than `glitch_limit` away from the median of it and its two
@@ -178,12 +183,12 @@ def _per_feature_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor
 POWER = 4.0  # of the power mean that combines the features' errors into the score
 
 
-def _combine(errors: torch.Tensor, scale: torch.Tensor, tail: torch.Tensor, extra: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(score, contributions) from per-feature errors (B, F), their scales and tail powers (1, F), and an
-    optional extra term (B,)."""
+def _combine(errors: torch.Tensor, scale: torch.Tensor, tail: torch.Tensor, alarm: torch.Tensor,
+             extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(score, contributions) from per-feature errors (B, F), their scales, tail powers and alarm weights
+    (1, F: 0 leaves a context feature's error out), and an optional extra term (B,)."""
     ratios = (errors / scale).pow(tail)
-    contributions = ratios.pow(POWER) / ratios.shape[1]
+    contributions = alarm * ratios.pow(POWER) / ratios.shape[1]
     total = contributions.sum(dim=1)
     if extra is not None:
         total = total + extra
@@ -225,7 +230,7 @@ class PCAScorer(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, t2, missing = self.parts(x)
         t2_term = self.t2_weight * (t2 / self.t2_scale).pow(POWER) / q.shape[1]
-        score, contributions = _combine(q, self.q_scale, self.tail_power, t2_term)
+        score, contributions = _combine(q, self.q_scale, self.tail_power, self.prep.alarm, t2_term)
         return score, contributions, missing
 
     def describe(self) -> dict[str, Any]:
@@ -256,7 +261,7 @@ class AutoencoderScorer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         errors, missing = self.errors(x)
-        score, contributions = _combine(errors, self.error_scale, self.tail_power)
+        score, contributions = _combine(errors, self.error_scale, self.tail_power, self.prep.alarm)
         return score, contributions, missing
 
     def describe(self) -> dict[str, Any]:
@@ -338,12 +343,13 @@ def feature_settings(scorer: Scorer, names: tuple[str, ...]) -> dict[str, dict[s
 
 
 def empty_scorer(description: dict[str, Any], drift: tuple[bool, ...], context: int, length: int,
-                 hidden_inputs: Sequence[tuple[int, float]] | None = None) -> Scorer:
+                 hidden_inputs: Sequence[tuple[int, float]] | None = None,
+                 alarm: Sequence[bool] | None = None) -> Scorer:
     """A scorer of the described shape with placeholder values, ready for load_state_dict."""
     n_features = len(drift)
     ones = torch.ones(n_features)
     prep = Preprocess(torch.zeros(n_features), ones, torch.tensor(drift, dtype=torch.float32), context, length,
-                      hidden_inputs=hidden_inputs)
+                      hidden_inputs=hidden_inputs, alarm=alarm)
     family = description.get("family")
     if family == "pca":
         k, d = int(description["components"]), n_features * length

@@ -123,6 +123,9 @@ def train(env: JobEnvironment) -> dict[str, Any]:
     refusal = too_little_data(available, spec, hp.min_samples)
     if refusal:
         raise TrainingError(refusal)
+    if spec.context_features:
+        log(f"context features (the others are judged by them; never an alarm by themselves): "
+            f"{', '.join(spec.context_features)}")
     rule = spec.rule()
     log(f"windows: {g.length} samples ({spec.windows.length_s:g} s) + {g.context} context, stride {g.stride}; "
         f"episodes open at {rule.k} of {rule.n} windows, close after {rule.m}; {available.samples} usable samples")

@@ -5,6 +5,7 @@ these generic faults into a copy of it (fixed seed) and counts false alarms on t
 Durations are in windows of the spec (a 10-minute SCADA fault lasts hours, a 20 Hz one a minute) and
 shrink to fit short data; magnitudes are relative to each feature's own scale (for a drifting feature,
 its spread within a window, not its drift), times a size factor the caller chooses per fault.
+Faults go into the features that may alarm, never into a context feature alone.
 """
 
 from __future__ import annotations
@@ -57,13 +58,14 @@ def inject_generic(series: TurbineSeries, spec: FeatureSpec, seed: int = 1234, s
     lead_s = spec.window_seconds + spec.context_seconds / 2
     after_s = spec.episodes.close_after_s + spec.evaluation.detection_tolerance_s
     scale = feature_scales(x, spec)
+    alarming = np.flatnonzero(spec.alarm_mask)  # a fault in a context feature alone is not one to find
     start, end, i = float(t[0]) + lead_s, float(t[-1]), int(rng.integers(len(GENERIC_FAULTS)))
     while end - start >= 2 * decision_s:
         kind = GENERIC_FAULTS[i % len(GENERIC_FAULTS)]
         duration = min(DURATION_WINDOWS[kind] * window_s, SHRINK_TO * (end - start))
         if duration < MIN_DECISIONS * decision_s:
             break
-        feature = int(rng.integers(x.shape[1]))
+        feature = int(alarming[rng.integers(len(alarming))])
         a, b = np.searchsorted(t, start), np.searchsorted(t, start + duration)
         if b - a >= 2:
             size = sizes[len(faults) % len(sizes)]

@@ -187,6 +187,9 @@ class FeatureSpec:
     # features whose level differs from turbine to turbine for no fault (a sensor's offset, a machine that runs a
     # little warmer): each turbine's is taken relative to its own level in the training data (shared.ml.levels)
     turbine_levels: tuple[str, ...] = ()
+    # features the model is conditioned on that never raise an alarm by themselves (weather: wind speed, ambient
+    # temperature): their own errors are left out of the score, the others are still judged given them
+    context_features: tuple[str, ...] = ()
     spec_version: int = SPEC_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -240,6 +243,12 @@ class FeatureSpec:
         """Per feature: judged against its baseline. Resolve "auto" first (with_drift)."""
         chosen = set(self.drift.features or ())
         return tuple(name in chosen for name in self.features)
+
+    @property
+    def alarm_mask(self) -> tuple[bool, ...]:
+        """Per feature: its error counts in the score (every feature but the context_features)."""
+        context = set(self.context_features)
+        return tuple(name not in context for name in self.features)
 
     @cached_property
     def hidden_inputs(self) -> tuple[tuple[int, float], ...]:
@@ -302,10 +311,11 @@ class FeatureSpec:
                         "baseline_s": self.drift.baseline_s}
         out["derived"] = [asdict(d) for d in self.derived]
         out["operating"] = _operating_dict(self.operating)
-        if self.turbine_levels:  # written only when used: the digests of specs without it stay as they were
-            out["turbine_levels"] = list(self.turbine_levels)
-        else:
-            del out["turbine_levels"]
+        for key in ("turbine_levels", "context_features"):  # written only when used: the digests stay as they were
+            if out[key]:
+                out[key] = list(out[key])
+            else:
+                del out[key]
         return out
 
     @classmethod
@@ -360,6 +370,7 @@ class FeatureSpec:
                 derived=tuple(_derived(d, source) for d in raw.get("derived") or ()),
                 operating=_operating(raw.get("operating"), source),
                 turbine_levels=_names(raw.get("turbine_levels") or [], f"{source}: turbine_levels"),
+                context_features=_names(raw.get("context_features") or [], f"{source}: context_features"),
             )
         except (TypeError, ValueError, OverflowError) as exc:
             raise SpecError(f"{source}: {exc}") from exc
@@ -424,6 +435,14 @@ class FeatureSpec:
                                 f"remove it from turbine_levels")
         if len(set(self.turbine_levels)) != len(self.turbine_levels):
             raise SpecError(f"{where}: turbine_levels are listed twice: {_dupes(self.turbine_levels)}")
+        for name in self.context_features:
+            if name not in self.features:
+                raise SpecError(f"{where}: context_features names {name!r}, which is not one of the features")
+        if len(set(self.context_features)) != len(self.context_features):
+            raise SpecError(f"{where}: context_features are listed twice: {_dupes(self.context_features)}")
+        if not any(self.alarm_mask):
+            raise SpecError(f"{where}: context_features names every feature: no feature would be left to raise an "
+                            f"alarm; keep at least one out of context_features")
         self._check_timescales(where)
 
     def _check_timescales(self, where: str) -> None:

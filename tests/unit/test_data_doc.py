@@ -45,6 +45,7 @@ def test_the_examples_give_what_the_doc_says():
     assert scada.operating is not None and (scada.operating.feature, scada.operating.min) == ("wind_speed", 3.5)
     assert scada.drift.baseline_s == 604_800 and scada.drift.features == ("ambient_temp",)
     assert scada.turbine_levels == ("gearbox_rise", "generator_rise", "nacelle_rise")
+    assert scada.context_features == ("wind_speed", "ambient_temp")
     assert set(scada.input_columns) == set(scada.columns) - {"timestamp"}  # every raw temperature is read
     assert (scada.geometry.length, scada.geometry.total, scada.geometry.stride) == (10, 1018, 1)
     assert (scada.windows.length_s, scada.windows.max_gap_s, scada.validation.max_gap_s) == (6000, 3000, 86_400)

@@ -180,3 +180,11 @@ def test_turbine_levels_and_a_stuck_sensor_seen_behind_a_difference_are_shown(tm
     code, out, _ = run(capsys, "spec", "check", str(tmp_path / "p1.csv"), "--spec", str(spec))
     assert code == 0 and "turbine levels   b: each turbine's against its own level in the training data" in out
     assert "stuck sensors    also seen behind c_rise (c)" in out
+
+
+def test_context_features_are_shown(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml", SPEC + "context_features: [a]\n")
+    write_plant(tmp_path / "p1.csv", rows=400)
+    code, out, _ = run(capsys, "spec", "check", str(tmp_path / "p1.csv"), "--spec", str(spec))
+    assert code == 0 and ("context          a: inputs the others are judged by, never an alarm by themselves "
+                          "(still flagged when missing or stuck)") in out
