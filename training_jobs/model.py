@@ -9,7 +9,8 @@ windows and TAIL_RATIO (training_jobs.fit) at its 99.9th: every feature's tail h
 sensor's rare error counts as much as a gusty sensor's (tail_j = 1 on too few windows to tell);
 the score is the power mean (mean of a_j**4) ** (1/4): every feature counts, the worst ones dominate,
 so a fault in one sensor is not averaged away among many and one threshold still fits all of them.
-The contributions are a_j**4 / F (summing to score**4).
+The contributions are a_j**4 / F (summing to score**4); a context feature (FeatureSpec.context_features) is
+conditioned on but its term is 0, so it never raises an alarm by itself.
 `Preprocess` is shared: a lone bad reading (a glitch, beyond a per-feature limit the job sets on short data
 only) is replaced by the median of it and its neighbours, drifting features are taken relative to their
 median over the context before the scored samples, every feature is standardised, missing samples are

@@ -1,5 +1,6 @@
 """The three suites on disk: per case a training folder, a test folder with labels.json, and a spec that
-declares only what an operator knows (columns, time format, sampling rate; for SCADA its operating
+declares only what an operator knows (columns, time format, sampling rate; for the pump loop the two
+temperatures that warm up during every run, judged against their recent level; for SCADA its operating
 status filter, the turbine's wind range from cut-in to its 25 m/s cut-out, the machine temperatures as
 their rise over ambient, each turbine's judged against its own level, the ambient temperature
 judged against its last week, and the weather as context that never alarms by itself). Window
@@ -53,7 +54,8 @@ def plant_cases(root: Path, seed: int, faulty: int = PLANT_FAULTY, fault_free: i
                 ) -> Iterator[Case]:
     """One case per run: train on its first 400 rows, test on the rest."""
     rng = np.random.default_rng(seed)
-    spec = _spec(root / "spec.yaml", "pump-loop", "datetime", plant.CHANNELS, 1.0, ";")
+    spec = _spec(root / "spec.yaml", "pump-loop", "datetime", plant.CHANNELS, 1.0, ";",
+                 f"drift: {{features: [{', '.join(plant.SLOW)}]}}\n")
     t0 = 1.7e9
     for k, run_plan in enumerate(plant.plan_runs(rng, faulty, fault_free, PLANT_TRAIN_ROWS)):
         unit = f"run{k:03d}"
