@@ -67,7 +67,7 @@ def load_model_dir(model_dir: Path) -> LoadedModel:
         if key.endswith("prep.partner_sign") and key not in state:
             state[key] = torch.zeros_like(placeholder)  # no look behind a difference, as it was trained
         if key.endswith("prep.alarm") and key not in state:
-            state[key] = placeholder  # every feature alarms: a spec of that time has no context_features
+            state[key] = placeholder  # the spec's (specs of that time had no context_features: all alarm)
     try:
         scorer.load_state_dict(state)
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:

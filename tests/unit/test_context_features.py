@@ -123,7 +123,6 @@ def test_weights_whose_alarm_weights_disagree_with_the_spec_are_refused(fitted, 
         load_model_dir(tmp_path / "model")
 
 
-
 def test_generic_faults_go_into_the_features_that_may_alarm_only():
     n = 4000
     rng = np.random.default_rng(0)
