@@ -66,16 +66,11 @@ def load_model_dir(model_dir: Path) -> LoadedModel:
             state[key] = torch.arange(placeholder.numel())
         if key.endswith("prep.partner_sign") and key not in state:
             state[key] = torch.zeros_like(placeholder)  # no look behind a difference, as it was trained
-        if key.endswith("prep.alarm") and key not in state:
-            state[key] = placeholder  # the spec's (specs of that time had no context_features: all alarm)
     try:
         scorer.load_state_dict(state)
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
         raise BundleError(f"{path}: the weights do not fit the manifest's model: {_short(exc)}") from exc
     _check_hidden_inputs(path, scorer)
-    if scorer.prep.alarm.flatten().tolist() != [float(a) for a in manifest.spec.alarm_mask]:
-        raise BundleError(f"{path}: the weights' alarm weights {scorer.prep.alarm.flatten().tolist()} do not match "
-                          f"the spec's context_features {list(manifest.spec.context_features)}")
     scorer.eval()
     return LoadedModel(manifest, scorer)
 

@@ -72,9 +72,10 @@ class Preprocess(nn.Module):
         self.any_hidden = any(s != 0 for _, s in pairs)  # the graph holds the check only when the spec can use it
         # a sample further than this from the median of it and its two neighbours is a glitch (inf: never)
         self.register_buffer("glitch_limit", torch.full((1, int(drift.numel()), 1), math.inf))
-        # 1.0 for a feature whose error counts in the score, 0.0 for a context feature (FeatureSpec.alarm_mask)
+        # 1.0 for a feature whose error counts in the score, 0.0 for a context feature: FeatureSpec.alarm_mask, so
+        # built from the spec each time, never saved with the weights (the graph still holds it)
         kept = [True] * int(drift.numel()) if alarm is None else list(alarm)
-        self.register_buffer("alarm", torch.tensor([kept], dtype=torch.float32))
+        self.register_buffer("alarm", torch.tensor([kept], dtype=torch.float32), persistent=False)
 
     def filter_glitches(self, x: torch.Tensor) -> torch.Tensor:
         """(B, F, L) with each glitch (a sample more than `glitch_limit` away from the median of it and its two

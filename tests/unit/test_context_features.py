@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared.errors import BundleError, SpecError
+from shared.errors import SpecError
 from shared.ml.dataset import TurbineSeries
 from shared.ml.injection import inject_generic
 from shared.ml.spec import FeatureSpec
@@ -100,27 +100,21 @@ def test_the_onnx_graph_and_a_reloaded_model_leave_the_context_feature_out_alike
         np.testing.assert_array_equal(got, want)
 
 
-def test_weights_from_before_context_features_load_with_every_feature_alarming(fitted, tmp_path: Path):
+def test_the_spec_decides_which_features_alarm_not_the_weights(fitted, tmp_path: Path):
+    """The alarm weights are not saved with the weights (older weights never had them): the same weights under a
+    spec without context_features score every feature."""
     from tests.unit.test_model_io import manifest_for
 
-    scorer = copy.deepcopy(fitted["pca"])
-    scorer.prep.alarm.fill_(1.0)
+    scorer = fitted["pca"]
     save_model_dir(tmp_path / "model", scorer, {**manifest_for(scorer), "feature_spec": BASE_WRITTEN})
-    weights = tmp_path / "model" / "model.pt"
-    state = torch.load(weights, weights_only=True)
-    del state["prep.alarm"]
-    torch.save(state, weights)
-    assert load_model_dir(tmp_path / "model").scorer.prep.alarm.flatten().tolist() == [1.0, 1.0, 1.0]
-
-
-def test_weights_whose_alarm_weights_disagree_with_the_spec_are_refused(fitted, tmp_path: Path):
-    from tests.unit.test_model_io import manifest_for
-
-    scorer = copy.deepcopy(fitted["pca"])  # `a` is context in its weights, not in the spec below
-    save_model_dir(tmp_path / "model", scorer, {**manifest_for(scorer), "feature_spec": BASE_WRITTEN})
-    with pytest.raises(BundleError, match=r"alarm weights \[0.0, 1.0, 1.0\] do not match the spec's "
-                                          r"context_features \[\]"):
-        load_model_dir(tmp_path / "model")
+    assert not any(key.endswith("alarm") for key in torch.load(tmp_path / "model" / "model.pt", weights_only=True))
+    loaded = load_model_dir(tmp_path / "model").scorer
+    assert loaded.prep.alarm.flatten().tolist() == [1.0, 1.0, 1.0]
+    every = copy.deepcopy(scorer)
+    every.prep.alarm.fill_(1.0)
+    probe = windows(40, 2)
+    for want, got in zip(score_windows(every, probe), score_windows(loaded, probe), strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_generic_faults_go_into_the_features_that_may_alarm_only():
